@@ -1,0 +1,169 @@
+//! The library's one error type.
+//!
+//! Every variant that concerns a file names it; every variant that concerns
+//! user input names the column, row or id at fault, so that a message printed
+//! by a service or by `vstore-tool` is enough to find the problem.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in vstore.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call on a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`"open"`, `"write"`, `"fsync"`, ...).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file's bytes are not what the format says they must be (bad magic,
+    /// checksum mismatch, truncation, invalid metadata ...).
+    #[error("corrupt file {path}: {what}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What was found wrong, with expected and found values where known.
+        what: String,
+    },
+
+    /// A file was written by a format version this build cannot read.
+    #[error(
+        "{path}: format version {found} is not supported (this build reads {oldest}..={newest})"
+    )]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version recorded in the file.
+        found: u32,
+        /// Oldest version this build reads.
+        oldest: u32,
+        /// Newest version this build reads (and the one it writes).
+        newest: u32,
+    },
+
+    /// The directory is not a vstore store (no manifest in it).
+    #[error("{path} is not a vstore store: {why}")]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// Why it was not recognised.
+        why: String,
+    },
+
+    /// Another writer holds the store's lock.
+    #[error("store {path} is locked by another writer (lock file {lock}); only one writer may open a store at a time")]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+
+    /// A query or lookup named an embedding `space@version` that the snapshot
+    /// does not hold. The snapshot never falls back to another version.
+    #[error("version skew: snapshot {snapshot} holds no embedding {requested}; it holds [{}]", available.join(", "))]
+    VersionSkew {
+        /// The snapshot consulted.
+        snapshot: u64,
+        /// The `space@version` asked for.
+        requested: String,
+        /// The `space@version` keys the snapshot holds.
+        available: Vec<String>,
+    },
+
+    /// A column name that the schema does not have.
+    #[error("no {kind} column {name:?}; the schema has [{}]", available.join(", "))]
+    NoSuchColumn {
+        /// Which group was searched (`"profile"`, `"statistics"`, ...).
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        available: Vec<String>,
+    },
+
+    /// A schema definition is invalid (bad name, duplicate column, zero dimension ...).
+    #[error("invalid schema: {0}")]
+    Schema(String),
+
+    /// An id occurs twice where ids must be unique.
+    #[error("duplicate item id {id} in {context}")]
+    DuplicateId {
+        /// The repeated id.
+        id: u64,
+        /// Where (e.g. `"batch rows 3 and 17"`, `"batch row 5 and snapshot 12"`).
+        context: String,
+    },
+
+    /// An id that must exist does not.
+    #[error("item id {id} is not in snapshot {snapshot} ({context})")]
+    UnknownId {
+        /// The id.
+        id: u64,
+        /// The snapshot consulted.
+        snapshot: u64,
+        /// What the id was needed for.
+        context: String,
+    },
+
+    /// Input data is malformed: wrong length, non-finite value, bad argument.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The writer hit an error during a publish and refuses further publishes
+    /// until it is reopened (the store itself still serves its last snapshot).
+    #[error("writer for {path} is poisoned by an earlier failed publish ({cause}); reopen it")]
+    Poisoned {
+        /// The store directory.
+        path: PathBuf,
+        /// The error that poisoned it.
+        cause: String,
+    },
+}
+
+impl Error {
+    #[allow(dead_code)] // used by the file layer, not yet landed
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    #[allow(dead_code)] // used by the file layer, not yet landed
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            what: what.into(),
+        }
+    }
+
+    /// Whether this error means a file was not found (a reader racing the
+    /// writer's garbage collection sees this and retries).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// The file this error names, if it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::Corrupt { path, .. }
+            | Error::UnsupportedFormat { path, .. }
+            | Error::NotAStore { path, .. }
+            | Error::Locked { path, .. }
+            | Error::Poisoned { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
