@@ -131,7 +131,6 @@ pub enum Error {
 }
 
 impl Error {
-    #[allow(dead_code)] // used by the file layer, not yet landed
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op,
@@ -140,7 +139,6 @@ impl Error {
         }
     }
 
-    #[allow(dead_code)] // used by the file layer, not yet landed
     pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         Error::Corrupt {
             path: path.into(),

@@ -1,16 +1,40 @@
 //! vstore: an embedded, memory-mapped, versioned columnar store for the
 //! pre-rank stage of recommender systems.
 //!
-//! Work in progress: this crate currently holds the schema types
-//! ([`Schema`], [`EmbeddingDef`], [`Dtype`]) and the library's error type
-//! ([`Error`]). The file format, snapshots and scoring follow (see the
-//! project's open issues and `format/FORMAT.md`).
+//! A store is a directory of immutable files. A single [`Writer`] builds
+//! numbered snapshots in [`Transaction`]s and publishes each atomically;
+//! readers open the store with [`Store`], pin a [`Snapshot`] (an `Arc`, cheap)
+//! and read embeddings and columns in place from the memory maps. Every
+//! embedding column is tagged `space@version`; asking a snapshot for a
+//! version it does not hold is [`Error::VersionSkew`], never a fallback.
+//!
+//! The byte-level format is specified in `format/FORMAT.md`.
+//!
+//! See [`Store`] for an example.
 
 #[cfg(target_endian = "big")]
 compile_error!("vstore's on-disk format is little-endian and it supports little-endian hosts only");
 
+mod batch;
+mod container;
+mod encode;
 pub mod error;
+mod idindex;
+mod meta;
+mod mmap;
+mod names;
+mod pins;
 pub mod schema;
+mod segment;
+mod snapshot;
+mod store;
+mod writer;
 
+pub use batch::ItemBatch;
+pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
+pub use segment::{Column, EmbeddingColumn, Row, Segment};
+pub use snapshot::{ItemRef, Snapshot, VerifyReport};
+pub use store::{OpenOptions, Store};
+pub use writer::{GcReport, Retention, Transaction, Writer};

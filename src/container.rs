@@ -1,0 +1,494 @@
+//! The container every vstore file shares: a 64-byte header, 64-aligned data
+//! blocks, the rkyv-archived [`FileMeta`], and a 40-byte footer.
+//!
+//! ```text
+//! 0        64                        meta_offset          len-40     len
+//! | header | data blocks (chunk CRCs) | metadata (rkyv) |pad| footer |
+//! ```
+//!
+//! See `format/FORMAT.md` ("Container") for the byte-level specification.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::meta::{Body, Extent, FileMeta};
+
+/// First eight bytes of every file (and last eight): PNG-style, so a text
+/// transfer or a truncated copy is recognisable.
+pub const MAGIC: [u8; 8] = *b"\x89VSTR\r\n\x1a";
+/// Format version this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+/// Header size in bytes.
+pub(crate) const HEADER_LEN: u64 = 64;
+/// Footer size in bytes.
+pub(crate) const FOOTER_LEN: u64 = 40;
+/// Alignment of every data block and of the metadata.
+pub(crate) const BLOCK_ALIGN: u64 = 64;
+/// Size of a checksummed data chunk.
+pub(crate) const CHUNK_SIZE: u32 = 1 << 20;
+
+/// The kinds of file, as recorded in header and footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    Manifest = 1,
+    Columns = 2,
+    IdIndex = 3,
+    Deletes = 4,
+}
+
+impl Kind {
+    fn from_u32(v: u32) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Manifest,
+            2 => Kind::Columns,
+            3 => Kind::IdIndex,
+            4 => Kind::Deletes,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Manifest => "manifest",
+            Kind::Columns => "column group",
+            Kind::IdIndex => "id index",
+            Kind::Deletes => "deletion bitmap",
+        }
+    }
+
+    fn of(body: &Body) -> Kind {
+        match body {
+            Body::Manifest(_) => Kind::Manifest,
+            Body::Columns(_) => Kind::Columns,
+            Body::IdIndex(_) => Kind::IdIndex,
+            Body::Deletes(_) => Kind::Deletes,
+        }
+    }
+}
+
+fn header_bytes(kind: Kind) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(kind as u32).to_le_bytes());
+    h
+}
+
+/// Streams a container to a new file: header, then blocks, then
+/// [`ContainerWriter::finish`] writes metadata and footer and syncs.
+pub(crate) struct ContainerWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    kind: Kind,
+    pos: u64,
+    crcs: Vec<u32>,
+    chunk: crc32fast::Hasher,
+    chunk_fill: u32,
+}
+
+/// What a finished file is: its length and metadata checksum (recorded in the
+/// manifest's [`crate::meta::FileRef`]).
+pub(crate) struct Written {
+    pub len: u64,
+    pub meta_crc: u32,
+}
+
+impl ContainerWriter {
+    /// Creates `path` (which must not exist) and writes the header.
+    pub(crate) fn create(path: &Path, kind: Kind) -> Result<Self> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, e))?;
+        let mut w = ContainerWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, file),
+            kind,
+            pos: 0,
+            crcs: Vec::new(),
+            chunk: crc32fast::Hasher::new(),
+            chunk_fill: 0,
+        };
+        w.raw(&header_bytes(kind))?;
+        Ok(w)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes data-region bytes, checksumming them chunk by chunk.
+    pub(crate) fn data(&mut self, mut bytes: &[u8]) -> Result<()> {
+        self.raw(bytes)?;
+        while !bytes.is_empty() {
+            let room = (CHUNK_SIZE - self.chunk_fill) as usize;
+            let n = room.min(bytes.len());
+            self.chunk.update(&bytes[..n]);
+            self.chunk_fill += n as u32;
+            bytes = &bytes[n..];
+            if self.chunk_fill == CHUNK_SIZE {
+                let h = std::mem::take(&mut self.chunk);
+                self.crcs.push(h.finalize());
+                self.chunk_fill = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn pad_data_to(&mut self, align: u64) -> Result<()> {
+        let pad = self.pos.next_multiple_of(align) - self.pos;
+        if pad > 0 {
+            self.data(&vec![0u8; pad as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Pads to the block alignment and returns the offset the next block starts at.
+    pub(crate) fn begin_block(&mut self) -> Result<u64> {
+        self.pad_data_to(BLOCK_ALIGN)?;
+        Ok(self.pos)
+    }
+
+    /// Writes a whole block and returns its extent.
+    pub(crate) fn block(&mut self, bytes: &[u8]) -> Result<Extent> {
+        let offset = self.begin_block()?;
+        self.data(bytes)?;
+        Ok(Extent {
+            offset,
+            len: bytes.len() as u64,
+        })
+    }
+
+    /// Current position (end of what was written).
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Writes the metadata and the footer, flushes and fsyncs the file.
+    pub(crate) fn finish(mut self, body: Body) -> Result<Written> {
+        debug_assert_eq!(Kind::of(&body), self.kind);
+        self.pad_data_to(BLOCK_ALIGN)?;
+        if self.chunk_fill > 0 {
+            let h = std::mem::take(&mut self.chunk);
+            self.crcs.push(h.finalize());
+            self.chunk_fill = 0;
+        }
+        let meta = FileMeta {
+            chunk_size: CHUNK_SIZE,
+            data_crcs: std::mem::take(&mut self.crcs),
+            body,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::BoxedError>(&meta)
+            .map_err(|e| Error::InvalidInput(format!("archiving metadata: {e}")))?;
+        let meta_offset = self.pos;
+        let meta_len = bytes.len() as u64;
+        let meta_crc = crc32fast::hash(&bytes);
+        self.raw(&bytes)?;
+        let pad = self.pos.next_multiple_of(8) - self.pos;
+        self.raw(&vec![0u8; pad as usize])?;
+        let footer = footer_bytes(self.kind, meta_offset, meta_len, meta_crc);
+        self.raw(&footer)?;
+        let len = self.pos;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io("write", &self.path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        Ok(Written { len, meta_crc })
+    }
+}
+
+fn footer_bytes(kind: Kind, meta_offset: u64, meta_len: u64, meta_crc: u32) -> [u8; 40] {
+    let mut f = [0u8; FOOTER_LEN as usize];
+    f[0..8].copy_from_slice(&meta_offset.to_le_bytes());
+    f[8..16].copy_from_slice(&meta_len.to_le_bytes());
+    f[16..20].copy_from_slice(&meta_crc.to_le_bytes());
+    f[20..24].copy_from_slice(&(kind as u32).to_le_bytes());
+    f[24..28].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header_bytes(kind));
+    h.update(&f[0..28]);
+    f[28..32].copy_from_slice(&h.finalize().to_le_bytes());
+    f[32..40].copy_from_slice(&MAGIC);
+    f
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// An opened, structurally validated file: mapped, header and footer checked,
+/// metadata checksummed, validated and deserialized.
+pub(crate) struct Container {
+    pub path: PathBuf,
+    pub map: Mmap,
+    pub meta: FileMeta,
+    pub meta_offset: u64,
+    pub meta_crc: u32,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container")
+            .field("path", &self.path)
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+/// Checks the framing of `bytes` (a whole file) and returns the metadata's
+/// position, its CRC and the kind. Reads only header and footer.
+pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64, u64, u32)> {
+    let len = bytes.len() as u64;
+    if len < HEADER_LEN + FOOTER_LEN {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "truncated: {len} bytes, smaller than header and footer ({} bytes)",
+                HEADER_LEN + FOOTER_LEN
+            ),
+        ));
+    }
+    let h = &bytes[..HEADER_LEN as usize];
+    if h[0..8] != MAGIC {
+        return Err(Error::corrupt(
+            path,
+            "bad magic in header: not a vstore file, or its first bytes were overwritten",
+        ));
+    }
+    let version = le_u32(h, 8);
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        // Only trust the version if the footer agrees; otherwise it is damage.
+        let f = &bytes[(len - FOOTER_LEN) as usize..];
+        if f[32..40] == MAGIC && le_u32(f, 24) == version {
+            return Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: version,
+                oldest: OLDEST_FORMAT_VERSION,
+                newest: FORMAT_VERSION,
+            });
+        }
+        return Err(Error::corrupt(path, format!("header format version {version} is not one this build knows and the footer does not confirm it")));
+    }
+    let kind = le_u32(h, 12);
+    if h[16..].iter().any(|&b| b != 0) {
+        return Err(Error::corrupt(
+            path,
+            "reserved header bytes 16..64 are not zero",
+        ));
+    }
+    let f = &bytes[(len - FOOTER_LEN) as usize..];
+    if f[32..40] != MAGIC {
+        return Err(Error::corrupt(
+            path,
+            format!("bad magic in footer: file truncated or its tail overwritten ({len} bytes)"),
+        ));
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(h);
+    hasher.update(&f[0..28]);
+    let footer_crc = hasher.finalize();
+    if footer_crc != le_u32(f, 28) {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "header/footer checksum mismatch (stored {:#010x}, computed {footer_crc:#010x})",
+                le_u32(f, 28)
+            ),
+        ));
+    }
+    if le_u32(f, 20) != kind || le_u32(f, 24) != version {
+        return Err(Error::corrupt(
+            path,
+            "header and footer disagree on kind or version",
+        ));
+    }
+    match Kind::from_u32(kind) {
+        Some(k) if k == want => {}
+        Some(k) => {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "is a {} file where a {} file was expected",
+                    k.name(),
+                    want.name()
+                ),
+            ))
+        }
+        None => return Err(Error::corrupt(path, format!("unknown file kind {kind}"))),
+    }
+    let meta_offset = le_u64(f, 0);
+    let meta_len = le_u64(f, 8);
+    let meta_crc = le_u32(f, 16);
+    let footer_start = len - FOOTER_LEN;
+    let meta_end = meta_offset.checked_add(meta_len);
+    let ok = meta_offset >= HEADER_LEN
+        && meta_offset.is_multiple_of(BLOCK_ALIGN)
+        && meta_len > 0
+        && meta_end.is_some_and(|e| e.next_multiple_of(8) == footer_start);
+    if !ok {
+        return Err(Error::corrupt(
+            path,
+            format!("footer places metadata at {meta_offset}+{meta_len}, which does not fit a {len}-byte file"),
+        ));
+    }
+    Ok((meta_offset, meta_len, meta_crc))
+}
+
+/// Decodes and checks a metadata block (CRC first, then rkyv validation).
+pub(crate) fn decode_meta(
+    path: &Path,
+    meta_bytes: &[u8],
+    meta_crc: u32,
+    meta_offset: u64,
+    want: Kind,
+) -> Result<FileMeta> {
+    let crc = crc32fast::hash(meta_bytes);
+    if crc != meta_crc {
+        return Err(Error::corrupt(
+            path,
+            format!("metadata checksum mismatch (stored {meta_crc:#010x}, computed {crc:#010x})"),
+        ));
+    }
+    // rkyv needs the archive 16-aligned; a page-aligned map with a 64-aligned
+    // offset is. Copy otherwise (e.g. a buffer handed in by a fuzzer).
+    let meta: FileMeta = if (meta_bytes.as_ptr() as usize).is_multiple_of(16) {
+        rkyv::from_bytes::<FileMeta, rkyv::rancor::BoxedError>(meta_bytes)
+    } else {
+        let mut v = rkyv::util::AlignedVec::<16>::with_capacity(meta_bytes.len());
+        v.extend_from_slice(meta_bytes);
+        rkyv::from_bytes::<FileMeta, rkyv::rancor::BoxedError>(&v)
+    }
+    .map_err(|e| Error::corrupt(path, format!("metadata does not validate: {e}")))?;
+    if Kind::of(&meta.body) != want {
+        return Err(Error::corrupt(
+            path,
+            "metadata body does not match the file kind",
+        ));
+    }
+    if meta.chunk_size == 0 || !(meta.chunk_size as u64).is_multiple_of(BLOCK_ALIGN) {
+        return Err(Error::corrupt(
+            path,
+            format!("chunk size {} is invalid", meta.chunk_size),
+        ));
+    }
+    let data_len = meta_offset - HEADER_LEN;
+    let chunks = data_len.div_ceil(meta.chunk_size as u64);
+    if meta.data_crcs.len() as u64 != chunks {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "metadata lists {} data checksums for {chunks} chunks",
+                meta.data_crcs.len()
+            ),
+        ));
+    }
+    Ok(meta)
+}
+
+impl Container {
+    /// Opens, maps and validates `path` as a file of kind `want`.
+    pub(crate) fn open(path: &Path, want: Kind, populate: bool) -> Result<Container> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        if len < HEADER_LEN + FOOTER_LEN {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "truncated: {len} bytes, smaller than header and footer ({} bytes)",
+                    HEADER_LEN + FOOTER_LEN
+                ),
+            ));
+        }
+        let map = crate::mmap::map_readonly(&file, path, len, populate)?;
+        let (meta_offset, meta_len, meta_crc) = check_frame(path, &map, want)?;
+        let meta_bytes = &map[meta_offset as usize..(meta_offset + meta_len) as usize];
+        let meta = decode_meta(path, meta_bytes, meta_crc, meta_offset, want)?;
+        Ok(Container {
+            path: path.to_path_buf(),
+            map,
+            meta,
+            meta_offset,
+            meta_crc,
+        })
+    }
+
+    /// File length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Checks that `e` lies in the data region, starts `align`-aligned and is
+    /// `len` bytes long; returns its bytes.
+    pub(crate) fn extent(&self, e: &Extent, len: u64, what: &str) -> Result<&[u8]> {
+        let end = e.offset.checked_add(e.len);
+        if e.offset < HEADER_LEN
+            || !e.offset.is_multiple_of(BLOCK_ALIGN)
+            || end.is_none_or(|end| end > self.meta_offset)
+            || e.len != len
+        {
+            return Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "{what}: block {}+{} is misplaced (expected {len} bytes, 64-aligned, inside the data region ending at {})",
+                    e.offset, e.len, self.meta_offset
+                ),
+            ));
+        }
+        Ok(&self.map[e.offset as usize..(e.offset + e.len) as usize])
+    }
+
+    /// Recomputes every data chunk's CRC (what `verify()` does).
+    pub(crate) fn verify_data(&self) -> Result<()> {
+        verify_chunks(
+            &self.path,
+            &self.map[..self.meta_offset as usize],
+            &self.meta,
+        )
+    }
+}
+
+/// Checks the data chunks of `head` (the file's bytes up to `meta_offset`).
+pub(crate) fn verify_chunks(path: &Path, head: &[u8], meta: &FileMeta) -> Result<()> {
+    let data = &head[HEADER_LEN as usize..];
+    for (i, (chunk, &want)) in data
+        .chunks(meta.chunk_size as usize)
+        .zip(meta.data_crcs.iter())
+        .enumerate()
+    {
+        let got = crc32fast::hash(chunk);
+        if got != want {
+            let start = HEADER_LEN + i as u64 * meta.chunk_size as u64;
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "data checksum mismatch in chunk {i} (bytes {start}..{}): stored {want:#010x}, computed {got:#010x}",
+                    start + chunk.len() as u64
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

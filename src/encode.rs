@@ -1,0 +1,234 @@
+//! Writing the data files of a segment: id index, column groups, deletion
+//! bitmaps. Every function creates a new file (never overwrites), streams its
+//! blocks, then writes metadata and footer and fsyncs (see `container`).
+
+use std::path::Path;
+
+use half::slice::HalfFloatSliceExt;
+
+use crate::container::{ContainerWriter, Kind};
+use crate::error::{Error, Result};
+use crate::idindex;
+use crate::meta::{
+    Body, ColumnBlock, ColumnsMeta, DeletesMeta, FileRef, Group, IdIndexMeta, VectorBlock,
+};
+use crate::schema::{Dtype, EmbeddingDef};
+
+fn file_ref(path: &Path, w: crate::container::Written) -> FileRef {
+    FileRef {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        len: w.len,
+        meta_crc: w.meta_crc,
+    }
+}
+
+fn le_bytes_u64(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes the id index of a segment; `ids` must be unique.
+pub(crate) fn write_id_index(path: &Path, segment: u64, ids: &[u64]) -> Result<FileRef> {
+    let (table, max_probe) = idindex::build(ids);
+    let mut w = ContainerWriter::create(path, Kind::IdIndex)?;
+    let ids_ext = w.block(&le_bytes_u64(ids))?;
+    let flat: Vec<u64> = table.iter().flat_map(|s| [s[0], s[1]]).collect();
+    let table_ext = w.block(&le_bytes_u64(&flat))?;
+    let written = w.finish(Body::IdIndex(IdIndexMeta {
+        segment,
+        rows: ids.len() as u64,
+        ids: ids_ext,
+        table: table_ext,
+        slots: table.len() as u64,
+        max_probe,
+    }))?;
+    Ok(file_ref(path, written))
+}
+
+/// One scalar column to write: raw 32-bit values (u32, or f32 bits) with the
+/// default already substituted for missing rows, and the missing bitmap.
+pub(crate) struct ScalarColumn {
+    pub name: String,
+    pub values: Vec<u32>,
+    /// Bit set = row missing; `None` when no row is missing.
+    pub missing: Option<Vec<u64>>,
+    /// Raw bits of the declared default.
+    pub default: u32,
+}
+
+impl ScalarColumn {
+    fn missing_count(&self) -> u64 {
+        self.missing
+            .as_ref()
+            .map(|m| m.iter().map(|w| w.count_ones() as u64).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Writes a profile or statistics column-group file.
+pub(crate) fn write_scalar_group(
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    group: Group,
+    columns: &[ScalarColumn],
+) -> Result<FileRef> {
+    let mut w = ContainerWriter::create(path, Kind::Columns)?;
+    let mut blocks = Vec::with_capacity(columns.len());
+    for c in columns {
+        debug_assert_eq!(c.values.len() as u64, rows);
+        let bytes: Vec<u8> = c.values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let values = w.block(&bytes)?;
+        let missing = match &c.missing {
+            Some(m) if m.iter().any(|&w| w != 0) => Some(w.block(&le_bytes_u64(m))?),
+            _ => None,
+        };
+        blocks.push(ColumnBlock {
+            name: c.name.clone(),
+            values,
+            missing,
+            missing_count: c.missing_count(),
+        });
+    }
+    let written = w.finish(Body::Columns(ColumnsMeta {
+        segment,
+        rows,
+        group,
+        columns: blocks,
+        vectors: None,
+    }))?;
+    Ok(file_ref(path, written))
+}
+
+/// Checks f32 input rows for an embedding before anything is written: every
+/// value finite, and representable in the column's dtype.
+pub(crate) fn check_vectors(def: &EmbeddingDef, ids: &[u64], data: &[f32]) -> Result<()> {
+    let d = def.dim as usize;
+    if data.len() != ids.len() * d {
+        return Err(Error::InvalidInput(format!(
+            "embedding {}: {} values given for {} ids of dimension {d} (expected {})",
+            def.key(),
+            data.len(),
+            ids.len(),
+            ids.len() * d
+        )));
+    }
+    let limit = match def.dtype {
+        Dtype::F16 => 65504.0f32,
+        _ => f32::MAX,
+    };
+    for (row, v) in data.chunks_exact(d.max(1)).enumerate() {
+        if let Some(j) = v.iter().position(|x| !x.is_finite() || x.abs() > limit) {
+            return Err(Error::InvalidInput(format!(
+                "embedding {}: id {} (input row {row}) component {j} is {}, which {} cannot hold",
+                def.key(),
+                ids[row],
+                v[j],
+                if v[j].is_finite() {
+                    def.dtype.name()
+                } else {
+                    "the store"
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes one f32 row into `out` (`def.dtype.row_stride(dim)` bytes, zeroed
+/// padding). i8: `scale = max|x| / 127`, `q = round(x / scale)`, scale stored
+/// as f32 after the `dim` bytes.
+pub(crate) fn encode_row(dtype: Dtype, v: &[f32], out: &mut [u8], tmp16: &mut Vec<u16>) {
+    out.fill(0);
+    match dtype {
+        Dtype::F32 => {
+            for (o, x) in out.chunks_exact_mut(4).zip(v) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        Dtype::F16 | Dtype::Bf16 => {
+            tmp16.clear();
+            tmp16.resize(v.len(), 0);
+            if dtype == Dtype::F16 {
+                let h: &mut [half::f16] = bytemuck::cast_slice_mut(tmp16.as_mut_slice());
+                h.convert_from_f32_slice(v);
+            } else {
+                let h: &mut [half::bf16] = bytemuck::cast_slice_mut(tmp16.as_mut_slice());
+                h.convert_from_f32_slice(v);
+            }
+            for (o, x) in out.chunks_exact_mut(2).zip(tmp16.iter()) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        Dtype::I8 => {
+            let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let scale = max / 127.0;
+            for (o, x) in out.iter_mut().zip(v) {
+                let q = if scale > 0.0 {
+                    (x / scale).round().clamp(-127.0, 127.0)
+                } else {
+                    0.0
+                };
+                *o = (q as i8) as u8;
+            }
+            let d = v.len();
+            out[d..d + 4].copy_from_slice(&scale.to_le_bytes());
+        }
+    }
+}
+
+/// Writes an embedding column-group file. `rows_in_order` yields, for each
+/// row of the segment in order, its f32 vector (already checked).
+pub(crate) fn write_embedding_group<'a>(
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    def: &EmbeddingDef,
+    rows_in_order: impl Iterator<Item = &'a [f32]>,
+) -> Result<FileRef> {
+    let stride = def.dtype.row_stride(def.dim);
+    let mut w = ContainerWriter::create(path, Kind::Columns)?;
+    let offset = w.begin_block()?;
+    let mut buf = vec![0u8; stride];
+    let mut tmp = Vec::new();
+    let mut n = 0u64;
+    for v in rows_in_order {
+        encode_row(def.dtype, v, &mut buf, &mut tmp);
+        w.data(&buf)?;
+        n += 1;
+    }
+    debug_assert_eq!(n, rows);
+    let len = w.pos() - offset;
+    let written = w.finish(Body::Columns(ColumnsMeta {
+        segment,
+        rows,
+        group: Group::Embedding(def.clone()),
+        columns: Vec::new(),
+        vectors: Some(VectorBlock {
+            stride: stride as u32,
+            rows: crate::meta::Extent { offset, len },
+        }),
+    }))?;
+    Ok(file_ref(path, written))
+}
+
+/// Writes a deletion bitmap.
+pub(crate) fn write_deletes(
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    bitmap: &[u64],
+) -> Result<FileRef> {
+    let deleted = bitmap.iter().map(|w| w.count_ones() as u64).sum();
+    let mut w = ContainerWriter::create(path, Kind::Deletes)?;
+    let ext = w.block(&le_bytes_u64(bitmap))?;
+    let written = w.finish(Body::Deletes(DeletesMeta {
+        segment,
+        rows,
+        bitmap: ext,
+        deleted,
+    }))?;
+    Ok(file_ref(path, written))
+}

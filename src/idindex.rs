@@ -1,0 +1,125 @@
+//! The per-segment id index: ids in row order plus an open-addressing hash
+//! table of `(id, row + 1)` slots, built at write time and used in place from
+//! the map. One lookup touches one 16-byte slot in the common case (load
+//! factor at most 0.7, linear probing bounded by the build-time maximum).
+
+use crate::error::{Error, Result};
+
+/// Slots per id: the table holds `ceil(rows / MAX_LOAD) + 1` slots.
+const MAX_LOAD: f64 = 0.7;
+
+/// The fixed hash of the format (splitmix64's finalizer). Part of the format:
+/// changing it changes where ids live in every id index.
+#[inline]
+pub(crate) fn hash(id: u64) -> u64 {
+    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Home slot of `id` in a table of `slots` slots (Lemire's fastrange).
+#[inline]
+pub(crate) fn home(id: u64, slots: u64) -> u64 {
+    ((hash(id) as u128 * slots as u128) >> 64) as u64
+}
+
+/// Number of slots for `rows` ids.
+pub(crate) fn slots_for(rows: u64) -> u64 {
+    (rows as f64 / MAX_LOAD).ceil() as u64 + 1
+}
+
+/// Builds the table for `ids` (which must be unique). Returns the slots as
+/// `[id, row + 1]` pairs and the largest probe distance.
+pub(crate) fn build(ids: &[u64]) -> (Vec<[u64; 2]>, u32) {
+    let slots = slots_for(ids.len() as u64);
+    let mut table = vec![[0u64; 2]; slots as usize];
+    let mut max_probe = 0u32;
+    for (row, &id) in ids.iter().enumerate() {
+        let mut s = home(id, slots);
+        let mut d = 0u32;
+        while table[s as usize][1] != 0 {
+            s += 1;
+            if s == slots {
+                s = 0;
+            }
+            d += 1;
+        }
+        table[s as usize] = [id, row as u64 + 1];
+        max_probe = max_probe.max(d);
+    }
+    (table, max_probe)
+}
+
+/// A read-only view of one segment's id index, borrowed from its map.
+#[derive(Clone, Copy)]
+pub(crate) struct IdIndexView<'a> {
+    pub ids: &'a [u64],
+    pub table: &'a [[u64; 2]],
+    pub max_probe: u32,
+}
+
+impl<'a> IdIndexView<'a> {
+    /// Row of `id`, if the segment holds it. Never returns a row that is out
+    /// of range or whose id (in the ids block) differs, even if the table bytes
+    /// are damaged: such damage reads as "absent" (and `verify()` reports it).
+    #[inline]
+    pub(crate) fn find(&self, id: u64) -> Option<usize> {
+        let slots = self.table.len() as u64;
+        if slots == 0 {
+            return None;
+        }
+        let mut s = home(id, slots) as usize;
+        for _ in 0..=self.max_probe {
+            let [sid, row1] = self.table[s];
+            if row1 == 0 {
+                return None;
+            }
+            if sid == id {
+                let row = (row1 - 1) as usize;
+                return match self.ids.get(row) {
+                    Some(&x) if x == id => Some(row),
+                    _ => None,
+                };
+            }
+            s += 1;
+            if s == self.table.len() {
+                s = 0;
+            }
+        }
+        None
+    }
+
+    /// Checks that every id maps back to its row and the table holds exactly
+    /// the ids (what `verify()` runs on top of the checksums).
+    pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {
+        for (row, &id) in self.ids.iter().enumerate() {
+            match self.find(id) {
+                Some(r) if r == row => {}
+                Some(r) => {
+                    return Err(Error::corrupt(
+                        path,
+                        format!("id {id} at row {row} is indexed at row {r} (duplicate id?)"),
+                    ))
+                }
+                None => {
+                    return Err(Error::corrupt(
+                        path,
+                        format!("id {id} at row {row} is missing from the hash table"),
+                    ))
+                }
+            }
+        }
+        let occupied = self.table.iter().filter(|s| s[1] != 0).count();
+        if occupied != self.ids.len() {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "hash table holds {occupied} entries for {} rows",
+                    self.ids.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

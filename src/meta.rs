@@ -1,0 +1,160 @@
+//! The metadata archived (rkyv) at the end of every vstore file.
+//!
+//! One root type, [`FileMeta`], for every file kind: the data-chunk checksums
+//! plus a body that says what the data blocks hold. The byte layout of each
+//! type is specified in `format/FORMAT.md` ("Metadata"); changing a field here
+//! is a format change.
+
+// rkyv's derive generates archived twins whose fields carry no doc comments.
+#![allow(missing_docs)]
+
+use crate::schema::{EmbeddingDef, Schema};
+
+/// Root of every file's metadata.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct FileMeta {
+    /// Size of one checksummed data chunk in bytes (the last may be shorter).
+    pub chunk_size: u32,
+    /// CRC32 of each chunk of the data region `[64, meta_offset)`.
+    pub data_crcs: Vec<u32>,
+    /// What the file holds.
+    pub body: Body,
+}
+
+/// What a file holds; must agree with the kind in the header.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) enum Body {
+    Manifest(ManifestMeta),
+    Columns(ColumnsMeta),
+    IdIndex(IdIndexMeta),
+    Deletes(DeletesMeta),
+}
+
+/// A byte range inside a file's data region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A reference from a manifest to a data file, with the two facts that tie
+/// the name to the exact bytes that were published.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct FileRef {
+    pub name: String,
+    pub len: u64,
+    pub meta_crc: u32,
+}
+
+/// A snapshot.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct ManifestMeta {
+    pub snapshot: u64,
+    pub parent: Option<u64>,
+    /// Milliseconds since the Unix epoch when the manifest was written.
+    pub created_unix_ms: u64,
+    pub schema: Schema,
+    pub segments: Vec<SegmentMeta>,
+    /// Reserved for model bundles (issue 4): empty in format version 1.
+    pub bundles: Vec<BundleRef>,
+    /// User key/value metadata, sorted by key.
+    pub user_meta: Vec<KeyValue>,
+    /// Next segment id the writer will hand out (ids are never reused).
+    pub next_segment_id: u64,
+}
+
+/// A key/value pair of user metadata.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// A model bundle published with a snapshot (reserved).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct BundleRef {
+    pub key: String,
+    pub files: Vec<FileRef>,
+}
+
+/// One segment of a snapshot and the files that hold it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct SegmentMeta {
+    pub id: u64,
+    pub rows: u64,
+    pub id_index: FileRef,
+    pub profile: FileRef,
+    pub stats: FileRef,
+    pub embeddings: Vec<EmbeddingRef>,
+    pub deletes: Option<FileRef>,
+}
+
+/// The file holding one embedding version of a segment.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct EmbeddingRef {
+    pub key: String,
+    pub file: FileRef,
+}
+
+/// Which column group a column file holds.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) enum Group {
+    Profile,
+    Stats,
+    Embedding(EmbeddingDef),
+}
+
+/// A column-group file: one segment's rows of one group.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct ColumnsMeta {
+    pub segment: u64,
+    pub rows: u64,
+    pub group: Group,
+    /// Scalar columns (profile and statistics groups), in schema order.
+    pub columns: Vec<ColumnBlock>,
+    /// Embedding rows (embedding group only): `rows * stride` bytes.
+    pub vectors: Option<VectorBlock>,
+}
+
+/// One scalar column: `rows` little-endian u32 or f32 values (missing rows
+/// hold the declared default) and, if any row is missing, a bitmap.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct ColumnBlock {
+    pub name: String,
+    pub values: Extent,
+    pub missing: Option<Extent>,
+    pub missing_count: u64,
+}
+
+/// The embedding rows of one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct VectorBlock {
+    pub stride: u32,
+    pub rows: Extent,
+}
+
+/// The id index of one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct IdIndexMeta {
+    pub segment: u64,
+    pub rows: u64,
+    /// Ids in row order, `rows` little-endian u64.
+    pub ids: Extent,
+    /// Open-addressing table of `slots` 16-byte slots `(id u64, row + 1 u64)`;
+    /// `row + 1 == 0` marks an empty slot.
+    pub table: Extent,
+    pub slots: u64,
+    /// Largest probe distance any id needed at build time; lookups stop after it.
+    pub max_probe: u32,
+}
+
+/// Deleted rows (tombstones) of one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct DeletesMeta {
+    pub segment: u64,
+    pub rows: u64,
+    /// Bitmap of `ceil(rows / 64)` little-endian u64 words; bit `r % 64` of
+    /// word `r / 64` set means row `r` is deleted.
+    pub bitmap: Extent,
+    pub deleted: u64,
+}

@@ -1,0 +1,37 @@
+//! The one place that maps files into memory.
+//!
+//! Every file vstore maps is immutable once published: the writer creates it
+//! under a fresh name, syncs it, and never writes, truncates or renames it
+//! afterwards (garbage collection only unlinks names; on POSIX a mapping
+//! outlives its name). That contract is what makes the read-only mapping
+//! below sound.
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::error::{Error, Result};
+
+/// Maps the whole of `file` (already opened read-only, of length `len` > 0).
+/// With `populate`, the kernel faults every page in at map time so that later
+/// reads never take a page fault (a latency choice; see `OpenOptions`).
+pub(crate) fn map_readonly(file: &File, path: &Path, len: u64, populate: bool) -> Result<Mmap> {
+    let len = usize::try_from(len).map_err(|_| {
+        Error::corrupt(path, format!("file length {len} exceeds the address space"))
+    })?;
+    let mut opts = MmapOptions::new();
+    opts.len(len);
+    if populate {
+        opts.populate();
+    }
+    // SAFETY: the mapping is read-only and the file is one of the store's
+    // published files, which no vstore process ever writes, truncates or
+    // rewrites after publish (see the module docs and FORMAT.md, "Publish
+    // protocol"). `len` equals the file length just read from fstat, and every
+    // offset used afterwards is checked against it. Another program that
+    // truncates a store's files while they are mapped breaks that contract
+    // (the process would get SIGBUS); that is documented in FORMAT.md.
+    let map = unsafe { opts.map(file) }.map_err(|e| Error::io("mmap", path, e))?;
+    Ok(map)
+}

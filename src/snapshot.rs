@@ -1,0 +1,236 @@
+//! A pinned, immutable view of the store: one manifest and every file it
+//! references, mapped when the snapshot was pinned.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::container::Container;
+use crate::error::{Error, Result};
+use crate::meta::ManifestMeta;
+use crate::pins::Pin;
+use crate::schema::{EmbeddingDef, Schema};
+use crate::segment::{EmbeddingColumn, Segment};
+
+/// Where an item lives in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ItemRef {
+    /// Index into [`Snapshot::segments`].
+    pub segment: usize,
+    /// Row within that segment.
+    pub row: usize,
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The snapshot whose files were checked.
+    pub snapshot: u64,
+    /// Number of distinct files checked.
+    pub files: usize,
+    /// Bytes checksummed.
+    pub bytes: u64,
+    /// Manifests checked (header, footer, metadata checksum and validation).
+    pub manifests: usize,
+}
+
+/// An immutable, numbered snapshot of a store. Obtained from
+/// [`crate::Store::snapshot`] as an `Arc`; holding it keeps every file it
+/// needs mapped, whatever the writer publishes or collects meanwhile.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) dir: PathBuf,
+    pub(crate) manifest: ManifestMeta,
+    pub(crate) manifest_file: Arc<Container>,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) _pin: Pin,
+}
+
+impl Snapshot {
+    /// The snapshot number (strictly increasing with each publish).
+    pub fn number(&self) -> u64 {
+        self.manifest.snapshot
+    }
+
+    /// The snapshot this one was built from, if any.
+    pub fn parent(&self) -> Option<u64> {
+        self.manifest.parent
+    }
+
+    /// When the snapshot was published.
+    pub fn created(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(self.manifest.created_unix_ms)
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The schema of this snapshot.
+    pub fn schema(&self) -> &Schema {
+        &self.manifest.schema
+    }
+
+    /// Segments, oldest first.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Number of live (not deleted) items.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(|s| s.live_rows()).sum()
+    }
+
+    /// Whether the snapshot holds no live item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A user metadata value set at publish time.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.manifest
+            .user_meta
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| kv.value.as_str())
+    }
+
+    /// All user metadata, sorted by key.
+    pub fn metadata_entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.manifest
+            .user_meta
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+    }
+
+    /// The `space@version` keys of the embedding columns this snapshot holds.
+    pub fn embedding_keys(&self) -> Vec<String> {
+        self.manifest.schema.embedding_keys()
+    }
+
+    /// The definition of embedding `key` (`space@version`); a key the
+    /// snapshot does not hold is [`Error::VersionSkew`], naming those it holds.
+    pub fn embedding_def(&self, key: &str) -> Result<&EmbeddingDef> {
+        self.manifest
+            .schema
+            .embedding_def(key)
+            .ok_or_else(|| self.skew(key))
+    }
+
+    pub(crate) fn skew(&self, key: &str) -> Error {
+        Error::VersionSkew {
+            snapshot: self.number(),
+            requested: key.to_string(),
+            available: self.embedding_keys(),
+        }
+    }
+
+    /// The embedding column `key` of segment `segment` (index into
+    /// [`Snapshot::segments`]). Unknown keys are [`Error::VersionSkew`].
+    pub fn embedding(&self, segment: usize, key: &str) -> Result<EmbeddingColumn<'_>> {
+        let seg = self.segments.get(segment).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "segment index {segment} out of range (snapshot {} has {})",
+                self.number(),
+                self.segments.len()
+            ))
+        })?;
+        seg.embedding_opt(key).ok_or_else(|| self.skew(key))
+    }
+
+    /// Where live item `id` is, if the snapshot holds it.
+    #[inline]
+    pub fn lookup(&self, id: u64) -> Option<ItemRef> {
+        for (i, s) in self.segments.iter().enumerate().rev() {
+            if let Some(row) = s.find(id) {
+                if !s.is_deleted(row) {
+                    return Some(ItemRef { segment: i, row });
+                }
+            }
+        }
+        None
+    }
+
+    fn locate(&self, id: u64, what: &str) -> Result<ItemRef> {
+        self.lookup(id).ok_or_else(|| Error::UnknownId {
+            id,
+            snapshot: self.number(),
+            context: what.to_string(),
+        })
+    }
+
+    /// Item `id`'s vector of embedding `key`, decoded to f32.
+    pub fn get_embedding(&self, id: u64, key: &str) -> Result<Vec<f32>> {
+        self.embedding_def(key)?;
+        let at = self.locate(id, "embedding lookup")?;
+        Ok(self.embedding(at.segment, key)?.to_vec(at.row))
+    }
+
+    /// Item `id`'s categorical profile value (`None` if it was missing; the
+    /// column's default is then what scoring uses).
+    pub fn get_categorical(&self, id: u64, column: &str) -> Result<Option<u32>> {
+        let at = self.locate(id, "profile lookup")?;
+        let c = self.segments[at.segment].categorical(column)?;
+        Ok((!c.is_missing(at.row)).then(|| c.get(at.row)))
+    }
+
+    /// Item `id`'s numeric profile value (`None` if missing).
+    pub fn get_numeric(&self, id: u64, column: &str) -> Result<Option<f32>> {
+        let at = self.locate(id, "profile lookup")?;
+        let c = self.segments[at.segment].numeric(column)?;
+        Ok((!c.is_missing(at.row)).then(|| c.get(at.row)))
+    }
+
+    /// Item `id`'s statistic (`None` if missing).
+    pub fn get_stat(&self, id: u64, column: &str) -> Result<Option<f32>> {
+        let at = self.locate(id, "statistics lookup")?;
+        let c = self.segments[at.segment].stat(column)?;
+        Ok((!c.is_missing(at.row)).then(|| c.get(at.row)))
+    }
+
+    /// Iterates over the live ids, segment by segment, in row order.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.segments.iter().flat_map(|s| {
+            s.ids()
+                .iter()
+                .enumerate()
+                .filter(move |(r, _)| !s.is_deleted(*r))
+                .map(|(_, &id)| id)
+        })
+    }
+
+    /// Names of the files this snapshot references (manifest first).
+    pub fn files(&self) -> Vec<String> {
+        let mut v = vec![file_name(&self.manifest_file.path)];
+        for s in &self.segments {
+            v.extend(s.files().into_iter().map(|f| file_name(&f.path)));
+        }
+        v
+    }
+
+    /// Recomputes the checksum of every data block of every file of this
+    /// snapshot and checks the id indexes and bitmaps. Reads every byte.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport {
+            snapshot: self.number(),
+            manifests: 1,
+            files: 1,
+            bytes: self.manifest_file.len(),
+        };
+        for s in &self.segments {
+            s.verify()?;
+            for f in s.files() {
+                report.files += 1;
+                report.bytes += f.len();
+            }
+        }
+        Ok(report)
+    }
+}
+
+pub(crate) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,315 @@
+//! Opening a store read-only, pinning snapshots and picking up new ones.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::container::{Container, Kind};
+use crate::error::{Error, Result};
+use crate::meta::{Body, FileRef, ManifestMeta};
+use crate::names;
+use crate::pins::Pin;
+use crate::segment::Segment;
+use crate::snapshot::{Snapshot, VerifyReport};
+
+/// How a store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    populate: bool,
+    verify: bool,
+}
+
+impl OpenOptions {
+    /// Default options: map lazily, validate structure only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prefault every mapped page at pin time (`MAP_POPULATE`), so queries
+    /// never take a page fault. Costs time and resident memory proportional
+    /// to the store's size when a snapshot is pinned.
+    pub fn populate(mut self, yes: bool) -> Self {
+        self.populate = yes;
+        self
+    }
+
+    /// Recompute every data checksum when a snapshot is pinned (reads every
+    /// byte; by default only headers, footers and metadata are checked at
+    /// open and [`Snapshot::verify`] checks the data on demand).
+    pub fn verify(mut self, yes: bool) -> Self {
+        self.verify = yes;
+        self
+    }
+}
+
+/// A store opened read-only. Cheap to share between threads; each query pins
+/// a snapshot with [`Store::snapshot`].
+///
+/// ```
+/// # fn main() -> vstore::Result<()> {
+/// use vstore::{Dtype, ItemBatch, Schema, Store, Writer};
+/// let dir = tempfile::tempdir().unwrap();
+/// let schema = Schema::new()
+///     .categorical("category", 0)
+///     .stat("ctr_1d", 0.0)
+///     .embedding("prerank", "v42", 4, Dtype::F16);
+/// let mut writer = Writer::create(dir.path(), schema)?;
+/// let mut tx = writer.begin();
+/// tx.add_items(
+///     ItemBatch::new(vec![10, 20])
+///         .categorical("category", vec![3, 7])
+///         .stat("ctr_1d", vec![0.1, 0.2])
+///         .embedding("prerank@v42", vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+/// )?;
+/// tx.commit()?;
+///
+/// let store = Store::open(dir.path())?;
+/// let snap = store.snapshot();
+/// assert_eq!(snap.get_embedding(20, "prerank@v42")?, vec![0.0, 1.0, 0.0, 0.0]);
+/// assert!(matches!(
+///     snap.get_embedding(20, "prerank@v43"),
+///     Err(vstore::Error::VersionSkew { .. })
+/// ));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    key: PathBuf,
+    opts: OpenOptions,
+    current: RwLock<Arc<Snapshot>>,
+    files: Mutex<HashMap<String, Weak<Container>>>,
+    skipped: Mutex<Vec<(String, String)>>,
+}
+
+/// How many times a reader re-lists manifests after losing a race with the
+/// writer's garbage collection.
+const RETRIES: usize = 8;
+
+pub(crate) fn list_manifests(dir: &Path) -> Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let e = e.map_err(|e| Error::io("list", dir, e))?;
+        if let Some(n) = e.file_name().to_str().and_then(names::parse_manifest) {
+            v.push(n);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Opens and validates manifest `n` of `dir`.
+pub(crate) fn read_manifest(dir: &Path, n: u64) -> Result<(Arc<Container>, ManifestMeta)> {
+    let path = dir.join(names::manifest(n));
+    let c = Container::open(&path, Kind::Manifest, false)?;
+    let Body::Manifest(m) = &c.meta.body else {
+        return Err(Error::corrupt(&path, "not a manifest"));
+    };
+    if m.snapshot != n {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "manifest named for snapshot {n} holds snapshot {}",
+                m.snapshot
+            ),
+        ));
+    }
+    m.schema
+        .validate()
+        .map_err(|e| Error::corrupt(&path, format!("schema does not validate: {e}")))?;
+    let m = m.clone();
+    Ok((Arc::new(c), m))
+}
+
+impl Store {
+    /// Opens the store in `dir` read-only and pins its newest snapshot.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(dir, OpenOptions::default())
+    }
+
+    /// Opens with explicit [`OpenOptions`].
+    pub fn open_with(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let meta = std::fs::metadata(&dir).map_err(|e| Error::io("open store", &dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::NotAStore {
+                path: dir,
+                why: "not a directory".into(),
+            });
+        }
+        let key = dir
+            .canonicalize()
+            .map_err(|e| Error::io("canonicalize", &dir, e))?;
+        let files = Mutex::new(HashMap::new());
+        let skipped = Mutex::new(Vec::new());
+        let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
+        Ok(Store {
+            dir,
+            key,
+            opts,
+            current: RwLock::new(first),
+            files,
+            skipped,
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current snapshot, pinned: cheap (an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().clone()
+    }
+
+    /// Picks up the newest published snapshot, if it is newer than the
+    /// current one. Returns whether the current snapshot changed. Snapshots
+    /// already handed out are unaffected.
+    pub fn refresh(&self) -> Result<bool> {
+        let newest = list_manifests(&self.dir)?.last().copied();
+        let cur = self.current.read().number();
+        if newest.is_none_or(|n| n <= cur) {
+            return Ok(false);
+        }
+        let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
+        let mut w = self.current.write();
+        if snap.number() > w.number() {
+            *w = snap;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Pins a specific (still retained) snapshot.
+    pub fn open_snapshot(&self, n: u64) -> Result<Arc<Snapshot>> {
+        load(&self.dir, &self.key, &self.opts, &self.files, n)
+    }
+
+    /// Snapshot numbers whose manifests are present, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<u64>> {
+        list_manifests(&self.dir)
+    }
+
+    /// Manifests newer than the current snapshot that failed to validate and
+    /// were skipped, with the reason (empty in a healthy store).
+    pub fn skipped_manifests(&self) -> Vec<(String, String)> {
+        self.skipped.lock().clone()
+    }
+
+    /// Verifies the current snapshot's every byte and checks that every
+    /// manifest in the directory validates. The first problem is the error.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let snap = self.snapshot();
+        let mut report = snap.verify()?;
+        report.manifests = 0;
+        for n in list_manifests(&self.dir)? {
+            match read_manifest(&self.dir, n) {
+                Ok(_) => report.manifests += 1,
+                // Collected by the writer since listing: not a fault.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn load_newest(
+    dir: &Path,
+    key: &Path,
+    opts: &OpenOptions,
+    files: &Mutex<HashMap<String, Weak<Container>>>,
+    skipped: &Mutex<Vec<(String, String)>>,
+) -> Result<Arc<Snapshot>> {
+    let mut last_err = None;
+    for _ in 0..RETRIES {
+        let list = list_manifests(dir)?;
+        if list.is_empty() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                why: "no manifest (MANIFEST-*) in the directory".into(),
+            });
+        }
+        let mut first_corrupt: Option<Error> = None;
+        let mut raced = false;
+        for &n in list.iter().rev() {
+            match load(dir, key, opts, files, n) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_not_found() => {
+                    raced = true;
+                    last_err = Some(e);
+                    break;
+                }
+                Err(e @ Error::Corrupt { .. })
+                    if e.path() == Some(&dir.join(names::manifest(n))) =>
+                {
+                    skipped.lock().push((names::manifest(n), e.to_string()));
+                    first_corrupt.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !raced {
+            return Err(first_corrupt.unwrap_or_else(|| Error::NotAStore {
+                path: dir.to_path_buf(),
+                why: "no manifest validates".into(),
+            }));
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::NotAStore {
+        path: dir.to_path_buf(),
+        why: "gave up racing garbage collection".into(),
+    }))
+}
+
+fn load(
+    dir: &Path,
+    key: &Path,
+    opts: &OpenOptions,
+    files: &Mutex<HashMap<String, Weak<Container>>>,
+    n: u64,
+) -> Result<Arc<Snapshot>> {
+    // Pin first, so that a collector in this process keeps what we map.
+    let pin = Pin::new(key, n);
+    let (manifest_file, manifest) = read_manifest(dir, n)?;
+    let mut cache = files.lock();
+    cache.retain(|_, w| w.strong_count() > 0);
+    let mut opener = |r: &FileRef, kind: Kind| -> Result<Arc<Container>> {
+        if !valid_file_name(&r.name) {
+            return Err(Error::corrupt(
+                dir.join(names::manifest(n)),
+                format!("references an invalid file name {:?}", r.name),
+            ));
+        }
+        if let Some(c) = cache.get(&r.name).and_then(Weak::upgrade) {
+            return Ok(c);
+        }
+        let c = Arc::new(Container::open(&dir.join(&r.name), kind, opts.populate)?);
+        cache.insert(r.name.clone(), Arc::downgrade(&c));
+        Ok(c)
+    };
+    let mut segments = Vec::with_capacity(manifest.segments.len());
+    for s in &manifest.segments {
+        segments.push(Segment::open(s, &manifest.schema, &mut opener)?);
+    }
+    drop(cache);
+    let snap = Snapshot {
+        dir: dir.to_path_buf(),
+        manifest,
+        manifest_file,
+        segments,
+        _pin: pin,
+    };
+    if opts.verify {
+        snap.verify()?;
+    }
+    Ok(Arc::new(snap))
+}
+
+/// A manifest may only name plain files inside the store directory.
+fn valid_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}

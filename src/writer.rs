@@ -1,0 +1,836 @@
+//! The single writer: builds snapshots in transactions, publishes them
+//! atomically, and collects garbage.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::batch::{self, ItemBatch};
+use crate::container::{ContainerWriter, Kind};
+use crate::encode::{self, ScalarColumn};
+use crate::error::{Error, Result};
+use crate::meta::{self, Body, EmbeddingRef, FileRef, KeyValue, ManifestMeta, SegmentMeta};
+use crate::names;
+use crate::schema::{EmbeddingDef, Schema};
+use crate::segment::Segment;
+use crate::snapshot::Snapshot;
+use crate::store::{list_manifests, read_manifest, Store};
+
+/// Which snapshots garbage collection keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest `keep_last` snapshots (at least 1).
+    pub keep_last: usize,
+    /// Also keep a snapshot until `grace` has passed since its successor was
+    /// published, so that readers in other processes that listed it just
+    /// before can still map it (they retry with the newest otherwise).
+    pub grace: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_last: 2,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What [`Writer::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Snapshots still present after collection.
+    pub kept: Vec<u64>,
+    /// Snapshots whose manifests were removed.
+    pub removed_snapshots: Vec<u64>,
+    /// Data and temporary files removed.
+    pub removed_files: Vec<String>,
+    /// Manifests that failed to validate (left in place, and while any
+    /// exists no data file is removed, since its references are unknown).
+    pub unreadable_manifests: Vec<String>,
+}
+
+/// The one writer of a store (a lock file keeps others out, across processes).
+///
+/// See [`crate::Store`] for an example.
+#[derive(Debug)]
+pub struct Writer {
+    dir: PathBuf,
+    key: PathBuf,
+    _lock: File,
+    schema: Schema,
+    store: Option<Store>,
+    next_snapshot: u64,
+    poisoned: Option<String>,
+    retention: Retention,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(names::LOCK);
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+/// Largest snapshot number any file in `dir` was written for.
+fn highest_tag(dir: &Path) -> Result<u64> {
+    let mut max = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let e = e.map_err(|e| Error::io("list", dir, e))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let tag = names::parse_manifest(name)
+            .or_else(|| names::parse_data_file(name))
+            .or_else(|| names::parse_tmp(name));
+        if let Some(t) = tag {
+            max = max.max(t);
+        }
+    }
+    Ok(max)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    /// Creates a new store in `dir` (created if absent) with `schema`. Nothing
+    /// is published until the first [`Transaction::commit`].
+    pub fn create(dir: impl AsRef<Path>, schema: Schema) -> Result<Writer> {
+        let dir = dir.as_ref().to_path_buf();
+        schema.validate()?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock = lock(&dir)?;
+        if !list_manifests(&dir)?.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{} already holds a store; open it with Writer::open",
+                dir.display()
+            )));
+        }
+        let key = dir
+            .canonicalize()
+            .map_err(|e| Error::io("canonicalize", &dir, e))?;
+        let next_snapshot = highest_tag(&dir)? + 1;
+        Ok(Writer {
+            dir,
+            key,
+            _lock: lock,
+            schema,
+            store: None,
+            next_snapshot,
+            poisoned: None,
+            retention: Retention::default(),
+        })
+    }
+
+    /// Opens the existing store in `dir` for writing.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Writer> {
+        let dir = dir.as_ref().to_path_buf();
+        let lock = lock(&dir)?;
+        let store = Store::open(&dir)?;
+        let schema = store.snapshot().schema().clone();
+        let key = dir
+            .canonicalize()
+            .map_err(|e| Error::io("canonicalize", &dir, e))?;
+        let next_snapshot = highest_tag(&dir)?.max(store.snapshot().number()) + 1;
+        Ok(Writer {
+            dir,
+            key,
+            _lock: lock,
+            schema,
+            store: Some(store),
+            next_snapshot,
+            poisoned: None,
+            retention: Retention::default(),
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The newest published snapshot, if any.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.store.as_ref().map(Store::snapshot)
+    }
+
+    /// The schema the next transaction starts from.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Sets the retention used by [`Writer::gc`].
+    pub fn set_retention(&mut self, r: Retention) {
+        self.retention = r;
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(Error::Poisoned {
+                path: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if matches!(e, Error::Io { .. }) {
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    /// Starts building the next snapshot from the newest one.
+    pub fn begin(&mut self) -> Transaction<'_> {
+        let base = self.snapshot();
+        let (segments, user_meta, next_segment_id) = match &base {
+            Some(b) => (
+                b.manifest
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| SegState {
+                        meta: m.clone(),
+                        view: View::Base(i),
+                    })
+                    .collect(),
+                b.manifest
+                    .user_meta
+                    .iter()
+                    .map(|kv| (kv.key.clone(), kv.value.clone()))
+                    .collect(),
+                b.manifest.next_segment_id,
+            ),
+            None => (Vec::new(), BTreeMap::new(), 0),
+        };
+        Transaction {
+            number: self.next_snapshot,
+            schema: self.schema.clone(),
+            base,
+            segments,
+            user_meta,
+            next_segment_id,
+            written: HashSet::new(),
+            w: self,
+        }
+    }
+
+    /// Removes snapshots the retention policy does not keep, then every data
+    /// or temporary file no remaining snapshot references.
+    pub fn gc(&mut self) -> Result<GcReport> {
+        let r = self.gc_inner();
+        self.poison(r)
+    }
+
+    fn gc_inner(&mut self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let list = list_manifests(&self.dir)?;
+        let mut metas: Vec<(u64, Option<ManifestMeta>)> = Vec::new();
+        for &n in &list {
+            match read_manifest(&self.dir, n) {
+                Ok((_, m)) => metas.push((n, Some(m))),
+                Err(e) if e.is_not_found() => {}
+                Err(_) => {
+                    report.unreadable_manifests.push(names::manifest(n));
+                    metas.push((n, None));
+                }
+            }
+        }
+        let valid: Vec<(u64, &ManifestMeta)> = metas
+            .iter()
+            .filter_map(|(n, m)| m.as_ref().map(|m| (*n, m)))
+            .collect();
+        let pinned: HashSet<u64> = crate::pins::pinned(&self.key).into_iter().collect();
+        let keep_last = self.retention.keep_last.max(1);
+        let now = now_ms();
+        let grace = self.retention.grace.as_millis() as u64;
+        let mut keep = HashSet::new();
+        for (i, (n, _)) in valid.iter().enumerate() {
+            let recent = i + keep_last >= valid.len();
+            let in_grace = valid
+                .get(i + 1)
+                .is_some_and(|(_, succ)| now.saturating_sub(succ.created_unix_ms) < grace);
+            if recent || in_grace || pinned.contains(n) {
+                keep.insert(*n);
+            }
+        }
+        for (n, _) in &valid {
+            if !keep.contains(n) {
+                let path = self.dir.join(names::manifest(*n));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => report.removed_snapshots.push(*n),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &path, e)),
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        report.kept = metas
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| {
+                keep.contains(n) || report.unreadable_manifests.contains(&names::manifest(*n))
+            })
+            .collect();
+        if !report.unreadable_manifests.is_empty() {
+            return Ok(report);
+        }
+        let mut referenced = HashSet::new();
+        for (n, m) in &valid {
+            if keep.contains(n) {
+                referenced.extend(manifest_files(m));
+            }
+        }
+        let mut names_in_dir = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))? {
+            let e = e.map_err(|e| Error::io("list", &self.dir, e))?;
+            if let Some(name) = e.file_name().to_str() {
+                names_in_dir.push(name.to_string());
+            }
+        }
+        names_in_dir.sort();
+        for name in names_in_dir {
+            let collect = (names::parse_data_file(&name).is_some() && !referenced.contains(&name))
+                || names::parse_tmp(&name).is_some();
+            if collect {
+                let path = self.dir.join(&name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => report.removed_files.push(name),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &path, e)),
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(report)
+    }
+}
+
+/// Names of every data file a manifest references.
+pub(crate) fn manifest_files(m: &ManifestMeta) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in &m.segments {
+        v.push(s.id_index.name.clone());
+        v.push(s.profile.name.clone());
+        v.push(s.stats.name.clone());
+        v.extend(s.embeddings.iter().map(|e| e.file.name.clone()));
+        if let Some(d) = &s.deletes {
+            v.push(d.name.clone());
+        }
+    }
+    for b in &m.bundles {
+        v.extend(b.files.iter().map(|f| f.name.clone()));
+    }
+    v
+}
+
+#[derive(Debug)]
+enum View {
+    Base(usize),
+    Own(Box<Segment>),
+}
+
+#[derive(Debug)]
+struct SegState {
+    meta: SegmentMeta,
+    view: View,
+}
+
+/// A snapshot under construction. Data files are written as operations are
+/// applied; nothing is visible to readers until [`Transaction::commit`]
+/// publishes the manifest. Dropping a transaction abandons it (its files
+/// are collected by the next [`Writer::gc`]).
+#[derive(Debug)]
+pub struct Transaction<'w> {
+    w: &'w mut Writer,
+    number: u64,
+    schema: Schema,
+    base: Option<Arc<Snapshot>>,
+    segments: Vec<SegState>,
+    user_meta: BTreeMap<String, String>,
+    next_segment_id: u64,
+    written: HashSet<String>,
+}
+
+impl<'w> Transaction<'w> {
+    /// Number the snapshot will have when committed.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The schema the snapshot will have.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn segment(&self, i: usize) -> &Segment {
+        match &self.segments[i].view {
+            View::Base(b) => &self.base.as_ref().expect("base snapshot").segments()[*b],
+            View::Own(s) => s,
+        }
+    }
+
+    fn lookup(&self, id: u64) -> Option<(usize, usize)> {
+        for i in (0..self.segments.len()).rev() {
+            let s = self.segment(i);
+            if let Some(row) = s.find(id) {
+                if !s.is_deleted(row) {
+                    return Some((i, row));
+                }
+            }
+        }
+        None
+    }
+
+    fn fresh_name(&mut self, segment: u64, group: &str, ext: &str) -> String {
+        let mut name = names::data_file(self.number, segment, group, ext);
+        let mut k = 1;
+        while self.written.contains(&name) {
+            name = names::data_file(self.number, segment, &format!("{group}.{k}"), ext);
+            k += 1;
+        }
+        self.written.insert(name.clone());
+        name
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.w.dir.join(name)
+    }
+
+    fn reopen(&mut self, i: usize) -> Result<()> {
+        let dir = self.w.dir.clone();
+        let mut opener = |r: &FileRef, kind: Kind| {
+            crate::container::Container::open(&dir.join(&r.name), kind, false).map(Arc::new)
+        };
+        let seg = Segment::open(&self.segments[i].meta, &self.schema, &mut opener)?;
+        self.segments[i].view = View::Own(Box::new(seg));
+        Ok(())
+    }
+
+    fn check_ids_unique(&self, ids: &[u64]) -> Result<()> {
+        let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            if let Some(j) = seen.insert(id, i) {
+                return Err(Error::DuplicateId {
+                    id,
+                    context: format!("input rows {j} and {i}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `batch` as a new segment. Ids must be new to the snapshot and
+    /// unique in the batch; every embedding version of the schema must be
+    /// given (f32, converted to each column's dtype); profile and statistics
+    /// columns not given are missing.
+    pub fn add_items(&mut self, batch: ItemBatch) -> Result<()> {
+        self.w.check_poisoned()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.check_columns(&self.schema, &[batch::Group::Profile, batch::Group::Stats])?;
+        for (key, _) in &batch.embeddings {
+            if self.schema.embedding_def(key).is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "embedding {key} is not in the schema (it has [{}]); add a version with Transaction::add_embedding",
+                    self.schema.embedding_keys().join(", ")
+                )));
+            }
+        }
+        let mut vectors = Vec::new();
+        for def in &self.schema.embeddings {
+            let key = def.key();
+            let given: Vec<_> = batch.embeddings.iter().filter(|(k, _)| *k == key).collect();
+            match given.as_slice() {
+                [(_, v)] => {
+                    encode::check_vectors(def, &batch.ids, v)?;
+                    vectors.push((def.clone(), v));
+                }
+                [] => {
+                    return Err(Error::InvalidInput(format!(
+                        "batch gives no vectors for embedding {key}; every item needs one for each version in the schema"
+                    )))
+                }
+                _ => return Err(Error::InvalidInput(format!("embedding {key} is given twice"))),
+            }
+        }
+        self.check_ids_unique(&batch.ids)?;
+        for (i, &id) in batch.ids.iter().enumerate() {
+            if let Some((s, row)) = self.lookup(id) {
+                return Err(Error::DuplicateId {
+                    id,
+                    context: format!(
+                        "input row {i} and segment {} row {row} of the snapshot being built",
+                        self.segments[s].meta.id
+                    ),
+                });
+            }
+        }
+        let r = self.write_segment(&batch, &vectors);
+        self.w.poison(r)
+    }
+
+    fn write_segment(
+        &mut self,
+        batch: &ItemBatch,
+        vectors: &[(EmbeddingDef, &Vec<f32>)],
+    ) -> Result<()> {
+        let seg = self.next_segment_id;
+        let rows = batch.len() as u64;
+        let name = self.fresh_name(seg, "ids", "vidx");
+        let id_index = encode::write_id_index(&self.path(&name), seg, &batch.ids)?;
+        let name = self.fresh_name(seg, "profile", "vcol");
+        let cols = batch.scalar_columns(&self.schema, batch::Group::Profile);
+        let profile =
+            encode::write_scalar_group(&self.path(&name), seg, rows, meta::Group::Profile, &cols)?;
+        let name = self.fresh_name(seg, "stats", "vcol");
+        let cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
+        let stats =
+            encode::write_scalar_group(&self.path(&name), seg, rows, meta::Group::Stats, &cols)?;
+        let mut embeddings = Vec::new();
+        for (def, v) in vectors {
+            let key = def.key();
+            let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
+            let d = def.dim as usize;
+            let file = encode::write_embedding_group(
+                &self.path(&name),
+                seg,
+                rows,
+                def,
+                v.chunks_exact(d),
+            )?;
+            embeddings.push(EmbeddingRef { key, file });
+        }
+        self.next_segment_id += 1;
+        self.segments.push(SegState {
+            meta: SegmentMeta {
+                id: seg,
+                rows,
+                id_index,
+                profile,
+                stats,
+                embeddings,
+                deletes: None,
+            },
+            view: View::Base(usize::MAX),
+        });
+        let i = self.segments.len() - 1;
+        self.reopen(i)
+    }
+
+    /// Overwrites statistics of existing items: `batch` holds ids and
+    /// statistics columns only. Columns not given keep their values; a
+    /// `None` value makes the item's statistic missing. Only the statistics
+    /// files of the segments touched are rewritten: profile and embedding
+    /// files stay shared with the previous snapshot.
+    pub fn update_stats(&mut self, batch: ItemBatch) -> Result<()> {
+        self.w.check_poisoned()?;
+        batch.check_columns(&self.schema, &[batch::Group::Stats])?;
+        if !batch.embeddings.is_empty() {
+            return Err(Error::InvalidInput(
+                "update_stats takes statistics columns only; embeddings change through add_embedding".into(),
+            ));
+        }
+        self.check_ids_unique(&batch.ids)?;
+        let mut by_seg: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
+        for (i, &id) in batch.ids.iter().enumerate() {
+            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
+                id,
+                snapshot: self.number,
+                context: format!("statistics update, input row {i}"),
+            })?;
+            by_seg.entry(s).or_default().push((i, row));
+        }
+        let r = self.rewrite_stats(&batch, by_seg);
+        self.w.poison(r)
+    }
+
+    fn rewrite_stats(
+        &mut self,
+        batch: &ItemBatch,
+        by_seg: BTreeMap<usize, Vec<(usize, usize)>>,
+    ) -> Result<()> {
+        for (s, rows) in by_seg {
+            let seg = self.segment(s);
+            let n = seg.rows();
+            let mut cols = Vec::new();
+            for d in &self.schema.stats {
+                let c = seg.stat(&d.name)?;
+                let mut col = ScalarColumn {
+                    name: d.name.clone(),
+                    values: c.values().iter().map(|x| x.to_bits()).collect(),
+                    missing: None,
+                    default: batch::default_bits(d),
+                };
+                if c.missing_count() > 0 {
+                    let mut m = vec![0u64; n.div_ceil(64)];
+                    for r in 0..n {
+                        if c.is_missing(r) {
+                            m[r / 64] |= 1 << (r % 64);
+                        }
+                    }
+                    col.missing = Some(m);
+                }
+                if let Some(v) = batch.column(batch::Group::Stats, &d.name) {
+                    for &(i, row) in &rows {
+                        col.set(row, v.get_bits(i));
+                    }
+                }
+                col.normalize();
+                cols.push(col);
+            }
+            let seg_id = self.segments[s].meta.id;
+            let name = self.fresh_name(seg_id, "stats", "vcol");
+            let rows_n = n as u64;
+            let f = encode::write_scalar_group(
+                &self.path(&name),
+                seg_id,
+                rows_n,
+                meta::Group::Stats,
+                &cols,
+            )?;
+            self.segments[s].meta.stats = f;
+            self.reopen(s)?;
+        }
+        Ok(())
+    }
+
+    /// Adds embedding version `def` with a vector for every live item
+    /// (`ids` and row-major f32 `vectors`, `ids.len() * dim` values). The
+    /// snapshot then holds it beside the versions it already has.
+    pub fn add_embedding(&mut self, def: EmbeddingDef, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        self.w.check_poisoned()?;
+        let key = def.key();
+        if self.schema.embedding_def(&key).is_some() {
+            return Err(Error::InvalidInput(format!(
+                "the snapshot already holds embedding {key}"
+            )));
+        }
+        let mut schema = self.schema.clone();
+        schema.embeddings.push(def.clone());
+        schema.validate()?;
+        encode::check_vectors(&def, ids, vectors)?;
+        self.check_ids_unique(ids)?;
+        let mut rows_of: Vec<Vec<Option<usize>>> = (0..self.segments.len())
+            .map(|s| vec![None; self.segment(s).rows()])
+            .collect();
+        for (i, &id) in ids.iter().enumerate() {
+            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
+                id,
+                snapshot: self.number,
+                context: format!("embedding {key}, input row {i}"),
+            })?;
+            rows_of[s][row] = Some(i);
+        }
+        for (s, rows) in rows_of.iter().enumerate() {
+            let seg = self.segment(s);
+            if let Some(r) = rows
+                .iter()
+                .enumerate()
+                .position(|(r, x)| x.is_none() && !seg.is_deleted(r))
+            {
+                return Err(Error::InvalidInput(format!(
+                    "embedding {key} has no vector for item id {}; every live item needs one",
+                    seg.ids()[r]
+                )));
+            }
+        }
+        let r = self.write_embedding(def, vectors, rows_of, schema);
+        self.w.poison(r)
+    }
+
+    fn write_embedding(
+        &mut self,
+        def: EmbeddingDef,
+        vectors: &[f32],
+        rows_of: Vec<Vec<Option<usize>>>,
+        schema: Schema,
+    ) -> Result<()> {
+        let key = def.key();
+        let d = def.dim as usize;
+        let zeros = vec![0f32; d];
+        for (s, rows) in rows_of.iter().enumerate() {
+            let seg_id = self.segments[s].meta.id;
+            let name = self.fresh_name(seg_id, &format!("emb-{key}"), "vcol");
+            let it = rows.iter().map(|x| match x {
+                Some(i) => &vectors[i * d..(i + 1) * d],
+                None => &zeros[..],
+            });
+            let file = encode::write_embedding_group(
+                &self.path(&name),
+                seg_id,
+                rows.len() as u64,
+                &def,
+                it,
+            )?;
+            self.segments[s].meta.embeddings.push(EmbeddingRef {
+                key: key.clone(),
+                file,
+            });
+        }
+        self.schema = schema;
+        for s in 0..self.segments.len() {
+            self.reopen(s)?;
+        }
+        Ok(())
+    }
+
+    /// Removes embedding version `key` from the snapshot (its files stay
+    /// with older snapshots until collected).
+    pub fn drop_embedding(&mut self, key: &str) -> Result<()> {
+        self.w.check_poisoned()?;
+        if self.schema.embedding_def(key).is_none() {
+            return Err(Error::VersionSkew {
+                snapshot: self.number,
+                requested: key.to_string(),
+                available: self.schema.embedding_keys(),
+            });
+        }
+        self.schema.embeddings.retain(|d| d.key() != key);
+        for s in &mut self.segments {
+            s.meta.embeddings.retain(|e| e.key != key);
+        }
+        for s in 0..self.segments.len() {
+            let r = self.reopen(s);
+            self.w.poison(r)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes live items (tombstones; a segment whose every row is deleted
+    /// leaves the snapshot).
+    pub fn delete(&mut self, ids: &[u64]) -> Result<()> {
+        self.w.check_poisoned()?;
+        self.check_ids_unique(ids)?;
+        let mut by_seg: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
+                id,
+                snapshot: self.number,
+                context: format!("delete, input row {i}"),
+            })?;
+            by_seg.entry(s).or_default().push(row);
+        }
+        let r = self.write_deletes(by_seg);
+        self.w.poison(r)
+    }
+
+    fn write_deletes(&mut self, by_seg: BTreeMap<usize, Vec<usize>>) -> Result<()> {
+        let mut emptied = Vec::new();
+        for (s, rows) in by_seg {
+            let seg = self.segment(s);
+            let n = seg.rows();
+            let mut bm = vec![0u64; n.div_ceil(64)];
+            for r in 0..n {
+                if seg.is_deleted(r) {
+                    bm[r / 64] |= 1 << (r % 64);
+                }
+            }
+            for r in rows {
+                bm[r / 64] |= 1 << (r % 64);
+            }
+            let deleted: usize = bm.iter().map(|w| w.count_ones() as usize).sum();
+            if deleted == n {
+                emptied.push(s);
+                continue;
+            }
+            let seg_id = self.segments[s].meta.id;
+            let name = self.fresh_name(seg_id, "del", "vdel");
+            let f = encode::write_deletes(&self.path(&name), seg_id, n as u64, &bm)?;
+            self.segments[s].meta.deletes = Some(f);
+            self.reopen(s)?;
+        }
+        for s in emptied.into_iter().rev() {
+            self.segments.remove(s);
+        }
+        Ok(())
+    }
+
+    /// Sets a user metadata entry published with the snapshot.
+    pub fn set_metadata(&mut self, key: &str, value: &str) {
+        self.user_meta.insert(key.to_string(), value.to_string());
+    }
+
+    /// Removes a user metadata entry.
+    pub fn remove_metadata(&mut self, key: &str) {
+        self.user_meta.remove(key);
+    }
+
+    /// Publishes the snapshot: syncs the directory (data files are already
+    /// synced), writes the manifest to a temporary name, syncs it, renames it
+    /// into place and syncs the directory. Returns the new snapshot, pinned.
+    pub fn commit(self) -> Result<Arc<Snapshot>> {
+        self.w.check_poisoned()?;
+        let manifest = ManifestMeta {
+            snapshot: self.number,
+            parent: self.base.as_ref().map(|b| b.number()),
+            created_unix_ms: now_ms(),
+            schema: self.schema.clone(),
+            segments: self.segments.iter().map(|s| s.meta.clone()).collect(),
+            bundles: Vec::new(),
+            user_meta: self
+                .user_meta
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            next_segment_id: self.next_segment_id,
+        };
+        let number = self.number;
+        drop(self.base);
+        drop(self.segments);
+        let w = self.w;
+        let r = publish(&w.dir, number, manifest);
+        w.poison(r)?;
+        w.next_snapshot = number + 1;
+        w.schema = w.schema.clone();
+        let r = match &w.store {
+            Some(s) => s.refresh().map(|_| ()),
+            None => Store::open(&w.dir).map(|s| w.store = Some(s)),
+        };
+        w.poison(r)?;
+        let snap = w.snapshot().expect("store opened");
+        w.schema = snap.schema().clone();
+        Ok(snap)
+    }
+}
+
+fn publish(dir: &Path, number: u64, manifest: ManifestMeta) -> Result<()> {
+    sync_dir(dir)?;
+    let final_name = names::manifest(number);
+    let tmp = dir.join(format!("{final_name}{}", names::TMP_SUFFIX));
+    let w = ContainerWriter::create(&tmp, Kind::Manifest)?;
+    w.finish(Body::Manifest(manifest))?;
+    let dst = dir.join(&final_name);
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
+    sync_dir(dir)
+}

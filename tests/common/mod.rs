@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use vstore::{Dtype, ItemBatch, Schema};
+
+/// The schema most tests use: two profile columns, two statistics, one
+/// embedding version.
+pub fn schema(dim: u32, dtype: Dtype) -> Schema {
+    Schema::new()
+        .categorical("category", 0)
+        .numeric("price", -1.0)
+        .stat("ctr_1d", 0.0)
+        .stat("impressions_7d", 0.0)
+        .embedding("prerank", "v42", dim, dtype)
+}
+
+/// A deterministic vector for item `id` (values exactly representable in f16).
+pub fn vector(id: u64, dim: u32, salt: u64) -> Vec<f32> {
+    (0..dim as u64)
+        .map(|j| (((id * 31 + j * 7 + salt * 13) % 64) as f32 - 32.0) / 16.0)
+        .collect()
+}
+
+/// A batch of items `ids` for [`schema`].
+pub fn batch(ids: &[u64], dim: u32, salt: u64) -> ItemBatch {
+    let vecs: Vec<f32> = ids.iter().flat_map(|&id| vector(id, dim, salt)).collect();
+    ItemBatch::new(ids.to_vec())
+        .categorical("category", ids.iter().map(|&i| (i % 7) as u32).collect())
+        .numeric_opt(
+            "price",
+            ids.iter()
+                .map(|&i| (i % 5 != 0).then_some(i as f32 * 0.5))
+                .collect(),
+        )
+        .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, salt)).collect())
+        .stat("impressions_7d", ids.iter().map(|&i| i as f32).collect())
+        .embedding("prerank@v42", vecs)
+}
+
+/// The `ctr_1d` value item `id` gets in generation `salt`.
+pub fn stat_value(id: u64, salt: u64) -> f32 {
+    ((id + salt) % 1000) as f32 / 1000.0
+}
+
+/// Names of the files in `dir`, sorted.
+pub fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,472 @@
+//! Snapshots: publish, isolation, retention and garbage collection, stats
+//! refresh sharing files, version tags, deletes, the writer lock.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{batch, schema, stat_value, vector};
+use vstore::{Dtype, EmbeddingDef, Error, ItemBatch, Retention, Store, Writer};
+
+const DIM: u32 = 8;
+
+fn no_grace(keep_last: usize) -> Retention {
+    Retention {
+        keep_last,
+        grace: Duration::ZERO,
+    }
+}
+
+#[test]
+fn publish_then_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let ids: Vec<u64> = (0..1000).map(|i| i * 3 + 1).collect();
+    let mut tx = w.begin();
+    assert_eq!(tx.number(), 1);
+    tx.add_items(batch(&ids, DIM, 0)).unwrap();
+    tx.set_metadata("source", "unit-test");
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.number(), 1);
+    assert_eq!(snap.parent(), None);
+
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.snapshot();
+    assert_eq!(s.number(), 1);
+    assert_eq!(s.len(), 1000);
+    assert_eq!(s.metadata("source"), Some("unit-test"));
+    assert_eq!(s.ids().collect::<Vec<_>>(), ids);
+    for &id in &ids {
+        assert_eq!(
+            s.get_embedding(id, "prerank@v42").unwrap(),
+            vector(id, DIM, 0)
+        );
+        assert_eq!(
+            s.get_categorical(id, "category").unwrap(),
+            Some((id % 7) as u32)
+        );
+        let price = s.get_numeric(id, "price").unwrap();
+        assert_eq!(price, (id % 5 != 0).then_some(id as f32 * 0.5));
+        assert_eq!(s.get_stat(id, "ctr_1d").unwrap(), Some(stat_value(id, 0)));
+    }
+    // A missing numeric reads as the declared default in the column view.
+    let at = s.lookup(10).unwrap();
+    let col = s.segments()[at.segment].numeric("price").unwrap();
+    assert!(col.is_missing(at.row));
+    assert_eq!(col.get(at.row), -1.0);
+    assert!(s.lookup(2).is_none());
+    assert!(matches!(
+        s.get_embedding(2, "prerank@v42"),
+        Err(Error::UnknownId { id: 2, .. })
+    ));
+    s.verify().unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.manifests, 1);
+    assert_eq!(report.files, 5);
+}
+
+#[test]
+fn unknown_version_is_version_skew_naming_what_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F16)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
+    let s = tx.commit().unwrap();
+    let err = s.get_embedding(1, "prerank@v43").unwrap_err();
+    match &err {
+        Error::VersionSkew {
+            requested,
+            available,
+            snapshot,
+        } => {
+            assert_eq!(requested, "prerank@v43");
+            assert_eq!(available, &vec!["prerank@v42".to_string()]);
+            assert_eq!(*snapshot, 1);
+        }
+        e => panic!("expected VersionSkew, got {e:?}"),
+    }
+    assert!(err.to_string().contains("prerank@v42"));
+    assert!(matches!(
+        s.embedding(0, "other@v42"),
+        Err(Error::VersionSkew { .. })
+    ));
+    assert!(matches!(
+        s.embedding_def("prerank@v41"),
+        Err(Error::VersionSkew { .. })
+    ));
+}
+
+#[test]
+fn several_versions_side_by_side_and_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let ids: Vec<u64> = (100..300).collect();
+    let mut tx = w.begin();
+    tx.add_items(batch(&ids[..120], DIM, 0)).unwrap();
+    tx.add_items(batch(&ids[120..], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+
+    // v43 rolls out at dimension 16 in i8 beside v42.
+    let v43 = EmbeddingDef::new("prerank", "v43", 16, Dtype::I8);
+    let vecs: Vec<f32> = ids.iter().flat_map(|&id| vector(id, 16, 43)).collect();
+    let mut tx = w.begin();
+    tx.add_embedding(v43.clone(), &ids, &vecs).unwrap();
+    let s = tx.commit().unwrap();
+    assert_eq!(s.embedding_keys(), vec!["prerank@v42", "prerank@v43"]);
+    for &id in &ids {
+        assert_eq!(
+            s.get_embedding(id, "prerank@v42").unwrap(),
+            vector(id, DIM, 0)
+        );
+        let got = s.get_embedding(id, "prerank@v43").unwrap();
+        let want = vector(id, 16, 43);
+        let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (g, x) in got.iter().zip(&want) {
+            assert!((g - x).abs() <= max / 254.0 + 1e-6, "{g} vs {x}");
+        }
+    }
+    // New items must now carry both versions.
+    let mut tx = w.begin();
+    let err = tx.add_items(batch(&[1000], DIM, 0)).unwrap_err();
+    assert!(err.to_string().contains("prerank@v43"), "{err}");
+    tx.drop_embedding("prerank@v42").unwrap();
+    let s2 = tx.commit().unwrap();
+    assert_eq!(s2.embedding_keys(), vec!["prerank@v43"]);
+    assert!(matches!(
+        s2.get_embedding(100, "prerank@v42"),
+        Err(Error::VersionSkew { .. })
+    ));
+    // The older pinned snapshot still has both.
+    assert!(s.get_embedding(100, "prerank@v42").is_ok());
+    // Missing vectors for some live item are refused, naming the id.
+    let mut tx = w.begin();
+    let v44 = EmbeddingDef::new("prerank", "v44", 4, Dtype::F32);
+    let err = tx
+        .add_embedding(v44, &ids[1..], &vec![0.5; 4 * (ids.len() - 1)])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no vector for item id 100"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_refresh_shares_profile_and_embedding_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F16)).unwrap();
+    let ids: Vec<u64> = (0..500).collect();
+    let mut tx = w.begin();
+    tx.add_items(batch(&ids[..250], DIM, 0)).unwrap();
+    tx.add_items(batch(&ids[250..], DIM, 0)).unwrap();
+    let before = tx.commit().unwrap();
+
+    // Refresh ctr_1d for items of the second segment only.
+    let upd: Vec<u64> = (300..400).collect();
+    let mut tx = w.begin();
+    tx.update_stats(
+        ItemBatch::new(upd.clone()).stat("ctr_1d", upd.iter().map(|&i| stat_value(i, 9)).collect()),
+    )
+    .unwrap();
+    let after = tx.commit().unwrap();
+    assert_eq!(after.parent(), Some(before.number()));
+
+    let files_before: HashSet<String> = before.files().into_iter().collect();
+    let files_after: Vec<String> = after.files();
+    let new_files: Vec<&String> = files_after[1..]
+        .iter()
+        .filter(|f| !files_before.contains(*f))
+        .collect();
+    // Exactly one new data file: the second segment's statistics.
+    assert_eq!(new_files.len(), 1, "{new_files:?}");
+    assert!(new_files[0].contains("-g1-stats"), "{new_files:?}");
+    // Profile, embedding and id index files of both segments are the very same.
+    for f in &files_after[1..] {
+        if !f.contains("stats") {
+            assert!(files_before.contains(f), "{f} is not shared");
+        }
+    }
+    for &id in &ids {
+        let want = if upd.contains(&id) {
+            stat_value(id, 9)
+        } else {
+            stat_value(id, 0)
+        };
+        assert_eq!(after.get_stat(id, "ctr_1d").unwrap(), Some(want));
+        assert_eq!(
+            before.get_stat(id, "ctr_1d").unwrap(),
+            Some(stat_value(id, 0))
+        );
+        // Untouched column keeps its values.
+        assert_eq!(
+            after.get_stat(id, "impressions_7d").unwrap(),
+            Some(id as f32)
+        );
+    }
+    // Stats may be cleared to missing, and unknown ids are refused.
+    let mut tx = w.begin();
+    tx.update_stats(ItemBatch::new(vec![7]).stat_opt("ctr_1d", vec![None]))
+        .unwrap();
+    let s = tx.commit().unwrap();
+    assert_eq!(s.get_stat(7, "ctr_1d").unwrap(), None);
+    let mut tx = w.begin();
+    let e = tx
+        .update_stats(ItemBatch::new(vec![123_456]).stat("ctr_1d", vec![0.5]))
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownId { id: 123_456, .. }), "{e}");
+    let e = tx
+        .update_stats(ItemBatch::new(vec![1]).categorical("category", vec![3]))
+        .unwrap_err();
+    assert!(e.to_string().contains("category"), "{e}");
+}
+
+#[test]
+fn reader_pinned_is_isolated_through_50_publishes_and_gc_then_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    w.set_retention(no_grace(1));
+    let ids: Vec<u64> = (0..300).collect();
+    let mut tx = w.begin();
+    tx.add_items(batch(&ids, DIM, 0)).unwrap();
+    let first = tx.commit().unwrap().number();
+
+    let store = Store::open(dir.path()).unwrap();
+    let pinned = store.snapshot();
+    assert_eq!(pinned.number(), first);
+    let pinned_files = pinned.files();
+
+    let mut live = ids.clone();
+    for gen in 1..=50u64 {
+        let mut tx = w.begin();
+        // Each publish: a stats refresh, a new item, and every tenth a delete.
+        tx.update_stats(
+            ItemBatch::new(live.clone())
+                .stat("ctr_1d", live.iter().map(|&i| stat_value(i, gen)).collect()),
+        )
+        .unwrap();
+        let new_id = 10_000 + gen;
+        tx.add_items(batch(&[new_id], DIM, gen)).unwrap();
+        if gen % 10 == 0 {
+            tx.delete(&[gen]).unwrap();
+            live.retain(|&i| i != gen);
+        }
+        let s = tx.commit().unwrap();
+        assert_eq!(s.number(), first + gen);
+        w.gc().unwrap();
+        // The pinned snapshot reads its own values throughout.
+        for &id in ids.iter().step_by(17) {
+            assert_eq!(
+                pinned.get_stat(id, "ctr_1d").unwrap(),
+                Some(stat_value(id, 0))
+            );
+            assert_eq!(
+                pinned.get_embedding(id, "prerank@v42").unwrap(),
+                vector(id, DIM, 0)
+            );
+        }
+        assert!(pinned.lookup(new_id).is_none());
+    }
+    pinned.verify().unwrap();
+    // Every file of the pinned snapshot is still on disk (pinned in-process).
+    let on_disk = common::files(dir.path());
+    for f in &pinned_files {
+        assert!(on_disk.contains(f), "{f} was collected while pinned");
+    }
+    store.refresh().unwrap();
+    let newest = store.snapshot();
+    assert_eq!(newest.number(), first + 50);
+    assert!(newest.lookup(10).is_none(), "deleted item is gone");
+    assert_eq!(newest.len(), 300 + 50 - 5);
+    assert_eq!(
+        newest.get_stat(11, "ctr_1d").unwrap(),
+        Some(stat_value(11, 50))
+    );
+
+    // Release the pin: GC reclaims the old snapshot and its unshared files.
+    drop(pinned);
+    let report = w.gc().unwrap();
+    assert!(report.removed_snapshots.contains(&first), "{report:?}");
+    let on_disk = common::files(dir.path());
+    let manifests: Vec<_> = on_disk
+        .iter()
+        .filter(|f| f.starts_with("MANIFEST"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{on_disk:?}");
+    let live: HashSet<String> = newest.files().into_iter().collect();
+    for f in &on_disk {
+        assert!(
+            f == "LOCK" || live.contains(f),
+            "unreferenced file {f} left after gc"
+        );
+    }
+    assert!(!on_disk
+        .iter()
+        .any(|f| f.contains("-g0-stats") && !live.contains(f)));
+    newest.verify().unwrap();
+}
+
+#[test]
+fn retention_keeps_last_n_and_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    for i in 0..6u64 {
+        let mut tx = w.begin();
+        tx.add_items(batch(&[i], DIM, 0)).unwrap();
+        tx.commit().unwrap();
+    }
+    w.set_retention(Retention {
+        keep_last: 3,
+        grace: Duration::from_secs(3600),
+    });
+    let r = w.gc().unwrap();
+    assert!(r.removed_snapshots.is_empty(), "grace keeps all: {r:?}");
+    w.set_retention(no_grace(3));
+    let r = w.gc().unwrap();
+    assert_eq!(r.removed_snapshots, vec![1, 2, 3]);
+    assert_eq!(r.kept, vec![4, 5, 6]);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.snapshots().unwrap(), vec![4, 5, 6]);
+    assert_eq!(store.open_snapshot(4).unwrap().len(), 4);
+    assert!(store.open_snapshot(2).unwrap_err().is_not_found());
+}
+
+#[test]
+fn abandoned_transaction_files_are_collected_and_numbers_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    {
+        let mut tx = w.begin();
+        tx.add_items(batch(&[3, 4], DIM, 0)).unwrap();
+        // dropped without commit
+    }
+    let stray: Vec<String> = common::files(dir.path())
+        .into_iter()
+        .filter(|f| f.starts_with("s0000000002"))
+        .collect();
+    assert_eq!(stray.len(), 4, "{stray:?}");
+    w.set_retention(no_grace(1));
+    let r = w.gc().unwrap();
+    assert_eq!(r.removed_files.len(), 4, "{r:?}");
+    drop(w);
+    // A new writer never reuses a number a stray file was written for.
+    let mut w = Writer::open(dir.path()).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[3], DIM, 0)).unwrap();
+    let s = tx.commit().unwrap();
+    assert!(s.number() >= 2);
+    assert_eq!(s.len(), 3);
+}
+
+#[test]
+fn second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    let e = Writer::open(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("locked"), "{e}");
+    drop(w);
+    Writer::open(dir.path()).unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_with_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(4, Dtype::F16)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2], 4, 0)).unwrap();
+    // Duplicate inside the batch.
+    let e = tx.add_items(batch(&[5, 5], 4, 0)).unwrap_err();
+    assert!(matches!(e, Error::DuplicateId { id: 5, .. }), "{e}");
+    // Duplicate against the snapshot being built.
+    let e = tx.add_items(batch(&[9, 2], 4, 0)).unwrap_err();
+    assert!(matches!(e, Error::DuplicateId { id: 2, .. }), "{e}");
+    // Wrong vector length.
+    let e = tx
+        .add_items(ItemBatch::new(vec![7]).embedding("prerank@v42", vec![1.0; 3]))
+        .unwrap_err();
+    assert!(e.to_string().contains("3 values"), "{e}");
+    // Non-finite and f16-overflowing values name the id and component.
+    let e = tx
+        .add_items(ItemBatch::new(vec![7]).embedding("prerank@v42", vec![1.0, f32::NAN, 0.0, 0.0]))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("id 7") && e.to_string().contains("component 1"),
+        "{e}"
+    );
+    let e = tx
+        .add_items(ItemBatch::new(vec![7]).embedding("prerank@v42", vec![1e6, 0.0, 0.0, 0.0]))
+        .unwrap_err();
+    assert!(e.to_string().contains("f16"), "{e}");
+    // Unknown column, wrong type, wrong length.
+    let e = tx
+        .add_items(batch(&[8], 4, 0).numeric("colour", vec![1.0]))
+        .unwrap_err();
+    assert!(matches!(e, Error::NoSuchColumn { .. }), "{e}");
+    let e = tx
+        .add_items(batch(&[8], 4, 0).numeric("category", vec![1.0]))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("given twice") || e.to_string().contains("categorical"),
+        "{e}"
+    );
+    let e = tx
+        .add_items(
+            ItemBatch::new(vec![8])
+                .stat("ctr_1d", vec![f32::INFINITY])
+                .embedding("prerank@v42", vec![0.0; 4]),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("ctr_1d"), "{e}");
+    // None of that poisoned the transaction.
+    tx.add_items(batch(&[3], 4, 0)).unwrap();
+    let s = tx.commit().unwrap();
+    assert_eq!(s.len(), 3);
+    // An existing store cannot be created over.
+    drop(w);
+    let e = Writer::create(dir.path(), schema(4, Dtype::F16)).unwrap_err();
+    assert!(e.to_string().contains("already holds a store"), "{e}");
+    // An empty directory is not a store.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Store::open(empty.path()),
+        Err(Error::NotAStore { .. })
+    ));
+}
+
+#[test]
+fn deletes_are_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::Bf16)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&(0..100).collect::<Vec<_>>(), DIM, 0))
+        .unwrap();
+    tx.add_items(batch(&[500, 501], DIM, 0)).unwrap();
+    let s1 = tx.commit().unwrap();
+    let mut tx = w.begin();
+    tx.delete(&[3, 64, 99]).unwrap();
+    tx.delete(&[500, 501]).unwrap();
+    let e = tx.delete(&[3]).unwrap_err();
+    assert!(matches!(e, Error::UnknownId { id: 3, .. }), "{e}");
+    let s2 = tx.commit().unwrap();
+    assert_eq!(s2.len(), 97);
+    assert_eq!(s2.segments().len(), 1, "fully deleted segment leaves");
+    assert!(s2.lookup(64).is_none());
+    assert!(s2.lookup(65).is_some());
+    assert_eq!(s1.len(), 102);
+    assert!(!s2.ids().any(|i| i == 3 || i == 64 || i == 99));
+    // A deleted id may be added again (as a new segment).
+    let mut tx = w.begin();
+    tx.add_items(batch(&[64], DIM, 7)).unwrap();
+    let s3 = tx.commit().unwrap();
+    assert_eq!(
+        s3.get_embedding(64, "prerank@v42").unwrap(),
+        vector(64, DIM, 7)
+    );
+    s3.verify().unwrap();
+}
