@@ -353,7 +353,10 @@ pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64,
     }
     let pad = &bytes[(meta_offset + meta_len) as usize..footer_start as usize];
     if pad.iter().any(|&b| b != 0) {
-        return Err(Error::corrupt(path, "padding between metadata and footer is not zero"));
+        return Err(Error::corrupt(
+            path,
+            "padding between metadata and footer is not zero",
+        ));
     }
     Ok((meta_offset, meta_len, meta_crc))
 }

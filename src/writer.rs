@@ -237,6 +237,7 @@ impl Writer {
             user_meta,
             next_segment_id,
             written: HashSet::new(),
+            created_unix_ms: None,
             w: self,
         }
     }
@@ -376,6 +377,7 @@ pub struct Transaction<'w> {
     user_meta: BTreeMap<String, String>,
     next_segment_id: u64,
     written: HashSet<String>,
+    created_unix_ms: Option<u64>,
 }
 
 impl<'w> Transaction<'w> {
@@ -773,6 +775,17 @@ impl<'w> Transaction<'w> {
         Ok(())
     }
 
+    /// Records `t` as the snapshot's publish time instead of the clock, for
+    /// reproducible builds (the same inputs then give byte-identical files).
+    /// Retention's grace period is measured from this time.
+    pub fn set_created_time(&mut self, t: SystemTime) {
+        self.created_unix_ms = Some(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        );
+    }
+
     /// Sets a user metadata entry published with the snapshot.
     pub fn set_metadata(&mut self, key: &str, value: &str) {
         self.user_meta.insert(key.to_string(), value.to_string());
@@ -791,7 +804,7 @@ impl<'w> Transaction<'w> {
         let manifest = ManifestMeta {
             snapshot: self.number,
             parent: self.base.as_ref().map(|b| b.number()),
-            created_unix_ms: now_ms(),
+            created_unix_ms: self.created_unix_ms.unwrap_or_else(now_ms),
             schema: self.schema.clone(),
             segments: self.segments.iter().map(|s| s.meta.clone()).collect(),
             bundles: Vec::new(),

@@ -21,8 +21,10 @@ fn build(dir: &Path) {
         .embedding("prerank", "v42", 8, Dtype::F16);
     let mut w = Writer::create(dir, schema).unwrap();
     let mut tx = w.begin();
-    tx.add_items(batch(&(0..70).collect::<Vec<_>>(), 8, 0)).unwrap();
-    tx.add_items(batch(&(100..130).collect::<Vec<_>>(), 8, 0)).unwrap();
+    tx.add_items(batch(&(0..70).collect::<Vec<_>>(), 8, 0))
+        .unwrap();
+    tx.add_items(batch(&(100..130).collect::<Vec<_>>(), 8, 0))
+        .unwrap();
     tx.commit().unwrap();
     let mut tx = w.begin();
     let ids: Vec<u64> = (0..70).chain(100..130).collect();
@@ -89,10 +91,7 @@ fn expect_error_naming(dir: &Path, file: &Path, what: &str) {
                 "{what}: error does not name the damaged file: {e}"
             );
             assert!(
-                matches!(
-                    e,
-                    Error::Corrupt { .. } | Error::UnsupportedFormat { .. }
-                ),
+                matches!(e, Error::Corrupt { .. } | Error::UnsupportedFormat { .. }),
                 "{what}: unexpected error kind {e:?}"
             );
         }
@@ -105,7 +104,16 @@ fn truncation_of_every_file_kind_is_detected() {
     build(dir.path());
     for (kind, path) in targets(dir.path()) {
         let orig = std::fs::read(&path).unwrap();
-        for len in [0, 1, 63, 64, 104, orig.len() / 2, orig.len() - 40, orig.len() - 1] {
+        for len in [
+            0,
+            1,
+            63,
+            64,
+            104,
+            orig.len() / 2,
+            orig.len() - 40,
+            orig.len() - 1,
+        ] {
             std::fs::write(&path, &orig[..len]).unwrap();
             expect_error_naming(dir.path(), &path, &format!("{kind} truncated to {len}"));
         }
@@ -146,7 +154,10 @@ fn zeroing_of_every_file_kind_is_detected() {
             std::fs::write(&path, &damaged).unwrap();
             expect_error_naming(dir.path(), &path, &format!("{kind} zeroed {a}..{b}"));
         }
-        assert!(tried >= 5, "{kind}: only {tried} zeroing cases damaged anything");
+        assert!(
+            tried >= 5,
+            "{kind}: only {tried} zeroing cases damaged anything"
+        );
         std::fs::write(&path, &orig).unwrap();
     }
     open_and_verify(dir.path()).unwrap();

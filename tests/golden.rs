@@ -1,0 +1,206 @@
+//! Golden stores: `format/golden/v1/` is a small store written by format
+//! version 1. This test (1) opens it and checks every value, and (2) builds
+//! the same store afresh and compares every file byte for byte, so that any
+//! change to the bytes written is a deliberate one.
+//!
+//! After an intended format change (which also bumps the format version and
+//! updates `format/FORMAT.md`), regenerate with
+//! `VSTORE_BLESS=1 cargo test --test golden`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use vstore::{Dtype, EmbeddingDef, ItemBatch, Schema, Store, Writer};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("format/golden/v1")
+}
+
+const T0: u64 = 1_790_000_000_000; // fixed publish time (ms since epoch)
+
+fn vec_of(id: u64, dim: usize, salt: u64) -> Vec<f32> {
+    (0..dim as u64)
+        .map(|j| ((id % 1_000_003 * 13 + j * 5 + salt) % 17) as f32 / 4.0 - 2.0)
+        .collect()
+}
+
+fn ids_a() -> Vec<u64> {
+    (1..=12).map(|i| i * 1000 + 7).collect()
+}
+
+fn ids_b() -> Vec<u64> {
+    vec![u64::MAX, 0, 42, 99_999]
+}
+
+fn items(ids: &[u64]) -> ItemBatch {
+    ItemBatch::new(ids.to_vec())
+        .categorical_opt(
+            "category",
+            ids.iter()
+                .map(|&i| (i % 3 != 0).then_some((i % 11) as u32))
+                .collect(),
+        )
+        .numeric(
+            "price",
+            ids.iter().map(|&i| (i % 100) as f32 * 0.25).collect(),
+        )
+        .stat(
+            "ctr_1d",
+            ids.iter().map(|&i| (i % 10) as f32 / 10.0).collect(),
+        )
+        .embedding(
+            "prerank@v42",
+            ids.iter().flat_map(|&i| vec_of(i, 8, 0)).collect(),
+        )
+        .embedding(
+            "prerank@v42h",
+            ids.iter().flat_map(|&i| vec_of(i, 8, 1)).collect(),
+        )
+        .embedding(
+            "recall@v7",
+            ids.iter().flat_map(|&i| vec_of(i, 5, 2)).collect(),
+        )
+}
+
+/// Writes the golden store into `dir`: snapshot 1 (two segments, every
+/// dtype but i8, missing values), snapshot 2 (stats refresh, an i8 version
+/// added, a delete, metadata).
+fn build(dir: &Path) {
+    let schema = Schema::new()
+        .categorical("category", 4)
+        .numeric("price", 0.0)
+        .stat("ctr_1d", 0.0)
+        .stat("likes_7d", -1.0)
+        .embedding("prerank", "v42", 8, Dtype::F32)
+        .embedding("prerank", "v42h", 8, Dtype::F16)
+        .embedding("recall", "v7", 5, Dtype::Bf16);
+    let mut w = Writer::create(dir, schema).unwrap();
+    let mut tx = w.begin();
+    tx.set_created_time(SystemTime::UNIX_EPOCH + Duration::from_millis(T0));
+    tx.add_items(items(&ids_a())).unwrap();
+    tx.add_items(items(&ids_b())).unwrap();
+    tx.set_metadata("producer", "golden");
+    tx.commit().unwrap();
+
+    let all: Vec<u64> = ids_a().into_iter().chain(ids_b()).collect();
+    let mut tx = w.begin();
+    tx.set_created_time(SystemTime::UNIX_EPOCH + Duration::from_millis(T0 + 60_000));
+    tx.update_stats(ItemBatch::new(vec![42, 99_999]).stat("likes_7d", vec![5.0, 6.0]))
+        .unwrap();
+    let v: Vec<f32> = all.iter().flat_map(|&i| vec_of(i, 16, 3)).collect();
+    tx.add_embedding(EmbeddingDef::new("prerank", "v43", 16, Dtype::I8), &all, &v)
+        .unwrap();
+    tx.delete(&[2007]).unwrap();
+    tx.set_metadata("model_rollout", "v43");
+    tx.commit().unwrap();
+}
+
+fn check_values(dir: &Path) {
+    let store = Store::open(dir).unwrap();
+    assert_eq!(store.snapshots().unwrap(), vec![1, 2]);
+    let s = store.snapshot();
+    assert_eq!(s.number(), 2);
+    assert_eq!(s.parent(), Some(1));
+    assert_eq!(
+        s.created(),
+        SystemTime::UNIX_EPOCH + Duration::from_millis(T0 + 60_000)
+    );
+    assert_eq!(s.metadata("producer"), Some("golden"));
+    assert_eq!(s.metadata("model_rollout"), Some("v43"));
+    assert_eq!(
+        s.embedding_keys(),
+        vec!["prerank@v42", "prerank@v42h", "recall@v7", "prerank@v43"]
+    );
+    assert_eq!(s.len(), 15);
+    assert!(s.lookup(2007).is_none());
+    for id in ids_a().into_iter().chain(ids_b()).filter(|&i| i != 2007) {
+        assert_eq!(
+            s.get_embedding(id, "prerank@v42").unwrap(),
+            vec_of(id, 8, 0)
+        );
+        // The generator's values are exact in f16 and bf16 (multiples of 1/4).
+        assert_eq!(
+            s.get_embedding(id, "prerank@v42h").unwrap(),
+            vec_of(id, 8, 1)
+        );
+        assert_eq!(s.get_embedding(id, "recall@v7").unwrap(), vec_of(id, 5, 2));
+        let q = s.get_embedding(id, "prerank@v43").unwrap();
+        for (g, w) in q.iter().zip(vec_of(id, 16, 3)) {
+            assert!((g - w).abs() <= 2.0 / 254.0 + 1e-6);
+        }
+        let cat = s.get_categorical(id, "category").unwrap();
+        assert_eq!(cat, (id % 3 != 0).then_some((id % 11) as u32));
+        assert_eq!(
+            s.get_numeric(id, "price").unwrap(),
+            Some((id % 100) as f32 * 0.25)
+        );
+        assert_eq!(
+            s.get_stat(id, "ctr_1d").unwrap(),
+            Some((id % 10) as f32 / 10.0)
+        );
+        let likes = s.get_stat(id, "likes_7d").unwrap();
+        let want = match id {
+            42 => Some(5.0),
+            99_999 => Some(6.0),
+            _ => None,
+        };
+        assert_eq!(likes, want);
+    }
+    // A missing categorical reads as the declared default in the column.
+    let at = s.lookup(3007).unwrap();
+    assert_eq!(
+        s.segments()[at.segment]
+            .categorical("category")
+            .unwrap()
+            .get(at.row),
+        4
+    );
+    store.verify().unwrap();
+    // Snapshot 1 is still there and differs as expected.
+    let s1 = store.open_snapshot(1).unwrap();
+    assert_eq!(s1.len(), 16);
+    assert_eq!(s1.get_stat(42, "likes_7d").unwrap(), None);
+    assert!(s1.get_embedding(42, "prerank@v43").is_err());
+    s1.verify().unwrap();
+}
+
+fn data_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "LOCK")
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
+    let golden = golden_dir();
+    let fresh = tempfile::tempdir().unwrap();
+    build(fresh.path());
+    if std::env::var_os("VSTORE_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(&golden);
+        std::fs::create_dir_all(&golden).unwrap();
+        for f in data_files(fresh.path()) {
+            std::fs::copy(fresh.path().join(&f), golden.join(&f)).unwrap();
+        }
+    }
+    assert!(
+        golden.is_dir(),
+        "{} is missing; generate it with VSTORE_BLESS=1 cargo test --test golden",
+        golden.display()
+    );
+    check_values(&golden);
+    let want = data_files(&golden);
+    assert_eq!(data_files(fresh.path()), want, "file names changed");
+    for f in &want {
+        let a = std::fs::read(golden.join(f)).unwrap();
+        let b = std::fs::read(fresh.path().join(f)).unwrap();
+        assert!(
+            a == b,
+            "{f}: the bytes written differ from the golden store (a format change? \
+             bump the format version, update format/FORMAT.md, then bless)"
+        );
+    }
+}
