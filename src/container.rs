@@ -344,7 +344,9 @@ pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64,
     let ok = meta_offset >= HEADER_LEN
         && meta_offset.is_multiple_of(BLOCK_ALIGN)
         && meta_len > 0
-        && meta_end.is_some_and(|e| e.next_multiple_of(8) == footer_start);
+        && meta_end
+            .and_then(|e| e.checked_next_multiple_of(8))
+            .is_some_and(|e| e == footer_start);
     if !ok {
         return Err(Error::corrupt(
             path,

@@ -19,6 +19,8 @@ mod batch;
 mod container;
 mod encode;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod idindex;
 mod meta;
 mod mmap;

@@ -2,6 +2,7 @@
 //! index, the profile and statistics column groups, one file per embedding
 //! version, and an optional deletion bitmap.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -141,6 +142,7 @@ impl Segment {
     pub(crate) fn open(
         seg: &SegmentMeta,
         schema: &Schema,
+        manifest: &Path,
         open: &mut Opener<'_>,
     ) -> Result<Segment> {
         let rows = usize::try_from(seg.rows)
@@ -183,10 +185,10 @@ impl Segment {
         for def in &schema.embeddings {
             let key = def.key();
             let Some(er) = seg.embeddings.iter().find(|e| e.key == key) else {
-                return Err(Error::NotAStore {
-                    path: seg.id_index.name.clone().into(),
-                    why: format!("segment {} has no file for embedding {key}", seg.id),
-                });
+                return Err(Error::corrupt(
+                    manifest,
+                    format!("segment {} has no file for embedding {key}", seg.id),
+                ));
             };
             let file = open(&er.file, Kind::Columns)?;
             check_ref(&file, &er.file)?;
@@ -226,7 +228,7 @@ impl Segment {
         }
         if seg.embeddings.len() != schema.embeddings.len() {
             return Err(Error::corrupt(
-                &seg.id_index.name,
+                manifest,
                 format!(
                     "segment {} lists {} embedding files for {} schema versions",
                     seg.id,

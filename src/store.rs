@@ -246,7 +246,12 @@ fn load_newest(
                 Err(e @ Error::Corrupt { .. })
                     if e.path() == Some(&dir.join(names::manifest(n))) =>
                 {
-                    skipped.lock().push((names::manifest(n), e.to_string()));
+                    let mut sk = skipped.lock();
+                    let name = names::manifest(n);
+                    if !sk.iter().any(|(m, _)| *m == name) {
+                        sk.push((name, e.to_string()));
+                    }
+                    drop(sk);
                     first_corrupt.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
@@ -293,7 +298,12 @@ fn load(
     };
     let mut segments = Vec::with_capacity(manifest.segments.len());
     for s in &manifest.segments {
-        segments.push(Segment::open(s, &manifest.schema, &mut opener)?);
+        segments.push(Segment::open(
+            s,
+            &manifest.schema,
+            &manifest_file.path,
+            &mut opener,
+        )?);
     }
     drop(cache);
     let snap = Snapshot {

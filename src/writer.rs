@@ -199,9 +199,7 @@ impl Writer {
 
     fn poison<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
-            if matches!(e, Error::Io { .. }) {
-                self.poisoned = Some(e.to_string());
-            }
+            self.poisoned = Some(e.to_string());
         }
         r
     }
@@ -245,8 +243,7 @@ impl Writer {
     /// Removes snapshots the retention policy does not keep, then every data
     /// or temporary file no remaining snapshot references.
     pub fn gc(&mut self) -> Result<GcReport> {
-        let r = self.gc_inner();
-        self.poison(r)
+        self.gc_inner()
     }
 
     fn gc_inner(&mut self) -> Result<GcReport> {
@@ -430,7 +427,8 @@ impl<'w> Transaction<'w> {
         let mut opener = |r: &FileRef, kind: Kind| {
             crate::container::Container::open(&dir.join(&r.name), kind, false).map(Arc::new)
         };
-        let seg = Segment::open(&self.segments[i].meta, &self.schema, &mut opener)?;
+        let manifest = self.w.dir.join(names::manifest(self.number));
+        let seg = Segment::open(&self.segments[i].meta, &self.schema, &manifest, &mut opener)?;
         self.segments[i].view = View::Own(Box::new(seg));
         Ok(())
     }
@@ -825,7 +823,6 @@ impl<'w> Transaction<'w> {
         let r = publish(&w.dir, number, manifest);
         w.poison(r)?;
         w.next_snapshot = number + 1;
-        w.schema = w.schema.clone();
         let r = match &w.store {
             Some(s) => s.refresh().map(|_| ()),
             None => Store::open(&w.dir).map(|s| w.store = Some(s)),

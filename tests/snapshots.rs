@@ -470,3 +470,90 @@ fn deletes_are_tombstones() {
     );
     s3.verify().unwrap();
 }
+
+#[test]
+fn crash_leftovers_are_ignored_then_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    // What a writer killed during its next publish can leave: a partial data
+    // file, a complete one, and a partial manifest under its temporary name.
+    let p = dir.path();
+    std::fs::write(
+        p.join("s0000000002-g1-ids.vidx"),
+        b"\x89VSTR\r\n\x1apartial",
+    )
+    .unwrap();
+    std::fs::copy(
+        p.join("s0000000001-g0-profile.vcol"),
+        p.join("s0000000002-g1-profile.vcol"),
+    )
+    .unwrap();
+    std::fs::write(p.join("MANIFEST-00000000000000000002.tmp"), b"\x89VSTR").unwrap();
+    // An unrelated file is never touched.
+    std::fs::write(p.join("notes.txt"), b"keep me").unwrap();
+
+    let store = Store::open(p).unwrap();
+    assert_eq!(store.snapshot().number(), 1);
+    assert!(store.skipped_manifests().is_empty());
+    store.verify().unwrap();
+
+    let mut w = Writer::open(p).unwrap();
+    let mut tx = w.begin();
+    assert_eq!(tx.number(), 3, "number 2 was used by the crashed writer");
+    tx.add_items(batch(&[4], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    w.set_retention(no_grace(2));
+    let r = w.gc().unwrap();
+    let mut removed = r.removed_files.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            "MANIFEST-00000000000000000002.tmp",
+            "s0000000002-g1-ids.vidx",
+            "s0000000002-g1-profile.vcol"
+        ]
+    );
+    assert!(p.join("notes.txt").exists());
+    assert!(store.refresh().unwrap());
+    assert_eq!(store.snapshot().len(), 4);
+}
+
+#[test]
+fn damaged_newest_manifest_falls_back_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    for i in 0..2u64 {
+        let mut tx = w.begin();
+        tx.add_items(batch(&[i], DIM, 0)).unwrap();
+        tx.commit().unwrap();
+    }
+    drop(w);
+    let m2 = dir.path().join("MANIFEST-00000000000000000002");
+    let mut bytes = std::fs::read(&m2).unwrap();
+    let n = bytes.len();
+    bytes[n - 60] ^= 0x01; // inside the metadata
+    std::fs::write(&m2, &bytes).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.snapshot().number(), 1);
+    let skipped = store.skipped_manifests();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].1.contains("checksum"), "{skipped:?}");
+    assert!(!store.refresh().unwrap());
+    assert_eq!(store.skipped_manifests().len(), 1);
+    let e = store.verify().unwrap_err();
+    assert_eq!(e.path(), Some(m2.as_path()));
+    // GC never deletes data while a manifest cannot be read.
+    let mut w = Writer::open(dir.path()).unwrap();
+    w.set_retention(no_grace(1));
+    let r = w.gc().unwrap();
+    assert_eq!(
+        r.unreadable_manifests,
+        vec!["MANIFEST-00000000000000000002"]
+    );
+    assert!(r.removed_files.is_empty());
+}
