@@ -557,3 +557,85 @@ fn damaged_newest_manifest_falls_back_and_is_reported() {
     );
     assert!(r.removed_files.is_empty());
 }
+
+#[test]
+fn concurrent_readers_see_consistent_snapshots_while_writer_publishes_and_collects() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F16)).unwrap();
+    w.set_retention(no_grace(1));
+    let ids: Vec<u64> = (0..400).collect();
+    let mut tx = w.begin();
+    tx.add_items(batch(&ids, DIM, 0)).unwrap();
+    let first = tx.commit().unwrap().number();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Reader 1: pinned at the first snapshot for the whole run.
+    let pinned = store.snapshot();
+    let r1 = {
+        let stop = stop.clone();
+        let ids = ids.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for &id in &ids {
+                    assert_eq!(
+                        pinned.get_stat(id, "ctr_1d").unwrap(),
+                        Some(stat_value(id, 0))
+                    );
+                    reads += 1;
+                }
+                assert_eq!(
+                    pinned.get_embedding(7, "prerank@v42").unwrap(),
+                    vector(7, DIM, 0)
+                );
+            }
+            pinned.verify().unwrap();
+            reads
+        })
+    };
+    // Reader 2: refreshes constantly; every snapshot it sees must be whole
+    // (all statistics from the same generation).
+    let r2 = {
+        let stop = stop.clone();
+        let store = store.clone();
+        let ids = ids.clone();
+        std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                store.refresh().unwrap();
+                let s = store.snapshot();
+                let gen = s.number() - first;
+                for &id in &ids {
+                    assert_eq!(s.get_stat(id, "ctr_1d").unwrap(), Some(stat_value(id, gen)));
+                }
+                seen.insert(s.number());
+            }
+            seen.len()
+        })
+    };
+    for gen in 1..=50u64 {
+        let mut tx = w.begin();
+        tx.update_stats(
+            ItemBatch::new(ids.clone())
+                .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, gen)).collect()),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        w.gc().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = r1.join().unwrap();
+    let distinct = r2.join().unwrap();
+    assert!(reads > 0);
+    assert!(distinct >= 2, "reader 2 saw {distinct} snapshots");
+    // All readers released (the store's own current snapshot is the newest):
+    // GC reclaims everything older.
+    store.refresh().unwrap();
+    let r = w.gc().unwrap();
+    assert_eq!(r.kept, vec![first + 50]);
+    assert_eq!(store.snapshots().unwrap(), vec![first + 50]);
+}
