@@ -244,6 +244,8 @@ pub(crate) struct Container {
     pub meta: FileMeta,
     pub meta_offset: u64,
     pub meta_crc: u32,
+    /// Set once every data chunk's checksum has been recomputed and matched.
+    verified: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Container {
@@ -394,11 +396,17 @@ pub(crate) fn decode_meta(
             "metadata body does not match the file kind",
         ));
     }
-    if meta.chunk_size == 0 || !(meta.chunk_size as u64).is_multiple_of(BLOCK_ALIGN) {
+    if meta.chunk_size != CHUNK_SIZE {
         return Err(Error::corrupt(
             path,
-            format!("chunk size {} is invalid", meta.chunk_size),
+            format!(
+                "chunk size {} is not the {CHUNK_SIZE} bytes of format version 1",
+                meta.chunk_size
+            ),
         ));
+    }
+    if want == Kind::Manifest && meta_offset != HEADER_LEN {
+        return Err(Error::corrupt(path, "a manifest has no data region"));
     }
     let data_len = meta_offset - HEADER_LEN;
     let chunks = data_len.div_ceil(meta.chunk_size as u64);
@@ -417,11 +425,21 @@ pub(crate) fn decode_meta(
 impl Container {
     /// Opens, maps and validates `path` as a file of kind `want`.
     pub(crate) fn open(path: &Path, want: Kind, populate: bool) -> Result<Container> {
+        // Only regular files: a symlink could lead out of the store, and
+        // opening a FIFO or device named by a damaged manifest could block.
+        let lmeta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        if !lmeta.file_type().is_file() {
+            return Err(Error::corrupt(
+                path,
+                format!("is not a regular file ({:?})", lmeta.file_type()),
+            ));
+        }
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let fmeta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        if !fmeta.is_file() {
+            return Err(Error::corrupt(path, "is not a regular file"));
+        }
+        let len = fmeta.len();
         if len < HEADER_LEN + FOOTER_LEN {
             return Err(Error::corrupt(
                 path,
@@ -441,6 +459,7 @@ impl Container {
             meta,
             meta_offset,
             meta_crc,
+            verified: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -475,7 +494,20 @@ impl Container {
             &self.path,
             &self.map[..self.meta_offset as usize],
             &self.meta,
-        )
+        )?;
+        self.verified
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Like [`Container::verify_data`], but only the first time: used by the
+    /// writer before it trusts or copies data bytes into a new file (whose
+    /// fresh checksums would otherwise hide damage).
+    pub(crate) fn ensure_verified(&self) -> Result<()> {
+        if self.verified.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        self.verify_data()
     }
 }
 

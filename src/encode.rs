@@ -116,7 +116,9 @@ pub(crate) fn check_vectors(def: &EmbeddingDef, ids: &[u64], data: &[f32]) -> Re
         )));
     }
     let limit = match def.dtype {
-        Dtype::F16 => 65504.0f32,
+        Dtype::F16 => half::f16::MAX.to_f32(),
+        // Larger finite f32 values round up to bf16 infinity.
+        Dtype::Bf16 => half::bf16::MAX.to_f32(),
         _ => f32::MAX,
     };
     for (row, v) in data.chunks_exact(d.max(1)).enumerate() {

@@ -110,8 +110,23 @@ fn open_scalar_group(
     }
     let mut cols = Vec::with_capacity(defs.len());
     for c in &m.columns {
-        let values = file.extent(&c.values, seg.rows * 4, &format!("column {}", c.name))?;
+        let values = file.extent(
+            &c.values,
+            size(&file.path, seg.rows, 4)?,
+            &format!("column {}", c.name),
+        )?;
         let values = values.as_ptr() as usize - file.map.as_ptr() as usize;
+        if c.missing.is_some() != (c.missing_count > 0) || c.missing_count > seg.rows {
+            return Err(Error::corrupt(
+                &file.path,
+                format!(
+                    "column {}: {} missing rows with{} a bitmap",
+                    c.name,
+                    c.missing_count,
+                    if c.missing.is_some() { "" } else { "out" }
+                ),
+            ));
+        }
         let missing = match &c.missing {
             Some(e) => {
                 let b = file.extent(
@@ -166,9 +181,14 @@ impl Segment {
             ));
         }
         let base = index.map.as_ptr() as usize;
-        let ids_off = index.extent(&m.ids, seg.rows * 8, "ids")?.as_ptr() as usize - base;
-        let table_off =
-            index.extent(&m.table, m.slots * 16, "hash table")?.as_ptr() as usize - base;
+        let ids_off = index
+            .extent(&m.ids, size(&index.path, seg.rows, 8)?, "ids")?
+            .as_ptr() as usize
+            - base;
+        let table_off = index
+            .extent(&m.table, size(&index.path, m.slots, 16)?, "hash table")?
+            .as_ptr() as usize
+            - base;
         let (slots, max_probe) = (m.slots as usize, m.max_probe);
         if max_probe as u64 >= m.slots.max(1) {
             return Err(Error::corrupt(
@@ -216,7 +236,11 @@ impl Segment {
                     ),
                 ));
             }
-            let b = file.extent(&vb.rows, seg.rows * stride as u64, "embedding rows")?;
+            let b = file.extent(
+                &vb.rows,
+                size(&file.path, seg.rows, stride as u64)?,
+                "embedding rows",
+            )?;
             let offset = b.as_ptr() as usize - file.map.as_ptr() as usize;
             embeddings.push(EmbeddingFile {
                 key,
@@ -271,6 +295,23 @@ impl Segment {
             profile_defs: schema.profile.clone(),
             stats_defs: schema.stats.clone(),
         })
+    }
+
+    /// Recomputes the checksums of the id index (once per process): the
+    /// writer does this before trusting "absent" for uniqueness.
+    pub(crate) fn ensure_index_verified(&self) -> Result<()> {
+        self.index.ensure_verified()
+    }
+
+    /// Recomputes the checksums of the statistics and deletion files (once
+    /// per process): the writer does this before copying their bytes into
+    /// new files, whose fresh checksums would otherwise hide damage.
+    pub(crate) fn ensure_mutable_verified(&self) -> Result<()> {
+        self.stats.file.ensure_verified()?;
+        if let Some((f, _, _)) = &self.deletes {
+            f.ensure_verified()?;
+        }
+        Ok(())
     }
 
     /// Segment id (unique within the store, never reused).
@@ -443,6 +484,13 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// `n * width` bytes, or a corruption error if that overflows (a damaged
+/// row count).
+fn size(path: &Path, n: u64, width: u64) -> Result<u64> {
+    n.checked_mul(width)
+        .ok_or_else(|| Error::corrupt(path, format!("{n} rows of {width} bytes overflow")))
 }
 
 fn count_bits(words: &[u64], rows: usize) -> u64 {

@@ -59,7 +59,9 @@ impl Snapshot {
 
     /// When the snapshot was published.
     pub fn created(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(self.manifest.created_unix_ms)
+        SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_millis(self.manifest.created_unix_ms))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
     /// The store directory.

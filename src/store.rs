@@ -119,8 +119,38 @@ pub(crate) fn read_manifest(dir: &Path, n: u64) -> Result<(Arc<Container>, Manif
     m.schema
         .validate()
         .map_err(|e| Error::corrupt(&path, format!("schema does not validate: {e}")))?;
+    check_manifest(&path, m)?;
     let m = m.clone();
     Ok((Arc::new(c), m))
+}
+
+/// Rules a manifest's fields must follow beyond rkyv's validation.
+fn check_manifest(path: &Path, m: &ManifestMeta) -> Result<()> {
+    let mut ids = std::collections::HashSet::new();
+    for s in &m.segments {
+        if !ids.insert(s.id) || s.id >= m.next_segment_id {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "segment id {} is repeated or not below next_segment_id {}",
+                    s.id, m.next_segment_id
+                ),
+            ));
+        }
+    }
+    if m.user_meta.windows(2).any(|w| w[0].key >= w[1].key) {
+        return Err(Error::corrupt(
+            path,
+            "user metadata keys are not sorted and unique",
+        ));
+    }
+    if !m.bundles.is_empty() {
+        return Err(Error::corrupt(
+            path,
+            "format version 1 manifests hold no model bundles",
+        ));
+    }
+    Ok(())
 }
 
 impl Store {

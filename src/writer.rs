@@ -108,6 +108,15 @@ fn highest_tag(dir: &Path) -> Result<u64> {
     Ok(max)
 }
 
+/// The number after `highest`, or an error if a file name already carries
+/// the largest possible number.
+fn next_number(dir: &Path, highest: u64) -> Result<u64> {
+    highest.checked_add(1).ok_or_else(|| Error::NotAStore {
+        path: dir.to_path_buf(),
+        why: format!("a file name carries snapshot number {highest}; no number is left"),
+    })
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -121,7 +130,16 @@ impl Writer {
     pub fn create(dir: impl AsRef<Path>, schema: Schema) -> Result<Writer> {
         let dir = dir.as_ref().to_path_buf();
         schema.validate()?;
+        let existed = dir.is_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        if !existed {
+            // The new directory's own name must be durable too.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            sync_dir(&parent)?;
+        }
         let lock = lock(&dir)?;
         if !list_manifests(&dir)?.is_empty() {
             return Err(Error::InvalidInput(format!(
@@ -132,7 +150,7 @@ impl Writer {
         let key = dir
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", &dir, e))?;
-        let next_snapshot = highest_tag(&dir)? + 1;
+        let next_snapshot = next_number(&dir, highest_tag(&dir)?)?;
         Ok(Writer {
             dir,
             key,
@@ -154,7 +172,7 @@ impl Writer {
         let key = dir
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", &dir, e))?;
-        let next_snapshot = highest_tag(&dir)?.max(store.snapshot().number()) + 1;
+        let next_snapshot = next_number(&dir, highest_tag(&dir)?.max(store.snapshot().number()))?;
         Ok(Writer {
             dir,
             key,
@@ -206,6 +224,10 @@ impl Writer {
 
     /// Starts building the next snapshot from the newest one.
     pub fn begin(&mut self) -> Transaction<'_> {
+        // The number is reserved now, so that files of an abandoned
+        // transaction never collide with those of the next one.
+        let number = self.next_snapshot;
+        self.next_snapshot = number.saturating_add(1);
         let base = self.snapshot();
         let (segments, user_meta, next_segment_id) = match &base {
             Some(b) => (
@@ -228,7 +250,7 @@ impl Writer {
             None => (Vec::new(), BTreeMap::new(), 0),
         };
         Transaction {
-            number: self.next_snapshot,
+            number,
             schema: self.schema.clone(),
             base,
             segments,
@@ -243,6 +265,9 @@ impl Writer {
     /// Removes snapshots the retention policy does not keep, then every data
     /// or temporary file no remaining snapshot references.
     pub fn gc(&mut self) -> Result<GcReport> {
+        // After a failed publish the newest manifest may not be durable:
+        // collecting its predecessor could lose both.
+        self.check_poisoned()?;
         self.gc_inner()
     }
 
@@ -250,9 +275,22 @@ impl Writer {
         let mut report = GcReport::default();
         let list = list_manifests(&self.dir)?;
         let mut metas: Vec<(u64, Option<ManifestMeta>)> = Vec::new();
+        let mut published: HashMap<u64, u64> = HashMap::new();
         for &n in &list {
             match read_manifest(&self.dir, n) {
-                Ok((_, m)) => metas.push((n, Some(m))),
+                Ok((c, m)) => {
+                    // Grace runs from when the manifest file was written (its
+                    // mtime), not from the recorded creation time, which a
+                    // reproducible build may set to any value.
+                    let t = std::fs::metadata(&c.path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(m.created_unix_ms);
+                    published.insert(n, t);
+                    metas.push((n, Some(m)))
+                }
                 Err(e) if e.is_not_found() => {}
                 Err(_) => {
                     report.unreadable_manifests.push(names::manifest(n));
@@ -273,7 +311,8 @@ impl Writer {
             let recent = i + keep_last >= valid.len();
             let in_grace = valid
                 .get(i + 1)
-                .is_some_and(|(_, succ)| now.saturating_sub(succ.created_unix_ms) < grace);
+                .and_then(|(succ, _)| published.get(succ))
+                .is_some_and(|&t| now.saturating_sub(t) < grace);
             if recent || in_grace || pinned.contains(n) {
                 keep.insert(*n);
             }
@@ -433,6 +472,12 @@ impl<'w> Transaction<'w> {
         Ok(())
     }
 
+    /// Checksums every segment's id index (once per process per file)
+    /// before the writer relies on "absent" or on a row it finds.
+    fn check_indexes(&self) -> Result<()> {
+        (0..self.segments.len()).try_for_each(|i| self.segment(i).ensure_index_verified())
+    }
+
     fn check_ids_unique(&self, ids: &[u64]) -> Result<()> {
         let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
         for (i, &id) in ids.iter().enumerate() {
@@ -482,6 +527,10 @@ impl<'w> Transaction<'w> {
             }
         }
         self.check_ids_unique(&batch.ids)?;
+        self.check_indexes()?;
+        if self.next_segment_id == u64::MAX {
+            return Err(Error::InvalidInput("segment ids are exhausted".into()));
+        }
         for (i, &id) in batch.ids.iter().enumerate() {
             if let Some((s, row)) = self.lookup(id) {
                 return Err(Error::DuplicateId {
@@ -559,6 +608,7 @@ impl<'w> Transaction<'w> {
             ));
         }
         self.check_ids_unique(&batch.ids)?;
+        self.check_indexes()?;
         let mut by_seg: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
         for (i, &id) in batch.ids.iter().enumerate() {
             let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
@@ -567,6 +617,9 @@ impl<'w> Transaction<'w> {
                 context: format!("statistics update, input row {i}"),
             })?;
             by_seg.entry(s).or_default().push((i, row));
+        }
+        for &s in by_seg.keys() {
+            self.segment(s).ensure_mutable_verified()?;
         }
         let r = self.rewrite_stats(&batch, by_seg);
         self.w.poison(r)
@@ -638,6 +691,7 @@ impl<'w> Transaction<'w> {
         schema.validate()?;
         encode::check_vectors(&def, ids, vectors)?;
         self.check_ids_unique(ids)?;
+        self.check_indexes()?;
         let mut rows_of: Vec<Vec<Option<usize>>> = (0..self.segments.len())
             .map(|s| vec![None; self.segment(s).rows()])
             .collect();
@@ -729,6 +783,7 @@ impl<'w> Transaction<'w> {
     pub fn delete(&mut self, ids: &[u64]) -> Result<()> {
         self.w.check_poisoned()?;
         self.check_ids_unique(ids)?;
+        self.check_indexes()?;
         let mut by_seg: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, &id) in ids.iter().enumerate() {
             let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
@@ -737,6 +792,9 @@ impl<'w> Transaction<'w> {
                 context: format!("delete, input row {i}"),
             })?;
             by_seg.entry(s).or_default().push(row);
+        }
+        for &s in by_seg.keys() {
+            self.segment(s).ensure_mutable_verified()?;
         }
         let r = self.write_deletes(by_seg);
         self.w.poison(r)
@@ -822,7 +880,6 @@ impl<'w> Transaction<'w> {
         let w = self.w;
         let r = publish(&w.dir, number, manifest);
         w.poison(r)?;
-        w.next_snapshot = number + 1;
         let r = match &w.store {
             Some(s) => s.refresh().map(|_| ()),
             None => Store::open(&w.dir).map(|s| w.store = Some(s)),

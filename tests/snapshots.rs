@@ -639,3 +639,113 @@ fn concurrent_readers_see_consistent_snapshots_while_writer_publishes_and_collec
     assert_eq!(r.kept, vec![first + 50]);
     assert_eq!(store.snapshots().unwrap(), vec![first + 50]);
 }
+
+#[test]
+fn abandoned_transaction_then_a_new_one_in_the_same_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    {
+        let mut tx = w.begin();
+        assert_eq!(tx.number(), 1);
+        tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
+        // A failed operation leaves the transaction usable; then abandon it.
+        assert!(tx.add_items(batch(&[2], DIM, 0)).is_err());
+    }
+    let mut tx = w.begin();
+    assert_eq!(tx.number(), 2, "the abandoned number is not reused");
+    tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
+    let s = tx.commit().unwrap();
+    assert_eq!(s.number(), 2);
+    assert_eq!(s.len(), 2);
+    w.set_retention(no_grace(1));
+    let r = w.gc().unwrap();
+    assert_eq!(r.removed_files.len(), 4, "{r:?}");
+}
+
+#[test]
+fn writer_refuses_to_copy_damaged_statistics_into_a_new_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&(0..50).collect::<Vec<_>>(), DIM, 0))
+        .unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    // Damage a statistic's bytes (data region: only checksums catch it).
+    let stats = dir.path().join("s0000000001-g0-stats.vcol");
+    let mut bytes = std::fs::read(&stats).unwrap();
+    bytes[64 + 4 * 10] ^= 0x40;
+    std::fs::write(&stats, &bytes).unwrap();
+    let mut w = Writer::open(dir.path()).unwrap();
+    let mut tx = w.begin();
+    let e = tx
+        .update_stats(ItemBatch::new(vec![1]).stat("ctr_1d", vec![0.5]))
+        .unwrap_err();
+    assert_eq!(e.path(), Some(stats.as_path()), "{e}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    let e = tx.delete(&[3]).unwrap_err();
+    assert_eq!(e.path(), Some(stats.as_path()), "{e}");
+}
+
+#[test]
+fn bf16_and_f16_refuse_values_that_would_become_infinite() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = vstore::Schema::new()
+        .embedding("a", "v1", 2, Dtype::Bf16)
+        .embedding("b", "v1", 2, Dtype::F16);
+    let mut w = Writer::create(dir.path(), schema).unwrap();
+    let mut tx = w.begin();
+    let e = tx
+        .add_items(
+            ItemBatch::new(vec![1])
+                .embedding("a@v1", vec![3.4e38, 0.0])
+                .embedding("b@v1", vec![0.0, 0.0]),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("bf16"), "{e}");
+    let e = tx
+        .add_items(
+            ItemBatch::new(vec![1])
+                .embedding("a@v1", vec![1.0, 0.0])
+                .embedding("b@v1", vec![65520.0, 0.0]),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("f16"), "{e}");
+    tx.add_items(
+        ItemBatch::new(vec![1])
+            .embedding("a@v1", vec![3.38e38, -1.0])
+            .embedding("b@v1", vec![65504.0, -65504.0]),
+    )
+    .unwrap();
+    let s = tx.commit().unwrap();
+    assert!(s
+        .get_embedding(1, "a@v1")
+        .unwrap()
+        .iter()
+        .all(|x| x.is_finite()));
+    assert_eq!(s.get_embedding(1, "b@v1").unwrap(), vec![65504.0, -65504.0]);
+}
+
+#[test]
+fn a_manifest_naming_a_symlink_or_fifo_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    let f = dir.path().join("s0000000001-g0-profile.vcol");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("profile.vcol");
+    std::fs::rename(&f, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &f).unwrap();
+    let e = Store::open(dir.path()).unwrap_err();
+    assert_eq!(e.path(), Some(f.as_path()), "{e}");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    std::fs::remove_file(&f).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(&f).status();
+    if status.is_ok_and(|s| s.success()) {
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+}
