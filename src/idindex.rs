@@ -90,6 +90,44 @@ impl<'a> IdIndexView<'a> {
         None
     }
 
+    /// The slot of `id`'s table entry if present, without checking the ids
+    /// block (the query path checks `ids[row] == id` later, after
+    /// prefetching, so that the two cache misses overlap). The row is
+    /// bounds-checked against the ids block.
+    #[inline]
+    pub(crate) fn probe(&self, id: u64) -> Option<usize> {
+        let slots = self.table.len() as u64;
+        if slots == 0 {
+            return None;
+        }
+        let mut s = home(id, slots) as usize;
+        for _ in 0..=self.max_probe {
+            let [sid, row1] = self.table[s];
+            if row1 == 0 {
+                return None;
+            }
+            if sid == id {
+                let row = (row1 - 1) as usize;
+                return (row < self.ids.len()).then_some(row);
+            }
+            s += 1;
+            if s == self.table.len() {
+                s = 0;
+            }
+        }
+        None
+    }
+
+    /// Address of `id`'s home slot (to prefetch).
+    #[inline]
+    pub(crate) fn home_addr(&self, id: u64) -> *const u8 {
+        let slots = self.table.len() as u64;
+        if slots == 0 {
+            return self.table.as_ptr() as *const u8;
+        }
+        self.table[home(id, slots) as usize].as_ptr() as *const u8
+    }
+
     /// Checks that every id maps back to its row and the table holds exactly
     /// the ids (what `verify()` runs on top of the checksums).
     pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {

@@ -19,22 +19,28 @@ mod batch;
 mod container;
 mod encode;
 pub mod error;
+mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 mod idindex;
+pub mod kernels;
 mod meta;
 mod mmap;
 mod names;
 mod pins;
+mod query;
 pub mod schema;
 mod segment;
 mod snapshot;
 mod store;
+mod topk;
 mod writer;
 
 pub use batch::ItemBatch;
 pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
+pub use filter::Filter;
+pub use query::{Candidates, Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};
 pub use schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
 pub use segment::{Column, EmbeddingColumn, Row, Segment};
 pub use snapshot::{ItemRef, Snapshot, VerifyReport};

@@ -349,6 +349,13 @@ impl Segment {
         self.index_view().find(id)
     }
 
+    /// The deletion bitmap's words, if the segment has deletes.
+    pub(crate) fn deleted_words(&self) -> Option<&[u64]> {
+        self.deletes
+            .as_ref()
+            .map(|(f, off, _)| cast(&f.map[*off..off + self.rows.div_ceil(64) * 8]))
+    }
+
     /// Whether `row` is deleted (a tombstone).
     #[inline]
     pub fn is_deleted(&self, row: usize) -> bool {

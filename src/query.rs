@@ -1,0 +1,354 @@
+//! The pre-rank query: a user vector against candidate items (or every
+//! item), scored by inner product inside the store, top k returned.
+//!
+//! Path for candidate ids (all passes over the candidates, none over the
+//! store): (1) dedupe, probe each segment's id index with the home slots of
+//! upcoming ids prefetched, and prefetch the row's id and first embedding
+//! line; (2) confirm `ids[row] == id`, drop deleted rows, apply the filter;
+//! (3) score the rows with a prefetching kernel; (4) streaming top-k.
+
+use std::cell::RefCell;
+
+use crate::error::{Error, Result};
+use crate::filter::{Compiled, Filter};
+use crate::idindex;
+use crate::kernels::{self, Block, Level, Loc};
+use crate::snapshot::Snapshot;
+use crate::topk::TopK;
+
+/// Most candidate ids one query takes (use a full scan beyond).
+pub const MAX_CANDIDATES: usize = 100_000;
+
+/// Which items a query scores.
+#[derive(Debug, Clone, Copy)]
+pub enum Candidates<'a> {
+    /// These ids (duplicates are scored once; unknown ids are reported).
+    Ids(&'a [u64]),
+    /// Every live item of the snapshot.
+    All,
+}
+
+/// A two-tower (inner product) pre-rank query.
+///
+/// ```
+/// # fn main() -> vstore::Result<()> {
+/// use vstore::{Dtype, Filter, ItemBatch, Query, Schema, Store, Writer};
+/// let dir = tempfile::tempdir().unwrap();
+/// let schema = Schema::new().categorical("category", 0).embedding("prerank", "v42", 2, Dtype::F32);
+/// let mut w = Writer::create(dir.path(), schema)?;
+/// let mut tx = w.begin();
+/// tx.add_items(ItemBatch::new(vec![1, 2, 3])
+///     .categorical("category", vec![7, 8, 7])
+///     .embedding("prerank@v42", vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5]))?;
+/// tx.commit()?;
+///
+/// let snap = Store::open(dir.path())?.snapshot();
+/// let user = [1.0f32, 0.2];
+/// let not_8 = Filter::not_in("category", [8]);
+/// let r = snap.query(&Query::ids("prerank@v42", &user, &[3, 1, 2, 99], 2).filter(&not_8))?;
+/// assert_eq!(r.hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![1, 3]);
+/// assert_eq!(r.not_found, vec![99]);
+/// assert_eq!(r.filtered_out, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    key: &'a str,
+    user: &'a [f32],
+    candidates: Candidates<'a>,
+    filter: Option<&'a Filter>,
+    k: usize,
+}
+
+impl<'a> Query<'a> {
+    /// Scores the items `ids` against `user`, a vector from the model version
+    /// `key` (`space@version`), keeping the best `k`.
+    pub fn ids(key: &'a str, user: &'a [f32], ids: &'a [u64], k: usize) -> Self {
+        Query {
+            key,
+            user,
+            candidates: Candidates::Ids(ids),
+            filter: None,
+            k,
+        }
+    }
+
+    /// Scores every live item (a full scan).
+    pub fn full_scan(key: &'a str, user: &'a [f32], k: usize) -> Self {
+        Query {
+            key,
+            user,
+            candidates: Candidates::All,
+            filter: None,
+            k,
+        }
+    }
+
+    /// Only items passing `filter` are scored.
+    pub fn filter(mut self, filter: &'a Filter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+}
+
+/// One scored item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    /// Item id.
+    pub id: u64,
+    /// Inner product of the user vector and the item's vector.
+    pub score: f32,
+}
+
+/// What a query returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryResult {
+    /// The snapshot that served the query.
+    pub snapshot: u64,
+    /// The top k, score descending, ties by ascending id.
+    pub hits: Vec<Hit>,
+    /// Candidate ids the snapshot does not hold (each once, in input order).
+    pub not_found: Vec<u64>,
+    /// Number of distinct found candidates the filter removed.
+    pub filtered_out: usize,
+    /// Number of distinct items scored.
+    pub scored: usize,
+}
+
+/// Buffers a query reuses; [`Snapshot::query`] keeps one per thread, or
+/// pass your own to [`Snapshot::query_with`].
+#[derive(Debug, Default)]
+pub struct Scratch {
+    seen: Vec<u64>,
+    pos: Vec<u32>,
+    missing: Vec<(u32, u64)>,
+    locs: Vec<Loc>,
+    ids: Vec<u64>,
+    scores: Vec<f32>,
+    topk: TopK,
+    best: Vec<(f32, u64)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Empty marker of the dedupe set; the id `u64::MAX` itself is tracked apart.
+const EMPTY: u64 = u64::MAX;
+/// Candidates ahead whose id-index slots are prefetched.
+const PROBE_AHEAD: usize = 16;
+/// Rows per block of a full scan.
+const SCAN_BLOCK: usize = 2048;
+
+/// Inserts `id` into the open-addressing set; false if it was there.
+#[inline]
+fn insert(set: &mut [u64], max_seen: &mut bool, id: u64) -> bool {
+    if id == EMPTY {
+        return !std::mem::replace(max_seen, true);
+    }
+    let mask = set.len() - 1;
+    let mut s = idindex::hash(id) as usize & mask;
+    loop {
+        if set[s] == EMPTY {
+            set[s] = id;
+            return true;
+        }
+        if set[s] == id {
+            return false;
+        }
+        s = (s + 1) & mask;
+    }
+}
+
+impl Snapshot {
+    /// Runs `q` with this thread's scratch buffers. See [`Query`].
+    pub fn query(&self, q: &Query<'_>) -> Result<QueryResult> {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.query_with(q, &mut s),
+            // Re-entered from inside a query on this thread: fresh buffers.
+            Err(_) => self.query_with(q, &mut Scratch::default()),
+        })
+    }
+
+    /// Runs `q` with caller-owned buffers.
+    pub fn query_with(&self, q: &Query<'_>, scratch: &mut Scratch) -> Result<QueryResult> {
+        let def = self.embedding_def(q.key)?;
+        let d = def.dim as usize;
+        if q.k == 0 {
+            return Err(Error::InvalidInput("k must be at least 1".into()));
+        }
+        if q.user.len() != d {
+            return Err(Error::InvalidInput(format!(
+                "user vector has {} components; embedding {} has dimension {d}",
+                q.user.len(),
+                q.key
+            )));
+        }
+        if let Some(j) = q.user.iter().position(|x| !x.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "user vector component {j} is {}; components must be finite",
+                q.user[j]
+            )));
+        }
+        if let Some(f) = q.filter {
+            f.check(self.schema())?;
+        }
+        let segs = self.segments();
+        let mut blocks = Vec::with_capacity(segs.len());
+        let mut filters: Vec<Option<Compiled<'_>>> = Vec::with_capacity(segs.len());
+        for (i, s) in segs.iter().enumerate() {
+            let col = self.embedding(i, q.key)?;
+            blocks.push(Block {
+                bytes: col.as_bytes(),
+                stride: col.stride(),
+            });
+            filters.push(q.filter.map(|f| f.compile(s)).transpose()?);
+        }
+        let level = Level::detect();
+        let mut result = QueryResult {
+            snapshot: self.number(),
+            ..Default::default()
+        };
+        scratch.topk.reset(q.k);
+        match q.candidates {
+            Candidates::Ids(ids) => {
+                if ids.is_empty() {
+                    return Err(Error::InvalidInput(
+                        "no candidate ids; use Query::full_scan to score every item".into(),
+                    ));
+                }
+                if ids.len() > MAX_CANDIDATES {
+                    return Err(Error::InvalidInput(format!(
+                        "{} candidate ids exceed the limit of {MAX_CANDIDATES} per query; use a full scan with a filter, or split the query",
+                        ids.len()
+                    )));
+                }
+                self.resolve(ids, &filters, scratch, &mut result);
+                let Scratch {
+                    locs,
+                    ids: found,
+                    scores,
+                    topk,
+                    ..
+                } = scratch;
+                scores.clear();
+                scores.resize(locs.len(), 0.0);
+                kernels::score_gather(level, def.dtype, q.user, &blocks, locs, scores);
+                for (&s, &id) in scores.iter().zip(found.iter()) {
+                    topk.push(s, id);
+                }
+                result.scored = locs.len();
+            }
+            Candidates::All => {
+                scratch.scores.resize(SCAN_BLOCK, 0.0);
+                for (si, seg) in segs.iter().enumerate() {
+                    let seg_ids = seg.ids();
+                    let deleted = seg.deleted_words();
+                    let filter = &filters[si];
+                    let mut first = 0;
+                    while first < seg.rows() {
+                        let n = SCAN_BLOCK.min(seg.rows() - first);
+                        let out = &mut scratch.scores[..n];
+                        kernels::score_range(level, def.dtype, q.user, blocks[si], first, out);
+                        for (i, &s) in out.iter().enumerate() {
+                            let r = first + i;
+                            if deleted.is_some_and(|w| w[r / 64] >> (r % 64) & 1 == 1) {
+                                continue;
+                            }
+                            if filter.as_ref().is_some_and(|f| !f.eval(r)) {
+                                result.filtered_out += 1;
+                                continue;
+                            }
+                            scratch.topk.push(s, seg_ids[r]);
+                            result.scored += 1;
+                        }
+                        first += n;
+                    }
+                }
+            }
+        }
+        scratch.topk.finish(&mut scratch.best);
+        result.hits = scratch
+            .best
+            .iter()
+            .map(|&(score, id)| Hit { id, score })
+            .collect();
+        Ok(result)
+    }
+
+    /// Passes 1 and 2: dedupe, find, confirm, filter. Fills `scratch.locs`
+    /// and `scratch.ids` with the candidates to score.
+    fn resolve(
+        &self,
+        ids: &[u64],
+        filters: &[Option<Compiled<'_>>],
+        scratch: &mut Scratch,
+        result: &mut QueryResult,
+    ) {
+        let segs = self.segments();
+        let views: Vec<_> = segs.iter().map(|s| s.index_view()).collect();
+        let cap = (ids.len() * 2).next_power_of_two().max(16);
+        scratch.seen.clear();
+        scratch.seen.resize(cap, EMPTY);
+        let mut max_seen = false;
+        scratch.locs.clear();
+        scratch.ids.clear();
+        scratch.pos.clear();
+        scratch.missing.clear();
+        // Pass 1: probe, with the home slots of upcoming ids prefetched.
+        let prefetch_segs = views.len().min(4);
+        for (i, &id) in ids.iter().enumerate() {
+            if let Some(&ahead) = ids.get(i + PROBE_AHEAD) {
+                for v in views.iter().rev().take(prefetch_segs) {
+                    kernels::prefetch_line(v.home_addr(ahead));
+                }
+            }
+            if !insert(&mut scratch.seen, &mut max_seen, id) {
+                continue; // duplicate
+            }
+            let mut hit = None;
+            for (si, v) in views.iter().enumerate().rev() {
+                if let Some(row) = v.probe(id) {
+                    hit = Some((si, row));
+                    break;
+                }
+            }
+            match hit {
+                Some((si, row)) => {
+                    kernels::prefetch_line(views[si].ids[row..].as_ptr() as *const u8);
+                    scratch.locs.push(Loc {
+                        block: si as u32,
+                        row: row as u32,
+                    });
+                    scratch.ids.push(id);
+                    scratch.pos.push(i as u32);
+                }
+                None => scratch.missing.push((i as u32, id)),
+            }
+        }
+        // Pass 2: confirm the id (damage reads as absent), drop deleted
+        // rows, apply the filter; compact in place.
+        let mut kept = 0;
+        for i in 0..scratch.locs.len() {
+            let (l, id) = (scratch.locs[i], scratch.ids[i]);
+            let (si, row) = (l.block as usize, l.row as usize);
+            let live = views[si].ids.get(row) == Some(&id) && !segs[si].is_deleted(row);
+            if !live {
+                scratch.missing.push((scratch.pos[i], id));
+                continue;
+            }
+            if filters[si].as_ref().is_some_and(|f| !f.eval(row)) {
+                result.filtered_out += 1;
+                continue;
+            }
+            scratch.locs[kept] = l;
+            scratch.ids[kept] = id;
+            kept += 1;
+        }
+        scratch.locs.truncate(kept);
+        scratch.ids.truncate(kept);
+        // Pass 2 appends late misses after pass 1's: restore input order.
+        scratch.missing.sort_unstable_by_key(|m| m.0);
+        result.not_found = scratch.missing.iter().map(|m| m.1).collect();
+    }
+}
