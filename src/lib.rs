@@ -40,6 +40,8 @@ pub use batch::ItemBatch;
 pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use filter::Filter;
+#[doc(hidden)]
+pub use query::bench_support;
 pub use query::{Candidates, Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};
 pub use schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
 pub use segment::{Column, EmbeddingColumn, Row, Segment};

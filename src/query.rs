@@ -136,7 +136,7 @@ thread_local! {
 /// Empty marker of the dedupe set; the id `u64::MAX` itself is tracked apart.
 const EMPTY: u64 = u64::MAX;
 /// Candidates ahead whose id-index slots are prefetched.
-const PROBE_AHEAD: usize = 16;
+const PROBE_AHEAD: usize = 48;
 /// Rows per block of a full scan.
 const SCAN_BLOCK: usize = 2048;
 
@@ -350,5 +350,52 @@ impl Snapshot {
         // Pass 2 appends late misses after pass 1's: restore input order.
         scratch.missing.sort_unstable_by_key(|m| m.0);
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
+    }
+}
+
+/// Support for benchmarks: not part of the supported API.
+#[doc(hidden)]
+pub mod bench_support {
+    use super::*;
+
+    /// One reference into every cache line a query for `ids` must touch in
+    /// memory: each id's home slot in the id index, its entry in the ids
+    /// block, and every line of its embedding row. Ids not in the snapshot
+    /// are skipped. Built untimed; [`touch`] then measures the gather floor.
+    pub fn floor_lines<'a>(snap: &'a Snapshot, key: &str, ids: &[u64]) -> Result<Vec<&'a u8>> {
+        let def = snap.embedding_def(key)?;
+        let rb = def.dtype.row_bytes(def.dim);
+        let mut out = Vec::with_capacity(ids.len() * (2 + rb.div_ceil(64)));
+        for &id in ids {
+            let Some(at) = snap.lookup(id) else { continue };
+            let seg = &snap.segments()[at.segment];
+            let v = seg.index_view();
+            let slot = idindex::home(id, v.table.len() as u64) as usize;
+            out.push(&bytemuck::cast_slice::<[u64; 2], u8>(&v.table[slot..slot + 1])[0]);
+            out.push(&bytemuck::cast_slice::<u64, u8>(&v.ids[at.row..at.row + 1])[0]);
+            let col = snap.embedding(at.segment, key)?;
+            let row = &col.row_bytes(at.row)[..rb];
+            let first = row.as_ptr() as usize;
+            let mut off = 0;
+            while off < rb {
+                out.push(&row[off]);
+                // Next cache-line boundary.
+                off = ((first + off) / 64 + 1) * 64 - first;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one byte of every line in `lines`, prefetching 32 lines ahead:
+    /// the memory floor of a query (nothing is computed).
+    pub fn touch(lines: &[&u8]) -> u64 {
+        let mut sum = 0u64;
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(a) = lines.get(i + 32) {
+                kernels::prefetch_line(*a as *const u8);
+            }
+            sum = sum.wrapping_add(std::hint::black_box(**l) as u64);
+        }
+        sum
     }
 }

@@ -13,7 +13,7 @@ use crate::schema::Dtype;
 
 /// Rows ahead whose cache lines are prefetched while the current row is
 /// scored (measured: 8-16 is flat on Zen 3; see `benches/query.rs`).
-const PREFETCH_ROWS: usize = 8;
+const PREFETCH_ROWS: usize = 16;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
