@@ -126,7 +126,7 @@ pub struct Scratch {
     ids: Vec<u64>,
     scores: Vec<f32>,
     topk: TopK,
-    best: Vec<(f32, u64)>,
+    best: Vec<(f32, u64, u32)>,
 }
 
 thread_local! {
@@ -135,8 +135,8 @@ thread_local! {
 
 /// Empty marker of the dedupe set; the id `u64::MAX` itself is tracked apart.
 const EMPTY: u64 = u64::MAX;
-/// Candidates ahead whose id-index slots are prefetched.
-const PROBE_AHEAD: usize = 48;
+/// Candidates ahead whose id-index home slots are prefetched.
+const PROBE_AHEAD: usize = 32;
 /// Rows per block of a full scan.
 const SCAN_BLOCK: usize = 2048;
 
@@ -223,21 +223,17 @@ impl Snapshot {
                         ids.len()
                     )));
                 }
-                self.resolve(ids, &filters, scratch, &mut result);
-                let Scratch {
-                    locs,
-                    ids: found,
-                    scores,
-                    topk,
-                    ..
-                } = scratch;
-                scores.clear();
-                scores.resize(locs.len(), 0.0);
-                kernels::score_gather(level, def.dtype, q.user, &blocks, locs, scores);
-                for (&s, &id) in scores.iter().zip(found.iter()) {
-                    topk.push(s, id);
-                }
-                result.scored = locs.len();
+                self.score_candidates(
+                    level,
+                    def.dtype,
+                    q.user,
+                    ids,
+                    &blocks,
+                    &filters,
+                    scratch,
+                    &mut result,
+                    q.k,
+                );
             }
             Candidates::All => {
                 scratch.scores.resize(SCAN_BLOCK, 0.0);
@@ -259,7 +255,7 @@ impl Snapshot {
                                 result.filtered_out += 1;
                                 continue;
                             }
-                            scratch.topk.push(s, seg_ids[r]);
+                            scratch.topk.push(s, seg_ids[r], 0);
                             result.scored += 1;
                         }
                         first += n;
@@ -267,87 +263,144 @@ impl Snapshot {
                 }
             }
         }
-        scratch.topk.finish(&mut scratch.best);
+        if matches!(q.candidates, Candidates::All) {
+            scratch.topk.finish(&mut scratch.best);
+        }
         result.hits = scratch
             .best
             .iter()
-            .map(|&(score, id)| Hit { id, score })
+            .map(|&(score, id, _)| Hit { id, score })
             .collect();
         Ok(result)
     }
 
-    /// Passes 1 and 2: dedupe, find, confirm, filter. Fills `scratch.locs`
-    /// and `scratch.ids` with the candidates to score.
-    fn resolve(
+    /// The candidate-id path. Pass 1 dedupes and probes the id indexes
+    /// (newest segment first) with the home slots of upcoming ids
+    /// prefetched, and prefetches each found row; pass 2 drops tombstones
+    /// and applies the filter; pass 3 scores the rows with the prefetching
+    /// kernel into the top-k. The `ids[row] == id` confirmation (which costs
+    /// one more random cache line, and on a large store one more page walk,
+    /// per candidate) is done for the returned hits only: if any fails (a
+    /// damaged id index), the query is redone confirming every candidate, so
+    /// a wrong row is never returned.
+    #[allow(clippy::too_many_arguments)]
+    fn score_candidates(
         &self,
+        level: Level,
+        dtype: crate::schema::Dtype,
+        user: &[f32],
         ids: &[u64],
+        blocks: &[Block<'_>],
         filters: &[Option<Compiled<'_>>],
         scratch: &mut Scratch,
         result: &mut QueryResult,
+        k: usize,
     ) {
         let segs = self.segments();
         let views: Vec<_> = segs.iter().map(|s| s.index_view()).collect();
-        let cap = (ids.len() * 2).next_power_of_two().max(16);
-        scratch.seen.clear();
-        scratch.seen.resize(cap, EMPTY);
-        let mut max_seen = false;
-        scratch.locs.clear();
-        scratch.ids.clear();
-        scratch.pos.clear();
-        scratch.missing.clear();
-        // Pass 1: probe, with the home slots of upcoming ids prefetched.
-        let prefetch_segs = views.len().min(4);
-        for (i, &id) in ids.iter().enumerate() {
-            if let Some(&ahead) = ids.get(i + PROBE_AHEAD) {
-                for v in views.iter().rev().take(prefetch_segs) {
-                    kernels::prefetch_line(v.home_addr(ahead));
+        let deleted: Vec<_> = segs.iter().map(|s| s.deleted_words()).collect();
+        for confirm_all in [false, true] {
+            let cap = (ids.len() * 2).next_power_of_two().max(16);
+            scratch.seen.clear();
+            scratch.seen.resize(cap, EMPTY);
+            let mut max_seen = false;
+            scratch.missing.clear();
+            scratch.locs.clear();
+            scratch.ids.clear();
+            scratch.topk.reset(k);
+            result.filtered_out = 0;
+            // Pass 1: dedupe and probe.
+            let prefetch_segs = views.len().min(4);
+            for (i, &id) in ids.iter().enumerate() {
+                if i % PROBE_AHEAD == 0 {
+                    // Prefetch the home slots of the next block of ids.
+                    let next = &ids
+                        [(i + PROBE_AHEAD).min(ids.len())..(i + 2 * PROBE_AHEAD).min(ids.len())];
+                    for &ahead in next {
+                        for v in views.iter().rev().take(prefetch_segs) {
+                            kernels::prefetch_line(v.home_addr(ahead));
+                        }
+                    }
+                    if i == 0 {
+                        for &first in &ids[..PROBE_AHEAD.min(ids.len())] {
+                            for v in views.iter().rev().take(prefetch_segs) {
+                                kernels::prefetch_line(v.home_addr(first));
+                            }
+                        }
+                    }
+                }
+                if !insert(&mut scratch.seen, &mut max_seen, id) {
+                    continue; // duplicate
+                }
+                let hit = views
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find_map(|(si, v)| v.probe(id).map(|row| (si, row)));
+                match hit {
+                    Some((si, row)) => {
+                        let loc = Loc {
+                            block: si as u32,
+                            row: row as u32,
+                        };
+                        if confirm_all {
+                            kernels::prefetch_line(views[si].ids[row..].as_ptr() as *const u8);
+                        }
+                        scratch.locs.push(loc);
+                        scratch.ids.push(id);
+                        scratch.pos.push(i as u32);
+                    }
+                    None => scratch.missing.push((i as u32, id)),
                 }
             }
-            if !insert(&mut scratch.seen, &mut max_seen, id) {
-                continue; // duplicate
-            }
-            let mut hit = None;
-            for (si, v) in views.iter().enumerate().rev() {
-                if let Some(row) = v.probe(id) {
-                    hit = Some((si, row));
-                    break;
+            // Pass 2: tombstones, filter (and, on the slow path, confirmation).
+            let mut kept = 0;
+            for j in 0..scratch.locs.len() {
+                let (loc, id) = (scratch.locs[j], scratch.ids[j]);
+                let (si, row) = (loc.block as usize, loc.row as usize);
+                let gone = deleted[si].is_some_and(|w| w[row / 64] >> (row % 64) & 1 == 1)
+                    || (confirm_all && views[si].ids.get(row) != Some(&id));
+                if gone {
+                    scratch.missing.push((scratch.pos[j], id));
+                    continue;
                 }
-            }
-            match hit {
-                Some((si, row)) => {
-                    kernels::prefetch_line(views[si].ids[row..].as_ptr() as *const u8);
-                    scratch.locs.push(Loc {
-                        block: si as u32,
-                        row: row as u32,
-                    });
-                    scratch.ids.push(id);
-                    scratch.pos.push(i as u32);
+                if filters[si].as_ref().is_some_and(|f| !f.eval(row)) {
+                    result.filtered_out += 1;
+                    continue;
                 }
-                None => scratch.missing.push((i as u32, id)),
+                scratch.locs[kept] = loc;
+                scratch.ids[kept] = id;
+                kept += 1;
+            }
+            scratch.locs.truncate(kept);
+            scratch.ids.truncate(kept);
+            scratch.pos.clear();
+            // Pass 3: score.
+            scratch.scores.clear();
+            scratch.scores.resize(kept, 0.0);
+            kernels::score_gather(
+                level,
+                dtype,
+                user,
+                blocks,
+                &scratch.locs,
+                &mut scratch.scores,
+            );
+            for (j, &sc) in scratch.scores.iter().enumerate() {
+                scratch.topk.push(sc, scratch.ids[j], j as u32);
+            }
+            result.scored = kept;
+            scratch.topk.finish(&mut scratch.best);
+            // Confirm the hits.
+            let ok = confirm_all
+                || scratch.best.iter().all(|&(_, id, j)| {
+                    let loc = scratch.locs[j as usize];
+                    views[loc.block as usize].ids.get(loc.row as usize) == Some(&id)
+                });
+            if ok {
+                break;
             }
         }
-        // Pass 2: confirm the id (damage reads as absent), drop deleted
-        // rows, apply the filter; compact in place.
-        let mut kept = 0;
-        for i in 0..scratch.locs.len() {
-            let (l, id) = (scratch.locs[i], scratch.ids[i]);
-            let (si, row) = (l.block as usize, l.row as usize);
-            let live = views[si].ids.get(row) == Some(&id) && !segs[si].is_deleted(row);
-            if !live {
-                scratch.missing.push((scratch.pos[i], id));
-                continue;
-            }
-            if filters[si].as_ref().is_some_and(|f| !f.eval(row)) {
-                result.filtered_out += 1;
-                continue;
-            }
-            scratch.locs[kept] = l;
-            scratch.ids[kept] = id;
-            kept += 1;
-        }
-        scratch.locs.truncate(kept);
-        scratch.ids.truncate(kept);
-        // Pass 2 appends late misses after pass 1's: restore input order.
         scratch.missing.sort_unstable_by_key(|m| m.0);
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
     }
@@ -359,8 +412,8 @@ pub mod bench_support {
     use super::*;
 
     /// One reference into every cache line a query for `ids` must touch in
-    /// memory: each id's home slot in the id index, its entry in the ids
-    /// block, and every line of its embedding row. Ids not in the snapshot
+    /// memory: each id's home slot in the id index and every line of its
+    /// embedding row. Ids not in the snapshot
     /// are skipped. Built untimed; [`touch`] then measures the gather floor.
     pub fn floor_lines<'a>(snap: &'a Snapshot, key: &str, ids: &[u64]) -> Result<Vec<&'a u8>> {
         let def = snap.embedding_def(key)?;
@@ -372,7 +425,6 @@ pub mod bench_support {
             let v = seg.index_view();
             let slot = idindex::home(id, v.table.len() as u64) as usize;
             out.push(&bytemuck::cast_slice::<[u64; 2], u8>(&v.table[slot..slot + 1])[0]);
-            out.push(&bytemuck::cast_slice::<u64, u8>(&v.ids[at.row..at.row + 1])[0]);
             let col = snap.embedding(at.segment, key)?;
             let row = &col.row_bytes(at.row)[..rb];
             let first = row.as_ptr() as usize;
@@ -384,6 +436,11 @@ pub mod bench_support {
             }
         }
         Ok(out)
+    }
+
+    /// Prefetch hint for `p`.
+    pub fn prefetch(p: *const u8) {
+        kernels::prefetch_line(p)
     }
 
     /// Reads one byte of every line in `lines`, prefetching 32 lines ahead:

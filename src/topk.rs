@@ -7,17 +7,18 @@ use std::cmp::Ordering;
 
 /// `Less` means `a` ranks before (is better than) `b`.
 #[inline]
-pub(crate) fn rank(a: &(f32, u64), b: &(f32, u64)) -> Ordering {
+pub(crate) fn rank(a: &(f32, u64, u32), b: &(f32, u64, u32)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
-/// Keeps the best `k` of the `(score, id)` pairs pushed.
+/// Keeps the best `k` of the `(score, id, tag)` entries pushed (the tag is
+/// carried along for the caller, e.g. where the item is).
 #[derive(Debug, Default)]
 pub(crate) struct TopK {
     k: usize,
-    buf: Vec<(f32, u64)>,
+    buf: Vec<(f32, u64, u32)>,
     /// The k-th best entry once the buffer has been cut at least once.
-    worst: Option<(f32, u64)>,
+    worst: Option<(f32, u64, u32)>,
 }
 
 impl TopK {
@@ -34,15 +35,13 @@ impl TopK {
 
     /// Offers one entry. NaN scores (only from damaged data) rank last.
     #[inline]
-    pub(crate) fn push(&mut self, score: f32, id: u64) {
-        let e = (
-            if score.is_nan() {
-                f32::NEG_INFINITY
-            } else {
-                score
-            },
-            id,
-        );
+    pub(crate) fn push(&mut self, score: f32, id: u64, tag: u32) {
+        let score = if score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            score
+        };
+        let e = (score, id, tag);
         if let Some(w) = &self.worst {
             if rank(&e, w) != Ordering::Less {
                 return;
@@ -63,7 +62,7 @@ impl TopK {
     }
 
     /// The best `k` (or fewer), best first.
-    pub(crate) fn finish(&mut self, out: &mut Vec<(f32, u64)>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<(f32, u64, u32)>) {
         self.cut();
         self.buf.sort_unstable_by(rank);
         out.clear();
@@ -81,12 +80,12 @@ mod tests {
         let mut out = Vec::new();
         for n in [0usize, 1, 5, 63, 64, 65, 500, 3000] {
             for k in [1usize, 2, 10, 100, 1000] {
-                let items: Vec<(f32, u64)> = (0..n as u64)
-                    .map(|i| (((i * 7919) % 13) as f32, (i * 104_729) % 10_007))
+                let items: Vec<(f32, u64, u32)> = (0..n as u64)
+                    .map(|i| (((i * 7919) % 13) as f32, (i * 104_729) % 10_007, 0))
                     .collect();
                 t.reset(k);
-                for &(s, id) in &items {
-                    t.push(s, id);
+                for &(s, id, tag) in &items {
+                    t.push(s, id, tag);
                 }
                 t.finish(&mut out);
                 let mut want = items.clone();

@@ -495,3 +495,65 @@ fn queries_run_concurrently_on_one_snapshot() {
         }
     });
 }
+
+/// The format's id hash and home slot (FORMAT.md, "Id index").
+fn home(id: u64, slots: u64) -> u64 {
+    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z as u128 * slots as u128) >> 64) as u64
+}
+
+#[test]
+fn a_damaged_id_index_never_yields_a_wrong_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new().embedding("prerank", "v1", 4, Dtype::F32);
+    let mut w = Writer::create(dir.path(), schema).unwrap();
+    let ids: Vec<u64> = (0..100).collect();
+    let vecs: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| [i as f32, 0.0, 0.0, 0.0])
+        .collect();
+    let mut tx = w.begin();
+    tx.add_items(ItemBatch::new(ids.clone()).embedding(KEY, vecs))
+        .unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    // Point id 7's slot at row 99 (the best-scoring row). The data region is
+    // only checksummed by verify(), so the store still opens.
+    let idx = dir.path().join("s0000000001-g0-ids.vidx");
+    let mut b = std::fs::read(&idx).unwrap();
+    let slots = 100f64 / 0.7;
+    let slots = slots.ceil() as u64 + 1;
+    let table = 64 + (100 * 8usize).next_multiple_of(64);
+    let mut s = home(7, slots) as usize;
+    loop {
+        let at = table + s * 16;
+        let id = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        if id == 7 {
+            b[at + 8..at + 16].copy_from_slice(&100u64.to_le_bytes()); // row 99 + 1
+            break;
+        }
+        s = (s + 1) % slots as usize;
+    }
+    std::fs::write(&idx, &b).unwrap();
+    let snap = Store::open(dir.path()).unwrap().snapshot();
+    assert!(snap.verify().is_err());
+    assert_eq!(snap.lookup(7), None);
+    let user = [1.0f32, 0.0, 0.0, 0.0];
+    let r = snap
+        .query(&Query::ids(KEY, &user, &[7, 3, 99, 5], 2))
+        .unwrap();
+    assert_eq!(
+        r.hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
+        vec![(99, 99.0), (5, 5.0)]
+    );
+    assert_eq!(r.not_found, vec![7]);
+    let r = snap.query(&Query::ids(KEY, &user, &[7, 3], 1)).unwrap();
+    assert_eq!(
+        r.hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
+        vec![(3, 3.0)]
+    );
+    assert_eq!(r.not_found, vec![7]);
+}
