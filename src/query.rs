@@ -438,6 +438,25 @@ pub mod bench_support {
         Ok(out)
     }
 
+    /// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
+    /// with the kernel this CPU runs: the in-cache kernel benchmark.
+    pub fn score_block(
+        dtype: crate::schema::Dtype,
+        user: &[f32],
+        bytes: &[u8],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        kernels::score_range(
+            Level::detect(),
+            dtype,
+            user,
+            Block { bytes, stride },
+            0,
+            out,
+        );
+    }
+
     /// Prefetch hint for `p`.
     pub fn prefetch(p: *const u8) {
         kernels::prefetch_line(p)
