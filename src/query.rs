@@ -310,9 +310,16 @@ impl Snapshot {
             scratch.topk.reset(k);
             result.filtered_out = 0;
             // Pass 1: dedupe and probe.
+            let ahead_knob = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
             let prefetch_segs = views.len().min(4);
             for (i, &id) in ids.iter().enumerate() {
-                if i % PROBE_AHEAD == 0 {
+                if ahead_knob > 0 {
+                    if let Some(&a) = ids.get(i + ahead_knob) {
+                        for v in views.iter().rev().take(prefetch_segs) {
+                            kernels::prefetch_line(v.home_addr(a));
+                        }
+                    }
+                } else if i % PROBE_AHEAD == 0 {
                     // Prefetch the home slots of the next block of ids.
                     let next = &ids
                         [(i + PROBE_AHEAD).min(ids.len())..(i + 2 * PROBE_AHEAD).min(ids.len())];
@@ -437,6 +444,10 @@ pub mod bench_support {
         }
         Ok(out)
     }
+
+    /// Experiment knob: 0 = block prefetch of home slots (default), d > 0 =
+    /// prefetch the home slot of the id d ahead.
+    pub static PROBE_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
     /// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
     /// with the kernel this CPU runs: the in-cache kernel benchmark.

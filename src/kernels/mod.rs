@@ -55,6 +55,11 @@ pub(crate) fn prefetch_line(p: *const u8) {
     let _ = p;
 }
 
+/// Rows ahead whose cache lines the gather loop prefetches (an experiment
+/// knob for `examples/ab_query.rs`; the default is the measured best).
+#[doc(hidden)]
+pub static ROW_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
+
 /// One block of embedding rows: `bytes` holds `rows * stride` bytes.
 #[derive(Clone, Copy)]
 pub(crate) struct Block<'a> {

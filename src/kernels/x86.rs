@@ -11,10 +11,6 @@ use std::arch::x86_64::*;
 use super::{row, Block, Loc};
 use crate::schema::Dtype;
 
-/// Rows ahead whose cache lines are prefetched while the current row is
-/// scored (measured: 8-16 is flat on Zen 3; see `benches/query.rs`).
-const PREFETCH_ROWS: usize = 16;
-
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn hsum(v: __m256) -> f32 {
@@ -145,11 +141,9 @@ macro_rules! loops {
     ($gather:ident, $range:ident, $dot:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
+            let ahead = super::ROW_KNOB.load(std::sync::atomic::Ordering::Relaxed);
             for (i, (o, l)) in out.iter_mut().zip(locs).enumerate() {
-                if let Some(next) = locs
-                    .get(i + PREFETCH_ROWS)
-                    .and_then(|n| row(blocks, *n, rb))
-                {
+                if let Some(next) = locs.get(i + ahead).and_then(|n| row(blocks, *n, rb)) {
                     prefetch(next);
                 }
                 *o = match row(blocks, *l, rb) {

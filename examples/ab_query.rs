@@ -1,0 +1,74 @@
+//! A/B harness for query tuning knobs: alternates variants query by query on
+//! the same candidate sets (so machine noise hits every variant alike) and
+//! prints each variant's median. `cargo run --release --example ab_query`
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use vstore::{bench_support, kernels, Query};
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+fn main() {
+    let dim: usize = std::env::var("DIM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let key = std::env::var("KEY").unwrap_or("prerank@f32".into());
+    let store = support::store(1_000_000, dim);
+    let snap = store.snapshot();
+    let nsets: usize = std::env::var("SETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let sets = support::candidate_sets(1_000_000, n, nsets, n as u64);
+    let users = support::users(512, dim, 7);
+    // (probe knob, row knob)
+    let variants: Vec<(usize, usize)> = std::env::var("VARIANTS")
+        .unwrap_or("0:16,8:16,16:16,24:16,16:4,16:8,16:24".into())
+        .split(',')
+        .map(|v| {
+            let (a, b) = v.split_once(':').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    let mut times = vec![Vec::new(); variants.len()];
+    for it in 0..3000 {
+        for (vi, &(p, r)) in variants.iter().enumerate() {
+            // A different candidate set for every query, so no variant runs
+            // on lines another variant just brought into cache.
+            let i = (it * variants.len() + vi) % sets.len();
+            bench_support::PROBE_KNOB.store(p, Ordering::Relaxed);
+            kernels::ROW_KNOB.store(r, Ordering::Relaxed);
+            let q = Query::ids(&key, &users[i], &sets[i].0, 500);
+            let s = Instant::now();
+            std::hint::black_box(snap.query(&q).unwrap());
+            if it >= 20 {
+                times[vi].push(s.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let lines: Vec<Vec<&u8>> = sets
+        .iter()
+        .take(64)
+        .map(|(ids, _)| bench_support::floor_lines(&snap, &key, ids).unwrap())
+        .collect();
+    let mut ft = Vec::new();
+    for it in 0..2000 {
+        let l = &lines[it % lines.len()];
+        let s = Instant::now();
+        std::hint::black_box(bench_support::touch(l));
+        ft.push(s.elapsed().as_secs_f64());
+    }
+    println!("floor: median {:.3} ms", support::median(&mut ft) * 1e3);
+    for (vi, &(p, r)) in variants.iter().enumerate() {
+        println!(
+            "probe {p:>2} rows {r:>2}: median {:.3} ms",
+            support::median(&mut times[vi]) * 1e3
+        );
+    }
+}
