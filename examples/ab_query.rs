@@ -1,6 +1,9 @@
 //! A/B harness for query tuning knobs: alternates variants query by query on
 //! the same candidate sets (so machine noise hits every variant alike) and
-//! prints each variant's median. `cargo run --release --example ab_query`
+//! prints each variant's median, beside the floor.
+//! `cargo run --release --example ab_query`; env: DIM, N, KEY
+//! (`prerank@f16` ...), SETS (candidate sets; 1 = fully warm caches),
+//! VARIANTS (`probe:rows,...`).
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -27,7 +30,8 @@ fn main() {
         .unwrap_or(512);
     let sets = support::candidate_sets(1_000_000, n, nsets, n as u64);
     let users = support::users(512, dim, 7);
-    // (probe knob, row knob)
+    // probe:rows = home-slot prefetch (0: blocks of 32, d: d ids ahead) and
+    // rows prefetched ahead by the gather loop.
     let variants: Vec<(usize, usize)> = std::env::var("VARIANTS")
         .unwrap_or("0:16,8:16,16:16,24:16,16:4,16:8,16:24".into())
         .split(',')
