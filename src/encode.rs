@@ -216,6 +216,36 @@ pub(crate) fn write_embedding_group<'a>(
     Ok(file_ref(path, written))
 }
 
+/// Writes an embedding column-group file from stored rows (`stride` bytes
+/// each, copied byte for byte: compaction never re-quantizes).
+pub(crate) fn write_embedding_raw<'a>(
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    def: &EmbeddingDef,
+    rows_in_order: impl Iterator<Item = &'a [u8]>,
+) -> Result<FileRef> {
+    let stride = def.dtype.row_stride(def.dim);
+    let mut w = ContainerWriter::create(path, Kind::Columns)?;
+    let offset = w.begin_block()?;
+    for r in rows_in_order {
+        w.data(&r[..stride])?;
+    }
+    let len = w.pos() - offset;
+    debug_assert_eq!(len, rows * stride as u64);
+    let written = w.finish(Body::Columns(ColumnsMeta {
+        segment,
+        rows,
+        group: Group::Embedding(def.clone()),
+        columns: Vec::new(),
+        vectors: Some(VectorBlock {
+            stride: stride as u32,
+            rows: crate::meta::Extent { offset, len },
+        }),
+    }))?;
+    Ok(file_ref(path, written))
+}
+
 /// Writes a deletion bitmap.
 pub(crate) fn write_deletes(
     path: &Path,

@@ -38,6 +38,24 @@ impl Default for Retention {
     }
 }
 
+/// When [`Transaction::compact_if`] compacts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    /// Compact when the snapshot has more segments than this.
+    pub max_segments: usize,
+    /// Compact when more than this fraction of rows is deleted.
+    pub max_dead_fraction: f64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            max_segments: 8,
+            max_dead_fraction: 0.2,
+        }
+    }
+}
+
 /// What [`Writer::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -496,6 +514,18 @@ impl<'w> Transaction<'w> {
     /// given (f32, converted to each column's dtype); profile and statistics
     /// columns not given are missing.
     pub fn add_items(&mut self, batch: ItemBatch) -> Result<()> {
+        self.put_items(batch, false)
+    }
+
+    /// Adds or replaces items: ids the snapshot already holds are deleted
+    /// (tombstoned) and the whole batch is added as a new segment, so queries
+    /// on the new snapshot see only the new rows. Same rules as
+    /// [`Transaction::add_items`] otherwise.
+    pub fn upsert_items(&mut self, batch: ItemBatch) -> Result<()> {
+        self.put_items(batch, true)
+    }
+
+    fn put_items(&mut self, batch: ItemBatch, replace: bool) -> Result<()> {
         self.w.check_poisoned()?;
         if batch.is_empty() {
             return Ok(());
@@ -531,19 +561,180 @@ impl<'w> Transaction<'w> {
         if self.next_segment_id == u64::MAX {
             return Err(Error::InvalidInput("segment ids are exhausted".into()));
         }
+        let mut replaced: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, &id) in batch.ids.iter().enumerate() {
             if let Some((s, row)) = self.lookup(id) {
-                return Err(Error::DuplicateId {
-                    id,
-                    context: format!(
-                        "input row {i} and segment {} row {row} of the snapshot being built",
-                        self.segments[s].meta.id
-                    ),
-                });
+                if !replace {
+                    return Err(Error::DuplicateId {
+                        id,
+                        context: format!(
+                            "input row {i} and segment {} row {row} of the snapshot being built (use upsert_items to replace)",
+                            self.segments[s].meta.id
+                        ),
+                    });
+                }
+                replaced.entry(s).or_default().push(row);
             }
         }
-        let r = self.write_segment(&batch, &vectors);
+        for &s in replaced.keys() {
+            self.segment(s).ensure_mutable_verified()?;
+        }
+        let r = self
+            .write_deletes(replaced)
+            .and_then(|()| self.write_segment(&batch, &vectors));
         self.w.poison(r)
+    }
+
+    /// Merges every segment into one, dropping deleted rows, if the snapshot
+    /// has more than one segment or any deleted row; returns whether it did.
+    /// Vectors are copied byte for byte (never re-quantized); the checksums
+    /// of every source file are verified first.
+    pub fn compact(&mut self) -> Result<bool> {
+        self.w.check_poisoned()?;
+        let n = self.segments.len();
+        let dead: usize = (0..n)
+            .map(|i| self.segment(i).rows() - self.segment(i).live_rows())
+            .sum();
+        if n == 0 || (n == 1 && dead == 0) {
+            return Ok(false);
+        }
+        for i in 0..n {
+            for f in self.segment(i).files() {
+                f.ensure_verified()?;
+            }
+        }
+        let r = self.write_compacted();
+        self.w.poison(r).map(|()| true)
+    }
+
+    /// Compacts if `policy` says so (see [`Compaction`]); returns whether it did.
+    pub fn compact_if(&mut self, policy: &Compaction) -> Result<bool> {
+        let n = self.segments.len();
+        let (rows, live) = (0..n).fold((0usize, 0usize), |(r, l), i| {
+            (r + self.segment(i).rows(), l + self.segment(i).live_rows())
+        });
+        let dead = rows - live;
+        let due = n > policy.max_segments
+            || (rows > 0 && dead as f64 > policy.max_dead_fraction * rows as f64);
+        if due {
+            self.compact()
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn write_compacted(&mut self) -> Result<()> {
+        let n = self.segments.len();
+        let mut ids = Vec::new();
+        let mut live: Vec<Vec<usize>> = Vec::with_capacity(n);
+        for i in 0..n {
+            let seg = self.segment(i);
+            let rows: Vec<usize> = (0..seg.rows()).filter(|&r| !seg.is_deleted(r)).collect();
+            ids.extend(rows.iter().map(|&r| seg.ids()[r]));
+            live.push(rows);
+        }
+        let total = ids.len();
+        let seg_id = self.next_segment_id;
+        let rows = total as u64;
+        let scalar = |this: &Self,
+                      defs: &[crate::schema::ColumnDef],
+                      stats: bool|
+         -> Result<Vec<ScalarColumn>> {
+            let mut cols = Vec::with_capacity(defs.len());
+            for d in defs {
+                let mut col = ScalarColumn::all_missing(d, total);
+                let mut at = 0;
+                for (i, rows) in live.iter().enumerate() {
+                    let seg = this.segment(i);
+                    let (vals, miss): (Vec<u32>, Vec<bool>) = if stats {
+                        let c = seg.stat(&d.name)?;
+                        rows.iter()
+                            .map(|&r| (c.get(r).to_bits(), c.is_missing(r)))
+                            .unzip()
+                    } else {
+                        match d.kind {
+                            crate::schema::ColumnKind::Categorical { .. } => {
+                                let c = seg.categorical(&d.name)?;
+                                rows.iter().map(|&r| (c.get(r), c.is_missing(r))).unzip()
+                            }
+                            crate::schema::ColumnKind::Numeric { .. } => {
+                                let c = seg.numeric(&d.name)?;
+                                rows.iter()
+                                    .map(|&r| (c.get(r).to_bits(), c.is_missing(r)))
+                                    .unzip()
+                            }
+                        }
+                    };
+                    for (v, m) in vals.into_iter().zip(miss) {
+                        col.set(at, (!m).then_some(v));
+                        at += 1;
+                    }
+                }
+                col.normalize();
+                cols.push(col);
+            }
+            Ok(cols)
+        };
+        let profile_cols = scalar(self, &self.schema.profile, false)?;
+        let stats_cols = scalar(self, &self.schema.stats, true)?;
+        let name = self.fresh_name(seg_id, "ids", "vidx");
+        let id_index = encode::write_id_index(&self.path(&name), seg_id, &ids)?;
+        let name = self.fresh_name(seg_id, "profile", "vcol");
+        let profile = encode::write_scalar_group(
+            &self.path(&name),
+            seg_id,
+            rows,
+            meta::Group::Profile,
+            &profile_cols,
+        )?;
+        let name = self.fresh_name(seg_id, "stats", "vcol");
+        let stats = encode::write_scalar_group(
+            &self.path(&name),
+            seg_id,
+            rows,
+            meta::Group::Stats,
+            &stats_cols,
+        )?;
+        let mut embeddings = Vec::new();
+        for def in self.schema.embeddings.clone() {
+            let key = def.key();
+            let name = self.fresh_name(seg_id, &format!("emb-{key}"), "vcol");
+            let path = self.path(&name);
+            let mut cols = Vec::with_capacity(n);
+            for i in 0..n {
+                cols.push(self.segment(i).embedding_opt(&key).ok_or_else(|| {
+                    Error::VersionSkew {
+                        snapshot: self.number,
+                        requested: key.clone(),
+                        available: self.schema.embedding_keys(),
+                    }
+                })?);
+            }
+            let it = live
+                .iter()
+                .zip(&cols)
+                .flat_map(|(rows, col)| rows.iter().map(move |&r| col.row_bytes(r)));
+            let file = encode::write_embedding_raw(&path, seg_id, rows, &def, it)?;
+            embeddings.push(EmbeddingRef { key, file });
+        }
+        self.next_segment_id += 1;
+        self.segments = vec![SegState {
+            meta: SegmentMeta {
+                id: seg_id,
+                rows,
+                id_index,
+                profile,
+                stats,
+                embeddings,
+                deletes: None,
+            },
+            view: View::Base(usize::MAX),
+        }];
+        if total == 0 {
+            self.segments.clear();
+            return Ok(());
+        }
+        self.reopen(0)
     }
 
     fn write_segment(

@@ -749,3 +749,89 @@ fn a_manifest_naming_a_symlink_or_fifo_is_refused() {
         assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }
+
+#[test]
+fn compaction_merges_segments_drops_tombstones_and_copies_rows_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema =
+        vstore::Schema::new()
+            .stat("ctr_1d", 0.0)
+            .embedding("prerank", "v42", 12, Dtype::I8);
+    let mut w = Writer::create(dir.path(), schema).unwrap();
+    for s in 0..3u64 {
+        let ids: Vec<u64> = (s * 100..s * 100 + 50).collect();
+        let v: Vec<f32> = ids.iter().flat_map(|&i| vector(i, 12, 3)).collect();
+        let mut tx = w.begin();
+        tx.add_items(
+            ItemBatch::new(ids.clone())
+                .stat("ctr_1d", ids.iter().map(|&i| i as f32).collect())
+                .embedding("prerank@v42", v),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut tx = w.begin();
+    tx.delete(&[0, 1, 149, 249]).unwrap();
+    // Not due under the default policy (3 segments, 2.7% dead).
+    assert!(!tx.compact_if(&vstore::Compaction::default()).unwrap());
+    let before = tx.commit().unwrap();
+    let mut tx = w.begin();
+    assert!(tx
+        .compact_if(&vstore::Compaction {
+            max_segments: 2,
+            max_dead_fraction: 0.5
+        })
+        .unwrap());
+    let after = tx.commit().unwrap();
+    assert_eq!(after.segments().len(), 1);
+    assert_eq!(after.segments()[0].rows(), 146);
+    assert_eq!(after.len(), before.len());
+    for id in before.ids() {
+        let (a, b) = (before.lookup(id).unwrap(), after.lookup(id).unwrap());
+        let ra = before
+            .embedding(a.segment, "prerank@v42")
+            .unwrap()
+            .row_bytes(a.row);
+        let rb = after
+            .embedding(b.segment, "prerank@v42")
+            .unwrap()
+            .row_bytes(b.row);
+        assert_eq!(ra, rb, "row of id {id} changed");
+        assert_eq!(after.get_stat(id, "ctr_1d").unwrap(), Some(id as f32));
+    }
+    assert!(after.lookup(149).is_none());
+    // Compacting a single clean segment is a no-op.
+    let mut tx = w.begin();
+    assert!(!tx.compact().unwrap());
+    // Once the old snapshots go, GC reclaims the merged segments' files.
+    drop((before, tx));
+    w.set_retention(no_grace(1));
+    let r = w.gc().unwrap();
+    assert!(r.removed_files.iter().any(|f| f.contains("-g2-")), "{r:?}");
+    after.verify().unwrap();
+}
+
+#[test]
+fn upsert_replaces_live_items_and_adds_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    let mut tx = w.begin();
+    let e = tx.add_items(batch(&[3, 4], DIM, 1)).unwrap_err();
+    assert!(e.to_string().contains("upsert_items"), "{e}");
+    tx.upsert_items(batch(&[3, 4], DIM, 1)).unwrap();
+    let s = tx.commit().unwrap();
+    assert_eq!(s.len(), 4);
+    assert_eq!(
+        s.get_embedding(3, "prerank@v42").unwrap(),
+        vector(3, DIM, 1)
+    );
+    assert_eq!(
+        s.get_embedding(2, "prerank@v42").unwrap(),
+        vector(2, DIM, 0)
+    );
+    assert_eq!(s.segments().len(), 2);
+    assert_eq!(s.segments()[0].live_rows(), 2);
+}

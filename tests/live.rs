@@ -1,0 +1,275 @@
+//! Model-based test of live updates: random sequences of add / upsert /
+//! delete / stats refresh / compact / add-version / drop-version, each
+//! published, checked after every publish against an in-memory model with
+//! full-scan and candidate queries and per-item reads.
+//!
+//! Cases default to 24; `VSTORE_PROPTEST_CASES` for a longer run.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use vstore::{Compaction, Dtype, EmbeddingDef, ItemBatch, Query, Schema, Store, Writer};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(Vec<u64>),
+    Upsert(Vec<u64>),
+    Delete(Vec<u64>),
+    Refresh(Vec<u64>),
+    Compact,
+    CompactIf,
+    AddVersion(Dtype),
+    DropOldest,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ids = || prop::collection::vec(0u64..120, 1..25);
+    prop_oneof![
+        4 => ids().prop_map(Op::Add),
+        3 => ids().prop_map(Op::Upsert),
+        3 => ids().prop_map(Op::Delete),
+        2 => ids().prop_map(Op::Refresh),
+        1 => Just(Op::Compact),
+        1 => Just(Op::CompactIf),
+        1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)].prop_map(Op::AddVersion),
+        1 => Just(Op::DropOldest),
+    ]
+}
+
+const DIM: usize = 4;
+
+/// Grid values (multiples of 1/8 in [-2, 2)): exact in every float dtype.
+fn vec_for(id: u64, gen: u64, salt: u64) -> Vec<f32> {
+    (0..DIM as u64)
+        .map(|j| (((id * 7 + j * 3 + gen * 11 + salt * 5) % 32) as f32 - 16.0) / 8.0)
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Item {
+    cat: u32,
+    ctr: f32,
+    vecs: BTreeMap<String, Vec<f32>>,
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new()
+        .categorical("cat", 0)
+        .stat("ctr", 0.0)
+        .embedding("s", "v0", DIM as u32, Dtype::F32);
+    let mut w = Writer::create(dir.path(), schema).unwrap();
+    let mut model: BTreeMap<u64, Item> = BTreeMap::new();
+    let mut versions: Vec<String> = vec!["s@v0".into()];
+    let mut next_version = 1;
+    let store_opened: Option<Store> = None;
+    let mut store = store_opened;
+    for (gen, op) in ops.iter().enumerate() {
+        let gen = gen as u64 + 1;
+        let mut tx = w.begin();
+        let mut dedup = |ids: &Vec<u64>| {
+            let mut v = ids.clone();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let batch_for = |ids: &[u64], versions: &[String]| {
+            let mut b = ItemBatch::new(ids.to_vec())
+                .categorical("cat", ids.iter().map(|&i| ((i + gen) % 5) as u32).collect())
+                .stat(
+                    "ctr",
+                    ids.iter()
+                        .map(|&i| ((i * gen) % 100) as f32 / 100.0)
+                        .collect(),
+                );
+            for (vi, key) in versions.iter().enumerate() {
+                b = b.embedding(
+                    key,
+                    ids.iter()
+                        .flat_map(|&i| vec_for(i, gen, vi as u64))
+                        .collect(),
+                );
+            }
+            b
+        };
+        let put = |model: &mut BTreeMap<u64, Item>, ids: &[u64], versions: &[String]| {
+            for &i in ids {
+                let vecs = versions
+                    .iter()
+                    .enumerate()
+                    .map(|(vi, k)| (k.clone(), vec_for(i, gen, vi as u64)))
+                    .collect();
+                model.insert(
+                    i,
+                    Item {
+                        cat: ((i + gen) % 5) as u32,
+                        ctr: ((i * gen) % 100) as f32 / 100.0,
+                        vecs,
+                    },
+                );
+            }
+        };
+        match op {
+            Op::Add(ids) => {
+                let ids: Vec<u64> = dedup(ids)
+                    .into_iter()
+                    .filter(|i| !model.contains_key(i))
+                    .collect();
+                tx.add_items(batch_for(&ids, &versions)).unwrap();
+                put(&mut model, &ids, &versions);
+            }
+            Op::Upsert(ids) => {
+                let ids = dedup(ids);
+                tx.upsert_items(batch_for(&ids, &versions)).unwrap();
+                put(&mut model, &ids, &versions);
+            }
+            Op::Delete(ids) => {
+                let ids: Vec<u64> = dedup(ids)
+                    .into_iter()
+                    .filter(|i| model.contains_key(i))
+                    .collect();
+                tx.delete(&ids).unwrap();
+                for i in &ids {
+                    model.remove(i);
+                }
+            }
+            Op::Refresh(ids) => {
+                let ids: Vec<u64> = dedup(ids)
+                    .into_iter()
+                    .filter(|i| model.contains_key(i))
+                    .collect();
+                let vals: Vec<f32> = ids.iter().map(|&i| (i % 7) as f32 + gen as f32).collect();
+                tx.update_stats(ItemBatch::new(ids.clone()).stat("ctr", vals.clone()))
+                    .unwrap();
+                for (i, v) in ids.iter().zip(vals) {
+                    model.get_mut(i).unwrap().ctr = v;
+                }
+            }
+            Op::Compact => {
+                tx.compact().unwrap();
+            }
+            Op::CompactIf => {
+                tx.compact_if(&Compaction {
+                    max_segments: 3,
+                    max_dead_fraction: 0.3,
+                })
+                .unwrap();
+            }
+            Op::AddVersion(dtype) => {
+                let key = format!("s@v{next_version}");
+                let ids: Vec<u64> = model.keys().copied().collect();
+                let salt = 100 + next_version;
+                let v: Vec<f32> = ids.iter().flat_map(|&i| vec_for(i, gen, salt)).collect();
+                tx.add_embedding(
+                    EmbeddingDef::new("s", &format!("v{next_version}"), DIM as u32, *dtype),
+                    &ids,
+                    &v,
+                )
+                .unwrap();
+                for &i in &ids {
+                    model
+                        .get_mut(&i)
+                        .unwrap()
+                        .vecs
+                        .insert(key.clone(), vec_for(i, gen, salt));
+                }
+                versions.push(key);
+                next_version += 1;
+            }
+            Op::DropOldest => {
+                if versions.len() > 1 {
+                    let key = versions.remove(0);
+                    tx.drop_embedding(&key).unwrap();
+                    for it in model.values_mut() {
+                        it.vecs.remove(&key);
+                    }
+                }
+            }
+        }
+        let snap = tx.commit().unwrap();
+        // Per-version salts are positional in `put`: re-derive the model's
+        // vectors for items written by add/upsert after version changes.
+        match &mut store {
+            Some(s) => {
+                s.refresh().unwrap();
+            }
+            None => store = Some(Store::open(dir.path()).unwrap()),
+        }
+        let s = store.as_ref().unwrap().snapshot();
+        prop_assert_eq!(s.number(), snap.number());
+        // Exactly the model's items.
+        let mut ids: Vec<u64> = s.ids().collect();
+        ids.sort_unstable();
+        prop_assert_eq!(
+            &ids,
+            &model.keys().copied().collect::<Vec<_>>(),
+            "after {:?}",
+            op
+        );
+        prop_assert_eq!(s.embedding_keys(), versions.clone());
+        for (&id, it) in &model {
+            prop_assert_eq!(s.get_categorical(id, "cat").unwrap(), Some(it.cat));
+            prop_assert_eq!(s.get_stat(id, "ctr").unwrap(), Some(it.ctr));
+            for (k, v) in &it.vecs {
+                prop_assert_eq!(
+                    &s.get_embedding(id, k).unwrap(),
+                    v,
+                    "id {} {} after {:?}",
+                    id,
+                    k,
+                    op
+                );
+            }
+        }
+        // Queries: full scan and candidates (with deleted and unknown ids).
+        let user = [1.0f32, -0.5, 0.25, 2.0];
+        for key in &versions {
+            let mut want: Vec<(f32, u64)> = model
+                .iter()
+                .map(|(&id, it)| {
+                    (
+                        it.vecs[key]
+                            .iter()
+                            .zip(&user)
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>(),
+                        id,
+                    )
+                })
+                .collect();
+            want.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+            want.truncate(10);
+            let r = s.query(&Query::full_scan(key, &user, 10)).unwrap();
+            let got: Vec<(f32, u64)> = r.hits.iter().map(|h| (h.score, h.id)).collect();
+            prop_assert_eq!(&got, &want, "full scan {} after {:?}", key, op);
+            let cands: Vec<u64> = (0..130).collect();
+            let r = s.query(&Query::ids(key, &user, &cands, 10)).unwrap();
+            let got: Vec<(f32, u64)> = r.hits.iter().map(|h| (h.score, h.id)).collect();
+            prop_assert_eq!(&got, &want, "candidates {} after {:?}", key, op);
+            let missing: Vec<u64> = cands
+                .iter()
+                .copied()
+                .filter(|i| !model.contains_key(i))
+                .collect();
+            prop_assert_eq!(&r.not_found, &missing);
+        }
+        s.verify().unwrap();
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("VSTORE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model_after_every_publish(ops in prop::collection::vec(op(), 1..14)) {
+        run(&ops)?;
+    }
+}
