@@ -62,12 +62,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model: BTreeMap<u64, Item> = BTreeMap::new();
     let mut versions: Vec<String> = vec!["s@v0".into()];
     let mut next_version = 1;
-    let store_opened: Option<Store> = None;
-    let mut store = store_opened;
+    let mut store: Option<Store> = None;
     for (gen, op) in ops.iter().enumerate() {
         let gen = gen as u64 + 1;
         let mut tx = w.begin();
-        let mut dedup = |ids: &Vec<u64>| {
+        let dedup = |ids: &Vec<u64>| {
             let mut v = ids.clone();
             v.sort_unstable();
             v.dedup();
@@ -187,8 +186,6 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
         }
         let snap = tx.commit().unwrap();
-        // Per-version salts are positional in `put`: re-derive the model's
-        // vectors for items written by add/upsert after version changes.
         match &mut store {
             Some(s) => {
                 s.refresh().unwrap();
