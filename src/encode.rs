@@ -36,6 +36,9 @@ pub(crate) fn write_id_index(path: &Path, segment: u64, ids: &[u64]) -> Result<F
     let ids_ext = w.block(&le_bytes_u64(ids))?;
     let flat: Vec<u64> = table.iter().flat_map(|s| [s[0], s[1]]).collect();
     let table_ext = w.block(&le_bytes_u64(&flat))?;
+    let bloom = idindex::build_bloom(ids);
+    let words: Vec<u64> = bloom.iter().flatten().copied().collect();
+    let bloom_ext = w.block(&le_bytes_u64(&words))?;
     let written = w.finish(Body::IdIndex(IdIndexMeta {
         segment,
         rows: ids.len() as u64,
@@ -43,6 +46,8 @@ pub(crate) fn write_id_index(path: &Path, segment: u64, ids: &[u64]) -> Result<F
         table: table_ext,
         slots: table.len() as u64,
         max_probe,
+        bloom: bloom_ext,
+        bloom_blocks: bloom.len() as u64,
     }))?;
     Ok(file_ref(path, written))
 }

@@ -24,6 +24,70 @@ pub(crate) fn home(id: u64, slots: u64) -> u64 {
     ((hash(id) as u128 * slots as u128) >> 64) as u64
 }
 
+/// Bloom filter bits per id (about 1% false positives with 7 probes in a
+/// 512-bit block).
+const BLOOM_BITS_PER_ID: u64 = 10;
+/// Bits set per id.
+pub(crate) const BLOOM_K: u32 = 7;
+
+/// Number of 64-byte Bloom blocks for `rows` ids (at least 1).
+pub(crate) fn bloom_blocks_for(rows: u64) -> u64 {
+    (rows.saturating_mul(BLOOM_BITS_PER_ID))
+        .div_ceil(512)
+        .max(1)
+}
+
+/// The Bloom block of `id` and the 512-bit mask of its 7 bits: the block
+/// is chosen by the home hash (fastrange), the bits by 9-bit fields of a
+/// second mix of it.
+#[inline]
+pub(crate) fn bloom_pos(id: u64, blocks: u64) -> (usize, [u64; 8]) {
+    let k = BloomKey::new(id);
+    (k.block(blocks), k.mask)
+}
+
+/// The per-id part of a Bloom lookup, computed once and tested against
+/// every segment's filter (only the block index depends on the filter).
+#[derive(Clone, Copy)]
+pub(crate) struct BloomKey {
+    h: u64,
+    mask: [u64; 8],
+}
+
+impl BloomKey {
+    #[inline]
+    pub(crate) fn new(id: u64) -> BloomKey {
+        let h = hash(id);
+        let mut g = hash(h ^ 0x6A09_E667_F3BC_C909);
+        let mut mask = [0u64; 8];
+        for _ in 0..BLOOM_K {
+            let bit = (g & 511) as usize;
+            mask[bit / 64] |= 1 << (bit % 64);
+            g >>= 9;
+        }
+        BloomKey { h, mask }
+    }
+
+    #[inline]
+    fn block(&self, blocks: u64) -> usize {
+        ((self.h as u128 * blocks as u128) >> 64) as usize
+    }
+}
+
+/// Builds the Bloom filter for `ids`: `bloom_blocks_for(len)` blocks of 8
+/// little-endian u64 words.
+pub(crate) fn build_bloom(ids: &[u64]) -> Vec<[u64; 8]> {
+    let blocks = bloom_blocks_for(ids.len() as u64);
+    let mut f = vec![[0u64; 8]; blocks as usize];
+    for &id in ids {
+        let (b, m) = bloom_pos(id, blocks);
+        for (w, x) in f[b].iter_mut().zip(m) {
+            *w |= x;
+        }
+    }
+    f
+}
+
 /// Number of slots for `rows` ids.
 pub(crate) fn slots_for(rows: u64) -> u64 {
     (rows as f64 / MAX_LOAD).ceil() as u64 + 1
@@ -57,6 +121,7 @@ pub(crate) struct IdIndexView<'a> {
     pub ids: &'a [u64],
     pub table: &'a [[u64; 2]],
     pub max_probe: u32,
+    pub bloom: &'a [[u64; 8]],
 }
 
 impl<'a> IdIndexView<'a> {
@@ -118,6 +183,22 @@ impl<'a> IdIndexView<'a> {
         None
     }
 
+    /// Whether the segment may hold `id` (false: it certainly does not).
+    #[inline]
+    pub(crate) fn may_contain(&self, id: u64) -> bool {
+        self.may_contain_key(&BloomKey::new(id))
+    }
+
+    /// [`IdIndexView::may_contain`] with the per-id work done once.
+    #[inline]
+    pub(crate) fn may_contain_key(&self, k: &BloomKey) -> bool {
+        if self.bloom.is_empty() {
+            return true;
+        }
+        let blk = &self.bloom[k.block(self.bloom.len() as u64)];
+        (0..8).all(|i| blk[i] & k.mask[i] == k.mask[i])
+    }
+
     /// Address of `id`'s home slot (to prefetch).
     #[inline]
     pub(crate) fn home_addr(&self, id: u64) -> *const u8 {
@@ -147,6 +228,12 @@ impl<'a> IdIndexView<'a> {
                     ))
                 }
             }
+        }
+        if let Some(id) = self.ids.iter().find(|&&id| !self.may_contain(id)) {
+            return Err(Error::corrupt(
+                path,
+                format!("id {id} is missing from the Bloom filter"),
+            ));
         }
         let occupied = self.table.iter().filter(|s| s[1] != 0).count();
         if occupied != self.ids.len() {

@@ -146,6 +146,11 @@ pub(crate) struct IdIndexMeta {
     pub slots: u64,
     /// Largest probe distance any id needed at build time; lookups stop after it.
     pub max_probe: u32,
+    /// Blocked Bloom filter over the ids: `bloom_blocks` 64-byte blocks
+    /// (see FORMAT.md, "Id index"), so a query on a snapshot of many segments
+    /// probes only the segment that holds an id.
+    pub bloom: Extent,
+    pub bloom_blocks: u64,
 }
 
 /// Deleted rows (tombstones) of one segment.

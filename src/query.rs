@@ -160,6 +160,38 @@ fn insert(set: &mut [u64], max_seen: &mut bool, id: u64) -> bool {
     }
 }
 
+/// Prefetches `id`'s home slot in every segment whose Bloom filter admits
+/// it (with one segment, no filter is consulted).
+#[inline]
+fn prefetch_home(views: &[idindex::IdIndexView<'_>], id: u64) {
+    if let [v] = views {
+        kernels::prefetch_line(v.home_addr(id));
+        return;
+    }
+    let key = idindex::BloomKey::new(id);
+    for v in views.iter().rev() {
+        if v.may_contain_key(&key) {
+            kernels::prefetch_line(v.home_addr(id));
+        }
+    }
+}
+
+/// The newest segment holding `id` and its row (unconfirmed: see
+/// `IdIndexView::probe`); Bloom filters skip segments that cannot hold it.
+#[inline]
+pub(crate) fn find(views: &[idindex::IdIndexView<'_>], id: u64) -> Option<(usize, usize)> {
+    if let [v] = views {
+        return v.probe(id).map(|row| (0, row));
+    }
+    let key = idindex::BloomKey::new(id);
+    views
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, v)| v.may_contain_key(&key))
+        .find_map(|(si, v)| v.probe(id).map(|row| (si, row)))
+}
+
 impl Snapshot {
     /// Runs `q` with this thread's scratch buffers. See [`Query`].
     pub fn query(&self, q: &Query<'_>) -> Result<QueryResult> {
@@ -311,39 +343,28 @@ impl Snapshot {
             result.filtered_out = 0;
             // Pass 1: dedupe and probe.
             let ahead_knob = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
-            let prefetch_segs = views.len().min(4);
             for (i, &id) in ids.iter().enumerate() {
                 if ahead_knob > 0 {
                     if let Some(&a) = ids.get(i + ahead_knob) {
-                        for v in views.iter().rev().take(prefetch_segs) {
-                            kernels::prefetch_line(v.home_addr(a));
-                        }
+                        prefetch_home(&views, a);
                     }
                 } else if i % PROBE_AHEAD == 0 {
                     // Prefetch the home slots of the next block of ids.
                     let next = &ids
                         [(i + PROBE_AHEAD).min(ids.len())..(i + 2 * PROBE_AHEAD).min(ids.len())];
                     for &ahead in next {
-                        for v in views.iter().rev().take(prefetch_segs) {
-                            kernels::prefetch_line(v.home_addr(ahead));
-                        }
+                        prefetch_home(&views, ahead);
                     }
                     if i == 0 {
                         for &first in &ids[..PROBE_AHEAD.min(ids.len())] {
-                            for v in views.iter().rev().take(prefetch_segs) {
-                                kernels::prefetch_line(v.home_addr(first));
-                            }
+                            prefetch_home(&views, first);
                         }
                     }
                 }
                 if !insert(&mut scratch.seen, &mut max_seen, id) {
                     continue; // duplicate
                 }
-                let hit = views
-                    .iter()
-                    .enumerate()
-                    .rev()
-                    .find_map(|(si, v)| v.probe(id).map(|row| (si, row)));
+                let hit = find(&views, id);
                 match hit {
                     Some((si, row)) => {
                         let loc = Loc {

@@ -60,6 +60,8 @@ pub struct Segment {
     index: Arc<Container>,
     ids_off: usize,
     table_off: usize,
+    bloom_off: usize,
+    bloom_blocks: usize,
     slots: usize,
     max_probe: u32,
     profile: ScalarGroup,
@@ -190,6 +192,24 @@ impl Segment {
             .as_ptr() as usize
             - base;
         let (slots, max_probe) = (m.slots as usize, m.max_probe);
+        if m.bloom_blocks != crate::idindex::bloom_blocks_for(seg.rows) {
+            return Err(Error::corrupt(
+                &index.path,
+                format!(
+                    "Bloom filter of {} blocks for {} rows",
+                    m.bloom_blocks, seg.rows
+                ),
+            ));
+        }
+        let bloom_off = index
+            .extent(
+                &m.bloom,
+                size(&index.path, m.bloom_blocks, 64)?,
+                "Bloom filter",
+            )?
+            .as_ptr() as usize
+            - base;
+        let bloom_blocks = m.bloom_blocks as usize;
         if max_probe as u64 >= m.slots.max(1) {
             return Err(Error::corrupt(
                 &index.path,
@@ -286,6 +306,8 @@ impl Segment {
             index,
             ids_off,
             table_off,
+            bloom_off,
+            bloom_blocks,
             slots,
             max_probe,
             profile,
@@ -336,10 +358,13 @@ impl Segment {
 
     pub(crate) fn index_view(&self) -> IdIndexView<'_> {
         let table: &[u64] = cast(&self.index.map[self.table_off..self.table_off + self.slots * 16]);
+        let bloom: &[u64] =
+            cast(&self.index.map[self.bloom_off..self.bloom_off + self.bloom_blocks * 64]);
         IdIndexView {
             ids: self.ids(),
             table: bytemuck::cast_slice(table),
             max_probe: self.max_probe,
+            bloom: bytemuck::cast_slice(bloom),
         }
     }
 

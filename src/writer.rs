@@ -453,8 +453,12 @@ impl<'w> Transaction<'w> {
     }
 
     fn lookup(&self, id: u64) -> Option<(usize, usize)> {
+        let multi = self.segments.len() > 1;
         for i in (0..self.segments.len()).rev() {
             let s = self.segment(i);
+            if multi && !s.index_view().may_contain(id) {
+                continue;
+            }
             if let Some(row) = s.find(id) {
                 if !s.is_deleted(row) {
                     return Some((i, row));

@@ -1,0 +1,204 @@
+//! Live-update costs at N = 1,000,000 items, d = 64, f16 (issue 7):
+//! publish latency and bytes written for (a) adding 1,000 items,
+//! (b) refreshing one statistics column for every item, (c) compacting 10
+//! segments; and (d) query latency at n = 5,000 with 1, 4 and 16 segments.
+//! Medians; stores are built under target/vstore-bench/.
+//!
+//! Run: `cargo bench --bench updates` (`VSTORE_BENCH_ROWS` changes N).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vstore::{Dtype, ItemBatch, Query, Retention, Schema, Store, Writer};
+
+#[path = "support/mod.rs"]
+mod support;
+
+const DIM: usize = 64;
+
+fn rows() -> usize {
+    std::env::var("VSTORE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn schema() -> Schema {
+    Schema::new()
+        .categorical("category", 0)
+        .stat("ctr_1d", 0.0)
+        .stat("impressions_7d", 0.0)
+        .embedding("prerank", "v42", DIM as u32, Dtype::F16)
+}
+
+fn batch(range: std::ops::Range<u64>) -> ItemBatch {
+    let ids: Vec<u64> = range.clone().map(support::id_of).collect();
+    let mut vecs = Vec::with_capacity(ids.len() * DIM);
+    for i in range {
+        support::vector(i, DIM, &mut vecs);
+    }
+    ItemBatch::new(ids.clone())
+        .categorical("category", ids.iter().map(|&i| (i % 100) as u32).collect())
+        .stat(
+            "ctr_1d",
+            ids.iter().map(|&i| (i % 1000) as f32 / 1000.0).collect(),
+        )
+        .stat(
+            "impressions_7d",
+            ids.iter().map(|&i| (i % 5000) as f32).collect(),
+        )
+        .embedding("prerank@v42", vecs)
+}
+
+/// A fresh store of `n` items in `segments` equal segments.
+fn build(dir: &Path, n: usize, segments: usize) -> Writer {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut w = Writer::create(dir, schema()).unwrap();
+    let per = n.div_ceil(segments);
+    for s in 0..segments {
+        let lo = (s * per) as u64;
+        let hi = ((s + 1) * per).min(n) as u64;
+        let mut tx = w.begin();
+        tx.add_items(batch(lo..hi)).unwrap();
+        tx.commit().unwrap();
+    }
+    w.set_retention(Retention {
+        keep_last: 1,
+        grace: std::time::Duration::ZERO,
+    });
+    w.gc().unwrap();
+    w
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn names(dir: &Path) -> std::collections::HashSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Runs `op` (one publish) `times` times; returns median seconds and the
+/// median bytes of the files each publish created.
+fn measure(
+    dir: &Path,
+    w: &mut Writer,
+    times: usize,
+    mut op: impl FnMut(&mut Writer, usize),
+) -> (f64, u64) {
+    let mut t = Vec::new();
+    let mut bytes = Vec::new();
+    for i in 0..times {
+        let before = names(dir);
+        let s = Instant::now();
+        op(w, i);
+        t.push(s.elapsed().as_secs_f64());
+        let new: u64 = names(dir)
+            .difference(&before)
+            .map(|n| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        bytes.push(new as f64);
+        w.gc().unwrap();
+    }
+    (support::median(&mut t), support::median(&mut bytes) as u64)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks benches to list their tests
+    }
+    let n = rows();
+    let base: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vstore-bench/updates");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = base.join("one");
+    let t = Instant::now();
+    let mut w = build(&dir, n, 1);
+    println!(
+        "built {n} items (d={DIM}, f16) in {:.1?}; store {:.1} MiB",
+        t.elapsed(),
+        dir_bytes(&dir) as f64 / 1048576.0
+    );
+
+    let mut next = n as u64;
+    let (t, b) = measure(&dir, &mut w, 9, |w, _| {
+        let mut tx = w.begin();
+        tx.add_items(batch(next..next + 1000)).unwrap();
+        tx.commit().unwrap();
+        next += 1000;
+    });
+    println!(
+        "(a) add 1,000 items:            publish {:>8.1} ms, {:>10} bytes written",
+        t * 1e3,
+        b
+    );
+
+    let all: Vec<u64> = w.snapshot().unwrap().ids().collect();
+    let (t, b) = measure(&dir, &mut w, 5, |w, i| {
+        let mut tx = w.begin();
+        tx.update_stats(
+            ItemBatch::new(all.clone()).stat(
+                "ctr_1d",
+                all.iter()
+                    .map(|&id| ((id + i as u64) % 997) as f32)
+                    .collect(),
+            ),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    });
+    let stats_bytes = all.len() * 4;
+    println!(
+        "(b) refresh ctr_1d of {} items: publish {:>8.1} ms, {:>10} bytes written (one column is {} bytes; the stats file holds both stats columns)",
+        all.len(),
+        t * 1e3,
+        b,
+        stats_bytes
+    );
+
+    let cdir = base.join("ten");
+    let mut cw = build(&cdir, n, 10);
+    let (t, b) = measure(&cdir, &mut cw, 1, |w, _| {
+        let mut tx = w.begin();
+        assert!(tx.compact().unwrap());
+        tx.commit().unwrap();
+    });
+    println!(
+        "(c) compact 10 segments:        publish {:>8.1} ms, {:>10} bytes written",
+        t * 1e3,
+        b
+    );
+
+    // (d) Query latency by segment count, same items.
+    let sets = support::candidate_sets(n, 5000, 128, 5000);
+    let users = support::users(128, DIM, 7);
+    let mut first = None;
+    for segs in [1usize, 4, 16] {
+        let d = base.join(format!("q{segs}"));
+        drop(build(&d, n, segs));
+        let store = Store::open(&d).unwrap();
+        let snap = store.snapshot();
+        let mut t = Vec::new();
+        for it in 0..1500 {
+            let i = it % sets.len();
+            let q = Query::ids("prerank@v42", &users[i], &sets[i].0, 500);
+            let s = Instant::now();
+            std::hint::black_box(snap.query(&q).unwrap());
+            if it >= 100 {
+                t.push(s.elapsed().as_secs_f64());
+            }
+        }
+        let m = support::median(&mut t);
+        let base_m = *first.get_or_insert(m);
+        println!(
+            "(d) query n=5000 k=500, {segs:>2} segments: {:>6.3} ms ({:.2}x the 1-segment latency)",
+            m * 1e3,
+            m / base_m
+        );
+    }
+}
