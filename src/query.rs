@@ -120,6 +120,7 @@ pub struct QueryResult {
 #[derive(Debug, Default)]
 pub struct Scratch {
     seen: Vec<u64>,
+    hints: Vec<u32>,
     pos: Vec<u32>,
     missing: Vec<(u32, u64)>,
     locs: Vec<Loc>,
@@ -185,6 +186,25 @@ pub(crate) fn find(views: &[idindex::IdIndexView<'_>], id: u64) -> Option<(usize
     }
     let key = idindex::BloomKey::new(id);
     views
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, v)| v.may_contain_key(&key))
+        .find_map(|(si, v)| v.probe(id).map(|row| (si, row)))
+}
+
+/// Like [`find`], starting at segment `hint` (the newest whose filter
+/// admits `id`; `u32::MAX`: none does).
+#[inline]
+fn find_from(views: &[idindex::IdIndexView<'_>], id: u64, hint: u32) -> Option<(usize, usize)> {
+    let hint = hint as usize;
+    let v = views.get(hint)?;
+    if let Some(row) = v.probe(id) {
+        return Some((hint, row));
+    }
+    // A false positive: continue with the older segments.
+    let key = idindex::BloomKey::new(id);
+    views[..hint]
         .iter()
         .enumerate()
         .rev()
@@ -341,10 +361,29 @@ impl Snapshot {
             scratch.ids.clear();
             scratch.topk.reset(k);
             result.filtered_out = 0;
+            // Pass 0 (several segments): one Bloom lookup per id finds the
+            // newest segment that may hold it; its home slot is prefetched.
+            let multi = views.len() > 1;
+            if multi {
+                scratch.hints.clear();
+                for &id in ids {
+                    let key = idindex::BloomKey::new(id);
+                    let hint = views
+                        .iter()
+                        .rposition(|v| v.may_contain_key(&key))
+                        .map_or(u32::MAX, |si| si as u32);
+                    if hint != u32::MAX {
+                        kernels::prefetch_line(views[hint as usize].home_addr(id));
+                    }
+                    scratch.hints.push(hint);
+                }
+            }
             // Pass 1: dedupe and probe.
             let ahead_knob = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
             for (i, &id) in ids.iter().enumerate() {
-                if ahead_knob > 0 {
+                if multi {
+                    // Home slots were prefetched in pass 0.
+                } else if ahead_knob > 0 {
                     if let Some(&a) = ids.get(i + ahead_knob) {
                         prefetch_home(&views, a);
                     }
@@ -364,7 +403,11 @@ impl Snapshot {
                 if !insert(&mut scratch.seen, &mut max_seen, id) {
                     continue; // duplicate
                 }
-                let hit = find(&views, id);
+                let hit = if multi {
+                    find_from(&views, id, scratch.hints[i])
+                } else {
+                    find(&views, id)
+                };
                 match hit {
                     Some((si, row)) => {
                         let loc = Loc {
