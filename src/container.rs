@@ -85,7 +85,7 @@ fn header_bytes(kind: Kind) -> [u8; HEADER_LEN as usize] {
 /// [`ContainerWriter::finish`] writes metadata and footer and syncs.
 pub(crate) struct ContainerWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<Box<dyn crate::fs::FsFile>>,
     kind: Kind,
     pos: u64,
     crcs: Vec<u32>,
@@ -101,12 +101,10 @@ pub(crate) struct Written {
 }
 
 impl ContainerWriter {
-    /// Creates `path` (which must not exist) and writes the header.
-    pub(crate) fn create(path: &Path, kind: Kind) -> Result<Self> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
+    /// Creates `path` (which must not exist) through `fs` and writes the header.
+    pub(crate) fn create(fs: &dyn crate::fs::Fs, path: &Path, kind: Kind) -> Result<Self> {
+        let file = fs
+            .create_new(path)
             .map_err(|e| Error::io("create", path, e))?;
         let mut w = ContainerWriter {
             path: path.to_path_buf(),
@@ -201,12 +199,11 @@ impl ContainerWriter {
         let footer = footer_bytes(self.kind, meta_offset, meta_len, meta_crc);
         self.raw(&footer)?;
         let len = self.pos;
-        let file = self
+        let mut file = self
             .out
             .into_inner()
             .map_err(|e| Error::io("write", &self.path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        file.sync().map_err(|e| Error::io("fsync", &self.path, e))?;
         Ok(Written { len, meta_crc })
     }
 }

@@ -30,9 +30,14 @@ fn le_bytes_u64(v: &[u64]) -> Vec<u8> {
 }
 
 /// Writes the id index of a segment; `ids` must be unique.
-pub(crate) fn write_id_index(path: &Path, segment: u64, ids: &[u64]) -> Result<FileRef> {
+pub(crate) fn write_id_index(
+    fs: &dyn crate::fs::Fs,
+    path: &Path,
+    segment: u64,
+    ids: &[u64],
+) -> Result<FileRef> {
     let (table, max_probe) = idindex::build(ids);
-    let mut w = ContainerWriter::create(path, Kind::IdIndex)?;
+    let mut w = ContainerWriter::create(fs, path, Kind::IdIndex)?;
     let ids_ext = w.block(&le_bytes_u64(ids))?;
     let flat: Vec<u64> = table.iter().flat_map(|s| [s[0], s[1]]).collect();
     let table_ext = w.block(&le_bytes_u64(&flat))?;
@@ -74,13 +79,14 @@ impl ScalarColumn {
 
 /// Writes a profile or statistics column-group file.
 pub(crate) fn write_scalar_group(
+    fs: &dyn crate::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
     group: Group,
     columns: &[ScalarColumn],
 ) -> Result<FileRef> {
-    let mut w = ContainerWriter::create(path, Kind::Columns)?;
+    let mut w = ContainerWriter::create(fs, path, Kind::Columns)?;
     let mut blocks = Vec::with_capacity(columns.len());
     for c in columns {
         debug_assert_eq!(c.values.len() as u64, rows);
@@ -189,6 +195,7 @@ pub(crate) fn encode_row(dtype: Dtype, v: &[f32], out: &mut [u8], tmp16: &mut Ve
 /// Writes an embedding column-group file. `rows_in_order` yields, for each
 /// row of the segment in order, its f32 vector (already checked).
 pub(crate) fn write_embedding_group<'a>(
+    fs: &dyn crate::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -196,7 +203,7 @@ pub(crate) fn write_embedding_group<'a>(
     rows_in_order: impl Iterator<Item = &'a [f32]>,
 ) -> Result<FileRef> {
     let stride = def.dtype.row_stride(def.dim);
-    let mut w = ContainerWriter::create(path, Kind::Columns)?;
+    let mut w = ContainerWriter::create(fs, path, Kind::Columns)?;
     let offset = w.begin_block()?;
     let mut buf = vec![0u8; stride];
     let mut tmp = Vec::new();
@@ -224,6 +231,7 @@ pub(crate) fn write_embedding_group<'a>(
 /// Writes an embedding column-group file from stored rows (`stride` bytes
 /// each, copied byte for byte: compaction never re-quantizes).
 pub(crate) fn write_embedding_raw<'a>(
+    fs: &dyn crate::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -231,7 +239,7 @@ pub(crate) fn write_embedding_raw<'a>(
     rows_in_order: impl Iterator<Item = &'a [u8]>,
 ) -> Result<FileRef> {
     let stride = def.dtype.row_stride(def.dim);
-    let mut w = ContainerWriter::create(path, Kind::Columns)?;
+    let mut w = ContainerWriter::create(fs, path, Kind::Columns)?;
     let offset = w.begin_block()?;
     for r in rows_in_order {
         w.data(&r[..stride])?;
@@ -253,13 +261,14 @@ pub(crate) fn write_embedding_raw<'a>(
 
 /// Writes a deletion bitmap.
 pub(crate) fn write_deletes(
+    fs: &dyn crate::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
     bitmap: &[u64],
 ) -> Result<FileRef> {
     let deleted = bitmap.iter().map(|w| w.count_ones() as u64).sum();
-    let mut w = ContainerWriter::create(path, Kind::Deletes)?;
+    let mut w = ContainerWriter::create(fs, path, Kind::Deletes)?;
     let ext = w.block(&le_bytes_u64(bitmap))?;
     let written = w.finish(Body::Deletes(DeletesMeta {
         segment,

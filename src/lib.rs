@@ -20,6 +20,7 @@ mod container;
 mod encode;
 pub mod error;
 mod filter;
+pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 mod idindex;
@@ -40,6 +41,7 @@ pub use batch::ItemBatch;
 pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use filter::Filter;
+pub use fs::{Fs, FsFile, StdFs};
 #[doc(hidden)]
 pub use query::bench_support;
 pub use query::{Candidates, Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};

@@ -11,6 +11,7 @@ use crate::batch::{self, ItemBatch};
 use crate::container::{ContainerWriter, Kind};
 use crate::encode::{self, ScalarColumn};
 use crate::error::{Error, Result};
+use crate::fs::{Fs, StdFs};
 use crate::meta::{self, Body, EmbeddingRef, FileRef, KeyValue, ManifestMeta, SegmentMeta};
 use crate::names;
 use crate::schema::{EmbeddingDef, Schema};
@@ -83,11 +84,11 @@ pub struct Writer {
     next_snapshot: u64,
     poisoned: Option<String>,
     retention: Retention,
+    fs: Arc<dyn Fs>,
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
@@ -146,6 +147,16 @@ impl Writer {
     /// Creates a new store in `dir` (created if absent) with `schema`. Nothing
     /// is published until the first [`Transaction::commit`].
     pub fn create(dir: impl AsRef<Path>, schema: Schema) -> Result<Writer> {
+        Self::create_with_fs(dir, schema, Arc::new(StdFs))
+    }
+
+    /// [`Writer::create`] with every write, sync, rename and unlink going
+    /// through `fs` (tests inject failures this way).
+    pub fn create_with_fs(
+        dir: impl AsRef<Path>,
+        schema: Schema,
+        fs: Arc<dyn Fs>,
+    ) -> Result<Writer> {
         let dir = dir.as_ref().to_path_buf();
         schema.validate()?;
         let existed = dir.is_dir();
@@ -156,7 +167,7 @@ impl Writer {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            sync_dir(&parent)?;
+            sync_dir(&*fs, &parent)?;
         }
         let lock = lock(&dir)?;
         if !list_manifests(&dir)?.is_empty() {
@@ -178,11 +189,17 @@ impl Writer {
             next_snapshot,
             poisoned: None,
             retention: Retention::default(),
+            fs,
         })
     }
 
     /// Opens the existing store in `dir` for writing.
     pub fn open(dir: impl AsRef<Path>) -> Result<Writer> {
+        Self::open_with_fs(dir, Arc::new(StdFs))
+    }
+
+    /// [`Writer::open`] through `fs` (see [`Writer::create_with_fs`]).
+    pub fn open_with_fs(dir: impl AsRef<Path>, fs: Arc<dyn Fs>) -> Result<Writer> {
         let dir = dir.as_ref().to_path_buf();
         let lock = lock(&dir)?;
         let store = Store::open(&dir)?;
@@ -200,6 +217,7 @@ impl Writer {
             next_snapshot,
             poisoned: None,
             retention: Retention::default(),
+            fs,
         })
     }
 
@@ -338,14 +356,14 @@ impl Writer {
         for (n, _) in &valid {
             if !keep.contains(n) {
                 let path = self.dir.join(names::manifest(*n));
-                match std::fs::remove_file(&path) {
+                match self.fs.remove(&path) {
                     Ok(()) => report.removed_snapshots.push(*n),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("remove", &path, e)),
                 }
             }
         }
-        sync_dir(&self.dir)?;
+        sync_dir(&*self.fs, &self.dir)?;
         report.kept = metas
             .iter()
             .map(|(n, _)| *n)
@@ -375,14 +393,14 @@ impl Writer {
                 || names::parse_tmp(&name).is_some();
             if collect {
                 let path = self.dir.join(&name);
-                match std::fs::remove_file(&path) {
+                match self.fs.remove(&path) {
                     Ok(()) => report.removed_files.push(name),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("remove", &path, e)),
                 }
             }
         }
-        sync_dir(&self.dir)?;
+        sync_dir(&*self.fs, &self.dir)?;
         Ok(report)
     }
 }
@@ -682,9 +700,10 @@ impl<'w> Transaction<'w> {
         let profile_cols = scalar(self, &self.schema.profile, false)?;
         let stats_cols = scalar(self, &self.schema.stats, true)?;
         let name = self.fresh_name(seg_id, "ids", "vidx");
-        let id_index = encode::write_id_index(&self.path(&name), seg_id, &ids)?;
+        let id_index = encode::write_id_index(&*self.w.fs, &self.path(&name), seg_id, &ids)?;
         let name = self.fresh_name(seg_id, "profile", "vcol");
         let profile = encode::write_scalar_group(
+            &*self.w.fs,
             &self.path(&name),
             seg_id,
             rows,
@@ -693,6 +712,7 @@ impl<'w> Transaction<'w> {
         )?;
         let name = self.fresh_name(seg_id, "stats", "vcol");
         let stats = encode::write_scalar_group(
+            &*self.w.fs,
             &self.path(&name),
             seg_id,
             rows,
@@ -718,7 +738,7 @@ impl<'w> Transaction<'w> {
                 .iter()
                 .zip(&cols)
                 .flat_map(|(rows, col)| rows.iter().map(move |&r| col.row_bytes(r)));
-            let file = encode::write_embedding_raw(&path, seg_id, rows, &def, it)?;
+            let file = encode::write_embedding_raw(&*self.w.fs, &path, seg_id, rows, &def, it)?;
             embeddings.push(EmbeddingRef { key, file });
         }
         self.next_segment_id += 1;
@@ -749,21 +769,34 @@ impl<'w> Transaction<'w> {
         let seg = self.next_segment_id;
         let rows = batch.len() as u64;
         let name = self.fresh_name(seg, "ids", "vidx");
-        let id_index = encode::write_id_index(&self.path(&name), seg, &batch.ids)?;
+        let id_index = encode::write_id_index(&*self.w.fs, &self.path(&name), seg, &batch.ids)?;
         let name = self.fresh_name(seg, "profile", "vcol");
         let cols = batch.scalar_columns(&self.schema, batch::Group::Profile);
-        let profile =
-            encode::write_scalar_group(&self.path(&name), seg, rows, meta::Group::Profile, &cols)?;
+        let profile = encode::write_scalar_group(
+            &*self.w.fs,
+            &self.path(&name),
+            seg,
+            rows,
+            meta::Group::Profile,
+            &cols,
+        )?;
         let name = self.fresh_name(seg, "stats", "vcol");
         let cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
-        let stats =
-            encode::write_scalar_group(&self.path(&name), seg, rows, meta::Group::Stats, &cols)?;
+        let stats = encode::write_scalar_group(
+            &*self.w.fs,
+            &self.path(&name),
+            seg,
+            rows,
+            meta::Group::Stats,
+            &cols,
+        )?;
         let mut embeddings = Vec::new();
         for (def, v) in vectors {
             let key = def.key();
             let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
             let d = def.dim as usize;
             let file = encode::write_embedding_group(
+                &*self.w.fs,
                 &self.path(&name),
                 seg,
                 rows,
@@ -858,6 +891,7 @@ impl<'w> Transaction<'w> {
             let name = self.fresh_name(seg_id, "stats", "vcol");
             let rows_n = n as u64;
             let f = encode::write_scalar_group(
+                &*self.w.fs,
                 &self.path(&name),
                 seg_id,
                 rows_n,
@@ -933,6 +967,7 @@ impl<'w> Transaction<'w> {
                 None => &zeros[..],
             });
             let file = encode::write_embedding_group(
+                &*self.w.fs,
                 &self.path(&name),
                 seg_id,
                 rows.len() as u64,
@@ -1016,7 +1051,7 @@ impl<'w> Transaction<'w> {
             }
             let seg_id = self.segments[s].meta.id;
             let name = self.fresh_name(seg_id, "del", "vdel");
-            let f = encode::write_deletes(&self.path(&name), seg_id, n as u64, &bm)?;
+            let f = encode::write_deletes(&*self.w.fs, &self.path(&name), seg_id, n as u64, &bm)?;
             self.segments[s].meta.deletes = Some(f);
             self.reopen(s)?;
         }
@@ -1073,7 +1108,7 @@ impl<'w> Transaction<'w> {
         drop(self.base);
         drop(self.segments);
         let w = self.w;
-        let r = publish(&w.dir, number, manifest);
+        let r = publish(&*w.fs, &w.dir, number, manifest);
         w.poison(r)?;
         let r = match &w.store {
             Some(s) => s.refresh().map(|_| ()),
@@ -1086,13 +1121,14 @@ impl<'w> Transaction<'w> {
     }
 }
 
-fn publish(dir: &Path, number: u64, manifest: ManifestMeta) -> Result<()> {
-    sync_dir(dir)?;
+fn publish(fs: &dyn Fs, dir: &Path, number: u64, manifest: ManifestMeta) -> Result<()> {
+    sync_dir(fs, dir)?;
     let final_name = names::manifest(number);
     let tmp = dir.join(format!("{final_name}{}", names::TMP_SUFFIX));
-    let w = ContainerWriter::create(&tmp, Kind::Manifest)?;
+    let w = ContainerWriter::create(fs, &tmp, Kind::Manifest)?;
     w.finish(Body::Manifest(manifest))?;
     let dst = dir.join(&final_name);
-    std::fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
-    sync_dir(dir)
+    fs.rename(&tmp, &dst)
+        .map_err(|e| Error::io("rename", &tmp, e))?;
+    sync_dir(fs, dir)
 }
