@@ -30,7 +30,7 @@ impl TopK {
     }
 
     fn cap(&self) -> usize {
-        (2 * self.k).max(64)
+        self.k.saturating_mul(2).max(64)
     }
 
     /// Offers one entry. NaN scores (only from damaged data) rank last.
@@ -94,5 +94,17 @@ mod tests {
                 assert_eq!(out, want, "n={n} k={k}");
             }
         }
+    }
+
+    #[test]
+    fn a_huge_k_keeps_everything() {
+        let mut t = TopK::default();
+        t.reset(usize::MAX);
+        for i in 0..1000u64 {
+            t.push((i % 7) as f32, i, 0);
+        }
+        let mut out = Vec::new();
+        t.finish(&mut out);
+        assert_eq!(out.len(), 1000);
     }
 }
