@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# Fuzz the container parser, seeded with the golden store's files.
+# Fuzz the file parsers, seeded with the golden store's files.
 #   bash fuzz/run.sh [seconds]      (default 30; CI uses the default)
 # Long run: bash fuzz/run.sh 3600
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-30}"
-corpus=corpus/container
-mkdir -p "$corpus"
-cp ../format/golden/v1/* "$corpus"/ 2>/dev/null || true
-cargo +nightly fuzz run container "$corpus" -- -max_total_time="$secs" -max_len=65536
+# container: any bytes as every file kind. store_file: one golden file
+# replaced by the input (first byte picks which), then open/verify/query.
+for target in container store_file; do
+    corpus=corpus/$target
+    mkdir -p "$corpus"
+    i=0
+    for f in ../format/golden/v1/*; do
+        # store_file seeds: the selector byte, then the file itself.
+        if [ "$target" = store_file ]; then
+            { printf "\\$(printf '%03o' "$i")"; cat "$f"; } > "$corpus/seed-$i"
+        else
+            cp "$f" "$corpus/"
+        fi
+        i=$((i + 1))
+    done
+    cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=65536
+done

@@ -48,6 +48,12 @@ fn fix_checksums(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// [`fix_checksums`] for the fuzz targets: `bytes` with the footer's
+/// metadata and footer checksums rewritten to match.
+pub fn fix_checksums_pub(bytes: &[u8]) -> Option<Vec<u8>> {
+    fix_checksums(bytes)
+}
+
 /// Parses `bytes` as a whole file of each kind in turn (framing, metadata
 /// checksum and validation, data checksums), then again with the checksums
 /// fixed up. Must never panic, whatever the bytes; returns how many parses
