@@ -199,7 +199,7 @@ fn image(base: &BTreeMap<String, Vec<u8>>, ops: &[Op], rng: &mut Rng) -> BTreeMa
     };
     let mut create_i = 0;
     for op in &pending {
-        let keep = rng.next() % 2 == 0;
+        let keep = rng.next().is_multiple_of(2);
         match op {
             Op::Create(n) => {
                 let id = all_creates.get(create_i).copied();
@@ -209,17 +209,13 @@ fn image(base: &BTreeMap<String, Vec<u8>>, ops: &[Op], rng: &mut Rng) -> BTreeMa
                     created.push(id);
                 }
             }
-            Op::Rename(a, b) => {
-                if keep {
-                    if let Some(id) = names.remove(a) {
-                        names.insert(b.clone(), id);
-                    }
+            Op::Rename(a, b) if keep => {
+                if let Some(id) = names.remove(a) {
+                    names.insert(b.clone(), id);
                 }
             }
-            Op::Remove(n) => {
-                if keep {
-                    names.remove(n);
-                }
+            Op::Remove(n) if keep => {
+                names.remove(n);
             }
             _ => {}
         }
