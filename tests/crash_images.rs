@@ -181,7 +181,6 @@ fn image(base: &BTreeMap<String, Vec<u8>>, ops: &[Op], rng: &mut Rng) -> BTreeMa
     // Unsynced directory changes: each survives or not, in order. A
     // created file's identity is recovered by replaying the creates.
     let mut names = durable;
-    let mut created: Vec<usize> = Vec::new();
     let all_creates: Vec<usize> = {
         // identities of files created in `pending`, in order
         let mut ids = Vec::new();
@@ -206,7 +205,6 @@ fn image(base: &BTreeMap<String, Vec<u8>>, ops: &[Op], rng: &mut Rng) -> BTreeMa
                 create_i += 1;
                 if let (true, Some(id)) = (keep, id) {
                     names.insert(n.clone(), id);
-                    created.push(id);
                 }
             }
             Op::Rename(a, b) if keep => {
