@@ -7,10 +7,13 @@ cd "$(dirname "$0")"
 secs="${1:-30}"
 # container: any bytes as every file kind. store_file: one golden file
 # replaced by the input (first byte picks which), then open/verify/query.
-for target in container store_file; do
+# stateful: transactions, GC, refreshes and queries with injected I/O
+# faults, checked against a model (its corpus starts empty).
+for target in container store_file stateful; do
     corpus=corpus/$target
     mkdir -p "$corpus"
     i=0
+    [ "$target" = stateful ] && { cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=512; continue; }
     for f in ../format/golden/v1/*; do
         # store_file seeds: the selector byte, then the file itself.
         if [ "$target" = store_file ]; then
