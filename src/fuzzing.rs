@@ -48,7 +48,7 @@ fn fix_checksums(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(v)
 }
 
-/// [`fix_checksums`] for the fuzz targets: `bytes` with the footer's
+/// For the fuzz targets: `bytes` with the footer's
 /// metadata and footer checksums rewritten to match.
 pub fn fix_checksums_pub(bytes: &[u8]) -> Option<Vec<u8>> {
     fix_checksums(bytes)
