@@ -117,11 +117,17 @@ fn truncation_of_every_file_kind_is_detected() {
             std::fs::write(&path, &orig[..len]).unwrap();
             expect_error_naming(dir.path(), &path, &format!("{kind} truncated to {len}"));
         }
-        // Extended files are damaged too.
-        let mut longer = orig.clone();
-        longer.extend_from_slice(&[0; 8]);
-        std::fs::write(&path, &longer).unwrap();
-        expect_error_naming(dir.path(), &path, &format!("{kind} extended"));
+        // Extended files are damaged too: zeros, and garbage.
+        for tail in [&[0u8; 8][..], b"garbage!", &[0xFF; 100][..]] {
+            let mut longer = orig.clone();
+            longer.extend_from_slice(tail);
+            std::fs::write(&path, &longer).unwrap();
+            expect_error_naming(
+                dir.path(),
+                &path,
+                &format!("{kind} extended by {} bytes", tail.len()),
+            );
+        }
         std::fs::write(&path, &orig).unwrap();
     }
     open_and_verify(dir.path()).unwrap();
