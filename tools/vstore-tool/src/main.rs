@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a store from built-in synthetic data, publish a statistics
-    /// refresh, and read everything back.
+    /// refresh, read everything back and run filtered pre-rank queries.
     Demo {
         /// Where to build the store (default: a temporary directory, removed after).
         #[arg(long)]
@@ -207,6 +207,44 @@ fn demo(dir: Option<PathBuf>, rows: usize, embedding: &str) -> vstore::Result<()
         t.elapsed(),
         def.dtype.name()
     );
+    // Pre-rank queries: 2,000 random candidates (some unknown), top 100,
+    // excluding one category; latency percentiles over 200 queries.
+    let user = synthetic_vectors(&[0], d, 7);
+    let not_cat = vstore::Filter::not_in("category", [3]);
+    let mut lat = Vec::new();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut last = None;
+    for _ in 0..200 {
+        let cands: Vec<u64> = (0..2000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 50 == 0 {
+                    1
+                } else {
+                    ids[(x % ids.len() as u64) as usize]
+                }
+            })
+            .collect();
+        let t = Instant::now();
+        let r = snap.query(&vstore::Query::ids(&key, &user, &cands, 100).filter(&not_cat))?;
+        lat.push(t.elapsed());
+        last = Some(r);
+    }
+    lat.sort();
+    let r = last.expect("ran queries");
+    println!(
+        "query: 2,000 candidates, top 100, category != 3: p50 {:.1?}, p99 {:.1?}; last one scored {}, filtered {}, not found {}",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        r.scored,
+        r.filtered_out,
+        r.not_found.len()
+    );
+    for h in r.hits.iter().take(3) {
+        println!("  id {:>8}  score {:.4}", h.id, h.score);
+    }
     let wrong = format!("{}@{}-next", def.space, def.version);
     match snap.get_embedding(ids[0], &wrong) {
         Err(e) => println!("asking for {wrong}: {e}"),

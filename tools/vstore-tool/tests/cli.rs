@@ -31,6 +31,10 @@ fn demo_inspect_verify() {
     assert!(text.contains("opened snapshot 2"), "{text}");
     assert!(text.contains("1 new data file(s)"), "{text}");
     assert!(text.contains("version skew"), "{text}");
+    assert!(
+        text.contains("query: 2,000 candidates") && text.contains("not found 1"),
+        "{text}"
+    );
 
     let out = tool().arg("inspect").arg(&store).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
