@@ -220,7 +220,7 @@ fn demo(dir: Option<PathBuf>, rows: usize, embedding: &str) -> vstore::Result<()
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if x % 50 == 0 {
+                if x.is_multiple_of(50) {
                     1
                 } else {
                     ids[(x % ids.len() as u64) as usize]
