@@ -30,10 +30,10 @@ fn main() {
         .unwrap_or(512);
     let sets = support::candidate_sets(1_000_000, n, nsets, n as u64);
     let users = support::users(512, dim, 7);
-    // probe:rows = home-slot prefetch (0: blocks of 32, d: d ids ahead) and
-    // rows prefetched ahead by the gather loop.
+    // probe:rows = ids ahead whose home slots are prefetched, and rows
+    // prefetched ahead by the gather loop.
     let variants: Vec<(usize, usize)> = std::env::var("VARIANTS")
-        .unwrap_or("0:16,8:16,16:16,24:16,16:4,16:8,16:24".into())
+        .unwrap_or("8:16,16:16,24:16,16:4,16:8,16:24".into())
         .split(',')
         .map(|v| {
             let (a, b) = v.split_once(':').unwrap();

@@ -254,10 +254,7 @@ impl std::fmt::Debug for Container {
     }
 }
 
-/// Checks the framing of `bytes` (a whole file) and returns the metadata's
-/// position, its CRC and the kind. Reads only header and footer.
-pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64, u64, u32)> {
-    let len = bytes.len() as u64;
+fn check_len(path: &Path, len: u64) -> Result<()> {
     if len < HEADER_LEN + FOOTER_LEN {
         return Err(Error::corrupt(
             path,
@@ -267,6 +264,14 @@ pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64,
             ),
         ));
     }
+    Ok(())
+}
+
+/// Checks the framing of `bytes` (a whole file) and returns the metadata's
+/// position, its CRC and the kind. Reads only header and footer.
+pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64, u64, u32)> {
+    let len = bytes.len() as u64;
+    check_len(path, len)?;
     let h = &bytes[..HEADER_LEN as usize];
     if h[0..8] != MAGIC {
         return Err(Error::corrupt(
@@ -437,15 +442,8 @@ impl Container {
             return Err(Error::corrupt(path, "is not a regular file"));
         }
         let len = fmeta.len();
-        if len < HEADER_LEN + FOOTER_LEN {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "truncated: {len} bytes, smaller than header and footer ({} bytes)",
-                    HEADER_LEN + FOOTER_LEN
-                ),
-            ));
-        }
+        // Checked before mapping: a zero-length file cannot be mapped.
+        check_len(path, len)?;
         let map = crate::mmap::map_readonly(&file, path, len, populate)?;
         let (meta_offset, meta_len, meta_crc) = check_frame(path, &map, want)?;
         let meta_bytes = &map[meta_offset as usize..(meta_offset + meta_len) as usize];

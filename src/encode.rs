@@ -202,30 +202,15 @@ pub(crate) fn write_embedding_group<'a>(
     def: &EmbeddingDef,
     rows_in_order: impl Iterator<Item = &'a [f32]>,
 ) -> Result<FileRef> {
-    let stride = def.dtype.row_stride(def.dim);
-    let mut w = ContainerWriter::create(fs, path, Kind::Columns)?;
-    let offset = w.begin_block()?;
-    let mut buf = vec![0u8; stride];
+    let mut buf = vec![0u8; def.dtype.row_stride(def.dim)];
     let mut tmp = Vec::new();
-    let mut n = 0u64;
-    for v in rows_in_order {
-        encode_row(def.dtype, v, &mut buf, &mut tmp);
-        w.data(&buf)?;
-        n += 1;
-    }
-    debug_assert_eq!(n, rows);
-    let len = w.pos() - offset;
-    let written = w.finish(Body::Columns(ColumnsMeta {
-        segment,
-        rows,
-        group: Group::Embedding(def.clone()),
-        columns: Vec::new(),
-        vectors: Some(VectorBlock {
-            stride: stride as u32,
-            rows: crate::meta::Extent { offset, len },
-        }),
-    }))?;
-    Ok(file_ref(path, written))
+    write_vectors(fs, path, segment, rows, def, |w| {
+        for v in rows_in_order {
+            encode_row(def.dtype, v, &mut buf, &mut tmp);
+            w.data(&buf)?;
+        }
+        Ok(())
+    })
 }
 
 /// Writes an embedding column-group file from stored rows (`stride` bytes
@@ -239,11 +224,28 @@ pub(crate) fn write_embedding_raw<'a>(
     rows_in_order: impl Iterator<Item = &'a [u8]>,
 ) -> Result<FileRef> {
     let stride = def.dtype.row_stride(def.dim);
+    write_vectors(fs, path, segment, rows, def, |w| {
+        for r in rows_in_order {
+            w.data(&r[..stride])?;
+        }
+        Ok(())
+    })
+}
+
+/// The frame of an embedding file: one block of `rows` rows that `emit`
+/// writes, then the metadata describing it.
+fn write_vectors(
+    fs: &dyn crate::fs::Fs,
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    def: &EmbeddingDef,
+    emit: impl FnOnce(&mut ContainerWriter) -> Result<()>,
+) -> Result<FileRef> {
+    let stride = def.dtype.row_stride(def.dim);
     let mut w = ContainerWriter::create(fs, path, Kind::Columns)?;
     let offset = w.begin_block()?;
-    for r in rows_in_order {
-        w.data(&r[..stride])?;
-    }
+    emit(&mut w)?;
     let len = w.pos() - offset;
     debug_assert_eq!(len, rows * stride as u64);
     let written = w.finish(Body::Columns(ColumnsMeta {

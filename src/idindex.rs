@@ -130,29 +130,7 @@ impl<'a> IdIndexView<'a> {
     /// are damaged: such damage reads as "absent" (and `verify()` reports it).
     #[inline]
     pub(crate) fn find(&self, id: u64) -> Option<usize> {
-        let slots = self.table.len() as u64;
-        if slots == 0 {
-            return None;
-        }
-        let mut s = home(id, slots) as usize;
-        for _ in 0..=self.max_probe {
-            let [sid, row1] = self.table[s];
-            if row1 == 0 {
-                return None;
-            }
-            if sid == id {
-                let row = (row1 - 1) as usize;
-                return match self.ids.get(row) {
-                    Some(&x) if x == id => Some(row),
-                    _ => None,
-                };
-            }
-            s += 1;
-            if s == self.table.len() {
-                s = 0;
-            }
-        }
-        None
+        self.probe(id).filter(|&row| self.ids[row] == id)
     }
 
     /// The slot of `id`'s table entry if present, without checking the ids

@@ -136,8 +136,6 @@ thread_local! {
 
 /// Empty marker of the dedupe set; the id `u64::MAX` itself is tracked apart.
 const EMPTY: u64 = u64::MAX;
-/// Candidates ahead whose id-index home slots are prefetched.
-const PROBE_AHEAD: usize = 32;
 /// Rows per block of a full scan.
 const SCAN_BLOCK: usize = 2048;
 
@@ -158,22 +156,6 @@ fn insert(set: &mut [u64], max_seen: &mut bool, id: u64) -> bool {
             return false;
         }
         s = (s + 1) & mask;
-    }
-}
-
-/// Prefetches `id`'s home slot in every segment whose Bloom filter admits
-/// it (with one segment, no filter is consulted).
-#[inline]
-fn prefetch_home(views: &[idindex::IdIndexView<'_>], id: u64) {
-    if let [v] = views {
-        kernels::prefetch_line(v.home_addr(id));
-        return;
-    }
-    let key = idindex::BloomKey::new(id);
-    for v in views.iter().rev() {
-        if v.may_contain_key(&key) {
-            kernels::prefetch_line(v.home_addr(id));
-        }
     }
 }
 
@@ -379,26 +361,11 @@ impl Snapshot {
                 }
             }
             // Pass 1: dedupe and probe.
-            let ahead_knob = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
+            let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
             for (i, &id) in ids.iter().enumerate() {
-                if multi {
-                    // Home slots were prefetched in pass 0.
-                } else if ahead_knob > 0 {
-                    if let Some(&a) = ids.get(i + ahead_knob) {
-                        prefetch_home(&views, a);
-                    }
-                } else if i % PROBE_AHEAD == 0 {
-                    // Prefetch the home slots of the next block of ids.
-                    let next = &ids
-                        [(i + PROBE_AHEAD).min(ids.len())..(i + 2 * PROBE_AHEAD).min(ids.len())];
-                    for &ahead in next {
-                        prefetch_home(&views, ahead);
-                    }
-                    if i == 0 {
-                        for &first in &ids[..PROBE_AHEAD.min(ids.len())] {
-                            prefetch_home(&views, first);
-                        }
-                    }
+                // With several segments, pass 0 prefetched the home slots.
+                if let (false, Some(v), Some(&a)) = (multi, views.first(), ids.get(i + ahead)) {
+                    kernels::prefetch_line(v.home_addr(a));
                 }
                 if !insert(&mut scratch.seen, &mut max_seen, id) {
                     continue; // duplicate
@@ -509,9 +476,10 @@ pub mod bench_support {
         Ok(out)
     }
 
-    /// Experiment knob: 0 = block prefetch of home slots (default), d > 0 =
-    /// prefetch the home slot of the id d ahead.
-    pub static PROBE_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    /// How many candidates ahead the query prefetches id-index home slots
+    /// (an experiment knob for `examples/ab_query.rs`; the default, 16, was
+    /// as good as any distance from 8 to 24 or blocks of 32 ids).
+    pub static PROBE_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
 
     /// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
     /// with the kernel this CPU runs: the in-cache kernel benchmark.

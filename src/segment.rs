@@ -525,6 +525,29 @@ fn size(path: &Path, n: u64, width: u64) -> Result<u64> {
         .ok_or_else(|| Error::corrupt(path, format!("{n} rows of {width} bytes overflow")))
 }
 
+/// The newest of segments `0..n` (as `seg` returns them) holding `id` live,
+/// and its row. With several segments, Bloom filters skip those that cannot
+/// hold it. Ids are unique among live rows, so the first hit decides.
+pub(crate) fn find_live<'a>(
+    n: usize,
+    seg: impl Fn(usize) -> &'a Segment,
+    id: u64,
+) -> Option<(usize, usize)> {
+    for i in (0..n).rev() {
+        let s = seg(i);
+        let view = s.index_view();
+        if n > 1 && !view.may_contain(id) {
+            continue;
+        }
+        if let Some(row) = view.find(id) {
+            if !s.is_deleted(row) {
+                return Some((i, row));
+            }
+        }
+    }
+    None
+}
+
 fn count_bits(words: &[u64], rows: usize) -> u64 {
     let full = rows / 64;
     let mut n: u64 = words[..full].iter().map(|w| w.count_ones() as u64).sum();

@@ -144,18 +144,8 @@ impl Snapshot {
     /// Where live item `id` is, if the snapshot holds it.
     #[inline]
     pub fn lookup(&self, id: u64) -> Option<ItemRef> {
-        let multi = self.segments.len() > 1;
-        for (i, s) in self.segments.iter().enumerate().rev() {
-            if multi && !s.index_view().may_contain(id) {
-                continue;
-            }
-            if let Some(row) = s.find(id) {
-                if !s.is_deleted(row) {
-                    return Some(ItemRef { segment: i, row });
-                }
-            }
-        }
-        None
+        crate::segment::find_live(self.segments.len(), |i| &self.segments[i], id)
+            .map(|(segment, row)| ItemRef { segment, row })
     }
 
     fn locate(&self, id: u64, what: &str) -> Result<ItemRef> {

@@ -471,19 +471,7 @@ impl<'w> Transaction<'w> {
     }
 
     fn lookup(&self, id: u64) -> Option<(usize, usize)> {
-        let multi = self.segments.len() > 1;
-        for i in (0..self.segments.len()).rev() {
-            let s = self.segment(i);
-            if multi && !s.index_view().may_contain(id) {
-                continue;
-            }
-            if let Some(row) = s.find(id) {
-                if !s.is_deleted(row) {
-                    return Some((i, row));
-                }
-            }
-        }
-        None
+        crate::segment::find_live(self.segments.len(), |i| self.segment(i), id)
     }
 
     fn fresh_name(&mut self, segment: u64, group: &str, ext: &str) -> String {
@@ -699,26 +687,8 @@ impl<'w> Transaction<'w> {
         };
         let profile_cols = scalar(self, &self.schema.profile, false)?;
         let stats_cols = scalar(self, &self.schema.stats, true)?;
-        let name = self.fresh_name(seg_id, "ids", "vidx");
-        let id_index = encode::write_id_index(&*self.w.fs, &self.path(&name), seg_id, &ids)?;
-        let name = self.fresh_name(seg_id, "profile", "vcol");
-        let profile = encode::write_scalar_group(
-            &*self.w.fs,
-            &self.path(&name),
-            seg_id,
-            rows,
-            meta::Group::Profile,
-            &profile_cols,
-        )?;
-        let name = self.fresh_name(seg_id, "stats", "vcol");
-        let stats = encode::write_scalar_group(
-            &*self.w.fs,
-            &self.path(&name),
-            seg_id,
-            rows,
-            meta::Group::Stats,
-            &stats_cols,
-        )?;
+        let (id_index, profile, stats) =
+            self.write_row_files(seg_id, &ids, &profile_cols, &stats_cols)?;
         let mut embeddings = Vec::new();
         for def in self.schema.embeddings.clone() {
             let key = def.key();
@@ -761,6 +731,26 @@ impl<'w> Transaction<'w> {
         self.reopen(0)
     }
 
+    /// Writes a new segment's id index, profile and statistics files.
+    fn write_row_files(
+        &mut self,
+        seg: u64,
+        ids: &[u64],
+        profile_cols: &[ScalarColumn],
+        stats_cols: &[ScalarColumn],
+    ) -> Result<(FileRef, FileRef, FileRef)> {
+        let rows = ids.len() as u64;
+        let name = self.fresh_name(seg, "ids", "vidx");
+        let id_index = encode::write_id_index(&*self.w.fs, &self.path(&name), seg, ids)?;
+        let group = |this: &mut Self, label: &str, g: meta::Group, cols: &[ScalarColumn]| {
+            let name = this.fresh_name(seg, label, "vcol");
+            encode::write_scalar_group(&*this.w.fs, &this.path(&name), seg, rows, g, cols)
+        };
+        let profile = group(self, "profile", meta::Group::Profile, profile_cols)?;
+        let stats = group(self, "stats", meta::Group::Stats, stats_cols)?;
+        Ok((id_index, profile, stats))
+    }
+
     fn write_segment(
         &mut self,
         batch: &ItemBatch,
@@ -768,28 +758,10 @@ impl<'w> Transaction<'w> {
     ) -> Result<()> {
         let seg = self.next_segment_id;
         let rows = batch.len() as u64;
-        let name = self.fresh_name(seg, "ids", "vidx");
-        let id_index = encode::write_id_index(&*self.w.fs, &self.path(&name), seg, &batch.ids)?;
-        let name = self.fresh_name(seg, "profile", "vcol");
-        let cols = batch.scalar_columns(&self.schema, batch::Group::Profile);
-        let profile = encode::write_scalar_group(
-            &*self.w.fs,
-            &self.path(&name),
-            seg,
-            rows,
-            meta::Group::Profile,
-            &cols,
-        )?;
-        let name = self.fresh_name(seg, "stats", "vcol");
-        let cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
-        let stats = encode::write_scalar_group(
-            &*self.w.fs,
-            &self.path(&name),
-            seg,
-            rows,
-            meta::Group::Stats,
-            &cols,
-        )?;
+        let profile_cols = batch.scalar_columns(&self.schema, batch::Group::Profile);
+        let stats_cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
+        let (id_index, profile, stats) =
+            self.write_row_files(seg, &batch.ids, &profile_cols, &stats_cols)?;
         let mut embeddings = Vec::new();
         for (def, v) in vectors {
             let key = def.key();
