@@ -8,13 +8,21 @@ secs="${1:-30}"
 # container: any bytes as every file kind. store_file: one golden file
 # replaced by the input (first byte picks which), then open/verify/query.
 # stateful: transactions, GC, refreshes and queries with injected I/O
-# faults, checked against a model (its corpus starts empty).
+# faults, checked against a model (its corpus starts empty). bundle:
+# model.json + weights.safetensors validation, seeded from the parity
+# test's bundles.
+mkdir -p corpus/bundle
+for b in ../tests/data/three_tower/bundle_*; do
+    j="$b/model.json"; w="$b/weights.safetensors"
+    python3 -c 'import struct,sys; j=open(sys.argv[1],"rb").read(); w=open(sys.argv[2],"rb").read(); sys.stdout.buffer.write(struct.pack("<I",len(j))+j+w)' "$j" "$w" > "corpus/bundle/seed-$(basename "$b")"
+done
+cargo +nightly fuzz run bundle corpus/bundle -- -max_total_time="$secs" -max_len=65536
 for target in container store_file stateful; do
     corpus=corpus/$target
     mkdir -p "$corpus"
     i=0
     [ "$target" = stateful ] && { cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=512; continue; }
-    for f in ../format/golden/v1/*; do
+    for f in ../format/golden/v2/*; do
         # store_file seeds: the selector byte, then the file itself.
         if [ "$target" = store_file ]; then
             { printf "\\$(printf '%03o' "$i")"; cat "$f"; } > "$corpus/seed-$i"

@@ -21,7 +21,7 @@ use crate::meta::{Body, Extent, FileMeta};
 /// transfer or a truncated copy is recognisable.
 pub const MAGIC: [u8; 8] = *b"\x89VSTR\r\n\x1a";
 /// Format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Header size in bytes.
@@ -41,6 +41,8 @@ pub(crate) enum Kind {
     Columns = 2,
     IdIndex = 3,
     Deletes = 4,
+    /// Format version 2.
+    Bundle = 5,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             2 => Kind::Columns,
             3 => Kind::IdIndex,
             4 => Kind::Deletes,
+            5 => Kind::Bundle,
             _ => return None,
         })
     }
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Columns => "column group",
             Kind::IdIndex => "id index",
             Kind::Deletes => "deletion bitmap",
+            Kind::Bundle => "model bundle",
         }
     }
 
@@ -69,6 +73,7 @@ impl Kind {
             Body::Columns(_) => Kind::Columns,
             Body::IdIndex(_) => Kind::IdIndex,
             Body::Deletes(_) => Kind::Deletes,
+            Body::Bundle(_) => Kind::Bundle,
         }
     }
 }
@@ -241,6 +246,8 @@ pub(crate) struct Container {
     pub meta: FileMeta,
     pub meta_offset: u64,
     pub meta_crc: u32,
+    /// Format version in the header (confirmed by the footer).
+    pub version: u32,
     /// Set once every data chunk's checksum has been recomputed and matched.
     verified: std::sync::atomic::AtomicBool,
 }
@@ -327,6 +334,12 @@ pub(crate) fn check_frame(path: &Path, bytes: &[u8], want: Kind) -> Result<(u64,
         ));
     }
     match Kind::from_u32(kind) {
+        Some(Kind::Bundle) if version < 2 => {
+            return Err(Error::corrupt(
+                path,
+                "a model bundle file cannot have format version 1 (bundles arrived in version 2)",
+            ))
+        }
         Some(k) if k == want => {}
         Some(k) => {
             return Err(Error::corrupt(
@@ -449,6 +462,7 @@ impl Container {
         let meta_bytes = &map[meta_offset as usize..(meta_offset + meta_len) as usize];
         let meta = decode_meta(path, meta_bytes, meta_crc, meta_offset, want)?;
         Ok(Container {
+            version: le_u32(&map, 8),
             path: path.to_path_buf(),
             map,
             meta,

@@ -280,3 +280,23 @@ pub(crate) fn write_deletes(
     }))?;
     Ok(file_ref(path, written))
 }
+
+/// Writes a model bundle file: `model.json` and `weights.safetensors`
+/// bytes, verbatim, each in its own block.
+pub(crate) fn write_bundle(
+    fs: &dyn crate::fs::Fs,
+    path: &Path,
+    key: &str,
+    json: &[u8],
+    weights: &[u8],
+) -> Result<FileRef> {
+    let mut w = ContainerWriter::create(fs, path, Kind::Bundle)?;
+    let json = w.block(json)?;
+    let weights = w.block(weights)?;
+    let written = w.finish(Body::Bundle(crate::meta::BundleMeta {
+        key: key.to_string(),
+        json,
+        weights,
+    }))?;
+    Ok(file_ref(path, written))
+}

@@ -119,6 +119,28 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// A model bundle (`model.json` + `weights.safetensors`) is invalid.
+    #[error("invalid model bundle: {field}: {what}")]
+    Bundle {
+        /// The field at fault, as a path into `model.json`
+        /// (`cross.inputs[2].transform`), or the file (`weights.safetensors`).
+        field: String,
+        /// What is wrong, with expected and found values.
+        what: String,
+    },
+
+    /// A three-tower query named a `space@version` for which the snapshot
+    /// holds no model bundle.
+    #[error("snapshot {snapshot} holds no model bundle for {requested}; it holds bundles for [{}]", available.join(", "))]
+    NoModel {
+        /// The snapshot consulted.
+        snapshot: u64,
+        /// The `space@version` asked for.
+        requested: String,
+        /// The `space@version` keys of the bundles it holds.
+        available: Vec<String>,
+    },
+
     /// The writer hit an error during a publish and refuses further publishes
     /// until it is reopened (the store itself still serves its last snapshot).
     #[error("writer for {path} is poisoned by an earlier failed publish ({cause}); reopen it")]

@@ -8,7 +8,13 @@ use crate::container::{check_frame, decode_meta, verify_chunks, Kind, FOOTER_LEN
 fn parse_as_every_kind(bytes: &[u8]) -> usize {
     let path = Path::new("<fuzz input>");
     let mut accepted = 0;
-    for kind in [Kind::Manifest, Kind::Columns, Kind::IdIndex, Kind::Deletes] {
+    for kind in [
+        Kind::Manifest,
+        Kind::Columns,
+        Kind::IdIndex,
+        Kind::Deletes,
+        Kind::Bundle,
+    ] {
         let Ok((offset, len, crc)) = check_frame(path, bytes, kind) else {
             continue;
         };
@@ -66,13 +72,54 @@ pub fn parse_file(bytes: &[u8]) -> usize {
     n
 }
 
+/// The schema the bundle fuzz target checks bundles against: the columns
+/// of the parity test's reference data (`tests/data/three_tower`).
+pub fn bundle_schema() -> crate::Schema {
+    crate::Schema::new()
+        .categorical("category", 0)
+        .categorical("region", 1)
+        .numeric("price", 2.5)
+        .stat("ctr_1d", 0.01)
+        .stat("impressions_7d", 0.0)
+        .embedding("prerank", "v1", 8, crate::Dtype::F32)
+}
+
+/// Parses `data` as a bundle: a little-endian u32 length `n`, `n` bytes of
+/// `model.json`, then `weights.safetensors`. Must never panic; a bundle that
+/// validates is then run on a tiny store-less input check.
+pub fn parse_bundle(data: &[u8]) -> bool {
+    let Some((len, rest)) = data.split_first_chunk::<4>() else {
+        return false;
+    };
+    let n = (u32::from_le_bytes(*len) as usize).min(rest.len());
+    let (json, weights) = rest.split_at(n);
+    match crate::Model::load(json, weights, &bundle_schema()) {
+        Ok(m) => {
+            let _ = (m.key(), m.user_inputs(), m.macs_per_item());
+            true
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            false
+        }
+    }
+}
+
+/// The seed layout of [`parse_bundle`] for a bundle's two files.
+pub fn bundle_seed(json: &[u8], weights: &[u8]) -> Vec<u8> {
+    let mut v = (json.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(json);
+    v.extend_from_slice(weights);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn golden_files_parse_and_mutations_do_not_panic() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("format/golden/v1");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("format/golden/v2");
         let mut files = 0;
         for e in std::fs::read_dir(dir).unwrap() {
             let bytes = std::fs::read(e.unwrap().path()).unwrap();
@@ -88,6 +135,24 @@ mod tests {
             files += 1;
         }
         assert!(files >= 10);
+    }
+
+    #[test]
+    fn reference_bundles_parse_and_mutations_do_not_panic() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/three_tower");
+        let weights = std::fs::read(dir.join("bundle_rank/weights.safetensors")).unwrap();
+        for b in ["bundle_weighted_sum", "bundle_product", "bundle_rank"] {
+            let json = std::fs::read(dir.join(b).join("model.json")).unwrap();
+            let seed = bundle_seed(&json, &weights);
+            assert!(parse_bundle(&seed), "{b}");
+            // Truncations and byte flips across json and weights headers.
+            for i in (0..seed.len()).step_by(7) {
+                parse_bundle(&seed[..i]);
+                let mut m = seed.clone();
+                m[i] ^= 0x5A;
+                parse_bundle(&m);
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod idindex;
 pub mod kernels;
 mod meta;
 mod mmap;
+mod model;
 mod names;
 mod pins;
 mod query;
@@ -42,6 +43,7 @@ pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use fs::{Fs, FsFile, StdFs};
+pub use model::{Activation, Model, ModelScratch, UserInputSpec, UserInputs, BUNDLE_FORMAT};
 #[doc(hidden)]
 pub use query::bench_support;
 pub use query::{Candidates, Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};

@@ -28,6 +28,8 @@ pub(crate) enum Body {
     Columns(ColumnsMeta),
     IdIndex(IdIndexMeta),
     Deletes(DeletesMeta),
+    /// Format version 2.
+    Bundle(BundleMeta),
 }
 
 /// A byte range inside a file's data region.
@@ -55,7 +57,8 @@ pub(crate) struct ManifestMeta {
     pub created_unix_ms: u64,
     pub schema: Schema,
     pub segments: Vec<SegmentMeta>,
-    /// Reserved for model bundles (issue 4): empty in format version 1.
+    /// Model bundles, at most one per `space@version`, sorted by key
+    /// (always empty in format version 1).
     pub bundles: Vec<BundleRef>,
     /// User key/value metadata, sorted by key.
     pub user_meta: Vec<KeyValue>,
@@ -70,11 +73,21 @@ pub(crate) struct KeyValue {
     pub value: String,
 }
 
-/// A model bundle published with a snapshot (reserved).
+/// A model bundle published with a snapshot: `key` is its `space@version`;
+/// `files` holds exactly one file, the bundle file (format version 2).
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct BundleRef {
     pub key: String,
     pub files: Vec<FileRef>,
+}
+
+/// A model bundle file: `model.json` and `weights.safetensors`, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct BundleMeta {
+    /// `space@version` the bundle belongs to (must match `model.json`).
+    pub key: String,
+    pub json: Extent,
+    pub weights: Extent,
 }
 
 /// One segment of a snapshot and the files that hold it.

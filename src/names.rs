@@ -36,7 +36,7 @@ pub(crate) fn parse_data_file(name: &str) -> Option<u64> {
     if !rest.starts_with('g') || !num.bytes().all(|b| b.is_ascii_digit()) || num.is_empty() {
         return None;
     }
-    let ext_ok = [".vcol", ".vidx", ".vdel"]
+    let ext_ok = [".vcol", ".vidx", ".vdel", ".vbnd"]
         .iter()
         .any(|e| rest.ends_with(e));
     if !ext_ok {

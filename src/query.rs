@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 use crate::filter::{Compiled, Filter};
 use crate::idindex;
 use crate::kernels::{self, Block, Level, Loc};
+use crate::model::{Model, ModelScratch, Prepared, SegmentInputs, UserInputs};
+use crate::schema::Dtype;
 use crate::snapshot::Snapshot;
 use crate::topk::TopK;
 
@@ -58,6 +60,8 @@ pub struct Query<'a> {
     candidates: Candidates<'a>,
     filter: Option<&'a Filter>,
     k: usize,
+    model: Option<&'a UserInputs>,
+    heads: bool,
 }
 
 impl<'a> Query<'a> {
@@ -70,6 +74,8 @@ impl<'a> Query<'a> {
             candidates: Candidates::Ids(ids),
             filter: None,
             k,
+            model: None,
+            heads: false,
         }
     }
 
@@ -81,6 +87,8 @@ impl<'a> Query<'a> {
             candidates: Candidates::All,
             filter: None,
             k,
+            model: None,
+            heads: false,
         }
     }
 
@@ -89,6 +97,37 @@ impl<'a> Query<'a> {
         self.filter = Some(filter);
         self
     }
+
+    /// Scores with the snapshot's three-tower model bundle for the query's
+    /// `space@version` instead of the inner product, `inputs` carrying the
+    /// user-side cross inputs the model reads (see [`Model::user_inputs`]).
+    /// The user vector is then the user tower's output (`user_dim` values).
+    pub fn three_tower(mut self, inputs: &'a UserInputs) -> Self {
+        self.model = Some(inputs);
+        self
+    }
+
+    /// Also return each hit's head values (three-tower queries), after
+    /// calibration, in [`QueryResult::heads`].
+    pub fn with_heads(mut self) -> Self {
+        self.heads = true;
+        self
+    }
+}
+
+/// How pass 3 scores the resolved rows.
+enum Scorer<'q, 's> {
+    Dot {
+        level: Level,
+        dtype: Dtype,
+        user: &'q [f32],
+        blocks: Vec<Block<'s>>,
+    },
+    Model {
+        model: &'s Model,
+        prep: Prepared<'q>,
+        segs: Vec<SegmentInputs<'s>>,
+    },
 }
 
 /// One scored item.
@@ -113,6 +152,19 @@ pub struct QueryResult {
     pub filtered_out: usize,
     /// Number of distinct items scored.
     pub scored: usize,
+    /// Head names of a three-tower query run [`Query::with_heads`] (else empty).
+    pub head_names: Vec<String>,
+    /// Per hit, its head values in `head_names` order, row-major
+    /// (`hits.len() * head_names.len()` values; see [`QueryResult::heads_of`]).
+    pub heads: Vec<f32>,
+}
+
+impl QueryResult {
+    /// The head values of hit `i` (empty unless the query asked for them).
+    pub fn heads_of(&self, i: usize) -> &[f32] {
+        let h = self.head_names.len();
+        self.heads.get(i * h..(i + 1) * h).unwrap_or(&[])
+    }
 }
 
 /// Buffers a query reuses; [`Snapshot::query`] keeps one per thread, or
@@ -128,6 +180,8 @@ pub struct Scratch {
     scores: Vec<f32>,
     topk: TopK,
     best: Vec<(f32, u64, u32)>,
+    head_values: Vec<f32>,
+    model: ModelScratch,
 }
 
 thread_local! {
@@ -207,45 +261,74 @@ impl Snapshot {
     /// Runs `q` with caller-owned buffers.
     pub fn query_with(&self, q: &Query<'_>, scratch: &mut Scratch) -> Result<QueryResult> {
         let def = self.embedding_def(q.key)?;
-        let d = def.dim as usize;
         if q.k == 0 {
             return Err(Error::InvalidInput("k must be at least 1".into()));
         }
-        if q.user.len() != d {
-            return Err(Error::InvalidInput(format!(
-                "user vector has {} components; embedding {} has dimension {d}",
-                q.user.len(),
-                q.key
-            )));
-        }
-        if let Some(j) = q.user.iter().position(|x| !x.is_finite()) {
-            return Err(Error::InvalidInput(format!(
-                "user vector component {j} is {}; components must be finite",
-                q.user[j]
-            )));
+        let segs = self.segments();
+        let scorer = match q.model {
+            None => {
+                let d = def.dim as usize;
+                if q.user.len() != d {
+                    return Err(Error::InvalidInput(format!(
+                        "user vector has {} components; embedding {} has dimension {d}",
+                        q.user.len(),
+                        q.key
+                    )));
+                }
+                if let Some(j) = q.user.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::InvalidInput(format!(
+                        "user vector component {j} is {}; components must be finite",
+                        q.user[j]
+                    )));
+                }
+                let mut blocks = Vec::with_capacity(segs.len());
+                for i in 0..segs.len() {
+                    let col = self.embedding(i, q.key)?;
+                    blocks.push(Block {
+                        bytes: col.as_bytes(),
+                        stride: col.stride(),
+                    });
+                }
+                Scorer::Dot {
+                    level: Level::detect(),
+                    dtype: def.dtype,
+                    user: q.user,
+                    blocks,
+                }
+            }
+            Some(inputs) => {
+                let model = self.model(q.key)?;
+                let prep = model.prepare(q.user, inputs)?;
+                let mut inputs = Vec::with_capacity(segs.len());
+                for (i, s) in segs.iter().enumerate() {
+                    inputs.push(model.segment_inputs(s, self.embedding(i, q.key)?)?);
+                }
+                Scorer::Model {
+                    model,
+                    prep,
+                    segs: inputs,
+                }
+            }
+        };
+        if q.heads && q.model.is_none() {
+            return Err(Error::InvalidInput(
+                "per-head values need a three-tower query (Query::three_tower)".into(),
+            ));
         }
         if let Some(f) = q.filter {
             f.check(self.schema())?;
         }
-        let segs = self.segments();
-        let mut blocks = Vec::with_capacity(segs.len());
         let mut filters: Vec<Option<Compiled<'_>>> = Vec::with_capacity(segs.len());
-        for (i, s) in segs.iter().enumerate() {
-            let col = self.embedding(i, q.key)?;
-            blocks.push(Block {
-                bytes: col.as_bytes(),
-                stride: col.stride(),
-            });
+        for s in segs {
             filters.push(q.filter.map(|f| f.compile(s)).transpose()?);
         }
-        let level = Level::detect();
         let mut result = QueryResult {
             snapshot: self.number(),
             ..Default::default()
         };
         scratch.topk.reset(q.k);
-        match q.candidates {
-            Candidates::Ids(ids) => {
+        match (q.candidates, &scorer) {
+            (Candidates::Ids(ids), _) => {
                 if ids.is_empty() {
                     return Err(Error::InvalidInput(
                         "no candidate ids; use Query::full_scan to score every item".into(),
@@ -257,19 +340,17 @@ impl Snapshot {
                         ids.len()
                     )));
                 }
-                self.score_candidates(
-                    level,
-                    def.dtype,
-                    q.user,
-                    ids,
-                    &blocks,
-                    &filters,
-                    scratch,
-                    &mut result,
-                    q.k,
-                );
+                self.score_candidates(&scorer, ids, &filters, scratch, &mut result, q.k);
             }
-            Candidates::All => {
+            (
+                Candidates::All,
+                Scorer::Dot {
+                    level,
+                    dtype,
+                    user,
+                    blocks,
+                },
+            ) => {
                 scratch.scores.resize(SCAN_BLOCK, 0.0);
                 for (si, seg) in segs.iter().enumerate() {
                     let seg_ids = seg.ids();
@@ -279,7 +360,7 @@ impl Snapshot {
                     while first < seg.rows() {
                         let n = SCAN_BLOCK.min(seg.rows() - first);
                         let out = &mut scratch.scores[..n];
-                        kernels::score_range(level, def.dtype, q.user, blocks[si], first, out);
+                        kernels::score_range(*level, *dtype, user, blocks[si], first, out);
                         for (i, &s) in out.iter().enumerate() {
                             let r = first + i;
                             if deleted.is_some_and(|w| w[r / 64] >> (r % 64) & 1 == 1) {
@@ -295,36 +376,69 @@ impl Snapshot {
                         first += n;
                     }
                 }
+                scratch.topk.finish(&mut scratch.best);
             }
-        }
-        if matches!(q.candidates, Candidates::All) {
-            scratch.topk.finish(&mut scratch.best);
+            (Candidates::All, Scorer::Model { .. }) => {
+                // Every live row that passes the filter, then one pass of
+                // the model over them (rank fusion needs them all at once).
+                scratch.locs.clear();
+                scratch.ids.clear();
+                for (si, seg) in segs.iter().enumerate() {
+                    let deleted = seg.deleted_words();
+                    for (r, &id) in seg.ids().iter().enumerate() {
+                        if deleted.is_some_and(|w| w[r / 64] >> (r % 64) & 1 == 1) {
+                            continue;
+                        }
+                        if filters[si].as_ref().is_some_and(|f| !f.eval(r)) {
+                            result.filtered_out += 1;
+                            continue;
+                        }
+                        scratch.locs.push(Loc {
+                            block: si as u32,
+                            row: r as u32,
+                        });
+                        scratch.ids.push(id);
+                    }
+                }
+                result.scored = scratch.locs.len();
+                score_locs(&scorer, scratch);
+            }
         }
         result.hits = scratch
             .best
             .iter()
             .map(|&(score, id, _)| Hit { id, score })
             .collect();
+        if let (true, Scorer::Model { model, .. }) = (q.heads, &scorer) {
+            let nh = model.heads.len();
+            result.head_names = model.head_names().into_iter().map(String::from).collect();
+            result.heads = scratch
+                .best
+                .iter()
+                .flat_map(|&(_, _, j)| {
+                    scratch.head_values[j as usize * nh..(j as usize + 1) * nh]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+        }
         Ok(result)
     }
 
     /// The candidate-id path. Pass 1 dedupes and probes the id indexes
     /// (newest segment first) with the home slots of upcoming ids
     /// prefetched, and prefetches each found row; pass 2 drops tombstones
-    /// and applies the filter; pass 3 scores the rows with the prefetching
-    /// kernel into the top-k. The `ids[row] == id` confirmation (which costs
-    /// one more random cache line, and on a large store one more page walk,
-    /// per candidate) is done for the returned hits only: if any fails (a
-    /// damaged id index), the query is redone confirming every candidate, so
-    /// a wrong row is never returned.
-    #[allow(clippy::too_many_arguments)]
+    /// and applies the filter; pass 3 scores the rows (the prefetching
+    /// kernel, or the model a block at a time) into the top-k. The
+    /// `ids[row] == id` confirmation (which costs one more random cache
+    /// line, and on a large store one more page walk, per candidate) is done
+    /// for the returned hits only: if any fails (a damaged id index), the
+    /// query is redone confirming every candidate, so a wrong row is never
+    /// returned.
     fn score_candidates(
         &self,
-        level: Level,
-        dtype: crate::schema::Dtype,
-        user: &[f32],
+        scorer: &Scorer<'_, '_>,
         ids: &[u64],
-        blocks: &[Block<'_>],
         filters: &[Option<Compiled<'_>>],
         scratch: &mut Scratch,
         result: &mut QueryResult,
@@ -414,21 +528,8 @@ impl Snapshot {
             scratch.ids.truncate(kept);
             scratch.pos.clear();
             // Pass 3: score.
-            scratch.scores.clear();
-            scratch.scores.resize(kept, 0.0);
-            kernels::score_gather(
-                level,
-                dtype,
-                user,
-                blocks,
-                &scratch.locs,
-                &mut scratch.scores,
-            );
-            for (j, &sc) in scratch.scores.iter().enumerate() {
-                scratch.topk.push(sc, scratch.ids[j], j as u32);
-            }
             result.scored = kept;
-            scratch.topk.finish(&mut scratch.best);
+            score_locs(scorer, scratch);
             // Confirm the hits.
             let ok = confirm_all
                 || scratch.best.iter().all(|&(_, id, j)| {
@@ -442,6 +543,50 @@ impl Snapshot {
         scratch.missing.sort_unstable_by_key(|m| m.0);
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
     }
+}
+
+/// Scores `scratch.locs` (items `scratch.ids`) and selects the top k into
+/// `scratch.best`, each tagged with its index into `locs`.
+fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
+    let n = scratch.locs.len();
+    match scorer {
+        Scorer::Dot {
+            level,
+            dtype,
+            user,
+            blocks,
+        } => {
+            scratch.scores.clear();
+            scratch.scores.resize(n, 0.0);
+            kernels::score_gather(
+                *level,
+                *dtype,
+                user,
+                blocks,
+                &scratch.locs,
+                &mut scratch.scores,
+            );
+        }
+        Scorer::Model { model, prep, segs } => {
+            model.score(
+                prep,
+                segs,
+                &scratch.locs,
+                &mut scratch.head_values,
+                &mut scratch.model,
+            );
+            model.fuse(
+                &scratch.head_values,
+                &scratch.ids,
+                &mut scratch.scores,
+                &mut scratch.model,
+            );
+        }
+    }
+    for (j, &sc) in scratch.scores.iter().enumerate() {
+        scratch.topk.push(sc, scratch.ids[j], j as u32);
+    }
+    scratch.topk.finish(&mut scratch.best);
 }
 
 /// Support for benchmarks: not part of the supported API.

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::meta::ManifestMeta;
+use crate::model::Model;
 use crate::pins::Pin;
 use crate::schema::{EmbeddingDef, Schema};
 use crate::segment::{EmbeddingColumn, Segment};
@@ -43,6 +44,8 @@ pub struct Snapshot {
     pub(crate) manifest: ManifestMeta,
     pub(crate) manifest_file: Arc<Container>,
     pub(crate) segments: Vec<Segment>,
+    /// Model bundles, sorted by key, with the file each came from.
+    pub(crate) models: Vec<(Arc<Model>, Arc<Container>)>,
     pub(crate) _pin: Pin,
 }
 
@@ -141,6 +144,25 @@ impl Snapshot {
         seg.embedding_opt(key).ok_or_else(|| self.skew(key))
     }
 
+    /// The `space@version` keys of the model bundles this snapshot holds.
+    pub fn model_keys(&self) -> Vec<String> {
+        self.models.iter().map(|(m, _)| m.key()).collect()
+    }
+
+    /// The model bundle for `key` (`space@version`); a key without a bundle
+    /// is [`Error::NoModel`], naming the bundles the snapshot holds.
+    pub fn model(&self, key: &str) -> Result<&Model> {
+        self.models
+            .iter()
+            .find(|(m, _)| m.key() == key)
+            .map(|(m, _)| &**m)
+            .ok_or_else(|| Error::NoModel {
+                snapshot: self.number(),
+                requested: key.to_string(),
+                available: self.model_keys(),
+            })
+    }
+
     /// Where live item `id` is, if the snapshot holds it.
     #[inline]
     pub fn lookup(&self, id: u64) -> Option<ItemRef> {
@@ -202,6 +224,7 @@ impl Snapshot {
         for s in &self.segments {
             v.extend(s.files().into_iter().map(|f| file_name(&f.path)));
         }
+        v.extend(self.models.iter().map(|(_, c)| file_name(&c.path)));
         v
     }
 
@@ -220,6 +243,11 @@ impl Snapshot {
                 report.files += 1;
                 report.bytes += f.len();
             }
+        }
+        for (_, c) in &self.models {
+            c.verify_data()?;
+            report.files += 1;
+            report.bytes += c.len();
         }
         Ok(report)
     }

@@ -9,6 +9,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::container::{Container, Kind};
 use crate::error::{Error, Result};
 use crate::meta::{Body, FileRef, ManifestMeta};
+use crate::model::Model;
 use crate::names;
 use crate::pins::Pin;
 use crate::segment::Segment;
@@ -119,13 +120,13 @@ pub(crate) fn read_manifest(dir: &Path, n: u64) -> Result<(Arc<Container>, Manif
     m.schema
         .validate()
         .map_err(|e| Error::corrupt(&path, format!("schema does not validate: {e}")))?;
-    check_manifest(&path, m)?;
+    check_manifest(&path, m, c.version)?;
     let m = m.clone();
     Ok((Arc::new(c), m))
 }
 
 /// Rules a manifest's fields must follow beyond rkyv's validation.
-fn check_manifest(path: &Path, m: &ManifestMeta) -> Result<()> {
+fn check_manifest(path: &Path, m: &ManifestMeta, version: u32) -> Result<()> {
     let mut ids = std::collections::HashSet::new();
     for s in &m.segments {
         if !ids.insert(s.id) || s.id >= m.next_segment_id {
@@ -144,10 +145,37 @@ fn check_manifest(path: &Path, m: &ManifestMeta) -> Result<()> {
             "user metadata keys are not sorted and unique",
         ));
     }
-    if !m.bundles.is_empty() {
+    if version < 2 && !m.bundles.is_empty() {
         return Err(Error::corrupt(
             path,
             "format version 1 manifests hold no model bundles",
+        ));
+    }
+    for b in &m.bundles {
+        if m.schema.embedding_def(&b.key).is_none() {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "model bundle {} names an embedding the schema does not hold",
+                    b.key
+                ),
+            ));
+        }
+        if b.files.len() != 1 {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "model bundle {} references {} files; format version 2 has exactly one",
+                    b.key,
+                    b.files.len()
+                ),
+            ));
+        }
+    }
+    if m.bundles.windows(2).any(|w| w[0].key >= w[1].key) {
+        return Err(Error::corrupt(
+            path,
+            "model bundle keys are not sorted and unique",
         ));
     }
     Ok(())
@@ -335,8 +363,15 @@ fn load(
             &mut opener,
         )?);
     }
+    let mut models = Vec::with_capacity(manifest.bundles.len());
+    for b in &manifest.bundles {
+        let c = opener(&b.files[0], Kind::Bundle)?;
+        let m = Model::from_container(&c, &b.key, &manifest.schema)?;
+        models.push((Arc::new(m), c));
+    }
     drop(cache);
     let snap = Snapshot {
+        models,
         dir: dir.to_path_buf(),
         manifest,
         manifest_file,

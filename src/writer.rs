@@ -12,7 +12,10 @@ use crate::container::{ContainerWriter, Kind};
 use crate::encode::{self, ScalarColumn};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, StdFs};
-use crate::meta::{self, Body, EmbeddingRef, FileRef, KeyValue, ManifestMeta, SegmentMeta};
+use crate::meta::{
+    self, Body, BundleRef, EmbeddingRef, FileRef, KeyValue, ManifestMeta, SegmentMeta,
+};
+use crate::model::Model;
 use crate::names;
 use crate::schema::{EmbeddingDef, Schema};
 use crate::segment::Segment;
@@ -265,6 +268,16 @@ impl Writer {
         let number = self.next_snapshot;
         self.next_snapshot = number.saturating_add(1);
         let base = self.snapshot();
+        let bundles = base
+            .as_ref()
+            .map(|b| {
+                b.manifest
+                    .bundles
+                    .iter()
+                    .map(|r| (r.key.clone(), r.files.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let (segments, user_meta, next_segment_id) = match &base {
             Some(b) => (
                 b.manifest
@@ -291,6 +304,7 @@ impl Writer {
             base,
             segments,
             user_meta,
+            bundles,
             next_segment_id,
             written: HashSet::new(),
             created_unix_ms: None,
@@ -447,6 +461,7 @@ pub struct Transaction<'w> {
     base: Option<Arc<Snapshot>>,
     segments: Vec<SegState>,
     user_meta: BTreeMap<String, String>,
+    bundles: BTreeMap<String, Vec<FileRef>>,
     next_segment_id: u64,
     written: HashSet<String>,
     created_unix_ms: Option<u64>,
@@ -970,12 +985,57 @@ impl<'w> Transaction<'w> {
             });
         }
         self.schema.embeddings.retain(|d| d.key() != key);
+        // A bundle belongs to its embedding version and retires with it.
+        self.bundles.remove(key);
         for s in &mut self.segments {
             s.meta.embeddings.retain(|e| e.key != key);
         }
         for s in 0..self.segments.len() {
             let r = self.reopen(s);
             self.w.poison(r)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a three-tower model bundle (`model.json` and
+    /// `weights.safetensors` bytes), replacing any bundle of the same
+    /// `space@version`. The bundle is validated completely against the
+    /// snapshot being built (see [`Model::load`]), so an embedding version
+    /// added earlier in this transaction may carry its bundle in the same
+    /// publish. Returns the bundle's `space@version`.
+    pub fn add_model(&mut self, json: &[u8], weights: &[u8]) -> Result<String> {
+        self.w.check_poisoned()?;
+        let model = Model::load(json, weights, &self.schema)?;
+        let key = model.key();
+        let name = self.fresh_name(0, &format!("model-{key}"), "vbnd");
+        let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &key, json, weights);
+        let file = self.w.poison(r)?;
+        self.bundles.insert(key.clone(), vec![file]);
+        Ok(key)
+    }
+
+    /// [`Transaction::add_model`] from a bundle directory holding
+    /// `model.json` and `weights.safetensors`.
+    pub fn add_model_dir(&mut self, dir: impl AsRef<Path>) -> Result<String> {
+        let dir = dir.as_ref();
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| Error::io("read", p, e))
+        };
+        let json = read("model.json")?;
+        let weights = read("weights.safetensors")?;
+        self.add_model(&json, &weights)
+    }
+
+    /// Removes the model bundle for `key` (`space@version`).
+    pub fn drop_model(&mut self, key: &str) -> Result<()> {
+        self.w.check_poisoned()?;
+        if self.bundles.remove(key).is_none() {
+            return Err(Error::NoModel {
+                snapshot: self.number,
+                requested: key.to_string(),
+                available: self.bundles.keys().cloned().collect(),
+            });
         }
         Ok(())
     }
@@ -1065,7 +1125,14 @@ impl<'w> Transaction<'w> {
             created_unix_ms: self.created_unix_ms.unwrap_or_else(now_ms),
             schema: self.schema.clone(),
             segments: self.segments.iter().map(|s| s.meta.clone()).collect(),
-            bundles: Vec::new(),
+            bundles: self
+                .bundles
+                .iter()
+                .map(|(k, f)| BundleRef {
+                    key: k.clone(),
+                    files: f.clone(),
+                })
+                .collect(),
             user_meta: self
                 .user_meta
                 .iter()

@@ -1,19 +1,22 @@
-//! Golden stores: `format/golden/v1/` is a small store written by format
-//! version 1. This test (1) opens it and checks every value, and (2) builds
-//! the same store afresh and compares every file byte for byte, so that any
-//! change to the bytes written is a deliberate one.
+//! Golden stores: `format/golden/v{N}/` is a small store written by format
+//! version N. The newest (v2: v1's store plus a model bundle) is (1) opened
+//! and every value checked, and (2) built afresh and compared file by file,
+//! byte for byte, so that any change to the bytes written is a deliberate
+//! one. Older goldens are frozen: they must keep reading with the same values.
 //!
 //! After an intended format change (which also bumps the format version and
-//! updates `format/FORMAT.md`), regenerate with
-//! `VSTORE_BLESS=1 cargo test --test golden`.
+//! updates `format/FORMAT.md`), add a new golden directory and regenerate it
+//! with `VSTORE_BLESS=1 cargo test --test golden`.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use vstore::{Dtype, EmbeddingDef, ItemBatch, Schema, Store, Writer};
 
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("format/golden/v1")
+fn golden_dir(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("format/golden/v{version}"))
 }
 
 const T0: u64 = 1_790_000_000_000; // fixed publish time (ms since epoch)
@@ -64,8 +67,8 @@ fn items(ids: &[u64]) -> ItemBatch {
 
 /// Writes the golden store into `dir`: snapshot 1 (two segments, every
 /// dtype but i8, missing values), snapshot 2 (stats refresh, an i8 version
-/// added, a delete, metadata).
-fn build(dir: &Path) {
+/// added, a delete, metadata; with `bundle`, a model bundle too).
+fn build(dir: &Path, bundle: bool) {
     let schema = Schema::new()
         .categorical("category", 4)
         .numeric("price", 0.0)
@@ -92,10 +95,14 @@ fn build(dir: &Path) {
         .unwrap();
     tx.delete(&[2007]).unwrap();
     tx.set_metadata("model_rollout", "v43");
+    if bundle {
+        let (j, w) = common::bundle::Bundle::tiny("v42", 8).bytes();
+        tx.add_model(&j, &w).unwrap();
+    }
     tx.commit().unwrap();
 }
 
-fn check_values(dir: &Path) {
+fn check_values(dir: &Path, bundle: bool) {
     let store = Store::open(dir).unwrap();
     assert_eq!(store.snapshots().unwrap(), vec![1, 2]);
     let s = store.snapshot();
@@ -112,6 +119,24 @@ fn check_values(dir: &Path) {
         vec!["prerank@v42", "prerank@v42h", "recall@v7", "prerank@v43"]
     );
     assert_eq!(s.len(), 15);
+    if bundle {
+        assert_eq!(s.model_keys(), vec!["prerank@v42"]);
+        let m = s.model("prerank@v42").unwrap();
+        assert_eq!(m.head_names(), vec!["click", "value"]);
+        let inputs = vstore::UserInputs::new()
+            .dense("user_stats", vec![0.5, -0.5])
+            .by_item("user_category_ctr", [(4, vec![0.25])]);
+        let user = [1.0, 0.5, -0.25, 0.0];
+        let ids = [1007, 2007, 3007, 42, 5];
+        let r = s
+            .query(&vstore::Query::ids("prerank@v42", &user, &ids, 10).three_tower(&inputs))
+            .unwrap();
+        assert_eq!(r.not_found, vec![2007, 5]);
+        assert_eq!(r.hits.len(), 3);
+        assert!(r.hits.iter().all(|h| h.score.is_finite() && h.score > 0.0));
+    } else {
+        assert!(s.model_keys().is_empty());
+    }
     assert!(s.lookup(2007).is_none());
     for id in ids_a().into_iter().chain(ids_b()).filter(|&i| i != 2007) {
         assert_eq!(
@@ -175,10 +200,15 @@ fn data_files(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn golden_v1_store_still_reads() {
+    check_values(&golden_dir(1), false);
+}
+
+#[test]
 fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
-    let golden = golden_dir();
+    let golden = golden_dir(2);
     let fresh = tempfile::tempdir().unwrap();
-    build(fresh.path());
+    build(fresh.path(), true);
     if std::env::var_os("VSTORE_BLESS").is_some() {
         let _ = std::fs::remove_dir_all(&golden);
         std::fs::create_dir_all(&golden).unwrap();
@@ -191,7 +221,7 @@ fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
         "{} is missing; generate it with VSTORE_BLESS=1 cargo test --test golden",
         golden.display()
     );
-    check_values(&golden);
+    check_values(&golden, true);
     let want = data_files(&golden);
     assert_eq!(data_files(fresh.path()), want, "file names changed");
     for f in &want {

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 fn golden() -> &'static [(String, Vec<u8>)] {
     static G: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
     G.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../format/golden/v1");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../format/golden/v2");
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| {
@@ -49,6 +49,20 @@ fuzz_target!(|data: &[u8]| {
                 let user = vec![0.5f32; def.dim as usize];
                 let _ = snap.query(&vstore::Query::ids(&key, &user, &[42, 1007, 0, u64::MAX], 3));
                 let _ = snap.query(&vstore::Query::full_scan(&key, &user, 3));
+            }
+        }
+        for key in snap.model_keys() {
+            if let Ok(m) = snap.model(&key) {
+                let user = vec![0.5f32; m.user_dim()];
+                let mut inputs = vstore::UserInputs::new();
+                for u in m.user_inputs() {
+                    inputs = match u.by_item_column {
+                        None => inputs.dense(&u.name, vec![0.25; u.dim]),
+                        Some(_) => inputs.by_item(&u.name, [(4, vec![0.5; u.dim])]),
+                    };
+                }
+                let q = vstore::Query::ids(&key, &user, &[42, 1007, 0, u64::MAX], 3).three_tower(&inputs);
+                let _ = snap.query(&q.with_heads());
             }
         }
         for id in [42u64, 1007, 99_999] {

@@ -51,3 +51,5 @@ pub fn files(dir: &std::path::Path) -> Vec<String> {
     v.sort();
     v
 }
+
+pub mod bundle;

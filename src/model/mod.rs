@@ -1,0 +1,669 @@
+//! Three-tower model bundles: parsed from `model.json` +
+//! `weights.safetensors`, validated against a snapshot's schema, and run
+//! over blocks of candidate rows inside the store.
+//!
+//! A bundle is checked completely when it is added to a snapshot (and again
+//! when a snapshot holding it is pinned): the format tag, every tensor's
+//! presence, dtype and shape, the chain of shapes from the cross inputs
+//! through every layer to each head, the columns the inputs read (present,
+//! of the right type), vocabulary and bucket tables, and that the bundle's
+//! `space@version` names an embedding of the snapshot with the bundle's
+//! `item_dim`. Every refusal is [`Error::Bundle`] naming the field.
+
+mod gemm;
+mod score;
+pub(crate) mod spec;
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::schema::{ColumnKind, Schema};
+
+pub use score::ModelScratch;
+pub(crate) use score::{Prepared, SegmentInputs};
+use spec::{bad, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec};
+pub use spec::{Activation, BUNDLE_FORMAT};
+
+/// A dense layer in PyTorch `nn.Linear` layout: `y = act(x @ W.T + b)`.
+#[derive(Debug, Clone)]
+pub(crate) struct Dense {
+    pub inp: usize,
+    pub out: usize,
+    /// `[out, inp]`, row-major.
+    pub w: Vec<f32>,
+    /// `[out]` (zeros when the layer has no bias).
+    pub b: Vec<f32>,
+    pub act: Activation,
+}
+
+/// An embedding table `[rows, dim]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub rows: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Table {
+    #[inline]
+    pub(crate) fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.dim..(r + 1) * self.dim]
+    }
+}
+
+/// Where an item-side input reads its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ColumnRef {
+    Profile(String),
+    Stat(String),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Transform {
+    Identity,
+    Log1p,
+    Bucketize { bounds: Vec<f32>, table: Table },
+}
+
+/// One cross-tower input, resolved against weights and schema.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    ItemNumeric {
+        column: ColumnRef,
+        transform: Transform,
+    },
+    ItemCategorical {
+        column: String,
+        table: Table,
+    },
+    UserDense {
+        name: String,
+        dim: usize,
+    },
+    UserByItem {
+        name: String,
+        column: String,
+        dim: usize,
+        default: Vec<f32>,
+    },
+}
+
+impl Input {
+    pub(crate) fn dim(&self) -> usize {
+        match self {
+            Input::ItemNumeric {
+                transform: Transform::Bucketize { table, .. },
+                ..
+            } => table.dim,
+            Input::ItemNumeric { .. } => 1,
+            Input::ItemCategorical { table, .. } => table.dim,
+            Input::UserDense { dim, .. } | Input::UserByItem { dim, .. } => *dim,
+        }
+    }
+}
+
+/// How head values are fused into one score.
+#[derive(Debug, Clone)]
+pub(crate) enum Fusion {
+    /// `sum w_i p_i`; `w` has one weight per head (0 for heads not named).
+    WeightedSum(Vec<f64>),
+    /// `prod p_i^w_i` over heads with a nonzero weight.
+    Product(Vec<f64>),
+    /// `sum w_i / (rank_i + alpha)^beta`.
+    Rank { w: Vec<f64>, alpha: f64, beta: f64 },
+}
+
+/// A head: one output of the last upper layer, activated and calibrated.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub name: String,
+    pub act: Activation,
+    pub neg_sampling_rate: Option<f64>,
+}
+
+/// A validated three-tower model, ready to score. Obtained from a snapshot
+/// ([`crate::Snapshot::model`]) or, to check a bundle without a store,
+/// [`Model::load`].
+#[derive(Debug, Clone)]
+pub struct Model {
+    space: String,
+    version: String,
+    pub(crate) user_dim: usize,
+    pub(crate) item_dim: usize,
+    pub(crate) inputs: Vec<Input>,
+    pub(crate) cross_in: usize,
+    pub(crate) cross: Vec<Dense>,
+    pub(crate) upper: Vec<Dense>,
+    /// All heads as one layer `[heads, last upper width]` (activation unused).
+    pub(crate) head_layer: Dense,
+    pub(crate) heads: Vec<Head>,
+    pub(crate) fusion: Fusion,
+    json: String,
+}
+
+/// A user-side input a model needs with each query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInputSpec {
+    /// The input's name in `model.json`.
+    pub name: String,
+    /// Values per vector.
+    pub dim: usize,
+    /// `Some(column)` for a `user_by_item` input (a map from the item's
+    /// value of that categorical column to a vector), `None` for `user_dense`.
+    pub by_item_column: Option<String>,
+}
+
+fn tensor<'a>(
+    st: &'a safetensors::SafeTensors<'a>,
+    field: &str,
+    name: &str,
+    shape: Option<&[usize]>,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = st.tensor(name).map_err(|_| {
+        bad(
+            field,
+            format!("tensor {name:?} is not in weights.safetensors"),
+        )
+    })?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        return Err(bad(
+            field,
+            format!("tensor {name:?} is {:?}; tensors must be F32", t.dtype()),
+        ));
+    }
+    let got = t.shape().to_vec();
+    if let Some(want) = shape {
+        if got != want {
+            return Err(bad(
+                field,
+                format!("tensor {name:?} has shape {got:?}; expected {want:?}"),
+            ));
+        }
+    }
+    let data: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if data.len() != got.iter().product::<usize>() {
+        return Err(bad(
+            field,
+            format!(
+                "tensor {name:?} holds {} values for shape {got:?}",
+                data.len()
+            ),
+        ));
+    }
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        return Err(bad(
+            field,
+            format!(
+                "tensor {name:?} element {i} is {}; weights must be finite",
+                data[i]
+            ),
+        ));
+    }
+    Ok((got, data))
+}
+
+fn table(
+    st: &safetensors::SafeTensors<'_>,
+    field: &str,
+    name: &str,
+    rows: Option<usize>,
+) -> Result<Table> {
+    let (shape, data) = tensor(st, field, name, None)?;
+    match shape[..] {
+        [r, d] if r >= 1 && d >= 1 && rows.is_none_or(|want| want == r) => Ok(Table {
+            rows: r,
+            dim: d,
+            data,
+        }),
+        _ => Err(bad(
+            field,
+            match rows {
+                Some(want) => format!(
+                    "embedding table {name:?} has shape {shape:?}; expected [{want}, e] (one row per bucket)"
+                ),
+                None => format!(
+                    "embedding table {name:?} has shape {shape:?}; expected [vocabulary, e] with both at least 1"
+                ),
+            },
+        )),
+    }
+}
+
+fn dense(
+    st: &safetensors::SafeTensors<'_>,
+    field: &str,
+    l: &LayerSpec,
+    inp: usize,
+) -> Result<Dense> {
+    let (shape, w) = tensor(st, &format!("{field}.weight"), &l.weight, None)?;
+    let out = match shape[..] {
+        [o, i] if i == inp && o >= 1 => o,
+        _ => {
+            return Err(bad(
+                format!("{field}.weight"),
+                format!(
+                    "tensor {:?} has shape {shape:?}; expected [out, {inp}] (nn.Linear layout, its input is {inp} wide)",
+                    l.weight
+                ),
+            ))
+        }
+    };
+    let b = match &l.bias {
+        Some(name) => tensor(st, &format!("{field}.bias"), name, Some(&[out]))?.1,
+        None => vec![0.0; out],
+    };
+    Ok(Dense {
+        inp,
+        out,
+        w,
+        b,
+        act: l.activation,
+    })
+}
+
+fn fusion_weights(heads: &[Head], named: &[(String, f64)]) -> Vec<f64> {
+    heads
+        .iter()
+        .map(|h| {
+            named
+                .iter()
+                .find(|(n, _)| *n == h.name)
+                .map_or(0.0, |(_, w)| *w)
+        })
+        .collect()
+}
+
+impl Model {
+    /// Parses and validates a bundle (`model.json` bytes and
+    /// `weights.safetensors` bytes) against `schema`. This is the check a
+    /// snapshot applies when a bundle is added; any failure is
+    /// [`Error::Bundle`] naming the field.
+    ///
+    /// ```no_run
+    /// # fn main() -> vstore::Result<()> {
+    /// let snap = vstore::Store::open("/data/store")?.snapshot();
+    /// let json = std::fs::read("bundle/model.json").unwrap();
+    /// let weights = std::fs::read("bundle/weights.safetensors").unwrap();
+    /// let model = vstore::Model::load(&json, &weights, snap.schema())?;
+    /// println!("{} heads: {:?}", model.key(), model.head_names());
+    /// # Ok(()) }
+    /// ```
+    pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Model> {
+        let spec = spec::parse(json)?;
+        let st = safetensors::SafeTensors::deserialize(weights).map_err(|e| {
+            bad(
+                "weights.safetensors",
+                format!("is not a valid safetensors file: {e}"),
+            )
+        })?;
+        Self::compile(
+            spec,
+            &st,
+            schema,
+            String::from_utf8_lossy(json).into_owned(),
+        )
+    }
+
+    fn compile(
+        spec: Spec,
+        st: &safetensors::SafeTensors<'_>,
+        schema: &Schema,
+        json: String,
+    ) -> Result<Model> {
+        let key = format!("{}@{}", spec.space, spec.version);
+        let Some(def) = schema.embedding_def(&key) else {
+            return Err(bad(
+                "version",
+                format!(
+                    "the bundle is for {key}, which the snapshot does not hold; it holds [{}]",
+                    schema.embedding_keys().join(", ")
+                ),
+            ));
+        };
+        if def.dim as usize != spec.item_dim {
+            return Err(bad(
+                "item_dim",
+                format!(
+                    "is {}; embedding {key} has dimension {}",
+                    spec.item_dim, def.dim
+                ),
+            ));
+        }
+        let mut inputs = Vec::with_capacity(spec.inputs.len());
+        let mut names: Vec<&str> = Vec::new();
+        for (i, inp) in spec.inputs.iter().enumerate() {
+            let field = format!("cross.inputs[{i}]");
+            let categorical = |col: &str| -> Result<()> {
+                let j = schema.profile_index(col).map_err(|_| {
+                    bad(
+                        format!("{field}.column"),
+                        format!(
+                            "no categorical profile column {col:?}; the profile columns are [{}]",
+                            schema
+                                .profile
+                                .iter()
+                                .map(|c| c.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                match schema.profile[j].kind {
+                    ColumnKind::Categorical { .. } => Ok(()),
+                    ColumnKind::Numeric { .. } => Err(bad(
+                        format!("{field}.column"),
+                        format!("profile column {col:?} is numeric; this input needs a categorical column"),
+                    )),
+                }
+            };
+            let compiled = match inp {
+                InputSpec::ItemNumeric {
+                    column,
+                    transform,
+                    embedding,
+                } => {
+                    let column = if schema.stats.iter().any(|c| &c.name == column) {
+                        ColumnRef::Stat(column.clone())
+                    } else if let Some(c) = schema.profile.iter().find(|c| &c.name == column) {
+                        if !matches!(c.kind, ColumnKind::Numeric { .. }) {
+                            return Err(bad(
+                                format!("{field}.column"),
+                                format!("profile column {column:?} is categorical; item_numeric needs a numeric profile or statistics column"),
+                            ));
+                        }
+                        ColumnRef::Profile(column.clone())
+                    } else {
+                        return Err(bad(
+                            format!("{field}.column"),
+                            format!(
+                                "no numeric column {column:?} in the profile or statistics columns"
+                            ),
+                        ));
+                    };
+                    let transform = match transform {
+                        TransformSpec::Identity => Transform::Identity,
+                        TransformSpec::Log1p => Transform::Log1p,
+                        TransformSpec::Bucketize(bounds) => Transform::Bucketize {
+                            bounds: bounds.clone(),
+                            table: table(
+                                st,
+                                &format!("{field}.embedding"),
+                                embedding.as_deref().unwrap_or(""),
+                                Some(bounds.len() + 1),
+                            )?,
+                        },
+                    };
+                    Input::ItemNumeric { column, transform }
+                }
+                InputSpec::ItemCategorical { column, embedding } => {
+                    categorical(column)?;
+                    Input::ItemCategorical {
+                        column: column.clone(),
+                        table: table(st, &format!("{field}.embedding"), embedding, None)?,
+                    }
+                }
+                InputSpec::UserDense { name, dim } => Input::UserDense {
+                    name: name.clone(),
+                    dim: *dim,
+                },
+                InputSpec::UserByItem {
+                    name,
+                    column,
+                    dim,
+                    default,
+                } => {
+                    categorical(column)?;
+                    Input::UserByItem {
+                        name: name.clone(),
+                        column: column.clone(),
+                        dim: *dim,
+                        default: default.clone(),
+                    }
+                }
+            };
+            if let InputSpec::UserDense { name, .. } | InputSpec::UserByItem { name, .. } = inp {
+                if names.contains(&name.as_str()) {
+                    return Err(bad(
+                        format!("{field}.name"),
+                        format!("user input {name:?} is declared twice"),
+                    ));
+                }
+                names.push(name);
+            }
+            inputs.push(compiled);
+        }
+        let cross_in: usize = inputs.iter().map(Input::dim).sum();
+        let mut width = cross_in;
+        let mut cross = Vec::new();
+        for (i, l) in spec.cross.iter().enumerate() {
+            let d = dense(st, &format!("cross.layers[{i}]"), l, width)?;
+            width = d.out;
+            cross.push(d);
+        }
+        let mut upper = Vec::new();
+        let mut width = spec.user_dim + spec.item_dim + width;
+        for (i, l) in spec.upper.iter().enumerate() {
+            let d = dense(st, &format!("upper.layers[{i}]"), l, width)?;
+            width = d.out;
+            upper.push(d);
+        }
+        let mut heads = Vec::new();
+        let mut hw = Vec::new();
+        let mut hb = Vec::new();
+        for (i, h) in spec.heads.iter().enumerate() {
+            let field = format!("heads[{i}]");
+            let (_, w) = tensor(
+                st,
+                &format!("{field}.weight"),
+                &h.layer.weight,
+                Some(&[1, width]),
+            )
+            .map_err(|e| match e {
+                Error::Bundle { field, what } => Error::Bundle {
+                    field,
+                    what: format!(
+                        "{what} (a head maps the last upper layer's {width} outputs to one value)"
+                    ),
+                },
+                e => e,
+            })?;
+            let b = match &h.layer.bias {
+                Some(name) => tensor(st, &format!("{field}.bias"), name, Some(&[1]))?.1[0],
+                None => 0.0,
+            };
+            hw.extend_from_slice(&w);
+            hb.push(b);
+            heads.push(Head {
+                name: h.name.clone(),
+                act: h.layer.activation,
+                neg_sampling_rate: h.neg_sampling_rate,
+            });
+        }
+        let head_layer = Dense {
+            inp: width,
+            out: heads.len(),
+            w: hw,
+            b: hb,
+            act: Activation::Identity,
+        };
+        let fusion = match &spec.fusion {
+            FusionSpec::WeightedSum(w) => Fusion::WeightedSum(fusion_weights(&heads, w)),
+            FusionSpec::Product(w) => Fusion::Product(fusion_weights(&heads, w)),
+            FusionSpec::Rank {
+                weights,
+                alpha,
+                beta,
+            } => Fusion::Rank {
+                w: fusion_weights(&heads, weights),
+                alpha: *alpha,
+                beta: *beta,
+            },
+        };
+        Ok(Model {
+            space: spec.space,
+            version: spec.version,
+            user_dim: spec.user_dim,
+            item_dim: spec.item_dim,
+            inputs,
+            cross_in,
+            cross,
+            upper,
+            head_layer,
+            heads,
+            fusion,
+            json,
+        })
+    }
+
+    /// Reads and validates the bundle stored in `c` (a bundle file named by
+    /// a manifest under `key`). Every byte is checksummed first; a bundle
+    /// that fails validation is a corrupt file (it passed when added).
+    pub(crate) fn from_container(
+        c: &crate::container::Container,
+        key: &str,
+        schema: &Schema,
+    ) -> Result<Model> {
+        let crate::meta::Body::Bundle(b) = &c.meta.body else {
+            return Err(Error::corrupt(&c.path, "not a model bundle file"));
+        };
+        if b.key != key {
+            return Err(Error::corrupt(
+                &c.path,
+                format!(
+                    "holds the bundle for {}; the manifest names it for {key}",
+                    b.key
+                ),
+            ));
+        }
+        c.ensure_verified()?;
+        let json = c.extent(&b.json, b.json.len, "model.json")?;
+        let weights = c.extent(&b.weights, b.weights.len, "weights.safetensors")?;
+        let m = Model::load(json, weights, schema).map_err(|e| {
+            Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
+        })?;
+        if m.key() != key {
+            return Err(Error::corrupt(
+                &c.path,
+                format!("model.json is for {}; the file is for {key}", m.key()),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// `space@version`: the embedding version the bundle belongs to, and the
+    /// version queries must name.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.space, self.version)
+    }
+
+    /// Dimension of the user vector a query passes.
+    pub fn user_dim(&self) -> usize {
+        self.user_dim
+    }
+
+    /// Dimension of the item vectors (the embedding's).
+    pub fn item_dim(&self) -> usize {
+        self.item_dim
+    }
+
+    /// Head names, in `model.json` order (the order of per-head outputs).
+    pub fn head_names(&self) -> Vec<&str> {
+        self.heads.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    /// The user-side inputs every query must pass, in `model.json` order.
+    pub fn user_inputs(&self) -> Vec<UserInputSpec> {
+        self.inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::UserDense { name, dim } => Some(UserInputSpec {
+                    name: name.clone(),
+                    dim: *dim,
+                    by_item_column: None,
+                }),
+                Input::UserByItem {
+                    name, dim, column, ..
+                } => Some(UserInputSpec {
+                    name: name.clone(),
+                    dim: *dim,
+                    by_item_column: Some(column.clone()),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The bundle's `model.json`, as published.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Multiply-adds per candidate of the whole model as written (cross
+    /// tower, upper network, heads), before the tower split saves any.
+    pub fn macs_per_item(&self) -> usize {
+        self.cross
+            .iter()
+            .chain(&self.upper)
+            .chain(std::iter::once(&self.head_layer))
+            .map(|d| d.inp * d.out)
+            .sum()
+    }
+
+    /// Multiply-adds per candidate this store runs: the user part of the
+    /// first upper layer is computed once per query, not per candidate.
+    pub fn macs_per_item_split(&self) -> usize {
+        self.macs_per_item() - self.user_dim * self.upper[0].out
+    }
+}
+
+/// The user-side inputs of a three-tower query: `user_dense` vectors and
+/// `user_by_item` maps, by the names `model.json` gives them.
+///
+/// ```
+/// let inputs = vstore::UserInputs::new()
+///     .dense("user_stats", vec![0.1; 8])
+///     .by_item("user_category_ctr", [(3u32, vec![0.02]), (7, vec![0.05])]);
+/// assert_eq!(inputs.names().count(), 2);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct UserInputs {
+    pub(crate) dense: HashMap<String, Vec<f32>>,
+    pub(crate) by_item: HashMap<String, HashMap<u32, Vec<f32>>>,
+}
+
+impl UserInputs {
+    /// No inputs (for a model whose cross tower reads item columns only).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the `user_dense` input `name`.
+    pub fn dense(mut self, name: &str, values: Vec<f32>) -> Self {
+        self.dense.insert(name.to_string(), values);
+        self
+    }
+
+    /// Sets the `user_by_item` input `name`: a vector per value of the
+    /// input's categorical column (absent values take the bundle's default).
+    pub fn by_item(
+        mut self,
+        name: &str,
+        entries: impl IntoIterator<Item = (u32, Vec<f32>)>,
+    ) -> Self {
+        self.by_item
+            .insert(name.to_string(), entries.into_iter().collect());
+        self
+    }
+
+    /// Names of every input set.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.dense
+            .keys()
+            .chain(self.by_item.keys())
+            .map(String::as_str)
+    }
+}

@@ -1,0 +1,435 @@
+//! Running a model over candidate rows, a block at a time.
+//!
+//! Per block of rows: build the cross-tower input (item columns read in
+//! place, transforms and table look-ups applied, user inputs copied), run
+//! the cross layers (the last one writes straight into the upper network's
+//! input), decode the item vectors beside it, and run the upper layers and
+//! heads as small matrix products with the weights hot in cache. The user
+//! part of the first upper layer (`W[:, ..user_dim] @ user + b`) is computed
+//! once per query and starts each row's accumulator.
+
+use std::collections::HashMap;
+
+use super::gemm::gemm_nt;
+use super::{Activation, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
+use crate::error::{Error, Result};
+use crate::kernels::{self, Loc};
+use crate::segment::{EmbeddingColumn, Segment};
+
+/// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
+/// product).
+const BLOCK: usize = 128;
+
+/// Buffers a three-tower query reuses (kept per thread by
+/// [`crate::Snapshot::query`]).
+#[derive(Debug, Default)]
+pub struct ModelScratch {
+    xc: Vec<f32>,
+    a: Vec<f32>,
+    h0: Vec<f32>,
+    h1: Vec<f32>,
+    out: Vec<f32>,
+    acc: Vec<f64>,
+    order: Vec<u32>,
+}
+
+/// The per-query part of a model: user inputs checked and resolved, the
+/// user part of the first upper layer computed.
+#[derive(Debug)]
+pub(crate) struct Prepared<'a> {
+    /// `W0[:, ..user_dim] @ user + b0`.
+    u0: Vec<f32>,
+    /// Per input: the `user_dense` vector, if that is its kind.
+    dense: Vec<Option<&'a [f32]>>,
+    /// Per input: the `user_by_item` map, if that is its kind.
+    by_item: Vec<Option<&'a HashMap<u32, Vec<f32>>>>,
+}
+
+/// An item column as one segment holds it.
+#[derive(Debug, Clone, Copy)]
+enum Col<'a> {
+    F32(&'a [f32]),
+    U32(&'a [u32]),
+    None,
+}
+
+/// What the model reads from one segment.
+#[derive(Debug)]
+pub(crate) struct SegmentInputs<'a> {
+    cols: Vec<Col<'a>>,
+    emb: EmbeddingColumn<'a>,
+}
+
+fn check_vec(what: &str, v: &[f32], dim: usize) -> Result<()> {
+    if v.len() != dim {
+        return Err(Error::InvalidInput(format!(
+            "{what} has {} values; the model expects {dim}",
+            v.len()
+        )));
+    }
+    if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "{what} component {j} is {}; components must be finite",
+            v[j]
+        )));
+    }
+    Ok(())
+}
+
+#[inline]
+fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Relu => x.max(0.0),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Identity => x,
+        Activation::Exp => x.exp(),
+    }
+}
+
+/// Adds the bias (if `bias`) and applies the activation to `m` rows of
+/// `out` values, `ld` apart.
+fn finish_rows(d: &Dense, m: usize, c: &mut [f32], ld: usize, bias: bool) {
+    for r in 0..m {
+        let row = &mut c[r * ld..r * ld + d.out];
+        if bias {
+            for (x, b) in row.iter_mut().zip(&d.b) {
+                *x += b;
+            }
+        }
+        match d.act {
+            Activation::Identity => {}
+            Activation::Relu => row.iter_mut().for_each(|x| *x = x.max(0.0)),
+            act => row.iter_mut().for_each(|x| *x = activate(act, *x)),
+        }
+    }
+}
+
+impl Model {
+    /// Checks the user vector and inputs of a query and computes the user
+    /// part of the first upper layer.
+    pub(crate) fn prepare<'a>(&self, user: &[f32], inputs: &'a UserInputs) -> Result<Prepared<'a>> {
+        check_vec("user vector", user, self.user_dim)?;
+        let mut dense = Vec::with_capacity(self.inputs.len());
+        let mut by_item = Vec::with_capacity(self.inputs.len());
+        let mut known = Vec::new();
+        for inp in &self.inputs {
+            let (mut d, mut b) = (None, None);
+            match inp {
+                Input::UserDense { name, dim } => {
+                    let v = inputs.dense.get(name).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "the model needs user_dense input {name:?} ({dim} values), which the query does not pass"
+                        ))
+                    })?;
+                    check_vec(&format!("user_dense input {name:?}"), v, *dim)?;
+                    d = Some(&v[..]);
+                    known.push(name.as_str());
+                }
+                Input::UserByItem {
+                    name, dim, column, ..
+                } => {
+                    let m = inputs.by_item.get(name).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "the model needs user_by_item input {name:?} (a map from {column} values to {dim} values), which the query does not pass"
+                        ))
+                    })?;
+                    for (k, v) in m {
+                        check_vec(&format!("user_by_item input {name:?}, key {k},"), v, *dim)?;
+                    }
+                    b = Some(m);
+                    known.push(name.as_str());
+                }
+                _ => {}
+            }
+            dense.push(d);
+            by_item.push(b);
+        }
+        if let Some(extra) = inputs.names().find(|n| !known.contains(n)) {
+            return Err(Error::InvalidInput(format!(
+                "user input {extra:?} is not one the model {} reads; it reads [{}]",
+                self.key(),
+                known.join(", ")
+            )));
+        }
+        let w0 = &self.upper[0];
+        let u0 = (0..w0.out)
+            .map(|j| {
+                let row = &w0.w[j * w0.inp..j * w0.inp + self.user_dim];
+                w0.b[j] + row.iter().zip(user).map(|(w, u)| w * u).sum::<f32>()
+            })
+            .collect();
+        Ok(Prepared { u0, dense, by_item })
+    }
+
+    /// Resolves the columns the model reads in `seg`.
+    pub(crate) fn segment_inputs<'a>(
+        &self,
+        seg: &'a Segment,
+        emb: EmbeddingColumn<'a>,
+    ) -> Result<SegmentInputs<'a>> {
+        let cols = self
+            .inputs
+            .iter()
+            .map(|inp| {
+                Ok(match inp {
+                    Input::ItemNumeric { column, .. } => Col::F32(match column {
+                        ColumnRef::Profile(n) => seg.numeric(n)?.values(),
+                        ColumnRef::Stat(n) => seg.stat(n)?.values(),
+                    }),
+                    Input::ItemCategorical { column, .. } | Input::UserByItem { column, .. } => {
+                        Col::U32(seg.categorical(column)?.values())
+                    }
+                    Input::UserDense { .. } => Col::None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(SegmentInputs { cols, emb })
+    }
+
+    /// Writes the cross-tower input of item `row` of `seg` into `x`.
+    #[inline]
+    fn cross_input(&self, prep: &Prepared<'_>, seg: &SegmentInputs<'_>, row: usize, x: &mut [f32]) {
+        let mut o = 0;
+        for (i, inp) in self.inputs.iter().enumerate() {
+            let col = seg.cols[i];
+            match (inp, col) {
+                (Input::ItemNumeric { transform, .. }, Col::F32(v)) => {
+                    let v = v[row];
+                    match transform {
+                        Transform::Identity => x[o] = v,
+                        Transform::Log1p => x[o] = v.ln_1p(),
+                        Transform::Bucketize { bounds, table } => {
+                            let b = bounds.partition_point(|&t| t <= v);
+                            x[o..o + table.dim].copy_from_slice(table.row(b));
+                        }
+                    }
+                }
+                (Input::ItemCategorical { table, .. }, Col::U32(v)) => {
+                    let c = v[row] as usize;
+                    let r = if c < table.rows { c } else { 0 };
+                    x[o..o + table.dim].copy_from_slice(table.row(r));
+                }
+                (Input::UserDense { dim, .. }, _) => {
+                    x[o..o + dim].copy_from_slice(prep.dense[i].unwrap_or(&[]));
+                }
+                (Input::UserByItem { dim, default, .. }, Col::U32(v)) => {
+                    let m = prep.by_item[i];
+                    let val = m.and_then(|m| m.get(&v[row])).unwrap_or(default);
+                    x[o..o + dim].copy_from_slice(val);
+                }
+                // Unreachable: segment_inputs pairs each input with its column kind.
+                _ => {}
+            }
+            o += inp.dim();
+        }
+    }
+
+    /// Runs the model on the rows `locs` (rows of `segs`) and writes each
+    /// row's calibrated head values to `heads[j * H..(j + 1) * H]`.
+    pub(crate) fn score(
+        &self,
+        prep: &Prepared<'_>,
+        segs: &[SegmentInputs<'_>],
+        locs: &[Loc],
+        heads: &mut Vec<f32>,
+        s: &mut ModelScratch,
+    ) {
+        let nh = self.heads.len();
+        heads.clear();
+        heads.resize(locs.len() * nh, 0.0);
+        let id = self.item_dim;
+        let co = self.cross.last().map_or(self.cross_in, |d| d.out);
+        let lda = id + co;
+        let w0 = &self.upper[0];
+        let widest = self
+            .cross
+            .iter()
+            .chain(&self.upper)
+            .map(|d| d.out)
+            .max()
+            .unwrap_or(1)
+            .max(self.cross_in);
+        s.xc.resize(BLOCK * self.cross_in, 0.0);
+        s.a.resize(BLOCK * lda, 0.0);
+        s.h0.resize(BLOCK * widest, 0.0);
+        s.h1.resize(BLOCK * widest, 0.0);
+        s.out.resize(BLOCK * nh, 0.0);
+        self.prefetch(segs, &locs[..locs.len().min(BLOCK)]);
+        for (bi, block) in locs.chunks(BLOCK).enumerate() {
+            let m = block.len();
+            let next =
+                &locs[((bi + 1) * BLOCK).min(locs.len())..((bi + 2) * BLOCK).min(locs.len())];
+            self.prefetch(segs, next);
+            // Cross input and item vectors.
+            for (r, loc) in block.iter().enumerate() {
+                let seg = &segs[loc.block as usize];
+                let row = loc.row as usize;
+                self.cross_input(
+                    prep,
+                    seg,
+                    row,
+                    &mut s.xc[r * self.cross_in..(r + 1) * self.cross_in],
+                );
+                seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
+            }
+            // Cross tower; its last layer writes into `a` after the item vector.
+            if self.cross.is_empty() {
+                for r in 0..m {
+                    s.a[r * lda + id..(r + 1) * lda]
+                        .copy_from_slice(&s.xc[r * self.cross_in..(r + 1) * self.cross_in]);
+                }
+            }
+            let mut src_is_xc = true;
+            for (li, d) in self.cross.iter().enumerate() {
+                let last = li + 1 == self.cross.len();
+                let (src, ld_src): (&[f32], usize) = if src_is_xc {
+                    (&s.xc, self.cross_in)
+                } else {
+                    (&s.h0, d.inp)
+                };
+                if last {
+                    gemm_nt(
+                        m,
+                        d.out,
+                        d.inp,
+                        src,
+                        ld_src,
+                        &d.w,
+                        d.inp,
+                        0.0,
+                        &mut s.a[id..],
+                        lda,
+                    );
+                    finish_rows(d, m, &mut s.a[id..], lda, true);
+                } else {
+                    gemm_nt(
+                        m, d.out, d.inp, src, ld_src, &d.w, d.inp, 0.0, &mut s.h1, d.out,
+                    );
+                    finish_rows(d, m, &mut s.h1, d.out, true);
+                    std::mem::swap(&mut s.h0, &mut s.h1);
+                    src_is_xc = false;
+                }
+            }
+            // First upper layer: accumulators start at the user part.
+            for r in 0..m {
+                s.h0[r * w0.out..(r + 1) * w0.out].copy_from_slice(&prep.u0);
+            }
+            gemm_nt(
+                m,
+                w0.out,
+                lda,
+                &s.a,
+                lda,
+                &w0.w[self.user_dim..],
+                w0.inp,
+                1.0,
+                &mut s.h0,
+                w0.out,
+            );
+            finish_rows(w0, m, &mut s.h0, w0.out, false);
+            for d in &self.upper[1..] {
+                gemm_nt(
+                    m, d.out, d.inp, &s.h0, d.inp, &d.w, d.inp, 0.0, &mut s.h1, d.out,
+                );
+                finish_rows(d, m, &mut s.h1, d.out, true);
+                std::mem::swap(&mut s.h0, &mut s.h1);
+            }
+            // Heads.
+            let hl = &self.head_layer;
+            gemm_nt(
+                m, nh, hl.inp, &s.h0, hl.inp, &hl.w, hl.inp, 0.0, &mut s.out, nh,
+            );
+            let base = bi * BLOCK * nh;
+            for r in 0..m {
+                for (h, head) in self.heads.iter().enumerate() {
+                    let q = activate(head.act, s.out[r * nh + h] + hl.b[h]);
+                    heads[base + r * nh + h] = match head.neg_sampling_rate {
+                        Some(a) => {
+                            let (q, a) = (q as f64, a);
+                            (a * q / ((1.0 - q) + a * q)) as f32
+                        }
+                        None => q,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Prefetches what scoring `locs` reads at random: the item vector and
+    /// each column value.
+    fn prefetch(&self, segs: &[SegmentInputs<'_>], locs: &[Loc]) {
+        for loc in locs {
+            let seg = &segs[loc.block as usize];
+            let row = loc.row as usize;
+            let bytes = seg.emb.row_bytes(row);
+            let mut off = 0;
+            while off < bytes.len().min(self.item_dim * 4) {
+                kernels::prefetch_line(bytes[off..].as_ptr());
+                off += 64;
+            }
+            for c in &seg.cols {
+                match c {
+                    Col::F32(v) => kernels::prefetch_line(v[row..].as_ptr() as *const u8),
+                    Col::U32(v) => kernels::prefetch_line(v[row..].as_ptr() as *const u8),
+                    Col::None => {}
+                }
+            }
+        }
+    }
+
+    /// Fuses head values (`heads`, `H` per row) into one score per row.
+    /// `ids` breaks ties for rank fusion.
+    pub(crate) fn fuse(
+        &self,
+        heads: &[f32],
+        ids: &[u64],
+        out: &mut Vec<f32>,
+        s: &mut ModelScratch,
+    ) {
+        let nh = self.heads.len();
+        let n = ids.len();
+        out.clear();
+        match &self.fusion {
+            Fusion::WeightedSum(w) => out.extend(
+                heads
+                    .chunks_exact(nh)
+                    .map(|h| h.iter().zip(w).map(|(&p, &w)| w * p as f64).sum::<f64>() as f32),
+            ),
+            Fusion::Product(w) => out.extend(heads.chunks_exact(nh).map(|h| {
+                h.iter()
+                    .zip(w)
+                    .filter(|(_, &w)| w != 0.0)
+                    .map(|(&p, &w)| (p as f64).powf(w))
+                    .product::<f64>() as f32
+            })),
+            Fusion::Rank { w, alpha, beta } => {
+                s.acc.clear();
+                s.acc.resize(n, 0.0);
+                for (h, &wh) in w.iter().enumerate() {
+                    if wh == 0.0 {
+                        continue;
+                    }
+                    s.order.clear();
+                    s.order.extend(0..n as u32);
+                    let key = |i: u32| {
+                        let v = heads[i as usize * nh + h];
+                        if v.is_nan() {
+                            f32::NEG_INFINITY
+                        } else {
+                            v
+                        }
+                    };
+                    s.order.sort_unstable_by(|&a, &b| {
+                        key(b)
+                            .total_cmp(&key(a))
+                            .then(ids[a as usize].cmp(&ids[b as usize]))
+                    });
+                    for (pos, &i) in s.order.iter().enumerate() {
+                        s.acc[i as usize] += wh / (pos as f64 + 1.0 + alpha).powf(*beta);
+                    }
+                }
+                out.extend(s.acc.iter().map(|&x| x as f32));
+            }
+        }
+    }
+}

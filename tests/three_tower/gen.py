@@ -1,0 +1,539 @@
+"""Generate the independent float64 reference for the three-tower parity test.
+
+What it does
+------------
+Builds, with numpy only and a fixed seed, a small item table (~300 items,
+profile + statistics columns with missing values, one `prerank@v1` embedding
+of dim 8), one set of three-tower weights (written by hand as a safetensors
+file, PyTorch nn.Linear layout W [out, in], y = x @ W.T + b), three model
+bundles that share those weights but differ in `fusion` (weighted_sum,
+product, rank), and 8 queries per bundle whose expected top-k ids, fused
+scores, per-head (calibrated) values and not-found ids are computed in
+float64 following DESIGN.md "Model bundle contract (`model.json`)".
+
+Every stored float (items, embeddings, defaults, weights, query inputs) is
+exactly representable in float32. Queries are redrawn (deterministically, from
+the same seeded generator) until the expected result is robust to a float32
+implementation: consecutive fused scores in the top k+1 differ by > 1e-4
+relative; for rank fusion, no returned item has a near-tie (<= 1e-4 relative
+in value or <= 1e-4 in logit) with any other scored candidate in a head with
+nonzero weight, and no near-tied item could reach the top k whichever way its
+ties are broken (pairwise distinctness over all 300 items of a full scan is
+not attainable at 1e-4); a float32 re-computation agrees with float64 to
+< 1e-6 relative on every returned score and head value.
+
+Output (overwritten, byte-for-byte reproducible):
+  tests/data/three_tower/case.json
+  tests/data/three_tower/bundle_{weighted_sum,product,rank}/{model.json,weights.safetensors}
+
+How to run (from the repository root):
+  target/peers-venv/bin/python tests/three_tower/gen.py
+"""
+
+import json
+import os
+import struct
+
+import numpy as np
+
+SEED = 20240613
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "data", "three_tower")
+
+N_ITEMS = 300
+EMB_DIM = 8
+USER_DIM = 6
+CAT_VALUES = 8  # stored category values are 0..7
+CAT_VOCAB = 5  # emb.category rows; values >= 5 map to row 0
+IMP_BOUNDS = [10, 100, 1000]
+USER_STATS_DIM = 3
+UCC_DIM = 2
+
+
+def f32(x):
+    """Round to float32 and back to float64 (so the value is f32-exact)."""
+    return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def f32s(x):
+    return float(np.float32(x))
+
+
+DEFAULTS = {
+    "category": 0,
+    "region": 1,
+    "price": f32s(2.5),
+    "ctr_1d": f32s(0.01),
+    "impressions_7d": f32s(0.0),
+}
+UCC_DEFAULT = [f32s(0.05), f32s(-0.1)]
+
+HEADS = [
+    # name, activation, neg_sampling_rate (None = no calibration)
+    ("click", "sigmoid", 0.1),
+    ("like", "sigmoid", None),
+    ("share", "sigmoid", 0.5),
+    ("watch_time", "exp", None),
+    ("score_raw", "identity", None),
+]
+HEAD_NAMES = [h[0] for h in HEADS]
+
+FUSIONS = {
+    "bundle_weighted_sum": {
+        "kind": "weighted_sum",
+        "weights": {"click": 1.0, "like": 0.5, "share": 0.25, "watch_time": 0.01, "score_raw": 0.2},
+    },
+    "bundle_product": {
+        "kind": "product",
+        "weights": {"click": 1.0, "like": 0.5, "watch_time": 0.3},
+    },
+    "bundle_rank": {
+        "kind": "rank",
+        "weights": {"click": 1.0, "like": 0.7, "watch_time": 0.3, "score_raw": 0.2},
+        "alpha": 10.0,
+        "beta": 1.0,
+    },
+}
+
+CROSS_INPUTS = [
+    {"kind": "item_numeric", "column": "ctr_1d", "transform": "log1p"},
+    {"kind": "item_numeric", "column": "price", "transform": "identity"},
+    {"kind": "item_numeric", "column": "impressions_7d",
+     "transform": {"bucketize": IMP_BOUNDS}, "embedding": "emb.imp_bucket"},
+    {"kind": "item_categorical", "column": "category", "embedding": "emb.category"},
+    {"kind": "user_dense", "name": "user_stats", "dim": USER_STATS_DIM},
+    {"kind": "user_by_item", "name": "user_category_ctr", "column": "category",
+     "dim": UCC_DIM, "default": UCC_DEFAULT},
+]
+CROSS_IN = 1 + 1 + 3 + 4 + USER_STATS_DIM + UCC_DIM  # 14
+CROSS_LAYERS = [("cross.0", CROSS_IN, 12, "relu"), ("cross.2", 12, 5, "sigmoid")]
+UPPER_IN = USER_DIM + EMB_DIM + 5  # 19
+UPPER_LAYERS = [("upper.0", UPPER_IN, 16, "relu"), ("upper.2", 16, 10, "identity")]
+
+
+# --------------------------------------------------------------------------
+# data generation
+
+
+def make_items(rng):
+    small = rng.choice(np.arange(1, 2000), size=100, replace=False)
+    mid = rng.integers(2000, 2**32, size=100)
+    large = rng.integers(2**32, 2**53, size=97)
+    ids = np.concatenate([small, mid, large, [2**53 - 1, 2**32, 2**32 - 1]]).astype(np.int64)
+    ids = np.unique(ids)
+    assert len(ids) == N_ITEMS, len(ids)
+    ids = rng.permutation(ids)
+
+    def with_nulls(vals, p):
+        mask = rng.random(N_ITEMS) < p
+        return [None if m else v for v, m in zip(vals, mask)]
+
+    category = with_nulls(rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
+    region = with_nulls(rng.integers(0, 4, N_ITEMS).tolist(), 0.1)
+    price = with_nulls(f32(rng.uniform(0.5, 10.0, N_ITEMS)).tolist(), 0.1)
+    ctr = f32(rng.uniform(0.0, 0.3, N_ITEMS))
+    ctr[rng.integers(0, N_ITEMS, 3)] = 0.0
+    ctr = with_nulls(ctr.tolist(), 0.1)
+    imp = f32(np.exp(rng.uniform(0.0, np.log(5001.0), N_ITEMS)) - 1.0)
+    # pin the `boundary <= x` semantics: some values exactly on boundaries
+    for j, b in zip(rng.choice(N_ITEMS, 6, replace=False), [10, 100, 1000, 10, 100, 1000]):
+        imp[j] = float(b)
+    imp[rng.integers(0, N_ITEMS, 2)] = 0.0
+    imp = with_nulls(imp.tolist(), 0.1)
+    emb = f32(rng.normal(0.0, 1.0, (N_ITEMS, EMB_DIM)))
+    return {
+        "ids": [int(i) for i in ids],
+        "category": category,
+        "region": region,
+        "price": price,
+        "ctr_1d": ctr,
+        "impressions_7d": imp,
+        "embedding": emb,
+    }
+
+
+def make_weights(rng):
+    w = {}
+    for name, fan_in, fan_out, _ in CROSS_LAYERS + UPPER_LAYERS:
+        w[name + ".weight"] = f32(rng.normal(0.0, 0.3, (fan_out, fan_in)))
+        w[name + ".bias"] = f32(rng.normal(0.0, 0.3, (fan_out,)))
+    for name, _, _ in HEADS:
+        w["heads.%s.weight" % name] = f32(rng.normal(0.0, 0.3, (1, 10)))
+        w["heads.%s.bias" % name] = f32(rng.normal(0.0, 0.3, (1,)))
+    # keep the identity head away from zero so relative comparisons are sound
+    w["heads.score_raw.bias"] = f32(w["heads.score_raw.bias"] + 3.0)
+    w["emb.imp_bucket"] = f32(rng.normal(0.0, 0.5, (len(IMP_BOUNDS) + 1, 3)))
+    w["emb.category"] = f32(rng.normal(0.0, 0.5, (CAT_VOCAB, 4)))
+    return w
+
+
+# --------------------------------------------------------------------------
+# reference model (dtype float64 is the reference; float32 is a robustness probe)
+
+
+def item_features(items):
+    """Per-item raw values with defaults applied (float64, f32-exact)."""
+    def fill(col):
+        d = DEFAULTS[col]
+        return [d if v is None else v for v in items[col]]
+    return {
+        "category": np.array(fill("category"), dtype=np.int64),
+        "price": np.array(fill("price"), dtype=np.float64),
+        "ctr_1d": np.array(fill("ctr_1d"), dtype=np.float64),
+        "impressions_7d": np.array(fill("impressions_7d"), dtype=np.float64),
+        "embedding": items["embedding"],
+    }
+
+
+def act(x, kind, dt):
+    if kind == "relu":
+        return np.maximum(x, dt(0))
+    if kind == "sigmoid":
+        return dt(1) / (dt(1) + np.exp(-x))
+    if kind == "identity":
+        return x
+    if kind == "exp":
+        return np.exp(x)
+    raise ValueError(kind)
+
+
+def forward(feat, rows, query, w, dt):
+    """Return (logits [n, H], head values after calibration [n, H], last upper [n,10])."""
+    def c(a):
+        return np.asarray(a, dtype=np.float64).astype(dt)
+    n = len(rows)
+    cat = feat["category"][rows]
+    ctr = c(feat["ctr_1d"][rows])
+    price = c(feat["price"][rows])
+    imp = c(feat["impressions_7d"][rows])
+    bucket = np.zeros(n, dtype=np.int64)
+    for b in IMP_BOUNDS:
+        bucket += (c(b) <= imp).astype(np.int64)
+    cat_row = np.where(cat < CAT_VOCAB, cat, 0)
+    ucc = np.array([query["user_by_item"]["user_category_ctr"].get(str(int(v)), UCC_DEFAULT) for v in cat])
+    us = np.tile(c(query["user_dense"]["user_stats"]), (n, 1))
+    x = np.concatenate([
+        np.log1p(ctr)[:, None],
+        price[:, None],
+        c(w["emb.imp_bucket"])[bucket],
+        c(w["emb.category"])[cat_row],
+        us,
+        c(ucc),
+    ], axis=1)
+    assert x.shape[1] == CROSS_IN
+    for name, _, _, a in CROSS_LAYERS:
+        x = act(x @ c(w[name + ".weight"]).T + c(w[name + ".bias"]), a, dt)
+    u = np.tile(c(query["user"]), (n, 1))
+    h = np.concatenate([u, c(feat["embedding"][rows]), x], axis=1)
+    assert h.shape[1] == UPPER_IN
+    for name, _, _, a in UPPER_LAYERS:
+        h = act(h @ c(w[name + ".weight"]).T + c(w[name + ".bias"]), a, dt)
+    logits = np.stack([(h @ c(w["heads.%s.weight" % hn]).T + c(w["heads.%s.bias" % hn]))[:, 0]
+                       for hn, _, _ in HEADS], axis=1)
+    vals = np.empty_like(logits)
+    for j, (_, a, rate) in enumerate(HEADS):
+        v = act(logits[:, j], a, dt)
+        if rate is not None:
+            r = c(rate)
+            v = r * v / ((dt(1) - v) + r * v)
+        vals[:, j] = v
+    return logits, vals, h
+
+
+def fuse(fusion, ids, vals, dt):
+    weights = {k: float(v) for k, v in fusion["weights"].items()}
+    n = len(ids)
+    kind = fusion["kind"]
+    if kind == "weighted_sum":
+        s = np.zeros(n, dtype=dt)
+        for j, hn in enumerate(HEAD_NAMES):
+            if hn in weights:
+                s = s + dt(weights[hn]) * vals[:, j]
+        return s
+    if kind == "product":
+        s = np.ones(n, dtype=dt)
+        for j, hn in enumerate(HEAD_NAMES):
+            if hn in weights:
+                s = s * vals[:, j] ** dt(weights[hn])
+        return s
+    if kind == "rank":
+        alpha, beta = dt(fusion["alpha"]), dt(fusion["beta"])
+        s = np.zeros(n, dtype=dt)
+        for j, hn in enumerate(HEAD_NAMES):
+            if hn not in weights:
+                continue
+            order = np.lexsort((ids, -vals[:, j].astype(np.float64)))  # desc value, asc id
+            rank = np.empty(n, dtype=np.int64)
+            rank[order] = np.arange(1, n + 1)
+            s = s + dt(weights[hn]) / (rank.astype(dt) + alpha) ** beta
+        return s
+    raise ValueError(kind)
+
+
+def relgap(a, b):
+    return abs(a - b) / max(abs(a), abs(b))
+
+
+def evaluate(fusion, feat, id_to_row, w, query):
+    """Compute the expected result; return (expected, ok)."""
+    cands = query["candidates"]
+    if cands is None:
+        found = sorted(id_to_row)
+        not_found = []
+    else:
+        seen, found, not_found = set(), [], []
+        for cid in cands:
+            if cid in seen:
+                continue
+            seen.add(cid)
+            (found if cid in id_to_row else not_found).append(cid)
+    ids = np.array(found, dtype=np.int64)
+    rows = np.array([id_to_row[i] for i in found], dtype=np.int64)
+    logits, vals, h = forward(feat, rows, query, w, np.float64)
+    score = fuse(fusion, ids, vals, np.float64)
+    order = np.lexsort((ids, -score))
+    k = query["k"]
+    top = order[:k]
+    ok = True
+    # consecutive fused scores through the k boundary are well separated
+    span = order[:min(k + 1, len(order))]
+    for a, b in zip(span[:-1], span[1:]):
+        if not relgap(score[a], score[b]) > 1e-4:
+            ok = False
+    # rank fusion: a near-tie (<= 1e-4 relative in value, or <= 1e-4 in logit)
+    # in a weighted head could be ordered either way by a float32 implementation.
+    # Chains of near-ties form clusters; an item in a cluster may take any rank
+    # of that cluster. Require that no returned item is in a cluster, and that
+    # no clustered item could reach the k-th returned score even with its best
+    # possible ranks (1e-4 relative margin). Items outside clusters keep exact
+    # ranks whatever order a cluster takes.
+    if fusion["kind"] == "rank":
+        n = len(ids)
+        alpha, beta = float(fusion["alpha"]), float(fusion["beta"])
+        bonus = np.zeros(n)
+        clustered = np.zeros(n, dtype=bool)
+        for j, hn in enumerate(HEAD_NAMES):
+            if hn not in fusion["weights"]:
+                continue
+            wj = float(fusion["weights"][hn])
+            o = np.lexsort((ids, -vals[:, j]))  # rank order: position p has rank p + 1
+            v, z = vals[o, j], logits[o, j]
+            near = [not (relgap(v[t], v[t + 1]) > 1e-4 and
+                         abs(z[t] - z[t + 1]) > 1e-4 * max(1.0, abs(z[t]), abs(z[t + 1])))
+                    for t in range(n - 1)]
+            t = 0
+            while t < n - 1:
+                if not near[t]:
+                    t += 1
+                    continue
+                s0 = t
+                while t < n - 1 and near[t]:
+                    t += 1
+                for p in range(s0, t + 1):
+                    clustered[o[p]] = True
+                    bonus[o[p]] += wj / (s0 + 1 + alpha) ** beta - wj / (p + 1 + alpha) ** beta
+        if clustered[top].any():
+            ok = False
+        elif len(top):
+            kth = score[top[-1]]
+            rest = np.setdiff1d(np.arange(n), top)
+            if np.any(clustered[rest] & (score[rest] + bonus[rest] >= kth * (1 - 1e-4))):
+                ok = False
+    # float32 probe: returned scores / heads agree to 1e-6 relative, same order
+    _, vals32, _ = forward(feat, rows, query, w, np.float32)
+    score32 = fuse(fusion, ids, vals32, np.float32).astype(np.float64)
+    order32 = np.lexsort((ids, -score32))
+    if not np.array_equal(order32[:k], top):
+        ok = False
+    for i in top:
+        if not relgap(score[i], score32[i]) < 1e-6:
+            ok = False
+        for j in range(len(HEADS)):
+            if not relgap(vals[i, j], float(vals32[i, j])) < 1e-6:
+                ok = False
+    # identity head is well conditioned on returned rows (no cancellation to ~0)
+    j = HEAD_NAMES.index("score_raw")
+    wv, bv = w["heads.score_raw.weight"][0], w["heads.score_raw.bias"][0]
+    for i in top:
+        mag = np.sum(np.abs(h[i] * wv)) + abs(bv)
+        if not abs(vals[i, j]) * 10.0 > mag:
+            ok = False
+    expected = {
+        "ids": [int(ids[i]) for i in top],
+        "scores": [float(score[i]) for i in top],
+        "heads": [[float(x) for x in vals[i]] for i in top],
+        "not_found": not_found,
+    }
+    return expected, ok
+
+
+def draw_query(rng, items, id_set, spec):
+    user = f32(rng.normal(0.0, 1.0, USER_DIM)).tolist()
+    stats = f32(rng.normal(0.0, 1.0, USER_STATS_DIM)).tolist()
+    nkeys = int(rng.integers(2, 6))
+    keys = sorted(rng.choice(CAT_VALUES, nkeys, replace=False).tolist())
+    ucc = {str(kv): f32(rng.normal(0.0, 0.5, UCC_DIM)).tolist() for kv in keys}
+    q = {
+        "user": user,
+        "user_dense": {"user_stats": stats},
+        "user_by_item": {"user_category_ctr": ucc},
+    }
+    if spec == "full":
+        q["candidates"] = None
+        q["k"] = int(rng.integers(5, 31))
+        return q
+    all_ids = items["ids"]
+    if spec == "k_over":
+        m = int(rng.integers(20, 41))
+    else:
+        m = int(rng.integers(20, 196))
+    picked = [all_ids[i] for i in rng.choice(len(all_ids), m, replace=False)]
+    n_unknown = int(rng.integers(1, 4))
+    unknown = []
+    while len(unknown) < n_unknown:
+        u = int(rng.integers(1, 2**53)) if rng.random() < 0.5 else int(rng.integers(1, 3000))
+        if u not in id_set and u not in unknown:
+            unknown.append(u)
+    cands = picked + unknown
+    n_dup = int(rng.integers(1, 5))
+    cands += [picked[i] for i in rng.choice(len(picked), n_dup, replace=False)]
+    if rng.random() < 0.5:
+        cands.append(unknown[0])  # unknown ids are reported once
+    cands = [cands[i] for i in rng.permutation(len(cands))]
+    q["candidates"] = cands
+    if spec == "k_over":
+        q["k"] = 60
+    elif spec == "k1":
+        q["k"] = 1
+    else:
+        q["k"] = int(rng.integers(2, min(60, m) + 1))  # m distinct found ids
+    return q
+
+
+# --------------------------------------------------------------------------
+# writers
+
+
+def write_safetensors(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        b = a.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    header["__metadata__"] = {"format": "pt", "generator": "tests/three_tower/gen.py"}
+    hb = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+
+
+def model_json(fusion):
+    return {
+        "format": "vstore.three_tower.v1",
+        "space": "prerank",
+        "version": "v1",
+        "user_dim": USER_DIM,
+        "item_dim": EMB_DIM,
+        "cross": {
+            "inputs": CROSS_INPUTS,
+            "layers": [{"weight": n + ".weight", "bias": n + ".bias", "activation": a}
+                       for n, _, _, a in CROSS_LAYERS],
+        },
+        "upper": {
+            "layers": [{"weight": n + ".weight", "bias": n + ".bias", "activation": a}
+                       for n, _, _, a in UPPER_LAYERS],
+        },
+        "heads": [dict({"name": n, "weight": "heads.%s.weight" % n, "bias": "heads.%s.bias" % n,
+                        "activation": a}, **({} if r is None else {"neg_sampling_rate": r}))
+                  for n, a, r in HEADS],
+        "fusion": fusion,
+    }
+
+
+def dumps(obj, indent=0):
+    """JSON with dicts expanded and lists of scalars / of scalar lists kept compact."""
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        if all(not isinstance(v, (dict, list)) for v in obj.values()) and len(obj) <= 4:
+            return json.dumps(obj)
+        parts = ["%s  %s: %s" % (pad, json.dumps(k), dumps(v, indent + 1)) for k, v in obj.items()]
+        return "{\n" + ",\n".join(parts) + "\n" + pad + "}"
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):
+            return json.dumps(obj)
+        if all(isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v) for v in obj):
+            return "[\n" + ",\n".join(pad + "  " + json.dumps(v) for v in obj) + "\n" + pad + "]"
+        return "[\n" + ",\n".join(pad + "  " + dumps(v, indent + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text + "\n")
+
+
+def main():
+    rng = np.random.default_rng(SEED)
+    items = make_items(rng)
+    weights = make_weights(rng)
+    feat = item_features(items)
+    id_to_row = {i: r for r, i in enumerate(items["ids"])}
+    id_set = set(items["ids"])
+
+    os.makedirs(OUT, exist_ok=True)
+    cases = []
+    redraws = {}
+    for bundle, fusion in FUSIONS.items():
+        d = os.path.join(OUT, bundle)
+        os.makedirs(d, exist_ok=True)
+        write_text(os.path.join(d, "model.json"), dumps(model_json(fusion)))
+        write_safetensors(os.path.join(d, "weights.safetensors"), weights)
+        specs = ["full", "k_over", "k1", "any", "any", "any", "any", "any"]
+        queries = []
+        redraws[bundle] = 0
+        for spec in specs:
+            for attempt in range(10000):
+                q = draw_query(rng, items, id_set, spec)
+                expected, ok = evaluate(fusion, feat, id_to_row, weights, q)
+                if ok:
+                    break
+                redraws[bundle] += 1
+            else:
+                raise RuntimeError("could not draw a robust query for %s/%s" % (bundle, spec))
+            if spec == "k_over":
+                assert q["k"] > len(expected["ids"])
+            q["expected"] = expected
+            queries.append(q)
+        cases.append({"bundle": bundle, "queries": queries})
+
+    case = {
+        "schema": {
+            "categorical": [{"name": "category", "default": DEFAULTS["category"]},
+                            {"name": "region", "default": DEFAULTS["region"]}],
+            "numeric": [{"name": "price", "default": DEFAULTS["price"]}],
+            "stats": [{"name": "ctr_1d", "default": DEFAULTS["ctr_1d"]},
+                      {"name": "impressions_7d", "default": DEFAULTS["impressions_7d"]}],
+            "embedding": {"space": "prerank", "version": "v1", "dim": EMB_DIM},
+        },
+        "items": {
+            "ids": items["ids"],
+            "categorical": {"category": items["category"], "region": items["region"]},
+            "numeric": {"price": items["price"]},
+            "stats": {"ctr_1d": items["ctr_1d"], "impressions_7d": items["impressions_7d"]},
+            "embedding": items["embedding"].tolist(),
+        },
+        "cases": cases,
+    }
+    write_text(os.path.join(OUT, "case.json"), dumps(case))
+    print("wrote", OUT, "redraws:", redraws)
+
+
+if __name__ == "__main__":
+    main()
