@@ -8,38 +8,13 @@
 //! user.npy, cands_n{n}.npy (u64) and rows_n{n}.npy (i64) per n, and
 //! vstore.json with vstore's median latency and gather floor per n and dtype.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use vstore::{bench_support, Query};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
-
-fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
-    let shape_s = match shape {
-        [n] => format!("({n},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-    let total = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
-    header.push('\n');
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    f.write_all(b"\x93NUMPY\x01\x00").unwrap();
-    f.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
-    f.write_all(header.as_bytes()).unwrap();
-    f.write_all(data).unwrap();
-}
 
 fn bytes_u64(v: impl Iterator<Item = u64>) -> Vec<u8> {
     v.flat_map(|x| x.to_le_bytes()).collect()
@@ -77,7 +52,7 @@ fn main() {
     if export {
         // The data the peers use: the same vectors as the f32 column.
         let ids: Vec<u64> = (0..rows as u64).map(support::id_of).collect();
-        write_npy(
+        support::write_npy(
             &out.join("ids.npy"),
             "<u8",
             &[rows],
@@ -87,13 +62,13 @@ fn main() {
         for i in 0..rows as u64 {
             support::vector(i, dim, &mut vecs);
         }
-        write_npy(
+        support::write_npy(
             &out.join("vectors_f32.npy"),
             "<f4",
             &[rows, dim],
             &bytes_f32(vecs.into_iter()),
         );
-        write_npy(
+        support::write_npy(
             &out.join("user.npy"),
             "<f4",
             &[queries, dim],
@@ -105,13 +80,13 @@ fn main() {
     for &n in &ns {
         let sets = support::candidate_sets(rows, n, queries, n as u64);
         if export {
-            write_npy(
+            support::write_npy(
                 &out.join(format!("cands_n{n}.npy")),
                 "<u8",
                 &[queries, n],
                 &bytes_u64(sets.iter().flat_map(|s| s.0.iter().copied())),
             );
-            write_npy(
+            support::write_npy(
                 &out.join(format!("rows_n{n}.npy")),
                 "<i8",
                 &[queries, n],

@@ -115,3 +115,200 @@ pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     xs[xs.len() / 2]
 }
+
+/// Writes a `.npy` file (format 1.0, data 64-byte aligned).
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    use std::io::Write;
+    let shape_s = match shape {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    header.push('\n');
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(b"\x93NUMPY\x01\x00").unwrap();
+    f.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+    f.write_all(header.as_bytes()).unwrap();
+    f.write_all(data).unwrap();
+}
+
+/// Key of the three-tower benchmark store's embedding and bundle.
+pub const TT_KEY: &str = "prerank@v1";
+/// Bucket boundaries of `impressions_7d` in the benchmark bundle.
+pub const TT_BUCKETS: [f32; 3] = [10.0, 100.0, 1000.0];
+/// Vocabulary of `category` (values are skewed: a few are most items).
+pub const TT_VOCAB: u32 = 1000;
+
+/// The benchmark bundle: DESIGN.md's example sizes. Cross inputs (ctr_1d
+/// log1p 1 + impressions bucket table 4 + category table 8 + user_stats 8 +
+/// user_category_ctr 1 = 22) -> 64 -> 32; upper 160 -> 256 -> 128; heads
+/// click (sigmoid, neg_sampling_rate 0.1), like (sigmoid), watch_time (exp);
+/// weighted-sum fusion. Returns (model.json, weights.safetensors).
+pub fn tt_bundle() -> (Vec<u8>, Vec<u8>) {
+    let json = r#"{
+  "format": "vstore.three_tower.v1",
+  "space": "prerank", "version": "v1",
+  "user_dim": 64, "item_dim": 64,
+  "cross": {
+    "inputs": [
+      {"kind": "item_numeric", "column": "ctr_1d", "transform": "log1p"},
+      {"kind": "item_numeric", "column": "impressions_7d",
+       "transform": {"bucketize": [10, 100, 1000]}, "embedding": "emb.imp_bucket"},
+      {"kind": "item_categorical", "column": "category", "embedding": "emb.category"},
+      {"kind": "user_dense", "name": "user_stats", "dim": 8},
+      {"kind": "user_by_item", "name": "user_category_ctr", "column": "category",
+       "dim": 1, "default": [0.0]}
+    ],
+    "layers": [
+      {"weight": "cross.0.weight", "bias": "cross.0.bias", "activation": "relu"},
+      {"weight": "cross.2.weight", "bias": "cross.2.bias", "activation": "relu"}
+    ]
+  },
+  "upper": {
+    "layers": [
+      {"weight": "upper.0.weight", "bias": "upper.0.bias", "activation": "relu"},
+      {"weight": "upper.2.weight", "bias": "upper.2.bias", "activation": "relu"}
+    ]
+  },
+  "heads": [
+    {"name": "click", "weight": "heads.click.weight", "bias": "heads.click.bias",
+     "activation": "sigmoid", "neg_sampling_rate": 0.1},
+    {"name": "like", "weight": "heads.like.weight", "bias": "heads.like.bias",
+     "activation": "sigmoid"},
+    {"name": "watch_time", "weight": "heads.wt.weight", "bias": "heads.wt.bias",
+     "activation": "exp"}
+  ],
+  "fusion": {"kind": "weighted_sum", "weights": {"click": 1.0, "like": 0.5, "watch_time": 0.01}}
+}"#;
+    let shapes: Vec<(&str, Vec<usize>)> = vec![
+        ("emb.imp_bucket", vec![4, 4]),
+        ("emb.category", vec![TT_VOCAB as usize, 8]),
+        ("cross.0.weight", vec![64, 22]),
+        ("cross.0.bias", vec![64]),
+        ("cross.2.weight", vec![32, 64]),
+        ("cross.2.bias", vec![32]),
+        ("upper.0.weight", vec![256, 160]),
+        ("upper.0.bias", vec![256]),
+        ("upper.2.weight", vec![128, 256]),
+        ("upper.2.bias", vec![128]),
+        ("heads.click.weight", vec![1, 128]),
+        ("heads.click.bias", vec![1]),
+        ("heads.like.weight", vec![1, 128]),
+        ("heads.like.bias", vec![1]),
+        ("heads.wt.weight", vec![1, 128]),
+        ("heads.wt.bias", vec![1]),
+    ];
+    let mut r = Rng(0x7777_1234_5678_9ABD);
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(n, s)| {
+            let fan_in = if s.len() == 2 { s[1] } else { 16 };
+            let scale = 1.0 / (fan_in as f32).sqrt();
+            let bytes = (0..s.iter().product::<usize>())
+                .flat_map(|_| (r.unit() * scale).to_le_bytes())
+                .collect();
+            (n.to_string(), s, bytes)
+        })
+        .collect();
+    let views = raw.iter().map(|(n, s, b)| {
+        (
+            n.clone(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+        )
+    });
+    (
+        json.as_bytes().to_vec(),
+        safetensors::serialize(views, None).unwrap(),
+    )
+}
+
+/// Item `i`'s (category, ctr_1d, impressions_7d): categories Zipf-like
+/// skewed, rates and counts spread over the bucket boundaries.
+pub fn tt_item(i: u64) -> (u32, f32, f32) {
+    let mut r = Rng(i.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
+    let u = (r.next() >> 11) as f64 / (1u64 << 53) as f64;
+    let cat = ((TT_VOCAB as f64).powf(u) - 1.0) as u32; // log-uniform: skewed to small ids
+    let ctr = ((r.next() >> 40) as f32 / (1u64 << 24) as f32) * 0.2;
+    let imp = 10f32.powf((r.next() >> 40) as f32 / (1u64 << 24) as f32 * 4.0);
+    (cat.min(TT_VOCAB - 1), ctr, imp)
+}
+
+/// User-side values of query `q` of the three-tower benchmark:
+/// `user_stats` (8 values) and `user_category_ctr` for categories 0..50.
+pub fn tt_user_values(q: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut r = Rng(q.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let dense = (0..8).map(|_| r.unit()).collect();
+    let by_cat = (0..50).map(|_| r.unit().abs() * 0.2).collect();
+    (dense, by_cat)
+}
+
+/// [`tt_user_values`] as query inputs.
+pub fn tt_inputs(q: u64) -> vstore::UserInputs {
+    let (dense, by_cat) = tt_user_values(q);
+    vstore::UserInputs::new()
+        .dense("user_stats", dense)
+        .by_item(
+            "user_category_ctr",
+            by_cat
+                .into_iter()
+                .enumerate()
+                .map(|(c, v)| (c as u32, vec![v])),
+        )
+}
+
+pub fn tt_store_dir(rows: usize) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/vstore-bench")
+        .join(format!("three-tower-{rows}"))
+}
+
+/// Opens (building it the first time) the three-tower benchmark store:
+/// `rows` items, `prerank@v1` at d = 64 in f16, `category`, `ctr_1d`,
+/// `impressions_7d`, and the [`tt_bundle`].
+pub fn tt_store(rows: usize) -> Store {
+    let dir = tt_store_dir(rows);
+    if let Ok(s) = Store::open(&dir) {
+        if s.snapshot().len() == rows && !s.snapshot().model_keys().is_empty() {
+            return s;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = Instant::now();
+    let schema = Schema::new()
+        .categorical("category", 0)
+        .stat("ctr_1d", 0.0)
+        .stat("impressions_7d", 0.0)
+        .embedding("prerank", "v1", 64, Dtype::F16);
+    let mut w = Writer::create(&dir, schema).unwrap();
+    let ids: Vec<u64> = (0..rows as u64).map(id_of).collect();
+    let mut vecs = Vec::with_capacity(rows * 64);
+    for i in 0..rows as u64 {
+        vector(i, 64, &mut vecs);
+    }
+    let items: Vec<_> = (0..rows as u64).map(tt_item).collect();
+    let batch = ItemBatch::new(ids)
+        .categorical("category", items.iter().map(|x| x.0).collect())
+        .stat("ctr_1d", items.iter().map(|x| x.1).collect())
+        .stat("impressions_7d", items.iter().map(|x| x.2).collect())
+        .embedding(TT_KEY, vecs);
+    let mut tx = w.begin();
+    tx.add_items(batch).unwrap();
+    let (j, wts) = tt_bundle();
+    tx.add_model(&j, &wts).unwrap();
+    tx.commit().unwrap();
+    eprintln!(
+        "built {rows}-item three-tower benchmark store in {:.1?}",
+        t.elapsed()
+    );
+    Store::open(&dir).unwrap()
+}

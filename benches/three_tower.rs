@@ -1,0 +1,44 @@
+//! Three-tower query latency (criterion, one thread): DESIGN.md's example
+//! model (cross 22 -> 64 -> 32, upper 160 -> 256 -> 128, three heads) on
+//! N = 1,000,000 items (d = 64, f16), n = 1,000 / 5,000 / 10,000 candidate
+//! ids, k = 500. Throughput is reported in model FLOPs (the whole model as
+//! written, 2 per multiply-add), so criterion's "elem/s" reads as FLOP/s.
+//!
+//! `cargo bench --bench three_tower`; `VSTORE_TT_ROWS=200000` for a smaller store.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vstore::Query;
+
+#[path = "support/mod.rs"]
+mod support;
+
+fn bench(c: &mut Criterion) {
+    let rows: usize = std::env::var("VSTORE_TT_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let store = support::tt_store(rows);
+    let snap = store.snapshot();
+    let model = snap.model(support::TT_KEY).unwrap();
+    let users = support::users(16, 64, 0x5EED);
+    let inputs: Vec<_> = (0..16u64).map(support::tt_inputs).collect();
+    let mut g = c.benchmark_group("three_tower");
+    g.sample_size(20);
+    for n in [1_000usize, 5_000, 10_000] {
+        let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
+        g.throughput(Throughput::Elements((2 * model.macs_per_item() * n) as u64));
+        let mut q = 0;
+        g.bench_function(format!("n{n}_k500"), |b| {
+            b.iter(|| {
+                q = (q + 1) % 16;
+                let query =
+                    Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500).three_tower(&inputs[q]);
+                snap.query(&query).unwrap().hits.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

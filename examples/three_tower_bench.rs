@@ -1,0 +1,141 @@
+//! Times three-tower queries on the benchmark store and exports the same
+//! inputs for the onnxruntime / numpy comparison
+//! (`benches/peers/run_three_tower.sh`).
+//!
+//! `cargo run --release --example three_tower_bench -- --out DIR
+//! [--rows 1000000] [--ns 1000,5000,10000] [--k 500] [--iters 60]`
+//!
+//! Writes into DIR/three_tower: bundle/{model.json,weights.safetensors},
+//! tt_meta.json, tt_x_{n}.npy (per candidate: user vector, item vector,
+//! cross-tower input features, already gathered and transformed),
+//! tt_expected_{n}.npy (vstore's fused score per candidate, same order) and
+//! tt_vstore.json (vstore's median latency per n, candidate ids in, top k out).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use vstore::Query;
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let out =
+        PathBuf::from(get("--out").unwrap_or_else(|| "target/peers".into())).join("three_tower");
+    let rows: usize = get("--rows").map_or(1_000_000, |s| s.parse().unwrap());
+    let k: usize = get("--k").map_or(500, |s| s.parse().unwrap());
+    let iters: usize = get("--iters").map_or(60, |s| s.parse().unwrap());
+    let ns: Vec<usize> = get("--ns")
+        .unwrap_or_else(|| "1000,5000,10000".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    std::fs::create_dir_all(out.join("bundle")).unwrap();
+    let store = support::tt_store(rows);
+    let snap = store.snapshot();
+    let key = support::TT_KEY;
+    let model = snap.model(key).unwrap();
+    let (json, weights) = support::tt_bundle();
+    std::fs::write(out.join("bundle/model.json"), &json).unwrap();
+    std::fs::write(out.join("bundle/weights.safetensors"), &weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let table = |name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (imp_tab, cat_tab) = (table("emb.imp_bucket"), table("emb.category"));
+    let users = support::users(16, 64, 0x5EED);
+    let macs = model.macs_per_item();
+    let macs_split = model.macs_per_item_split();
+    let cross_in = 22;
+    let mut report = Vec::new();
+    for &n in &ns {
+        let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
+        let inputs: Vec<_> = (0..16u64).map(support::tt_inputs).collect();
+        // Export query 0: the concatenated inputs and vstore's scores.
+        let (ids, rws) = &sets[0];
+        let r = snap
+            .query(&Query::ids(key, &users[0], ids, n).three_tower(&inputs[0]))
+            .unwrap();
+        let score_of: std::collections::HashMap<u64, f32> =
+            r.hits.iter().map(|h| (h.id, h.score)).collect();
+        let (user_stats, by_cat) = support::tt_user_values(0);
+        let mut x = Vec::with_capacity(n * (128 + cross_in));
+        let mut expected = Vec::with_capacity(n);
+        for (&id, &row) in ids.iter().zip(rws) {
+            x.extend_from_slice(&users[0]);
+            x.extend(snap.get_embedding(id, key).unwrap());
+            let (cat, ctr, imp) = support::tt_item(row);
+            x.push(ctr.ln_1p());
+            let b = support::TT_BUCKETS.partition_point(|&t| t <= imp);
+            x.extend_from_slice(&imp_tab[b * 4..b * 4 + 4]);
+            x.extend_from_slice(&cat_tab[cat as usize * 8..cat as usize * 8 + 8]);
+            x.extend_from_slice(&user_stats);
+            x.push(by_cat.get(cat as usize).copied().unwrap_or(0.0));
+            expected.push(score_of[&id]);
+        }
+        let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+        support::write_npy(
+            &out.join(format!("tt_x_{n}.npy")),
+            "<f4",
+            &[n, 128 + cross_in],
+            &bytes(&x),
+        );
+        support::write_npy(
+            &out.join(format!("tt_expected_{n}.npy")),
+            "<f4",
+            &[n],
+            &bytes(&expected),
+        );
+        // Time: rotate over 16 candidate sets and users.
+        let mut times = Vec::with_capacity(iters);
+        for it in 0..iters + 4 {
+            let q = it % 16;
+            let t = Instant::now();
+            let r = snap
+                .query(&Query::ids(key, &users[q], &sets[q].0, k).three_tower(&inputs[q]))
+                .unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            assert_eq!(r.hits.len(), k.min(n));
+            if it >= 4 {
+                times.push(dt);
+            }
+        }
+        let med = support::median(&mut times);
+        let gflops = 2.0 * (macs * n) as f64 / med / 1e9;
+        let gflops_run = 2.0 * (macs_split * n) as f64 / med / 1e9;
+        println!(
+            "n={n:>6} k={k}: median {:.3} ms  model {gflops:.1} GFLOP/s  (executed {gflops_run:.1} GFLOP/s)",
+            med * 1e3
+        );
+        report.push(format!(
+            "\"{n}\": {{\"median_ms\": {:.4}, \"gflops\": {gflops:.2}, \"variants\": {{}}}}",
+            med * 1e3
+        ));
+    }
+    std::fs::write(
+        out.join("tt_meta.json"),
+        format!(
+            "{{\"ns\": [{}], \"k\": {k}, \"user_dim\": 64, \"item_dim\": 64, \"cross_in_dim\": {cross_in}}}",
+            ns.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        out.join("tt_vstore.json"),
+        format!("{{{}}}", report.join(", ")),
+    )
+    .unwrap();
+    eprintln!("wrote {}", out.display());
+}
