@@ -11,6 +11,8 @@ use half::slice::HalfFloatSliceExt;
 use crate::schema::Dtype;
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_x86;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 /// Which implementation runs.

@@ -34,6 +34,9 @@ pub(crate) struct Dense {
     /// `[out]` (zeros when the layer has no bias).
     pub b: Vec<f32>,
     pub act: Activation,
+    /// `w` ready for the matrix product (for the first upper layer: only
+    /// the columns after the user vector's, which is applied per query).
+    pub pack: gemm::Weights,
 }
 
 /// An embedding table `[rows, dim]`.
@@ -257,6 +260,7 @@ fn dense(
         None => vec![0.0; out],
     };
     Ok(Dense {
+        pack: gemm::Weights::new(&w, inp, inp, out),
         inp,
         out,
         w,
@@ -484,12 +488,21 @@ impl Model {
             });
         }
         let head_layer = Dense {
+            pack: gemm::Weights::new(&hw, width, width, heads.len()),
             inp: width,
             out: heads.len(),
             w: hw,
             b: hb,
             act: Activation::Identity,
         };
+        // The user part of the first upper layer runs once per query.
+        let u0 = &mut upper[0];
+        u0.pack = gemm::Weights::new(
+            &u0.w[spec.user_dim..],
+            u0.inp,
+            u0.inp - spec.user_dim,
+            u0.out,
+        );
         let fusion = match &spec.fusion {
             FusionSpec::WeightedSum(w) => Fusion::WeightedSum(fusion_weights(&heads, w)),
             FusionSpec::Product(w) => Fusion::Product(fusion_weights(&heads, w)),

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::gemm::gemm_nt;
+use super::gemm::matmul;
 use super::{Activation, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
 use crate::error::{Error, Result};
 use crate::kernels::{self, Loc};
@@ -144,9 +144,23 @@ impl Model {
             dense.push(d);
             by_item.push(b);
         }
-        if let Some(extra) = inputs.names().find(|n| !known.contains(n)) {
+        // Each name passed must be one the model reads as that kind: a
+        // user_dense vector under a user_by_item input's name (or the
+        // reverse) would otherwise be silently ignored.
+        let reads = |name: &str, dense: bool| {
+            self.inputs.iter().any(|i| match i {
+                Input::UserDense { name: n, .. } => dense && n == name,
+                Input::UserByItem { name: n, .. } => !dense && n == name,
+                _ => false,
+            })
+        };
+        let extra = (inputs.dense.keys().map(|n| (n, true)))
+            .chain(inputs.by_item.keys().map(|n| (n, false)))
+            .find(|(n, dense)| !reads(n, *dense));
+        if let Some((extra, dense)) = extra {
+            let kind = if dense { "user_dense" } else { "user_by_item" };
             return Err(Error::InvalidInput(format!(
-                "user input {extra:?} is not one the model {} reads; it reads [{}]",
+                "{kind} input {extra:?} is not one the model {} reads; it reads [{}]",
                 self.key(),
                 known.join(", ")
             )));
@@ -288,23 +302,10 @@ impl Model {
                     (&s.h0, d.inp)
                 };
                 if last {
-                    gemm_nt(
-                        m,
-                        d.out,
-                        d.inp,
-                        src,
-                        ld_src,
-                        &d.w,
-                        d.inp,
-                        0.0,
-                        &mut s.a[id..],
-                        lda,
-                    );
+                    matmul(m, src, ld_src, &d.pack, &mut s.a[id..], lda, false);
                     finish_rows(d, m, &mut s.a[id..], lda, true);
                 } else {
-                    gemm_nt(
-                        m, d.out, d.inp, src, ld_src, &d.w, d.inp, 0.0, &mut s.h1, d.out,
-                    );
+                    matmul(m, src, ld_src, &d.pack, &mut s.h1, d.out, false);
                     finish_rows(d, m, &mut s.h1, d.out, true);
                     std::mem::swap(&mut s.h0, &mut s.h1);
                     src_is_xc = false;
@@ -314,31 +315,16 @@ impl Model {
             for r in 0..m {
                 s.h0[r * w0.out..(r + 1) * w0.out].copy_from_slice(&prep.u0);
             }
-            gemm_nt(
-                m,
-                w0.out,
-                lda,
-                &s.a,
-                lda,
-                &w0.w[self.user_dim..],
-                w0.inp,
-                1.0,
-                &mut s.h0,
-                w0.out,
-            );
+            matmul(m, &s.a, lda, &w0.pack, &mut s.h0, w0.out, true);
             finish_rows(w0, m, &mut s.h0, w0.out, false);
             for d in &self.upper[1..] {
-                gemm_nt(
-                    m, d.out, d.inp, &s.h0, d.inp, &d.w, d.inp, 0.0, &mut s.h1, d.out,
-                );
+                matmul(m, &s.h0, d.inp, &d.pack, &mut s.h1, d.out, false);
                 finish_rows(d, m, &mut s.h1, d.out, true);
                 std::mem::swap(&mut s.h0, &mut s.h1);
             }
             // Heads.
             let hl = &self.head_layer;
-            gemm_nt(
-                m, nh, hl.inp, &s.h0, hl.inp, &hl.w, hl.inp, 0.0, &mut s.out, nh,
-            );
+            matmul(m, &s.h0, hl.inp, &hl.pack, &mut s.out, nh, false);
             let base = bi * BLOCK * nh;
             for r in 0..m {
                 for (h, head) in self.heads.iter().enumerate() {
