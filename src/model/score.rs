@@ -376,11 +376,15 @@ impl Model {
         let n = ids.len();
         out.clear();
         match &self.fusion {
-            Fusion::WeightedSum(w) => out.extend(
-                heads
-                    .chunks_exact(nh)
-                    .map(|h| h.iter().zip(w).map(|(&p, &w)| w * p as f64).sum::<f64>() as f32),
-            ),
+            // Heads of weight 0 are skipped (an overflowing exp head must
+            // not turn into 0 * inf = NaN).
+            Fusion::WeightedSum(w) => out.extend(heads.chunks_exact(nh).map(|h| {
+                h.iter()
+                    .zip(w)
+                    .filter(|(_, &w)| w != 0.0)
+                    .map(|(&p, &w)| w * p as f64)
+                    .sum::<f64>() as f32
+            })),
             Fusion::Product(w) => out.extend(heads.chunks_exact(nh).map(|h| {
                 h.iter()
                     .zip(w)

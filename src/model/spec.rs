@@ -428,9 +428,8 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     let root: Value = serde_json::from_slice(json)
         .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
     let o = Obj::new("", &root)?;
-    o.only(&[
-        "format", "space", "version", "user_dim", "item_dim", "cross", "upper", "heads", "fusion",
-    ])?;
+    // The tag first: a bundle of another format may well have keys this
+    // one does not know, and the tag is what is wrong with it.
     let format = o.str("format")?;
     if format != BUNDLE_FORMAT {
         return Err(bad(
@@ -438,6 +437,9 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
             format!("is {format:?}; this build reads {BUNDLE_FORMAT:?}"),
         ));
     }
+    o.only(&[
+        "format", "space", "version", "user_dim", "item_dim", "cross", "upper", "heads", "fusion",
+    ])?;
     let cross = Obj::new("cross", o.req("cross")?)?;
     cross.only(&["inputs", "layers"])?;
     let inputs: Vec<InputSpec> = cross
@@ -501,7 +503,24 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
         }
         "product" => {
             f.only(&["kind", "weights"])?;
-            FusionSpec::Product(weights(&f, &heads)?)
+            let w = weights(&f, &heads)?;
+            // p^w needs p > 0: only sigmoid and exp heads are positive.
+            for (name, wt) in &w {
+                let act = heads
+                    .iter()
+                    .find(|h| &h.name == name)
+                    .map_or(Activation::Identity, |h| h.layer.activation);
+                if *wt != 0.0 && !matches!(act, Activation::Sigmoid | Activation::Exp) {
+                    return Err(bad(
+                        format!("fusion.weights.{name}"),
+                        format!(
+                            "product fusion raises heads to powers, so its heads must be positive (sigmoid or exp); head {name:?} is {}",
+                            act.name()
+                        ),
+                    ));
+                }
+            }
+            FusionSpec::Product(w)
         }
         "rank" => {
             f.only(&["kind", "weights", "alpha", "beta"])?;
@@ -509,10 +528,17 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
             if alpha < 0.0 {
                 return Err(bad("fusion.alpha", format!("must be >= 0, found {alpha}")));
             }
+            let beta = f.num("beta")?;
+            if beta < 0.0 {
+                return Err(bad(
+                    "fusion.beta",
+                    format!("must be >= 0 (a better rank must not score less), found {beta}"),
+                ));
+            }
             FusionSpec::Rank {
                 weights: weights(&f, &heads)?,
                 alpha,
-                beta: f.num("beta")?,
+                beta,
             }
         }
         other => {
