@@ -17,7 +17,7 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let store = support::tt_store(rows);
+    let store = support::tt_store(rows, None);
     let snap = store.snapshot();
     let model = snap.model(support::TT_KEY).unwrap();
     let users = support::users(16, 64, 0x5EED);

@@ -38,7 +38,17 @@ fn main() {
         .map(|s| s.parse().unwrap())
         .collect();
     std::fs::create_dir_all(out.join("bundle")).unwrap();
-    let store = support::tt_store(rows);
+    let store = support::tt_store(rows, None);
+    let variants = [
+        (
+            "precomputed_f32",
+            support::tt_store(rows, Some(vstore::Dtype::F32)),
+        ),
+        (
+            "precomputed_f16",
+            support::tt_store(rows, Some(vstore::Dtype::F16)),
+        ),
+    ];
     let snap = store.snapshot();
     let key = support::TT_KEY;
     let model = snap.model(key).unwrap();
@@ -98,21 +108,36 @@ fn main() {
             &[n],
             &bytes(&expected),
         );
-        // Time: rotate over 16 candidate sets and users.
-        let mut times = Vec::with_capacity(iters);
+        // Time: rotate over 16 candidate sets and users, and over the
+        // variants (plain, precomputed f32, precomputed f16) so that each
+        // sees the same machine state.
+        let snaps: Vec<_> = std::iter::once(snap.clone())
+            .chain(variants.iter().map(|(_, s)| s.snapshot()))
+            .collect();
+        let mut times = vec![Vec::with_capacity(iters); snaps.len()];
         for it in 0..iters + 4 {
             let q = it % 16;
-            let t = Instant::now();
-            let r = snap
-                .query(&Query::ids(key, &users[q], &sets[q].0, k).three_tower(&inputs[q]))
-                .unwrap();
-            let dt = t.elapsed().as_secs_f64();
-            assert_eq!(r.hits.len(), k.min(n));
-            if it >= 4 {
-                times.push(dt);
+            for (vi, sn) in snaps.iter().enumerate() {
+                let t = Instant::now();
+                let r = sn
+                    .query(&Query::ids(key, &users[q], &sets[q].0, k).three_tower(&inputs[q]))
+                    .unwrap();
+                let dt = t.elapsed().as_secs_f64();
+                assert_eq!(r.hits.len(), k.min(n));
+                if it >= 4 {
+                    times[vi].push(dt);
+                }
             }
         }
-        let med = support::median(&mut times);
+        let meds: Vec<f64> = times.iter_mut().map(|t| support::median(t)).collect();
+        let med = meds[0];
+        for ((name, _), m) in variants.iter().zip(&meds[1..]) {
+            println!(
+                "n={n:>6} k={k}: {name}: median {:.3} ms ({:.2}x plain)",
+                m * 1e3,
+                med / m
+            );
+        }
         let gflops = 2.0 * (macs * n) as f64 / med / 1e9;
         let gflops_run = 2.0 * (macs_split * n) as f64 / med / 1e9;
         println!(
@@ -120,8 +145,14 @@ fn main() {
             med * 1e3
         );
         report.push(format!(
-            "\"{n}\": {{\"median_ms\": {:.4}, \"gflops\": {gflops:.2}, \"variants\": {{}}}}",
-            med * 1e3
+            "\"{n}\": {{\"median_ms\": {:.4}, \"gflops\": {gflops:.2}, \"variants\": {{{}}}}}",
+            med * 1e3,
+            variants
+                .iter()
+                .zip(&meds[1..])
+                .map(|((name, _), m)| format!("\"{name}\": {:.4}", m * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     std::fs::write(

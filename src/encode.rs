@@ -232,6 +232,36 @@ pub(crate) fn write_embedding_raw<'a>(
     })
 }
 
+/// Writes an embedding column-group file whose rows are computed a block
+/// at a time: `fill(first, out)` writes rows `first..first + out.len() / dim`
+/// (f32, row-major) into `out`; blocks are `block` rows.
+pub(crate) fn write_embedding_computed(
+    fs: &dyn crate::fs::Fs,
+    path: &Path,
+    segment: u64,
+    rows: u64,
+    def: &EmbeddingDef,
+    block: usize,
+    mut fill: impl FnMut(usize, &mut [f32]),
+) -> Result<FileRef> {
+    let d = def.dim as usize;
+    let mut buf = vec![0u8; def.dtype.row_stride(def.dim)];
+    let (mut tmp, mut vals) = (Vec::new(), vec![0f32; block * d]);
+    write_vectors(fs, path, segment, rows, def, |w| {
+        let mut first = 0;
+        while first < rows as usize {
+            let m = block.min(rows as usize - first);
+            fill(first, &mut vals[..m * d]);
+            for v in vals[..m * d].chunks_exact(d) {
+                encode_row(def.dtype, v, &mut buf, &mut tmp);
+                w.data(&buf)?;
+            }
+            first += m;
+        }
+        Ok(())
+    })
+}
+
 /// The frame of an embedding file: one block of `rows` rows that `emit`
 /// writes, then the metadata describing it.
 fn write_vectors(

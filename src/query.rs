@@ -297,11 +297,13 @@ impl Snapshot {
                 }
             }
             Some(inputs) => {
-                let model = self.model(q.key)?;
+                let lm = self.loaded_model(q.key)?;
+                let model = &*lm.model;
                 let prep = model.prepare(q.user, inputs)?;
                 let mut inputs = Vec::with_capacity(segs.len());
                 for (i, s) in segs.iter().enumerate() {
-                    inputs.push(model.segment_inputs(s, self.embedding(i, q.key)?)?);
+                    let pre = lm.pre.get(i).map(|p| p.column());
+                    inputs.push(model.segment_inputs(s, self.embedding(i, q.key)?, pre)?);
                 }
                 Scorer::Model {
                     model,

@@ -72,6 +72,45 @@ pub struct Segment {
     stats_defs: Vec<ColumnDef>,
 }
 
+/// Checks that `file` is the column-group file of vectors `def` for
+/// segment `segment` of `rows` rows; returns where its rows start in the
+/// map and their stride.
+pub(crate) fn check_vector_file(
+    file: &Container,
+    def: &EmbeddingDef,
+    segment: u64,
+    rows: u64,
+) -> Result<(usize, usize)> {
+    let key = def.key();
+    let Body::Columns(cm) = &file.meta.body else {
+        return Err(Error::corrupt(&file.path, "not a column-group file"));
+    };
+    let want = Group::Embedding(def.clone());
+    let stride = def.dtype.row_stride(def.dim);
+    let Some(vb) = &cm.vectors else {
+        return Err(Error::corrupt(
+            &file.path,
+            "embedding file without a vector block",
+        ));
+    };
+    if cm.segment != segment || cm.rows != rows || cm.group != want || vb.stride as usize != stride
+    {
+        return Err(Error::corrupt(
+            &file.path,
+            format!(
+                "holds {:?} (stride {}) of segment {} ({} rows) where the manifest expects {key} (stride {stride}) of segment {segment} ({rows} rows)",
+                cm.group, vb.stride, cm.segment, cm.rows
+            ),
+        ));
+    }
+    let b = file.extent(
+        &vb.rows,
+        size(&file.path, rows, stride as u64)?,
+        "embedding rows",
+    )?;
+    Ok((b.as_ptr() as usize - file.map.as_ptr() as usize, stride))
+}
+
 fn open_scalar_group(
     open: &mut Opener<'_>,
     r: &FileRef,
@@ -232,36 +271,7 @@ impl Segment {
             };
             let file = open(&er.file, Kind::Columns)?;
             check_ref(&file, &er.file)?;
-            let Body::Columns(cm) = &file.meta.body else {
-                return Err(Error::corrupt(&file.path, "not a column-group file"));
-            };
-            let want = Group::Embedding(def.clone());
-            let stride = def.dtype.row_stride(def.dim);
-            let Some(vb) = &cm.vectors else {
-                return Err(Error::corrupt(
-                    &file.path,
-                    "embedding file without a vector block",
-                ));
-            };
-            if cm.segment != seg.id
-                || cm.rows != seg.rows
-                || cm.group != want
-                || vb.stride as usize != stride
-            {
-                return Err(Error::corrupt(
-                    &file.path,
-                    format!(
-                        "holds {:?} (stride {}) of segment {} ({} rows) where the manifest expects {key} (stride {stride}) of segment {} ({} rows)",
-                        cm.group, vb.stride, cm.segment, cm.rows, seg.id, seg.rows
-                    ),
-                ));
-            }
-            let b = file.extent(
-                &vb.rows,
-                size(&file.path, seg.rows, stride as u64)?,
-                "embedding rows",
-            )?;
-            let offset = b.as_ptr() as usize - file.map.as_ptr() as usize;
+            let (offset, stride) = check_vector_file(&file, def, seg.id, seg.rows)?;
             embeddings.push(EmbeddingFile {
                 key,
                 def: def.clone(),
@@ -641,6 +651,10 @@ pub struct EmbeddingColumn<'a> {
 }
 
 impl<'a> EmbeddingColumn<'a> {
+    pub(crate) fn new(def: &'a EmbeddingDef, bytes: &'a [u8], stride: usize) -> Self {
+        EmbeddingColumn { def, bytes, stride }
+    }
+
     /// The column's definition (space, version, dim, dtype).
     pub fn def(&self) -> &'a EmbeddingDef {
         self.def

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::meta::ManifestMeta;
-use crate::model::Model;
+use crate::model::{LoadedModel, Model};
 use crate::pins::Pin;
 use crate::schema::{EmbeddingDef, Schema};
 use crate::segment::{EmbeddingColumn, Segment};
@@ -45,7 +45,7 @@ pub struct Snapshot {
     pub(crate) manifest_file: Arc<Container>,
     pub(crate) segments: Vec<Segment>,
     /// Model bundles, sorted by key, with the file each came from.
-    pub(crate) models: Vec<(Arc<Model>, Arc<Container>)>,
+    pub(crate) models: Vec<LoadedModel>,
     pub(crate) _pin: Pin,
 }
 
@@ -146,21 +146,30 @@ impl Snapshot {
 
     /// The `space@version` keys of the model bundles this snapshot holds.
     pub fn model_keys(&self) -> Vec<String> {
-        self.models.iter().map(|(m, _)| m.key()).collect()
+        self.models.iter().map(|m| m.model.key()).collect()
     }
 
     /// The model bundle for `key` (`space@version`); a key without a bundle
     /// is [`Error::NoModel`], naming the bundles the snapshot holds.
     pub fn model(&self, key: &str) -> Result<&Model> {
+        self.loaded_model(key).map(|m| &*m.model)
+    }
+
+    pub(crate) fn loaded_model(&self, key: &str) -> Result<&LoadedModel> {
         self.models
             .iter()
-            .find(|(m, _)| m.key() == key)
-            .map(|(m, _)| &**m)
+            .find(|m| m.model.key() == key)
             .ok_or_else(|| Error::NoModel {
                 snapshot: self.number(),
                 requested: key.to_string(),
                 available: self.model_keys(),
             })
+    }
+
+    /// Whether the bundle for `key` was added with its item part
+    /// precomputed (see [`crate::Transaction::add_model_precomputed`]).
+    pub fn model_is_precomputed(&self, key: &str) -> bool {
+        self.loaded_model(key).is_ok_and(|m| !m.pre.is_empty())
     }
 
     /// Where live item `id` is, if the snapshot holds it.
@@ -224,7 +233,10 @@ impl Snapshot {
         for s in &self.segments {
             v.extend(s.files().into_iter().map(|f| file_name(&f.path)));
         }
-        v.extend(self.models.iter().map(|(_, c)| file_name(&c.path)));
+        for m in &self.models {
+            v.push(file_name(&m.file.path));
+            v.extend(m.pre.iter().map(|p| file_name(&p.file.path)));
+        }
         v
     }
 
@@ -244,10 +256,12 @@ impl Snapshot {
                 report.bytes += f.len();
             }
         }
-        for (_, c) in &self.models {
-            c.verify_data()?;
-            report.files += 1;
-            report.bytes += c.len();
+        for m in &self.models {
+            for c in std::iter::once(&m.file).chain(m.pre.iter().map(|p| &p.file)) {
+                c.verify_data()?;
+                report.files += 1;
+                report.bytes += c.len();
+            }
         }
         Ok(report)
     }

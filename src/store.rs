@@ -161,13 +161,14 @@ fn check_manifest(path: &Path, m: &ManifestMeta, version: u32) -> Result<()> {
                 ),
             ));
         }
-        if b.files.len() != 1 {
+        if b.files.len() != 1 && b.files.len() != m.segments.len() + 1 {
             return Err(Error::corrupt(
                 path,
                 format!(
-                    "model bundle {} references {} files; format version 2 has exactly one",
+                    "model bundle {} references {} files; it must reference its bundle file and either no precomputed files or one per segment ({})",
                     b.key,
-                    b.files.len()
+                    b.files.len(),
+                    m.segments.len()
                 ),
             ));
         }
@@ -367,7 +368,44 @@ fn load(
     for b in &manifest.bundles {
         let c = opener(&b.files[0], Kind::Bundle)?;
         let m = Model::from_container(&c, &b.key, &manifest.schema)?;
-        models.push((Arc::new(m), c));
+        let mut pre = Vec::new();
+        for (seg, fr) in manifest.segments.iter().zip(&b.files[1..]) {
+            let f = opener(fr, Kind::Columns)?;
+            let def = match &f.meta.body {
+                crate::meta::Body::Columns(cm) => match &cm.group {
+                    crate::meta::Group::Embedding(d) => Some(d.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let want = def
+                .as_ref()
+                .map(|d| m.precompute_def(d.dtype))
+                .filter(|w| Some(w) == def.as_ref())
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        &f.path,
+                        format!(
+                            "is not the precomputed first-layer item part of bundle {}",
+                            b.key
+                        ),
+                    )
+                })?;
+            let (offset, stride) = crate::segment::check_vector_file(&f, &want, seg.id, seg.rows)?;
+            pre.push(crate::model::PreFile {
+                def: want,
+                file: f,
+                segment: seg.id,
+                offset,
+                stride,
+                rows: seg.rows as usize,
+            });
+        }
+        models.push(crate::model::LoadedModel {
+            model: Arc::new(m),
+            file: c,
+            pre,
+        });
     }
     drop(cache);
     let snap = Snapshot {

@@ -1420,3 +1420,71 @@ fn rank_fusion_with_negative_beta_is_refused() {
         other => panic!("expected a bundle error, got {other:?}"),
     }
 }
+
+/// Scores of `all` with the bundle as given, then with its first-layer item
+/// part precomputed as `dtype`, through add_items (a new segment), a delete,
+/// an upsert and compaction: the precomputed files follow every segment.
+fn precomputed_follows_every_publish(dtype: Dtype, tol: f32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store_with_bundle(dir.path());
+    let all = ids(0..N + 100);
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(N..N + 100), DIM, 0))
+        .unwrap();
+    tx.delete(&[7, 8, 9]).unwrap();
+    tx.upsert_items(common::batch(&[3, 4], DIM, 5)).unwrap();
+    let plain = tx.commit().unwrap();
+    let want = scores(&plain, KEY, &all);
+    let mut tx = w.begin();
+    let (j, wt) = tiny().bytes();
+    tx.add_model_precomputed(&j, &wt, dtype).unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.model_is_precomputed(KEY));
+    let check = |snap: &Snapshot| {
+        let got = scores(snap, KEY, &all);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        for (id, x) in &got {
+            let y = want[id];
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1e-3),
+                "item {id}: {x} vs {y}"
+            );
+        }
+    };
+    check(&snap);
+    // Items added after the bundle get precomputed rows too.
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(N + 100..N + 150), DIM, 0))
+        .unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.model_is_precomputed(KEY));
+    let more = scores(&snap, KEY, &ids(N + 100..N + 150));
+    assert_eq!(more.len(), 50);
+    let mut tx = w.begin();
+    tx.delete(&ids(N + 100..N + 150)).unwrap();
+    assert!(tx.compact().unwrap());
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.segments().len(), 1);
+    check(&snap);
+    check(&Store::open(dir.path()).unwrap().snapshot());
+    snap.verify().unwrap();
+    // Dropping the model drops its precomputed files from the snapshot.
+    let mut tx = w.begin();
+    tx.drop_model(KEY).unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(!snap.model_is_precomputed(KEY));
+    assert!(!snap.files().iter().any(|f| f.contains("-pre-")));
+}
+
+#[test]
+fn precomputed_f32_item_part_gives_the_same_scores_through_every_publish() {
+    precomputed_follows_every_publish(Dtype::F32, 1e-5);
+}
+
+#[test]
+fn precomputed_f16_item_part_stays_close() {
+    precomputed_follows_every_publish(Dtype::F16, 1e-2);
+}

@@ -136,12 +136,28 @@ fn scores_match_the_numpy_reference_for_every_fusion_kind() {
     let tmp = tempfile::tempdir().unwrap();
     let mut w = build(tmp.path(), &case);
     let mut checked = 0;
-    for c in case["cases"].as_array().unwrap() {
+    // Each bundle as given, then with its first-layer item part
+    // precomputed in f32 (which must give the same results).
+    for (c, precompute) in case["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| [(c, false), (c, true)])
+    {
         let bundle = c["bundle"].as_str().unwrap();
         let mut tx = w.begin();
-        let key = tx.add_model_dir(data_dir().join(bundle)).unwrap();
+        let key = if precompute {
+            let dir = data_dir().join(bundle);
+            let json = std::fs::read(dir.join("model.json")).unwrap();
+            let weights = std::fs::read(dir.join("weights.safetensors")).unwrap();
+            tx.add_model_precomputed(&json, &weights, Dtype::F32)
+                .unwrap()
+        } else {
+            tx.add_model_dir(data_dir().join(bundle)).unwrap()
+        };
         tx.commit().unwrap();
         let snap = Store::open(tmp.path()).unwrap().snapshot();
+        assert_eq!(snap.model_is_precomputed(&key), precompute);
         let model = snap.model(&key).unwrap();
         assert_eq!(model.head_names().len(), 5);
         for (qi, q) in c["queries"].as_array().unwrap().iter().enumerate() {
@@ -157,7 +173,7 @@ fn scores_match_the_numpy_reference_for_every_fusion_kind() {
             .with_heads();
             let r = snap.query(&query).unwrap();
             let exp = &q["expected"];
-            let ctx = format!("{bundle} query {qi}");
+            let ctx = format!("{bundle} (precomputed: {precompute}) query {qi}");
             let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
             assert_eq!(got_ids, u64s(&exp["ids"]), "{ctx}: ids");
             assert_eq!(r.not_found, u64s(&exp["not_found"]), "{ctx}: not found");
@@ -182,5 +198,5 @@ fn scores_match_the_numpy_reference_for_every_fusion_kind() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 24);
+    assert_eq!(checked, 48);
 }

@@ -266,19 +266,25 @@ pub fn tt_inputs(q: u64) -> vstore::UserInputs {
         )
 }
 
-pub fn tt_store_dir(rows: usize) -> PathBuf {
+pub fn tt_store_dir(rows: usize, pre: Option<Dtype>) -> PathBuf {
+    let suffix = pre.map_or(String::new(), |d| format!("-pre-{}", d.name()));
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/vstore-bench")
-        .join(format!("three-tower-{rows}"))
+        .join(format!("three-tower-{rows}{suffix}"))
 }
 
 /// Opens (building it the first time) the three-tower benchmark store:
 /// `rows` items, `prerank@v1` at d = 64 in f16, `category`, `ctr_1d`,
-/// `impressions_7d`, and the [`tt_bundle`].
-pub fn tt_store(rows: usize) -> Store {
-    let dir = tt_store_dir(rows);
+/// `impressions_7d`, and the [`tt_bundle`] (its first-layer item part
+/// precomputed as `pre`, if given).
+pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
+    let dir = tt_store_dir(rows, pre);
     if let Ok(s) = Store::open(&dir) {
-        if s.snapshot().len() == rows && !s.snapshot().model_keys().is_empty() {
+        let snap = s.snapshot();
+        if snap.len() == rows
+            && !snap.model_keys().is_empty()
+            && snap.model_is_precomputed(TT_KEY) == pre.is_some()
+        {
             return s;
         }
     }
@@ -304,7 +310,10 @@ pub fn tt_store(rows: usize) -> Store {
     let mut tx = w.begin();
     tx.add_items(batch).unwrap();
     let (j, wts) = tt_bundle();
-    tx.add_model(&j, &wts).unwrap();
+    match pre {
+        Some(d) => tx.add_model_precomputed(&j, &wts, d).unwrap(),
+        None => tx.add_model(&j, &wts).unwrap(),
+    };
     tx.commit().unwrap();
     eprintln!(
         "built {rows}-item three-tower benchmark store in {:.1?}",

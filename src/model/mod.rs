@@ -10,7 +10,7 @@
 //! `space@version` names an embedding of the snapshot with the bundle's
 //! `item_dim`. Every refusal is [`Error::Bundle`] naming the field.
 
-mod gemm;
+pub(crate) mod gemm;
 mod score;
 pub(crate) mod spec;
 
@@ -23,6 +23,37 @@ pub use score::ModelScratch;
 pub(crate) use score::{Prepared, SegmentInputs};
 use spec::{bad, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec};
 pub use spec::{Activation, BUNDLE_FORMAT};
+
+/// A model bundle as a pinned snapshot holds it: the model, its file, and
+/// (if the bundle was added with precomputing) one file per segment, in
+/// segment order, of the item part of the first upper layer.
+#[derive(Debug)]
+pub(crate) struct LoadedModel {
+    pub model: std::sync::Arc<Model>,
+    pub file: std::sync::Arc<crate::container::Container>,
+    pub pre: Vec<PreFile>,
+}
+
+/// One segment's precomputed item part of the first upper layer.
+#[derive(Debug)]
+pub(crate) struct PreFile {
+    pub def: crate::schema::EmbeddingDef,
+    pub file: std::sync::Arc<crate::container::Container>,
+    pub segment: u64,
+    pub offset: usize,
+    pub stride: usize,
+    pub rows: usize,
+}
+
+impl PreFile {
+    pub(crate) fn column(&self) -> crate::segment::EmbeddingColumn<'_> {
+        crate::segment::EmbeddingColumn::new(
+            &self.def,
+            &self.file.map[self.offset..self.offset + self.rows * self.stride],
+            self.stride,
+        )
+    }
+}
 
 /// A dense layer in PyTorch `nn.Linear` layout: `y = act(x @ W.T + b)`.
 #[derive(Debug, Clone)]
@@ -141,6 +172,11 @@ pub struct Model {
     pub(crate) head_layer: Dense,
     pub(crate) heads: Vec<Head>,
     pub(crate) fusion: Fusion,
+    /// Item-vector columns of the first upper layer (for precomputing).
+    pub(crate) pack_item: gemm::Weights,
+    /// Cross-output columns of the first upper layer (when the item part
+    /// is precomputed).
+    pub(crate) pack_cross: gemm::Weights,
     json: String,
 }
 
@@ -495,6 +531,10 @@ impl Model {
             b: hb,
             act: Activation::Identity,
         };
+        let (ud, id) = (spec.user_dim, spec.item_dim);
+        let w0 = &upper[0];
+        let pack_item = gemm::Weights::new(&w0.w[ud..], w0.inp, id, w0.out);
+        let pack_cross = gemm::Weights::new(&w0.w[ud + id..], w0.inp, w0.inp - ud - id, w0.out);
         // The user part of the first upper layer runs once per query.
         let u0 = &mut upper[0];
         u0.pack = gemm::Weights::new(
@@ -528,6 +568,8 @@ impl Model {
             head_layer,
             heads,
             fusion,
+            pack_item,
+            pack_cross,
             json,
         })
     }
@@ -565,6 +607,38 @@ impl Model {
             ));
         }
         Ok(m)
+    }
+
+    /// The definition of the precomputed item part of the first upper
+    /// layer (`W0[:, item columns] @ item_vec`, one row of the layer's width
+    /// per item) stored as `dtype`.
+    pub(crate) fn precompute_def(
+        &self,
+        dtype: crate::schema::Dtype,
+    ) -> crate::schema::EmbeddingDef {
+        crate::schema::EmbeddingDef::new(
+            &self.space,
+            &format!("{}.upper0", self.version),
+            self.upper[0].out as u32,
+            dtype,
+        )
+    }
+
+    /// Computes the precomputed rows `first..first + out.len() / width` of
+    /// embedding column `emb` into `out`.
+    pub(crate) fn precompute_rows(
+        &self,
+        emb: &crate::segment::EmbeddingColumn<'_>,
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let (id, h) = (self.item_dim, self.upper[0].out);
+        let m = out.len() / h;
+        let mut a = vec![0f32; m * id];
+        for r in 0..m {
+            emb.decode(first + r, &mut a[r * id..(r + 1) * id]);
+        }
+        gemm::matmul(m, &a, id, &self.pack_item, out, h, false);
     }
 
     /// `space@version`: the embedding version the bundle belongs to, and the

@@ -58,6 +58,8 @@ enum Col<'a> {
 pub(crate) struct SegmentInputs<'a> {
     cols: Vec<Col<'a>>,
     emb: EmbeddingColumn<'a>,
+    /// The precomputed first-layer item part, if the bundle has it.
+    pre: Option<EmbeddingColumn<'a>>,
 }
 
 fn check_vec(what: &str, v: &[f32], dim: usize) -> Result<()> {
@@ -180,6 +182,7 @@ impl Model {
         &self,
         seg: &'a Segment,
         emb: EmbeddingColumn<'a>,
+        pre: Option<EmbeddingColumn<'a>>,
     ) -> Result<SegmentInputs<'a>> {
         let cols = self
             .inputs
@@ -197,7 +200,7 @@ impl Model {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(SegmentInputs { cols, emb })
+        Ok(SegmentInputs { cols, emb, pre })
     }
 
     /// Writes the cross-tower input of item `row` of `seg` into `x`.
@@ -253,6 +256,10 @@ impl Model {
         heads.resize(locs.len() * nh, 0.0);
         let id = self.item_dim;
         let co = self.cross.last().map_or(self.cross_in, |d| d.out);
+        // With the item part precomputed, the first upper layer only
+        // multiplies the cross output; the item vectors are not needed.
+        let pre = !segs.is_empty() && segs.iter().all(|s| s.pre.is_some());
+        let id = if pre { 0 } else { id };
         let lda = id + co;
         let w0 = &self.upper[0];
         let widest = self
@@ -284,7 +291,9 @@ impl Model {
                     row,
                     &mut s.xc[r * self.cross_in..(r + 1) * self.cross_in],
                 );
-                seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
+                if !pre {
+                    seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
+                }
             }
             // Cross tower; its last layer writes into `a` after the item vector.
             if self.cross.is_empty() {
@@ -311,11 +320,27 @@ impl Model {
                     src_is_xc = false;
                 }
             }
-            // First upper layer: accumulators start at the user part.
-            for r in 0..m {
-                s.h0[r * w0.out..(r + 1) * w0.out].copy_from_slice(&prep.u0);
+            // First upper layer: accumulators start at the user part (plus
+            // the precomputed item part).
+            if pre {
+                for (r, loc) in block.iter().enumerate() {
+                    let p = segs[loc.block as usize]
+                        .pre
+                        .as_ref()
+                        .expect("checked above");
+                    let h = &mut s.h0[r * w0.out..(r + 1) * w0.out];
+                    p.decode(loc.row as usize, h);
+                    for (x, u) in h.iter_mut().zip(&prep.u0) {
+                        *x += u;
+                    }
+                }
+                matmul(m, &s.a, lda, &self.pack_cross, &mut s.h0, w0.out, true);
+            } else {
+                for r in 0..m {
+                    s.h0[r * w0.out..(r + 1) * w0.out].copy_from_slice(&prep.u0);
+                }
+                matmul(m, &s.a, lda, &w0.pack, &mut s.h0, w0.out, true);
             }
-            matmul(m, &s.a, lda, &w0.pack, &mut s.h0, w0.out, true);
             finish_rows(w0, m, &mut s.h0, w0.out, false);
             for d in &self.upper[1..] {
                 matmul(m, &s.h0, d.inp, &d.pack, &mut s.h1, d.out, false);
@@ -347,9 +372,9 @@ impl Model {
         for loc in locs {
             let seg = &segs[loc.block as usize];
             let row = loc.row as usize;
-            let bytes = seg.emb.row_bytes(row);
+            let bytes = seg.pre.as_ref().unwrap_or(&seg.emb).row_bytes(row);
             let mut off = 0;
-            while off < bytes.len().min(self.item_dim * 4) {
+            while off < bytes.len() {
                 kernels::prefetch_line(bytes[off..].as_ptr());
                 off += 64;
             }
