@@ -38,6 +38,15 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The layer products alone, in cache: a block of 128 rows through each
+    // layer shape of the model (first upper layer after the tower split).
+    let mut g = c.benchmark_group("layer_product");
+    for (k, n) in [(96usize, 256usize), (256, 128), (22, 64), (64, 32)] {
+        let mut lp = vstore::bench_support::LayerProduct::new(128, k, n);
+        g.throughput(Throughput::Elements(lp.flops()));
+        g.bench_function(format!("m128_k{k}_n{n}"), |b| b.iter(|| lp.run()));
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

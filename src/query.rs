@@ -647,6 +647,46 @@ pub mod bench_support {
         );
     }
 
+    /// One model-layer matrix product on data in cache (`[m, k]` activations
+    /// times a packed `[k, n]` weight), the kernel three-tower scoring runs
+    /// per block: its rate against the core's FMA peak.
+    pub struct LayerProduct {
+        m: usize,
+        w: crate::model::gemm::Weights,
+        a: Vec<f32>,
+        c: Vec<f32>,
+    }
+
+    impl LayerProduct {
+        /// Random-ish activations and weights of the given shape.
+        pub fn new(m: usize, k: usize, n: usize) -> Self {
+            let a = (0..m * k)
+                .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            LayerProduct {
+                m,
+                w: crate::model::gemm::Weights::new(&w, k, k, n),
+                a,
+                c: vec![0.0; m * n],
+            }
+        }
+
+        /// Runs the product once; returns one output value (keep it).
+        pub fn run(&mut self) -> f32 {
+            let (k, n) = (self.w.k, self.w.n);
+            crate::model::gemm::matmul(self.m, &self.a, k, &self.w, &mut self.c, n, false);
+            self.c[self.c.len() / 2]
+        }
+
+        /// FLOPs of one run (2 per multiply-add).
+        pub fn flops(&self) -> u64 {
+            2 * (self.m * self.w.k * self.w.n) as u64
+        }
+    }
+
     /// Prefetch hint for `p`.
     pub fn prefetch(p: *const u8) {
         kernels::prefetch_line(p)
