@@ -14,7 +14,11 @@ secs="${1:-30}"
 mkdir -p corpus/bundle
 for b in ../tests/data/three_tower/bundle_*; do
     j="$b/model.json"; w="$b/weights.safetensors"
-    python3 -c 'import struct,sys; j=open(sys.argv[1],"rb").read(); w=open(sys.argv[2],"rb").read(); sys.stdout.buffer.write(struct.pack("<I",len(j))+j+w)' "$j" "$w" > "corpus/bundle/seed-$(basename "$b")"
+    # Seed layout: u32 LE length of model.json, model.json, weights.
+    n=$(wc -c < "$j")
+    le=""
+    for shift in 0 8 16 24; do le="$le\\$(printf '%03o' $(( (n >> shift) & 255 )))"; done
+    { printf "$le"; cat "$j" "$w"; } > "corpus/bundle/seed-$(basename "$b")"
 done
 cargo +nightly fuzz run bundle corpus/bundle -- -max_total_time="$secs" -max_len=65536
 for target in container store_file stateful; do
