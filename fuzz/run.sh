@@ -21,6 +21,15 @@ for b in ../tests/data/three_tower/bundle_*; do
     { printf "$le"; cat "$j" "$w"; } > "corpus/bundle/seed-$(basename "$b")"
 done
 cargo +nightly fuzz run bundle corpus/bundle -- -max_total_time="$secs" -max_len=65536
+# One target per file kind's parser, seeded with the golden files of that
+# kind (a third of the time each: the container target covers all kinds too).
+kind_secs=$(( secs / 3 > 5 ? secs / 3 : 5 ))
+for pair in manifest:'MANIFEST-*' columns:'*.vcol' id_index:'*.vidx' deletes:'*.vdel' bundle_file:'*.vbnd'; do
+    k="${pair%%:*}"; pat="${pair#*:}"
+    mkdir -p "corpus/kind_$k"
+    for f in ../format/golden/v2/$pat; do cp "$f" "corpus/kind_$k/"; done
+    cargo +nightly fuzz run "kind_$k" "corpus/kind_$k" -- -max_total_time="$kind_secs" -max_len=65536
+done
 for target in container store_file stateful; do
     corpus=corpus/$target
     mkdir -p "$corpus"
