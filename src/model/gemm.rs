@@ -44,7 +44,8 @@ impl Weights {
         Weights {
             n,
             k,
-            w: dense,
+            // Only the portable path reads the plain copy.
+            w: if packed.is_empty() { dense } else { Vec::new() },
             packed,
         }
     }
