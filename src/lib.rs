@@ -43,7 +43,7 @@ pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use fs::{Fs, FsFile, StdFs};
-pub use model::{Activation, Model, ModelScratch, UserInputSpec, UserInputs, BUNDLE_FORMAT};
+pub use model::{Activation, Model, UserInputSpec, UserInputs, BUNDLE_FORMAT};
 #[doc(hidden)]
 pub use query::bench_support;
 pub use query::{Candidates, Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};

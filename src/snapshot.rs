@@ -146,7 +146,10 @@ impl Snapshot {
 
     /// The `space@version` keys of the model bundles this snapshot holds.
     pub fn model_keys(&self) -> Vec<String> {
-        self.models.iter().map(|m| m.model.key()).collect()
+        self.models
+            .iter()
+            .map(|m| m.model.key().to_string())
+            .collect()
     }
 
     /// The model bundle for `key` (`space@version`); a key without a bundle

@@ -1052,7 +1052,7 @@ impl<'w> Transaction<'w> {
     ) -> Result<String> {
         self.w.check_poisoned()?;
         let model = Model::load(json, weights, &self.schema)?;
-        let key = model.key();
+        let key = model.key().to_string();
         let name = self.fresh_name(0, &format!("model-{key}"), "vbnd");
         let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &key, json, weights);
         let file = self.w.poison(r)?;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::schema::{ColumnKind, Schema};
 
-pub use score::ModelScratch;
+pub(crate) use score::ModelScratch;
 pub(crate) use score::{Prepared, SegmentInputs};
 use spec::{bad, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec};
 pub use spec::{Activation, BUNDLE_FORMAT};
@@ -160,6 +160,8 @@ pub(crate) struct Head {
 /// [`Model::load`].
 #[derive(Debug, Clone)]
 pub struct Model {
+    /// `space@version`.
+    key: String,
     space: String,
     version: String,
     pub(crate) user_dim: usize,
@@ -557,6 +559,7 @@ impl Model {
             },
         };
         Ok(Model {
+            key,
             space: spec.space,
             version: spec.version,
             user_dim: spec.user_dim,
@@ -643,8 +646,8 @@ impl Model {
 
     /// `space@version`: the embedding version the bundle belongs to, and the
     /// version queries must name.
-    pub fn key(&self) -> String {
-        format!("{}@{}", self.space, self.version)
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// Dimension of the user vector a query passes.
