@@ -81,8 +81,17 @@ pub struct Store {
     key: PathBuf,
     opts: OpenOptions,
     current: RwLock<Arc<Snapshot>>,
-    files: Mutex<HashMap<String, Weak<Container>>>,
+    files: Mutex<Cache>,
     skipped: Mutex<Vec<(String, String)>>,
+}
+
+/// What snapshots of one `Store` share: mapped files by name, and the
+/// models built from bundle files (validated against the schema they were
+/// built for), so a refresh re-maps and re-validates only what changed.
+#[derive(Debug, Default)]
+struct Cache {
+    files: HashMap<String, Weak<Container>>,
+    models: HashMap<String, (Weak<Model>, crate::schema::Schema)>,
 }
 
 /// How many times a reader re-lists manifests after losing a race with the
@@ -201,7 +210,7 @@ impl Store {
         let key = dir
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", &dir, e))?;
-        let files = Mutex::new(HashMap::new());
+        let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
         Ok(Store {
@@ -280,7 +289,7 @@ fn load_newest(
     dir: &Path,
     key: &Path,
     opts: &OpenOptions,
-    files: &Mutex<HashMap<String, Weak<Container>>>,
+    files: &Mutex<Cache>,
     skipped: &Mutex<Vec<(String, String)>>,
 ) -> Result<Arc<Snapshot>> {
     let mut last_err = None;
@@ -333,14 +342,19 @@ fn load(
     dir: &Path,
     key: &Path,
     opts: &OpenOptions,
-    files: &Mutex<HashMap<String, Weak<Container>>>,
+    files: &Mutex<Cache>,
     n: u64,
 ) -> Result<Arc<Snapshot>> {
     // Pin first, so that a collector in this process keeps what we map.
     let pin = Pin::new(key, n);
     let (manifest_file, manifest) = read_manifest(dir, n)?;
-    let mut cache = files.lock();
+    let mut guard = files.lock();
+    let Cache {
+        files: cache,
+        models: model_cache,
+    } = &mut *guard;
     cache.retain(|_, w| w.strong_count() > 0);
+    model_cache.retain(|_, (w, _)| w.strong_count() > 0);
     let mut opener = |r: &FileRef, kind: Kind| -> Result<Arc<Container>> {
         if !valid_file_name(&r.name) {
             return Err(Error::corrupt(
@@ -367,7 +381,29 @@ fn load(
     let mut models = Vec::with_capacity(manifest.bundles.len());
     for b in &manifest.bundles {
         let c = opener(&b.files[0], Kind::Bundle)?;
-        let m = Model::from_container(&c, &b.key, &manifest.schema)?;
+        let name = &b.files[0].name;
+        let m = match model_cache.get(name) {
+            Some((w, schema)) if *schema == manifest.schema => w.upgrade(),
+            _ => None,
+        };
+        let m = match m {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(Model::from_container(&c, &b.key, &manifest.schema)?);
+                model_cache.insert(name.clone(), (Arc::downgrade(&m), manifest.schema.clone()));
+                m
+            }
+        };
+        if m.key() != b.key {
+            return Err(Error::corrupt(
+                &c.path,
+                format!(
+                    "holds the bundle for {}; the manifest names it for {}",
+                    m.key(),
+                    b.key
+                ),
+            ));
+        }
         let mut pre = Vec::new();
         for (seg, fr) in manifest.segments.iter().zip(&b.files[1..]) {
             let f = opener(fr, Kind::Columns)?;
@@ -402,12 +438,12 @@ fn load(
             });
         }
         models.push(crate::model::LoadedModel {
-            model: Arc::new(m),
+            model: m,
             file: c,
             pre,
         });
     }
-    drop(cache);
+    drop(guard);
     let snap = Snapshot {
         models,
         dir: dir.to_path_buf(),

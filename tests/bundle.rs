@@ -1488,3 +1488,34 @@ fn precomputed_f32_item_part_gives_the_same_scores_through_every_publish() {
 fn precomputed_f16_item_part_stays_close() {
     precomputed_follows_every_publish(Dtype::F16, 1e-2);
 }
+
+#[test]
+fn a_refresh_reuses_an_unchanged_bundle_and_rebuilds_a_replaced_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store_with_bundle(dir.path());
+    let store = Store::open(dir.path()).unwrap();
+    let s1 = store.snapshot();
+    // A stats-only publish shares the bundle file: the model is not rebuilt.
+    let mut tx = w.begin();
+    tx.update_stats(vstore::ItemBatch::new(vec![1]).stat("ctr_1d", vec![0.5]))
+        .unwrap();
+    tx.commit().unwrap();
+    assert!(store.refresh().unwrap());
+    let s2 = store.snapshot();
+    assert_ne!(s1.number(), s2.number());
+    assert!(std::ptr::eq(s1.model(KEY).unwrap(), s2.model(KEY).unwrap()));
+    // A replaced bundle is a new file: a new model.
+    let mut tx = w.begin();
+    let mut b = tiny();
+    b.json["fusion"]["weights"] = json!({"value": 1.0});
+    let (j, wt) = b.bytes();
+    tx.add_model(&j, &wt).unwrap();
+    tx.commit().unwrap();
+    assert!(store.refresh().unwrap());
+    let s3 = store.snapshot();
+    assert!(!std::ptr::eq(
+        s2.model(KEY).unwrap(),
+        s3.model(KEY).unwrap()
+    ));
+    assert!(s3.model(KEY).unwrap().json().contains("\"value\": 1.0"));
+}
