@@ -1,0 +1,39 @@
+# Shared steps of run.sh and run_three_tower.sh (sourced, not run).
+#
+# peers_run LABEL "IMPORTS" "PIP PACKAGES" EXAMPLE SCRIPT [OUT_DIR]
+#   1. make/reuse the venv <repo>/target/peers-venv; pip-install PACKAGES
+#      unless `import IMPORTS` already works
+#   2. unless SKIP_RUST=1: cargo run --release --example EXAMPLE -- --out OUT $PEER_ARGS
+#   3. run SCRIPT OUT with the venv's python
+peers_run() {
+    local label="$1" imports="$2" packages="$3" example="$4" script="$5"
+    local script_dir repo_root out venv py
+    script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    # The repo root is two levels above this file (benches/peers/).
+    repo_root="$(cd "$script_dir/../.." && pwd)"
+    out="${6:-$repo_root/target/peers}"
+    mkdir -p "$out"
+    out="$(cd "$out" && pwd)"   # absolute, since cargo runs from the repo root
+    venv="$repo_root/target/peers-venv"
+    py="$venv/bin/python"
+
+    if [[ ! -x "$py" ]]; then
+        echo "$label: creating venv at $venv" >&2
+        python3 -m venv "$venv"
+    fi
+    if ! "$py" -c "import $imports" >/dev/null 2>&1; then
+        echo "$label: installing $packages into $venv" >&2
+        # shellcheck disable=SC2086
+        "$py" -m pip install --quiet --disable-pip-version-check $packages
+    fi
+
+    if [[ "${SKIP_RUST:-0}" == "1" ]]; then
+        echo "$label: SKIP_RUST=1, reusing data in $out" >&2
+    else
+        # PEER_ARGS is split on whitespace on purpose (it holds several flags).
+        # shellcheck disable=SC2086
+        (cd "$repo_root" && cargo run --release --example "$example" -- --out "$out" ${PEER_ARGS:-})
+    fi
+
+    "$py" "$script_dir/$script" "$out"
+}
