@@ -204,8 +204,12 @@ impl Writer {
     /// [`Writer::open`] through `fs` (see [`Writer::create_with_fs`]).
     pub fn open_with_fs(dir: impl AsRef<Path>, fs: Arc<dyn Fs>) -> Result<Writer> {
         let dir = dir.as_ref().to_path_buf();
-        let lock = lock(&dir)?;
+        // A directory that is not a store is refused before the lock file is
+        // created, so that a mistaken path is left exactly as it was.
         let store = Store::open(&dir)?;
+        let lock = lock(&dir)?;
+        // Another writer may have published between the open and the lock.
+        store.refresh()?;
         let schema = store.snapshot().schema().clone();
         let key = dir
             .canonicalize()
@@ -472,7 +476,8 @@ struct TxBundle {
 
 /// A snapshot under construction. Data files are written as operations are
 /// applied; nothing is visible to readers until [`Transaction::commit`]
-/// publishes the manifest. Dropping a transaction abandons it (its files
+/// publishes the manifest. Dropping a transaction abandons it and removes
+/// the files it wrote (files left by a process that died mid-transaction
 /// are collected by the next [`Writer::gc`]).
 #[derive(Debug)]
 pub struct Transaction<'w> {
@@ -1251,9 +1256,13 @@ impl<'w> Transaction<'w> {
             next_segment_id: self.next_segment_id,
         };
         let number = self.number;
-        drop(self.base);
-        drop(self.segments);
-        let w = self.w;
+        self.base = None;
+        self.segments = Vec::new();
+        // From here on the files belong to the snapshot being published:
+        // dropping the transaction must not remove them, even if publishing
+        // fails part-way (the manifest may already be durable).
+        self.written.clear();
+        let w = &mut *self.w;
         let r = publish(&*w.fs, &w.dir, number, manifest);
         w.poison(r)?;
         let r = match &w.store {
@@ -1264,6 +1273,24 @@ impl<'w> Transaction<'w> {
         let snap = w.snapshot().expect("store opened");
         w.schema = snap.schema().clone();
         Ok(snap)
+    }
+}
+
+impl Drop for Transaction<'_> {
+    /// Removes the data files of an abandoned (uncommitted) transaction, so
+    /// that a refused operation leaves the directory as it was. Best effort:
+    /// a file that cannot be removed is an orphan for [`Writer::gc`].
+    fn drop(&mut self) {
+        if self.written.is_empty() {
+            return;
+        }
+        // Unmap this transaction's own segments before removing their files.
+        self.segments.clear();
+        for name in self.written.drain() {
+            let _ = self.w.fs.remove(&self.w.dir.join(&name));
+        }
+        // The removals need not be durable: a file that reappears after a
+        // crash is referenced by no manifest and gc collects it.
     }
 }
 

@@ -337,19 +337,34 @@ fn abandoned_transaction_files_are_collected_and_numbers_never_reused() {
     let mut tx = w.begin();
     tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
     tx.commit().unwrap();
+    let before = common::files(dir.path());
     {
         let mut tx = w.begin();
         tx.add_items(batch(&[3, 4], DIM, 0)).unwrap();
-        // dropped without commit
+        let written: Vec<String> = common::files(dir.path())
+            .into_iter()
+            .filter(|f| f.starts_with("s0000000002"))
+            .collect();
+        assert_eq!(written.len(), 4, "{written:?}");
+        // dropped without commit: its files are removed
+    }
+    assert_eq!(common::files(dir.path()), before);
+    {
+        // A transaction that never reaches its drop (the process died) leaves
+        // its files behind; gc collects them.
+        let mut tx = w.begin();
+        tx.add_items(batch(&[3, 4], DIM, 0)).unwrap();
+        std::mem::forget(tx);
     }
     let stray: Vec<String> = common::files(dir.path())
         .into_iter()
-        .filter(|f| f.starts_with("s0000000002"))
+        .filter(|f| f.starts_with("s0000000003"))
         .collect();
     assert_eq!(stray.len(), 4, "{stray:?}");
     w.set_retention(no_grace(1));
     let r = w.gc().unwrap();
     assert_eq!(r.removed_files.len(), 4, "{r:?}");
+    assert_eq!(common::files(dir.path()), before);
     drop(w);
     // A new writer never reuses a number a stray file was written for.
     let mut w = Writer::open(dir.path()).unwrap();
@@ -358,6 +373,18 @@ fn abandoned_transaction_files_are_collected_and_numbers_never_reused() {
     let s = tx.commit().unwrap();
     assert!(s.number() >= 2);
     assert_eq!(s.len(), 3);
+}
+
+#[test]
+fn writer_open_on_a_directory_that_is_not_a_store_leaves_it_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    let e = Writer::open(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::NotAStore { .. }), "{e}");
+    assert_eq!(common::files(dir.path()), vec!["notes.txt".to_string()]);
+    let e = Writer::open(dir.path().join("missing")).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert!(!dir.path().join("missing").exists());
 }
 
 #[test]
@@ -651,6 +678,13 @@ fn abandoned_transaction_then_a_new_one_in_the_same_writer() {
         // A failed operation leaves the transaction usable; then abandon it.
         assert!(tx.add_items(batch(&[2], DIM, 0)).is_err());
     }
+    assert!(
+        common::files(dir.path())
+            .iter()
+            .all(|f| !f.starts_with('s')),
+        "the abandoned transaction's files are removed: {:?}",
+        common::files(dir.path())
+    );
     let mut tx = w.begin();
     assert_eq!(tx.number(), 2, "the abandoned number is not reused");
     tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
@@ -659,7 +693,7 @@ fn abandoned_transaction_then_a_new_one_in_the_same_writer() {
     assert_eq!(s.len(), 2);
     w.set_retention(no_grace(1));
     let r = w.gc().unwrap();
-    assert_eq!(r.removed_files.len(), 4, "{r:?}");
+    assert!(r.removed_files.is_empty(), "{r:?}");
 }
 
 #[test]
@@ -834,4 +868,69 @@ fn upsert_replaces_live_items_and_adds_new_ones() {
     );
     assert_eq!(s.segments().len(), 2);
     assert_eq!(s.segments()[0].live_rows(), 2);
+}
+
+#[test]
+fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    w.set_retention(no_grace(10));
+    let ids: Vec<u64> = (0..200).collect();
+    let mut tx = w.begin();
+    tx.add_items(batch(&ids, DIM, 0)).unwrap();
+    let s1 = tx.commit().unwrap();
+    let mut tx = w.begin();
+    tx.update_stats(
+        ItemBatch::new(ids.clone()).stat("ctr_1d", ids.iter().map(|&i| stat_value(i, 1)).collect()),
+    )
+    .unwrap();
+    let s2 = tx.commit().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let all = store.verify_all().unwrap();
+    assert_eq!(all.len(), 2);
+    for (n, r) in &all {
+        let r = r.as_ref().unwrap();
+        assert_eq!(r.snapshot, *n);
+    }
+    // Both snapshots count their files; the shared ones are checksummed once.
+    let r1 = all[0].1.as_ref().unwrap();
+    let r2 = all[1].1.as_ref().unwrap();
+    assert_eq!(r1.files, s1.files().len());
+    assert_eq!(r2.files, s2.files().len());
+
+    // Damage the statistics file only snapshot 1 uses: snapshot 1 fails,
+    // naming it, snapshot 2 is clean.
+    let old: HashSet<String> = s2.files().into_iter().collect();
+    let only1: Vec<String> = s1
+        .files()
+        .into_iter()
+        .filter(|f| !old.contains(f))
+        .collect();
+    let stats = only1.iter().find(|f| f.contains("stats")).unwrap();
+    drop((s1, s2, store));
+    let path = dir.path().join(stats);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 200;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let all = store.verify_all().unwrap();
+    let e = all[0].1.as_ref().unwrap_err();
+    assert!(e.to_string().contains(stats.as_str()), "{e}");
+    assert!(all[1].1.is_ok(), "{:?}", all[1]);
+    // The current snapshot's own verify is clean too.
+    store.verify().unwrap();
+
+    // Damage a file both share: both fail (snapshot 1 still on its first
+    // damaged file), snapshot 2 naming the shared one.
+    let shared = old.iter().find(|f| f.contains("emb-")).unwrap().clone();
+    let path = dir.path().join(&shared);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let all = store.verify_all().unwrap();
+    assert!(all[0].1.is_err());
+    let e = all[1].1.as_ref().unwrap_err();
+    assert!(e.to_string().contains(shared.as_str()), "{e}");
 }
