@@ -483,12 +483,14 @@ impl Segment {
     ///
     /// Files whose paths are in `seen` were checksummed already (by the
     /// verification of another snapshot that shares them) and are skipped;
-    /// files that verify are added to it.
-    pub(crate) fn verify(&self, seen: &mut HashSet<PathBuf>) -> Result<()> {
+    /// files that verify are added to it. Returns the bytes checksummed.
+    pub(crate) fn verify(&self, seen: &mut HashSet<PathBuf>) -> Result<u64> {
+        let mut bytes = 0;
         for f in self.files() {
             if !seen.contains(&f.path) {
                 f.verify_data()?;
                 seen.insert(f.path.clone());
+                bytes += f.len();
             }
         }
         self.index_view().check(&self.index.path)?;
@@ -532,7 +534,7 @@ impl Segment {
                 ));
             }
         }
-        Ok(())
+        Ok(bytes)
     }
 }
 

@@ -28,9 +28,10 @@ pub struct ItemRef {
 pub struct VerifyReport {
     /// The snapshot whose files were checked.
     pub snapshot: u64,
-    /// Number of distinct files checked.
+    /// Number of files of the snapshot checked (manifest included).
     pub files: usize,
-    /// Bytes checksummed.
+    /// Bytes checksummed (by [`crate::Store::verify_all`], files shared
+    /// with a snapshot verified before are not read again or counted).
     pub bytes: u64,
     /// Manifests checked (header, footer, metadata checksum and validation).
     pub manifests: usize,
@@ -260,20 +261,17 @@ impl Snapshot {
             bytes: self.manifest_file.len(),
         };
         for s in &self.segments {
-            s.verify(seen)?;
-            for f in s.files() {
-                report.files += 1;
-                report.bytes += f.len();
-            }
+            report.bytes += s.verify(seen)?;
+            report.files += s.files().len();
         }
         for m in &self.models {
             for c in std::iter::once(&m.file).chain(m.pre.iter().map(|p| &p.file)) {
                 if !seen.contains(&c.path) {
                     c.verify_data()?;
                     seen.insert(c.path.clone());
+                    report.bytes += c.len();
                 }
                 report.files += 1;
-                report.bytes += c.len();
             }
         }
         Ok(report)

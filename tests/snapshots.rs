@@ -897,6 +897,18 @@ fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
     let r2 = all[1].1.as_ref().unwrap();
     assert_eq!(r1.files, s1.files().len());
     assert_eq!(r2.files, s2.files().len());
+    let len = |f: &String| std::fs::metadata(dir.path().join(f)).unwrap().len();
+    let old1: HashSet<String> = s1.files().into_iter().collect();
+    assert_eq!(r1.bytes, s1.files().iter().map(len).sum::<u64>());
+    assert_eq!(
+        r2.bytes,
+        s2.files()
+            .iter()
+            .filter(|f| !old1.contains(*f))
+            .map(len)
+            .sum::<u64>(),
+        "files shared with snapshot 1 are checksummed once"
+    );
 
     // Damage the statistics file only snapshot 1 uses: snapshot 1 fails,
     // naming it, snapshot 2 is clean.

@@ -1,0 +1,332 @@
+//! Command-line arguments (clap). Each subcommand's arguments are a struct
+//! its module runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build, update, inspect, verify and query vstore stores.
+///
+/// Publishing subcommands (build, add-version, drop-version, refresh-stats,
+/// add-model, drop-model, add-items, update-items, delete-items, compact)
+/// each publish one new snapshot atomically, or leave the store exactly as
+/// it was if anything is wrong with their input.
+#[derive(Debug, Parser)]
+#[command(name = "vstore-tool", version, about, long_about = None)]
+pub struct Cli {
+    /// No progress bars (they are also hidden when standard error is not a terminal).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create a store from .npy ids/embeddings and Parquet/CSV tables and
+    /// publish its first snapshot.
+    Build(BuildArgs),
+    /// Add an embedding version beside the ones the store holds (a rollout).
+    AddVersion(AddVersionArgs),
+    /// Drop an embedding version (and its model bundle).
+    DropVersion(DropVersionArgs),
+    /// Overwrite statistics columns from a Parquet/CSV table.
+    RefreshStats(RefreshStatsArgs),
+    /// Add a model bundle (model.json + weights.safetensors) for three-tower scoring.
+    AddModel(AddModelArgs),
+    /// Remove the model bundle of an embedding version.
+    DropModel(DropVersionArgs),
+    /// Add new items (ids must be new) as a new segment.
+    AddItems(ItemsArgs),
+    /// Add or replace items (a newer row shadows the old one).
+    UpdateItems(ItemsArgs),
+    /// Delete items by id (tombstones).
+    DeleteItems(DeleteArgs),
+    /// Merge segments, dropping deleted and shadowed rows.
+    Compact(CompactArgs),
+    /// Show snapshots, schema, column summaries, files, or one item.
+    Inspect(InspectArgs),
+    /// Check every checksum of every retained snapshot (exit code 0 only if clean).
+    Verify(VerifyArgs),
+    /// Run a two-tower or three-tower query and print the top k.
+    Query(QueryArgs),
+    /// Remove snapshots the retention policy does not keep, and unreferenced files.
+    Gc(GcArgs),
+    /// What changed between two snapshots: versions, bundles, rows, files.
+    Diff(DiffArgs),
+    /// Build a synthetic 200k-item store with a three-tower bundle and run queries.
+    Demo(DemoArgs),
+}
+
+/// Where item profile and statistics columns come from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TableArgs {
+    /// Item profile table (.parquet/.pq or .csv): integer columns become
+    /// categorical, float columns numeric (override with --column).
+    #[arg(long, value_name = "TABLE")]
+    pub profile: Option<PathBuf>,
+    /// Item statistics table (.parquet/.pq or .csv): every column becomes a
+    /// statistics column.
+    #[arg(long, value_name = "TABLE")]
+    pub stats: Option<PathBuf>,
+    /// Name of the item id column in the tables.
+    #[arg(long, default_value = "id", value_name = "NAME")]
+    pub id_column: String,
+}
+
+/// `build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Store directory to create (must not hold a store yet).
+    pub store: PathBuf,
+    /// Item ids, .npy of uint64 or int64 (one per embedding row).
+    #[arg(long, value_name = "NPY")]
+    pub ids: PathBuf,
+    /// An embedding version: `space@version[:dtype]=FILE.npy` (float32 or
+    /// float16 rows in the order of --ids; dtype is the storage type: f32,
+    /// f16, bf16 or i8; default --dtype). Repeat for several versions.
+    #[arg(long = "embedding", value_name = "KEY[:DTYPE]=NPY", required = true)]
+    pub embeddings: Vec<String>,
+    /// Storage dtype of embeddings that do not name one.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Profile and statistics tables.
+    #[command(flatten)]
+    pub tables: TableArgs,
+    /// Declare a column's kind and/or default for missing values:
+    /// `NAME[:KIND][=DEFAULT]`, KIND one of categorical, numeric, stat.
+    #[arg(long = "column", value_name = "SPEC")]
+    pub columns: Vec<String>,
+    /// A model bundle directory (model.json + weights.safetensors) to add.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Precompute the item part of the bundle's first layer, stored as f32 or f16.
+    #[arg(long, value_name = "DTYPE", requires = "model")]
+    pub precompute: Option<String>,
+    /// Snapshot metadata `KEY=VALUE` (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+}
+
+/// `add-version`.
+#[derive(Debug, Args)]
+pub struct AddVersionArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Item ids of the embedding rows (every live item of the store, once).
+    #[arg(long, value_name = "NPY")]
+    pub ids: PathBuf,
+    /// The new version: `space@version[:dtype]=FILE.npy`.
+    #[arg(long, value_name = "KEY[:DTYPE]=NPY")]
+    pub embedding: String,
+    /// Storage dtype if the embedding does not name one.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// A model bundle for the new version, published with it.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Precompute the bundle's first-layer item part (f32 or f16).
+    #[arg(long, value_name = "DTYPE", requires = "model")]
+    pub precompute: Option<String>,
+}
+
+/// `drop-version` and `drop-model`.
+#[derive(Debug, Args)]
+pub struct DropVersionArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// The embedding version, `space@version`.
+    pub key: String,
+}
+
+/// `refresh-stats`.
+#[derive(Debug, Args)]
+pub struct RefreshStatsArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Table of new statistics (.parquet/.pq or .csv): the id column and
+    /// statistics columns of the store; columns not in it keep their values.
+    #[arg(long, value_name = "TABLE")]
+    pub stats: PathBuf,
+    /// Name of the item id column.
+    #[arg(long, default_value = "id", value_name = "NAME")]
+    pub id_column: String,
+}
+
+/// `add-model`.
+#[derive(Debug, Args)]
+pub struct AddModelArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Bundle directory holding model.json and weights.safetensors.
+    pub bundle: PathBuf,
+    /// Precompute the first-layer item part, stored as f32 or f16.
+    #[arg(long, value_name = "DTYPE")]
+    pub precompute: Option<String>,
+    /// Replace a bundle the store already holds for the same version.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `add-items` and `update-items`.
+#[derive(Debug, Args)]
+pub struct ItemsArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Item ids, .npy.
+    #[arg(long, value_name = "NPY")]
+    pub ids: PathBuf,
+    /// Vectors for every version the store holds: `space@version=FILE.npy`.
+    #[arg(long = "embedding", value_name = "KEY=NPY")]
+    pub embeddings: Vec<String>,
+    /// Profile and statistics tables (columns of the store's schema).
+    #[command(flatten)]
+    pub tables: TableArgs,
+}
+
+/// `delete-items`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Ids to delete: a .npy file, a text file (ids separated by
+    /// whitespace or commas), or `-` for standard input.
+    #[arg(long, value_name = "FILE")]
+    pub ids: PathBuf,
+}
+
+/// `compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Compact only if the policy asks for it (more segments than
+    /// --max-segments or more dead rows than --max-dead).
+    #[arg(long)]
+    pub if_needed: bool,
+    /// Policy: most segments before compacting.
+    #[arg(long, default_value_t = 8)]
+    pub max_segments: usize,
+    /// Policy: largest fraction of deleted rows before compacting.
+    #[arg(long, default_value_t = 0.2)]
+    pub max_dead: f64,
+}
+
+/// `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Inspect this retained snapshot instead of the newest.
+    #[arg(long)]
+    pub snapshot: Option<u64>,
+    /// Show one item: its row, every column and every embedding.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// JSON for scripts instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// The user vector's embedding version, `space@version`.
+    #[arg(long, value_name = "KEY")]
+    pub embedding: String,
+    /// The user vector: a .npy (1-D float) or a .json file holding an
+    /// array of numbers.
+    #[arg(long, value_name = "FILE")]
+    pub user: PathBuf,
+    /// Candidate ids: a .npy file, a text file (ids separated by
+    /// whitespace or commas), or `-` for standard input.
+    #[arg(long, value_name = "FILE", conflicts_with = "all")]
+    pub candidates: Option<PathBuf>,
+    /// Score every item (full scan) instead of candidates.
+    #[arg(long)]
+    pub all: bool,
+    /// How many results.
+    #[arg(long, short, default_value_t = 10)]
+    pub k: usize,
+    /// Three-tower scoring with the snapshot's bundle for the version.
+    #[arg(long)]
+    pub three_tower: bool,
+    /// User-side model inputs (JSON): `{"dense": {"name": [..]},
+    /// "by_item": {"name": {"3": [..]}}}`.
+    #[arg(long, value_name = "JSON", requires = "three_tower")]
+    pub inputs: Option<PathBuf>,
+    /// Also print each head's calibrated output.
+    #[arg(long, requires = "three_tower")]
+    pub heads: bool,
+    /// A filter on profile columns, ANDed when repeated: `COL in 1,2`,
+    /// `COL not in 3`, `COL between LO HI`.
+    #[arg(long = "where", value_name = "EXPR")]
+    pub filters: Vec<String>,
+    /// Run the query this many times and report latency percentiles.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Keep the newest N snapshots.
+    #[arg(long, default_value_t = 2)]
+    pub keep_last: usize,
+    /// Also keep snapshots replaced less than this many seconds ago.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+}
+
+/// `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// The older snapshot.
+    pub from: u64,
+    /// The newer snapshot (default: the newest).
+    pub to: Option<u64>,
+    /// JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to build the store (default: a temporary directory, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Number of items.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: usize,
+    /// Queries per kind for the latency percentiles.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Instead of building a store, write the synthetic catalogue as the
+    /// files a pipeline hands over (ids.npy, emb_v1.npy, items.parquet,
+    /// stats.csv, model/, user.json, user_inputs.json, candidates.txt), for
+    /// trying `build` and `query` by hand.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
+}

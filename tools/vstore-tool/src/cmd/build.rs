@@ -1,0 +1,175 @@
+//! `build`: a new store from `.npy` ids and embeddings, Parquet/CSV tables
+//! and an optional model bundle, published as snapshot 1.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use vstore::{ItemBatch, Model, Schema, Store, Writer};
+
+use crate::cli::BuildArgs;
+use crate::cmd::model::{parse_precompute, read_bundle};
+use crate::error::{Context, Result, ToolError};
+use crate::inputs::{
+    add_table_columns, load_table, parse_column_spec, parse_dtype, parse_embedding_arg, read_items,
+    resolve_new, Group, Kind,
+};
+use crate::progress::Progress;
+use crate::report;
+use crate::say;
+
+/// Runs `build`.
+pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
+    let default_dtype = parse_dtype(&a.dtype)?;
+    let embs = a
+        .embeddings
+        .iter()
+        .map(|s| parse_embedding_arg(s))
+        .collect::<Result<Vec<_>>>()?;
+    let specs = a
+        .columns
+        .iter()
+        .map(|s| parse_column_spec(s))
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = a
+        .metadata
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .ok_or_else(|| ToolError::Usage(format!("--metadata {kv:?}: expected KEY=VALUE")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let precompute = a.precompute.as_deref().map(parse_precompute).transpose()?;
+    refuse_existing_store(&a.store)?;
+
+    let items = read_items(&a.ids, &embs, p)?;
+    let profile = match &a.tables.profile {
+        Some(t) => Some(load_table(t, &a.tables.id_column)?),
+        None => None,
+    };
+    let stats = match &a.tables.stats {
+        Some(t) => Some(load_table(t, &a.tables.id_column)?),
+        None => None,
+    };
+    for s in &specs {
+        let found = [&profile, &stats].iter().any(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.columns.iter().any(|c| c.name == s.name))
+        });
+        if !found {
+            return Err(ToolError::Usage(format!(
+                "--column {}: no such column in the --profile or --stats table",
+                s.name
+            )));
+        }
+    }
+
+    // The schema: profile and statistics columns, then embeddings.
+    let mut schema = Schema::new();
+    let mut batch = ItemBatch::new(items.ids.clone());
+    for (table, group) in [(&profile, Group::Profile), (&stats, Group::Stats)] {
+        let Some(table) = table else { continue };
+        let cols = resolve_new(table, group, &specs)?;
+        for c in &cols {
+            schema = match c.kind {
+                Kind::Categorical => schema.categorical(&c.name, c.default as u32),
+                Kind::Numeric => schema.numeric(&c.name, c.default as f32),
+                Kind::Stat => schema.stat(&c.name, c.default as f32),
+            };
+        }
+        batch = add_table_columns(batch, &items.ids_path, &items.ids, table, &cols)?;
+    }
+    for (e, dim, _) in &items.vectors {
+        let (space, version) = vstore::schema::parse_key(&e.key)?;
+        let dim = u32::try_from(*dim)
+            .map_err(|_| ToolError::input(&e.path, format!("dimension {dim} is too large")))?;
+        schema = schema.embedding(space, version, dim, e.dtype.unwrap_or(default_dtype));
+    }
+    schema.validate().map_err(|e| {
+        ToolError::Usage(format!(
+            "the tables and embeddings give an invalid schema: {e}"
+        ))
+    })?;
+    for (e, _, v) in items.vectors {
+        batch = batch.embedding(&e.key, v);
+    }
+    // A bundle is validated against the schema before anything is written.
+    let bundle = match &a.model {
+        Some(dir) => {
+            let (json, weights) = read_bundle(dir)?;
+            Model::load(&json, &weights, &schema)
+                .context(|| format!("model bundle {}", dir.display()))?;
+            Some((dir, json, weights))
+        }
+        None => None,
+    };
+
+    let existed = a.store.exists();
+    let t = Instant::now();
+    let r = (|| -> Result<std::sync::Arc<vstore::Snapshot>> {
+        let mut w = Writer::create(&a.store, schema)?;
+        let mut tx = w.begin();
+        let sp = p.spinner(&format!("writing {} items", items.ids.len()));
+        tx.add_items(batch)
+            .context(|| format!("items from {}", items.ids_path.display()))?;
+        if let Some((dir, json, weights)) = &bundle {
+            let r = match precompute {
+                Some(d) => tx.add_model_precomputed(json, weights, d),
+                None => tx.add_model(json, weights),
+            };
+            r.context(|| format!("model bundle {}", dir.display()))?;
+        }
+        tx.set_metadata("created_by", "vstore-tool build");
+        for (k, v) in &metadata {
+            tx.set_metadata(k, v);
+        }
+        let snap = tx.commit()?;
+        sp.finish_and_clear();
+        Ok(snap)
+    })();
+    let snap = match r {
+        Ok(s) => s,
+        Err(e) => {
+            undo_create(&a.store, existed);
+            return Err(e);
+        }
+    };
+    say!(out, "built store {}", a.store.display());
+    report::published(out, None, &snap, t.elapsed())?;
+    Ok(())
+}
+
+/// `build` makes new stores only.
+fn refuse_existing_store(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        return Err(ToolError::Usage(format!(
+            "{} is a file; build needs a new or empty directory",
+            dir.display()
+        )));
+    }
+    if Store::open(dir).is_ok() {
+        return Err(ToolError::Usage(format!(
+            "{} already holds a store; use add-items, add-version or refresh-stats to change it",
+            dir.display()
+        )));
+    }
+    if dir.is_dir() {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| ToolError::io("list", dir, e))?;
+        if entries.next().is_some() {
+            return Err(ToolError::Usage(format!(
+                "{} is not empty and not a store; build needs a new or empty directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// After a failed build: remove what `Writer::create` made (the lock file,
+/// and the directory if build created it).
+fn undo_create(dir: &Path, existed: bool) {
+    let _ = std::fs::remove_file(dir.join("LOCK"));
+    if !existed {
+        let _ = std::fs::remove_dir(dir);
+    }
+}

@@ -1,0 +1,41 @@
+//! `gc`: remove snapshots the retention policy does not keep, then every
+//! file no remaining snapshot references.
+
+use std::io::Write;
+use std::time::Duration;
+
+use vstore::{Retention, Writer};
+
+use crate::cli::GcArgs;
+use crate::error::{Result, ToolError};
+use crate::say;
+
+/// Runs `gc`.
+pub fn run(a: &GcArgs, out: &mut dyn Write) -> Result<()> {
+    if a.keep_last == 0 {
+        return Err(ToolError::Usage("--keep-last must be at least 1".into()));
+    }
+    let mut w = Writer::open(&a.store)?;
+    w.set_retention(Retention {
+        keep_last: a.keep_last,
+        grace: Duration::from_secs(a.grace_secs),
+    });
+    let r = w.gc()?;
+    say!(
+        out,
+        "kept snapshots {:?}; removed snapshots {:?} and {} file(s)",
+        r.kept,
+        r.removed_snapshots,
+        r.removed_files.len()
+    );
+    for f in &r.removed_files {
+        say!(out, "  removed {f}");
+    }
+    for m in &r.unreadable_manifests {
+        say!(
+            out,
+            "  unreadable manifest {m}: left in place; no data file is removed while it exists"
+        );
+    }
+    Ok(())
+}

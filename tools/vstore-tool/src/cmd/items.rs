@@ -1,0 +1,197 @@
+//! `add-items`, `update-items`, `delete-items` and `compact`: live changes
+//! to the item set.
+
+use std::io::Write;
+use std::time::Instant;
+
+use vstore::{Compaction, ItemBatch, Writer};
+
+use crate::cli::{CompactArgs, DeleteArgs, ItemsArgs};
+use crate::error::{Context, Result, ToolError};
+use crate::inputs::{
+    add_table_columns, load_table, parse_embedding_arg, read_id_list, read_items, resolve_existing,
+    Group,
+};
+use crate::progress::Progress;
+use crate::report;
+use crate::say;
+
+/// Runs `add-items` (`replace` false) or `update-items` (`replace` true).
+pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> Result<()> {
+    let embs = a
+        .embeddings
+        .iter()
+        .map(|s| parse_embedding_arg(s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    let schema = w.schema().clone();
+    for e in &embs {
+        let Some(def) = schema.embedding_def(&e.key) else {
+            return Err(ToolError::Usage(format!(
+                "embedding {} is not in the store (it holds [{}]); add a version with add-version",
+                e.key,
+                schema.embedding_keys().join(", ")
+            )));
+        };
+        if e.dtype.is_some_and(|d| d != def.dtype) {
+            return Err(ToolError::Usage(format!(
+                "embedding {} is stored as {}; drop the :dtype (vectors are converted to it)",
+                e.key,
+                def.dtype.name()
+            )));
+        }
+    }
+    let missing: Vec<String> = schema
+        .embedding_keys()
+        .into_iter()
+        .filter(|k| !embs.iter().any(|e| &e.key == k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ToolError::Usage(format!(
+            "new items need vectors for every version the store holds; missing --embedding for [{}]",
+            missing.join(", ")
+        )));
+    }
+    let items = read_items(&a.ids, &embs, p)?;
+    for (e, dim, _) in &items.vectors {
+        let want = schema
+            .embedding_def(&e.key)
+            .map(|d| d.dim as usize)
+            .unwrap_or(0);
+        if *dim != want {
+            return Err(ToolError::input(
+                &e.path,
+                format!(
+                    "vectors of dimension {dim}, but {} has dimension {want}",
+                    e.key
+                ),
+            ));
+        }
+    }
+    if !replace {
+        if let Some(snap) = &base {
+            if let Some(i) = items.ids.iter().position(|&id| snap.lookup(id).is_some()) {
+                return Err(ToolError::input(
+                    &a.ids,
+                    format!(
+                        "row {i}: id {} is already an item of snapshot {} (use update-items to replace it)",
+                        items.ids[i],
+                        snap.number()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut batch = ItemBatch::new(items.ids.clone());
+    for (path, group) in [
+        (&a.tables.profile, Group::Profile),
+        (&a.tables.stats, Group::Stats),
+    ] {
+        let Some(path) = path else { continue };
+        let table = load_table(path, &a.tables.id_column)?;
+        let cols = resolve_existing(&table, group, &schema)?;
+        batch = add_table_columns(batch, &items.ids_path, &items.ids, &table, &cols)?;
+    }
+    for (e, _, v) in items.vectors {
+        batch = batch.embedding(&e.key, v);
+    }
+    let t = Instant::now();
+    let n = items.ids.len();
+    let mut tx = w.begin();
+    let what = || format!("items from {}", a.ids.display());
+    if replace {
+        tx.upsert_items(batch).context(what)?;
+    } else {
+        tx.add_items(batch).context(what)?;
+    }
+    let snap = tx.commit()?;
+    let replaced = match (&base, replace) {
+        (Some(b), true) => items_in(b, &items.ids),
+        _ => 0,
+    };
+    say!(
+        out,
+        "{} {n} items as a new segment{}",
+        if replace { "wrote" } else { "added" },
+        if replace {
+            format!(" ({replaced} replaced older rows, {} new)", n - replaced)
+        } else {
+            String::new()
+        }
+    );
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}
+
+fn items_in(snap: &vstore::Snapshot, ids: &[u64]) -> usize {
+    ids.iter().filter(|&&id| snap.lookup(id).is_some()).count()
+}
+
+/// Runs `delete-items`.
+pub fn delete(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
+    let ids = read_id_list(&a.ids, &Progress::hidden())?;
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    if let Some(snap) = &base {
+        let mut seen = std::collections::HashMap::new();
+        for (i, &id) in ids.iter().enumerate() {
+            if let Some(j) = seen.insert(id, i) {
+                return Err(ToolError::input(
+                    &a.ids,
+                    format!("id {id} is listed twice (entries {j} and {i})"),
+                ));
+            }
+            if snap.lookup(id).is_none() {
+                return Err(ToolError::input(
+                    &a.ids,
+                    format!(
+                        "entry {i}: id {id} is not an item of snapshot {}",
+                        snap.number()
+                    ),
+                ));
+            }
+        }
+    }
+    let t = Instant::now();
+    let mut tx = w.begin();
+    tx.delete(&ids)
+        .context(|| format!("ids from {}", a.ids.display()))?;
+    let snap = tx.commit()?;
+    say!(out, "deleted {} items", ids.len());
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}
+
+/// Runs `compact`.
+pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.max_dead) {
+        return Err(ToolError::Usage(format!(
+            "--max-dead {}: a fraction in [0, 1]",
+            a.max_dead
+        )));
+    }
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    let t = Instant::now();
+    let mut tx = w.begin();
+    let did = if a.if_needed {
+        tx.compact_if(&Compaction {
+            max_segments: a.max_segments,
+            max_dead_fraction: a.max_dead,
+        })?
+    } else {
+        tx.compact()?
+    };
+    if !did {
+        drop(tx);
+        say!(out, "nothing to compact: no snapshot published");
+        return Ok(());
+    }
+    let snap = tx.commit()?;
+    let before = base.as_ref().map(|b| b.segments().len()).unwrap_or(0);
+    say!(
+        out,
+        "compacted {before} segment(s) into {}",
+        snap.segments().len()
+    );
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}

@@ -1,0 +1,342 @@
+//! `query`: a two-tower or three-tower query from files, printing the top
+//! k as a table or JSON, with timing.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vstore::{Filter, Query, Scratch, Store, UserInputs};
+
+use crate::cli::QueryArgs;
+use crate::error::{Result, ToolError};
+use crate::inputs::read_id_list;
+use crate::npy;
+use crate::progress::Progress;
+use crate::report::{self, dur, TextTable};
+use crate::say;
+
+/// Reads the user vector: `.npy` (1-D float) or `.json` (an array of
+/// numbers, or an object with a `"vector"` array).
+pub fn read_user(path: &Path) -> Result<Vec<f32>> {
+    if path.extension().and_then(|e| e.to_str()) == Some("npy") {
+        return npy::read_vector(path);
+    }
+    let v = read_json(path)?;
+    let arr = match &v {
+        Value::Array(_) => &v,
+        Value::Object(m) if m.contains_key("vector") => &m["vector"],
+        _ => {
+            return Err(ToolError::input(
+                path,
+                "expected a JSON array of numbers (or {\"vector\": [...]})",
+            ))
+        }
+    };
+    floats(path, "vector", arr)
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ToolError::input(
+            path,
+            format!(
+                "not valid JSON (line {} column {}: {e})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+fn floats(path: &Path, field: &str, v: &Value) -> Result<Vec<f32>> {
+    let Some(a) = v.as_array() else {
+        return Err(ToolError::input(
+            path,
+            format!("{field}: expected an array of numbers"),
+        ));
+    };
+    a.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| {
+                    ToolError::input(path, format!("{field}[{i}]: {x} is not a finite number"))
+                })
+        })
+        .collect()
+}
+
+/// Reads three-tower user inputs: `{"dense": {"name": [..]}, "by_item":
+/// {"name": {"<category code>": [..]}}}`.
+pub fn read_inputs(path: &Path) -> Result<UserInputs> {
+    let v = read_json(path)?;
+    let Some(obj) = v.as_object() else {
+        return Err(ToolError::input(
+            path,
+            "expected a JSON object with \"dense\" and/or \"by_item\"",
+        ));
+    };
+    let mut inputs = UserInputs::new();
+    for (k, val) in obj {
+        match k.as_str() {
+            "dense" => {
+                let Some(m) = val.as_object() else {
+                    return Err(ToolError::input(
+                        path,
+                        "dense: expected an object of name -> array",
+                    ));
+                };
+                for (name, arr) in m {
+                    inputs = inputs.dense(name, floats(path, &format!("dense.{name}"), arr)?);
+                }
+            }
+            "by_item" => {
+                let Some(m) = val.as_object() else {
+                    return Err(ToolError::input(
+                        path,
+                        "by_item: expected an object of name -> {code: array}",
+                    ));
+                };
+                for (name, map) in m {
+                    let Some(entries) = map.as_object() else {
+                        return Err(ToolError::input(
+                            path,
+                            format!("by_item.{name}: expected an object of category code -> array"),
+                        ));
+                    };
+                    let mut e = Vec::with_capacity(entries.len());
+                    for (code, arr) in entries {
+                        let c: u32 = code.parse().map_err(|_| {
+                            ToolError::input(
+                                path,
+                                format!("by_item.{name}: key {code:?} is not a category code (0..=4294967295)"),
+                            )
+                        })?;
+                        e.push((c, floats(path, &format!("by_item.{name}.{code}"), arr)?));
+                    }
+                    inputs = inputs.by_item(name, e);
+                }
+            }
+            other => {
+                return Err(ToolError::input(
+                    path,
+                    format!("unknown key {other:?} (expected \"dense\" and/or \"by_item\")"),
+                ))
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+/// Parses one `--where` expression: `COL in 1,2`, `COL not in 3`,
+/// `COL between LO HI`.
+pub fn parse_filter(s: &str) -> Result<Filter> {
+    let usage = |why: &str| {
+        ToolError::Usage(format!(
+            "--where {s:?}: {why}; expected `COL in 1,2`, `COL not in 3` or `COL between LO HI`"
+        ))
+    };
+    let toks: Vec<&str> = s.split_whitespace().collect();
+    let codes = |t: &[&str]| -> Result<Vec<u32>> {
+        let joined = t.join("");
+        joined
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                x.parse::<u32>()
+                    .map_err(|_| usage(&format!("{x:?} is not a category code")))
+            })
+            .collect()
+    };
+    match toks.as_slice() {
+        [col, "in", rest @ ..] if !rest.is_empty() => Ok(Filter::is_in(col, codes(rest)?)),
+        [col, "not", "in", rest @ ..] if !rest.is_empty() => Ok(Filter::not_in(col, codes(rest)?)),
+        [col, "between", lo, hi] => {
+            let f = |x: &str| {
+                x.parse::<f32>()
+                    .ok()
+                    .filter(|v| !v.is_nan())
+                    .ok_or_else(|| usage(&format!("{x:?} is not a number")))
+            };
+            Ok(Filter::range(col, f(lo)?, f(hi)?))
+        }
+        _ => Err(usage("cannot parse")),
+    }
+}
+
+/// Runs `query`.
+pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
+    if a.candidates.is_none() && !a.all {
+        return Err(ToolError::Usage(
+            "give candidates with --candidates FILE (or - for stdin), or --all for a full scan"
+                .into(),
+        ));
+    }
+    if a.repeat == 0 {
+        return Err(ToolError::Usage("--repeat must be at least 1".into()));
+    }
+    let user = read_user(&a.user)?;
+    let ids = match &a.candidates {
+        Some(p) => read_id_list(p, &Progress::hidden())?,
+        None => Vec::new(),
+    };
+    let inputs = match &a.inputs {
+        Some(p) => read_inputs(p)?,
+        None => UserInputs::new(),
+    };
+    let mut filter: Option<Filter> = None;
+    for f in &a.filters {
+        let f = parse_filter(f)?;
+        filter = Some(match filter {
+            Some(g) => g.and(f),
+            None => f,
+        });
+    }
+    let store = Store::open(&a.store)?;
+    let snap = store.snapshot();
+    let mut q = if a.all {
+        Query::full_scan(&a.embedding, &user, a.k)
+    } else {
+        Query::ids(&a.embedding, &user, &ids, a.k)
+    };
+    if let Some(f) = &filter {
+        q = q.filter(f);
+    }
+    if a.three_tower {
+        q = q.three_tower(&inputs);
+        if a.heads {
+            q = q.with_heads();
+        }
+    }
+    let mut scratch = Scratch::default();
+    let mut lat: Vec<Duration> = Vec::with_capacity(a.repeat);
+    let mut result = None;
+    for _ in 0..a.repeat {
+        let t = Instant::now();
+        let r = snap.query_with(&q, &mut scratch)?;
+        lat.push(t.elapsed());
+        result = Some(r);
+    }
+    let r = result.expect("ran at least once");
+    lat.sort();
+    let pct = |p: usize| lat[((lat.len() - 1) * p) / 100];
+    let kind = if a.three_tower {
+        "three-tower"
+    } else {
+        "two-tower"
+    };
+    if a.json {
+        let hits: Vec<Value> = r
+            .hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let mut o = json!({"rank": i + 1, "id": h.id, "score": h.score});
+                if !r.head_names.is_empty() {
+                    let heads: HashMap<&str, f32> = r
+                        .head_names
+                        .iter()
+                        .map(String::as_str)
+                        .zip(r.heads_of(i).iter().copied())
+                        .collect();
+                    o["heads"] = json!(heads);
+                }
+                o
+            })
+            .collect();
+        return report::json(
+            out,
+            &json!({
+                "snapshot": r.snapshot,
+                "kind": kind,
+                "embedding": a.embedding,
+                "k": a.k,
+                "scored": r.scored,
+                "filtered_out": r.filtered_out,
+                "not_found": r.not_found,
+                "hits": hits,
+                "latency_us": {
+                    "runs": lat.len(),
+                    "p50": pct(50).as_secs_f64() * 1e6,
+                    "p99": pct(99).as_secs_f64() * 1e6,
+                    "min": lat[0].as_secs_f64() * 1e6,
+                },
+            }),
+        );
+    }
+    let mut header = vec!["rank".to_string(), "id".into(), "score".into()];
+    header.extend(r.head_names.iter().cloned());
+    let mut t = TextTable::new(&header);
+    for (i, h) in r.hits.iter().enumerate() {
+        let mut row = vec![
+            (i + 1).to_string(),
+            h.id.to_string(),
+            format!("{:.6}", h.score),
+        ];
+        row.extend(r.heads_of(i).iter().map(|x| format!("{x:.6}")));
+        t.row(row);
+    }
+    t.print(out, 0)?;
+    let shown_nf: Vec<String> = r.not_found.iter().take(10).map(u64::to_string).collect();
+    say!(
+        out,
+        "{kind} query on snapshot {} ({}): {} scored, {} filtered out, {} not found{}",
+        r.snapshot,
+        a.embedding,
+        r.scored,
+        r.filtered_out,
+        r.not_found.len(),
+        if r.not_found.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " [{}{}]",
+                shown_nf.join(", "),
+                if r.not_found.len() > 10 { ", ..." } else { "" }
+            )
+        }
+    );
+    if lat.len() == 1 {
+        say!(out, "latency {}", dur(lat[0]));
+    } else {
+        say!(
+            out,
+            "latency over {} runs: p50 {}, p99 {}, min {}",
+            lat.len(),
+            dur(pct(50)),
+            dur(pct(99)),
+            dur(lat[0])
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse() {
+        assert_eq!(
+            parse_filter("category in 1, 2,3").unwrap(),
+            Filter::is_in("category", [1, 2, 3])
+        );
+        assert_eq!(
+            parse_filter("category not in 4").unwrap(),
+            Filter::not_in("category", [4])
+        );
+        assert_eq!(
+            parse_filter("price between 0 9.5").unwrap(),
+            Filter::range("price", 0.0, 9.5)
+        );
+        let e = parse_filter("price > 3").unwrap_err().to_string();
+        assert!(e.contains("price > 3"), "{e}");
+        let e = parse_filter("category in a").unwrap_err().to_string();
+        assert!(e.contains("not a category code"), "{e}");
+    }
+}

@@ -1,0 +1,84 @@
+//! `verify`: every checksum of every retained snapshot (a file shared by
+//! several snapshots is read once). Exit code 0 only if all are clean.
+
+use std::io::Write;
+use std::time::Instant;
+
+use serde_json::json;
+use vstore::Store;
+
+use crate::cli::VerifyArgs;
+use crate::error::{Result, ToolError};
+use crate::progress::Progress;
+use crate::report::{self, bytes, dur};
+use crate::say;
+
+/// Runs `verify`.
+pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
+    let t = Instant::now();
+    let store = Store::open(&a.store)?;
+    let sp = p.spinner("verifying checksums");
+    let results = store.verify_all()?;
+    sp.finish_and_clear();
+    let mut failed = 0;
+    let mut rows = Vec::new();
+    let (mut files, mut total) = (0usize, 0u64);
+    for (n, r) in &results {
+        match r {
+            Ok(rep) => {
+                files += rep.files;
+                total += rep.bytes;
+                rows.push(
+                    json!({"snapshot": n, "ok": true, "files": rep.files, "bytes": rep.bytes}),
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                rows.push(json!({"snapshot": n, "ok": false, "error": e.to_string()}));
+            }
+        }
+    }
+    let skipped: Vec<_> = store.skipped_manifests();
+    if a.json {
+        report::json(
+            out,
+            &json!({
+                "store": a.store.display().to_string(),
+                "clean": failed == 0,
+                "snapshots": rows,
+                "skipped_manifests": skipped.iter().map(|(m, w)| json!({"manifest": m, "why": w})).collect::<Vec<_>>(),
+            }),
+        )?;
+    } else {
+        for (n, r) in &results {
+            match r {
+                Ok(rep) => say!(
+                    out,
+                    "snapshot {n}: ok ({} files, {})",
+                    rep.files,
+                    bytes(rep.bytes)
+                ),
+                Err(e) => say!(out, "snapshot {n}: DAMAGED: {e}"),
+            }
+        }
+        for (m, why) in &skipped {
+            say!(out, "manifest {m}: skipped: {why}");
+        }
+        if failed == 0 {
+            say!(
+                out,
+                "clean: {} snapshot(s), {files} file references, {} checksummed in {}",
+                results.len(),
+                bytes(total),
+                dur(t.elapsed())
+            );
+        }
+    }
+    if failed > 0 {
+        return Err(ToolError::VerifyFailed {
+            failed,
+            checked: results.len(),
+        });
+    }
+    Ok(())
+}

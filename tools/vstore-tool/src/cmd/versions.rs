@@ -1,0 +1,114 @@
+//! `add-version` and `drop-version`: embedding versions side by side, for
+//! rollouts.
+
+use std::io::Write;
+use std::time::Instant;
+
+use vstore::{EmbeddingDef, Model, Writer};
+
+use crate::cli::{AddVersionArgs, DropVersionArgs};
+use crate::cmd::model::{parse_precompute, read_bundle};
+use crate::error::{Context, Result, ToolError};
+use crate::inputs::{parse_dtype, parse_embedding_arg, read_items};
+use crate::progress::Progress;
+use crate::report;
+use crate::say;
+
+/// Runs `add-version`.
+pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
+    let default_dtype = parse_dtype(&a.dtype)?;
+    let e = parse_embedding_arg(&a.embedding)?;
+    let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
+    let bundle = a.model.as_deref().map(read_bundle).transpose()?;
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    if w.schema().embedding_def(&e.key).is_some() {
+        return Err(ToolError::Usage(format!(
+            "the store already holds embedding {}; pick a new version",
+            e.key
+        )));
+    }
+    let items = read_items(&a.ids, std::slice::from_ref(&e), p)?;
+    let (_, dim, vectors) = &items.vectors[0];
+    let (space, version) = vstore::schema::parse_key(&e.key)?;
+    let dim = u32::try_from(*dim)
+        .map_err(|_| ToolError::input(&e.path, format!("dimension {dim} is too large")))?;
+    let def = EmbeddingDef::new(space, version, dim, e.dtype.unwrap_or(default_dtype));
+    // Every id must be a live item of the store, and every live item given.
+    if let Some(snap) = &base {
+        for (i, &id) in items.ids.iter().enumerate() {
+            if snap.lookup(id).is_none() {
+                return Err(ToolError::input(
+                    &a.ids,
+                    format!(
+                        "row {i}: id {id} is not an item of snapshot {}",
+                        snap.number()
+                    ),
+                ));
+            }
+        }
+        if items.ids.len() != snap.len() {
+            return Err(ToolError::input(
+                &a.ids,
+                format!(
+                    "{} ids, but snapshot {} holds {} live items: a new version needs a vector for every item",
+                    items.ids.len(),
+                    snap.number(),
+                    snap.len()
+                ),
+            ));
+        }
+    }
+    let t = Instant::now();
+    let sp = p.spinner(&format!("writing {} vectors of {}", items.ids.len(), e.key));
+    let mut tx = w.begin();
+    tx.add_embedding(def, &items.ids, vectors)
+        .context(|| format!("embedding {} from {}", e.key, e.path.display()))?;
+    if let (Some((json, weights)), Some(dir)) = (&bundle, &a.model) {
+        let what = || format!("model bundle {}", dir.display());
+        let key = Model::load(json, weights, tx.schema())
+            .context(what)?
+            .key()
+            .to_string();
+        if key != e.key {
+            return Err(ToolError::input(
+                dir,
+                format!(
+                    "the bundle is for {key}, not the version being added ({})",
+                    e.key
+                ),
+            ));
+        }
+        match pre {
+            Some(d) => tx.add_model_precomputed(json, weights, d),
+            None => tx.add_model(json, weights),
+        }
+        .context(what)?;
+    }
+    let snap = tx.commit()?;
+    sp.finish_and_clear();
+    say!(
+        out,
+        "added embedding {} ({} dims, {})",
+        e.key,
+        dim,
+        snap.embedding_def(&e.key)?.dtype.name()
+    );
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}
+
+/// Runs `drop-version`.
+pub fn drop_version(a: &DropVersionArgs, out: &mut dyn Write) -> Result<()> {
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    let t = Instant::now();
+    let mut tx = w.begin();
+    tx.drop_embedding(&a.key)?;
+    let snap = tx.commit()?;
+    say!(
+        out,
+        "dropped embedding {} (its files stay until no retained snapshot needs them; see gc)",
+        a.key
+    );
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}

@@ -1,0 +1,93 @@
+//! The tool's error type: every message names the file, and where it
+//! applies the row, column or id at fault.
+
+use std::path::{Path, PathBuf};
+
+/// Result of a tool operation.
+pub type Result<T, E = ToolError> = std::result::Result<T, E>;
+
+/// What can go wrong in a subcommand.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// An error from the vstore library (names its own file, column or id).
+    #[error("{0}")]
+    Store(#[from] vstore::Error),
+
+    /// A library error, with what the tool was doing (e.g. which input files).
+    #[error("{context}: {source}")]
+    StoreIn {
+        /// What the tool was doing.
+        context: String,
+        /// The library's error.
+        #[source]
+        source: vstore::Error,
+    },
+
+    /// A bad input file: the path, and what is wrong (with row/column/id).
+    #[error("{}: {what}", path.display())]
+    Input {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+
+    /// An I/O failure on a file the tool reads or writes.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What the tool was doing.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A bad combination of options or a bad option value.
+    #[error("{0}")]
+    Usage(String),
+
+    /// `verify` found damaged snapshots (each was reported as it was found).
+    #[error("verification failed: {failed} of {checked} snapshot(s) damaged")]
+    VerifyFailed {
+        /// Damaged snapshots.
+        failed: usize,
+        /// Snapshots checked.
+        checked: usize,
+    },
+}
+
+impl ToolError {
+    /// A bad-input error for `path`.
+    pub fn input(path: &Path, what: impl Into<String>) -> Self {
+        ToolError::Input {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
+    }
+
+    /// An I/O error for `path`.
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        ToolError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Adds context to a library result.
+pub trait Context<T> {
+    /// Wraps an error with what the tool was doing.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, vstore::Error> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| ToolError::StoreIn {
+            context: what(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! `vstore-tool`: build, update, inspect, verify and query vstore stores
+//! from the command line.
+//!
+//! The binary is a thin `main` over [`run`], which writes everything it
+//! reports to an injected writer (standard output in the binary, a buffer
+//! in tests); progress bars go to standard error and only to a terminal.
+//! One module per subcommand under [`cmd`].
+//!
+//! ```no_run
+//! use clap::Parser;
+//! let cli = vstore_tool::Cli::parse_from(["vstore-tool", "verify", "items.vstore"]);
+//! let mut out = Vec::new();
+//! vstore_tool::run(cli, &mut out)?;
+//! # Ok::<(), vstore_tool::ToolError>(())
+//! ```
+
+pub mod cli;
+pub mod cmd;
+pub mod error;
+pub mod inputs;
+pub mod npy;
+pub mod progress;
+pub mod report;
+pub mod synth;
+pub mod table;
+
+pub use cli::{Cli, Cmd};
+pub use error::{Result, ToolError};
+
+use std::io::Write;
+
+use progress::Progress;
+
+/// Runs one parsed command line, writing its report to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    let p = Progress::new(cli.quiet);
+    match cli.cmd {
+        Cmd::Build(a) => cmd::build::run(&a, &p, out),
+        Cmd::AddVersion(a) => cmd::versions::add(&a, &p, out),
+        Cmd::DropVersion(a) => cmd::versions::drop_version(&a, out),
+        Cmd::RefreshStats(a) => cmd::refresh_stats::run(&a, &p, out),
+        Cmd::AddModel(a) => cmd::model::add(&a, out),
+        Cmd::DropModel(a) => cmd::model::drop_model(&a, out),
+        Cmd::AddItems(a) => cmd::items::add(&a, false, &p, out),
+        Cmd::UpdateItems(a) => cmd::items::add(&a, true, &p, out),
+        Cmd::DeleteItems(a) => cmd::items::delete(&a, out),
+        Cmd::Compact(a) => cmd::items::compact(&a, out),
+        Cmd::Inspect(a) => cmd::inspect::run(&a, out),
+        Cmd::Verify(a) => cmd::verify::run(&a, &p, out),
+        Cmd::Query(a) => cmd::query::run(&a, out),
+        Cmd::Gc(a) => cmd::gc::run(&a, out),
+        Cmd::Diff(a) => cmd::diff::run(&a, out),
+        Cmd::Demo(a) => cmd::demo::run(&a, &p, out),
+    }
+}
+
+/// Writes to `out`, mapping a failed write (e.g. a closed pipe) to an error.
+#[macro_export]
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {
+        writeln!($out, $($arg)*).map_err(|e| $crate::error::ToolError::io("write", std::path::Path::new("<output>"), e))?
+    };
+}

@@ -1,0 +1,112 @@
+//! Progress bars (indicatif) on standard error, for anything that can take
+//! more than a second. Nothing is drawn with `--quiet` or when standard
+//! error is not a terminal (indicatif's terminal target hides itself), so
+//! scripts and tests see only the report.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::{Result, ToolError};
+
+/// Files smaller than this are read without a bar.
+const BAR_BYTES: u64 = 32 << 20;
+
+/// Where progress goes: standard error, or nowhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    quiet: bool,
+}
+
+impl Progress {
+    /// Bars on standard error (if it is a terminal) unless `quiet`.
+    pub fn new(quiet: bool) -> Self {
+        Progress { quiet }
+    }
+
+    /// Never draws.
+    pub fn hidden() -> Self {
+        Progress { quiet: true }
+    }
+
+    fn target(&self) -> ProgressDrawTarget {
+        if self.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        }
+    }
+
+    /// A bar of `len` steps labelled `msg`.
+    pub fn bar(&self, len: u64, msg: &str) -> ProgressBar {
+        let b = ProgressBar::with_draw_target(Some(len), self.target());
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {human_pos}/{human_len} ({elapsed}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_message(msg.to_string());
+        b
+    }
+
+    /// A bar counting `len` bytes.
+    pub fn bytes(&self, len: u64, msg: &str) -> ProgressBar {
+        let b = ProgressBar::with_draw_target(Some(len), self.target());
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_message(msg.to_string());
+        b
+    }
+
+    /// A spinner for a step of unknown length.
+    pub fn spinner(&self, msg: &str) -> ProgressBar {
+        let b = ProgressBar::with_draw_target(None, self.target());
+        b.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid"));
+        b.set_message(msg.to_string());
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    }
+
+    /// Reads a whole file, with a bar if it is large.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| ToolError::io("stat", path, e))?
+            .len();
+        if len < BAR_BYTES {
+            let mut v = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut v)
+                .map_err(|e| ToolError::io("read", path, e))?;
+            return Ok(v);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bar = self.bytes(len, &name);
+        let mut v = Vec::with_capacity(len as usize);
+        let mut buf = vec![0u8; 4 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| ToolError::io("read", path, e))?;
+            if n == 0 {
+                break;
+            }
+            v.extend_from_slice(&buf[..n]);
+            bar.inc(n as u64);
+        }
+        bar.finish_and_clear();
+        Ok(v)
+    }
+}

@@ -1,0 +1,458 @@
+//! Bad input: each gets a message naming the file and the row, column or
+//! id, exit code 1, and leaves the store (or the directory a build was
+//! pointed at) exactly as it was.
+
+mod common;
+
+use common::{
+    assert_unchanged, fails, fingerprint, npy_f32, npy_i64, npy_u64, parquet_file, Data, PqCol, DIM,
+};
+
+/// Runs a build that must fail; the target directory must not appear.
+fn build_fails(d: &Data, extra: &[&str], ids: &str, emb: &str) -> String {
+    let store = d.p("never");
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        store.clone(),
+        "--ids".into(),
+        d.p(ids),
+        "--embedding".into(),
+        format!("prerank@v1={}", d.p(emb)),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e = fails(&refs);
+    assert!(!d.path("never").exists(), "a failed build left {store}");
+    e
+}
+
+#[test]
+fn malformed_npy() {
+    let d = Data::new();
+    std::fs::write(d.path("bad.npy"), b"this is not numpy at all").unwrap();
+    let e = build_fails(&d, &[], "bad.npy", "emb.npy");
+    assert!(
+        e.contains("bad.npy") && e.contains("not a valid .npy"),
+        "{e}"
+    );
+    let e = build_fails(&d, &[], "ids.npy", "bad.npy");
+    assert!(
+        e.contains("bad.npy") && e.contains("not a valid .npy"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_npy() {
+    let d = Data::new();
+    let bytes = std::fs::read(d.path("emb.npy")).unwrap();
+    std::fs::write(d.path("cut.npy"), &bytes[..bytes.len() - 100]).unwrap();
+    let e = build_fails(&d, &[], "ids.npy", "cut.npy");
+    assert!(e.contains("cut.npy") && e.contains("truncated"), "{e}");
+    // Cut inside the header.
+    std::fs::write(d.path("cut2.npy"), &bytes[..40]).unwrap();
+    let e = build_fails(&d, &[], "ids.npy", "cut2.npy");
+    assert!(
+        e.contains("cut2.npy") && e.contains("not a valid .npy"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_dtypes() {
+    let d = Data::new();
+    // Float ids.
+    npy_f32(&d.path("fids.npy"), &[1.0, 2.0], 1);
+    let e = build_fails(&d, &[], "fids.npy", "emb.npy");
+    assert!(e.contains("fids.npy") && e.contains("integer ids"), "{e}");
+    // Integer embeddings.
+    npy_u64(&d.path("iemb.npy"), &[1, 2, 3]);
+    let e = build_fails(&d, &[], "ids.npy", "iemb.npy");
+    assert!(e.contains("iemb.npy"), "{e}");
+    // Negative int64 ids.
+    npy_i64(&d.path("neg.npy"), &[5, -3, 7]);
+    let e = build_fails(&d, &[], "neg.npy", "emb.npy");
+    assert!(
+        e.contains("neg.npy") && e.contains("row 1") && e.contains("negative"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ids_and_embeddings_of_different_lengths() {
+    let d = Data::new();
+    npy_u64(&d.path("few.npy"), &d.ids[..10]);
+    let e = build_fails(&d, &[], "few.npy", "emb.npy");
+    assert!(
+        e.contains("emb.npy") && e.contains("300 rows") && e.contains("10 ids"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_ids_in_npy_and_in_tables() {
+    let d = Data::new();
+    let mut ids = d.ids.clone();
+    ids[7] = ids[3];
+    npy_u64(&d.path("dup.npy"), &ids);
+    let e = build_fails(&d, &[], "dup.npy", "emb.npy");
+    assert!(
+        e.contains("dup.npy")
+            && e.contains(&format!("duplicate id {}", ids[3]))
+            && e.contains("rows 3 and 7"),
+        "{e}"
+    );
+    let mut csv = std::fs::read_to_string(d.path("items.csv")).unwrap();
+    csv += &format!("{},1,2.0\n", d.ids[5]);
+    std::fs::write(d.path("dup.csv"), csv).unwrap();
+    let e = build_fails(&d, &["--profile", &d.p("dup.csv")], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("dup.csv")
+            && e.contains(&format!("duplicate id {}", d.ids[5]))
+            && e.contains("line 7")
+            && e.contains("line 302"),
+        "{e}"
+    );
+}
+
+#[test]
+fn nan_and_inf_in_embeddings() {
+    let d = Data::new();
+    let mut v = d.vectors.clone();
+    v[5 * DIM + 3] = f32::NAN;
+    npy_f32(&d.path("nan.npy"), &v, DIM);
+    let e = build_fails(&d, &[], "ids.npy", "nan.npy");
+    assert!(
+        e.contains("nan.npy") && e.contains("row 5 column 3") && e.contains("NaN"),
+        "{e}"
+    );
+    let mut v = d.vectors.clone();
+    v[299 * DIM] = f32::INFINITY;
+    npy_f32(&d.path("inf.npy"), &v, DIM);
+    let e = build_fails(&d, &[], "ids.npy", "inf.npy");
+    assert!(
+        e.contains("inf.npy") && e.contains("row 299 column 0") && e.contains("inf"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_columns() {
+    let d = Data::new();
+    let e = build_fails(
+        &d,
+        &["--profile", &d.p("items.parquet"), "--id-column", "item_id"],
+        "ids.npy",
+        "emb.npy",
+    );
+    assert!(
+        e.contains("items.parquet")
+            && e.contains("no id column \"item_id\"")
+            && e.contains("category"),
+        "{e}"
+    );
+    let e = build_fails(
+        &d,
+        &["--profile", &d.p("items.parquet"), "--column", "colour=1"],
+        "ids.npy",
+        "emb.npy",
+    );
+    assert!(e.contains("colour") && e.contains("no such column"), "{e}");
+    // refresh-stats with a column the store does not have.
+    d.build("s");
+    let before = fingerprint(&d.path("s"));
+    std::fs::write(d.path("new.csv"), format!("id,ctr_7d\n{},0.5\n", d.ids[0])).unwrap();
+    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("new.csv")]);
+    assert!(
+        e.contains("new.csv") && e.contains("\"ctr_7d\"") && e.contains("ctr_1d, impressions_7d"),
+        "{e}"
+    );
+    assert_unchanged(&d.path("s"), &before);
+}
+
+#[test]
+fn mistyped_columns() {
+    let d = Data::new();
+    // A string in a CSV column.
+    let mut csv = std::fs::read_to_string(d.path("items.csv")).unwrap();
+    csv = csv.replacen(
+        &format!("\n{},", d.ids[4]),
+        &format!("\n{},shoes", d.ids[4]),
+        1,
+    );
+    std::fs::write(d.path("str.csv"), csv).unwrap();
+    let e = build_fails(&d, &["--profile", &d.p("str.csv")], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("str.csv")
+            && e.contains("line 6")
+            && e.contains("\"category\"")
+            && e.contains("not a number"),
+        "{e}"
+    );
+    // A string column in Parquet.
+    let id_col: Vec<Option<i64>> = d.ids.iter().map(|&x| Some(x as i64)).collect();
+    parquet_file(
+        &d.path("str.parquet"),
+        &[
+            PqCol::I64("id", id_col.clone()),
+            PqCol::Str("brand", d.ids.iter().map(|_| Some("acme")).collect()),
+        ],
+        64,
+    );
+    let e = build_fails(
+        &d,
+        &["--profile", &d.p("str.parquet")],
+        "ids.npy",
+        "emb.npy",
+    );
+    assert!(
+        e.contains("str.parquet") && e.contains("\"brand\"") && e.contains("strings"),
+        "{e}"
+    );
+    // A fractional value in a column declared categorical.
+    let e = build_fails(
+        &d,
+        &[
+            "--profile",
+            &d.p("items.parquet"),
+            "--column",
+            "price:categorical",
+        ],
+        "ids.npy",
+        "emb.npy",
+    );
+    assert!(
+        e.contains("items.parquet")
+            && e.contains("row 1 column \"price\"")
+            && e.contains("not a category code"),
+        "{e}"
+    );
+    // Float ids in a table.
+    parquet_file(
+        &d.path("fid.parquet"),
+        &[
+            PqCol::F64("id", d.ids.iter().map(|&x| Some(x as f64)).collect()),
+            PqCol::F64("x", d.ids.iter().map(|_| Some(1.0)).collect()),
+        ],
+        64,
+    );
+    let e = build_fails(&d, &["--stats", &d.p("fid.parquet")], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("fid.parquet") && e.contains("holds floats"),
+        "{e}"
+    );
+}
+
+#[test]
+fn table_rows_for_unknown_items() {
+    let d = Data::new();
+    let mut csv = std::fs::read_to_string(d.path("stats.csv")).unwrap();
+    csv += "777,0.1,5\n";
+    std::fs::write(d.path("extra.csv"), csv).unwrap();
+    let e = build_fails(&d, &["--stats", &d.p("extra.csv")], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("extra.csv")
+            && e.contains("line 302")
+            && e.contains("id 777")
+            && e.contains("ids.npy"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_bundle_refused_by_build_and_add_model() {
+    let d = Data::new();
+    let json = std::fs::read_to_string(d.path("model/model.json")).unwrap();
+    std::fs::create_dir_all(d.path("badmodel")).unwrap();
+    std::fs::copy(
+        d.path("model/weights.safetensors"),
+        d.path("badmodel/weights.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("badmodel/model.json"),
+        json.replace("\"column\": \"ctr_1d\"", "\"column\": \"ctr_2d\""),
+    )
+    .unwrap();
+    let e = build_fails(
+        &d,
+        &[
+            "--stats",
+            &d.p("stats.csv"),
+            "--profile",
+            &d.p("items.csv"),
+            "--model",
+            &d.p("badmodel"),
+        ],
+        "ids.npy",
+        "emb.npy",
+    );
+    assert!(
+        e.contains("badmodel") && e.contains("cross.inputs[0]") && e.contains("ctr_2d"),
+        "{e}"
+    );
+    d.build("s");
+    let before = fingerprint(&d.path("s"));
+    let e = fails(&["add-model", &d.p("s"), &d.p("badmodel"), "--replace"]);
+    assert!(e.contains("badmodel") && e.contains("ctr_2d"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+    // A directory without the bundle files.
+    let e = fails(&["add-model", &d.p("s"), &d.p("s")]);
+    assert!(e.contains("model.json"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+    // A bundle already present needs --replace.
+    let e = fails(&["add-model", &d.p("s"), &d.p("model")]);
+    assert!(e.contains("--replace"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+}
+
+#[test]
+fn a_path_that_is_not_a_store() {
+    let d = Data::new();
+    std::fs::create_dir_all(d.path("plain")).unwrap();
+    std::fs::write(d.path("plain/notes.txt"), "hello").unwrap();
+    let before = fingerprint(&d.path("plain"));
+    for args in [
+        vec!["add-model", &d.p("plain"), &d.p("model")],
+        vec!["refresh-stats", &d.p("plain"), "--stats", &d.p("stats.csv")],
+        vec!["inspect", &d.p("plain")],
+        vec!["verify", &d.p("plain")],
+        vec!["gc", &d.p("plain")],
+        vec!["drop-version", &d.p("plain"), "prerank@v1"],
+    ] {
+        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
+        let e = fails(&args);
+        assert!(
+            e.contains("plain") && e.contains("not a vstore store"),
+            "{args:?}: {e}"
+        );
+        assert_unchanged(&d.path("plain"), &before);
+    }
+    let e = fails(&["inspect", &d.p("nowhere")]);
+    assert!(e.contains("nowhere"), "{e}");
+    // build refuses a non-empty directory that is not a store.
+    let e = fails(&[
+        "build",
+        &d.p("plain"),
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("emb.npy")),
+    ]);
+    assert!(e.contains("not empty"), "{e}");
+    assert_unchanged(&d.path("plain"), &before);
+}
+
+#[test]
+fn a_store_locked_by_another_writer() {
+    let d = Data::new();
+    d.build("s");
+    let w = vstore::Writer::open(d.path("s")).unwrap();
+    let before = fingerprint(&d.path("s"));
+    let e = fails(&["drop-model", &d.p("s"), "prerank@v1"]);
+    assert!(e.contains("locked by another writer"), "{e}");
+    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("stats.csv")]);
+    assert!(e.contains("locked by another writer"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+    drop(w);
+    common::ok(&["drop-model", &d.p("s"), "prerank@v1"]);
+}
+
+#[test]
+fn refused_updates_leave_the_store_as_it_was() {
+    let d = Data::new();
+    d.build("s");
+    let before = fingerprint(&d.path("s"));
+    // add-items with an id the store holds.
+    npy_u64(&d.path("one.npy"), &d.ids[..1]);
+    npy_f32(&d.path("one_emb.npy"), &d.vectors[..DIM], DIM);
+    let e = fails(&[
+        "add-items",
+        &d.p("s"),
+        "--ids",
+        &d.p("one.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("one_emb.npy")),
+    ]);
+    assert!(
+        e.contains("one.npy")
+            && e.contains(&format!("id {}", d.ids[0]))
+            && e.contains("update-items"),
+        "{e}"
+    );
+    // add-items without vectors for the store's version.
+    let e = fails(&["add-items", &d.p("s"), "--ids", &d.p("one.npy")]);
+    assert!(e.contains("prerank@v1"), "{e}");
+    // vectors of the wrong dimension.
+    npy_u64(&d.path("new.npy"), &[5]);
+    npy_f32(&d.path("short.npy"), &[0.5; 8], 8);
+    let e = fails(&[
+        "add-items",
+        &d.p("s"),
+        "--ids",
+        &d.p("new.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("short.npy")),
+    ]);
+    assert!(e.contains("short.npy") && e.contains("dimension 8"), "{e}");
+    // delete-items of an unknown id (text list).
+    std::fs::write(d.path("del.txt"), format!("{}\n424242\n", d.ids[2])).unwrap();
+    let e = fails(&["delete-items", &d.p("s"), "--ids", &d.p("del.txt")]);
+    assert!(e.contains("del.txt") && e.contains("424242"), "{e}");
+    std::fs::write(d.path("del2.txt"), "12 x13\n").unwrap();
+    let e = fails(&["delete-items", &d.p("s"), "--ids", &d.p("del2.txt")]);
+    assert!(
+        e.contains("del2.txt") && e.contains("line 1") && e.contains("x13"),
+        "{e}"
+    );
+    // add-version missing items, and with a bundle for another version: the
+    // vectors are written before the bundle is refused, and removed again.
+    npy_u64(&d.path("half.npy"), &d.ids[..150]);
+    npy_f32(&d.path("half_emb.npy"), &d.vectors[..150 * DIM], DIM);
+    let e = fails(&[
+        "add-version",
+        &d.p("s"),
+        "--ids",
+        &d.p("half.npy"),
+        "--embedding",
+        &format!("prerank@v2={}", d.p("half_emb.npy")),
+    ]);
+    assert!(
+        e.contains("half.npy") && e.contains("150 ids") && e.contains("300 live items"),
+        "{e}"
+    );
+    let e = fails(&[
+        "add-version",
+        &d.p("s"),
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &format!("prerank@v2={}", d.p("emb.npy")),
+        "--model",
+        &d.p("model"),
+    ]);
+    assert!(e.contains("prerank@v1") && e.contains("prerank@v2"), "{e}");
+    // refresh-stats for an unknown item.
+    std::fs::write(
+        d.path("r.csv"),
+        format!("id,ctr_1d\n{},0.5\n99,0.1\n", d.ids[0]),
+    )
+    .unwrap();
+    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("r.csv")]);
+    assert!(
+        e.contains("r.csv") && e.contains("line 3") && e.contains("id 99"),
+        "{e}"
+    );
+    // Dropping a version the store does not hold.
+    let e = fails(&["drop-version", &d.p("s"), "prerank@v9"]);
+    assert!(e.contains("prerank@v9") && e.contains("prerank@v1"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = common::tool().args(["build"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = common::tool().args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,632 @@
+//! Every subcommand run as a user would, checked against the library and
+//! against brute force.
+
+mod common;
+
+use common::{fails, npy_f32, npy_u64, npy_vec, ok, parquet_file, tool, Data, PqCol, DIM, ROWS};
+use serde_json::Value;
+use vstore::{Query, Store, UserInputs};
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+fn user() -> Vec<f32> {
+    (0..DIM)
+        .map(|j| ((j * 5 % 11) as f32 - 5.0) / 8.0)
+        .collect()
+}
+
+#[test]
+fn inspect_summaries_item_and_json() {
+    let d = Data::new();
+    d.build("s");
+    let v = json(&ok(&["inspect", &d.p("s"), "--json"]));
+    assert_eq!(v["items"], 300);
+    assert_eq!(v["snapshot"], 1);
+    assert_eq!(v["snapshots"][0]["embeddings"][0], "prerank@v1");
+    assert_eq!(v["snapshots"][0]["bundles"][0], "prerank@v1");
+    let col = |name: &str| {
+        v["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let cat = col("category");
+    let present: Vec<i32> = d.category.iter().flatten().copied().collect();
+    assert_eq!(cat["kind"], "categorical");
+    assert_eq!(cat["missing"], (ROWS - present.len()) as u64);
+    assert_eq!(cat["distinct"], 7);
+    assert_eq!(cat["min"], 0.0);
+    assert_eq!(cat["max"], 6.0);
+    let price = col("price");
+    let p: Vec<f64> = d.price.iter().flatten().map(|&x| x as f32 as f64).collect();
+    let mean = p.iter().sum::<f64>() / p.len() as f64;
+    assert_eq!(
+        price["min"],
+        p.iter().cloned().fold(f64::INFINITY, f64::min)
+    );
+    assert_eq!(price["max"], p.iter().cloned().fold(0.0, f64::max));
+    assert!((price["mean"].as_f64().unwrap() - mean).abs() < 1e-9 * mean);
+    assert_eq!(col("ctr_1d")["kind"], "stat");
+    assert_eq!(v["embeddings"][0]["rows"], 300);
+    assert_eq!(v["embeddings"][0]["dtype"], "f16");
+    assert_eq!(
+        v["bundles"][0]["heads"],
+        serde_json::json!(["click", "like", "watch_time"])
+    );
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 6);
+    for f in files {
+        let len = std::fs::metadata(d.path("s").join(f["name"].as_str().unwrap()))
+            .unwrap()
+            .len();
+        assert_eq!(f["bytes"], len);
+    }
+
+    let text = ok(&["inspect", &d.p("s")]);
+    for want in [
+        "snapshots:",
+        "columns (over live items):",
+        "category",
+        "prerank@v1",
+        "model bundles:",
+        "files:",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+
+    let id = d.ids[1];
+    let item = json(&ok(&[
+        "inspect",
+        &d.p("s"),
+        "--id",
+        &id.to_string(),
+        "--json",
+    ]));
+    assert_eq!(item["id"], id);
+    let vals: Vec<f32> = item["embeddings"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(vals, common::vector(id, 0));
+    let c = item["columns"].as_array().unwrap();
+    assert_eq!(c[0]["value"], d.category[1].unwrap());
+    assert_eq!(
+        c[1]["value"].as_f64().unwrap() as f32,
+        d.price[1].unwrap() as f32
+    );
+    let text = ok(&["inspect", &d.p("s"), "--id", &id.to_string()]);
+    assert!(text.contains(&format!("item {id} in snapshot 1")), "{text}");
+    let e = fails(&["inspect", &d.p("s"), "--id", "5"]);
+    assert!(e.contains("item id 5 is not in snapshot 1"), "{e}");
+    let e = fails(&["inspect", &d.p("s"), "--snapshot", "9"]);
+    assert!(e.contains("snapshot 9 is not retained"), "{e}");
+}
+
+#[test]
+fn two_tower_query_matches_brute_force() {
+    let d = Data::new();
+    d.build("s");
+    npy_vec(&d.path("user.npy"), &user());
+    // Candidates from stdin: some duplicates and unknown ids.
+    let mut cands: Vec<u64> = d.ids.iter().copied().step_by(3).collect();
+    cands.push(d.ids[0]);
+    cands.push(17);
+    let text: String = cands.iter().map(|c| format!("{c}\n")).collect();
+    let out = tool()
+        .args([
+            "query",
+            &d.p("s"),
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            &d.p("user.npy"),
+            "--candidates",
+            "-",
+            "-k",
+            "7",
+            "--json",
+        ])
+        .write_stdin(text)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let u = user();
+    let mut want: Vec<(f64, u64)> = d
+        .ids
+        .iter()
+        .step_by(3)
+        .map(|&id| {
+            let s: f64 = common::vector(id, 0)
+                .iter()
+                .zip(&u)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            (s, id)
+        })
+        .collect();
+    want.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 7);
+    for (h, w) in hits.iter().zip(&want) {
+        assert_eq!(h["id"], w.1);
+        assert!(
+            (h["score"].as_f64().unwrap() - w.0).abs() < 1e-4,
+            "{h} {w:?}"
+        );
+    }
+    assert_eq!(v["not_found"], serde_json::json!([17]));
+    assert_eq!(v["scored"], 100);
+    // The same as a text table from a JSON user vector and a text file.
+    std::fs::write(d.path("user.json"), serde_json::to_string(&u).unwrap()).unwrap();
+    std::fs::write(
+        d.path("c.txt"),
+        cands
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+    .unwrap();
+    let t = ok(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--candidates",
+        &d.p("c.txt"),
+        "-k",
+        "3",
+        "--repeat",
+        "5",
+    ]);
+    assert!(t.contains(&format!("1  {}", want[0].1)), "{t}");
+    assert!(t.contains("1 not found [17]"), "{t}");
+    assert!(t.contains("latency over 5 runs"), "{t}");
+    // Version skew and bad vectors are refused with names.
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v2",
+        "--user",
+        &d.p("user.npy"),
+        "--all",
+    ]);
+    assert!(
+        e.contains("version skew") && e.contains("prerank@v1"),
+        "{e}"
+    );
+    npy_vec(&d.path("short.npy"), &[1.0; 8]);
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("short.npy"),
+        "--all",
+    ]);
+    assert!(e.contains("8") && e.contains("64"), "{e}");
+    std::fs::write(d.path("bad.json"), "[1.0, \"x\"]").unwrap();
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("bad.json"),
+        "--all",
+    ]);
+    assert!(e.contains("bad.json") && e.contains("vector[1]"), "{e}");
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.npy"),
+    ]);
+    assert!(e.contains("--candidates"), "{e}");
+}
+
+#[test]
+fn three_tower_and_filtered_queries_equal_the_library() {
+    let d = Data::new();
+    d.build("s");
+    let u = user();
+    std::fs::write(
+        d.path("user.json"),
+        serde_json::json!({"vector": u}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("inputs.json"),
+        serde_json::json!({
+            "dense": {"user_stats": [0.1, -0.2, 0.3, 0.0, 0.5, -0.1, 0.2, 0.05]},
+            "by_item": {"user_category_ctr": {"1": [0.05], "3": [0.12]}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let v = json(&ok(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "-k",
+        "20",
+        "--three-tower",
+        "--inputs",
+        &d.p("inputs.json"),
+        "--heads",
+        "--where",
+        "category not in 2",
+        "--where",
+        "price between 300 600",
+        "--json",
+    ]));
+    let snap = Store::open(d.path("s")).unwrap().snapshot();
+    let inputs = UserInputs::new()
+        .dense(
+            "user_stats",
+            vec![0.1, -0.2, 0.3, 0.0, 0.5, -0.1, 0.2, 0.05],
+        )
+        .by_item("user_category_ctr", [(1, vec![0.05]), (3, vec![0.12])]);
+    let f =
+        vstore::Filter::not_in("category", [2]).and(vstore::Filter::range("price", 300.0, 600.0));
+    let want = snap
+        .query(
+            &Query::full_scan("prerank@v1", &u, 20)
+                .filter(&f)
+                .three_tower(&inputs)
+                .with_heads(),
+        )
+        .unwrap();
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), want.hits.len());
+    assert!(!hits.is_empty());
+    for (i, (h, w)) in hits.iter().zip(&want.hits).enumerate() {
+        assert_eq!(h["id"], w.id);
+        assert_eq!(h["score"].as_f64().unwrap() as f32, w.score);
+        for (n, x) in want.head_names.iter().zip(want.heads_of(i)) {
+            assert_eq!(h["heads"][n].as_f64().unwrap() as f32, *x);
+        }
+    }
+    assert_eq!(v["filtered_out"], want.filtered_out);
+    assert_eq!(v["kind"], "three-tower");
+    // A missing user input is named.
+    std::fs::write(d.path("none.json"), "{}").unwrap();
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "--three-tower",
+        "--inputs",
+        &d.p("none.json"),
+    ]);
+    assert!(e.contains("user_stats"), "{e}");
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "--where",
+        "category > 3",
+    ]);
+    assert!(e.contains("category > 3"), "{e}");
+}
+
+#[test]
+fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
+    let d = Data::new();
+    d.build("s");
+    let store = d.p("s");
+    // A rollout: v2 beside v1 with its bundle, then v1 retired.
+    let v2: Vec<f32> = d.ids.iter().flat_map(|&id| common::vector(id, 1)).collect();
+    npy_f32(&d.path("v2.npy"), &v2, DIM);
+    let (json2, weights2) = vstore_tool::synth::bundle("prerank", "v2");
+    std::fs::create_dir_all(d.path("model2")).unwrap();
+    std::fs::write(d.path("model2/model.json"), json2).unwrap();
+    std::fs::write(d.path("model2/weights.safetensors"), weights2).unwrap();
+    let out = ok(&[
+        "add-version",
+        &store,
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &format!("prerank@v2:f16={}", d.p("v2.npy")),
+        "--model",
+        &d.p("model2"),
+        "--precompute",
+        "f16",
+    ]);
+    assert!(
+        out.contains("published snapshot 2") && out.contains("embeddings [prerank@v1, prerank@v2]"),
+        "{out}"
+    );
+    let out = ok(&["drop-version", &store, "prerank@v1"]);
+    assert!(
+        out.contains("published snapshot 3")
+            && out.contains("embeddings [prerank@v2]")
+            && out.contains("bundles [prerank@v2]"),
+        "{out}"
+    );
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(
+        snap.get_embedding(d.ids[9], "prerank@v2").unwrap(),
+        common::vector(d.ids[9], 1)
+    );
+    assert!(snap.model_is_precomputed("prerank@v2"));
+
+    // refresh-stats from Parquet: only the statistics file is new.
+    let sel = &d.ids[..50];
+    parquet_file(
+        &d.path("fresh.parquet"),
+        &[
+            PqCol::I64("id", sel.iter().map(|&x| Some(x as i64)).collect()),
+            PqCol::F64("ctr_1d", sel.iter().map(|_| Some(0.5)).collect()),
+        ],
+        20,
+    );
+    let out = ok(&["refresh-stats", &store, "--stats", &d.p("fresh.parquet")]);
+    assert!(
+        out.contains("refreshed [ctr_1d] for 50 items") && out.contains("wrote 2 file(s)"),
+        "{out}"
+    );
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(snap.get_stat(d.ids[0], "ctr_1d").unwrap(), Some(0.5));
+    assert_eq!(
+        snap.get_stat(d.ids[60], "ctr_1d").unwrap(),
+        d.ctr[60].map(|x| x as f32)
+    );
+    assert_eq!(
+        snap.get_stat(d.ids[0], "impressions_7d").unwrap(),
+        d.imp[0].map(|x| x as f32)
+    );
+    let dv = json(&ok(&["diff", &store, "3", "--json"]));
+    assert_eq!(dv["files_added"].as_array().unwrap().len(), 2);
+    assert_eq!(dv["ids_added"], 0);
+
+    // add-items with profile and stats, update-items, delete-items.
+    npy_u64(&d.path("new_ids.npy"), &[5, 6, 7]);
+    let nv: Vec<f32> = [5u64, 6, 7]
+        .iter()
+        .flat_map(|&id| common::vector(id, 1))
+        .collect();
+    npy_f32(&d.path("new_v2.npy"), &nv, DIM);
+    std::fs::write(
+        d.path("new_items.csv"),
+        "id,category,price\n5,3,1.5\n6,,2.5\n7,4,\n",
+    )
+    .unwrap();
+    std::fs::write(d.path("new_stats.csv"), "id,ctr_1d\n7,0.25\n").unwrap();
+    let out = ok(&[
+        "add-items",
+        &store,
+        "--ids",
+        &d.p("new_ids.npy"),
+        "--embedding",
+        &format!("prerank@v2={}", d.p("new_v2.npy")),
+        "--profile",
+        &d.p("new_items.csv"),
+        "--stats",
+        &d.p("new_stats.csv"),
+    ]);
+    assert!(
+        out.contains("added 3 items") && out.contains("303 items, 2 segment(s)"),
+        "{out}"
+    );
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(snap.get_categorical(6, "category").unwrap(), None);
+    assert_eq!(snap.get_numeric(5, "price").unwrap(), Some(1.5));
+    assert_eq!(snap.get_stat(7, "ctr_1d").unwrap(), Some(0.25));
+    assert_eq!(snap.get_stat(5, "ctr_1d").unwrap(), None);
+
+    npy_u64(&d.path("upd.npy"), &[d.ids[1], 8]);
+    let uv: Vec<f32> = vec![0.5; 2 * DIM];
+    npy_f32(&d.path("upd_v2.npy"), &uv, DIM);
+    let out = ok(&[
+        "update-items",
+        &store,
+        "--ids",
+        &d.p("upd.npy"),
+        "--embedding",
+        &format!("prerank@v2={}", d.p("upd_v2.npy")),
+    ]);
+    assert!(
+        out.contains("1 replaced older rows, 1 new") && out.contains("304 items"),
+        "{out}"
+    );
+    assert_eq!(
+        Store::open(&store)
+            .unwrap()
+            .snapshot()
+            .get_embedding(d.ids[1], "prerank@v2")
+            .unwrap(),
+        vec![0.5; DIM]
+    );
+
+    let out = tool()
+        .args(["delete-items", &store, "--ids", "-"])
+        .write_stdin(format!("{} 5\n", d.ids[2]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(snap.len(), 302);
+    assert!(snap.lookup(d.ids[2]).is_none() && snap.lookup(5).is_none());
+    let segs_before = snap.segments().len();
+    assert!(segs_before >= 3);
+
+    let out = ok(&["compact", &store, "--if-needed"]);
+    assert!(out.contains("nothing to compact"), "{out}");
+    let out = ok(&["compact", &store]);
+    assert!(
+        out.contains(&format!("compacted {segs_before} segment(s) into 1")),
+        "{out}"
+    );
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!((snap.len(), snap.segments().len()), (302, 1));
+    assert_eq!(snap.get_stat(7, "ctr_1d").unwrap(), Some(0.25));
+    let last = snap.number();
+
+    // diff of the whole history.
+    let dv = json(&ok(&["diff", &store, "1", "--json"]));
+    assert_eq!(dv["embeddings_added"], serde_json::json!(["prerank@v2"]));
+    assert_eq!(dv["embeddings_removed"], serde_json::json!(["prerank@v1"]));
+    // 5..=8 added, 5 deleted again; ids[2] deleted.
+    assert_eq!(dv["ids_added"], 3);
+    assert_eq!(dv["ids_removed"], 1);
+    let t = ok(&["diff", &store, "1", &last.to_string()]);
+    assert!(
+        t.contains("embeddings: added [prerank@v2], removed [prerank@v1]"),
+        "{t}"
+    );
+
+    // verify: clean, then a damaged file of a retained older snapshot.
+    let out = ok(&["verify", &store]);
+    assert!(out.contains("clean:"), "{out}");
+    let v = json(&ok(&["verify", &store, "--json"]));
+    assert_eq!(v["clean"], true);
+    let older = Store::open(&store)
+        .unwrap()
+        .open_snapshot(last - 1)
+        .unwrap();
+    let current: std::collections::HashSet<String> = snap.files().into_iter().collect();
+    let victim = older
+        .files()
+        .into_iter()
+        .find(|f| !current.contains(f) && f.ends_with(".vcol"))
+        .unwrap();
+    drop(older);
+    let st = Store::open(&store).unwrap();
+    let users: Vec<u64> = st
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .filter(|&n| st.open_snapshot(n).unwrap().files().contains(&victim))
+        .collect();
+    drop(st);
+    assert!(!users.is_empty() && !users.contains(&last));
+    let p = d.path("s").join(&victim);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x20;
+    std::fs::write(&p, bytes).unwrap();
+    let out = tool().args(["verify", &store]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let so = String::from_utf8_lossy(&out.stdout);
+    for n in 1..=last {
+        let damaged = so.contains(&format!("snapshot {n}: DAMAGED"));
+        assert_eq!(damaged, users.contains(&n), "snapshot {n}: {so}");
+        assert_eq!(so.contains(&format!("snapshot {n}: ok")), !damaged, "{so}");
+    }
+    assert!(so.contains(&victim), "{so}");
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        se.contains(&format!("{} of {last} snapshot(s) damaged", users.len())),
+        "{se}"
+    );
+
+    // gc keeps only the newest; then verify is clean again.
+    let out = ok(&["gc", &store, "--keep-last", "1", "--grace-secs", "0"]);
+    assert!(out.contains(&format!("kept snapshots [{last}]")), "{out}");
+    assert!(out.contains(&victim), "{out}");
+    let out = ok(&["verify", &store]);
+    assert!(out.contains("clean: 1 snapshot(s)"), "{out}");
+    assert_eq!(
+        Store::open(&store).unwrap().snapshots().unwrap(),
+        vec![last]
+    );
+}
+
+#[test]
+fn demo_runs_and_export_builds_and_queries() {
+    let d = Data::new();
+    let out = ok(&["demo", "--rows", "3000", "--queries", "10"]);
+    for want in [
+        "generated 3000 items",
+        "snapshot 1: built",
+        "snapshot 2: added a three-tower bundle",
+        "snapshot 3: refreshed ctr_1d",
+        "two-tower",
+        "three-tower",
+        "refused: version skew",
+        "verified 3 snapshots",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    let out = ok(&["demo", "--rows", "2000", "--export", &d.p("ex")]);
+    assert!(out.contains("wrote 2000 items"), "{out}");
+    let e = |n: &str| d.p(&format!("ex/{n}"));
+    ok(&[
+        "build",
+        &d.p("st"),
+        "--ids",
+        &e("ids.npy"),
+        "--embedding",
+        &format!("prerank@v1:f16={}", e("emb_v1.npy")),
+        "--profile",
+        &e("items.parquet"),
+        "--stats",
+        &e("stats.csv"),
+        "--model",
+        &e("model"),
+    ]);
+    let v = json(&ok(&[
+        "query",
+        &d.p("st"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &e("user.json"),
+        "--candidates",
+        &e("candidates.txt"),
+        "-k",
+        "5",
+        "--three-tower",
+        "--inputs",
+        &e("user_inputs.json"),
+        "--json",
+    ]));
+    assert_eq!(v["hits"].as_array().unwrap().len(), 5);
+    let snap = Store::open(d.path("st")).unwrap().snapshot();
+    assert_eq!(snap.len(), 2000);
+    let c = vstore_tool::synth::Catalogue::generate(2000, 42);
+    for i in [0usize, 777, 1999] {
+        assert_eq!(
+            snap.get_categorical(c.ids[i], "category").unwrap(),
+            Some(c.category[i])
+        );
+        assert_eq!(snap.get_categorical(c.ids[i], "brand").unwrap(), c.brand[i]);
+        assert_eq!(snap.get_stat(c.ids[i], "ctr_1d").unwrap(), c.ctr_1d[i]);
+    }
+}
