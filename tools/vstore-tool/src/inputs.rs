@@ -239,8 +239,10 @@ pub struct ResolvedColumn {
 }
 
 /// Reads a table and checks its ids are distinct.
-pub fn load_table(path: &Path, id_column: &str) -> Result<Table> {
+pub fn load_table(path: &Path, id_column: &str, p: &Progress) -> Result<Table> {
+    let sp = p.spinner(&format!("reading {}", path.display()));
     let t = read_table(path, id_column)?;
+    sp.finish_and_clear();
     t.check_unique()?;
     Ok(t)
 }

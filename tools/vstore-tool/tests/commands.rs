@@ -630,3 +630,58 @@ fn demo_runs_and_export_builds_and_queries() {
         assert_eq!(snap.get_stat(c.ids[i], "ctr_1d").unwrap(), c.ctr_1d[i]);
     }
 }
+
+#[test]
+fn add_model_replace_and_drop_model() {
+    let d = Data::new();
+    // A store without a bundle; add one, precomputed.
+    ok(&[
+        "build",
+        &d.p("s"),
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("emb.npy")),
+        "--profile",
+        &d.p("items.parquet"),
+        "--stats",
+        &d.p("stats.parquet"),
+    ]);
+    assert!(Store::open(d.path("s"))
+        .unwrap()
+        .snapshot()
+        .model_keys()
+        .is_empty());
+    let out = ok(&["add-model", &d.p("s"), &d.p("model"), "--precompute", "f16"]);
+    assert!(
+        out.contains("added a bundle for prerank@v1 (first-layer item part precomputed as f16)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("published snapshot 2") && out.contains("bundles [prerank@v1]"),
+        "{out}"
+    );
+    let snap = Store::open(d.path("s")).unwrap().snapshot();
+    assert!(snap.model_is_precomputed("prerank@v1"));
+    // Replace it with the plain bundle: same scores up to f16 rounding of
+    // the precomputed part, and no longer precomputed.
+    let out = ok(&["add-model", &d.p("s"), &d.p("model"), "--replace"]);
+    assert!(out.contains("replaced the bundle for prerank@v1"), "{out}");
+    let snap = Store::open(d.path("s")).unwrap().snapshot();
+    assert!(!snap.model_is_precomputed("prerank@v1"));
+    let e = fails(&[
+        "add-model",
+        &d.p("s"),
+        &d.p("model"),
+        "--precompute",
+        "bf16",
+    ]);
+    assert!(e.contains("--precompute") && e.contains("bf16"), "{e}");
+    let out = ok(&["drop-model", &d.p("s"), "prerank@v1"]);
+    assert!(
+        out.contains("dropped the bundle for prerank@v1") && out.contains("bundles []"),
+        "{out}"
+    );
+    let e = fails(&["drop-model", &d.p("s"), "prerank@v1"]);
+    assert!(e.contains("prerank@v1"), "{e}");
+}

@@ -44,11 +44,11 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
 
     let items = read_items(&a.ids, &embs, p)?;
     let profile = match &a.tables.profile {
-        Some(t) => Some(load_table(t, &a.tables.id_column)?),
+        Some(t) => Some(load_table(t, &a.tables.id_column, p)?),
         None => None,
     };
     let stats = match &a.tables.stats {
-        Some(t) => Some(load_table(t, &a.tables.id_column)?),
+        Some(t) => Some(load_table(t, &a.tables.id_column, p)?),
         None => None,
     };
     for s in &specs {

@@ -89,7 +89,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         (&a.tables.stats, Group::Stats),
     ] {
         let Some(path) = path else { continue };
-        let table = load_table(path, &a.tables.id_column)?;
+        let table = load_table(path, &a.tables.id_column, p)?;
         let cols = resolve_existing(&table, group, &schema)?;
         batch = add_table_columns(batch, &items.ids_path, &items.ids, &table, &cols)?;
     }

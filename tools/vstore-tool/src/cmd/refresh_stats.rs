@@ -15,7 +15,7 @@ use crate::say;
 
 /// Runs `refresh-stats`.
 pub fn run(a: &RefreshStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
-    let table = load_table(&a.stats, &a.id_column)?;
+    let table = load_table(&a.stats, &a.id_column, p)?;
     if table.columns.is_empty() {
         return Err(ToolError::input(
             &a.stats,
