@@ -10,6 +10,13 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     match vstore_tool::run(cli, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`vstore-tool inspect S | head`) is
+        // not an error.
+        Err(vstore_tool::ToolError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             drop(out);
             eprintln!("error: {e}");

@@ -318,6 +318,7 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     say!(out, "\nsnapshots:");
     let mut t = TextTable::new(&[
         "snapshot",
+        "",
         "published (UTC)",
         "parent",
         "items",
@@ -330,17 +331,19 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
         if let Some(e) = s.get("error") {
             t.row(vec![
                 s["snapshot"].to_string(),
+                String::new(),
                 format!("unreadable: {}", e.as_str().unwrap_or("")),
             ]);
             continue;
         }
         let mark = if s["snapshot"] == v["snapshot"] {
-            " *"
+            "*"
         } else {
             ""
         };
         t.row(vec![
-            format!("{}{mark}", s["snapshot"]),
+            s["snapshot"].to_string(),
+            mark.to_string(),
             s["created_utc"].as_str().unwrap_or("").to_string(),
             num(&s["parent"]),
             num(&s["items"]),

@@ -54,7 +54,7 @@ pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             match r {
                 Ok(rep) => say!(
                     out,
-                    "snapshot {n}: ok ({} files, {})",
+                    "snapshot {n}: ok ({} files, {} checksummed; files shared with an earlier snapshot are read once)",
                     rep.files,
                     bytes(rep.bytes)
                 ),
