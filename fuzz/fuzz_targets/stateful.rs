@@ -147,7 +147,12 @@ fuzz_target!(|data: &[u8]| {
                         break;
                     }
                 }
-                let committed = ok && tx.commit().is_ok();
+                let committed = if ok {
+                    tx.commit().is_ok()
+                } else {
+                    drop(tx); // abandoned: its files are removed
+                    false
+                };
                 if committed {
                     model = next;
                     acked = number;

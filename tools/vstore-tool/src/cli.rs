@@ -74,6 +74,10 @@ pub struct TableArgs {
     /// Name of the item id column in the tables.
     #[arg(long, default_value = "id", value_name = "NAME")]
     pub id_column: String,
+    /// Leave this table column out (repeatable); pandas' saved index
+    /// (`__index_level_0__`) is always left out.
+    #[arg(long = "skip-column", value_name = "NAME")]
+    pub skip_columns: Vec<String>,
 }
 
 /// `build`.
@@ -153,6 +157,9 @@ pub struct RefreshStatsArgs {
     /// Name of the item id column.
     #[arg(long, default_value = "id", value_name = "NAME")]
     pub id_column: String,
+    /// Leave this table column out (repeatable).
+    #[arg(long = "skip-column", value_name = "NAME")]
+    pub skip_columns: Vec<String>,
 }
 
 /// `add-model`.
@@ -259,9 +266,9 @@ pub struct QueryArgs {
     /// Score every item (full scan) instead of candidates.
     #[arg(long)]
     pub all: bool,
-    /// How many results.
-    #[arg(long, short, default_value_t = 10)]
-    pub k: usize,
+    /// How many results (at most 10 million).
+    #[arg(long, short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub k: u32,
     /// Three-tower scoring with the snapshot's bundle for the version.
     #[arg(long)]
     pub three_tower: bool,
@@ -277,8 +284,8 @@ pub struct QueryArgs {
     #[arg(long = "where", value_name = "EXPR")]
     pub filters: Vec<String>,
     /// Run the query this many times and report latency percentiles.
-    #[arg(long, default_value_t = 1)]
-    pub repeat: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub repeat: u32,
     /// JSON for scripts.
     #[arg(long)]
     pub json: bool,
@@ -317,12 +324,12 @@ pub struct DemoArgs {
     /// Where to build the store (default: a temporary directory, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Number of items.
-    #[arg(long, default_value_t = 200_000)]
-    pub rows: usize,
+    /// Number of items (at most 50 million).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..=50_000_000))]
+    pub rows: u32,
     /// Queries per kind for the latency percentiles.
-    #[arg(long, default_value_t = 200)]
-    pub queries: usize,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queries: u32,
     /// Instead of building a store, write the synthetic catalogue as the
     /// files a pipeline hands over (ids.npy, emb_v1.npy, items.parquet,
     /// stats.csv, model/, user.json, user_inputs.json, candidates.txt), for

@@ -92,8 +92,8 @@ pub fn parse_column_spec(s: &str) -> Result<ColumnSpec> {
                 d.trim()
                     .parse::<f64>()
                     .ok()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| usage("the default is not a finite number"))?,
+                    .filter(|x| (*x as f32).is_finite())
+                    .ok_or_else(|| usage("the default is not a number that fits in float32"))?,
             ),
         ),
         None => (s, None),
@@ -239,10 +239,9 @@ pub struct ResolvedColumn {
 }
 
 /// Reads a table and checks its ids are distinct.
-pub fn load_table(path: &Path, id_column: &str, p: &Progress) -> Result<Table> {
-    let sp = p.spinner(&format!("reading {}", path.display()));
-    let t = read_table(path, id_column)?;
-    sp.finish_and_clear();
+pub fn load_table(path: &Path, id_column: &str, skip: &[String], p: &Progress) -> Result<Table> {
+    let _sp = p.spinner(&format!("reading {}", path.display()));
+    let t = read_table(path, id_column, skip)?;
     t.check_unique()?;
     Ok(t)
 }

@@ -42,8 +42,83 @@ fn read_file(path: &Path, progress: &Progress) -> Result<Vec<u8>> {
     progress.read_file(path)
 }
 
+/// numpy's own limit on header size (`max_header_size`, numpy >= 1.24).
+const MAX_HEADER: usize = 10_000;
+
+/// Checks the framing before the header is handed to `npyz`: the header
+/// fits in the file and in numpy's size limit, brackets nest shallowly
+/// (the header parser recurses), and the shape's element count neither
+/// overflows nor exceeds the file's bytes (so no product of a crafted
+/// shape can overflow later).
+fn precheck(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a valid .npy file (no \\x93NUMPY magic)".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("not a valid .npy file (format version {v})")),
+    };
+    if len > MAX_HEADER {
+        return Err(format!(
+            "header of {len} bytes is larger than numpy's limit of {MAX_HEADER}"
+        ));
+    }
+    let Some(header) = bytes.get(start..start + len) else {
+        return Err(format!(
+            "truncated: the header needs {len} bytes, the file holds {}",
+            bytes.len() - start
+        ));
+    };
+    let mut depth = 0usize;
+    for &b in header {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > 16 {
+                    return Err("not a valid .npy file (header nests too deeply)".into());
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(header);
+    if let Some(at) = text.find("'shape'") {
+        let rest = &text[at..];
+        if let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) {
+            if open < close {
+                let mut count: u64 = 1;
+                for t in rest[open + 1..close]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                {
+                    let d: u64 = t
+                        .trim_end_matches('L')
+                        .parse()
+                        .map_err(|_| format!("not a valid .npy file (shape entry {t:?})"))?;
+                    count = count.saturating_mul(d);
+                }
+                if count > (bytes.len() - start - len) as u64 {
+                    return Err(format!(
+                        "truncated: the header's shape {} claims {count} values, more than the {} data bytes the file holds",
+                        &rest[open..=close],
+                        bytes.len() - start - len
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Raw<'a>> {
     let bad = |what: String| ToolError::input(path, what);
+    precheck(bytes).map_err(bad)?;
     let mut rest: &[u8] = bytes;
     let npy = NpyFile::new(&mut rest).map_err(|e| bad(format!("not a valid .npy file ({e})")))?;
     let DType::Plain(ts) = npy.dtype() else {
@@ -122,7 +197,19 @@ fn floats(raw: &Raw<'_>, path: &Path) -> Result<Vec<f32>> {
         Elem::Float(2) => decode!(raw.data, u16, be)
             .map(|b| half::f16::from_bits(b).to_f32())
             .collect(),
-        Elem::Float(8) => decode!(raw.data, f64, be).map(|x| x as f32).collect(),
+        Elem::Float(8) => {
+            let v: Vec<f64> = decode!(raw.data, f64, be).collect();
+            if let Some(i) = v
+                .iter()
+                .position(|x| x.is_finite() && !(*x as f32).is_finite())
+            {
+                return Err(ToolError::input(
+                    path,
+                    format!("value {} at flat index {i} does not fit in float32", v[i]),
+                ));
+            }
+            v.into_iter().map(|x| x as f32).collect()
+        }
         _ => {
             return Err(ToolError::input(
                 path,
@@ -162,13 +249,13 @@ pub fn read_matrix(path: &Path, progress: &Progress) -> Result<Array<f32>> {
             ),
         ));
     }
-    let mut values = floats(&raw, path)?;
-    if raw.fortran {
-        values = to_c_order(values, &raw.shape);
-    }
     let dim = raw.shape[1];
     if dim == 0 {
         return Err(ToolError::input(path, "vectors of dimension 0"));
+    }
+    let mut values = floats(&raw, path)?;
+    if raw.fortran {
+        values = to_c_order(values, &raw.shape);
     }
     if let Some(i) = values.iter().position(|x| !x.is_finite()) {
         return Err(ToolError::input(
@@ -317,6 +404,39 @@ mod tests {
         let (_d, p) = write(&npy("<i8", "(2,)", &data));
         let e = read_ids(&p, &Progress::hidden()).unwrap_err().to_string();
         assert!(e.contains("row 1") && e.contains("negative"), "{e}");
+    }
+
+    #[test]
+    fn crafted_headers_are_refused_before_parsing() {
+        let (_d, p) = write(&npy("<f4", "(4294967296, 4294967296)", &[0; 16]));
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated") && e.contains("claims"), "{e}");
+        let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+        let (_d, p) = write(&npy("<f4", &deep, &[0; 4]));
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nests too deeply"), "{e}");
+        let mut v = npy("<f4", "(1, 1)", &[0; 4]);
+        v[8] = 0xff;
+        v[9] = 0xff;
+        let (_d, p) = write(&v);
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit"), "{e}");
+        let (_d, p) = write(&npy("<f4", "(0, 5)", &[]));
+        // An empty matrix reads (and build then refuses it by its ids).
+        let e = read_matrix(&p, &Progress::hidden());
+        assert!(e.is_ok());
+        let big: Vec<u8> = 1e300f64.to_le_bytes().to_vec();
+        let (_d, p) = write(&npy("<f8", "(1, 1)", &big));
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not fit in float32"), "{e}");
     }
 
     #[test]

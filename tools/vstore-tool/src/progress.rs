@@ -67,13 +67,14 @@ impl Progress {
         b
     }
 
-    /// A spinner for a step of unknown length.
-    pub fn spinner(&self, msg: &str) -> ProgressBar {
+    /// A spinner for a step of unknown length; cleared when dropped (so an
+    /// error message never follows a half-drawn spinner line).
+    pub fn spinner(&self, msg: &str) -> Spinner {
         let b = ProgressBar::with_draw_target(None, self.target());
         b.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid"));
         b.set_message(msg.to_string());
         b.enable_steady_tick(Duration::from_millis(120));
-        b
+        Spinner(b)
     }
 
     /// Reads a whole file, with a bar if it is large.
@@ -108,5 +109,22 @@ impl Progress {
         }
         bar.finish_and_clear();
         Ok(v)
+    }
+}
+
+/// A spinner that clears itself when dropped.
+#[derive(Debug)]
+pub struct Spinner(ProgressBar);
+
+impl Spinner {
+    /// Removes the spinner's line.
+    pub fn finish_and_clear(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
     }
 }

@@ -64,9 +64,10 @@ pub struct TableColumn {
 pub struct Table {
     /// The file it came from.
     pub path: PathBuf,
-    /// How rows are named in messages ("row" for Parquet, "line" for CSV,
-    /// with the CSV header as line 1).
-    pub row_word: &'static str,
+    /// For CSV, the file line each row starts on (the header is line 1;
+    /// blank lines and quoted line breaks counted); empty for Parquet,
+    /// whose rows are named by their 0-based index.
+    pub lines: Vec<u64>,
     /// Item id of each row.
     pub ids: Vec<u64>,
     /// Value columns, in file order.
@@ -76,9 +77,9 @@ pub struct Table {
 impl Table {
     /// How row `i` (0-based) is named in messages.
     pub fn row_name(&self, i: usize) -> String {
-        match self.row_word {
-            "line" => format!("line {}", i + 2),
-            w => format!("{w} {i}"),
+        match self.lines.get(i) {
+            Some(l) => format!("line {l}"),
+            None => format!("row {i}"),
         }
     }
 
@@ -101,109 +102,177 @@ impl Table {
     }
 }
 
-/// Reads `path` (`.parquet`/`.pq` or `.csv`) with `id_column` as the key.
-pub fn read_table(path: &Path, id_column: &str) -> Result<Table> {
+/// Whether a column is pandas' saved index (`__index_level_0__`), which
+/// is never item data.
+fn is_pandas_index(name: &str) -> bool {
+    name.starts_with("__index_level_") && name.ends_with("__")
+}
+
+/// Reads `path` (`.parquet`/`.pq` or `.csv`) with `id_column` as the key,
+/// leaving out the columns named in `skip` (and pandas' saved index).
+pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let ((names, mut cols), row_word) = match ext.as_str() {
-        "parquet" | "pq" => (read_parquet(path)?, "row"),
-        "csv" => (read_csv(path)?, "line"),
+    let keep = |n: &str| n == id_column || !(skip.iter().any(|s| s == n) || is_pandas_index(n));
+    let no_id = |names: &[String]| {
+        ToolError::input(
+            path,
+            format!(
+                "no id column {id_column:?} (columns: {}); name it with --id-column",
+                names.join(", ")
+            ),
+        )
+    };
+    let mut table = Table {
+        path: path.to_path_buf(),
+        lines: Vec::new(),
+        ids: Vec::new(),
+        columns: Vec::new(),
+    };
+    match ext.as_str() {
+        "parquet" | "pq" => {
+            let (names, mut cols, mut unsigned) = read_parquet(path, &keep)?;
+            let Some(at) = names.iter().position(|n| n == id_column) else {
+                return Err(no_id(&names));
+            };
+            let id_vals = cols.remove(at);
+            let id_unsigned = unsigned.remove(at);
+            let mut names = names;
+            names.remove(at);
+            let Values::Int(v) = id_vals else {
+                return Err(ToolError::input(
+                    path,
+                    format!("id column {id_column:?} holds floats; ids are integers"),
+                ));
+            };
+            table.ids = v
+                .iter()
+                .enumerate()
+                .map(|(i, x)| match *x {
+                    // UINT_64 values are read as their bits.
+                    Some(x) if id_unsigned => Ok(x as u64),
+                    Some(x) if x >= 0 => Ok(x as u64),
+                    Some(x) => Err(ToolError::input(
+                        path,
+                        format!("row {i} column {id_column:?}: id {x} is negative"),
+                    )),
+                    None => Err(ToolError::input(
+                        path,
+                        format!("row {i} column {id_column:?}: missing id"),
+                    )),
+                })
+                .collect::<Result<_>>()?;
+            for ((name, col), uns) in names.iter().zip(&cols).zip(unsigned) {
+                if let (Values::Int(v), true) = (col, uns) {
+                    if let Some(i) = v.iter().position(|x| matches!(x, Some(x) if *x < 0)) {
+                        return Err(ToolError::input(
+                            path,
+                            format!(
+                                "row {i} column {name:?}: value {} is above 2^63-1 (only id columns may hold such values)",
+                                v[i].unwrap_or(0) as u64
+                            ),
+                        ));
+                    }
+                }
+            }
+            table.columns = names
+                .into_iter()
+                .zip(cols)
+                .map(|(name, values)| TableColumn { name, values })
+                .collect();
+        }
+        "csv" => {
+            let (names, mut raw, lines) = read_csv(path, &keep)?;
+            let Some(at) = names.iter().position(|n| n == id_column) else {
+                return Err(no_id(&names));
+            };
+            let id_fields = raw.remove(at);
+            let mut names = names;
+            names.remove(at);
+            table.ids = id_fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    f.parse::<u64>().map_err(|_| {
+                        let why = if f.is_empty() {
+                            "missing id".to_string()
+                        } else if f.starts_with('-') && f[1..].parse::<u64>().is_ok() {
+                            format!("id {f} is negative")
+                        } else {
+                            format!("{f:?} is not an item id (a non-negative integer)")
+                        };
+                        ToolError::input(
+                            path,
+                            format!("line {} column {id_column:?}: {why}", lines[i]),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            for (name, fields) in names.into_iter().zip(raw) {
+                let values = infer_csv_column(path, &name, fields, &lines)?;
+                table.columns.push(TableColumn { name, values });
+            }
+            table.lines = lines;
+        }
         _ => {
             return Err(ToolError::input(
                 path,
                 "unknown table format: use a .parquet, .pq or .csv file",
             ))
         }
-    };
-    let Some(at) = names.iter().position(|n| n == id_column) else {
-        return Err(ToolError::input(
-            path,
-            format!(
-                "no id column {id_column:?} (columns: {}); name it with --id-column",
-                names.join(", ")
-            ),
-        ));
-    };
-    let id_vals = cols.remove(at);
-    let mut names = names;
-    names.remove(at);
-    let mut table = Table {
-        path: path.to_path_buf(),
-        row_word,
-        ids: Vec::new(),
-        columns: Vec::new(),
-    };
-    let ids = match id_vals {
-        Values::Int(v) => v,
-        Values::Float(_) => {
-            return Err(ToolError::input(
-                path,
-                format!("id column {id_column:?} holds floats; ids are integers"),
-            ))
-        }
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    for (i, id) in ids.iter().enumerate() {
-        match id {
-            Some(x) if *x >= 0 => out.push(*x as u64),
-            Some(x) => {
-                return Err(ToolError::input(
-                    path,
-                    format!(
-                        "{} column {id_column:?}: id {x} is negative",
-                        table.row_name(i)
-                    ),
-                ))
-            }
-            None => {
-                return Err(ToolError::input(
-                    path,
-                    format!("{} column {id_column:?}: missing id", table.row_name(i)),
-                ))
-            }
-        }
     }
-    table.ids = out;
-    table.columns = names
-        .into_iter()
-        .zip(cols)
-        .map(|(name, values)| TableColumn { name, values })
-        .collect();
     Ok(table)
 }
 
-type Columns = (Vec<String>, Vec<Values>);
+/// Column names, each kept column's raw fields, and each row's line.
+type CsvColumns = (Vec<String>, Vec<Vec<String>>, Vec<u64>);
 
-fn read_csv(path: &Path) -> Result<Columns> {
+fn read_csv(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<CsvColumns> {
+    let bytes = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| csv_err(path, e))?;
-    let names: Vec<String> = r
+        .from_reader(&bytes[..]);
+    let all: Vec<String> = r
         .headers()
         .map_err(|e| csv_err(path, e))?
         .iter()
         .map(str::to_string)
         .collect();
-    if names.is_empty() || names.iter().all(String::is_empty) {
+    if all.is_empty() || all.iter().all(String::is_empty) {
         return Err(ToolError::input(path, "no header line"));
     }
-    let mut raw: Vec<Vec<String>> = vec![Vec::new(); names.len()];
+    let kept: Vec<usize> = (0..all.len()).filter(|&c| keep(&all[c])).collect();
+    let names = kept.iter().map(|&c| all[c].clone()).collect();
+    let mut raw: Vec<Vec<String>> = vec![Vec::new(); kept.len()];
+    // Lines are counted from byte offsets: the csv crate's own line count
+    // leaves out line breaks inside quoted fields.
+    let mut lines = Vec::new();
+    let (mut at, mut line) = (0usize, 1u64);
     for rec in r.records() {
         let rec = rec.map_err(|e| csv_err(path, e))?;
-        for (c, f) in rec.iter().enumerate() {
-            raw[c].push(f.to_string());
+        let mut start = rec
+            .position()
+            .map_or(at, |p| p.byte() as usize)
+            .min(bytes.len());
+        // A record's position may point at blank lines skipped before it.
+        while start < bytes.len() && matches!(bytes[start], b'\n' | b'\r') {
+            start += 1;
+        }
+        line += bytes[at.min(start)..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        at = start;
+        lines.push(line);
+        for (k, &c) in kept.iter().enumerate() {
+            raw[k].push(rec.get(c).unwrap_or("").to_string());
         }
     }
-    let mut cols = Vec::with_capacity(names.len());
-    for (name, fields) in names.iter().zip(raw) {
-        cols.push(infer_csv_column(path, name, fields)?);
-    }
-    Ok((names, cols))
+    Ok((names, raw, lines))
 }
 
 fn csv_err(path: &Path, e: csv::Error) -> ToolError {
@@ -225,7 +294,7 @@ fn is_missing(s: &str) -> bool {
     s.is_empty()
 }
 
-fn infer_csv_column(path: &Path, name: &str, fields: Vec<String>) -> Result<Values> {
+fn infer_csv_column(path: &Path, name: &str, fields: Vec<String>, lines: &[u64]) -> Result<Values> {
     let all_int = fields
         .iter()
         .all(|f| is_missing(f) || f.parse::<i64>().is_ok());
@@ -247,7 +316,7 @@ fn infer_csv_column(path: &Path, name: &str, fields: Vec<String>) -> Result<Valu
                     path,
                     format!(
                         "line {} column {name:?}: {x} is not finite (leave the field empty for a missing value)",
-                        i + 2
+                        lines[i]
                     ),
                 ))
             }
@@ -255,8 +324,8 @@ fn infer_csv_column(path: &Path, name: &str, fields: Vec<String>) -> Result<Valu
                 return Err(ToolError::input(
                     path,
                     format!(
-                        "line {} column {name:?}: {f:?} is not a number (columns hold numbers; categorical values are integer codes)",
-                        i + 2
+                        "line {} column {name:?}: {f:?} is not a number (columns hold numbers; categorical values are integer codes; --skip-column leaves a column out)",
+                        lines[i]
                     ),
                 ))
             }
@@ -269,16 +338,23 @@ fn pq_err(path: &Path, e: parquet::errors::ParquetError) -> ToolError {
     ToolError::input(path, format!("not a readable Parquet file ({e})"))
 }
 
-fn read_parquet(path: &Path) -> Result<Columns> {
+/// Names, values and unsigned-ness of the kept columns.
+type PqColumns = (Vec<String>, Vec<Values>, Vec<bool>);
+
+fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
     let f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
     let reader = SerializedFileReader::new(f).map_err(|e| pq_err(path, e))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let ncols = schema.num_columns();
     let mut names = Vec::with_capacity(ncols);
     let mut cols: Vec<Values> = Vec::with_capacity(ncols);
+    let mut index = Vec::with_capacity(ncols);
     for c in 0..ncols {
         let d = schema.column(c);
         let name = d.path().string();
+        if !keep(&name) {
+            continue;
+        }
         if d.max_rep_level() > 0 || d.path().parts().len() != 1 {
             return Err(ToolError::input(
                 path,
@@ -305,22 +381,35 @@ fn read_parquet(path: &Path) -> Result<Columns> {
         };
         names.push(name);
         cols.push(values);
+        index.push(c);
     }
-    for g in 0..reader.num_row_groups() {
-        let rg = reader.get_row_group(g).map_err(|e| pq_err(path, e))?;
-        let rows = usize::try_from(rg.metadata().num_rows()).unwrap_or(0);
-        for (c, out) in cols.iter_mut().enumerate() {
-            let d = schema.column(c);
-            let unsigned = matches!(
-                d.converted_type(),
+    let unsigned: Vec<bool> = index
+        .iter()
+        .map(|&c| {
+            matches!(
+                schema.column(c).converted_type(),
                 ConvertedType::UINT_8
                     | ConvertedType::UINT_16
                     | ConvertedType::UINT_32
                     | ConvertedType::UINT_64
-            );
+            )
+        })
+        .collect();
+    for g in 0..reader.num_row_groups() {
+        let rg = reader.get_row_group(g).map_err(|e| pq_err(path, e))?;
+        let rows = usize::try_from(rg.metadata().num_rows()).map_err(|_| {
+            ToolError::input(
+                path,
+                format!("row group {g} claims {} rows", rg.metadata().num_rows()),
+            )
+        })?;
+        for (k, out) in cols.iter_mut().enumerate() {
+            let c = index[k];
+            let d = schema.column(c);
+            let unsigned = unsigned[k];
             let max_def = d.max_def_level();
             let r = rg.get_column_reader(c).map_err(|e| pq_err(path, e))?;
-            let name = &names[c];
+            let name = &names[k];
             match (r, out) {
                 (ColumnReader::BoolColumnReader(r), Values::Int(o)) => {
                     read_chunk(path, name, r, rows, max_def, o, i64::from)?
@@ -333,19 +422,8 @@ fn read_parquet(path: &Path) -> Result<Columns> {
                     }
                 }
                 (ColumnReader::Int64ColumnReader(r), Values::Int(o)) => {
-                    let from = o.len();
-                    read_chunk(path, name, r, rows, max_def, o, |x| x)?;
-                    // UINT_64 values are stored as their bits: above
-                    // i64::MAX they read as negative here.
-                    if let Some(i) = o[from..]
-                        .iter()
-                        .position(|x| matches!(x, Some(x) if *x < 0 && unsigned))
-                    {
-                        return Err(ToolError::input(
-                            path,
-                            format!("row {} column {name:?}: value {} is above 2^63-1, which vstore-tool does not read", from + i, o[from + i].unwrap_or(0) as u64),
-                        ));
-                    }
+                    // UINT_64 values are kept as their bits (see read_table).
+                    read_chunk(path, name, r, rows, max_def, o, |x| x)?
                 }
                 (ColumnReader::FloatColumnReader(r), Values::Float(o)) => {
                     read_chunk(path, name, r, rows, max_def, o, f64::from)?
@@ -379,7 +457,7 @@ fn read_parquet(path: &Path) -> Result<Columns> {
             }
         }
     }
-    Ok((names, cols))
+    Ok((names, cols, unsigned))
 }
 
 /// Reads one column chunk of `rows` rows, appending to `out` (nulls as `None`).

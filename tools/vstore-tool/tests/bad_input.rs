@@ -53,7 +53,7 @@ fn truncated_npy() {
     std::fs::write(d.path("cut2.npy"), &bytes[..40]).unwrap();
     let e = build_fails(&d, &[], "ids.npy", "cut2.npy");
     assert!(
-        e.contains("cut2.npy") && e.contains("not a valid .npy"),
+        e.contains("cut2.npy") && e.contains("truncated: the header needs"),
         "{e}"
     );
 }
@@ -455,4 +455,139 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = common::tool().args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn csv_messages_count_blank_lines_and_quoted_line_breaks() {
+    let d = Data::new();
+    let csv = format!(
+        "id,ctr_1d,note\n{},0.1,\"two\nlines\"\n\n{},oops,x\n",
+        d.ids[0], d.ids[1]
+    );
+    std::fs::write(d.path("odd.csv"), csv).unwrap();
+    let e = build_fails(
+        &d,
+        &["--stats", &d.p("odd.csv"), "--skip-column", "note"],
+        "ids.npy",
+        "emb.npy",
+    );
+    // The header is line 1, the first record spans lines 2-3, line 4 is
+    // blank: the bad value is on line 5.
+    assert!(e.contains("line 5") && e.contains("\"oops\""), "{e}");
+}
+
+#[test]
+fn empty_inputs_publish_nothing() {
+    let d = Data::new();
+    d.build("s");
+    let before = fingerprint(&d.path("s"));
+    std::fs::write(d.path("none.txt"), "# nothing\n").unwrap();
+    let e = fails(&["delete-items", &d.p("s"), "--ids", &d.p("none.txt")]);
+    assert!(
+        e.contains("none.txt") && e.contains("nothing to delete"),
+        "{e}"
+    );
+    std::fs::write(d.path("none.csv"), "id,ctr_1d\n").unwrap();
+    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("none.csv")]);
+    assert!(e.contains("none.csv") && e.contains("no rows"), "{e}");
+    npy_u64(&d.path("zero.npy"), &[]);
+    npy_f32(&d.path("zero_emb.npy"), &[], DIM);
+    let e = fails(&[
+        "add-items",
+        &d.p("s"),
+        "--ids",
+        &d.p("zero.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("zero_emb.npy")),
+    ]);
+    assert!(
+        e.contains("zero.npy") && e.contains("nothing to add"),
+        "{e}"
+    );
+    assert_unchanged(&d.path("s"), &before);
+}
+
+#[test]
+fn out_of_range_options_are_usage_errors() {
+    for args in [
+        vec![
+            "query",
+            "s",
+            "--embedding",
+            "a@b",
+            "--user",
+            "u.npy",
+            "--all",
+            "--repeat",
+            "0",
+        ],
+        vec![
+            "query",
+            "s",
+            "--embedding",
+            "a@b",
+            "--user",
+            "u.npy",
+            "--all",
+            "--repeat",
+            "1152921504606846976",
+        ],
+        vec![
+            "query",
+            "s",
+            "--embedding",
+            "a@b",
+            "--user",
+            "u.npy",
+            "--all",
+            "-k",
+            "0",
+        ],
+        vec!["demo", "--rows", "0"],
+        vec!["demo", "--rows", "288230376151711744"],
+        vec!["demo", "--queries", "0"],
+    ] {
+        let out = common::tool().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// A writer that fails like a closed pipe.
+struct ClosedPipe;
+
+impl std::io::Write for ClosedPipe {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn verify_reports_damage_even_when_its_output_is_closed() {
+    use clap::Parser;
+    let d = Data::new();
+    d.build("s");
+    let victim = std::fs::read_dir(d.path("s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-emb-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let cli = vstore_tool::Cli::parse_from(["vstore-tool", "verify", &d.p("s")]);
+    let e = vstore_tool::run(cli, &mut ClosedPipe).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            vstore_tool::ToolError::VerifyFailed {
+                failed: 1,
+                checked: 1
+            }
+        ),
+        "{e}"
+    );
 }

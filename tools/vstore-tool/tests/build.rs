@@ -167,3 +167,99 @@ fn build_with_a_precomputed_bundle() {
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     assert!(snap.model_is_precomputed("prerank@v1"));
 }
+
+#[test]
+fn ids_above_2_pow_63_in_npy_csv_and_parquet_and_skipped_columns() {
+    let d = Data::new();
+    let ids: Vec<u64> = (0..4).map(|i| u64::MAX - 10 + i).collect();
+    common::npy_u64(&d.path("big.npy"), &ids);
+    let vecs: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| common::vector(id % 1000, 0))
+        .collect();
+    common::npy_f32(&d.path("big_emb.npy"), &vecs, DIM);
+    let csv: String = std::iter::once("id,ctr_1d\n".to_string())
+        .chain(ids.iter().map(|id| format!("{id},0.5\n")))
+        .collect();
+    std::fs::write(d.path("big.csv"), csv).unwrap();
+    // Parquet: UINT_64 ids (stored as their bits), a string column skipped,
+    // and pandas' saved index left out by itself.
+    let path = d.path("big.parquet");
+    {
+        use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
+        use std::sync::Arc;
+        let schema = Arc::new(
+            parquet::schema::parser::parse_message_type(
+                "message t { REQUIRED INT64 id (INTEGER(64,false)); REQUIRED INT32 category; \
+                 REQUIRED BYTE_ARRAY title (UTF8); REQUIRED INT64 __index_level_0__; }",
+            )
+            .unwrap(),
+        );
+        let f = std::fs::File::create(&path).unwrap();
+        let mut w = parquet::file::writer::SerializedFileWriter::new(f, schema, Default::default())
+            .unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let mut c = 0;
+        while let Some(mut cw) = rg.next_column().unwrap() {
+            match c {
+                0 => {
+                    let v: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+                    cw.typed::<Int64Type>().write_batch(&v, None, None).unwrap();
+                }
+                1 => {
+                    cw.typed::<Int32Type>()
+                        .write_batch(&[1, 2, 3, 4], None, None)
+                        .unwrap();
+                }
+                2 => {
+                    let v: Vec<ByteArray> = ["a", "b", "c", "d"]
+                        .iter()
+                        .map(|s| ByteArray::from(*s))
+                        .collect();
+                    cw.typed::<ByteArrayType>()
+                        .write_batch(&v, None, None)
+                        .unwrap();
+                }
+                _ => {
+                    cw.typed::<Int64Type>()
+                        .write_batch(&[7, 8, 9, 10], None, None)
+                        .unwrap();
+                }
+            }
+            cw.close().unwrap();
+            c += 1;
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+    ok(&[
+        "build",
+        &d.p("s"),
+        "--ids",
+        &d.p("big.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("big_emb.npy")),
+        "--profile",
+        &d.p("big.parquet"),
+        "--skip-column",
+        "title",
+        "--stats",
+        &d.p("big.csv"),
+    ]);
+    let snap = Store::open(d.path("s")).unwrap().snapshot();
+    assert_eq!(
+        snap.schema()
+            .profile
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["category"]
+    );
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            snap.get_categorical(id, "category").unwrap(),
+            Some(i as u32 + 1)
+        );
+        assert_eq!(snap.get_stat(id, "ctr_1d").unwrap(), Some(0.5));
+    }
+}

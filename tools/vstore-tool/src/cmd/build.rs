@@ -2,7 +2,7 @@
 //! and an optional model bundle, published as snapshot 1.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vstore::{ItemBatch, Model, Schema, Store, Writer};
@@ -44,11 +44,21 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
 
     let items = read_items(&a.ids, &embs, p)?;
     let profile = match &a.tables.profile {
-        Some(t) => Some(load_table(t, &a.tables.id_column, p)?),
+        Some(t) => Some(load_table(
+            t,
+            &a.tables.id_column,
+            &a.tables.skip_columns,
+            p,
+        )?),
         None => None,
     };
     let stats = match &a.tables.stats {
-        Some(t) => Some(load_table(t, &a.tables.id_column, p)?),
+        Some(t) => Some(load_table(
+            t,
+            &a.tables.id_column,
+            &a.tables.skip_columns,
+            p,
+        )?),
         None => None,
     };
     for s in &specs {
@@ -104,7 +114,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         None => None,
     };
 
-    let existed = a.store.exists();
+    let created = Created::before(&a.store);
     let t = Instant::now();
     let r = (|| -> Result<std::sync::Arc<vstore::Snapshot>> {
         let mut w = Writer::create(&a.store, schema)?;
@@ -130,7 +140,10 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let snap = match r {
         Ok(s) => s,
         Err(e) => {
-            undo_create(&a.store, existed);
+            // Another build holds the lock: nothing here is ours to remove.
+            if !matches!(e, ToolError::Store(vstore::Error::Locked { .. })) {
+                created.undo(&a.store);
+            }
             return Err(e);
         }
     };
@@ -165,11 +178,37 @@ fn refuse_existing_store(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// After a failed build: remove what `Writer::create` made (the lock file,
-/// and the directory if build created it).
-fn undo_create(dir: &Path, existed: bool) {
-    let _ = std::fs::remove_file(dir.join("LOCK"));
-    if !existed {
-        let _ = std::fs::remove_dir(dir);
+/// What existed before `build` ran, so that a failed build can remove
+/// exactly what it made: the lock file, the store directory and any parent
+/// directories `Writer::create` created.
+struct Created {
+    /// Directories that did not exist, innermost first.
+    dirs: Vec<PathBuf>,
+    /// Whether the lock file existed.
+    lock: bool,
+}
+
+impl Created {
+    fn before(dir: &Path) -> Created {
+        let mut dirs = Vec::new();
+        let mut d = Some(dir);
+        while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            dirs.push(p.to_path_buf());
+            d = p.parent();
+        }
+        Created {
+            dirs,
+            lock: dir.join("LOCK").exists(),
+        }
+    }
+
+    fn undo(&self, dir: &Path) {
+        if !self.lock {
+            let _ = std::fs::remove_file(dir.join("LOCK"));
+        }
+        for d in &self.dirs {
+            // Fails (and stops nothing) if something else appeared inside.
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }

@@ -24,15 +24,10 @@ const K: usize = 100;
 
 /// Runs `demo`.
 pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
-    if a.rows == 0 {
-        return Err(ToolError::Usage("--rows must be at least 1".into()));
-    }
-    if a.queries == 0 {
-        return Err(ToolError::Usage("--queries must be at least 1".into()));
-    }
+    let (rows, queries) = (a.rows as usize, a.queries as usize);
     let t = Instant::now();
-    let sp = p.spinner(&format!("generating {} items", a.rows));
-    let cat = Catalogue::generate(a.rows, 42);
+    let sp = p.spinner(&format!("generating {} items", rows));
+    let cat = Catalogue::generate(rows, 42);
     sp.finish_and_clear();
     if let Some(dir) = &a.export {
         return export(dir, &cat, out);
@@ -141,13 +136,13 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let store = Store::open(&dir)?;
     let snap = store.snapshot();
     let mut scratch = Scratch::default();
-    let mut lat2 = Vec::with_capacity(a.queries);
-    let mut lat3 = Vec::with_capacity(a.queries);
+    let mut lat2 = Vec::with_capacity(queries);
+    let mut lat3 = Vec::with_capacity(queries);
     let mut fav_share = 0.0;
     let exclude = Filter::not_in("brand", [0]);
     let mut last = None;
-    let sp = p.bar(a.queries as u64, "queries");
-    for q in 0..a.queries as u64 {
+    let sp = p.bar(queries as u64, "queries");
+    for q in 0..queries as u64 {
         let (fav, user) = synth::user_vector(q);
         let cands = candidates(&cat, fav, q);
         let (dense, by_cat) = synth::user_inputs(q);
@@ -181,7 +176,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         out,
         "\nqueries on snapshot {}: {CANDIDATES} candidates each (1% unknown ids), top {K}, brand != 0, {} queries per kind, one thread:",
         snap.number(),
-        a.queries
+        queries
     );
     let mut t = TextTable::new(&["query", "p50", "p90", "p99", "max"]);
     for (name, l) in [("two-tower", &mut lat2), ("three-tower", &mut lat3)] {
@@ -198,7 +193,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     say!(
         out,
         "  two-tower: {:.0}% of the top {K} are in the user's favourite category (vectors cluster by category)",
-        100.0 * fav_share / a.queries as f64
+        100.0 * fav_share / queries as f64
     );
     let t = Instant::now();
     let full = snap.query(&Query::full_scan(&key, &synth::user_vector(0).1, K))?;

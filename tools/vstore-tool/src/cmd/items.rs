@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{Compaction, ItemBatch, Writer};
+use vstore::{Compaction, ItemBatch, Store, Writer};
 
 use crate::cli::{CompactArgs, DeleteArgs, ItemsArgs};
 use crate::error::{Context, Result, ToolError};
@@ -23,9 +23,11 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         .iter()
         .map(|s| parse_embedding_arg(s))
         .collect::<Result<Vec<_>>>()?;
-    let mut w = Writer::open(&a.store)?;
-    let base = w.snapshot();
-    let schema = w.schema().clone();
+    // Inputs are checked against the newest snapshot before the writer's
+    // lock is taken (the library checks again under the lock).
+    let store = Store::open(&a.store)?;
+    let snap = store.snapshot();
+    let schema = snap.schema().clone();
     for e in &embs {
         let Some(def) = schema.embedding_def(&e.key) else {
             return Err(ToolError::Usage(format!(
@@ -54,6 +56,9 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         )));
     }
     let items = read_items(&a.ids, &embs, p)?;
+    if items.ids.is_empty() {
+        return Err(ToolError::input(&a.ids, "no ids: nothing to add"));
+    }
     for (e, dim, _) in &items.vectors {
         let want = schema
             .embedding_def(&e.key)
@@ -70,32 +75,38 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         }
     }
     if !replace {
-        if let Some(snap) = &base {
-            if let Some(i) = items.ids.iter().position(|&id| snap.lookup(id).is_some()) {
-                return Err(ToolError::input(
-                    &a.ids,
-                    format!(
-                        "row {i}: id {} is already an item of snapshot {} (use update-items to replace it)",
-                        items.ids[i],
-                        snap.number()
-                    ),
-                ));
-            }
+        if let Some(i) = items.ids.iter().position(|&id| snap.lookup(id).is_some()) {
+            return Err(ToolError::input(
+                &a.ids,
+                format!(
+                    "row {i}: id {} is already an item of snapshot {} (use update-items to replace it)",
+                    items.ids[i],
+                    snap.number()
+                ),
+            ));
         }
     }
+    let replaced = if replace {
+        items_in(&snap, &items.ids)
+    } else {
+        0
+    };
     let mut batch = ItemBatch::new(items.ids.clone());
     for (path, group) in [
         (&a.tables.profile, Group::Profile),
         (&a.tables.stats, Group::Stats),
     ] {
         let Some(path) = path else { continue };
-        let table = load_table(path, &a.tables.id_column, p)?;
+        let table = load_table(path, &a.tables.id_column, &a.tables.skip_columns, p)?;
         let cols = resolve_existing(&table, group, &schema)?;
         batch = add_table_columns(batch, &items.ids_path, &items.ids, &table, &cols)?;
     }
     for (e, _, v) in items.vectors {
         batch = batch.embedding(&e.key, v);
     }
+    drop((snap, store));
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
     let t = Instant::now();
     let n = items.ids.len();
     let mut tx = w.begin();
@@ -106,10 +117,6 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         tx.add_items(batch).context(what)?;
     }
     let snap = tx.commit()?;
-    let replaced = match (&base, replace) {
-        (Some(b), true) => items_in(b, &items.ids),
-        _ => 0,
-    };
     say!(
         out,
         "{} {n} items as a new segment{}",
@@ -130,9 +137,12 @@ fn items_in(snap: &vstore::Snapshot, ids: &[u64]) -> usize {
 /// Runs `delete-items`.
 pub fn delete(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
     let ids = read_id_list(&a.ids, &Progress::hidden())?;
-    let mut w = Writer::open(&a.store)?;
-    let base = w.snapshot();
-    if let Some(snap) = &base {
+    if ids.is_empty() {
+        return Err(ToolError::input(&a.ids, "no ids: nothing to delete"));
+    }
+    let store = Store::open(&a.store)?;
+    {
+        let snap = store.snapshot();
         let mut seen = std::collections::HashMap::new();
         for (i, &id) in ids.iter().enumerate() {
             if let Some(j) = seen.insert(id, i) {
@@ -152,6 +162,9 @@ pub fn delete(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
             }
         }
     }
+    drop(store);
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
     let t = Instant::now();
     let mut tx = w.begin();
     tx.delete(&ids)

@@ -1,7 +1,6 @@
 //! `query`: a two-tower or three-tower query from files, printing the top
 //! k as a table or JSON, with timing.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,13 +59,16 @@ fn floats(path: &Path, field: &str, v: &Value) -> Result<Vec<f32>> {
     };
     a.iter()
         .enumerate()
-        .map(|(i, x)| {
-            x.as_f64()
-                .map(|f| f as f32)
-                .filter(|f| f.is_finite())
-                .ok_or_else(|| {
-                    ToolError::input(path, format!("{field}[{i}]: {x} is not a finite number"))
-                })
+        .map(|(i, x)| match x.as_f64() {
+            Some(f) if (f as f32).is_finite() => Ok(f as f32),
+            Some(f) => Err(ToolError::input(
+                path,
+                format!("{field}[{i}]: {f} does not fit in float32"),
+            )),
+            None => Err(ToolError::input(
+                path,
+                format!("{field}[{i}]: {x} is not a number"),
+            )),
         })
         .collect()
 }
@@ -177,9 +179,6 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
                 .into(),
         ));
     }
-    if a.repeat == 0 {
-        return Err(ToolError::Usage("--repeat must be at least 1".into()));
-    }
     let user = read_user(&a.user)?;
     let ids = match &a.candidates {
         Some(p) => read_id_list(p, &Progress::hidden())?,
@@ -200,9 +199,9 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     let store = Store::open(&a.store)?;
     let snap = store.snapshot();
     let mut q = if a.all {
-        Query::full_scan(&a.embedding, &user, a.k)
+        Query::full_scan(&a.embedding, &user, a.k as usize)
     } else {
-        Query::ids(&a.embedding, &user, &ids, a.k)
+        Query::ids(&a.embedding, &user, &ids, a.k as usize)
     };
     if let Some(f) = &filter {
         q = q.filter(f);
@@ -214,11 +213,20 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     let mut scratch = Scratch::default();
-    let mut lat: Vec<Duration> = Vec::with_capacity(a.repeat);
+    let mut lat: Vec<Duration> = Vec::with_capacity(a.repeat as usize);
     let mut result = None;
     for _ in 0..a.repeat {
         let t = Instant::now();
-        let r = snap.query_with(&q, &mut scratch)?;
+        let r = snap.query_with(&q, &mut scratch).map_err(|e| {
+            let mut what = format!("query with the user vector from {}", a.user.display());
+            if let Some(i) = &a.inputs {
+                what += &format!(" and the model inputs from {}", i.display());
+            }
+            ToolError::StoreIn {
+                context: what,
+                source: e,
+            }
+        })?;
         lat.push(t.elapsed());
         result = Some(r);
     }
@@ -238,14 +246,16 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
             .map(|(i, h)| {
                 let mut o = json!({"rank": i + 1, "id": h.id, "score": h.score});
                 if !r.head_names.is_empty() {
-                    let heads: HashMap<&str, f32> = r
+                    // In the model's head order.
+                    let heads: serde_json::Map<String, Value> = r
                         .head_names
                         .iter()
-                        .map(String::as_str)
-                        .zip(r.heads_of(i).iter().copied())
+                        .cloned()
+                        .zip(r.heads_of(i).iter().map(|&x| json!(x)))
                         .collect();
-                    o["heads"] = json!(heads);
+                    o["heads"] = Value::Object(heads);
                 }
+
                 o
             })
             .collect();

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{ItemBatch, Writer};
+use vstore::{ItemBatch, Store, Writer};
 
 use crate::cli::RefreshStatsArgs;
 use crate::error::{Context, Result, ToolError};
@@ -15,7 +15,7 @@ use crate::say;
 
 /// Runs `refresh-stats`.
 pub fn run(a: &RefreshStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
-    let table = load_table(&a.stats, &a.id_column, p)?;
+    let table = load_table(&a.stats, &a.id_column, &a.skip_columns, p)?;
     if table.columns.is_empty() {
         return Err(ToolError::input(
             &a.stats,
@@ -25,23 +25,27 @@ pub fn run(a: &RefreshStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()
             ),
         ));
     }
-    let mut w = Writer::open(&a.store)?;
-    let base = w.snapshot();
-    let cols = resolve_existing(&table, Group::Stats, w.schema())?;
-    if let Some(snap) = &base {
-        for (r, &id) in table.ids.iter().enumerate() {
-            if snap.lookup(id).is_none() {
-                return Err(ToolError::input(
-                    &a.stats,
-                    format!(
-                        "{}: id {id} is not an item of snapshot {}",
-                        table.row_name(r),
-                        snap.number()
-                    ),
-                ));
-            }
+    if table.ids.is_empty() {
+        return Err(ToolError::input(&a.stats, "no rows: nothing to refresh"));
+    }
+    // Checked against the newest snapshot before the writer's lock is
+    // taken (the library checks again under the lock).
+    let store = Store::open(&a.store)?;
+    let snap = store.snapshot();
+    let cols = resolve_existing(&table, Group::Stats, snap.schema())?;
+    for (r, &id) in table.ids.iter().enumerate() {
+        if snap.lookup(id).is_none() {
+            return Err(ToolError::input(
+                &a.stats,
+                format!(
+                    "{}: id {id} is not an item of snapshot {}",
+                    table.row_name(r),
+                    snap.number()
+                ),
+            ));
         }
     }
+    drop((snap, store));
     let batch = add_table_columns(
         ItemBatch::new(table.ids.clone()),
         &a.stats,
@@ -49,6 +53,8 @@ pub fn run(a: &RefreshStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()
         &table,
         &cols,
     )?;
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
     let t = Instant::now();
     let sp = p.spinner(&format!("refreshing {} items", table.ids.len()));
     let mut tx = w.begin();

@@ -39,6 +39,30 @@ pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         }
     }
     let skipped: Vec<_> = store.skipped_manifests();
+    // The verdict wins over a failure to write the report (a closed pipe
+    // must not turn a damaged store into exit code 0).
+    let written = report_results(a, out, &results, &rows, &skipped, failed, files, total, t);
+    if failed > 0 {
+        return Err(ToolError::VerifyFailed {
+            failed,
+            checked: results.len(),
+        });
+    }
+    written
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_results(
+    a: &VerifyArgs,
+    out: &mut dyn Write,
+    results: &[(u64, vstore::Result<vstore::VerifyReport>)],
+    rows: &[serde_json::Value],
+    skipped: &[(String, String)],
+    failed: usize,
+    files: usize,
+    total: u64,
+    t: Instant,
+) -> Result<()> {
     if a.json {
         report::json(
             out,
@@ -50,7 +74,7 @@ pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             }),
         )?;
     } else {
-        for (n, r) in &results {
+        for (n, r) in results {
             match r {
                 Ok(rep) => say!(
                     out,
@@ -61,7 +85,7 @@ pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
                 Err(e) => say!(out, "snapshot {n}: DAMAGED: {e}"),
             }
         }
-        for (m, why) in &skipped {
+        for (m, why) in skipped {
             say!(out, "manifest {m}: skipped: {why}");
         }
         if failed == 0 {
@@ -73,12 +97,6 @@ pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
                 dur(t.elapsed())
             );
         }
-    }
-    if failed > 0 {
-        return Err(ToolError::VerifyFailed {
-            failed,
-            checked: results.len(),
-        });
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{EmbeddingDef, Model, Writer};
+use vstore::{EmbeddingDef, Model, Store, Writer};
 
 use crate::cli::{AddVersionArgs, DropVersionArgs};
 use crate::cmd::model::{parse_precompute, read_bundle};
@@ -20,9 +20,11 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
     let e = parse_embedding_arg(&a.embedding)?;
     let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
     let bundle = a.model.as_deref().map(read_bundle).transpose()?;
-    let mut w = Writer::open(&a.store)?;
-    let base = w.snapshot();
-    if w.schema().embedding_def(&e.key).is_some() {
+    // Inputs are checked against the newest snapshot before the writer's
+    // lock is taken (the library checks again under the lock).
+    let store = Store::open(&a.store)?;
+    let snap = store.snapshot();
+    if snap.schema().embedding_def(&e.key).is_some() {
         return Err(ToolError::Usage(format!(
             "the store already holds embedding {}; pick a new version",
             e.key
@@ -35,38 +37,39 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
         .map_err(|_| ToolError::input(&e.path, format!("dimension {dim} is too large")))?;
     let def = EmbeddingDef::new(space, version, dim, e.dtype.unwrap_or(default_dtype));
     // Every id must be a live item of the store, and every live item given.
-    if let Some(snap) = &base {
-        for (i, &id) in items.ids.iter().enumerate() {
-            if snap.lookup(id).is_none() {
-                return Err(ToolError::input(
-                    &a.ids,
-                    format!(
-                        "row {i}: id {id} is not an item of snapshot {}",
-                        snap.number()
-                    ),
-                ));
-            }
-        }
-        if items.ids.len() != snap.len() {
+    for (i, &id) in items.ids.iter().enumerate() {
+        if snap.lookup(id).is_none() {
             return Err(ToolError::input(
                 &a.ids,
                 format!(
-                    "{} ids, but snapshot {} holds {} live items: a new version needs a vector for every item",
-                    items.ids.len(),
-                    snap.number(),
-                    snap.len()
+                    "row {i}: id {id} is not an item of snapshot {}",
+                    snap.number()
                 ),
             ));
         }
     }
-    let t = Instant::now();
-    let sp = p.spinner(&format!("writing {} vectors of {}", items.ids.len(), e.key));
-    let mut tx = w.begin();
-    tx.add_embedding(def, &items.ids, vectors)
-        .context(|| format!("embedding {} from {}", e.key, e.path.display()))?;
+    if items.ids.len() != snap.len() {
+        return Err(ToolError::input(
+            &a.ids,
+            format!(
+                "{} ids, but snapshot {} holds {} live items: a new version needs a vector for every item",
+                items.ids.len(),
+                snap.number(),
+                snap.len()
+            ),
+        ));
+    }
+    // The bundle is validated against the schema with the new version.
+    let what = || {
+        a.model
+            .as_ref()
+            .map(|d| format!("model bundle {}", d.display()))
+            .unwrap_or_default()
+    };
     if let (Some((json, weights)), Some(dir)) = (&bundle, &a.model) {
-        let what = || format!("model bundle {}", dir.display());
-        let key = Model::load(json, weights, tx.schema())
+        let mut schema = snap.schema().clone();
+        schema.embeddings.push(def.clone());
+        let key = Model::load(json, weights, &schema)
             .context(what)?
             .key()
             .to_string();
@@ -79,6 +82,17 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
                 ),
             ));
         }
+    }
+    drop((snap, store));
+
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    let t = Instant::now();
+    let sp = p.spinner(&format!("writing {} vectors of {}", items.ids.len(), e.key));
+    let mut tx = w.begin();
+    tx.add_embedding(def, &items.ids, vectors)
+        .context(|| format!("embedding {} from {}", e.key, e.path.display()))?;
+    if let Some((json, weights)) = &bundle {
         match pre {
             Some(d) => tx.add_model_precomputed(json, weights, d),
             None => tx.add_model(json, weights),
