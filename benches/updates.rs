@@ -9,65 +9,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vstore::{Dtype, ItemBatch, Query, Retention, Schema, Store, Writer};
+use vstore::{ItemBatch, Query, Store, Writer};
 
 #[path = "support/mod.rs"]
 mod support;
 
-const DIM: usize = 64;
+const DIM: usize = support::UPDATES_DIM;
 
 fn rows() -> usize {
     std::env::var("VSTORE_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-fn schema() -> Schema {
-    Schema::new()
-        .categorical("category", 0)
-        .stat("ctr_1d", 0.0)
-        .stat("impressions_7d", 0.0)
-        .embedding("prerank", "v42", DIM as u32, Dtype::F16)
-}
-
-fn batch(range: std::ops::Range<u64>) -> ItemBatch {
-    let ids: Vec<u64> = range.clone().map(support::id_of).collect();
-    let mut vecs = Vec::with_capacity(ids.len() * DIM);
-    for i in range {
-        support::vector(i, DIM, &mut vecs);
-    }
-    ItemBatch::new(ids.clone())
-        .categorical("category", ids.iter().map(|&i| (i % 100) as u32).collect())
-        .stat(
-            "ctr_1d",
-            ids.iter().map(|&i| (i % 1000) as f32 / 1000.0).collect(),
-        )
-        .stat(
-            "impressions_7d",
-            ids.iter().map(|&i| (i % 5000) as f32).collect(),
-        )
-        .embedding("prerank@v42", vecs)
-}
-
-/// A fresh store of `n` items in `segments` equal segments.
-fn build(dir: &Path, n: usize, segments: usize) -> Writer {
-    let _ = std::fs::remove_dir_all(dir);
-    let mut w = Writer::create(dir, schema()).unwrap();
-    let per = n.div_ceil(segments);
-    for s in 0..segments {
-        let lo = (s * per) as u64;
-        let hi = ((s + 1) * per).min(n) as u64;
-        let mut tx = w.begin();
-        tx.add_items(batch(lo..hi)).unwrap();
-        tx.commit().unwrap();
-    }
-    w.set_retention(Retention {
-        keep_last: 1,
-        grace: std::time::Duration::ZERO,
-    });
-    w.gc().unwrap();
-    w
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -118,7 +71,7 @@ fn main() {
     std::fs::create_dir_all(&base).unwrap();
     let dir = base.join("one");
     let t = Instant::now();
-    let mut w = build(&dir, n, 1);
+    let mut w = support::segmented_store(&dir, n, 1);
     println!(
         "built {n} items (d={DIM}, f16) in {:.1?}; store {:.1} MiB",
         t.elapsed(),
@@ -128,7 +81,8 @@ fn main() {
     let mut next = n as u64;
     let (t, b) = measure(&dir, &mut w, 9, |w, _| {
         let mut tx = w.begin();
-        tx.add_items(batch(next..next + 1000)).unwrap();
+        tx.add_items(support::updates_batch(next..next + 1000))
+            .unwrap();
         tx.commit().unwrap();
         next += 1000;
     });
@@ -162,7 +116,7 @@ fn main() {
     );
 
     let cdir = base.join("ten");
-    let mut cw = build(&cdir, n, 10);
+    let mut cw = support::segmented_store(&cdir, n, 10);
     let (t, b) = measure(&cdir, &mut cw, 1, |w, _| {
         let mut tx = w.begin();
         assert!(tx.compact().unwrap());
@@ -180,7 +134,7 @@ fn main() {
     let mut first = None;
     for segs in [1usize, 4, 16] {
         let d = base.join(format!("q{segs}"));
-        drop(build(&d, n, segs));
+        drop(support::segmented_store(&d, n, segs));
         let store = Store::open(&d).unwrap();
         let snap = store.snapshot();
         let mut t = Vec::new();

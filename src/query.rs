@@ -459,29 +459,61 @@ impl Snapshot {
             scratch.ids.clear();
             scratch.topk.reset(k);
             result.filtered_out = 0;
-            // Pass 0 (several segments): one Bloom lookup per id finds the
-            // newest segment that may hold it; its home slot is prefetched.
+            // Pass 0 (several segments): Bloom lookups (newest segment
+            // first, blocks prefetched BLOOM_KNOB ids ahead) find the newest
+            // segment that may hold each id; pass 1 prefetches its home slot.
             let multi = views.len() > 1;
             if multi {
                 scratch.hints.clear();
-                for &id in ids {
-                    let key = idindex::BloomKey::new(id);
+                // The Bloom blocks of the id BLOOM_AHEAD places on are
+                // prefetched in every segment, so the checks below hit L1.
+                let ahead = bench_support::BLOOM_KNOB
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .min(BLOOM_RING - 1);
+                let mut ring = [idindex::BloomKey::new(0); BLOOM_RING];
+                let fetch = |key: &idindex::BloomKey| {
+                    for v in &views {
+                        if let Some(a) = v.bloom_addr(key) {
+                            kernels::prefetch_line(a);
+                        }
+                    }
+                };
+                for (i, &id) in ids.iter().take(ahead).enumerate() {
+                    ring[i % BLOOM_RING] = idindex::BloomKey::new(id);
+                    fetch(&ring[i % BLOOM_RING]);
+                }
+                for (i, &id) in ids.iter().enumerate() {
+                    if let Some(&a) = ids.get(i + ahead) {
+                        let k = idindex::BloomKey::new(a);
+                        fetch(&k);
+                        ring[(i + ahead) % BLOOM_RING] = k;
+                    }
+                    let key = if ahead == 0 {
+                        idindex::BloomKey::new(id)
+                    } else {
+                        ring[i % BLOOM_RING]
+                    };
                     let hint = views
                         .iter()
                         .rposition(|v| v.may_contain_key(&key))
                         .map_or(u32::MAX, |si| si as u32);
-                    if hint != u32::MAX {
-                        kernels::prefetch_line(views[hint as usize].home_addr(id));
-                    }
                     scratch.hints.push(hint);
                 }
             }
             // Pass 1: dedupe and probe.
             let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
             for (i, &id) in ids.iter().enumerate() {
-                // With several segments, pass 0 prefetched the home slots.
-                if let (false, Some(v), Some(&a)) = (multi, views.first(), ids.get(i + ahead)) {
-                    kernels::prefetch_line(v.home_addr(a));
+                // The home slot of the id `ahead` places on, in the segment
+                // pass 0 found for it (with several segments).
+                if let Some(&a) = ids.get(i + ahead) {
+                    let si = if multi {
+                        scratch.hints[i + ahead] as usize
+                    } else {
+                        0
+                    };
+                    if let Some(v) = views.get(si) {
+                        kernels::prefetch_line(v.home_addr(a));
+                    }
                 }
                 if !insert(&mut scratch.seen, &mut max_seen, id) {
                     continue; // duplicate
@@ -546,6 +578,9 @@ impl Snapshot {
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
     }
 }
+
+/// Bloom keys kept in flight between prefetch and use.
+const BLOOM_RING: usize = 32;
 
 /// Scores `scratch.locs` (items `scratch.ids`) and selects the top k into
 /// `scratch.best`, each tagged with its index into `locs`.
@@ -627,6 +662,10 @@ pub mod bench_support {
     /// (an experiment knob for `examples/ab_query.rs`; the default, 16, was
     /// as good as any distance from 8 to 24 or blocks of 32 ids).
     pub static PROBE_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
+
+    /// How many candidates ahead a query over several segments prefetches
+    /// the Bloom blocks of every segment (at most 31; 0 turns it off).
+    pub static BLOOM_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
 
     /// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
     /// with the kernel this CPU runs: the in-cache kernel benchmark.

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vstore::{Dtype, ItemBatch, Schema, Store, Writer};
+use vstore::{Dtype, ItemBatch, Retention, Schema, Store, Writer};
 
 /// Embedding versions of a benchmark store: one per dtype, same vectors.
 pub const DTYPES: [(Dtype, &str); 4] = [
@@ -320,4 +320,58 @@ pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
         t.elapsed()
     );
     Store::open(&dir).unwrap()
+}
+
+/// Dimension of the live-update stores.
+pub const UPDATES_DIM: usize = 64;
+
+/// Schema of the live-update stores (`benches/updates.rs`,
+/// `examples/ab_segments.rs`): f16 d = 64, a category, two statistics.
+pub fn updates_schema() -> Schema {
+    Schema::new()
+        .categorical("category", 0)
+        .stat("ctr_1d", 0.0)
+        .stat("impressions_7d", 0.0)
+        .embedding("prerank", "v42", UPDATES_DIM as u32, Dtype::F16)
+}
+
+/// Rows `range` of the live-update stores.
+pub fn updates_batch(range: std::ops::Range<u64>) -> ItemBatch {
+    let ids: Vec<u64> = range.clone().map(id_of).collect();
+    let mut vecs = Vec::with_capacity(ids.len() * UPDATES_DIM);
+    for i in range {
+        vector(i, UPDATES_DIM, &mut vecs);
+    }
+    ItemBatch::new(ids.clone())
+        .categorical("category", ids.iter().map(|&i| (i % 100) as u32).collect())
+        .stat(
+            "ctr_1d",
+            ids.iter().map(|&i| (i % 1000) as f32 / 1000.0).collect(),
+        )
+        .stat(
+            "impressions_7d",
+            ids.iter().map(|&i| (i % 5000) as f32).collect(),
+        )
+        .embedding("prerank@v42", vecs)
+}
+
+/// A fresh store of `n` items in `segments` equal segments (one publish
+/// each), older snapshots collected.
+pub fn segmented_store(dir: &Path, n: usize, segments: usize) -> Writer {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut w = Writer::create(dir, updates_schema()).unwrap();
+    let per = n.div_ceil(segments);
+    for s in 0..segments {
+        let lo = (s * per) as u64;
+        let hi = ((s + 1) * per).min(n) as u64;
+        let mut tx = w.begin();
+        tx.add_items(updates_batch(lo..hi)).unwrap();
+        tx.commit().unwrap();
+    }
+    w.set_retention(Retention {
+        keep_last: 1,
+        grace: std::time::Duration::ZERO,
+    });
+    w.gc().unwrap();
+    w
 }
