@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use vstore::Snapshot;
+use vstore::{Snapshot, Store};
 
-use crate::error::Result;
+use crate::error::{Result, ToolError};
 use crate::say;
 
 /// A text table with a header row; columns are padded to their widest cell
@@ -186,6 +186,22 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
 /// A store path for messages.
 pub fn shown(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Pins retained snapshot `n`; one that is gone (collected, or never
+/// published) is a usage error listing the snapshots the store holds.
+pub fn open_retained(store: &Store, n: u64) -> Result<Arc<Snapshot>> {
+    store.open_snapshot(n).map_err(|e| {
+        if e.is_not_found() {
+            ToolError::Usage(format!(
+                "snapshot {n} is not retained in {} (it holds {:?})",
+                store.dir().display(),
+                store.snapshots().unwrap_or_default()
+            ))
+        } else {
+            e.into()
+        }
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde_json::json;
 use vstore::Store;
 
 use crate::cli::DiffArgs;
-use crate::error::{Result, ToolError};
+use crate::error::Result;
 use crate::report::{self, bytes, file_len};
 use crate::say;
 
@@ -19,19 +19,7 @@ fn set(v: Vec<String>) -> BTreeSet<String> {
 /// Runs `diff`.
 pub fn run(a: &DiffArgs, out: &mut dyn Write) -> Result<()> {
     let store = Store::open(&a.store)?;
-    let open = |n: u64| {
-        store.open_snapshot(n).map_err(|e| {
-            if e.is_not_found() {
-                ToolError::Usage(format!(
-                    "snapshot {n} is not retained in {} (it holds {:?})",
-                    a.store.display(),
-                    store.snapshots().unwrap_or_default()
-                ))
-            } else {
-                e.into()
-            }
-        })
-    };
+    let open = |n: u64| report::open_retained(&store, n);
     let x = open(a.from)?;
     let y = match a.to {
         Some(n) => open(n)?,

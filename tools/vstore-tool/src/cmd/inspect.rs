@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use vstore::{ColumnKind, Snapshot, Store};
 
 use crate::cli::InspectArgs;
-use crate::error::{Result, ToolError};
+use crate::error::Result;
 use crate::report::{self, bytes, file_len, utc, TextTable};
 use crate::say;
 
@@ -19,17 +19,7 @@ use crate::say;
 pub fn run(a: &InspectArgs, out: &mut dyn Write) -> Result<()> {
     let store = Store::open(&a.store)?;
     let snap = match a.snapshot {
-        Some(n) => store.open_snapshot(n).map_err(|e| {
-            if e.is_not_found() {
-                ToolError::Usage(format!(
-                    "snapshot {n} is not retained in {} (it holds {:?})",
-                    a.store.display(),
-                    store.snapshots().unwrap_or_default()
-                ))
-            } else {
-                e.into()
-            }
-        })?,
+        Some(n) => report::open_retained(&store, n)?,
         None => store.snapshot(),
     };
     if let Some(id) = a.id {

@@ -89,69 +89,43 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `.npy` of u64 ids.
-pub fn npy_u64(path: &Path, v: &[u64]) {
+/// Writes `values` as a `.npy` of `shape` with npyz (numpy's format).
+fn npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], values: &[T]) {
     let f = std::fs::File::create(path).unwrap();
     let mut w = npyz::WriteOptions::new()
         .default_dtype()
-        .shape(&[v.len() as u64])
+        .shape(shape)
         .writer(f)
         .begin_nd()
         .unwrap();
-    w.extend(v.iter().copied()).unwrap();
+    w.extend(values.iter().copied()).unwrap();
     w.finish().unwrap();
+}
+
+/// `.npy` of u64 ids.
+pub fn npy_u64(path: &Path, v: &[u64]) {
+    npy(path, &[v.len() as u64], v);
 }
 
 /// `.npy` of i64 ids.
 pub fn npy_i64(path: &Path, v: &[i64]) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[v.len() as u64])
-        .writer(f)
-        .begin_nd()
-        .unwrap();
-    w.extend(v.iter().copied()).unwrap();
-    w.finish().unwrap();
+    npy(path, &[v.len() as u64], v);
 }
 
 /// `.npy` of f32 rows.
 pub fn npy_f32(path: &Path, v: &[f32], dim: usize) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[(v.len() / dim) as u64, dim as u64])
-        .writer(f)
-        .begin_nd()
-        .unwrap();
-    w.extend(v.iter().copied()).unwrap();
-    w.finish().unwrap();
+    npy(path, &[(v.len() / dim) as u64, dim as u64], v);
 }
 
 /// `.npy` of f16 rows.
 pub fn npy_f16(path: &Path, v: &[f32], dim: usize) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[(v.len() / dim) as u64, dim as u64])
-        .writer(f)
-        .begin_nd()
-        .unwrap();
-    w.extend(v.iter().map(|&x| half::f16::from_f32(x))).unwrap();
-    w.finish().unwrap();
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    npy(path, &[(v.len() / dim) as u64, dim as u64], &h);
 }
 
 /// `.npy` of 1-D f32 (a user vector).
 pub fn npy_vec(path: &Path, v: &[f32]) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[v.len() as u64])
-        .writer(f)
-        .begin_nd()
-        .unwrap();
-    w.extend(v.iter().copied()).unwrap();
-    w.finish().unwrap();
+    npy(path, &[v.len() as u64], v);
 }
 
 /// A Parquet column for [`parquet_file`].
