@@ -183,11 +183,6 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// A store path for messages.
-pub fn shown(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// Pins retained snapshot `n`; one that is gone (collected, or never
 /// published) is a usage error listing the snapshots the store holds.
 pub fn open_retained(store: &Store, n: u64) -> Result<Arc<Snapshot>> {

@@ -258,31 +258,32 @@ fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> ToolError + '_ {
     move |e| ToolError::input(path, format!("writing Parquet: {e}"))
 }
 
-/// Writes a 1-D uint64 `.npy` (numpy's `np.save(path, ids)`).
-pub fn write_ids_npy(path: &Path, ids: &[u64]) -> Result<()> {
+/// Writes `values` as a `.npy` of `shape` (what `np.save` writes).
+fn write_npy<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    values: &[T],
+) -> Result<()> {
     let f = BufWriter::new(File::create(path).map_err(io("create", path))?);
     let mut w = npyz::WriteOptions::new()
         .default_dtype()
-        .shape(&[ids.len() as u64])
-        .writer(f)
-        .begin_nd()
-        .map_err(io("write", path))?;
-    w.extend(ids.iter().copied()).map_err(io("write", path))?;
-    w.finish().map_err(io("write", path))
-}
-
-/// Writes a 2-D float32 `.npy` of `values.len() / dim` rows.
-pub fn write_matrix_npy(path: &Path, values: &[f32], dim: usize) -> Result<()> {
-    let f = BufWriter::new(File::create(path).map_err(io("create", path))?);
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[(values.len() / dim) as u64, dim as u64])
+        .shape(shape)
         .writer(f)
         .begin_nd()
         .map_err(io("write", path))?;
     w.extend(values.iter().copied())
         .map_err(io("write", path))?;
     w.finish().map_err(io("write", path))
+}
+
+/// Writes a 1-D uint64 `.npy` (numpy's `np.save(path, ids)`).
+pub fn write_ids_npy(path: &Path, ids: &[u64]) -> Result<()> {
+    write_npy(path, &[ids.len() as u64], ids)
+}
+
+/// Writes a 2-D float32 `.npy` of `values.len() / dim` rows.
+pub fn write_matrix_npy(path: &Path, values: &[f32], dim: usize) -> Result<()> {
+    write_npy(path, &[(values.len() / dim) as u64, dim as u64], values)
 }
 
 /// Writes the profile table (`id`, `category`, `brand`, `price`) as Parquet

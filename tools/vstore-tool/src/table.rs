@@ -27,29 +27,6 @@ pub enum Values {
     Float(Vec<Option<f64>>),
 }
 
-impl Values {
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        match self {
-            Values::Int(v) => v.len(),
-            Values::Float(v) => v.len(),
-        }
-    }
-
-    /// Whether there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The column's type as a word for messages.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Values::Int(_) => "integer",
-            Values::Float(_) => "float",
-        }
-    }
-}
-
 /// A value column of a table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableColumn {

@@ -282,6 +282,11 @@ fn fmt_f(x: f64) -> String {
     }
 }
 
+/// A JSON string's text ("" for anything else).
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
 fn strs(v: &Value) -> String {
     match v.as_array() {
         Some(a) if !a.is_empty() => a
@@ -334,7 +339,7 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
         t.row(vec![
             s["snapshot"].to_string(),
             mark.to_string(),
-            s["created_utc"].as_str().unwrap_or("").to_string(),
+            text(&s["created_utc"]),
             num(&s["parent"]),
             num(&s["items"]),
             num(&s["segments"]),
@@ -361,8 +366,8 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     ]);
     for c in v["columns"].as_array().into_iter().flatten() {
         t.row(vec![
-            c["name"].as_str().unwrap_or("").to_string(),
-            c["kind"].as_str().unwrap_or("").to_string(),
+            text(&c["name"]),
+            text(&c["kind"]),
             num(&c["default"]),
             num(&c["min"]),
             num(&c["max"]),
@@ -388,8 +393,8 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     ]);
     for e in v["embeddings"].as_array().into_iter().flatten() {
         t.row(vec![
-            e["key"].as_str().unwrap_or("").to_string(),
-            e["dtype"].as_str().unwrap_or("").to_string(),
+            text(&e["key"]),
+            text(&e["dtype"]),
             num(&e["dim"]),
             num(&e["row_bytes"]),
             num(&e["rows"]),
@@ -425,7 +430,7 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
                 })
                 .collect();
             t.row(vec![
-                b["key"].as_str().unwrap_or("").to_string(),
+                text(&b["key"]),
                 strs(&b["heads"]),
                 if inputs.is_empty() {
                     "-".into()
@@ -462,7 +467,7 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     let mut t = TextTable::new(&["file", "size"]);
     for f in v["files"].as_array().into_iter().flatten() {
         t.row(vec![
-            f["name"].as_str().unwrap_or("").to_string(),
+            text(&f["name"]),
             bytes(f["bytes"].as_u64().unwrap_or(0)),
         ]);
     }
@@ -543,11 +548,7 @@ fn print_item(out: &mut dyn Write, snap: &Snapshot, v: &Value) -> Result<()> {
         } else {
             num(&c["value"])
         };
-        t.row(vec![
-            c["name"].as_str().unwrap_or("").to_string(),
-            c["kind"].as_str().unwrap_or("").to_string(),
-            shown,
-        ]);
+        t.row(vec![text(&c["name"]), text(&c["kind"]), shown]);
     }
     t.print(out, 2)?;
     for e in v["embeddings"].as_array().into_iter().flatten() {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use vstore::{Filter, Query, Scratch, Store, UserInputs};
 
 use crate::cli::QueryArgs;
-use crate::error::{Result, ToolError};
+use crate::error::{Context, Result, ToolError};
 use crate::inputs::read_id_list;
 use crate::npy;
 use crate::progress::Progress;
@@ -217,15 +217,12 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     let mut result = None;
     for _ in 0..a.repeat {
         let t = Instant::now();
-        let r = snap.query_with(&q, &mut scratch).map_err(|e| {
+        let r = snap.query_with(&q, &mut scratch).context(|| {
             let mut what = format!("query with the user vector from {}", a.user.display());
             if let Some(i) = &a.inputs {
                 what += &format!(" and the model inputs from {}", i.display());
             }
-            ToolError::StoreIn {
-                context: what,
-                source: e,
-            }
+            what
         })?;
         lat.push(t.elapsed());
         result = Some(r);
