@@ -141,6 +141,16 @@ pub enum Error {
         available: Vec<String>,
     },
 
+    /// A compaction result cannot be applied: a segment it merged was merged
+    /// by another compaction since it started. Start a new compaction.
+    #[error("compaction of snapshot {base} is stale: segment {segment} it merged has since been merged by another compaction; start a new one")]
+    CompactionConflict {
+        /// The snapshot the compaction read.
+        base: u64,
+        /// A segment it merged that another compaction took.
+        segment: u64,
+    },
+
     /// The writer hit an error during a publish and refuses further publishes
     /// until it is reopened (the store itself still serves its last snapshot).
     #[error("writer for {path} is poisoned by an earlier failed publish ({cause}); reopen it")]

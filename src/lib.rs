@@ -16,6 +16,7 @@
 compile_error!("vstore's on-disk format is little-endian and it supports little-endian hosts only");
 
 mod batch;
+mod compaction;
 mod container;
 mod encode;
 pub mod error;
@@ -39,6 +40,7 @@ mod topk;
 mod writer;
 
 pub use batch::ItemBatch;
+pub use compaction::{CompactedSegment, CompactionJob};
 pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use filter::Filter;

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::batch::{self, ItemBatch};
+use crate::compaction::{
+    merged_scalars, write_merged, write_merged_embedding, CompactedSegment, CompactionJob,
+    Inflight, Owned, Part, Sink,
+};
 use crate::container::{ContainerWriter, Kind};
 use crate::encode::{self, ScalarColumn};
 use crate::error::{Error, Result};
@@ -60,6 +64,15 @@ impl Default for Compaction {
     }
 }
 
+impl Compaction {
+    /// Whether a snapshot of `segments` segments holding `rows` rows, `dead`
+    /// of them deleted, is due for compaction.
+    pub fn due(&self, segments: usize, rows: usize, dead: usize) -> bool {
+        segments > self.max_segments
+            || (rows > 0 && dead as f64 > self.max_dead_fraction * rows as f64)
+    }
+}
+
 /// What [`Writer::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -88,6 +101,12 @@ pub struct Writer {
     poisoned: Option<String>,
     retention: Retention,
     fs: Arc<dyn Fs>,
+    /// Snapshot numbers reserved by compaction jobs still running.
+    inflight: Inflight,
+    /// Segment ids below this are taken (by a compaction job's output).
+    segment_floor: u64,
+    /// Segments merged away by compactions this writer published.
+    retired: HashSet<u64>,
 }
 
 fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
@@ -193,6 +212,9 @@ impl Writer {
             poisoned: None,
             retention: Retention::default(),
             fs,
+            inflight: Inflight::default(),
+            segment_floor: 0,
+            retired: HashSet::new(),
         })
     }
 
@@ -225,6 +247,9 @@ impl Writer {
             poisoned: None,
             retention: Retention::default(),
             fs,
+            inflight: Inflight::default(),
+            segment_floor: 0,
+            retired: HashSet::new(),
         })
     }
 
@@ -314,6 +339,7 @@ impl Writer {
             ),
             None => (Vec::new(), BTreeMap::new(), 0),
         };
+        let next_segment_id = next_segment_id.max(self.segment_floor);
         Transaction {
             number,
             schema: self.schema.clone(),
@@ -323,9 +349,66 @@ impl Writer {
             bundles,
             next_segment_id,
             written: HashSet::new(),
+            compacted_away: Vec::new(),
             created_unix_ms: None,
             w: self,
         }
+    }
+
+    /// Starts compacting the newest snapshot off the writer's path: returns
+    /// a [`CompactionJob`] to [`run`](CompactionJob::run) on any thread
+    /// while this writer goes on publishing, or `None` if there is nothing
+    /// to merge (at most one segment and no deleted row). Only
+    /// [`Transaction::apply_compaction`], the final publish, holds the
+    /// writer. The job reserves a snapshot number for its file names and a
+    /// segment id; [`Writer::gc`] leaves its files alone while it lives.
+    pub fn start_compaction(&mut self) -> Result<Option<CompactionJob>> {
+        self.start_compaction_with(None)
+    }
+
+    /// [`Writer::start_compaction`] if `policy` says the newest snapshot is
+    /// due (see [`Compaction`]).
+    pub fn start_compaction_if(&mut self, policy: &Compaction) -> Result<Option<CompactionJob>> {
+        self.start_compaction_with(Some(policy))
+    }
+
+    fn start_compaction_with(
+        &mut self,
+        policy: Option<&Compaction>,
+    ) -> Result<Option<CompactionJob>> {
+        self.check_poisoned()?;
+        let Some(base) = self.snapshot() else {
+            return Ok(None);
+        };
+        let segs = base.segments();
+        let rows: usize = segs.iter().map(|s| s.rows()).sum();
+        let dead = rows - segs.iter().map(|s| s.live_rows()).sum::<usize>();
+        let due = match policy {
+            Some(p) => p.due(segs.len(), rows, dead),
+            None => segs.len() > 1 || dead > 0,
+        };
+        if !due {
+            return Ok(None);
+        }
+        let segment = base.manifest.next_segment_id.max(self.segment_floor);
+        if segment == u64::MAX {
+            return Err(Error::InvalidInput("segment ids are exhausted".into()));
+        }
+        self.segment_floor = segment + 1;
+        let number = self.next_snapshot;
+        self.next_snapshot = number.saturating_add(1);
+        self.inflight.lock().insert(number);
+        Ok(Some(CompactionJob {
+            base,
+            segment,
+            owned: Owned {
+                dir: self.dir.clone(),
+                fs: self.fs.clone(),
+                inflight: self.inflight.clone(),
+                number,
+                files: HashSet::new(),
+            },
+        }))
     }
 
     /// Removes snapshots the retention policy does not keep, then every data
@@ -418,9 +501,15 @@ impl Writer {
             }
         }
         names_in_dir.sort();
+        let inflight = self.inflight.lock().clone();
         for name in names_in_dir {
-            let collect = (names::parse_data_file(&name).is_some() && !referenced.contains(&name))
-                || names::parse_tmp(&name).is_some();
+            let data = names::parse_data_file(&name);
+            let tmp = names::parse_tmp(&name);
+            if data.or(tmp).is_some_and(|n| inflight.contains(&n)) {
+                // A running compaction job's output.
+                continue;
+            }
+            let collect = (data.is_some() && !referenced.contains(&name)) || tmp.is_some();
             if collect {
                 let path = self.dir.join(&name);
                 match self.fs.remove(&path) {
@@ -490,6 +579,8 @@ pub struct Transaction<'w> {
     bundles: BTreeMap<String, TxBundle>,
     next_segment_id: u64,
     written: HashSet<String>,
+    /// Segments this transaction merged away.
+    compacted_away: Vec<u64>,
     created_unix_ms: Option<u64>,
 }
 
@@ -505,9 +596,16 @@ impl<'w> Transaction<'w> {
     }
 
     fn segment(&self, i: usize) -> &Segment {
-        match &self.segments[i].view {
-            View::Base(b) => &self.base.as_ref().expect("base snapshot").segments()[*b],
-            View::Own(s) => s,
+        seg_at(&self.base, &self.segments, i)
+    }
+
+    /// Where new files of this transaction go.
+    fn sink(&mut self) -> Sink<'_> {
+        Sink {
+            dir: &self.w.dir,
+            fs: &*self.w.fs,
+            number: self.number,
+            written: &mut self.written,
         }
     }
 
@@ -516,14 +614,7 @@ impl<'w> Transaction<'w> {
     }
 
     fn fresh_name(&mut self, segment: u64, group: &str, ext: &str) -> String {
-        let mut name = names::data_file(self.number, segment, group, ext);
-        let mut k = 1;
-        while self.written.contains(&name) {
-            name = names::data_file(self.number, segment, &format!("{group}.{k}"), ext);
-            k += 1;
-        }
-        self.written.insert(name.clone());
-        name
+        self.sink().name(segment, group, ext)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -664,105 +755,199 @@ impl<'w> Transaction<'w> {
         let (rows, live) = (0..n).fold((0usize, 0usize), |(r, l), i| {
             (r + self.segment(i).rows(), l + self.segment(i).live_rows())
         });
-        let dead = rows - live;
-        let due = n > policy.max_segments
-            || (rows > 0 && dead as f64 > policy.max_dead_fraction * rows as f64);
-        if due {
+        if policy.due(n, rows, rows - live) {
             self.compact()
         } else {
             Ok(false)
         }
     }
 
-    fn write_compacted(&mut self) -> Result<()> {
-        let n = self.segments.len();
-        let mut ids = Vec::new();
-        let mut live: Vec<Vec<usize>> = Vec::with_capacity(n);
-        for i in 0..n {
-            let seg = self.segment(i);
-            let rows: Vec<usize> = (0..seg.rows()).filter(|&r| !seg.is_deleted(r)).collect();
-            ids.extend(rows.iter().map(|&r| seg.ids()[r]));
-            live.push(rows);
+    /// Publishes, as part of this transaction, a compaction that
+    /// [`CompactionJob::run`] wrote while the writer went on publishing:
+    /// the merged segment replaces its sources, rebased onto the snapshot
+    /// being built. Rows deleted or replaced since the job started are
+    /// deleted in the merged segment; if statistics were refreshed or an
+    /// embedding version added meanwhile, those columns of the merged
+    /// segment are rewritten from the current rows (a version dropped
+    /// meanwhile is dropped from it too). Segments added since stay as they
+    /// are. Refused with [`Error::CompactionConflict`], changing nothing, if
+    /// another compaction merged one of its sources since. Returns whether
+    /// the merged segment holds any live row (if not, it is left out and its
+    /// sources simply leave the snapshot).
+    pub fn apply_compaction(&mut self, mut done: CompactedSegment) -> Result<bool> {
+        self.w.check_poisoned()?;
+        if !Arc::ptr_eq(&done.owned.inflight, &self.w.inflight) {
+            return Err(Error::InvalidInput(format!(
+                "the compaction of snapshot {} was started by another writer (of {})",
+                done.base,
+                done.owned.dir.display()
+            )));
         }
-        let total = ids.len();
-        let seg_id = self.next_segment_id;
-        let rows = total as u64;
-        let scalar = |this: &Self,
-                      defs: &[crate::schema::ColumnDef],
-                      stats: bool|
-         -> Result<Vec<ScalarColumn>> {
-            let mut cols = Vec::with_capacity(defs.len());
-            for d in defs {
-                let mut col = ScalarColumn::all_missing(d, total);
-                let mut at = 0;
-                for (i, rows) in live.iter().enumerate() {
-                    let seg = this.segment(i);
-                    let (vals, miss): (Vec<u32>, Vec<bool>) = if stats {
-                        let c = seg.stat(&d.name)?;
-                        rows.iter()
-                            .map(|&r| (c.get(r).to_bits(), c.is_missing(r)))
-                            .unzip()
-                    } else {
-                        match d.kind {
-                            crate::schema::ColumnKind::Categorical { .. } => {
-                                let c = seg.categorical(&d.name)?;
-                                rows.iter().map(|&r| (c.get(r), c.is_missing(r))).unzip()
-                            }
-                            crate::schema::ColumnKind::Numeric { .. } => {
-                                let c = seg.numeric(&d.name)?;
-                                rows.iter()
-                                    .map(|&r| (c.get(r).to_bits(), c.is_missing(r)))
-                                    .unzip()
-                            }
-                        }
-                    };
-                    for (v, m) in vals.into_iter().zip(miss) {
-                        col.set(at, (!m).then_some(v));
-                        at += 1;
+        let mut pos = Vec::with_capacity(done.sources.len());
+        for src in &done.sources {
+            let p = self.segments.iter().position(|s| s.meta.id == src.meta.id);
+            if p.is_none()
+                && (self.w.retired.contains(&src.meta.id)
+                    || self.compacted_away.contains(&src.meta.id))
+            {
+                return Err(Error::CompactionConflict {
+                    base: done.base,
+                    segment: src.meta.id,
+                });
+            }
+            // Otherwise a source that left the snapshot had all its rows deleted.
+            pos.push(p);
+        }
+        for &p in pos.iter().flatten() {
+            self.segment(p).ensure_mutable_verified()?;
+        }
+        let r = self.rebase_compacted(&mut done, &pos);
+        self.w.poison(r)
+    }
+
+    fn rebase_compacted(
+        &mut self,
+        done: &mut CompactedSegment,
+        pos: &[Option<usize>],
+    ) -> Result<bool> {
+        // The job's files now belong to this transaction: removed if it is
+        // abandoned, collected by gc if unused once it is published.
+        self.written.extend(std::mem::take(&mut done.owned.files));
+        let ids: Vec<u64> = done.sources.iter().map(|s| s.meta.id).collect();
+        let total = done.meta.rows as usize;
+        let mut deleted = vec![0u64; total.div_ceil(64)];
+        let mut at = 0;
+        for (src, p) in done.sources.iter().zip(pos) {
+            for (k, &r) in src.rows.iter().enumerate() {
+                if p.is_none_or(|p| self.segment(p).is_deleted(r)) {
+                    deleted[(at + k) / 64] |= 1 << ((at + k) % 64);
+                }
+            }
+            at += src.rows.len();
+        }
+        let dead: usize = deleted.iter().map(|w| w.count_ones() as usize).sum();
+        let first = pos.iter().flatten().min().copied();
+        let mut remove: Vec<usize> = pos.iter().flatten().copied().collect();
+        remove.sort_unstable();
+        self.compacted_away.extend(&ids);
+        if dead == total {
+            for &p in remove.iter().rev() {
+                self.segments.remove(p);
+            }
+            return Ok(false);
+        }
+        let mut meta = done.meta.clone();
+        let seg_id = meta.id;
+        {
+            let parts: Vec<Part<'_>> = done
+                .sources
+                .iter()
+                .zip(pos)
+                .map(|(src, p)| Part {
+                    seg: p.map(|p| seg_at(&self.base, &self.segments, p)),
+                    rows: &src.rows,
+                })
+                .collect();
+            let changed = |f: fn(&SegmentMeta) -> &FileRef| {
+                done.sources.iter().zip(pos).any(|(src, p)| {
+                    p.is_some_and(|p| f(&self.segments[p].meta).name != f(&src.meta).name)
+                })
+            };
+            let (stats_changed, profile_changed) = (changed(|m| &m.stats), changed(|m| &m.profile));
+            let mut sink = Sink {
+                dir: &self.w.dir,
+                fs: &*self.w.fs,
+                number: self.number,
+                written: &mut self.written,
+            };
+            if stats_changed {
+                let cols = merged_scalars(&parts, &self.schema.stats, true)?;
+                meta.stats = sink.scalar_group(seg_id, meta.rows, meta::Group::Stats, &cols)?;
+            }
+            if profile_changed {
+                let cols = merged_scalars(&parts, &self.schema.profile, false)?;
+                meta.profile = sink.scalar_group(seg_id, meta.rows, meta::Group::Profile, &cols)?;
+            }
+            let mut embeddings = Vec::with_capacity(self.schema.embeddings.len());
+            for def in &self.schema.embeddings {
+                let key = def.key();
+                match meta.embeddings.iter().find(|e| e.key == key) {
+                    Some(e) => embeddings.push(e.clone()),
+                    None => {
+                        embeddings.push(write_merged_embedding(&mut sink, seg_id, def, &parts)?)
                     }
                 }
-                col.normalize();
-                cols.push(col);
             }
-            Ok(cols)
-        };
-        let profile_cols = scalar(self, &self.schema.profile, false)?;
-        let stats_cols = scalar(self, &self.schema.stats, true)?;
-        let (id_index, profile, stats) =
-            self.write_row_files(seg_id, &ids, &profile_cols, &stats_cols)?;
-        let mut embeddings = Vec::new();
-        for def in self.schema.embeddings.clone() {
-            let key = def.key();
-            let name = self.fresh_name(seg_id, &format!("emb-{key}"), "vcol");
-            let path = self.path(&name);
-            let mut cols = Vec::with_capacity(n);
-            for i in 0..n {
-                cols.push(self.segment(i).embedding_opt(&key).ok_or_else(|| {
-                    Error::VersionSkew {
-                        snapshot: self.number,
-                        requested: key.clone(),
-                        available: self.schema.embedding_keys(),
+            if dead > 0 {
+                let path = sink.path(seg_id, "del", "vdel");
+                meta.deletes = Some(encode::write_deletes(
+                    sink.fs, &path, seg_id, meta.rows, &deleted,
+                )?);
+            }
+            // Keep the job's precomputed rows where the bundle is the one it read.
+            for p in &done.pre {
+                let same_vectors = done.meta.embeddings.iter().any(|e| e.key == p.key);
+                if let Some(TxBundle {
+                    file,
+                    pre: Some((dtype, have)),
+                    ..
+                }) = self.bundles.get_mut(&p.key)
+                {
+                    if same_vectors && file.name == p.bundle && *dtype == p.dtype {
+                        have.insert(seg_id, p.file.clone());
                     }
-                })?);
+                }
             }
-            let it = live
-                .iter()
-                .zip(&cols)
-                .flat_map(|(rows, col)| rows.iter().map(move |&r| col.row_bytes(r)));
-            let file = encode::write_embedding_raw(&*self.w.fs, &path, seg_id, rows, &def, it)?;
-            embeddings.push(EmbeddingRef { key, file });
+            meta.embeddings = embeddings;
         }
-        self.next_segment_id += 1;
-        self.segments = vec![SegState {
-            meta: SegmentMeta {
-                id: seg_id,
-                rows,
-                id_index,
-                profile,
-                stats,
-                embeddings,
-                deletes: None,
+        for &p in remove.iter().rev() {
+            self.segments.remove(p);
+        }
+        let at = first
+            .unwrap_or(self.segments.len())
+            .min(self.segments.len());
+        self.segments.insert(
+            at,
+            SegState {
+                meta,
+                view: View::Base(usize::MAX),
             },
+        );
+        self.next_segment_id = self.next_segment_id.max(seg_id + 1);
+        self.reopen(at)?;
+        Ok(true)
+    }
+
+    fn write_compacted(&mut self) -> Result<()> {
+        let n = self.segments.len();
+        let live: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                let seg = self.segment(i);
+                (0..seg.rows()).filter(|&r| !seg.is_deleted(r)).collect()
+            })
+            .collect();
+        let seg_id = self.next_segment_id;
+        let mut sink = Sink {
+            dir: &self.w.dir,
+            fs: &*self.w.fs,
+            number: self.number,
+            written: &mut self.written,
+        };
+        let parts: Vec<Part<'_>> = live
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| Part {
+                seg: Some(seg_at(&self.base, &self.segments, i)),
+                rows,
+            })
+            .collect();
+        let meta = write_merged(&mut sink, seg_id, &self.schema, &parts)?;
+        self.next_segment_id += 1;
+        self.compacted_away
+            .extend(self.segments.iter().map(|s| s.meta.id));
+        let total = meta.rows;
+        self.segments = vec![SegState {
+            meta,
             view: View::Base(usize::MAX),
         }];
         if total == 0 {
@@ -780,16 +965,7 @@ impl<'w> Transaction<'w> {
         profile_cols: &[ScalarColumn],
         stats_cols: &[ScalarColumn],
     ) -> Result<(FileRef, FileRef, FileRef)> {
-        let rows = ids.len() as u64;
-        let name = self.fresh_name(seg, "ids", "vidx");
-        let id_index = encode::write_id_index(&*self.w.fs, &self.path(&name), seg, ids)?;
-        let group = |this: &mut Self, label: &str, g: meta::Group, cols: &[ScalarColumn]| {
-            let name = this.fresh_name(seg, label, "vcol");
-            encode::write_scalar_group(&*this.w.fs, &this.path(&name), seg, rows, g, cols)
-        };
-        let profile = group(self, "profile", meta::Group::Profile, profile_cols)?;
-        let stats = group(self, "stats", meta::Group::Stats, stats_cols)?;
-        Ok((id_index, profile, stats))
+        self.sink().row_files(seg, ids, profile_cols, stats_cols)
     }
 
     fn write_segment(
@@ -1256,6 +1432,7 @@ impl<'w> Transaction<'w> {
             next_segment_id: self.next_segment_id,
         };
         let number = self.number;
+        let compacted_away = std::mem::take(&mut self.compacted_away);
         self.base = None;
         self.segments = Vec::new();
         // From here on the files belong to the snapshot being published:
@@ -1265,6 +1442,7 @@ impl<'w> Transaction<'w> {
         let w = &mut *self.w;
         let r = publish(&*w.fs, &w.dir, number, manifest);
         w.poison(r)?;
+        w.retired.extend(compacted_away);
         let r = match &w.store {
             Some(s) => s.refresh().map(|_| ()),
             None => Store::open(&w.dir).map(|s| w.store = Some(s)),
@@ -1273,6 +1451,14 @@ impl<'w> Transaction<'w> {
         let snap = w.snapshot().expect("store opened");
         w.schema = snap.schema().clone();
         Ok(snap)
+    }
+}
+
+/// Segment `i` of a transaction's list.
+fn seg_at<'a>(base: &'a Option<Arc<Snapshot>>, segments: &'a [SegState], i: usize) -> &'a Segment {
+    match &segments[i].view {
+        View::Base(b) => &base.as_ref().expect("base snapshot").segments()[*b],
+        View::Own(s) => s,
     }
 }
 

@@ -1489,6 +1489,80 @@ fn precomputed_f16_item_part_stays_close() {
     precomputed_follows_every_publish(Dtype::F16, 1e-2);
 }
 
+/// The name of the precomputed file of the snapshot's first segment.
+fn pre_file_of_first_segment(snap: &Snapshot) -> String {
+    let seg = snap.segments()[0].id();
+    let files = snap.files();
+    let hits: Vec<&String> = files
+        .iter()
+        .filter(|f| f.contains(&format!("-g{seg}-pre-")))
+        .collect();
+    assert_eq!(hits.len(), 1, "{files:?}");
+    hits[0].clone()
+}
+
+#[test]
+fn a_background_compaction_carries_precomputed_rows_unless_the_bundle_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store_with_bundle(dir.path());
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(N..N + 100), DIM, 0))
+        .unwrap();
+    let (j, wt) = tiny().bytes();
+    tx.add_model_precomputed(&j, &wt, Dtype::F32).unwrap();
+    let snap = tx.commit().unwrap();
+    let all = ids(0..N + 100);
+    let want = scores(&snap, KEY, &all);
+    // The job copies the precomputed rows; a delete lands meanwhile.
+    let job = w.start_compaction().unwrap().unwrap();
+    let done = std::thread::spawn(move || job.run())
+        .join()
+        .unwrap()
+        .unwrap();
+    let mut tx = w.begin();
+    tx.delete(&[5]).unwrap();
+    tx.commit().unwrap();
+    let mut tx = w.begin();
+    tx.apply_compaction(done).unwrap();
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.segments().len(), 1);
+    let pre = pre_file_of_first_segment(&snap);
+    assert!(
+        !pre.starts_with(&format!("s{:010}-", snap.number())),
+        "{pre} was recomputed by the final publish, not copied by the job"
+    );
+    let mut want_now = want.clone();
+    want_now.remove(&5);
+    assert_same_scores(&scores(&snap, KEY, &all), &want_now);
+    snap.verify().unwrap();
+    // The bundle replaced while a job runs: its rows are recomputed at the
+    // final publish, for the new bundle.
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(N + 100..N + 110), DIM, 0))
+        .unwrap();
+    tx.commit().unwrap();
+    let done = w.start_compaction().unwrap().unwrap().run().unwrap();
+    let mut b = tiny();
+    set_tensor(&mut b, "upper.0.bias", &[8]);
+    let (j, wt) = b.bytes();
+    let mut tx = w.begin();
+    tx.add_model_precomputed(&j, &wt, Dtype::F32).unwrap();
+    let replaced = tx.commit().unwrap();
+    let all = ids(0..N + 110);
+    let want = scores(&replaced, KEY, &all);
+    let mut tx = w.begin();
+    tx.apply_compaction(done).unwrap();
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.segments().len(), 1);
+    let pre = pre_file_of_first_segment(&snap);
+    assert!(
+        pre.starts_with(&format!("s{:010}-", snap.number())),
+        "{pre}"
+    );
+    assert_same_scores(&scores(&snap, KEY, &all), &want);
+    snap.verify().unwrap();
+}
+
 #[test]
 fn a_refresh_reuses_an_unchanged_bundle_and_rebuilds_a_replaced_one() {
     let dir = tempfile::tempdir().unwrap();

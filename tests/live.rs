@@ -1,14 +1,20 @@
 //! Model-based test of live updates: random sequences of add / upsert /
-//! delete / stats refresh / compact / add-version / drop-version, each
-//! published, checked after every publish against an in-memory model with
-//! full-scan and candidate queries and per-item reads.
+//! delete / stats refresh / compact / add-version / drop-version / gc and
+//! background compactions (started on one snapshot, applied several
+//! publishes later), each published, checked after every publish against
+//! an in-memory model with full-scan and candidate queries and per-item
+//! reads.
 //!
 //! Cases default to 24; `VSTORE_PROPTEST_CASES` for a longer run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use proptest::prelude::*;
-use vstore::{Compaction, Dtype, EmbeddingDef, ItemBatch, Query, Schema, Store, Writer};
+use vstore::{
+    CompactedSegment, Compaction, Dtype, EmbeddingDef, Error, ItemBatch, Query, Retention, Schema,
+    Store, Writer,
+};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -20,6 +26,14 @@ enum Op {
     CompactIf,
     AddVersion(Dtype),
     DropOldest,
+    /// Start a background compaction of the newest snapshot (its merge runs
+    /// at once: it reads only that snapshot, so later publishes cannot
+    /// change what it writes).
+    StartBackground,
+    /// Publish the pending background compaction.
+    FinishBackground,
+    /// Collect everything but the newest snapshot.
+    Gc,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,6 +47,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CompactIf),
         1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)].prop_map(Op::AddVersion),
         1 => Just(Op::DropOldest),
+        2 => Just(Op::StartBackground),
+        2 => Just(Op::FinishBackground),
+        1 => Just(Op::Gc),
     ]
 }
 
@@ -59,12 +76,41 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         .stat("ctr", 0.0)
         .embedding("s", "v0", DIM as u32, Dtype::F32);
     let mut w = Writer::create(dir.path(), schema).unwrap();
+    w.set_retention(Retention {
+        keep_last: 1,
+        grace: Duration::ZERO,
+    });
+    // The pending background compaction and the segments it merges.
+    let mut pending: Option<(CompactedSegment, Vec<u64>)> = None;
+    // Segments merged by a published compaction.
+    let mut merged: HashSet<u64> = HashSet::new();
     let mut model: BTreeMap<u64, Item> = BTreeMap::new();
     let mut versions: Vec<String> = vec!["s@v0".into()];
     let mut next_version = 1;
     let mut store: Option<Store> = None;
     for (gen, op) in ops.iter().enumerate() {
         let gen = gen as u64 + 1;
+        match op {
+            Op::StartBackground => {
+                let before: Vec<u64> = w
+                    .snapshot()
+                    .map(|s| s.segments().iter().map(|g| g.id()).collect())
+                    .unwrap_or_default();
+                if let Some(job) = w.start_compaction().unwrap() {
+                    pending = Some((job.run().unwrap(), before));
+                }
+                continue;
+            }
+            Op::Gc => {
+                w.gc().unwrap();
+                continue;
+            }
+            _ => {}
+        }
+        let segments_before: Vec<u64> = w
+            .snapshot()
+            .map(|s| s.segments().iter().map(|g| g.id()).collect())
+            .unwrap_or_default();
         let mut tx = w.begin();
         let dedup = |ids: &Vec<u64>| {
             let mut v = ids.clone();
@@ -145,15 +191,38 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Compact => {
-                tx.compact().unwrap();
+                if tx.compact().unwrap() {
+                    merged.extend(&segments_before);
+                }
             }
             Op::CompactIf => {
-                tx.compact_if(&Compaction {
-                    max_segments: 3,
-                    max_dead_fraction: 0.3,
-                })
-                .unwrap();
+                let did = tx
+                    .compact_if(&Compaction {
+                        max_segments: 3,
+                        max_dead_fraction: 0.3,
+                    })
+                    .unwrap();
+                if did {
+                    merged.extend(&segments_before);
+                }
             }
+            Op::FinishBackground => {
+                if let Some((done, sources)) = pending.take() {
+                    let stale = sources.iter().find(|s| merged.contains(s));
+                    match (tx.apply_compaction(done), stale) {
+                        (Ok(_), None) => merged.extend(&sources),
+                        (Err(Error::CompactionConflict { segment, .. }), Some(&s)) => {
+                            prop_assert!(merged.contains(&segment), "{} vs {}", segment, s)
+                        }
+                        (r, stale) => {
+                            return Err(TestCaseError::fail(format!(
+                                "apply: {r:?}, stale source {stale:?}"
+                            )))
+                        }
+                    }
+                }
+            }
+            Op::StartBackground | Op::Gc => unreachable!("handled above"),
             Op::AddVersion(dtype) => {
                 let key = format!("s@v{next_version}");
                 let ids: Vec<u64> = model.keys().copied().collect();
@@ -267,6 +336,24 @@ proptest! {
 
     #[test]
     fn store_matches_model_after_every_publish(ops in prop::collection::vec(op(), 1..14)) {
+        run(&ops)?;
+    }
+
+    /// Every sequence starts a background compaction after some publishes
+    /// and applies it after some more, so that each rebase path (deletes,
+    /// upserts, refreshes, versions added or dropped, a competing
+    /// compaction, gc while the job's files are unreferenced) is met often.
+    #[test]
+    fn background_compaction_matches_model(
+        before in prop::collection::vec(op(), 1..6),
+        during in prop::collection::vec(op(), 0..6),
+        after in prop::collection::vec(op(), 0..3),
+    ) {
+        let mut ops = before;
+        ops.push(Op::StartBackground);
+        ops.extend(during);
+        ops.push(Op::FinishBackground);
+        ops.extend(after);
         run(&ops)?;
     }
 }
