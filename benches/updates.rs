@@ -1,7 +1,8 @@
 //! Live-update costs at N = 1,000,000 items, d = 64, f16 (issue 7):
 //! publish latency and bytes written for (a) adding 1,000 items,
 //! (b) refreshing one statistics column for every item, (c) compacting 10
-//! segments; and (d) query latency at n = 5,000 with 1, 4 and 16 segments.
+//! segments, in a transaction and (c') as a background job with the
+//! writer publishing meanwhile; and (d) query latency at n = 5,000 with 1, 4 and 16 segments.
 //! Medians; stores are built under target/vstore-bench/.
 //!
 //! Run: `cargo bench --bench updates` (`VSTORE_BENCH_ROWS` changes N).
@@ -127,6 +128,65 @@ fn main() {
         t * 1e3,
         b
     );
+
+    // (c') The same compaction off the writer's path: the merge runs on a
+    // thread while the writer publishes small updates touching the merged
+    // rows; only the final publish (rebase + commit) holds the writer.
+    drop(cw);
+    std::fs::remove_dir_all(&cdir).unwrap();
+    let mut cw = support::segmented_store(&cdir, n, 10);
+    let job = cw.start_compaction().unwrap().expect("ten segments");
+    let started = Instant::now();
+    let merging = std::thread::spawn(move || {
+        let r = job.run().unwrap();
+        (r, started.elapsed())
+    });
+    let mut during = Vec::new();
+    let mut next_id = 2 * n as u64;
+    let mut round = 0u64;
+    while !merging.is_finished() {
+        let s = Instant::now();
+        let mut tx = cw.begin();
+        tx.add_items(support::updates_batch(next_id..next_id + 100))
+            .unwrap();
+        // Delete ten merged items and refresh the statistics of ten others.
+        let del: Vec<u64> = (0..10).map(|k| support::id_of(round * 20 + k)).collect();
+        tx.delete(&del).unwrap();
+        let upd: Vec<u64> = (10..20).map(|k| support::id_of(round * 20 + k)).collect();
+        tx.update_stats(ItemBatch::new(upd).stat("ctr_1d", vec![0.5; 10]))
+            .unwrap();
+        tx.commit().unwrap();
+        during.push(s.elapsed().as_secs_f64());
+        next_id += 100;
+        round += 1;
+    }
+    let (done, job_time) = merging.join().unwrap();
+    let before = names(&cdir);
+    let s = Instant::now();
+    let mut tx = cw.begin();
+    assert!(tx.apply_compaction(done).unwrap());
+    let snap = tx.commit().unwrap();
+    let final_publish = s.elapsed().as_secs_f64();
+    let final_bytes: u64 = names(&cdir)
+        .difference(&before)
+        .map(|f| {
+            std::fs::metadata(cdir.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "(c') background compaction of 10 segments: merge {:>8.1} ms on a thread; {} publishes meanwhile (median {:.1} ms, max {:.1} ms); final publish {:>6.1} ms, {} bytes ({} segments after)",
+        job_time.as_secs_f64() * 1e3,
+        during.len(),
+        support::median(&mut during.clone()) * 1e3,
+        during.iter().cloned().fold(0.0, f64::max) * 1e3,
+        final_publish * 1e3,
+        final_bytes,
+        snap.segments().len()
+    );
+    drop(snap);
+    drop(cw);
 
     // (d) Query latency by segment count, same items.
     let sets = support::candidate_sets(n, 5000, 128, 5000);
