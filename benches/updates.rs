@@ -192,9 +192,15 @@ fn main() {
     let sets = support::candidate_sets(n, 5000, 128, 5000);
     let users = support::users(128, DIM, 7);
     let mut first = None;
-    for segs in [1usize, 4, 16] {
-        let d = base.join(format!("q{segs}"));
-        drop(support::segmented_store(&d, n, segs));
+    // Equal segments (every candidate as likely in any of them: the worst
+    // case), and the shape live updates leave: a base and 15 adds of 1,000.
+    for (segs, lsm) in [(1usize, false), (4, false), (16, false), (16, true)] {
+        let d = base.join(format!("q{segs}{}", if lsm { "-lsm" } else { "" }));
+        if lsm {
+            drop(support::lsm_store(&d, n, segs - 1, 1000));
+        } else {
+            drop(support::segmented_store(&d, n, segs));
+        }
         let store = Store::open(&d).unwrap();
         let snap = store.snapshot();
         let mut t = Vec::new();
@@ -210,7 +216,8 @@ fn main() {
         let m = support::median(&mut t);
         let base_m = *first.get_or_insert(m);
         println!(
-            "(d) query n=5000 k=500, {segs:>2} segments: {:>6.3} ms ({:.2}x the 1-segment latency)",
+            "(d) query n=5000 k=500, {segs:>2} segments{}: {:>6.3} ms ({:.2}x the 1-segment latency)",
+            if lsm { " (base + 15 adds of 1,000)" } else { "" },
             m * 1e3,
             m / base_m
         );

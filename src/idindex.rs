@@ -42,35 +42,44 @@ pub(crate) fn bloom_blocks_for(rows: u64) -> u64 {
 /// second mix of it.
 #[inline]
 pub(crate) fn bloom_pos(id: u64, blocks: u64) -> (usize, [u64; 8]) {
-    let k = BloomKey::new(id);
-    (k.block(blocks), k.mask)
+    let k = BloomHash::new(id);
+    (k.block(blocks as usize), k.mask())
 }
 
-/// The per-id part of a Bloom lookup, computed once and tested against
-/// every segment's filter (only the block index depends on the filter).
-#[derive(Clone, Copy)]
-pub(crate) struct BloomKey {
+/// The two hashes of an id a Bloom test needs (block choice and bit
+/// positions), computed once per id and tested against many filters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BloomHash {
     h: u64,
-    mask: [u64; 8],
+    g: u64,
 }
 
-impl BloomKey {
+impl BloomHash {
     #[inline]
-    pub(crate) fn new(id: u64) -> BloomKey {
+    pub(crate) fn new(id: u64) -> BloomHash {
         let h = hash(id);
-        let mut g = hash(h ^ 0x6A09_E667_F3BC_C909);
+        BloomHash {
+            h,
+            g: hash(h ^ 0x6A09_E667_F3BC_C909),
+        }
+    }
+
+    /// The block among `blocks` (fastrange of the home hash).
+    #[inline]
+    fn block(&self, blocks: usize) -> usize {
+        ((self.h as u128 * blocks as u128) >> 64) as usize
+    }
+
+    /// The 512-bit mask of the id's 7 bits (9-bit fields of `g`).
+    fn mask(&self) -> [u64; 8] {
+        let mut g = self.g;
         let mut mask = [0u64; 8];
         for _ in 0..BLOOM_K {
             let bit = (g & 511) as usize;
             mask[bit / 64] |= 1 << (bit % 64);
             g >>= 9;
         }
-        BloomKey { h, mask }
-    }
-
-    #[inline]
-    fn block(&self, blocks: u64) -> usize {
-        ((self.h as u128 * blocks as u128) >> 64) as usize
+        mask
     }
 }
 
@@ -164,34 +173,34 @@ impl<'a> IdIndexView<'a> {
     /// Whether the segment may hold `id` (false: it certainly does not).
     #[inline]
     pub(crate) fn may_contain(&self, id: u64) -> bool {
-        self.may_contain_key(&BloomKey::new(id))
+        self.may_contain_hash(&BloomHash::new(id))
     }
 
-    /// [`IdIndexView::may_contain`] with the per-id work done once.
+    /// [`IdIndexView::may_contain`] with the id's hashes computed once: the
+    /// block's bits tested one by one, without branches.
     #[inline]
-    pub(crate) fn may_contain_key(&self, k: &BloomKey) -> bool {
+    pub(crate) fn may_contain_hash(&self, k: &BloomHash) -> bool {
         if self.bloom.is_empty() {
             return true;
         }
-        let blk = &self.bloom[k.block(self.bloom.len() as u64)];
-        // Branch-free over the 8 words (vectorizes): a bit of the mask
-        // missing from the block means "certainly absent".
-        let missing = k
-            .mask
-            .iter()
-            .zip(blk)
-            .fold(0u64, |acc, (m, b)| acc | (m & !b));
-        missing == 0
+        let blk = &self.bloom[k.block(self.bloom.len())];
+        let mut g = k.g;
+        let mut all = 1u64;
+        for _ in 0..BLOOM_K {
+            let bit = (g & 511) as usize;
+            all &= blk[bit / 64] >> (bit % 64);
+            g >>= 9;
+        }
+        all & 1 == 1
     }
 
-    /// Address of the Bloom block `k` falls in (to prefetch); `None` for
-    /// an index without a filter.
+    /// Address of the Bloom block [`IdIndexView::may_contain_hash`] reads.
     #[inline]
-    pub(crate) fn bloom_addr(&self, k: &BloomKey) -> Option<*const u8> {
+    pub(crate) fn bloom_addr(&self, k: &BloomHash) -> Option<*const u8> {
         if self.bloom.is_empty() {
             return None;
         }
-        Some(self.bloom[k.block(self.bloom.len() as u64)].as_ptr() as *const u8)
+        Some(self.bloom[k.block(self.bloom.len())].as_ptr() as *const u8)
     }
 
     /// Address of `id`'s home slot (to prefetch).

@@ -358,14 +358,31 @@ pub fn updates_batch(range: std::ops::Range<u64>) -> ItemBatch {
 /// A fresh store of `n` items in `segments` equal segments (one publish
 /// each), older snapshots collected.
 pub fn segmented_store(dir: &Path, n: usize, segments: usize) -> Writer {
+    let per = n.div_ceil(segments);
+    let bounds: Vec<usize> = (0..=segments).map(|s| (s * per).min(n)).collect();
+    store_with_bounds(dir, &bounds)
+}
+
+/// The same `n` items shaped as a store that takes live updates: one
+/// compacted base segment, then `deltas` segments of `delta_rows` items
+/// each (the newest items), as `deltas` adds since the last compaction
+/// leave it.
+pub fn lsm_store(dir: &Path, n: usize, deltas: usize, delta_rows: usize) -> Writer {
+    let base = n - deltas * delta_rows;
+    let bounds: Vec<usize> = std::iter::once(0)
+        .chain((0..=deltas).map(|d| base + d * delta_rows))
+        .collect();
+    store_with_bounds(dir, &bounds)
+}
+
+/// Items `bounds[s]..bounds[s + 1]` in segment `s`.
+fn store_with_bounds(dir: &Path, bounds: &[usize]) -> Writer {
     let _ = std::fs::remove_dir_all(dir);
     let mut w = Writer::create(dir, updates_schema()).unwrap();
-    let per = n.div_ceil(segments);
-    for s in 0..segments {
-        let lo = (s * per) as u64;
-        let hi = ((s + 1) * per).min(n) as u64;
+    for r in bounds.windows(2) {
         let mut tx = w.begin();
-        tx.add_items(updates_batch(lo..hi)).unwrap();
+        tx.add_items(updates_batch(r[0] as u64..r[1] as u64))
+            .unwrap();
         tx.commit().unwrap();
     }
     w.set_retention(Retention {
