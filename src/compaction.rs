@@ -209,6 +209,9 @@ pub(crate) struct Owned {
     pub dir: PathBuf,
     pub fs: Arc<dyn Fs>,
     pub inflight: Inflight,
+    /// The writer's lock: no other writer can open the store (and reuse
+    /// this number, or collect these files) while the job lives.
+    pub _lock: Arc<std::fs::File>,
     pub number: u64,
     pub files: HashSet<String>,
 }

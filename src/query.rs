@@ -411,8 +411,8 @@ impl Snapshot {
 
     /// The candidate-id path. Pass 1 dedupes and probes the id index with
     /// the home slots of upcoming ids prefetched (with several segments:
-    /// one segment at a time, newest first, behind its Bloom filter), and prefetches each found row; pass 2 drops tombstones
-    /// and applies the filter; pass 3 scores the rows (the prefetching
+    /// one segment at a time, largest first, behind its Bloom filter; see
+    /// `resolve_by_segment`); pass 2 drops tombstones and applies the filter; pass 3 scores the rows (the prefetching
     /// kernel, or the model a block at a time) into the top-k. The
     /// `ids[row] == id` confirmation (which costs one more random cache
     /// line, and on a large store one more page walk, per candidate) is done

@@ -94,7 +94,9 @@ pub struct GcReport {
 pub struct Writer {
     dir: PathBuf,
     key: PathBuf,
-    _lock: File,
+    /// Held by the writer and by its compaction jobs and results, so that no
+    /// other writer opens the store while a job owns unpublished files.
+    lock: Arc<File>,
     schema: Schema,
     store: Option<Store>,
     next_snapshot: u64,
@@ -205,7 +207,7 @@ impl Writer {
         Ok(Writer {
             dir,
             key,
-            _lock: lock,
+            lock: Arc::new(lock),
             schema,
             store: None,
             next_snapshot,
@@ -240,7 +242,7 @@ impl Writer {
         Ok(Writer {
             dir,
             key,
-            _lock: lock,
+            lock: Arc::new(lock),
             schema,
             store: Some(store),
             next_snapshot,
@@ -405,6 +407,7 @@ impl Writer {
                 dir: self.dir.clone(),
                 fs: self.fs.clone(),
                 inflight: self.inflight.clone(),
+                _lock: self.lock.clone(),
                 number,
                 files: HashSet::new(),
             },
@@ -854,6 +857,21 @@ impl<'w> Transaction<'w> {
                 })
             };
             let (stats_changed, profile_changed) = (changed(|m| &m.stats), changed(|m| &m.profile));
+            // The file of embedding `key` in `m`, if any.
+            fn emb<'m>(m: &'m SegmentMeta, key: &str) -> Option<&'m str> {
+                m.embeddings
+                    .iter()
+                    .find(|e| e.key == key)
+                    .map(|e| e.file.name.as_str())
+            }
+            // Whether the job's copy of `key` still holds the current
+            // vectors (a version dropped and added again under the same key
+            // meanwhile has new files).
+            let same_vectors = |key: &str| {
+                done.sources.iter().zip(pos).all(|(src, p)| {
+                    p.is_none_or(|p| emb(&self.segments[p].meta, key) == emb(&src.meta, key))
+                })
+            };
             let mut sink = Sink {
                 dir: &self.w.dir,
                 fs: &*self.w.fs,
@@ -872,10 +890,8 @@ impl<'w> Transaction<'w> {
             for def in &self.schema.embeddings {
                 let key = def.key();
                 match meta.embeddings.iter().find(|e| e.key == key) {
-                    Some(e) => embeddings.push(e.clone()),
-                    None => {
-                        embeddings.push(write_merged_embedding(&mut sink, seg_id, def, &parts)?)
-                    }
+                    Some(e) if same_vectors(&key) => embeddings.push(e.clone()),
+                    _ => embeddings.push(write_merged_embedding(&mut sink, seg_id, def, &parts)?),
                 }
             }
             if dead > 0 {
@@ -884,16 +900,24 @@ impl<'w> Transaction<'w> {
                     sink.fs, &path, seg_id, meta.rows, &deleted,
                 )?);
             }
-            // Keep the job's precomputed rows where the bundle is the one it read.
+            // Keep the job's precomputed rows where the bundle is the one it
+            // read and the vectors are the job's.
             for p in &done.pre {
-                let same_vectors = done.meta.embeddings.iter().any(|e| e.key == p.key);
+                let kept = embeddings.iter().any(|e| {
+                    e.key == p.key
+                        && done
+                            .meta
+                            .embeddings
+                            .iter()
+                            .any(|j| j.file.name == e.file.name)
+                });
                 if let Some(TxBundle {
                     file,
                     pre: Some((dtype, have)),
                     ..
                 }) = self.bundles.get_mut(&p.key)
                 {
-                    if same_vectors && file.name == p.bundle && *dtype == p.dtype {
+                    if kept && file.name == p.bundle && *dtype == p.dtype {
                         have.insert(seg_id, p.file.clone());
                     }
                 }

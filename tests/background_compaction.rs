@@ -1,8 +1,10 @@
 //! Compaction off the writer's path: a job merges one snapshot's segments on
 //! another thread while the writer publishes and readers query, then the
 //! final publish rebases it. Also: a stale job is refused without a trace,
-//! dropped jobs leave no files, gc spares a running job's files, and a
-//! result cannot be applied through another writer.
+//! dropped results leave no files, gc spares a live job's files, a version
+//! replaced under the same key meanwhile is rewritten, no other writer
+//! opens the store while a job lives, and a result cannot be applied
+//! through another writer.
 
 mod common;
 
@@ -131,9 +133,7 @@ fn gc_spares_a_running_jobs_files_and_a_dropped_job_leaves_none() {
     });
     w.gc().unwrap();
     let clean = common::files(dir.path());
-    // A job dropped before it runs, and a result dropped unapplied.
-    drop(w.start_compaction().unwrap().unwrap());
-    assert_eq!(common::files(dir.path()), clean);
+    // A result dropped unapplied.
     let done = w.start_compaction().unwrap().unwrap().run().unwrap();
     let with_job = common::files(dir.path());
     assert!(with_job.len() > clean.len(), "the job wrote its segment");
@@ -243,12 +243,6 @@ fn sources_emptied_by_deletes_and_versions_changed_meanwhile() {
     snap.verify().unwrap();
     // Everything the job merged deleted meanwhile: its segment is left out.
     let mut tx = w.begin();
-    tx.add_items(
-        common::batch(&[7000], DIM, 0).embedding("prerank@v43", common::vector(7000, DIM, 1)),
-    )
-    .unwrap_err();
-    drop(tx);
-    let mut tx = w.begin();
     tx.delete(&[100]).unwrap();
     tx.commit().unwrap();
     let done = w.start_compaction().unwrap().expect("a dead row");
@@ -260,6 +254,63 @@ fn sources_emptied_by_deletes_and_versions_changed_meanwhile() {
     let snap = tx.commit().unwrap();
     assert_eq!(snap.segments().len(), 0);
     assert_eq!(snap.ids().count(), 0);
+}
+
+#[test]
+fn a_version_replaced_under_the_same_key_meanwhile_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store(dir.path(), 2);
+    let done = w.start_compaction().unwrap().unwrap().run().unwrap();
+    let all = ids(0..200);
+    let mut tx = w.begin();
+    tx.drop_embedding("prerank@v42").unwrap();
+    let v: Vec<f32> = all
+        .iter()
+        .flat_map(|&i| common::vector(i, DIM, 9))
+        .collect();
+    tx.add_embedding(
+        vstore::EmbeddingDef::new("prerank", "v42", DIM, Dtype::F32),
+        &all,
+        &v,
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let mut tx = w.begin();
+    assert!(tx.apply_compaction(done).unwrap());
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.segments().len(), 1);
+    for &id in &all {
+        assert_eq!(
+            snap.get_embedding(id, "prerank@v42").unwrap(),
+            common::vector(id, DIM, 9),
+            "item {id}"
+        );
+    }
+    snap.verify().unwrap();
+}
+
+#[test]
+fn no_other_writer_opens_the_store_while_a_job_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store(dir.path(), 2);
+    let job = w.start_compaction().unwrap().unwrap();
+    drop(w);
+    // The job owns a reserved number and unpublished files: a second
+    // writer could reuse the number or collect them.
+    assert!(matches!(
+        Writer::open(dir.path()),
+        Err(Error::Locked { .. })
+    ));
+    let done = job.run().unwrap();
+    assert!(matches!(
+        Writer::open(dir.path()),
+        Err(Error::Locked { .. })
+    ));
+    drop(done);
+    let mut w = Writer::open(dir.path()).unwrap();
+    let mut tx = w.begin();
+    tx.delete(&[0]).unwrap();
+    tx.commit().unwrap().verify().unwrap();
 }
 
 #[test]

@@ -26,6 +26,9 @@ enum Op {
     CompactIf,
     AddVersion(Dtype),
     DropOldest,
+    /// Drop the newest version and add it again, same key, new vectors
+    /// (in one publish).
+    ReplaceNewest(Dtype),
     /// Start a background compaction of the newest snapshot (its merge runs
     /// at once: it reads only that snapshot, so later publishes cannot
     /// change what it writes).
@@ -47,6 +50,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CompactIf),
         1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)].prop_map(Op::AddVersion),
         1 => Just(Op::DropOldest),
+        1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16)].prop_map(Op::ReplaceNewest),
         2 => Just(Op::StartBackground),
         2 => Just(Op::FinishBackground),
         1 => Just(Op::Gc),
@@ -220,6 +224,27 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                             )))
                         }
                     }
+                }
+            }
+            Op::ReplaceNewest(dtype) => {
+                let key = versions.last().unwrap().clone();
+                let version = key.strip_prefix("s@").unwrap();
+                tx.drop_embedding(&key).unwrap();
+                let ids: Vec<u64> = model.keys().copied().collect();
+                let salt = 500 + gen;
+                let v: Vec<f32> = ids.iter().flat_map(|&i| vec_for(i, gen, salt)).collect();
+                tx.add_embedding(
+                    EmbeddingDef::new("s", version, DIM as u32, *dtype),
+                    &ids,
+                    &v,
+                )
+                .unwrap();
+                for &i in &ids {
+                    model
+                        .get_mut(&i)
+                        .unwrap()
+                        .vecs
+                        .insert(key.clone(), vec_for(i, gen, salt));
                 }
             }
             Op::StartBackground | Op::Gc => unreachable!("handled above"),
