@@ -1466,7 +1466,13 @@ impl<'w> Transaction<'w> {
         let w = &mut *self.w;
         let r = publish(&*w.fs, &w.dir, number, manifest);
         w.poison(r)?;
-        w.retired.extend(compacted_away);
+        // Only a live job can name a retired segment (jobs started later
+        // read snapshots without them).
+        if w.inflight.lock().is_empty() {
+            w.retired.clear();
+        } else {
+            w.retired.extend(compacted_away);
+        }
         let r = match &w.store {
             Some(s) => s.refresh().map(|_| ()),
             None => Store::open(&w.dir).map(|s| w.store = Some(s)),
