@@ -7,10 +7,9 @@
 //! same candidate sets; medians.
 //! `cargo run --release --example ab_segments`; env: BLOOM (Bloom prefetch
 //! distance, default 16), ROWS.
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use vstore::{bench_support, Query, Store};
+use vstore::{Query, Store};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -32,9 +31,6 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    if let Some(b) = std::env::var("BLOOM").ok().and_then(|v| v.parse().ok()) {
-        bench_support::BLOOM_KNOB.store(b, Ordering::Relaxed);
-    }
     let variants = [
         (
             "1 segment",
@@ -50,6 +46,22 @@ fn main() {
         ),
     ];
     let snaps: Vec<_> = variants.iter().map(|(_, s)| s.snapshot()).collect();
+    // The id directory's build, on fresh pins of the same snapshot.
+    for (name, store) in &variants {
+        let mut t = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let snap = store.open_snapshot(store.snapshot().number()).unwrap();
+            let s = Instant::now();
+            bytes = snap.prepare_id_directory();
+            t.push(s.elapsed().as_secs_f64());
+        }
+        println!(
+            "  {name:<24} id directory {:.1} MB, built in {:.1} ms (median of 5)",
+            bytes as f64 / 1e6,
+            support::median(&mut t) * 1e3
+        );
+    }
     let sets = support::candidate_sets(n, 5000, 256, 5000);
     let users = support::users(256, support::UPDATES_DIM, 7);
     let nv = snaps.len();

@@ -194,15 +194,6 @@ impl<'a> IdIndexView<'a> {
         all & 1 == 1
     }
 
-    /// Address of the Bloom block [`IdIndexView::may_contain_hash`] reads.
-    #[inline]
-    pub(crate) fn bloom_addr(&self, k: &BloomHash) -> Option<*const u8> {
-        if self.bloom.is_empty() {
-            return None;
-        }
-        Some(self.bloom[k.block(self.bloom.len())].as_ptr() as *const u8)
-    }
-
     /// Address of `id`'s home slot (to prefetch).
     #[inline]
     pub(crate) fn home_addr(&self, id: u64) -> *const u8 {

@@ -18,6 +18,7 @@ compile_error!("vstore's on-disk format is little-endian and it supports little-
 mod batch;
 mod compaction;
 mod container;
+mod directory;
 mod encode;
 pub mod error;
 mod filter;

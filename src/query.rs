@@ -2,13 +2,15 @@
 //! item), scored by inner product inside the store, top k returned.
 //!
 //! Path for candidate ids (all passes over the candidates, none over the
-//! store): (1) dedupe, probe each segment's id index with the home slots of
-//! upcoming ids prefetched, and prefetch the row's id and first embedding
-//! line; (2) confirm `ids[row] == id`, drop deleted rows, apply the filter;
-//! (3) score the rows with a prefetching kernel; (4) streaming top-k.
+//! store): (1) dedupe, probe the id index (with several segments: the
+//! snapshot's id directory and the largest segment's index, see
+//! `directory.rs`) with the home slots of upcoming ids prefetched; (2) drop
+//! deleted rows, apply the filter; (3) score the rows with a prefetching
+//! kernel; (4) streaming top-k; (5) confirm `ids[row] == id` for the hits.
 
 use std::cell::RefCell;
 
+use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::filter::{Compiled, Filter};
 use crate::idindex;
@@ -172,7 +174,8 @@ impl QueryResult {
 #[derive(Debug, Default)]
 pub struct Scratch {
     seen: Vec<u64>,
-    lookup: Lookup,
+    /// Distinct candidates not in the id directory: `(position, id)`.
+    pend: Vec<(u32, u64)>,
     pos: Vec<u32>,
     missing: Vec<(u32, u64)>,
     locs: Vec<Loc>,
@@ -182,23 +185,6 @@ pub struct Scratch {
     best: Vec<(f32, u64, u32)>,
     head_values: Vec<f32>,
     model: ModelScratch,
-}
-
-/// Buffers of the lookup over several segments.
-#[derive(Debug, Default)]
-struct Lookup {
-    pend: Vec<Pend>,
-    next: Vec<Pend>,
-    maybe: Vec<Pend>,
-    order: Vec<u32>,
-}
-
-/// A distinct candidate not yet found live in any segment.
-#[derive(Clone, Copy, Debug, Default)]
-struct Pend {
-    id: u64,
-    key: idindex::BloomHash,
-    pos: u32,
 }
 
 thread_local! {
@@ -411,8 +397,9 @@ impl Snapshot {
 
     /// The candidate-id path. Pass 1 dedupes and probes the id index with
     /// the home slots of upcoming ids prefetched (with several segments:
-    /// one segment at a time, largest first, behind its Bloom filter; see
-    /// `resolve_by_segment`); pass 2 drops tombstones and applies the filter; pass 3 scores the rows (the prefetching
+    /// the snapshot's id directory and the largest segment's index, see
+    /// `resolve_with_directory`); pass 2 drops tombstones and applies the
+    /// filter; pass 3 scores the rows (the prefetching
     /// kernel, or the model a block at a time) into the top-k. The
     /// `ids[row] == id` confirmation (which costs one more random cache
     /// line, and on a large store one more page walk, per candidate) is done
@@ -441,10 +428,38 @@ impl Snapshot {
             scratch.ids.clear();
             scratch.topk.reset(k);
             result.filtered_out = 0;
-            // Pass 1: dedupe and look up (one segment at a time when there
-            // are several).
+            // Pass 1: dedupe and look up.
             if views.len() > 1 {
-                resolve_by_segment(&views, &deleted, ids, scratch, &mut max_seen, confirm_all);
+                match self.directory() {
+                    Some(dir) => resolve_with_directory(
+                        dir,
+                        &views,
+                        deleted[dir.largest],
+                        ids,
+                        scratch,
+                        &mut max_seen,
+                        confirm_all,
+                    ),
+                    // Only for segments beyond u32 rows: one id at a time.
+                    None => {
+                        for (i, &id) in ids.iter().enumerate() {
+                            if !insert(&mut scratch.seen, &mut max_seen, id) {
+                                continue;
+                            }
+                            match crate::segment::find_live(segs.len(), |j| &segs[j], id) {
+                                Some((si, row)) => {
+                                    scratch.locs.push(Loc {
+                                        block: si as u32,
+                                        row: row as u32,
+                                    });
+                                    scratch.ids.push(id);
+                                    scratch.pos.push(i as u32);
+                                }
+                                None => scratch.missing.push((i as u32, id)),
+                            }
+                        }
+                    }
+                }
             } else if let [v] = views[..] {
                 let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
                 for (i, &id) in ids.iter().enumerate() {
@@ -517,90 +532,105 @@ impl Snapshot {
     }
 }
 
-/// Lookup over several segments, one segment at a time, largest first:
-/// the unresolved candidates are tested against that segment's Bloom
-/// filter (small, so it stays in cache while all of them are tested), the
-/// ones it admits are probed in its id index (home slots prefetched), and
-/// what is not found live goes on to the next segment. Since at most one
-/// live row holds an id, the order of segments does not change the result;
-/// largest first resolves most candidates in the first passes. Dedupes
-/// first. Fills `locs`, `ids`, `pos` and `missing` as pass 1 does (rows are
-/// live: pass 2's tombstone test passes).
-fn resolve_by_segment(
+/// Lookup over several segments: the snapshot's id directory (the live
+/// rows outside the largest segment) and the largest segment's id index
+/// (whose tombstones are checked here) are probed one after the other,
+/// home slots prefetched. The one holding more live rows goes first and
+/// the distinct candidates it does not hold go on to the other, so that
+/// most candidates cost one probe: in a store of a large base plus small
+/// recent segments, one probe of the base; in a store of equal segments,
+/// one probe of the directory. Since at most one live row holds an id, the
+/// order does not change the result. Fills `locs`, `ids`, `pos` and
+/// `missing` as pass 1 does (rows are live: pass 2's tombstone test
+/// passes).
+fn resolve_with_directory(
+    dir: &Directory,
     views: &[idindex::IdIndexView<'_>],
-    deleted: &[Option<&[u64]>],
+    deleted: Option<&[u64]>,
     ids: &[u64],
     scratch: &mut Scratch,
     max_seen: &mut bool,
     confirm_all: bool,
 ) {
-    let Lookup {
-        pend,
-        next,
-        maybe,
-        order,
-    } = &mut scratch.lookup;
-    pend.clear();
+    let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
+    let big = &views[dir.largest];
+    let in_dir = |id: u64| dir.get(id);
+    let in_big = |id: u64| {
+        let row = if confirm_all {
+            big.find(id)
+        } else {
+            big.probe(id)
+        }?;
+        deleted
+            .is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
+            .then_some((dir.largest, row))
+    };
+    let in_dir_addr = |id: u64| dir.home_addr(id);
+    let in_big_addr = |id: u64| big.home_addr(id);
+    let found = |scratch: &mut Scratch, pos: u32, id: u64, (si, row): (usize, usize)| {
+        if confirm_all {
+            if let Some(r) = views[si].ids.get(row..) {
+                kernels::prefetch_line(r.as_ptr() as *const u8);
+            }
+        }
+        scratch.locs.push(Loc {
+            block: si as u32,
+            row: row as u32,
+        });
+        scratch.ids.push(id);
+        scratch.pos.push(pos);
+    };
+    if big.ids.len() >= dir.rows() {
+        let stages = ((in_big, in_big_addr), (in_dir, in_dir_addr));
+        two_stage(ids, scratch, max_seen, ahead, stages, found);
+    } else {
+        let stages = ((in_dir, in_dir_addr), (in_big, in_big_addr));
+        two_stage(ids, scratch, max_seen, ahead, stages, found);
+    }
+}
+
+/// A home-slot lookup (`id` → segment index and row) and the address of
+/// `id`'s home slot, to prefetch.
+type Stage<L, A> = (L, A);
+
+/// [`resolve_with_directory`]'s two passes: dedupe and look every candidate
+/// up in the first stage; look the ones it does not hold up in the second.
+fn two_stage<L1, A1, L2, A2>(
+    ids: &[u64],
+    scratch: &mut Scratch,
+    max_seen: &mut bool,
+    ahead: usize,
+    ((first, first_addr), (second, second_addr)): (Stage<L1, A1>, Stage<L2, A2>),
+    found: impl Fn(&mut Scratch, u32, u64, (usize, usize)),
+) where
+    L1: Fn(u64) -> Option<(usize, usize)>,
+    A1: Fn(u64) -> *const u8,
+    L2: Fn(u64) -> Option<(usize, usize)>,
+    A2: Fn(u64) -> *const u8,
+{
+    scratch.pend.clear();
     for (i, &id) in ids.iter().enumerate() {
-        if insert(&mut scratch.seen, max_seen, id) {
-            pend.push(Pend {
-                id,
-                key: idindex::BloomHash::new(id),
-                pos: i as u32,
-            });
+        if let Some(&a) = ids.get(i + ahead) {
+            kernels::prefetch_line(first_addr(a));
+        }
+        if !insert(&mut scratch.seen, max_seen, id) {
+            continue; // duplicate
+        }
+        match first(id) {
+            Some(at) => found(scratch, i as u32, id, at),
+            None => scratch.pend.push((i as u32, id)),
         }
     }
-    order.clear();
-    order.extend(0..views.len() as u32);
-    order.sort_by_key(|&si| std::cmp::Reverse(views[si as usize].ids.len()));
-    let bloom_ahead = bench_support::BLOOM_KNOB.load(std::sync::atomic::Ordering::Relaxed);
-    let probe_ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
-    for &si in order.iter() {
-        if pend.is_empty() {
-            break;
+    for j in 0..scratch.pend.len() {
+        if let Some(&(_, a)) = scratch.pend.get(j + ahead) {
+            kernels::prefetch_line(second_addr(a));
         }
-        let (v, del) = (&views[si as usize], deleted[si as usize]);
-        next.clear();
-        maybe.clear();
-        for j in 0..pend.len() {
-            if bloom_ahead > 0 {
-                if let Some(a) = pend.get(j + bloom_ahead).and_then(|p| v.bloom_addr(&p.key)) {
-                    kernels::prefetch_line(a);
-                }
-            }
-            let p = pend[j];
-            if v.may_contain_hash(&p.key) {
-                maybe.push(p);
-            } else {
-                next.push(p);
-            }
+        let (pos, id) = scratch.pend[j];
+        match second(id) {
+            Some(at) => found(scratch, pos, id, at),
+            None => scratch.missing.push((pos, id)),
         }
-        for j in 0..maybe.len() {
-            if let Some(a) = maybe.get(j + probe_ahead) {
-                kernels::prefetch_line(v.home_addr(a.id));
-            }
-            let p = maybe[j];
-            let found = if confirm_all {
-                v.find(p.id)
-            } else {
-                v.probe(p.id)
-            };
-            match found {
-                Some(row) if del.is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0) => {
-                    scratch.locs.push(Loc {
-                        block: si,
-                        row: row as u32,
-                    });
-                    scratch.ids.push(p.id);
-                    scratch.pos.push(p.pos);
-                }
-                // Absent, or a deleted copy: a live one may be elsewhere.
-                _ => next.push(p),
-            }
-        }
-        std::mem::swap(pend, next);
     }
-    scratch.missing.extend(pend.iter().map(|p| (p.pos, p.id)));
 }
 
 /// Scores `scratch.locs` (items `scratch.ids`) and selects the top k into
@@ -683,11 +713,6 @@ pub mod bench_support {
     /// (an experiment knob for `examples/ab_query.rs`; the default, 16, was
     /// as good as any distance from 8 to 24 or blocks of 32 ids).
     pub static PROBE_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
-
-    /// How many candidates ahead a query over several segments prefetches
-    /// the Bloom block of the segment it is testing (0 turns it off; 8 and
-    /// 16 measured alike in `examples/ab_segments.rs`).
-    pub static BLOOM_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
 
     /// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
     /// with the kernel this CPU runs: the in-cache kernel benchmark.

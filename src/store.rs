@@ -213,6 +213,7 @@ impl Store {
         let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
+        first.prepare_id_directory();
         Ok(Store {
             dir,
             key,
@@ -243,6 +244,8 @@ impl Store {
             return Ok(false);
         }
         let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
+        // Off the query path: the caller refreshes from its own thread.
+        snap.prepare_id_directory();
         let mut w = self.current.write();
         if snap.number() > w.number() {
             *w = snap;
@@ -485,6 +488,7 @@ fn load(
         manifest_file,
         segments,
         _pin: pin,
+        directory: std::sync::OnceLock::new(),
     };
     if opts.verify {
         snap.verify()?;

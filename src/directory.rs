@@ -1,0 +1,173 @@
+//! The in-memory id directory of a snapshot of several segments: the live
+//! ids of every segment but the largest, each mapped to its segment and
+//! row in one open-addressing table. A candidate lookup probes the
+//! directory, then (if absent there) the largest segment's own id index:
+//! at most two probes however many segments the snapshot has, instead of a
+//! Bloom test per segment until the id is found.
+//!
+//! Leaving the largest segment out keeps the directory small where that
+//! matters most: a store shaped by live updates (a large base plus small
+//! recent segments) gets a directory of only the recent rows, which stays
+//! in cache, and most candidates then cost one probe of the base, as in a
+//! single-segment snapshot. A store of equal segments gets a directory of
+//! all but one of them, and most candidates cost one probe of it.
+//!
+//! It is built from the segments' ids blocks and deletion bitmaps (not from
+//! their hash tables), once per snapshot, on the first candidate query or
+//! on [`crate::Snapshot::prepare_id_directory`]. Nothing of it is stored on
+//! disk. It costs `16 B × (live rows outside the largest segment) / 0.7`
+//! of memory.
+
+use crate::idindex::home;
+use crate::segment::Segment;
+
+/// Slots per live id: the table holds `ceil(live / MAX_LOAD) + 1` slots.
+const MAX_LOAD: f64 = 0.7;
+
+/// An empty slot's `seg`.
+const EMPTY: u32 = u32::MAX;
+
+/// One table entry: an id and where its live row is.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(16))]
+struct Slot {
+    id: u64,
+    seg: u32,
+    row: u32,
+}
+
+/// Live id → `(segment index, row)` for one snapshot's segments other
+/// than [`Directory::largest`].
+#[derive(Debug)]
+pub(crate) struct Directory {
+    /// The segment left out (the one with the most live rows, the first
+    /// of them on a tie).
+    pub(crate) largest: usize,
+    slots: Vec<Slot>,
+    /// Number of ids held.
+    rows: usize,
+    /// Largest probe distance seen while building (bounds every lookup).
+    max_probe: u32,
+}
+
+impl Directory {
+    /// Builds the directory of the live rows of `segs` (at least two)
+    /// other than the largest. Segments are taken newest (last) first and
+    /// the first live row of an id wins, as in `segment::find_live`; in a
+    /// healthy store no id has two live rows. Returns `None` if there are
+    /// fewer than two segments, or a segment has more rows than a `u32` row
+    /// number can name (the query then looks ids up segment by segment).
+    pub(crate) fn build(segs: &[Segment]) -> Option<Directory> {
+        if segs.len() < 2
+            || segs.len() >= EMPTY as usize
+            || segs.iter().any(|s| s.rows() > u32::MAX as usize)
+        {
+            return None;
+        }
+        let mut largest = 0;
+        for (i, s) in segs.iter().enumerate() {
+            if s.live_rows() > segs[largest].live_rows() {
+                largest = i;
+            }
+        }
+        let live: usize = segs
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != largest)
+            .map(|(_, s)| s.live_rows())
+            .sum();
+        let n = ((live as f64 / MAX_LOAD).ceil() as usize + 1).max(16);
+        let mut slots = vec![
+            Slot {
+                id: 0,
+                seg: EMPTY,
+                row: 0
+            };
+            n
+        ];
+        let mut max_probe = 0u32;
+        const AHEAD: usize = 16;
+        for (si, seg) in segs.iter().enumerate().rev() {
+            if si == largest {
+                continue;
+            }
+            let ids = seg.ids();
+            let deleted = seg.deleted_words();
+            for (row, &id) in ids.iter().enumerate() {
+                if let Some(&a) = ids.get(row + AHEAD) {
+                    let p = &slots[home(a, n as u64) as usize] as *const Slot as *const u8;
+                    crate::kernels::prefetch_line(p);
+                }
+                if deleted.is_some_and(|w| w[row / 64] >> (row % 64) & 1 == 1) {
+                    continue;
+                }
+                let mut s = home(id, n as u64) as usize;
+                let mut d = 0u32;
+                loop {
+                    let slot = &mut slots[s];
+                    if slot.seg == EMPTY {
+                        *slot = Slot {
+                            id,
+                            seg: si as u32,
+                            row: row as u32,
+                        };
+                        max_probe = max_probe.max(d);
+                        break;
+                    }
+                    if slot.id == id {
+                        break; // an older live copy (a damaged store): newest wins
+                    }
+                    s += 1;
+                    if s == n {
+                        s = 0;
+                    }
+                    d += 1;
+                }
+            }
+        }
+        Some(Directory {
+            largest,
+            slots,
+            rows: live,
+            max_probe,
+        })
+    }
+
+    /// The segment index and row of `id`'s live row, if it is outside the
+    /// largest segment.
+    #[inline]
+    pub(crate) fn get(&self, id: u64) -> Option<(usize, usize)> {
+        let n = self.slots.len();
+        let mut s = home(id, n as u64) as usize;
+        for _ in 0..=self.max_probe {
+            let slot = self.slots[s];
+            if slot.seg == EMPTY {
+                return None;
+            }
+            if slot.id == id {
+                return Some((slot.seg as usize, slot.row as usize));
+            }
+            s += 1;
+            if s == n {
+                s = 0;
+            }
+        }
+        None
+    }
+
+    /// Address of `id`'s home slot (to prefetch).
+    #[inline]
+    pub(crate) fn home_addr(&self, id: u64) -> *const u8 {
+        &self.slots[home(id, self.slots.len() as u64) as usize] as *const Slot as *const u8
+    }
+
+    /// Number of ids (live rows) the directory holds.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes of memory the table holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot>()
+    }
+}
