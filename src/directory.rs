@@ -1,22 +1,22 @@
 //! The in-memory id directory of a snapshot of several segments: the live
-//! ids of every segment but the largest, each mapped to its segment and
-//! row in one open-addressing table. A candidate lookup probes the
-//! directory, then (if absent there) the largest segment's own id index:
-//! at most two probes however many segments the snapshot has, instead of a
-//! Bloom test per segment until the id is found.
+//! ids of every segment (or of every segment but the largest, when that
+//! one holds at least half of the live rows), each mapped to its segment
+//! and row in one open-addressing table. A candidate lookup probes the
+//! directory and, if it leaves the largest segment out, that segment's own
+//! id index: at most two probes however many segments the snapshot has,
+//! instead of a Bloom test per segment until the id is found.
 //!
-//! Leaving the largest segment out keeps the directory small where that
+//! Leaving a dominant segment out keeps the directory small where that
 //! matters most: a store shaped by live updates (a large base plus small
 //! recent segments) gets a directory of only the recent rows, which stays
 //! in cache, and most candidates then cost one probe of the base, as in a
 //! single-segment snapshot. A store of equal segments gets a directory of
-//! all but one of them, and most candidates cost one probe of it.
+//! all of them, and every candidate costs one probe of it.
 //!
 //! It is built from the segments' ids blocks and deletion bitmaps (not from
 //! their hash tables), once per snapshot, on the first candidate query or
 //! on [`crate::Snapshot::prepare_id_directory`]. Nothing of it is stored on
-//! disk. It costs `16 B × (live rows outside the largest segment) / 0.7`
-//! of memory.
+//! disk. It costs `16 B × (live rows it holds) / 0.7` of memory.
 
 use crate::idindex::home;
 use crate::segment::Segment;
@@ -36,23 +36,21 @@ struct Slot {
     row: u32,
 }
 
-/// Live id → `(segment index, row)` for one snapshot's segments other
-/// than [`Directory::largest`].
+/// Live id → `(segment index, row)` for one snapshot's segments (other
+/// than [`Directory::largest`], if set).
 #[derive(Debug)]
 pub(crate) struct Directory {
-    /// The segment left out (the one with the most live rows, the first
-    /// of them on a tie).
-    pub(crate) largest: usize,
+    /// The segment left out, if any: the one with the most live rows (the
+    /// first of them on a tie), when it holds at least half of them.
+    pub(crate) largest: Option<usize>,
     slots: Vec<Slot>,
-    /// Number of ids held.
-    rows: usize,
     /// Largest probe distance seen while building (bounds every lookup).
     max_probe: u32,
 }
 
 impl Directory {
-    /// Builds the directory of the live rows of `segs` (at least two)
-    /// other than the largest. Segments are taken newest (last) first and
+    /// Builds the directory of the live rows of `segs` (at least two),
+    /// leaving out the largest segment if it holds at least half of them. Segments are taken newest (last) first and
     /// the first live row of an id wins, as in `segment::find_live`; in a
     /// healthy store no id has two live rows. Returns `None` if there are
     /// fewer than two segments, or a segment has more rows than a `u32` row
@@ -70,11 +68,21 @@ impl Directory {
                 largest = i;
             }
         }
+        let total: usize = segs.iter().map(|s| s.live_rows()).sum();
+        let largest = (2 * segs[largest].live_rows() >= total).then_some(largest);
+        // Counted from the bitmaps this build reads (not from their
+        // metadata, which only `verify` checks against them), so that the
+        // table always has room.
         let live: usize = segs
             .iter()
             .enumerate()
-            .filter(|&(i, _)| i != largest)
-            .map(|(_, s)| s.live_rows())
+            .filter(|&(i, _)| Some(i) != largest)
+            .map(|(_, s)| {
+                let dead = s
+                    .deleted_words()
+                    .map_or(0, |w| crate::segment::count_bits(w, s.rows()));
+                s.rows() - dead as usize
+            })
             .sum();
         let n = ((live as f64 / MAX_LOAD).ceil() as usize + 1).max(16);
         let mut slots = vec![
@@ -88,7 +96,7 @@ impl Directory {
         let mut max_probe = 0u32;
         const AHEAD: usize = 16;
         for (si, seg) in segs.iter().enumerate().rev() {
-            if si == largest {
+            if Some(si) == largest {
                 continue;
             }
             let ids = seg.ids();
@@ -122,19 +130,21 @@ impl Directory {
                         s = 0;
                     }
                     d += 1;
+                    if d as usize >= n {
+                        return None; // full: cannot happen (sized above)
+                    }
                 }
             }
         }
         Some(Directory {
             largest,
             slots,
-            rows: live,
             max_probe,
         })
     }
 
-    /// The segment index and row of `id`'s live row, if it is outside the
-    /// largest segment.
+    /// The segment index and row of `id`'s live row, if it is in a segment
+    /// the directory holds.
     #[inline]
     pub(crate) fn get(&self, id: u64) -> Option<(usize, usize)> {
         let n = self.slots.len();
@@ -159,11 +169,6 @@ impl Directory {
     #[inline]
     pub(crate) fn home_addr(&self, id: u64) -> *const u8 {
         &self.slots[home(id, self.slots.len() as u64) as usize] as *const Slot as *const u8
-    }
-
-    /// Number of ids (live rows) the directory holds.
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
     }
 
     /// Bytes of memory the table holds.

@@ -434,7 +434,7 @@ impl Snapshot {
                     Some(dir) => resolve_with_directory(
                         dir,
                         &views,
-                        deleted[dir.largest],
+                        dir.largest.and_then(|l| deleted[l]),
                         ids,
                         scratch,
                         &mut max_seen,
@@ -532,17 +532,16 @@ impl Snapshot {
     }
 }
 
-/// Lookup over several segments: the snapshot's id directory (the live
-/// rows outside the largest segment) and the largest segment's id index
-/// (whose tombstones are checked here) are probed one after the other,
-/// home slots prefetched. The one holding more live rows goes first and
-/// the distinct candidates it does not hold go on to the other, so that
-/// most candidates cost one probe: in a store of a large base plus small
-/// recent segments, one probe of the base; in a store of equal segments,
-/// one probe of the directory. Since at most one live row holds an id, the
-/// order does not change the result. Fills `locs`, `ids`, `pos` and
-/// `missing` as pass 1 does (rows are live: pass 2's tombstone test
-/// passes).
+/// Lookup over several segments, home slots prefetched: every distinct
+/// candidate is probed in the snapshot's id directory; or, if the
+/// directory leaves the largest segment out (it holds at least half of the
+/// live rows), in that segment's id index first (its tombstones checked
+/// here) and, if not live there, in the directory. Most candidates thus
+/// cost one probe: in a store of a large base plus small recent segments,
+/// one of the base; in a store of equal segments, one of the directory.
+/// Since at most one live row holds an id, the order does not change the
+/// result. Fills `locs`, `ids`, `pos` and `missing` as pass 1
+/// does (rows are live: pass 2's tombstone test passes).
 fn resolve_with_directory(
     dir: &Directory,
     views: &[idindex::IdIndexView<'_>],
@@ -553,20 +552,6 @@ fn resolve_with_directory(
     confirm_all: bool,
 ) {
     let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
-    let big = &views[dir.largest];
-    let in_dir = |id: u64| dir.get(id);
-    let in_big = |id: u64| {
-        let row = if confirm_all {
-            big.find(id)
-        } else {
-            big.probe(id)
-        }?;
-        deleted
-            .is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
-            .then_some((dir.largest, row))
-    };
-    let in_dir_addr = |id: u64| dir.home_addr(id);
-    let in_big_addr = |id: u64| big.home_addr(id);
     let found = |scratch: &mut Scratch, pos: u32, id: u64, (si, row): (usize, usize)| {
         if confirm_all {
             if let Some(r) = views[si].ids.get(row..) {
@@ -580,13 +565,27 @@ fn resolve_with_directory(
         scratch.ids.push(id);
         scratch.pos.push(pos);
     };
-    if big.ids.len() >= dir.rows() {
-        let stages = ((in_big, in_big_addr), (in_dir, in_dir_addr));
-        two_stage(ids, scratch, max_seen, ahead, stages, found);
-    } else {
-        let stages = ((in_dir, in_dir_addr), (in_big, in_big_addr));
-        two_stage(ids, scratch, max_seen, ahead, stages, found);
-    }
+    let in_dir = (|id: u64| dir.get(id), |id: u64| dir.home_addr(id));
+    let Some(largest) = dir.largest else {
+        let nothing = (|_: u64| None, |_: u64| std::ptr::null());
+        two_stage(ids, scratch, max_seen, ahead, (in_dir, nothing), found);
+        return;
+    };
+    let big = &views[largest];
+    let in_big = (
+        |id: u64| {
+            let row = if confirm_all {
+                big.find(id)
+            } else {
+                big.probe(id)
+            }?;
+            deleted
+                .is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
+                .then_some((largest, row))
+        },
+        |id: u64| big.home_addr(id),
+    );
+    two_stage(ids, scratch, max_seen, ahead, (in_big, in_dir), found);
 }
 
 /// A home-slot lookup (`id` → segment index and row) and the address of

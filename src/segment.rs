@@ -568,7 +568,8 @@ pub(crate) fn find_live<'a>(
     None
 }
 
-fn count_bits(words: &[u64], rows: usize) -> u64 {
+/// Number of set bits among the first `rows` bits of `words`.
+pub(crate) fn count_bits(words: &[u64], rows: usize) -> u64 {
     let full = rows / 64;
     let mut n: u64 = words[..full].iter().map(|w| w.count_ones() as u64).sum();
     if !rows.is_multiple_of(64) {

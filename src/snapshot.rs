@@ -83,7 +83,9 @@ impl Snapshot {
     /// For a store shaped by live updates (a large base plus small recent
     /// segments) the table is small. Without this call the table is built
     /// by the first candidate query; [`crate::Store::open`] and
-    /// [`crate::Store::refresh`] call it for the snapshot they pin.
+    /// [`crate::Store::refresh`] call it for the snapshot they pin (unless
+    /// [`crate::OpenOptions::prepare_id_directory`] says not to; the
+    /// [`crate::Writer`]'s own snapshots leave it to the first query).
     pub fn prepare_id_directory(&self) -> usize {
         self.directory().map_or(0, |d| d.bytes())
     }

@@ -20,6 +20,8 @@ use crate::snapshot::{Snapshot, VerifyReport};
 pub struct OpenOptions {
     populate: bool,
     verify: bool,
+    /// Leave id directories to the first query (see `prepare_id_directory`).
+    lazy_directory: bool,
 }
 
 impl OpenOptions {
@@ -41,6 +43,16 @@ impl OpenOptions {
     /// open and [`Snapshot::verify`] checks the data on demand).
     pub fn verify(mut self, yes: bool) -> Self {
         self.verify = yes;
+        self
+    }
+
+    /// Build the in-memory id directory of each snapshot of several
+    /// segments that [`Store::open`] and [`Store::refresh`] pin, before
+    /// handing it out (default: yes; see [`Snapshot::prepare_id_directory`]).
+    /// With `false`, the first candidate query on such a snapshot builds it,
+    /// which suits a process that opens stores but rarely queries them.
+    pub fn prepare_id_directory(mut self, yes: bool) -> Self {
+        self.lazy_directory = !yes;
         self
     }
 }
@@ -213,7 +225,9 @@ impl Store {
         let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
-        first.prepare_id_directory();
+        if !opts.lazy_directory {
+            first.prepare_id_directory();
+        }
         Ok(Store {
             dir,
             key,
@@ -245,7 +259,9 @@ impl Store {
         }
         let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
         // Off the query path: the caller refreshes from its own thread.
-        snap.prepare_id_directory();
+        if !self.opts.lazy_directory {
+            snap.prepare_id_directory();
+        }
         let mut w = self.current.write();
         if snap.number() > w.number() {
             *w = snap;

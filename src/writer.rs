@@ -230,7 +230,7 @@ impl Writer {
         let dir = dir.as_ref().to_path_buf();
         // A directory that is not a store is refused before the lock file is
         // created, so that a mistaken path is left exactly as it was.
-        let store = Store::open(&dir)?;
+        let store = Store::open_with(&dir, writer_open_options())?;
         let lock = lock(&dir)?;
         // Another writer may have published between the open and the lock.
         store.refresh()?;
@@ -1475,7 +1475,7 @@ impl<'w> Transaction<'w> {
         }
         let r = match &w.store {
             Some(s) => s.refresh().map(|_| ()),
-            None => Store::open(&w.dir).map(|s| w.store = Some(s)),
+            None => Store::open_with(&w.dir, writer_open_options()).map(|s| w.store = Some(s)),
         };
         w.poison(r)?;
         let snap = w.snapshot().expect("store opened");
@@ -1485,6 +1485,12 @@ impl<'w> Transaction<'w> {
 }
 
 /// Segment `i` of a transaction's list.
+/// How the writer pins its own snapshots: it rarely queries them, so it
+/// leaves their id directories to the first query.
+fn writer_open_options() -> crate::store::OpenOptions {
+    crate::store::OpenOptions::new().prepare_id_directory(false)
+}
+
 fn seg_at<'a>(base: &'a Option<Arc<Snapshot>>, segments: &'a [SegState], i: usize) -> &'a Segment {
     match &segments[i].view {
         View::Base(b) => &base.as_ref().expect("base snapshot").segments()[*b],
