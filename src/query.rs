@@ -182,6 +182,8 @@ pub struct Scratch {
     ids: Vec<u64>,
     scores: Vec<f32>,
     topk: TopK,
+    /// Scores sampled for the top-k threshold.
+    sample: Vec<f32>,
     best: Vec<(f32, u64, u32)>,
     head_values: Vec<f32>,
     model: ModelScratch,
@@ -518,6 +520,16 @@ impl Snapshot {
             result.scored = kept;
             score_locs(scorer, scratch);
             // Confirm the hits.
+            if !confirm_all {
+                // The hits' id lines, fetched together rather than one
+                // miss after another.
+                for &(_, _, j) in &scratch.best {
+                    let loc = scratch.locs[j as usize];
+                    if let Some(r) = views[loc.block as usize].ids.get(loc.row as usize..) {
+                        kernels::prefetch_line(r.as_ptr() as *const u8);
+                    }
+                }
+            }
             let ok = confirm_all
                 || scratch.best.iter().all(|&(_, id, j)| {
                     let loc = scratch.locs[j as usize];
@@ -670,9 +682,9 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
             );
         }
     }
-    for (j, &sc) in scratch.scores.iter().enumerate() {
-        scratch.topk.push(sc, scratch.ids[j], j as u32);
-    }
+    scratch
+        .topk
+        .push_all(&scratch.scores, &scratch.ids, &mut scratch.sample);
     scratch.topk.finish(&mut scratch.best);
 }
 

@@ -61,6 +61,35 @@ impl TopK {
         }
     }
 
+    /// Offers every `(scores[j], ids[j], j)`. With many more entries than
+    /// `k`, a threshold is first estimated from a sample of the scores, a
+    /// little below the k-th best so that more than `k` entries reach it,
+    /// and only those are offered: entries below it cannot be among the
+    /// best `k`, since at least `k` others score higher. If fewer than `k`
+    /// reach it (an unlucky sample), everything is offered.
+    pub(crate) fn push_all(&mut self, scores: &[f32], ids: &[u64], sample: &mut Vec<f32>) {
+        debug_assert_eq!(scores.len(), ids.len());
+        if let Some(t) = threshold(scores, self.k, sample) {
+            let start = self.buf.len();
+            let mut reached = 0;
+            for (j, (&sc, &id)) in scores.iter().zip(ids).enumerate() {
+                // NaN ranks as -inf (as `push` has it).
+                if sc >= t || (sc.is_nan() && t == f32::NEG_INFINITY) {
+                    reached += 1;
+                    self.push(sc, id, j as u32);
+                }
+            }
+            if reached >= self.k {
+                return;
+            }
+            self.buf.truncate(start);
+            self.worst = None;
+        }
+        for (j, (&sc, &id)) in scores.iter().zip(ids).enumerate() {
+            self.push(sc, id, j as u32);
+        }
+    }
+
     /// The best `k` (or fewer), best first.
     pub(crate) fn finish(&mut self, out: &mut Vec<(f32, u64, u32)>) {
         self.cut();
@@ -68,6 +97,38 @@ impl TopK {
         out.clear();
         out.extend_from_slice(&self.buf);
     }
+}
+
+/// Sampled scores per threshold estimate.
+const SAMPLE: usize = 256;
+
+/// A score a little below the k-th best of `scores`, estimated from an
+/// evenly spaced sample; `None` when `scores` is not much larger than `k`
+/// (the sample would not help). NaN ranks last.
+fn threshold(scores: &[f32], k: usize, sample: &mut Vec<f32>) -> Option<f32> {
+    let n = scores.len();
+    if n < 4 * SAMPLE || k.saturating_mul(4) > n {
+        return None;
+    }
+    // The k-th best sits near sample rank k·m/n; go two standard
+    // deviations (of a binomial count) further down.
+    let expect = k as f64 * SAMPLE as f64 / n as f64;
+    let rank = (expect + 2.0 * expect.sqrt() + 1.0).ceil() as usize;
+    if rank >= SAMPLE {
+        return None;
+    }
+    sample.clear();
+    let step = n / SAMPLE;
+    sample.extend((0..SAMPLE).map(|i| {
+        let s = scores[i * step];
+        if s.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            s
+        }
+    }));
+    let (_, t, _) = sample.select_nth_unstable_by(rank, |a, b| b.total_cmp(a));
+    Some(*t)
 }
 
 #[cfg(test)]
@@ -92,6 +153,48 @@ mod tests {
                 want.sort_by(rank);
                 want.truncate(k);
                 assert_eq!(out, want, "n={n} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn push_all_matches_a_full_sort() {
+        let mut t = TopK::default();
+        let mut out = Vec::new();
+        let mut sample = Vec::new();
+        for n in [100usize, 1023, 1024, 5000, 20_000] {
+            for k in [1usize, 10, 100, 500, 5000] {
+                for salt in 0..4u64 {
+                    // Few distinct values (ties at the cut), a sorted run,
+                    // NaN, and high scores exactly at the sampled positions
+                    // (a sample that overestimates the threshold).
+                    let step = (n / SAMPLE).max(1) as u64;
+                    let scores: Vec<f32> = (0..n as u64)
+                        .map(|i| match salt {
+                            0 => ((i * 7919) % 13) as f32,
+                            1 => i as f32 / n as f32,
+                            3 if i % step == 0 => 1000.0 + i as f32,
+                            3 => (i % 50) as f32,
+                            _ if i % 97 == 5 => f32::NAN,
+                            _ => ((i * 104_729) % 10_007) as f32,
+                        })
+                        .collect();
+                    let ids: Vec<u64> = (0..n as u64).map(|i| (i * 31) % 100_003).collect();
+                    t.reset(k);
+                    t.push_all(&scores, &ids, &mut sample);
+                    t.finish(&mut out);
+                    let mut want: Vec<(f32, u64, u32)> = scores
+                        .iter()
+                        .zip(&ids)
+                        .enumerate()
+                        .map(|(j, (&s, &id))| {
+                            (if s.is_nan() { f32::NEG_INFINITY } else { s }, id, j as u32)
+                        })
+                        .collect();
+                    want.sort_by(rank);
+                    want.truncate(k);
+                    assert_eq!(out, want, "n={n} k={k} salt={salt}");
+                }
             }
         }
     }
