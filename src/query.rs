@@ -400,7 +400,7 @@ impl Snapshot {
     /// The candidate-id path. Pass 1 dedupes and probes the id index with
     /// the home slots of upcoming ids prefetched (with several segments:
     /// the snapshot's id directory and the largest segment's index, see
-    /// `resolve_with_directory`); pass 2 drops tombstones and applies the
+    /// `resolve`); pass 2 drops tombstones and applies the
     /// filter; pass 3 scores the rows (the prefetching
     /// kernel, or the model a block at a time) into the top-k. The
     /// `ids[row] == id` confirmation (which costs one more random cache
@@ -431,69 +431,21 @@ impl Snapshot {
             scratch.topk.reset(k);
             result.filtered_out = 0;
             // Pass 1: dedupe and look up.
-            if views.len() > 1 {
-                match self.directory() {
-                    Some(dir) => resolve_with_directory(
-                        dir,
-                        &views,
-                        dir.largest.and_then(|l| deleted[l]),
-                        ids,
-                        scratch,
-                        &mut max_seen,
-                        confirm_all,
-                    ),
-                    // Only for segments beyond u32 rows: one id at a time.
-                    None => {
-                        for (i, &id) in ids.iter().enumerate() {
-                            if !insert(&mut scratch.seen, &mut max_seen, id) {
-                                continue;
-                            }
-                            match crate::segment::find_live(segs.len(), |j| &segs[j], id) {
-                                Some((si, row)) => {
-                                    scratch.locs.push(Loc {
-                                        block: si as u32,
-                                        row: row as u32,
-                                    });
-                                    scratch.ids.push(id);
-                                    scratch.pos.push(i as u32);
-                                }
-                                None => scratch.missing.push((i as u32, id)),
-                            }
-                        }
-                    }
-                }
-            } else if let [v] = views[..] {
-                let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
-                for (i, &id) in ids.iter().enumerate() {
-                    if let Some(&a) = ids.get(i + ahead) {
-                        kernels::prefetch_line(v.home_addr(a));
-                    }
-                    if !insert(&mut scratch.seen, &mut max_seen, id) {
-                        continue; // duplicate
-                    }
-                    match v.probe(id) {
-                        Some(row) => {
-                            if confirm_all {
-                                kernels::prefetch_line(v.ids[row..].as_ptr() as *const u8);
-                            }
-                            scratch.locs.push(Loc {
-                                block: 0,
-                                row: row as u32,
-                            });
-                            scratch.ids.push(id);
-                            scratch.pos.push(i as u32);
-                        }
-                        None => scratch.missing.push((i as u32, id)),
-                    }
-                }
+            let dir = if views.len() > 1 {
+                self.directory()
             } else {
-                // No segment: every candidate is missing (each once).
-                for (i, &id) in ids.iter().enumerate() {
-                    if insert(&mut scratch.seen, &mut max_seen, id) {
-                        scratch.missing.push((i as u32, id));
-                    }
-                }
-            }
+                None
+            };
+            resolve(
+                segs,
+                &views,
+                &deleted,
+                dir,
+                ids,
+                scratch,
+                &mut max_seen,
+                confirm_all,
+            );
             // Pass 2: tombstones, filter (and, on the slow path, confirmation).
             let mut kept = 0;
             for j in 0..scratch.locs.len() {
@@ -544,20 +496,22 @@ impl Snapshot {
     }
 }
 
-/// Lookup over several segments, home slots prefetched: every distinct
-/// candidate is probed in the snapshot's id directory; or, if the
-/// directory leaves the largest segment out (it holds at least half of the
-/// live rows), in that segment's id index first (its tombstones checked
-/// here) and, if not live there, in the directory. Most candidates thus
-/// cost one probe: in a store of a large base plus small recent segments,
-/// one of the base; in a store of equal segments, one of the directory.
-/// Since at most one live row holds an id, the order does not change the
-/// result. Fills `locs`, `ids`, `pos` and `missing` as pass 1
-/// does (rows are live: pass 2's tombstone test passes).
-fn resolve_with_directory(
-    dir: &Directory,
+/// Pass 1: dedupes the candidates and finds each one's live row, home
+/// slots prefetched. One segment: its id index. Several: every candidate is
+/// probed in the snapshot's id directory `dir`; or, if the directory leaves
+/// the largest segment out (it holds at least half of the live rows), in
+/// that segment's id index first and, if not live there, in the directory.
+/// Most candidates thus cost one probe: in a store of a large base plus
+/// small recent segments, one of the base; in a store of equal segments,
+/// one of the directory. Since at most one live row holds an id, the order
+/// does not change the result. Fills `locs`, `ids`, `pos` and `missing`;
+/// the segment probes check tombstones here, pass 2 checks them again.
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    segs: &[crate::segment::Segment],
     views: &[idindex::IdIndexView<'_>],
-    deleted: Option<&[u64]>,
+    deleted: &[Option<&[u64]>],
+    dir: Option<&Directory>,
     ids: &[u64],
     scratch: &mut Scratch,
     max_seen: &mut bool,
@@ -577,34 +531,47 @@ fn resolve_with_directory(
         scratch.ids.push(id);
         scratch.pos.push(pos);
     };
-    let in_dir = (|id: u64| dir.get(id), |id: u64| dir.home_addr(id));
-    let Some(largest) = dir.largest else {
-        let nothing = (|_: u64| None, |_: u64| std::ptr::null());
-        two_stage(ids, scratch, max_seen, ahead, (in_dir, nothing), found);
-        return;
+    // A stage that holds nothing (the prefetch address is never read).
+    let nothing = (|_: u64| None, |_: u64| std::ptr::null());
+    // Segment `si`'s id index, tombstones checked.
+    let segment = |si: usize| {
+        let (v, del) = (&views[si], deleted[si]);
+        (
+            move |id: u64| {
+                // With `confirm_all`, pass 2 checks `ids[row] == id`.
+                let row = v.probe(id)?;
+                del.is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
+                    .then_some((si, row))
+            },
+            move |id: u64| v.home_addr(id),
+        )
     };
-    let big = &views[largest];
-    let in_big = (
-        |id: u64| {
-            let row = if confirm_all {
-                big.find(id)
-            } else {
-                big.probe(id)
-            }?;
-            deleted
-                .is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
-                .then_some((largest, row))
-        },
-        |id: u64| big.home_addr(id),
-    );
-    two_stage(ids, scratch, max_seen, ahead, (in_big, in_dir), found);
+    match (views.len(), dir) {
+        (0, _) => two_stage(ids, scratch, max_seen, ahead, (nothing, nothing), found),
+        (1, _) => two_stage(ids, scratch, max_seen, ahead, (segment(0), nothing), found),
+        (_, Some(dir)) => {
+            let in_dir = (|id: u64| dir.get(id), |id: u64| dir.home_addr(id));
+            match dir.largest {
+                None => two_stage(ids, scratch, max_seen, ahead, (in_dir, nothing), found),
+                Some(l) => two_stage(ids, scratch, max_seen, ahead, (segment(l), in_dir), found),
+            }
+        }
+        // No directory (a segment beyond u32 rows): one id at a time.
+        (n, None) => {
+            let live = (
+                |id: u64| crate::segment::find_live(n, |j| &segs[j], id),
+                |_: u64| std::ptr::null(),
+            );
+            two_stage(ids, scratch, max_seen, ahead, (live, nothing), found)
+        }
+    }
 }
 
 /// A home-slot lookup (`id` → segment index and row) and the address of
 /// `id`'s home slot, to prefetch.
 type Stage<L, A> = (L, A);
 
-/// [`resolve_with_directory`]'s two passes: dedupe and look every candidate
+/// [`resolve`]'s two passes: dedupe and look every candidate
 /// up in the first stage; look the ones it does not hold up in the second.
 fn two_stage<L1, A1, L2, A2>(
     ids: &[u64],
