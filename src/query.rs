@@ -741,7 +741,17 @@ pub mod bench_support {
         /// Runs the product once; returns one output value (keep it).
         pub fn run(&mut self) -> f32 {
             let (k, n) = (self.w.k, self.w.n);
-            crate::model::gemm::matmul(self.m, &self.a, k, &self.w, &mut self.c, n, false);
+            use crate::model::gemm::{matmul, Start};
+            matmul(
+                self.m,
+                &self.a,
+                k,
+                &self.w,
+                &mut self.c,
+                n,
+                Start::Zero,
+                false,
+            );
             self.c[self.c.len() / 2]
         }
 

@@ -1489,6 +1489,13 @@ fn precomputed_f16_item_part_stays_close() {
     precomputed_follows_every_publish(Dtype::F16, 1e-2);
 }
 
+/// bf16 rows take the path that decodes them before the product (the
+/// kernel reads f32 and f16 rows itself).
+#[test]
+fn precomputed_bf16_item_part_stays_close() {
+    precomputed_follows_every_publish(Dtype::Bf16, 3e-2);
+}
+
 /// The name of the precomputed file of the snapshot's first segment.
 fn pre_file_of_first_segment(snap: &Snapshot) -> String {
     let seg = snap.segments()[0].id();

@@ -1,24 +1,81 @@
-//! AVX2+FMA matrix product for the model layers: `C (+)= A @ B` where `B`
-//! is a weight matrix packed once, at model load, into panels of 16
-//! columns (`[panel][k][16]`, zero-padded). A 6x16 register tile (12 ymm
-//! accumulators) walks the whole `k` for 6 rows of `A` at a time, reading
-//! `A` in place (row-major, any stride) with broadcasts: no per-call
-//! packing, the panel (16 KB at k = 256) stays in L1.
+//! AVX2+FMA matrix product for the model layers: `C = start + A @ B`
+//! (optionally through ReLU) where `B` is a weight matrix packed once, at
+//! model load, into panels of 16 columns (`[panel][k][16]`, zero-padded).
+//! A 6x16 register tile (12 ymm accumulators) walks the whole `k` for 6
+//! rows of `A` at a time, reading `A` in place (row-major, any stride) with
+//! broadcasts: no per-call packing, the panel (16 KB at k = 256) stays in
+//! L1. The accumulators start at zero, at `C`, at a bias row or at a
+//! per-row vector (f32 or f16, decoded in the tile), and ReLU is applied
+//! before the store, so bias, activation and the precomputed item part
+//! cost no pass of their own over `C`.
 
 use std::arch::x86_64::*;
+
+use crate::model::gemm::Start;
 
 /// Columns per packed panel.
 pub(crate) const NR: usize = 16;
 /// Rows per register tile.
 const MR: usize = 6;
 
-/// One tile: rows `a[r * lda ..]` for `r < R`, all `k`, one panel, into
-/// `c[r * ldc + j]` for `j < nn` (`nn <= 16`).
+/// Loads `nn <= 16` f32 values at `p` into two registers (zero beyond `nn`).
+///
+/// # Safety
+/// AVX2 must be present; `p` must point to `nn` readable f32 values.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load16(p: *const f32, nn: usize) -> [__m256; 2] {
+    // SAFETY: the caller's contract; a full panel reads 16 values, a
+    // partial one goes through a 16-value copy.
+    unsafe {
+        if nn == NR {
+            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+        } else {
+            let mut tmp = [0f32; NR];
+            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), nn);
+            [
+                _mm256_loadu_ps(tmp.as_ptr()),
+                _mm256_loadu_ps(tmp.as_ptr().add(8)),
+            ]
+        }
+    }
+}
+
+/// Loads `nn <= 16` f16 values (little-endian bits) at `p` as f32.
+///
+/// # Safety
+/// AVX2 and F16C must be present; `p` must point to `2 * nn` readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load16_f16(p: *const u8, nn: usize) -> [__m256; 2] {
+    // SAFETY: the caller's contract; a partial panel goes through a copy.
+    unsafe {
+        let mut tmp = [0u16; NR];
+        let p = if nn == NR {
+            p
+        } else {
+            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr() as *mut u8, 2 * nn);
+            tmp.as_ptr() as *const u8
+        };
+        [
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)),
+        ]
+    }
+}
+
+/// One tile: rows `a[r * lda ..]` for `r < R`, all `k`, one panel (columns
+/// `j0 .. j0 + nn` of the product), into `c[r * ldc + j]` for `j < nn`
+/// (`nn <= 16`); `i0` is the tile's first row (for [`Start::Rows`]).
+///
+/// # Safety
+/// `a` holds R rows of k values at stride lda, `bp` holds k * 16 values,
+/// `c` holds R rows of nn values at stride ldc; `start`'s slices hold
+/// columns `j0 .. j0 + nn` (and rows `i0 .. i0 + R`), as `gemm_packed`'s
+/// caller checked.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-// SAFETY (for callers): `a` holds R rows of k values at stride lda, `bp`
-// holds k * 16 values, `c` holds R rows of nn values at stride ldc.
 unsafe fn tile<const R: usize>(
     k: usize,
     a: *const f32,
@@ -26,19 +83,35 @@ unsafe fn tile<const R: usize>(
     bp: *const f32,
     c: *mut f32,
     ldc: usize,
-    nn: usize,
-    accumulate: bool,
+    (i0, j0, nn): (usize, usize, usize),
+    start: Start<'_>,
+    relu: bool,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    if accumulate {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let mut tmp = [0f32; NR];
-            // SAFETY: row r of c has nn <= 16 valid values (caller
-            // contract); tmp holds 16.
-            unsafe {
-                std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr(), nn);
-                acc[0] = _mm256_loadu_ps(tmp.as_ptr());
-                acc[1] = _mm256_loadu_ps(tmp.as_ptr().add(8));
+    // SAFETY (all the loads below): the function's contract.
+    match start {
+        Start::Zero => {}
+        Start::Accumulate => {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = unsafe { load16(c.add(r * ldc), nn) };
+            }
+        }
+        Start::Bias(b) => {
+            let v = unsafe { load16(b.as_ptr().add(j0), nn) };
+            acc = [v; R];
+        }
+        Start::Rows { rows, half, add } => {
+            let u = unsafe { load16(add.as_ptr().add(j0), nn) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = rows[i0 + r].as_ptr();
+                let v = unsafe {
+                    if half {
+                        load16_f16(row.add(2 * j0), nn)
+                    } else {
+                        load16(row.add(4 * j0) as *const f32, nn)
+                    }
+                };
+                *acc = [_mm256_add_ps(v[0], u[0]), _mm256_add_ps(v[1], u[1])];
             }
         }
     }
@@ -53,6 +126,12 @@ unsafe fn tile<const R: usize>(
                 acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
             }
+        }
+    }
+    if relu {
+        let zero = _mm256_setzero_ps();
+        for acc in acc.iter_mut() {
+            *acc = [_mm256_max_ps(acc[0], zero), _mm256_max_ps(acc[1], zero)];
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -72,14 +151,15 @@ unsafe fn tile<const R: usize>(
     }
 }
 
-/// `c[i*ldc + j] (+)= sum_p a[i*lda + p] * B[p][j]` for `i < m`, `j < n`,
-/// with `B` packed as `[ceil(n/16)][k][16]` in `packed`.
+/// `c[i*ldc + j] = relu?(start(i, j) + sum_p a[i*lda + p] * B[p][j])` for
+/// `i < m`, `j < n`, with `B` packed as `[ceil(n/16)][k][16]` in `packed`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `a` must hold `(m-1)*lda + k`
-/// values, `packed` `ceil(n/16) * k * 16`, and `c` `(m-1)*ldc + n`
-/// (checked by the safe caller).
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must support AVX2, FMA and F16C; `a` must hold `(m-1)*lda + k`
+/// values, `packed` `ceil(n/16) * k * 16`, `c` `(m-1)*ldc + n`, a bias or
+/// `add` slice `n` values and each of `m` start rows `n` values of its
+/// type (checked by the safe caller).
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_packed(
     m: usize,
@@ -90,39 +170,47 @@ pub(crate) unsafe fn gemm_packed(
     packed: &[f32],
     c: &mut [f32],
     ldc: usize,
-    accumulate: bool,
+    start: Start<'_>,
+    relu: bool,
+    ahead: &[usize],
 ) {
     let (a, c) = (a.as_ptr(), c.as_mut_ptr());
+    // `ahead` is spread over the tiles, a few lines each, so that the
+    // misses overlap the arithmetic instead of stalling it in one burst.
+    let tiles = n.div_ceil(NR) * m.div_ceil(MR);
+    let per_tile = ahead.len().div_ceil(tiles.max(1));
+    let mut ahead = ahead.chunks(per_tile.max(1));
+    let mut prefetch = || {
+        for &p in ahead.next().unwrap_or(&[]) {
+            crate::kernels::prefetch_line(p as *const u8);
+        }
+    };
     for panel in 0..n.div_ceil(NR) {
-        let nn = NR.min(n - panel * NR);
+        let (j0, nn) = (panel * NR, NR.min(n - panel * NR));
         // SAFETY: panel < ceil(n/16), so its k * 16 values are in `packed`;
         // row offsets below stay under m rows and column offsets under n
         // (the function's contract).
         unsafe {
             let bp = packed.as_ptr().add(panel * k * NR);
-            let cp = c.add(panel * NR);
+            let cp = c.add(j0);
             let mut i = 0;
             while i + MR <= m {
-                tile::<MR>(
-                    k,
-                    a.add(i * lda),
-                    lda,
-                    bp,
-                    cp.add(i * ldc),
-                    ldc,
-                    nn,
-                    accumulate,
-                );
+                prefetch();
+                let (ap, cr) = (a.add(i * lda), cp.add(i * ldc));
+                tile::<MR>(k, ap, lda, bp, cr, ldc, (i, j0, nn), start, relu);
                 i += MR;
             }
-            let (ap, cr) = (a.add(i * lda), cp.add(i * ldc));
+            let (ap, cr, at) = (a.add(i * lda), cp.add(i * ldc), (i, j0, nn));
+            if i < m {
+                prefetch();
+            }
             match m - i {
                 0 => {}
-                1 => tile::<1>(k, ap, lda, bp, cr, ldc, nn, accumulate),
-                2 => tile::<2>(k, ap, lda, bp, cr, ldc, nn, accumulate),
-                3 => tile::<3>(k, ap, lda, bp, cr, ldc, nn, accumulate),
-                4 => tile::<4>(k, ap, lda, bp, cr, ldc, nn, accumulate),
-                _ => tile::<5>(k, ap, lda, bp, cr, ldc, nn, accumulate),
+                1 => tile::<1>(k, ap, lda, bp, cr, ldc, at, start, relu),
+                2 => tile::<2>(k, ap, lda, bp, cr, ldc, at, start, relu),
+                3 => tile::<3>(k, ap, lda, bp, cr, ldc, at, start, relu),
+                4 => tile::<4>(k, ap, lda, bp, cr, ldc, at, start, relu),
+                _ => tile::<5>(k, ap, lda, bp, cr, ldc, at, start, relu),
             }
         }
     }

@@ -23,11 +23,17 @@ pub(crate) struct Weights {
 impl Weights {
     /// Columns `..k` of the rows of `w` (`n` rows, `ldw` apart).
     pub(crate) fn new(w: &[f32], ldw: usize, k: usize, n: usize) -> Weights {
+        Weights::for_level(w, ldw, k, n, Level::detect())
+    }
+
+    /// As [`Weights::new`], for the kernel of `level` (which must be one
+    /// this CPU runs).
+    fn for_level(w: &[f32], ldw: usize, k: usize, n: usize, level: Level) -> Weights {
         let dense: Vec<f32> = (0..n)
             .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
             .collect();
         let mut packed = Vec::new();
-        if Level::detect() == Level::Avx2 {
+        if level == Level::Avx2 {
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::kernels::gemm_x86::NR;
@@ -51,11 +57,35 @@ impl Weights {
     }
 }
 
-/// `c[i*ldc + j] = (accumulate ? c[i*ldc + j] : 0) + sum_p a[i*lda + p] * W[j][p]`
-/// for `i < m`, `j < w.n`, `p < w.k`.
+/// Where the accumulators of a [`matmul`] start, before `A @ W.T` is added.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// At zero.
+    Zero,
+    /// At the values already in `C`.
+    Accumulate,
+    /// At `b[j]` in every row (a layer's bias).
+    Bias(&'a [f32]),
+    /// Row `i` at the `n` little-endian values of `rows[i]` (f16 if `half`,
+    /// else f32) plus `add[j]`: a precomputed item part plus the query's
+    /// user part.
+    Rows {
+        /// One byte row per row of the product.
+        rows: &'a [&'a [u8]],
+        /// Whether the rows hold f16 (else f32) values.
+        half: bool,
+        /// Added to every row.
+        add: &'a [f32],
+    },
+}
+
+/// `c[i*ldc + j] = act(start(i, j) + sum_p a[i*lda + p] * W[j][p])` for
+/// `i < m`, `j < w.n`, `p < w.k`, where `act` is ReLU if `relu`, else the
+/// identity.
 ///
 /// Panics if a slice is too short for its shape (a bug in the caller: the
 /// shapes come from a validated model, never from outside input).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     m: usize,
     a: &[f32],
@@ -63,7 +93,26 @@ pub(crate) fn matmul(
     w: &Weights,
     c: &mut [f32],
     ldc: usize,
-    accumulate: bool,
+    start: Start<'_>,
+    relu: bool,
+) {
+    matmul_prefetching(m, a, lda, w, c, ldc, start, relu, &[]);
+}
+
+/// [`matmul`], prefetching the cache lines at the addresses `ahead` (the next block's
+/// rows, say) a few at a time along the way, where the misses overlap the
+/// arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_prefetching(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: &Weights,
+    c: &mut [f32],
+    ldc: usize,
+    start: Start<'_>,
+    relu: bool,
+    ahead: &[usize],
 ) {
     let (n, k) = (w.n, w.k);
     if m == 0 || n == 0 {
@@ -75,28 +124,67 @@ pub(crate) fn matmul(
     );
     assert!(a.len() >= (m - 1) * lda + k, "matmul: A too short");
     assert!(c.len() >= (m - 1) * ldc + n, "matmul: C too short");
+    match start {
+        Start::Zero | Start::Accumulate => {}
+        Start::Bias(b) => assert!(b.len() >= n, "matmul: bias too short"),
+        Start::Rows { rows, half, add } => {
+            let width = if half { 2 } else { 4 };
+            assert!(add.len() >= n, "matmul: added row too short");
+            assert!(rows.len() >= m, "matmul: too few start rows");
+            assert!(
+                rows[..m].iter().all(|r| r.len() >= n * width),
+                "matmul: start row too short"
+            );
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if !w.packed.is_empty() {
-        // SAFETY: `packed` is only filled when Level::detect() found AVX2
-        // and FMA; the asserts above and the packing (ceil(n/16) * k * 16
-        // values) are the kernel's bounds contract.
+        // SAFETY: `packed` is only filled when Level::detect() found AVX2,
+        // FMA and F16C; the asserts above and the packing (ceil(n/16) * k
+        // * 16 values) are the kernel's bounds contract.
         unsafe {
-            crate::kernels::gemm_x86::gemm_packed(m, n, k, a, lda, &w.packed, c, ldc, accumulate)
+            crate::kernels::gemm_x86::gemm_packed(
+                m, n, k, a, lda, &w.packed, c, ldc, start, relu, ahead,
+            )
         };
         return;
     }
-    gemm_nt(
-        m,
-        n,
-        k,
-        a,
-        lda,
-        &w.w,
-        k,
-        if accumulate { 1.0 } else { 0.0 },
-        c,
-        ldc,
-    );
+    let beta = match start {
+        Start::Zero => 0.0,
+        Start::Accumulate => 1.0,
+        Start::Bias(b) => {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].copy_from_slice(&b[..n]);
+            }
+            1.0
+        }
+        Start::Rows { rows, half, add } => {
+            for (i, row) in rows[..m].iter().enumerate() {
+                let out = &mut c[i * ldc..i * ldc + n];
+                for (j, (o, u)) in out.iter_mut().zip(add).enumerate() {
+                    let v = if half {
+                        half::f16::from_bits(u16::from_le_bytes([row[2 * j], row[2 * j + 1]]))
+                            .to_f32()
+                    } else {
+                        f32::from_le_bytes(row[4 * j..4 * j + 4].try_into().expect("4 bytes"))
+                    };
+                    *o = v + u;
+                }
+            }
+            1.0
+        }
+    };
+    ahead
+        .iter()
+        .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+    gemm_nt(m, n, k, a, lda, &w.w, k, beta, c, ldc);
+    if relu {
+        for i in 0..m {
+            c[i * ldc..i * ldc + n]
+                .iter_mut()
+                .for_each(|x| *x = x.max(0.0));
+        }
+    }
 }
 
 /// `c[i*ldc + j] = beta * c[i*ldc + j] + sum_p a[i*lda + p] * w[j*ldw + p]`
@@ -158,7 +246,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn packed_kernel_matches_a_naive_product_for_every_edge_shape() {
+    fn both_kernels_match_a_naive_product_for_every_edge_shape_and_start() {
+        let mut levels = vec![Level::Portable];
+        if Level::detect() == Level::Avx2 {
+            levels.push(Level::Avx2);
+        }
         for (m, n, k) in [
             (1, 1, 1),
             (6, 16, 5),
@@ -172,24 +264,73 @@ mod tests {
             let wraw: Vec<f32> = (0..n * ldw)
                 .map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0)
                 .collect();
-            let w = Weights::new(&wraw, ldw, k, n);
-            for accumulate in [false, true] {
-                let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 9) as f32).collect();
-                let before = c.clone();
-                matmul(m, &a, lda, &w, &mut c, ldc, accumulate);
-                for i in 0..m {
-                    for j in 0..ldc {
-                        let want = if j < n {
-                            let dot: f32 = (0..k).map(|p| a[i * lda + p] * wraw[j * ldw + p]).sum();
-                            dot + if accumulate { before[i * ldc + j] } else { 0.0 }
-                        } else {
-                            before[i * ldc + j]
-                        };
-                        let got = c[i * ldc + j];
-                        assert!(
-                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                            "m{m} n{n} k{k} ({i},{j}): {got} vs {want}"
-                        );
+            let bias: Vec<f32> = (0..n).map(|j| (j % 5) as f32 * 1.5 - 3.0).collect();
+            // Start rows: small integers and halves, exact in f16 and f32.
+            let start_val = |i: usize, j: usize| ((i * 3 + j * 7) % 17) as f32 * 0.5 - 4.0;
+            let rows32: Vec<Vec<u8>> = (0..m)
+                .map(|i| (0..n).flat_map(|j| start_val(i, j).to_le_bytes()).collect())
+                .collect();
+            let rows16: Vec<Vec<u8>> = (0..m)
+                .map(|i| {
+                    (0..n)
+                        .flat_map(|j| half::f16::from_f32(start_val(i, j)).to_le_bytes())
+                        .collect()
+                })
+                .collect();
+            let (r32, r16): (Vec<&[u8]>, Vec<&[u8]>) = (
+                rows32.iter().map(|r| &r[..]).collect(),
+                rows16.iter().map(|r| &r[..]).collect(),
+            );
+            for &level in &levels {
+                let w = Weights::for_level(&wraw, ldw, k, n, level);
+                assert_eq!(w.packed.is_empty(), level == Level::Portable);
+                let starts = [
+                    Start::Zero,
+                    Start::Accumulate,
+                    Start::Bias(&bias),
+                    Start::Rows {
+                        rows: &r32,
+                        half: false,
+                        add: &bias,
+                    },
+                    Start::Rows {
+                        rows: &r16,
+                        half: true,
+                        add: &bias,
+                    },
+                ];
+                for start in starts {
+                    for relu in [false, true] {
+                        let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 9) as f32 - 4.0).collect();
+                        let before = c.clone();
+                        matmul(m, &a, lda, &w, &mut c, ldc, start, relu);
+                        for i in 0..m {
+                            for j in 0..ldc {
+                                let want = if j < n {
+                                    let dot: f32 =
+                                        (0..k).map(|p| a[i * lda + p] * wraw[j * ldw + p]).sum();
+                                    let s = match start {
+                                        Start::Zero => 0.0,
+                                        Start::Accumulate => before[i * ldc + j],
+                                        Start::Bias(b) => b[j],
+                                        Start::Rows { add, .. } => start_val(i, j) + add[j],
+                                    };
+                                    let v = s + dot;
+                                    if relu {
+                                        v.max(0.0)
+                                    } else {
+                                        v
+                                    }
+                                } else {
+                                    before[i * ldc + j]
+                                };
+                                let got = c[i * ldc + j];
+                                assert!(
+                                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                    "{level:?} {start:?} relu {relu} m{m} n{n} k{k} ({i},{j}): {got} vs {want}"
+                                );
+                            }
+                        }
                     }
                 }
             }

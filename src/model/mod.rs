@@ -641,7 +641,7 @@ impl Model {
         for r in 0..m {
             emb.decode(first + r, &mut a[r * id..(r + 1) * id]);
         }
-        gemm::matmul(m, &a, id, &self.pack_item, out, h, false);
+        gemm::matmul(m, &a, id, &self.pack_item, out, h, gemm::Start::Zero, false);
     }
 
     /// `space@version`: the embedding version the bundle belongs to, and the

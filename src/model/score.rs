@@ -10,15 +10,16 @@
 
 use std::collections::HashMap;
 
-use super::gemm::matmul;
+use super::gemm::{matmul, matmul_prefetching, Start};
 use super::{Activation, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
 use crate::error::{Error, Result};
 use crate::kernels::{self, Loc};
+use crate::schema::Dtype;
 use crate::segment::{EmbeddingColumn, Segment};
 
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
 /// product).
-const BLOCK: usize = 128;
+const BLOCK: usize = 48;
 
 /// Buffers a three-tower query reuses (kept per thread by
 /// [`crate::Snapshot::query`]).
@@ -31,6 +32,8 @@ pub struct ModelScratch {
     out: Vec<f32>,
     acc: Vec<f64>,
     order: Vec<u32>,
+    /// Cache lines of the next block, prefetched during this one.
+    ahead: Vec<usize>,
 }
 
 /// The per-query part of a model: user inputs checked and resolved, the
@@ -43,6 +46,20 @@ pub(crate) struct Prepared<'a> {
     dense: Vec<Option<&'a [f32]>>,
     /// Per input: the `user_by_item` map, if that is its kind.
     by_item: Vec<Option<&'a HashMap<u32, Vec<f32>>>>,
+}
+
+/// How the first upper layer gets a row's item part
+/// (`W0[:, item columns] @ item_vec`).
+#[derive(Debug, Clone, Copy)]
+enum ItemPart {
+    /// Multiplied here, from the item vector.
+    Multiplied,
+    /// Read by the kernel from the precomputed rows, as stored (f16 if
+    /// `half`, else f32).
+    Stored { half: bool },
+    /// Precomputed rows of a dtype the kernel does not read (or of mixed
+    /// dtypes), decoded first.
+    Decoded,
 }
 
 /// An item column as one segment holds it.
@@ -88,20 +105,27 @@ fn activate(act: Activation, x: f32) -> f32 {
     }
 }
 
-/// Adds the bias (if `bias`) and applies the activation to `m` rows of
-/// `out` values, `ld` apart.
-fn finish_rows(d: &Dense, m: usize, c: &mut [f32], ld: usize, bias: bool) {
-    for r in 0..m {
-        let row = &mut c[r * ld..r * ld + d.out];
-        if bias {
-            for (x, b) in row.iter_mut().zip(&d.b) {
-                *x += b;
-            }
-        }
-        match d.act {
-            Activation::Identity => {}
-            Activation::Relu => row.iter_mut().for_each(|x| *x = x.max(0.0)),
-            act => row.iter_mut().for_each(|x| *x = activate(act, *x)),
+/// Runs layer `d` on `m` rows of `src`: the accumulators start at
+/// `start` (the bias, for every layer but the first upper one), ReLU runs
+/// in the kernel, any other activation in a pass after it.
+#[allow(clippy::too_many_arguments)]
+fn layer(
+    d: &Dense,
+    m: usize,
+    src: &[f32],
+    ld_src: usize,
+    pack: &super::gemm::Weights,
+    dst: &mut [f32],
+    ld_dst: usize,
+    start: Start<'_>,
+    ahead: &[usize],
+) {
+    let relu = d.act == Activation::Relu;
+    matmul_prefetching(m, src, ld_src, pack, dst, ld_dst, start, relu, ahead);
+    if !matches!(d.act, Activation::Relu | Activation::Identity) {
+        for r in 0..m {
+            let row = &mut dst[r * ld_dst..r * ld_dst + d.out];
+            row.iter_mut().for_each(|x| *x = activate(d.act, *x));
         }
     }
 }
@@ -260,6 +284,18 @@ impl Model {
         // multiplies the cross output; the item vectors are not needed.
         let pre = !segs.is_empty() && segs.iter().all(|s| s.pre.is_some());
         let id = if pre { 0 } else { id };
+        let item_part = if !pre {
+            ItemPart::Multiplied
+        } else {
+            let dtype = |s: &SegmentInputs<'_>| s.pre.as_ref().map(|p| p.def().dtype);
+            match dtype(&segs[0]) {
+                d if segs.iter().any(|s| dtype(s) != d) => ItemPart::Decoded,
+                Some(Dtype::F16) => ItemPart::Stored { half: true },
+                Some(Dtype::F32) => ItemPart::Stored { half: false },
+                _ => ItemPart::Decoded,
+            }
+        };
+        let mut rows: [&[u8]; BLOCK] = [&[]; BLOCK];
         let lda = id + co;
         let w0 = &self.upper[0];
         let widest = self
@@ -275,12 +311,18 @@ impl Model {
         s.h0.resize(BLOCK * widest, 0.0);
         s.h1.resize(BLOCK * widest, 0.0);
         s.out.resize(BLOCK * nh, 0.0);
-        self.prefetch(segs, &locs[..locs.len().min(BLOCK)]);
+        let span = |from: usize, blocks: usize| {
+            &locs[(from * BLOCK).min(locs.len())..((from + blocks) * BLOCK).min(locs.len())]
+        };
+        s.ahead.clear();
+        self.lines(segs, span(0, 1), &mut s.ahead);
+        s.ahead
+            .iter()
+            .for_each(|&p| kernels::prefetch_line(p as *const u8));
         for (bi, block) in locs.chunks(BLOCK).enumerate() {
             let m = block.len();
-            let next =
-                &locs[((bi + 1) * BLOCK).min(locs.len())..((bi + 2) * BLOCK).min(locs.len())];
-            self.prefetch(segs, next);
+            s.ahead.clear();
+            self.lines(segs, span(bi + 1, 1), &mut s.ahead);
             // Cross input and item vectors.
             for (r, loc) in block.iter().enumerate() {
                 let seg = &segs[loc.block as usize];
@@ -310,50 +352,104 @@ impl Model {
                 } else {
                     (&s.h0, d.inp)
                 };
+                let bias = Start::Bias(&d.b);
                 if last {
-                    matmul(m, src, ld_src, &d.pack, &mut s.a[id..], lda, false);
-                    finish_rows(d, m, &mut s.a[id..], lda, true);
+                    layer(d, m, src, ld_src, &d.pack, &mut s.a[id..], lda, bias, &[]);
                 } else {
-                    matmul(m, src, ld_src, &d.pack, &mut s.h1, d.out, false);
-                    finish_rows(d, m, &mut s.h1, d.out, true);
+                    layer(d, m, src, ld_src, &d.pack, &mut s.h1, d.out, bias, &[]);
                     std::mem::swap(&mut s.h0, &mut s.h1);
                     src_is_xc = false;
                 }
             }
-            // First upper layer: accumulators start at the user part (plus
-            // the precomputed item part).
-            if pre {
-                for (r, loc) in block.iter().enumerate() {
-                    let p = segs[loc.block as usize]
-                        .pre
-                        .as_ref()
-                        .expect("checked above");
-                    let h = &mut s.h0[r * w0.out..(r + 1) * w0.out];
-                    p.decode(loc.row as usize, h);
-                    for (x, u) in h.iter_mut().zip(&prep.u0) {
-                        *x += u;
+            // First upper layer: accumulators start at the user part (bias
+            // included), plus the precomputed item part if there is one.
+            match item_part {
+                ItemPart::Multiplied => layer(
+                    w0,
+                    m,
+                    &s.a,
+                    lda,
+                    &w0.pack,
+                    &mut s.h0,
+                    w0.out,
+                    Start::Bias(&prep.u0),
+                    &[],
+                ),
+                ItemPart::Stored { half } => {
+                    for (slot, loc) in rows.iter_mut().zip(block) {
+                        let p = segs[loc.block as usize].pre.as_ref();
+                        *slot = p.expect("checked above").row_bytes(loc.row as usize);
                     }
+                    let start = Start::Rows {
+                        rows: &rows[..m],
+                        half,
+                        add: &prep.u0,
+                    };
+                    layer(
+                        w0,
+                        m,
+                        &s.a,
+                        lda,
+                        &self.pack_cross,
+                        &mut s.h0,
+                        w0.out,
+                        start,
+                        &[],
+                    );
                 }
-                matmul(m, &s.a, lda, &self.pack_cross, &mut s.h0, w0.out, true);
-            } else {
-                for r in 0..m {
-                    s.h0[r * w0.out..(r + 1) * w0.out].copy_from_slice(&prep.u0);
+                ItemPart::Decoded => {
+                    for (r, loc) in block.iter().enumerate() {
+                        let p = segs[loc.block as usize].pre.as_ref();
+                        let h = &mut s.h0[r * w0.out..(r + 1) * w0.out];
+                        p.expect("checked above").decode(loc.row as usize, h);
+                        for (x, u) in h.iter_mut().zip(&prep.u0) {
+                            *x += u;
+                        }
+                    }
+                    let start = Start::Accumulate;
+                    layer(
+                        w0,
+                        m,
+                        &s.a,
+                        lda,
+                        &self.pack_cross,
+                        &mut s.h0,
+                        w0.out,
+                        start,
+                        &[],
+                    );
                 }
-                matmul(m, &s.a, lda, &w0.pack, &mut s.h0, w0.out, true);
             }
-            finish_rows(w0, m, &mut s.h0, w0.out, false);
-            for d in &self.upper[1..] {
-                matmul(m, &s.h0, d.inp, &d.pack, &mut s.h1, d.out, false);
-                finish_rows(d, m, &mut s.h1, d.out, true);
+            // The next block's lines are prefetched during the second upper
+            // layer (usually the largest product), or the first if it is
+            // the only one.
+            if self.upper.len() == 1 {
+                s.ahead
+                    .iter()
+                    .for_each(|&p| kernels::prefetch_line(p as *const u8));
+            }
+            for (li, d) in self.upper[1..].iter().enumerate() {
+                let ahead: &[usize] = if li == 0 { &s.ahead } else { &[] };
+                let bias = Start::Bias(&d.b);
+                layer(d, m, &s.h0, d.inp, &d.pack, &mut s.h1, d.out, bias, ahead);
                 std::mem::swap(&mut s.h0, &mut s.h1);
             }
             // Heads.
             let hl = &self.head_layer;
-            matmul(m, &s.h0, hl.inp, &hl.pack, &mut s.out, nh, false);
+            matmul(
+                m,
+                &s.h0,
+                hl.inp,
+                &hl.pack,
+                &mut s.out,
+                nh,
+                Start::Bias(&hl.b),
+                false,
+            );
             let base = bi * BLOCK * nh;
             for r in 0..m {
                 for (h, head) in self.heads.iter().enumerate() {
-                    let q = activate(head.act, s.out[r * nh + h] + hl.b[h]);
+                    let q = activate(head.act, s.out[r * nh + h]);
                     heads[base + r * nh + h] = match head.neg_sampling_rate {
                         Some(a) => {
                             let (q, a) = (q as f64, a);
@@ -366,22 +462,23 @@ impl Model {
         }
     }
 
-    /// Prefetches what scoring `locs` reads at random: the item vector and
-    /// each column value.
-    fn prefetch(&self, segs: &[SegmentInputs<'_>], locs: &[Loc]) {
+    /// Appends the addresses of the cache lines scoring `locs` reads at
+    /// random (the item vector or precomputed row, and each column value)
+    /// to `out`.
+    fn lines(&self, segs: &[SegmentInputs<'_>], locs: &[Loc], out: &mut Vec<usize>) {
         for loc in locs {
             let seg = &segs[loc.block as usize];
             let row = loc.row as usize;
             let bytes = seg.pre.as_ref().unwrap_or(&seg.emb).row_bytes(row);
-            let mut off = 0;
-            while off < bytes.len() {
-                kernels::prefetch_line(bytes[off..].as_ptr());
-                off += 64;
-            }
+            let (first, end) = (
+                bytes.as_ptr() as usize,
+                bytes.as_ptr() as usize + bytes.len(),
+            );
+            out.extend((first & !63..end).step_by(64));
             for c in &seg.cols {
                 match c {
-                    Col::F32(v) => kernels::prefetch_line(v[row..].as_ptr() as *const u8),
-                    Col::U32(v) => kernels::prefetch_line(v[row..].as_ptr() as *const u8),
+                    Col::F32(v) => out.push(v[row..].as_ptr() as usize),
+                    Col::U32(v) => out.push(v[row..].as_ptr() as usize),
                     Col::None => {}
                 }
             }
