@@ -175,11 +175,14 @@ pub(crate) unsafe fn gemm_packed(
     ahead: &[usize],
 ) {
     let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-    // `ahead` is spread over the tiles, a few lines each, so that the
-    // misses overlap the arithmetic instead of stalling it in one burst.
+    // `ahead` is spread over the tiles, so that the misses overlap the
+    // arithmetic instead of stalling it in one burst; but in bursts of at
+    // least 32 lines, whose address translations overlap each other
+    // (n = 5,000 three-tower query: 9 lines a tile measured 5-8% slower
+    // than 24-36).
     let tiles = n.div_ceil(NR) * m.div_ceil(MR);
-    let per_tile = ahead.len().div_ceil(tiles.max(1));
-    let mut ahead = ahead.chunks(per_tile.max(1));
+    let per_tile = ahead.len().div_ceil(tiles.max(1)).max(32);
+    let mut ahead = ahead.chunks(per_tile);
     let mut prefetch = || {
         for &p in ahead.next().unwrap_or(&[]) {
             crate::kernels::prefetch_line(p as *const u8);
@@ -212,6 +215,89 @@ pub(crate) unsafe fn gemm_packed(
                 4 => tile::<4>(k, ap, lda, bp, cr, ldc, at, start, relu),
                 _ => tile::<5>(k, ap, lda, bp, cr, ldc, at, start, relu),
             }
+        }
+    }
+}
+
+/// `c[i*ldc + j] = beta * c[i*ldc + j] + sum_p a[i*lda + p] * w[j*k + p]`
+/// for `i < m`, `j < n <= 8`, `beta` 0 or 1: a narrow layer (a model's
+/// heads) as dot products, one row of `A` at a time against every weight
+/// row, with no padding to a 16-column panel.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` must hold `(m-1)*lda + k`
+/// values, `w` `n * k`, and `c` `(m-1)*ldc + n` (checked by the safe
+/// caller).
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dots(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    // SAFETY: the function's contract; `dots_n::<N>` is called with N == n.
+    unsafe {
+        match n {
+            1 => dots_n::<1>(m, k, a, lda, w, beta, c, ldc),
+            2 => dots_n::<2>(m, k, a, lda, w, beta, c, ldc),
+            3 => dots_n::<3>(m, k, a, lda, w, beta, c, ldc),
+            4 => dots_n::<4>(m, k, a, lda, w, beta, c, ldc),
+            5 => dots_n::<5>(m, k, a, lda, w, beta, c, ldc),
+            6 => dots_n::<6>(m, k, a, lda, w, beta, c, ldc),
+            7 => dots_n::<7>(m, k, a, lda, w, beta, c, ldc),
+            8 => dots_n::<8>(m, k, a, lda, w, beta, c, ldc),
+            _ => unreachable!("dots runs layers of 1 to 8 outputs"),
+        }
+    }
+}
+
+/// [`dots`] for `n == N`.
+///
+/// # Safety
+/// As [`dots`], with `n == N`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_n<const N: usize>(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let body = k - k % 8;
+    for i in 0..m {
+        let row = &a[i * lda..i * lda + k];
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut p = 0;
+        while p < body {
+            // SAFETY: p + 8 <= body <= k, inside `row` and each weight row
+            // (w holds N rows of k values).
+            unsafe {
+                let x = _mm256_loadu_ps(row.as_ptr().add(p));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(w.as_ptr().add(j * k + p)), *acc);
+                }
+            }
+            p += 8;
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 values.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+            let tail: f32 = (body..k).map(|p| row[p] * w[j * k + p]).sum();
+            let dot = lanes.iter().sum::<f32>() + tail;
+            let out = &mut c[i * ldc + j];
+            *out = if beta == 0.0 { dot } else { *out + dot };
         }
     }
 }

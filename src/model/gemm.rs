@@ -2,22 +2,30 @@
 //! matrix in PyTorch `nn.Linear` layout.
 //!
 //! On x86-64 with AVX2+FMA the weights are packed once, at model load, and
-//! a register-tiled kernel (`kernels::gemm_x86`) runs; elsewhere the
+//! a register-tiled kernel (`kernels::gemm_x86`) runs (layers of at most 8
+//! outputs, such as the heads, run as dot products instead); elsewhere the
 //! `matrixmultiply` crate does (it packs both operands on every call, which
 //! cost about 14% of a query in the benchmark, and its kernel reached
 //! ~57 GFLOP/s here against the packed kernel's figure in the note).
 
 use crate::kernels::Level;
 
+/// Outputs up to which a layer runs as dot products (`kernels::gemm_x86::
+/// dots`) rather than through 16-column panels, most of which would be
+/// padding (a model's heads layer has a handful of outputs).
+const NARROW: usize = 8;
+
 /// A weight matrix `[n, k]` ready for [`matmul`]: a contiguous copy for the
-/// portable path and, where the AVX2 kernel runs, 16-column panels
-/// `[ceil(n/16)][k][16]` of its transpose, zero-padded.
+/// portable path and narrow layers and, where the AVX2 kernel runs,
+/// 16-column panels `[ceil(n/16)][k][16]` of its transpose, zero-padded.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Weights {
     pub n: usize,
     pub k: usize,
     w: Vec<f32>,
     packed: Vec<f32>,
+    /// Whether the AVX2 dot-product kernel runs (on `w`).
+    narrow: bool,
 }
 
 impl Weights {
@@ -33,7 +41,8 @@ impl Weights {
             .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
             .collect();
         let mut packed = Vec::new();
-        if level == Level::Avx2 {
+        let narrow = level == Level::Avx2 && n <= NARROW;
+        if level == Level::Avx2 && !narrow {
             #[cfg(target_arch = "x86_64")]
             {
                 use crate::kernels::gemm_x86::NR;
@@ -50,9 +59,10 @@ impl Weights {
         Weights {
             n,
             k,
-            // Only the portable path reads the plain copy.
+            // The panel kernel does not read the plain copy.
             w: if packed.is_empty() { dense } else { Vec::new() },
             packed,
+            narrow,
         }
     }
 }
@@ -149,7 +159,35 @@ pub(crate) fn matmul_prefetching(
         };
         return;
     }
-    let beta = match start {
+    let beta = fill_start(m, n, c, ldc, start);
+    ahead
+        .iter()
+        .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+    #[cfg(target_arch = "x86_64")]
+    if w.narrow {
+        // SAFETY: `narrow` is only set when Level::detect() found AVX2 and
+        // FMA; `w.w` holds n * k values, and the asserts above bound `a`
+        // and `c`.
+        unsafe { crate::kernels::gemm_x86::dots(m, n, k, a, lda, &w.w, beta, c, ldc) };
+    } else {
+        gemm_nt(m, n, k, a, lda, &w.w, k, beta, c, ldc);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    gemm_nt(m, n, k, a, lda, &w.w, k, beta, c, ldc);
+    if relu {
+        for i in 0..m {
+            c[i * ldc..i * ldc + n]
+                .iter_mut()
+                .for_each(|x| *x = x.max(0.0));
+        }
+    }
+}
+
+/// Writes the start values of a product into `c` where they are not
+/// already there, and returns the factor on `c` for the product to add
+/// to (0: ignore `c`, 1: add to it).
+fn fill_start(m: usize, n: usize, c: &mut [f32], ldc: usize, start: Start<'_>) -> f32 {
+    match start {
         Start::Zero => 0.0,
         Start::Accumulate => 1.0,
         Start::Bias(b) => {
@@ -172,17 +210,6 @@ pub(crate) fn matmul_prefetching(
                 }
             }
             1.0
-        }
-    };
-    ahead
-        .iter()
-        .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
-    gemm_nt(m, n, k, a, lda, &w.w, k, beta, c, ldc);
-    if relu {
-        for i in 0..m {
-            c[i * ldc..i * ldc + n]
-                .iter_mut()
-                .for_each(|x| *x = x.max(0.0));
         }
     }
 }
@@ -258,6 +285,10 @@ mod tests {
             (13, 3, 33),
             (128, 64, 22),
             (5, 40, 9),
+            // Narrow layers (dot products), with and without a k tail.
+            (13, 3, 128),
+            (7, 8, 37),
+            (2, 1, 7),
         ] {
             let (lda, ldc, ldw) = (k + 3, n + 2, k + 1);
             let a: Vec<f32> = (0..m * lda).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
@@ -283,7 +314,8 @@ mod tests {
             );
             for &level in &levels {
                 let w = Weights::for_level(&wraw, ldw, k, n, level);
-                assert_eq!(w.packed.is_empty(), level == Level::Portable);
+                assert_eq!(w.packed.is_empty(), level == Level::Portable || n <= NARROW);
+                assert_eq!(w.narrow, level == Level::Avx2 && n <= NARROW);
                 let starts = [
                     Start::Zero,
                     Start::Accumulate,
