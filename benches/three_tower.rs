@@ -1,7 +1,8 @@
 //! Three-tower query latency (criterion, one thread): DESIGN.md's example
 //! model (cross 22 -> 64 -> 32, upper 160 -> 256 -> 128, three heads) on
 //! N = 1,000,000 items (d = 64, f16), n = 1,000 / 5,000 / 10,000 candidate
-//! ids, k = 500. Throughput is reported in model FLOPs (the whole model as
+//! ids, k = 500; the model as given and with its first-layer item part
+//! precomputed in f16. Throughput is reported in model FLOPs (the whole model as
 //! written, 2 per multiply-add), so criterion's "elem/s" reads as FLOP/s.
 //!
 //! `cargo bench --bench three_tower`; `VSTORE_TT_ROWS=200000` for a smaller store.
@@ -17,34 +18,48 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let store = support::tt_store(rows, None);
-    let snap = store.snapshot();
-    let model = snap.model(support::TT_KEY).unwrap();
     let users = support::users(16, 64, 0x5EED);
     let inputs: Vec<_> = (0..16u64).map(support::tt_inputs).collect();
     let mut g = c.benchmark_group("three_tower");
     g.sample_size(20);
-    for n in [1_000usize, 5_000, 10_000] {
-        let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
-        g.throughput(Throughput::Elements((2 * model.macs_per_item() * n) as u64));
-        let mut q = 0;
-        g.bench_function(format!("n{n}_k500"), |b| {
-            b.iter(|| {
-                q = (q + 1) % 16;
-                let query =
-                    Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500).three_tower(&inputs[q]);
-                snap.query(&query).unwrap().hits.len()
-            })
-        });
+    // As given, and with the first layer's item part precomputed in f16
+    // (`Transaction::add_model_precomputed`).
+    for (variant, pre) in [("", None), ("_precomputed_f16", Some(vstore::Dtype::F16))] {
+        let store = support::tt_store(rows, pre);
+        let snap = store.snapshot();
+        let model = snap.model(support::TT_KEY).unwrap();
+        for n in [1_000usize, 5_000, 10_000] {
+            let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
+            g.throughput(Throughput::Elements((2 * model.macs_per_item() * n) as u64));
+            let mut q = 0;
+            g.bench_function(format!("n{n}_k500{variant}"), |b| {
+                b.iter(|| {
+                    q = (q + 1) % 16;
+                    let query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
+                        .three_tower(&inputs[q]);
+                    snap.query(&query).unwrap().hits.len()
+                })
+            });
+        }
     }
     g.finish();
-    // The layer products alone, in cache: a block of 128 rows through each
-    // layer shape of the model (first upper layer after the tower split).
+    // The layer products alone, in cache: a block of 48 rows (the query's
+    // block) through each layer shape of the model: the first upper layer
+    // after the tower split (item + cross inputs, or the cross inputs alone
+    // when the item part is precomputed), the second, the cross tower's
+    // two and the heads.
     let mut g = c.benchmark_group("layer_product");
-    for (k, n) in [(96usize, 256usize), (256, 128), (22, 64), (64, 32)] {
-        let mut lp = vstore::bench_support::LayerProduct::new(128, k, n);
+    for (k, n) in [
+        (96usize, 256usize),
+        (32, 256),
+        (256, 128),
+        (22, 64),
+        (64, 32),
+        (128, 3),
+    ] {
+        let mut lp = vstore::bench_support::LayerProduct::new(48, k, n);
         g.throughput(Throughput::Elements(lp.flops()));
-        g.bench_function(format!("m128_k{k}_n{n}"), |b| b.iter(|| lp.run()));
+        g.bench_function(format!("m48_k{k}_n{n}"), |b| b.iter(|| lp.run()));
     }
     g.finish();
 }

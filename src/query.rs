@@ -711,13 +711,15 @@ pub mod bench_support {
         );
     }
 
-    /// One model-layer matrix product on data in cache (`[m, k]` activations
-    /// times a packed `[k, n]` weight), the kernel three-tower scoring runs
-    /// per block: its rate against the core's FMA peak.
+    /// One model layer on data in cache (`[m, k]` activations times a
+    /// packed `[k, n]` weight, plus bias, through ReLU), the kernel
+    /// three-tower scoring runs per block: its rate against the core's FMA
+    /// peak.
     pub struct LayerProduct {
         m: usize,
         w: crate::model::gemm::Weights,
         a: Vec<f32>,
+        b: Vec<f32>,
         c: Vec<f32>,
     }
 
@@ -734,6 +736,7 @@ pub mod bench_support {
                 m,
                 w: crate::model::gemm::Weights::new(&w, k, k, n),
                 a,
+                b: (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect(),
                 c: vec![0.0; m * n],
             }
         }
@@ -749,8 +752,8 @@ pub mod bench_support {
                 &self.w,
                 &mut self.c,
                 n,
-                Start::Zero,
-                false,
+                Start::Bias(&self.b),
+                true,
             );
             self.c[self.c.len() / 2]
         }
