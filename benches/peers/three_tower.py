@@ -538,8 +538,17 @@ def main():
                       file=sys.stderr)
         res["rows"] = rows
         title = f"n = {n}, k = {k}, {flops / 1e6:.1f} MFLOP per query"
-        print(f"\n{title}\n{text_table(rows)}\n")
-        md_parts.append(f"### {title}\n\n" + md_table(HEADER, [cells(r) for r in rows]))
+        # Each vstore row against onnxruntime (run + top-k), the goal's
+        # comparison (the ratio column is against the first vstore row only).
+        ort_ms = res["ort_topk"].get("median_ms") if res["ort_topk"] else None
+        vs = [(r["method"].replace("vstore variant: ", "").replace(
+            "vstore (ids in, top k out)", "as given"), r["median_ms"])
+            for r in rows if r["method"].startswith("vstore") and r["median_ms"]]
+        speedups = "onnxruntime (run + top-k) / vstore: " + ", ".join(
+            f"{name} {ort_ms / ms:.2f}x" for name, ms in vs) if ort_ms else ""
+        print(f"\n{title}\n{text_table(rows)}\n{speedups}\n")
+        md_parts.append(f"### {title}\n\n" + md_table(HEADER, [cells(r) for r in rows])
+                        + (f"\n\n{speedups}" if speedups else ""))
 
     peak = None
     if not a.no_peak:
