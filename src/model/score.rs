@@ -363,39 +363,20 @@ impl Model {
             }
             // First upper layer: accumulators start at the user part (bias
             // included), plus the precomputed item part if there is one.
-            match item_part {
-                ItemPart::Multiplied => layer(
-                    w0,
-                    m,
-                    &s.a,
-                    lda,
-                    &w0.pack,
-                    &mut s.h0,
-                    w0.out,
-                    Start::Bias(&prep.u0),
-                    &[],
-                ),
+            let (pack, start) = match item_part {
+                ItemPart::Multiplied => (&w0.pack, Start::Bias(&prep.u0)),
                 ItemPart::Stored { half } => {
                     for (slot, loc) in rows.iter_mut().zip(block) {
                         let p = segs[loc.block as usize].pre.as_ref();
                         *slot = p.expect("checked above").row_bytes(loc.row as usize);
                     }
+                    let add = &prep.u0;
                     let start = Start::Rows {
                         rows: &rows[..m],
                         half,
-                        add: &prep.u0,
+                        add,
                     };
-                    layer(
-                        w0,
-                        m,
-                        &s.a,
-                        lda,
-                        &self.pack_cross,
-                        &mut s.h0,
-                        w0.out,
-                        start,
-                        &[],
-                    );
+                    (&self.pack_cross, start)
                 }
                 ItemPart::Decoded => {
                     for (r, loc) in block.iter().enumerate() {
@@ -406,20 +387,10 @@ impl Model {
                             *x += u;
                         }
                     }
-                    let start = Start::Accumulate;
-                    layer(
-                        w0,
-                        m,
-                        &s.a,
-                        lda,
-                        &self.pack_cross,
-                        &mut s.h0,
-                        w0.out,
-                        start,
-                        &[],
-                    );
+                    (&self.pack_cross, Start::Accumulate)
                 }
-            }
+            };
+            layer(w0, m, &s.a, lda, pack, &mut s.h0, w0.out, start, &[]);
             // The next block's lines are prefetched during the second upper
             // layer (usually the largest product), or the first if it is
             // the only one.
