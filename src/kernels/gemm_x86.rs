@@ -21,7 +21,8 @@ const MR: usize = 6;
 /// Loads `nn <= 16` f32 values at `p` into two registers (zero beyond `nn`).
 ///
 /// # Safety
-/// AVX2 must be present; `p` must point to `nn` readable f32 values.
+/// AVX2, FMA and F16C must be present; `p` must point to `nn` readable f32
+/// values (any alignment).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load16(p: *const f32, nn: usize) -> [__m256; 2] {
@@ -31,8 +32,9 @@ unsafe fn load16(p: *const f32, nn: usize) -> [__m256; 2] {
         if nn == NR {
             [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
         } else {
+            // Copied as bytes: `p` may be an unaligned row of a file.
             let mut tmp = [0f32; NR];
-            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), nn);
+            std::ptr::copy_nonoverlapping(p as *const u8, tmp.as_mut_ptr() as *mut u8, 4 * nn);
             [
                 _mm256_loadu_ps(tmp.as_ptr()),
                 _mm256_loadu_ps(tmp.as_ptr().add(8)),

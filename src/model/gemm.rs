@@ -1,7 +1,9 @@
-//! Matrix products of the model layers: `C (+)= A @ W.T`, `W` a weight
-//! matrix in PyTorch `nn.Linear` layout.
+//! Matrix products of the model layers: `C = act(start + A @ W.T)`, `W` a
+//! weight matrix in PyTorch `nn.Linear` layout, `start` zero, `C`, a bias
+//! row or a precomputed row per output row ([`Start`]), `act` ReLU or the
+//! identity.
 //!
-//! On x86-64 with AVX2+FMA the weights are packed once, at model load, and
+//! On x86-64 with AVX2, FMA and F16C the weights are packed once, at model load, and
 //! a register-tiled kernel (`kernels::gemm_x86`) runs (layers of at most 8
 //! outputs, such as the heads, run as dot products instead); elsewhere the
 //! `matrixmultiply` crate does (it packs both operands on every call, which
@@ -34,8 +36,9 @@ impl Weights {
         Weights::for_level(w, ldw, k, n, Level::detect())
     }
 
-    /// As [`Weights::new`], for the kernel of `level` (which must be one
-    /// this CPU runs).
+    /// As [`Weights::new`], for the kernel of `level`, which must be one
+    /// this CPU runs (`Level::Avx2` only if `Level::detect()` returned it:
+    /// `matmul` relies on that for its unsafe calls).
     fn for_level(w: &[f32], ldw: usize, k: usize, n: usize, level: Level) -> Weights {
         let dense: Vec<f32> = (0..n)
             .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
@@ -149,8 +152,10 @@ pub(crate) fn matmul_prefetching(
     }
     #[cfg(target_arch = "x86_64")]
     if !w.packed.is_empty() {
-        // SAFETY: `packed` is only filled when Level::detect() found AVX2,
-        // FMA and F16C; the asserts above and the packing (ceil(n/16) * k
+        // SAFETY: `packed` is only filled for Level::Avx2, which
+        // `Weights::new` takes from Level::detect() (AVX2, FMA and F16C
+        // present) and tests pass only where detect() returned it; the
+        // asserts above and the packing (ceil(n/16) * k
         // * 16 values) are the kernel's bounds contract.
         unsafe {
             crate::kernels::gemm_x86::gemm_packed(
@@ -165,8 +170,8 @@ pub(crate) fn matmul_prefetching(
         .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
     #[cfg(target_arch = "x86_64")]
     if w.narrow {
-        // SAFETY: `narrow` is only set when Level::detect() found AVX2 and
-        // FMA; `w.w` holds n * k values, and the asserts above bound `a`
+        // SAFETY: `narrow` is only set for Level::Avx2 (see the packed
+        // kernel's call above); `w.w` holds n * k values, and the asserts above bound `a`
         // and `c`.
         unsafe { crate::kernels::gemm_x86::dots(m, n, k, a, lda, &w.w, beta, c, ldc) };
     } else {
@@ -298,8 +303,13 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|j| (j % 5) as f32 * 1.5 - 3.0).collect();
             // Start rows: small integers and halves, exact in f16 and f32.
             let start_val = |i: usize, j: usize| ((i * 3 + j * 7) % 17) as f32 * 0.5 - 4.0;
+            // A leading byte, sliced off below: f32 rows read from a file
+            // need not be 4-byte aligned.
             let rows32: Vec<Vec<u8>> = (0..m)
-                .map(|i| (0..n).flat_map(|j| start_val(i, j).to_le_bytes()).collect())
+                .map(|i| {
+                    let vals = (0..n).flat_map(|j| start_val(i, j).to_le_bytes());
+                    std::iter::once(0u8).chain(vals).collect()
+                })
                 .collect();
             let rows16: Vec<Vec<u8>> = (0..m)
                 .map(|i| {
@@ -309,7 +319,7 @@ mod tests {
                 })
                 .collect();
             let (r32, r16): (Vec<&[u8]>, Vec<&[u8]>) = (
-                rows32.iter().map(|r| &r[..]).collect(),
+                rows32.iter().map(|r| &r[1..]).collect(),
                 rows16.iter().map(|r| &r[..]).collect(),
             );
             for &level in &levels {

@@ -315,14 +315,14 @@ impl Model {
             &locs[(from * BLOCK).min(locs.len())..((from + blocks) * BLOCK).min(locs.len())]
         };
         s.ahead.clear();
-        self.lines(segs, span(0, 1), &mut s.ahead);
+        self.lines(segs, span(0, 1), pre, &mut s.ahead);
         s.ahead
             .iter()
             .for_each(|&p| kernels::prefetch_line(p as *const u8));
         for (bi, block) in locs.chunks(BLOCK).enumerate() {
             let m = block.len();
             s.ahead.clear();
-            self.lines(segs, span(bi + 1, 1), &mut s.ahead);
+            self.lines(segs, span(bi + 1, 1), pre, &mut s.ahead);
             // Cross input and item vectors.
             for (r, loc) in block.iter().enumerate() {
                 let seg = &segs[loc.block as usize];
@@ -434,13 +434,17 @@ impl Model {
     }
 
     /// Appends the addresses of the cache lines scoring `locs` reads at
-    /// random (the item vector or precomputed row, and each column value)
-    /// to `out`.
-    fn lines(&self, segs: &[SegmentInputs<'_>], locs: &[Loc], out: &mut Vec<usize>) {
+    /// random (the precomputed row if `pre`, else the item vector, and each
+    /// column value) to `out`.
+    fn lines(&self, segs: &[SegmentInputs<'_>], locs: &[Loc], pre: bool, out: &mut Vec<usize>) {
         for loc in locs {
             let seg = &segs[loc.block as usize];
             let row = loc.row as usize;
-            let bytes = seg.pre.as_ref().unwrap_or(&seg.emb).row_bytes(row);
+            let col = match &seg.pre {
+                Some(p) if pre => p,
+                _ => &seg.emb,
+            };
+            let bytes = col.row_bytes(row);
             let (first, end) = (
                 bytes.as_ptr() as usize,
                 bytes.as_ptr() as usize + bytes.len(),
