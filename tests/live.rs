@@ -73,6 +73,26 @@ struct Item {
     vecs: BTreeMap<String, Vec<f32>>,
 }
 
+/// Adds embedding version `s@version` of `dtype` for every item of `model`
+/// in `tx` (values from `vec_for(id, gen, salt)`), and records it in `model`.
+fn add_version(
+    tx: &mut vstore::Transaction<'_>,
+    model: &mut BTreeMap<u64, Item>,
+    version: &str,
+    dtype: Dtype,
+    gen: u64,
+    salt: u64,
+) {
+    let ids: Vec<u64> = model.keys().copied().collect();
+    let v: Vec<f32> = ids.iter().flat_map(|&i| vec_for(i, gen, salt)).collect();
+    tx.add_embedding(EmbeddingDef::new("s", version, DIM as u32, dtype), &ids, &v)
+        .unwrap();
+    let key = format!("s@{version}");
+    for (&i, item) in model.iter_mut() {
+        item.vecs.insert(key.clone(), vec_for(i, gen, salt));
+    }
+}
+
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::new()
@@ -230,43 +250,20 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let key = versions.last().unwrap().clone();
                 let version = key.strip_prefix("s@").unwrap();
                 tx.drop_embedding(&key).unwrap();
-                let ids: Vec<u64> = model.keys().copied().collect();
-                let salt = 500 + gen;
-                let v: Vec<f32> = ids.iter().flat_map(|&i| vec_for(i, gen, salt)).collect();
-                tx.add_embedding(
-                    EmbeddingDef::new("s", version, DIM as u32, *dtype),
-                    &ids,
-                    &v,
-                )
-                .unwrap();
-                for &i in &ids {
-                    model
-                        .get_mut(&i)
-                        .unwrap()
-                        .vecs
-                        .insert(key.clone(), vec_for(i, gen, salt));
-                }
+                add_version(&mut tx, &mut model, version, *dtype, gen, 500 + gen);
             }
             Op::StartBackground | Op::Gc => unreachable!("handled above"),
             Op::AddVersion(dtype) => {
-                let key = format!("s@v{next_version}");
-                let ids: Vec<u64> = model.keys().copied().collect();
-                let salt = 100 + next_version;
-                let v: Vec<f32> = ids.iter().flat_map(|&i| vec_for(i, gen, salt)).collect();
-                tx.add_embedding(
-                    EmbeddingDef::new("s", &format!("v{next_version}"), DIM as u32, *dtype),
-                    &ids,
-                    &v,
-                )
-                .unwrap();
-                for &i in &ids {
-                    model
-                        .get_mut(&i)
-                        .unwrap()
-                        .vecs
-                        .insert(key.clone(), vec_for(i, gen, salt));
-                }
-                versions.push(key);
+                let version = format!("v{next_version}");
+                add_version(
+                    &mut tx,
+                    &mut model,
+                    &version,
+                    *dtype,
+                    gen,
+                    100 + next_version,
+                );
+                versions.push(format!("s@{version}"));
                 next_version += 1;
             }
             Op::DropOldest => {
