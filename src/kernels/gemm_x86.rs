@@ -276,29 +276,93 @@ unsafe fn dots_n<const N: usize>(
     c: &mut [f32],
     ldc: usize,
 ) {
+    // Four rows a pass: 4 x N independent accumulator chains hide the FMA
+    // latency (one row's N chains alone could not), and each weight load
+    // serves four rows.
+    let mut i = 0;
+    while i + 2 <= m {
+        // SAFETY: rows i..i + 2 < m, as the function's contract requires.
+        unsafe { dots_rows::<N, 2>(i, k, a, lda, w, beta, c, ldc) };
+        i += 2;
+    }
+    while i < m {
+        // SAFETY: as above, row i < m.
+        unsafe { dots_rows::<N, 1>(i, k, a, lda, w, beta, c, ldc) };
+        i += 1;
+    }
+}
+
+/// The lane sums of four vectors, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn reduce4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    // [a01 a23 b01 b23 | a45 a67 b45 b67] and the same for c, d.
+    let ab = _mm256_hadd_ps(a, b);
+    let cd = _mm256_hadd_ps(c, d);
+    // [a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7]
+    let abcd = _mm256_hadd_ps(ab, cd);
+    _mm_add_ps(
+        _mm256_castps256_ps128(abcd),
+        _mm256_extractf128_ps::<1>(abcd),
+    )
+}
+
+/// [`dots_n`] for rows `i..i + R`.
+///
+/// # Safety
+/// As [`dots`], with `n == N` and `i + R <= m`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_rows<const N: usize, const R: usize>(
+    i: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     let body = k - k % 8;
-    for i in 0..m {
-        let row = &a[i * lda..i * lda + k];
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut p = 0;
-        while p < body {
-            // SAFETY: p + 8 <= body <= k, inside `row` and each weight row
-            // (w holds N rows of k values).
-            unsafe {
-                let x = _mm256_loadu_ps(row.as_ptr().add(p));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(w.as_ptr().add(j * k + p)), *acc);
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * lda..(i + r) * lda + k]);
+    // acc[j][r]: output j of row r.
+    let mut acc = [[_mm256_setzero_ps(); R]; N];
+    let mut p = 0;
+    while p < body {
+        // SAFETY: p + 8 <= body <= k, inside every row and each weight row
+        // (w holds N rows of k values).
+        unsafe {
+            let x: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(rows[r].as_ptr().add(p)));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let wj = _mm256_loadu_ps(w.as_ptr().add(j * k + p));
+                for (a, x) in acc.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(*x, wj, *a);
                 }
             }
-            p += 8;
         }
-        for (j, acc) in acc.iter().enumerate() {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds 8 values.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+        p += 8;
+    }
+    let zero = _mm256_setzero_ps();
+    for (r, row) in rows.iter().enumerate() {
+        // Horizontal sums, four accumulators at a time.
+        let mut sums = [0f32; 8];
+        for (q, chunk) in sums.chunks_exact_mut(4).enumerate().take(N.div_ceil(4)) {
+            let get = |j: usize| {
+                if 4 * q + j < N {
+                    acc[4 * q + j][r]
+                } else {
+                    zero
+                }
+            };
+            let v = reduce4(get(0), get(1), get(2), get(3));
+            // SAFETY: `chunk` holds 4 values.
+            unsafe { _mm_storeu_ps(chunk.as_mut_ptr(), v) };
+        }
+        for (j, sum) in sums.iter().enumerate().take(N) {
             let tail: f32 = (body..k).map(|p| row[p] * w[j * k + p]).sum();
-            let dot = lanes.iter().sum::<f32>() + tail;
-            let out = &mut c[i * ldc + j];
+            let dot = sum + tail;
+            let out = &mut c[(i + r) * ldc + j];
             *out = if beta == 0.0 { dot } else { *out + dot };
         }
     }
