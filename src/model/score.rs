@@ -8,10 +8,8 @@
 //! part of the first upper layer (`W[:, ..user_dim] @ user + b`) is computed
 //! once per query and starts each row's accumulator.
 
-use std::collections::HashMap;
-
 use super::gemm::{matmul, matmul_prefetching, Start};
-use super::{Activation, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
+use super::{Activation, ByItem, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
 use crate::error::{Error, Result};
 use crate::kernels::{self, Loc};
 use crate::schema::Dtype;
@@ -45,7 +43,7 @@ pub(crate) struct Prepared<'a> {
     /// Per input: the `user_dense` vector, if that is its kind.
     dense: Vec<Option<&'a [f32]>>,
     /// Per input: the `user_by_item` map, if that is its kind.
-    by_item: Vec<Option<&'a HashMap<u32, Vec<f32>>>>,
+    by_item: Vec<Option<&'a ByItem>>,
 }
 
 /// How the first upper layer gets a row's item part
@@ -93,6 +91,65 @@ fn check_vec(what: &str, v: &[f32], dim: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `ln(1 + x)` to within a few ulp, by Goldberg's method (What Every
+/// Computer Scientist Should Know About Floating-Point Arithmetic, 1991,
+/// theorem 4): the rounding error of `1 + x` is cancelled by dividing by
+/// what `1 + x` really was. It goes through `ln`, which measured about 10x
+/// faster here than libm's `log1pf` (1.6% of a three-tower query).
+#[inline]
+fn ln_1p(x: f32) -> f32 {
+    let u = 1.0 + x;
+    if u == 1.0 {
+        x // |x| below half an ulp of 1: ln(1 + x) = x to f32 precision
+    } else if u == f32::INFINITY {
+        u
+    } else {
+        u.ln() * (x / (u - 1.0))
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the few values of one cross input, as
+/// fixed-size moves: `copy_from_slice` of a length known only at run time
+/// is a call to `memmove`, which cost 1.2% of a three-tower query spent on
+/// copies of 1 to 8 values.
+#[inline]
+fn put(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    let (mut d, mut s) = (d.into_remainder(), s.remainder());
+    for w in [4, 2, 1] {
+        if d.len() >= w {
+            d[..w].copy_from_slice(&s[..w]);
+            (d, s) = (&mut d[w..], &s[w..]);
+        }
+    }
+}
+
+/// The dot product of `a` and `b`, in eight independent partial sums (a
+/// single running sum is one dependent add per element, and the user part
+/// of the first layer, `out x user_dim` of them per query, showed in
+/// profiles at 0.8% of a query of 1,000 candidates).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[inline]
@@ -159,7 +216,7 @@ impl Model {
                             "the model needs user_by_item input {name:?} (a map from {column} values to {dim} values), which the query does not pass"
                         ))
                     })?;
-                    for (k, v) in m {
+                    for (k, v) in m.iter() {
                         check_vec(&format!("user_by_item input {name:?}, key {k},"), v, *dim)?;
                     }
                     b = Some(m);
@@ -195,7 +252,7 @@ impl Model {
         let u0 = (0..w0.out)
             .map(|j| {
                 let row = &w0.w[j * w0.inp..j * w0.inp + self.user_dim];
-                w0.b[j] + row.iter().zip(user).map(|(w, u)| w * u).sum::<f32>()
+                w0.b[j] + dot(row, user)
             })
             .collect();
         Ok(Prepared { u0, dense, by_item })
@@ -238,25 +295,25 @@ impl Model {
                     let v = v[row];
                     match transform {
                         Transform::Identity => x[o] = v,
-                        Transform::Log1p => x[o] = v.ln_1p(),
+                        Transform::Log1p => x[o] = ln_1p(v),
                         Transform::Bucketize { bounds, table } => {
                             let b = bounds.partition_point(|&t| t <= v);
-                            x[o..o + table.dim].copy_from_slice(table.row(b));
+                            put(&mut x[o..o + table.dim], table.row(b));
                         }
                     }
                 }
                 (Input::ItemCategorical { table, .. }, Col::U32(v)) => {
                     let c = v[row] as usize;
                     let r = if c < table.rows { c } else { 0 };
-                    x[o..o + table.dim].copy_from_slice(table.row(r));
+                    put(&mut x[o..o + table.dim], table.row(r));
                 }
                 (Input::UserDense { dim, .. }, _) => {
-                    x[o..o + dim].copy_from_slice(prep.dense[i].unwrap_or(&[]));
+                    put(&mut x[o..o + dim], prep.dense[i].unwrap_or(&[]));
                 }
                 (Input::UserByItem { dim, default, .. }, Col::U32(v)) => {
                     let m = prep.by_item[i];
-                    let val = m.and_then(|m| m.get(&v[row])).unwrap_or(default);
-                    x[o..o + dim].copy_from_slice(val);
+                    let val = m.and_then(|m| m.get(v[row])).unwrap_or(default);
+                    put(&mut x[o..o + dim], val);
                 }
                 // Unreachable: segment_inputs pairs each input with its column kind.
                 _ => {}
@@ -518,5 +575,34 @@ impl Model {
                 out.extend(s.acc.iter().map(|&x| x as f32));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ln_1p;
+
+    #[test]
+    fn ln_1p_matches_f64_to_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut x = 1e-30f32;
+        // Positive and negative values from tiny to huge, and across -1 < x < 0.
+        while x < 1e30 {
+            for v in [x, -x.min(0.999_999)] {
+                let want = (v as f64).ln_1p();
+                let got = ln_1p(v) as f64;
+                let rel = ((got - want) / want).abs();
+                worst = worst.max(rel);
+                assert!(rel < 3e-7, "ln_1p({v}) = {got}, want {want}");
+            }
+            x *= 1.37;
+        }
+        assert!(worst > 0.0, "the comparison ran");
+        assert_eq!(ln_1p(0.0), 0.0);
+        assert_eq!(ln_1p(-1.0), f32::NEG_INFINITY);
+        assert_eq!(ln_1p(f32::INFINITY), f32::INFINITY);
+        assert!(ln_1p(-2.0).is_nan());
+        assert!(ln_1p(f32::NEG_INFINITY).is_nan());
+        assert!(ln_1p(f32::NAN).is_nan());
     }
 }
