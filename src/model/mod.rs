@@ -168,6 +168,15 @@ pub struct Model {
     pub(crate) item_dim: usize,
     pub(crate) inputs: Vec<Input>,
     pub(crate) cross_in: usize,
+    /// Whether the `user_dense` inputs' part of the first cross layer runs
+    /// once per query (into `Prepared::c0`) rather than per row: when there
+    /// is a cross tower and it reads both `user_dense` and per-item inputs.
+    pub(crate) split: bool,
+    /// Values per row the cross tower reads: `cross_in`, less the
+    /// `user_dense` inputs if `split`.
+    pub(crate) row_in: usize,
+    /// If `split`, the first cross layer's columns for the per-row inputs.
+    pub(crate) pack_cross0: gemm::Weights,
     pub(crate) cross: Vec<Dense>,
     pub(crate) upper: Vec<Dense>,
     /// All heads as one layer `[heads, last upper width]` (activation unused).
@@ -479,6 +488,12 @@ impl Model {
             inputs.push(compiled);
         }
         let cross_in: usize = inputs.iter().map(Input::dim).sum();
+        let dense_in: usize = (inputs.iter())
+            .filter(|i| matches!(i, Input::UserDense { .. }))
+            .map(Input::dim)
+            .sum();
+        let split = !spec.cross.is_empty() && dense_in > 0 && dense_in < cross_in;
+        let row_in = if split { cross_in - dense_in } else { cross_in };
         let mut width = cross_in;
         let mut cross = Vec::new();
         for (i, l) in spec.cross.iter().enumerate() {
@@ -533,6 +548,23 @@ impl Model {
             b: hb,
             act: Activation::Identity,
         };
+        // The first cross layer's weights for the per-row inputs only.
+        let pack_cross0 = match cross.first() {
+            Some(c0) if split => {
+                let mut w = Vec::with_capacity(c0.out * row_in);
+                for j in 0..c0.out {
+                    let mut off = 0;
+                    for inp in &inputs {
+                        if !matches!(inp, Input::UserDense { .. }) {
+                            w.extend_from_slice(&c0.w[j * cross_in + off..][..inp.dim()]);
+                        }
+                        off += inp.dim();
+                    }
+                }
+                gemm::Weights::new(&w, row_in, row_in, c0.out)
+            }
+            _ => gemm::Weights::new(&[], 0, 0, 0),
+        };
         let (ud, id) = (spec.user_dim, spec.item_dim);
         let w0 = &upper[0];
         let pack_item = gemm::Weights::new(&w0.w[ud..], w0.inp, id, w0.out);
@@ -566,6 +598,9 @@ impl Model {
             item_dim: spec.item_dim,
             inputs,
             cross_in,
+            split,
+            row_in,
+            pack_cross0,
             cross,
             upper,
             head_layer,

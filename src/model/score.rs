@@ -40,6 +40,9 @@ pub struct ModelScratch {
 pub(crate) struct Prepared<'a> {
     /// `W0[:, ..user_dim] @ user + b0`.
     u0: Vec<f32>,
+    /// If the model splits the first cross layer: its bias plus its
+    /// `user_dense` columns times those inputs.
+    c0: Vec<f32>,
     /// Per input: the `user_dense` vector, if that is its kind.
     dense: Vec<Option<&'a [f32]>>,
     /// Per input: the `user_by_item` map, if that is its kind.
@@ -255,7 +258,25 @@ impl Model {
                 w0.b[j] + dot(row, user)
             })
             .collect();
-        Ok(Prepared { u0, dense, by_item })
+        let mut c0 = Vec::new();
+        if let (true, Some(d)) = (self.split, self.cross.first()) {
+            c0 = d.b.clone();
+            let mut off = 0;
+            for (inp, v) in self.inputs.iter().zip(&dense) {
+                if let (Input::UserDense { dim, .. }, Some(v)) = (inp, v) {
+                    for (j, c) in c0.iter_mut().enumerate() {
+                        *c += dot(&d.w[j * d.inp + off..][..*dim], v);
+                    }
+                }
+                off += inp.dim();
+            }
+        }
+        Ok(Prepared {
+            u0,
+            c0,
+            dense,
+            by_item,
+        })
     }
 
     /// Resolves the columns the model reads in `seg`.
@@ -307,6 +328,7 @@ impl Model {
                     let r = if c < table.rows { c } else { 0 };
                     put(&mut x[o..o + table.dim], table.row(r));
                 }
+                (Input::UserDense { .. }, _) if self.split => continue, // in `c0`
                 (Input::UserDense { dim, .. }, _) => {
                     put(&mut x[o..o + dim], prep.dense[i].unwrap_or(&[]));
                 }
@@ -363,7 +385,8 @@ impl Model {
             .max()
             .unwrap_or(1)
             .max(self.cross_in);
-        s.xc.resize(BLOCK * self.cross_in, 0.0);
+        let row_in = self.row_in;
+        s.xc.resize(BLOCK * row_in, 0.0);
         s.a.resize(BLOCK * lda, 0.0);
         s.h0.resize(BLOCK * widest, 0.0);
         s.h1.resize(BLOCK * widest, 0.0);
@@ -384,12 +407,7 @@ impl Model {
             for (r, loc) in block.iter().enumerate() {
                 let seg = &segs[loc.block as usize];
                 let row = loc.row as usize;
-                self.cross_input(
-                    prep,
-                    seg,
-                    row,
-                    &mut s.xc[r * self.cross_in..(r + 1) * self.cross_in],
-                );
+                self.cross_input(prep, seg, row, &mut s.xc[r * row_in..(r + 1) * row_in]);
                 if !pre {
                     seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
                 }
@@ -398,22 +416,27 @@ impl Model {
             if self.cross.is_empty() {
                 for r in 0..m {
                     s.a[r * lda + id..(r + 1) * lda]
-                        .copy_from_slice(&s.xc[r * self.cross_in..(r + 1) * self.cross_in]);
+                        .copy_from_slice(&s.xc[r * row_in..(r + 1) * row_in]);
                 }
             }
             let mut src_is_xc = true;
             for (li, d) in self.cross.iter().enumerate() {
                 let last = li + 1 == self.cross.len();
                 let (src, ld_src): (&[f32], usize) = if src_is_xc {
-                    (&s.xc, self.cross_in)
+                    (&s.xc, row_in)
                 } else {
                     (&s.h0, d.inp)
                 };
-                let bias = Start::Bias(&d.b);
-                if last {
-                    layer(d, m, src, ld_src, &d.pack, &mut s.a[id..], lda, bias, &[]);
+                // The first layer's user_dense part is in `c0` if split.
+                let (pack, bias) = if li == 0 && self.split {
+                    (&self.pack_cross0, Start::Bias(&prep.c0))
                 } else {
-                    layer(d, m, src, ld_src, &d.pack, &mut s.h1, d.out, bias, &[]);
+                    (&d.pack, Start::Bias(&d.b))
+                };
+                if last {
+                    layer(d, m, src, ld_src, pack, &mut s.a[id..], lda, bias, &[]);
+                } else {
+                    layer(d, m, src, ld_src, pack, &mut s.h1, d.out, bias, &[]);
                     std::mem::swap(&mut s.h0, &mut s.h1);
                     src_is_xc = false;
                 }
