@@ -2,8 +2,10 @@
 //! n = 1,000 / 5,000 / 10,000 candidates; k = 500; every dtype; plus a full
 //! scan. Beside each case, `floor/...` times the memory floor of the same
 //! queries: one prefetched touch of every cache line the query must read
-//! (id-index slot, ids entry, every line of the row), which is the bytes
-//! touched divided by this machine's random-gather bandwidth, measured here.
+//! for each candidate (its id-index home slot and every line of its row;
+//! the ids entries the query reads for the k hits only are left out),
+//! which is the bytes touched divided by this machine's random-gather
+//! bandwidth, measured here.
 //!
 //! Candidate sets rotate over 64 random draws so caches stay cold-ish.
 //! Run: `cargo bench --bench query` (first run builds ~1.8 GB of stores
