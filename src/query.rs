@@ -548,7 +548,21 @@ fn resolve(
     };
     match (views.len(), dir) {
         (0, _) => two_stage(ids, scratch, max_seen, ahead, (nothing, nothing), found),
-        (1, _) => two_stage(ids, scratch, max_seen, ahead, (segment(0), nothing), found),
+        (1, _) => {
+            // Home buckets first; the few ids whose bucket is full without
+            // them, in a second pass with their next lines prefetched.
+            let (v, del) = (&views[0], deleted[0]);
+            let home = (
+                move |id: u64| {
+                    let row = v.probe_home(id)??;
+                    del.is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
+                        .then_some((0, row))
+                },
+                move |id: u64| v.home_addr(id),
+            );
+            let rest = (segment(0).0, move |id: u64| v.next_addr(id));
+            two_stage(ids, scratch, max_seen, ahead, (home, rest), found)
+        }
         (_, Some(dir)) => {
             let in_dir = (|id: u64| dir.get(id), |id: u64| dir.home_addr(id));
             match dir.largest {
@@ -672,7 +686,7 @@ pub mod bench_support {
             let Some(at) = snap.lookup(id) else { continue };
             let seg = &snap.segments()[at.segment];
             let v = seg.index_view();
-            let slot = idindex::home(id, v.table.len() as u64) as usize;
+            let slot = v.home_slot(id);
             out.push(&bytemuck::cast_slice::<[u64; 2], u8>(&v.table[slot..slot + 1])[0]);
             let col = snap.embedding(at.segment, key)?;
             let row = &col.row_bytes(at.row)[..rb];

@@ -65,6 +65,8 @@ pub struct Segment {
     bloom_blocks: usize,
     slots: usize,
     max_probe: u32,
+    /// Slots per id-index bucket (by the index file's format version).
+    width: usize,
     profile: ScalarGroup,
     stats: ScalarGroup,
     embeddings: Vec<EmbeddingFile>,
@@ -210,9 +212,10 @@ impl Segment {
         let Body::IdIndex(m) = &index.meta.body else {
             return Err(Error::corrupt(&index.path, "not an id index"));
         };
+        let width = crate::idindex::bucket_width(index.version);
         if m.segment != seg.id
             || m.rows != seg.rows
-            || m.slots != crate::idindex::slots_for(seg.rows)
+            || m.slots != crate::idindex::slots_for(seg.rows, width)
         {
             return Err(Error::corrupt(
                 &index.path,
@@ -321,6 +324,7 @@ impl Segment {
             bloom_blocks,
             slots,
             max_probe,
+            width,
             profile,
             stats,
             embeddings,
@@ -371,12 +375,13 @@ impl Segment {
         let table: &[u64] = cast(&self.index.map[self.table_off..self.table_off + self.slots * 16]);
         let bloom: &[u64] =
             cast(&self.index.map[self.bloom_off..self.bloom_off + self.bloom_blocks * 64]);
-        IdIndexView {
-            ids: self.ids(),
-            table: bytemuck::cast_slice(table),
-            max_probe: self.max_probe,
-            bloom: bytemuck::cast_slice(bloom),
-        }
+        IdIndexView::new(
+            self.ids(),
+            bytemuck::cast_slice(table),
+            self.max_probe,
+            bytemuck::cast_slice(bloom),
+            self.width,
+        )
     }
 
     /// Row of `id` in this segment, whether deleted or not.

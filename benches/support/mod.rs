@@ -50,12 +50,28 @@ pub fn store_dir(rows: usize, dim: usize) -> PathBuf {
         .join(format!("query-{rows}-d{dim}"))
 }
 
+/// Whether every id index file in `dir` was written by this build's format
+/// version (a store left by an older build still opens, but would measure
+/// the old layout).
+fn written_by_this_format(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".vidx"))
+            .all(|e| {
+                let mut head = [0u8; 12];
+                std::fs::File::open(e.path())
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                    .is_ok_and(|_| head[8..] == vstore::FORMAT_VERSION.to_le_bytes())
+            })
+    })
+}
+
 /// Opens (building it the first time) a store of `rows` items with one
 /// embedding version per dtype at dimension `dim`, and a categorical column.
 pub fn store(rows: usize, dim: usize) -> Store {
     let dir = store_dir(rows, dim);
     if let Ok(s) = Store::open(&dir) {
-        if s.snapshot().len() == rows {
+        if s.snapshot().len() == rows && written_by_this_format(&dir) {
             return s;
         }
     }
