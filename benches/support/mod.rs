@@ -298,6 +298,7 @@ pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
     if let Ok(s) = Store::open(&dir) {
         let snap = s.snapshot();
         if snap.len() == rows
+            && written_by_this_format(&dir)
             && !snap.model_keys().is_empty()
             && snap.model_is_precomputed(TT_KEY) == pre.is_some()
         {
