@@ -497,7 +497,9 @@ impl Snapshot {
 }
 
 /// Pass 1: dedupes the candidates and finds each one's live row, home
-/// slots prefetched. One segment: its id index. Several: every candidate is
+/// slots prefetched. One segment: its id index, home buckets first (one
+/// line each) and then, with the next bucket prefetched, the few ids whose
+/// home bucket is full without them. Several: every candidate is
 /// probed in the snapshot's id directory `dir`; or, if the directory leaves
 /// the largest segment out (it holds at least half of the live rows), in
 /// that segment's id index first and, if not live there, in the directory.
