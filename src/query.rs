@@ -535,15 +535,17 @@ fn resolve(
     };
     // A stage that holds nothing (the prefetch address is never read).
     let nothing = (|_: u64| None, |_: u64| std::ptr::null());
+    // Whether row `row` of segment `si` is not deleted.
+    let live =
+        |si: usize, row: usize| deleted[si].is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0);
     // Segment `si`'s id index, tombstones checked.
     let segment = |si: usize| {
-        let (v, del) = (&views[si], deleted[si]);
+        let v = &views[si];
         (
             move |id: u64| {
                 // With `confirm_all`, pass 2 checks `ids[row] == id`.
                 let row = v.probe(id)?;
-                del.is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
-                    .then_some((si, row))
+                live(si, row).then_some((si, row))
             },
             move |id: u64| v.home_addr(id),
         )
@@ -553,12 +555,11 @@ fn resolve(
         (1, _) => {
             // Home buckets first; the few ids whose bucket is full without
             // them, in a second pass with their next lines prefetched.
-            let (v, del) = (&views[0], deleted[0]);
+            let v = &views[0];
             let home = (
                 move |id: u64| {
                     let row = v.probe_home(id)??;
-                    del.is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0)
-                        .then_some((0, row))
+                    live(0, row).then_some((0, row))
                 },
                 move |id: u64| v.home_addr(id),
             );
