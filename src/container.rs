@@ -9,12 +9,13 @@
 //! See `format/FORMAT.md` ("Container") for the byte-level specification.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::extents::ExtentWriter;
 use crate::meta::{Body, Extent, FileMeta};
 
 /// First eight bytes of every file (and last eight): PNG-style, so a text
@@ -90,7 +91,7 @@ fn header_bytes(kind: Kind) -> [u8; HEADER_LEN as usize] {
 /// [`ContainerWriter::finish`] writes metadata and footer and syncs.
 pub(crate) struct ContainerWriter {
     path: PathBuf,
-    out: BufWriter<Box<dyn crate::fs::FsFile>>,
+    out: ExtentWriter<Box<dyn crate::fs::FsFile>>,
     kind: Kind,
     pos: u64,
     crcs: Vec<u32>,
@@ -113,7 +114,7 @@ impl ContainerWriter {
             .map_err(|e| Error::io("create", path, e))?;
         let mut w = ContainerWriter {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: ExtentWriter::new(file),
             kind,
             pos: 0,
             crcs: Vec::new(),
@@ -207,7 +208,7 @@ impl ContainerWriter {
         let mut file = self
             .out
             .into_inner()
-            .map_err(|e| Error::io("write", &self.path, e.into_error()))?;
+            .map_err(|e| Error::io("write", &self.path, e))?;
         file.sync().map_err(|e| Error::io("fsync", &self.path, e))?;
         Ok(Written { len, meta_crc })
     }

@@ -21,6 +21,7 @@ mod container;
 mod directory;
 mod encode;
 pub mod error;
+mod extents;
 mod filter;
 pub mod fs;
 #[doc(hidden)]
