@@ -262,13 +262,31 @@ impl Snapshot {
 
     /// Names of the files this snapshot references (manifest first).
     pub fn files(&self) -> Vec<String> {
-        let mut v = vec![file_name(&self.manifest_file.path)];
+        self.containers()
+            .into_iter()
+            .map(|c| file_name(&c.path))
+            .collect()
+    }
+
+    /// Every file of this snapshot, in the order of [`Snapshot::files`],
+    /// with the format version it was written in. A store updated by a
+    /// newer build holds files of several versions (each is read by its
+    /// own version's rules; see `format/FORMAT.md`).
+    pub fn file_versions(&self) -> Vec<(String, u32)> {
+        self.containers()
+            .into_iter()
+            .map(|c| (file_name(&c.path), c.version))
+            .collect()
+    }
+
+    fn containers(&self) -> Vec<&Container> {
+        let mut v: Vec<&Container> = vec![&self.manifest_file];
         for s in &self.segments {
-            v.extend(s.files().into_iter().map(|f| file_name(&f.path)));
+            v.extend(s.files().into_iter().map(|f| &**f));
         }
         for m in &self.models {
-            v.push(file_name(&m.file.path));
-            v.extend(m.pre.iter().map(|p| file_name(&p.file.path)));
+            v.push(&m.file);
+            v.extend(m.pre.iter().map(|p| &*p.file));
         }
         v
     }

@@ -210,6 +210,56 @@ fn golden_v2_store_still_reads() {
     check_values(&golden_dir(2), true);
 }
 
+/// A format-2 store updated by this build holds files of both versions
+/// (its old id indexes keep their one-slot layout, the new segment's use
+/// four-slot buckets), says so per file, and finds every id in both.
+#[test]
+fn golden_v2_store_updated_by_this_build_mixes_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in data_files(&golden_dir(2)) {
+        std::fs::copy(golden_dir(2).join(&f), dir.path().join(&f)).unwrap();
+    }
+    let new_ids: Vec<u64> = (1..=40).map(|i| i * 1000 + 11).collect();
+    let mut w = Writer::open(dir.path()).unwrap();
+    let mut tx = w.begin();
+    let mut batch = items(&new_ids);
+    batch = batch.embedding(
+        "prerank@v43",
+        new_ids.iter().flat_map(|&i| vec_of(i, 16, 3)).collect(),
+    );
+    tx.add_items(batch).unwrap();
+    tx.commit().unwrap();
+    drop(w);
+
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.snapshot();
+    let versions = s.file_versions();
+    assert_eq!(versions.len(), s.files().len());
+    let of = |v: u32| versions.iter().filter(|(_, x)| *x == v).count();
+    // Two old segments' files, and the old snapshot's bundle, stay at 2.
+    assert!(of(2) >= 2, "{versions:?}");
+    // The new manifest and the new segment's files are this build's.
+    assert!(of(vstore::FORMAT_VERSION) >= 2, "{versions:?}");
+    assert_eq!(of(2) + of(vstore::FORMAT_VERSION), versions.len());
+    assert_eq!(versions[0].1, vstore::FORMAT_VERSION, "manifest first");
+    let old: Vec<u64> = ids_a()
+        .into_iter()
+        .chain(ids_b())
+        .filter(|&i| i != 2007)
+        .collect();
+    for &id in old.iter().chain(&new_ids) {
+        let at = s.lookup(id);
+        assert!(at.is_some(), "id {id} not found");
+        let user = vec![1.0f32; 16];
+        let r = s
+            .query(&vstore::Query::ids("prerank@v43", &user, &[id], 1))
+            .unwrap();
+        assert_eq!(r.hits.len(), 1, "id {id}");
+        assert_eq!(r.hits[0].id, id);
+    }
+    assert!(s.lookup(2007).is_none(), "deleted id stays deleted");
+}
+
 #[test]
 fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
     let golden = golden_dir(vstore::FORMAT_VERSION);

@@ -65,10 +65,17 @@ fn inspect_summaries_item_and_json() {
             .unwrap()
             .len();
         assert_eq!(f["bytes"], len);
+        assert_eq!(f["format_version"], vstore::FORMAT_VERSION);
     }
+    assert_eq!(
+        v["format_versions"],
+        serde_json::json!([vstore::FORMAT_VERSION])
+    );
 
     let text = ok(&["inspect", &d.p("s")]);
+    let v = vstore::FORMAT_VERSION;
     for want in [
+        format!("(format version {v}; this build writes {v})").as_str(),
         "snapshots:",
         "columns (over live items):",
         "category",

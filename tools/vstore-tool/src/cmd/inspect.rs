@@ -225,11 +225,13 @@ fn summary(store: &Store, snap: &Arc<Snapshot>) -> Result<Value> {
             Err(e) => snapshots.push(json!({"snapshot": n, "error": e.to_string()})),
         }
     }
-    let files: Vec<Value> = snap
-        .files()
+    let file_versions = snap.file_versions();
+    let files: Vec<Value> = file_versions
         .iter()
-        .map(|f| json!({"name": f, "bytes": file_len(snap.dir(), f)}))
+        .map(|(f, v)| json!({"name": f, "bytes": file_len(snap.dir(), f), "format_version": v}))
         .collect();
+    // A store updated by a newer build holds files of several versions.
+    let versions: std::collections::BTreeSet<u32> = file_versions.iter().map(|(_, v)| *v).collect();
     let segments: Vec<Value> = snap
         .segments()
         .iter()
@@ -241,7 +243,8 @@ fn summary(store: &Store, snap: &Arc<Snapshot>) -> Result<Value> {
         .collect();
     Ok(json!({
         "store": store.dir().display().to_string(),
-        "format_version": vstore::FORMAT_VERSION,
+        "format_versions": versions,
+        "build_format_version": vstore::FORMAT_VERSION,
         "current": store.snapshot().number(),
         "snapshots": snapshots,
         "skipped_manifests": store.skipped_manifests().into_iter()
@@ -303,9 +306,15 @@ fn strs(v: &Value) -> String {
 }
 
 fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value) -> Result<()> {
+    let versions = strs(&v["format_versions"]);
+    let plural = if v["format_versions"].as_array().is_some_and(|a| a.len() > 1) {
+        "s"
+    } else {
+        ""
+    };
     say!(
         out,
-        "store {} (format version {}), current snapshot {}",
+        "store {} (format version{plural} {versions}; this build writes {}), current snapshot {}",
         store.dir().display(),
         vstore::FORMAT_VERSION,
         v["current"]
@@ -464,11 +473,12 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     }
 
     say!(out, "\nfiles:");
-    let mut t = TextTable::new(&["file", "size"]);
+    let mut t = TextTable::new(&["file", "size", "format"]);
     for f in v["files"].as_array().into_iter().flatten() {
         t.row(vec![
             text(&f["name"]),
             bytes(f["bytes"].as_u64().unwrap_or(0)),
+            num(&f["format_version"]),
         ]);
     }
     t.print(out, 2)?;
