@@ -135,7 +135,7 @@ pub(crate) fn score_range(
 }
 
 /// The `row_bytes` bytes of `l`, if in range.
-#[inline]
+#[inline(always)]
 pub(crate) fn row<'a>(blocks: &[Block<'a>], l: Loc, row_bytes: usize) -> Option<&'a [u8]> {
     let b = blocks.get(l.block as usize)?;
     let at = (l.row as usize).checked_mul(b.stride)?;

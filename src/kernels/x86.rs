@@ -143,8 +143,10 @@ macro_rules! loops {
         fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
             let ahead = super::ROW_KNOB.load(std::sync::atomic::Ordering::Relaxed);
             for (i, (o, l)) in out.iter_mut().zip(locs).enumerate() {
-                if let Some(next) = locs.get(i + ahead).and_then(|n| row(blocks, *n, rb)) {
-                    prefetch(next);
+                if let Some(&n) = locs.get(i + ahead) {
+                    if let Some(next) = row(blocks, n, rb) {
+                        prefetch(next);
+                    }
                 }
                 *o = match row(blocks, *l, rb) {
                     Some(r) => $dot(user, r),
