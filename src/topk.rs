@@ -19,6 +19,8 @@ pub(crate) struct TopK {
     buf: Vec<(f32, u64, u32)>,
     /// The k-th best entry once the buffer has been cut at least once.
     worst: Option<(f32, u64, u32)>,
+    /// `finish`'s sort keys (kept for the allocation).
+    keys: Vec<u64>,
 }
 
 impl TopK {
@@ -71,12 +73,22 @@ impl TopK {
         debug_assert_eq!(scores.len(), ids.len());
         if let Some(t) = threshold(scores, self.k, sample) {
             let start = self.buf.len();
+            // Positions reaching `t`: a bit mask per 16 scores (compares
+            // the compiler vectorizes), then its set bits, so that no
+            // branch is taken per score. NaN ranks as -inf (as `push` has it).
+            let nan_reaches = t == f32::NEG_INFINITY;
+            let reaches = |sc: f32| (sc >= t) | (nan_reaches & sc.is_nan());
             let mut reached = 0;
-            for (j, (&sc, &id)) in scores.iter().zip(ids).enumerate() {
-                // NaN ranks as -inf (as `push` has it).
-                if sc >= t || (sc.is_nan() && t == f32::NEG_INFINITY) {
+            for (c, chunk) in scores.chunks(16).enumerate() {
+                let mut m = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |m, (i, &sc)| m | (reaches(sc) as u32) << i);
+                while m != 0 {
+                    let j = c * 16 + m.trailing_zeros() as usize;
+                    m &= m - 1;
                     reached += 1;
-                    self.push(sc, id, j as u32);
+                    self.push(scores[j], ids[j], j as u32);
                 }
             }
             if reached >= self.k {
@@ -93,9 +105,37 @@ impl TopK {
     /// The best `k` (or fewer), best first.
     pub(crate) fn finish(&mut self, out: &mut Vec<(f32, u64, u32)>) {
         self.cut();
-        self.buf.sort_unstable_by(rank);
+        if u32::try_from(self.buf.len()).is_err() {
+            self.buf.sort_unstable_by(rank);
+            out.clear();
+            out.extend_from_slice(&self.buf);
+            return;
+        }
+        // Sort by score with integer keys (the score's total-order bits,
+        // inverted for descending, above the entry's position), then put
+        // each run of equal scores in id order.
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(self.buf.iter().enumerate().map(|(i, e)| {
+            let b = e.0.to_bits();
+            let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+            ((!asc as u64) << 32) | i as u64
+        }));
+        keys.sort_unstable();
         out.clear();
-        out.extend_from_slice(&self.buf);
+        out.extend(keys.iter().map(|&key| self.buf[key as u32 as usize]));
+        let mut i = 0;
+        while i < out.len() {
+            let mut j = i + 1;
+            while j < out.len() && keys[j] >> 32 == keys[i] >> 32 {
+                j += 1;
+            }
+            if j - i > 1 {
+                out[i..j].sort_unstable_by_key(|e| e.1);
+            }
+            i = j;
+        }
+        self.keys = keys;
     }
 }
 
