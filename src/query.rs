@@ -447,26 +447,31 @@ impl Snapshot {
                 confirm_all,
             );
             // Pass 2: tombstones, filter (and, on the slow path, confirmation).
-            let mut kept = 0;
-            for j in 0..scratch.locs.len() {
-                let (loc, id) = (scratch.locs[j], scratch.ids[j]);
-                let (si, row) = (loc.block as usize, loc.row as usize);
-                let gone = deleted[si].is_some_and(|w| w[row / 64] >> (row % 64) & 1 == 1)
-                    || (confirm_all && views[si].ids.get(row) != Some(&id));
-                if gone {
-                    scratch.missing.push((scratch.pos[j], id));
-                    continue;
+            // Every stage of pass 1 returns live rows only, so without a
+            // filter or confirmation there is nothing to drop.
+            let mut kept = scratch.locs.len();
+            if confirm_all || filters.iter().any(Option::is_some) {
+                kept = 0;
+                for j in 0..scratch.locs.len() {
+                    let (loc, id) = (scratch.locs[j], scratch.ids[j]);
+                    let (si, row) = (loc.block as usize, loc.row as usize);
+                    let gone = deleted[si].is_some_and(|w| w[row / 64] >> (row % 64) & 1 == 1)
+                        || (confirm_all && views[si].ids.get(row) != Some(&id));
+                    if gone {
+                        scratch.missing.push((scratch.pos[j], id));
+                        continue;
+                    }
+                    if filters[si].as_ref().is_some_and(|f| !f.eval(row)) {
+                        result.filtered_out += 1;
+                        continue;
+                    }
+                    scratch.locs[kept] = loc;
+                    scratch.ids[kept] = id;
+                    kept += 1;
                 }
-                if filters[si].as_ref().is_some_and(|f| !f.eval(row)) {
-                    result.filtered_out += 1;
-                    continue;
-                }
-                scratch.locs[kept] = loc;
-                scratch.ids[kept] = id;
-                kept += 1;
+                scratch.locs.truncate(kept);
+                scratch.ids.truncate(kept);
             }
-            scratch.locs.truncate(kept);
-            scratch.ids.truncate(kept);
             scratch.pos.clear();
             // Pass 3: score.
             result.scored = kept;
@@ -507,7 +512,8 @@ impl Snapshot {
 /// small recent segments, one of the base; in a store of equal segments,
 /// one of the directory. Since at most one live row holds an id, the order
 /// does not change the result. Fills `locs`, `ids`, `pos` and `missing`;
-/// the segment probes check tombstones here, pass 2 checks them again.
+/// every stage returns live rows only (segment probes check tombstones,
+/// the directory holds live rows), which pass 2 relies on.
 #[allow(clippy::too_many_arguments)]
 fn resolve(
     segs: &[crate::segment::Segment],
