@@ -3,7 +3,7 @@
 //! prints each variant's median, beside the floor.
 //! `cargo run --release --example ab_query`; env: DIM, N, KEY
 //! (`prerank@f16` ...), SETS (candidate sets; 1 = fully warm caches),
-//! VARIANTS (`probe:rows,...`).
+//! VARIANTS (`probe:rows[:near],...`; see `kernels::NEAR_KNOB`).
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -30,24 +30,27 @@ fn main() {
         .unwrap_or(512);
     let sets = support::candidate_sets(1_000_000, n, nsets, n as u64);
     let users = support::users(512, dim, 7);
-    // probe:rows = ids ahead whose home slots are prefetched, and rows
-    // prefetched ahead by the gather loop.
-    let variants: Vec<(usize, usize)> = std::env::var("VARIANTS")
-        .unwrap_or("8:16,16:16,24:16,16:4,16:8,16:24".into())
+    // probe:rows[:near] = ids ahead whose home slots are prefetched, rows
+    // prefetched ahead by the gather loop and, for rows of three lines or
+    // more, rows whose every line it prefetches (default 8; 0: all lines
+    // at `rows`).
+    let variants: Vec<(usize, usize, usize)> = std::env::var("VARIANTS")
+        .unwrap_or("16:16:0,16:16:4,16:16:8,16:20:8,16:8:0".into())
         .split(',')
         .map(|v| {
-            let (a, b) = v.split_once(':').unwrap();
-            (a.parse().unwrap(), b.parse().unwrap())
+            let f: Vec<usize> = v.split(':').map(|x| x.parse().unwrap()).collect();
+            (f[0], f[1], f.get(2).copied().unwrap_or(8))
         })
         .collect();
     let mut times = vec![Vec::new(); variants.len()];
     for it in 0..3000 {
-        for (vi, &(p, r)) in variants.iter().enumerate() {
+        for (vi, &(p, r, near)) in variants.iter().enumerate() {
             // A different candidate set for every query, so no variant runs
             // on lines another variant just brought into cache.
             let i = (it * variants.len() + vi) % sets.len();
             bench_support::PROBE_KNOB.store(p, Ordering::Relaxed);
             kernels::ROW_KNOB.store(r, Ordering::Relaxed);
+            kernels::NEAR_KNOB.store(near, Ordering::Relaxed);
             let q = Query::ids(&key, &users[i], &sets[i].0, 500);
             let s = Instant::now();
             std::hint::black_box(snap.query(&q).unwrap());
@@ -69,9 +72,9 @@ fn main() {
         ft.push(s.elapsed().as_secs_f64());
     }
     println!("floor: median {:.3} ms", support::median(&mut ft) * 1e3);
-    for (vi, &(p, r)) in variants.iter().enumerate() {
+    for (vi, &(p, r, near)) in variants.iter().enumerate() {
         println!(
-            "probe {p:>2} rows {r:>2}: median {:.3} ms",
+            "probe {p:>2} rows {r:>2} near {near:>2}: median {:.3} ms",
             support::median(&mut times[vi]) * 1e3
         );
     }

@@ -57,10 +57,17 @@ pub(crate) fn prefetch_line(p: *const u8) {
     let _ = p;
 }
 
-/// Rows ahead whose cache lines the gather loop prefetches (an experiment
-/// knob for `examples/ab_query.rs`; the default is the measured best).
+/// Rows ahead whose cache lines the gather loop prefetches (for f32 rows
+/// of three lines or more, only the first line; an experiment knob for
+/// `examples/ab_query.rs`; the default is the measured best).
 #[doc(hidden)]
 pub static ROW_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
+
+/// Rows ahead whose every line the gather loop prefetches, for f32 rows
+/// of three lines or more (0: all lines at [`ROW_KNOB`], as for other
+/// rows; an experiment knob for `examples/ab_query.rs`).
+#[doc(hidden)]
+pub static NEAR_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(8);
 
 /// One block of embedding rows: `bytes` holds `rows * stride` bytes.
 #[derive(Clone, Copy)]
