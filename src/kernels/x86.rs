@@ -152,13 +152,12 @@ macro_rules! loops {
             use std::sync::atomic::Ordering::Relaxed;
             let far = super::ROW_KNOB.load(Relaxed);
             // f32 rows of three lines or more: the first line `far` rows
-            // ahead, which starts the row's page walk (the costly part of
-            // a random access in the VM measured here), and every line
-            // `near` rows ahead, by when the translation is cached and the
-            // line misses overlap. Alternated with every line at 16 ahead
-            // in one process (examples/ab_query, 1M rows, n = 5,000): f32
-            // 7.5% faster at d = 64 and 10% at d = 128, but f16 and i8 at
-            // d = 128 2-5% slower, so other dtypes keep the single distance.
+            // ahead (which, we think, starts the row's page walk early)
+            // and every line `near` rows ahead. Alternated with every line
+            // at 16 ahead in one process (examples/ab_query, 1M rows,
+            // n = 5,000): f32 7.5% faster at d = 64 and 9% at d = 128; f16
+            // at d = 128 no faster, i8 at d = 128 2% slower and two-line
+            // rows 3-4% slower, so other dtypes keep the single distance.
             let near = if $split && rb > 128 {
                 super::NEAR_KNOB.load(Relaxed).min(far)
             } else {
