@@ -2,7 +2,9 @@
 //! the same candidate sets (so machine noise hits every variant alike) and
 //! prints each variant's median, beside the floor.
 //! `cargo run --release --example ab_query`; env: DIM, N, KEY
-//! (`prerank@f16` ...), SETS (candidate sets; 1 = fully warm caches),
+//! (`prerank@f16` ...), ROWS (store size; default 1,000,000; 5,000 with
+//! SETS=1 keeps everything in cache and so measures the CPU work alone),
+//! SETS (candidate sets; 1 = fully warm caches),
 //! VARIANTS (`probe:rows[:near],...`; see `kernels::NEAR_KNOB`).
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -22,13 +24,17 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let key = std::env::var("KEY").unwrap_or("prerank@f32".into());
-    let store = support::store(1_000_000, dim);
+    let rows: usize = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let store = support::store(rows, dim);
     let snap = store.snapshot();
     let nsets: usize = std::env::var("SETS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(512);
-    let sets = support::candidate_sets(1_000_000, n, nsets, n as u64);
+    let sets = support::candidate_sets(rows, n, nsets, n as u64);
     let users = support::users(512, dim, 7);
     // probe:rows[:near] = ids ahead whose home slots are prefetched, rows
     // prefetched ahead by the gather loop and, for rows of three lines or

@@ -18,7 +18,7 @@
 //! on [`crate::Snapshot::prepare_id_directory`]. Nothing of it is stored on
 //! disk. It costs `16 B × (live rows it holds) / 0.7` of memory.
 
-use crate::idindex::home;
+use crate::idindex::{fastrange, home, Hashed};
 use crate::segment::Segment;
 
 /// Slots per live id: the table holds `ceil(live / MAX_LOAD) + 1` slots.
@@ -146,9 +146,10 @@ impl Directory {
     /// The segment index and row of `id`'s live row, if it is in a segment
     /// the directory holds.
     #[inline]
-    pub(crate) fn get(&self, id: u64) -> Option<(usize, usize)> {
+    pub(crate) fn get(&self, k: Hashed) -> Option<(usize, usize)> {
+        let id = k.id;
         let n = self.slots.len();
-        let mut s = home(id, n as u64) as usize;
+        let mut s = fastrange(k.h, n as u64) as usize;
         for _ in 0..=self.max_probe {
             let slot = self.slots[s];
             if slot.seg == EMPTY {
@@ -165,10 +166,10 @@ impl Directory {
         None
     }
 
-    /// Address of `id`'s home slot (to prefetch).
+    /// Address of the home slot of the id whose hash is `h` (to prefetch).
     #[inline]
-    pub(crate) fn home_addr(&self, id: u64) -> *const u8 {
-        &self.slots[home(id, self.slots.len() as u64) as usize] as *const Slot as *const u8
+    pub(crate) fn home_addr(&self, h: u64) -> *const u8 {
+        &self.slots[fastrange(h, self.slots.len() as u64) as usize] as *const Slot as *const u8
     }
 
     /// Bytes of memory the table holds.

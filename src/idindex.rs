@@ -37,7 +37,28 @@ pub(crate) fn hash(id: u64) -> u64 {
 /// Home slot of `id` in a table of `slots` slots (Lemire's fastrange).
 #[inline]
 pub(crate) fn home(id: u64, slots: u64) -> u64 {
-    ((hash(id) as u128 * slots as u128) >> 64) as u64
+    fastrange(hash(id), slots)
+}
+
+/// The slot among `slots` that hash `h` selects (Lemire's fastrange).
+#[inline]
+pub(crate) fn fastrange(h: u64, slots: u64) -> u64 {
+    ((h as u128 * slots as u128) >> 64) as u64
+}
+
+/// An id with its [`hash`], computed once and used by every table the
+/// query probes (the dedupe set, id indexes, the id directory).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Hashed {
+    pub id: u64,
+    pub h: u64,
+}
+
+impl Hashed {
+    #[inline]
+    pub(crate) fn new(id: u64) -> Hashed {
+        Hashed { id, h: hash(id) }
+    }
 }
 
 /// Bloom filter bits per id (about 1% false positives with 7 probes in a
@@ -200,13 +221,19 @@ impl<'a> IdIndexView<'a> {
     /// bounds-checked against the ids block.
     #[inline]
     pub(crate) fn probe(&self, id: u64) -> Option<usize> {
+        self.probe_hashed(Hashed::new(id))
+    }
+
+    /// [`IdIndexView::probe`] with the id's hash computed by the caller.
+    #[inline]
+    pub(crate) fn probe_hashed(&self, k: Hashed) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }
-        let s = self.home_slot(id);
-        match self.in_bucket(s, id) {
+        let s = self.home_slot_hashed(k.h);
+        match self.in_bucket(s, k.id) {
             Some(found) => found,
-            None => self.probe_from(id, s + self.width, self.width as u32),
+            None => self.probe_from(k.id, s + self.width, self.width as u32),
         }
     }
 
@@ -214,11 +241,11 @@ impl<'a> IdIndexView<'a> {
     /// line): `Some(found)` if that settles it, `None` if the bucket is full
     /// without `id` (the entry may lie beyond: [`IdIndexView::probe`]).
     #[inline]
-    pub(crate) fn probe_home(&self, id: u64) -> Option<Option<usize>> {
+    pub(crate) fn probe_home(&self, k: Hashed) -> Option<Option<usize>> {
         if self.table.is_empty() {
             return Some(None);
         }
-        self.in_bucket(self.home_slot(id), id)
+        self.in_bucket(self.home_slot_hashed(k.h), k.id)
     }
 
     /// Looks for `id` in the bucket starting at slot `s`: `Some(row)` if it
@@ -231,17 +258,22 @@ impl<'a> IdIndexView<'a> {
             (row < self.ids.len()).then_some(row)
         };
         if self.width == BUCKET {
+            // Linear probing without deletions fills every bucket from its
+            // first slot: the occupied slots are a prefix. So the first slot
+            // holding `id` or empty (an empty slot reads as id 0) settles
+            // it, and a bucket without either is full. (A damaged table
+            // breaks the prefix; then an id may read as absent, never as
+            // another id's row: rows are confirmed against the ids block.)
             let b: &[[u64; 2]; BUCKET] = self.table.get(s..s + BUCKET)?.try_into().ok()?;
-            let (mut hit, mut occ) = (0u32, 0u32);
+            let mut stop = 0u32;
             for (j, &[sid, row1]) in b.iter().enumerate() {
-                let o = (row1 != 0) as u32;
-                occ |= o << j;
-                hit |= ((sid == id) as u32 & o) << j;
+                stop |= ((sid == id) as u32 | (row1 == 0) as u32) << j;
             }
-            if hit != 0 {
-                return Some(row(b[hit.trailing_zeros() as usize][1]));
+            if stop == 0 {
+                return None;
             }
-            (occ != (1 << BUCKET) - 1).then_some(None)
+            let row1 = b[stop.trailing_zeros() as usize][1];
+            Some(if row1 == 0 { None } else { row(row1) })
         } else {
             let [sid, row1] = *self.table.get(s)?;
             if row1 == 0 {
@@ -276,7 +308,13 @@ impl<'a> IdIndexView<'a> {
     /// Home slot of `id` (first slot of its home bucket).
     #[inline]
     pub(crate) fn home_slot(&self, id: u64) -> usize {
-        home(id, self.buckets) as usize * self.width
+        self.home_slot_hashed(hash(id))
+    }
+
+    /// Home slot of the id whose [`hash`] is `h`.
+    #[inline]
+    fn home_slot_hashed(&self, h: u64) -> usize {
+        fastrange(h, self.buckets) as usize * self.width
     }
 
     /// Whether the segment may hold `id` (false: it certainly does not).
@@ -303,17 +341,18 @@ impl<'a> IdIndexView<'a> {
         all & 1 == 1
     }
 
-    /// Address of `id`'s home bucket (to prefetch).
+    /// Address of the home bucket of the id whose [`hash`] is `h` (to
+    /// prefetch).
     #[inline]
-    pub(crate) fn home_addr(&self, id: u64) -> *const u8 {
-        self.slot_addr(self.home_slot(id))
+    pub(crate) fn home_addr(&self, h: u64) -> *const u8 {
+        self.slot_addr(self.home_slot_hashed(h))
     }
 
-    /// Address of the bucket after `id`'s home bucket (to prefetch when the
-    /// home bucket is full without it).
+    /// Address of the bucket after the home bucket of the id whose [`hash`]
+    /// is `h` (to prefetch when the home bucket is full without it).
     #[inline]
-    pub(crate) fn next_addr(&self, id: u64) -> *const u8 {
-        let s = self.home_slot(id) + self.width;
+    pub(crate) fn next_addr(&self, h: u64) -> *const u8 {
+        let s = self.home_slot_hashed(h) + self.width;
         self.slot_addr(if s < self.table.len() { s } else { 0 })
     }
 
@@ -391,7 +430,7 @@ mod tests {
             let mut in_home = 0;
             for (row, &id) in ids.iter().enumerate() {
                 assert_eq!(v.find(id), Some(row), "id {id} of {n}");
-                match v.probe_home(id) {
+                match v.probe_home(Hashed::new(id)) {
                     Some(r) => {
                         assert_eq!(r, Some(row));
                         in_home += 1;
@@ -400,7 +439,7 @@ mod tests {
                 }
                 // The prefetch addresses lie in the table.
                 let range = table.as_ptr_range();
-                for a in [v.home_addr(id), v.next_addr(id)] {
+                for a in [v.home_addr(hash(id)), v.next_addr(hash(id))] {
                     let a = a as *const [u64; 2];
                     assert!(range.start <= a && a < range.end);
                 }
@@ -414,7 +453,10 @@ mod tests {
                 let absent = 1_000_000_007 + i;
                 assert_eq!(v.find(absent), None);
                 assert_eq!(v.probe(absent), None);
-                assert!(matches!(v.probe_home(absent), None | Some(None)));
+                assert!(matches!(
+                    v.probe_home(Hashed::new(absent)),
+                    None | Some(None)
+                ));
             }
         }
     }
@@ -466,7 +508,10 @@ mod tests {
         let v = IdIndexView::new(&ids, &table, max_probe, &[], 1);
         for (row, &id) in ids.iter().enumerate() {
             assert_eq!(v.find(id), Some(row));
-            assert_eq!(v.probe_home(id).unwrap_or_else(|| v.probe(id)), Some(row));
+            assert_eq!(
+                v.probe_home(Hashed::new(id)).unwrap_or_else(|| v.probe(id)),
+                Some(row)
+            );
         }
         assert_eq!(v.find(1_000_000_007), None);
     }

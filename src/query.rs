@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::filter::{Compiled, Filter};
-use crate::idindex;
+use crate::idindex::{self, Hashed};
 use crate::kernels::{self, Block, Level, Loc};
 use crate::model::{Model, ModelScratch, Prepared, SegmentInputs, UserInputs};
 use crate::schema::Dtype;
@@ -175,7 +175,7 @@ impl QueryResult {
 pub struct Scratch {
     seen: Vec<u64>,
     /// Distinct candidates not in the id directory: `(position, id)`.
-    pend: Vec<(u32, u64)>,
+    pend: Vec<(u32, Hashed)>,
     pos: Vec<u32>,
     missing: Vec<(u32, u64)>,
     locs: Vec<Loc>,
@@ -200,12 +200,13 @@ const SCAN_BLOCK: usize = 2048;
 
 /// Inserts `id` into the open-addressing set; false if it was there.
 #[inline]
-fn insert(set: &mut [u64], max_seen: &mut bool, id: u64) -> bool {
+fn insert(set: &mut [u64], max_seen: &mut bool, k: Hashed) -> bool {
+    let id = k.id;
     if id == EMPTY {
         return !std::mem::replace(max_seen, true);
     }
     let mask = set.len() - 1;
-    let mut s = idindex::hash(id) as usize & mask;
+    let mut s = k.h as usize & mask;
     loop {
         if set[s] == EMPTY {
             set[s] = id;
@@ -455,8 +456,11 @@ impl Snapshot {
                 for j in 0..scratch.locs.len() {
                     let (loc, id) = (scratch.locs[j], scratch.ids[j]);
                     let (si, row) = (loc.block as usize, loc.row as usize);
-                    let gone = deleted[si].is_some_and(|w| w[row / 64] >> (row % 64) & 1 == 1)
-                        || (confirm_all && views[si].ids.get(row) != Some(&id));
+                    // Pass 1 found live rows only; the slow path checks
+                    // again, and that the row holds the id.
+                    let gone = confirm_all
+                        && (deleted[si].is_some_and(|w| w[row / 64] >> (row % 64) & 1 == 1)
+                            || views[si].ids.get(row) != Some(&id));
                     if gone {
                         scratch.missing.push((scratch.pos[j], id));
                         continue;
@@ -511,7 +515,8 @@ impl Snapshot {
 /// Most candidates thus cost one probe: in a store of a large base plus
 /// small recent segments, one of the base; in a store of equal segments,
 /// one of the directory. Since at most one live row holds an id, the order
-/// does not change the result. Fills `locs`, `ids`, `pos` and `missing`;
+/// does not change the result. Fills `locs`, `ids` and `missing` (and,
+/// with `confirm_all`, `pos`);
 /// every stage returns live rows only (segment probes check tombstones,
 /// the directory holds live rows), which pass 2 relies on.
 #[allow(clippy::too_many_arguments)]
@@ -531,16 +536,17 @@ fn resolve(
             if let Some(r) = views[si].ids.get(row..) {
                 kernels::prefetch_line(r.as_ptr() as *const u8);
             }
+            // Only the slow path's pass 2 drops rows as not found.
+            scratch.pos.push(pos);
         }
         scratch.locs.push(Loc {
             block: si as u32,
             row: row as u32,
         });
         scratch.ids.push(id);
-        scratch.pos.push(pos);
     };
     // A stage that holds nothing (the prefetch address is never read).
-    let nothing = (|_: u64| None, |_: u64| std::ptr::null());
+    let nothing = (|_: Hashed| None, |_: u64| std::ptr::null());
     // Whether row `row` of segment `si` is not deleted.
     let live =
         |si: usize, row: usize| deleted[si].is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0);
@@ -548,12 +554,12 @@ fn resolve(
     let segment = |si: usize| {
         let v = &views[si];
         (
-            move |id: u64| {
+            move |k: Hashed| {
                 // With `confirm_all`, pass 2 checks `ids[row] == id`.
-                let row = v.probe(id)?;
+                let row = v.probe_hashed(k)?;
                 live(si, row).then_some((si, row))
             },
-            move |id: u64| v.home_addr(id),
+            move |h: u64| v.home_addr(h),
         )
     };
     match (views.len(), dir) {
@@ -563,17 +569,17 @@ fn resolve(
             // them, in a second pass with their next lines prefetched.
             let v = &views[0];
             let home = (
-                move |id: u64| {
-                    let row = v.probe_home(id)??;
+                move |k: Hashed| {
+                    let row = v.probe_home(k)??;
                     live(0, row).then_some((0, row))
                 },
-                move |id: u64| v.home_addr(id),
+                move |h: u64| v.home_addr(h),
             );
-            let rest = (segment(0).0, move |id: u64| v.next_addr(id));
+            let rest = (segment(0).0, move |h: u64| v.next_addr(h));
             two_stage(ids, scratch, max_seen, ahead, (home, rest), found)
         }
         (_, Some(dir)) => {
-            let in_dir = (|id: u64| dir.get(id), |id: u64| dir.home_addr(id));
+            let in_dir = (|k: Hashed| dir.get(k), |h: u64| dir.home_addr(h));
             match dir.largest {
                 None => two_stage(ids, scratch, max_seen, ahead, (in_dir, nothing), found),
                 Some(l) => two_stage(ids, scratch, max_seen, ahead, (segment(l), in_dir), found),
@@ -582,7 +588,7 @@ fn resolve(
         // No directory (a segment beyond u32 rows): one id at a time.
         (n, None) => {
             let live = (
-                |id: u64| crate::segment::find_live(n, |j| &segs[j], id),
+                |k: Hashed| crate::segment::find_live(n, |j| &segs[j], k.id),
                 |_: u64| std::ptr::null(),
             );
             two_stage(ids, scratch, max_seen, ahead, (live, nothing), found)
@@ -590,9 +596,13 @@ fn resolve(
     }
 }
 
-/// A home-slot lookup (`id` → segment index and row) and the address of
-/// `id`'s home slot, to prefetch.
+/// A home-slot lookup (an id with its hash → segment index and row) and
+/// the address of the home slot of the id with a given hash, to prefetch.
 type Stage<L, A> = (L, A);
+
+/// Most ids ahead whose home slots [`two_stage`] prefetches (the size of
+/// its ring of hashes, less one).
+const MAX_AHEAD: usize = 63;
 
 /// [`resolve`]'s two passes: dedupe and look every candidate
 /// up in the first stage; look the ones it does not hold up in the second.
@@ -604,32 +614,46 @@ fn two_stage<L1, A1, L2, A2>(
     ((first, first_addr), (second, second_addr)): (Stage<L1, A1>, Stage<L2, A2>),
     found: impl Fn(&mut Scratch, u32, u64, (usize, usize)),
 ) where
-    L1: Fn(u64) -> Option<(usize, usize)>,
+    L1: Fn(Hashed) -> Option<(usize, usize)>,
     A1: Fn(u64) -> *const u8,
-    L2: Fn(u64) -> Option<(usize, usize)>,
+    L2: Fn(Hashed) -> Option<(usize, usize)>,
     A2: Fn(u64) -> *const u8,
 {
     scratch.pend.clear();
+    // Each id is hashed once, `ahead` ids before its lookup (when its home
+    // slot is prefetched), and the hash kept in a ring until then.
+    let ahead = ahead.clamp(1, MAX_AHEAD);
+    let mut ring = [0u64; MAX_AHEAD + 1];
+    for (i, &a) in ids.iter().enumerate().take(ahead) {
+        ring[i] = idindex::hash(a);
+        kernels::prefetch_line(first_addr(ring[i]));
+    }
     for (i, &id) in ids.iter().enumerate() {
         if let Some(&a) = ids.get(i + ahead) {
-            kernels::prefetch_line(first_addr(a));
+            let h = idindex::hash(a);
+            ring[(i + ahead) & MAX_AHEAD] = h;
+            kernels::prefetch_line(first_addr(h));
         }
-        if !insert(&mut scratch.seen, max_seen, id) {
+        let k = Hashed {
+            id,
+            h: ring[i & MAX_AHEAD],
+        };
+        if !insert(&mut scratch.seen, max_seen, k) {
             continue; // duplicate
         }
-        match first(id) {
+        match first(k) {
             Some(at) => found(scratch, i as u32, id, at),
-            None => scratch.pend.push((i as u32, id)),
+            None => scratch.pend.push((i as u32, k)),
         }
     }
     for j in 0..scratch.pend.len() {
         if let Some(&(_, a)) = scratch.pend.get(j + ahead) {
-            kernels::prefetch_line(second_addr(a));
+            kernels::prefetch_line(second_addr(a.h));
         }
-        let (pos, id) = scratch.pend[j];
-        match second(id) {
-            Some(at) => found(scratch, pos, id, at),
-            None => scratch.missing.push((pos, id)),
+        let (pos, k) = scratch.pend[j];
+        match second(k) {
+            Some(at) => found(scratch, pos, k.id, at),
+            None => scratch.missing.push((pos, k.id)),
         }
     }
 }
