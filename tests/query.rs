@@ -557,3 +557,53 @@ fn a_damaged_id_index_never_yields_a_wrong_row() {
     );
     assert_eq!(r.not_found, vec![7]);
 }
+
+#[test]
+fn a_row_scores_the_same_in_any_group_and_in_a_full_scan() {
+    // Rows are scored four at a time; a row's score must not depend on which
+    // rows share its group, on being left over, or on the query's path.
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::I8] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Case {
+            dtype,
+            dim: 37,
+            grid: false,
+            segments: vec![(1..=14).collect(), (15..=23).collect()],
+            deletes: vec![],
+            seed: 5,
+            cands: vec![],
+            full_scan: true,
+            filter: None,
+            k: 23,
+            user: (0..37).map(|j| value(9, 0, j, false)).collect(),
+        };
+        let s = build(&c, dir.path());
+        let all = s.query(&Query::full_scan(KEY, &c.user, 23)).unwrap();
+        assert_eq!(all.hits.len(), 23);
+        let want: std::collections::HashMap<u64, u32> =
+            all.hits.iter().map(|h| (h.id, h.score.to_bits())).collect();
+        // Every id alone, in runs of 1 to 7 (full groups and leftovers at
+        // every offset), and all of them in reverse.
+        let mut lists: Vec<Vec<u64>> = (1..=23).map(|i| vec![i]).collect();
+        for len in 1..=7u64 {
+            for start in 1..=23u64.saturating_sub(len - 1) {
+                lists.push((start..start + len).collect());
+            }
+        }
+        lists.push((1..=23).rev().collect());
+        for ids in &lists {
+            let r = s.query(&Query::ids(KEY, &c.user, ids, 23)).unwrap();
+            assert_eq!(r.hits.len(), ids.len());
+            for h in &r.hits {
+                assert_eq!(
+                    h.score.to_bits(),
+                    want[&h.id],
+                    "{dtype:?}: id {} scored {} among {ids:?}, {} in the full scan",
+                    h.id,
+                    h.score,
+                    f32::from_bits(want[&h.id])
+                );
+            }
+        }
+    }
+}

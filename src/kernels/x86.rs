@@ -2,26 +2,16 @@
 //! features and must only be called after `Level::detect()` returned
 //! `Level::Avx2` (the callers in `kernels/mod.rs` guarantee it).
 //!
-//! Loads are unaligned (`loadu`), so only slice lengths matter; each `dot_*`
-//! reads exactly `dtype.row_bytes(user.len())` bytes of its row, which the
-//! callers obtain through bounds-checked slicing.
+//! Loads are unaligned (`loadu`), so only slice lengths matter; each `dot4_*`
+//! reads exactly `dtype.row_bytes(user.len())` bytes of each of its four
+//! rows, which the callers obtain through bounds-checked slicing. Rows are
+//! scored four at a time; a row left over is scored as four copies of
+//! itself, so every row's score is the same in any group and either loop.
 
 use std::arch::x86_64::*;
 
 use super::{row, Block, Loc};
 use crate::schema::Dtype;
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum(v: __m256) -> f32 {
-    let lo = _mm256_castps256_ps128(v);
-    let hi = _mm256_extractf128_ps::<1>(v);
-    let s = _mm_add_ps(lo, hi);
-    let sh = _mm_movehdup_ps(s);
-    let s2 = _mm_add_ps(s, sh);
-    let sh2 = _mm_movehl_ps(sh, s2);
-    _mm_cvtss_f32(_mm_add_ss(s2, sh2))
-}
 
 /// Loads 8 user components starting at `j` (`j + 8 <= u.len()`).
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -60,67 +50,96 @@ unsafe fn load_i8(r: &[u8], j: usize) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
 }
 
-macro_rules! dot_fn {
+/// The lane sums of four accumulators, `[sum(s[0]), .., sum(s[3])]`, by a
+/// tree of horizontal adds.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum4(s: [__m256; 4]) -> __m128 {
+    let s01 = _mm256_hadd_ps(s[0], s[1]);
+    let s23 = _mm256_hadd_ps(s[2], s[3]);
+    let t = _mm256_hadd_ps(s01, s23);
+    _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t))
+}
+
+macro_rules! dot4_fn {
     ($name:ident, $load:ident, $width:expr) => {
-        /// Dot product of `u` with a row of `u.len()` elements of `$width`
-        /// bytes each (`r.len() >= u.len() * $width`).
+        /// Dot products of `u` with four rows of `u.len()` elements of
+        /// `$width` bytes each (every `r[k].len() >= u.len() * $width`):
+        /// each user load serves four rows, two accumulator chains per row,
+        /// and one tree of horizontal adds sums all four.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
-        fn $name(u: &[f32], r: &[u8]) -> f32 {
+        fn $name(u: &[f32], r: [&[u8]; 4]) -> __m128 {
             let d = u.len();
-            assert!(r.len() >= d * $width);
-            let (mut a0, mut a1, mut a2, mut a3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            let mut j = 0;
-            // SAFETY (loads below): j + 32 <= d (or j + 8 <= d) elements are
-            // in `u`, and in `r` by the assertion above.
-            while j + 32 <= d {
-                unsafe {
-                    a0 = _mm256_fmadd_ps(load_user(u, j), $load(r, j), a0);
-                    a1 = _mm256_fmadd_ps(load_user(u, j + 8), $load(r, j + 8), a1);
-                    a2 = _mm256_fmadd_ps(load_user(u, j + 16), $load(r, j + 16), a2);
-                    a3 = _mm256_fmadd_ps(load_user(u, j + 24), $load(r, j + 24), a3);
-                }
-                j += 32;
+            for x in r {
+                assert!(x.len() >= d * $width);
             }
-            while j + 8 <= d {
+            let z = _mm256_setzero_ps();
+            let (mut a, mut b) = ([z; 4], [z; 4]);
+            let mut j = 0;
+            // SAFETY (loads below): j + 16 <= d (or j + 8 <= d) elements
+            // are in `u`, and in every row by the assertion above.
+            while j + 16 <= d {
                 unsafe {
-                    a0 = _mm256_fmadd_ps(load_user(u, j), $load(r, j), a0);
+                    let u0 = load_user(u, j);
+                    let u1 = load_user(u, j + 8);
+                    for k in 0..4 {
+                        a[k] = _mm256_fmadd_ps(u0, $load(r[k], j), a[k]);
+                    }
+                    for k in 0..4 {
+                        b[k] = _mm256_fmadd_ps(u1, $load(r[k], j + 8), b[k]);
+                    }
+                }
+                j += 16;
+            }
+            if j + 8 <= d {
+                unsafe {
+                    let u0 = load_user(u, j);
+                    for k in 0..4 {
+                        a[k] = _mm256_fmadd_ps(u0, $load(r[k], j), a[k]);
+                    }
                 }
                 j += 8;
             }
             if j < d {
-                // Tail: copy the last d - j elements into zero-padded buffers.
+                // Tail: the last d - j elements in zero-padded buffers.
                 let n = d - j;
                 let mut ub = [0f32; 8];
                 ub[..n].copy_from_slice(&u[j..]);
-                let mut rb = [0u8; 8 * $width];
-                rb[..n * $width].copy_from_slice(&r[j * $width..d * $width]);
-                // SAFETY: both buffers hold 8 elements.
-                unsafe {
-                    a1 = _mm256_fmadd_ps(load_user(&ub, 0), $load(&rb, 0), a1);
+                for k in 0..4 {
+                    let mut rb = [0u8; 8 * $width];
+                    rb[..n * $width].copy_from_slice(&r[k][j * $width..d * $width]);
+                    // SAFETY: both buffers hold 8 elements.
+                    unsafe {
+                        b[k] = _mm256_fmadd_ps(load_user(&ub, 0), $load(&rb, 0), b[k]);
+                    }
                 }
             }
-            hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
+            hsum4([
+                _mm256_add_ps(a[0], b[0]),
+                _mm256_add_ps(a[1], b[1]),
+                _mm256_add_ps(a[2], b[2]),
+                _mm256_add_ps(a[3], b[3]),
+            ])
         }
     };
 }
 
-dot_fn!(dot_f32, load_f32, 4);
-dot_fn!(dot_f16, load_f16, 2);
-dot_fn!(dot_bf16, load_bf16, 2);
-dot_fn!(dot_i8_raw, load_i8, 1);
+dot4_fn!(dot4_f32, load_f32, 4);
+dot4_fn!(dot4_f16, load_f16, 2);
+dot4_fn!(dot4_bf16, load_bf16, 2);
+dot4_fn!(dot4_i8_raw, load_i8, 1);
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_i8(u: &[f32], r: &[u8]) -> f32 {
+fn dot4_i8(u: &[f32], r: [&[u8]; 4]) -> __m128 {
     let d = u.len();
-    let s = &r[d..d + 4];
-    dot_i8_raw(u, r) * f32::from_le_bytes([s[0], s[1], s[2], s[3]])
+    let scale = |x: &[u8]| {
+        let s = &x[d..d + 4];
+        f32::from_le_bytes([s[0], s[1], s[2], s[3]])
+    };
+    let scales = _mm_setr_ps(scale(r[0]), scale(r[1]), scale(r[2]), scale(r[3]));
+    _mm_mul_ps(dot4_i8_raw(u, r), scales)
 }
 
 /// Prefetches the first cache line of `r` into all cache levels.
@@ -146,7 +165,7 @@ fn prefetch(r: &[u8]) {
 }
 
 macro_rules! loops {
-    ($gather:ident, $range:ident, $dot:ident, $split:expr) => {
+    ($gather:ident, $range:ident, $one:ident, $dot4:ident, $split:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
             use std::sync::atomic::Ordering::Relaxed;
@@ -163,7 +182,7 @@ macro_rules! loops {
             } else {
                 0
             };
-            for (i, (o, l)) in out.iter_mut().zip(locs).enumerate() {
+            let ahead = |i: usize| {
                 if let Some(next) = locs.get(i + far).and_then(|&n| row(blocks, n, rb)) {
                     if near == 0 {
                         prefetch(next);
@@ -176,30 +195,89 @@ macro_rules! loops {
                         prefetch(next);
                     }
                 }
-                *o = match row(blocks, *l, rb) {
-                    Some(r) => $dot(user, r),
-                    None => f32::NAN,
-                };
+            };
+            let one = |l: Loc| match row(blocks, l, rb) {
+                Some(r) => $one(user, r),
+                None => f32::NAN,
+            };
+            let n = out.len().min(locs.len());
+            let fours = n / 4 * 4;
+            for (i, (o4, l4)) in out[..fours]
+                .chunks_exact_mut(4)
+                .zip(locs[..fours].chunks_exact(4))
+                .enumerate()
+            {
+                for k in 0..4 {
+                    ahead(4 * i + k);
+                }
+                let r = [
+                    row(blocks, l4[0], rb),
+                    row(blocks, l4[1], rb),
+                    row(blocks, l4[2], rb),
+                    row(blocks, l4[3], rb),
+                ];
+                if let [Some(r0), Some(r1), Some(r2), Some(r3)] = r {
+                    store4(o4, $dot4(user, [r0, r1, r2, r3]));
+                } else {
+                    for (o, &l) in o4.iter_mut().zip(l4) {
+                        *o = one(l);
+                    }
+                }
+            }
+            for i in fours..n {
+                ahead(i);
+                out[i] = one(locs[i]);
             }
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $range(user: &[f32], block: Block<'_>, first: usize, out: &mut [f32], rb: usize) {
-            for (i, o) in out.iter_mut().enumerate() {
+            let at = |i: usize| {
                 let at = (first + i) * block.stride;
-                *o = match block.bytes.get(at..at + rb) {
-                    Some(r) => $dot(user, r),
-                    None => f32::NAN,
-                };
+                block.bytes.get(at..at + rb)
+            };
+            let fours = out.len() / 4 * 4;
+            for (i, o4) in out[..fours].chunks_exact_mut(4).enumerate() {
+                let i = 4 * i;
+                if let [Some(r0), Some(r1), Some(r2), Some(r3)] =
+                    [at(i), at(i + 1), at(i + 2), at(i + 3)]
+                {
+                    store4(o4, $dot4(user, [r0, r1, r2, r3]));
+                } else {
+                    for (k, o) in o4.iter_mut().enumerate() {
+                        *o = at(i + k).map_or(f32::NAN, |r| $one(user, r));
+                    }
+                }
             }
+            for i in fours..out.len() {
+                out[i] = at(i).map_or(f32::NAN, |r| $one(user, r));
+            }
+        }
+
+        /// One row's score, computed exactly as in a group of four (so a
+        /// row scores the same wherever it falls).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn $one(user: &[f32], r: &[u8]) -> f32 {
+            _mm_cvtss_f32($dot4(user, [r; 4]))
         }
     };
 }
 
-loops!(gather_f32, range_f32, dot_f32, true);
-loops!(gather_f16, range_f16, dot_f16, false);
-loops!(gather_bf16, range_bf16, dot_bf16, false);
-loops!(gather_i8, range_i8, dot_i8, false);
+/// Writes the four lanes of `v` to `o` (four long).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store4(o: &mut [f32], v: __m128) {
+    let mut a = [0f32; 4];
+    // SAFETY: `a` holds four f32.
+    unsafe { _mm_storeu_ps(a.as_mut_ptr(), v) };
+    o.copy_from_slice(&a);
+}
+
+loops!(gather_f32, range_f32, one_f32, dot4_f32, true);
+loops!(gather_f16, range_f16, one_f16, dot4_f16, false);
+loops!(gather_bf16, range_bf16, one_bf16, dot4_bf16, false);
+loops!(gather_i8, range_i8, one_i8, dot4_i8, false);
 
 /// See [`super::score_gather`].
 #[target_feature(enable = "avx2,fma,f16c")]
