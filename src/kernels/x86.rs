@@ -142,24 +142,22 @@ fn dot4_i8(u: &[f32], r: [&[u8]; 4]) -> __m128 {
     _mm_mul_ps(dot4_i8_raw(u, r), scales)
 }
 
-/// Prefetches the first cache line of `r` into all cache levels.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn prefetch_first(r: &[u8]) {
-    // A prefetch is a hint: it never faults, whatever the address.
-    _mm_prefetch::<_MM_HINT_T0>(r.as_ptr() as *const i8);
-}
-
-/// Prefetches every cache line of `r` into all cache levels.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn prefetch(r: &[u8]) {
-    let start = r.as_ptr() as usize & !63;
+/// Prefetches row `i` of `locs` (if any): only its first line if `first`,
+/// else every line. A plain function (no target features), so that it
+/// inlines into the loops below.
+#[inline(always)]
+fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: bool) {
+    let Some(r) = locs.get(i).and_then(|&l| row(blocks, l, rb)) else {
+        return;
+    };
+    if first {
+        super::prefetch_line(r.as_ptr());
+        return;
+    }
+    let mut a = r.as_ptr() as usize & !63;
     let end = r.as_ptr() as usize + r.len();
-    let mut a = start;
     while a < end {
-        // A prefetch is a hint: it never faults, whatever the address.
-        _mm_prefetch::<_MM_HINT_T0>(a as *const i8);
+        super::prefetch_line(a as *const u8);
         a += 64;
     }
 }
@@ -183,17 +181,9 @@ macro_rules! loops {
                 0
             };
             let ahead = |i: usize| {
-                if let Some(next) = locs.get(i + far).and_then(|&n| row(blocks, n, rb)) {
-                    if near == 0 {
-                        prefetch(next);
-                    } else {
-                        prefetch_first(next);
-                    }
-                }
+                prefetch_row(blocks, locs, i + far, rb, near > 0);
                 if near > 0 {
-                    if let Some(next) = locs.get(i + near).and_then(|&n| row(blocks, n, rb)) {
-                        prefetch(next);
-                    }
+                    prefetch_row(blocks, locs, i + near, rb, false);
                 }
             };
             let one = |l: Loc| match row(blocks, l, rb) {
