@@ -174,7 +174,8 @@ impl QueryResult {
 #[derive(Debug, Default)]
 pub struct Scratch {
     seen: Vec<u64>,
-    /// Distinct candidates not in the id directory: `(position, id)`.
+    /// Distinct candidates the first stage did not find: `(position, id
+    /// with its hash)`.
     pend: Vec<(u32, Hashed)>,
     pos: Vec<u32>,
     missing: Vec<(u32, u64)>,
