@@ -163,7 +163,7 @@ fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: 
 }
 
 macro_rules! loops {
-    ($gather:ident, $range:ident, $one:ident, $dot4:ident, $split:expr) => {
+    ($gather:ident, $range:ident, $rows:ident, $one:ident, $dot4:ident, $split:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
             use std::sync::atomic::Ordering::Relaxed;
@@ -186,38 +186,8 @@ macro_rules! loops {
                     prefetch_row(blocks, locs, i + near, rb, false);
                 }
             };
-            let one = |l: Loc| match row(blocks, l, rb) {
-                Some(r) => $one(user, r),
-                None => f32::NAN,
-            };
             let n = out.len().min(locs.len());
-            let fours = n / 4 * 4;
-            for (i, (o4, l4)) in out[..fours]
-                .chunks_exact_mut(4)
-                .zip(locs[..fours].chunks_exact(4))
-                .enumerate()
-            {
-                for k in 0..4 {
-                    ahead(4 * i + k);
-                }
-                let r = [
-                    row(blocks, l4[0], rb),
-                    row(blocks, l4[1], rb),
-                    row(blocks, l4[2], rb),
-                    row(blocks, l4[3], rb),
-                ];
-                if let [Some(r0), Some(r1), Some(r2), Some(r3)] = r {
-                    store4(o4, $dot4(user, [r0, r1, r2, r3]));
-                } else {
-                    for (o, &l) in o4.iter_mut().zip(l4) {
-                        *o = one(l);
-                    }
-                }
-            }
-            for i in fours..n {
-                ahead(i);
-                out[i] = one(locs[i]);
-            }
+            $rows(user, |i| row(blocks, locs[i], rb), ahead, &mut out[..n]);
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -226,21 +196,37 @@ macro_rules! loops {
                 let at = (first + i) * block.stride;
                 block.bytes.get(at..at + rb)
             };
+            $rows(user, at, |_| {}, out);
+        }
+
+        /// Scores rows `0..out.len()` (`rows(i)`; NaN where it is `None`)
+        /// four at a time, calling `ahead(i)` before row `i`'s group.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $rows<'a>(
+            user: &[f32],
+            rows: impl Fn(usize) -> Option<&'a [u8]>,
+            ahead: impl Fn(usize),
+            out: &mut [f32],
+        ) {
             let fours = out.len() / 4 * 4;
             for (i, o4) in out[..fours].chunks_exact_mut(4).enumerate() {
                 let i = 4 * i;
+                for k in 0..4 {
+                    ahead(i + k);
+                }
                 if let [Some(r0), Some(r1), Some(r2), Some(r3)] =
-                    [at(i), at(i + 1), at(i + 2), at(i + 3)]
+                    [rows(i), rows(i + 1), rows(i + 2), rows(i + 3)]
                 {
                     store4(o4, $dot4(user, [r0, r1, r2, r3]));
                 } else {
                     for (k, o) in o4.iter_mut().enumerate() {
-                        *o = at(i + k).map_or(f32::NAN, |r| $one(user, r));
+                        *o = rows(i + k).map_or(f32::NAN, |r| $one(user, r));
                     }
                 }
             }
-            for i in fours..out.len() {
-                out[i] = at(i).map_or(f32::NAN, |r| $one(user, r));
+            for (i, o) in out.iter_mut().enumerate().skip(fours) {
+                ahead(i);
+                *o = rows(i).map_or(f32::NAN, |r| $one(user, r));
             }
         }
 
@@ -264,10 +250,17 @@ fn store4(o: &mut [f32], v: __m128) {
     o.copy_from_slice(&a);
 }
 
-loops!(gather_f32, range_f32, one_f32, dot4_f32, true);
-loops!(gather_f16, range_f16, one_f16, dot4_f16, false);
-loops!(gather_bf16, range_bf16, one_bf16, dot4_bf16, false);
-loops!(gather_i8, range_i8, one_i8, dot4_i8, false);
+loops!(gather_f32, range_f32, rows_f32, one_f32, dot4_f32, true);
+loops!(gather_f16, range_f16, rows_f16, one_f16, dot4_f16, false);
+loops!(
+    gather_bf16,
+    range_bf16,
+    rows_bf16,
+    one_bf16,
+    dot4_bf16,
+    false
+);
+loops!(gather_i8, range_i8, rows_i8, one_i8, dot4_i8, false);
 
 /// See [`super::score_gather`].
 #[target_feature(enable = "avx2,fma,f16c")]
