@@ -32,8 +32,9 @@ impl OpenOptions {
 
     /// Prefault every mapped page at pin time (on Linux with
     /// `MADV_POPULATE_READ`, after advising huge pages; elsewhere with
-    /// `MAP_POPULATE`), so queries never take a page fault. Costs time and resident memory proportional
-    /// to the store's size when a snapshot is pinned.
+    /// `MAP_POPULATE`), so queries never take a page fault. Costs time and
+    /// resident memory proportional to the store's size when a snapshot is
+    /// pinned.
     pub fn populate(mut self, yes: bool) -> Self {
         self.populate = yes;
         self
