@@ -1,0 +1,89 @@
+//! How much of a prefetched random cache miss the core hides behind
+//! independent work, on this machine: the question behind the two-tower
+//! query's distance from its gather floor (issue 3).
+//!
+//! A loop reads one random 64-byte line per step, prefetching the line
+//! `DIST` steps ahead (as the query does), and then runs `work` rounds of
+//! the id hash on it (about 2 ns a round). The same loop runs over a buffer
+//! that fits in L2 (the work alone) and over one far larger than the caches
+//! (the work plus the misses), both on huge pages. With full overlap the
+//! large buffer would cost max(work, memory); the printed "extra" is what
+//! it costs beyond the work, against the misses alone (work 0).
+//!
+//! `cargo run --release --example prefetch_overlap` (about 10 s).
+use std::time::Instant;
+
+use vstore::bench_support::prefetch;
+
+const STEPS: usize = 5000;
+const DIST: usize = 32;
+
+/// splitmix64's finalizer (the id hash of the format).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Median ns per step of the loop over `buf` with `work` hash rounds.
+fn run(buf: &[u64], work: u32) -> f64 {
+    let lines = (buf.len() / 8) as u64;
+    let sets: Vec<Vec<usize>> = (0..64u64)
+        .map(|s| {
+            (0..STEPS as u64)
+                .map(|i| (mix(s * STEPS as u64 + i) % lines) as usize * 8)
+                .collect()
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut acc = 0u64;
+    for it in 0..1500 {
+        let idx = &sets[it % sets.len()];
+        let t = Instant::now();
+        for i in 0..STEPS {
+            if let Some(&j) = idx.get(i + DIST) {
+                prefetch(&buf[j] as *const u64 as *const u8);
+            }
+            let mut h = buf[idx[i]];
+            for _ in 0..work {
+                h = mix(h);
+            }
+            acc = acc.wrapping_add(h);
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(acc);
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2] * 1e9 / STEPS as f64
+}
+
+/// A buffer of `mb` MiB on huge pages where the kernel allows, every page
+/// written (so no step takes a page fault).
+fn buffer(mb: usize) -> memmap2::MmapMut {
+    let mut map = memmap2::MmapMut::map_anon(mb << 20).expect("anonymous map");
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    for (i, w) in map.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    map
+}
+
+fn main() {
+    let (small, large) = (buffer(1), buffer(512));
+    // Page-aligned maps: the casts cannot fail.
+    let (small, large): (&[u64], &[u64]) =
+        (bytemuck::cast_slice(&small), bytemuck::cast_slice(&large));
+    let memory = run(large, 0);
+    println!("misses alone (512 MiB, no work): {memory:.1} ns/step");
+    println!("work | in cache ns | 512 MiB ns | extra ns | extra / misses alone");
+    for work in [2, 4, 8] {
+        let (c, m) = (run(small, work), run(large, work));
+        println!(
+            "{work:>4} | {c:>11.1} | {m:>10.1} | {:>8.1} | {:>5.0}%",
+            m - c,
+            (m - c) / memory * 100.0
+        );
+    }
+}
