@@ -21,13 +21,23 @@ for b in ../tests/data/three_tower/bundle_*; do
     { printf "$le"; cat "$j" "$w"; } > "corpus/bundle/seed-$(basename "$b")"
 done
 cargo +nightly fuzz run bundle corpus/bundle -- -max_total_time="$secs" -max_len=65536
+# The golden stores: one per format version (every version a reader must
+# still read), the newest last. Seeds are named by version, since the
+# versions' file names are the same.
+golden=$(ls -d ../format/golden/v* | sort -V)
+newest=$(echo "$golden" | tail -n 1)
 # One target per file kind's parser, seeded with the golden files of that
-# kind (a third of the time each: the container target covers all kinds too).
+# kind of every version (a third of the time each: the container target
+# covers all kinds too).
 kind_secs=$(( secs / 3 > 5 ? secs / 3 : 5 ))
 for pair in manifest:'MANIFEST-*' columns:'*.vcol' id_index:'*.vidx' deletes:'*.vdel' bundle_file:'*.vbnd'; do
     k="${pair%%:*}"; pat="${pair#*:}"
     mkdir -p "corpus/kind_$k"
-    for f in ../format/golden/v2/$pat; do cp "$f" "corpus/kind_$k/"; done
+    for g in $golden; do
+        for f in "$g"/$pat; do
+            if [ -e "$f" ]; then cp "$f" "corpus/kind_$k/$(basename "$g")-$(basename "$f")"; fi
+        done
+    done
     cargo +nightly fuzz run "kind_$k" "corpus/kind_$k" -- -max_total_time="$kind_secs" -max_len=65536
 done
 for target in container store_file stateful; do
@@ -35,14 +45,17 @@ for target in container store_file stateful; do
     mkdir -p "$corpus"
     i=0
     [ "$target" = stateful ] && { cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=512; continue; }
-    for f in ../format/golden/v2/*; do
-        # store_file seeds: the selector byte, then the file itself.
-        if [ "$target" = store_file ]; then
+    # store_file replaces one file of the newest golden store (see its
+    # target), so its seeds are that store's files; container takes any.
+    if [ "$target" = store_file ]; then
+        for f in "$newest"/*; do
             { printf "\\$(printf '%03o' "$i")"; cat "$f"; } > "$corpus/seed-$i"
-        else
-            cp "$f" "$corpus/"
-        fi
-        i=$((i + 1))
-    done
+            i=$((i + 1))
+        done
+    else
+        for g in $golden; do
+            for f in "$g"/*; do cp "$f" "$corpus/$(basename "$g")-$(basename "$f")"; done
+        done
+    fi
     cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=65536
 done

@@ -2,7 +2,8 @@
 //! checksum, rkyv validation, data checksums), must give a result or an
 //! error, never a panic or an out-of-bounds read.
 //!
-//! Seed corpus: the golden store's files (`fuzz/seeds.sh`).
+//! Seed corpus: the golden stores' files of every format version
+//! (`fuzz/run.sh`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -14,7 +14,9 @@ use libfuzzer_sys::fuzz_target;
 fn golden() -> &'static [(String, Vec<u8>)] {
     static G: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
     G.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../format/golden/v2");
+        // The golden store of the format this build writes.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../format/golden/v{}", vstore::FORMAT_VERSION));
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| {
