@@ -10,21 +10,13 @@
 //! large buffer would cost max(work, memory); the printed "extra" is what
 //! it costs beyond the work, against the misses alone (work 0).
 //!
-//! `cargo run --release --example prefetch_overlap` (about 10 s).
+//! `cargo run --release --example prefetch_overlap` (a few seconds).
 use std::time::Instant;
 
-use vstore::bench_support::prefetch;
+use vstore::bench_support::{id_hash as mix, prefetch};
 
 const STEPS: usize = 5000;
 const DIST: usize = 32;
-
-/// splitmix64's finalizer (the id hash of the format).
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Median ns per step of the loop over `buf` with `work` hash rounds.
 fn run(buf: &[u64], work: u32) -> f64 {

@@ -812,6 +812,13 @@ pub mod bench_support {
         }
     }
 
+    /// The format's id hash (`examples/prefetch_overlap.rs` uses it as a
+    /// unit of CPU work, the query's per-id hashing).
+    #[inline]
+    pub fn id_hash(id: u64) -> u64 {
+        idindex::hash(id)
+    }
+
     /// Prefetch hint for `p`.
     pub fn prefetch(p: *const u8) {
         kernels::prefetch_line(p)
