@@ -155,6 +155,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The calibrated probability `p = a*q / ((1 - q) + a*q)` of a sigmoid
+/// head with logit `x` (`q = sigmoid(x)`) and negative sampling rate `a`,
+/// computed as the equal `a / (a + exp(-x))` in f64: through an f32 `q`,
+/// every logit above ~17 gives `q = 1` and so `p = 1`, and items that the
+/// model ranks apart would tie.
+#[inline]
+fn calibrated(x: f32, a: f64) -> f32 {
+    (a / (a + (-(x as f64)).exp())) as f32
+}
+
 #[inline]
 fn activate(act: Activation, x: f32) -> f32 {
     match act {
@@ -500,13 +510,10 @@ impl Model {
             let base = bi * BLOCK * nh;
             for r in 0..m {
                 for (h, head) in self.heads.iter().enumerate() {
-                    let q = activate(head.act, s.out[r * nh + h]);
+                    let x = s.out[r * nh + h];
                     heads[base + r * nh + h] = match head.neg_sampling_rate {
-                        Some(a) => {
-                            let (q, a) = (q as f64, a);
-                            (a * q / ((1.0 - q) + a * q)) as f32
-                        }
-                        None => q,
+                        Some(a) => calibrated(x, a),
+                        None => activate(head.act, x),
                     };
                 }
             }
@@ -603,7 +610,33 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
-    use super::ln_1p;
+    use super::{calibrated, ln_1p};
+
+    #[test]
+    fn calibration_matches_the_contract_formula_and_keeps_order() {
+        for a in [1e-4, 0.05, 0.5, 1.0] {
+            let mut last = -1.0f32;
+            for i in -400..=400 {
+                let x = i as f32 / 10.0;
+                // The contract's formula, with q from an f64 sigmoid.
+                let q = 1.0 / (1.0 + (-(x as f64)).exp());
+                let want = a * q / ((1.0 - q) + a * q);
+                let got = calibrated(x, a);
+                assert!(
+                    (got as f64 - want).abs() <= 1e-6 * want.max(1e-30),
+                    "a {a}, x {x}: {got} vs {want}"
+                );
+                assert!(got >= last, "a {a}: not monotone at x {x}");
+                last = got;
+            }
+        }
+        // Logits far beyond f32 sigmoid saturation still order apart.
+        assert!(calibrated(18.0, 1e-4) < calibrated(24.0, 1e-4));
+        assert_eq!(calibrated(f32::INFINITY, 0.1), 1.0);
+        assert_eq!(calibrated(f32::NEG_INFINITY, 0.1), 0.0);
+        assert_eq!(calibrated(-1e4, 0.1), 0.0);
+        assert!(calibrated(f32::NAN, 0.1).is_nan());
+    }
 
     #[test]
     fn ln_1p_matches_f64_to_a_few_ulp() {
