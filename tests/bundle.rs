@@ -489,10 +489,12 @@ fn version_the_snapshot_does_not_hold() {
     assert_contains(&what, "prerank@v99");
     assert_contains(&what, "[prerank@v42]");
 
+    // A space the snapshot holds no version of: the space is at fault.
     let mut b = tiny();
     b.json["space"] = json!("retrieval");
-    let what = refused(&b, "version");
+    let what = refused(&b, "space");
     assert_contains(&what, "retrieval@v42");
+    assert_contains(&what, "[prerank@v42]");
 }
 
 #[test]

@@ -367,11 +367,17 @@ impl Model {
     ) -> Result<Model> {
         let key = format!("{}@{}", spec.space, spec.version);
         let Some(def) = schema.embedding_def(&key) else {
+            // The field at fault: the space if the snapshot holds no
+            // version of it, else the version.
+            let keys = schema.embedding_keys();
+            let space_known = keys
+                .iter()
+                .any(|k| k.split_once('@').is_some_and(|(s, _)| s == spec.space));
             return Err(bad(
-                "version",
+                if space_known { "version" } else { "space" },
                 format!(
                     "the bundle is for {key}, which the snapshot does not hold; it holds [{}]",
-                    schema.embedding_keys().join(", ")
+                    keys.join(", ")
                 ),
             ));
         };
