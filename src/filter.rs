@@ -92,6 +92,12 @@ impl Filter {
                     Some(_) => Err(Error::InvalidInput(format!(
                         "filter: column {column:?} is numeric; in/not-in needs a categorical column"
                     ))),
+                    None if schema.stats.iter().any(|c| &c.name == column) => {
+                        Err(Error::InvalidInput(format!(
+                            "filter: column {column:?} is a statistics column (numeric); \
+                             in/not-in needs a categorical profile column"
+                        )))
+                    }
                     None => Err(no_column(schema, column)),
                 }
             }
@@ -101,12 +107,8 @@ impl Filter {
                         "filter: range [{min}, {max}] on {column:?} is empty or not a number"
                     )));
                 }
-                let c = schema
-                    .profile
-                    .iter()
-                    .chain(&schema.stats)
-                    .find(|c| &c.name == column);
-                match c {
+                // Resolved as models resolve `item_numeric` columns.
+                match schema.numeric_column(column) {
                     Some(c) if matches!(c.kind, ColumnKind::Numeric { .. }) => Ok(()),
                     Some(_) => Err(Error::InvalidInput(format!(
                         "filter: column {column:?} is categorical; a range needs a numeric column"
@@ -133,9 +135,10 @@ impl Filter {
                 }
             }
             Filter::Range { column, min, max } => {
-                let values = match seg.numeric(column) {
+                // The statistic first, as `Schema::numeric_column`.
+                let values = match seg.stat(column) {
                     Ok(c) => c.values(),
-                    Err(_) => seg.stat(column)?.values(),
+                    Err(_) => seg.numeric(column)?.values(),
                 };
                 Compiled::Range {
                     values,

@@ -250,8 +250,30 @@ impl Schema {
         self
     }
 
-    /// Checks names (unique, well formed), defaults (finite) and dimensions.
+    /// Checks names (well formed; unique within their group, and no name
+    /// both a profile and a statistics column), defaults (finite) and
+    /// dimensions. Writers check every new schema with it.
     pub fn validate(&self) -> Result<()> {
+        self.validate_stored()?;
+        if let Some(c) = self
+            .stats
+            .iter()
+            .find(|s| self.profile.iter().any(|p| p.name == s.name))
+        {
+            return Err(Error::Schema(format!(
+                "{:?} is both a profile and a statistics column; filters and models \
+                 name columns without their group, so a name may be used once",
+                c.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Schema::validate`] as readers check a stored schema: the format
+    /// allows a name in both groups (earlier writers did not refuse it),
+    /// and queries then resolve a numeric name to the statistic
+    /// ([`Schema::numeric_column`]).
+    pub(crate) fn validate_stored(&self) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for c in &self.profile {
             check_column_name("profile", &c.name)?;
@@ -308,6 +330,15 @@ impl Schema {
         Ok(())
     }
 
+    /// The numeric column that filters and models read for `name`: the
+    /// statistic if there is one (a stored schema may also have a profile
+    /// column of that name, see [`Schema::validate_stored`]), else the
+    /// profile column, whatever its kind. `None` if neither group has it.
+    pub(crate) fn numeric_column(&self, name: &str) -> Option<&ColumnDef> {
+        let stat = self.stats.iter().find(|c| c.name == name);
+        stat.or_else(|| self.profile.iter().find(|c| c.name == name))
+    }
+
     /// The embedding definition for `space@version`, if held.
     pub fn embedding_def(&self, key: &str) -> Option<&EmbeddingDef> {
         let (space, version) = parse_key(key).ok()?;
@@ -340,4 +371,27 @@ fn find(cols: &[ColumnDef], name: &str, kind: &'static str) -> Result<usize> {
             name: name.to_string(),
             available: cols.iter().map(|c| c.name.clone()).collect(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_name_in_both_groups_opens_and_resolves_to_the_statistic() {
+        let both = Schema::new().categorical("x", 0).stat("x", 0.0);
+        assert!(both.validate().is_err(), "writers refuse it");
+        both.validate_stored().expect("readers accept it");
+        let c = both.numeric_column("x").unwrap();
+        assert!(matches!(c.kind, ColumnKind::Numeric { .. }));
+        assert_eq!(c as *const _, &both.stats[0] as *const _);
+        // Filters resolve it the same way: a range on it is a range on the
+        // (numeric) statistic, not refused as categorical.
+        let f = crate::Filter::range("x", 0.0, 1.0);
+        f.check(&both).unwrap();
+        let only_profile = Schema::new().numeric("p", 0.0);
+        let c = only_profile.numeric_column("p").unwrap();
+        assert_eq!(c as *const _, &only_profile.profile[0] as *const _);
+        assert!(only_profile.numeric_column("q").is_none());
+    }
 }

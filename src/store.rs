@@ -141,7 +141,7 @@ pub(crate) fn read_manifest(dir: &Path, n: u64) -> Result<(Arc<Container>, Manif
         ));
     }
     m.schema
-        .validate()
+        .validate_stored()
         .map_err(|e| Error::corrupt(&path, format!("schema does not validate: {e}")))?;
     check_manifest(&path, m, c.version)?;
     let m = m.clone();

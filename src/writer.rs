@@ -1130,7 +1130,8 @@ impl<'w> Transaction<'w> {
         }
         let mut schema = self.schema.clone();
         schema.embeddings.push(def.clone());
-        schema.validate()?;
+        // The columns are the stored schema's (see `validate_stored`).
+        schema.validate_stored()?;
         encode::check_vectors(&def, ids, vectors)?;
         self.check_ids_unique(ids)?;
         self.check_indexes()?;

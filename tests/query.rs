@@ -421,11 +421,16 @@ fn bad_filters_are_refused() {
         .query(&Query::ids("prerank@v1", &user, &[1], 1).filter(&f))
         .unwrap_err();
     assert!(e.to_string().contains("categorical"), "{e}");
+    // A statistics column exists but is numeric: said so, not "no column".
     let f = Filter::is_in("ctr", [1]);
     let e = s
         .query(&Query::ids("prerank@v1", &user, &[1], 1).filter(&f))
         .unwrap_err();
-    assert!(matches!(e, Error::NoSuchColumn { .. }), "{e}");
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("\"ctr\" is a statistics column"),
+        "{e}"
+    );
     let f = Filter::range("ctr", 2.0, 1.0);
     let e = s
         .query(&Query::ids("prerank@v1", &user, &[1], 1).filter(&f))

@@ -20,6 +20,15 @@ fn valid_schema_passes_and_keys_are_space_at_version() {
 fn bad_schemas_are_refused_naming_the_column() {
     let dup = Schema::new().numeric("a", 0.0).categorical("a", 0);
     assert!(matches!(dup.validate(), Err(Error::Schema(m)) if m.contains("\"a\"")));
+    // Filters and models name columns without their group.
+    let both = Schema::new().numeric("x", 0.0).stat("x", 0.0);
+    assert!(
+        matches!(both.validate(), Err(Error::Schema(ref m)) if m.contains("\"x\" is both")),
+        "{:?}",
+        both.validate()
+    );
+    let both = Schema::new().categorical("x", 0).stat("x", 0.0);
+    assert!(both.validate().is_err());
     let nan = Schema::new().stat("ctr", f32::NAN);
     assert!(matches!(nan.validate(), Err(Error::Schema(m)) if m.contains("ctr")));
     let zero_dim = Schema::new().embedding("s", "v1", 0, Dtype::F32);

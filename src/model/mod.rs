@@ -423,6 +423,8 @@ impl Model {
                     transform,
                     embedding,
                 } => {
+                    // The statistic first, as filters resolve a numeric
+                    // name (`Schema::numeric_column`).
                     let column = if schema.stats.iter().any(|c| &c.name == column) {
                         ColumnRef::Stat(column.clone())
                     } else if let Some(c) = schema.profile.iter().find(|c| &c.name == column) {
