@@ -1241,6 +1241,12 @@ impl<'w> Transaction<'w> {
     /// every later publish). Queries then skip that part of the product
     /// and gather the stored row instead: fewer FLOPs, more bytes (with
     /// `F16`, rounding the precomputed part to about 3 significant digits).
+    ///
+    /// The store keeps the precomputed part per segment of items, so the
+    /// snapshot must hold items when this transaction commits
+    /// ([`Transaction::commit`] refuses it otherwise), and a later publish
+    /// that leaves the snapshot with no items at all drops it (the bundle
+    /// stays; add it precomputed again once there are items).
     pub fn add_model_precomputed(
         &mut self,
         json: &[u8],
@@ -1424,6 +1430,23 @@ impl<'w> Transaction<'w> {
     /// into place and syncs the directory. Returns the new snapshot, pinned.
     pub fn commit(mut self) -> Result<Arc<Snapshot>> {
         self.w.check_poisoned()?;
+        if self.segments.is_empty() {
+            // The manifest records a precomputed item part as a file per
+            // segment: without segments, one added now would be lost. (One
+            // carried from the base has a file for each of its segments.)
+            let added = self
+                .bundles
+                .iter()
+                .find(|(_, b)| b.pre.as_ref().is_some_and(|(_, files)| files.is_empty()));
+            if let Some((key, _)) = added {
+                return Err(Error::InvalidInput(format!(
+                    "bundle {key} was added precomputed, but the snapshot would hold no \
+                     items: the store keeps a precomputed item part per segment of items; \
+                     add items in the same transaction, or add the bundle precomputed once \
+                     the snapshot holds items"
+                )));
+            }
+        }
         let r = self.write_precomputed();
         self.w.poison(r)?;
         let manifest = ManifestMeta {

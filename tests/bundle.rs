@@ -1573,6 +1573,41 @@ fn a_background_compaction_carries_precomputed_rows_unless_the_bundle_changed() 
 }
 
 #[test]
+fn precomputing_needs_items_when_it_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema()).unwrap();
+    let (j, wt) = tiny().bytes();
+    // Into a snapshot without items: refused at commit, naming the bundle,
+    // and nothing is published.
+    let mut tx = w.begin();
+    tx.add_model_precomputed(&j, &wt, Dtype::F16).unwrap();
+    let e = tx.commit().unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    assert!(e.to_string().contains(KEY), "{e}");
+    assert!(w.snapshot().is_none_or(|s| s.model(KEY).is_err()));
+    // With items in the same transaction: published precomputed.
+    let mut tx = w.begin();
+    tx.add_model_precomputed(&j, &wt, Dtype::F16).unwrap();
+    tx.add_items(common::batch(&ids(0..N), DIM, 0)).unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.model_is_precomputed(KEY));
+    // Still precomputed for items added later.
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(N..N + 5), DIM, 0)).unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.model_is_precomputed(KEY));
+    snap.verify().unwrap();
+    // Every item deleted: the bundle stays, its precomputing goes (the
+    // store has no segment to keep it with), as documented.
+    let mut tx = w.begin();
+    tx.delete(&ids(0..N + 5)).unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.model(KEY).is_ok());
+    assert!(!snap.model_is_precomputed(KEY));
+    snap.verify().unwrap();
+}
+
+#[test]
 fn a_refresh_reuses_an_unchanged_bundle_and_rebuilds_a_replaced_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = store_with_bundle(dir.path());
