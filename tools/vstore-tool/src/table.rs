@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use parquet::basic::{ConvertedType, Type as PhysicalType};
+use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use parquet::data_type::DataType;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -311,6 +311,36 @@ fn infer_csv_column(path: &Path, name: &str, fields: Vec<String>, lines: &[u64])
     Ok(Values::Float(out))
 }
 
+/// What a Parquet column's logical type says its integers mean: `None`
+/// for plain integers, `Some(10^scale)` for decimals (the integer is the
+/// value times that); dates, times, timestamps and intervals are refused
+/// (their raw integers in a numeric column would be silently wrong units).
+fn meaning(
+    path: &Path,
+    name: &str,
+    d: &parquet::schema::types::ColumnDescriptor,
+) -> Result<Option<f64>> {
+    let what = match (d.logical_type_ref(), d.converted_type()) {
+        (Some(LogicalType::Decimal { .. }), _) | (_, ConvertedType::DECIMAL) => {
+            return Ok(Some(10f64.powi(d.type_scale())));
+        }
+        (Some(LogicalType::Date), _) | (_, ConvertedType::DATE) => "dates",
+        (Some(LogicalType::Time { .. }), _)
+        | (_, ConvertedType::TIME_MILLIS | ConvertedType::TIME_MICROS) => "times of day",
+        (Some(LogicalType::Timestamp { .. }), _)
+        | (_, ConvertedType::TIMESTAMP_MILLIS | ConvertedType::TIMESTAMP_MICROS) => "timestamps",
+        (_, ConvertedType::INTERVAL) => "intervals",
+        _ => return Ok(None),
+    };
+    Err(ToolError::input(
+        path,
+        format!(
+            "column {name:?} holds {what}; columns hold numbers: convert it to one (e.g. \
+             days or seconds since the epoch) or leave it out with --skip-column"
+        ),
+    ))
+}
+
 fn pq_err(path: &Path, e: parquet::errors::ParquetError) -> ToolError {
     ToolError::input(path, format!("not a readable Parquet file ({e})"))
 }
@@ -326,6 +356,8 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
     let mut names = Vec::with_capacity(ncols);
     let mut cols: Vec<Values> = Vec::with_capacity(ncols);
     let mut index = Vec::with_capacity(ncols);
+    // Per kept column: the power of ten a decimal's integers are divided by.
+    let mut scales: Vec<Option<f64>> = Vec::with_capacity(ncols);
     for c in 0..ncols {
         let d = schema.column(c);
         let name = d.path().string();
@@ -338,7 +370,11 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
                 format!("column {name:?} is nested or repeated; tables must be flat"),
             ));
         }
+        let meaning = meaning(path, &name, &d)?;
         let values = match d.physical_type() {
+            PhysicalType::INT32 | PhysicalType::INT64 if meaning.is_some() => {
+                Values::Float(Vec::new())
+            }
             PhysicalType::BOOLEAN | PhysicalType::INT32 | PhysicalType::INT64 => {
                 Values::Int(Vec::new())
             }
@@ -346,6 +382,9 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
             t => {
                 let what = match d.converted_type() {
                     ConvertedType::UTF8 => "strings".to_string(),
+                    ConvertedType::DECIMAL => "decimals stored as byte arrays (write them \
+                        as float64, or as integers: pyarrow's store_decimal_as_integer)"
+                        .to_string(),
                     _ => format!("{t} values"),
                 };
                 return Err(ToolError::input(
@@ -359,6 +398,7 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
         names.push(name);
         cols.push(values);
         index.push(c);
+        scales.push(meaning);
     }
     let unsigned: Vec<bool> = index
         .iter()
@@ -401,6 +441,16 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
                 (ColumnReader::Int64ColumnReader(r), Values::Int(o)) => {
                     // UINT_64 values are kept as their bits (see read_table).
                     read_chunk(path, name, r, rows, max_def, o, |x| x)?
+                }
+                // Decimals stored as integers: the value is the integer
+                // divided by 10^scale.
+                (ColumnReader::Int32ColumnReader(r), Values::Float(o)) => {
+                    let p = scales[k].unwrap_or(1.0);
+                    read_chunk(path, name, r, rows, max_def, o, |x| f64::from(x) / p)?
+                }
+                (ColumnReader::Int64ColumnReader(r), Values::Float(o)) => {
+                    let p = scales[k].unwrap_or(1.0);
+                    read_chunk(path, name, r, rows, max_def, o, |x| x as f64 / p)?
                 }
                 (ColumnReader::FloatColumnReader(r), Values::Float(o)) => {
                     read_chunk(path, name, r, rows, max_def, o, f64::from)?

@@ -591,3 +591,133 @@ fn verify_reports_damage_even_when_its_output_is_closed() {
         "{e}"
     );
 }
+
+/// Parquet logical types: decimals stored as integers (Spark's default) are
+/// read as their values, not their unscaled integers; dates, times and
+/// timestamps are refused rather than stored as raw day or millisecond
+/// counts. (The column "name" carries the type annotation into the
+/// helper's schema string.)
+#[test]
+fn parquet_decimals_are_scaled_and_dates_and_timestamps_refused() {
+    let d = Data::new();
+    let id_col: Vec<Option<i64>> = d.ids.iter().map(|&x| Some(x as i64)).collect();
+    let n = d.ids.len();
+    parquet_file(
+        &d.path("dec.parquet"),
+        &[
+            PqCol::I64("id", id_col.clone()),
+            PqCol::I32(
+                "price (DECIMAL(9,2))",
+                (0..n).map(|i| Some(1234 + i as i32)).collect(),
+            ),
+            PqCol::I64("fee (DECIMAL(18,3))", (0..n).map(|_| Some(-5)).collect()),
+        ],
+        64,
+    );
+    let store = d.p("s");
+    common::ok(&[
+        "build",
+        &store,
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("emb.npy")),
+        "--stats",
+        &d.p("dec.parquet"),
+    ]);
+    let text = common::ok(&["inspect", &store, "--id", &d.ids[3].to_string(), "--json"]);
+    let item: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let value = |name: &str| {
+        item["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no column {name}: {text}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((value("price") - 12.37).abs() < 1e-5, "{text}");
+    assert!((value("fee") + 0.005).abs() < 1e-8, "{text}");
+
+    for (col, what) in [
+        ("day (DATE)", "dates"),
+        ("at (TIMESTAMP(MILLIS,true))", "timestamps"),
+        ("t (TIME(MILLIS,true))", "times of day"),
+    ] {
+        let vals: Vec<Option<i32>> = (0..n).map(|_| Some(19724)).collect();
+        let c = if col.starts_with("at") {
+            PqCol::I64(col, vals.iter().map(|v| v.map(i64::from)).collect())
+        } else {
+            PqCol::I32(col, vals)
+        };
+        parquet_file(
+            &d.path("t.parquet"),
+            &[PqCol::I64("id", id_col.clone()), c],
+            64,
+        );
+        let e = build_fails(&d, &["--stats", &d.p("t.parquet")], "ids.npy", "emb.npy");
+        let name = col.split(' ').next().unwrap();
+        assert!(
+            e.contains("t.parquet") && e.contains(&format!("{name:?}")) && e.contains(what),
+            "{col}: {e}"
+        );
+    }
+}
+
+/// The demo with fewer items than it shows (it once sliced ten ids), and
+/// never over a user's files: `--export` refuses a directory holding any
+/// file it would write, `--dir` one that is not empty (as `build` does).
+#[test]
+fn demo_small_catalogues_and_existing_files() {
+    let d = Data::new();
+    for rows in ["1", "9"] {
+        let out = common::ok(&["demo", "-q", "--rows", rows, "--queries", "1"]);
+        assert!(out.contains("refused: version skew"), "{out}");
+    }
+    std::fs::create_dir_all(d.path("ex")).unwrap();
+    std::fs::write(d.path("ex/stats.csv"), b"mine").unwrap();
+    let e = fails(&["demo", "--rows", "100", "--export", &d.p("ex")]);
+    assert!(
+        e.contains("stats.csv") && e.contains("only new files"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(d.path("ex/stats.csv")).unwrap(), b"mine");
+    assert!(!d.path("ex/ids.npy").exists());
+    let e = fails(&["demo", "--rows", "100", "--dir", &d.p("ex")]);
+    assert!(
+        e.contains("not empty and not a store") && e.contains("demo --dir"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(d.path("ex/stats.csv")).unwrap(), b"mine");
+}
+
+/// A build killed before its first publish leaves a lock and data files;
+/// building there again says what they are and what to do.
+#[test]
+fn a_build_over_an_interrupted_build_says_what_is_left() {
+    let d = Data::new();
+    std::fs::create_dir_all(d.path("s")).unwrap();
+    std::fs::write(d.path("s/LOCK"), b"").unwrap();
+    std::fs::write(d.path("s/s0000000001-ids.vidx"), b"partial").unwrap();
+    let e = build_fails_at(&d, "s");
+    assert!(
+        e.contains("never published") && e.contains("remove the directory"),
+        "{e}"
+    );
+    // Any other file: the plain refusal.
+    std::fs::write(d.path("s/notes.txt"), b"mine").unwrap();
+    let e = build_fails_at(&d, "s");
+    assert!(e.contains("not empty and not a store"), "{e}");
+}
+
+fn build_fails_at(d: &Data, store: &str) -> String {
+    fails(&[
+        "build",
+        &d.p(store),
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &format!("prerank@v1={}", d.p("emb.npy")),
+    ])
+}

@@ -40,7 +40,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let precompute = a.precompute.as_deref().map(parse_precompute).transpose()?;
-    refuse_existing_store(&a.store)?;
+    refuse_existing_store(&a.store, "build")?;
 
     let items = read_items(&a.ids, &embs, p)?;
     let profile = match &a.tables.profile {
@@ -152,11 +152,12 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// `build` makes new stores only.
-fn refuse_existing_store(dir: &Path) -> Result<()> {
+/// `build` (and `demo --dir`, named by `cmd`) makes new stores only: `dir`
+/// must be new or empty.
+pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
     if dir.is_file() {
         return Err(ToolError::Usage(format!(
-            "{} is a file; build needs a new or empty directory",
+            "{} is a file; {cmd} needs a new or empty directory",
             dir.display()
         )));
     }
@@ -167,13 +168,33 @@ fn refuse_existing_store(dir: &Path) -> Result<()> {
         )));
     }
     if dir.is_dir() {
-        let mut entries = std::fs::read_dir(dir).map_err(|e| ToolError::io("list", dir, e))?;
-        if entries.next().is_some() {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| ToolError::io("list", dir, e))?
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .map_err(|e| ToolError::io("list", dir, e))
+            })
+            .collect::<Result<_>>()?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        // Only a lock and data files, and no manifest: a store whose first
+        // publish never happened (a build that was killed).
+        let store_file = |n: &String| {
+            n == "LOCK" || (n.starts_with('s') && n[1..].starts_with(|c: char| c.is_ascii_digit()))
+        };
+        if names.iter().any(|n| n == "LOCK") && names.iter().all(store_file) {
             return Err(ToolError::Usage(format!(
-                "{} is not empty and not a store; build needs a new or empty directory",
+                "{} holds only the lock and data files of a store that was never published \
+                 (an interrupted build?); nothing in it is readable: remove the directory \
+                 and run {cmd} again",
                 dir.display()
             )));
         }
+        return Err(ToolError::Usage(format!(
+            "{} is not empty and not a store; {cmd} needs a new or empty directory",
+            dir.display()
+        )));
     }
     Ok(())
 }

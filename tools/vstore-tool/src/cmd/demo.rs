@@ -41,7 +41,10 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     );
     let tmp;
     let dir: PathBuf = match &a.dir {
-        Some(d) => d.clone(),
+        Some(d) => {
+            super::build::refuse_existing_store(d, "demo --dir")?;
+            d.clone()
+        }
         None => {
             tmp = tempfile::tempdir().map_err(|e| {
                 ToolError::io("create temporary directory", &std::env::temp_dir(), e)
@@ -247,7 +250,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     match snap.query(&Query::ids(
         &format!("{SPACE}@v2"),
         &user,
-        &cat.ids[..10],
+        &cat.ids[..cat.ids.len().min(10)],
         5,
     )) {
         Err(e) => say!(out, "\nquerying {SPACE}@v2: refused: {e}"),
@@ -314,8 +317,34 @@ fn candidates(cat: &Catalogue, fav: u32, q: u64) -> Vec<u64> {
     out
 }
 
+/// The files `demo --export` writes, relative to its directory.
+const EXPORTED: [&str; 9] = [
+    "ids.npy",
+    "emb_v1.npy",
+    "items.parquet",
+    "stats.csv",
+    "model/model.json",
+    "model/weights.safetensors",
+    "user.json",
+    "user_inputs.json",
+    "candidates.txt",
+];
+
 /// `demo --export DIR`: the catalogue as input files.
 fn export(dir: &Path, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
+    // Never over a user's files: every name it writes must be new.
+    let existing: Vec<&str> = EXPORTED
+        .iter()
+        .copied()
+        .filter(|n| dir.join(n).exists())
+        .collect();
+    if !existing.is_empty() {
+        return Err(ToolError::Usage(format!(
+            "{} already has {}; demo --export writes only new files (choose a new or empty directory)",
+            dir.display(),
+            existing.join(", ")
+        )));
+    }
     std::fs::create_dir_all(dir.join("model"))
         .map_err(|e| ToolError::io("create directory", dir, e))?;
     synth::write_ids_npy(&dir.join("ids.npy"), &cat.ids)?;
