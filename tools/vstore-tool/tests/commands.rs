@@ -468,6 +468,12 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
         out.contains("1 replaced older rows, 1 new") && out.contains("304 items"),
         "{out}"
     );
+    // No tables given: every profile and statistics column is reset, and
+    // the output says so.
+    assert!(
+        out.contains("replaced whole; category, price, ctr_1d, impressions_7d not in the inputs"),
+        "{out}"
+    );
     assert_eq!(
         Store::open(&store)
             .unwrap()

@@ -92,6 +92,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         0
     };
     let mut batch = ItemBatch::new(items.ids.clone());
+    let mut given: Vec<String> = Vec::new();
     for (path, group) in [
         (&a.tables.profile, Group::Profile),
         (&a.tables.stats, Group::Stats),
@@ -99,6 +100,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         let Some(path) = path else { continue };
         let table = load_table(path, &a.tables.id_column, &a.tables.skip_columns, p)?;
         let cols = resolve_existing(&table, group, &schema)?;
+        given.extend(cols.iter().map(|c| c.name.clone()));
         batch = add_table_columns(batch, &items.ids_path, &items.ids, &table, &cols)?;
     }
     for (e, _, v) in items.vectors {
@@ -117,6 +119,22 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         tx.add_items(batch).context(what)?;
     }
     let snap = tx.commit()?;
+    // A replaced item is replaced whole: say which columns it lost.
+    let reset: Vec<&str> = schema
+        .profile
+        .iter()
+        .chain(&schema.stats)
+        .map(|c| c.name.as_str())
+        .filter(|c| !given.iter().any(|g| g == c))
+        .collect();
+    if replaced > 0 && !reset.is_empty() {
+        say!(
+            out,
+            "note: replaced items are replaced whole; {} not in the inputs, so now missing \
+             for them (refresh-stats changes statistics without replacing items)",
+            reset.join(", ")
+        );
+    }
     say!(
         out,
         "{} {n} items as a new segment{}",
