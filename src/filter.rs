@@ -108,7 +108,7 @@ impl Filter {
                     )));
                 }
                 // Resolved as models resolve `item_numeric` columns.
-                match schema.numeric_column(column) {
+                match schema.numeric_column(column).map(|(_, c)| c) {
                     Some(c) if matches!(c.kind, ColumnKind::Numeric { .. }) => Ok(()),
                     Some(_) => Err(Error::InvalidInput(format!(
                         "filter: column {column:?} is categorical; a range needs a numeric column"

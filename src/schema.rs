@@ -210,6 +210,13 @@ pub struct Schema {
     pub embeddings: Vec<EmbeddingDef>,
 }
 
+/// Which group of a [`Schema`] a column is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnGroup {
+    Profile,
+    Stats,
+}
+
 impl Schema {
     /// An empty schema (ids only).
     pub fn new() -> Self {
@@ -334,9 +341,11 @@ impl Schema {
     /// statistic if there is one (a stored schema may also have a profile
     /// column of that name, see [`Schema::validate_stored`]), else the
     /// profile column, whatever its kind. `None` if neither group has it.
-    pub(crate) fn numeric_column(&self, name: &str) -> Option<&ColumnDef> {
+    pub(crate) fn numeric_column(&self, name: &str) -> Option<(ColumnGroup, &ColumnDef)> {
         let stat = self.stats.iter().find(|c| c.name == name);
-        stat.or_else(|| self.profile.iter().find(|c| c.name == name))
+        let profile = || self.profile.iter().find(|c| c.name == name);
+        stat.map(|c| (ColumnGroup::Stats, c))
+            .or_else(|| profile().map(|c| (ColumnGroup::Profile, c)))
     }
 
     /// The embedding definition for `space@version`, if held.
@@ -382,16 +391,16 @@ mod tests {
         let both = Schema::new().categorical("x", 0).stat("x", 0.0);
         assert!(both.validate().is_err(), "writers refuse it");
         both.validate_stored().expect("readers accept it");
-        let c = both.numeric_column("x").unwrap();
+        let (g, c) = both.numeric_column("x").unwrap();
+        assert_eq!(g, ColumnGroup::Stats);
         assert!(matches!(c.kind, ColumnKind::Numeric { .. }));
-        assert_eq!(c as *const _, &both.stats[0] as *const _);
         // Filters resolve it the same way: a range on it is a range on the
         // (numeric) statistic, not refused as categorical.
         let f = crate::Filter::range("x", 0.0, 1.0);
         f.check(&both).unwrap();
         let only_profile = Schema::new().numeric("p", 0.0);
-        let c = only_profile.numeric_column("p").unwrap();
-        assert_eq!(c as *const _, &only_profile.profile[0] as *const _);
+        let (g, _) = only_profile.numeric_column("p").unwrap();
+        assert_eq!(g, ColumnGroup::Profile);
         assert!(only_profile.numeric_column("q").is_none());
     }
 }

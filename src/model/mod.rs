@@ -17,7 +17,7 @@ pub(crate) mod spec;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::schema::{ColumnKind, Schema};
+use crate::schema::{ColumnGroup, ColumnKind, Schema};
 
 pub(crate) use score::ModelScratch;
 pub(crate) use score::{Prepared, SegmentInputs};
@@ -423,25 +423,24 @@ impl Model {
                     transform,
                     embedding,
                 } => {
-                    // The statistic first, as filters resolve a numeric
-                    // name (`Schema::numeric_column`).
-                    let column = if schema.stats.iter().any(|c| &c.name == column) {
-                        ColumnRef::Stat(column.clone())
-                    } else if let Some(c) = schema.profile.iter().find(|c| &c.name == column) {
-                        if !matches!(c.kind, ColumnKind::Numeric { .. }) {
-                            return Err(bad(
-                                format!("{field}.column"),
-                                format!("profile column {column:?} is categorical; item_numeric needs a numeric profile or statistics column"),
-                            ));
+                    // Resolved as filters resolve a numeric name.
+                    let column = match schema.numeric_column(column) {
+                        Some((ColumnGroup::Stats, _)) => ColumnRef::Stat(column.clone()),
+                        Some((ColumnGroup::Profile, c)) => {
+                            if !matches!(c.kind, ColumnKind::Numeric { .. }) {
+                                return Err(bad(
+                                    format!("{field}.column"),
+                                    format!("profile column {column:?} is categorical; item_numeric needs a numeric profile or statistics column"),
+                                ));
+                            }
+                            ColumnRef::Profile(column.clone())
                         }
-                        ColumnRef::Profile(column.clone())
-                    } else {
-                        return Err(bad(
+                        None => return Err(bad(
                             format!("{field}.column"),
                             format!(
                                 "no numeric column {column:?} in the profile or statistics columns"
                             ),
-                        ));
+                        )),
                     };
                     let transform = match transform {
                         TransformSpec::Identity => Transform::Identity,

@@ -10,10 +10,20 @@ use common::{
 
 /// Runs a build that must fail; the target directory must not appear.
 fn build_fails(d: &Data, extra: &[&str], ids: &str, emb: &str) -> String {
-    let store = d.p("never");
+    let e = build_fails_at(d, "never", extra, ids, emb);
+    assert!(
+        !d.path("never").exists(),
+        "a failed build left {}",
+        d.p("never")
+    );
+    e
+}
+
+/// Runs a build into `store` that must fail; returns its error output.
+fn build_fails_at(d: &Data, store: &str, extra: &[&str], ids: &str, emb: &str) -> String {
     let mut args: Vec<String> = vec![
         "build".into(),
-        store.clone(),
+        d.p(store),
         "--ids".into(),
         d.p(ids),
         "--embedding".into(),
@@ -21,9 +31,7 @@ fn build_fails(d: &Data, extra: &[&str], ids: &str, emb: &str) -> String {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let e = fails(&refs);
-    assert!(!d.path("never").exists(), "a failed build left {store}");
-    e
+    fails(&refs)
 }
 
 #[test]
@@ -700,24 +708,13 @@ fn a_build_over_an_interrupted_build_says_what_is_left() {
     std::fs::create_dir_all(d.path("s")).unwrap();
     std::fs::write(d.path("s/LOCK"), b"").unwrap();
     std::fs::write(d.path("s/s0000000001-ids.vidx"), b"partial").unwrap();
-    let e = build_fails_at(&d, "s");
+    let e = build_fails_at(&d, "s", &[], "ids.npy", "emb.npy");
     assert!(
         e.contains("never published") && e.contains("remove the directory"),
         "{e}"
     );
     // Any other file: the plain refusal.
     std::fs::write(d.path("s/notes.txt"), b"mine").unwrap();
-    let e = build_fails_at(&d, "s");
+    let e = build_fails_at(&d, "s", &[], "ids.npy", "emb.npy");
     assert!(e.contains("not empty and not a store"), "{e}");
-}
-
-fn build_fails_at(d: &Data, store: &str) -> String {
-    fails(&[
-        "build",
-        &d.p(store),
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("emb.npy")),
-    ])
 }
