@@ -435,12 +435,14 @@ impl Model {
                             }
                             ColumnRef::Profile(column.clone())
                         }
-                        None => return Err(bad(
-                            format!("{field}.column"),
-                            format!(
+                        None => {
+                            return Err(bad(
+                                format!("{field}.column"),
+                                format!(
                                 "no numeric column {column:?} in the profile or statistics columns"
                             ),
-                        )),
+                            ))
+                        }
                     };
                     let transform = match transform {
                         TransformSpec::Identity => Transform::Identity,
