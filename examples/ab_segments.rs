@@ -53,7 +53,7 @@ fn main() {
         for _ in 0..5 {
             let snap = store.open_snapshot(store.snapshot().number()).unwrap();
             let s = Instant::now();
-            bytes = snap.prepare_id_directory();
+            bytes = snap.prepare_id_directory().unwrap();
             t.push(s.elapsed().as_secs_f64());
         }
         println!(

@@ -14,10 +14,13 @@
 //! all of them, and every candidate costs one probe of it.
 //!
 //! It is built from the segments' ids blocks and deletion bitmaps (not from
-//! their hash tables), once per snapshot, on the first candidate query or
+//! their hash tables), after their checksums are verified (a flipped bit in
+//! an ids block would otherwise map an id to another item's row), once per
+//! snapshot, on the first candidate query or
 //! on [`crate::Snapshot::prepare_id_directory`]. Nothing of it is stored on
 //! disk. It costs `16 B × (live rows it holds) / 0.7` of memory.
 
+use crate::error::Result;
 use crate::idindex::{fastrange, home, Hashed};
 use crate::segment::Segment;
 
@@ -55,12 +58,14 @@ impl Directory {
     /// healthy store no id has two live rows. Returns `None` if there are
     /// fewer than two segments, or a segment has more rows than a `u32` row
     /// number can name (the query then looks ids up segment by segment).
-    pub(crate) fn build(segs: &[Segment]) -> Option<Directory> {
+    /// A segment whose id index or deletion bitmap fails its checksums is
+    /// the error (`Error::Corrupt` naming the file).
+    pub(crate) fn build(segs: &[Segment]) -> Result<Option<Directory>> {
         if segs.len() < 2
             || segs.len() >= EMPTY as usize
             || segs.iter().any(|s| s.rows() > u32::MAX as usize)
         {
-            return None;
+            return Ok(None);
         }
         let mut largest = 0;
         for (i, s) in segs.iter().enumerate() {
@@ -70,6 +75,11 @@ impl Directory {
         }
         let total: usize = segs.iter().map(|s| s.live_rows()).sum();
         let largest = (2 * segs[largest].live_rows() >= total).then_some(largest);
+        for (i, s) in segs.iter().enumerate() {
+            if Some(i) != largest {
+                s.ensure_identity_verified()?;
+            }
+        }
         // Counted from the bitmaps this build reads (not from their
         // metadata, which only `verify` checks against them), so that the
         // table always has room.
@@ -131,16 +141,16 @@ impl Directory {
                     }
                     d += 1;
                     if d as usize >= n {
-                        return None; // full: cannot happen (sized above)
+                        return Ok(None); // full: cannot happen (sized above)
                     }
                 }
             }
         }
-        Some(Directory {
+        Ok(Some(Directory {
             largest,
             slots,
             max_probe,
-        })
+        }))
     }
 
     /// The segment index and row of `id`'s live row, if it is in a segment

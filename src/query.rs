@@ -237,6 +237,8 @@ impl Snapshot {
             return Err(Error::InvalidInput("k must be at least 1".into()));
         }
         let segs = self.segments();
+        // Which item each row is: checksummed before any is relied on.
+        self.check_identity()?;
         let scorer = match q.model {
             None => {
                 let d = def.dim as usize;
@@ -314,7 +316,7 @@ impl Snapshot {
                         ids.len()
                     )));
                 }
-                self.score_candidates(&scorer, ids, &filters, scratch, &mut result, q.k);
+                self.score_candidates(&scorer, ids, &filters, scratch, &mut result, q.k)?;
             }
             (
                 Candidates::All,
@@ -418,10 +420,15 @@ impl Snapshot {
         scratch: &mut Scratch,
         result: &mut QueryResult,
         k: usize,
-    ) {
+    ) -> Result<()> {
         let segs = self.segments();
         let views: Vec<_> = segs.iter().map(|s| s.index_view()).collect();
         let deleted: Vec<_> = segs.iter().map(|s| s.deleted_words()).collect();
+        let dir = if views.len() > 1 {
+            self.directory()?
+        } else {
+            None
+        };
         for confirm_all in [false, true] {
             let cap = (ids.len() * 2).next_power_of_two().max(16);
             scratch.seen.clear();
@@ -433,11 +440,6 @@ impl Snapshot {
             scratch.topk.reset(k);
             result.filtered_out = 0;
             // Pass 1: dedupe and look up.
-            let dir = if views.len() > 1 {
-                self.directory()
-            } else {
-                None
-            };
             resolve(
                 segs,
                 &views,
@@ -503,6 +505,7 @@ impl Snapshot {
         }
         scratch.missing.sort_unstable_by_key(|m| m.0);
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
+        Ok(())
     }
 }
 

@@ -86,15 +86,30 @@ impl Snapshot {
     /// [`crate::Store::refresh`] call it for the snapshot they pin (unless
     /// [`crate::OpenOptions::prepare_id_directory`] says not to; the
     /// [`crate::Writer`]'s own snapshots leave it to the first query).
-    pub fn prepare_id_directory(&self) -> usize {
-        self.directory().map_or(0, |d| d.bytes())
+    ///
+    /// The id index and deletion bitmap of every segment the table reads
+    /// are checksummed first; damage there is [`Error::Corrupt`] naming the
+    /// file.
+    pub fn prepare_id_directory(&self) -> Result<usize> {
+        Ok(self.directory()?.map_or(0, |d| d.bytes()))
     }
 
     /// The id directory, built on first call (`None` for one segment).
-    pub(crate) fn directory(&self) -> Option<&crate::directory::Directory> {
-        self.directory
-            .get_or_init(|| crate::directory::Directory::build(&self.segments))
-            .as_ref()
+    pub(crate) fn directory(&self) -> Result<Option<&crate::directory::Directory>> {
+        if let Some(d) = self.directory.get() {
+            return Ok(d.as_ref());
+        }
+        let built = crate::directory::Directory::build(&self.segments)?;
+        Ok(self.directory.get_or_init(|| built).as_ref())
+    }
+
+    /// Checksums (once per mapped file) every segment's id index and
+    /// deletion bitmap, which say which item each row is. Queries and
+    /// [`Snapshot::item`] call it before relying on them.
+    pub(crate) fn check_identity(&self) -> Result<()> {
+        self.segments
+            .iter()
+            .try_for_each(Segment::ensure_identity_verified)
     }
 
     /// The store directory.
@@ -205,15 +220,27 @@ impl Snapshot {
         self.loaded_model(key).is_ok_and(|m| !m.pre.is_empty())
     }
 
-    /// Where live item `id` is, if the snapshot holds it.
+    /// Where live item `id` is, if the snapshot holds it: the fast,
+    /// unchecked lookup. It never returns another item's row (the row's own
+    /// id is compared), but a damaged id index or deletion bitmap that has
+    /// not been checksummed in this process can make an item read as absent
+    /// (or a deleted one as live). [`Snapshot::item`] checks first.
     #[inline]
     pub fn lookup(&self, id: u64) -> Option<ItemRef> {
         crate::segment::find_live(self.segments.len(), |i| &self.segments[i], id)
             .map(|(segment, row)| ItemRef { segment, row })
     }
 
+    /// Where live item `id` is, if the snapshot holds it, with the id
+    /// indexes and deletion bitmaps checksummed first (once per mapped
+    /// file): right, or [`Error::Corrupt`] naming the damaged file.
+    pub fn item(&self, id: u64) -> Result<Option<ItemRef>> {
+        self.check_identity()?;
+        Ok(self.lookup(id))
+    }
+
     fn locate(&self, id: u64, what: &str) -> Result<ItemRef> {
-        self.lookup(id).ok_or_else(|| Error::UnknownId {
+        self.item(id)?.ok_or_else(|| Error::UnknownId {
             id,
             snapshot: self.number(),
             context: what.to_string(),

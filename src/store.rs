@@ -228,7 +228,7 @@ impl Store {
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
         if !opts.lazy_directory {
-            first.prepare_id_directory();
+            first.prepare_id_directory()?;
         }
         Ok(Store {
             dir,
@@ -262,7 +262,7 @@ impl Store {
         let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
         // Off the query path: the caller refreshes from its own thread.
         if !self.opts.lazy_directory {
-            snap.prepare_id_directory();
+            snap.prepare_id_directory()?;
         }
         let mut w = self.current.write();
         if snap.number() > w.number() {
@@ -436,6 +436,7 @@ fn load(
     let mut models = Vec::with_capacity(manifest.bundles.len());
     for b in &manifest.bundles {
         let c = opener(&b.files[0], Kind::Bundle)?;
+        crate::segment::check_ref(&c, &b.files[0])?;
         let name = &b.files[0].name;
         let m = match model_cache.get(name) {
             Some((w, schema)) if *schema == manifest.schema => w.upgrade(),
@@ -462,6 +463,7 @@ fn load(
         let mut pre = Vec::new();
         for (seg, fr) in manifest.segments.iter().zip(&b.files[1..]) {
             let f = opener(fr, Kind::Columns)?;
+            crate::segment::check_ref(&f, fr)?;
             let def = match &f.meta.body {
                 crate::meta::Body::Columns(cm) => match &cm.group {
                     crate::meta::Group::Embedding(d) => Some(d.clone()),

@@ -1637,3 +1637,58 @@ fn a_refresh_reuses_an_unchanged_bundle_and_rebuilds_a_replaced_one() {
     ));
     assert!(s3.model(KEY).unwrap().json().contains("\"value\": 1.0"));
 }
+
+#[test]
+fn a_swapped_bundle_or_precomputed_file_is_refused_naming_it() {
+    // Snapshot 2 holds a bundle, precomputed; snapshot 3 replaces it with
+    // other weights. Copying snapshot 2's bundle file, or its precomputed
+    // file, over snapshot 3's must not pass open or verify.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema()).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(0..N), DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    let mut tx = w.begin();
+    let (j, wt) = tiny().bytes();
+    tx.add_model_precomputed(&j, &wt, Dtype::F32).unwrap();
+    tx.commit().unwrap();
+    let mut other = tiny();
+    // Other first-layer weights: other precomputed rows too.
+    for x in &mut other.tensors.get_mut("upper.0.weight").unwrap().1 {
+        *x *= 2.0;
+    }
+    let mut tx = w.begin();
+    let (j, wt) = other.bytes();
+    tx.add_model_precomputed(&j, &wt, Dtype::F32).unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    let before = scores(
+        &Store::open(dir.path()).unwrap().snapshot(),
+        KEY,
+        &ids(0..N),
+    );
+    for marker in [".vbnd", "-pre-"] {
+        let files: Vec<String> = common::files(dir.path())
+            .into_iter()
+            .filter(|f| f.contains(marker))
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let (old, new) = (dir.path().join(&files[0]), dir.path().join(&files[1]));
+        let keep = std::fs::read(&new).unwrap();
+        std::fs::copy(&old, &new).unwrap();
+        let check = |r: vstore::Result<()>| match r {
+            Err(Error::Corrupt { path, what }) => assert_eq!(path, new, "{what}"),
+            other => panic!("{marker}: expected Corrupt naming {new:?}, got {other:?}"),
+        };
+        check(Store::open(dir.path()).map(|_| ()));
+        check(Store::open_with(dir.path(), vstore::OpenOptions::new().verify(true)).map(|_| ()));
+        check(Writer::open(dir.path()).map(|_| ()));
+        std::fs::write(&new, keep).unwrap();
+    }
+    let after = scores(
+        &Store::open(dir.path()).unwrap().snapshot(),
+        KEY,
+        &ids(0..N),
+    );
+    assert_eq!(before, after);
+}

@@ -118,7 +118,7 @@ fn a_large_base_plus_small_segments() {
     assert_eq!(snap.segments().len(), 5);
     // The directory holds the rows outside the base: about 140 ids, a few
     // KB (16 bytes per slot at load 0.7).
-    let bytes = snap.prepare_id_directory();
+    let bytes = snap.prepare_id_directory().unwrap();
     assert!((1_000..16_000).contains(&bytes), "{bytes} bytes");
     let want = model(0..2120, &updated, &deleted);
     check(&store, &want, &candidates(0..2120));
@@ -140,7 +140,7 @@ fn equal_segments() {
     // Eight segments of 300 (before deletes) and one of about 60: the
     // directory holds every live row (about 2,350; 16 bytes per slot at
     // load 0.7).
-    let bytes = snap.prepare_id_directory();
+    let bytes = snap.prepare_id_directory().unwrap();
     assert!((16 * 3000..16 * 3600).contains(&bytes), "{bytes} bytes");
     let want = model(0..2400, &updated, &deleted);
     check(&store, &want, &candidates(0..2400));
@@ -153,7 +153,7 @@ fn a_single_segment_has_no_directory_and_a_pinned_snapshot_queries_before_prepar
     build(dir.path(), &one_part, &[], &[5]);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.snapshot().segments().len(), 1);
-    assert_eq!(store.snapshot().prepare_id_directory(), 0);
+    assert_eq!(store.snapshot().prepare_id_directory().unwrap(), 0);
     check(&store, &model(0..100, &[], &[5]), &candidates(0..100));
 
     // A snapshot pinned by number builds its directory on the first query.
@@ -168,7 +168,7 @@ fn a_single_segment_has_no_directory_and_a_pinned_snapshot_queries_before_prepar
         .unwrap();
     assert_eq!(r.not_found, vec![120, 5]);
     assert_eq!(r.hits.len(), 2);
-    assert!(pinned.prepare_id_directory() > 0);
+    assert!(pinned.prepare_id_directory().unwrap() > 0);
 }
 
 #[test]

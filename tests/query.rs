@@ -545,22 +545,20 @@ fn a_damaged_id_index_never_yields_a_wrong_row() {
     std::fs::write(&idx, &b).unwrap();
     let snap = Store::open(dir.path()).unwrap().snapshot();
     assert!(snap.verify().is_err());
+    // The unchecked lookup never maps 7 to row 99: it reads 7 as absent.
     assert_eq!(snap.lookup(7), None);
+    // Queries and checked lookups checksum the id index first: the damage
+    // is an error naming the file, not a wrong or missing row.
     let user = [1.0f32, 0.0, 0.0, 0.0];
-    let r = snap
-        .query(&Query::ids(KEY, &user, &[7, 3, 99, 5], 2))
-        .unwrap();
-    assert_eq!(
-        r.hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
-        vec![(99, 99.0), (5, 5.0)]
-    );
-    assert_eq!(r.not_found, vec![7]);
-    let r = snap.query(&Query::ids(KEY, &user, &[7, 3], 1)).unwrap();
-    assert_eq!(
-        r.hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
-        vec![(3, 3.0)]
-    );
-    assert_eq!(r.not_found, vec![7]);
+    for q in [
+        Query::ids(KEY, &user, &[7, 3, 99, 5], 2),
+        Query::full_scan(KEY, &user, 2),
+    ] {
+        let e = snap.query(&q).unwrap_err();
+        assert!(matches!(e, vstore::Error::Corrupt { .. }), "{e}");
+        assert_eq!(e.path(), Some(idx.as_path()));
+    }
+    assert_eq!(snap.item(7).unwrap_err().path(), Some(idx.as_path()));
 }
 
 #[test]
