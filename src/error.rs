@@ -59,6 +59,31 @@ pub enum Error {
         why: String,
     },
 
+    /// The newest manifest of the store is damaged: readers fall back to an
+    /// older snapshot, but a writer refuses to publish on top of that older
+    /// snapshot, which would drop the damaged snapshot's changes from the
+    /// store's lineage for good. Restore the manifest from a backup, or give
+    /// its snapshot up by setting it aside
+    /// ([`crate::Writer::set_aside_damaged_manifests`], `vstore-tool recover`).
+    #[error(
+        "{} is damaged ({why}); readers fall back to {}, but a writer refuses to publish over a damaged newest manifest: its snapshot's changes would be lost. \
+         Restore it from a backup, or give that snapshot up with `vstore-tool recover {} --set-aside-damaged` (Writer::set_aside_damaged_manifests), \
+         which renames it to *.damaged",
+        manifest.display(),
+        fallback.map_or("no snapshot".to_string(), |n| format!("snapshot {n}")),
+        path.display()
+    )]
+    DamagedManifest {
+        /// The store directory.
+        path: PathBuf,
+        /// The newest damaged manifest.
+        manifest: PathBuf,
+        /// What is wrong with it.
+        why: String,
+        /// The snapshot readers fall back to, if any validates.
+        fallback: Option<u64>,
+    },
+
     /// Another writer holds the store's lock.
     #[error("store {path} is locked by another writer (lock file {lock}); only one writer may open a store at a time")]
     Locked {
@@ -192,6 +217,7 @@ impl Error {
             | Error::UnsupportedFormat { path, .. }
             | Error::NotAStore { path, .. }
             | Error::Locked { path, .. }
+            | Error::DamagedManifest { manifest: path, .. }
             | Error::Poisoned { path, .. } => Some(path),
             _ => None,
         }

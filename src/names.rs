@@ -23,6 +23,16 @@ pub(crate) fn parse_manifest(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Suffix a damaged manifest gets when it is set aside
+/// (`Writer::set_aside_damaged_manifests`): a name of another form, so
+/// readers and garbage collection ignore it.
+pub(crate) const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// The snapshot number of a set-aside manifest (`MANIFEST-{n}.damaged`).
+pub(crate) fn parse_damaged(name: &str) -> Option<u64> {
+    parse_manifest(name.strip_suffix(DAMAGED_SUFFIX)?)
+}
+
 /// `s{snapshot:010}-g{segment}-{group}.{ext}`.
 pub(crate) fn data_file(snapshot: u64, segment: u64, group: &str, ext: &str) -> String {
     format!("s{snapshot:010}-g{segment}-{group}.{ext}")
@@ -65,5 +75,7 @@ mod tests {
         assert_eq!(parse_data_file(&d), Some(7));
         assert_eq!(parse_data_file("s12-g1-ids.txt"), None);
         assert_eq!(parse_tmp(&format!("{}.tmp", manifest(9))), Some(9));
+        assert_eq!(parse_damaged(&format!("{}.damaged", manifest(9))), Some(9));
+        assert_eq!(parse_damaged(&manifest(9)), None);
     }
 }

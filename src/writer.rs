@@ -134,6 +134,24 @@ fn lock(dir: &Path) -> Result<File> {
     }
 }
 
+/// The manifests of `dir` newer than its newest valid one (each damaged),
+/// newest first, with what is wrong with each. A manifest that validates
+/// but whose data files are damaged is not one of them: readers do not
+/// fall back past it.
+fn damaged_newest(dir: &Path) -> Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    for n in list_manifests(dir)?.into_iter().rev() {
+        match crate::store::read_manifest(dir, n) {
+            Ok(_) => break,
+            Err(e @ Error::Corrupt { .. }) => out.push((n, e.to_string())),
+            // Collected since listing: not damage.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// Largest snapshot number any file in `dir` was written for.
 fn highest_tag(dir: &Path) -> Result<u64> {
     let mut max = 0;
@@ -143,7 +161,8 @@ fn highest_tag(dir: &Path) -> Result<u64> {
         let Some(name) = name.to_str() else { continue };
         let tag = names::parse_manifest(name)
             .or_else(|| names::parse_data_file(name))
-            .or_else(|| names::parse_tmp(name));
+            .or_else(|| names::parse_tmp(name))
+            .or_else(|| names::parse_damaged(name));
         if let Some(t) = tag {
             max = max.max(t);
         }
@@ -234,6 +253,14 @@ impl Writer {
         let lock = lock(&dir)?;
         // Another writer may have published between the open and the lock.
         store.refresh()?;
+        if let Some((n, why)) = damaged_newest(&dir)?.into_iter().next() {
+            return Err(Error::DamagedManifest {
+                path: dir.clone(),
+                manifest: dir.join(names::manifest(n)),
+                why,
+                fallback: Some(store.snapshot().number()),
+            });
+        }
         let schema = store.snapshot().schema().clone();
         let key = dir
             .canonicalize()
@@ -253,6 +280,59 @@ impl Writer {
             segment_floor: 0,
             retired: HashSet::new(),
         })
+    }
+
+    /// Sets aside the damaged manifests newer than the store's newest valid
+    /// one, giving their snapshots up: each `MANIFEST-{n}` is renamed to
+    /// `MANIFEST-{n}.damaged` (a name readers and garbage collection
+    /// ignore; delete it or keep it for forensics) and the directory is
+    /// synced. Returns the new paths, newest first (empty if there was
+    /// nothing to set aside). This is the explicit recovery from
+    /// [`Error::DamagedManifest`]: a writer opened afterwards publishes on
+    /// top of the newest valid snapshot, and its `gc` collects the data
+    /// files only the set-aside snapshots used. Takes the writer lock for
+    /// the duration ([`Error::Locked`] if a writer holds it).
+    ///
+    /// ```no_run
+    /// # fn main() -> vstore::Result<()> {
+    /// match vstore::Writer::open("items.vstore") {
+    ///     Err(vstore::Error::DamagedManifest { manifest, .. }) => {
+    ///         eprintln!("giving up {}", manifest.display());
+    ///         vstore::Writer::set_aside_damaged_manifests("items.vstore")?;
+    ///     }
+    ///     other => drop(other?),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn set_aside_damaged_manifests(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        if list_manifests(dir)?.is_empty() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                why: "no manifest (MANIFEST-*) in the directory".into(),
+            });
+        }
+        let _lock = lock(dir)?;
+        let fs = StdFs;
+        let mut out = Vec::new();
+        for (n, _) in damaged_newest(dir)? {
+            let from = dir.join(names::manifest(n));
+            let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
+            if std::fs::symlink_metadata(&to).is_ok() {
+                return Err(Error::InvalidInput(format!(
+                    "cannot set {} aside: {} already exists",
+                    from.display(),
+                    to.display()
+                )));
+            }
+            fs.rename(&from, &to)
+                .map_err(|e| Error::io("rename", &from, e))?;
+            out.push(to);
+        }
+        if !out.is_empty() {
+            sync_dir(&fs, dir)?;
+        }
+        Ok(out)
     }
 
     /// The store directory.

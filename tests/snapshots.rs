@@ -574,13 +574,26 @@ fn damaged_newest_manifest_falls_back_and_is_reported() {
     assert_eq!(store.skipped_manifests().len(), 1);
     let e = store.verify().unwrap_err();
     assert_eq!(e.path(), Some(m2.as_path()));
-    // GC never deletes data while a manifest cannot be read.
+    // Writers (gc included) refuse while the newest manifest is damaged.
+    assert!(matches!(
+        Writer::open(dir.path()),
+        Err(Error::DamagedManifest { .. })
+    ));
+    // GC never deletes data while a manifest cannot be read: here an older
+    // one, which does not stop writers.
+    bytes[n - 60] ^= 0x01;
+    std::fs::write(&m2, &bytes).unwrap();
+    let m1 = dir.path().join("MANIFEST-00000000000000000001");
+    let mut bytes = std::fs::read(&m1).unwrap();
+    let n = bytes.len();
+    bytes[n - 60] ^= 0x01;
+    std::fs::write(&m1, &bytes).unwrap();
     let mut w = Writer::open(dir.path()).unwrap();
     w.set_retention(no_grace(1));
     let r = w.gc().unwrap();
     assert_eq!(
         r.unreadable_manifests,
-        vec!["MANIFEST-00000000000000000002"]
+        vec!["MANIFEST-00000000000000000001"]
     );
     assert!(r.removed_files.is_empty());
 }
@@ -945,4 +958,62 @@ fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
     assert!(all[0].1.is_err());
     let e = all[1].1.as_ref().unwrap_err();
     assert!(e.to_string().contains(shared.as_str()), "{e}");
+}
+
+#[test]
+fn a_damaged_newest_manifest_stops_writers_until_set_aside_and_readers_say_they_fell_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let mut w = Writer::create(p, schema(DIM, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    // Snapshot 2 refreshes a statistic.
+    let mut tx = w.begin();
+    tx.update_stats(ItemBatch::new(vec![2]).stat("ctr_1d", vec![0.75]))
+        .unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    let newest = p.join("MANIFEST-00000000000000000002");
+    let mut b = std::fs::read(&newest).unwrap();
+    let at = b.len() - 60; // inside the metadata
+    b[at] ^= 0x10;
+    std::fs::write(&newest, &b).unwrap();
+    let before = common::files(p);
+
+    // Readers fall back, and say so.
+    let store = Store::open(p).unwrap();
+    assert_eq!(store.snapshot().number(), 1);
+    let skipped = store.skipped_manifests();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].0, "MANIFEST-00000000000000000002");
+
+    // A writer refuses to publish over the damaged snapshot, naming it and
+    // the recovery, and changes nothing.
+    match Writer::open(p) {
+        Err(e @ Error::DamagedManifest { .. }) => {
+            assert_eq!(e.path(), Some(newest.as_path()));
+            let msg = e.to_string();
+            assert!(msg.contains("--set-aside-damaged"), "{msg}");
+            assert!(msg.contains("snapshot 1"), "{msg}");
+        }
+        other => panic!("expected DamagedManifest, got {other:?}"),
+    }
+    assert_eq!(common::files(p), before);
+
+    // The explicit recovery sets it aside; writers then publish on top of
+    // snapshot 1 under a number never used before.
+    let moved = Writer::set_aside_damaged_manifests(p).unwrap();
+    assert_eq!(moved, vec![p.join("MANIFEST-00000000000000000002.damaged")]);
+    assert!(Writer::set_aside_damaged_manifests(p).unwrap().is_empty());
+    let mut w = Writer::open(p).unwrap();
+    let mut tx = w.begin();
+    tx.update_stats(ItemBatch::new(vec![3]).stat("ctr_1d", vec![0.5]))
+        .unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.number() > 2, "{}", snap.number());
+    assert_eq!(snap.parent(), Some(1));
+    assert_eq!(snap.get_stat(3, "ctr_1d").unwrap(), Some(0.5));
+    assert!(p.join("MANIFEST-00000000000000000002.damaged").exists());
+    assert!(Store::open(p).unwrap().skipped_manifests().is_empty());
 }

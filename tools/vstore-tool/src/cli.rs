@@ -56,6 +56,8 @@ pub enum Cmd {
     Gc(GcArgs),
     /// What changed between two snapshots: versions, bundles, rows, files.
     Diff(DiffArgs),
+    /// Explicit recovery steps that give data up (each needs its flag).
+    Recover(RecoverArgs),
     /// Build a synthetic 200k-item store with a three-tower bundle and run queries.
     Demo(DemoArgs),
 }
@@ -302,6 +304,18 @@ pub struct GcArgs {
     /// Also keep snapshots replaced less than this many seconds ago.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+}
+
+/// `recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// Rename the damaged manifests newer than the newest valid one to
+    /// `MANIFEST-….damaged`, giving their snapshots up, so that writers may
+    /// publish again (they refuse while the newest manifest is damaged).
+    #[arg(long, required = true)]
+    pub set_aside_damaged: bool,
 }
 
 /// `diff`.

@@ -698,3 +698,74 @@ fn add_model_replace_and_drop_model() {
     let e = fails(&["drop-model", &d.p("s"), "prerank@v1"]);
     assert!(e.contains("prerank@v1"), "{e}");
 }
+
+#[test]
+fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
+    // refresh-stats -> damage the newest manifest -> refresh-stats again used
+    // to publish on top of the older snapshot, silently dropping the first
+    // refresh.
+    let d = Data::new();
+    d.build("s");
+    let store = d.p("s");
+    let sel = &d.ids[..10];
+    parquet_file(
+        &d.path("fresh.parquet"),
+        &[
+            PqCol::I64("id", sel.iter().map(|&x| Some(x as i64)).collect()),
+            PqCol::F64("ctr_1d", sel.iter().map(|_| Some(0.5)).collect()),
+        ],
+        20,
+    );
+    ok(&["refresh-stats", &store, "--stats", &d.p("fresh.parquet")]);
+    let m2 = d.path("s").join("MANIFEST-00000000000000000002");
+    let mut b = std::fs::read(&m2).unwrap();
+    let n = b.len();
+    b[n - 60] ^= 0x04;
+    std::fs::write(&m2, &b).unwrap();
+    let before = common::fingerprint(&d.path("s"));
+
+    // A reader falls back and says so on standard error.
+    let id = d.ids[0].to_string();
+    let out = tool()
+        .args(["inspect", &store, "--id", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: MANIFEST-00000000000000000002 is damaged"),
+        "{err}"
+    );
+
+    // Every writer command refuses, naming the manifest and the recovery.
+    let out = tool()
+        .args(["refresh-stats", &store, "--stats", &d.p("fresh.parquet")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("error: ") && e.contains("MANIFEST-00000000000000000002 is damaged"),
+        "{e}"
+    );
+    assert!(e.contains("recover"), "{e}");
+    let e = fails(&["gc", &store]);
+    assert!(e.contains("--set-aside-damaged"), "{e}");
+    common::assert_unchanged(&d.path("s"), &before);
+
+    // `recover` without its flag is a usage error and does nothing.
+    let out = tool().args(["recover", &store]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    common::assert_unchanged(&d.path("s"), &before);
+
+    // By choice: set it aside, then writers publish again.
+    let out = ok(&["recover", &store, "--set-aside-damaged"]);
+    assert!(
+        out.contains("MANIFEST-00000000000000000002.damaged"),
+        "{out}"
+    );
+    ok(&["refresh-stats", &store, "--stats", &d.p("fresh.parquet")]);
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(snap.parent(), Some(1));
+    assert_eq!(snap.get_stat(d.ids[0], "ctr_1d").unwrap(), Some(0.5));
+}

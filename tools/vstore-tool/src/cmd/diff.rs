@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 
 use serde_json::json;
-use vstore::Store;
 
 use crate::cli::DiffArgs;
 use crate::error::Result;
@@ -18,7 +17,7 @@ fn set(v: Vec<String>) -> BTreeSet<String> {
 
 /// Runs `diff`.
 pub fn run(a: &DiffArgs, out: &mut dyn Write) -> Result<()> {
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let open = |n: u64| report::open_retained(&store, n);
     let x = open(a.from)?;
     let y = match a.to {

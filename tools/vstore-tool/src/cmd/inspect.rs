@@ -17,7 +17,7 @@ use crate::say;
 
 /// Runs `inspect`.
 pub fn run(a: &InspectArgs, out: &mut dyn Write) -> Result<()> {
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let snap = match a.snapshot {
         Some(n) => report::open_retained(&store, n)?,
         None => store.snapshot(),

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{Compaction, ItemBatch, Store, Writer};
+use vstore::{Compaction, ItemBatch, Writer};
 
 use crate::cli::{CompactArgs, DeleteArgs, ItemsArgs};
 use crate::error::{Context, Result, ToolError};
@@ -25,7 +25,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         .collect::<Result<Vec<_>>>()?;
     // Inputs are checked against the newest snapshot before the writer's
     // lock is taken (the library checks again under the lock).
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
     let schema = snap.schema().clone();
     for e in &embs {
@@ -158,7 +158,7 @@ pub fn delete(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
     if ids.is_empty() {
         return Err(ToolError::input(&a.ids, "no ids: nothing to delete"));
     }
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     {
         let snap = store.snapshot();
         let mut seen = std::collections::HashMap::new();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vstore::{Filter, Query, Scratch, Store, UserInputs};
+use vstore::{Filter, Query, Scratch, UserInputs};
 
 use crate::cli::QueryArgs;
 use crate::error::{Context, Result, ToolError};
@@ -196,7 +196,7 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
             None => f,
         });
     }
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
     let mut q = if a.all {
         Query::full_scan(&a.embedding, &user, a.k as usize)

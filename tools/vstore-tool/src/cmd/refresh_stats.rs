@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{ItemBatch, Store, Writer};
+use vstore::{ItemBatch, Writer};
 
 use crate::cli::RefreshStatsArgs;
 use crate::error::{Context, Result, ToolError};
@@ -30,7 +30,7 @@ pub fn run(a: &RefreshStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()
     }
     // Checked against the newest snapshot before the writer's lock is
     // taken (the library checks again under the lock).
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
     let cols = resolve_existing(&table, Group::Stats, snap.schema())?;
     for (r, &id) in table.ids.iter().enumerate() {

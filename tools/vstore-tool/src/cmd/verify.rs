@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::Instant;
 
 use serde_json::json;
-use vstore::Store;
 
 use crate::cli::VerifyArgs;
 use crate::error::{Result, ToolError};
@@ -16,7 +15,7 @@ use crate::say;
 /// Runs `verify`.
 pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let sp = p.spinner("verifying checksums");
     let results = store.verify_all()?;
     sp.finish_and_clear();

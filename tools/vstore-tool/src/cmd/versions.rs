@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{EmbeddingDef, Model, Store, Writer};
+use vstore::{EmbeddingDef, Model, Writer};
 
 use crate::cli::{AddVersionArgs, DropVersionArgs};
 use crate::cmd::model::{parse_precompute, read_bundle};
@@ -22,7 +22,7 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
     let bundle = a.model.as_deref().map(read_bundle).transpose()?;
     // Inputs are checked against the newest snapshot before the writer's
     // lock is taken (the library checks again under the lock).
-    let store = Store::open(&a.store)?;
+    let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
     if snap.schema().embedding_def(&e.key).is_some() {
         return Err(ToolError::Usage(format!(
