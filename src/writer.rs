@@ -1564,12 +1564,21 @@ impl<'w> Transaction<'w> {
         self.base = None;
         self.segments = Vec::new();
         // From here on the files belong to the snapshot being published:
-        // dropping the transaction must not remove them, even if publishing
-        // fails part-way (the manifest may already be durable).
-        self.written.clear();
+        // dropping the transaction must not remove them once the manifest
+        // may be durable (its rename happened).
+        let written = std::mem::take(&mut self.written);
         let w = &mut *self.w;
-        let r = publish(&*w.fs, &w.dir, number, manifest);
-        w.poison(r)?;
+        if let Err((e, renamed)) = publish(&*w.fs, &w.dir, number, manifest) {
+            if !renamed {
+                // No manifest names the new files: remove them, so that a
+                // failed publish (a full disk) leaves the directory as it
+                // was. Best effort; what stays is garbage for `gc`.
+                for name in &written {
+                    let _ = w.fs.remove(&w.dir.join(name));
+                }
+            }
+            return w.poison(Err(e));
+        }
         // Only a live job can name a retired segment (jobs started later
         // read snapshots without them).
         if w.inflight.lock().is_empty() {
@@ -1620,14 +1629,34 @@ impl Drop for Transaction<'_> {
     }
 }
 
-fn publish(fs: &dyn Fs, dir: &Path, number: u64, manifest: ManifestMeta) -> Result<()> {
-    sync_dir(fs, dir)?;
+/// Publishes `manifest` as snapshot `number` (steps 2-5 of the protocol in
+/// `format/FORMAT.md`). An error before the rename removes the temporary
+/// manifest and comes back as `(error, false)`: the manifest never had its
+/// name. One after the rename is `(error, true)`: the snapshot may be
+/// durable, and its files must stay.
+fn publish(
+    fs: &dyn Fs,
+    dir: &Path,
+    number: u64,
+    manifest: ManifestMeta,
+) -> std::result::Result<(), (Error, bool)> {
     let final_name = names::manifest(number);
     let tmp = dir.join(format!("{final_name}{}", names::TMP_SUFFIX));
-    let w = ContainerWriter::create(fs, &tmp, Kind::Manifest)?;
-    w.finish(Body::Manifest(manifest))?;
     let dst = dir.join(&final_name);
-    fs.rename(&tmp, &dst)
-        .map_err(|e| Error::io("rename", &tmp, e))?;
-    sync_dir(fs, dir)
+    let mut created = false;
+    let before_rename = (|| {
+        sync_dir(fs, dir)?;
+        let w = ContainerWriter::create(fs, &tmp, Kind::Manifest)?;
+        created = true;
+        w.finish(Body::Manifest(manifest))?;
+        fs.rename(&tmp, &dst)
+            .map_err(|e| Error::io("rename", &tmp, e))
+    })();
+    if let Err(e) = before_rename {
+        if created {
+            let _ = fs.remove(&tmp);
+        }
+        return Err((e, false));
+    }
+    sync_dir(fs, dir).map_err(|e| (e, true))
 }
