@@ -152,8 +152,14 @@ pub struct QueryResult {
     pub not_found: Vec<u64>,
     /// Number of distinct found candidates the filter removed.
     pub filtered_out: usize,
-    /// Number of distinct items scored.
+    /// Number of distinct items scored (those in `non_finite` excluded).
     pub scored: usize,
+    /// Items whose score, or a head value of a three-tower query, came out
+    /// infinite or NaN although every input was finite (an overflowing
+    /// product or `exp` head, weights of extreme size): they are left out of
+    /// `hits` (and of the ranks of `rank` fusion) rather than ordered
+    /// silently, and listed here, ascending, each once.
+    pub non_finite: Vec<u64>,
     /// Head names of a three-tower query run [`Query::with_heads`] (else empty).
     pub head_names: Vec<String>,
     /// Per hit, its head values in `head_names` order, row-major
@@ -185,6 +191,8 @@ pub struct Scratch {
     topk: TopK,
     /// Scores sampled for the top-k threshold.
     sample: Vec<f32>,
+    /// Ids whose score or head values came out non-finite.
+    non_finite: Vec<u64>,
     best: Vec<(f32, u64, u32)>,
     head_values: Vec<f32>,
     model: ModelScratch,
@@ -346,6 +354,10 @@ impl Snapshot {
                                 result.filtered_out += 1;
                                 continue;
                             }
+                            if !s.is_finite() {
+                                scratch.non_finite.push(seg_ids[r]);
+                                continue;
+                            }
                             scratch.topk.push(s, seg_ids[r], 0);
                             result.scored += 1;
                         }
@@ -376,10 +388,12 @@ impl Snapshot {
                         scratch.ids.push(id);
                     }
                 }
-                result.scored = scratch.locs.len();
                 score_locs(&scorer, scratch);
+                result.scored = scratch.locs.len();
             }
         }
+        scratch.non_finite.sort_unstable();
+        result.non_finite = std::mem::take(&mut scratch.non_finite);
         result.hits = scratch
             .best
             .iter()
@@ -453,9 +467,8 @@ impl Snapshot {
             // Pass 2: tombstones, filter (and, on the slow path, confirmation).
             // Every stage of pass 1 returns live rows only, so without a
             // filter or confirmation there is nothing to drop.
-            let mut kept = scratch.locs.len();
             if confirm_all || filters.iter().any(Option::is_some) {
-                kept = 0;
+                let mut kept = 0;
                 for j in 0..scratch.locs.len() {
                     let (loc, id) = (scratch.locs[j], scratch.ids[j]);
                     let (si, row) = (loc.block as usize, loc.row as usize);
@@ -481,8 +494,9 @@ impl Snapshot {
             }
             scratch.pos.clear();
             // Pass 3: score.
-            result.scored = kept;
+            scratch.non_finite.clear();
             score_locs(scorer, scratch);
+            result.scored = scratch.locs.len();
             // Confirm the hits.
             if !confirm_all {
                 // The hits' id lines, fetched together rather than one
@@ -692,6 +706,13 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
                 &mut scratch.head_values,
                 &mut scratch.model,
             );
+            // A head fusion reads that is not finite would be ordered
+            // silently (by its rank, or as 0 through a negative power).
+            let nh = model.heads.len();
+            let fused: Vec<usize> = (0..nh).filter(|&h| model.fuses_head(h)).collect();
+            drop_non_finite(scratch, nh, |s, j| {
+                fused.iter().all(|&h| s.head_values[j * nh + h].is_finite())
+            });
             model.fuse(
                 &scratch.head_values,
                 &scratch.ids,
@@ -700,10 +721,49 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
             );
         }
     }
+    let nh = match scorer {
+        Scorer::Model { model, .. } => model.heads.len(),
+        Scorer::Dot { .. } => 0,
+    };
+    drop_non_finite(scratch, nh, |s, j| s.scores[j].is_finite());
     scratch
         .topk
         .push_all(&scratch.scores, &scratch.ids, &mut scratch.sample);
     scratch.topk.finish(&mut scratch.best);
+}
+
+/// Moves the items `finite` rejects (by index into `locs`) out of `locs`,
+/// `ids`, `scores` (when filled) and the `nh` head values per item, into
+/// `non_finite`. One pass over the values; nothing moves when all are
+/// finite.
+fn drop_non_finite(scratch: &mut Scratch, nh: usize, finite: impl Fn(&Scratch, usize) -> bool) {
+    let n = scratch.locs.len();
+    let Some(first) = (0..n).find(|&j| !finite(scratch, j)) else {
+        return;
+    };
+    let with_scores = scratch.scores.len() == n;
+    let mut kept = first;
+    for j in first..n {
+        if !finite(scratch, j) {
+            scratch.non_finite.push(scratch.ids[j]);
+            continue;
+        }
+        scratch.locs[kept] = scratch.locs[j];
+        scratch.ids[kept] = scratch.ids[j];
+        if with_scores {
+            scratch.scores[kept] = scratch.scores[j];
+        }
+        scratch
+            .head_values
+            .copy_within(j * nh..(j + 1) * nh, kept * nh);
+        kept += 1;
+    }
+    scratch.locs.truncate(kept);
+    scratch.ids.truncate(kept);
+    if with_scores {
+        scratch.scores.truncate(kept);
+    }
+    scratch.head_values.truncate(kept * nh);
 }
 
 /// Support for benchmarks: not part of the supported API.

@@ -1692,3 +1692,57 @@ fn a_swapped_bundle_or_precomputed_file_is_refused_naming_it() {
     );
     assert_eq!(before, after);
 }
+
+#[test]
+fn an_overflowing_exp_head_leaves_its_items_out_and_lists_them() {
+    // An exp head whose bias overflows f32 for every item: weighted-sum and
+    // rank fusion would order by infinity; they leave the items out and
+    // list them. With the head's fusion weight at 0 nothing is left out.
+    let all = ids(0..N);
+    let (u, inp) = (user(), inputs());
+    for (fusion, dropped) in [
+        (
+            json!({"kind": "weighted_sum", "weights": {"click": 1.0, "value": 0.1}}),
+            true,
+        ),
+        (
+            json!({"kind": "rank", "weights": {"click": 1.0, "value": 0.5}, "alpha": 0.0, "beta": 1.0}),
+            true,
+        ),
+        (
+            json!({"kind": "product", "weights": {"click": 1.0, "value": -1.0}}),
+            true,
+        ),
+        (
+            json!({"kind": "weighted_sum", "weights": {"click": 1.0}}),
+            false,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), schema()).unwrap();
+        let mut tx = w.begin();
+        tx.add_items(common::batch(&all, DIM, 0)).unwrap();
+        let mut b = tiny();
+        b.tensors
+            .insert("heads.value.bias".into(), (vec![1], vec![200.0]));
+        b.json["fusion"] = fusion.clone();
+        let (j, wt) = b.bytes();
+        tx.add_model(&j, &wt).unwrap();
+        let snap = tx.commit().unwrap();
+        for q in [
+            Query::ids(KEY, &u, &all, 10).three_tower(&inp),
+            Query::full_scan(KEY, &u, 10).three_tower(&inp),
+        ] {
+            let r = snap.query(&q).unwrap();
+            if dropped {
+                assert!(r.hits.is_empty(), "{fusion}: {:?}", r.hits);
+                assert_eq!(r.non_finite, all, "{fusion}");
+                assert_eq!(r.scored, 0);
+            } else {
+                assert_eq!(r.hits.len(), 10, "{fusion}");
+                assert!(r.non_finite.is_empty(), "{fusion}");
+                assert!(r.hits.iter().all(|h| h.score.is_finite()));
+            }
+        }
+    }
+}

@@ -610,3 +610,33 @@ fn a_row_scores_the_same_in_any_group_and_in_a_full_scan() {
         }
     }
 }
+
+#[test]
+fn scores_that_overflow_are_left_out_and_listed_never_ordered_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new().embedding("prerank", "v1", 4, Dtype::F32);
+    let mut w = Writer::create(dir.path(), schema).unwrap();
+    let ids = vec![1u64, 2, 3, 4, 5];
+    let vecs: Vec<f32> = [3e38f32, 1.0, -3e38, 2.0, f32::MAX]
+        .iter()
+        .flat_map(|&x| [x, 0.0, 0.0, 0.0])
+        .collect();
+    let mut tx = w.begin();
+    tx.add_items(ItemBatch::new(ids.clone()).embedding(KEY, vecs))
+        .unwrap();
+    tx.commit().unwrap();
+    let snap = Store::open(dir.path()).unwrap().snapshot();
+    let user = [10.0f32, 0.0, 0.0, 0.0];
+    for q in [
+        Query::ids(KEY, &user, &[5, 4, 3, 2, 1, 99], 5),
+        Query::full_scan(KEY, &user, 5),
+    ] {
+        let r = snap.query(&q).unwrap();
+        assert_eq!(
+            r.hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
+            vec![(4, 20.0), (2, 10.0)]
+        );
+        assert_eq!(r.non_finite, vec![1, 3, 5]);
+        assert_eq!(r.scored, 2);
+    }
+}

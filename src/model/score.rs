@@ -549,6 +549,14 @@ impl Model {
 
     /// Fuses head values (`heads`, `H` per row) into one score per row.
     /// `ids` breaks ties for rank fusion.
+    /// Whether fusion reads head `h` (its weight is not 0).
+    pub(crate) fn fuses_head(&self, h: usize) -> bool {
+        let w = match &self.fusion {
+            Fusion::WeightedSum(w) | Fusion::Product(w) | Fusion::Rank { w, .. } => w,
+        };
+        w.get(h).is_some_and(|&w| w != 0.0)
+    }
+
     pub(crate) fn fuse(
         &self,
         heads: &[f32],

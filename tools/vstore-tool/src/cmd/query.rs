@@ -266,6 +266,7 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
                 "scored": r.scored,
                 "filtered_out": r.filtered_out,
                 "not_found": r.not_found,
+                "non_finite": r.non_finite,
                 "hits": hits,
                 "latency_us": {
                     "runs": lat.len(),
@@ -308,6 +309,15 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
             )
         }
     );
+    if !r.non_finite.is_empty() {
+        let shown: Vec<String> = r.non_finite.iter().take(10).map(u64::to_string).collect();
+        eprintln!(
+            "warning: {} item(s) scored infinite or NaN from finite inputs and were left out of the ranking: [{}{}]",
+            r.non_finite.len(),
+            shown.join(", "),
+            if r.non_finite.len() > 10 { ", ..." } else { "" }
+        );
+    }
     if lat.len() == 1 {
         say!(out, "latency {}", dur(lat[0]));
     } else {
