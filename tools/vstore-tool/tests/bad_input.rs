@@ -700,21 +700,74 @@ fn demo_small_catalogues_and_existing_files() {
     assert_eq!(std::fs::read(d.path("ex/stats.csv")).unwrap(), b"mine");
 }
 
-/// A build killed before its first publish leaves a lock and data files;
-/// building there again says what they are and what to do.
+/// A build killed (or stopped by a full disk) before its first publish
+/// leaves the lock, data files and a `.tmp` manifest: the next build takes
+/// them back under the lock and says so. A live writer holding the lock,
+/// a foreign file or a manifest still refuse, changing nothing.
 #[test]
-fn a_build_over_an_interrupted_build_says_what_is_left() {
+fn a_build_takes_back_what_an_interrupted_build_left() {
     let d = Data::new();
-    std::fs::create_dir_all(d.path("s")).unwrap();
-    std::fs::write(d.path("s/LOCK"), b"").unwrap();
-    std::fs::write(d.path("s/s0000000001-ids.vidx"), b"partial").unwrap();
+    let leftovers = [
+        "LOCK",
+        "s0000000001-g0-ids.vidx",
+        "s0000000001-g0-emb-prerank@v1.vcol",
+        "s0000000002-g0-profile.vcol.tmp",
+        "MANIFEST-00000000000000000001.tmp",
+    ];
+    let leave = |dir: &str| {
+        std::fs::create_dir_all(d.path(dir)).unwrap();
+        for n in leftovers {
+            let bytes: &[u8] = if n == "LOCK" { b"" } else { b"partial" };
+            std::fs::write(d.path(dir).join(n), bytes).unwrap();
+        }
+    };
+    leave("s");
+    // A live writer holds the lock: refused, nothing removed.
+    let w = vstore::Writer::create(d.path("s"), vstore::Schema::new().stat("x", 0.0)).unwrap();
+    let before = fingerprint(&d.path("s"));
     let e = build_fails_at(&d, "s", &[], "ids.npy", "emb.npy");
+    assert!(e.contains("locked by another writer"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+    drop(w);
+    let out = d.build("s");
     assert!(
-        e.contains("never published") && e.contains("remove the directory"),
+        out.contains("took back") && out.contains("interrupted build"),
+        "{out}"
+    );
+    for n in &leftovers[1..] {
+        assert!(out.contains(n), "{n} not reported: {out}");
+    }
+    // The new build's files may reuse the numbers; none is a leftover.
+    for (n, bytes) in fingerprint(&d.path("s")) {
+        assert!(
+            bytes != b"partial" && !n.ends_with(".tmp"),
+            "{n} left behind"
+        );
+    }
+    assert!(out.contains("published snapshot 1"), "{out}");
+    let store = vstore::Store::open(d.path("s")).unwrap();
+    let snap = store.snapshot();
+    assert_eq!((snap.number(), snap.len()), (1, d.ids.len()));
+    snap.verify().unwrap();
+    let v = snap.get_embedding(d.ids[7], "prerank@v1").unwrap();
+    assert_eq!(v.len(), DIM);
+    assert!(common::ok(&["verify", &d.p("s")]).contains("clean"));
+
+    // Any other file: the plain refusal, naming it, the directory unchanged.
+    leave("f");
+    std::fs::write(d.path("f/notes.txt"), b"mine").unwrap();
+    let before = fingerprint(&d.path("f"));
+    let e = build_fails_at(&d, "f", &[], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("not empty and not a store") && e.contains("notes.txt"),
         "{e}"
     );
-    // Any other file: the plain refusal.
-    std::fs::write(d.path("s/notes.txt"), b"mine").unwrap();
-    let e = build_fails_at(&d, "s", &[], "ids.npy", "emb.npy");
-    assert!(e.contains("not empty and not a store"), "{e}");
+    assert_unchanged(&d.path("f"), &before);
+    // A manifest (here a damaged one) is not a leftover either.
+    leave("m");
+    std::fs::write(d.path("m/MANIFEST-00000000000000000001"), b"torn").unwrap();
+    let before = fingerprint(&d.path("m"));
+    let e = build_fails_at(&d, "m", &[], "ids.npy", "emb.npy");
+    assert!(e.contains("MANIFEST-00000000000000000001"), "{e}");
+    assert_unchanged(&d.path("m"), &before);
 }

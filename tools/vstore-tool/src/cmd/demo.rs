@@ -65,6 +65,8 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let sp = p.spinner("writing the store");
     let mut w = Writer::create(&dir, schema)?;
+    let taken = w.remove_leftovers()?;
+    super::build::report_taken_back(out, &dir, &taken)?;
     let mut tx = w.begin();
     tx.add_items(
         ItemBatch::new(cat.ids.clone())
