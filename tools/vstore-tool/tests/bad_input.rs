@@ -771,3 +771,80 @@ fn a_build_takes_back_what_an_interrupted_build_left() {
     assert!(e.contains("MANIFEST-00000000000000000001"), "{e}");
     assert_unchanged(&d.path("m"), &before);
 }
+
+/// A store without a lock file (copied, or shipped read-only): every
+/// refusal a writer subcommand can detect is found on a pinned snapshot
+/// before the writer opens, so no `LOCK` appears and every byte stays.
+#[test]
+fn refusals_on_a_store_without_lock_create_nothing() {
+    let d = Data::new();
+    d.build("s");
+    std::fs::remove_file(d.path("s/LOCK")).unwrap();
+    let json = std::fs::read_to_string(d.path("model/model.json")).unwrap();
+    std::fs::create_dir_all(d.path("badmodel")).unwrap();
+    std::fs::copy(
+        d.path("model/weights.safetensors"),
+        d.path("badmodel/weights.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("badmodel/model.json"),
+        json.replace("\"column\": \"ctr_1d\"", "\"column\": \"ctr_2d\""),
+    )
+    .unwrap();
+    npy_u64(&d.path("one.npy"), &d.ids[..1]);
+    npy_f32(&d.path("one_emb.npy"), &d.vectors[..DIM], DIM);
+    std::fs::write(d.path("del.txt"), "424242\n").unwrap();
+    std::fs::write(d.path("r.csv"), "id,ctr_1d\n99,0.1\n").unwrap();
+    let before = fingerprint(&d.path("s"));
+    let (st, badm, modl) = (d.p("s"), d.p("badmodel"), d.p("model"));
+    let (ids, one_ids, del, rcsv) = (d.p("ids.npy"), d.p("one.npy"), d.p("del.txt"), d.p("r.csv"));
+    let emb1 = format!("prerank@v1={}", d.p("emb.npy"));
+    let one = format!("prerank@v1={}", d.p("one_emb.npy"));
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["add-model", &st, &badm, "--replace"],
+            &["badmodel", "ctr_2d"],
+        ),
+        (vec!["add-model", &st, &modl], &["prerank@v1", "--replace"]),
+        (
+            vec!["drop-model", &st, "prerank@v9"],
+            &["no model bundle for prerank@v9", "prerank@v1"],
+        ),
+        (
+            vec!["drop-version", &st, "prerank@v9"],
+            &["version skew", "prerank@v9", "prerank@v1"],
+        ),
+        (
+            vec!["add-version", &st, "--ids", &ids, "--embedding", &emb1],
+            &["already holds embedding prerank@v1"],
+        ),
+        (
+            vec!["add-items", &st, "--ids", &one_ids, "--embedding", &one],
+            &["one.npy", "update-items"],
+        ),
+        (
+            vec!["delete-items", &st, "--ids", &del],
+            &["del.txt", "424242"],
+        ),
+        (
+            vec!["refresh-stats", &st, "--stats", &rcsv],
+            &["r.csv", "id 99"],
+        ),
+    ];
+    for (args, words) in cases {
+        let e = fails(&args);
+        for w in words {
+            assert!(e.contains(w), "{args:?}: {w:?} not in {e}");
+        }
+        assert_unchanged(&d.path("s"), &before);
+    }
+    // Nothing to compact is decided before the writer opens, too.
+    for extra in [&[][..], &["--if-needed"][..]] {
+        let mut args = vec!["compact", st.as_str()];
+        args.extend_from_slice(extra);
+        let out = common::ok(&args);
+        assert!(out.contains("nothing to compact"), "{out}");
+        assert_unchanged(&d.path("s"), &before);
+    }
+}

@@ -200,21 +200,49 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
             a.max_dead
         )));
     }
+    let policy = Compaction {
+        max_segments: a.max_segments,
+        max_dead_fraction: a.max_dead,
+    };
+    // Whether there is anything to do is decided on a pinned snapshot
+    // before the writer's lock is taken (the writer decides again).
+    {
+        let store = Store::open(&a.store)?;
+        let snap = store.snapshot();
+        let segs = snap.segments();
+        let rows: usize = segs.iter().map(|s| s.rows()).sum();
+        let live: usize = segs.iter().map(|s| s.live_rows()).sum();
+        let due = if a.if_needed {
+            policy.due(segs.len(), rows, rows - live)
+        } else {
+            !(segs.is_empty() || (segs.len() == 1 && rows == live))
+        };
+        if !due {
+            say!(
+                out,
+                "nothing to compact: snapshot {} has {} segment(s), {} of {rows} row(s) deleted",
+                snap.number(),
+                segs.len(),
+                rows - live
+            );
+            return Ok(());
+        }
+    }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();
     let mut tx = w.begin();
     let did = if a.if_needed {
-        tx.compact_if(&Compaction {
-            max_segments: a.max_segments,
-            max_dead_fraction: a.max_dead,
-        })?
+        tx.compact_if(&policy)?
     } else {
         tx.compact()?
     };
     if !did {
         drop(tx);
-        say!(out, "nothing to compact: no snapshot published");
+        say!(
+            out,
+            "nothing to compact (another writer compacted meanwhile)"
+        );
         return Ok(());
     }
     let snap = tx.commit()?;

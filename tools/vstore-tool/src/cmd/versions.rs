@@ -113,6 +113,20 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
 
 /// Runs `drop-version`.
 pub fn drop_version(a: &DropVersionArgs, out: &mut dyn Write) -> Result<()> {
+    // Checked against a pinned snapshot before the writer's lock is taken,
+    // with the writer's own error (the writer checks again).
+    {
+        let store = Store::open(&a.store)?;
+        let snap = store.snapshot();
+        if snap.schema().embedding_def(&a.key).is_none() {
+            return Err(vstore::Error::VersionSkew {
+                snapshot: snap.number(),
+                requested: a.key.clone(),
+                available: snap.schema().embedding_keys(),
+            }
+            .into());
+        }
+    }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();
