@@ -457,12 +457,158 @@ fn refused_updates_leave_the_store_as_it_was() {
     assert_unchanged(&d.path("s"), &before);
 }
 
+/// The documented exit codes: 0 success, 1 refused or failed, 2 a
+/// malformed command line (clap's own errors and the tool's checks of
+/// option values alike).
 #[test]
-fn usage_errors_exit_2() {
-    let out = common::tool().args(["build"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = common::tool().args(["frobnicate"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+fn exit_codes_0_success_1_refused_2_malformed_command_line() {
+    let d = Data::new();
+    d.build("s");
+    let code = |args: &[&str]| common::tool().args(args).output().unwrap().status.code();
+    // 2: what clap refuses.
+    assert_eq!(code(&["build"]), Some(2));
+    assert_eq!(code(&["frobnicate"]), Some(2));
+    assert_eq!(code(&["gc", &d.p("s"), "--keep-last", "x"]), Some(2));
+    // 2: option values the tool refuses from the command line alone.
+    let before = fingerprint(&d.path("s"));
+    for args in [
+        vec!["gc", &d.p("s"), "--keep-last", "0"],
+        vec!["compact", &d.p("s"), "--max-dead", "2"],
+        vec!["add-model", &d.p("s"), &d.p("model"), "--precompute", "i8"],
+        vec![
+            "build",
+            &d.p("new"),
+            "--ids",
+            &d.p("ids.npy"),
+            "--embedding",
+            "nokey",
+        ],
+        vec![
+            "query",
+            &d.p("s"),
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            "u.npy",
+        ],
+    ] {
+        let e = common::usage_fails(&args);
+        assert!(e.starts_with("error: "), "{args:?}: {e}");
+    }
+    assert_unchanged(&d.path("s"), &before);
+    assert!(!d.path("new").exists());
+    // 1: refused by the store or the inputs, or failed.
+    fails(&["gc", &d.p("nowhere")]);
+    fails(&["drop-version", &d.p("s"), "prerank@v9"]);
+    fails(&["add-model", &d.p("s"), &d.p("model")]);
+    // 0: success, and help.
+    assert_eq!(code(&["verify", &d.p("s")]), Some(0));
+    assert_eq!(code(&["--help"]), Some(0));
+}
+
+/// `--where` lists with no codes, or an empty item, are refused naming the
+/// column (they used to filter out everything, or drop the empty item).
+#[test]
+fn where_lists_with_empty_items_are_refused_naming_the_column() {
+    let d = Data::new();
+    d.build("s");
+    let base = [
+        "query".to_string(),
+        d.p("s"),
+        "--embedding".into(),
+        "prerank@v1".into(),
+        "--user".into(),
+        d.p("u.json"),
+        "--all".into(),
+    ];
+    std::fs::write(d.path("u.json"), format!("{:?}", common::vector(1, 0))).unwrap();
+    let run = |w: &str, good: bool| {
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        args.extend(["--where", w]);
+        if good {
+            common::ok(&args)
+        } else {
+            common::usage_fails(&args)
+        }
+    };
+    for w in [
+        "category in ,",
+        "category in , ,",
+        "category not in ,",
+        "category in 1,,2",
+        "category in 1,",
+        "category in ,3",
+        "category in",
+        "category not in",
+    ] {
+        let e = run(w, false);
+        assert!(
+            e.contains("\"category\"") && e.contains("empty") && e.contains(w),
+            "{w}: {e}"
+        );
+    }
+    let e = run("category in 1,x", false);
+    assert!(e.contains("\"category\"") && e.contains("\"x\""), "{e}");
+    // Spaces around commas are fine.
+    let out = run("category in 1, 2", true);
+    assert!(out.contains("two-tower query"), "{out}");
+}
+
+/// A table with a column name twice (two `id`s, or two `price`s) is
+/// refused naming the file and the column, Parquet and CSV alike.
+#[test]
+fn duplicate_column_names_are_refused() {
+    let d = Data::new();
+    let id_col: Vec<Option<i64>> = d.ids.iter().map(|&x| Some(x as i64)).collect();
+    let other: Vec<Option<i64>> = d.ids.iter().map(|&x| Some(x as i64 + 1)).collect();
+    parquet_file(
+        &d.path("two_ids.parquet"),
+        &[
+            PqCol::I64("id", id_col.clone()),
+            PqCol::I64("id", other),
+            PqCol::F64("price", d.price.clone()),
+        ],
+        128,
+    );
+    parquet_file(
+        &d.path("two_prices.parquet"),
+        &[
+            PqCol::I64("id", id_col),
+            PqCol::F64("price", d.price.clone()),
+            PqCol::F64("price", d.price.clone()),
+        ],
+        128,
+    );
+    let csv = std::fs::read_to_string(d.path("items.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l},{}\n", l.split(',').nth(1).unwrap()))
+        .collect::<String>();
+    std::fs::write(d.path("two_cats.csv"), csv).unwrap();
+    for (file, col) in [
+        ("two_ids.parquet", "id"),
+        ("two_prices.parquet", "price"),
+        ("two_cats.csv", "category"),
+    ] {
+        let e = build_fails(&d, &["--profile", &d.p(file)], "ids.npy", "emb.npy");
+        assert!(
+            e.contains(file) && e.contains(&format!("column \"{col}\" appears more than once")),
+            "{file}: {e}"
+        );
+    }
+    d.build("s");
+    let before = fingerprint(&d.path("s"));
+    let e = fails(&[
+        "refresh-stats",
+        &d.p("s"),
+        "--stats",
+        &d.p("two_prices.parquet"),
+    ]);
+    assert!(
+        e.contains("two_prices.parquet") && e.contains("\"price\""),
+        "{e}"
+    );
+    assert_unchanged(&d.path("s"), &before);
 }
 
 #[test]

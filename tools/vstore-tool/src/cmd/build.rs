@@ -67,7 +67,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
                 .is_some_and(|t| t.columns.iter().any(|c| c.name == s.name))
         });
         if !found {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "--column {}: no such column in the --profile or --stats table",
                 s.name
             )));
@@ -96,7 +96,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         schema = schema.embedding(space, version, dim, e.dtype.unwrap_or(default_dtype));
     }
     schema.validate().map_err(|e| {
-        ToolError::Usage(format!(
+        ToolError::Refused(format!(
             "the tables and embeddings give an invalid schema: {e}"
         ))
     })?;
@@ -160,13 +160,13 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
 /// publish left (taken back under the writer's lock).
 pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
     if dir.is_file() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "{} is a file; {cmd} needs a new or empty directory",
             dir.display()
         )));
     }
     if Store::open(dir).is_ok() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "{} already holds a store; use add-items, add-version or refresh-stats to change it",
             dir.display()
         )));
@@ -195,7 +195,7 @@ pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
             0 => String::new(),
             k => format!(" and {k} more"),
         };
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "{} is not empty and not a store (it holds {}{more}); {cmd} needs a new or empty \
              directory, or one an interrupted build left (only its data files, .tmp files and LOCK)",
             dir.display(),

@@ -30,14 +30,14 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     let schema = snap.schema().clone();
     for e in &embs {
         let Some(def) = schema.embedding_def(&e.key) else {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "embedding {} is not in the store (it holds [{}]); add a version with add-version",
                 e.key,
                 schema.embedding_keys().join(", ")
             )));
         };
         if e.dtype.is_some_and(|d| d != def.dtype) {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "embedding {} is stored as {}; drop the :dtype (vectors are converted to it)",
                 e.key,
                 def.dtype.name()
@@ -50,7 +50,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         .filter(|k| !embs.iter().any(|e| &e.key == k))
         .collect();
     if !missing.is_empty() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "new items need vectors for every version the store holds; missing --embedding for [{}]",
             missing.join(", ")
         )));

@@ -51,7 +51,7 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
             .to_string();
         let replacing = held.contains(&key);
         if replacing && !a.replace {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "the store already holds a bundle for {key}; pass --replace to replace it"
             )));
         }

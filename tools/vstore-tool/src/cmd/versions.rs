@@ -25,7 +25,7 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
     let store = Store::open(&a.store)?;
     let snap = store.snapshot();
     if snap.schema().embedding_def(&e.key).is_some() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "the store already holds embedding {}; pick a new version",
             e.key
         )));
