@@ -55,4 +55,4 @@ pub use schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
 pub use segment::{Column, EmbeddingColumn, Row, Segment};
 pub use snapshot::{ItemRef, Snapshot, VerifyReport};
 pub use store::{OpenOptions, Store};
-pub use writer::{Compaction, GcReport, Retention, Transaction, Writer};
+pub use writer::{is_leftover_name, Compaction, GcReport, Retention, Transaction, Writer};

@@ -152,6 +152,58 @@ fn damaged_newest(dir: &Path) -> Result<Vec<(u64, String)>> {
     Ok(out)
 }
 
+/// The directory a path's name is an entry of (`.` for a bare name).
+fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(q) if !q.as_os_str().is_empty() => q.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Creates `dir` and every missing ancestor one level at a time, outermost
+/// first, fsyncing the parent of each directory it creates, so that a power
+/// loss cannot take away a name on the store's path.
+fn create_dirs(fs: &dyn Fs, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: its parent is synced anyway.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(Error::io("create directory", d, e)),
+        }
+        sync_dir(fs, &parent_of(d))?;
+    }
+    if !dir.is_dir() {
+        return Err(Error::io(
+            "create directory",
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` is one a writer leaves in a store directory when it stops
+/// before its first publish: a data file (`s…-g…`), a file being written
+/// (`….tmp`), or the lock file. Manifests are not leftovers.
+pub fn is_leftover_name(name: &str) -> bool {
+    name == names::LOCK
+        || names::parse_data_file(name).is_some()
+        || names::parse_tmp(name).is_some()
+}
+
 /// Largest snapshot number any file in `dir` was written for.
 fn highest_tag(dir: &Path) -> Result<u64> {
     let mut max = 0;
@@ -202,16 +254,7 @@ impl Writer {
     ) -> Result<Writer> {
         let dir = dir.as_ref().to_path_buf();
         schema.validate()?;
-        let existed = dir.is_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-        if !existed {
-            // The new directory's own name must be durable too.
-            let parent = match dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            sync_dir(&*fs, &parent)?;
-        }
+        create_dirs(&*fs, &dir)?;
         let lock = lock(&dir)?;
         if !list_manifests(&dir)?.is_empty() {
             return Err(Error::InvalidInput(format!(
@@ -237,6 +280,50 @@ impl Writer {
             segment_floor: 0,
             retired: HashSet::new(),
         })
+    }
+
+    /// Removes what an earlier writer left in a store that never published
+    /// (a build killed, or stopped by a full disk, before its first
+    /// commit): data files and `.tmp` files. Call it on a writer from
+    /// [`Writer::create`] before its first transaction; this writer holds
+    /// the lock, so no live writer owns them. Refused if the store has a
+    /// manifest (then [`Writer::gc`] collects strays). Returns the names
+    /// removed, sorted; anything else in the directory is left alone.
+    pub fn remove_leftovers(&mut self) -> Result<Vec<String>> {
+        self.check_poisoned()?;
+        if self.store.is_some() || !list_manifests(&self.dir)?.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{} holds a published snapshot; its stray files are collected by gc",
+                self.dir.display()
+            )));
+        }
+        let mut removed = Vec::new();
+        let list = std::fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        for e in list {
+            let e = e.map_err(|e| Error::io("list", &self.dir, e))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name != names::LOCK && is_leftover_name(name) {
+                removed.push(name.to_string());
+            }
+        }
+        removed.sort();
+        for name in &removed {
+            let path = self.dir.join(name);
+            let r = self
+                .fs
+                .remove(&path)
+                .map_err(|e| Error::io("remove", &path, e));
+            self.poison(r)?;
+        }
+        if !removed.is_empty() {
+            let r = sync_dir(&*self.fs, &self.dir);
+            self.poison(r)?;
+            // No manifest carried these numbers and their files are gone, so
+            // numbering may start over.
+            self.next_snapshot = next_number(&self.dir, highest_tag(&self.dir)?)?;
+        }
+        Ok(removed)
     }
 
     /// Opens the existing store in `dir` for writing.

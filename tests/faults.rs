@@ -348,3 +348,98 @@ fn an_io_error_at_any_step_of_a_publish_leaves_a_complete_snapshot() {
     assert_eq!(cases, ops * 4);
     eprintln!("{cases} fault cases over the {ops} operations of a publish");
 }
+
+/// A store created under missing ancestors: every created level is made
+/// durable by an fsync of its parent, outermost first.
+#[test]
+fn create_syncs_the_parent_of_every_directory_it_creates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let fs = FaultFs::default();
+    let store = root.join("a/b/c");
+    let w = Writer::create_with_fs(&store, schema(DIM, Dtype::F16), Arc::new(fs.clone())).unwrap();
+    drop(w);
+    let synced: Vec<PathBuf> =
+        fs.0.lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter_map(|o| match o {
+                Op::SyncDir(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(
+        synced,
+        vec![root.to_path_buf(), root.join("a"), root.join("a/b")],
+        "each created level's parent must be fsynced, outermost first"
+    );
+    // A store directory that exists already needs no sync at creation.
+    let fs = FaultFs::default();
+    let w = Writer::create_with_fs(
+        root.join("a/b/c2"),
+        schema(DIM, Dtype::F16),
+        Arc::new(fs.clone()),
+    )
+    .unwrap();
+    drop(w);
+    let log = fs.0.lock().unwrap().log.clone();
+    assert_eq!(log, vec![Op::SyncDir(root.join("a/b"))]);
+    let fs = FaultFs::default();
+    Writer::create_with_fs(
+        root.join("a/b/c2"),
+        schema(DIM, Dtype::F16),
+        Arc::new(fs.clone()),
+    )
+    .unwrap();
+    assert!(fs.0.lock().unwrap().log.is_empty());
+}
+
+/// A writer that stopped before its first publish (killed, or out of
+/// disk) leaves data files, a `.tmp` manifest and the lock: a new writer
+/// takes them back under the lock and publishes snapshot 1; anything else
+/// in the directory stays.
+#[test]
+fn leftovers_of_a_store_never_published_are_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("LOCK"), b"").unwrap();
+    std::fs::write(d.join("s0000000001-g0-ids.vidx"), b"partial").unwrap();
+    std::fs::write(d.join("s0000000001-g0-profile.vcol"), b"partial").unwrap();
+    std::fs::write(d.join("MANIFEST-00000000000000000001.tmp"), b"partial").unwrap();
+    std::fs::write(d.join("notes.txt"), b"mine").unwrap();
+    assert!(vstore::is_leftover_name("s0000000001-g0-ids.vidx"));
+    assert!(vstore::is_leftover_name(
+        "MANIFEST-00000000000000000001.tmp"
+    ));
+    assert!(vstore::is_leftover_name("LOCK"));
+    assert!(!vstore::is_leftover_name("MANIFEST-00000000000000000001"));
+    assert!(!vstore::is_leftover_name("notes.txt"));
+    let fs = FaultFs::default();
+    let mut w = Writer::create_with_fs(d, schema(DIM, Dtype::F16), Arc::new(fs.clone())).unwrap();
+    // A second writer is refused while this one holds the lock.
+    assert!(matches!(
+        Writer::create(d, schema(DIM, Dtype::F16)),
+        Err(Error::Locked { .. })
+    ));
+    let removed = w.remove_leftovers().unwrap();
+    assert_eq!(
+        removed,
+        vec![
+            "MANIFEST-00000000000000000001.tmp".to_string(),
+            "s0000000001-g0-ids.vidx".into(),
+            "s0000000001-g0-profile.vcol".into(),
+        ]
+    );
+    let log = fs.0.lock().unwrap().log.clone();
+    assert_eq!(log.last(), Some(&Op::SyncDir(d.to_path_buf())));
+    let mut tx = w.begin();
+    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.number(), 1);
+    assert_eq!(std::fs::read(d.join("notes.txt")).unwrap(), b"mine");
+    let s = Store::open(d).unwrap();
+    assert_eq!(s.snapshot().len(), 3);
+    // Once a snapshot is published, leftovers are gc's business.
+    assert!(matches!(w.remove_leftovers(), Err(Error::InvalidInput(_))));
+}

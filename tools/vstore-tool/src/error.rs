@@ -44,9 +44,18 @@ pub enum ToolError {
         source: std::io::Error,
     },
 
-    /// A bad combination of options or a bad option value.
+    /// The command line itself is malformed: an option value that does not
+    /// parse (`--where`, `--embedding`, `--column`, `--metadata` ...), out of
+    /// its range, or a combination of options that cannot go together.
+    /// Decided from the command line alone; the tool exits with 2.
     #[error("{0}")]
     Usage(String),
+
+    /// The request is refused by what the store or the input files hold
+    /// (a version already present, a column not in the table, a directory
+    /// that is not empty ...); the tool exits with 1.
+    #[error("{0}")]
+    Refused(String),
 
     /// `verify` found damaged snapshots (each was reported as it was found).
     #[error("verification failed: {failed} of {checked} snapshot(s) damaged")]
@@ -58,7 +67,25 @@ pub enum ToolError {
     },
 }
 
+/// Exit code of a command that succeeded.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of a command that was refused or failed (bad data, bad store,
+/// I/O): everything but a malformed command line.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code of a malformed command line (clap's usage errors and
+/// [`ToolError::Usage`]).
+pub const EXIT_USAGE: u8 = 2;
+
 impl ToolError {
+    /// The exit code this error ends the tool with ([`EXIT_USAGE`] for a
+    /// malformed command line, [`EXIT_REFUSED`] otherwise).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ToolError::Usage(_) => EXIT_USAGE,
+            _ => EXIT_REFUSED,
+        }
+    }
+
     /// A bad-input error for `path`.
     pub fn input(path: &Path, what: impl Into<String>) -> Self {
         ToolError::Input {

@@ -288,7 +288,7 @@ pub fn resolve_new(
         if kind == Kind::Categorical
             && (default < 0.0 || default.fract() != 0.0 || default > u32::MAX as f64)
         {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "--column {}: the default of a categorical column is an integer code in 0..=4294967295, not {default}",
                 c.name
             )));

@@ -1,4 +1,8 @@
 //! `vstore-tool`: a thin `main` over [`vstore_tool::run`].
+//!
+//! Exit codes: 0 success; 1 the command was refused or failed (bad data,
+//! bad store, I/O); 2 the command line itself is malformed (clap's usage
+//! errors, and [`vstore_tool::ToolError::Usage`]).
 
 use std::process::ExitCode;
 
@@ -9,7 +13,7 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match vstore_tool::run(cli, &mut out) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(vstore_tool::error::EXIT_OK),
         // A reader that stopped early (`vstore-tool inspect S | head`) is
         // not an error.
         Err(vstore_tool::ToolError::Io { source, .. })
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
         Err(e) => {
             drop(out);
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -188,7 +188,7 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
 pub fn open_retained(store: &Store, n: u64) -> Result<Arc<Snapshot>> {
     store.open_snapshot(n).map_err(|e| {
         if e.is_not_found() {
-            ToolError::Usage(format!(
+            ToolError::Refused(format!(
                 "snapshot {n} is not retained in {} (it holds {:?})",
                 store.dir().display(),
                 store.snapshots().unwrap_or_default()

@@ -112,6 +112,7 @@ pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table
     match ext.as_str() {
         "parquet" | "pq" => {
             let (names, mut cols, mut unsigned) = read_parquet(path, &keep)?;
+            refuse_duplicate_columns(path, &names)?;
             let Some(at) = names.iter().position(|n| n == id_column) else {
                 return Err(no_id(&names));
             };
@@ -163,6 +164,7 @@ pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table
         }
         "csv" => {
             let (names, mut raw, lines) = read_csv(path, &keep)?;
+            refuse_duplicate_columns(path, &names)?;
             let Some(at) = names.iter().position(|n| n == id_column) else {
                 return Err(no_id(&names));
             };
@@ -202,6 +204,19 @@ pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table
         }
     }
     Ok(table)
+}
+
+/// A column name given twice would make a table ambiguous (which `id`?).
+fn refuse_duplicate_columns(path: &Path, names: &[String]) -> Result<()> {
+    for (j, name) in names.iter().enumerate() {
+        if names[..j].contains(name) {
+            return Err(ToolError::input(
+                path,
+                format!("column {name:?} appears more than once; column names must be unique"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Column names, each kept column's raw fields, and each row's line.

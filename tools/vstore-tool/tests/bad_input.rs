@@ -457,12 +457,158 @@ fn refused_updates_leave_the_store_as_it_was() {
     assert_unchanged(&d.path("s"), &before);
 }
 
+/// The documented exit codes: 0 success, 1 refused or failed, 2 a
+/// malformed command line (clap's own errors and the tool's checks of
+/// option values alike).
 #[test]
-fn usage_errors_exit_2() {
-    let out = common::tool().args(["build"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = common::tool().args(["frobnicate"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+fn exit_codes_0_success_1_refused_2_malformed_command_line() {
+    let d = Data::new();
+    d.build("s");
+    let code = |args: &[&str]| common::tool().args(args).output().unwrap().status.code();
+    // 2: what clap refuses.
+    assert_eq!(code(&["build"]), Some(2));
+    assert_eq!(code(&["frobnicate"]), Some(2));
+    assert_eq!(code(&["gc", &d.p("s"), "--keep-last", "x"]), Some(2));
+    // 2: option values the tool refuses from the command line alone.
+    let before = fingerprint(&d.path("s"));
+    for args in [
+        vec!["gc", &d.p("s"), "--keep-last", "0"],
+        vec!["compact", &d.p("s"), "--max-dead", "2"],
+        vec!["add-model", &d.p("s"), &d.p("model"), "--precompute", "i8"],
+        vec![
+            "build",
+            &d.p("new"),
+            "--ids",
+            &d.p("ids.npy"),
+            "--embedding",
+            "nokey",
+        ],
+        vec![
+            "query",
+            &d.p("s"),
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            "u.npy",
+        ],
+    ] {
+        let e = common::usage_fails(&args);
+        assert!(e.starts_with("error: "), "{args:?}: {e}");
+    }
+    assert_unchanged(&d.path("s"), &before);
+    assert!(!d.path("new").exists());
+    // 1: refused by the store or the inputs, or failed.
+    fails(&["gc", &d.p("nowhere")]);
+    fails(&["drop-version", &d.p("s"), "prerank@v9"]);
+    fails(&["add-model", &d.p("s"), &d.p("model")]);
+    // 0: success, and help.
+    assert_eq!(code(&["verify", &d.p("s")]), Some(0));
+    assert_eq!(code(&["--help"]), Some(0));
+}
+
+/// `--where` lists with no codes, or an empty item, are refused naming the
+/// column (they used to filter out everything, or drop the empty item).
+#[test]
+fn where_lists_with_empty_items_are_refused_naming_the_column() {
+    let d = Data::new();
+    d.build("s");
+    let base = [
+        "query".to_string(),
+        d.p("s"),
+        "--embedding".into(),
+        "prerank@v1".into(),
+        "--user".into(),
+        d.p("u.json"),
+        "--all".into(),
+    ];
+    std::fs::write(d.path("u.json"), format!("{:?}", common::vector(1, 0))).unwrap();
+    let run = |w: &str, good: bool| {
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        args.extend(["--where", w]);
+        if good {
+            common::ok(&args)
+        } else {
+            common::usage_fails(&args)
+        }
+    };
+    for w in [
+        "category in ,",
+        "category in , ,",
+        "category not in ,",
+        "category in 1,,2",
+        "category in 1,",
+        "category in ,3",
+        "category in",
+        "category not in",
+    ] {
+        let e = run(w, false);
+        assert!(
+            e.contains("\"category\"") && e.contains("empty") && e.contains(w),
+            "{w}: {e}"
+        );
+    }
+    let e = run("category in 1,x", false);
+    assert!(e.contains("\"category\"") && e.contains("\"x\""), "{e}");
+    // Spaces around commas are fine.
+    let out = run("category in 1, 2", true);
+    assert!(out.contains("two-tower query"), "{out}");
+}
+
+/// A table with a column name twice (two `id`s, or two `price`s) is
+/// refused naming the file and the column, Parquet and CSV alike.
+#[test]
+fn duplicate_column_names_are_refused() {
+    let d = Data::new();
+    let id_col: Vec<Option<i64>> = d.ids.iter().map(|&x| Some(x as i64)).collect();
+    let other: Vec<Option<i64>> = d.ids.iter().map(|&x| Some(x as i64 + 1)).collect();
+    parquet_file(
+        &d.path("two_ids.parquet"),
+        &[
+            PqCol::I64("id", id_col.clone()),
+            PqCol::I64("id", other),
+            PqCol::F64("price", d.price.clone()),
+        ],
+        128,
+    );
+    parquet_file(
+        &d.path("two_prices.parquet"),
+        &[
+            PqCol::I64("id", id_col),
+            PqCol::F64("price", d.price.clone()),
+            PqCol::F64("price", d.price.clone()),
+        ],
+        128,
+    );
+    let csv = std::fs::read_to_string(d.path("items.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l},{}\n", l.split(',').nth(1).unwrap()))
+        .collect::<String>();
+    std::fs::write(d.path("two_cats.csv"), csv).unwrap();
+    for (file, col) in [
+        ("two_ids.parquet", "id"),
+        ("two_prices.parquet", "price"),
+        ("two_cats.csv", "category"),
+    ] {
+        let e = build_fails(&d, &["--profile", &d.p(file)], "ids.npy", "emb.npy");
+        assert!(
+            e.contains(file) && e.contains(&format!("column \"{col}\" appears more than once")),
+            "{file}: {e}"
+        );
+    }
+    d.build("s");
+    let before = fingerprint(&d.path("s"));
+    let e = fails(&[
+        "refresh-stats",
+        &d.p("s"),
+        "--stats",
+        &d.p("two_prices.parquet"),
+    ]);
+    assert!(
+        e.contains("two_prices.parquet") && e.contains("\"price\""),
+        "{e}"
+    );
+    assert_unchanged(&d.path("s"), &before);
 }
 
 #[test]
@@ -700,21 +846,151 @@ fn demo_small_catalogues_and_existing_files() {
     assert_eq!(std::fs::read(d.path("ex/stats.csv")).unwrap(), b"mine");
 }
 
-/// A build killed before its first publish leaves a lock and data files;
-/// building there again says what they are and what to do.
+/// A build killed (or stopped by a full disk) before its first publish
+/// leaves the lock, data files and a `.tmp` manifest: the next build takes
+/// them back under the lock and says so. A live writer holding the lock,
+/// a foreign file or a manifest still refuse, changing nothing.
 #[test]
-fn a_build_over_an_interrupted_build_says_what_is_left() {
+fn a_build_takes_back_what_an_interrupted_build_left() {
     let d = Data::new();
-    std::fs::create_dir_all(d.path("s")).unwrap();
-    std::fs::write(d.path("s/LOCK"), b"").unwrap();
-    std::fs::write(d.path("s/s0000000001-ids.vidx"), b"partial").unwrap();
+    let leftovers = [
+        "LOCK",
+        "s0000000001-g0-ids.vidx",
+        "s0000000001-g0-emb-prerank@v1.vcol",
+        "s0000000002-g0-profile.vcol.tmp",
+        "MANIFEST-00000000000000000001.tmp",
+    ];
+    let leave = |dir: &str| {
+        std::fs::create_dir_all(d.path(dir)).unwrap();
+        for n in leftovers {
+            let bytes: &[u8] = if n == "LOCK" { b"" } else { b"partial" };
+            std::fs::write(d.path(dir).join(n), bytes).unwrap();
+        }
+    };
+    leave("s");
+    // A live writer holds the lock: refused, nothing removed.
+    let w = vstore::Writer::create(d.path("s"), vstore::Schema::new().stat("x", 0.0)).unwrap();
+    let before = fingerprint(&d.path("s"));
     let e = build_fails_at(&d, "s", &[], "ids.npy", "emb.npy");
+    assert!(e.contains("locked by another writer"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
+    drop(w);
+    let out = d.build("s");
     assert!(
-        e.contains("never published") && e.contains("remove the directory"),
+        out.contains("took back") && out.contains("interrupted build"),
+        "{out}"
+    );
+    for n in &leftovers[1..] {
+        assert!(out.contains(n), "{n} not reported: {out}");
+    }
+    // The new build's files may reuse the numbers; none is a leftover.
+    for (n, bytes) in fingerprint(&d.path("s")) {
+        assert!(
+            bytes != b"partial" && !n.ends_with(".tmp"),
+            "{n} left behind"
+        );
+    }
+    assert!(out.contains("published snapshot 1"), "{out}");
+    let store = vstore::Store::open(d.path("s")).unwrap();
+    let snap = store.snapshot();
+    assert_eq!((snap.number(), snap.len()), (1, d.ids.len()));
+    snap.verify().unwrap();
+    let v = snap.get_embedding(d.ids[7], "prerank@v1").unwrap();
+    assert_eq!(v.len(), DIM);
+    assert!(common::ok(&["verify", &d.p("s")]).contains("clean"));
+
+    // Any other file: the plain refusal, naming it, the directory unchanged.
+    leave("f");
+    std::fs::write(d.path("f/notes.txt"), b"mine").unwrap();
+    let before = fingerprint(&d.path("f"));
+    let e = build_fails_at(&d, "f", &[], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("not empty and not a store") && e.contains("notes.txt"),
         "{e}"
     );
-    // Any other file: the plain refusal.
-    std::fs::write(d.path("s/notes.txt"), b"mine").unwrap();
-    let e = build_fails_at(&d, "s", &[], "ids.npy", "emb.npy");
-    assert!(e.contains("not empty and not a store"), "{e}");
+    assert_unchanged(&d.path("f"), &before);
+    // A manifest (here a damaged one) is not a leftover either.
+    leave("m");
+    std::fs::write(d.path("m/MANIFEST-00000000000000000001"), b"torn").unwrap();
+    let before = fingerprint(&d.path("m"));
+    let e = build_fails_at(&d, "m", &[], "ids.npy", "emb.npy");
+    assert!(e.contains("MANIFEST-00000000000000000001"), "{e}");
+    assert_unchanged(&d.path("m"), &before);
+}
+
+/// A store without a lock file (copied, or shipped read-only): every
+/// refusal a writer subcommand can detect is found on a pinned snapshot
+/// before the writer opens, so no `LOCK` appears and every byte stays.
+#[test]
+fn refusals_on_a_store_without_lock_create_nothing() {
+    let d = Data::new();
+    d.build("s");
+    std::fs::remove_file(d.path("s/LOCK")).unwrap();
+    let json = std::fs::read_to_string(d.path("model/model.json")).unwrap();
+    std::fs::create_dir_all(d.path("badmodel")).unwrap();
+    std::fs::copy(
+        d.path("model/weights.safetensors"),
+        d.path("badmodel/weights.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("badmodel/model.json"),
+        json.replace("\"column\": \"ctr_1d\"", "\"column\": \"ctr_2d\""),
+    )
+    .unwrap();
+    npy_u64(&d.path("one.npy"), &d.ids[..1]);
+    npy_f32(&d.path("one_emb.npy"), &d.vectors[..DIM], DIM);
+    std::fs::write(d.path("del.txt"), "424242\n").unwrap();
+    std::fs::write(d.path("r.csv"), "id,ctr_1d\n99,0.1\n").unwrap();
+    let before = fingerprint(&d.path("s"));
+    let (st, badm, modl) = (d.p("s"), d.p("badmodel"), d.p("model"));
+    let (ids, one_ids, del, rcsv) = (d.p("ids.npy"), d.p("one.npy"), d.p("del.txt"), d.p("r.csv"));
+    let emb1 = format!("prerank@v1={}", d.p("emb.npy"));
+    let one = format!("prerank@v1={}", d.p("one_emb.npy"));
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["add-model", &st, &badm, "--replace"],
+            &["badmodel", "ctr_2d"],
+        ),
+        (vec!["add-model", &st, &modl], &["prerank@v1", "--replace"]),
+        (
+            vec!["drop-model", &st, "prerank@v9"],
+            &["no model bundle for prerank@v9", "prerank@v1"],
+        ),
+        (
+            vec!["drop-version", &st, "prerank@v9"],
+            &["version skew", "prerank@v9", "prerank@v1"],
+        ),
+        (
+            vec!["add-version", &st, "--ids", &ids, "--embedding", &emb1],
+            &["already holds embedding prerank@v1"],
+        ),
+        (
+            vec!["add-items", &st, "--ids", &one_ids, "--embedding", &one],
+            &["one.npy", "update-items"],
+        ),
+        (
+            vec!["delete-items", &st, "--ids", &del],
+            &["del.txt", "424242"],
+        ),
+        (
+            vec!["refresh-stats", &st, "--stats", &rcsv],
+            &["r.csv", "id 99"],
+        ),
+    ];
+    for (args, words) in cases {
+        let e = fails(&args);
+        for w in words {
+            assert!(e.contains(w), "{args:?}: {w:?} not in {e}");
+        }
+        assert_unchanged(&d.path("s"), &before);
+    }
+    // Nothing to compact is decided before the writer opens, too.
+    for extra in [&[][..], &["--if-needed"][..]] {
+        let mut args = vec!["compact", st.as_str()];
+        args.extend_from_slice(extra);
+        let out = common::ok(&args);
+        assert!(out.contains("nothing to compact"), "{out}");
+        assert_unchanged(&d.path("s"), &before);
+    }
 }

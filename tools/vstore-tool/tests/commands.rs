@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{fails, npy_f32, npy_u64, npy_vec, ok, parquet_file, tool, Data, PqCol, DIM, ROWS};
+use common::{
+    fails, npy_f32, npy_u64, npy_vec, ok, parquet_file, tool, usage_fails, Data, PqCol, DIM, ROWS,
+};
 use serde_json::Value;
 use vstore::{Query, Store, UserInputs};
 
@@ -239,7 +241,7 @@ fn two_tower_query_matches_brute_force() {
         "--all",
     ]);
     assert!(e.contains("bad.json") && e.contains("vector[1]"), "{e}");
-    let e = fails(&[
+    let e = usage_fails(&[
         "query",
         &d.p("s"),
         "--embedding",
@@ -333,7 +335,7 @@ fn three_tower_and_filtered_queries_equal_the_library() {
         &d.p("none.json"),
     ]);
     assert!(e.contains("user_stats"), "{e}");
-    let e = fails(&[
+    let e = usage_fails(&[
         "query",
         &d.p("s"),
         "--embedding",
@@ -682,7 +684,7 @@ fn add_model_replace_and_drop_model() {
     assert!(out.contains("replaced the bundle for prerank@v1"), "{out}");
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     assert!(!snap.model_is_precomputed("prerank@v1"));
-    let e = fails(&[
+    let e = usage_fails(&[
         "add-model",
         &d.p("s"),
         &d.p("model"),

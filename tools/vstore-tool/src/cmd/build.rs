@@ -67,7 +67,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
                 .is_some_and(|t| t.columns.iter().any(|c| c.name == s.name))
         });
         if !found {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "--column {}: no such column in the --profile or --stats table",
                 s.name
             )));
@@ -96,7 +96,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         schema = schema.embedding(space, version, dim, e.dtype.unwrap_or(default_dtype));
     }
     schema.validate().map_err(|e| {
-        ToolError::Usage(format!(
+        ToolError::Refused(format!(
             "the tables and embeddings give an invalid schema: {e}"
         ))
     })?;
@@ -118,6 +118,9 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let r = (|| -> Result<std::sync::Arc<vstore::Snapshot>> {
         let mut w = Writer::create(&a.store, schema)?;
+        // Under the lock: what an interrupted build left is taken back.
+        let taken = w.remove_leftovers()?;
+        report_taken_back(out, &a.store, &taken)?;
         let mut tx = w.begin();
         let sp = p.spinner(&format!("writing {} items", items.ids.len()));
         tx.add_items(batch)
@@ -153,16 +156,17 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
 }
 
 /// `build` (and `demo --dir`, named by `cmd`) makes new stores only: `dir`
-/// must be new or empty.
+/// must be new, empty, or hold only what a build stopped before its first
+/// publish left (taken back under the writer's lock).
 pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
     if dir.is_file() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "{} is a file; {cmd} needs a new or empty directory",
             dir.display()
         )));
     }
     if Store::open(dir).is_ok() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "{} already holds a store; use add-items, add-version or refresh-stats to change it",
             dir.display()
         )));
@@ -175,26 +179,45 @@ pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
                     .map_err(|e| ToolError::io("list", dir, e))
             })
             .collect::<Result<_>>()?;
-        if names.is_empty() {
+        // Nothing, or only what a build stopped before its first publish
+        // leaves (data files, `.tmp` files, LOCK): the build takes those
+        // back once it holds the writer's lock (`Writer::remove_leftovers`).
+        let mut foreign: Vec<&String> = names
+            .iter()
+            .filter(|n| !vstore::is_leftover_name(n))
+            .collect();
+        if foreign.is_empty() {
             return Ok(());
         }
-        // Only a lock and data files, and no manifest: a store whose first
-        // publish never happened (a build that was killed).
-        let store_file = |n: &String| {
-            n == "LOCK" || (n.starts_with('s') && n[1..].starts_with(|c: char| c.is_ascii_digit()))
+        foreign.sort();
+        let shown: Vec<&str> = foreign.iter().take(5).map(|n| n.as_str()).collect();
+        let more = match foreign.len() - shown.len() {
+            0 => String::new(),
+            k => format!(" and {k} more"),
         };
-        if names.iter().any(|n| n == "LOCK") && names.iter().all(store_file) {
-            return Err(ToolError::Usage(format!(
-                "{} holds only the lock and data files of a store that was never published \
-                 (an interrupted build?); nothing in it is readable: remove the directory \
-                 and run {cmd} again",
-                dir.display()
-            )));
-        }
-        return Err(ToolError::Usage(format!(
-            "{} is not empty and not a store; {cmd} needs a new or empty directory",
-            dir.display()
+        return Err(ToolError::Refused(format!(
+            "{} is not empty and not a store (it holds {}{more}); {cmd} needs a new or empty \
+             directory, or one an interrupted build left (only its data files, .tmp files and LOCK)",
+            dir.display(),
+            shown.join(", ")
         )));
+    }
+    Ok(())
+}
+
+/// Says which files of an interrupted build were removed (nothing if none).
+pub(crate) fn report_taken_back(out: &mut dyn Write, dir: &Path, taken: &[String]) -> Result<()> {
+    if taken.is_empty() {
+        return Ok(());
+    }
+    say!(
+        out,
+        "took back {} left by an interrupted build (no snapshot was ever published): removed {} file(s)",
+        dir.display(),
+        taken.len()
+    );
+    for f in taken {
+        say!(out, "  removed {f}");
     }
     Ok(())
 }

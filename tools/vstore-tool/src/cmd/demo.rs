@@ -65,6 +65,8 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let sp = p.spinner("writing the store");
     let mut w = Writer::create(&dir, schema)?;
+    let taken = w.remove_leftovers()?;
+    super::build::report_taken_back(out, &dir, &taken)?;
     let mut tx = w.begin();
     tx.add_items(
         ItemBatch::new(cat.ids.clone())
@@ -255,7 +257,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     )) {
         Err(e) => say!(out, "\nquerying {SPACE}@v2: refused: {e}"),
         Ok(_) => {
-            return Err(ToolError::Usage(
+            return Err(ToolError::Refused(
                 "version skew was not refused (a bug)".into(),
             ))
         }
@@ -269,7 +271,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         match r {
             Ok(rep) => total += rep.bytes,
             Err(e) => {
-                return Err(ToolError::Usage(format!(
+                return Err(ToolError::Refused(format!(
                     "snapshot {n} failed to verify: {e}"
                 )))
             }
@@ -339,7 +341,7 @@ fn export(dir: &Path, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
         .filter(|n| dir.join(n).exists())
         .collect();
     if !existing.is_empty() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "{} already has {}; demo --export writes only new files (choose a new or empty directory)",
             dir.display(),
             existing.join(", ")

@@ -30,14 +30,14 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     let schema = snap.schema().clone();
     for e in &embs {
         let Some(def) = schema.embedding_def(&e.key) else {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "embedding {} is not in the store (it holds [{}]); add a version with add-version",
                 e.key,
                 schema.embedding_keys().join(", ")
             )));
         };
         if e.dtype.is_some_and(|d| d != def.dtype) {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Refused(format!(
                 "embedding {} is stored as {}; drop the :dtype (vectors are converted to it)",
                 e.key,
                 def.dtype.name()
@@ -50,7 +50,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         .filter(|k| !embs.iter().any(|e| &e.key == k))
         .collect();
     if !missing.is_empty() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "new items need vectors for every version the store holds; missing --embedding for [{}]",
             missing.join(", ")
         )));
@@ -200,21 +200,49 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
             a.max_dead
         )));
     }
+    let policy = Compaction {
+        max_segments: a.max_segments,
+        max_dead_fraction: a.max_dead,
+    };
+    // Whether there is anything to do is decided on a pinned snapshot
+    // before the writer's lock is taken (the writer decides again).
+    {
+        let store = super::open_store(&a.store)?;
+        let snap = store.snapshot();
+        let segs = snap.segments();
+        let rows: usize = segs.iter().map(|s| s.rows()).sum();
+        let live: usize = segs.iter().map(|s| s.live_rows()).sum();
+        let due = if a.if_needed {
+            policy.due(segs.len(), rows, rows - live)
+        } else {
+            !(segs.is_empty() || (segs.len() == 1 && rows == live))
+        };
+        if !due {
+            say!(
+                out,
+                "nothing to compact: snapshot {} has {} segment(s), {} of {rows} row(s) deleted",
+                snap.number(),
+                segs.len(),
+                rows - live
+            );
+            return Ok(());
+        }
+    }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();
     let mut tx = w.begin();
     let did = if a.if_needed {
-        tx.compact_if(&Compaction {
-            max_segments: a.max_segments,
-            max_dead_fraction: a.max_dead,
-        })?
+        tx.compact_if(&policy)?
     } else {
         tx.compact()?
     };
     if !did {
         drop(tx);
-        say!(out, "nothing to compact: no snapshot published");
+        say!(
+            out,
+            "nothing to compact (another writer compacted meanwhile)"
+        );
         return Ok(());
     }
     let snap = tx.commit()?;

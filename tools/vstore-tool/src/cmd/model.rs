@@ -41,20 +41,31 @@ pub fn parse_precompute(s: &str) -> Result<Dtype> {
 pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
     let (json, weights) = read_bundle(&a.bundle)?;
+    let what = || format!("model bundle {}", a.bundle.display());
+    // Checked against a pinned snapshot before the writer's lock is taken,
+    // so a refusal leaves the store as it was (the writer checks again).
+    let check = |schema: &vstore::Schema, held: Vec<String>| -> Result<(String, bool)> {
+        let key = Model::load(&json, &weights, schema)
+            .context(what)?
+            .key()
+            .to_string();
+        let replacing = held.contains(&key);
+        if replacing && !a.replace {
+            return Err(ToolError::Refused(format!(
+                "the store already holds a bundle for {key}; pass --replace to replace it"
+            )));
+        }
+        Ok((key, replacing))
+    };
+    {
+        let store = super::open_store(&a.store)?;
+        let snap = store.snapshot();
+        check(snap.schema(), snap.model_keys())?;
+    }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
-    let schema = w.schema().clone();
-    let what = || format!("model bundle {}", a.bundle.display());
-    let key = Model::load(&json, &weights, &schema)
-        .context(what)?
-        .key()
-        .to_string();
-    let replacing = base.as_ref().is_some_and(|b| b.model_keys().contains(&key));
-    if replacing && !a.replace {
-        return Err(ToolError::Usage(format!(
-            "the store already holds a bundle for {key}; pass --replace to replace it"
-        )));
-    }
+    let held = base.as_ref().map(|b| b.model_keys()).unwrap_or_default();
+    let (key, replacing) = check(w.schema(), held)?;
     let t = Instant::now();
     let mut tx = w.begin();
     match pre {
@@ -77,6 +88,21 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
 
 /// Runs `drop-model`.
 pub fn drop_model(a: &DropVersionArgs, out: &mut dyn Write) -> Result<()> {
+    // Checked against a pinned snapshot before the writer's lock is taken,
+    // with the writer's own error (the writer checks again).
+    {
+        let store = super::open_store(&a.store)?;
+        let snap = store.snapshot();
+        let held = snap.model_keys();
+        if !held.contains(&a.key) {
+            return Err(vstore::Error::NoModel {
+                snapshot: snap.number(),
+                requested: a.key.clone(),
+                available: held,
+            }
+            .into());
+        }
+    }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();

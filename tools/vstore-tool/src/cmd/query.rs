@@ -144,20 +144,39 @@ pub fn parse_filter(s: &str) -> Result<Filter> {
         ))
     };
     let toks: Vec<&str> = s.split_whitespace().collect();
-    let codes = |t: &[&str]| -> Result<Vec<u32>> {
+    // Every item of the list must be a code: an empty list or an empty
+    // item (`in ,`, `in 1,,2`) is refused, never read as "no codes".
+    let codes = |col: &str, t: &[&str]| -> Result<Vec<u32>> {
         let joined = t.join("");
-        joined
-            .split(',')
-            .filter(|x| !x.is_empty())
-            .map(|x| {
+        let items: Vec<&str> = joined.split(',').collect();
+        if items.iter().all(|x| x.is_empty()) {
+            return Err(usage(&format!(
+                "column {col:?}: the list of codes is empty"
+            )));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                if x.is_empty() {
+                    return Err(usage(&format!(
+                        "column {col:?}: item {} of the list of codes is empty",
+                        i + 1
+                    )));
+                }
                 x.parse::<u32>()
-                    .map_err(|_| usage(&format!("{x:?} is not a category code")))
+                    .map_err(|_| usage(&format!("column {col:?}: {x:?} is not a category code")))
             })
             .collect()
     };
     match toks.as_slice() {
-        [col, "in", rest @ ..] if !rest.is_empty() => Ok(Filter::is_in(col, codes(rest)?)),
-        [col, "not", "in", rest @ ..] if !rest.is_empty() => Ok(Filter::not_in(col, codes(rest)?)),
+        [col, "in", rest @ ..] if !rest.is_empty() => Ok(Filter::is_in(col, codes(col, rest)?)),
+        [col, "not", "in", rest @ ..] if !rest.is_empty() => {
+            Ok(Filter::not_in(col, codes(col, rest)?))
+        }
+        [col, "in"] | [col, "not", "in"] => Err(usage(&format!(
+            "column {col:?}: the list of codes is empty"
+        ))),
         [col, "between", lo, hi] => {
             let f = |x: &str| {
                 x.parse::<f32>()

@@ -25,7 +25,7 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
     let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
     if snap.schema().embedding_def(&e.key).is_some() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Refused(format!(
             "the store already holds embedding {}; pick a new version",
             e.key
         )));
@@ -113,6 +113,20 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
 
 /// Runs `drop-version`.
 pub fn drop_version(a: &DropVersionArgs, out: &mut dyn Write) -> Result<()> {
+    // Checked against a pinned snapshot before the writer's lock is taken,
+    // with the writer's own error (the writer checks again).
+    {
+        let store = super::open_store(&a.store)?;
+        let snap = store.snapshot();
+        if snap.schema().embedding_def(&a.key).is_none() {
+            return Err(vstore::Error::VersionSkew {
+                snapshot: snap.number(),
+                requested: a.key.clone(),
+                available: snap.schema().embedding_keys(),
+            }
+            .into());
+        }
+    }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();

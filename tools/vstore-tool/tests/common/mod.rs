@@ -36,14 +36,26 @@ pub fn ok(args: &[&str]) -> String {
     so
 }
 
-/// Runs the tool, expecting failure with exit code 1; returns stderr.
+/// Runs the tool, expecting failure with exit code 1 (refused or failed);
+/// returns stderr.
 pub fn fails(args: &[&str]) -> String {
+    fails_with(1, args)
+}
+
+/// Runs the tool, expecting exit code 2 (a malformed command line);
+/// returns stderr.
+pub fn usage_fails(args: &[&str]) -> String {
+    fails_with(2, args)
+}
+
+/// Runs the tool, expecting failure with exit code `code`; returns stderr.
+pub fn fails_with(code: i32, args: &[&str]) -> String {
     let out = tool().args(args).output().unwrap();
     let se = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "vstore-tool {args:?} should fail with 1\nstdout:\n{}\nstderr:\n{se}",
+        Some(code),
+        "vstore-tool {args:?} should fail with {code}\nstdout:\n{}\nstderr:\n{se}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(se.starts_with("error: "), "{se}");
