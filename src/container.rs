@@ -441,20 +441,11 @@ pub(crate) fn decode_meta(
 impl Container {
     /// Opens, maps and validates `path` as a file of kind `want`.
     pub(crate) fn open(path: &Path, want: Kind, populate: bool) -> Result<Container> {
-        // Only regular files: a symlink could lead out of the store, and
-        // opening a FIFO or device named by a damaged manifest could block.
-        let lmeta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-        if !lmeta.file_type().is_file() {
-            return Err(Error::corrupt(
-                path,
-                format!("is not a regular file ({:?})", lmeta.file_type()),
-            ));
-        }
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let fmeta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        if !fmeta.is_file() {
-            return Err(Error::corrupt(path, "is not a regular file"));
-        }
+        // Only regular files, opened so that nothing blocks: a symlink could
+        // lead out of the store, and a FIFO or device named by a damaged
+        // manifest (or put in a manifest's place) could block the open.
+        let (file, fmeta) =
+            crate::fs::open_regular(path, File::options().read(true).clone(), "open")?;
         let len = fmeta.len();
         // Checked before mapping: a zero-length file cannot be mapped.
         check_len(path, len)?;

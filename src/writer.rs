@@ -118,12 +118,17 @@ fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
 
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(names::LOCK);
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
+    let mut opts = File::options();
+    opts.create(true).truncate(false).write(true);
+    let (f, _) = crate::fs::open_regular(&path, opts, "open lock file").map_err(|e| match e {
+        Error::Corrupt { path, what } => Error::Corrupt {
+            what: format!(
+                "{what}: the writer's lock file must be a regular file, so the store cannot be written until it is removed"
+            ),
+            path,
+        },
+        e => e,
+    })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
