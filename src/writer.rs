@@ -85,6 +85,12 @@ pub struct GcReport {
     /// Manifests that failed to validate (left in place, and while any
     /// exists no data file is removed, since its references are unknown).
     pub unreadable_manifests: Vec<String>,
+    /// Entries with a store file's name (manifest, data or temporary file)
+    /// that are not regular files (a directory, FIFO, symlink, socket or
+    /// device), each with what it is. Garbage collection never opens,
+    /// removes or waits on them, and they do not stop it from collecting
+    /// the rest; they are left for a person to look at.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// The one writer of a store (a lock file keeps others out, across processes).
@@ -450,7 +456,13 @@ impl Writer {
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(_) => {
-                    report.unreadable_manifests.push(names::manifest(n));
+                    let name = names::manifest(n);
+                    if let Err(what) = crate::fs::check_regular_entry(&self.dir.join(&name)) {
+                        // Not a manifest vstore wrote: it references nothing.
+                        report.skipped.push((name, what.to_string()));
+                        continue;
+                    }
+                    report.unreadable_manifests.push(name);
                     metas.push((n, None));
                 }
             }
@@ -516,6 +528,12 @@ impl Writer {
             if data.or(tmp).is_some_and(|n| inflight.contains(&n)) {
                 // A running compaction job's output.
                 continue;
+            }
+            if data.or(tmp).is_some() {
+                if let Err(what) = crate::fs::check_regular_entry(&self.dir.join(&name)) {
+                    report.skipped.push((name, what.to_string()));
+                    continue;
+                }
             }
             let collect = (data.is_some() && !referenced.contains(&name)) || tmp.is_some();
             if collect {

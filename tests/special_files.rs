@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{batch, schema};
-use vstore::{Dtype, Store, Writer};
+use vstore::{Dtype, Retention, Store, Writer};
 
 const DIM: u32 = 4;
 
@@ -110,9 +110,15 @@ fn a_fifo_named_like_the_newest_manifest_is_skipped_not_waited_on() {
         w.gc()
     })
     .unwrap();
+    // Not a manifest vstore wrote: skipped and reported, and it does not
+    // stop collection the way an unreadable manifest does.
+    assert!(r.unreadable_manifests.is_empty(), "{r:?}");
     assert_eq!(
-        r.unreadable_manifests,
-        vec!["MANIFEST-00000000000000000002"]
+        r.skipped,
+        vec![(
+            "MANIFEST-00000000000000000002".to_string(),
+            "a FIFO".to_string()
+        )]
     );
     assert!(m2.exists());
 
@@ -134,4 +140,61 @@ fn a_fifo_in_place_of_a_data_file_is_refused_promptly() {
     let e = promptly("Store::open", move || Store::open(&d).map(|_| ())).unwrap_err();
     assert_eq!(e.path(), Some(f.as_path()), "{e}");
     assert!(e.to_string().contains("FIFO"), "{e}");
+}
+
+#[test]
+fn gc_skips_and_reports_non_regular_entries_named_like_store_files_and_collects_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with(3, dir.path());
+    let p = dir.path();
+    // Something that is not a file, under data-file and .tmp names.
+    std::fs::create_dir(p.join("s0000000003-g9-profile.vcol")).unwrap();
+    mkfifo(&p.join("s0000000002-g9-stats.vcol"));
+    std::fs::create_dir(p.join("MANIFEST-00000000000000000003.tmp")).unwrap();
+    // Real garbage: a stray data file and a .tmp, plus what the two older
+    // snapshots leave behind once they go.
+    std::fs::write(p.join("s0000000002-g7-ids.vidx"), b"partial").unwrap();
+    std::fs::write(p.join("MANIFEST-00000000000000000002.tmp"), b"partial").unwrap();
+    let d = p.to_path_buf();
+    let r = promptly("gc", move || {
+        let mut w = Writer::open(&d).unwrap();
+        w.set_retention(Retention {
+            keep_last: 1,
+            grace: Duration::ZERO,
+        });
+        w.gc()
+    })
+    .unwrap();
+    assert_eq!(r.kept, vec![3]);
+    assert_eq!(r.removed_snapshots, vec![1, 2]);
+    assert!(r.unreadable_manifests.is_empty(), "{r:?}");
+    let skipped: Vec<(&str, &str)> = r
+        .skipped
+        .iter()
+        .map(|(n, w)| (n.as_str(), w.as_str()))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            ("MANIFEST-00000000000000000003.tmp", "a directory"),
+            ("s0000000002-g9-stats.vcol", "a FIFO"),
+            ("s0000000003-g9-profile.vcol", "a directory"),
+        ]
+    );
+    for (n, _) in &r.skipped {
+        assert!(
+            std::fs::symlink_metadata(p.join(n)).is_ok(),
+            "{n} left in place"
+        );
+    }
+    for g in [
+        "s0000000002-g7-ids.vidx",
+        "MANIFEST-00000000000000000002.tmp",
+    ] {
+        assert!(r.removed_files.iter().any(|f| f == g), "{g}: {r:?}");
+        assert!(!p.join(g).exists(), "{g} removed");
+    }
+    let store = Store::open(p).unwrap();
+    assert_eq!(store.snapshots().unwrap(), vec![3]);
+    store.verify().unwrap();
 }

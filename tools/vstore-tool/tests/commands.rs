@@ -698,3 +698,21 @@ fn add_model_replace_and_drop_model() {
     let e = fails(&["drop-model", &d.p("s"), "prerank@v1"]);
     assert!(e.contains("prerank@v1"), "{e}");
 }
+
+#[test]
+fn gc_lists_what_it_skipped_and_collects_the_rest() {
+    let d = Data::new();
+    d.build("s");
+    let dir = d.path("s");
+    // A directory named like a data file, and real garbage beside it.
+    std::fs::create_dir(dir.join("s0000000009-g3-profile.vcol")).unwrap();
+    std::fs::write(dir.join("s0000000009-g4-ids.vidx"), b"stray").unwrap();
+    let out = ok(&["gc", &d.p("s"), "--keep-last", "1", "--grace-secs", "0"]);
+    assert!(
+        out.contains("skipped s0000000009-g3-profile.vcol: a directory"),
+        "{out}"
+    );
+    assert!(out.contains("removed s0000000009-g4-ids.vidx"), "{out}");
+    assert!(dir.join("s0000000009-g3-profile.vcol").is_dir());
+    assert!(!dir.join("s0000000009-g4-ids.vidx").exists());
+}
