@@ -183,6 +183,34 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Opens the store at `store_dir` with snapshot `n` as its current one,
+/// reading no newer snapshot (see [`Store::open_at`]); a snapshot whose
+/// manifest is not there is a usage error listing those that are.
+pub fn open_store_at(store_dir: &std::path::Path, n: u64) -> Result<Store> {
+    Store::open_at(store_dir, n, vstore::OpenOptions::new()).map_err(|e| {
+        let manifest = store_dir.join(format!("MANIFEST-{n:020}"));
+        if e.is_not_found() && store_dir.is_dir() && !manifest.exists() {
+            let mut held: Vec<u64> = std::fs::read_dir(store_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    let digits = name.strip_prefix("MANIFEST-")?;
+                    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| digits.parse().ok())?
+                })
+                .collect();
+            held.sort_unstable();
+            ToolError::Usage(format!(
+                "snapshot {n} is not retained in {} (it holds {held:?})",
+                store_dir.display(),
+            ))
+        } else {
+            e.into()
+        }
+    })
+}
+
 /// Pins retained snapshot `n`; one that is gone (collected, or never
 /// published) is a usage error listing the snapshots the store holds.
 pub fn open_retained(store: &Store, n: u64) -> Result<Arc<Snapshot>> {
