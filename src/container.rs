@@ -214,7 +214,7 @@ impl ContainerWriter {
     }
 }
 
-fn footer_bytes(kind: Kind, meta_offset: u64, meta_len: u64, meta_crc: u32) -> [u8; 40] {
+pub(crate) fn footer_bytes(kind: Kind, meta_offset: u64, meta_len: u64, meta_crc: u32) -> [u8; 40] {
     let mut f = [0u8; FOOTER_LEN as usize];
     f[0..8].copy_from_slice(&meta_offset.to_le_bytes());
     f[8..16].copy_from_slice(&meta_len.to_le_bytes());
@@ -435,26 +435,58 @@ pub(crate) fn decode_meta(
             ),
         ));
     }
+    check_layout(path, &meta.body, meta_offset)?;
     Ok(meta)
+}
+
+/// Checks that the data blocks sit exactly where the writer lays them out:
+/// consecutive in the writer's order ([`Body::blocks`]), the first at 64,
+/// each at the end of the one before rounded up to 64, and the metadata at
+/// the end of the last rounded up to 64. A block moved elsewhere in the
+/// data region (which its chunk checksums would not notice) would read
+/// another block's bytes, shifted by rows; it is refused naming the field.
+pub(crate) fn check_layout(path: &Path, body: &Body, meta_offset: u64) -> Result<()> {
+    let mut at = HEADER_LEN;
+    for (what, e) in body.blocks() {
+        if e.offset != at {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "{what}: block at offset {} is not where the writer lays it out (offset {at}: blocks follow one another in a fixed order, each starting at the 64-aligned end of the one before)",
+                    e.offset
+                ),
+            ));
+        }
+        at = e
+            .offset
+            .checked_add(e.len)
+            .and_then(|end| end.checked_next_multiple_of(BLOCK_ALIGN))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    format!("{what}: block {}+{} overflows", e.offset, e.len),
+                )
+            })?;
+    }
+    if at != meta_offset {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "data region ends at {meta_offset}, but its blocks end (aligned to 64) at {at}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Container {
     /// Opens, maps and validates `path` as a file of kind `want`.
     pub(crate) fn open(path: &Path, want: Kind, populate: bool) -> Result<Container> {
-        // Only regular files: a symlink could lead out of the store, and
-        // opening a FIFO or device named by a damaged manifest could block.
-        let lmeta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-        if !lmeta.file_type().is_file() {
-            return Err(Error::corrupt(
-                path,
-                format!("is not a regular file ({:?})", lmeta.file_type()),
-            ));
-        }
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let fmeta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        if !fmeta.is_file() {
-            return Err(Error::corrupt(path, "is not a regular file"));
-        }
+        // Only regular files, opened so that nothing blocks: a symlink could
+        // lead out of the store, and a FIFO or device named by a damaged
+        // manifest (or put in a manifest's place) could block the open.
+        let (file, fmeta) =
+            crate::fs::open_regular(path, File::options().read(true).clone(), "open")?;
         let len = fmeta.len();
         // Checked before mapping: a zero-length file cannot be mapped.
         check_len(path, len)?;

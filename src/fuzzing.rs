@@ -98,6 +98,110 @@ pub fn parse_file(bytes: &[u8]) -> usize {
     n
 }
 
+/// Re-encodes the metadata of `bytes` (a whole file of `kind` written by
+/// this build) after `edit`, with fresh metadata and footer checksums.
+fn reencode(
+    bytes: &[u8],
+    kind: Kind,
+    edit: impl FnOnce(&mut crate::meta::FileMeta) -> bool,
+) -> Option<Vec<u8>> {
+    let path = Path::new("<test input>");
+    let (off, len, crc) = check_frame(path, bytes, kind).ok()?;
+    let mut meta = decode_meta(
+        path,
+        &bytes[off as usize..(off + len) as usize],
+        crc,
+        off,
+        kind,
+    )
+    .ok()?;
+    if !edit(&mut meta) {
+        return None;
+    }
+    let mb = rkyv::to_bytes::<rkyv::rancor::BoxedError>(&meta).ok()?;
+    let mut v = bytes[..off as usize].to_vec();
+    v.extend_from_slice(&mb);
+    v.resize(v.len().next_multiple_of(8), 0);
+    let footer = crate::container::footer_bytes(kind, off, mb.len() as u64, crc32fast::hash(&mb));
+    v.extend_from_slice(&footer);
+    Some(v)
+}
+
+/// For tests: moves data block `index` (in the writer's order: see
+/// `FORMAT.md`, "Data region") of the data file `name` in the store `dir`
+/// by `shift` bytes, and makes everything consistent again the way a careful
+/// forger would: the file's metadata is re-encoded with fresh checksums,
+/// and every manifest referencing the file gets its new length and
+/// metadata checksum (re-encoded likewise). The data bytes are untouched,
+/// so every chunk checksum still matches. Returns the name of the field
+/// moved, or `None` (and nothing is written) if the file has no such
+/// block, the block would start before byte 64, or the file cannot be
+/// parsed.
+pub fn move_block(dir: &Path, name: &str, index: usize, shift: i64) -> Option<String> {
+    let kind = match name.rsplit('.').next()? {
+        "vcol" => Kind::Columns,
+        "vidx" => Kind::IdIndex,
+        "vdel" => Kind::Deletes,
+        "vbnd" => Kind::Bundle,
+        _ => return None,
+    };
+    let bytes = std::fs::read(dir.join(name)).ok()?;
+    let mut what = None;
+    let moved = reencode(&bytes, kind, |m| {
+        what = m.body.blocks().get(index).map(|(w, _)| w.clone());
+        match m.body.blocks_mut().into_iter().nth(index) {
+            Some(e) => match e.offset.checked_add_signed(shift) {
+                Some(o) if o >= HEADER_LEN => {
+                    e.offset = o;
+                    true
+                }
+                _ => false,
+            },
+            None => false,
+        }
+    })?;
+    let (_, _, meta_crc) = check_frame(Path::new(name), &moved, kind).ok()?;
+    let len = moved.len() as u64;
+    std::fs::write(dir.join(name), &moved).ok()?;
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        let is_manifest = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::names::parse_manifest)
+            .is_some();
+        if !is_manifest {
+            continue;
+        }
+        let bytes = std::fs::read(&p).ok()?;
+        let fixed = reencode(&bytes, Kind::Manifest, |m| {
+            let crate::meta::Body::Manifest(mm) = &mut m.body else {
+                return false;
+            };
+            let mut refs: Vec<&mut crate::meta::FileRef> = Vec::new();
+            for s in &mut mm.segments {
+                refs.extend([&mut s.id_index, &mut s.profile, &mut s.stats]);
+                refs.extend(s.embeddings.iter_mut().map(|e| &mut e.file));
+                refs.extend(s.deletes.as_mut());
+            }
+            for b in &mut mm.bundles {
+                refs.extend(b.files.iter_mut());
+            }
+            let mut hit = false;
+            for r in refs.into_iter().filter(|r| r.name == name) {
+                r.len = len;
+                r.meta_crc = meta_crc;
+                hit = true;
+            }
+            hit
+        });
+        if let Some(fixed) = fixed {
+            std::fs::write(&p, fixed).ok()?;
+        }
+    }
+    what
+}
+
 /// The schema the bundle fuzz target checks bundles against: the columns
 /// of the parity test's reference data (`tests/data/three_tower`).
 pub fn bundle_schema() -> crate::Schema {

@@ -176,3 +176,72 @@ pub(crate) struct DeletesMeta {
     pub bitmap: Extent,
     pub deleted: u64,
 }
+
+impl Body {
+    /// Every data block of the file, named, in the order the writer lays
+    /// them out (`src/encode.rs`): id index `ids`, `table`, `bloom`; column
+    /// groups each column's `values` then its `missing` bitmap, then
+    /// `vectors`; deletion bitmap `bitmap`; bundle `json`, `weights`; a
+    /// manifest has none. Readers check that block `i` starts exactly
+    /// where block `i - 1` ends, rounded up to 64 (see
+    /// `container::check_layout`).
+    pub(crate) fn blocks(&self) -> Vec<(String, Extent)> {
+        let mut v = Vec::new();
+        match self {
+            Body::Manifest(_) => {}
+            Body::Columns(c) => {
+                for b in &c.columns {
+                    v.push((format!("column {:?} values", b.name), b.values));
+                    if let Some(m) = b.missing {
+                        v.push((format!("column {:?} missing bitmap", b.name), m));
+                    }
+                }
+                if let Some(vb) = &c.vectors {
+                    v.push(("vectors".to_string(), vb.rows));
+                }
+            }
+            Body::IdIndex(m) => {
+                v.push(("ids".to_string(), m.ids));
+                v.push(("hash table".to_string(), m.table));
+                v.push(("bloom filter".to_string(), m.bloom));
+            }
+            Body::Deletes(d) => v.push(("deletion bitmap".to_string(), d.bitmap)),
+            Body::Bundle(b) => {
+                v.push(("model.json".to_string(), b.json));
+                v.push(("weights.safetensors".to_string(), b.weights));
+            }
+        }
+        v
+    }
+
+    /// The blocks of [`Body::blocks`], in the same order, for editing (the
+    /// test helpers in `fuzzing.rs` move one).
+    pub(crate) fn blocks_mut(&mut self) -> Vec<&mut Extent> {
+        let mut v = Vec::new();
+        match self {
+            Body::Manifest(_) => {}
+            Body::Columns(c) => {
+                for b in &mut c.columns {
+                    v.push(&mut b.values);
+                    if let Some(m) = &mut b.missing {
+                        v.push(m);
+                    }
+                }
+                if let Some(vb) = &mut c.vectors {
+                    v.push(&mut vb.rows);
+                }
+            }
+            Body::IdIndex(m) => {
+                v.push(&mut m.ids);
+                v.push(&mut m.table);
+                v.push(&mut m.bloom);
+            }
+            Body::Deletes(d) => v.push(&mut d.bitmap),
+            Body::Bundle(b) => {
+                v.push(&mut b.json);
+                v.push(&mut b.weights);
+            }
+        }
+        v
+    }
+}

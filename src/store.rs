@@ -214,16 +214,7 @@ impl Store {
     /// Opens with explicit [`OpenOptions`].
     pub fn open_with(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        let meta = std::fs::metadata(&dir).map_err(|e| Error::io("open store", &dir, e))?;
-        if !meta.is_dir() {
-            return Err(Error::NotAStore {
-                path: dir,
-                why: "not a directory".into(),
-            });
-        }
-        let key = dir
-            .canonicalize()
-            .map_err(|e| Error::io("canonicalize", &dir, e))?;
+        let key = store_key(&dir)?;
         let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
@@ -288,20 +279,28 @@ impl Store {
         self.skipped.lock().clone()
     }
 
-    /// Verifies the current snapshot's every byte and checks that every
-    /// manifest in the directory validates. The first problem is the error.
+    /// Verifies every snapshot in the directory, each on its own (see
+    /// [`Store::verify_all`]), and returns the current snapshot's report
+    /// (with `manifests` counting every manifest checked) if all are
+    /// intact. Otherwise the error is the first damage found, oldest
+    /// snapshot first, naming the damaged file; [`Store::verify_all`] lists
+    /// every snapshot's verdict.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let snap = self.snapshot();
-        let mut report = snap.verify()?;
-        report.manifests = 0;
-        for n in list_manifests(&self.dir)? {
-            match read_manifest(&self.dir, n) {
-                Ok(_) => report.manifests += 1,
-                // Collected by the writer since listing: not a fault.
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
+        let all = self.verify_all()?;
+        let mut manifests = 0;
+        let mut current = None;
+        for (n, r) in all {
+            let r = r?;
+            manifests += 1;
+            if n == self.snapshot().number() {
+                current = Some(r);
             }
         }
+        let mut report = match current {
+            Some(r) => r,
+            None => self.snapshot().verify()?,
+        };
+        report.manifests = manifests;
         Ok(report)
     }
 }
@@ -312,7 +311,10 @@ impl Store {
     /// checksummed once, unless it failed). Returns one result per snapshot,
     /// so that every damaged snapshot is reported, not only the first; the
     /// store is clean when all are `Ok`. A snapshot collected by the writer
-    /// while this runs is left out.
+    /// while this runs is left out. Each snapshot is pinned on its own, so
+    /// damage in one (even the newest) does not keep the others from being
+    /// checked; see [`Store::verify_dir`] for a store whose newest snapshot
+    /// cannot be opened at all.
     ///
     /// ```no_run
     /// let store = vstore::Store::open("items.vstore")?;
@@ -325,19 +327,90 @@ impl Store {
     /// # Ok::<(), vstore::Error>(())
     /// ```
     pub fn verify_all(&self) -> Result<Vec<(u64, Result<VerifyReport>)>> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for n in list_manifests(&self.dir)? {
-            let r = self
-                .open_snapshot(n)
-                .and_then(|s| s.verify_sharing(&mut seen));
-            match r {
-                Err(e) if e.is_not_found() && !self.dir.join(names::manifest(n)).exists() => {}
-                r => out.push((n, r)),
-            }
-        }
-        Ok(out)
+        verify_each(&self.dir, &self.key, &self.opts)
     }
+
+    /// [`Store::verify_all`] for the store in `dir`, without opening it
+    /// first: nothing but the directory listing has to succeed, so a store
+    /// whose newest snapshot is damaged (and which [`Store::open`] therefore
+    /// refuses) still has each of its snapshots checked and reported.
+    /// A directory with no manifest is [`Error::NotAStore`].
+    pub fn verify_dir(dir: impl AsRef<Path>) -> Result<Vec<(u64, Result<VerifyReport>)>> {
+        let dir = dir.as_ref();
+        let key = store_key(dir)?;
+        if list_manifests(dir)?.is_empty() {
+            return Err(no_manifest(dir));
+        }
+        verify_each(dir, &key, &OpenOptions::default())
+    }
+
+    /// Opens the store in `dir` read-only with snapshot `n` as its current
+    /// snapshot, without pinning (or reading) any newer one: an intact
+    /// older snapshot can be read while the newest is damaged, which
+    /// [`Store::open`] refuses. [`Store::refresh`] later moves to the
+    /// newest as usual. A snapshot that is not retained is an
+    /// [`Error::Io`] whose [`Error::is_not_found`] is true.
+    pub fn open_at(dir: impl AsRef<Path>, n: u64, opts: OpenOptions) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let key = store_key(&dir)?;
+        let files = Mutex::new(Cache::default());
+        let snap = load(&dir, &key, &opts, &files, n)?;
+        if !opts.lazy_directory {
+            snap.prepare_id_directory()?;
+        }
+        Ok(Store {
+            dir,
+            key,
+            opts,
+            current: RwLock::new(snap),
+            files,
+            skipped: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+/// The canonical path of store directory `dir` (the key its pins use),
+/// after checking that it is a directory.
+fn store_key(dir: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io("open store", dir, e))?;
+    if !meta.is_dir() {
+        return Err(Error::NotAStore {
+            path: dir.to_path_buf(),
+            why: "not a directory".into(),
+        });
+    }
+    dir.canonicalize()
+        .map_err(|e| Error::io("canonicalize", dir, e))
+}
+
+fn no_manifest(dir: &Path) -> Error {
+    Error::NotAStore {
+        path: dir.to_path_buf(),
+        why: "no manifest (MANIFEST-*) in the directory".into(),
+    }
+}
+
+/// Pins and verifies each snapshot of `dir` on its own, oldest first.
+fn verify_each(
+    dir: &Path,
+    key: &Path,
+    opts: &OpenOptions,
+) -> Result<Vec<(u64, Result<VerifyReport>)>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    // Mapped files are shared between the snapshots checked (they are
+    // immutable); a file that failed to open is not cached, so each
+    // snapshot referencing it reports it.
+    let files = Mutex::new(Cache::default());
+    let opts = opts.clone().verify(false);
+    for n in list_manifests(dir)? {
+        let r = load(dir, key, &opts, &files, n).and_then(|s| s.verify_sharing(&mut seen));
+        match r {
+            Err(e) if e.is_not_found() && !dir.join(names::manifest(n)).exists() => {}
+            r => out.push((n, r)),
+        }
+    }
+    Ok(out)
 }
 
 fn load_newest(
@@ -351,10 +424,7 @@ fn load_newest(
     for _ in 0..RETRIES {
         let list = list_manifests(dir)?;
         if list.is_empty() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                why: "no manifest (MANIFEST-*) in the directory".into(),
-            });
+            return Err(no_manifest(dir));
         }
         let mut first_corrupt: Option<Error> = None;
         let mut raced = false;

@@ -85,6 +85,12 @@ pub struct GcReport {
     /// Manifests that failed to validate (left in place, and while any
     /// exists no data file is removed, since its references are unknown).
     pub unreadable_manifests: Vec<String>,
+    /// Entries with a store file's name (manifest, data or temporary file)
+    /// that are not regular files (a directory, FIFO, symlink, socket or
+    /// device), each with what it is. Garbage collection never opens,
+    /// removes or waits on them, and they do not stop it from collecting
+    /// the rest; they are left for a person to look at.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// The one writer of a store (a lock file keeps others out, across processes).
@@ -118,12 +124,17 @@ fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
 
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(names::LOCK);
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
+    let mut opts = File::options();
+    opts.create(true).truncate(false).write(true);
+    let (f, _) = crate::fs::open_regular(&path, opts, "open lock file").map_err(|e| match e {
+        Error::Corrupt { path, what } => Error::Corrupt {
+            what: format!(
+                "{what}: the writer's lock file must be a regular file, so the store cannot be written until it is removed"
+            ),
+            path,
+        },
+        e => e,
+    })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
@@ -137,10 +148,16 @@ fn lock(dir: &Path) -> Result<File> {
 /// The manifests of `dir` newer than its newest valid one (each damaged),
 /// newest first, with what is wrong with each. A manifest that validates
 /// but whose data files are damaged is not one of them: readers do not
-/// fall back past it.
+/// fall back past it. Neither is an entry that is not a regular file (a
+/// FIFO or directory under a manifest's name was never written by vstore,
+/// so no snapshot is lost by publishing past it; `gc` skips it too).
 fn damaged_newest(dir: &Path) -> Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
     for n in list_manifests(dir)?.into_iter().rev() {
+        let path = dir.join(names::manifest(n));
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+            continue;
+        }
         match crate::store::read_manifest(dir, n) {
             Ok(_) => break,
             Err(e @ Error::Corrupt { .. }) => out.push((n, e.to_string())),
@@ -612,7 +629,13 @@ impl Writer {
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(_) => {
-                    report.unreadable_manifests.push(names::manifest(n));
+                    let name = names::manifest(n);
+                    if let Err(what) = crate::fs::check_regular_entry(&self.dir.join(&name)) {
+                        // Not a manifest vstore wrote: it references nothing.
+                        report.skipped.push((name, what.to_string()));
+                        continue;
+                    }
+                    report.unreadable_manifests.push(name);
                     metas.push((n, None));
                 }
             }
@@ -678,6 +701,12 @@ impl Writer {
             if data.or(tmp).is_some_and(|n| inflight.contains(&n)) {
                 // A running compaction job's output.
                 continue;
+            }
+            if data.or(tmp).is_some() {
+                if let Err(what) = crate::fs::check_regular_entry(&self.dir.join(&name)) {
+                    report.skipped.push((name, what.to_string()));
+                    continue;
+                }
             }
             let collect = (data.is_some() && !referenced.contains(&name)) || tmp.is_some();
             if collect {

@@ -1746,3 +1746,39 @@ fn an_overflowing_exp_head_leaves_its_items_out_and_lists_them() {
         }
     }
 }
+
+#[test]
+fn a_bundle_block_moved_with_checksums_recomputed_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(store_with_bundle(dir.path()));
+    let vbnd = common::files(dir.path())
+        .into_iter()
+        .find(|f| f.ends_with(".vbnd"))
+        .unwrap();
+    let path = dir.path().join(&vbnd);
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = common::files(dir.path())
+        .into_iter()
+        .map(|f| dir.path().join(f))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    // model.json moved forward, weights.safetensors moved back: both stay
+    // inside the data region and under matching chunk checksums.
+    for (index, shift, field) in [(0, 64, "model.json"), (1, -64, "weights.safetensors")] {
+        let what = vstore::fuzzing::move_block(dir.path(), &vbnd, index, shift).unwrap();
+        assert_eq!(what, field);
+        match Store::open(dir.path()) {
+            Err(Error::Corrupt { path: p, what }) => {
+                assert_eq!(p, path, "{what}");
+                assert!(what.contains(field), "{what}");
+            }
+            other => panic!("{field} moved: expected Error::Corrupt, got {other:?}"),
+        }
+        for (p, b) in &saved {
+            std::fs::write(p, b).unwrap();
+        }
+    }
+    Store::open(dir.path()).unwrap().verify().unwrap();
+}

@@ -943,8 +943,10 @@ fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
     let e = all[0].1.as_ref().unwrap_err();
     assert!(e.to_string().contains(stats.as_str()), "{e}");
     assert!(all[1].1.is_ok(), "{:?}", all[1]);
-    // The current snapshot's own verify is clean too.
-    store.verify().unwrap();
+    // Store::verify checks every snapshot too: the damage is its error.
+    let e = store.verify().unwrap_err();
+    assert!(e.to_string().contains(stats.as_str()), "{e}");
+    store.snapshot().verify().unwrap();
 
     // Damage a file both share: both fail (snapshot 1 still on its first
     // damaged file), snapshot 2 naming the shared one.
@@ -1016,4 +1018,76 @@ fn a_damaged_newest_manifest_stops_writers_until_set_aside_and_readers_say_they_
     assert_eq!(snap.get_stat(3, "ctr_1d").unwrap(), Some(0.5));
     assert!(p.join("MANIFEST-00000000000000000002.damaged").exists());
     assert!(Store::open(p).unwrap().skipped_manifests().is_empty());
+}
+
+/// Three snapshots, each adding a segment: the newest's segment files are
+/// referenced by it alone. Returns the path of its embedding file.
+fn three_snapshots(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut w = Writer::create(dir, schema(DIM, Dtype::F32)).unwrap();
+    w.set_retention(no_grace(10));
+    for s in 0..3u64 {
+        let mut tx = w.begin();
+        tx.add_items(batch(&(s * 10..s * 10 + 10).collect::<Vec<_>>(), DIM, 0))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let older: HashSet<String> = Store::open_at(dir, 2, vstore::OpenOptions::new())
+        .unwrap()
+        .snapshot()
+        .files()
+        .into_iter()
+        .collect();
+    let newest = Store::open(dir).unwrap().snapshot().files();
+    let only3 = newest
+        .into_iter()
+        .find(|f| f.contains("-emb-") && !older.contains(f))
+        .unwrap();
+    dir.join(only3)
+}
+
+#[test]
+fn every_snapshot_is_verified_on_its_own_when_the_newest_is_damaged() {
+    // Damage the newest snapshot's own embedding file, first in its data
+    // region (found only by verification), then in its metadata (found
+    // when the snapshot is pinned, so Store::open refuses the store).
+    for at_open in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = three_snapshots(dir.path());
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let at = if at_open { bytes.len() - 60 } else { 64 + 5 };
+        bytes[at] ^= 0x10;
+        std::fs::write(&victim, &bytes).unwrap();
+        let case = if at_open { "metadata" } else { "data" };
+
+        let check = |all: Vec<(u64, vstore::Result<vstore::VerifyReport>)>| {
+            let verdicts: Vec<(u64, bool)> = all.iter().map(|(n, r)| (*n, r.is_ok())).collect();
+            assert_eq!(verdicts, vec![(1, true), (2, true), (3, false)], "{case}");
+            let e = all[2].1.as_ref().unwrap_err();
+            assert_eq!(e.path(), Some(victim.as_path()), "{case}: {e}");
+        };
+        check(Store::verify_dir(dir.path()).unwrap());
+        if at_open {
+            let e = Store::open(dir.path()).unwrap_err();
+            assert_eq!(e.path(), Some(victim.as_path()), "{e}");
+        } else {
+            let store = Store::open(dir.path()).unwrap();
+            check(store.verify_all().unwrap());
+            let e = store.verify().unwrap_err();
+            assert_eq!(e.path(), Some(victim.as_path()), "{e}");
+        }
+        // The intact older snapshots open and read on their own.
+        for n in [1u64, 2] {
+            let store = Store::open_at(dir.path(), n, vstore::OpenOptions::new()).unwrap();
+            let s = store.snapshot();
+            assert_eq!(s.number(), n);
+            assert_eq!(s.len(), 10 * n as usize);
+            s.verify().unwrap();
+            assert_eq!(
+                s.get_embedding(n * 10 - 1, "prerank@v42").unwrap(),
+                vector(n * 10 - 1, DIM, 0)
+            );
+        }
+        let e = Store::open_at(dir.path(), 7, vstore::OpenOptions::new()).unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+    }
 }

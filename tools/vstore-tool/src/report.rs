@@ -183,20 +183,49 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Pins retained snapshot `n`; one that is gone (collected, or never
-/// published) is a usage error listing the snapshots the store holds.
-pub fn open_retained(store: &Store, n: u64) -> Result<Arc<Snapshot>> {
-    store.open_snapshot(n).map_err(|e| {
-        if e.is_not_found() {
-            ToolError::Refused(format!(
-                "snapshot {n} is not retained in {} (it holds {:?})",
-                store.dir().display(),
-                store.snapshots().unwrap_or_default()
-            ))
+/// Opens the store at `store_dir` with snapshot `n` as its current one,
+/// reading no newer snapshot (see [`Store::open_at`]); a snapshot whose
+/// manifest is not there is a usage error listing those that are.
+pub fn open_store_at(store_dir: &std::path::Path, n: u64) -> Result<Store> {
+    Store::open_at(store_dir, n, vstore::OpenOptions::new()).map_err(|e| {
+        let manifest = store_dir.join(format!("MANIFEST-{n:020}"));
+        if e.is_not_found() && store_dir.is_dir() && !manifest.exists() {
+            let mut held: Vec<u64> = std::fs::read_dir(store_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    let digits = name.strip_prefix("MANIFEST-")?;
+                    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| digits.parse().ok())?
+                })
+                .collect();
+            held.sort_unstable();
+            not_retained(store_dir, n, &held)
         } else {
             e.into()
         }
     })
+}
+
+/// Pins retained snapshot `n`; one that is gone (collected, or never
+/// published) is a refusal listing the snapshots the store holds.
+pub fn open_retained(store: &Store, n: u64) -> Result<Arc<Snapshot>> {
+    store.open_snapshot(n).map_err(|e| {
+        if e.is_not_found() {
+            not_retained(store.dir(), n, &store.snapshots().unwrap_or_default())
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// The refusal for a snapshot number the store does not hold.
+fn not_retained(dir: &std::path::Path, n: u64, held: &[u64]) -> ToolError {
+    ToolError::Refused(format!(
+        "snapshot {n} is not retained in {} (it holds {held:?})",
+        dir.display()
+    ))
 }
 
 #[cfg(test)]

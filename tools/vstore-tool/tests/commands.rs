@@ -771,3 +771,78 @@ fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
     assert_eq!(snap.parent(), Some(1));
     assert_eq!(snap.get_stat(d.ids[0], "ctr_1d").unwrap(), Some(0.5));
 }
+
+#[test]
+fn gc_lists_what_it_skipped_and_collects_the_rest() {
+    let d = Data::new();
+    d.build("s");
+    let dir = d.path("s");
+    // A directory named like a data file, and real garbage beside it.
+    std::fs::create_dir(dir.join("s0000000009-g3-profile.vcol")).unwrap();
+    std::fs::write(dir.join("s0000000009-g4-ids.vidx"), b"stray").unwrap();
+    let out = ok(&["gc", &d.p("s"), "--keep-last", "1", "--grace-secs", "0"]);
+    assert!(
+        out.contains("skipped s0000000009-g3-profile.vcol: a directory"),
+        "{out}"
+    );
+    assert!(out.contains("removed s0000000009-g4-ids.vidx"), "{out}");
+    assert!(dir.join("s0000000009-g3-profile.vcol").is_dir());
+    assert!(!dir.join("s0000000009-g4-ids.vidx").exists());
+}
+
+#[test]
+fn verify_and_inspect_snapshot_work_past_a_damaged_newest_snapshot() {
+    use vstore::{Dtype, ItemBatch, Schema, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let mut w = Writer::create(&store, Schema::new().embedding("e", "v1", 4, Dtype::F32)).unwrap();
+    for s in 0..3u64 {
+        let ids: Vec<u64> = (s * 10..s * 10 + 10).collect();
+        let v: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| [i as f32, 1.0, 2.0, 3.0])
+            .collect();
+        let mut tx = w.begin();
+        tx.add_items(ItemBatch::new(ids).embedding("e@v1", v))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    drop(w);
+    // Snapshot 3's own segment (g2) files are referenced by it alone.
+    let victim = "s0000000003-g2-emb-e@v1.vcol";
+    let p = store.join(victim);
+    let clean = std::fs::read(&p).unwrap();
+    let s = store.to_str().unwrap();
+    // In the metadata (Store::open refuses the store), then in the data
+    // region (only verification notices).
+    for at in [clean.len() - 60, 64 + 3] {
+        let mut bytes = clean.clone();
+        bytes[at] ^= 0x10;
+        std::fs::write(&p, &bytes).unwrap();
+        let out = tool().args(["verify", s]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "byte {at}");
+        let so = String::from_utf8_lossy(&out.stdout);
+        assert!(so.contains("snapshot 1: ok"), "{so}");
+        assert!(so.contains("snapshot 2: ok"), "{so}");
+        assert!(so.contains("snapshot 3: DAMAGED"), "{so}");
+        assert!(so.contains(victim), "{so}");
+        let v = json(
+            &tool()
+                .args(["verify", s, "--json"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap(),
+        );
+        assert_eq!(v["clean"], false);
+        assert_eq!(v["snapshots"][1]["ok"], true);
+        assert_eq!(v["snapshots"][2]["ok"], false);
+
+        let v = json(&ok(&["inspect", s, "--snapshot", "2", "--json"]));
+        assert_eq!(v["snapshot"], 2);
+        assert_eq!(v["items"], 20);
+        let text = ok(&["inspect", s, "--snapshot", "1"]);
+        assert!(text.contains("snapshot 1 (*): 10 live items"), "{text}");
+    }
+    let e = fails(&["inspect", s, "--snapshot", "9"]);
+    assert!(e.contains("snapshot 9 is not retained"), "{e}");
+}

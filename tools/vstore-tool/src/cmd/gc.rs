@@ -31,6 +31,12 @@ pub fn run(a: &GcArgs, out: &mut dyn Write) -> Result<()> {
     for f in &r.removed_files {
         say!(out, "  removed {f}");
     }
+    for (f, what) in &r.skipped {
+        say!(
+            out,
+            "  skipped {f}: {what}, not a regular file; left in place (remove it by hand)"
+        );
+    }
     for m in &r.unreadable_manifests {
         say!(
             out,

@@ -17,11 +17,14 @@ use crate::say;
 
 /// Runs `inspect`.
 pub fn run(a: &InspectArgs, out: &mut dyn Write) -> Result<()> {
-    let store = super::open_store(&a.store)?;
-    let snap = match a.snapshot {
-        Some(n) => report::open_retained(&store, n)?,
-        None => store.snapshot(),
+    // With --snapshot, only that snapshot is pinned: a damaged newer one
+    // (which Store::open refuses) does not stop an intact one from being
+    // inspected.
+    let store = match a.snapshot {
+        Some(n) => report::open_store_at(&a.store, n)?,
+        None => super::open_store(&a.store)?,
     };
+    let snap = store.snapshot();
     if let Some(id) = a.id {
         let v = item(&snap, id)?;
         return if a.json {
@@ -218,9 +221,15 @@ fn bundle_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
 
 fn summary(store: &Store, snap: &Arc<Snapshot>) -> Result<Value> {
     let mut snapshots = Vec::new();
+    // What readers get: the newest snapshot that pins (the store's own
+    // current one unless it was opened at an older snapshot).
+    let mut current = store.snapshot().number();
     for n in store.snapshots()? {
         match store.open_snapshot(n) {
-            Ok(s) => snapshots.push(snapshot_row(n, &s)),
+            Ok(s) => {
+                current = current.max(n);
+                snapshots.push(snapshot_row(n, &s))
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => snapshots.push(json!({"snapshot": n, "error": e.to_string()})),
         }
@@ -245,7 +254,7 @@ fn summary(store: &Store, snap: &Arc<Snapshot>) -> Result<Value> {
         "store": store.dir().display().to_string(),
         "format_versions": versions,
         "build_format_version": vstore::FORMAT_VERSION,
-        "current": store.snapshot().number(),
+        "current": current,
         "snapshots": snapshots,
         "skipped_manifests": store.skipped_manifests().into_iter()
             .map(|(m, why)| json!({"manifest": m, "why": why})).collect::<Vec<_>>(),
