@@ -267,9 +267,9 @@ fn table_rows_for_unknown_items() {
     );
 }
 
-#[test]
-fn bad_bundle_refused_by_build_and_add_model() {
-    let d = Data::new();
+/// Writes `badmodel/`: the test bundle with a cross input on a column the
+/// store does not have.
+fn bad_model(d: &Data) {
     let json = std::fs::read_to_string(d.path("model/model.json")).unwrap();
     std::fs::create_dir_all(d.path("badmodel")).unwrap();
     std::fs::copy(
@@ -282,6 +282,12 @@ fn bad_bundle_refused_by_build_and_add_model() {
         json.replace("\"column\": \"ctr_1d\"", "\"column\": \"ctr_2d\""),
     )
     .unwrap();
+}
+
+#[test]
+fn bad_bundle_refused_by_build_and_add_model() {
+    let d = Data::new();
+    bad_model(&d);
     let e = build_fails(
         &d,
         &[
@@ -926,18 +932,7 @@ fn refusals_on_a_store_without_lock_create_nothing() {
     let d = Data::new();
     d.build("s");
     std::fs::remove_file(d.path("s/LOCK")).unwrap();
-    let json = std::fs::read_to_string(d.path("model/model.json")).unwrap();
-    std::fs::create_dir_all(d.path("badmodel")).unwrap();
-    std::fs::copy(
-        d.path("model/weights.safetensors"),
-        d.path("badmodel/weights.safetensors"),
-    )
-    .unwrap();
-    std::fs::write(
-        d.path("badmodel/model.json"),
-        json.replace("\"column\": \"ctr_1d\"", "\"column\": \"ctr_2d\""),
-    )
-    .unwrap();
+    bad_model(&d);
     npy_u64(&d.path("one.npy"), &d.ids[..1]);
     npy_f32(&d.path("one_emb.npy"), &d.vectors[..DIM], DIM);
     std::fs::write(d.path("del.txt"), "424242\n").unwrap();
