@@ -5,11 +5,11 @@
 //! (`prerank@f16` ...), ROWS (store size; default 1,000,000; 5,000 with
 //! SETS=1 keeps everything in cache and so measures the CPU work alone),
 //! SETS (candidate sets; 1 = fully warm caches),
-//! VARIANTS (`probe:rows[:near],...`; see `kernels::NEAR_KNOB`).
+//! VARIANTS (`probe:rows[:near],...`; see `vstore::experiments`; needs `--features experiments`).
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use vstore::{bench_support, kernels, Query};
+use vstore::{bench_support, experiments, Query};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -54,9 +54,9 @@ fn main() {
             // A different candidate set for every query, so no variant runs
             // on lines another variant just brought into cache.
             let i = (it * variants.len() + vi) % sets.len();
-            bench_support::PROBE_KNOB.store(p, Ordering::Relaxed);
-            kernels::ROW_KNOB.store(r, Ordering::Relaxed);
-            kernels::NEAR_KNOB.store(near, Ordering::Relaxed);
+            experiments::PROBE_AHEAD.store(p, Ordering::Relaxed);
+            experiments::ROW_AHEAD.store(r, Ordering::Relaxed);
+            experiments::NEAR_AHEAD.store(near, Ordering::Relaxed);
             let q = Query::ids(&key, &users[i], &sets[i].0, 500);
             let s = Instant::now();
             std::hint::black_box(snap.query(&q).unwrap());

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use crate::container::{check_frame, decode_meta, verify_chunks, Kind, FOOTER_LEN, HEADER_LEN};
+use crate::format::container::{
+    check_frame, decode_meta, verify_chunks, Kind, FOOTER_LEN, HEADER_LEN,
+};
 
 /// Parses `bytes` as a file of `kind`; true if frame and metadata pass.
 fn parse_one(bytes: &[u8], kind: Kind) -> bool {
@@ -103,7 +105,7 @@ pub fn parse_file(bytes: &[u8]) -> usize {
 fn reencode(
     bytes: &[u8],
     kind: Kind,
-    edit: impl FnOnce(&mut crate::meta::FileMeta) -> bool,
+    edit: impl FnOnce(&mut crate::format::meta::FileMeta) -> bool,
 ) -> Option<Vec<u8>> {
     let path = Path::new("<test input>");
     let (off, len, crc) = check_frame(path, bytes, kind).ok()?;
@@ -122,7 +124,8 @@ fn reencode(
     let mut v = bytes[..off as usize].to_vec();
     v.extend_from_slice(&mb);
     v.resize(v.len().next_multiple_of(8), 0);
-    let footer = crate::container::footer_bytes(kind, off, mb.len() as u64, crc32fast::hash(&mb));
+    let footer =
+        crate::format::container::footer_bytes(kind, off, mb.len() as u64, crc32fast::hash(&mb));
     v.extend_from_slice(&footer);
     Some(v)
 }
@@ -168,17 +171,17 @@ pub fn move_block(dir: &Path, name: &str, index: usize, shift: i64) -> Option<St
         let is_manifest = p
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(crate::names::parse_manifest)
+            .and_then(crate::format::names::parse_manifest)
             .is_some();
         if !is_manifest {
             continue;
         }
         let bytes = std::fs::read(&p).ok()?;
         let fixed = reencode(&bytes, Kind::Manifest, |m| {
-            let crate::meta::Body::Manifest(mm) = &mut m.body else {
+            let crate::format::meta::Body::Manifest(mm) = &mut m.body else {
                 return false;
             };
-            let mut refs: Vec<&mut crate::meta::FileRef> = Vec::new();
+            let mut refs: Vec<&mut crate::format::meta::FileRef> = Vec::new();
             for s in &mut mm.segments {
                 refs.extend([&mut s.id_index, &mut s.profile, &mut s.stats]);
                 refs.extend(s.embeddings.iter_mut().map(|e| &mut e.file));
@@ -251,7 +254,7 @@ mod tests {
     fn golden_files_parse_and_mutations_do_not_panic() {
         let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("format/golden");
         let mut files = 0;
-        let versions = crate::container::OLDEST_FORMAT_VERSION..=crate::FORMAT_VERSION;
+        let versions = crate::format::container::OLDEST_FORMAT_VERSION..=crate::FORMAT_VERSION;
         let stores = versions.clone().count();
         let dirs = versions.map(|v| golden.join(format!("v{v}")));
         for e in dirs.flat_map(|d| std::fs::read_dir(d).unwrap()) {
@@ -295,7 +298,7 @@ mod tests {
     #[test]
     fn metadata_length_near_u64_max_is_an_error() {
         let mut file = vec![0u8; 128];
-        file[..8].copy_from_slice(&crate::container::MAGIC);
+        file[..8].copy_from_slice(&crate::format::container::MAGIC);
         file[8..12].copy_from_slice(&1u32.to_le_bytes());
         file[12..16].copy_from_slice(&1u32.to_le_bytes());
         let f = 128 - 40;
@@ -303,7 +306,7 @@ mod tests {
         file[f + 8..f + 16].copy_from_slice(&(u64::MAX - 66).to_le_bytes());
         file[f + 20..f + 24].copy_from_slice(&1u32.to_le_bytes());
         file[f + 24..f + 28].copy_from_slice(&1u32.to_le_bytes());
-        file[f + 32..].copy_from_slice(&crate::container::MAGIC);
+        file[f + 32..].copy_from_slice(&crate::format::container::MAGIC);
         let mut h = crc32fast::Hasher::new();
         h.update(&file[..64]);
         h.update(&file[f..f + 28]);

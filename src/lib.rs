@@ -15,44 +15,36 @@
 #[cfg(target_endian = "big")]
 compile_error!("vstore's on-disk format is little-endian and it supports little-endian hosts only");
 
-mod batch;
-mod compaction;
-mod container;
-mod directory;
-mod encode;
-pub mod error;
-mod extents;
-mod filter;
-pub mod fs;
+mod error;
+#[cfg(feature = "experiments")]
+#[doc(hidden)]
+pub mod experiments;
+mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-mod idindex;
-pub mod kernels;
-mod meta;
-mod mmap;
+mod io;
+mod kernels;
 mod model;
-mod names;
-mod pins;
 mod query;
-pub mod schema;
-mod segment;
-mod snapshot;
-mod store;
-mod topk;
-mod writer;
+mod read;
+mod schema;
+mod write;
 
-pub use batch::ItemBatch;
-pub use compaction::{CompactedSegment, CompactionJob};
-pub use container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use error::{Error, Result};
-pub use filter::Filter;
-pub use fs::{Fs, FsFile, StdFs};
+pub use format::container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
+pub use io::fs::{Fs, FsFile, StdFs};
 pub use model::{Activation, Model, UserInputSpec, UserInputs, BUNDLE_FORMAT};
 #[doc(hidden)]
 pub use query::bench_support;
-pub use query::{Candidates, Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};
-pub use schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
-pub use segment::{Column, EmbeddingColumn, Row, Segment};
-pub use snapshot::{ItemRef, Snapshot, VerifyReport};
-pub use store::{OpenOptions, Store};
-pub use writer::{is_leftover_name, Compaction, GcReport, Retention, Transaction, Writer};
+pub use query::filter::Filter;
+pub use query::{Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};
+pub use read::segment::{Column, EmbeddingColumn, Row, Segment};
+pub use read::snapshot::{ItemRef, Snapshot, VerifyReport};
+pub use read::store::{OpenOptions, Store};
+pub use schema::{parse_key, ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
+pub use write::batch::ItemBatch;
+pub use write::compaction::{CompactedSegment, CompactionJob};
+pub use write::gc::{GcReport, Retention};
+pub use write::rebase::Compaction;
+pub use write::transaction::Transaction;
+pub use write::writer::{is_leftover_name, Writer};

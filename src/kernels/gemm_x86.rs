@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::model::gemm::Start;
+use crate::kernels::gemm::Start;
 
 /// Columns per packed panel.
 pub(crate) const NR: usize = 16;

@@ -11,6 +11,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::schema::Dtype;
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm;
 pub(crate) mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -58,16 +59,32 @@ pub(crate) fn prefetch_line(p: *const u8) {
 }
 
 /// Rows ahead whose cache lines the gather loop prefetches (for f32 rows
-/// of three lines or more, only the first line; an experiment knob for
-/// `examples/ab_query.rs`; the default is the measured best).
-#[doc(hidden)]
-pub static ROW_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
+/// of three lines or more, only the first line): the best distance
+/// `examples/ab_query.rs` measured (docs/PERF.md).
+pub(crate) const ROW_AHEAD: usize = 16;
 
-/// Rows ahead whose every line the gather loop prefetches, for f32 rows
-/// of three lines or more (0: all lines at [`ROW_KNOB`], as for other
-/// rows; an experiment knob for `examples/ab_query.rs`).
-#[doc(hidden)]
-pub static NEAR_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(8);
+/// Rows ahead whose every line the gather loop prefetches, for f32 rows of
+/// three lines or more (0 would mean: all lines at [`ROW_AHEAD`], as for
+/// other rows).
+pub(crate) const NEAR_AHEAD: usize = 8;
+
+/// [`ROW_AHEAD`], or its experiment knob with the `experiments` feature.
+#[inline]
+pub(crate) fn row_ahead() -> usize {
+    #[cfg(feature = "experiments")]
+    return crate::experiments::ROW_AHEAD.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "experiments"))]
+    ROW_AHEAD
+}
+
+/// [`NEAR_AHEAD`], or its experiment knob with the `experiments` feature.
+#[inline]
+pub(crate) fn near_ahead() -> usize {
+    #[cfg(feature = "experiments")]
+    return crate::experiments::NEAR_AHEAD.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "experiments"))]
+    NEAR_AHEAD
+}
 
 /// One block of embedding rows: `bytes` holds `rows * stride` bytes.
 #[derive(Clone, Copy)]
@@ -214,7 +231,7 @@ pub(crate) fn dot_portable(dtype: Dtype, user: &[f32], row: &[u8], tmp: &mut [f3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::encode_row;
+    use crate::format::encode::encode_row;
 
     fn rows(dtype: Dtype, d: usize, n: usize) -> (Vec<u8>, usize, Vec<Vec<f32>>) {
         let stride = dtype.row_stride(d as u32);

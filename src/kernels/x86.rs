@@ -166,8 +166,7 @@ macro_rules! loops {
     ($gather:ident, $range:ident, $rows:ident, $one:ident, $dot4:ident, $split:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
-            use std::sync::atomic::Ordering::Relaxed;
-            let far = super::ROW_KNOB.load(Relaxed);
+            let far = super::row_ahead();
             // f32 rows of three lines or more: the first line `far` rows
             // ahead (which, we think, starts the row's page walk early)
             // and every line `near` rows ahead. Alternated with every line
@@ -176,7 +175,7 @@ macro_rules! loops {
             // at d = 128 no faster, i8 at d = 128 2% slower and two-line
             // rows 3-4% slower, so other dtypes keep the single distance.
             let near = if $split && rb > 128 {
-                super::NEAR_KNOB.load(Relaxed).min(far)
+                super::near_ahead().min(far)
             } else {
                 0
             };

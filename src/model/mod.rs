@@ -10,10 +10,10 @@
 //! `space@version` names an embedding of the snapshot with the bundle's
 //! `item_dim`. Every refusal is [`Error::Bundle`] naming the field.
 
-pub(crate) mod gemm;
 mod score;
 pub(crate) mod spec;
 
+use crate::kernels::gemm;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ pub use spec::{Activation, BUNDLE_FORMAT};
 #[derive(Debug)]
 pub(crate) struct LoadedModel {
     pub model: std::sync::Arc<Model>,
-    pub file: std::sync::Arc<crate::container::Container>,
+    pub file: std::sync::Arc<crate::format::container::Container>,
     pub pre: Vec<PreFile>,
 }
 
@@ -38,7 +38,7 @@ pub(crate) struct LoadedModel {
 #[derive(Debug)]
 pub(crate) struct PreFile {
     pub def: crate::schema::EmbeddingDef,
-    pub file: std::sync::Arc<crate::container::Container>,
+    pub file: std::sync::Arc<crate::format::container::Container>,
     pub segment: u64,
     pub offset: usize,
     pub stride: usize,
@@ -46,8 +46,8 @@ pub(crate) struct PreFile {
 }
 
 impl PreFile {
-    pub(crate) fn column(&self) -> crate::segment::EmbeddingColumn<'_> {
-        crate::segment::EmbeddingColumn::new(
+    pub(crate) fn column(&self) -> crate::read::segment::EmbeddingColumn<'_> {
+        crate::read::segment::EmbeddingColumn::new(
             &self.def,
             &self.file.map[self.offset..self.offset + self.rows * self.stride],
             self.stride,
@@ -625,11 +625,11 @@ impl Model {
     /// a manifest under `key`). Every byte is checksummed first; a bundle
     /// that fails validation is a corrupt file (it passed when added).
     pub(crate) fn from_container(
-        c: &crate::container::Container,
+        c: &crate::format::container::Container,
         key: &str,
         schema: &Schema,
     ) -> Result<Model> {
-        let crate::meta::Body::Bundle(b) = &c.meta.body else {
+        let crate::format::meta::Body::Bundle(b) = &c.meta.body else {
             return Err(Error::corrupt(&c.path, "not a model bundle file"));
         };
         if b.key != key {
@@ -675,7 +675,7 @@ impl Model {
     /// embedding column `emb` into `out`.
     pub(crate) fn precompute_rows(
         &self,
-        emb: &crate::segment::EmbeddingColumn<'_>,
+        emb: &crate::read::segment::EmbeddingColumn<'_>,
         first: usize,
         out: &mut [f32],
     ) {

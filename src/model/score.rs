@@ -8,12 +8,12 @@
 //! part of the first upper layer (`W[:, ..user_dim] @ user + b`) is computed
 //! once per query and starts each row's accumulator.
 
-use super::gemm::{matmul, matmul_prefetching, Start};
 use super::{Activation, ByItem, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
 use crate::error::{Error, Result};
+use crate::kernels::gemm::{matmul, matmul_prefetching, Start};
 use crate::kernels::{self, Loc};
+use crate::read::segment::{EmbeddingColumn, Segment};
 use crate::schema::Dtype;
-use crate::segment::{EmbeddingColumn, Segment};
 
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
 /// product).
@@ -184,7 +184,7 @@ fn layer(
     m: usize,
     src: &[f32],
     ld_src: usize,
-    pack: &super::gemm::Weights,
+    pack: &crate::kernels::gemm::Weights,
     dst: &mut [f32],
     ld_dst: usize,
     start: Start<'_>,

@@ -41,8 +41,7 @@ pub fn parse_embedding_arg(s: &str) -> Result<EmbeddingArg> {
         Some((k, d)) => (k, Some(parse_dtype(d)?)),
         None => (lhs, None),
     };
-    vstore::schema::parse_key(key)
-        .map_err(|e| ToolError::Usage(format!("--embedding {s:?}: {e}")))?;
+    vstore::parse_key(key).map_err(|e| ToolError::Usage(format!("--embedding {s:?}: {e}")))?;
     Ok(EmbeddingArg {
         key: key.to_string(),
         dtype,

@@ -90,7 +90,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         batch = add_table_columns(batch, &items.ids_path, &items.ids, table, &cols)?;
     }
     for (e, dim, _) in &items.vectors {
-        let (space, version) = vstore::schema::parse_key(&e.key)?;
+        let (space, version) = vstore::parse_key(&e.key)?;
         let dim = u32::try_from(*dim)
             .map_err(|_| ToolError::input(&e.path, format!("dimension {dim} is too large")))?;
         schema = schema.embedding(space, version, dim, e.dtype.unwrap_or(default_dtype));

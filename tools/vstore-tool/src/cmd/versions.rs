@@ -32,7 +32,7 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
     }
     let items = read_items(&a.ids, std::slice::from_ref(&e), p)?;
     let (_, dim, vectors) = &items.vectors[0];
-    let (space, version) = vstore::schema::parse_key(&e.key)?;
+    let (space, version) = vstore::parse_key(&e.key)?;
     let dim = u32::try_from(*dim)
         .map_err(|_| ToolError::input(&e.path, format!("dimension {dim} is too large")))?;
     let def = EmbeddingDef::new(space, version, dim, e.dtype.unwrap_or(default_dtype));

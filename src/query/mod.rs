@@ -8,24 +8,41 @@
 //! deleted rows, apply the filter; (3) score the rows with a prefetching
 //! kernel; (4) streaming top-k; (5) confirm `ids[row] == id` for the hits.
 
+pub(crate) mod filter;
+pub(crate) mod topk;
+
 use std::cell::RefCell;
 
-use crate::directory::Directory;
 use crate::error::{Error, Result};
-use crate::filter::{Compiled, Filter};
-use crate::idindex::{self, Hashed};
+use crate::format::idindex::{self, Hashed};
 use crate::kernels::{self, Block, Level, Loc};
 use crate::model::{Model, ModelScratch, Prepared, SegmentInputs, UserInputs};
+use crate::query::filter::{Compiled, Filter};
+use crate::query::topk::TopK;
+use crate::read::directory::Directory;
+use crate::read::snapshot::Snapshot;
 use crate::schema::Dtype;
-use crate::snapshot::Snapshot;
-use crate::topk::TopK;
+
+/// How many candidates ahead the query prefetches id-index home slots
+/// (16 was as good as any distance from 8 to 24 or blocks of 32 ids;
+/// docs/PERF.md).
+pub(crate) const PROBE_AHEAD: usize = 16;
+
+/// [`PROBE_AHEAD`], or its experiment knob with the `experiments` feature.
+#[inline]
+fn probe_ahead() -> usize {
+    #[cfg(feature = "experiments")]
+    return crate::experiments::PROBE_AHEAD.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "experiments"))]
+    PROBE_AHEAD
+}
 
 /// Most candidate ids one query takes (use a full scan beyond).
 pub const MAX_CANDIDATES: usize = 100_000;
 
 /// Which items a query scores.
 #[derive(Debug, Clone, Copy)]
-pub enum Candidates<'a> {
+pub(crate) enum Candidates<'a> {
     /// These ids (duplicates are scored once; unknown ids are reported).
     Ids(&'a [u64]),
     /// Every live item of the snapshot.
@@ -539,7 +556,7 @@ impl Snapshot {
 /// the directory holds live rows), which pass 2 relies on.
 #[allow(clippy::too_many_arguments)]
 fn resolve(
-    segs: &[crate::segment::Segment],
+    segs: &[crate::read::segment::Segment],
     views: &[idindex::IdIndexView<'_>],
     deleted: &[Option<&[u64]>],
     dir: Option<&Directory>,
@@ -548,7 +565,7 @@ fn resolve(
     max_seen: &mut bool,
     confirm_all: bool,
 ) {
-    let ahead = bench_support::PROBE_KNOB.load(std::sync::atomic::Ordering::Relaxed);
+    let ahead = probe_ahead();
     let found = |scratch: &mut Scratch, pos: u32, id: u64, (si, row): (usize, usize)| {
         if confirm_all {
             if let Some(r) = views[si].ids.get(row..) {
@@ -606,7 +623,7 @@ fn resolve(
         // No directory (a segment beyond u32 rows): one id at a time.
         (n, None) => {
             let live = (
-                |k: Hashed| crate::segment::find_live(n, |j| &segs[j], k.id),
+                |k: Hashed| crate::read::segment::find_live(n, |j| &segs[j], k.id),
                 |_: u64| std::ptr::null(),
             );
             two_stage(ids, scratch, max_seen, ahead, (live, nothing), found)
@@ -798,11 +815,6 @@ pub mod bench_support {
         Ok(out)
     }
 
-    /// How many candidates ahead the query prefetches id-index home slots
-    /// (an experiment knob for `examples/ab_query.rs`; the default, 16, was
-    /// as good as any distance from 8 to 24 or blocks of 32 ids).
-    pub static PROBE_KNOB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
-
     /// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
     /// with the kernel this CPU runs: the in-cache kernel benchmark.
     pub fn score_block(
@@ -828,7 +840,7 @@ pub mod bench_support {
     /// peak.
     pub struct LayerProduct {
         m: usize,
-        w: crate::model::gemm::Weights,
+        w: crate::kernels::gemm::Weights,
         a: Vec<f32>,
         b: Vec<f32>,
         c: Vec<f32>,
@@ -845,7 +857,7 @@ pub mod bench_support {
                 .collect();
             LayerProduct {
                 m,
-                w: crate::model::gemm::Weights::new(&w, k, k, n),
+                w: crate::kernels::gemm::Weights::new(&w, k, k, n),
                 a,
                 b: (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect(),
                 c: vec![0.0; m * n],
@@ -855,7 +867,7 @@ pub mod bench_support {
         /// Runs the product once; returns one output value (keep it).
         pub fn run(&mut self) -> f32 {
             let (k, n) = (self.w.k, self.w.n);
-            use crate::model::gemm::{matmul, Start};
+            use crate::kernels::gemm::{matmul, Start};
             matmul(
                 self.m,
                 &self.a,

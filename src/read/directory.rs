@@ -21,8 +21,8 @@
 //! disk. It costs `16 B × (live rows it holds) / 0.7` of memory.
 
 use crate::error::Result;
-use crate::idindex::{fastrange, home, Hashed};
-use crate::segment::Segment;
+use crate::format::idindex::{fastrange, home, Hashed};
+use crate::read::segment::Segment;
 
 /// Slots per live id: the table holds `ceil(live / MAX_LOAD) + 1` slots.
 const MAX_LOAD: f64 = 0.7;
@@ -90,7 +90,7 @@ impl Directory {
             .map(|(_, s)| {
                 let dead = s
                     .deleted_words()
-                    .map_or(0, |w| crate::segment::count_bits(w, s.rows()));
+                    .map_or(0, |w| crate::read::segment::count_bits(w, s.rows()));
                 s.rows() - dead as usize
             })
             .sum();

@@ -1,7 +1,7 @@
 //! [`ItemBatch`]: rows handed to a writer, column by column.
 
-use crate::encode::ScalarColumn;
 use crate::error::{Error, Result};
+use crate::format::encode::ScalarColumn;
 use crate::schema::{ColumnDef, ColumnKind, Schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

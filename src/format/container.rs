@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::extents::ExtentWriter;
-use crate::meta::{Body, Extent, FileMeta};
+use crate::format::meta::{Body, Extent, FileMeta};
+use crate::io::extents::ExtentWriter;
 
 /// First eight bytes of every file (and last eight): PNG-style, so a text
 /// transfer or a truncated copy is recognisable.
@@ -91,7 +91,7 @@ fn header_bytes(kind: Kind) -> [u8; HEADER_LEN as usize] {
 /// [`ContainerWriter::finish`] writes metadata and footer and syncs.
 pub(crate) struct ContainerWriter {
     path: PathBuf,
-    out: ExtentWriter<Box<dyn crate::fs::FsFile>>,
+    out: ExtentWriter<Box<dyn crate::io::fs::FsFile>>,
     kind: Kind,
     pos: u64,
     crcs: Vec<u32>,
@@ -100,7 +100,7 @@ pub(crate) struct ContainerWriter {
 }
 
 /// What a finished file is: its length and metadata checksum (recorded in the
-/// manifest's [`crate::meta::FileRef`]).
+/// manifest's [`crate::format::meta::FileRef`]).
 pub(crate) struct Written {
     pub len: u64,
     pub meta_crc: u32,
@@ -108,7 +108,7 @@ pub(crate) struct Written {
 
 impl ContainerWriter {
     /// Creates `path` (which must not exist) through `fs` and writes the header.
-    pub(crate) fn create(fs: &dyn crate::fs::Fs, path: &Path, kind: Kind) -> Result<Self> {
+    pub(crate) fn create(fs: &dyn crate::io::fs::Fs, path: &Path, kind: Kind) -> Result<Self> {
         let file = fs
             .create_new(path)
             .map_err(|e| Error::io("create", path, e))?;
@@ -486,11 +486,11 @@ impl Container {
         // lead out of the store, and a FIFO or device named by a damaged
         // manifest (or put in a manifest's place) could block the open.
         let (file, fmeta) =
-            crate::fs::open_regular(path, File::options().read(true).clone(), "open")?;
+            crate::io::fs::open_regular(path, File::options().read(true).clone(), "open")?;
         let len = fmeta.len();
         // Checked before mapping: a zero-length file cannot be mapped.
         check_len(path, len)?;
-        let map = crate::mmap::map_readonly(&file, path, len, populate)?;
+        let map = crate::io::mmap::map_readonly(&file, path, len, populate)?;
         let (meta_offset, meta_len, meta_crc) = check_frame(path, &map, want)?;
         let meta_bytes = &map[meta_offset as usize..(meta_offset + meta_len) as usize];
         let meta = decode_meta(path, meta_bytes, meta_crc, meta_offset, want)?;

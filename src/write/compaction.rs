@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::encode::{self, ScalarColumn};
 use crate::error::Result;
-use crate::fs::Fs;
-use crate::meta::{self, EmbeddingRef, FileRef, SegmentMeta};
-use crate::names;
+use crate::format::encode::{self, ScalarColumn};
+use crate::format::meta::{self, EmbeddingRef, FileRef, SegmentMeta};
+use crate::format::names;
+use crate::io::fs::Fs;
+use crate::read::segment::Segment;
+use crate::read::snapshot::Snapshot;
 use crate::schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
-use crate::segment::Segment;
-use crate::snapshot::Snapshot;
 
 /// Where new data files go: a directory, the snapshot number their names
 /// carry, and the set of names written so far (unique within the number).

@@ -6,15 +6,15 @@ use std::path::Path;
 
 use half::slice::HalfFloatSliceExt;
 
-use crate::container::{ContainerWriter, Kind};
 use crate::error::{Error, Result};
-use crate::idindex;
-use crate::meta::{
+use crate::format::container::{ContainerWriter, Kind};
+use crate::format::idindex;
+use crate::format::meta::{
     Body, ColumnBlock, ColumnsMeta, DeletesMeta, FileRef, Group, IdIndexMeta, VectorBlock,
 };
 use crate::schema::{Dtype, EmbeddingDef};
 
-fn file_ref(path: &Path, w: crate::container::Written) -> FileRef {
+fn file_ref(path: &Path, w: crate::format::container::Written) -> FileRef {
     FileRef {
         name: path
             .file_name()
@@ -31,7 +31,7 @@ fn le_bytes_u64(v: &[u64]) -> Vec<u8> {
 
 /// Writes the id index of a segment; `ids` must be unique.
 pub(crate) fn write_id_index(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     ids: &[u64],
@@ -79,7 +79,7 @@ impl ScalarColumn {
 
 /// Writes a profile or statistics column-group file.
 pub(crate) fn write_scalar_group(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -195,7 +195,7 @@ pub(crate) fn encode_row(dtype: Dtype, v: &[f32], out: &mut [u8], tmp16: &mut Ve
 /// Writes an embedding column-group file. `rows_in_order` yields, for each
 /// row of the segment in order, its f32 vector (already checked).
 pub(crate) fn write_embedding_group<'a>(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -216,7 +216,7 @@ pub(crate) fn write_embedding_group<'a>(
 /// Writes an embedding column-group file from stored rows (`stride` bytes
 /// each, copied byte for byte: compaction never re-quantizes).
 pub(crate) fn write_embedding_raw<'a>(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -236,7 +236,7 @@ pub(crate) fn write_embedding_raw<'a>(
 /// at a time: `fill(first, out)` writes rows `first..first + out.len() / dim`
 /// (f32, row-major) into `out`; blocks are `block` rows.
 pub(crate) fn write_embedding_computed(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -265,7 +265,7 @@ pub(crate) fn write_embedding_computed(
 /// The frame of an embedding file: one block of `rows` rows that `emit`
 /// writes, then the metadata describing it.
 fn write_vectors(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -285,7 +285,7 @@ fn write_vectors(
         columns: Vec::new(),
         vectors: Some(VectorBlock {
             stride: stride as u32,
-            rows: crate::meta::Extent { offset, len },
+            rows: crate::format::meta::Extent { offset, len },
         }),
     }))?;
     Ok(file_ref(path, written))
@@ -293,7 +293,7 @@ fn write_vectors(
 
 /// Writes a deletion bitmap.
 pub(crate) fn write_deletes(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
@@ -314,7 +314,7 @@ pub(crate) fn write_deletes(
 /// Writes a model bundle file: `model.json` and `weights.safetensors`
 /// bytes, verbatim, each in its own block.
 pub(crate) fn write_bundle(
-    fs: &dyn crate::fs::Fs,
+    fs: &dyn crate::io::fs::Fs,
     path: &Path,
     key: &str,
     json: &[u8],
@@ -323,7 +323,7 @@ pub(crate) fn write_bundle(
     let mut w = ContainerWriter::create(fs, path, Kind::Bundle)?;
     let json = w.block(json)?;
     let weights = w.block(weights)?;
-    let written = w.finish(Body::Bundle(crate::meta::BundleMeta {
+    let written = w.finish(Body::Bundle(crate::format::meta::BundleMeta {
         key: key.to_string(),
         json,
         weights,

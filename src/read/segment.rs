@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 
-use crate::container::{Container, Kind};
 use crate::error::{Error, Result};
-use crate::idindex::IdIndexView;
-use crate::meta::{Body, FileRef, Group, SegmentMeta};
+use crate::format::container::{Container, Kind};
+use crate::format::idindex::IdIndexView;
+use crate::format::meta::{Body, FileRef, Group, SegmentMeta};
 use crate::schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
 
 /// Opens (or shares) a mapped file by name; supplied by the store.
@@ -212,10 +212,10 @@ impl Segment {
         let Body::IdIndex(m) = &index.meta.body else {
             return Err(Error::corrupt(&index.path, "not an id index"));
         };
-        let width = crate::idindex::bucket_width(index.version);
+        let width = crate::format::idindex::bucket_width(index.version);
         if m.segment != seg.id
             || m.rows != seg.rows
-            || m.slots != crate::idindex::slots_for(seg.rows, width)
+            || m.slots != crate::format::idindex::slots_for(seg.rows, width)
         {
             return Err(Error::corrupt(
                 &index.path,
@@ -235,7 +235,7 @@ impl Segment {
             .as_ptr() as usize
             - base;
         let (slots, max_probe) = (m.slots as usize, m.max_probe);
-        if m.bloom_blocks != crate::idindex::bloom_blocks_for(seg.rows) {
+        if m.bloom_blocks != crate::format::idindex::bloom_blocks_for(seg.rows) {
             return Err(Error::corrupt(
                 &index.path,
                 format!(

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::container::Container;
 use crate::error::{Error, Result};
-use crate::meta::ManifestMeta;
+use crate::format::container::Container;
+use crate::format::meta::ManifestMeta;
 use crate::model::{LoadedModel, Model};
-use crate::pins::Pin;
+use crate::read::pins::Pin;
+use crate::read::segment::{EmbeddingColumn, Segment};
 use crate::schema::{EmbeddingDef, Schema};
-use crate::segment::{EmbeddingColumn, Segment};
 
 /// Where an item lives in a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +51,7 @@ pub struct Snapshot {
     pub(crate) _pin: Pin,
     /// The id directory, built on first use (see `directory.rs`); `None`
     /// inside when this snapshot does not use one.
-    pub(crate) directory: std::sync::OnceLock<Option<crate::directory::Directory>>,
+    pub(crate) directory: std::sync::OnceLock<Option<crate::read::directory::Directory>>,
 }
 
 impl Snapshot {
@@ -95,11 +95,11 @@ impl Snapshot {
     }
 
     /// The id directory, built on first call (`None` for one segment).
-    pub(crate) fn directory(&self) -> Result<Option<&crate::directory::Directory>> {
+    pub(crate) fn directory(&self) -> Result<Option<&crate::read::directory::Directory>> {
         if let Some(d) = self.directory.get() {
             return Ok(d.as_ref());
         }
-        let built = crate::directory::Directory::build(&self.segments)?;
+        let built = crate::read::directory::Directory::build(&self.segments)?;
         Ok(self.directory.get_or_init(|| built).as_ref())
     }
 
@@ -227,7 +227,7 @@ impl Snapshot {
     /// (or a deleted one as live). [`Snapshot::item`] checks first.
     #[inline]
     pub fn lookup(&self, id: u64) -> Option<ItemRef> {
-        crate::segment::find_live(self.segments.len(), |i| &self.segments[i], id)
+        crate::read::segment::find_live(self.segments.len(), |i| &self.segments[i], id)
             .map(|(segment, row)| ItemRef { segment, row })
     }
 

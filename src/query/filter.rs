@@ -1,8 +1,8 @@
 //! Filters on profile (and statistics) columns, evaluated per candidate.
 
 use crate::error::{Error, Result};
+use crate::read::segment::Segment;
 use crate::schema::{ColumnKind, Schema};
-use crate::segment::Segment;
 
 /// A predicate on an item's profile or statistics columns. Missing values
 /// are filtered as the column's declared default.

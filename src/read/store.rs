@@ -6,14 +6,14 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::container::{Container, Kind};
 use crate::error::{Error, Result};
-use crate::meta::{Body, FileRef, ManifestMeta};
+use crate::format::container::{Container, Kind};
+use crate::format::meta::{Body, FileRef, ManifestMeta};
+use crate::format::names;
 use crate::model::Model;
-use crate::names;
-use crate::pins::Pin;
-use crate::segment::Segment;
-use crate::snapshot::{Snapshot, VerifyReport};
+use crate::read::pins::Pin;
+use crate::read::segment::Segment;
+use crate::read::snapshot::{Snapshot, VerifyReport};
 
 /// How a store is opened.
 #[derive(Debug, Clone, Default)]
@@ -506,7 +506,7 @@ fn load(
     let mut models = Vec::with_capacity(manifest.bundles.len());
     for b in &manifest.bundles {
         let c = opener(&b.files[0], Kind::Bundle)?;
-        crate::segment::check_ref(&c, &b.files[0])?;
+        crate::read::segment::check_ref(&c, &b.files[0])?;
         let name = &b.files[0].name;
         let m = match model_cache.get(name) {
             Some((w, schema)) if *schema == manifest.schema => w.upgrade(),
@@ -533,10 +533,10 @@ fn load(
         let mut pre = Vec::new();
         for (seg, fr) in manifest.segments.iter().zip(&b.files[1..]) {
             let f = opener(fr, Kind::Columns)?;
-            crate::segment::check_ref(&f, fr)?;
+            crate::read::segment::check_ref(&f, fr)?;
             let def = match &f.meta.body {
-                crate::meta::Body::Columns(cm) => match &cm.group {
-                    crate::meta::Group::Embedding(d) => Some(d.clone()),
+                crate::format::meta::Body::Columns(cm) => match &cm.group {
+                    crate::format::meta::Group::Embedding(d) => Some(d.clone()),
                     _ => None,
                 },
                 _ => None,
@@ -554,7 +554,8 @@ fn load(
                         ),
                     )
                 })?;
-            let (offset, stride) = crate::segment::check_vector_file(&f, &want, seg.id, seg.rows)?;
+            let (offset, stride) =
+                crate::read::segment::check_vector_file(&f, &want, seg.id, seg.rows)?;
             pre.push(crate::model::PreFile {
                 def: want,
                 file: f,

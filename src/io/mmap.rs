@@ -26,7 +26,7 @@ pub(crate) fn map_readonly(file: &File, path: &Path, len: u64, populate: bool) -
     let len = usize::try_from(len).map_err(|_| {
         Error::corrupt(path, format!("file length {len} exceeds the address space"))
     })?;
-    let huge = cfg!(target_os = "linux") && len >= crate::extents::EXTENT;
+    let huge = cfg!(target_os = "linux") && len >= crate::io::extents::EXTENT;
     let mut opts = MmapOptions::new();
     opts.len(len);
     if populate && !huge {

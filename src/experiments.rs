@@ -1,0 +1,16 @@
+//! Run-time knobs for A/B experiments (`examples/ab_query.rs`), built only
+//! with the `experiments` feature: default builds read the constants these
+//! start from, so no query reads an atomic for them. Not a supported API.
+
+use std::sync::atomic::AtomicUsize;
+
+/// Rows ahead the gather loop prefetches (see `kernels::ROW_AHEAD`).
+pub static ROW_AHEAD: AtomicUsize = AtomicUsize::new(crate::kernels::ROW_AHEAD);
+
+/// Rows ahead whose every line the gather loop prefetches, for f32 rows of
+/// three lines or more (see `kernels::NEAR_AHEAD`).
+pub static NEAR_AHEAD: AtomicUsize = AtomicUsize::new(crate::kernels::NEAR_AHEAD);
+
+/// Candidates ahead whose id-index home slots a query prefetches (see
+/// `query::PROBE_AHEAD`).
+pub static PROBE_AHEAD: AtomicUsize = AtomicUsize::new(crate::query::PROBE_AHEAD);
