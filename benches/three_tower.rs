@@ -1,4 +1,4 @@
-//! Three-tower query latency (criterion, one thread): DESIGN.md's example
+//! Three-tower query latency (criterion, one thread): docs/DESIGN.md's example
 //! model (cross 22 -> 64 -> 32, upper 160 -> 256 -> 128, three heads) on
 //! N = 1,000,000 items (d = 64, f16), n = 1,000 / 5,000 / 10,000 candidate
 //! ids, k = 500; the model as given and with its first-layer item part

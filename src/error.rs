@@ -125,7 +125,8 @@ pub enum Error {
     DuplicateId {
         /// The repeated id.
         id: u64,
-        /// Where (e.g. `"batch rows 3 and 17"`, `"batch row 5 and snapshot 12"`).
+        /// Where (e.g. `"input rows 3 and 17"`, or `"input row 5 and segment 2
+        /// row 40 of the snapshot being built (use upsert_items to replace)"`).
         context: String,
     },
 

@@ -8,7 +8,11 @@
 //! embedding column is tagged `space@version`; asking a snapshot for a
 //! version it does not hold is [`Error::VersionSkew`], never a fallback.
 //!
-//! The byte-level format is specified in `format/FORMAT.md`.
+//! The design (assumptions about the medium, the layers, the write, read
+//! and query paths, compaction, the model bundle contract) is in
+//! `docs/DESIGN.md`; the byte-level format in `format/FORMAT.md`; what the
+//! store promises, with the test behind each promise, in `docs/PROMISES.md`;
+//! performance figures and how to reproduce them in `docs/PERF.md`.
 //!
 //! See [`Store`] for an example.
 

@@ -8,7 +8,7 @@ contract, for testing three_tower.py without the Rust example.
 Files written into OUT_DIR/three_tower/ (the same contract
 `cargo run --example three_tower_bench` follows; see README.md):
 
-    bundle/model.json           the DESIGN.md example model (format vstore.three_tower.v1)
+    bundle/model.json           the docs/DESIGN.md example model (format vstore.three_tower.v1)
     bundle/weights.safetensors  float32 tensors, PyTorch nn.Linear layout W [out, in]
     tt_meta.json                {"ns", "k", "user_dim", "item_dim", "cross_in_dim"}
     tt_x_{n}.npy                float32 [n, user_dim + item_dim + C]: concat(user vector
@@ -16,7 +16,7 @@ Files written into OUT_DIR/three_tower/ (the same contract
     tt_expected_{n}.npy         float32 [n] fused scores, computed here in float64
     tt_vstore.json              {"<n>": {"median_ms", "gflops", "variants": {name: ms}}}
 
-Model sizes (DESIGN.md's example): cross inputs C = 21 (ctr_1d log1p: 1,
+Model sizes (docs/DESIGN.md's example): cross inputs C = 21 (ctr_1d log1p: 1,
 impressions_7d bucketized -> 4-wide embedding, category -> 7-wide embedding,
 user_stats: 8, user_category_ctr: 1), cross 21 -> 64 -> 32 (relu),
 upper 160 -> 256 -> 128 (relu), heads click (sigmoid, neg_sampling_rate 0.1),

@@ -165,7 +165,7 @@ pub const TT_BUCKETS: [f32; 3] = [10.0, 100.0, 1000.0];
 /// Vocabulary of `category` (values are skewed: a few are most items).
 pub const TT_VOCAB: u32 = 1000;
 
-/// The benchmark bundle: DESIGN.md's example sizes. Cross inputs (ctr_1d
+/// The benchmark bundle: the example sizes of docs/DESIGN.md ("Model bundle contract"). Cross inputs (ctr_1d
 /// log1p 1 + impressions bucket table 4 + category table 8 + user_stats 8 +
 /// user_category_ctr 1 = 22) -> 64 -> 32; upper 160 -> 256 -> 128; heads
 /// click (sigmoid, neg_sampling_rate 0.1), like (sigmoid), watch_time (exp);

@@ -160,8 +160,9 @@ pub(crate) struct IdIndexMeta {
     /// Largest probe distance any id needed at build time; lookups stop after it.
     pub max_probe: u32,
     /// Blocked Bloom filter over the ids: `bloom_blocks` 64-byte blocks
-    /// (see FORMAT.md, "Id index"), so a query on a snapshot of many segments
-    /// probes only the segment that holds an id.
+    /// (see format/FORMAT.md, "Id index"), so a lookup that walks the
+    /// segments (`read::segment::find_live`) skips those that cannot hold
+    /// an id.
     pub bloom: Extent,
     pub bloom_blocks: u64,
 }
@@ -179,7 +180,7 @@ pub(crate) struct DeletesMeta {
 
 impl Body {
     /// Every data block of the file, named, in the order the writer lays
-    /// them out (`src/encode.rs`): id index `ids`, `table`, `bloom`; column
+    /// them out (`src/format/encode.rs`): id index `ids`, `table`, `bloom`; column
     /// groups each column's `values` then its `missing` bitmap, then
     /// `vectors`; deletion bitmap `bitmap`; bundle `json`, `weights`; a
     /// manifest has none. Readers check that block `i` starts exactly

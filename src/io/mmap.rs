@@ -34,11 +34,11 @@ pub(crate) fn map_readonly(file: &File, path: &Path, len: u64, populate: bool) -
     }
     // SAFETY: the mapping is read-only and the file is one of the store's
     // published files, which no vstore process ever writes, truncates or
-    // rewrites after publish (see the module docs and FORMAT.md, "Publish
+    // rewrites after publish (see the module docs and format/FORMAT.md, "Publish
     // protocol"). `len` equals the file length just read from fstat, and every
     // offset used afterwards is checked against it. Another program that
     // truncates a store's files while they are mapped breaks that contract
-    // (the process would get SIGBUS); that is documented in FORMAT.md.
+    // (the process would get SIGBUS); that is documented in format/FORMAT.md and docs/PROMISES.md.
     let map = unsafe { opts.map(file) }.map_err(|e| Error::io("mmap", path, e))?;
     #[cfg(target_os = "linux")]
     if huge {

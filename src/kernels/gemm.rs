@@ -6,9 +6,8 @@
 //! On x86-64 with AVX2, FMA and F16C the weights are packed once, at model load, and
 //! a register-tiled kernel (`kernels::gemm_x86`) runs (layers of at most 8
 //! outputs, such as the heads, run as dot products instead); elsewhere the
-//! `matrixmultiply` crate does (it packs both operands on every call, which
-//! cost about 14% of a query in the benchmark, and its kernel reached
-//! ~57 GFLOP/s here against the packed kernel's figure in the note).
+//! `matrixmultiply` crate does (it packs both operands on every call; the
+//! cost of that is in docs/PERF.md, "Three-tower scoring").
 
 use crate::kernels::Level;
 

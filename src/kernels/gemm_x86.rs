@@ -180,8 +180,7 @@ pub(crate) unsafe fn gemm_packed(
     // `ahead` is spread over the tiles, so that the misses overlap the
     // arithmetic instead of stalling it in one burst; but in bursts of at
     // least 32 lines, whose address translations overlap each other
-    // (n = 5,000 three-tower query: 9 lines a tile measured 5-8% slower
-    // than 24-36).
+    // (smaller bursts were slower: docs/PERF.md, "Three-tower scoring").
     let tiles = n.div_ceil(NR) * m.div_ceil(MR);
     let per_tile = ahead.len().div_ceil(tiles.max(1)).max(32);
     let mut ahead = ahead.chunks(per_tile);

@@ -168,12 +168,10 @@ macro_rules! loops {
         fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
             let far = super::row_ahead();
             // f32 rows of three lines or more: the first line `far` rows
-            // ahead (which, we think, starts the row's page walk early)
-            // and every line `near` rows ahead. Alternated with every line
-            // at 16 ahead in one process (examples/ab_query, 1M rows,
-            // n = 5,000): f32 7.5% faster at d = 64 and 9% at d = 128; f16
-            // at d = 128 no faster, i8 at d = 128 2% slower and two-line
-            // rows 3-4% slower, so other dtypes keep the single distance.
+            // ahead (perhaps starting the row's page walk early; not
+            // verified) and every line `near` rows ahead. Other rows
+            // prefetch every line `far` ahead: the split helped only f32
+            // rows of 3+ lines (docs/PERF.md, "Two-tower query").
             let near = if $split && rb > 128 {
                 super::near_ahead().min(far)
             } else {

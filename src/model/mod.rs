@@ -773,7 +773,7 @@ pub struct UserInputs {
 /// sorted by key (the last value given for a key wins, as in a map), and,
 /// when the keys are small integers (as category codes usually are), a
 /// table from key to entry, so that a look-up is one index instead of a
-/// hash (SipHash was 0.6% of a three-tower query).
+/// hash (docs/PERF.md).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ByItem {
     entries: Vec<(u32, Vec<f32>)>,

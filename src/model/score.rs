@@ -99,8 +99,8 @@ fn check_vec(what: &str, v: &[f32], dim: usize) -> Result<()> {
 /// `ln(1 + x)` to within a few ulp, by Goldberg's method (What Every
 /// Computer Scientist Should Know About Floating-Point Arithmetic, 1991,
 /// theorem 4): the rounding error of `1 + x` is cancelled by dividing by
-/// what `1 + x` really was. It goes through `ln`, which measured about 10x
-/// faster here than libm's `log1pf` (1.6% of a three-tower query).
+/// what `1 + x` really was. It goes through `ln`, which is faster than
+/// libm's `log1pf` (docs/PERF.md).
 #[inline]
 fn ln_1p(x: f32) -> f32 {
     let u = 1.0 + x;
@@ -115,8 +115,8 @@ fn ln_1p(x: f32) -> f32 {
 
 /// `dst.copy_from_slice(src)` for the few values of one cross input, as
 /// fixed-size moves: `copy_from_slice` of a length known only at run time
-/// is a call to `memmove`, which cost 1.2% of a three-tower query spent on
-/// copies of 1 to 8 values.
+/// is a call to `memmove`, too slow for copies of 1 to 8 values per row
+/// (docs/PERF.md).
 #[inline]
 fn put(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len());
@@ -136,8 +136,7 @@ fn put(dst: &mut [f32], src: &[f32]) {
 
 /// The dot product of `a` and `b`, in eight independent partial sums (a
 /// single running sum is one dependent add per element, and the user part
-/// of the first layer, `out x user_dim` of them per query, showed in
-/// profiles at 0.8% of a query of 1,000 candidates).
+/// of the first layer, `out x user_dim` of them per query; docs/PERF.md).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -547,8 +546,6 @@ impl Model {
         }
     }
 
-    /// Fuses head values (`heads`, `H` per row) into one score per row.
-    /// `ids` breaks ties for rank fusion.
     /// Whether fusion reads head `h` (its weight is not 0).
     pub(crate) fn fuses_head(&self, h: usize) -> bool {
         let w = match &self.fusion {
@@ -557,6 +554,8 @@ impl Model {
         w.get(h).is_some_and(|&w| w != 0.0)
     }
 
+    /// Fuses head values (`heads`, `H` per row) into one score per row.
+    /// `ids` breaks ties for rank fusion.
     pub(crate) fn fuse(
         &self,
         heads: &[f32],

@@ -1,7 +1,7 @@
 //! `model.json`: the bundle's configuration, parsed field by field so that
 //! every error names the field at fault (`cross.inputs[2].transform`).
 //!
-//! The contract is `../shared/DESIGN.md` ("Model bundle contract"). Unknown
+//! The contract is `docs/DESIGN.md` ("Model bundle contract"). Unknown
 //! keys are refused (a misspelt `"activaton"` must not be silently ignored).
 
 use serde_json::{Map, Value};

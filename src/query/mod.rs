@@ -1,10 +1,11 @@
 //! The pre-rank query: a user vector against candidate items (or every
-//! item), scored by inner product inside the store, top k returned.
+//! item), scored inside the store by inner product or by a three-tower
+//! model bundle, top k returned.
 //!
 //! Path for candidate ids (all passes over the candidates, none over the
 //! store): (1) dedupe, probe the id index (with several segments: the
 //! snapshot's id directory and the largest segment's index, see
-//! `directory.rs`) with the home slots of upcoming ids prefetched; (2) drop
+//! `read/directory.rs`) with the home slots of upcoming ids prefetched; (2) drop
 //! deleted rows, apply the filter; (3) score the rows with a prefetching
 //! kernel; (4) streaming top-k; (5) confirm `ids[row] == id` for the hits.
 
@@ -24,8 +25,7 @@ use crate::read::snapshot::Snapshot;
 use crate::schema::Dtype;
 
 /// How many candidates ahead the query prefetches id-index home slots
-/// (16 was as good as any distance from 8 to 24 or blocks of 32 ids;
-/// docs/PERF.md).
+/// (the distance examples/ab_query.rs found best; docs/PERF.md).
 pub(crate) const PROBE_AHEAD: usize = 16;
 
 /// [`PROBE_AHEAD`], or its experiment knob with the `experiments` feature.
@@ -154,7 +154,8 @@ enum Scorer<'q, 's> {
 pub struct Hit {
     /// Item id.
     pub id: u64,
-    /// Inner product of the user vector and the item's vector.
+    /// The item's score: the inner product of the user vector and the
+    /// item's vector, or, for a three-tower query, the bundle's fused score.
     pub score: f32,
 }
 

@@ -345,8 +345,8 @@ impl Segment {
     /// checked lookups call it before they rely on either, so that a damaged
     /// byte there is an error naming the file, never another item's row,
     /// an id read twice, or a live item read as absent. The first call costs
-    /// a CRC pass over the files (about 41 bytes per row, at crc32fast's
-    /// 11-18 GB/s); later calls one atomic load each.
+    /// a CRC pass over the files (about 41 bytes per row; docs/PERF.md);
+    /// later calls one atomic load each.
     pub(crate) fn ensure_identity_verified(&self) -> Result<()> {
         self.index.ensure_verified()?;
         if let Some((f, _, _)) = &self.deletes {

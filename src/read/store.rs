@@ -25,7 +25,9 @@ pub struct OpenOptions {
 }
 
 impl OpenOptions {
-    /// Default options: map lazily, validate structure only.
+    /// Default options: no prefaulting (pages are read on first touch),
+    /// structure validated at pin, data checksums on demand, id directory
+    /// built at pin.
     pub fn new() -> Self {
         Self::default()
     }

@@ -81,8 +81,9 @@ impl Transaction<'_> {
     /// [`crate::CompactionJob::run`] wrote while the writer went on publishing:
     /// the merged segment replaces its sources, rebased onto the snapshot
     /// being built. Rows deleted or replaced since the job started are
-    /// deleted in the merged segment; if statistics were refreshed or an
-    /// embedding version added meanwhile, those columns of the merged
+    /// deleted in the merged segment; if statistics or profile files changed,
+    /// or an embedding version was added (or dropped and added again)
+    /// meanwhile, those columns of the merged
     /// segment are rewritten from the current rows (a version dropped
     /// meanwhile is dropped from it too). Segments added since stay as they
     /// are. Refused with [`Error::CompactionConflict`], changing nothing, if

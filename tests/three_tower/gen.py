@@ -9,7 +9,7 @@ file, PyTorch nn.Linear layout W [out, in], y = x @ W.T + b), three model
 bundles that share those weights but differ in `fusion` (weighted_sum,
 product, rank), and 8 queries per bundle whose expected top-k ids, fused
 scores, per-head (calibrated) values and not-found ids are computed in
-float64 following DESIGN.md "Model bundle contract (`model.json`)".
+float64 following docs/DESIGN.md, "Model bundle contract".
 
 Every stored float (items, embeddings, defaults, weights, query inputs) is
 exactly representable in float32. Queries are redrawn (deterministically, from

@@ -162,7 +162,7 @@ pub fn user_inputs(q: u64) -> (Vec<f32>, Vec<(u32, f32)>) {
     (dense, by_cat)
 }
 
-/// The demo's three-tower bundle for `space@version` (DESIGN.md's example
+/// The demo's three-tower bundle for `space@version` (docs/DESIGN.md's example
 /// sizes): cross inputs log1p(ctr_1d), bucketized impressions_7d, category
 /// embedding, user_stats, user_category_ctr (22 values) -> 64 -> 32; upper
 /// 96 (item vector + cross) + 64 (user) = 160 -> 256 -> 128; heads click
