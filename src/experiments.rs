@@ -12,5 +12,5 @@ pub static ROW_AHEAD: AtomicUsize = AtomicUsize::new(crate::kernels::ROW_AHEAD);
 pub static NEAR_AHEAD: AtomicUsize = AtomicUsize::new(crate::kernels::NEAR_AHEAD);
 
 /// Candidates ahead whose id-index home slots a query prefetches (see
-/// `query::PROBE_AHEAD`).
-pub static PROBE_AHEAD: AtomicUsize = AtomicUsize::new(crate::query::PROBE_AHEAD);
+/// `query::candidates::PROBE_AHEAD`).
+pub static PROBE_AHEAD: AtomicUsize = AtomicUsize::new(crate::query::candidates::PROBE_AHEAD);

@@ -1,0 +1,127 @@
+//! Support for benchmarks: not part of the supported API.
+
+use super::*;
+
+/// One reference into every cache line a query for `ids` must touch in
+/// memory: each id's home slot in the id index and every line of its
+/// embedding row. Ids not in the snapshot
+/// are skipped. Built untimed; [`touch`] then measures the gather floor.
+pub fn floor_lines<'a>(snap: &'a Snapshot, key: &str, ids: &[u64]) -> Result<Vec<&'a u8>> {
+    let def = snap.embedding_def(key)?;
+    let rb = def.dtype.row_bytes(def.dim);
+    let mut out = Vec::with_capacity(ids.len() * (2 + rb.div_ceil(64)));
+    for &id in ids {
+        let Some(at) = snap.lookup(id) else { continue };
+        let seg = &snap.segments()[at.segment];
+        let v = seg.index_view();
+        let slot = v.home_slot(id);
+        out.push(&bytemuck::cast_slice::<[u64; 2], u8>(&v.table[slot..slot + 1])[0]);
+        let col = snap.embedding(at.segment, key)?;
+        let row = &col.row_bytes(at.row)[..rb];
+        let first = row.as_ptr() as usize;
+        let mut off = 0;
+        while off < rb {
+            out.push(&row[off]);
+            // Next cache-line boundary.
+            off = ((first + off) / 64 + 1) * 64 - first;
+        }
+    }
+    Ok(out)
+}
+
+/// Scores rows `0..out.len()` of a block of rows (`stride` bytes apart)
+/// with the kernel this CPU runs: the in-cache kernel benchmark.
+pub fn score_block(
+    dtype: crate::schema::Dtype,
+    user: &[f32],
+    bytes: &[u8],
+    stride: usize,
+    out: &mut [f32],
+) {
+    kernels::score_range(
+        Level::detect(),
+        dtype,
+        user,
+        Block { bytes, stride },
+        0,
+        out,
+    );
+}
+
+/// One model layer on data in cache (`[m, k]` activations times a
+/// packed `[k, n]` weight, plus bias, through ReLU), the kernel
+/// three-tower scoring runs per block: its rate against the core's FMA
+/// peak.
+pub struct LayerProduct {
+    m: usize,
+    w: crate::kernels::gemm::Weights,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl LayerProduct {
+    /// Random-ish activations and weights of the given shape.
+    pub fn new(m: usize, k: usize, n: usize) -> Self {
+        let a = (0..m * k)
+            .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        LayerProduct {
+            m,
+            w: crate::kernels::gemm::Weights::new(&w, k, k, n),
+            a,
+            b: (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect(),
+            c: vec![0.0; m * n],
+        }
+    }
+
+    /// Runs the product once; returns one output value (keep it).
+    pub fn run(&mut self) -> f32 {
+        let (k, n) = (self.w.k, self.w.n);
+        use crate::kernels::gemm::{matmul, Start};
+        matmul(
+            self.m,
+            &self.a,
+            k,
+            &self.w,
+            &mut self.c,
+            n,
+            Start::Bias(&self.b),
+            true,
+        );
+        self.c[self.c.len() / 2]
+    }
+
+    /// FLOPs of one run (2 per multiply-add).
+    pub fn flops(&self) -> u64 {
+        2 * (self.m * self.w.k * self.w.n) as u64
+    }
+}
+
+/// The format's id hash (`examples/prefetch_overlap.rs` uses it as a
+/// unit of CPU work, the query's per-id hashing).
+#[inline]
+pub fn id_hash(id: u64) -> u64 {
+    idindex::hash(id)
+}
+
+/// Prefetch hint for `p`.
+pub fn prefetch(p: *const u8) {
+    kernels::prefetch_line(p)
+}
+
+/// Reads one byte of every line in `lines`, prefetching 32 lines ahead:
+/// the memory floor of a query (nothing is computed).
+pub fn touch(lines: &[&u8]) -> u64 {
+    let mut sum = 0u64;
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(a) = lines.get(i + 32) {
+            kernels::prefetch_line(*a as *const u8);
+        }
+        sum = sum.wrapping_add(std::hint::black_box(**l) as u64);
+    }
+    sum
+}

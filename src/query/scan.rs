@@ -1,0 +1,93 @@
+//! The full scan: every live row of every segment that passes the filter.
+
+use super::filter::Compiled;
+use super::{score_locs, QueryResult, Scorer, Scratch};
+use crate::kernels::{self, Loc};
+use crate::read::segment::Segment;
+
+/// Rows per block of a full scan.
+const SCAN_BLOCK: usize = 2048;
+
+/// Scores every row with the inner-product kernel a block at a time,
+/// straight into the top-k.
+pub(super) fn scan_dot(
+    segs: &[Segment],
+    scorer: &Scorer<'_, '_>,
+    filters: &[Option<Compiled<'_>>],
+    scratch: &mut Scratch,
+    result: &mut QueryResult,
+) {
+    let Scorer::Dot {
+        level,
+        dtype,
+        user,
+        blocks,
+    } = scorer
+    else {
+        unreachable!("scan_dot takes an inner-product scorer")
+    };
+    scratch.scores.resize(SCAN_BLOCK, 0.0);
+    for (si, seg) in segs.iter().enumerate() {
+        let seg_ids = seg.ids();
+        let deleted = seg.deleted_words();
+        let filter = &filters[si];
+        let mut first = 0;
+        while first < seg.rows() {
+            let n = SCAN_BLOCK.min(seg.rows() - first);
+            let out = &mut scratch.scores[..n];
+            kernels::score_range(*level, *dtype, user, blocks[si], first, out);
+            for (i, &s) in out.iter().enumerate() {
+                let r = first + i;
+                if deleted.is_some_and(|w| w[r / 64] >> (r % 64) & 1 == 1) {
+                    continue;
+                }
+                if filter.as_ref().is_some_and(|f| !f.eval(r)) {
+                    result.filtered_out += 1;
+                    continue;
+                }
+                if !s.is_finite() {
+                    scratch.non_finite.push(seg_ids[r]);
+                    continue;
+                }
+                scratch.topk.push(s, seg_ids[r], 0);
+                result.scored += 1;
+            }
+            first += n;
+        }
+    }
+    scratch.topk.finish(&mut scratch.best);
+}
+
+/// Gathers every row, then runs the model over them in one pass (rank
+/// fusion needs them all at once).
+pub(super) fn scan_model(
+    segs: &[Segment],
+    scorer: &Scorer<'_, '_>,
+    filters: &[Option<Compiled<'_>>],
+    scratch: &mut Scratch,
+    result: &mut QueryResult,
+) {
+    // Every live row that passes the filter, then one pass of
+    // the model over them (rank fusion needs them all at once).
+    scratch.locs.clear();
+    scratch.ids.clear();
+    for (si, seg) in segs.iter().enumerate() {
+        let deleted = seg.deleted_words();
+        for (r, &id) in seg.ids().iter().enumerate() {
+            if deleted.is_some_and(|w| w[r / 64] >> (r % 64) & 1 == 1) {
+                continue;
+            }
+            if filters[si].as_ref().is_some_and(|f| !f.eval(r)) {
+                result.filtered_out += 1;
+                continue;
+            }
+            scratch.locs.push(Loc {
+                block: si as u32,
+                row: r as u32,
+            });
+            scratch.ids.push(id);
+        }
+    }
+    score_locs(scorer, scratch);
+    result.scored = scratch.locs.len();
+}
