@@ -151,7 +151,7 @@ fn main() {
             .unwrap();
         // Delete ten merged items and refresh the statistics of ten others.
         let del: Vec<u64> = (0..10).map(|k| support::id_of(round * 20 + k)).collect();
-        tx.delete(&del).unwrap();
+        tx.delete_items(&del).unwrap();
         let upd: Vec<u64> = (10..20).map(|k| support::id_of(round * 20 + k)).collect();
         tx.update_stats(ItemBatch::new(upd).stat("ctr_1d", vec![0.5; 10]))
             .unwrap();

@@ -84,7 +84,10 @@ pub enum Error {
         fallback: Option<u64>,
     },
 
-    /// Another writer holds the store's lock.
+    /// Another writer holds the store's lock. The lock is an `flock` on
+    /// `LOCK`, held by the open file description: a child process forked
+    /// while a writer is open shares it until the child execs or exits, so
+    /// a writer opened in that window sees this error too.
     #[error("store {path} is locked by another writer (lock file {lock}); only one writer may open a store at a time")]
     Locked {
         /// The store directory.

@@ -52,7 +52,7 @@ fn the_writer_publishes_and_readers_query_while_a_job_merges() {
     let mut w = store(dir.path(), 10);
     // Some dead rows for the job to drop.
     let mut tx = w.begin();
-    tx.delete(&ids(0..50)).unwrap();
+    tx.delete_items(&ids(0..50)).unwrap();
     tx.commit().unwrap();
     let reader = Store::open(dir.path()).unwrap();
     let job = w.start_compaction().unwrap().expect("ten segments");
@@ -65,7 +65,7 @@ fn the_writer_publishes_and_readers_query_while_a_job_merges() {
         let mut published = Vec::new();
         for round in 0..5u64 {
             let mut tx = w.begin();
-            tx.delete(&[100 + round, 200 + round]).unwrap();
+            tx.delete_items(&[100 + round, 200 + round]).unwrap();
             tx.upsert_items(common::batch(&[300 + round], DIM, 7))
                 .unwrap();
             tx.add_items(common::batch(&[5000 + round], DIM, 0))
@@ -139,7 +139,7 @@ fn gc_spares_a_running_jobs_files_and_a_dropped_job_leaves_none() {
     assert!(with_job.len() > clean.len(), "the job wrote its segment");
     // gc while the result waits: its (unreferenced) files stay.
     let mut tx = w.begin();
-    tx.delete(&[1]).unwrap();
+    tx.delete_items(&[1]).unwrap();
     tx.commit().unwrap();
     w.gc().unwrap();
     for f in with_job.iter().filter(|f| !clean.contains(f)) {
@@ -209,7 +209,7 @@ fn sources_emptied_by_deletes_and_versions_changed_meanwhile() {
     // Meanwhile: every row of segment 0 deleted (the segment leaves), a
     // new version added for every item, the old one dropped.
     let mut tx = w.begin();
-    tx.delete(&ids(0..100)).unwrap();
+    tx.delete_items(&ids(0..100)).unwrap();
     let live = ids(100..300);
     let v43: Vec<f32> = live
         .iter()
@@ -243,13 +243,13 @@ fn sources_emptied_by_deletes_and_versions_changed_meanwhile() {
     snap.verify().unwrap();
     // Everything the job merged deleted meanwhile: its segment is left out.
     let mut tx = w.begin();
-    tx.delete(&[100]).unwrap();
+    tx.delete_items(&[100]).unwrap();
     tx.commit().unwrap();
     let done = w.start_compaction().unwrap().expect("a dead row");
     let done = done.run().unwrap();
     assert_eq!(done.rows(), 199);
     let mut tx = w.begin();
-    tx.delete(&ids(101..300)).unwrap();
+    tx.delete_items(&ids(101..300)).unwrap();
     assert!(!tx.apply_compaction(done).unwrap());
     let snap = tx.commit().unwrap();
     assert_eq!(snap.segments().len(), 0);
@@ -309,7 +309,7 @@ fn no_other_writer_opens_the_store_while_a_job_lives() {
     drop(done);
     let mut w = Writer::open(dir.path()).unwrap();
     let mut tx = w.begin();
-    tx.delete(&[0]).unwrap();
+    tx.delete_items(&[0]).unwrap();
     tx.commit().unwrap().verify().unwrap();
 }
 

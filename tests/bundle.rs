@@ -870,7 +870,7 @@ fn the_bundle_survives_a_delete() {
     let all = ids(0..N);
     let before = scores(&w.snapshot().unwrap(), KEY, &all);
     let mut tx = w.begin();
-    tx.delete(&[3, 4, 150]).unwrap();
+    tx.delete_items(&[3, 4, 150]).unwrap();
     let snap = tx.commit().unwrap();
     assert_eq!(snap.model_keys(), vec![KEY]);
     let (u, inp) = (user(), inputs());
@@ -915,7 +915,7 @@ fn the_bundle_survives_compaction() {
     let mut tx = w.begin();
     tx.add_items(common::batch(&ids(N..N + 100), DIM, 0))
         .unwrap();
-    tx.delete(&[7, 8, 9, N + 1]).unwrap();
+    tx.delete_items(&[7, 8, 9, N + 1]).unwrap();
     let snap = tx.commit().unwrap();
     assert!(snap.segments().len() > 1);
     let all = ids(0..N + 100);
@@ -1433,7 +1433,7 @@ fn precomputed_follows_every_publish(dtype: Dtype, tol: f32) {
     let mut tx = w.begin();
     tx.add_items(common::batch(&ids(N..N + 100), DIM, 0))
         .unwrap();
-    tx.delete(&[7, 8, 9]).unwrap();
+    tx.delete_items(&[7, 8, 9]).unwrap();
     tx.upsert_items(common::batch(&[3, 4], DIM, 5)).unwrap();
     let plain = tx.commit().unwrap();
     let want = scores(&plain, KEY, &all);
@@ -1466,7 +1466,7 @@ fn precomputed_follows_every_publish(dtype: Dtype, tol: f32) {
     let more = scores(&snap, KEY, &ids(N + 100..N + 150));
     assert_eq!(more.len(), 50);
     let mut tx = w.begin();
-    tx.delete(&ids(N + 100..N + 150)).unwrap();
+    tx.delete_items(&ids(N + 100..N + 150)).unwrap();
     assert!(tx.compact().unwrap());
     let snap = tx.commit().unwrap();
     assert_eq!(snap.segments().len(), 1);
@@ -1529,7 +1529,7 @@ fn a_background_compaction_carries_precomputed_rows_unless_the_bundle_changed() 
         .unwrap()
         .unwrap();
     let mut tx = w.begin();
-    tx.delete(&[5]).unwrap();
+    tx.delete_items(&[5]).unwrap();
     tx.commit().unwrap();
     let mut tx = w.begin();
     tx.apply_compaction(done).unwrap();
@@ -1600,7 +1600,7 @@ fn precomputing_needs_items_when_it_is_published() {
     // Every item deleted: the bundle stays, its precomputing goes (the
     // store has no segment to keep it with), as documented.
     let mut tx = w.begin();
-    tx.delete(&ids(0..N + 5)).unwrap();
+    tx.delete_items(&ids(0..N + 5)).unwrap();
     let snap = tx.commit().unwrap();
     assert!(snap.model(KEY).is_ok());
     assert!(!snap.model_is_precomputed(KEY));

@@ -35,7 +35,7 @@ fn build(dir: &Path) {
         &v,
     )
     .unwrap();
-    tx.delete(&[3, 64, 101]).unwrap();
+    tx.delete_items(&[3, 64, 101]).unwrap();
     tx.commit().unwrap();
 }
 

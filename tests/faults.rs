@@ -202,7 +202,7 @@ fn publish_order_holds_over_many_publishes() {
                 .unwrap();
         }
         if p % 10 == 9 {
-            tx.delete(&[next - 1]).unwrap();
+            tx.delete_items(&[next - 1]).unwrap();
         }
         tx.commit().unwrap();
         w.gc().unwrap();

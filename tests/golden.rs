@@ -94,7 +94,7 @@ fn build(dir: &Path, bundle: bool) {
     let v: Vec<f32> = all.iter().flat_map(|&i| vec_of(i, 16, 3)).collect();
     tx.add_embedding(EmbeddingDef::new("prerank", "v43", 16, Dtype::I8), &all, &v)
         .unwrap();
-    tx.delete(&[2007]).unwrap();
+    tx.delete_items(&[2007]).unwrap();
     tx.set_metadata("model_rollout", "v43");
     if bundle {
         let (j, w) = common::bundle::Bundle::tiny("v42", 8).bytes();

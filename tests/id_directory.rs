@@ -33,7 +33,7 @@ fn build(dir: &std::path::Path, parts: &[std::ops::Range<u64>], updated: &[u64],
         tx.upsert_items(common::batch(updated, DIM, 5)).unwrap();
     }
     if !deleted.is_empty() {
-        tx.delete(deleted).unwrap();
+        tx.delete_items(deleted).unwrap();
     }
     tx.commit().unwrap();
 }

@@ -1,5 +1,5 @@
 //! Model-based test of live updates: random sequences of add / upsert /
-//! delete / stats refresh / compact / add-version / drop-version / gc and
+//! delete / stats refresh / compact / add-embedding / drop-embedding / gc and
 //! background compactions (started on one snapshot, applied several
 //! publishes later), each published, checked after every publish against
 //! an in-memory model with full-scan and candidate queries and per-item
@@ -24,7 +24,7 @@ enum Op {
     Refresh(Vec<u64>),
     Compact,
     CompactIf,
-    AddVersion(Dtype),
+    AddEmbedding(Dtype),
     DropOldest,
     /// Drop the newest version and add it again, same key, new vectors
     /// (in one publish).
@@ -48,7 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => ids().prop_map(Op::Refresh),
         1 => Just(Op::Compact),
         1 => Just(Op::CompactIf),
-        1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)].prop_map(Op::AddVersion),
+        1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)].prop_map(Op::AddEmbedding),
         1 => Just(Op::DropOldest),
         1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16)].prop_map(Op::ReplaceNewest),
         2 => Just(Op::StartBackground),
@@ -197,7 +197,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     .into_iter()
                     .filter(|i| model.contains_key(i))
                     .collect();
-                tx.delete(&ids).unwrap();
+                tx.delete_items(&ids).unwrap();
                 for i in &ids {
                     model.remove(i);
                 }
@@ -253,7 +253,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 add_version(&mut tx, &mut model, version, *dtype, gen, 500 + gen);
             }
             Op::StartBackground | Op::Gc => unreachable!("handled above"),
-            Op::AddVersion(dtype) => {
+            Op::AddEmbedding(dtype) => {
                 let version = format!("v{next_version}");
                 add_version(
                     &mut tx,

@@ -166,7 +166,7 @@ fn build(c: &Case, dir: &std::path::Path) -> std::sync::Arc<Snapshot> {
     }
     if !c.deletes.is_empty() {
         let mut tx = w.begin();
-        tx.delete(&c.deletes).unwrap();
+        tx.delete_items(&c.deletes).unwrap();
         tx.commit().unwrap();
     }
     Store::open(dir).unwrap().snapshot()

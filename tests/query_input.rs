@@ -36,7 +36,7 @@ static FIX: LazyLock<Fixture> = LazyLock::new(|| {
         tx.commit().unwrap();
     }
     let mut tx = w.begin();
-    tx.delete(&[5, 150]).unwrap();
+    tx.delete_items(&[5, 150]).unwrap();
     tx.commit().unwrap();
     drop(w);
     let snap = Store::open(dir.path()).unwrap().snapshot();

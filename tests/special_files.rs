@@ -26,11 +26,7 @@ fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'stati
 }
 
 fn mkfifo(path: &Path) {
-    let ok = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "mkfifo {} failed", path.display());
+    common::mkfifo(path).unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
 }
 
 fn store_with(snapshots: u64, dir: &Path) {

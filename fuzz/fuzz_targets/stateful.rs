@@ -133,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
                         }
                         1 if next.contains_key(&id) => {
                             next.remove(&id);
-                            tx.delete(&[id])
+                            tx.delete_items(&[id])
                         }
                         2 if next.contains_key(&id) => {
                             next.get_mut(&id).unwrap().0 = -(salt as f32);

@@ -248,7 +248,7 @@ impl Drop for Owned {
 /// let merging = std::thread::spawn(move || job.run());
 /// // Meanwhile the writer goes on publishing.
 /// let mut tx = w.begin();
-/// tx.delete(&[2])?;
+/// tx.delete_items(&[2])?;
 /// tx.commit()?;
 /// let done = merging.join().unwrap()?;
 /// // The final publish carries the delete over to the merged segment.

@@ -581,7 +581,7 @@ impl<'w> Transaction<'w> {
 
     /// Deletes live items (tombstones; a segment whose every row is deleted
     /// leaves the snapshot).
-    pub fn delete(&mut self, ids: &[u64]) -> Result<()> {
+    pub fn delete_items(&mut self, ids: &[u64]) -> Result<()> {
         self.w.check_poisoned()?;
         self.check_ids_unique(ids)?;
         self.check_indexes()?;

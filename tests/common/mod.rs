@@ -53,3 +53,19 @@ pub fn files(dir: &std::path::Path) -> Vec<String> {
 }
 
 pub mod bundle;
+
+/// Creates a FIFO at `path` with `mkfifo(3)`, in this process. (Spawning
+/// the `mkfifo` program would fork, and a child forked while another test
+/// thread holds a writer's lock keeps that lock until it execs: a
+/// `Writer::open` racing it would see `Error::Locked`.)
+pub fn mkfifo(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

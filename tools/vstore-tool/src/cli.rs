@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 /// Build, update, inspect, verify and query vstore stores.
 ///
-/// Publishing subcommands (build, add-version, drop-version, refresh-stats,
-/// add-model, drop-model, add-items, update-items, delete-items, compact)
+/// Publishing subcommands (build, add-embedding, drop-embedding, update-stats,
+/// add-model, drop-model, add-items, upsert-items, delete-items, compact)
 /// each publish one new snapshot atomically, or leave the store exactly as
 /// it was if anything is wrong with their input.
 #[derive(Debug, Parser)]
@@ -22,26 +22,33 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-/// The subcommands.
+/// The subcommands. Each is named by the operation's one word (the
+/// library call has the same name); the former names (`add-version`,
+/// `drop-version`, `refresh-stats`, `update-items`) stay as hidden aliases
+/// so existing scripts keep working.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Create a store from .npy ids/embeddings and Parquet/CSV tables and
     /// publish its first snapshot.
     Build(BuildArgs),
     /// Add an embedding version beside the ones the store holds (a rollout).
-    AddVersion(AddVersionArgs),
+    #[command(alias = "add-version")]
+    AddEmbedding(AddEmbeddingArgs),
     /// Drop an embedding version (and its model bundle).
-    DropVersion(DropVersionArgs),
+    #[command(alias = "drop-version")]
+    DropEmbedding(DropArgs),
     /// Overwrite statistics columns from a Parquet/CSV table.
-    RefreshStats(RefreshStatsArgs),
+    #[command(alias = "refresh-stats")]
+    UpdateStats(UpdateStatsArgs),
     /// Add a model bundle (model.json + weights.safetensors) for three-tower scoring.
     AddModel(AddModelArgs),
     /// Remove the model bundle of an embedding version.
-    DropModel(DropVersionArgs),
+    DropModel(DropArgs),
     /// Add new items (ids must be new) as a new segment.
     AddItems(ItemsArgs),
     /// Add or replace items (a newer row shadows the old one).
-    UpdateItems(ItemsArgs),
+    #[command(alias = "update-items")]
+    UpsertItems(ItemsArgs),
     /// Delete items by id (tombstones).
     DeleteItems(DeleteArgs),
     /// Merge segments, dropping deleted and shadowed rows.
@@ -116,9 +123,9 @@ pub struct BuildArgs {
     pub metadata: Vec<String>,
 }
 
-/// `add-version`.
+/// `add-embedding`.
 #[derive(Debug, Args)]
-pub struct AddVersionArgs {
+pub struct AddEmbeddingArgs {
     /// Store directory.
     pub store: PathBuf,
     /// Item ids of the embedding rows (every live item of the store, once).
@@ -138,18 +145,18 @@ pub struct AddVersionArgs {
     pub precompute: Option<String>,
 }
 
-/// `drop-version` and `drop-model`.
+/// `drop-embedding` and `drop-model`.
 #[derive(Debug, Args)]
-pub struct DropVersionArgs {
+pub struct DropArgs {
     /// Store directory.
     pub store: PathBuf,
     /// The embedding version, `space@version`.
     pub key: String,
 }
 
-/// `refresh-stats`.
+/// `update-stats`.
 #[derive(Debug, Args)]
-pub struct RefreshStatsArgs {
+pub struct UpdateStatsArgs {
     /// Store directory.
     pub store: PathBuf,
     /// Table of new statistics (.parquet/.pq or .csv): the id column and
@@ -179,7 +186,7 @@ pub struct AddModelArgs {
     pub replace: bool,
 }
 
-/// `add-items` and `update-items`.
+/// `add-items` and `upsert-items`.
 #[derive(Debug, Args)]
 pub struct ItemsArgs {
     /// Store directory.
@@ -350,4 +357,34 @@ pub struct DemoArgs {
     /// trying `build` and `query` by hand.
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn former_subcommand_names_run_the_renamed_subcommands() {
+        let cli = Cli::command();
+        for (former, now) in [
+            ("add-version", "add-embedding"),
+            ("drop-version", "drop-embedding"),
+            ("refresh-stats", "update-stats"),
+            ("update-items", "upsert-items"),
+        ] {
+            let sub = cli.find_subcommand(former).expect(former);
+            assert_eq!(sub.get_name(), now, "{former}");
+        }
+        // The aliases are hidden: help lists each operation once.
+        let help = Cli::command().render_help().to_string();
+        for former in [
+            "add-version",
+            "drop-version",
+            "refresh-stats",
+            "update-items",
+        ] {
+            assert!(!help.contains(former), "{former} in help:\n{help}");
+        }
+    }
 }

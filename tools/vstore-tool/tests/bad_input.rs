@@ -166,11 +166,11 @@ fn missing_columns() {
         "emb.npy",
     );
     assert!(e.contains("colour") && e.contains("no such column"), "{e}");
-    // refresh-stats with a column the store does not have.
+    // update-stats with a column the store does not have.
     d.build("s");
     let before = fingerprint(&d.path("s"));
     std::fs::write(d.path("new.csv"), format!("id,ctr_7d\n{},0.5\n", d.ids[0])).unwrap();
-    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("new.csv")]);
+    let e = fails(&["update-stats", &d.p("s"), "--stats", &d.p("new.csv")]);
     assert!(
         e.contains("new.csv") && e.contains("\"ctr_7d\"") && e.contains("ctr_1d, impressions_7d"),
         "{e}"
@@ -328,11 +328,11 @@ fn a_path_that_is_not_a_store() {
     let before = fingerprint(&d.path("plain"));
     for args in [
         vec!["add-model", &d.p("plain"), &d.p("model")],
-        vec!["refresh-stats", &d.p("plain"), "--stats", &d.p("stats.csv")],
+        vec!["update-stats", &d.p("plain"), "--stats", &d.p("stats.csv")],
         vec!["inspect", &d.p("plain")],
         vec!["verify", &d.p("plain")],
         vec!["gc", &d.p("plain")],
-        vec!["drop-version", &d.p("plain"), "prerank@v1"],
+        vec!["drop-embedding", &d.p("plain"), "prerank@v1"],
     ] {
         let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
         let e = fails(&args);
@@ -365,7 +365,7 @@ fn a_store_locked_by_another_writer() {
     let before = fingerprint(&d.path("s"));
     let e = fails(&["drop-model", &d.p("s"), "prerank@v1"]);
     assert!(e.contains("locked by another writer"), "{e}");
-    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("stats.csv")]);
+    let e = fails(&["update-stats", &d.p("s"), "--stats", &d.p("stats.csv")]);
     assert!(e.contains("locked by another writer"), "{e}");
     assert_unchanged(&d.path("s"), &before);
     drop(w);
@@ -391,7 +391,7 @@ fn refused_updates_leave_the_store_as_it_was() {
     assert!(
         e.contains("one.npy")
             && e.contains(&format!("id {}", d.ids[0]))
-            && e.contains("update-items"),
+            && e.contains("upsert-items"),
         "{e}"
     );
     // add-items without vectors for the store's version.
@@ -419,12 +419,12 @@ fn refused_updates_leave_the_store_as_it_was() {
         e.contains("del2.txt") && e.contains("line 1") && e.contains("x13"),
         "{e}"
     );
-    // add-version missing items, and with a bundle for another version: the
+    // add-embedding missing items, and with a bundle for another version: the
     // vectors are written before the bundle is refused, and removed again.
     npy_u64(&d.path("half.npy"), &d.ids[..150]);
     npy_f32(&d.path("half_emb.npy"), &d.vectors[..150 * DIM], DIM);
     let e = fails(&[
-        "add-version",
+        "add-embedding",
         &d.p("s"),
         "--ids",
         &d.p("half.npy"),
@@ -436,7 +436,7 @@ fn refused_updates_leave_the_store_as_it_was() {
         "{e}"
     );
     let e = fails(&[
-        "add-version",
+        "add-embedding",
         &d.p("s"),
         "--ids",
         &d.p("ids.npy"),
@@ -446,19 +446,19 @@ fn refused_updates_leave_the_store_as_it_was() {
         &d.p("model"),
     ]);
     assert!(e.contains("prerank@v1") && e.contains("prerank@v2"), "{e}");
-    // refresh-stats for an unknown item.
+    // update-stats for an unknown item.
     std::fs::write(
         d.path("r.csv"),
         format!("id,ctr_1d\n{},0.5\n99,0.1\n", d.ids[0]),
     )
     .unwrap();
-    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("r.csv")]);
+    let e = fails(&["update-stats", &d.p("s"), "--stats", &d.p("r.csv")]);
     assert!(
         e.contains("r.csv") && e.contains("line 3") && e.contains("id 99"),
         "{e}"
     );
     // Dropping a version the store does not hold.
-    let e = fails(&["drop-version", &d.p("s"), "prerank@v9"]);
+    let e = fails(&["drop-embedding", &d.p("s"), "prerank@v9"]);
     assert!(e.contains("prerank@v9") && e.contains("prerank@v1"), "{e}");
     assert_unchanged(&d.path("s"), &before);
 }
@@ -505,7 +505,7 @@ fn exit_codes_0_success_1_refused_2_malformed_command_line() {
     assert!(!d.path("new").exists());
     // 1: refused by the store or the inputs, or failed.
     fails(&["gc", &d.p("nowhere")]);
-    fails(&["drop-version", &d.p("s"), "prerank@v9"]);
+    fails(&["drop-embedding", &d.p("s"), "prerank@v9"]);
     fails(&["add-model", &d.p("s"), &d.p("model")]);
     // 0: success, and help.
     assert_eq!(code(&["verify", &d.p("s")]), Some(0));
@@ -605,7 +605,7 @@ fn duplicate_column_names_are_refused() {
     d.build("s");
     let before = fingerprint(&d.path("s"));
     let e = fails(&[
-        "refresh-stats",
+        "update-stats",
         &d.p("s"),
         "--stats",
         &d.p("two_prices.parquet"),
@@ -648,7 +648,7 @@ fn empty_inputs_publish_nothing() {
         "{e}"
     );
     std::fs::write(d.path("none.csv"), "id,ctr_1d\n").unwrap();
-    let e = fails(&["refresh-stats", &d.p("s"), "--stats", &d.p("none.csv")]);
+    let e = fails(&["update-stats", &d.p("s"), "--stats", &d.p("none.csv")]);
     assert!(e.contains("none.csv") && e.contains("no rows"), "{e}");
     npy_u64(&d.path("zero.npy"), &[]);
     npy_f32(&d.path("zero_emb.npy"), &[], DIM);
@@ -953,23 +953,23 @@ fn refusals_on_a_store_without_lock_create_nothing() {
             &["no model bundle for prerank@v9", "prerank@v1"],
         ),
         (
-            vec!["drop-version", &st, "prerank@v9"],
+            vec!["drop-embedding", &st, "prerank@v9"],
             &["version skew", "prerank@v9", "prerank@v1"],
         ),
         (
-            vec!["add-version", &st, "--ids", &ids, "--embedding", &emb1],
+            vec!["add-embedding", &st, "--ids", &ids, "--embedding", &emb1],
             &["already holds embedding prerank@v1"],
         ),
         (
             vec!["add-items", &st, "--ids", &one_ids, "--embedding", &one],
-            &["one.npy", "update-items"],
+            &["one.npy", "upsert-items"],
         ),
         (
             vec!["delete-items", &st, "--ids", &del],
             &["del.txt", "424242"],
         ),
         (
-            vec!["refresh-stats", &st, "--stats", &rcsv],
+            vec!["update-stats", &st, "--stats", &rcsv],
             &["r.csv", "id 99"],
         ),
     ];

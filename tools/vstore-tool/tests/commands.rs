@@ -362,7 +362,7 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
     std::fs::write(d.path("model2/model.json"), json2).unwrap();
     std::fs::write(d.path("model2/weights.safetensors"), weights2).unwrap();
     let out = ok(&[
-        "add-version",
+        "add-embedding",
         &store,
         "--ids",
         &d.p("ids.npy"),
@@ -377,7 +377,7 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
         out.contains("published snapshot 2") && out.contains("embeddings [prerank@v1, prerank@v2]"),
         "{out}"
     );
-    let out = ok(&["drop-version", &store, "prerank@v1"]);
+    let out = ok(&["drop-embedding", &store, "prerank@v1"]);
     assert!(
         out.contains("published snapshot 3")
             && out.contains("embeddings [prerank@v2]")
@@ -391,7 +391,7 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
     );
     assert!(snap.model_is_precomputed("prerank@v2"));
 
-    // refresh-stats from Parquet: only the statistics file is new.
+    // update-stats from Parquet: only the statistics file is new.
     let sel = &d.ids[..50];
     parquet_file(
         &d.path("fresh.parquet"),
@@ -401,7 +401,7 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
         ],
         20,
     );
-    let out = ok(&["refresh-stats", &store, "--stats", &d.p("fresh.parquet")]);
+    let out = ok(&["update-stats", &store, "--stats", &d.p("fresh.parquet")]);
     assert!(
         out.contains("refreshed [ctr_1d] for 50 items") && out.contains("wrote 2 file(s)"),
         "{out}"
@@ -420,7 +420,7 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
     assert_eq!(dv["files_added"].as_array().unwrap().len(), 2);
     assert_eq!(dv["ids_added"], 0);
 
-    // add-items with profile and stats, update-items, delete-items.
+    // add-items with profile and stats, upsert-items, delete-items.
     npy_u64(&d.path("new_ids.npy"), &[5, 6, 7]);
     let nv: Vec<f32> = [5u64, 6, 7]
         .iter()
@@ -459,7 +459,7 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
     let uv: Vec<f32> = vec![0.5; 2 * DIM];
     npy_f32(&d.path("upd_v2.npy"), &uv, DIM);
     let out = ok(&[
-        "update-items",
+        "upsert-items",
         &store,
         "--ids",
         &d.p("upd.npy"),
@@ -703,7 +703,7 @@ fn add_model_replace_and_drop_model() {
 
 #[test]
 fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
-    // refresh-stats -> damage the newest manifest -> refresh-stats again used
+    // update-stats -> damage the newest manifest -> update-stats again used
     // to publish on top of the older snapshot, silently dropping the first
     // refresh.
     let d = Data::new();
@@ -718,7 +718,7 @@ fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
         ],
         20,
     );
-    ok(&["refresh-stats", &store, "--stats", &d.p("fresh.parquet")]);
+    ok(&["update-stats", &store, "--stats", &d.p("fresh.parquet")]);
     let m2 = d.path("s").join("MANIFEST-00000000000000000002");
     let mut b = std::fs::read(&m2).unwrap();
     let n = b.len();
@@ -741,7 +741,7 @@ fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
 
     // Every writer command refuses, naming the manifest and the recovery.
     let out = tool()
-        .args(["refresh-stats", &store, "--stats", &d.p("fresh.parquet")])
+        .args(["update-stats", &store, "--stats", &d.p("fresh.parquet")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -766,7 +766,7 @@ fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
         out.contains("MANIFEST-00000000000000000002.damaged"),
         "{out}"
     );
-    ok(&["refresh-stats", &store, "--stats", &d.p("fresh.parquet")]);
+    ok(&["update-stats", &store, "--stats", &d.p("fresh.parquet")]);
     let snap = Store::open(&store).unwrap().snapshot();
     assert_eq!(snap.parent(), Some(1));
     assert_eq!(snap.get_stat(d.ids[0], "ctr_1d").unwrap(), Some(0.5));

@@ -167,7 +167,7 @@ pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
     }
     if Store::open(dir).is_ok() {
         return Err(ToolError::Refused(format!(
-            "{} already holds a store; use add-items, add-version or refresh-stats to change it",
+            "{} already holds a store; use add-items, add-embedding or update-stats to change it",
             dir.display()
         )));
     }

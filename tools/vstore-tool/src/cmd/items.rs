@@ -1,4 +1,4 @@
-//! `add-items`, `update-items`, `delete-items` and `compact`: live changes
+//! `add-items`, `upsert-items`, `delete-items` and `compact`: live changes
 //! to the item set.
 
 use std::io::Write;
@@ -16,7 +16,7 @@ use crate::progress::Progress;
 use crate::report;
 use crate::say;
 
-/// Runs `add-items` (`replace` false) or `update-items` (`replace` true).
+/// Runs `add-items` (`replace` false) or `upsert-items` (`replace` true).
 pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let embs = a
         .embeddings
@@ -31,7 +31,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     for e in &embs {
         let Some(def) = schema.embedding_def(&e.key) else {
             return Err(ToolError::Refused(format!(
-                "embedding {} is not in the store (it holds [{}]); add a version with add-version",
+                "embedding {} is not in the store (it holds [{}]); add a version with add-embedding",
                 e.key,
                 schema.embedding_keys().join(", ")
             )));
@@ -79,7 +79,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
             return Err(ToolError::input(
                 &a.ids,
                 format!(
-                    "row {i}: id {} is already an item of snapshot {} (use update-items to replace it)",
+                    "row {i}: id {} is already an item of snapshot {} (use upsert-items to replace it)",
                     items.ids[i],
                     snap.number()
                 ),
@@ -131,7 +131,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         say!(
             out,
             "note: replaced items are replaced whole; {} not in the inputs, so now missing \
-             for them (refresh-stats changes statistics without replacing items)",
+             for them (update-stats changes statistics without replacing items)",
             reset.join(", ")
         );
     }
@@ -153,7 +153,7 @@ fn items_in(snap: &vstore::Snapshot, ids: &[u64]) -> usize {
 }
 
 /// Runs `delete-items`.
-pub fn delete(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
+pub fn delete_items(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
     let ids = read_id_list(&a.ids, &Progress::hidden())?;
     if ids.is_empty() {
         return Err(ToolError::input(&a.ids, "no ids: nothing to delete"));
@@ -185,7 +185,7 @@ pub fn delete(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
     let base = w.snapshot();
     let t = Instant::now();
     let mut tx = w.begin();
-    tx.delete(&ids)
+    tx.delete_items(&ids)
         .context(|| format!("ids from {}", a.ids.display()))?;
     let snap = tx.commit()?;
     say!(out, "deleted {} items", ids.len());

@@ -3,15 +3,15 @@
 pub mod build;
 pub mod demo;
 pub mod diff;
+pub mod embeddings;
 pub mod gc;
 pub mod inspect;
 pub mod items;
 pub mod model;
 pub mod query;
 pub mod recover;
-pub mod refresh_stats;
+pub mod stats;
 pub mod verify;
-pub mod versions;
 
 /// Opens the store at `path` read-only, telling standard error when a
 /// damaged manifest made it fall back to an older snapshot (the fallback

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use vstore::{Dtype, Model, Writer};
 
-use crate::cli::{AddModelArgs, DropVersionArgs};
+use crate::cli::{AddModelArgs, DropArgs};
 use crate::error::{Context, Result, ToolError};
 use crate::report;
 use crate::say;
@@ -87,7 +87,7 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 /// Runs `drop-model`.
-pub fn drop_model(a: &DropVersionArgs, out: &mut dyn Write) -> Result<()> {
+pub fn drop_model(a: &DropArgs, out: &mut dyn Write) -> Result<()> {
     // Checked against a pinned snapshot before the writer's lock is taken,
     // with the writer's own error (the writer checks again).
     {

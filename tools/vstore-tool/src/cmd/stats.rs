@@ -1,4 +1,4 @@
-//! `refresh-stats`: overwrite statistics columns from a table; only
+//! `update-stats`: overwrite statistics columns from a table; only
 //! statistics files are rewritten, everything else is shared.
 
 use std::io::Write;
@@ -6,15 +6,15 @@ use std::time::Instant;
 
 use vstore::{ItemBatch, Writer};
 
-use crate::cli::RefreshStatsArgs;
+use crate::cli::UpdateStatsArgs;
 use crate::error::{Context, Result, ToolError};
 use crate::inputs::{add_table_columns, load_table, resolve_existing, Group};
 use crate::progress::Progress;
 use crate::report;
 use crate::say;
 
-/// Runs `refresh-stats`.
-pub fn run(a: &RefreshStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
+/// Runs `update-stats`.
+pub fn run(a: &UpdateStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let table = load_table(&a.stats, &a.id_column, &a.skip_columns, p)?;
     if table.columns.is_empty() {
         return Err(ToolError::input(

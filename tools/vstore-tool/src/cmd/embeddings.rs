@@ -1,4 +1,4 @@
-//! `add-version` and `drop-version`: embedding versions side by side, for
+//! `add-embedding` and `drop-embedding`: embedding versions side by side, for
 //! rollouts.
 
 use std::io::Write;
@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use vstore::{EmbeddingDef, Model, Writer};
 
-use crate::cli::{AddVersionArgs, DropVersionArgs};
+use crate::cli::{AddEmbeddingArgs, DropArgs};
 use crate::cmd::model::{parse_precompute, read_bundle};
 use crate::error::{Context, Result, ToolError};
 use crate::inputs::{parse_dtype, parse_embedding_arg, read_items};
@@ -14,8 +14,8 @@ use crate::progress::Progress;
 use crate::report;
 use crate::say;
 
-/// Runs `add-version`.
-pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
+/// Runs `add-embedding`.
+pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let default_dtype = parse_dtype(&a.dtype)?;
     let e = parse_embedding_arg(&a.embedding)?;
     let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
@@ -111,8 +111,8 @@ pub fn add(a: &AddVersionArgs, p: &Progress, out: &mut dyn Write) -> Result<()> 
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }
 
-/// Runs `drop-version`.
-pub fn drop_version(a: &DropVersionArgs, out: &mut dyn Write) -> Result<()> {
+/// Runs `drop-embedding`.
+pub fn drop_embedding(a: &DropArgs, out: &mut dyn Write) -> Result<()> {
     // Checked against a pinned snapshot before the writer's lock is taken,
     // with the writer's own error (the writer checks again).
     {
