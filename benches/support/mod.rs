@@ -165,87 +165,28 @@ pub const TT_BUCKETS: [f32; 3] = [10.0, 100.0, 1000.0];
 /// Vocabulary of `category` (values are skewed: a few are most items).
 pub const TT_VOCAB: u32 = 1000;
 
-/// The benchmark bundle: the example sizes of docs/DESIGN.md ("Model bundle contract"). Cross inputs (ctr_1d
-/// log1p 1 + impressions bucket table 4 + category table 8 + user_stats 8 +
-/// user_category_ctr 1 = 22) -> 64 -> 32; upper 160 -> 256 -> 128; heads
-/// click (sigmoid, neg_sampling_rate 0.1), like (sigmoid), watch_time (exp);
-/// weighted-sum fusion. Returns (model.json, weights.safetensors).
+/// The benchmark bundle: [`vstore::ExampleBundle`] for [`TT_KEY`] with a
+/// [`TT_VOCAB`]-row category table and [`TT_BUCKETS`]. Returns
+/// (model.json, weights.safetensors).
 pub fn tt_bundle() -> (Vec<u8>, Vec<u8>) {
-    let json = r#"{
-  "format": "vstore.three_tower.v1",
-  "space": "prerank", "version": "v1",
-  "user_dim": 64, "item_dim": 64,
-  "cross": {
-    "inputs": [
-      {"kind": "item_numeric", "column": "ctr_1d", "transform": "log1p"},
-      {"kind": "item_numeric", "column": "impressions_7d",
-       "transform": {"bucketize": [10, 100, 1000]}, "embedding": "emb.imp_bucket"},
-      {"kind": "item_categorical", "column": "category", "embedding": "emb.category"},
-      {"kind": "user_dense", "name": "user_stats", "dim": 8},
-      {"kind": "user_by_item", "name": "user_category_ctr", "column": "category",
-       "dim": 1, "default": [0.0]}
-    ],
-    "layers": [
-      {"weight": "cross.0.weight", "bias": "cross.0.bias", "activation": "relu"},
-      {"weight": "cross.2.weight", "bias": "cross.2.bias", "activation": "relu"}
-    ]
-  },
-  "upper": {
-    "layers": [
-      {"weight": "upper.0.weight", "bias": "upper.0.bias", "activation": "relu"},
-      {"weight": "upper.2.weight", "bias": "upper.2.bias", "activation": "relu"}
-    ]
-  },
-  "heads": [
-    {"name": "click", "weight": "heads.click.weight", "bias": "heads.click.bias",
-     "activation": "sigmoid", "neg_sampling_rate": 0.1},
-    {"name": "like", "weight": "heads.like.weight", "bias": "heads.like.bias",
-     "activation": "sigmoid"},
-    {"name": "watch_time", "weight": "heads.wt.weight", "bias": "heads.wt.bias",
-     "activation": "exp"}
-  ],
-  "fusion": {"kind": "weighted_sum", "weights": {"click": 1.0, "like": 0.5, "watch_time": 0.01}}
-}"#;
-    let shapes: Vec<(&str, Vec<usize>)> = vec![
-        ("emb.imp_bucket", vec![4, 4]),
-        ("emb.category", vec![TT_VOCAB as usize, 8]),
-        ("cross.0.weight", vec![64, 22]),
-        ("cross.0.bias", vec![64]),
-        ("cross.2.weight", vec![32, 64]),
-        ("cross.2.bias", vec![32]),
-        ("upper.0.weight", vec![256, 160]),
-        ("upper.0.bias", vec![256]),
-        ("upper.2.weight", vec![128, 256]),
-        ("upper.2.bias", vec![128]),
-        ("heads.click.weight", vec![1, 128]),
-        ("heads.click.bias", vec![1]),
-        ("heads.like.weight", vec![1, 128]),
-        ("heads.like.bias", vec![1]),
-        ("heads.wt.weight", vec![1, 128]),
-        ("heads.wt.bias", vec![1]),
-    ];
-    let mut r = Rng(0x7777_1234_5678_9ABD);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
-        .into_iter()
-        .map(|(n, s)| {
-            let fan_in = if s.len() == 2 { s[1] } else { 16 };
-            let scale = 1.0 / (fan_in as f32).sqrt();
-            let bytes = (0..s.iter().product::<usize>())
-                .flat_map(|_| (r.unit() * scale).to_le_bytes())
-                .collect();
-            (n.to_string(), s, bytes)
-        })
-        .collect();
-    let views = raw.iter().map(|(n, s, b)| {
-        (
-            n.clone(),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
-        )
+    vstore::ExampleBundle {
+        space: "prerank".into(),
+        version: "v1".into(),
+        categories: TT_VOCAB,
+        impression_buckets: TT_BUCKETS,
+    }
+    .files()
+}
+
+/// A fingerprint of [`tt_bundle`]'s weights (FNV-1a), kept in the
+/// benchmark store's metadata so a store built with other weights is
+/// rebuilt rather than compared against this bundle.
+fn tt_bundle_fingerprint() -> String {
+    let (_, weights) = tt_bundle();
+    let h = weights.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    (
-        json.as_bytes().to_vec(),
-        safetensors::serialize(views, None).unwrap(),
-    )
+    format!("{h:016x}")
 }
 
 /// Item `i`'s (category, ctr_1d, impressions_7d): categories Zipf-like
@@ -301,6 +242,7 @@ pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
             && written_by_this_format(&dir)
             && !snap.model_keys().is_empty()
             && snap.model_is_precomputed(TT_KEY) == pre.is_some()
+            && snap.metadata("bench.bundle") == Some(tt_bundle_fingerprint().as_str())
         {
             return s;
         }
@@ -331,6 +273,7 @@ pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
         Some(d) => tx.add_model_precomputed(&j, &wts, d).unwrap(),
         None => tx.add_model(&j, &wts).unwrap(),
     };
+    tx.set_metadata("bench.bundle", &tt_bundle_fingerprint());
     tx.commit().unwrap();
     eprintln!(
         "built {rows}-item three-tower benchmark store in {:.1?}",

@@ -10,6 +10,7 @@
 //! `space@version` names an embedding of the snapshot with the bundle's
 //! `item_dim`. Every refusal is [`Error::Bundle`] naming the field.
 
+mod example;
 mod score;
 pub(crate) mod spec;
 
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::schema::{ColumnGroup, ColumnKind, Schema};
 
+pub use example::ExampleBundle;
 pub(crate) use score::ModelScratch;
 pub(crate) use score::{Prepared, SegmentInputs};
 use spec::{bad, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec};

@@ -31,7 +31,7 @@ pub const SPACE: &str = "prerank";
 /// The embedding version of the demo.
 pub const VERSION: &str = "v1";
 /// Embedding dimension.
-pub const DIM: usize = 64;
+pub const DIM: usize = vstore::ExampleBundle::DIM;
 
 /// A small deterministic generator (splitmix64).
 #[derive(Debug, Clone)]
@@ -162,92 +162,18 @@ pub fn user_inputs(q: u64) -> (Vec<f32>, Vec<(u32, f32)>) {
     (dense, by_cat)
 }
 
-/// The demo's three-tower bundle for `space@version` (docs/DESIGN.md's example
-/// sizes): cross inputs log1p(ctr_1d), bucketized impressions_7d, category
-/// embedding, user_stats, user_category_ctr (22 values) -> 64 -> 32; upper
-/// 96 (item vector + cross) + 64 (user) = 160 -> 256 -> 128; heads click
-/// (sigmoid, trained with 10% negative sampling), like (sigmoid),
-/// watch_time (exp); weighted-sum fusion. Returns (model.json, weights).
+/// The demo's three-tower bundle for `space@version`:
+/// [`vstore::ExampleBundle`] with a [`CATEGORIES`]-row category table and
+/// impression buckets at 100, 1,000 and 10,000 (the catalogue's
+/// impressions span five decades). Returns (model.json, weights).
 pub fn bundle(space: &str, version: &str) -> (Vec<u8>, Vec<u8>) {
-    let json = format!(
-        r#"{{
-  "format": "vstore.three_tower.v1",
-  "space": "{space}", "version": "{version}",
-  "user_dim": {DIM}, "item_dim": {DIM},
-  "cross": {{
-    "inputs": [
-      {{"kind": "item_numeric", "column": "ctr_1d", "transform": "log1p"}},
-      {{"kind": "item_numeric", "column": "impressions_7d",
-       "transform": {{"bucketize": [100, 1000, 10000]}}, "embedding": "emb.imp_bucket"}},
-      {{"kind": "item_categorical", "column": "category", "embedding": "emb.category"}},
-      {{"kind": "user_dense", "name": "user_stats", "dim": 8}},
-      {{"kind": "user_by_item", "name": "user_category_ctr", "column": "category",
-       "dim": 1, "default": [0.0]}}
-    ],
-    "layers": [
-      {{"weight": "cross.0.weight", "bias": "cross.0.bias", "activation": "relu"}},
-      {{"weight": "cross.2.weight", "bias": "cross.2.bias", "activation": "relu"}}
-    ]
-  }},
-  "upper": {{
-    "layers": [
-      {{"weight": "upper.0.weight", "bias": "upper.0.bias", "activation": "relu"}},
-      {{"weight": "upper.2.weight", "bias": "upper.2.bias", "activation": "relu"}}
-    ]
-  }},
-  "heads": [
-    {{"name": "click", "weight": "heads.click.weight", "bias": "heads.click.bias",
-     "activation": "sigmoid", "neg_sampling_rate": 0.1}},
-    {{"name": "like", "weight": "heads.like.weight", "bias": "heads.like.bias",
-     "activation": "sigmoid"}},
-    {{"name": "watch_time", "weight": "heads.wt.weight", "bias": "heads.wt.bias",
-     "activation": "exp"}}
-  ],
-  "fusion": {{"kind": "weighted_sum", "weights": {{"click": 1.0, "like": 0.5, "watch_time": 0.01}}}}
-}}
-"#
-    );
-    let shapes: Vec<(&str, Vec<usize>)> = vec![
-        ("emb.imp_bucket", vec![4, 4]),
-        ("emb.category", vec![CATEGORIES as usize, 8]),
-        ("cross.0.weight", vec![64, 22]),
-        ("cross.0.bias", vec![64]),
-        ("cross.2.weight", vec![32, 64]),
-        ("cross.2.bias", vec![32]),
-        ("upper.0.weight", vec![256, 160]),
-        ("upper.0.bias", vec![256]),
-        ("upper.2.weight", vec![128, 256]),
-        ("upper.2.bias", vec![128]),
-        ("heads.click.weight", vec![1, 128]),
-        ("heads.click.bias", vec![1]),
-        ("heads.like.weight", vec![1, 128]),
-        ("heads.like.bias", vec![1]),
-        ("heads.wt.weight", vec![1, 128]),
-        ("heads.wt.bias", vec![1]),
-    ];
-    let mut r = Rng(0x7777_1234_5678_9ABD);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
-        .into_iter()
-        .map(|(n, s)| {
-            let fan_in = if s.len() == 2 { s[1] } else { 16 };
-            let scale = (2.0 / fan_in as f64).sqrt();
-            let bytes = (0..s.iter().product::<usize>())
-                .flat_map(|_| ((r.normal() * scale * 0.5) as f32).to_le_bytes())
-                .collect();
-            (n.to_string(), s, bytes)
-        })
-        .collect();
-    let views = raw.iter().map(|(n, s, b)| {
-        (
-            n.clone(),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .expect("shapes match the byte counts"),
-        )
-    });
-    (
-        json.into_bytes(),
-        safetensors::serialize(views, None).expect("in-memory serialization"),
-    )
+    vstore::ExampleBundle {
+        space: space.to_string(),
+        version: version.to_string(),
+        categories: CATEGORIES,
+        impression_buckets: [100.0, 1000.0, 10000.0],
+    }
+    .files()
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> ToolError + 'a {
