@@ -63,6 +63,22 @@ enum ItemPart {
     Decoded,
 }
 
+/// The [`ItemPart`] for scoring `segs`: precomputed rows only if every
+/// segment has them, read as stored only if they share a dtype the kernel
+/// reads.
+fn item_part(segs: &[SegmentInputs<'_>]) -> ItemPart {
+    if segs.is_empty() || segs.iter().any(|s| s.pre.is_none()) {
+        return ItemPart::Multiplied;
+    }
+    let dtype = |s: &SegmentInputs<'_>| s.pre.as_ref().map(|p| p.def().dtype);
+    match dtype(&segs[0]) {
+        d if segs.iter().any(|s| dtype(s) != d) => ItemPart::Decoded,
+        Some(Dtype::F16) => ItemPart::Stored { half: true },
+        Some(Dtype::F32) => ItemPart::Stored { half: false },
+        _ => ItemPart::Decoded,
+    }
+}
+
 /// An item column as one segment holds it.
 #[derive(Debug, Clone, Copy)]
 enum Col<'a> {
@@ -366,26 +382,13 @@ impl Model {
         let nh = self.heads.len();
         heads.clear();
         heads.resize(locs.len() * nh, 0.0);
-        let id = self.item_dim;
-        let co = self.cross.last().map_or(self.cross_in, |d| d.out);
+        let item_part = item_part(segs);
         // With the item part precomputed, the first upper layer only
         // multiplies the cross output; the item vectors are not needed.
-        let pre = !segs.is_empty() && segs.iter().all(|s| s.pre.is_some());
-        let id = if pre { 0 } else { id };
-        let item_part = if !pre {
-            ItemPart::Multiplied
-        } else {
-            let dtype = |s: &SegmentInputs<'_>| s.pre.as_ref().map(|p| p.def().dtype);
-            match dtype(&segs[0]) {
-                d if segs.iter().any(|s| dtype(s) != d) => ItemPart::Decoded,
-                Some(Dtype::F16) => ItemPart::Stored { half: true },
-                Some(Dtype::F32) => ItemPart::Stored { half: false },
-                _ => ItemPart::Decoded,
-            }
-        };
-        let mut rows: [&[u8]; BLOCK] = [&[]; BLOCK];
+        let pre = !matches!(item_part, ItemPart::Multiplied);
+        let id = if pre { 0 } else { self.item_dim };
+        let co = self.cross.last().map_or(self.cross_in, |d| d.out);
         let lda = id + co;
-        let w0 = &self.upper[0];
         let widest = self
             .cross
             .iter()
@@ -394,127 +397,170 @@ impl Model {
             .max()
             .unwrap_or(1)
             .max(self.cross_in);
-        let row_in = self.row_in;
-        s.xc.resize(BLOCK * row_in, 0.0);
+        s.xc.resize(BLOCK * self.row_in, 0.0);
         s.a.resize(BLOCK * lda, 0.0);
         s.h0.resize(BLOCK * widest, 0.0);
         s.h1.resize(BLOCK * widest, 0.0);
         s.out.resize(BLOCK * nh, 0.0);
-        let span = |from: usize, blocks: usize| {
-            &locs[(from * BLOCK).min(locs.len())..((from + blocks) * BLOCK).min(locs.len())]
+        let span = |from: usize| {
+            &locs[(from * BLOCK).min(locs.len())..((from + 1) * BLOCK).min(locs.len())]
         };
         s.ahead.clear();
-        self.lines(segs, span(0, 1), pre, &mut s.ahead);
+        self.lines(segs, span(0), pre, &mut s.ahead);
         s.ahead
             .iter()
             .for_each(|&p| kernels::prefetch_line(p as *const u8));
         for (bi, block) in locs.chunks(BLOCK).enumerate() {
-            let m = block.len();
             s.ahead.clear();
-            self.lines(segs, span(bi + 1, 1), pre, &mut s.ahead);
-            // Cross input and item vectors.
-            for (r, loc) in block.iter().enumerate() {
-                let seg = &segs[loc.block as usize];
-                let row = loc.row as usize;
-                self.cross_input(prep, seg, row, &mut s.xc[r * row_in..(r + 1) * row_in]);
-                if !pre {
-                    seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
-                }
+            self.lines(segs, span(bi + 1), pre, &mut s.ahead);
+            self.gather_block(prep, segs, block, id, lda, s);
+            self.cross_block(prep, block.len(), id, lda, s);
+            self.upper_block(prep, segs, block, item_part, lda, s);
+            let out = &mut heads[bi * BLOCK * nh..][..block.len() * nh];
+            self.heads_block(block.len(), s, out);
+        }
+    }
+
+    /// Step 1 of a block: each row's cross input into `s.xc` and (unless
+    /// the item part is precomputed, `id` = 0) its item vector into `s.a`.
+    #[inline]
+    fn gather_block(
+        &self,
+        prep: &Prepared<'_>,
+        segs: &[SegmentInputs<'_>],
+        block: &[Loc],
+        id: usize,
+        lda: usize,
+        s: &mut ModelScratch,
+    ) {
+        let row_in = self.row_in;
+        for (r, loc) in block.iter().enumerate() {
+            let seg = &segs[loc.block as usize];
+            let row = loc.row as usize;
+            self.cross_input(prep, seg, row, &mut s.xc[r * row_in..(r + 1) * row_in]);
+            if id > 0 {
+                seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
             }
-            // Cross tower; its last layer writes into `a` after the item vector.
-            if self.cross.is_empty() {
-                for r in 0..m {
-                    s.a[r * lda + id..(r + 1) * lda]
-                        .copy_from_slice(&s.xc[r * row_in..(r + 1) * row_in]);
-                }
-            }
-            let mut src_is_xc = true;
-            for (li, d) in self.cross.iter().enumerate() {
-                let last = li + 1 == self.cross.len();
-                let (src, ld_src): (&[f32], usize) = if src_is_xc {
-                    (&s.xc, row_in)
-                } else {
-                    (&s.h0, d.inp)
-                };
-                // The first layer's user_dense part is in `c0` if split.
-                let (pack, bias) = if li == 0 && self.split {
-                    (&self.pack_cross0, Start::Bias(&prep.c0))
-                } else {
-                    (&d.pack, Start::Bias(&d.b))
-                };
-                if last {
-                    layer(d, m, src, ld_src, pack, &mut s.a[id..], lda, bias, &[]);
-                } else {
-                    layer(d, m, src, ld_src, pack, &mut s.h1, d.out, bias, &[]);
-                    std::mem::swap(&mut s.h0, &mut s.h1);
-                    src_is_xc = false;
-                }
-            }
-            // First upper layer: accumulators start at the user part (bias
-            // included), plus the precomputed item part if there is one.
-            let (pack, start) = match item_part {
-                ItemPart::Multiplied => (&w0.pack, Start::Bias(&prep.u0)),
-                ItemPart::Stored { half } => {
-                    for (slot, loc) in rows.iter_mut().zip(block) {
-                        let p = segs[loc.block as usize].pre.as_ref();
-                        *slot = p.expect("checked above").row_bytes(loc.row as usize);
-                    }
-                    let add = &prep.u0;
-                    let start = Start::Rows {
-                        rows: &rows[..m],
-                        half,
-                        add,
-                    };
-                    (&self.pack_cross, start)
-                }
-                ItemPart::Decoded => {
-                    for (r, loc) in block.iter().enumerate() {
-                        let p = segs[loc.block as usize].pre.as_ref();
-                        let h = &mut s.h0[r * w0.out..(r + 1) * w0.out];
-                        p.expect("checked above").decode(loc.row as usize, h);
-                        for (x, u) in h.iter_mut().zip(&prep.u0) {
-                            *x += u;
-                        }
-                    }
-                    (&self.pack_cross, Start::Accumulate)
-                }
-            };
-            layer(w0, m, &s.a, lda, pack, &mut s.h0, w0.out, start, &[]);
-            // The next block's lines are prefetched during the second upper
-            // layer (usually the largest product), or the first if it is
-            // the only one.
-            if self.upper.len() == 1 {
-                s.ahead
-                    .iter()
-                    .for_each(|&p| kernels::prefetch_line(p as *const u8));
-            }
-            for (li, d) in self.upper[1..].iter().enumerate() {
-                let ahead: &[usize] = if li == 0 { &s.ahead } else { &[] };
-                let bias = Start::Bias(&d.b);
-                layer(d, m, &s.h0, d.inp, &d.pack, &mut s.h1, d.out, bias, ahead);
-                std::mem::swap(&mut s.h0, &mut s.h1);
-            }
-            // Heads.
-            let hl = &self.head_layer;
-            matmul(
-                m,
-                &s.h0,
-                hl.inp,
-                &hl.pack,
-                &mut s.out,
-                nh,
-                Start::Bias(&hl.b),
-                false,
-            );
-            let base = bi * BLOCK * nh;
+        }
+    }
+
+    /// Step 2: the cross tower over `s.xc`; its last layer (or, without
+    /// layers, the input itself) lands in `s.a` after the item vector.
+    #[inline]
+    fn cross_block(
+        &self,
+        prep: &Prepared<'_>,
+        m: usize,
+        id: usize,
+        lda: usize,
+        s: &mut ModelScratch,
+    ) {
+        let row_in = self.row_in;
+        if self.cross.is_empty() {
             for r in 0..m {
-                for (h, head) in self.heads.iter().enumerate() {
-                    let x = s.out[r * nh + h];
-                    heads[base + r * nh + h] = match head.neg_sampling_rate {
-                        Some(a) => calibrated(x, a),
-                        None => activate(head.act, x),
-                    };
+                s.a[r * lda + id..(r + 1) * lda]
+                    .copy_from_slice(&s.xc[r * row_in..(r + 1) * row_in]);
+            }
+        }
+        let mut src_is_xc = true;
+        for (li, d) in self.cross.iter().enumerate() {
+            let last = li + 1 == self.cross.len();
+            let (src, ld_src): (&[f32], usize) = if src_is_xc {
+                (&s.xc, row_in)
+            } else {
+                (&s.h0, d.inp)
+            };
+            // The first layer's user_dense part is in `c0` if split.
+            let (pack, bias) = if li == 0 && self.split {
+                (&self.pack_cross0, Start::Bias(&prep.c0))
+            } else {
+                (&d.pack, Start::Bias(&d.b))
+            };
+            if last {
+                layer(d, m, src, ld_src, pack, &mut s.a[id..], lda, bias, &[]);
+            } else {
+                layer(d, m, src, ld_src, pack, &mut s.h1, d.out, bias, &[]);
+                std::mem::swap(&mut s.h0, &mut s.h1);
+                src_is_xc = false;
+            }
+        }
+    }
+
+    /// Step 3: the upper network over `s.a` (item vector + cross output),
+    /// its output in `s.h0`. The first layer's accumulators start at the
+    /// user part (bias included), plus the precomputed item part if there
+    /// is one. The next block's lines (`s.ahead`) are prefetched during the
+    /// second layer (usually the largest product), or the first if it is
+    /// the only one.
+    #[inline]
+    fn upper_block(
+        &self,
+        prep: &Prepared<'_>,
+        segs: &[SegmentInputs<'_>],
+        block: &[Loc],
+        item_part: ItemPart,
+        lda: usize,
+        s: &mut ModelScratch,
+    ) {
+        let m = block.len();
+        let w0 = &self.upper[0];
+        let mut rows: [&[u8]; BLOCK] = [&[]; BLOCK];
+        let (pack, start) = match item_part {
+            ItemPart::Multiplied => (&w0.pack, Start::Bias(&prep.u0)),
+            ItemPart::Stored { half } => {
+                for (slot, loc) in rows.iter_mut().zip(block) {
+                    let p = segs[loc.block as usize].pre.as_ref();
+                    *slot = p.expect("checked by item_part").row_bytes(loc.row as usize);
                 }
+                let add = &prep.u0;
+                let start = Start::Rows {
+                    rows: &rows[..m],
+                    half,
+                    add,
+                };
+                (&self.pack_cross, start)
+            }
+            ItemPart::Decoded => {
+                for (r, loc) in block.iter().enumerate() {
+                    let p = segs[loc.block as usize].pre.as_ref();
+                    let h = &mut s.h0[r * w0.out..(r + 1) * w0.out];
+                    p.expect("checked by item_part").decode(loc.row as usize, h);
+                    for (x, u) in h.iter_mut().zip(&prep.u0) {
+                        *x += u;
+                    }
+                }
+                (&self.pack_cross, Start::Accumulate)
+            }
+        };
+        layer(w0, m, &s.a, lda, pack, &mut s.h0, w0.out, start, &[]);
+        if self.upper.len() == 1 {
+            s.ahead
+                .iter()
+                .for_each(|&p| kernels::prefetch_line(p as *const u8));
+        }
+        for (li, d) in self.upper[1..].iter().enumerate() {
+            let ahead: &[usize] = if li == 0 { &s.ahead } else { &[] };
+            let bias = Start::Bias(&d.b);
+            layer(d, m, &s.h0, d.inp, &d.pack, &mut s.h1, d.out, bias, ahead);
+            std::mem::swap(&mut s.h0, &mut s.h1);
+        }
+    }
+
+    /// Step 4: every head over the upper network's output, activated and
+    /// calibrated, into `out` (`m` rows of one value per head).
+    #[inline]
+    fn heads_block(&self, m: usize, s: &mut ModelScratch, out: &mut [f32]) {
+        let nh = self.heads.len();
+        let hl = &self.head_layer;
+        let bias = Start::Bias(&hl.b);
+        matmul(m, &s.h0, hl.inp, &hl.pack, &mut s.out, nh, bias, false);
+        for r in 0..m {
+            for (h, head) in self.heads.iter().enumerate() {
+                let x = s.out[r * nh + h];
+                out[r * nh + h] = match head.neg_sampling_rate {
+                    Some(a) => calibrated(x, a),
+                    None => activate(head.act, x),
+                };
             }
         }
     }
