@@ -8,7 +8,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vstore::{Dtype, Filter, ItemBatch, Query, Schema, Scratch, Store, UserInputs, Writer};
+use std::sync::Arc;
+use vstore::{
+    Dtype, Filter, ItemBatch, Query, Schema, Scratch, Snapshot, Store, UserInputs, Writer,
+};
 
 use crate::cli::DemoArgs;
 use crate::error::{Result, ToolError};
@@ -53,8 +56,33 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         }
     };
     let key = format!("{SPACE}@{VERSION}");
+    let mut w = build(&dir, &cat, &key, p, out)?;
+    let s2 = add_bundle(&mut w, &key, out)?;
+    update_stats(&mut w, &cat, &s2, &dir, out)?;
+    drop(w);
+    let store = Store::open(&dir)?;
+    run_queries(&store, &cat, &key, queries, p, out)?;
+    refuse_skew(&store.snapshot(), &cat, out)?;
+    verify(&store, out)?;
+    if a.dir.is_some() {
+        say!(
+            out,
+            "the store is kept in {}; try `vstore-tool inspect {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
-    // 1. Build: profile, statistics and f16 embeddings, one publish.
+/// 1. Build: profile, statistics and f16 embeddings, one publish.
+fn build(
+    dir: &Path,
+    cat: &Catalogue,
+    key: &str,
+    p: &Progress,
+    out: &mut dyn Write,
+) -> Result<Writer> {
     let schema = Schema::new()
         .categorical("category", 0)
         .categorical("brand", 0)
@@ -64,9 +92,9 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         .embedding(SPACE, VERSION, DIM as u32, Dtype::F16);
     let t = Instant::now();
     let sp = p.spinner("writing the store");
-    let mut w = Writer::create(&dir, schema)?;
+    let mut w = Writer::create(dir, schema)?;
     let taken = w.remove_leftovers()?;
-    super::build::report_taken_back(out, &dir, &taken)?;
+    super::build::report_taken_back(out, dir, &taken)?;
     let mut tx = w.begin();
     tx.add_items(
         ItemBatch::new(cat.ids.clone())
@@ -75,12 +103,12 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             .numeric_opt("price", cat.price.clone())
             .stat_opt("ctr_1d", cat.ctr_1d.clone())
             .stat_opt("impressions_7d", cat.impressions_7d.clone())
-            .embedding(&key, cat.vectors.clone()),
+            .embedding(key, cat.vectors.clone()),
     )?;
     tx.set_metadata("source", "vstore-tool demo");
     let s1 = tx.commit()?;
     sp.finish_and_clear();
-    let size1: u64 = s1.files().iter().map(|f| file_len(&dir, f)).sum();
+    let size1: u64 = s1.files().iter().map(|f| file_len(dir, f)).sum();
     say!(
         out,
         "snapshot {}: built {} in {} ({} items, {key} as f16 x {DIM}, {})",
@@ -90,14 +118,17 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         s1.len(),
         bytes(size1)
     );
+    Ok(w)
+}
 
-    // 2. The three-tower bundle, validated against the snapshot.
+/// 2. The three-tower bundle, validated against the snapshot.
+fn add_bundle(w: &mut Writer, key: &str, out: &mut dyn Write) -> Result<Arc<Snapshot>> {
     let (json, weights) = synth::bundle(SPACE, VERSION);
     let t = Instant::now();
     let mut tx = w.begin();
     tx.add_model(&json, &weights)?;
     let s2 = tx.commit()?;
-    let m = s2.model(&key)?;
+    let m = s2.model(key)?;
     say!(
         out,
         "snapshot {}: added a three-tower bundle for {key} in {} (heads [{}], {} MACs per item)",
@@ -106,8 +137,17 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         m.head_names().join(", "),
         m.macs_per_item()
     );
+    Ok(s2)
+}
 
-    // 3. A statistics refresh of 10% of the items: only statistics files change.
+/// 3. A statistics refresh of 10% of the items: only statistics files change.
+fn update_stats(
+    w: &mut Writer,
+    cat: &Catalogue,
+    s2: &Snapshot,
+    dir: &Path,
+    out: &mut dyn Write,
+) -> Result<()> {
     let mut r = Rng(7);
     let hot: Vec<u64> = cat
         .ids
@@ -133,12 +173,20 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         hot.len(),
         dur(t.elapsed()),
         new.len(),
-        bytes(new.iter().map(|f| file_len(&dir, f)).sum())
+        bytes(new.iter().map(|f| file_len(dir, f)).sum())
     );
-    drop(w);
+    Ok(())
+}
 
-    // 4. Queries on the newest snapshot, as a ranking service would run them.
-    let store = Store::open(&dir)?;
+/// 4. Queries on the newest snapshot, as a ranking service would run them.
+fn run_queries(
+    store: &Store,
+    cat: &Catalogue,
+    key: &str,
+    queries: usize,
+    p: &Progress,
+    out: &mut dyn Write,
+) -> Result<()> {
     let snap = store.snapshot();
     let mut scratch = Scratch::default();
     let mut lat2 = Vec::with_capacity(queries);
@@ -149,17 +197,17 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let sp = p.bar(queries as u64, "queries");
     for q in 0..queries as u64 {
         let (fav, user) = synth::user_vector(q);
-        let cands = candidates(&cat, fav, q);
+        let cands = candidates(cat, fav, q);
         let (dense, by_cat) = synth::user_inputs(q);
         let inputs = UserInputs::new().dense("user_stats", dense).by_item(
             "user_category_ctr",
             by_cat.iter().map(|&(c, v)| (c, vec![v])),
         );
-        let q2 = Query::ids(&key, &user, &cands, K).filter(&exclude);
+        let q2 = Query::ids(key, &user, &cands, K).filter(&exclude);
         let t = Instant::now();
         let r2 = snap.query_with(&q2, &mut scratch)?;
         lat2.push(t.elapsed());
-        let q3 = Query::ids(&key, &user, &cands, K)
+        let q3 = Query::ids(key, &user, &cands, K)
             .filter(&exclude)
             .three_tower(&inputs)
             .with_heads();
@@ -201,7 +249,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         100.0 * fav_share / queries as f64
     );
     let t = Instant::now();
-    let full = snap.query(&Query::full_scan(&key, &synth::user_vector(0).1, K))?;
+    let full = snap.query(&Query::full_scan(key, &synth::user_vector(0).1, K))?;
     say!(
         out,
         "  full scan of {} items (two-tower): {}",
@@ -246,8 +294,11 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         ]);
     }
     t.print(out, 2)?;
+    Ok(())
+}
 
-    // 5. Version skew is refused, naming what the snapshot holds.
+/// 5. Version skew is refused, naming what the snapshot holds.
+fn refuse_skew(snap: &Snapshot, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
     let user = synth::user_vector(0).1;
     match snap.query(&Query::ids(
         &format!("{SPACE}@v2"),
@@ -262,8 +313,11 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             ))
         }
     }
+    Ok(())
+}
 
-    // 6. Every checksum of every retained snapshot.
+/// 6. Every checksum of every retained snapshot.
+fn verify(store: &Store, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let all = store.verify_all()?;
     let mut total = 0;
@@ -284,14 +338,6 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         bytes(total),
         dur(t.elapsed())
     );
-    if a.dir.is_some() {
-        say!(
-            out,
-            "the store is kept in {}; try `vstore-tool inspect {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
     Ok(())
 }
 

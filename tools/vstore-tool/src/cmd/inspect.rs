@@ -315,6 +315,15 @@ fn strs(v: &Value) -> String {
 }
 
 fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value) -> Result<()> {
+    print_snapshots(out, store, v)?;
+    print_columns(out, snap, v)?;
+    print_embeddings(out, v)?;
+    print_bundles(out, v)?;
+    print_layout(out, v)
+}
+
+/// The store line and the table of retained snapshots (and skipped manifests).
+fn print_snapshots(out: &mut dyn Write, store: &Store, v: &Value) -> Result<()> {
     let versions = strs(&v["format_versions"]);
     let plural = if v["format_versions"].as_array().is_some_and(|a| a.len() > 1) {
         "s"
@@ -370,7 +379,11 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     for m in v["skipped_manifests"].as_array().into_iter().flatten() {
         say!(out, "  skipped {}: {}", m["manifest"], m["why"]);
     }
+    Ok(())
+}
 
+/// The pinned snapshot's line and its column summaries.
+fn print_columns(out: &mut dyn Write, snap: &Snapshot, v: &Value) -> Result<()> {
     say!(
         out,
         "\nsnapshot {} (*): {} live items in {} segment(s), {}",
@@ -396,7 +409,11 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
     }
     say!(out, "\ncolumns (over live items):");
     t.print(out, 2)?;
+    Ok(())
+}
 
+/// The embedding versions: dtype, dimension, rows, norms, whether a bundle scores them.
+fn print_embeddings(out: &mut dyn Write, v: &Value) -> Result<()> {
     say!(out, "\nembeddings:");
     let mut t = TextTable::new(&[
         "version",
@@ -423,7 +440,11 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
         ]);
     }
     t.print(out, 2)?;
+    Ok(())
+}
 
+/// The model bundles: heads, user inputs, cost, precomputing.
+fn print_bundles(out: &mut dyn Write, v: &Value) -> Result<()> {
     if let Some(bs) = v["bundles"].as_array().filter(|a| !a.is_empty()) {
         say!(out, "\nmodel bundles:");
         let mut t = TextTable::new(&[
@@ -466,7 +487,11 @@ fn print_summary(out: &mut dyn Write, store: &Store, snap: &Snapshot, v: &Value)
         }
         t.print(out, 2)?;
     }
+    Ok(())
+}
 
+/// Segments, user metadata and files.
+fn print_layout(out: &mut dyn Write, v: &Value) -> Result<()> {
     say!(out, "\nsegments:");
     let mut t = TextTable::new(&["segment", "rows", "live"]);
     for s in v["segments"].as_array().into_iter().flatten() {

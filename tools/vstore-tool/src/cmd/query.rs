@@ -248,54 +248,83 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     }
     let r = result.expect("ran at least once");
     lat.sort();
-    let pct = |p: usize| lat[((lat.len() - 1) * p) / 100];
     let kind = if a.three_tower {
         "three-tower"
     } else {
         "two-tower"
     };
     if a.json {
-        let hits: Vec<Value> = r
-            .hits
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let mut o = json!({"rank": i + 1, "id": h.id, "score": h.score});
-                if !r.head_names.is_empty() {
-                    // In the model's head order.
-                    let heads: serde_json::Map<String, Value> = r
-                        .head_names
-                        .iter()
-                        .cloned()
-                        .zip(r.heads_of(i).iter().map(|&x| json!(x)))
-                        .collect();
-                    o["heads"] = Value::Object(heads);
-                }
-
-                o
-            })
-            .collect();
-        return report::json(
-            out,
-            &json!({
-                "snapshot": r.snapshot,
-                "kind": kind,
-                "embedding": a.embedding,
-                "k": a.k,
-                "scored": r.scored,
-                "filtered_out": r.filtered_out,
-                "not_found": r.not_found,
-                "non_finite": r.non_finite,
-                "hits": hits,
-                "latency_us": {
-                    "runs": lat.len(),
-                    "p50": pct(50).as_secs_f64() * 1e6,
-                    "p99": pct(99).as_secs_f64() * 1e6,
-                    "min": lat[0].as_secs_f64() * 1e6,
-                },
-            }),
-        );
+        print_json(out, a, kind, &r, &lat)
+    } else {
+        print_text(out, a, kind, &r, &lat)
     }
+}
+
+/// The `lat` (sorted) percentile `p`.
+fn pct(lat: &[Duration], p: usize) -> Duration {
+    lat[((lat.len() - 1) * p) / 100]
+}
+
+/// The result and the latencies (sorted) as one JSON document.
+fn print_json(
+    out: &mut dyn Write,
+    a: &QueryArgs,
+    kind: &str,
+    r: &vstore::QueryResult,
+    lat: &[Duration],
+) -> Result<()> {
+    let pct = |p| pct(lat, p);
+    let hits: Vec<Value> = r
+        .hits
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut o = json!({"rank": i + 1, "id": h.id, "score": h.score});
+            if !r.head_names.is_empty() {
+                // In the model's head order.
+                let heads: serde_json::Map<String, Value> = r
+                    .head_names
+                    .iter()
+                    .cloned()
+                    .zip(r.heads_of(i).iter().map(|&x| json!(x)))
+                    .collect();
+                o["heads"] = Value::Object(heads);
+            }
+
+            o
+        })
+        .collect();
+    report::json(
+        out,
+        &json!({
+            "snapshot": r.snapshot,
+            "kind": kind,
+            "embedding": a.embedding,
+            "k": a.k,
+            "scored": r.scored,
+            "filtered_out": r.filtered_out,
+            "not_found": r.not_found,
+            "non_finite": r.non_finite,
+            "hits": hits,
+            "latency_us": {
+                "runs": lat.len(),
+                "p50": pct(50).as_secs_f64() * 1e6,
+                "p99": pct(99).as_secs_f64() * 1e6,
+                "min": lat[0].as_secs_f64() * 1e6,
+            },
+        }),
+    )
+}
+
+/// The result as a table, what was not scored, and the latencies (sorted).
+fn print_text(
+    out: &mut dyn Write,
+    a: &QueryArgs,
+    kind: &str,
+    r: &vstore::QueryResult,
+    lat: &[Duration],
+) -> Result<()> {
+    let pct = |p| pct(lat, p);
     let mut header = vec!["rank".to_string(), "id".into(), "score".into()];
     header.extend(r.head_names.iter().cloned());
     let mut t = TextTable::new(&header);
