@@ -89,10 +89,7 @@ fn read_child_line(out: &mut impl BufRead) -> String {
 #[test]
 fn second_writer_in_another_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1, 2, 3]);
     let out = child("writer", dir.path()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");

@@ -333,10 +333,7 @@ fn retention_keeps_last_n_and_grace() {
 #[test]
 fn abandoned_transaction_files_are_collected_and_numbers_never_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
     let before = common::files(dir.path());
     {
         let mut tx = w.begin();
@@ -390,10 +387,7 @@ fn writer_open_on_a_directory_that_is_not_a_store_leaves_it_untouched() {
 #[test]
 fn second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1]);
     let e = Writer::open(dir.path()).unwrap_err();
     assert!(matches!(e, Error::Locked { .. }), "{e}");
     assert!(e.to_string().contains("locked"), "{e}");
@@ -501,10 +495,7 @@ fn deletes_are_tombstones() {
 #[test]
 fn crash_leftovers_are_ignored_then_collected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1, 2, 3]);
     drop(w);
     // What a writer killed during its next publish can leave: a partial data
     // file, a complete one, and a partial manifest under its temporary name.
@@ -776,10 +767,7 @@ fn bf16_and_f16_refuse_values_that_would_become_infinite() {
 #[test]
 fn a_manifest_naming_a_symlink_or_fifo_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1]);
     drop(w);
     let f = dir.path().join("s0000000001-g0-profile.vcol");
     let elsewhere = tempfile::tempdir().unwrap();
@@ -859,10 +847,7 @@ fn compaction_merges_segments_drops_tombstones_and_copies_rows_exactly() {
 #[test]
 fn upsert_replaces_live_items_and_adds_new_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2, 3]);
     let mut tx = w.begin();
     let e = tx.add_items(batch(&[3, 4], DIM, 1)).unwrap_err();
     assert!(e.to_string().contains("upsert_items"), "{e}");
