@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{batch, schema, stat_value};
-use vstore::{Dtype, Error, ItemBatch, Retention, Store, Writer};
+use vstore::{Dtype, Error, Retention, Store, Writer};
 
 const DIM: u32 = 8;
 
@@ -127,11 +127,7 @@ fn reader_in_another_process_refreshes_and_survives_gc() {
     // snapshot 1's manifest and stats file are unlinked under the reader.
     for gen in 1..=2 {
         let mut tx = w.begin();
-        tx.update_stats(
-            ItemBatch::new(ids.clone())
-                .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, gen)).collect()),
-        )
-        .unwrap();
+        tx.update_stats(common::stats_update(&ids, gen)).unwrap();
         tx.commit().unwrap();
     }
     let report = w.gc().unwrap();

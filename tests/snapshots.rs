@@ -164,10 +164,7 @@ fn stats_refresh_shares_profile_and_embedding_files() {
     // Refresh ctr_1d for items of the second segment only.
     let upd: Vec<u64> = (300..400).collect();
     let mut tx = w.begin();
-    tx.update_stats(
-        ItemBatch::new(upd.clone()).stat("ctr_1d", upd.iter().map(|&i| stat_value(i, 9)).collect()),
-    )
-    .unwrap();
+    tx.update_stats(common::stats_update(&upd, 9)).unwrap();
     let after = tx.commit().unwrap();
     assert_eq!(after.parent(), Some(before.number()));
 
@@ -239,11 +236,7 @@ fn reader_pinned_is_isolated_through_50_publishes_and_gc_then_reclaimed() {
     for gen in 1..=50u64 {
         let mut tx = w.begin();
         // Each publish: a stats refresh, a new item, and every tenth a delete.
-        tx.update_stats(
-            ItemBatch::new(live.clone())
-                .stat("ctr_1d", live.iter().map(|&i| stat_value(i, gen)).collect()),
-        )
-        .unwrap();
+        tx.update_stats(common::stats_update(&live, gen)).unwrap();
         let new_id = 10_000 + gen;
         tx.add_items(batch(&[new_id], DIM, gen)).unwrap();
         if gen % 10 == 0 {
@@ -650,11 +643,7 @@ fn concurrent_readers_see_consistent_snapshots_while_writer_publishes_and_collec
     };
     for gen in 1..=50u64 {
         let mut tx = w.begin();
-        tx.update_stats(
-            ItemBatch::new(ids.clone())
-                .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, gen)).collect()),
-        )
-        .unwrap();
+        tx.update_stats(common::stats_update(&ids, gen)).unwrap();
         tx.commit().unwrap();
         w.gc().unwrap();
     }
@@ -876,10 +865,7 @@ fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
     tx.add_items(batch(&ids, DIM, 0)).unwrap();
     let s1 = tx.commit().unwrap();
     let mut tx = w.begin();
-    tx.update_stats(
-        ItemBatch::new(ids.clone()).stat("ctr_1d", ids.iter().map(|&i| stat_value(i, 1)).collect()),
-    )
-    .unwrap();
+    tx.update_stats(common::stats_update(&ids, 1)).unwrap();
     let s2 = tx.commit().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let all = store.verify_all().unwrap();

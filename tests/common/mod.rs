@@ -47,6 +47,12 @@ pub fn store_of(dir: &std::path::Path, dim: u32, ids: &[u64]) -> Writer {
     w
 }
 
+/// A statistics update of items `ids` for [`schema`]: `ctr_1d` becomes
+/// [`stat_value`]`(id, salt)`.
+pub fn stats_update(ids: &[u64], salt: u64) -> ItemBatch {
+    ItemBatch::new(ids.to_vec()).stat("ctr_1d", ids.iter().map(|&i| stat_value(i, salt)).collect())
+}
+
 /// The `ctr_1d` value item `id` gets in generation `salt`.
 pub fn stat_value(id: u64, salt: u64) -> f32 {
     ((id + salt) % 1000) as f32 / 1000.0
