@@ -42,7 +42,8 @@ pub use model::{Activation, ExampleBundle, Model, UserInputSpec, UserInputs, BUN
 pub use query::bench_support;
 pub use query::filter::Filter;
 pub use query::{Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};
-pub use read::segment::{Column, EmbeddingColumn, Row, Segment};
+pub use read::columns::{Column, EmbeddingColumn, Row};
+pub use read::segment::Segment;
 pub use read::snapshot::{ItemRef, Snapshot, VerifyReport};
 pub use read::store::{OpenOptions, Store};
 pub use schema::{parse_key, ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};

@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use common::bundle::Bundle;
 use serde_json::{json, Value};
@@ -634,6 +635,15 @@ fn store_with_bundle(dir: &Path) -> Writer {
     w
 }
 
+/// A [`store_with_bundle`] in a fresh directory: the directory (which
+/// must outlive the store), the writer and its newest snapshot.
+fn bundle_store() -> (tempfile::TempDir, Writer, Arc<Snapshot>) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = store_with_bundle(dir.path());
+    let snap = w.snapshot().unwrap();
+    (dir, w, snap)
+}
+
 fn user() -> Vec<f32> {
     vec![0.5, -0.25, 1.0, 0.125]
 }
@@ -969,9 +979,7 @@ fn invalid_input(r: vstore::Result<vstore::QueryResult>, parts: &[&str]) {
 
 #[test]
 fn query_missing_user_dense_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (user(), ids(0..N));
     let inp = UserInputs::new().by_item("user_category_ctr", [(1, vec![0.5])]);
     invalid_input(
@@ -987,9 +995,7 @@ fn query_missing_user_dense_input() {
 
 #[test]
 fn query_user_dense_of_wrong_length() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (user(), ids(0..N));
     let inp = inputs().dense("user_stats", vec![0.1, 0.2, 0.3]);
     invalid_input(
@@ -1000,9 +1006,7 @@ fn query_user_dense_of_wrong_length() {
 
 #[test]
 fn query_nan_in_user_dense() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (user(), ids(0..N));
     let inp = inputs().dense("user_stats", vec![0.1, f32::NAN]);
     invalid_input(
@@ -1013,9 +1017,7 @@ fn query_nan_in_user_dense() {
 
 #[test]
 fn query_nan_in_a_user_by_item_vector() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (user(), ids(0..N));
     let inp = inputs().by_item("user_category_ctr", [(2, vec![0.1]), (6, vec![f32::NAN])]);
     invalid_input(
@@ -1032,9 +1034,7 @@ fn query_nan_in_a_user_by_item_vector() {
 
 #[test]
 fn query_unknown_user_input_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (user(), ids(0..N));
     let inp = inputs().dense("user_age", vec![30.0]);
     invalid_input(
@@ -1052,9 +1052,7 @@ fn query_unknown_user_input_name() {
 fn query_user_input_of_the_wrong_kind() {
     // A name the model reads as user_by_item, passed (also) as user_dense,
     // must not be silently ignored.
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (user(), ids(0..N));
     let inp = inputs().dense("user_category_ctr", vec![0.5]);
     invalid_input(
@@ -1070,9 +1068,7 @@ fn query_user_input_of_the_wrong_kind() {
 
 #[test]
 fn query_user_vector_of_wrong_length() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (inp, all) = (inputs(), ids(0..N));
     // The item dimension (16) is not the user dimension (4).
     let u = vec![0.1; DIM as usize];
@@ -1127,9 +1123,7 @@ fn query_key_without_a_bundle() {
 
 #[test]
 fn query_unknown_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, inp, all) = (user(), inputs(), ids(0..N));
     match snap.query(&Query::ids("prerank@v99", &u, &all, 5).three_tower(&inp)) {
         Err(Error::VersionSkew {
@@ -1146,9 +1140,7 @@ fn query_unknown_version() {
 
 #[test]
 fn with_heads_on_a_two_tower_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, all) = (vec![0.5; DIM as usize], ids(0..N));
     invalid_input(
         snap.query(&Query::ids(KEY, &u, &all, 5).with_heads()),
@@ -1162,9 +1154,7 @@ fn with_heads_on_a_two_tower_query() {
 
 #[test]
 fn three_tower_query_with_k_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, inp, all) = (user(), inputs(), ids(0..N));
     invalid_input(
         snap.query(&Query::ids(KEY, &u, &all, 0).three_tower(&inp)),
@@ -1178,9 +1168,7 @@ fn three_tower_query_with_k_zero() {
 
 #[test]
 fn heads_are_returned_calibrated_and_fused() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, inp, all) = (user(), inputs(), ids(0..N));
     let r = snap
         .query(&Query::ids(KEY, &u, &all, 20).three_tower(&inp).with_heads())
@@ -1204,9 +1192,7 @@ fn heads_are_returned_calibrated_and_fused() {
 
 #[test]
 fn filtered_three_tower_query_equals_scoring_everything_then_filtering() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = store_with_bundle(dir.path());
-    let snap = w.snapshot().unwrap();
+    let (_dir, _w, snap) = bundle_store();
     let (u, inp) = (user(), inputs());
     // Some unknown ids and duplicates among the candidates.
     let mut cand = ids(0..N);

@@ -6,6 +6,8 @@
 //! `VSTORE_CONCURRENCY_PUBLISHES` sets the number of publishes (default 300;
 //! the long setting is 1000 or more).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,10 +44,7 @@ fn maps(dir: &std::path::Path) -> usize {
 
 #[test]
 fn eight_readers_while_the_writer_publishes_and_collects() {
-    let publishes: u64 = std::env::var("VSTORE_CONCURRENCY_PUBLISHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let publishes: u64 = common::env_or("VSTORE_CONCURRENCY_PUBLISHES", 300);
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::new()
         .stat("ctr", 0.0)

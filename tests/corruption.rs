@@ -171,11 +171,7 @@ fn zeroing_of_every_file_kind_is_detected() {
 
 #[test]
 fn every_byte_bit_flip_of_every_file_kind_is_detected() {
-    let bits: usize = std::env::var("VSTORE_CORRUPTION_BITS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-        .clamp(1, 8);
+    let bits: usize = common::env_or("VSTORE_CORRUPTION_BITS", 1usize).clamp(1, 8);
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     let mut cases = 0;

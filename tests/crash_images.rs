@@ -236,10 +236,7 @@ fn image(base: &BTreeMap<String, Vec<u8>>, ops: &[Op], rng: &mut Rng) -> BTreeMa
 
 #[test]
 fn every_crash_image_opens_to_an_acknowledged_or_in_flight_snapshot() {
-    let seeds: u64 = std::env::var("VSTORE_CRASH_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let seeds: u64 = common::env_or("VSTORE_CRASH_SEEDS", 20);
     let dir = tempfile::tempdir().unwrap();
     {
         let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{batch, schema, stat_value};
-use vstore::{Dtype, Error, ItemBatch, Retention, Store, Writer};
+use vstore::{Dtype, Error, Retention, Store, Writer};
 
 const DIM: u32 = 8;
 
@@ -89,10 +89,7 @@ fn read_child_line(out: &mut impl BufRead) -> String {
 #[test]
 fn second_writer_in_another_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1, 2, 3]);
     let out = child("writer", dir.path()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -130,11 +127,7 @@ fn reader_in_another_process_refreshes_and_survives_gc() {
     // snapshot 1's manifest and stats file are unlinked under the reader.
     for gen in 1..=2 {
         let mut tx = w.begin();
-        tx.update_stats(
-            ItemBatch::new(ids.clone())
-                .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, gen)).collect()),
-        )
-        .unwrap();
+        tx.update_stats(common::stats_update(&ids, gen)).unwrap();
         tx.commit().unwrap();
     }
     let report = w.gc().unwrap();

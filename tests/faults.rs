@@ -180,10 +180,7 @@ fn violations(log: &[Op]) -> Vec<String> {
 
 #[test]
 fn publish_order_holds_over_many_publishes() {
-    let publishes: usize = std::env::var("VSTORE_FAULT_PUBLISHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let publishes: usize = common::env_or("VSTORE_FAULT_PUBLISHES", 200);
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::default();
     let mut w =

@@ -65,11 +65,7 @@ fn id_index_files(dir: &Path) -> Vec<PathBuf> {
 /// `dir`, one at a time, and checks each outcome. Returns the number of
 /// flips and how many were answered (rather than refused).
 fn sweep(dir: &Path, probe: &[u64]) -> (usize, usize) {
-    let stride: usize = std::env::var("VSTORE_FLIP_STRIDE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+    let stride: usize = common::env_or("VSTORE_FLIP_STRIDE", 1usize).max(1);
     let want = answers(&Store::open(dir).unwrap(), probe).unwrap();
     let (mut flips, mut answered) = (0, 0);
     for file in id_index_files(dir) {

@@ -55,10 +55,7 @@ fn child_entry() {
 
 #[test]
 fn kill_dash_nine_never_loses_an_acknowledged_snapshot() {
-    let cycles: usize = std::env::var("VSTORE_KILL_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let cycles: usize = common::env_or("VSTORE_KILL_CYCLES", 200);
     let dir = tempfile::tempdir().unwrap();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_rand = move || {

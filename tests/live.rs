@@ -7,6 +7,8 @@
 //!
 //! Cases default to 24; `VSTORE_PROPTEST_CASES` for a longer run.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -346,15 +348,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("VSTORE_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::env_or("VSTORE_PROPTEST_CASES", 24), ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model_after_every_publish(ops in prop::collection::vec(op(), 1..14)) {

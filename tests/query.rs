@@ -5,6 +5,8 @@
 //!
 //! Cases default to 48; set `VSTORE_PROPTEST_CASES` for a longer run.
 
+mod common;
+
 use proptest::prelude::*;
 use vstore::{Dtype, Error, Filter, ItemBatch, Query, Schema, Snapshot, Store, Writer};
 
@@ -298,15 +300,8 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("VSTORE_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::env_or("VSTORE_PROPTEST_CASES", 48), ..ProptestConfig::default() })]
 
     #[test]
     fn query_matches_brute_force_reference(c in case()) {

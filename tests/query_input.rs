@@ -5,6 +5,8 @@
 //!
 //! Cases default to 2000; `VSTORE_PROPTEST_CASES` overrides.
 
+mod common;
+
 use std::sync::{Arc, LazyLock};
 
 use proptest::prelude::*;
@@ -74,7 +76,7 @@ fn component() -> impl Strategy<Value = f32> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("VSTORE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        cases: common::env_or("VSTORE_PROPTEST_CASES", 2000),
         ..ProptestConfig::default()
     })]
 

@@ -4,6 +4,8 @@
 //!
 //! Cases default to 40; set `VSTORE_PROPTEST_CASES` for a longer run.
 
+mod common;
+
 use proptest::prelude::*;
 use vstore::{Dtype, ItemBatch, Schema, Store, Writer};
 
@@ -206,15 +208,8 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("VSTORE_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::env_or("VSTORE_PROPTEST_CASES", 40), ..ProptestConfig::default() })]
 
     #[test]
     fn every_value_reads_back(c in case()) {

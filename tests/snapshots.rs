@@ -164,10 +164,7 @@ fn stats_refresh_shares_profile_and_embedding_files() {
     // Refresh ctr_1d for items of the second segment only.
     let upd: Vec<u64> = (300..400).collect();
     let mut tx = w.begin();
-    tx.update_stats(
-        ItemBatch::new(upd.clone()).stat("ctr_1d", upd.iter().map(|&i| stat_value(i, 9)).collect()),
-    )
-    .unwrap();
+    tx.update_stats(common::stats_update(&upd, 9)).unwrap();
     let after = tx.commit().unwrap();
     assert_eq!(after.parent(), Some(before.number()));
 
@@ -239,11 +236,7 @@ fn reader_pinned_is_isolated_through_50_publishes_and_gc_then_reclaimed() {
     for gen in 1..=50u64 {
         let mut tx = w.begin();
         // Each publish: a stats refresh, a new item, and every tenth a delete.
-        tx.update_stats(
-            ItemBatch::new(live.clone())
-                .stat("ctr_1d", live.iter().map(|&i| stat_value(i, gen)).collect()),
-        )
-        .unwrap();
+        tx.update_stats(common::stats_update(&live, gen)).unwrap();
         let new_id = 10_000 + gen;
         tx.add_items(batch(&[new_id], DIM, gen)).unwrap();
         if gen % 10 == 0 {
@@ -333,10 +326,7 @@ fn retention_keeps_last_n_and_grace() {
 #[test]
 fn abandoned_transaction_files_are_collected_and_numbers_never_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
     let before = common::files(dir.path());
     {
         let mut tx = w.begin();
@@ -390,10 +380,7 @@ fn writer_open_on_a_directory_that_is_not_a_store_leaves_it_untouched() {
 #[test]
 fn second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1]);
     let e = Writer::open(dir.path()).unwrap_err();
     assert!(matches!(e, Error::Locked { .. }), "{e}");
     assert!(e.to_string().contains("locked"), "{e}");
@@ -501,10 +488,7 @@ fn deletes_are_tombstones() {
 #[test]
 fn crash_leftovers_are_ignored_then_collected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1, 2, 3]);
     drop(w);
     // What a writer killed during its next publish can leave: a partial data
     // file, a complete one, and a partial manifest under its temporary name.
@@ -659,11 +643,7 @@ fn concurrent_readers_see_consistent_snapshots_while_writer_publishes_and_collec
     };
     for gen in 1..=50u64 {
         let mut tx = w.begin();
-        tx.update_stats(
-            ItemBatch::new(ids.clone())
-                .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, gen)).collect()),
-        )
-        .unwrap();
+        tx.update_stats(common::stats_update(&ids, gen)).unwrap();
         tx.commit().unwrap();
         w.gc().unwrap();
     }
@@ -776,10 +756,7 @@ fn bf16_and_f16_refuse_values_that_would_become_infinite() {
 #[test]
 fn a_manifest_naming_a_symlink_or_fifo_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1]);
     drop(w);
     let f = dir.path().join("s0000000001-g0-profile.vcol");
     let elsewhere = tempfile::tempdir().unwrap();
@@ -859,10 +836,7 @@ fn compaction_merges_segments_drops_tombstones_and_copies_rows_exactly() {
 #[test]
 fn upsert_replaces_live_items_and_adds_new_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.commit().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2, 3]);
     let mut tx = w.begin();
     let e = tx.add_items(batch(&[3, 4], DIM, 1)).unwrap_err();
     assert!(e.to_string().contains("upsert_items"), "{e}");
@@ -891,10 +865,7 @@ fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
     tx.add_items(batch(&ids, DIM, 0)).unwrap();
     let s1 = tx.commit().unwrap();
     let mut tx = w.begin();
-    tx.update_stats(
-        ItemBatch::new(ids.clone()).stat("ctr_1d", ids.iter().map(|&i| stat_value(i, 1)).collect()),
-    )
-    .unwrap();
+    tx.update_stats(common::stats_update(&ids, 1)).unwrap();
     let s2 = tx.commit().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let all = store.verify_all().unwrap();

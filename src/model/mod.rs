@@ -53,8 +53,8 @@ pub(crate) struct PreFile {
 }
 
 impl PreFile {
-    pub(crate) fn column(&self) -> crate::read::segment::EmbeddingColumn<'_> {
-        crate::read::segment::EmbeddingColumn::new(
+    pub(crate) fn column(&self) -> crate::read::columns::EmbeddingColumn<'_> {
+        crate::read::columns::EmbeddingColumn::new(
             &self.def,
             &self.file.map[self.offset..self.offset + self.rows * self.stride],
             self.stride,
@@ -195,7 +195,7 @@ impl Model {
     /// embedding column `emb` into `out`.
     pub(crate) fn precompute_rows(
         &self,
-        emb: &crate::read::segment::EmbeddingColumn<'_>,
+        emb: &crate::read::columns::EmbeddingColumn<'_>,
         first: usize,
         out: &mut [f32],
     ) {

@@ -12,7 +12,8 @@ use super::{Activation, ByItem, ColumnRef, Dense, Fusion, Input, Model, Transfor
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{matmul, matmul_prefetching, Start};
 use crate::kernels::{self, Loc};
-use crate::read::segment::{EmbeddingColumn, Segment};
+use crate::read::columns::EmbeddingColumn;
+use crate::read::segment::Segment;
 use crate::schema::Dtype;
 
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`

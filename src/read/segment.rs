@@ -1,18 +1,19 @@
 //! A segment of a snapshot, read in place from its mapped files: the id
 //! index, the profile and statistics column groups, one file per embedding
-//! version, and an optional deletion bitmap.
+//! version, and an optional deletion bitmap. Opening checks each file
+//! against the manifest and the schema; lookups find an id's row. The
+//! column views it hands out are in [`crate::read::columns`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use half::{bf16, f16};
-
 use crate::error::{Error, Result};
 use crate::format::container::{Container, Kind};
 use crate::format::idindex::IdIndexView;
 use crate::format::meta::{Body, FileRef, Group, SegmentMeta};
-use crate::schema::{ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
+use crate::read::columns::{cast, find_col, Column, EmbeddingColumn};
+use crate::schema::{ColumnDef, ColumnKind, EmbeddingDef, Schema};
 
 /// Opens (or shares) a mapped file by name; supplied by the store.
 pub(crate) type Opener<'a> = dyn FnMut(&FileRef, Kind) -> Result<Arc<Container>> + 'a;
@@ -31,6 +32,8 @@ pub(crate) fn check_ref(c: &Container, r: &FileRef) -> Result<()> {
     Ok(())
 }
 
+/// One column of a scalar group: where its values and missing bitmap start
+/// in the map, and how many rows are missing.
 #[derive(Debug)]
 struct ScalarInfo {
     values: usize,
@@ -38,12 +41,14 @@ struct ScalarInfo {
     missing_count: u64,
 }
 
+/// A checked profile or statistics file and its columns, in schema order.
 #[derive(Debug)]
 struct ScalarGroup {
     file: Arc<Container>,
     cols: Vec<ScalarInfo>,
 }
 
+/// A checked embedding file: its version and where its rows start.
 #[derive(Debug)]
 struct EmbeddingFile {
     key: String,
@@ -114,6 +119,9 @@ pub(crate) fn check_vector_file(
     Ok((b.as_ptr() as usize - file.map.as_ptr() as usize, stride))
 }
 
+/// Opens the profile or statistics file `r` of `seg` and checks it against
+/// the manifest (segment, rows, group `want`) and the schema's columns
+/// `defs`, and the extents of each column's values and missing bitmap.
 fn open_scalar_group(
     open: &mut Opener<'_>,
     r: &FileRef,
@@ -197,7 +205,162 @@ fn open_scalar_group(
     Ok(ScalarGroup { file, cols })
 }
 
+/// Where the blocks of a checked id index start in its map, and the
+/// table's shape.
+struct IndexLayout {
+    ids_off: usize,
+    table_off: usize,
+    bloom_off: usize,
+    bloom_blocks: usize,
+    slots: usize,
+    max_probe: u32,
+    width: usize,
+}
+
+/// Opens the id index of `seg` and checks it against the manifest entry:
+/// segment, row count, table size, Bloom filter size, probe bound, and
+/// the extents of its blocks.
+fn open_id_index(
+    open: &mut Opener<'_>,
+    seg: &SegmentMeta,
+) -> Result<(Arc<Container>, IndexLayout)> {
+    let index = open(&seg.id_index, Kind::IdIndex)?;
+    check_ref(&index, &seg.id_index)?;
+    let Body::IdIndex(m) = &index.meta.body else {
+        return Err(Error::corrupt(&index.path, "not an id index"));
+    };
+    let width = crate::format::idindex::bucket_width(index.version);
+    if m.segment != seg.id
+        || m.rows != seg.rows
+        || m.slots != crate::format::idindex::slots_for(seg.rows, width)
+    {
+        return Err(Error::corrupt(
+                &index.path,
+                format!(
+                    "id index of segment {} with {} rows and {} slots, where the manifest expects segment {} with {} rows",
+                    m.segment, m.rows, m.slots, seg.id, seg.rows
+                ),
+            ));
+    }
+    let base = index.map.as_ptr() as usize;
+    let ids_off = index
+        .extent(&m.ids, size(&index.path, seg.rows, 8)?, "ids")?
+        .as_ptr() as usize
+        - base;
+    let table_off = index
+        .extent(&m.table, size(&index.path, m.slots, 16)?, "hash table")?
+        .as_ptr() as usize
+        - base;
+    let (slots, max_probe) = (m.slots as usize, m.max_probe);
+    if m.bloom_blocks != crate::format::idindex::bloom_blocks_for(seg.rows) {
+        return Err(Error::corrupt(
+            &index.path,
+            format!(
+                "Bloom filter of {} blocks for {} rows",
+                m.bloom_blocks, seg.rows
+            ),
+        ));
+    }
+    let bloom_off = index
+        .extent(
+            &m.bloom,
+            size(&index.path, m.bloom_blocks, 64)?,
+            "Bloom filter",
+        )?
+        .as_ptr() as usize
+        - base;
+    let bloom_blocks = m.bloom_blocks as usize;
+    if max_probe as u64 >= m.slots.max(1) {
+        return Err(Error::corrupt(
+            &index.path,
+            format!("max probe {max_probe} exceeds the table"),
+        ));
+    }
+    let layout = IndexLayout {
+        ids_off,
+        table_off,
+        bloom_off,
+        bloom_blocks,
+        slots,
+        max_probe,
+        width,
+    };
+    Ok((index, layout))
+}
+
+/// Opens and checks the embedding files of `seg`: exactly the schema's
+/// versions, in schema order.
+fn open_embeddings(
+    open: &mut Opener<'_>,
+    seg: &SegmentMeta,
+    schema: &Schema,
+    manifest: &Path,
+) -> Result<Vec<EmbeddingFile>> {
+    let mut embeddings = Vec::with_capacity(schema.embeddings.len());
+    for def in &schema.embeddings {
+        let key = def.key();
+        let Some(er) = seg.embeddings.iter().find(|e| e.key == key) else {
+            return Err(Error::corrupt(
+                manifest,
+                format!("segment {} has no file for embedding {key}", seg.id),
+            ));
+        };
+        let file = open(&er.file, Kind::Columns)?;
+        check_ref(&file, &er.file)?;
+        let (offset, stride) = check_vector_file(&file, def, seg.id, seg.rows)?;
+        embeddings.push(EmbeddingFile {
+            key,
+            def: def.clone(),
+            file,
+            offset,
+            stride,
+        });
+    }
+    if seg.embeddings.len() != schema.embeddings.len() {
+        return Err(Error::corrupt(
+            manifest,
+            format!(
+                "segment {} lists {} embedding files for {} schema versions",
+                seg.id,
+                seg.embeddings.len(),
+                schema.embeddings.len()
+            ),
+        ));
+    }
+    Ok(embeddings)
+}
+
+/// Opens and checks the deletion bitmap of `seg`, if it has one: the file,
+/// where its bitmap starts in the map, and how many rows it deletes.
+fn open_deletes(
+    open: &mut Opener<'_>,
+    seg: &SegmentMeta,
+) -> Result<Option<(Arc<Container>, usize, u64)>> {
+    let deletes = match &seg.deletes {
+        Some(r) => {
+            let file = open(r, Kind::Deletes)?;
+            check_ref(&file, r)?;
+            let Body::Deletes(dm) = &file.meta.body else {
+                return Err(Error::corrupt(&file.path, "not a deletion bitmap"));
+            };
+            if dm.segment != seg.id || dm.rows != seg.rows || dm.deleted > seg.rows {
+                return Err(Error::corrupt(&file.path, format!("deletion bitmap of segment {} ({} rows) where the manifest expects segment {} ({} rows)", dm.segment, dm.rows, seg.id, seg.rows)));
+            }
+            let b = file.extent(&dm.bitmap, seg.rows.div_ceil(64) * 8, "deletion bitmap")?;
+            let off = b.as_ptr() as usize - file.map.as_ptr() as usize;
+            let count = dm.deleted;
+            Some((file, off, count))
+        }
+        None => None,
+    };
+    Ok(deletes)
+}
+
 impl Segment {
+    /// Opens segment `seg` of a snapshot of `schema` whose manifest is
+    /// `manifest`, through `open`, and checks every file against the
+    /// manifest and the schema: the id index, the profile and statistics
+    /// groups, one file per embedding version, and the deletion bitmap.
     pub(crate) fn open(
         seg: &SegmentMeta,
         schema: &Schema,
@@ -206,114 +369,20 @@ impl Segment {
     ) -> Result<Segment> {
         let rows = usize::try_from(seg.rows)
             .map_err(|_| Error::InvalidInput(format!("segment {} has too many rows", seg.id)))?;
-        // Id index.
-        let index = open(&seg.id_index, Kind::IdIndex)?;
-        check_ref(&index, &seg.id_index)?;
-        let Body::IdIndex(m) = &index.meta.body else {
-            return Err(Error::corrupt(&index.path, "not an id index"));
-        };
-        let width = crate::format::idindex::bucket_width(index.version);
-        if m.segment != seg.id
-            || m.rows != seg.rows
-            || m.slots != crate::format::idindex::slots_for(seg.rows, width)
-        {
-            return Err(Error::corrupt(
-                &index.path,
-                format!(
-                    "id index of segment {} with {} rows and {} slots, where the manifest expects segment {} with {} rows",
-                    m.segment, m.rows, m.slots, seg.id, seg.rows
-                ),
-            ));
-        }
-        let base = index.map.as_ptr() as usize;
-        let ids_off = index
-            .extent(&m.ids, size(&index.path, seg.rows, 8)?, "ids")?
-            .as_ptr() as usize
-            - base;
-        let table_off = index
-            .extent(&m.table, size(&index.path, m.slots, 16)?, "hash table")?
-            .as_ptr() as usize
-            - base;
-        let (slots, max_probe) = (m.slots as usize, m.max_probe);
-        if m.bloom_blocks != crate::format::idindex::bloom_blocks_for(seg.rows) {
-            return Err(Error::corrupt(
-                &index.path,
-                format!(
-                    "Bloom filter of {} blocks for {} rows",
-                    m.bloom_blocks, seg.rows
-                ),
-            ));
-        }
-        let bloom_off = index
-            .extent(
-                &m.bloom,
-                size(&index.path, m.bloom_blocks, 64)?,
-                "Bloom filter",
-            )?
-            .as_ptr() as usize
-            - base;
-        let bloom_blocks = m.bloom_blocks as usize;
-        if max_probe as u64 >= m.slots.max(1) {
-            return Err(Error::corrupt(
-                &index.path,
-                format!("max probe {max_probe} exceeds the table"),
-            ));
-        }
-
+        let (index, layout) = open_id_index(open, seg)?;
         let profile = open_scalar_group(open, &seg.profile, seg, Group::Profile, &schema.profile)?;
         let stats = open_scalar_group(open, &seg.stats, seg, Group::Stats, &schema.stats)?;
-
-        // Embeddings: exactly the schema's versions, in schema order.
-        let mut embeddings = Vec::with_capacity(schema.embeddings.len());
-        for def in &schema.embeddings {
-            let key = def.key();
-            let Some(er) = seg.embeddings.iter().find(|e| e.key == key) else {
-                return Err(Error::corrupt(
-                    manifest,
-                    format!("segment {} has no file for embedding {key}", seg.id),
-                ));
-            };
-            let file = open(&er.file, Kind::Columns)?;
-            check_ref(&file, &er.file)?;
-            let (offset, stride) = check_vector_file(&file, def, seg.id, seg.rows)?;
-            embeddings.push(EmbeddingFile {
-                key,
-                def: def.clone(),
-                file,
-                offset,
-                stride,
-            });
-        }
-        if seg.embeddings.len() != schema.embeddings.len() {
-            return Err(Error::corrupt(
-                manifest,
-                format!(
-                    "segment {} lists {} embedding files for {} schema versions",
-                    seg.id,
-                    seg.embeddings.len(),
-                    schema.embeddings.len()
-                ),
-            ));
-        }
-
-        let deletes = match &seg.deletes {
-            Some(r) => {
-                let file = open(r, Kind::Deletes)?;
-                check_ref(&file, r)?;
-                let Body::Deletes(dm) = &file.meta.body else {
-                    return Err(Error::corrupt(&file.path, "not a deletion bitmap"));
-                };
-                if dm.segment != seg.id || dm.rows != seg.rows || dm.deleted > seg.rows {
-                    return Err(Error::corrupt(&file.path, format!("deletion bitmap of segment {} ({} rows) where the manifest expects segment {} ({} rows)", dm.segment, dm.rows, seg.id, seg.rows)));
-                }
-                let b = file.extent(&dm.bitmap, seg.rows.div_ceil(64) * 8, "deletion bitmap")?;
-                let off = b.as_ptr() as usize - file.map.as_ptr() as usize;
-                let count = dm.deleted;
-                Some((file, off, count))
-            }
-            None => None,
-        };
-
+        let embeddings = open_embeddings(open, seg, schema, manifest)?;
+        let deletes = open_deletes(open, seg)?;
+        let IndexLayout {
+            ids_off,
+            table_off,
+            bloom_off,
+            bloom_blocks,
+            slots,
+            max_probe,
+            width,
+        } = layout;
         Ok(Segment {
             id: seg.id,
             rows,
@@ -433,14 +502,13 @@ impl Segment {
         default: T,
     ) -> Column<'a, T> {
         let info = &g.cols[i];
-        Column {
-            values: cast(&g.file.map[info.values..info.values + self.rows * 4]),
-            missing: info
-                .missing
+        Column::new(
+            cast(&g.file.map[info.values..info.values + self.rows * 4]),
+            info.missing
                 .map(|m| cast(&g.file.map[m..m + self.rows.div_ceil(64) * 8])),
-            missing_count: info.missing_count,
+            info.missing_count,
             default,
-        }
+        )
     }
 
     /// A categorical profile column.
@@ -478,14 +546,13 @@ impl Segment {
 
     /// The embedding column `key` (`space@version`), or `None`.
     pub(crate) fn embedding_opt(&self, key: &str) -> Option<EmbeddingColumn<'_>> {
-        self.embeddings
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| EmbeddingColumn {
-                def: &e.def,
-                bytes: &e.file.map[e.offset..e.offset + self.rows * e.stride],
-                stride: e.stride,
-            })
+        self.embeddings.iter().find(|e| e.key == key).map(|e| {
+            EmbeddingColumn::new(
+                &e.def,
+                &e.file.map[e.offset..e.offset + self.rows * e.stride],
+                e.stride,
+            )
+        })
     }
 
     /// Every mapped file of this segment (for verification and listing).
@@ -596,155 +663,4 @@ pub(crate) fn count_bits(words: &[u64], rows: usize) -> u64 {
         n += (words[full] & ((1u64 << (rows % 64)) - 1)).count_ones() as u64;
     }
     n
-}
-
-fn find_col(defs: &[ColumnDef], kind: &'static str, name: &str) -> Result<usize> {
-    defs.iter()
-        .position(|c| c.name == name)
-        .ok_or_else(|| Error::NoSuchColumn {
-            kind,
-            name: name.to_string(),
-            available: defs.iter().map(|c| c.name.clone()).collect(),
-        })
-}
-
-/// Casts a validated, aligned block of the map. Offsets were checked to be
-/// 64-aligned in a page-aligned map, and lengths to be whole elements, so
-/// this cannot fail; an empty slice is returned rather than panicking if it
-/// ever did.
-fn cast<T: bytemuck::Pod>(b: &[u8]) -> &[T] {
-    bytemuck::try_cast_slice(b).unwrap_or(&[])
-}
-
-/// A scalar column of one segment, read in place.
-#[derive(Debug, Clone, Copy)]
-pub struct Column<'a, T> {
-    values: &'a [T],
-    missing: Option<&'a [u64]>,
-    missing_count: u64,
-    default: T,
-}
-
-impl<'a, T: Copy> Column<'a, T> {
-    /// All values in row order (missing rows hold the default).
-    pub fn values(&self) -> &'a [T] {
-        self.values
-    }
-
-    /// Value of `row` (the default if missing). Panics if `row` is out of range,
-    /// like slice indexing.
-    pub fn get(&self, row: usize) -> T {
-        self.values[row]
-    }
-
-    /// Whether `row` had no value when written.
-    pub fn is_missing(&self, row: usize) -> bool {
-        self.missing
-            .is_some_and(|m| m.get(row / 64).is_some_and(|w| w >> (row % 64) & 1 == 1))
-    }
-
-    /// Number of missing rows.
-    pub fn missing_count(&self) -> u64 {
-        self.missing_count
-    }
-
-    /// The declared default.
-    pub fn default_value(&self) -> T {
-        self.default
-    }
-}
-
-/// One row of an embedding column, in its stored type.
-#[derive(Debug, Clone, Copy)]
-pub enum Row<'a> {
-    /// f32 components.
-    F32(&'a [f32]),
-    /// f16 components.
-    F16(&'a [f16]),
-    /// bf16 components.
-    Bf16(&'a [bf16]),
-    /// i8 components and the row's scale: `x ≈ q * scale`.
-    I8 {
-        /// Quantized components.
-        q: &'a [i8],
-        /// The row's scale.
-        scale: f32,
-    },
-}
-
-/// An embedding column of one segment: `rows` rows at a fixed, 16-byte
-/// aligned stride, read in place from the map.
-#[derive(Debug, Clone, Copy)]
-pub struct EmbeddingColumn<'a> {
-    def: &'a EmbeddingDef,
-    bytes: &'a [u8],
-    stride: usize,
-}
-
-impl<'a> EmbeddingColumn<'a> {
-    pub(crate) fn new(def: &'a EmbeddingDef, bytes: &'a [u8], stride: usize) -> Self {
-        EmbeddingColumn { def, bytes, stride }
-    }
-
-    /// The column's definition (space, version, dim, dtype).
-    pub fn def(&self) -> &'a EmbeddingDef {
-        self.def
-    }
-
-    /// Bytes between consecutive rows (a multiple of 16).
-    pub fn stride(&self) -> usize {
-        self.stride
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.bytes.len().checked_div(self.stride).unwrap_or(0)
-    }
-
-    /// The whole block of rows (`rows * stride` bytes, 64-byte aligned).
-    pub fn as_bytes(&self) -> &'a [u8] {
-        self.bytes
-    }
-
-    /// The stored bytes of `row` (`stride` bytes, padding included).
-    pub fn row_bytes(&self, row: usize) -> &'a [u8] {
-        &self.bytes[row * self.stride..(row + 1) * self.stride]
-    }
-
-    /// `row` in its stored type. Panics if `row` is out of range.
-    pub fn row(&self, row: usize) -> Row<'a> {
-        let b = self.row_bytes(row);
-        let d = self.def.dim as usize;
-        match self.def.dtype {
-            Dtype::F32 => Row::F32(cast(&b[..4 * d])),
-            Dtype::F16 => Row::F16(cast(&b[..2 * d])),
-            Dtype::Bf16 => Row::Bf16(cast(&b[..2 * d])),
-            Dtype::I8 => Row::I8 {
-                q: cast(&b[..d]),
-                scale: f32::from_le_bytes([b[d], b[d + 1], b[d + 2], b[d + 3]]),
-            },
-        }
-    }
-
-    /// Decodes `row` into `out` (length `dim`) as f32.
-    pub fn decode(&self, row: usize, out: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        match self.row(row) {
-            Row::F32(v) => out.copy_from_slice(v),
-            Row::F16(v) => v.convert_to_f32_slice(out),
-            Row::Bf16(v) => v.convert_to_f32_slice(out),
-            Row::I8 { q, scale } => {
-                for (o, &x) in out.iter_mut().zip(q) {
-                    *o = x as f32 * scale;
-                }
-            }
-        }
-    }
-
-    /// `row` decoded to a new f32 vector.
-    pub fn to_vec(&self, row: usize) -> Vec<f32> {
-        let mut v = vec![0f32; self.def.dim as usize];
-        self.decode(row, &mut v);
-        v
-    }
 }

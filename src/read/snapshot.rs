@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::format::container::Container;
 use crate::format::meta::ManifestMeta;
 use crate::model::{LoadedModel, Model};
+use crate::read::columns::EmbeddingColumn;
 use crate::read::pins::Pin;
-use crate::read::segment::{EmbeddingColumn, Segment};
+use crate::read::segment::Segment;
 use crate::schema::{EmbeddingDef, Schema};
 
 /// Where an item lives in a snapshot.

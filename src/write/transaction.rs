@@ -1,35 +1,39 @@
-//! A transaction: the snapshot under construction, its operations (items,
-//! statistics, versions, bundles, deletes, metadata) and its commit.
+//! A transaction: the snapshot under construction, the helpers its
+//! operations share, its metadata setters, its commit, and what dropping it
+//! uncommitted removes. The operations are further `impl Transaction`
+//! blocks: `items.rs` (items, statistics, deletes), `embeddings.rs`
+//! (embedding versions), `models.rs` (model bundles), `rebase.rs`
+//! (compaction).
 
 use super::publish::publish;
 use super::writer::now_ms;
 use super::writer::{writer_open_options, Writer};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 use crate::format::container::Kind;
-use crate::format::encode::{self, ScalarColumn};
-use crate::format::meta::{
-    self, BundleRef, EmbeddingRef, FileRef, KeyValue, ManifestMeta, SegmentMeta,
-};
+use crate::format::meta::{BundleRef, FileRef, KeyValue, ManifestMeta, SegmentMeta};
 use crate::format::names;
 use crate::model::Model;
 use crate::read::segment::Segment;
 use crate::read::snapshot::Snapshot;
 use crate::read::store::Store;
-use crate::schema::{EmbeddingDef, Schema};
-use crate::write::batch::{self, ItemBatch};
+use crate::schema::Schema;
 use crate::write::compaction::Sink;
 
+/// Where a segment of a transaction is read from: segment `.0` of the base
+/// snapshot, or a segment the transaction opened from its manifest entry.
 #[derive(Debug)]
 pub(super) enum View {
     Base(usize),
     Own(Box<Segment>),
 }
 
+/// A segment of the snapshot under construction: its manifest entry and
+/// where it is read from.
 #[derive(Debug)]
 pub(super) struct SegState {
     pub(super) meta: SegmentMeta,
@@ -77,6 +81,7 @@ impl<'w> Transaction<'w> {
         &self.schema
     }
 
+    /// Segment `i` of the snapshot under construction.
     pub(super) fn segment(&self, i: usize) -> &Segment {
         seg_at(&self.base, &self.segments, i)
     }
@@ -91,18 +96,23 @@ impl<'w> Transaction<'w> {
         }
     }
 
+    /// The segment (by position) and row that hold `id` live, if any.
     pub(super) fn lookup(&self, id: u64) -> Option<(usize, usize)> {
         crate::read::segment::find_live(self.segments.len(), |i| self.segment(i), id)
     }
 
+    /// A fresh file name for `group` of `segment`, recorded as written.
     pub(super) fn fresh_name(&mut self, segment: u64, group: &str, ext: &str) -> String {
         self.sink().name(segment, group, ext)
     }
 
+    /// `name` in the store's directory.
     pub(super) fn path(&self, name: &str) -> PathBuf {
         self.w.dir.join(name)
     }
 
+    /// Opens segment `i` anew from its manifest entry (after its files
+    /// changed) and reads it from there on.
     pub(super) fn reopen(&mut self, i: usize) -> Result<()> {
         let dir = self.w.dir.clone();
         let mut opener = |r: &FileRef, kind: Kind| {
@@ -120,6 +130,8 @@ impl<'w> Transaction<'w> {
         (0..self.segments.len()).try_for_each(|i| self.segment(i).ensure_index_verified())
     }
 
+    /// Refuses ids given twice in one input ([`Error::DuplicateId`] naming
+    /// both rows).
     pub(super) fn check_ids_unique(&self, ids: &[u64]) -> Result<()> {
         let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
         for (i, &id) in ids.iter().enumerate() {
@@ -129,505 +141,6 @@ impl<'w> Transaction<'w> {
                     context: format!("input rows {j} and {i}"),
                 });
             }
-        }
-        Ok(())
-    }
-
-    /// Adds `batch` as a new segment. Ids must be new to the snapshot and
-    /// unique in the batch; every embedding version of the schema must be
-    /// given (f32, converted to each column's dtype); profile and statistics
-    /// columns not given are missing.
-    pub fn add_items(&mut self, batch: ItemBatch) -> Result<()> {
-        self.put_items(batch, false)
-    }
-
-    /// Adds or replaces items: ids the snapshot already holds are deleted
-    /// (tombstoned) and the whole batch is added as a new segment, so queries
-    /// on the new snapshot see only the new rows. Same rules as
-    /// [`Transaction::add_items`] otherwise.
-    pub fn upsert_items(&mut self, batch: ItemBatch) -> Result<()> {
-        self.put_items(batch, true)
-    }
-
-    pub(super) fn put_items(&mut self, batch: ItemBatch, replace: bool) -> Result<()> {
-        self.w.check_poisoned()?;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        batch.check_columns(&self.schema, &[batch::Group::Profile, batch::Group::Stats])?;
-        for (key, _) in &batch.embeddings {
-            if self.schema.embedding_def(key).is_none() {
-                return Err(Error::InvalidInput(format!(
-                    "embedding {key} is not in the schema (it has [{}]); add a version with Transaction::add_embedding",
-                    self.schema.embedding_keys().join(", ")
-                )));
-            }
-        }
-        let mut vectors = Vec::new();
-        for def in &self.schema.embeddings {
-            let key = def.key();
-            let given: Vec<_> = batch.embeddings.iter().filter(|(k, _)| *k == key).collect();
-            match given.as_slice() {
-                [(_, v)] => {
-                    encode::check_vectors(def, &batch.ids, v)?;
-                    vectors.push((def.clone(), v));
-                }
-                [] => {
-                    return Err(Error::InvalidInput(format!(
-                        "batch gives no vectors for embedding {key}; every item needs one for each version in the schema"
-                    )))
-                }
-                _ => return Err(Error::InvalidInput(format!("embedding {key} is given twice"))),
-            }
-        }
-        self.check_ids_unique(&batch.ids)?;
-        self.check_indexes()?;
-        if self.next_segment_id == u64::MAX {
-            return Err(Error::InvalidInput("segment ids are exhausted".into()));
-        }
-        let mut replaced: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, &id) in batch.ids.iter().enumerate() {
-            if let Some((s, row)) = self.lookup(id) {
-                if !replace {
-                    return Err(Error::DuplicateId {
-                        id,
-                        context: format!(
-                            "input row {i} and segment {} row {row} of the snapshot being built (use upsert_items to replace)",
-                            self.segments[s].meta.id
-                        ),
-                    });
-                }
-                replaced.entry(s).or_default().push(row);
-            }
-        }
-        for &s in replaced.keys() {
-            self.segment(s).ensure_mutable_verified()?;
-        }
-        let r = self
-            .write_deletes(replaced)
-            .and_then(|()| self.write_segment(&batch, &vectors));
-        self.w.poison(r)
-    }
-
-    /// Writes a new segment's id index, profile and statistics files.
-    pub(super) fn write_row_files(
-        &mut self,
-        seg: u64,
-        ids: &[u64],
-        profile_cols: &[ScalarColumn],
-        stats_cols: &[ScalarColumn],
-    ) -> Result<(FileRef, FileRef, FileRef)> {
-        self.sink().row_files(seg, ids, profile_cols, stats_cols)
-    }
-
-    pub(super) fn write_segment(
-        &mut self,
-        batch: &ItemBatch,
-        vectors: &[(EmbeddingDef, &Vec<f32>)],
-    ) -> Result<()> {
-        let seg = self.next_segment_id;
-        let rows = batch.len() as u64;
-        let profile_cols = batch.scalar_columns(&self.schema, batch::Group::Profile);
-        let stats_cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
-        let (id_index, profile, stats) =
-            self.write_row_files(seg, &batch.ids, &profile_cols, &stats_cols)?;
-        let mut embeddings = Vec::new();
-        for (def, v) in vectors {
-            let key = def.key();
-            let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
-            let d = def.dim as usize;
-            let file = encode::write_embedding_group(
-                &*self.w.fs,
-                &self.path(&name),
-                seg,
-                rows,
-                def,
-                v.chunks_exact(d),
-            )?;
-            embeddings.push(EmbeddingRef { key, file });
-        }
-        self.next_segment_id += 1;
-        self.segments.push(SegState {
-            meta: SegmentMeta {
-                id: seg,
-                rows,
-                id_index,
-                profile,
-                stats,
-                embeddings,
-                deletes: None,
-            },
-            view: View::Base(usize::MAX),
-        });
-        let i = self.segments.len() - 1;
-        self.reopen(i)
-    }
-
-    /// Overwrites statistics of existing items: `batch` holds ids and
-    /// statistics columns only. Columns not given keep their values; a
-    /// `None` value makes the item's statistic missing. Only the statistics
-    /// files of the segments touched are rewritten: profile and embedding
-    /// files stay shared with the previous snapshot.
-    pub fn update_stats(&mut self, batch: ItemBatch) -> Result<()> {
-        self.w.check_poisoned()?;
-        batch.check_columns(&self.schema, &[batch::Group::Stats])?;
-        if !batch.embeddings.is_empty() {
-            return Err(Error::InvalidInput(
-                "update_stats takes statistics columns only; embeddings change through add_embedding".into(),
-            ));
-        }
-        self.check_ids_unique(&batch.ids)?;
-        self.check_indexes()?;
-        let mut by_seg: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
-        for (i, &id) in batch.ids.iter().enumerate() {
-            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
-                id,
-                snapshot: self.number,
-                context: format!("statistics update, input row {i}"),
-            })?;
-            by_seg.entry(s).or_default().push((i, row));
-        }
-        for &s in by_seg.keys() {
-            self.segment(s).ensure_mutable_verified()?;
-        }
-        let r = self.rewrite_stats(&batch, by_seg);
-        self.w.poison(r)
-    }
-
-    pub(super) fn rewrite_stats(
-        &mut self,
-        batch: &ItemBatch,
-        by_seg: BTreeMap<usize, Vec<(usize, usize)>>,
-    ) -> Result<()> {
-        for (s, rows) in by_seg {
-            let seg = self.segment(s);
-            let n = seg.rows();
-            let mut cols = Vec::new();
-            for d in &self.schema.stats {
-                let c = seg.stat(&d.name)?;
-                let mut col = ScalarColumn {
-                    name: d.name.clone(),
-                    values: c.values().iter().map(|x| x.to_bits()).collect(),
-                    missing: None,
-                    default: batch::default_bits(d),
-                };
-                if c.missing_count() > 0 {
-                    let mut m = vec![0u64; n.div_ceil(64)];
-                    for r in 0..n {
-                        if c.is_missing(r) {
-                            m[r / 64] |= 1 << (r % 64);
-                        }
-                    }
-                    col.missing = Some(m);
-                }
-                if let Some(v) = batch.column(batch::Group::Stats, &d.name) {
-                    for &(i, row) in &rows {
-                        col.set(row, v.get_bits(i));
-                    }
-                }
-                col.normalize();
-                cols.push(col);
-            }
-            let seg_id = self.segments[s].meta.id;
-            let name = self.fresh_name(seg_id, "stats", "vcol");
-            let rows_n = n as u64;
-            let f = encode::write_scalar_group(
-                &*self.w.fs,
-                &self.path(&name),
-                seg_id,
-                rows_n,
-                meta::Group::Stats,
-                &cols,
-            )?;
-            self.segments[s].meta.stats = f;
-            self.reopen(s)?;
-        }
-        Ok(())
-    }
-
-    /// Adds embedding version `def` with a vector for every live item
-    /// (`ids` and row-major f32 `vectors`, `ids.len() * dim` values). The
-    /// snapshot then holds it beside the versions it already has.
-    pub fn add_embedding(&mut self, def: EmbeddingDef, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        self.w.check_poisoned()?;
-        let key = def.key();
-        if self.schema.embedding_def(&key).is_some() {
-            return Err(Error::InvalidInput(format!(
-                "the snapshot already holds embedding {key}"
-            )));
-        }
-        let mut schema = self.schema.clone();
-        schema.embeddings.push(def.clone());
-        // The columns are the stored schema's (see `validate_stored`).
-        schema.validate_stored()?;
-        encode::check_vectors(&def, ids, vectors)?;
-        self.check_ids_unique(ids)?;
-        self.check_indexes()?;
-        let mut rows_of: Vec<Vec<Option<usize>>> = (0..self.segments.len())
-            .map(|s| vec![None; self.segment(s).rows()])
-            .collect();
-        for (i, &id) in ids.iter().enumerate() {
-            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
-                id,
-                snapshot: self.number,
-                context: format!("embedding {key}, input row {i}"),
-            })?;
-            rows_of[s][row] = Some(i);
-        }
-        for (s, rows) in rows_of.iter().enumerate() {
-            let seg = self.segment(s);
-            if let Some(r) = rows
-                .iter()
-                .enumerate()
-                .position(|(r, x)| x.is_none() && !seg.is_deleted(r))
-            {
-                return Err(Error::InvalidInput(format!(
-                    "embedding {key} has no vector for item id {}; every live item needs one",
-                    seg.ids()[r]
-                )));
-            }
-        }
-        let r = self.write_embedding(def, vectors, rows_of, schema);
-        self.w.poison(r)
-    }
-
-    pub(super) fn write_embedding(
-        &mut self,
-        def: EmbeddingDef,
-        vectors: &[f32],
-        rows_of: Vec<Vec<Option<usize>>>,
-        schema: Schema,
-    ) -> Result<()> {
-        let key = def.key();
-        let d = def.dim as usize;
-        let zeros = vec![0f32; d];
-        for (s, rows) in rows_of.iter().enumerate() {
-            let seg_id = self.segments[s].meta.id;
-            let name = self.fresh_name(seg_id, &format!("emb-{key}"), "vcol");
-            let it = rows.iter().map(|x| match x {
-                Some(i) => &vectors[i * d..(i + 1) * d],
-                None => &zeros[..],
-            });
-            let file = encode::write_embedding_group(
-                &*self.w.fs,
-                &self.path(&name),
-                seg_id,
-                rows.len() as u64,
-                &def,
-                it,
-            )?;
-            self.segments[s].meta.embeddings.push(EmbeddingRef {
-                key: key.clone(),
-                file,
-            });
-        }
-        self.schema = schema;
-        for s in 0..self.segments.len() {
-            self.reopen(s)?;
-        }
-        Ok(())
-    }
-
-    /// Removes embedding version `key` from the snapshot (its files stay
-    /// with older snapshots until collected).
-    pub fn drop_embedding(&mut self, key: &str) -> Result<()> {
-        self.w.check_poisoned()?;
-        if self.schema.embedding_def(key).is_none() {
-            return Err(Error::VersionSkew {
-                snapshot: self.number,
-                requested: key.to_string(),
-                available: self.schema.embedding_keys(),
-            });
-        }
-        self.schema.embeddings.retain(|d| d.key() != key);
-        // A bundle belongs to its embedding version and retires with it.
-        self.bundles.remove(key);
-        for s in &mut self.segments {
-            s.meta.embeddings.retain(|e| e.key != key);
-        }
-        for s in 0..self.segments.len() {
-            let r = self.reopen(s);
-            self.w.poison(r)?;
-        }
-        Ok(())
-    }
-
-    /// Adds a three-tower model bundle (`model.json` and
-    /// `weights.safetensors` bytes), replacing any bundle of the same
-    /// `space@version`. The bundle is validated completely against the
-    /// snapshot being built (see [`Model::load`]), so an embedding version
-    /// added earlier in this transaction may carry its bundle in the same
-    /// publish. Returns the bundle's `space@version`.
-    pub fn add_model(&mut self, json: &[u8], weights: &[u8]) -> Result<String> {
-        self.add_model_with(json, weights, None)
-    }
-
-    /// [`Transaction::add_model`], and precompute the item part of the
-    /// model's first upper layer (`W0[:, item columns] @ item_vec`, which
-    /// does not change within an embedding version) for every item, stored
-    /// as `dtype` (one row of the layer's width per item, kept up to date by
-    /// every later publish). Queries then skip that part of the product
-    /// and gather the stored row instead: fewer FLOPs, more bytes (with
-    /// `F16`, rounding the precomputed part to about 3 significant digits).
-    ///
-    /// The store keeps the precomputed part per segment of items, so the
-    /// snapshot must hold items when this transaction commits
-    /// ([`Transaction::commit`] refuses it otherwise), and a later publish
-    /// that leaves the snapshot with no items at all drops it (the bundle
-    /// stays; add it precomputed again once there are items).
-    pub fn add_model_precomputed(
-        &mut self,
-        json: &[u8],
-        weights: &[u8],
-        dtype: crate::schema::Dtype,
-    ) -> Result<String> {
-        self.add_model_with(json, weights, Some(dtype))
-    }
-
-    pub(super) fn add_model_with(
-        &mut self,
-        json: &[u8],
-        weights: &[u8],
-        pre: Option<crate::schema::Dtype>,
-    ) -> Result<String> {
-        self.w.check_poisoned()?;
-        let model = Model::load(json, weights, &self.schema)?;
-        let key = model.key().to_string();
-        let name = self.fresh_name(0, &format!("model-{key}"), "vbnd");
-        let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &key, json, weights);
-        let file = self.w.poison(r)?;
-        self.bundles.insert(
-            key.clone(),
-            TxBundle {
-                file,
-                model: Arc::new(model),
-                pre: pre.map(|d| (d, BTreeMap::new())),
-            },
-        );
-        Ok(key)
-    }
-
-    /// Writes the precomputed first-layer files that segments lack.
-    pub(super) fn write_precomputed(&mut self) -> Result<()> {
-        let keys: Vec<String> = self.bundles.keys().cloned().collect();
-        for key in keys {
-            let b = &self.bundles[&key];
-            let Some((dtype, have)) = &b.pre else {
-                continue;
-            };
-            let (dtype, model) = (*dtype, b.model.clone());
-            let def = model.precompute_def(dtype);
-            let missing: Vec<usize> = (0..self.segments.len())
-                .filter(|&s| !have.contains_key(&self.segments[s].meta.id))
-                .collect();
-            for s in missing {
-                let seg_id = self.segments[s].meta.id;
-                let name = self.fresh_name(seg_id, &format!("pre-{key}"), "vcol");
-                let path = self.path(&name);
-                let seg = self.segment(s);
-                let emb = seg
-                    .embedding_opt(&key)
-                    .ok_or_else(|| self.skew_error(&key))?;
-                let file = encode::write_embedding_computed(
-                    &*self.w.fs,
-                    &path,
-                    seg_id,
-                    seg.rows() as u64,
-                    &def,
-                    256,
-                    |first, out| model.precompute_rows(&emb, first, out),
-                )?;
-                if let Some((_, have)) = &mut self.bundles.get_mut(&key).expect("key listed").pre {
-                    have.insert(seg_id, file);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn skew_error(&self, key: &str) -> Error {
-        Error::VersionSkew {
-            snapshot: self.number,
-            requested: key.to_string(),
-            available: self.schema.embedding_keys(),
-        }
-    }
-
-    /// [`Transaction::add_model`] from a bundle directory holding
-    /// `model.json` and `weights.safetensors`.
-    pub fn add_model_dir(&mut self, dir: impl AsRef<Path>) -> Result<String> {
-        let dir = dir.as_ref();
-        let read = |name: &str| {
-            let p = dir.join(name);
-            std::fs::read(&p).map_err(|e| Error::io("read", p, e))
-        };
-        let json = read("model.json")?;
-        let weights = read("weights.safetensors")?;
-        self.add_model(&json, &weights)
-    }
-
-    /// Removes the model bundle for `key` (`space@version`).
-    pub fn drop_model(&mut self, key: &str) -> Result<()> {
-        self.w.check_poisoned()?;
-        if self.bundles.remove(key).is_none() {
-            return Err(Error::NoModel {
-                snapshot: self.number,
-                requested: key.to_string(),
-                available: self.bundles.keys().cloned().collect(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Deletes live items (tombstones; a segment whose every row is deleted
-    /// leaves the snapshot).
-    pub fn delete_items(&mut self, ids: &[u64]) -> Result<()> {
-        self.w.check_poisoned()?;
-        self.check_ids_unique(ids)?;
-        self.check_indexes()?;
-        let mut by_seg: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, &id) in ids.iter().enumerate() {
-            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
-                id,
-                snapshot: self.number,
-                context: format!("delete, input row {i}"),
-            })?;
-            by_seg.entry(s).or_default().push(row);
-        }
-        for &s in by_seg.keys() {
-            self.segment(s).ensure_mutable_verified()?;
-        }
-        let r = self.write_deletes(by_seg);
-        self.w.poison(r)
-    }
-
-    pub(super) fn write_deletes(&mut self, by_seg: BTreeMap<usize, Vec<usize>>) -> Result<()> {
-        let mut emptied = Vec::new();
-        for (s, rows) in by_seg {
-            let seg = self.segment(s);
-            let n = seg.rows();
-            let mut bm = vec![0u64; n.div_ceil(64)];
-            for r in 0..n {
-                if seg.is_deleted(r) {
-                    bm[r / 64] |= 1 << (r % 64);
-                }
-            }
-            for r in rows {
-                bm[r / 64] |= 1 << (r % 64);
-            }
-            let deleted: usize = bm.iter().map(|w| w.count_ones() as usize).sum();
-            if deleted == n {
-                emptied.push(s);
-                continue;
-            }
-            let seg_id = self.segments[s].meta.id;
-            let name = self.fresh_name(seg_id, "del", "vdel");
-            let f = encode::write_deletes(&*self.w.fs, &self.path(&name), seg_id, n as u64, &bm)?;
-            self.segments[s].meta.deletes = Some(f);
-            self.reopen(s)?;
-        }
-        for s in emptied.into_iter().rev() {
-            self.segments.remove(s);
         }
         Ok(())
     }
@@ -658,6 +171,26 @@ impl<'w> Transaction<'w> {
     /// into place and syncs the directory. Returns the new snapshot, pinned.
     pub fn commit(mut self) -> Result<Arc<Snapshot>> {
         self.w.check_poisoned()?;
+        self.refuse_precomputed_without_items()?;
+        let r = self.write_precomputed();
+        self.w.poison(r)?;
+        let manifest = self.manifest();
+        let number = self.number;
+        let compacted_away = std::mem::take(&mut self.compacted_away);
+        self.base = None;
+        self.segments = Vec::new();
+        // From here on the files belong to the snapshot being published:
+        // dropping the transaction must not remove them once the manifest
+        // may be durable (its rename happened).
+        let written = std::mem::take(&mut self.written);
+        let w = &mut *self.w;
+        publish_or_remove(w, number, manifest, &written)?;
+        pick_up_published(w, compacted_away)
+    }
+
+    /// Refuses to commit a snapshot with no segments that holds a bundle
+    /// added precomputed in this transaction.
+    fn refuse_precomputed_without_items(&self) -> Result<()> {
         if self.segments.is_empty() {
             // The manifest records a precomputed item part as a file per
             // segment: without segments, one added now would be lost. (One
@@ -675,9 +208,14 @@ impl<'w> Transaction<'w> {
                 )));
             }
         }
-        let r = self.write_precomputed();
-        self.w.poison(r)?;
-        let manifest = ManifestMeta {
+        Ok(())
+    }
+
+    /// The manifest of the snapshot as built: schema, segments, bundles
+    /// (each with its precomputed files, one per segment, if it has them),
+    /// user metadata, and the publish time (the clock's unless set).
+    fn manifest(&self) -> ManifestMeta {
+        ManifestMeta {
             snapshot: self.number,
             parent: self.base.as_ref().map(|b| b.number()),
             created_unix_ms: self.created_unix_ms.unwrap_or_else(now_ms),
@@ -706,43 +244,53 @@ impl<'w> Transaction<'w> {
                 })
                 .collect(),
             next_segment_id: self.next_segment_id,
-        };
-        let number = self.number;
-        let compacted_away = std::mem::take(&mut self.compacted_away);
-        self.base = None;
-        self.segments = Vec::new();
-        // From here on the files belong to the snapshot being published:
-        // dropping the transaction must not remove them once the manifest
-        // may be durable (its rename happened).
-        let written = std::mem::take(&mut self.written);
-        let w = &mut *self.w;
-        if let Err((e, renamed)) = publish(&*w.fs, &w.dir, number, manifest) {
-            if !renamed {
-                // No manifest names the new files: remove them, so that a
-                // failed publish (a full disk) leaves the directory as it
-                // was. Best effort; what stays is garbage for `gc`.
-                for name in &written {
-                    let _ = w.fs.remove(&w.dir.join(name));
-                }
-            }
-            return w.poison(Err(e));
         }
-        // Only a live job can name a retired segment (jobs started later
-        // read snapshots without them).
-        if w.inflight.lock().is_empty() {
-            w.retired.clear();
-        } else {
-            w.retired.extend(compacted_away);
-        }
-        let r = match &w.store {
-            Some(s) => s.refresh().map(|_| ()),
-            None => Store::open_with(&w.dir, writer_open_options()).map(|s| w.store = Some(s)),
-        };
-        w.poison(r)?;
-        let snap = w.snapshot().expect("store opened");
-        w.schema = snap.schema().clone();
-        Ok(snap)
     }
+}
+
+/// Publishes `manifest` as snapshot `number` of `w`'s store. A publish that
+/// fails before its rename removes the transaction's files `written`; any
+/// failure poisons the writer.
+fn publish_or_remove(
+    w: &mut Writer,
+    number: u64,
+    manifest: ManifestMeta,
+    written: &HashSet<String>,
+) -> Result<()> {
+    if let Err((e, renamed)) = publish(&*w.fs, &w.dir, number, manifest) {
+        if !renamed {
+            // No manifest names the new files: remove them, so that a
+            // failed publish (a full disk) leaves the directory as it
+            // was. Best effort; what stays is garbage for `gc`.
+            for name in written {
+                let _ = w.fs.remove(&w.dir.join(name));
+            }
+        }
+        return w.poison(Err(e));
+    }
+    Ok(())
+}
+
+/// After a publish: records the segments merged away (`compacted_away`) as
+/// retired if a compaction job is live (and forgets every retired segment
+/// if none is), refreshes the writer's store
+/// (opening it after a first publish) and returns the new snapshot, pinned.
+fn pick_up_published(w: &mut Writer, compacted_away: Vec<u64>) -> Result<Arc<Snapshot>> {
+    // Only a live job can name a retired segment (jobs started later
+    // read snapshots without them).
+    if w.inflight.lock().is_empty() {
+        w.retired.clear();
+    } else {
+        w.retired.extend(compacted_away);
+    }
+    let r = match &w.store {
+        Some(s) => s.refresh().map(|_| ()),
+        None => Store::open_with(&w.dir, writer_open_options()).map(|s| w.store = Some(s)),
+    };
+    w.poison(r)?;
+    let snap = w.snapshot().expect("store opened");
+    w.schema = snap.schema().clone();
+    Ok(snap)
 }
 
 /// Segment `i` of a transaction's list.

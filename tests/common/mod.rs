@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use vstore::{Dtype, ItemBatch, Schema};
+use vstore::{Dtype, ItemBatch, Schema, Writer};
 
 /// The schema most tests use: two profile columns, two statistics, one
 /// embedding version.
@@ -37,6 +37,22 @@ pub fn batch(ids: &[u64], dim: u32, salt: u64) -> ItemBatch {
         .embedding("prerank@v42", vecs)
 }
 
+/// A writer of a new store at `dir` with [`schema`]`(dim, Dtype::F32)`,
+/// whose first snapshot holds [`batch`]`(ids, dim, 0)`.
+pub fn store_of(dir: &std::path::Path, dim: u32, ids: &[u64]) -> Writer {
+    let mut w = Writer::create(dir, schema(dim, Dtype::F32)).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(batch(ids, dim, 0)).unwrap();
+    tx.commit().unwrap();
+    w
+}
+
+/// A statistics update of items `ids` for [`schema`]: `ctr_1d` becomes
+/// [`stat_value`]`(id, salt)`.
+pub fn stats_update(ids: &[u64], salt: u64) -> ItemBatch {
+    ItemBatch::new(ids.to_vec()).stat("ctr_1d", ids.iter().map(|&i| stat_value(i, salt)).collect())
+}
+
 /// The `ctr_1d` value item `id` gets in generation `salt`.
 pub fn stat_value(id: u64, salt: u64) -> f32 {
     ((id + salt) % 1000) as f32 / 1000.0
@@ -53,6 +69,15 @@ pub fn files(dir: &std::path::Path) -> Vec<String> {
 }
 
 pub mod bundle;
+
+/// The value of environment variable `name` (a test's size knob, such as
+/// `VSTORE_PROPTEST_CASES`), or `default` if it is unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// Creates a FIFO at `path` with `mkfifo(3)`, in this process. (Spawning
 /// the `mkfifo` program would fork, and a child forked while another test

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    assert_unchanged, fails, fingerprint, npy_f32, npy_i64, npy_u64, parquet_file, Data, PqCol, DIM,
+    assert_unchanged, fails, fingerprint, npy_f32, npy_i64, npy_u64, parquet_file, strs, Data,
+    PqCol, DIM,
 };
 
 /// Runs a build that must fail; the target directory must not appear.
@@ -21,17 +22,7 @@ fn build_fails(d: &Data, extra: &[&str], ids: &str, emb: &str) -> String {
 
 /// Runs a build into `store` that must fail; returns its error output.
 fn build_fails_at(d: &Data, store: &str, extra: &[&str], ids: &str, emb: &str) -> String {
-    let mut args: Vec<String> = vec![
-        "build".into(),
-        d.p(store),
-        "--ids".into(),
-        d.p(ids),
-        "--embedding".into(),
-        format!("prerank@v1={}", d.p(emb)),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    fails(&refs)
+    fails(&strs(&d.build_args(store, ids, emb, extra)))
 }
 
 #[test]
@@ -345,14 +336,7 @@ fn a_path_that_is_not_a_store() {
     let e = fails(&["inspect", &d.p("nowhere")]);
     assert!(e.contains("nowhere"), "{e}");
     // build refuses a non-empty directory that is not a store.
-    let e = fails(&[
-        "build",
-        &d.p("plain"),
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("emb.npy")),
-    ]);
+    let e = fails(&strs(&d.build_args("plain", "ids.npy", "emb.npy", &[])));
     assert!(e.contains("not empty"), "{e}");
     assert_unchanged(&d.path("plain"), &before);
 }
@@ -775,16 +759,7 @@ fn parquet_decimals_are_scaled_and_dates_and_timestamps_refused() {
         64,
     );
     let store = d.p("s");
-    common::ok(&[
-        "build",
-        &store,
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("emb.npy")),
-        "--stats",
-        &d.p("dec.parquet"),
-    ]);
+    d.build_f32("s", &["--stats", &d.p("dec.parquet")]);
     let text = common::ok(&["inspect", &store, "--id", &d.ids[3].to_string(), "--json"]);
     let item: serde_json::Value = serde_json::from_str(&text).unwrap();
     let value = |name: &str| {

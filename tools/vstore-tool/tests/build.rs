@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{npy_i64, ok, parquet_file, Data, PqCol, DIM, ROWS};
+use common::{npy_i64, ok, parquet_file, strs, Data, PqCol, DIM, ROWS};
 use vstore::{ColumnKind, Dtype, Store};
 
 #[test]
@@ -125,19 +125,10 @@ fn tables_may_cover_only_some_items_and_row_groups_are_joined_by_id() {
         ],
         17,
     );
-    ok(&[
-        "build",
-        &d.p("s"),
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("emb.npy")),
-        "--stats",
-        &d.p("part.parquet"),
-        "--id-column",
-        "item",
-        "-q",
-    ]);
+    d.build_f32(
+        "s",
+        &["--stats", &d.p("part.parquet"), "--id-column", "item", "-q"],
+    );
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     for (i, &id) in d.ids.iter().enumerate() {
         let want = sel.contains(&i).then_some(i as f32 * 0.5);
@@ -148,22 +139,19 @@ fn tables_may_cover_only_some_items_and_row_groups_are_joined_by_id() {
 #[test]
 fn build_with_a_precomputed_bundle() {
     let d = Data::new();
-    ok(&[
-        "build",
-        &d.p("s"),
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("emb.npy")),
-        "--profile",
-        &d.p("items.parquet"),
-        "--stats",
-        &d.p("stats.parquet"),
-        "--model",
-        &d.p("model"),
-        "--precompute",
-        "f32",
-    ]);
+    d.build_f32(
+        "s",
+        &[
+            "--profile",
+            &d.p("items.parquet"),
+            "--stats",
+            &d.p("stats.parquet"),
+            "--model",
+            &d.p("model"),
+            "--precompute",
+            "f32",
+        ],
+    );
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     assert!(snap.model_is_precomputed("prerank@v1"));
 }
@@ -232,20 +220,15 @@ fn ids_above_2_pow_63_in_npy_csv_and_parquet_and_skipped_columns() {
         rg.close().unwrap();
         w.close().unwrap();
     }
-    ok(&[
-        "build",
-        &d.p("s"),
-        "--ids",
-        &d.p("big.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("big_emb.npy")),
+    let extra = [
         "--profile",
         &d.p("big.parquet"),
         "--skip-column",
         "title",
         "--stats",
         &d.p("big.csv"),
-    ]);
+    ];
+    ok(&strs(&d.build_args("s", "big.npy", "big_emb.npy", &extra)));
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     assert_eq!(
         snap.schema()

@@ -650,18 +650,15 @@ fn demo_runs_and_export_builds_and_queries() {
 fn add_model_replace_and_drop_model() {
     let d = Data::new();
     // A store without a bundle; add one, precomputed.
-    ok(&[
-        "build",
-        &d.p("s"),
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &format!("prerank@v1={}", d.p("emb.npy")),
-        "--profile",
-        &d.p("items.parquet"),
-        "--stats",
-        &d.p("stats.parquet"),
-    ]);
+    d.build_f32(
+        "s",
+        &[
+            "--profile",
+            &d.p("items.parquet"),
+            "--stats",
+            &d.p("stats.parquet"),
+        ],
+    );
     assert!(Store::open(d.path("s"))
         .unwrap()
         .snapshot()

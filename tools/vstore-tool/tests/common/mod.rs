@@ -97,6 +97,12 @@ pub fn assert_unchanged(dir: &Path, before: &BTreeMap<String, Vec<u8>>) {
     }
 }
 
+/// The arguments `args` as string slices, for [`ok`] and [`fails`].
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `p` as a string (test paths are UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -343,6 +349,27 @@ impl Data {
 
     pub fn p(&self, name: &str) -> String {
         self.path(name).to_str().unwrap().to_string()
+    }
+
+    /// The command line of a `build` of `store`: ids from the file `ids`,
+    /// `prerank@v1` (stored f32) from the file `emb`, then `extra`.
+    pub fn build_args(&self, store: &str, ids: &str, emb: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "build".into(),
+            self.p(store),
+            "--ids".into(),
+            self.p(ids),
+            "--embedding".into(),
+            format!("prerank@v1={}", self.p(emb)),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Builds `store` from `ids.npy` and `emb.npy` (`prerank@v1`, stored
+    /// f32) with the `extra` arguments, expecting success; returns stdout.
+    pub fn build_f32(&self, store: &str, extra: &[&str]) -> String {
+        ok(&strs(&self.build_args(store, "ids.npy", "emb.npy", extra)))
     }
 
     /// Builds the standard store at `store` (profile from Parquet, stats

@@ -1,0 +1,120 @@
+//! Embedding-version operations of a transaction: adding a version (a new
+//! embedding file for every segment) and dropping one (with its bundle).
+
+use super::transaction::Transaction;
+use crate::error::{Error, Result};
+use crate::format::encode;
+use crate::format::meta::EmbeddingRef;
+use crate::schema::{EmbeddingDef, Schema};
+
+impl Transaction<'_> {
+    /// Adds embedding version `def` with a vector for every live item
+    /// (`ids` and row-major f32 `vectors`, `ids.len() * dim` values). The
+    /// snapshot then holds it beside the versions it already has.
+    pub fn add_embedding(&mut self, def: EmbeddingDef, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        self.w.check_poisoned()?;
+        let key = def.key();
+        if self.schema.embedding_def(&key).is_some() {
+            return Err(Error::InvalidInput(format!(
+                "the snapshot already holds embedding {key}"
+            )));
+        }
+        let mut schema = self.schema.clone();
+        schema.embeddings.push(def.clone());
+        // The columns are the stored schema's (see `validate_stored`).
+        schema.validate_stored()?;
+        encode::check_vectors(&def, ids, vectors)?;
+        self.check_ids_unique(ids)?;
+        self.check_indexes()?;
+        let mut rows_of: Vec<Vec<Option<usize>>> = (0..self.segments.len())
+            .map(|s| vec![None; self.segment(s).rows()])
+            .collect();
+        for (i, &id) in ids.iter().enumerate() {
+            let (s, row) = self.lookup(id).ok_or_else(|| Error::UnknownId {
+                id,
+                snapshot: self.number,
+                context: format!("embedding {key}, input row {i}"),
+            })?;
+            rows_of[s][row] = Some(i);
+        }
+        for (s, rows) in rows_of.iter().enumerate() {
+            let seg = self.segment(s);
+            if let Some(r) = rows
+                .iter()
+                .enumerate()
+                .position(|(r, x)| x.is_none() && !seg.is_deleted(r))
+            {
+                return Err(Error::InvalidInput(format!(
+                    "embedding {key} has no vector for item id {}; every live item needs one",
+                    seg.ids()[r]
+                )));
+            }
+        }
+        let r = self.write_embedding(def, vectors, rows_of, schema);
+        self.w.poison(r)
+    }
+
+    /// Writes an embedding file of `def` for every segment (row `r` of
+    /// segment `s` takes input row `rows_of[s][r]`, zeros where none), then
+    /// takes `schema` and reopens every segment.
+    pub(super) fn write_embedding(
+        &mut self,
+        def: EmbeddingDef,
+        vectors: &[f32],
+        rows_of: Vec<Vec<Option<usize>>>,
+        schema: Schema,
+    ) -> Result<()> {
+        let key = def.key();
+        let d = def.dim as usize;
+        let zeros = vec![0f32; d];
+        for (s, rows) in rows_of.iter().enumerate() {
+            let seg_id = self.segments[s].meta.id;
+            let name = self.fresh_name(seg_id, &format!("emb-{key}"), "vcol");
+            let it = rows.iter().map(|x| match x {
+                Some(i) => &vectors[i * d..(i + 1) * d],
+                None => &zeros[..],
+            });
+            let file = encode::write_embedding_group(
+                &*self.w.fs,
+                &self.path(&name),
+                seg_id,
+                rows.len() as u64,
+                &def,
+                it,
+            )?;
+            self.segments[s].meta.embeddings.push(EmbeddingRef {
+                key: key.clone(),
+                file,
+            });
+        }
+        self.schema = schema;
+        for s in 0..self.segments.len() {
+            self.reopen(s)?;
+        }
+        Ok(())
+    }
+
+    /// Removes embedding version `key` from the snapshot (its files stay
+    /// with older snapshots until collected).
+    pub fn drop_embedding(&mut self, key: &str) -> Result<()> {
+        self.w.check_poisoned()?;
+        if self.schema.embedding_def(key).is_none() {
+            return Err(Error::VersionSkew {
+                snapshot: self.number,
+                requested: key.to_string(),
+                available: self.schema.embedding_keys(),
+            });
+        }
+        self.schema.embeddings.retain(|d| d.key() != key);
+        // A bundle belongs to its embedding version and retires with it.
+        self.bundles.remove(key);
+        for s in &mut self.segments {
+            s.meta.embeddings.retain(|e| e.key != key);
+        }
+        for s in 0..self.segments.len() {
+            let r = self.reopen(s);
+            self.w.poison(r)?;
+        }
+        Ok(())
+    }
+}
