@@ -170,6 +170,21 @@ pub enum Error {
         available: Vec<String>,
     },
 
+    /// The snapshot holds bundles for the `space@version`, but not the one
+    /// asked for: none is named and there are several, or none has the
+    /// name given.
+    #[error("{}", model_choice(*snapshot, key, requested.as_deref(), names))]
+    ModelChoice {
+        /// The snapshot consulted.
+        snapshot: u64,
+        /// The `space@version` asked for.
+        key: String,
+        /// The bundle name asked for (`None`: the only bundle).
+        requested: Option<String>,
+        /// The names of the bundles the snapshot holds for `key`.
+        names: Vec<String>,
+    },
+
     /// A compaction result cannot be applied: a segment it merged was merged
     /// by another compaction since it started. Start a new compaction.
     #[error("compaction of snapshot {base} is stale: segment {segment} it merged has since been merged by another compaction; start a new one")]
@@ -225,5 +240,20 @@ impl Error {
             | Error::Poisoned { path, .. } => Some(path),
             _ => None,
         }
+    }
+}
+
+/// The message of [`Error::ModelChoice`].
+fn model_choice(snapshot: u64, key: &str, requested: Option<&str>, names: &[String]) -> String {
+    match requested {
+        None => format!(
+            "snapshot {snapshot} holds {} bundles for {key}, [{}]; name the one to use",
+            names.len(),
+            names.join(", ")
+        ),
+        Some(n) => format!(
+            "snapshot {snapshot} holds no bundle named {n:?} for {key}; it holds [{}]",
+            names.join(", ")
+        ),
     }
 }

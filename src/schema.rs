@@ -175,6 +175,15 @@ fn check_tag(what: &str, s: &str) -> Result<()> {
     }
 }
 
+/// A bundle name (`name` in `model.json`) follows the rule of space and
+/// version: it can become part of a file name. The error says what is wrong.
+pub(crate) fn check_bundle_name(name: &str) -> std::result::Result<(), String> {
+    check_tag("bundle name", name).map_err(|e| match e {
+        Error::Schema(what) => what,
+        e => e.to_string(),
+    })
+}
+
 fn check_column_name(group: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
         return Err(Error::Schema(format!(

@@ -140,10 +140,11 @@ fn model_json_that_is_not_json() {
 #[test]
 fn wrong_format_tag() {
     let mut b = tiny();
-    b.json["format"] = json!("vstore.three_tower.v2");
+    b.json["format"] = json!("vstore.three_tower.v3");
     let what = refused(&b, "format");
-    assert_contains(&what, "vstore.three_tower.v2");
+    assert_contains(&what, "vstore.three_tower.v3");
     assert_contains(&what, vstore::BUNDLE_FORMAT);
+    assert_contains(&what, vstore::BUNDLE_FORMAT_V2);
     // A bundle of another format with a key this build does not know is
     // still reported as a format mismatch, not as an unknown key.
     obj(&mut b.json).insert("tower_count".into(), json!(4));

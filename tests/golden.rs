@@ -1,6 +1,7 @@
 //! Golden stores: `format/golden/v{N}/` is a small store written by format
-//! version N. The newest (v3: v2's store, id indexes in four-slot buckets;
-//! v2 is v1's store plus a model bundle) is (1) opened
+//! version N. The newest (v4: v3's store plus a second, named contract v2
+//! bundle on the same version; v3 is v2's store with id indexes in
+//! four-slot buckets; v2 is v1's store plus a model bundle) is (1) opened
 //! and every value checked, and (2) built afresh and compared file by file,
 //! byte for byte, so that any change to the bytes written is a deliberate
 //! one. Older goldens are frozen: they must keep reading with the same values.
@@ -66,10 +67,22 @@ fn items(ids: &[u64]) -> ItemBatch {
         )
 }
 
+/// The second bundle of the v4 golden store: the tiny bundle as contract
+/// v2, named `ab`, with click-weighted fusion.
+fn named_bundle() -> (Vec<u8>, Vec<u8>) {
+    let mut b = common::bundle::Bundle::tiny("v42", 8);
+    b.json["format"] = serde_json::json!("vstore.three_tower.v2");
+    b.json["name"] = serde_json::json!("ab");
+    b.json["fusion"] =
+        serde_json::json!({"kind": "click_weighted", "base": "click", "weights": {"value": 0.5}});
+    b.bytes()
+}
+
 /// Writes the golden store into `dir`: snapshot 1 (two segments, every
 /// dtype but i8, missing values), snapshot 2 (stats refresh, an i8 version
-/// added, a delete, metadata; with `bundle`, a model bundle too).
-fn build(dir: &Path, bundle: bool) {
+/// added, a delete, metadata; with `bundle`, a model bundle too, and with
+/// `named` a second one, named).
+fn build(dir: &Path, bundle: bool, named: bool) {
     let schema = Schema::new()
         .categorical("category", 4)
         .numeric("price", 0.0)
@@ -100,10 +113,14 @@ fn build(dir: &Path, bundle: bool) {
         let (j, w) = common::bundle::Bundle::tiny("v42", 8).bytes();
         tx.add_model(&j, &w).unwrap();
     }
+    if named {
+        let (j, w) = named_bundle();
+        tx.add_model(&j, &w).unwrap();
+    }
     tx.commit().unwrap();
 }
 
-fn check_values(dir: &Path, bundle: bool) {
+fn check_values(dir: &Path, bundle: bool, named: bool) {
     let store = Store::open(dir).unwrap();
     assert_eq!(store.snapshots().unwrap(), vec![1, 2]);
     let s = store.snapshot();
@@ -120,9 +137,15 @@ fn check_values(dir: &Path, bundle: bool) {
         vec!["prerank@v42", "prerank@v42h", "recall@v7", "prerank@v43"]
     );
     assert_eq!(s.len(), 15);
+    if named {
+        assert_eq!(s.model_names("prerank@v42"), vec!["ab", "default"]);
+        let m = s.model_named("prerank@v42", "ab").unwrap();
+        assert_eq!((m.name(), m.contract()), ("ab", 2));
+        assert!(s.model("prerank@v42").is_err(), "two bundles: one must be named");
+    }
     if bundle {
         assert_eq!(s.model_keys(), vec!["prerank@v42"]);
-        let m = s.model("prerank@v42").unwrap();
+        let m = s.model_named("prerank@v42", "default").unwrap();
         assert_eq!(m.head_names(), vec!["click", "value"]);
         let inputs = vstore::UserInputs::new()
             .dense("user_stats", vec![0.5, -0.5])
@@ -130,7 +153,11 @@ fn check_values(dir: &Path, bundle: bool) {
         let user = [1.0, 0.5, -0.25, 0.0];
         let ids = [1007, 2007, 3007, 42, 5];
         let r = s
-            .query(&vstore::Query::ids("prerank@v42", &user, &ids, 10).three_tower(&inputs))
+            .query(
+                &vstore::Query::ids("prerank@v42", &user, &ids, 10)
+                    .three_tower(&inputs)
+                    .model("default"),
+            )
             .unwrap();
         assert_eq!(r.not_found, vec![2007, 5]);
         assert_eq!(r.hits.len(), 3);
@@ -202,12 +229,17 @@ fn data_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn golden_v1_store_still_reads() {
-    check_values(&golden_dir(1), false);
+    check_values(&golden_dir(1), false, false);
 }
 
 #[test]
 fn golden_v2_store_still_reads() {
-    check_values(&golden_dir(2), true);
+    check_values(&golden_dir(2), true, false);
+}
+
+#[test]
+fn golden_v3_store_still_reads() {
+    check_values(&golden_dir(3), true, false);
 }
 
 /// A format-2 store updated by this build holds files of both versions
@@ -264,7 +296,7 @@ fn golden_v2_store_updated_by_this_build_mixes_versions() {
 fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
     let golden = golden_dir(vstore::FORMAT_VERSION);
     let fresh = tempfile::tempdir().unwrap();
-    build(fresh.path(), true);
+    build(fresh.path(), true, true);
     if std::env::var_os("VSTORE_BLESS").is_some() {
         let _ = std::fs::remove_dir_all(&golden);
         std::fs::create_dir_all(&golden).unwrap();
@@ -277,7 +309,7 @@ fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
         "{} is missing; generate it with VSTORE_BLESS=1 cargo test --test golden",
         golden.display()
     );
-    check_values(&golden, true);
+    check_values(&golden, true, true);
     let want = data_files(&golden);
     assert_eq!(data_files(fresh.path()), want, "file names changed");
     for f in &want {

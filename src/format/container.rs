@@ -22,7 +22,7 @@ use crate::io::extents::ExtentWriter;
 /// transfer or a truncated copy is recognisable.
 pub const MAGIC: [u8; 8] = *b"\x89VSTR\r\n\x1a";
 /// Format version this build writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Header size in bytes.

@@ -1,19 +1,26 @@
 //! Compiling a parsed bundle ([`Spec`]) against its weights and a
 //! snapshot's schema into a [`Model`]: every check the bundle contract
-//! (docs/DESIGN.md, "Model bundle contract") makes of the weights and the
-//! columns, in the order a reader of `model.json` meets them, and the
-//! packing of weights for the scorer. Each step is a function; `compile`
-//! runs them.
+//! (`docs/BUNDLE.md`) makes of the weights and the columns, in the order a
+//! reader of `model.json` meets them, and the packing of weights for the
+//! scorer. Each step is a function; `compile` runs them.
 
-use super::parts::{ColumnRef, Dense, Fusion, Head, Input, Table, Transform};
-use super::spec::{bad, Activation, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec};
+use super::parts::{
+    ColumnRef, Dense, FirstLayer, FusionPlan, Head, Input, Mmoe, Normalize, Table, Transform,
+};
+use super::spec::{
+    bad, Activation, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec, UpperPart,
+};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::kernels::gemm;
 use crate::schema::{ColumnGroup, ColumnKind, Schema};
 
-/// Safetensors file of a bundle, as parsed.
-type Tensors<'a> = safetensors::SafeTensors<'a>;
+/// A bundle's `weights.safetensors`, as parsed, and whether the bundle is
+/// v2 (which allows float16 and bfloat16 tensors besides float32).
+pub(super) struct Tensors<'a> {
+    pub st: safetensors::SafeTensors<'a>,
+    pub v2: bool,
+}
 
 impl Model {
     pub(super) fn compile(
@@ -23,43 +30,81 @@ impl Model {
         json: String,
     ) -> Result<Model> {
         let key = embedding_key(&spec, schema)?;
-        let inputs = inputs(&spec, st, schema)?;
+        let inputs = inputs("cross.inputs", &spec.inputs, st, schema)?;
         let cross_in: usize = inputs.iter().map(Input::dim).sum();
+        let se = se(&spec, st, inputs.len())?;
         let dense_in: usize = (inputs.iter())
             .filter(|i| matches!(i, Input::UserDense { .. }))
             .map(Input::dim)
             .sum();
-        let split = !spec.cross.is_empty() && dense_in > 0 && dense_in < cross_in;
+        // SE scales every input per row, the user_dense ones too: then
+        // they cannot be folded into a per-query bias.
+        let split =
+            se.is_empty() && !spec.cross.is_empty() && dense_in > 0 && dense_in < cross_in;
         let row_in = if split { cross_in - dense_in } else { cross_in };
         let (cross, cross_out) = layers(st, "cross", &spec.cross, cross_in)?;
-        let upper_in = spec.user_dim + spec.item_dim + cross_out;
-        let (mut upper, width) = layers(st, "upper", &spec.upper, upper_in)?;
-        let (heads, head_layer) = heads(&spec, st, width)?;
+        let item_tower = match &spec.item_tower {
+            Some(t) => Some(item_tower(t, st, schema, spec.item_dim)?),
+            None => None,
+        };
+        let (ud, id) = (spec.user_dim, spec.item_dim);
+        let upper_in = upper_width(&spec, cross_out)?;
+        let (upper, width) = layers(st, "upper", &spec.upper, upper_in)?;
+        let mmoe = match &spec.mmoe {
+            Some(m) => Some(mmoe(m, st, width, spec.heads.len())?),
+            None => None,
+        };
+        let head_in = mmoe.as_ref().map_or(width, |m| m.dim);
+        let heads = heads(&spec, st, schema, head_in)?;
+        let head_layer = (mmoe.is_none() && heads.iter().all(|h| h.tower.is_empty()))
+            .then(|| stacked_heads(&heads, width));
         let pack_cross0 = match cross.first() {
             Some(c0) if split => per_row_columns(c0, &inputs, row_in),
             _ => gemm::Weights::new(&[], 0, 0, 0),
         };
-        let (ud, id) = (spec.user_dim, spec.item_dim);
-        let w0 = &upper[0];
-        let pack_item = gemm::Weights::new(&w0.w[ud..], w0.inp, id, w0.out);
-        let pack_cross = gemm::Weights::new(&w0.w[ud + id..], w0.inp, w0.inp - ud - id, w0.out);
-        // The user part of the first upper layer runs once per query.
-        let u0 = &mut upper[0];
-        u0.pack = gemm::Weights::new(&u0.w[ud..], u0.inp, u0.inp - ud, u0.out);
-        let fusion = fusion(&spec.fusion, &heads);
+        let first = match upper.first() {
+            Some(w0) => first_layer(&spec.upper_inputs, w0, ud, id, cross_out),
+            None => FirstLayer::default(),
+        };
+        // The item vector is read per row unless nothing reads it.
+        let reads_item = spec.upper_inputs.iter().any(|p| {
+            matches!(p, UpperPart::Item | UpperPart::Dot | UpperPart::Hadamard)
+        });
+        let a_item = if reads_item { id } else { 0 };
+        let pack_a = if upper.is_empty() || first.per_query() {
+            gemm::Weights::new(&[], 0, 0, 0)
+        } else {
+            first.pack_a(a_item, id, cross_out, None)
+        };
+        let out0 = upper.first().map_or(0, |d| d.out);
+        let pack_item = gemm::Weights::new(&first.item, id, id, if first.item.is_empty() { 0 } else { out0 });
+        let pack_cross = gemm::Weights::new(&first.cross, cross_out, cross_out, out0);
+        let fusion = fusion(&spec.fusion, &heads, schema)?;
         Ok(Model {
             key,
+            name: spec.name,
+            v2: spec.v2,
             space: spec.space,
             version: spec.version,
-            user_dim: spec.user_dim,
-            item_dim: spec.item_dim,
+            user_dim: ud,
+            item_dim: id,
             inputs,
             cross_in,
             split,
             row_in,
             pack_cross0,
+            se,
             cross,
+            cross_out,
+            item_tower,
+            upper_parts: spec.upper_inputs,
+            upper_in,
             upper,
+            first,
+            a_item,
+            pack_a,
+            width,
+            mmoe,
             head_layer,
             heads,
             fusion,
@@ -103,11 +148,16 @@ fn embedding_key(spec: &Spec, schema: &Schema) -> Result<String> {
 
 /// The cross tower's inputs, each resolved against the schema and the
 /// weights ([`input`]); user input names unique.
-fn inputs(spec: &Spec, st: &Tensors<'_>, schema: &Schema) -> Result<Vec<Input>> {
-    let mut inputs = Vec::with_capacity(spec.inputs.len());
+fn inputs(
+    path: &str,
+    list: &[InputSpec],
+    st: &Tensors<'_>,
+    schema: &Schema,
+) -> Result<Vec<Input>> {
+    let mut inputs = Vec::with_capacity(list.len());
     let mut names: Vec<&str> = Vec::new();
-    for (i, inp) in spec.inputs.iter().enumerate() {
-        let field = format!("cross.inputs[{i}]");
+    for (i, inp) in list.iter().enumerate() {
+        let field = format!("{path}[{i}]");
         inputs.push(input(&field, inp, st, schema)?);
         if let InputSpec::UserDense { name, .. } | InputSpec::UserByItem { name, .. } = inp {
             if names.contains(&name.as_str()) {
@@ -131,27 +181,7 @@ fn input(field: &str, inp: &InputSpec, st: &Tensors<'_>, schema: &Schema) -> Res
             transform,
             embedding,
         } => {
-            // Resolved as filters resolve a numeric name.
-            let column = match schema.numeric_column(column) {
-                Some((ColumnGroup::Stats, _)) => ColumnRef::Stat(column.clone()),
-                Some((ColumnGroup::Profile, c)) => {
-                    if !matches!(c.kind, ColumnKind::Numeric { .. }) {
-                        return Err(bad(
-                            format!("{field}.column"),
-                            format!("profile column {column:?} is categorical; item_numeric needs a numeric profile or statistics column"),
-                        ));
-                    }
-                    ColumnRef::Profile(column.clone())
-                }
-                None => {
-                    return Err(bad(
-                        format!("{field}.column"),
-                        format!(
-                            "no numeric column {column:?} in the profile or statistics columns"
-                        ),
-                    ))
-                }
-            };
+            let column = numeric(schema, &format!("{field}.column"), column, "item_numeric")?;
             let transform = match transform {
                 TransformSpec::Identity => Transform::Identity,
                 TransformSpec::Log1p => Transform::Log1p,
@@ -237,52 +267,6 @@ fn layers(
     Ok((out, width))
 }
 
-/// The heads, and all of them as one layer `[heads, width]` over the last
-/// upper layer's `width` outputs.
-fn heads(spec: &Spec, st: &Tensors<'_>, width: usize) -> Result<(Vec<Head>, Dense)> {
-    let mut heads = Vec::new();
-    let mut hw = Vec::new();
-    let mut hb = Vec::new();
-    for (i, h) in spec.heads.iter().enumerate() {
-        let field = format!("heads[{i}]");
-        let (_, w) = tensor(
-            st,
-            &format!("{field}.weight"),
-            &h.layer.weight,
-            Some(&[1, width]),
-        )
-        .map_err(|e| match e {
-            Error::Bundle { field, what } => Error::Bundle {
-                field,
-                what: format!(
-                    "{what} (a head maps the last upper layer's {width} outputs to one value)"
-                ),
-            },
-            e => e,
-        })?;
-        let b = match &h.layer.bias {
-            Some(name) => tensor(st, &format!("{field}.bias"), name, Some(&[1]))?.1[0],
-            None => 0.0,
-        };
-        hw.extend_from_slice(&w);
-        hb.push(b);
-        heads.push(Head {
-            name: h.name.clone(),
-            act: h.layer.activation,
-            neg_sampling_rate: h.neg_sampling_rate,
-        });
-    }
-    let head_layer = Dense {
-        pack: gemm::Weights::new(&hw, width, width, heads.len()),
-        inp: width,
-        out: heads.len(),
-        w: hw,
-        b: hb,
-        act: Activation::Identity,
-    };
-    Ok((heads, head_layer))
-}
-
 /// The first cross layer's weights for the per-row inputs only (the
 /// `user_dense` columns run once per query).
 fn per_row_columns(c0: &Dense, inputs: &[Input], row_in: usize) -> gemm::Weights {
@@ -299,41 +283,355 @@ fn per_row_columns(c0: &Dense, inputs: &[Input], row_in: usize) -> gemm::Weights
     gemm::Weights::new(&w, row_in, row_in, c0.out)
 }
 
-/// The fusion, its weights one per head (0 for heads it does not name).
-fn fusion(spec: &FusionSpec, heads: &[Head]) -> Fusion {
-    match spec {
-        FusionSpec::WeightedSum(w) => Fusion::WeightedSum(fusion_weights(heads, w)),
-        FusionSpec::Product(w) => Fusion::Product(fusion_weights(heads, w)),
-        FusionSpec::Rank {
-            weights,
-            alpha,
-            beta,
-        } => Fusion::Rank {
-            w: fusion_weights(heads, weights),
-            alpha: *alpha,
-            beta: *beta,
-        },
+/// A numeric column (profile or statistics) named by `field`, resolved as
+/// filters resolve a numeric name; `user` says what needs it.
+pub(super) fn numeric(schema: &Schema, field: &str, column: &str, user: &str) -> Result<ColumnRef> {
+    match schema.numeric_column(column) {
+        Some((ColumnGroup::Stats, _)) => Ok(ColumnRef::Stat(column.to_string())),
+        Some((ColumnGroup::Profile, c)) => {
+            if !matches!(c.kind, ColumnKind::Numeric { .. }) {
+                return Err(bad(
+                    field,
+                    format!("profile column {column:?} is categorical; {user} needs a numeric profile or statistics column"),
+                ));
+            }
+            Ok(ColumnRef::Profile(column.to_string()))
+        }
+        None => Err(bad(
+            field,
+            format!("no numeric column {column:?} in the profile or statistics columns"),
+        )),
     }
 }
 
-fn tensor<'a>(
-    st: &'a safetensors::SafeTensors<'a>,
+/// `cross.se.layers`: from one value per cross input (its mean) to one
+/// scale per input.
+fn se(spec: &Spec, st: &Tensors<'_>, n_inputs: usize) -> Result<Vec<Dense>> {
+    if spec.se.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (se, out) = layers(st, "cross.se", &spec.se, n_inputs)?;
+    if out != n_inputs {
+        let last = spec.se.len() - 1;
+        return Err(bad(
+            format!("cross.se.layers[{last}].weight"),
+            format!("the SE chain ends {out} wide; it must give one scale per cross input ({n_inputs})"),
+        ));
+    }
+    Ok(se)
+}
+
+/// `item_tower`: item-only inputs through layers to `item_dim` outputs.
+/// Checked here; computing vectors with it is the writer's.
+fn item_tower(
+    t: &super::spec::ItemTowerSpec,
+    st: &Tensors<'_>,
+    schema: &Schema,
+    item_dim: usize,
+) -> Result<(Vec<Input>, Vec<Dense>)> {
+    let inputs = inputs("item_tower.inputs", &t.inputs, st, schema)?;
+    let width = inputs.iter().map(Input::dim).sum();
+    let (layers, out) = layers(st, "item_tower", &t.layers, width)?;
+    if out != item_dim {
+        return Err(bad(
+            format!("item_tower.layers[{}].weight", t.layers.len() - 1),
+            format!("the item tower ends {out} wide; it must give item_dim ({item_dim}) values"),
+        ));
+    }
+    Ok((inputs, layers))
+}
+
+/// The width of the upper network's input (`upper.inputs` concatenated),
+/// checking that `dot` and `hadamard` have vectors of one length.
+fn upper_width(spec: &Spec, cross_out: usize) -> Result<usize> {
+    let mut w = 0;
+    for (i, p) in spec.upper_inputs.iter().enumerate() {
+        w += match p {
+            UpperPart::User => spec.user_dim,
+            UpperPart::Item => spec.item_dim,
+            UpperPart::Cross => cross_out,
+            UpperPart::Dot | UpperPart::Hadamard => {
+                if spec.user_dim != spec.item_dim {
+                    return Err(bad(
+                        format!("upper.inputs[{i}]"),
+                        format!(
+                            "{:?} needs user_dim == item_dim; they are {} and {}",
+                            p.name(),
+                            spec.user_dim,
+                            spec.item_dim
+                        ),
+                    ));
+                }
+                if *p == UpperPart::Dot {
+                    1
+                } else {
+                    spec.item_dim
+                }
+            }
+        };
+    }
+    Ok(w)
+}
+
+/// `upper.mmoe`: every expert over the `width` upper outputs, to one
+/// common dimension; the gates `[experts, width]`, stacked in head order.
+fn mmoe(m: &super::spec::MmoeSpec, st: &Tensors<'_>, width: usize, n_heads: usize) -> Result<Mmoe> {
+    let mut experts = Vec::new();
+    let mut dim = None;
+    for (i, e) in m.experts.iter().enumerate() {
+        let path = format!("upper.mmoe.experts[{i}]");
+        let (layers, out) = layers(st, &path, e, width)?;
+        match dim {
+            Some(d) if d != out => {
+                return Err(bad(
+                    format!("{path}.layers[{}].weight", e.len() - 1),
+                    format!("expert {i} gives {out} values; expert 0 gives {d} (experts map to one common dimension)"),
+                ))
+            }
+            _ => dim = Some(out),
+        }
+        experts.push(layers);
+    }
+    let n = experts.len();
+    let mut w = Vec::with_capacity(n_heads * n * width);
+    let mut b = Vec::with_capacity(n_heads * n);
+    for (h, g) in m.gates.iter().enumerate() {
+        let d = dense(st, &format!("upper.mmoe.gates[{h}]"), g, width)?;
+        if d.out != n {
+            return Err(bad(
+                format!("upper.mmoe.gates[{h}].weight"),
+                format!("tensor {:?} has {} rows; a gate has one row per expert ({n})", g.weight, d.out),
+            ));
+        }
+        w.extend_from_slice(&d.w);
+        b.extend_from_slice(&d.b);
+    }
+    Ok(Mmoe {
+        experts,
+        gates: Dense::new(w, b, width, n_heads * n, Activation::Identity),
+        dim: dim.unwrap_or(0),
+    })
+}
+
+/// The heads: each one's tower over its `head_in`-wide input, its own
+/// one-output layer, and its normalization.
+fn heads(spec: &Spec, st: &Tensors<'_>, schema: &Schema, head_in: usize) -> Result<Vec<Head>> {
+    let mut heads = Vec::new();
+    for (i, h) in spec.heads.iter().enumerate() {
+        let field = format!("heads[{i}]");
+        let (tower, width) = layers(st, &format!("{field}.tower"), &h.tower, head_in)?;
+        let (_, w) = tensor(
+            st,
+            &format!("{field}.weight"),
+            &h.layer.weight,
+            Some(&[1, width]),
+        )
+        .map_err(|e| match e {
+            Error::Bundle { field, what } => Error::Bundle {
+                field,
+                what: format!("{what} (a head maps its {width} inputs to one value)"),
+            },
+            e => e,
+        })?;
+        let b = match &h.layer.bias {
+            Some(name) => tensor(st, &format!("{field}.bias"), name, Some(&[1]))?.1,
+            None => vec![0.0],
+        };
+        let normalize = match &h.normalize {
+            None => None,
+            Some(n) => Some(Normalize {
+                column: numeric(schema, &format!("{field}.normalize.column"), &n.column, "normalize")?,
+                bounds: n.bounds.clone(),
+                values: n.values.iter().map(|&v| v as f32).collect(),
+            }),
+        };
+        heads.push(Head {
+            name: h.name.clone(),
+            act: h.layer.activation,
+            neg_sampling_rate: h.neg_sampling_rate,
+            tower,
+            out: Dense::new(w, b, width, 1, Activation::Identity),
+            normalize,
+        });
+    }
+    Ok(heads)
+}
+
+/// Every head's layer as one `[heads, width]` layer, for models whose heads
+/// all read the shared upper output directly.
+fn stacked_heads(heads: &[Head], width: usize) -> Dense {
+    let w = heads.iter().flat_map(|h| h.out.w.iter().copied()).collect();
+    let b = heads.iter().map(|h| h.out.b[0]).collect();
+    Dense::new(w, b, width, heads.len(), Activation::Identity)
+}
+
+/// The first upper layer's columns, split by the part of the upper input
+/// they multiply.
+fn first_layer(parts: &[UpperPart], w0: &Dense, ud: usize, id: usize, co: usize) -> FirstLayer {
+    let mut f = FirstLayer {
+        out: w0.out,
+        ..FirstLayer::default()
+    };
+    let mut off = 0;
+    for p in parts {
+        let (dst, n) = match p {
+            UpperPart::User => (&mut f.user, ud),
+            UpperPart::Item => (&mut f.item, id),
+            UpperPart::Cross => (&mut f.cross, co),
+            UpperPart::Dot => (&mut f.dot, 1),
+            UpperPart::Hadamard => (&mut f.hadamard, id),
+        };
+        for j in 0..w0.out {
+            dst.extend_from_slice(&w0.w[j * w0.inp + off..][..n]);
+        }
+        off += n;
+    }
+    f
+}
+
+impl FirstLayer {
+    /// The first upper layer's weights over a row of the scorer's `A`
+    /// matrix, `[item vector (a_item wide: id or 0) | cross output (co)]`:
+    /// the item columns (plus, given the user vector, the `hadamard`
+    /// columns scaled by it and the `dot` column times it) and the cross
+    /// columns (zeros where a part is not an input).
+    pub(crate) fn pack_a(&self, a_item: usize, id: usize, co: usize, user: Option<&[f32]>) -> gemm::Weights {
+        let out = self.out;
+        let k = a_item + co;
+        let mut w = vec![0f32; out * k];
+        for j in 0..out {
+            let row = &mut w[j * k..(j + 1) * k];
+            if a_item > 0 {
+                if !self.item.is_empty() {
+                    row[..id].copy_from_slice(&self.item[j * id..(j + 1) * id]);
+                }
+                if let Some(u) = user {
+                    if !self.hadamard.is_empty() {
+                        for (i, x) in row[..id].iter_mut().enumerate() {
+                            *x += self.hadamard[j * id + i] * u[i];
+                        }
+                    }
+                    if !self.dot.is_empty() {
+                        for (i, x) in row[..id].iter_mut().enumerate() {
+                            *x += self.dot[j] * u[i];
+                        }
+                    }
+                }
+            }
+            if !self.cross.is_empty() {
+                row[a_item..].copy_from_slice(&self.cross[j * co..(j + 1) * co]);
+            }
+        }
+        gemm::Weights::new(&w, k, k, out)
+    }
+}
+
+/// Compiles a fusion against the model's heads and the snapshot's columns
+/// (`fusion.…` fields name what is wrong).
+pub(super) fn fusion(spec: &FusionSpec, heads: &[Head], schema: &Schema) -> Result<FusionPlan> {
+    let index = |field: String, name: &str| -> Result<usize> {
+        heads.iter().position(|h| h.name == name).ok_or_else(|| {
+            bad(
+                format!("fusion.{field}"),
+                format!(
+                    "names no head; the heads are [{}]",
+                    heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    for (field, name) in spec.heads() {
+        index(field, name)?;
+    }
+    let per_head = |named: &[(String, f64)]| -> Vec<f64> {
+        heads
+            .iter()
+            .map(|h| named.iter().find(|(n, _)| *n == h.name).map_or(0.0, |(_, w)| *w))
+            .collect()
+    };
+    let positive = |name: &str, field: String, why: &str| -> Result<()> {
+        let act = heads.iter().find(|h| h.name == name).map_or(Activation::Identity, |h| h.act);
+        if matches!(act, Activation::Sigmoid | Activation::Exp) {
+            Ok(())
+        } else {
+            Err(bad(
+                field,
+                format!("{why}, so its heads must be positive (sigmoid or exp); head {name:?} is {}", act.name()),
+            ))
+        }
+    };
+    Ok(match spec {
+        FusionSpec::WeightedSum(w) => FusionPlan::WeightedSum(per_head(w)),
+        FusionSpec::Product { weights, columns } => {
+            for (name, wt) in weights {
+                if *wt != 0.0 {
+                    positive(name, format!("fusion.weights.{name}"), "product fusion raises heads to powers")?;
+                }
+            }
+            let columns = columns
+                .iter()
+                .map(|(c, a)| Ok((numeric(schema, &format!("fusion.columns.{c}"), c, "a product fusion column")?, *a)))
+                .collect::<Result<_>>()?;
+            FusionPlan::Product {
+                w: per_head(weights),
+                columns,
+            }
+        }
+        FusionSpec::ClickWeighted { base, weights } => FusionPlan::ClickWeighted {
+            base: index("base".into(), base)?,
+            w: per_head(weights),
+        },
+        FusionSpec::OffsetProduct(terms) => {
+            for (name, w, a) in terms {
+                if *w != 0.0 && *a != 0.0 {
+                    positive(name, format!("fusion.terms.{name}"), "offset_product raises 1 + w * p to powers")?;
+                }
+            }
+            FusionPlan::OffsetProduct(
+                heads
+                    .iter()
+                    .map(|h| terms.iter().find(|t| t.0 == h.name).map_or((0.0, 0.0), |t| (t.1, t.2)))
+                    .collect(),
+            )
+        }
+        FusionSpec::Rank { weights, alpha, beta } => FusionPlan::Rank {
+            w: per_head(weights),
+            alpha: *alpha,
+            beta: *beta,
+        },
+        FusionSpec::RankPerHead(terms) => FusionPlan::RankPerHead(
+            heads
+                .iter()
+                .map(|h| terms.iter().find(|t| t.0 == h.name).map_or((0.0, 0.0, 0.0), |t| (t.1, t.2, t.3)))
+                .collect(),
+        ),
+    })
+}
+
+fn tensor(
+    st: &Tensors<'_>,
     field: &str,
     name: &str,
     shape: Option<&[usize]>,
 ) -> Result<(Vec<usize>, Vec<f32>)> {
-    let t = st.tensor(name).map_err(|_| {
+    let t = st.st.tensor(name).map_err(|_| {
         bad(
             field,
             format!("tensor {name:?} is not in weights.safetensors"),
         )
     })?;
-    if t.dtype() != safetensors::Dtype::F32 {
-        return Err(bad(
-            field,
-            format!("tensor {name:?} is {:?}; tensors must be F32", t.dtype()),
-        ));
-    }
+    let decode: fn([u8; 2]) -> f32 = match t.dtype() {
+        safetensors::Dtype::F32 => |_| 0.0,
+        safetensors::Dtype::F16 if st.v2 => |b| half::f16::from_le_bytes(b).to_f32(),
+        safetensors::Dtype::BF16 if st.v2 => |b| half::bf16::from_le_bytes(b).to_f32(),
+        d => {
+            let allowed = if st.v2 { "F32, F16 or BF16" } else { "F32 (F16 and BF16 need contract v2)" };
+            return Err(bad(
+                field,
+                format!("tensor {name:?} is {d:?}; tensors must be {allowed}"),
+            ));
+        }
+    };
     let got = t.shape().to_vec();
     if let Some(want) = shape {
         if got != want {
@@ -343,11 +641,14 @@ fn tensor<'a>(
             ));
         }
     }
-    let data: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let data: Vec<f32> = if t.dtype() == safetensors::Dtype::F32 {
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        t.data().chunks_exact(2).map(|c| decode([c[0], c[1]])).collect()
+    };
     if data.len() != got.iter().product::<usize>() {
         return Err(bad(
             field,
@@ -370,7 +671,7 @@ fn tensor<'a>(
 }
 
 fn table(
-    st: &safetensors::SafeTensors<'_>,
+    st: &Tensors<'_>,
     field: &str,
     name: &str,
     rows: Option<usize>,
@@ -397,7 +698,7 @@ fn table(
 }
 
 fn dense(
-    st: &safetensors::SafeTensors<'_>,
+    st: &Tensors<'_>,
     field: &str,
     l: &LayerSpec,
     inp: usize,
@@ -419,24 +720,5 @@ fn dense(
         Some(name) => tensor(st, &format!("{field}.bias"), name, Some(&[out]))?.1,
         None => vec![0.0; out],
     };
-    Ok(Dense {
-        pack: gemm::Weights::new(&w, inp, inp, out),
-        inp,
-        out,
-        w,
-        b,
-        act: l.activation,
-    })
-}
-
-fn fusion_weights(heads: &[Head], named: &[(String, f64)]) -> Vec<f64> {
-    heads
-        .iter()
-        .map(|h| {
-            named
-                .iter()
-                .find(|(n, _)| *n == h.name)
-                .map_or(0.0, |(_, w)| *w)
-        })
-        .collect()
+    Ok(Dense::new(w, b, inp, out, l.activation))
 }

@@ -12,6 +12,8 @@
 
 mod compile;
 mod example;
+mod fuse;
+mod heads;
 mod inputs;
 mod parts;
 mod score;
@@ -23,13 +25,15 @@ use crate::error::{Error, Result};
 use crate::schema::Schema;
 
 pub use example::ExampleBundle;
+pub use fuse::Fusion;
 pub(crate) use inputs::ByItem;
 pub use inputs::UserInputs;
-pub(crate) use parts::{ColumnRef, Dense, Fusion, Head, Input, Transform};
+pub(crate) use parts::{ColumnRef, Dense, FirstLayer, FusionPlan, Head, Input, Mmoe, Transform};
+pub(crate) use spec::UpperPart;
 pub(crate) use score::ModelScratch;
 pub(crate) use score::{Prepared, SegmentInputs};
 use spec::bad;
-pub use spec::{Activation, BUNDLE_FORMAT};
+pub use spec::{Activation, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME};
 
 /// A model bundle as a pinned snapshot holds it: the model, its file, and
 /// (if the bundle was added with precomputing) one file per segment, in
@@ -69,6 +73,10 @@ impl PreFile {
 pub struct Model {
     /// `space@version`.
     key: String,
+    /// The bundle's name (`"default"` unless `model.json` gives one).
+    name: String,
+    /// Whether the bundle is contract v2.
+    v2: bool,
     space: String,
     version: String,
     pub(crate) user_dim: usize,
@@ -77,25 +85,64 @@ pub struct Model {
     pub(crate) cross_in: usize,
     /// Whether the `user_dense` inputs' part of the first cross layer runs
     /// once per query (into `Prepared::c0`) rather than per row: when there
-    /// is a cross tower and it reads both `user_dense` and per-item inputs.
+    /// is a cross tower, it reads both `user_dense` and per-item inputs,
+    /// and no SE block scales them per row.
     pub(crate) split: bool,
     /// Values per row the cross tower reads: `cross_in`, less the
     /// `user_dense` inputs if `split`.
     pub(crate) row_in: usize,
     /// If `split`, the first cross layer's columns for the per-row inputs.
     pub(crate) pack_cross0: gemm::Weights,
+    /// `cross.se.layers` (empty: no SE gating).
+    pub(crate) se: Vec<Dense>,
     pub(crate) cross: Vec<Dense>,
+    /// Width of the cross tower's output (`cross_in` without layers).
+    pub(crate) cross_out: usize,
+    /// `item_tower`: its inputs and layers (validated; the writer computes
+    /// vectors of fresh items with it).
+    pub(crate) item_tower: Option<(Vec<Input>, Vec<Dense>)>,
+    /// `upper.inputs`, in order.
+    pub(crate) upper_parts: Vec<UpperPart>,
+    /// Width of the upper network's input.
+    pub(crate) upper_in: usize,
+    /// `upper.layers` (may be empty in v2).
     pub(crate) upper: Vec<Dense>,
-    /// All heads as one layer `[heads, last upper width]` (activation unused).
-    pub(crate) head_layer: Dense,
+    /// The first upper layer's columns by part.
+    pub(crate) first: FirstLayer,
+    /// Width of the item vector in a row of the scorer's `A` matrix
+    /// (`item_dim`, or 0 when no part reads the item vector).
+    pub(crate) a_item: usize,
+    /// The first upper layer over `A` rows, when it does not depend on the
+    /// user (no `dot` or `hadamard`); else built per query.
+    pub(crate) pack_a: gemm::Weights,
+    /// Width of the shared upper output (the upper input without layers).
+    pub(crate) width: usize,
+    pub(crate) mmoe: Option<Mmoe>,
+    /// All heads as one layer `[heads, width]`, when every head reads the
+    /// shared upper output directly (no MMoE, no towers).
+    pub(crate) head_layer: Option<Dense>,
     pub(crate) heads: Vec<Head>,
-    pub(crate) fusion: Fusion,
+    pub(crate) fusion: FusionPlan,
     /// Item-vector columns of the first upper layer (for precomputing).
     pub(crate) pack_item: gemm::Weights,
     /// Cross-output columns of the first upper layer (when the item part
     /// is precomputed).
     pub(crate) pack_cross: gemm::Weights,
     json: String,
+}
+
+/// The store's record of bundle `name` of `key` (see [`Model::bundle_id`]).
+pub(crate) fn bundle_id(key: &str, name: &str) -> String {
+    if name == DEFAULT_BUNDLE_NAME {
+        key.to_string()
+    } else {
+        format!("{key}#{name}")
+    }
+}
+
+/// `(space@version, name)` of a bundle id.
+pub(crate) fn split_bundle_id(id: &str) -> (&str, &str) {
+    id.split_once('#').unwrap_or((id, DEFAULT_BUNDLE_NAME))
 }
 
 /// A user-side input a model needs with each query.
@@ -133,6 +180,7 @@ impl Model {
                 format!("is not a valid safetensors file: {e}"),
             )
         })?;
+        let st = compile::Tensors { st, v2: spec.v2 };
         Self::compile(
             spec,
             &st,
@@ -146,9 +194,10 @@ impl Model {
     /// that fails validation is a corrupt file (it passed when added).
     pub(crate) fn from_container(
         c: &crate::format::container::Container,
-        key: &str,
+        id: &str,
         schema: &Schema,
     ) -> Result<Model> {
+        let key = id;
         let crate::format::meta::Body::Bundle(b) = &c.meta.body else {
             return Err(Error::corrupt(&c.path, "not a model bundle file"));
         };
@@ -167,10 +216,10 @@ impl Model {
         let m = Model::load(json, weights, schema).map_err(|e| {
             Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
         })?;
-        if m.key() != key {
+        if m.bundle_id() != id {
             return Err(Error::corrupt(
                 &c.path,
-                format!("model.json is for {}; the file is for {key}", m.key()),
+                format!("model.json is for {}; the file is for {id}", m.bundle_id()),
             ));
         }
         Ok(m)
@@ -183,9 +232,16 @@ impl Model {
         &self,
         dtype: crate::schema::Dtype,
     ) -> crate::schema::EmbeddingDef {
+        // The default bundle's rows keep the name they had before bundles
+        // were named.
+        let version = if self.name == DEFAULT_BUNDLE_NAME {
+            format!("{}.upper0", self.version)
+        } else {
+            format!("{}.{}.upper0", self.version, self.name)
+        };
         crate::schema::EmbeddingDef::new(
             &self.space,
-            &format!("{}.upper0", self.version),
+            &version,
             self.upper[0].out as u32,
             dtype,
         )
@@ -199,6 +255,7 @@ impl Model {
         first: usize,
         out: &mut [f32],
     ) {
+        debug_assert!(self.precompute_refusal().is_none());
         let (id, h) = (self.item_dim, self.upper[0].out);
         let m = out.len() / h;
         let mut a = vec![0f32; m * id];
@@ -256,20 +313,97 @@ impl Model {
         &self.json
     }
 
-    /// Multiply-adds per candidate of the whole model as written (cross
-    /// tower, upper network, heads), before the tower split saves any.
+    /// Multiply-adds per candidate of the whole model as written (SE block,
+    /// cross tower, upper network, experts and gates, head towers, heads),
+    /// before the tower split saves any.
     pub fn macs_per_item(&self) -> usize {
-        self.cross
-            .iter()
-            .chain(&self.upper)
-            .chain(std::iter::once(&self.head_layer))
-            .map(|d| d.inp * d.out)
-            .sum()
+        let layers = self.se.iter().chain(&self.cross).chain(&self.upper);
+        let mmoe = self.mmoe.iter().flat_map(|m| m.experts.iter().flatten().chain([&m.gates]));
+        let heads = self.heads.iter().flat_map(|h| h.tower.iter().chain([&h.out]));
+        layers.chain(mmoe).chain(heads).map(|d| d.inp * d.out).sum()
     }
 
     /// Multiply-adds per candidate this store runs: the user part of the
     /// first upper layer is computed once per query, not per candidate.
     pub fn macs_per_item_split(&self) -> usize {
-        self.macs_per_item() - self.user_dim * self.upper[0].out
+        self.macs_per_item() - self.first.user.len()
+    }
+
+    /// How the store records the bundle: `space@version` for the bundle
+    /// named `"default"`, `space@version#name` for any other.
+    pub(crate) fn bundle_id(&self) -> String {
+        bundle_id(&self.key, &self.name)
+    }
+
+    /// The bundle's name (`"default"` for a bundle whose `model.json`
+    /// gives none, as every contract v1 bundle).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bundle contract the bundle follows: 1 or 2.
+    pub fn contract(&self) -> u32 {
+        if self.v2 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Whether the bundle carries the item tower that made its version's
+    /// vectors (`item_tower`).
+    pub fn has_item_tower(&self) -> bool {
+        self.item_tower.is_some()
+    }
+
+    /// Why the item part of the first upper layer cannot be precomputed
+    /// for this model, or `None` if it can.
+    pub fn precompute_refusal(&self) -> Option<String> {
+        if self.upper.is_empty() {
+            return Some("the bundle has no upper layers, so there is no first layer to precompute".into());
+        }
+        if self.first.per_query() {
+            return Some("upper.inputs has dot or hadamard: the first layer's item columns depend on the user vector".into());
+        }
+        if self.first.item.is_empty() {
+            return Some("upper.inputs has no \"item\" part: the first layer does not read the item vector".into());
+        }
+        None
+    }
+
+    /// A one-line description of the model's parts, for listings: inputs,
+    /// SE, cross and upper layers, experts and gates, head towers,
+    /// normalization and fusion.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("{} cross inputs", self.inputs.len())];
+        if !self.se.is_empty() {
+            parts.push(format!("SE {} layers", self.se.len()));
+        }
+        let widths = |ds: &[Dense]| ds.iter().map(|d| d.out.to_string()).collect::<Vec<_>>().join("-");
+        if !self.cross.is_empty() {
+            parts.push(format!("cross {}", widths(&self.cross)));
+        }
+        parts.push(format!(
+            "upper [{}] {} wide, {}",
+            self.upper_parts.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
+            self.upper_in,
+            if self.upper.is_empty() { "no layers".to_string() } else { widths(&self.upper) }
+        ));
+        if let Some(m) = &self.mmoe {
+            parts.push(format!("MMoE {} experts x {}, {} gates", m.experts.len(), m.dim, self.heads.len()));
+        }
+        let towers = self.heads.iter().filter(|h| !h.tower.is_empty()).count();
+        if towers > 0 {
+            parts.push(format!("{towers} head towers"));
+        }
+        let norm = self.heads.iter().filter(|h| h.normalize.is_some()).count();
+        if norm > 0 {
+            parts.push(format!("{norm} normalized heads"));
+        }
+        if self.item_tower.is_some() {
+            parts.push("item tower".to_string());
+        }
+        parts.push(format!("fusion {}", self.fusion.kind()));
+        parts.join("; ")
     }
 }

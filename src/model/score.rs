@@ -8,9 +8,9 @@
 //! part of the first upper layer (`W[:, ..user_dim] @ user + b`) is computed
 //! once per query and starts each row's accumulator.
 
-use super::{Activation, ByItem, ColumnRef, Dense, Fusion, Input, Model, Transform, UserInputs};
+use super::{Activation, ByItem, ColumnRef, Dense, FusionPlan, Input, Model, Transform, UpperPart, UserInputs};
 use crate::error::{Error, Result};
-use crate::kernels::gemm::{matmul, matmul_prefetching, Start};
+use crate::kernels::gemm::{matmul_prefetching, Start};
 use crate::kernels::{self, Loc};
 use crate::read::columns::EmbeddingColumn;
 use crate::read::segment::Segment;
@@ -18,7 +18,7 @@ use crate::schema::Dtype;
 
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
 /// product).
-const BLOCK: usize = 48;
+pub(super) const BLOCK: usize = 48;
 
 /// Buffers a three-tower query reuses (kept per thread by
 /// [`crate::Snapshot::query`]).
@@ -26,11 +26,22 @@ const BLOCK: usize = 48;
 pub struct ModelScratch {
     xc: Vec<f32>,
     a: Vec<f32>,
-    h0: Vec<f32>,
+    pub(super) h0: Vec<f32>,
     h1: Vec<f32>,
-    out: Vec<f32>,
-    acc: Vec<f64>,
-    order: Vec<u32>,
+    pub(super) out: Vec<f32>,
+    pub(super) acc: Vec<f64>,
+    pub(super) order: Vec<u32>,
+    /// Head towers' and experts' layer outputs (ping-pong).
+    pub(super) t0: Vec<f32>,
+    pub(super) t1: Vec<f32>,
+    /// Every expert's output, `[experts][BLOCK, dim]`.
+    pub(super) experts: Vec<f32>,
+    /// Gate values, `[BLOCK, heads x experts]`.
+    pub(super) gates: Vec<f32>,
+    /// One head's input mixture, `[BLOCK, dim]`.
+    pub(super) mix: Vec<f32>,
+    /// One head's values, `[BLOCK]`.
+    pub(super) value: Vec<f32>,
     /// Cache lines of the next block, prefetched during this one.
     ahead: Vec<usize>,
 }
@@ -39,8 +50,15 @@ pub struct ModelScratch {
 /// user part of the first upper layer computed.
 #[derive(Debug)]
 pub(crate) struct Prepared<'a> {
-    /// `W0[:, ..user_dim] @ user + b0`.
+    /// The user vector.
+    user: Vec<f32>,
+    /// `W0[:, user columns] @ user + b0`.
     u0: Vec<f32>,
+    /// The first upper layer over `A` rows, when it depends on the user
+    /// (`dot`, `hadamard`).
+    pack_a: Option<crate::kernels::gemm::Weights>,
+    /// A fusion the query gives in place of the bundle's.
+    pub(super) fusion: Option<FusionPlan>,
     /// If the model splits the first cross layer: its bias plus its
     /// `user_dense` columns times those inputs.
     c0: Vec<f32>,
@@ -92,6 +110,10 @@ enum Col<'a> {
 #[derive(Debug)]
 pub(crate) struct SegmentInputs<'a> {
     cols: Vec<Col<'a>>,
+    /// Per head: the column its normalization reads, if it has one.
+    pub(super) norm: Vec<Option<&'a [f32]>>,
+    /// The columns the query's fusion reads, in its order.
+    pub(super) fusion_cols: Vec<&'a [f32]>,
     emb: EmbeddingColumn<'a>,
     /// The precomputed first-layer item part, if the bundle has it.
     pre: Option<EmbeddingColumn<'a>>,
@@ -177,12 +199,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// every logit above ~17 gives `q = 1` and so `p = 1`, and items that the
 /// model ranks apart would tie.
 #[inline]
-fn calibrated(x: f32, a: f64) -> f32 {
+pub(super) fn calibrated(x: f32, a: f64) -> f32 {
     (a / (a + (-(x as f64)).exp())) as f32
 }
 
 #[inline]
-fn activate(act: Activation, x: f32) -> f32 {
+pub(super) fn activate(act: Activation, x: f32) -> f32 {
     match act {
         Activation::Relu => x.max(0.0),
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
@@ -195,7 +217,7 @@ fn activate(act: Activation, x: f32) -> f32 {
 /// `start` (the bias, for every layer but the first upper one), ReLU runs
 /// in the kernel, any other activation in a pass after it.
 #[allow(clippy::too_many_arguments)]
-fn layer(
+pub(super) fn layer(
     d: &Dense,
     m: usize,
     src: &[f32],
@@ -217,9 +239,16 @@ fn layer(
 }
 
 impl Model {
-    /// Checks the user vector and inputs of a query and computes the user
-    /// part of the first upper layer.
-    pub(crate) fn prepare<'a>(&self, user: &[f32], inputs: &'a UserInputs) -> Result<Prepared<'a>> {
+    /// Checks the user vector and inputs of a query (and the fusion it
+    /// gives in place of the bundle's, against the snapshot's `schema`) and
+    /// computes the user part of the first upper layer.
+    pub(crate) fn prepare<'a>(
+        &self,
+        user: &[f32],
+        inputs: &'a UserInputs,
+        fusion: Option<&crate::model::spec::FusionSpec>,
+        schema: &crate::schema::Schema,
+    ) -> Result<Prepared<'a>> {
         check_vec("user vector", user, self.user_dim)?;
         let mut dense = Vec::with_capacity(self.inputs.len());
         let mut by_item = Vec::with_capacity(self.inputs.len());
@@ -277,13 +306,22 @@ impl Model {
                 known.join(", ")
             )));
         }
-        let w0 = &self.upper[0];
-        let u0 = (0..w0.out)
-            .map(|j| {
-                let row = &w0.w[j * w0.inp..j * w0.inp + self.user_dim];
-                w0.b[j] + dot(row, user)
-            })
-            .collect();
+        let f = &self.first;
+        let u0 = match self.upper.first() {
+            None => Vec::new(),
+            Some(w0) if f.user.is_empty() => w0.b.clone(),
+            Some(w0) => (0..w0.out)
+                .map(|j| w0.b[j] + dot(&f.user[j * self.user_dim..(j + 1) * self.user_dim], user))
+                .collect(),
+        };
+        let pack_a = (!self.upper.is_empty() && f.per_query())
+            .then(|| f.pack_a(self.a_item, self.item_dim, self.cross_out, Some(user)));
+        let fusion = match fusion {
+            None => None,
+            Some(spec) => Some(super::compile::fusion(spec, &self.heads, schema).map_err(|e| {
+                Error::InvalidInput(format!("the query's fusion for bundle {} of {}: {e}", self.name(), self.key()))
+            })?),
+        };
         let mut c0 = Vec::new();
         if let (true, Some(d)) = (self.split, self.cross.first()) {
             c0 = d.b.clone();
@@ -298,20 +336,37 @@ impl Model {
             }
         }
         Ok(Prepared {
+            user: user.to_vec(),
             u0,
+            pack_a,
+            fusion,
             c0,
             dense,
             by_item,
         })
     }
 
-    /// Resolves the columns the model reads in `seg`.
+    /// Resolves the columns the model (and the query's fusion, in `prep`)
+    /// reads in `seg`.
     pub(crate) fn segment_inputs<'a>(
         &self,
         seg: &'a Segment,
         emb: EmbeddingColumn<'a>,
         pre: Option<EmbeddingColumn<'a>>,
+        prep: &Prepared<'_>,
     ) -> Result<SegmentInputs<'a>> {
+        let numeric = |c: &ColumnRef| -> Result<&'a [f32]> {
+            Ok(match c {
+                ColumnRef::Profile(n) => seg.numeric(n)?.values(),
+                ColumnRef::Stat(n) => seg.stat(n)?.values(),
+            })
+        };
+        let norm = (self.heads.iter())
+            .map(|h| h.normalize.as_ref().map(|n| numeric(&n.column)).transpose())
+            .collect::<Result<_>>()?;
+        let fusion_cols = (self.fusion_of(prep).columns().iter())
+            .map(|(c, _)| numeric(c))
+            .collect::<Result<_>>()?;
         let cols = self
             .inputs
             .iter()
@@ -328,7 +383,13 @@ impl Model {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(SegmentInputs { cols, emb, pre })
+        Ok(SegmentInputs {
+            cols,
+            norm,
+            fusion_cols,
+            emb,
+            pre,
+        })
     }
 
     /// Writes the cross-tower input of item `row` of `seg` into `x`.
@@ -387,22 +448,20 @@ impl Model {
         // With the item part precomputed, the first upper layer only
         // multiplies the cross output; the item vectors are not needed.
         let pre = !matches!(item_part, ItemPart::Multiplied);
-        let id = if pre { 0 } else { self.item_dim };
-        let co = self.cross.last().map_or(self.cross_in, |d| d.out);
-        let lda = id + co;
-        let widest = self
-            .cross
-            .iter()
-            .chain(&self.upper)
+        let id = if pre { 0 } else { self.a_item };
+        let lda = id + self.cross_out;
+        let widest = (self.se.iter().chain(&self.cross).chain(&self.upper))
             .map(|d| d.out)
             .max()
             .unwrap_or(1)
-            .max(self.cross_in);
+            .max(self.cross_in)
+            .max(self.width);
         s.xc.resize(BLOCK * self.row_in, 0.0);
         s.a.resize(BLOCK * lda, 0.0);
         s.h0.resize(BLOCK * widest, 0.0);
         s.h1.resize(BLOCK * widest, 0.0);
         s.out.resize(BLOCK * nh, 0.0);
+        self.size_head_scratch(s);
         let span = |from: usize| {
             &locs[(from * BLOCK).min(locs.len())..((from + 1) * BLOCK).min(locs.len())]
         };
@@ -415,10 +474,17 @@ impl Model {
             s.ahead.clear();
             self.lines(segs, span(bi + 1), pre, &mut s.ahead);
             self.gather_block(prep, segs, block, id, lda, s);
+            if !self.se.is_empty() {
+                self.se_block(block.len(), s);
+            }
             self.cross_block(prep, block.len(), id, lda, s);
-            self.upper_block(prep, segs, block, item_part, lda, s);
+            if self.upper.is_empty() {
+                self.upper_input_block(prep, block.len(), id, lda, s);
+            } else {
+                self.upper_block(prep, segs, block, item_part, lda, s);
+            }
             let out = &mut heads[bi * BLOCK * nh..][..block.len() * nh];
-            self.heads_block(block.len(), s, out);
+            self.heads_block(segs, block, s, out);
         }
     }
 
@@ -441,6 +507,78 @@ impl Model {
             self.cross_input(prep, seg, row, &mut s.xc[r * row_in..(r + 1) * row_in]);
             if id > 0 {
                 seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
+            }
+        }
+    }
+
+    /// Step 1b (`cross.se`): each cross input of each row scaled by the SE
+    /// block's output for that row, computed from the inputs' means.
+    fn se_block(&self, m: usize, s: &mut ModelScratch) {
+        let f = self.inputs.len();
+        let row_in = self.row_in;
+        // z = [mean(x_1) .. mean(x_F)] per row, into h0.
+        for r in 0..m {
+            let mut o = 0;
+            for (i, inp) in self.inputs.iter().enumerate() {
+                let d = inp.dim();
+                let x = &s.xc[r * row_in + o..r * row_in + o + d];
+                s.h0[r * f + i] = x.iter().sum::<f32>() / d as f32;
+                o += d;
+            }
+        }
+        let mut ld = f;
+        for d in &self.se {
+            layer(d, m, &s.h0, ld, &d.pack, &mut s.h1, d.out, Start::Bias(&d.b), &[]);
+            std::mem::swap(&mut s.h0, &mut s.h1);
+            ld = d.out;
+        }
+        for r in 0..m {
+            let mut o = 0;
+            for (i, inp) in self.inputs.iter().enumerate() {
+                let scale = s.h0[r * f + i];
+                let d = inp.dim();
+                s.xc[r * row_in + o..r * row_in + o + d]
+                    .iter_mut()
+                    .for_each(|x| *x *= scale);
+                o += d;
+            }
+        }
+    }
+
+    /// Step 3 without upper layers: each row's upper input (the parts of
+    /// `upper.inputs`, in order) into `s.h0`, `width` per row.
+    fn upper_input_block(&self, prep: &Prepared<'_>, m: usize, id: usize, lda: usize, s: &mut ModelScratch) {
+        let (u, w) = (&prep.user[..], self.width);
+        for r in 0..m {
+            let a = &s.a[r * lda..(r + 1) * lda];
+            let (v, cross) = a.split_at(id);
+            let x = &mut s.h0[r * w..(r + 1) * w];
+            let mut o = 0;
+            for p in &self.upper_parts {
+                match p {
+                    UpperPart::User => {
+                        x[o..o + u.len()].copy_from_slice(u);
+                        o += u.len();
+                    }
+                    UpperPart::Item => {
+                        x[o..o + id].copy_from_slice(v);
+                        o += id;
+                    }
+                    UpperPart::Cross => {
+                        x[o..o + cross.len()].copy_from_slice(cross);
+                        o += cross.len();
+                    }
+                    UpperPart::Dot => {
+                        x[o] = dot(u, v);
+                        o += 1;
+                    }
+                    UpperPart::Hadamard => {
+                        for (i, y) in x[o..o + id].iter_mut().enumerate() {
+                            *y = u[i] * v[i];
+                        }
+                        o += id;
+                    }
+                }
             }
         }
     }
@@ -507,7 +645,7 @@ impl Model {
         let w0 = &self.upper[0];
         let mut rows: [&[u8]; BLOCK] = [&[]; BLOCK];
         let (pack, start) = match item_part {
-            ItemPart::Multiplied => (&w0.pack, Start::Bias(&prep.u0)),
+            ItemPart::Multiplied => (prep.pack_a.as_ref().unwrap_or(&self.pack_a), Start::Bias(&prep.u0)),
             ItemPart::Stored { half } => {
                 for (slot, loc) in rows.iter_mut().zip(block) {
                     let p = segs[loc.block as usize].pre.as_ref();
@@ -547,25 +685,6 @@ impl Model {
         }
     }
 
-    /// Step 4: every head over the upper network's output, activated and
-    /// calibrated, into `out` (`m` rows of one value per head).
-    #[inline]
-    fn heads_block(&self, m: usize, s: &mut ModelScratch, out: &mut [f32]) {
-        let nh = self.heads.len();
-        let hl = &self.head_layer;
-        let bias = Start::Bias(&hl.b);
-        matmul(m, &s.h0, hl.inp, &hl.pack, &mut s.out, nh, bias, false);
-        for r in 0..m {
-            for (h, head) in self.heads.iter().enumerate() {
-                let x = s.out[r * nh + h];
-                out[r * nh + h] = match head.neg_sampling_rate {
-                    Some(a) => calibrated(x, a),
-                    None => activate(head.act, x),
-                };
-            }
-        }
-    }
-
     /// Appends the addresses of the cache lines scoring `locs` reads at
     /// random (the precomputed row if `pre`, else the item vector, and each
     /// column value) to `out`.
@@ -589,74 +708,6 @@ impl Model {
                     Col::U32(v) => out.push(v[row..].as_ptr() as usize),
                     Col::None => {}
                 }
-            }
-        }
-    }
-
-    /// Whether fusion reads head `h` (its weight is not 0).
-    pub(crate) fn fuses_head(&self, h: usize) -> bool {
-        let w = match &self.fusion {
-            Fusion::WeightedSum(w) | Fusion::Product(w) | Fusion::Rank { w, .. } => w,
-        };
-        w.get(h).is_some_and(|&w| w != 0.0)
-    }
-
-    /// Fuses head values (`heads`, `H` per row) into one score per row.
-    /// `ids` breaks ties for rank fusion.
-    pub(crate) fn fuse(
-        &self,
-        heads: &[f32],
-        ids: &[u64],
-        out: &mut Vec<f32>,
-        s: &mut ModelScratch,
-    ) {
-        let nh = self.heads.len();
-        let n = ids.len();
-        out.clear();
-        match &self.fusion {
-            // Heads of weight 0 are skipped (an overflowing exp head must
-            // not turn into 0 * inf = NaN).
-            Fusion::WeightedSum(w) => out.extend(heads.chunks_exact(nh).map(|h| {
-                h.iter()
-                    .zip(w)
-                    .filter(|(_, &w)| w != 0.0)
-                    .map(|(&p, &w)| w * p as f64)
-                    .sum::<f64>() as f32
-            })),
-            Fusion::Product(w) => out.extend(heads.chunks_exact(nh).map(|h| {
-                h.iter()
-                    .zip(w)
-                    .filter(|(_, &w)| w != 0.0)
-                    .map(|(&p, &w)| (p as f64).powf(w))
-                    .product::<f64>() as f32
-            })),
-            Fusion::Rank { w, alpha, beta } => {
-                s.acc.clear();
-                s.acc.resize(n, 0.0);
-                for (h, &wh) in w.iter().enumerate() {
-                    if wh == 0.0 {
-                        continue;
-                    }
-                    s.order.clear();
-                    s.order.extend(0..n as u32);
-                    let key = |i: u32| {
-                        let v = heads[i as usize * nh + h];
-                        if v.is_nan() {
-                            f32::NEG_INFINITY
-                        } else {
-                            v
-                        }
-                    };
-                    s.order.sort_unstable_by(|&a, &b| {
-                        key(b)
-                            .total_cmp(&key(a))
-                            .then(ids[a as usize].cmp(&ids[b as usize]))
-                    });
-                    for (pos, &i) in s.order.iter().enumerate() {
-                        s.acc[i as usize] += wh / (pos as f64 + 1.0 + alpha).powf(*beta);
-                    }
-                }
-                out.extend(s.acc.iter().map(|&x| x as f32));
             }
         }
     }

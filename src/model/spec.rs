@@ -1,28 +1,87 @@
 //! `model.json`: the bundle's configuration, parsed field by field so that
 //! every error names the field at fault (`cross.inputs[2].transform`).
 //!
-//! The contract is `docs/DESIGN.md` ("Model bundle contract"). Unknown
-//! keys are refused (a misspelt `"activaton"` must not be silently ignored).
+//! The contract is `docs/BUNDLE.md` (v1 and v2). Unknown keys are refused
+//! (a misspelt `"activaton"` must not be silently ignored), and so are the
+//! v2 parts in a bundle tagged v1.
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// The format tag a bundle must carry.
+/// The format tag of a contract v1 bundle.
 pub const BUNDLE_FORMAT: &str = "vstore.three_tower.v1";
+/// The format tag of a contract v2 bundle (a superset of v1).
+pub const BUNDLE_FORMAT_V2: &str = "vstore.three_tower.v2";
+/// The name of a bundle whose `model.json` gives none (every v1 bundle).
+pub const DEFAULT_BUNDLE_NAME: &str = "default";
 
 /// A parsed `model.json`, not yet checked against weights or a schema.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Spec {
+    /// Whether the bundle is tagged v2.
+    pub v2: bool,
+    pub name: String,
     pub space: String,
     pub version: String,
     pub user_dim: usize,
     pub item_dim: usize,
     pub inputs: Vec<InputSpec>,
+    /// `cross.se.layers` (empty: no SE gating).
+    pub se: Vec<LayerSpec>,
     pub cross: Vec<LayerSpec>,
+    pub item_tower: Option<ItemTowerSpec>,
+    /// `upper.inputs`, in order.
+    pub upper_inputs: Vec<UpperPart>,
     pub upper: Vec<LayerSpec>,
+    pub mmoe: Option<MmoeSpec>,
     pub heads: Vec<HeadSpec>,
     pub fusion: FusionSpec,
+}
+
+/// One part of the upper network's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpperPart {
+    User,
+    Item,
+    Cross,
+    Dot,
+    Hadamard,
+}
+
+impl UpperPart {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            UpperPart::User => "user",
+            UpperPart::Item => "item",
+            UpperPart::Cross => "cross",
+            UpperPart::Dot => "dot",
+            UpperPart::Hadamard => "hadamard",
+        }
+    }
+}
+
+/// `item_tower`: item profile inputs through a chain of layers to
+/// `item_dim` outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ItemTowerSpec {
+    pub inputs: Vec<InputSpec>,
+    pub layers: Vec<LayerSpec>,
+}
+
+/// `upper.mmoe`: experts, and one softmax gate per head (in head order).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MmoeSpec {
+    pub experts: Vec<Vec<LayerSpec>>,
+    pub gates: Vec<LayerSpec>,
+}
+
+/// `heads[i].normalize`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NormalizeSpec {
+    pub column: String,
+    pub bounds: Vec<f32>,
+    pub values: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,17 +151,71 @@ pub(crate) struct HeadSpec {
     pub name: String,
     pub layer: LayerSpec,
     pub neg_sampling_rate: Option<f64>,
+    /// `heads[i].tower.layers` (empty: none).
+    pub tower: Vec<LayerSpec>,
+    pub normalize: Option<NormalizeSpec>,
 }
 
+/// A fusion as `model.json` (or a query) gives it; head and column names
+/// are checked against a model when it is compiled ([`super::compile`]).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum FusionSpec {
     WeightedSum(Vec<(String, f64)>),
-    Product(Vec<(String, f64)>),
+    /// `prod p_h^w_h * prod x_C^a_C` (`columns` v2 only).
+    Product {
+        weights: Vec<(String, f64)>,
+        columns: Vec<(String, f64)>,
+    },
+    ClickWeighted {
+        base: String,
+        weights: Vec<(String, f64)>,
+    },
+    /// Terms (head, weight, exponent).
+    OffsetProduct(Vec<(String, f64, f64)>),
     Rank {
         weights: Vec<(String, f64)>,
         alpha: f64,
         beta: f64,
     },
+    /// Terms (head, weight, alpha, beta).
+    RankPerHead(Vec<(String, f64, f64, f64)>),
+}
+
+impl FusionSpec {
+    /// Every head the fusion names, with the field that names it.
+    pub(crate) fn heads(&self) -> Vec<(String, &str)> {
+        let mut out: Vec<(String, &str)> = Vec::new();
+        match self {
+            FusionSpec::WeightedSum(w)
+            | FusionSpec::Product { weights: w, .. }
+            | FusionSpec::Rank { weights: w, .. } => {
+                out.extend(w.iter().map(|(h, _)| (format!("weights.{h}"), h.as_str())))
+            }
+            FusionSpec::ClickWeighted { base, weights } => {
+                out.push(("base".to_string(), base.as_str()));
+                out.extend(weights.iter().map(|(h, _)| (format!("weights.{h}"), h.as_str())));
+            }
+            FusionSpec::OffsetProduct(t) => {
+                out.extend(t.iter().map(|(h, ..)| (format!("terms.{h}"), h.as_str())))
+            }
+            FusionSpec::RankPerHead(t) => {
+                out.extend(t.iter().map(|(h, ..)| (format!("terms.{h}"), h.as_str())))
+            }
+        }
+        out
+    }
+
+    /// The fusion kind's name in `model.json`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            FusionSpec::WeightedSum(_) => "weighted_sum",
+            FusionSpec::Product { .. } => "product",
+            FusionSpec::ClickWeighted { .. } => "click_weighted",
+            FusionSpec::OffsetProduct(_) => "offset_product",
+            FusionSpec::Rank { .. } => "rank",
+            FusionSpec::RankPerHead(_) => "rank_per_head",
+        }
+    }
 }
 
 pub(crate) fn bad(field: impl Into<String>, what: impl Into<String>) -> Error {
@@ -311,19 +424,7 @@ fn input(o: &Obj<'_>) -> Result<InputSpec> {
                     t.only(&["bucketize"])?;
                     let f = t.field("bucketize");
                     let b = f32_list(&f, t.req("bucketize")?)?;
-                    if b.is_empty() {
-                        return Err(bad(f, "needs at least one boundary"));
-                    }
-                    if let Some(i) = b.windows(2).position(|w| w[0] >= w[1]) {
-                        return Err(bad(
-                            format!("{f}[{}]", i + 1),
-                            format!(
-                                "boundaries must be strictly increasing ({} follows {})",
-                                b[i + 1],
-                                b[i]
-                            ),
-                        ));
-                    }
+                    check_bounds(&f, &b)?;
                     TransformSpec::Bucketize(b)
                 }
                 Some(v) => {
@@ -400,30 +501,363 @@ fn input(o: &Obj<'_>) -> Result<InputSpec> {
     }
 }
 
-fn weights(o: &Obj<'_>, heads: &[HeadSpec]) -> Result<Vec<(String, f64)>> {
-    let field = o.field("weights");
-    let w = Obj::new(&field, o.req("weights")?)?;
-    let mut out = Vec::new();
-    for (name, v) in w.map {
+/// An object of numbers by name (`weights`, `columns`), in file order.
+fn named_numbers(o: &Obj<'_>, key: &str) -> Result<Vec<(String, f64)>> {
+    let field = o.field(key);
+    let w = Obj::new(&field, o.req(key)?)?;
+    w.map
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), num(&format!("{field}.{name}"), v)?)))
+        .collect()
+}
+
+/// Parses a fusion object (`path` names it in errors). `v2` allows the v2
+/// kinds and `columns`. Head and column names are checked when the fusion
+/// is compiled against a model.
+fn fusion(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
+    let kind = f.str("kind")?;
+    let v2_only = |k: &str| -> Result<()> {
+        if v2 {
+            Ok(())
+        } else {
+            Err(bad(
+                f.field("kind"),
+                format!("{k:?} is a contract v2 fusion kind; tag the bundle {BUNDLE_FORMAT_V2:?}"),
+            ))
+        }
+    };
+    let nonneg = |field: String, x: f64, why: &str| -> Result<f64> {
+        if x >= 0.0 {
+            Ok(x)
+        } else {
+            Err(bad(field, format!("must be >= 0 ({why}), found {x}")))
+        }
+    };
+    Ok(match kind {
+        "weighted_sum" => {
+            f.only(&["kind", "weights"])?;
+            FusionSpec::WeightedSum(named_numbers(f, "weights")?)
+        }
+        "product" => {
+            if v2 {
+                f.only(&["kind", "weights", "columns"])?;
+            } else {
+                f.only(&["kind", "weights"])?;
+            }
+            let columns = match f.get("columns") {
+                None => Vec::new(),
+                Some(_) => named_numbers(f, "columns")?,
+            };
+            FusionSpec::Product {
+                weights: named_numbers(f, "weights")?,
+                columns,
+            }
+        }
+        "rank" => {
+            f.only(&["kind", "weights", "alpha", "beta"])?;
+            let alpha = nonneg(f.field("alpha"), f.num("alpha")?, "an offset of ranks")?;
+            let beta = nonneg(
+                f.field("beta"),
+                f.num("beta")?,
+                "a better rank must not score less",
+            )?;
+            FusionSpec::Rank {
+                weights: named_numbers(f, "weights")?,
+                alpha,
+                beta,
+            }
+        }
+        "click_weighted" => {
+            v2_only(kind)?;
+            f.only(&["kind", "base", "weights"])?;
+            FusionSpec::ClickWeighted {
+                base: f.str("base")?.to_string(),
+                weights: named_numbers(f, "weights")?,
+            }
+        }
+        "offset_product" => {
+            v2_only(kind)?;
+            f.only(&["kind", "terms"])?;
+            let field = f.field("terms");
+            let t = Obj::new(&field, f.req("terms")?)?;
+            let mut terms = Vec::new();
+            for (h, v) in t.map {
+                let o = Obj::new(&format!("{field}.{h}"), v)?;
+                o.only(&["weight", "exponent"])?;
+                let w = nonneg(o.field("weight"), o.num("weight")?, "1 + w * p must stay positive")?;
+                terms.push((h.clone(), w, o.num("exponent")?));
+            }
+            FusionSpec::OffsetProduct(terms)
+        }
+        "rank_per_head" => {
+            v2_only(kind)?;
+            f.only(&["kind", "terms"])?;
+            let field = f.field("terms");
+            let t = Obj::new(&field, f.req("terms")?)?;
+            let mut terms = Vec::new();
+            for (h, v) in t.map {
+                let o = Obj::new(&format!("{field}.{h}"), v)?;
+                o.only(&["weight", "alpha", "beta"])?;
+                let a = nonneg(o.field("alpha"), o.num("alpha")?, "a better rank must not score less")?;
+                let b = nonneg(o.field("beta"), o.num("beta")?, "rank^alpha + beta must stay positive")?;
+                terms.push((h.clone(), o.num("weight")?, a, b));
+            }
+            FusionSpec::RankPerHead(terms)
+        }
+        other => {
+            let kinds = if v2 {
+                "weighted_sum, product, rank, click_weighted, offset_product, rank_per_head"
+            } else {
+                "weighted_sum, product, rank"
+            };
+            return Err(bad(
+                f.field("kind"),
+                format!("{other:?} is not a fusion kind; expected one of [{kinds}]"),
+            ));
+        }
+    })
+}
+
+/// Parses a fusion object given with a query (any contract v2 kind).
+pub(crate) fn query_fusion(json: &[u8]) -> Result<FusionSpec> {
+    let root: Value = serde_json::from_slice(json)
+        .map_err(|e| bad("fusion", format!("is not valid JSON: {e}")))?;
+    fusion(&Obj::new("fusion", &root)?, true)
+}
+
+/// A chain of layers under `parent.key` (`{"layers": [...]}`); `None` if
+/// the key is absent.
+fn chain(parent: &Obj<'_>, key: &str) -> Result<Option<Vec<LayerSpec>>> {
+    let Some(v) = parent.get(key) else {
+        return Ok(None);
+    };
+    let o = Obj::new(&parent.field(key), v)?;
+    o.only(&["layers"])?;
+    let l = layers(&o)?;
+    if l.is_empty() {
+        return Err(bad(o.field("layers"), "needs at least one layer"));
+    }
+    Ok(Some(l))
+}
+
+fn cross_inputs(o: &Obj<'_>) -> Result<Vec<InputSpec>> {
+    let path = o.field("inputs");
+    let inputs: Vec<InputSpec> = o
+        .arr("inputs")?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| input(&Obj::new(&format!("{path}[{i}]"), v)?))
+        .collect::<Result<_>>()?;
+    if inputs.is_empty() {
+        return Err(bad(path, "needs at least one input"));
+    }
+    Ok(inputs)
+}
+
+fn item_tower(o: &Obj<'_>) -> Result<ItemTowerSpec> {
+    o.only(&["inputs", "layers"])?;
+    let inputs = cross_inputs(o)?;
+    for (i, inp) in inputs.iter().enumerate() {
+        if matches!(inp, InputSpec::UserDense { .. } | InputSpec::UserByItem { .. }) {
+            return Err(bad(
+                format!("{}[{i}].kind", o.field("inputs")),
+                "the item tower reads item profile columns only (item_numeric, item_categorical)",
+            ));
+        }
+    }
+    let layers = layers(o)?;
+    if layers.is_empty() {
+        return Err(bad(o.field("layers"), "needs at least one layer"));
+    }
+    Ok(ItemTowerSpec { inputs, layers })
+}
+
+fn upper_inputs(upper: &Obj<'_>) -> Result<Vec<UpperPart>> {
+    let Some(_) = upper.get("inputs") else {
+        return Ok(vec![UpperPart::User, UpperPart::Item, UpperPart::Cross]);
+    };
+    let path = upper.field("inputs");
+    let mut parts = Vec::new();
+    for (i, v) in upper.arr("inputs")?.iter().enumerate() {
+        let part = match v.as_str() {
+            Some("user") => UpperPart::User,
+            Some("item") => UpperPart::Item,
+            Some("cross") => UpperPart::Cross,
+            Some("dot") => UpperPart::Dot,
+            Some("hadamard") => UpperPart::Hadamard,
+            _ => {
+                return Err(bad(
+                    format!("{path}[{i}]"),
+                    format!("{v} is not an upper input; expected one of [user, item, cross, dot, hadamard]"),
+                ))
+            }
+        };
+        if parts.contains(&part) {
+            return Err(bad(
+                format!("{path}[{i}]"),
+                format!("{:?} is listed twice", part.name()),
+            ));
+        }
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        return Err(bad(path, "needs at least one part"));
+    }
+    Ok(parts)
+}
+
+fn mmoe(o: &Obj<'_>, heads: &[HeadSpec]) -> Result<MmoeSpec> {
+    o.only(&["experts", "gates"])?;
+    let path = o.field("experts");
+    let mut experts = Vec::new();
+    for (i, v) in o.arr("experts")?.iter().enumerate() {
+        let e = Obj::new(&format!("{path}[{i}]"), v)?;
+        e.only(&["layers"])?;
+        let l = layers(&e)?;
+        if l.is_empty() {
+            return Err(bad(e.field("layers"), "needs at least one layer"));
+        }
+        experts.push(l);
+    }
+    if experts.len() < 2 {
+        return Err(bad(path, "needs at least two experts"));
+    }
+    let field = o.field("gates");
+    let g = Obj::new(&field, o.req("gates")?)?;
+    for name in g.map.keys() {
         if !heads.iter().any(|h| &h.name == name) {
             return Err(bad(
                 format!("{field}.{name}"),
-                format!(
-                    "names no head; the heads are [{}]",
-                    heads
-                        .iter()
-                        .map(|h| h.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                format!("names no head; the heads are [{}]", head_names(heads)),
             ));
         }
-        out.push((name.clone(), num(&format!("{field}.{name}"), v)?));
     }
-    Ok(out)
+    let mut gates = Vec::new();
+    for h in heads {
+        let Some(v) = g.get(&h.name) else {
+            return Err(bad(
+                format!("{field}.{}", h.name),
+                format!("head {:?} has no gate; with mmoe every head needs one", h.name),
+            ));
+        };
+        let o = Obj::new(&format!("{field}.{}", h.name), v)?;
+        o.only(&["weight", "bias"])?;
+        gates.push(layer(&o, false)?);
+    }
+    Ok(MmoeSpec { experts, gates })
 }
 
-/// Parses `model.json` bytes.
+pub(crate) fn head_names(heads: &[HeadSpec]) -> String {
+    heads
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn normalize(o: &Obj<'_>) -> Result<NormalizeSpec> {
+    o.only(&["column", "bucketize", "values"])?;
+    let f = o.field("bucketize");
+    let bounds = f32_list(&f, o.req("bucketize")?)?;
+    check_bounds(&f, &bounds)?;
+    let vf = o.field("values");
+    let Value::Array(vals) = o.req("values")? else {
+        return Err(bad(vf, "must be an array of numbers"));
+    };
+    let values = vals
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let x = num(&format!("{vf}[{i}]"), v)?;
+            if x > 0.0 {
+                Ok(x)
+            } else {
+                Err(bad(format!("{vf}[{i}]"), format!("must be > 0 (a divisor), found {x}")))
+            }
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    if values.len() != bounds.len() + 1 {
+        return Err(bad(
+            vf,
+            format!(
+                "has {} values; {} boundaries make {} buckets, one value each",
+                values.len(),
+                bounds.len(),
+                bounds.len() + 1
+            ),
+        ));
+    }
+    Ok(NormalizeSpec {
+        column: o.str("column")?.to_string(),
+        bounds,
+        values,
+    })
+}
+
+/// Bucket boundaries: at least one, strictly increasing.
+fn check_bounds(f: &str, b: &[f32]) -> Result<()> {
+    if b.is_empty() {
+        return Err(bad(f, "needs at least one boundary"));
+    }
+    if let Some(i) = b.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(bad(
+            format!("{f}[{}]", i + 1),
+            format!(
+                "boundaries must be strictly increasing ({} follows {})",
+                b[i + 1],
+                b[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
+    if v2 {
+        h.only(&[
+            "name",
+            "weight",
+            "bias",
+            "activation",
+            "neg_sampling_rate",
+            "tower",
+            "normalize",
+        ])?;
+    } else {
+        h.only(&["name", "weight", "bias", "activation", "neg_sampling_rate"])?;
+    }
+    let layer = layer(h, true)?;
+    let neg_sampling_rate = match h.get("neg_sampling_rate") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let f = h.field("neg_sampling_rate");
+            let a = num(&f, v)?;
+            if !(a > 0.0 && a <= 1.0) {
+                return Err(bad(f, format!("must be in (0, 1], found {a}")));
+            }
+            if layer.activation != Activation::Sigmoid {
+                return Err(bad(
+                    f,
+                    "calibrates a probability: only allowed on a sigmoid head",
+                ));
+            }
+            Some(a)
+        }
+    };
+    let normalize = match h.get("normalize") {
+        None => None,
+        Some(v) => Some(normalize(&Obj::new(&h.field("normalize"), v)?)?),
+    };
+    Ok(HeadSpec {
+        name: h.str("name")?.to_string(),
+        layer,
+        neg_sampling_rate,
+        tower: chain(h, "tower")?.unwrap_or_default(),
+        normalize,
+    })
+}
+
+/// Parses `model.json` bytes (contract v1 or v2).
 pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     let root: Value = serde_json::from_slice(json)
         .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
@@ -431,134 +865,92 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     // The tag first: a bundle of another format may well have keys this
     // one does not know, and the tag is what is wrong with it.
     let format = o.str("format")?;
-    if format != BUNDLE_FORMAT {
-        return Err(bad(
-            "format",
-            format!("is {format:?}; this build reads {BUNDLE_FORMAT:?}"),
-        ));
-    }
-    o.only(&[
-        "format", "space", "version", "user_dim", "item_dim", "cross", "upper", "heads", "fusion",
-    ])?;
+    let v2 = match format {
+        BUNDLE_FORMAT => false,
+        BUNDLE_FORMAT_V2 => true,
+        _ => {
+            return Err(bad(
+                "format",
+                format!("is {format:?}; this build reads {BUNDLE_FORMAT:?} and {BUNDLE_FORMAT_V2:?}"),
+            ))
+        }
+    };
+    let top: &[&str] = if v2 {
+        &[
+            "format", "name", "space", "version", "user_dim", "item_dim", "cross", "item_tower",
+            "upper", "heads", "fusion",
+        ]
+    } else {
+        &[
+            "format", "space", "version", "user_dim", "item_dim", "cross", "upper", "heads",
+            "fusion",
+        ]
+    };
+    o.only(top)?;
     let cross = Obj::new("cross", o.req("cross")?)?;
-    cross.only(&["inputs", "layers"])?;
-    let inputs: Vec<InputSpec> = cross
-        .arr("inputs")?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| input(&Obj::new(&format!("cross.inputs[{i}]"), v)?))
-        .collect::<Result<_>>()?;
-    if inputs.is_empty() {
-        return Err(bad("cross.inputs", "needs at least one input"));
-    }
+    cross.only(if v2 {
+        &["inputs", "layers", "se"]
+    } else {
+        &["inputs", "layers"]
+    })?;
+    let inputs = cross_inputs(&cross)?;
     let upper = Obj::new("upper", o.req("upper")?)?;
-    upper.only(&["layers"])?;
-    let upper_layers = layers(&upper)?;
-    if upper_layers.is_empty() {
+    upper.only(if v2 {
+        &["inputs", "layers", "mmoe"]
+    } else {
+        &["layers"]
+    })?;
+    let upper_layers = match upper.get("layers") {
+        None if v2 => Vec::new(),
+        _ => layers(&upper)?,
+    };
+    if upper_layers.is_empty() && !v2 {
         return Err(bad("upper.layers", "needs at least one layer"));
     }
-    let mut heads = Vec::new();
+    let mut heads: Vec<HeadSpec> = Vec::new();
     for (i, v) in o.arr("heads")?.iter().enumerate() {
-        let h = Obj::new(&format!("heads[{i}]"), v)?;
-        h.only(&["name", "weight", "bias", "activation", "neg_sampling_rate"])?;
-        let name = h.str("name")?.to_string();
-        if heads.iter().any(|x: &HeadSpec| x.name == name) {
+        let h = head(&Obj::new(&format!("heads[{i}]"), v)?, v2)?;
+        if heads.iter().any(|x| x.name == h.name) {
             return Err(bad(
-                h.field("name"),
-                format!("head {name:?} is declared twice"),
+                format!("heads[{i}].name"),
+                format!("head {:?} is declared twice", h.name),
             ));
         }
-        let layer = layer(&h, true)?;
-        let neg_sampling_rate = match h.get("neg_sampling_rate") {
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                let f = h.field("neg_sampling_rate");
-                let a = num(&f, v)?;
-                if !(a > 0.0 && a <= 1.0) {
-                    return Err(bad(f, format!("must be in (0, 1], found {a}")));
-                }
-                if layer.activation != Activation::Sigmoid {
-                    return Err(bad(
-                        f,
-                        "calibrates a probability: only allowed on a sigmoid head",
-                    ));
-                }
-                Some(a)
-            }
-        };
-        heads.push(HeadSpec {
-            name,
-            layer,
-            neg_sampling_rate,
-        });
+        heads.push(h);
     }
     if heads.is_empty() {
         return Err(bad("heads", "needs at least one head"));
     }
-    let f = Obj::new("fusion", o.req("fusion")?)?;
-    let fusion = match f.str("kind")? {
-        "weighted_sum" => {
-            f.only(&["kind", "weights"])?;
-            FusionSpec::WeightedSum(weights(&f, &heads)?)
+    let mmoe = match upper.get("mmoe") {
+        None => None,
+        Some(v) => Some(mmoe(&Obj::new("upper.mmoe", v)?, &heads)?),
+    };
+    let item_tower = match o.get("item_tower") {
+        None => None,
+        Some(v) => Some(item_tower(&Obj::new("item_tower", v)?)?),
+    };
+    let name = match o.opt_str("name")? {
+        Some(n) => {
+            crate::schema::check_bundle_name(n).map_err(|what| bad("name", what))?;
+            n.to_string()
         }
-        "product" => {
-            f.only(&["kind", "weights"])?;
-            let w = weights(&f, &heads)?;
-            // p^w needs p > 0: only sigmoid and exp heads are positive.
-            for (name, wt) in &w {
-                let act = heads
-                    .iter()
-                    .find(|h| &h.name == name)
-                    .map_or(Activation::Identity, |h| h.layer.activation);
-                if *wt != 0.0 && !matches!(act, Activation::Sigmoid | Activation::Exp) {
-                    return Err(bad(
-                        format!("fusion.weights.{name}"),
-                        format!(
-                            "product fusion raises heads to powers, so its heads must be positive (sigmoid or exp); head {name:?} is {}",
-                            act.name()
-                        ),
-                    ));
-                }
-            }
-            FusionSpec::Product(w)
-        }
-        "rank" => {
-            f.only(&["kind", "weights", "alpha", "beta"])?;
-            let alpha = f.num("alpha")?;
-            if alpha < 0.0 {
-                return Err(bad("fusion.alpha", format!("must be >= 0, found {alpha}")));
-            }
-            let beta = f.num("beta")?;
-            if beta < 0.0 {
-                return Err(bad(
-                    "fusion.beta",
-                    format!("must be >= 0 (a better rank must not score less), found {beta}"),
-                ));
-            }
-            FusionSpec::Rank {
-                weights: weights(&f, &heads)?,
-                alpha,
-                beta,
-            }
-        }
-        other => {
-            return Err(bad(
-                "fusion.kind",
-                format!(
-                    "{other:?} is not a fusion kind; expected one of [weighted_sum, product, rank]"
-                ),
-            ))
-        }
+        None => DEFAULT_BUNDLE_NAME.to_string(),
     };
     Ok(Spec {
+        v2,
+        name,
         space: o.str("space")?.to_string(),
         version: o.str("version")?.to_string(),
         user_dim: o.dim("user_dim")?,
         item_dim: o.dim("item_dim")?,
         inputs,
+        se: chain(&cross, "se")?.unwrap_or_default(),
         cross: layers(&cross)?,
+        item_tower,
+        upper_inputs: upper_inputs(&upper)?,
         upper: upper_layers,
+        mmoe,
         heads,
-        fusion,
+        fusion: fusion(&Obj::new("fusion", o.req("fusion")?)?, v2)?,
     })
 }

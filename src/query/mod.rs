@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::format::idindex::{self, Hashed};
 use crate::kernels::{self, Block, Level, Loc};
-use crate::model::{Model, ModelScratch, Prepared, SegmentInputs, UserInputs};
+use crate::model::{Fusion, Model, ModelScratch, Prepared, SegmentInputs, UserInputs};
 use crate::query::filter::{Compiled, Filter};
 use crate::query::topk::TopK;
 use crate::read::snapshot::Snapshot;
@@ -70,6 +70,8 @@ pub struct Query<'a> {
     filter: Option<&'a Filter>,
     k: usize,
     model: Option<&'a UserInputs>,
+    bundle: Option<&'a str>,
+    fusion: Option<&'a Fusion>,
     heads: bool,
 }
 
@@ -84,6 +86,8 @@ impl<'a> Query<'a> {
             filter: None,
             k,
             model: None,
+            bundle: None,
+            fusion: None,
             heads: false,
         }
     }
@@ -97,6 +101,8 @@ impl<'a> Query<'a> {
             filter: None,
             k,
             model: None,
+            bundle: None,
+            fusion: None,
             heads: false,
         }
     }
@@ -113,6 +119,23 @@ impl<'a> Query<'a> {
     /// The user vector is then the user tower's output (`user_dim` values).
     pub fn three_tower(mut self, inputs: &'a UserInputs) -> Self {
         self.model = Some(inputs);
+        self
+    }
+
+    /// Scores with the bundle named `name` of the query's `space@version`
+    /// (three-tower queries). Without it the snapshot's only bundle for the
+    /// version is used; naming none when there are several is
+    /// [`crate::Error::ModelChoice`].
+    pub fn model(mut self, name: &'a str) -> Self {
+        self.bundle = Some(name);
+        self
+    }
+
+    /// Fuses the heads with `fusion` instead of the bundle's, for this
+    /// query only (three-tower queries). Its head and column names are
+    /// checked against the bundle; an error names the field at fault.
+    pub fn fusion(mut self, fusion: &'a Fusion) -> Self {
+        self.fusion = Some(fusion);
         self
     }
 
@@ -299,6 +322,11 @@ impl Snapshot {
         let segs = self.segments();
         Ok(match q.model {
             None => {
+                if q.bundle.is_some() || q.fusion.is_some() {
+                    return Err(Error::InvalidInput(
+                        "the query names a bundle or a fusion but is not a three-tower query; add .three_tower(inputs)".into(),
+                    ));
+                }
                 let d = def.dim as usize;
                 if q.user.len() != d {
                     return Err(Error::InvalidInput(format!(
@@ -329,13 +357,15 @@ impl Snapshot {
                 }
             }
             Some(inputs) => {
-                let lm = self.loaded_model(q.key)?;
+                let lm = self.loaded_model(q.key, q.bundle)?;
                 let model = &*lm.model;
-                let prep = model.prepare(q.user, inputs)?;
+                let fusion = q.fusion.map(|f| &f.spec);
+                let prep = model.prepare(q.user, inputs, fusion, self.schema())?;
                 let mut inputs = Vec::with_capacity(segs.len());
                 for (i, s) in segs.iter().enumerate() {
                     let pre = lm.pre.get(i).map(|p| p.column());
-                    inputs.push(model.segment_inputs(s, self.embedding(i, q.key)?, pre)?);
+                    let emb = self.embedding(i, q.key)?;
+                    inputs.push(model.segment_inputs(s, emb, pre, &prep)?);
                 }
                 Scorer::Model {
                     model,
@@ -379,11 +409,14 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
             // A head fusion reads that is not finite would be ordered
             // silently (by its rank, or as 0 through a negative power).
             let nh = model.heads.len();
-            let fused: Vec<usize> = (0..nh).filter(|&h| model.fuses_head(h)).collect();
+            let fused: Vec<usize> = (0..nh).filter(|&h| model.fuses_head(prep, h)).collect();
             drop_non_finite(scratch, nh, |s, j| {
                 fused.iter().all(|&h| s.head_values[j * nh + h].is_finite())
             });
             model.fuse(
+                prep,
+                segs,
+                &scratch.locs,
                 &scratch.head_values,
                 &scratch.ids,
                 &mut scratch.scores,

@@ -190,35 +190,76 @@ impl Snapshot {
         seg.embedding_opt(key).ok_or_else(|| self.skew(key))
     }
 
-    /// The `space@version` keys of the model bundles this snapshot holds.
+    /// The `space@version` keys that have model bundles in this snapshot,
+    /// each once, sorted.
     pub fn model_keys(&self) -> Vec<String> {
-        self.models
-            .iter()
+        let mut keys: Vec<String> = (self.models.iter())
             .map(|m| m.model.key().to_string())
-            .collect()
+            .collect();
+        keys.dedup();
+        keys
     }
 
-    /// The model bundle for `key` (`space@version`); a key without a bundle
-    /// is [`Error::NoModel`], naming the bundles the snapshot holds.
+    /// The names of the bundles this snapshot holds for `key`
+    /// (`space@version`), sorted.
+    pub fn model_names(&self, key: &str) -> Vec<String> {
+        let mut names: Vec<String> = (self.models.iter())
+            .filter(|m| m.model.key() == key)
+            .map(|m| m.model.name().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The model bundle for `key` (`space@version`) when the snapshot holds
+    /// exactly one for it. A key without a bundle is [`Error::NoModel`],
+    /// naming the keys that have bundles; a key with several is
+    /// [`Error::ModelChoice`], naming them (use [`Snapshot::model_named`]).
     pub fn model(&self, key: &str) -> Result<&Model> {
-        self.loaded_model(key).map(|m| &*m.model)
+        self.loaded_model(key, None).map(|m| &*m.model)
     }
 
-    pub(crate) fn loaded_model(&self, key: &str) -> Result<&LoadedModel> {
-        self.models
-            .iter()
-            .find(|m| m.model.key() == key)
-            .ok_or_else(|| Error::NoModel {
+    /// The model bundle named `name` for `key` (`space@version`).
+    pub fn model_named(&self, key: &str, name: &str) -> Result<&Model> {
+        self.loaded_model(key, Some(name)).map(|m| &*m.model)
+    }
+
+    /// The bundle for `key` named `name`, or the only one if `name` is
+    /// `None`.
+    pub(crate) fn loaded_model(&self, key: &str, name: Option<&str>) -> Result<&LoadedModel> {
+        let mut of_key = self.models.iter().filter(|m| m.model.key() == key).peekable();
+        if of_key.peek().is_none() {
+            return Err(Error::NoModel {
                 snapshot: self.number(),
                 requested: key.to_string(),
                 available: self.model_keys(),
-            })
+            });
+        }
+        let found: Vec<&LoadedModel> = match name {
+            Some(n) => of_key.filter(|m| m.model.name() == n).collect(),
+            None => of_key.collect(),
+        };
+        match found[..] {
+            [m] => Ok(m),
+            _ => Err(Error::ModelChoice {
+                snapshot: self.number(),
+                key: key.to_string(),
+                requested: name.map(str::to_string),
+                names: self.model_names(key),
+            }),
+        }
     }
 
-    /// Whether the bundle for `key` was added with its item part
-    /// precomputed (see [`crate::Transaction::add_model_precomputed`]).
+    /// Whether the bundle for `key` (the only one; see
+    /// [`Snapshot::model`]) was added with its item part precomputed (see
+    /// [`crate::Transaction::add_model_precomputed`]).
     pub fn model_is_precomputed(&self, key: &str) -> bool {
-        self.loaded_model(key).is_ok_and(|m| !m.pre.is_empty())
+        self.loaded_model(key, None).is_ok_and(|m| !m.pre.is_empty())
+    }
+
+    /// [`Snapshot::model_is_precomputed`] for the bundle named `name`.
+    pub fn model_named_is_precomputed(&self, key: &str, name: &str) -> bool {
+        self.loaded_model(key, Some(name)).is_ok_and(|m| !m.pre.is_empty())
     }
 
     /// Where live item `id` is, if the snapshot holds it: the fast,

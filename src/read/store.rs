@@ -177,7 +177,24 @@ fn check_manifest(path: &Path, m: &ManifestMeta, version: u32) -> Result<()> {
         ));
     }
     for b in &m.bundles {
-        if m.schema.embedding_def(&b.key).is_none() {
+        let (key, name) = crate::model::split_bundle_id(&b.key);
+        if b.key.contains('#') {
+            if version < 4 {
+                return Err(Error::corrupt(
+                    path,
+                    format!("model bundle {}: bundle names need format version 4", b.key),
+                ));
+            }
+            if name == crate::model::DEFAULT_BUNDLE_NAME
+                || crate::schema::check_bundle_name(name).is_err()
+            {
+                return Err(Error::corrupt(
+                    path,
+                    format!("model bundle {} has an invalid name", b.key),
+                ));
+            }
+        }
+        if m.schema.embedding_def(key).is_none() {
             return Err(Error::corrupt(
                 path,
                 format!(
@@ -522,12 +539,12 @@ fn load(
                 m
             }
         };
-        if m.key() != b.key {
+        if m.bundle_id() != b.key {
             return Err(Error::corrupt(
                 &c.path,
                 format!(
-                    "holds the bundle for {}; the manifest names it for {}",
-                    m.key(),
+                    "holds the bundle {}; the manifest names it {}",
+                    m.bundle_id(),
                     b.key
                 ),
             ));

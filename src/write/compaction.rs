@@ -379,7 +379,7 @@ impl CompactionJob {
                 .iter()
                 .zip(&cols)
                 .flat_map(|(rows, col)| rows.iter().map(move |&row| col.row_bytes(row)));
-            let path = sink.path(seg, &format!("pre-{}", r.key), "vcol");
+            let path = sink.path(seg, &format!("pre-{}", r.key.replace('#', ".")), "vcol");
             let file = encode::write_embedding_raw(sink.fs, &path, seg, meta.rows, &first.def, it)?;
             pre.push(PreOut {
                 key: r.key.clone(),

@@ -107,7 +107,8 @@ impl Transaction<'_> {
         }
         self.schema.embeddings.retain(|d| d.key() != key);
         // A bundle belongs to its embedding version and retires with it.
-        self.bundles.remove(key);
+        self.bundles
+            .retain(|id, _| crate::model::split_bundle_id(id).0 != key);
         for s in &mut self.segments {
             s.meta.embeddings.retain(|e| e.key != key);
         }

@@ -9,15 +9,17 @@ use std::sync::Arc;
 use super::transaction::{Transaction, TxBundle};
 use crate::error::{Error, Result};
 use crate::format::encode;
-use crate::model::Model;
+use crate::model::{bundle_id, split_bundle_id, Model};
 
 impl Transaction<'_> {
     /// Adds a three-tower model bundle (`model.json` and
-    /// `weights.safetensors` bytes), replacing any bundle of the same
-    /// `space@version`. The bundle is validated completely against the
-    /// snapshot being built (see [`Model::load`]), so an embedding version
-    /// added earlier in this transaction may carry its bundle in the same
-    /// publish. Returns the bundle's `space@version`.
+    /// `weights.safetensors` bytes) under its name (`name` in `model.json`,
+    /// `"default"` if it gives none), replacing the bundle of that name for
+    /// the same `space@version` if there is one; bundles of other names
+    /// stay. The bundle is validated completely against the snapshot being
+    /// built (see [`Model::load`]), so an embedding version added earlier
+    /// in this transaction may carry its bundle in the same publish.
+    /// Returns the bundle's `space@version`.
     pub fn add_model(&mut self, json: &[u8], weights: &[u8]) -> Result<String> {
         self.add_model_with(json, weights, None)
     }
@@ -54,12 +56,20 @@ impl Transaction<'_> {
     ) -> Result<String> {
         self.w.check_poisoned()?;
         let model = Model::load(json, weights, &self.schema)?;
+        if let Some(why) = pre.and(model.precompute_refusal()) {
+            return Err(Error::Bundle {
+                field: "upper".into(),
+                what: format!("cannot precompute the first layer's item part: {why}"),
+            });
+        }
         let key = model.key().to_string();
-        let name = self.fresh_name(0, &format!("model-{key}"), "vbnd");
-        let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &key, json, weights);
+        let id = model.bundle_id();
+        let file_tag = id.replace('#', ".");
+        let name = self.fresh_name(0, &format!("model-{file_tag}"), "vbnd");
+        let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &id, json, weights);
         let file = self.w.poison(r)?;
         self.bundles.insert(
-            key.clone(),
+            id,
             TxBundle {
                 file,
                 model: Arc::new(model),
@@ -71,9 +81,10 @@ impl Transaction<'_> {
 
     /// Writes the precomputed first-layer files that segments lack.
     pub(super) fn write_precomputed(&mut self) -> Result<()> {
-        let keys: Vec<String> = self.bundles.keys().cloned().collect();
-        for key in keys {
-            let b = &self.bundles[&key];
+        let ids: Vec<String> = self.bundles.keys().cloned().collect();
+        for id in ids {
+            let b = &self.bundles[&id];
+            let key = b.model.key().to_string();
             let Some((dtype, have)) = &b.pre else {
                 continue;
             };
@@ -84,7 +95,7 @@ impl Transaction<'_> {
                 .collect();
             for s in missing {
                 let seg_id = self.segments[s].meta.id;
-                let name = self.fresh_name(seg_id, &format!("pre-{key}"), "vcol");
+                let name = self.fresh_name(seg_id, &format!("pre-{}", id.replace('#', ".")), "vcol");
                 let path = self.path(&name);
                 let seg = self.segment(s);
                 let emb = seg
@@ -99,7 +110,7 @@ impl Transaction<'_> {
                     256,
                     |first, out| model.precompute_rows(&emb, first, out),
                 )?;
-                if let Some((_, have)) = &mut self.bundles.get_mut(&key).expect("key listed").pre {
+                if let Some((_, have)) = &mut self.bundles.get_mut(&id).expect("id listed").pre {
                     have.insert(seg_id, file);
                 }
             }
@@ -129,16 +140,50 @@ impl Transaction<'_> {
         self.add_model(&json, &weights)
     }
 
-    /// Removes the model bundle for `key` (`space@version`).
+    /// Removes the model bundle for `key` (`space@version`) when the
+    /// snapshot holds exactly one for it ([`Error::ModelChoice`] naming
+    /// them if it holds several; see [`Transaction::drop_model_named`]).
     pub fn drop_model(&mut self, key: &str) -> Result<()> {
+        self.drop_bundle(key, None)
+    }
+
+    /// Removes the model bundle named `name` for `key` (`space@version`).
+    pub fn drop_model_named(&mut self, key: &str, name: &str) -> Result<()> {
+        self.drop_bundle(key, Some(name))
+    }
+
+    fn drop_bundle(&mut self, key: &str, name: Option<&str>) -> Result<()> {
         self.w.check_poisoned()?;
-        if self.bundles.remove(key).is_none() {
+        let names: Vec<String> = (self.bundles.keys())
+            .map(|id| split_bundle_id(id))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, n)| n.to_string())
+            .collect();
+        if names.is_empty() {
+            let mut available: Vec<String> = (self.bundles.keys())
+                .map(|id| split_bundle_id(id).0.to_string())
+                .collect();
+            available.dedup();
             return Err(Error::NoModel {
                 snapshot: self.number,
                 requested: key.to_string(),
-                available: self.bundles.keys().cloned().collect(),
+                available,
             });
         }
+        let chosen = match name {
+            Some(n) => names.iter().find(|x| *x == n),
+            None if names.len() == 1 => names.first(),
+            None => None,
+        };
+        let Some(n) = chosen else {
+            return Err(Error::ModelChoice {
+                snapshot: self.number,
+                key: key.to_string(),
+                requested: name.map(str::to_string),
+                names,
+            });
+        };
+        self.bundles.remove(&bundle_id(key, n));
         Ok(())
     }
 }
