@@ -28,9 +28,10 @@ different names, that together use every v2 part:
 
 Each bundle gets 8 queries (a full scan, k over the candidates, k = 1, any;
 candidate lists with unknown and duplicated ids) of which 3 carry a per-query
-`fusion` override of another kind or other weights; over the 40 queries every
-fusion kind (weighted_sum, product with and without columns, click_weighted,
-offset_product, rank, rank_per_head) is used both by a bundle or an override.
+`fusion` override of another kind or other weights. All six fusion kinds
+(weighted_sum, product with and without columns, click_weighted,
+offset_product, rank, rank_per_head) appear as overrides; all but rank also
+as a bundle's own fusion.
 Expected top-k ids, fused scores, per-head values (after calibration and
 normalize) and not-found ids are computed in float64.
 
