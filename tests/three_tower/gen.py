@@ -28,13 +28,21 @@ Output (overwritten, byte-for-byte reproducible):
 
 How to run (from the repository root):
   target/peers-venv/bin/python tests/three_tower/gen.py
+
+The float64 math here uses numpy's vectorised exp, whose last bit depends
+on the SIMD path numpy picks at run time; the committed files are what the
+baseline path gives (on an AVX2/AVX-512 machine, numpy 2.x):
+  NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4" target/peers-venv/bin/python tests/three_tower/gen.py
+Without it a few values may differ in the last digit (same ids, same queries).
+Helpers shared with gen_v2.py live in refcommon.py.
 """
 
-import json
 import os
-import struct
 
 import numpy as np
+
+from refcommon import (act, draw_candidates, dumps, f32, f32s, rank_clusters_ok,
+                       relgap, resolve, scores_separated, write_safetensors, write_text)
 
 SEED = 20240613
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,15 +56,6 @@ CAT_VOCAB = 5  # emb.category rows; values >= 5 map to row 0
 IMP_BOUNDS = [10, 100, 1000]
 USER_STATS_DIM = 3
 UCC_DIM = 2
-
-
-def f32(x):
-    """Round to float32 and back to float64 (so the value is f32-exact)."""
-    return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
-
-
-def f32s(x):
-    return float(np.float32(x))
 
 
 DEFAULTS = {
@@ -185,18 +184,6 @@ def item_features(items):
     }
 
 
-def act(x, kind, dt):
-    if kind == "relu":
-        return np.maximum(x, dt(0))
-    if kind == "sigmoid":
-        return dt(1) / (dt(1) + np.exp(-x))
-    if kind == "identity":
-        return x
-    if kind == "exp":
-        return np.exp(x)
-    raise ValueError(kind)
-
-
 def forward(feat, rows, query, w, dt):
     """Return (logits [n, H], head values after calibration [n, H], last upper [n,10])."""
     def c(a):
@@ -270,23 +257,9 @@ def fuse(fusion, ids, vals, dt):
     raise ValueError(kind)
 
 
-def relgap(a, b):
-    return abs(a - b) / max(abs(a), abs(b))
-
-
 def evaluate(fusion, feat, id_to_row, w, query):
     """Compute the expected result; return (expected, ok)."""
-    cands = query["candidates"]
-    if cands is None:
-        found = sorted(id_to_row)
-        not_found = []
-    else:
-        seen, found, not_found = set(), [], []
-        for cid in cands:
-            if cid in seen:
-                continue
-            seen.add(cid)
-            (found if cid in id_to_row else not_found).append(cid)
+    found, not_found = resolve(query["candidates"], id_to_row)
     ids = np.array(found, dtype=np.int64)
     rows = np.array([id_to_row[i] for i in found], dtype=np.int64)
     logits, vals, h = forward(feat, rows, query, w, np.float64)
@@ -294,51 +267,13 @@ def evaluate(fusion, feat, id_to_row, w, query):
     order = np.lexsort((ids, -score))
     k = query["k"]
     top = order[:k]
-    ok = True
-    # consecutive fused scores through the k boundary are well separated
-    span = order[:min(k + 1, len(order))]
-    for a, b in zip(span[:-1], span[1:]):
-        if not relgap(score[a], score[b]) > 1e-4:
-            ok = False
-    # rank fusion: a near-tie (<= 1e-4 relative in value, or <= 1e-4 in logit)
-    # in a weighted head could be ordered either way by a float32 implementation.
-    # Chains of near-ties form clusters; an item in a cluster may take any rank
-    # of that cluster. Require that no returned item is in a cluster, and that
-    # no clustered item could reach the k-th returned score even with its best
-    # possible ranks (1e-4 relative margin). Items outside clusters keep exact
-    # ranks whatever order a cluster takes.
+    ok = scores_separated(score, order, k)
     if fusion["kind"] == "rank":
-        n = len(ids)
         alpha, beta = float(fusion["alpha"]), float(fusion["beta"])
-        bonus = np.zeros(n)
-        clustered = np.zeros(n, dtype=bool)
-        for j, hn in enumerate(HEAD_NAMES):
-            if hn not in fusion["weights"]:
-                continue
-            wj = float(fusion["weights"][hn])
-            o = np.lexsort((ids, -vals[:, j]))  # rank order: position p has rank p + 1
-            v, z = vals[o, j], logits[o, j]
-            near = [not (relgap(v[t], v[t + 1]) > 1e-4 and
-                         abs(z[t] - z[t + 1]) > 1e-4 * max(1.0, abs(z[t]), abs(z[t + 1])))
-                    for t in range(n - 1)]
-            t = 0
-            while t < n - 1:
-                if not near[t]:
-                    t += 1
-                    continue
-                s0 = t
-                while t < n - 1 and near[t]:
-                    t += 1
-                for p in range(s0, t + 1):
-                    clustered[o[p]] = True
-                    bonus[o[p]] += wj / (s0 + 1 + alpha) ** beta - wj / (p + 1 + alpha) ** beta
-        if clustered[top].any():
+        heads = [(j, (lambda wj: lambda r: wj / (r + alpha) ** beta)(float(fusion["weights"][hn])))
+                 for j, hn in enumerate(HEAD_NAMES) if hn in fusion["weights"]]
+        if not rank_clusters_ok(ids, vals, logits, score, top, heads):
             ok = False
-        elif len(top):
-            kth = score[top[-1]]
-            rest = np.setdiff1d(np.arange(n), top)
-            if np.any(clustered[rest] & (score[rest] + bonus[rest] >= kth * (1 - 1e-4))):
-                ok = False
     # float32 probe: returned scores / heads agree to 1e-6 relative, same order
     _, vals32, _ = forward(feat, rows, query, w, np.float32)
     score32 = fuse(fusion, ids, vals32, np.float32).astype(np.float64)
@@ -378,58 +313,12 @@ def draw_query(rng, items, id_set, spec):
         "user_dense": {"user_stats": stats},
         "user_by_item": {"user_category_ctr": ucc},
     }
-    if spec == "full":
-        q["candidates"] = None
-        q["k"] = int(rng.integers(5, 31))
-        return q
-    all_ids = items["ids"]
-    if spec == "k_over":
-        m = int(rng.integers(20, 41))
-    else:
-        m = int(rng.integers(20, 196))
-    picked = [all_ids[i] for i in rng.choice(len(all_ids), m, replace=False)]
-    n_unknown = int(rng.integers(1, 4))
-    unknown = []
-    while len(unknown) < n_unknown:
-        u = int(rng.integers(1, 2**53)) if rng.random() < 0.5 else int(rng.integers(1, 3000))
-        if u not in id_set and u not in unknown:
-            unknown.append(u)
-    cands = picked + unknown
-    n_dup = int(rng.integers(1, 5))
-    cands += [picked[i] for i in rng.choice(len(picked), n_dup, replace=False)]
-    if rng.random() < 0.5:
-        cands.append(unknown[0])  # unknown ids are reported once
-    cands = [cands[i] for i in rng.permutation(len(cands))]
-    q["candidates"] = cands
-    if spec == "k_over":
-        q["k"] = 60
-    elif spec == "k1":
-        q["k"] = 1
-    else:
-        q["k"] = int(rng.integers(2, min(60, m) + 1))  # m distinct found ids
+    q["candidates"], q["k"] = draw_candidates(rng, items["ids"], id_set, spec)
     return q
 
 
 # --------------------------------------------------------------------------
 # writers
-
-
-def write_safetensors(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        b = a.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    header["__metadata__"] = {"format": "pt", "generator": "tests/three_tower/gen.py"}
-    hb = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    hb += b" " * (-len(hb) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
 
 
 def model_json(fusion):
@@ -455,30 +344,6 @@ def model_json(fusion):
     }
 
 
-def dumps(obj, indent=0):
-    """JSON with dicts expanded and lists of scalars / of scalar lists kept compact."""
-    pad = "  " * indent
-    if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        if all(not isinstance(v, (dict, list)) for v in obj.values()) and len(obj) <= 4:
-            return json.dumps(obj)
-        parts = ["%s  %s: %s" % (pad, json.dumps(k), dumps(v, indent + 1)) for k, v in obj.items()]
-        return "{\n" + ",\n".join(parts) + "\n" + pad + "}"
-    if isinstance(obj, list):
-        if all(not isinstance(v, (dict, list)) for v in obj):
-            return json.dumps(obj)
-        if all(isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v) for v in obj):
-            return "[\n" + ",\n".join(pad + "  " + json.dumps(v) for v in obj) + "\n" + pad + "]"
-        return "[\n" + ",\n".join(pad + "  " + dumps(v, indent + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj)
-
-
-def write_text(path, text):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text + "\n")
-
-
 def main():
     rng = np.random.default_rng(SEED)
     items = make_items(rng)
@@ -494,7 +359,7 @@ def main():
         d = os.path.join(OUT, bundle)
         os.makedirs(d, exist_ok=True)
         write_text(os.path.join(d, "model.json"), dumps(model_json(fusion)))
-        write_safetensors(os.path.join(d, "weights.safetensors"), weights)
+        write_safetensors(os.path.join(d, "weights.safetensors"), weights, "tests/three_tower/gen.py")
         specs = ["full", "k_over", "k1", "any", "any", "any", "any", "any"]
         queries = []
         redraws[bundle] = 0
