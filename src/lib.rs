@@ -37,7 +37,10 @@ mod write;
 pub use error::{Error, Result};
 pub use format::container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use io::fs::{Fs, FsFile, StdFs};
-pub use model::{Activation, ExampleBundle, Fusion, Model, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME, UserInputSpec, UserInputs, BUNDLE_FORMAT};
+pub use model::{
+    Activation, ExampleBundle, Fusion, Model, UserInputSpec, UserInputs, BUNDLE_FORMAT,
+    BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME,
+};
 #[doc(hidden)]
 pub use query::bench_support;
 pub use query::filter::Filter;

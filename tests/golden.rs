@@ -141,7 +141,10 @@ fn check_values(dir: &Path, bundle: bool, named: bool) {
         assert_eq!(s.model_names("prerank@v42"), vec!["ab", "default"]);
         let m = s.model_named("prerank@v42", "ab").unwrap();
         assert_eq!((m.name(), m.contract()), ("ab", 2));
-        assert!(s.model("prerank@v42").is_err(), "two bundles: one must be named");
+        assert!(
+            s.model("prerank@v42").is_err(),
+            "two bundles: one must be named"
+        );
     }
     if bundle {
         assert_eq!(s.model_keys(), vec!["prerank@v42"]);

@@ -309,11 +309,19 @@ fn every_v2_part_matches_the_numpy_reference() {
         let mut got = snap.model_names(KEY);
         got.sort();
         assert_eq!(got, names, "bundle names after re-adding {bundle}");
+        assert!(
+            snap.model_named_is_precomputed(KEY, name),
+            "{bundle} ({name}) was accepted for precomputing but is not precomputed"
+        );
         checked += check_case(&snap, c, &format!("{bundle} ({name}, precomputed)"));
         precomputed += 1;
     }
     // (A bundle whose list is empty, one without v2 upper parts, must be
     // precomputed as in v1: any refusal of it fails the assertion above.)
+    assert_eq!(
+        precomputed, 2,
+        "default and mmoe allow precomputing; the other three rule it out"
+    );
     assert_eq!(checked, 40 + 8 * precomputed);
 }
 

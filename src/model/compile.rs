@@ -39,8 +39,7 @@ impl Model {
             .sum();
         // SE scales every input per row, the user_dense ones too: then
         // they cannot be folded into a per-query bias.
-        let split =
-            se.is_empty() && !spec.cross.is_empty() && dense_in > 0 && dense_in < cross_in;
+        let split = se.is_empty() && !spec.cross.is_empty() && dense_in > 0 && dense_in < cross_in;
         let row_in = if split { cross_in - dense_in } else { cross_in };
         let (cross, cross_out) = layers(st, "cross", &spec.cross, cross_in)?;
         let item_tower = match &spec.item_tower {
@@ -67,9 +66,10 @@ impl Model {
             None => FirstLayer::default(),
         };
         // The item vector is read per row unless nothing reads it.
-        let reads_item = spec.upper_inputs.iter().any(|p| {
-            matches!(p, UpperPart::Item | UpperPart::Dot | UpperPart::Hadamard)
-        });
+        let reads_item = spec
+            .upper_inputs
+            .iter()
+            .any(|p| matches!(p, UpperPart::Item | UpperPart::Dot | UpperPart::Hadamard));
         let a_item = if reads_item { id } else { 0 };
         let pack_a = if upper.is_empty() || first.per_query() {
             gemm::Weights::new(&[], 0, 0, 0)
@@ -77,7 +77,12 @@ impl Model {
             first.pack_a(a_item, id, cross_out, None)
         };
         let out0 = upper.first().map_or(0, |d| d.out);
-        let pack_item = gemm::Weights::new(&first.item, id, id, if first.item.is_empty() { 0 } else { out0 });
+        let pack_item = gemm::Weights::new(
+            &first.item,
+            id,
+            id,
+            if first.item.is_empty() { 0 } else { out0 },
+        );
         let pack_cross = gemm::Weights::new(&first.cross, cross_out, cross_out, out0);
         let fusion = fusion(&spec.fusion, &heads, schema)?;
         Ok(Model {
@@ -148,12 +153,7 @@ fn embedding_key(spec: &Spec, schema: &Schema) -> Result<String> {
 
 /// The cross tower's inputs, each resolved against the schema and the
 /// weights ([`input`]); user input names unique.
-fn inputs(
-    path: &str,
-    list: &[InputSpec],
-    st: &Tensors<'_>,
-    schema: &Schema,
-) -> Result<Vec<Input>> {
+fn inputs(path: &str, list: &[InputSpec], st: &Tensors<'_>, schema: &Schema) -> Result<Vec<Input>> {
     let mut inputs = Vec::with_capacity(list.len());
     let mut names: Vec<&str> = Vec::new();
     for (i, inp) in list.iter().enumerate() {
@@ -315,7 +315,9 @@ fn se(spec: &Spec, st: &Tensors<'_>, n_inputs: usize) -> Result<Vec<Dense>> {
         let last = spec.se.len() - 1;
         return Err(bad(
             format!("cross.se.layers[{last}].weight"),
-            format!("the SE chain ends {out} wide; it must give one scale per cross input ({n_inputs})"),
+            format!(
+                "the SE chain ends {out} wide; it must give one scale per cross input ({n_inputs})"
+            ),
         ));
     }
     Ok(se)
@@ -400,7 +402,10 @@ fn mmoe(m: &super::spec::MmoeSpec, st: &Tensors<'_>, width: usize, n_heads: usiz
         if d.out != n {
             return Err(bad(
                 format!("upper.mmoe.gates[{h}].weight"),
-                format!("tensor {:?} has {} rows; a gate has one row per expert ({n})", g.weight, d.out),
+                format!(
+                    "tensor {:?} has {} rows; a gate has one row per expert ({n})",
+                    g.weight, d.out
+                ),
             ));
         }
         w.extend_from_slice(&d.w);
@@ -440,7 +445,12 @@ fn heads(spec: &Spec, st: &Tensors<'_>, schema: &Schema, head_in: usize) -> Resu
         let normalize = match &h.normalize {
             None => None,
             Some(n) => Some(Normalize {
-                column: numeric(schema, &format!("{field}.normalize.column"), &n.column, "normalize")?,
+                column: numeric(
+                    schema,
+                    &format!("{field}.normalize.column"),
+                    &n.column,
+                    "normalize",
+                )?,
                 bounds: n.bounds.clone(),
                 values: n.values.iter().map(|&v| v as f32).collect(),
             }),
@@ -495,7 +505,13 @@ impl FirstLayer {
     /// the item columns (plus, given the user vector, the `hadamard`
     /// columns scaled by it and the `dot` column times it) and the cross
     /// columns (zeros where a part is not an input).
-    pub(crate) fn pack_a(&self, a_item: usize, id: usize, co: usize, user: Option<&[f32]>) -> gemm::Weights {
+    pub(crate) fn pack_a(
+        &self,
+        a_item: usize,
+        id: usize,
+        co: usize,
+        user: Option<&[f32]>,
+    ) -> gemm::Weights {
         let out = self.out;
         let k = a_item + co;
         let mut w = vec![0f32; out * k];
@@ -534,8 +550,12 @@ pub(super) fn fusion(spec: &FusionSpec, heads: &[Head], schema: &Schema) -> Resu
             bad(
                 format!("fusion.{field}"),
                 format!(
-                    "names no head; the heads are [{}]",
-                    heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                    "{name:?} names no head; the heads are [{}]",
+                    heads
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })
@@ -546,17 +566,28 @@ pub(super) fn fusion(spec: &FusionSpec, heads: &[Head], schema: &Schema) -> Resu
     let per_head = |named: &[(String, f64)]| -> Vec<f64> {
         heads
             .iter()
-            .map(|h| named.iter().find(|(n, _)| *n == h.name).map_or(0.0, |(_, w)| *w))
+            .map(|h| {
+                named
+                    .iter()
+                    .find(|(n, _)| *n == h.name)
+                    .map_or(0.0, |(_, w)| *w)
+            })
             .collect()
     };
     let positive = |name: &str, field: String, why: &str| -> Result<()> {
-        let act = heads.iter().find(|h| h.name == name).map_or(Activation::Identity, |h| h.act);
+        let act = heads
+            .iter()
+            .find(|h| h.name == name)
+            .map_or(Activation::Identity, |h| h.act);
         if matches!(act, Activation::Sigmoid | Activation::Exp) {
             Ok(())
         } else {
             Err(bad(
                 field,
-                format!("{why}, so its heads must be positive (sigmoid or exp); head {name:?} is {}", act.name()),
+                format!(
+                    "{why}, so its heads must be positive (sigmoid or exp); head {name:?} is {}",
+                    act.name()
+                ),
             ))
         }
     };
@@ -565,12 +596,26 @@ pub(super) fn fusion(spec: &FusionSpec, heads: &[Head], schema: &Schema) -> Resu
         FusionSpec::Product { weights, columns } => {
             for (name, wt) in weights {
                 if *wt != 0.0 {
-                    positive(name, format!("fusion.weights.{name}"), "product fusion raises heads to powers")?;
+                    positive(
+                        name,
+                        format!("fusion.weights.{name}"),
+                        "product fusion raises heads to powers",
+                    )?;
                 }
             }
             let columns = columns
                 .iter()
-                .map(|(c, a)| Ok((numeric(schema, &format!("fusion.columns.{c}"), c, "a product fusion column")?, *a)))
+                .map(|(c, a)| {
+                    Ok((
+                        numeric(
+                            schema,
+                            &format!("fusion.columns.{c}"),
+                            c,
+                            "a product fusion column",
+                        )?,
+                        *a,
+                    ))
+                })
                 .collect::<Result<_>>()?;
             FusionPlan::Product {
                 w: per_head(weights),
@@ -584,17 +629,30 @@ pub(super) fn fusion(spec: &FusionSpec, heads: &[Head], schema: &Schema) -> Resu
         FusionSpec::OffsetProduct(terms) => {
             for (name, w, a) in terms {
                 if *w != 0.0 && *a != 0.0 {
-                    positive(name, format!("fusion.terms.{name}"), "offset_product raises 1 + w * p to powers")?;
+                    positive(
+                        name,
+                        format!("fusion.terms.{name}"),
+                        "offset_product raises 1 + w * p to powers",
+                    )?;
                 }
             }
             FusionPlan::OffsetProduct(
                 heads
                     .iter()
-                    .map(|h| terms.iter().find(|t| t.0 == h.name).map_or((0.0, 0.0), |t| (t.1, t.2)))
+                    .map(|h| {
+                        terms
+                            .iter()
+                            .find(|t| t.0 == h.name)
+                            .map_or((0.0, 0.0), |t| (t.1, t.2))
+                    })
                     .collect(),
             )
         }
-        FusionSpec::Rank { weights, alpha, beta } => FusionPlan::Rank {
+        FusionSpec::Rank {
+            weights,
+            alpha,
+            beta,
+        } => FusionPlan::Rank {
             w: per_head(weights),
             alpha: *alpha,
             beta: *beta,
@@ -602,7 +660,12 @@ pub(super) fn fusion(spec: &FusionSpec, heads: &[Head], schema: &Schema) -> Resu
         FusionSpec::RankPerHead(terms) => FusionPlan::RankPerHead(
             heads
                 .iter()
-                .map(|h| terms.iter().find(|t| t.0 == h.name).map_or((0.0, 0.0, 0.0), |t| (t.1, t.2, t.3)))
+                .map(|h| {
+                    terms
+                        .iter()
+                        .find(|t| t.0 == h.name)
+                        .map_or((0.0, 0.0, 0.0), |t| (t.1, t.2, t.3))
+                })
                 .collect(),
         ),
     })
@@ -625,7 +688,11 @@ fn tensor(
         safetensors::Dtype::F16 if st.v2 => |b| half::f16::from_le_bytes(b).to_f32(),
         safetensors::Dtype::BF16 if st.v2 => |b| half::bf16::from_le_bytes(b).to_f32(),
         d => {
-            let allowed = if st.v2 { "F32, F16 or BF16" } else { "F32 (F16 and BF16 need contract v2)" };
+            let allowed = if st.v2 {
+                "F32, F16 or BF16"
+            } else {
+                "F32 (F16 and BF16 need contract v2)"
+            };
             return Err(bad(
                 field,
                 format!("tensor {name:?} is {d:?}; tensors must be {allowed}"),
@@ -647,7 +714,10 @@ fn tensor(
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     } else {
-        t.data().chunks_exact(2).map(|c| decode([c[0], c[1]])).collect()
+        t.data()
+            .chunks_exact(2)
+            .map(|c| decode([c[0], c[1]]))
+            .collect()
     };
     if data.len() != got.iter().product::<usize>() {
         return Err(bad(
@@ -670,12 +740,7 @@ fn tensor(
     Ok((got, data))
 }
 
-fn table(
-    st: &Tensors<'_>,
-    field: &str,
-    name: &str,
-    rows: Option<usize>,
-) -> Result<Table> {
+fn table(st: &Tensors<'_>, field: &str, name: &str, rows: Option<usize>) -> Result<Table> {
     let (shape, data) = tensor(st, field, name, None)?;
     match shape[..] {
         [r, d] if r >= 1 && d >= 1 && rows.is_none_or(|want| want == r) => Ok(Table {
@@ -697,12 +762,7 @@ fn table(
     }
 }
 
-fn dense(
-    st: &Tensors<'_>,
-    field: &str,
-    l: &LayerSpec,
-    inp: usize,
-) -> Result<Dense> {
+fn dense(st: &Tensors<'_>, field: &str, l: &LayerSpec, inp: usize) -> Result<Dense> {
     let (shape, w) = tensor(st, &format!("{field}.weight"), &l.weight, None)?;
     let out = match shape[..] {
         [o, i] if i == inp && o >= 1 => o,

@@ -6,8 +6,8 @@
 
 use super::score::{ModelScratch, Prepared, SegmentInputs};
 use super::spec::FusionSpec;
-use crate::error::Result;
 use super::{FusionPlan, Model};
+use crate::error::Result;
 use crate::kernels::Loc;
 
 /// A fusion a query gives in place of its bundle's (contract v2,
@@ -74,22 +74,20 @@ impl Model {
         // head must not turn into 0 * inf = NaN).
         match self.fusion_of(prep) {
             FusionPlan::WeightedSum(w) => out.extend(rows.map(|h| weighted(h, w) as f32)),
-            FusionPlan::Product { w, columns } => {
-                out.extend(rows.zip(locs).map(|(h, loc)| {
-                    let mut p: f64 = (h.iter().zip(w))
-                        .filter(|(_, &w)| w != 0.0)
-                        .map(|(&p, &w)| (p as f64).powf(w))
-                        .product();
-                    let cols = &segs[loc.block as usize].fusion_cols;
-                    for (c, (_, a)) in cols.iter().zip(columns) {
-                        p *= (c[loc.row as usize] as f64).powf(*a);
-                    }
-                    p as f32
-                }))
+            FusionPlan::Product { w, columns } => out.extend(rows.zip(locs).map(|(h, loc)| {
+                let mut p: f64 = (h.iter().zip(w))
+                    .filter(|(_, &w)| w != 0.0)
+                    .map(|(&p, &w)| (p as f64).powf(w))
+                    .product();
+                let cols = &segs[loc.block as usize].fusion_cols;
+                for (c, (_, a)) in cols.iter().zip(columns) {
+                    p *= (c[loc.row as usize] as f64).powf(*a);
+                }
+                p as f32
+            })),
+            FusionPlan::ClickWeighted { base, w } => {
+                out.extend(rows.map(|h| (h[*base] as f64 * (1.0 + weighted(h, w))) as f32))
             }
-            FusionPlan::ClickWeighted { base, w } => out.extend(
-                rows.map(|h| (h[*base] as f64 * (1.0 + weighted(h, w))) as f32),
-            ),
             FusionPlan::OffsetProduct(terms) => out.extend(rows.map(|h| {
                 (h.iter().zip(terms))
                     .filter(|(_, &(w, a))| w != 0.0 && a != 0.0)

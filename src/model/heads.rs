@@ -90,7 +90,10 @@ impl Model {
     /// (before activation) into `out`.
     fn heads_one_by_one(&self, m: usize, s: &mut ModelScratch, out: &mut [f32]) {
         let nh = self.heads.len();
-        let (w, ne) = (self.width, self.mmoe.as_ref().map_or(0, |m| m.experts.len()));
+        let (w, ne) = (
+            self.width,
+            self.mmoe.as_ref().map_or(0, |m| m.experts.len()),
+        );
         if let Some(mm) = &self.mmoe {
             let d = mm.dim;
             for (e, layers) in mm.experts.iter().enumerate() {
@@ -131,7 +134,16 @@ impl Model {
                 Some(true) => &s.t1,
             };
             let o = &head.out;
-            matmul(m, input, width, &o.pack, &mut s.value, 1, Start::Bias(&o.b), false);
+            matmul(
+                m,
+                input,
+                width,
+                &o.pack,
+                &mut s.value,
+                1,
+                Start::Bias(&o.b),
+                false,
+            );
             for r in 0..m {
                 out[r * nh + h] = s.value[r];
             }

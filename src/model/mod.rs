@@ -29,10 +29,10 @@ pub use fuse::Fusion;
 pub(crate) use inputs::ByItem;
 pub use inputs::UserInputs;
 pub(crate) use parts::{ColumnRef, Dense, FirstLayer, FusionPlan, Head, Input, Mmoe, Transform};
-pub(crate) use spec::UpperPart;
 pub(crate) use score::ModelScratch;
 pub(crate) use score::{Prepared, SegmentInputs};
 use spec::bad;
+pub(crate) use spec::UpperPart;
 pub use spec::{Activation, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME};
 
 /// A model bundle as a pinned snapshot holds it: the model, its file, and
@@ -239,12 +239,7 @@ impl Model {
         } else {
             format!("{}.{}.upper0", self.version, self.name)
         };
-        crate::schema::EmbeddingDef::new(
-            &self.space,
-            &version,
-            self.upper[0].out as u32,
-            dtype,
-        )
+        crate::schema::EmbeddingDef::new(&self.space, &version, self.upper[0].out as u32, dtype)
     }
 
     /// Computes the precomputed rows `first..first + out.len() / width` of
@@ -318,8 +313,14 @@ impl Model {
     /// before the tower split saves any.
     pub fn macs_per_item(&self) -> usize {
         let layers = self.se.iter().chain(&self.cross).chain(&self.upper);
-        let mmoe = self.mmoe.iter().flat_map(|m| m.experts.iter().flatten().chain([&m.gates]));
-        let heads = self.heads.iter().flat_map(|h| h.tower.iter().chain([&h.out]));
+        let mmoe = self
+            .mmoe
+            .iter()
+            .flat_map(|m| m.experts.iter().flatten().chain([&m.gates]));
+        let heads = self
+            .heads
+            .iter()
+            .flat_map(|h| h.tower.iter().chain([&h.out]));
         layers.chain(mmoe).chain(heads).map(|d| d.inp * d.out).sum()
     }
 
@@ -360,13 +361,18 @@ impl Model {
     /// for this model, or `None` if it can.
     pub fn precompute_refusal(&self) -> Option<String> {
         if self.upper.is_empty() {
-            return Some("the bundle has no upper layers, so there is no first layer to precompute".into());
+            return Some(
+                "upper.layers is empty, so there is no first upper layer to precompute".into(),
+            );
         }
         if self.first.per_query() {
-            return Some("upper.inputs has dot or hadamard: the first layer's item columns depend on the user vector".into());
+            return Some("upper.inputs has dot or hadamard: the first upper layer's item columns depend on the user vector".into());
         }
         if self.first.item.is_empty() {
-            return Some("upper.inputs has no \"item\" part: the first layer does not read the item vector".into());
+            return Some(
+                "upper.inputs has no \"item\" part: the first layer does not read the item vector"
+                    .into(),
+            );
         }
         None
     }
@@ -379,18 +385,36 @@ impl Model {
         if !self.se.is_empty() {
             parts.push(format!("SE {} layers", self.se.len()));
         }
-        let widths = |ds: &[Dense]| ds.iter().map(|d| d.out.to_string()).collect::<Vec<_>>().join("-");
+        let widths = |ds: &[Dense]| {
+            ds.iter()
+                .map(|d| d.out.to_string())
+                .collect::<Vec<_>>()
+                .join("-")
+        };
         if !self.cross.is_empty() {
             parts.push(format!("cross {}", widths(&self.cross)));
         }
         parts.push(format!(
             "upper [{}] {} wide, {}",
-            self.upper_parts.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
+            self.upper_parts
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(","),
             self.upper_in,
-            if self.upper.is_empty() { "no layers".to_string() } else { widths(&self.upper) }
+            if self.upper.is_empty() {
+                "no layers".to_string()
+            } else {
+                widths(&self.upper)
+            }
         ));
         if let Some(m) = &self.mmoe {
-            parts.push(format!("MMoE {} experts x {}, {} gates", m.experts.len(), m.dim, self.heads.len()));
+            parts.push(format!(
+                "MMoE {} experts x {}, {} gates",
+                m.experts.len(),
+                m.dim,
+                self.heads.len()
+            ));
         }
         let towers = self.heads.iter().filter(|h| !h.tower.is_empty()).count();
         if towers > 0 {

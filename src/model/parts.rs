@@ -127,10 +127,12 @@ impl FusionPlan {
     /// Whether the fusion reads head `h`.
     pub(crate) fn reads_head(&self, h: usize) -> bool {
         match self {
-            FusionPlan::WeightedSum(w) | FusionPlan::Product { w, .. } | FusionPlan::Rank { w, .. } => {
-                w.get(h).is_some_and(|&w| w != 0.0)
+            FusionPlan::WeightedSum(w)
+            | FusionPlan::Product { w, .. }
+            | FusionPlan::Rank { w, .. } => w.get(h).is_some_and(|&w| w != 0.0),
+            FusionPlan::ClickWeighted { base, w } => {
+                *base == h || w.get(h).is_some_and(|&w| w != 0.0)
             }
-            FusionPlan::ClickWeighted { base, w } => *base == h || w.get(h).is_some_and(|&w| w != 0.0),
             FusionPlan::OffsetProduct(t) => t.get(h).is_some_and(|&(w, a)| w != 0.0 && a != 0.0),
             FusionPlan::RankPerHead(t) => t.get(h).is_some_and(|&(w, ..)| w != 0.0),
         }

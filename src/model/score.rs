@@ -8,7 +8,10 @@
 //! part of the first upper layer (`W[:, ..user_dim] @ user + b`) is computed
 //! once per query and starts each row's accumulator.
 
-use super::{Activation, ByItem, ColumnRef, Dense, FusionPlan, Input, Model, Transform, UpperPart, UserInputs};
+use super::{
+    Activation, ByItem, ColumnRef, Dense, FusionPlan, Input, Model, Transform, UpperPart,
+    UserInputs,
+};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{matmul_prefetching, Start};
 use crate::kernels::{self, Loc};
@@ -318,9 +321,15 @@ impl Model {
             .then(|| f.pack_a(self.a_item, self.item_dim, self.cross_out, Some(user)));
         let fusion = match fusion {
             None => None,
-            Some(spec) => Some(super::compile::fusion(spec, &self.heads, schema).map_err(|e| {
-                Error::InvalidInput(format!("the query's fusion for bundle {} of {}: {e}", self.name(), self.key()))
-            })?),
+            Some(spec) => Some(
+                super::compile::fusion(spec, &self.heads, schema).map_err(|e| {
+                    Error::InvalidInput(format!(
+                        "the query's fusion for bundle {} of {}: {e}",
+                        self.name(),
+                        self.key()
+                    ))
+                })?,
+            ),
         };
         let mut c0 = Vec::new();
         if let (true, Some(d)) = (self.split, self.cross.first()) {
@@ -528,7 +537,17 @@ impl Model {
         }
         let mut ld = f;
         for d in &self.se {
-            layer(d, m, &s.h0, ld, &d.pack, &mut s.h1, d.out, Start::Bias(&d.b), &[]);
+            layer(
+                d,
+                m,
+                &s.h0,
+                ld,
+                &d.pack,
+                &mut s.h1,
+                d.out,
+                Start::Bias(&d.b),
+                &[],
+            );
             std::mem::swap(&mut s.h0, &mut s.h1);
             ld = d.out;
         }
@@ -547,7 +566,14 @@ impl Model {
 
     /// Step 3 without upper layers: each row's upper input (the parts of
     /// `upper.inputs`, in order) into `s.h0`, `width` per row.
-    fn upper_input_block(&self, prep: &Prepared<'_>, m: usize, id: usize, lda: usize, s: &mut ModelScratch) {
+    fn upper_input_block(
+        &self,
+        prep: &Prepared<'_>,
+        m: usize,
+        id: usize,
+        lda: usize,
+        s: &mut ModelScratch,
+    ) {
         let (u, w) = (&prep.user[..], self.width);
         for r in 0..m {
             let a = &s.a[r * lda..(r + 1) * lda];
@@ -645,7 +671,10 @@ impl Model {
         let w0 = &self.upper[0];
         let mut rows: [&[u8]; BLOCK] = [&[]; BLOCK];
         let (pack, start) = match item_part {
-            ItemPart::Multiplied => (prep.pack_a.as_ref().unwrap_or(&self.pack_a), Start::Bias(&prep.u0)),
+            ItemPart::Multiplied => (
+                prep.pack_a.as_ref().unwrap_or(&self.pack_a),
+                Start::Bias(&prep.u0),
+            ),
             ItemPart::Stored { half } => {
                 for (slot, loc) in rows.iter_mut().zip(block) {
                     let p = segs[loc.block as usize].pre.as_ref();

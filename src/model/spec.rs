@@ -193,7 +193,11 @@ impl FusionSpec {
             }
             FusionSpec::ClickWeighted { base, weights } => {
                 out.push(("base".to_string(), base.as_str()));
-                out.extend(weights.iter().map(|(h, _)| (format!("weights.{h}"), h.as_str())));
+                out.extend(
+                    weights
+                        .iter()
+                        .map(|(h, _)| (format!("weights.{h}"), h.as_str())),
+                );
             }
             FusionSpec::OffsetProduct(t) => {
                 out.extend(t.iter().map(|(h, ..)| (format!("terms.{h}"), h.as_str())))
@@ -584,7 +588,11 @@ fn fusion(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
             for (h, v) in t.map {
                 let o = Obj::new(&format!("{field}.{h}"), v)?;
                 o.only(&["weight", "exponent"])?;
-                let w = nonneg(o.field("weight"), o.num("weight")?, "1 + w * p must stay positive")?;
+                let w = nonneg(
+                    o.field("weight"),
+                    o.num("weight")?,
+                    "1 + w * p must stay positive",
+                )?;
                 terms.push((h.clone(), w, o.num("exponent")?));
             }
             FusionSpec::OffsetProduct(terms)
@@ -598,8 +606,16 @@ fn fusion(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
             for (h, v) in t.map {
                 let o = Obj::new(&format!("{field}.{h}"), v)?;
                 o.only(&["weight", "alpha", "beta"])?;
-                let a = nonneg(o.field("alpha"), o.num("alpha")?, "a better rank must not score less")?;
-                let b = nonneg(o.field("beta"), o.num("beta")?, "rank^alpha + beta must stay positive")?;
+                let a = nonneg(
+                    o.field("alpha"),
+                    o.num("alpha")?,
+                    "a better rank must not score less",
+                )?;
+                let b = nonneg(
+                    o.field("beta"),
+                    o.num("beta")?,
+                    "rank^alpha + beta must stay positive",
+                )?;
                 terms.push((h.clone(), o.num("weight")?, a, b));
             }
             FusionSpec::RankPerHead(terms)
@@ -658,7 +674,10 @@ fn item_tower(o: &Obj<'_>) -> Result<ItemTowerSpec> {
     o.only(&["inputs", "layers"])?;
     let inputs = cross_inputs(o)?;
     for (i, inp) in inputs.iter().enumerate() {
-        if matches!(inp, InputSpec::UserDense { .. } | InputSpec::UserByItem { .. }) {
+        if matches!(
+            inp,
+            InputSpec::UserDense { .. } | InputSpec::UserByItem { .. }
+        ) {
             return Err(bad(
                 format!("{}[{i}].kind", o.field("inputs")),
                 "the item tower reads item profile columns only (item_numeric, item_categorical)",
@@ -685,12 +704,12 @@ fn upper_inputs(upper: &Obj<'_>) -> Result<Vec<UpperPart>> {
             Some("cross") => UpperPart::Cross,
             Some("dot") => UpperPart::Dot,
             Some("hadamard") => UpperPart::Hadamard,
-            _ => {
-                return Err(bad(
-                    format!("{path}[{i}]"),
-                    format!("{v} is not an upper input; expected one of [user, item, cross, dot, hadamard]"),
-                ))
-            }
+            _ => return Err(bad(
+                format!("{path}[{i}]"),
+                format!(
+                    "{v} is not an upper input; expected one of [user, item, cross, dot, hadamard]"
+                ),
+            )),
         };
         if parts.contains(&part) {
             return Err(bad(
@@ -737,7 +756,10 @@ fn mmoe(o: &Obj<'_>, heads: &[HeadSpec]) -> Result<MmoeSpec> {
         let Some(v) = g.get(&h.name) else {
             return Err(bad(
                 format!("{field}.{}", h.name),
-                format!("head {:?} has no gate; with mmoe every head needs one", h.name),
+                format!(
+                    "head {:?} has no gate; with mmoe every head needs one",
+                    h.name
+                ),
             ));
         };
         let o = Obj::new(&format!("{field}.{}", h.name), v)?;
@@ -772,7 +794,10 @@ fn normalize(o: &Obj<'_>) -> Result<NormalizeSpec> {
             if x > 0.0 {
                 Ok(x)
             } else {
-                Err(bad(format!("{vf}[{i}]"), format!("must be > 0 (a divisor), found {x}")))
+                Err(bad(
+                    format!("{vf}[{i}]"),
+                    format!("must be > 0 (a divisor), found {x}"),
+                ))
             }
         })
         .collect::<Result<Vec<f64>>>()?;
@@ -865,20 +890,30 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     // The tag first: a bundle of another format may well have keys this
     // one does not know, and the tag is what is wrong with it.
     let format = o.str("format")?;
-    let v2 = match format {
-        BUNDLE_FORMAT => false,
-        BUNDLE_FORMAT_V2 => true,
-        _ => {
-            return Err(bad(
+    let v2 =
+        match format {
+            BUNDLE_FORMAT => false,
+            BUNDLE_FORMAT_V2 => true,
+            _ => return Err(bad(
                 "format",
-                format!("is {format:?}; this build reads {BUNDLE_FORMAT:?} and {BUNDLE_FORMAT_V2:?}"),
-            ))
-        }
-    };
+                format!(
+                    "is {format:?}; this build reads {BUNDLE_FORMAT:?} and {BUNDLE_FORMAT_V2:?}"
+                ),
+            )),
+        };
     let top: &[&str] = if v2 {
         &[
-            "format", "name", "space", "version", "user_dim", "item_dim", "cross", "item_tower",
-            "upper", "heads", "fusion",
+            "format",
+            "name",
+            "space",
+            "version",
+            "user_dim",
+            "item_dim",
+            "cross",
+            "item_tower",
+            "upper",
+            "heads",
+            "fusion",
         ]
     } else {
         &[

@@ -157,7 +157,7 @@ enum Scorer<'q, 's> {
     },
     Model {
         model: &'s Model,
-        prep: Prepared<'q>,
+        prep: Box<Prepared<'q>>,
         segs: Vec<SegmentInputs<'s>>,
     },
 }
@@ -369,7 +369,7 @@ impl Snapshot {
                 }
                 Scorer::Model {
                     model,
-                    prep,
+                    prep: Box::new(prep),
                     segs: inputs,
                 }
             }

@@ -227,7 +227,11 @@ impl Snapshot {
     /// The bundle for `key` named `name`, or the only one if `name` is
     /// `None`.
     pub(crate) fn loaded_model(&self, key: &str, name: Option<&str>) -> Result<&LoadedModel> {
-        let mut of_key = self.models.iter().filter(|m| m.model.key() == key).peekable();
+        let mut of_key = self
+            .models
+            .iter()
+            .filter(|m| m.model.key() == key)
+            .peekable();
         if of_key.peek().is_none() {
             return Err(Error::NoModel {
                 snapshot: self.number(),
@@ -254,12 +258,14 @@ impl Snapshot {
     /// [`Snapshot::model`]) was added with its item part precomputed (see
     /// [`crate::Transaction::add_model_precomputed`]).
     pub fn model_is_precomputed(&self, key: &str) -> bool {
-        self.loaded_model(key, None).is_ok_and(|m| !m.pre.is_empty())
+        self.loaded_model(key, None)
+            .is_ok_and(|m| !m.pre.is_empty())
     }
 
     /// [`Snapshot::model_is_precomputed`] for the bundle named `name`.
     pub fn model_named_is_precomputed(&self, key: &str, name: &str) -> bool {
-        self.loaded_model(key, Some(name)).is_ok_and(|m| !m.pre.is_empty())
+        self.loaded_model(key, Some(name))
+            .is_ok_and(|m| !m.pre.is_empty())
     }
 
     /// Where live item `id` is, if the snapshot holds it: the fast,

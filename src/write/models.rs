@@ -95,7 +95,8 @@ impl Transaction<'_> {
                 .collect();
             for s in missing {
                 let seg_id = self.segments[s].meta.id;
-                let name = self.fresh_name(seg_id, &format!("pre-{}", id.replace('#', ".")), "vcol");
+                let name =
+                    self.fresh_name(seg_id, &format!("pre-{}", id.replace('#', ".")), "vcol");
                 let path = self.path(&name);
                 let seg = self.segment(s);
                 let emb = seg
