@@ -50,7 +50,7 @@ impl Model {
         let upper_in = upper_width(&spec, cross_out)?;
         let (upper, width) = layers(st, "upper", &spec.upper, upper_in)?;
         let mmoe = match &spec.mmoe {
-            Some(m) => Some(mmoe(m, st, width, spec.heads.len())?),
+            Some(m) => Some(mmoe(m, st, width, &spec.heads)?),
             None => None,
         };
         let head_in = mmoe.as_ref().map_or(width, |m| m.dim);
@@ -377,7 +377,13 @@ fn upper_width(spec: &Spec, cross_out: usize) -> Result<usize> {
 
 /// `upper.mmoe`: every expert over the `width` upper outputs, to one
 /// common dimension; the gates `[experts, width]`, stacked in head order.
-fn mmoe(m: &super::spec::MmoeSpec, st: &Tensors<'_>, width: usize, n_heads: usize) -> Result<Mmoe> {
+fn mmoe(
+    m: &super::spec::MmoeSpec,
+    st: &Tensors<'_>,
+    width: usize,
+    heads: &[super::spec::HeadSpec],
+) -> Result<Mmoe> {
+    let n_heads = heads.len();
     let mut experts = Vec::new();
     let mut dim = None;
     for (i, e) in m.experts.iter().enumerate() {
@@ -397,11 +403,12 @@ fn mmoe(m: &super::spec::MmoeSpec, st: &Tensors<'_>, width: usize, n_heads: usiz
     let n = experts.len();
     let mut w = Vec::with_capacity(n_heads * n * width);
     let mut b = Vec::with_capacity(n_heads * n);
-    for (h, g) in m.gates.iter().enumerate() {
-        let d = dense(st, &format!("upper.mmoe.gates[{h}]"), g, width)?;
+    for (h, g) in heads.iter().zip(&m.gates) {
+        let field = format!("upper.mmoe.gates.{}", h.name);
+        let d = dense(st, &field, g, width)?;
         if d.out != n {
             return Err(bad(
-                format!("upper.mmoe.gates[{h}].weight"),
+                format!("{field}.weight"),
                 format!(
                     "tensor {:?} has {} rows; a gate has one row per expert ({n})",
                     g.weight, d.out

@@ -704,12 +704,14 @@ fn upper_inputs(upper: &Obj<'_>) -> Result<Vec<UpperPart>> {
             Some("cross") => UpperPart::Cross,
             Some("dot") => UpperPart::Dot,
             Some("hadamard") => UpperPart::Hadamard,
-            _ => return Err(bad(
-                format!("{path}[{i}]"),
-                format!(
+            _ => {
+                return Err(bad(
+                    format!("{path}[{i}]"),
+                    format!(
                     "{v} is not an upper input; expected one of [user, item, cross, dot, hadamard]"
                 ),
-            )),
+                ))
+            }
         };
         if parts.contains(&part) {
             return Err(bad(
@@ -890,17 +892,18 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     // The tag first: a bundle of another format may well have keys this
     // one does not know, and the tag is what is wrong with it.
     let format = o.str("format")?;
-    let v2 =
-        match format {
-            BUNDLE_FORMAT => false,
-            BUNDLE_FORMAT_V2 => true,
-            _ => return Err(bad(
+    let v2 = match format {
+        BUNDLE_FORMAT => false,
+        BUNDLE_FORMAT_V2 => true,
+        _ => {
+            return Err(bad(
                 "format",
                 format!(
                     "is {format:?}; this build reads {BUNDLE_FORMAT:?} and {BUNDLE_FORMAT_V2:?}"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let top: &[&str] = if v2 {
         &[
             "format",

@@ -42,8 +42,8 @@ pub enum Cmd {
     UpdateStats(UpdateStatsArgs),
     /// Add a model bundle (model.json + weights.safetensors) for three-tower scoring.
     AddModel(AddModelArgs),
-    /// Remove the model bundle of an embedding version.
-    DropModel(DropArgs),
+    /// Remove a model bundle of an embedding version (by name when there are several).
+    DropModel(DropModelArgs),
     /// Add new items (ids must be new) as a new segment.
     AddItems(ItemsArgs),
     /// Add or replace items (a newer row shadows the old one).
@@ -181,9 +181,22 @@ pub struct AddModelArgs {
     /// Precompute the first-layer item part, stored as f32 or f16.
     #[arg(long, value_name = "DTYPE")]
     pub precompute: Option<String>,
-    /// Replace a bundle the store already holds for the same version.
+    /// Replace the bundle the store already holds for the same version
+    /// under the same name (`name` in model.json; "default" if none).
     #[arg(long)]
     pub replace: bool,
+}
+
+/// `drop-model`.
+#[derive(Debug, Args)]
+pub struct DropModelArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// The embedding version, `space@version`.
+    pub key: String,
+    /// The bundle's name (needed when the version has several bundles).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// `add-items` and `upsert-items`.
@@ -288,6 +301,15 @@ pub struct QueryArgs {
     /// Also print each head's calibrated output.
     #[arg(long, requires = "three_tower")]
     pub heads: bool,
+    /// The bundle to score with, by name (needed when the version has
+    /// several bundles).
+    #[arg(long = "model", value_name = "NAME", requires = "three_tower")]
+    pub model: Option<String>,
+    /// A fusion to use instead of the bundle's, for this query: a JSON
+    /// object (`{"kind": "weighted_sum", "weights": {...}}`) or a file
+    /// holding one.
+    #[arg(long, value_name = "JSON|FILE", requires = "three_tower")]
+    pub fusion: Option<String>,
     /// A filter on profile columns, ANDed when repeated: `COL in 1,2`,
     /// `COL not in 3`, `COL between LO HI`.
     #[arg(long = "where", value_name = "EXPR")]

@@ -843,3 +843,123 @@ fn verify_and_inspect_snapshot_work_past_a_damaged_newest_snapshot() {
     let e = fails(&["inspect", s, "--snapshot", "9"]);
     assert!(e.contains("snapshot 9 is not retained"), "{e}");
 }
+
+#[test]
+fn named_v2_bundles_query_with_model_and_fusion_and_drop_by_name() {
+    let d = Data::new();
+    d.build("s");
+    // The data's bundle as contract v2, named "ab", fusing by click alone.
+    let mut j: Value =
+        serde_json::from_slice(&std::fs::read(d.path("model/model.json")).unwrap()).unwrap();
+    j["format"] = serde_json::json!("vstore.three_tower.v2");
+    j["name"] = serde_json::json!("ab");
+    j["fusion"] = serde_json::json!({"kind": "click_weighted", "base": "click", "weights": {}});
+    std::fs::create_dir_all(d.path("model_ab")).unwrap();
+    std::fs::write(d.path("model_ab/model.json"), j.to_string()).unwrap();
+    std::fs::copy(
+        d.path("model/weights.safetensors"),
+        d.path("model_ab/weights.safetensors"),
+    )
+    .unwrap();
+    let out = ok(&["add-model", &d.p("s"), &d.p("model_ab")]);
+    assert!(
+        out.contains("added a bundle for prerank@v1 named \"ab\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("contract v2") && out.contains("click_weighted"),
+        "{out}"
+    );
+    // The same name again needs --replace.
+    let e = fails(&["add-model", &d.p("s"), &d.p("model_ab")]);
+    assert!(e.contains("--replace") && e.contains("\"ab\""), "{e}");
+    let v = json(&ok(&["inspect", &d.p("s"), "--json"]));
+    let names: Vec<&str> = (v["bundles"].as_array().unwrap().iter())
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ab", "default"]);
+    let text = ok(&["inspect", &d.p("s")]);
+    assert!(text.contains("prerank@v1 ab: "), "{text}");
+
+    let u = user();
+    std::fs::write(
+        d.path("user.json"),
+        serde_json::json!({"vector": u}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("inputs.json"),
+        serde_json::json!({
+            "dense": {"user_stats": [0.1, -0.2, 0.3, 0.0, 0.5, -0.1, 0.2, 0.05]},
+            "by_item": {"user_category_ctr": {"1": [0.05]}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let query = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "query".to_string(),
+            d.p("s"),
+            "--embedding".into(),
+            "prerank@v1".into(),
+            "--user".into(),
+            d.p("user.json"),
+            "--all".into(),
+            "-k".into(),
+            "10".into(),
+            "--three-tower".into(),
+            "--inputs".into(),
+            d.p("inputs.json"),
+            "--heads".into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |extra: &[&str]| -> Value {
+        let a = query(extra);
+        json(&ok(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    // Two bundles: one must be named.
+    let a = query(&[]);
+    let e = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("[ab, default]"), "{e}");
+    // "ab" fuses by click: each score is its click head.
+    let v = run(&["--model", "ab"]);
+    for h in v["hits"].as_array().unwrap() {
+        assert_eq!(h["score"], h["heads"]["click"]);
+    }
+    // A fusion per query, inline and from a file, ranks by like alone.
+    let f = r#"{"kind": "weighted_sum", "weights": {"like": 1.0}}"#;
+    std::fs::write(d.path("fusion.json"), f).unwrap();
+    for given in [f.to_string(), d.p("fusion.json")] {
+        let v = run(&["--model", "default", "--fusion", &given]);
+        let hits = v["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 10);
+        for h in hits {
+            assert_eq!(h["score"], h["heads"]["like"]);
+        }
+    }
+    let a = query(&[
+        "--model",
+        "ab",
+        "--fusion",
+        r#"{"kind": "weighted_sum", "weights": {"liked": 1.0}}"#,
+    ]);
+    let e = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("fusion.weights.liked"), "{e}");
+    let a = query(&["--model", "ab", "--fusion", r#"{"kind": "sum"}"#]);
+    let e = usage_fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("fusion.kind"), "{e}");
+
+    // drop-model needs the name when there are several.
+    let e = fails(&["drop-model", &d.p("s"), "prerank@v1"]);
+    assert!(e.contains("[ab, default]"), "{e}");
+    let out = ok(&["drop-model", &d.p("s"), "prerank@v1", "--name", "ab"]);
+    assert!(
+        out.contains("dropped the bundle \"ab\" for prerank@v1"),
+        "{out}"
+    );
+    let snap = Store::open(d.path("s")).unwrap().snapshot();
+    assert_eq!(snap.model_names("prerank@v1"), ["default"]);
+}

@@ -54,7 +54,7 @@ fn snapshot_row(n: u64, s: &Snapshot) -> Value {
         "items": s.len(),
         "segments": s.segments().len(),
         "embeddings": s.embedding_keys(),
-        "bundles": s.model_keys(),
+        "bundles": bundle_labels(s),
         "files": s.files().len(),
         "bytes": snapshot_size(s),
     })
@@ -190,10 +190,30 @@ fn embedding_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// Each bundle of `snap` as `space@version`, or `space@version name` when
+/// it is named other than "default".
+fn bundle_labels(snap: &Snapshot) -> Vec<String> {
+    (snap.model_keys().iter())
+        .flat_map(|k| {
+            snap.model_names(k).into_iter().map(move |n| {
+                if n == vstore::DEFAULT_BUNDLE_NAME {
+                    k.clone()
+                } else {
+                    format!("{k} {n}")
+                }
+            })
+        })
+        .collect()
+}
+
 fn bundle_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
     let mut out = Vec::new();
-    for key in snap.model_keys() {
-        let m = snap.model(&key)?;
+    for (key, name) in (snap.model_keys().into_iter()).flat_map(|k| {
+        snap.model_names(&k)
+            .into_iter()
+            .map(move |n| (k.clone(), n))
+    }) {
+        let m = snap.model_named(&key, &name)?;
         let inputs: Vec<Value> = m
             .user_inputs()
             .into_iter()
@@ -208,12 +228,16 @@ fn bundle_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
             .collect();
         out.push(json!({
             "key": key,
+            "name": name,
+            "contract": m.contract(),
+            "parts": m.describe(),
             "heads": m.head_names(),
             "user_dim": m.user_dim(),
             "item_dim": m.item_dim(),
             "user_inputs": inputs,
             "macs_per_item": m.macs_per_item(),
-            "precomputed": snap.model_is_precomputed(&key),
+            "macs_per_item_run": m.macs_per_item_split(),
+            "precomputed": snap.model_named_is_precomputed(&key, &name),
         }));
     }
     Ok(out)
@@ -449,6 +473,8 @@ fn print_bundles(out: &mut dyn Write, v: &Value) -> Result<()> {
         say!(out, "\nmodel bundles:");
         let mut t = TextTable::new(&[
             "version",
+            "name",
+            "v",
             "heads",
             "user inputs",
             "MACs/item",
@@ -470,6 +496,8 @@ fn print_bundles(out: &mut dyn Write, v: &Value) -> Result<()> {
                 .collect();
             t.row(vec![
                 text(&b["key"]),
+                text(&b["name"]),
+                num(&b["contract"]),
                 strs(&b["heads"]),
                 if inputs.is_empty() {
                     "-".into()
@@ -486,6 +514,15 @@ fn print_bundles(out: &mut dyn Write, v: &Value) -> Result<()> {
             ]);
         }
         t.print(out, 2)?;
+        for b in bs {
+            say!(
+                out,
+                "  {} {}: {}",
+                text(&b["key"]),
+                text(&b["name"]),
+                text(&b["parts"])
+            );
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use vstore::{Dtype, Model, Writer};
 
-use crate::cli::{AddModelArgs, DropArgs};
+use crate::cli::{AddModelArgs, DropModelArgs};
 use crate::error::{Context, Result, ToolError};
 use crate::report;
 use crate::say;
@@ -44,28 +44,36 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let what = || format!("model bundle {}", a.bundle.display());
     // Checked against a pinned snapshot before the writer's lock is taken,
     // so a refusal leaves the store as it was (the writer checks again).
-    let check = |schema: &vstore::Schema, held: Vec<String>| -> Result<(String, bool)> {
-        let key = Model::load(&json, &weights, schema)
-            .context(what)?
-            .key()
-            .to_string();
-        let replacing = held.contains(&key);
+    let check = |schema: &vstore::Schema,
+                 snap: Option<&vstore::Snapshot>|
+     -> Result<(Model, bool)> {
+        let m = Model::load(&json, &weights, schema).context(what)?;
+        let held = snap.map(|s| s.model_names(m.key())).unwrap_or_default();
+        let replacing = held.iter().any(|n| n == m.name());
         if replacing && !a.replace {
             return Err(ToolError::Refused(format!(
-                "the store already holds a bundle for {key}; pass --replace to replace it"
+                "the store already holds a bundle named {:?} for {}; pass --replace to replace it, or give the new bundle another \"name\" in model.json",
+                m.name(),
+                m.key()
             )));
         }
-        Ok((key, replacing))
+        if let (Some(d), Some(why)) = (pre, m.precompute_refusal()) {
+            return Err(ToolError::Refused(format!(
+                "--precompute {}: {why}",
+                d.name()
+            )));
+        }
+        Ok((m, replacing))
     };
     {
         let store = super::open_store(&a.store)?;
         let snap = store.snapshot();
-        check(snap.schema(), snap.model_keys())?;
+        check(snap.schema(), Some(&snap))?;
     }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
-    let held = base.as_ref().map(|b| b.model_keys()).unwrap_or_default();
-    let (key, replacing) = check(w.schema(), held)?;
+    let (model, replacing) = check(w.schema(), base.as_deref())?;
+    let (key, name) = (model.key().to_string(), model.name().to_string());
     let t = Instant::now();
     let mut tx = w.begin();
     match pre {
@@ -74,41 +82,54 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     }
     .context(what)?;
     let snap = tx.commit()?;
+    let named = if name == vstore::DEFAULT_BUNDLE_NAME {
+        String::new()
+    } else {
+        format!(" named {name:?}")
+    };
     say!(
         out,
-        "{} bundle for {key}{}",
+        "{} bundle for {key}{named}{}",
         if replacing { "replaced the" } else { "added a" },
         match pre {
             Some(d) => format!(" (first-layer item part precomputed as {})", d.name()),
             None => String::new(),
         }
     );
+    say!(
+        out,
+        "  contract v{}: {}",
+        model.contract(),
+        model.describe()
+    );
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }
 
 /// Runs `drop-model`.
-pub fn drop_model(a: &DropArgs, out: &mut dyn Write) -> Result<()> {
+pub fn drop_model(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
+    let drop = |tx: &mut vstore::Transaction<'_>| match &a.name {
+        Some(n) => tx.drop_model_named(&a.key, n),
+        None => tx.drop_model(&a.key),
+    };
     // Checked against a pinned snapshot before the writer's lock is taken,
-    // with the writer's own error (the writer checks again).
+    // with the library's own error (the writer checks again).
     {
         let store = super::open_store(&a.store)?;
         let snap = store.snapshot();
-        let held = snap.model_keys();
-        if !held.contains(&a.key) {
-            return Err(vstore::Error::NoModel {
-                snapshot: snap.number(),
-                requested: a.key.clone(),
-                available: held,
-            }
-            .into());
-        }
+        match &a.name {
+            Some(n) => snap.model_named(&a.key, n).map(|_| ()),
+            None => snap.model(&a.key).map(|_| ()),
+        }?;
     }
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();
     let mut tx = w.begin();
-    tx.drop_model(&a.key)?;
+    drop(&mut tx)?;
     let snap = tx.commit()?;
-    say!(out, "dropped the bundle for {}", a.key);
+    match &a.name {
+        Some(n) => say!(out, "dropped the bundle {n:?} for {}", a.key),
+        None => say!(out, "dropped the bundle for {}", a.key),
+    }
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }

@@ -225,10 +225,17 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = &filter {
         q = q.filter(f);
     }
+    let fusion = a.fusion.as_deref().map(read_fusion).transpose()?;
     if a.three_tower {
         q = q.three_tower(&inputs);
         if a.heads {
             q = q.with_heads();
+        }
+        if let Some(name) = &a.model {
+            q = q.model(name);
+        }
+        if let Some(f) = &fusion {
+            q = q.fusion(f);
         }
     }
     let mut scratch = Scratch::default();
@@ -258,6 +265,19 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     } else {
         print_text(out, a, kind, &r, &lat)
     }
+}
+
+/// `--fusion`: a JSON object given inline (it starts with `{`) or the
+/// path of a file holding one.
+fn read_fusion(arg: &str) -> Result<vstore::Fusion> {
+    let (bytes, what) = if arg.trim_start().starts_with('{') {
+        (arg.as_bytes().to_vec(), "--fusion".to_string())
+    } else {
+        let p = std::path::Path::new(arg);
+        let b = std::fs::read(p).map_err(|e| ToolError::io("read", p, e))?;
+        (b, format!("--fusion {}", p.display()))
+    };
+    vstore::Fusion::from_json(&bytes).map_err(|e| ToolError::Usage(format!("{what}: {e}")))
 }
 
 /// The `lat` (sorted) percentile `p`.
