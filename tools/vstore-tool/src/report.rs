@@ -161,7 +161,7 @@ pub fn published(
         snap.len(),
         snap.segments().len(),
         snap.embedding_keys().join(", "),
-        snap.model_keys().join(", ")
+        bundle_labels(snap).join(", ")
     );
     say!(
         out,
@@ -226,6 +226,22 @@ fn not_retained(dir: &std::path::Path, n: u64, held: &[u64]) -> ToolError {
         "snapshot {n} is not retained in {} (it holds {held:?})",
         dir.display()
     ))
+}
+
+/// Each bundle of `snap` as `space@version`, or `space@version name` when
+/// it is named other than "default".
+pub fn bundle_labels(snap: &vstore::Snapshot) -> Vec<String> {
+    (snap.model_keys().iter())
+        .flat_map(|k| {
+            snap.model_names(k).into_iter().map(move |n| {
+                if n == vstore::DEFAULT_BUNDLE_NAME {
+                    k.clone()
+                } else {
+                    format!("{k} {n}")
+                }
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

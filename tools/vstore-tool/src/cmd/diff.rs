@@ -31,7 +31,10 @@ pub fn run(a: &DiffArgs, out: &mut dyn Write) -> Result<()> {
         )
     };
     let (emb_add, emb_rm) = diff(&set(x.embedding_keys()), &set(y.embedding_keys()));
-    let (bnd_add, bnd_rm) = diff(&set(x.model_keys()), &set(y.model_keys()));
+    let (bnd_add, bnd_rm) = diff(
+        &set(crate::report::bundle_labels(&x)),
+        &set(crate::report::bundle_labels(&y)),
+    );
     let cols = |s: &vstore::Snapshot| {
         let sc = s.schema();
         set(sc

@@ -54,7 +54,7 @@ fn snapshot_row(n: u64, s: &Snapshot) -> Value {
         "items": s.len(),
         "segments": s.segments().len(),
         "embeddings": s.embedding_keys(),
-        "bundles": bundle_labels(s),
+        "bundles": report::bundle_labels(s),
         "files": s.files().len(),
         "bytes": snapshot_size(s),
     })
@@ -188,22 +188,6 @@ fn embedding_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
         }));
     }
     Ok(out)
-}
-
-/// Each bundle of `snap` as `space@version`, or `space@version name` when
-/// it is named other than "default".
-fn bundle_labels(snap: &Snapshot) -> Vec<String> {
-    (snap.model_keys().iter())
-        .flat_map(|k| {
-            snap.model_names(k).into_iter().map(move |n| {
-                if n == vstore::DEFAULT_BUNDLE_NAME {
-                    k.clone()
-                } else {
-                    format!("{k} {n}")
-                }
-            })
-        })
-        .collect()
 }
 
 fn bundle_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
