@@ -10,15 +10,15 @@ secs="${1:-30}"
 # stateful: transactions, GC, refreshes and queries with injected I/O
 # faults, checked against a model (its corpus starts empty). bundle:
 # model.json + weights.safetensors validation, seeded from the parity
-# test's bundles.
+# test's bundles (v1 and v2).
 mkdir -p corpus/bundle
-for b in ../tests/data/three_tower/bundle_*; do
+for b in ../tests/data/three_tower/bundle_* ../tests/data/three_tower_v2/bundle_*; do
     j="$b/model.json"; w="$b/weights.safetensors"
     # Seed layout: u32 LE length of model.json, model.json, weights.
     n=$(wc -c < "$j")
     le=""
     for shift in 0 8 16 24; do le="$le\\$(printf '%03o' $(( (n >> shift) & 255 )))"; done
-    { printf "$le"; cat "$j" "$w"; } > "corpus/bundle/seed-$(basename "$b")"
+    { printf "$le"; cat "$j" "$w"; } > "corpus/bundle/seed-$(basename "$(dirname "$b")")-$(basename "$b")"
 done
 cargo +nightly fuzz run bundle corpus/bundle -- -max_total_time="$secs" -max_len=65536
 # The golden stores: one per format version (every version a reader must

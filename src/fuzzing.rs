@@ -212,6 +212,7 @@ pub fn bundle_schema() -> crate::Schema {
         .categorical("category", 0)
         .categorical("region", 1)
         .numeric("price", 2.5)
+        .numeric("duration", 60.0)
         .stat("ctr_1d", 0.01)
         .stat("impressions_7d", 0.0)
         .embedding("prerank", "v1", 8, crate::Dtype::F32)
@@ -228,7 +229,7 @@ pub fn parse_bundle(data: &[u8]) -> bool {
     let (json, weights) = rest.split_at(n);
     match crate::Model::load(json, weights, &bundle_schema()) {
         Ok(m) => {
-            let _ = (m.key(), m.user_inputs(), m.macs_per_item());
+            let _ = (m.key(), m.user_inputs(), m.macs_per_item(), m.describe());
             true
         }
         Err(e) => {
@@ -293,6 +294,28 @@ mod tests {
                 parse_bundle(&m);
             }
         }
+        // The contract v2 reference bundles (every v2 part, f16 and bf16
+        // tensors): valid as given, never a panic when damaged.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/three_tower_v2");
+        let mut v2 = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let b = e.unwrap().path();
+            if !b.is_dir() {
+                continue;
+            }
+            let json = std::fs::read(b.join("model.json")).unwrap();
+            let weights = std::fs::read(b.join("weights.safetensors")).unwrap();
+            let seed = bundle_seed(&json, &weights);
+            assert!(parse_bundle(&seed), "{}", b.display());
+            for i in (0..seed.len()).step_by(5) {
+                parse_bundle(&seed[..i]);
+                let mut m = seed.clone();
+                m[i] ^= 0x5A;
+                parse_bundle(&m);
+            }
+            v2 += 1;
+        }
+        assert_eq!(v2, 5, "the v2 reference bundles");
     }
 
     #[test]
