@@ -17,12 +17,14 @@
 //! the error must name a part of the bundle that rules it out (the case
 //! lists which names would: `precompute_refusal_may_name`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::reference::{build, close, f32s, inputs, u64s};
+
 use serde_json::{json, Value};
-use vstore::{
-    Dtype, Fusion, ItemBatch, Query, QueryResult, Schema, Snapshot, Store, UserInputs, Writer,
-};
+use vstore::{Dtype, Fusion, Query, QueryResult, Snapshot, Store, UserInputs, Writer};
 
 const KEY: &str = "prerank@v1";
 
@@ -42,109 +44,12 @@ fn bundle_bytes(bundle: &str) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn opt_u32s(v: &Value) -> Vec<Option<u32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().map(|u| u as u32))
-        .collect()
-}
-
-fn opt_f32s(v: &Value) -> Vec<Option<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().map(|f| f as f32))
-        .collect()
-}
-
-fn u64s(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect()
-}
-
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
         .iter()
         .map(|x| x.as_str().unwrap().to_string())
         .collect()
-}
-
-fn close(got: f32, want: f64) -> bool {
-    let (g, w) = (got as f64, want);
-    (g - w).abs() <= 1e-5 * w.abs().max(1e-30) || (g - w).abs() <= 1e-12
-}
-
-/// Builds the store the reference describes; returns the writer.
-fn build(dir: &Path, case: &Value) -> Writer {
-    let s = &case["schema"];
-    let mut schema = Schema::new();
-    for c in s["categorical"].as_array().unwrap() {
-        schema = schema.categorical(
-            c["name"].as_str().unwrap(),
-            c["default"].as_u64().unwrap() as u32,
-        );
-    }
-    for c in s["numeric"].as_array().unwrap() {
-        schema = schema.numeric(
-            c["name"].as_str().unwrap(),
-            c["default"].as_f64().unwrap() as f32,
-        );
-    }
-    for c in s["stats"].as_array().unwrap() {
-        schema = schema.stat(
-            c["name"].as_str().unwrap(),
-            c["default"].as_f64().unwrap() as f32,
-        );
-    }
-    let e = &s["embedding"];
-    let key = format!(
-        "{}@{}",
-        e["space"].as_str().unwrap(),
-        e["version"].as_str().unwrap()
-    );
-    assert_eq!(key, KEY);
-    schema = schema.embedding(
-        e["space"].as_str().unwrap(),
-        e["version"].as_str().unwrap(),
-        e["dim"].as_u64().unwrap() as u32,
-        Dtype::F32,
-    );
-    let items = &case["items"];
-    let mut batch = ItemBatch::new(u64s(&items["ids"]));
-    for (name, v) in items["categorical"].as_object().unwrap() {
-        batch = batch.categorical_opt(name, opt_u32s(v));
-    }
-    for (name, v) in items["numeric"].as_object().unwrap() {
-        batch = batch.numeric_opt(name, opt_f32s(v));
-    }
-    for (name, v) in items["stats"].as_object().unwrap() {
-        batch = batch.stat_opt(name, opt_f32s(v));
-    }
-    let vecs: Vec<f32> = items["embedding"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(f32s)
-        .collect();
-    batch = batch.embedding(&key, vecs);
-    let mut w = Writer::create(dir, schema).unwrap();
-    let mut tx = w.begin();
-    tx.add_items(batch).unwrap();
-    tx.commit().unwrap();
-    w
 }
 
 /// The store with the reference's items and all of its bundles, published
@@ -159,23 +64,6 @@ fn build_with_bundles(dir: &Path, case: &Value) -> Writer {
     }
     tx.commit().unwrap();
     w
-}
-
-fn inputs(q: &Value) -> UserInputs {
-    let mut u = UserInputs::new();
-    for (name, v) in q["user_dense"].as_object().unwrap() {
-        u = u.dense(name, f32s(v));
-    }
-    for (name, m) in q["user_by_item"].as_object().unwrap() {
-        let entries: Vec<(u32, Vec<f32>)> = m
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.parse().unwrap(), f32s(v)))
-            .collect();
-        u = u.by_item(name, entries);
-    }
-    u
 }
 
 fn sorted_names(case: &Value) -> Vec<String> {

@@ -69,6 +69,7 @@ pub fn files(dir: &std::path::Path) -> Vec<String> {
 }
 
 pub mod bundle;
+pub mod reference;
 
 /// The value of environment variable `name` (a test's size knob, such as
 /// `VSTORE_PROPTEST_CASES`), or `default` if it is unset or does not parse.
