@@ -67,6 +67,7 @@ sys.dont_write_bytecode = True  # no __pycache__ beside the sources
 
 import numpy as np  # noqa: E402
 
+import refcommon  # noqa: E402
 from refcommon import (bf16, draw_candidates, dumps, f16, f32, f32s,  # noqa: E402
                        rank_clusters_ok, relgap, resolve, scores_separated,
                        write_safetensors, write_text)
@@ -688,18 +689,8 @@ def evaluate(mj, fusion, feat, id_to_row, w, query):
 
 
 def draw_query(rng, items, id_set, spec):
-    user = f32(rng.normal(0.0, 1.0, USER_DIM)).tolist()
-    stats = f32(rng.normal(0.0, 1.0, USER_STATS_DIM)).tolist()
-    nkeys = int(rng.integers(2, 6))
-    keys = sorted(rng.choice(CAT_VALUES, nkeys, replace=False).tolist())
-    ucc = {str(kv): f32(rng.normal(0.0, 0.5, UCC_DIM)).tolist() for kv in keys}
-    q = {
-        "user": user,
-        "user_dense": {"user_stats": stats},
-        "user_by_item": {"user_category_ctr": ucc},
-    }
-    q["candidates"], q["k"] = draw_candidates(rng, items["ids"], id_set, spec)
-    return q
+    return refcommon.draw_query(rng, items, id_set, spec, USER_DIM, USER_STATS_DIM, CAT_VALUES,
+                                UCC_DIM)
 
 
 def item_features(items):

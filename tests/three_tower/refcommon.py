@@ -138,6 +138,22 @@ def draw_candidates(rng, all_ids, id_set, spec):
     return cands, k
 
 
+def draw_query(rng, items, id_set, spec, user_dim, user_stats_dim, cat_values, ucc_dim):
+    """One query's user vector, user inputs and candidates (v1 and v2 cases)."""
+    user = f32(rng.normal(0.0, 1.0, user_dim)).tolist()
+    stats = f32(rng.normal(0.0, 1.0, user_stats_dim)).tolist()
+    nkeys = int(rng.integers(2, 6))
+    keys = sorted(rng.choice(cat_values, nkeys, replace=False).tolist())
+    ucc = {str(kv): f32(rng.normal(0.0, 0.5, ucc_dim)).tolist() for kv in keys}
+    q = {
+        "user": user,
+        "user_dense": {"user_stats": stats},
+        "user_by_item": {"user_category_ctr": ucc},
+    }
+    q["candidates"], q["k"] = draw_candidates(rng, items["ids"], id_set, spec)
+    return q
+
+
 def resolve(cands, id_to_row):
     """(found ids in first-seen order, or all ids ascending for a full scan;
     unknown ids in first-seen order, each once)."""
