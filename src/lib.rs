@@ -9,8 +9,9 @@
 //! version it does not hold is [`Error::VersionSkew`], never a fallback.
 //!
 //! The design (assumptions about the medium, the layers, the write, read
-//! and query paths, compaction, the model bundle contract) is in
-//! `docs/DESIGN.md`; the byte-level format in `format/FORMAT.md`; what the
+//! and query paths, compaction) is in `docs/DESIGN.md`; the model bundle
+//! contract (v1 and v2: [`Model`], [`Fusion`]) in `docs/BUNDLE.md`; the
+//! byte-level format in `format/FORMAT.md`; what the
 //! store promises, with the test behind each promise, in `docs/PROMISES.md`;
 //! performance figures and how to reproduce them in `docs/PERF.md`.
 //!
