@@ -2,10 +2,13 @@
 //! model (cross 22 -> 64 -> 32, upper 160 -> 256 -> 128, three heads) on
 //! N = 1,000,000 items (d = 64, f16), n = 1,000 / 5,000 / 10,000 candidate
 //! ids, k = 500; the model as given and with its first-layer item part
-//! precomputed in f16. Throughput is reported in model FLOPs (the whole model as
-//! written, 2 per multiply-add), so criterion's "elem/s" reads as FLOP/s.
+//! precomputed in f16; then the same for the contract v2 MMoE bundle
+//! (`support::mmoe_bundle`, group `mmoe`). Throughput is reported in model
+//! FLOPs (the whole model as written, 2 per multiply-add), so criterion's
+//! "elem/s" reads as FLOP/s.
 //!
-//! `cargo bench --bench three_tower`; `VSTORE_TT_ROWS=200000` for a smaller store.
+//! `cargo bench --bench three_tower` (`-- 'three_tower/|mmoe/'` for the
+//! two query groups only); `VSTORE_TT_ROWS=200000` for a smaller store.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vstore::Query;
@@ -37,6 +40,33 @@ fn bench(c: &mut Criterion) {
                     q = (q + 1) % 16;
                     let query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
                         .three_tower(&inputs[q]);
+                    snap.query(&query).unwrap().hits.len()
+                })
+            });
+        }
+    }
+    g.finish();
+    // The contract v2 MMoE bundle (`support::mmoe_bundle`: shared bottom
+    // 160 -> 256, 4 experts 256 -> 128, a gate and a 128 -> 64 tower per
+    // head, 4 heads) on the same items, users, inputs and candidate sets, in
+    // its own store; as given and precomputed in f16 as above.
+    let mut g = c.benchmark_group("mmoe");
+    g.sample_size(20);
+    let name = support::MMOE_NAME;
+    for (variant, pre) in [("", None), ("_precomputed_f16", Some(vstore::Dtype::F16))] {
+        let store = support::mmoe_store(rows, pre);
+        let snap = store.snapshot();
+        let model = snap.model_named(support::TT_KEY, name).unwrap();
+        for n in [1_000usize, 5_000, 10_000] {
+            let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
+            g.throughput(Throughput::Elements((2 * model.macs_per_item() * n) as u64));
+            let mut q = 0;
+            g.bench_function(format!("n{n}_k500{variant}"), |b| {
+                b.iter(|| {
+                    q = (q + 1) % 16;
+                    let query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
+                        .three_tower(&inputs[q])
+                        .model(name);
                     snap.query(&query).unwrap().hits.len()
                 })
             });

@@ -3,10 +3,15 @@
 //! (`benches/peers/run_three_tower.sh`).
 //!
 //! `cargo run --release --example three_tower_bench -- --out DIR
-//! [--rows 1000000] [--ns 1000,5000,10000] [--k 500] [--iters 64]`
-//! (`--iters`: timed queries per variant, rounded up to passes of 16)
+//! [--bundle v1|mmoe] [--rows 1000000] [--ns 1000,5000,10000] [--k 500]
+//! [--iters 64]`
+//! (`--iters`: timed queries per variant, rounded up to passes of 16;
+//! `--bundle`: the contract v1 example bundle `support::tt_bundle`, the
+//! default, or the contract v2 MMoE bundle `support::mmoe_bundle`, each in
+//! its own benchmark store with the same items and inputs)
 //!
-//! Writes into DIR/three_tower: bundle/{model.json,weights.safetensors},
+//! Writes into DIR/three_tower (DIR/mmoe for `--bundle mmoe`):
+//! bundle/{model.json,weights.safetensors},
 //! tt_meta.json, tt_x_{n}.npy (per candidate: user vector, item vector,
 //! cross-tower input features, already gathered and transformed),
 //! tt_expected_{n}.npy (vstore's fused score per candidate, same order) and
@@ -28,8 +33,13 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let out =
-        PathBuf::from(get("--out").unwrap_or_else(|| "target/peers".into())).join("three_tower");
+    let bundle = get("--bundle").unwrap_or_else(|| "v1".into());
+    let (m, sub) = match bundle.as_str() {
+        "v1" => (support::TT_V1, "three_tower"),
+        "mmoe" => (support::TT_MMOE, "mmoe"),
+        other => panic!("--bundle {other}: want v1 or mmoe"),
+    };
+    let out = PathBuf::from(get("--out").unwrap_or_else(|| "target/peers".into())).join(sub);
     let rows: usize = get("--rows").map_or(1_000_000, |s| s.parse().unwrap());
     let k: usize = get("--k").map_or(500, |s| s.parse().unwrap());
     let iters: usize = get("--iters").map_or(64, |s| s.parse().unwrap());
@@ -39,21 +49,21 @@ fn main() {
         .map(|s| s.parse().unwrap())
         .collect();
     std::fs::create_dir_all(out.join("bundle")).unwrap();
-    let store = support::tt_store(rows, None);
+    let store = support::tt_model_store(m, rows, None);
     let variants = [
         (
             "precomputed_f32",
-            support::tt_store(rows, Some(vstore::Dtype::F32)),
+            support::tt_model_store(m, rows, Some(vstore::Dtype::F32)),
         ),
         (
             "precomputed_f16",
-            support::tt_store(rows, Some(vstore::Dtype::F16)),
+            support::tt_model_store(m, rows, Some(vstore::Dtype::F16)),
         ),
     ];
     let snap = store.snapshot();
     let key = support::TT_KEY;
-    let model = snap.model(key).unwrap();
-    let (json, weights) = support::tt_bundle();
+    let model = snap.model_named(key, m.name).unwrap();
+    let (json, weights) = (m.files)();
     std::fs::write(out.join("bundle/model.json"), &json).unwrap();
     std::fs::write(out.join("bundle/weights.safetensors"), &weights).unwrap();
     let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
@@ -70,6 +80,11 @@ fn main() {
     let macs = model.macs_per_item();
     let macs_split = model.macs_per_item_split();
     let cross_in = 22;
+    println!(
+        "bundle {:?} ({}): {macs} multiply-adds per item as written, {macs_split} as vstore runs it",
+        m.name,
+        model.describe()
+    );
     let mut report = Vec::new();
     for &n in &ns {
         let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
@@ -77,7 +92,11 @@ fn main() {
         // Export query 0: the concatenated inputs and vstore's scores.
         let (ids, rws) = &sets[0];
         let r = snap
-            .query(&Query::ids(key, &users[0], ids, n).three_tower(&inputs[0]))
+            .query(
+                &Query::ids(key, &users[0], ids, n)
+                    .three_tower(&inputs[0])
+                    .model(m.name),
+            )
             .unwrap();
         let score_of: std::collections::HashMap<u64, f32> =
             r.hits.iter().map(|h| (h.id, h.score)).collect();
@@ -127,7 +146,11 @@ fn main() {
                 for q in 0..16 {
                     let t = Instant::now();
                     let r = sn
-                        .query(&Query::ids(key, &users[q], &sets[q].0, k).three_tower(&inputs[q]))
+                        .query(
+                            &Query::ids(key, &users[q], &sets[q].0, k)
+                                .three_tower(&inputs[q])
+                                .model(m.name),
+                        )
                         .unwrap();
                     let dt = t.elapsed().as_secs_f64();
                     assert_eq!(r.hits.len(), k.min(n));
@@ -166,8 +189,9 @@ fn main() {
     std::fs::write(
         out.join("tt_meta.json"),
         format!(
-            "{{\"ns\": [{}], \"k\": {k}, \"user_dim\": 64, \"item_dim\": 64, \"cross_in_dim\": {cross_in}}}",
-            ns.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            "{{\"ns\": [{}], \"k\": {k}, \"user_dim\": 64, \"item_dim\": 64, \"cross_in_dim\": {cross_in}, \"bundle\": \"{}\", \"macs_per_item\": {macs}, \"macs_per_item_split\": {macs_split}}}",
+            ns.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
+            m.name
         ),
     )
     .unwrap();

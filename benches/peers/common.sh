@@ -1,10 +1,10 @@
 # Shared steps of run.sh and run_three_tower.sh (sourced, not run).
 #
-# peers_run LABEL "IMPORTS" "PIP PACKAGES" EXAMPLE SCRIPT [OUT_DIR]
+# peers_run LABEL "IMPORTS" "PIP PACKAGES" EXAMPLE SCRIPT [OUT_DIR [SCRIPT ARGS...]]
 #   1. make/reuse the venv <repo>/target/peers-venv; pip-install PACKAGES
 #      unless `import IMPORTS` already works
 #   2. unless SKIP_RUST=1: cargo run --release --example EXAMPLE -- --out OUT $PEER_ARGS
-#   3. run SCRIPT OUT with the venv's python
+#   3. run SCRIPT OUT SCRIPT_ARGS... with the venv's python
 peers_run() {
     local label="$1" imports="$2" packages="$3" example="$4" script="$5"
     local script_dir repo_root out venv py
@@ -12,6 +12,7 @@ peers_run() {
     # The repo root is two levels above this file (benches/peers/).
     repo_root="$(cd "$script_dir/../.." && pwd)"
     out="${6:-$repo_root/target/peers}"
+    shift $(($# < 6 ? $# : 6))   # what is left goes to SCRIPT
     mkdir -p "$out"
     out="$(cd "$out" && pwd)"   # absolute, since cargo runs from the repo root
     venv="$repo_root/target/peers-venv"
@@ -35,5 +36,5 @@ peers_run() {
         (cd "$repo_root" && cargo run --release --example "$example" -- --out "$out" ${PEER_ARGS:-})
     fi
 
-    "$py" "$script_dir/$script" "$out"
+    "$py" "$script_dir/$script" "$out" "$@"
 }

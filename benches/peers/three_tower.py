@@ -2,9 +2,9 @@
 """Time onnxruntime and numpy on vstore's three-tower scoring and compare
 with vstore.
 
-    python three_tower.py OUT_DIR [--iters N] [--warmup N] [--no-peak]
+    python three_tower.py OUT_DIR [--bundle v1|mmoe] [--iters N] [--warmup N] [--no-peak]
 
-OUT_DIR/three_tower/ holds what the Rust example `three_tower_bench` (or
+OUT_DIR/three_tower/ (OUT_DIR/mmoe/ with --bundle mmoe) holds what the Rust example `three_tower_bench` (or
 fake_three_tower.py) wrote: the model bundle (bundle/model.json +
 bundle/weights.safetensors), tt_meta.json, and per candidate count n the
 already-gathered, concatenated model inputs tt_x_{n}.npy, vstore's fused
@@ -14,7 +14,10 @@ README.md for the contract.
 The peers run the whole (unsplit) model on X [n, user_dim + item_dim + C]:
 slice X into user / item / cross inputs, cross MLP, concat(user, item,
 cross_out), upper MLP, the heads, head activations, calibration
-(neg_sampling_rate), fusion -> one score per row; then the top k
+(neg_sampling_rate), fusion -> one score per row; of contract v2 also
+the MMoE parts (experts, a softmax gate per head, each head's mixture of
+the experts) and head towers; any other v2 part (SE, dot/hadamard upper
+inputs, normalize, the v2 fusion kinds) is refused with a message; then the top k
 (np.argpartition + sort of the k). Peers:
 
   onnxruntime  an ONNX graph built with onnx.helper from the bundle, run by an
@@ -50,6 +53,8 @@ import onnxruntime as ort  # noqa: E402
 
 MAX_REL_ERR = 1e-3
 OPSET = 17
+# --bundle -> the directory of OUT the Rust example writes for it.
+BUNDLE_DIRS = {"v1": "three_tower", "mmoe": "mmoe"}
 
 
 def fail(msg):
@@ -69,12 +74,13 @@ ST_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
 
 
 def load_safetensors(path):
-    """{name: float32 array}. Uses the safetensors package when present,
-    else parses the file: u64 LE header length, JSON header, raw data."""
+    """{name: float32 array}. Uses the safetensors package when present and
+    it reads the file, else parses the file: u64 LE header length, JSON
+    header, raw data (F32, F16, F64 and BF16, which numpy has no type for)."""
     try:
         from safetensors.numpy import load_file
         raw = load_file(path)
-    except ImportError:
+    except (ImportError, TypeError, ValueError):
         raw = {}
         with open(path, "rb") as fh:
             (hlen,) = struct.unpack("<Q", fh.read(8))
@@ -83,31 +89,66 @@ def load_safetensors(path):
         for name, info in header.items():
             if name == "__metadata__":
                 continue
+            s, e = info["data_offsets"]
+            if info["dtype"] == "BF16":
+                bits = np.frombuffer(data[s:e], dtype="<u2").astype(np.uint32) << 16
+                raw[name] = bits.view(np.float32).reshape(info["shape"])
+                continue
             dt = ST_DTYPES.get(info["dtype"])
             expect(dt is not None, f"{path}: tensor {name}: dtype {info['dtype']} not supported")
-            s, e = info["data_offsets"]
             raw[name] = np.frombuffer(data[s:e], dtype=dt).reshape(info["shape"])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.items()}
 
 
 ACTIVATIONS = ("relu", "sigmoid", "identity", "exp")
+FORMATS = {"vstore.three_tower.v1": 1, "vstore.three_tower.v2": 2}
+UPPER_PARTS = ("user", "item", "cross")
+
+
+def unsupported(where, what):
+    """A part of the bundle the peers do not implement: stop, naming it
+    (vstore scores it; the peers would compute another model)."""
+    fail(f"model.json {where}: {what} is not implemented by the peers (three_tower.py); "
+         f"they implement: cross layers, upper.inputs {list(UPPER_PARTS)}, upper.layers, "
+         f"upper.mmoe (experts, softmax gates), head towers, head layers, neg_sampling_rate, "
+         f"fusion weighted_sum / product (without columns)")
+
+
+def only_keys(obj, allowed, where):
+    """Every key of obj is one the peers implement."""
+    for key in obj:
+        if key not in allowed:
+            unsupported(f"{where}.{key}" if where else key, f"key {key!r}")
 
 
 def parse_bundle(bdir):
-    """model.json + weights -> a plain spec, with the shapes checked."""
+    """model.json + weights -> a plain spec, with the shapes checked.
+    Contract v1, and of v2 the parts listed in `unsupported`."""
     with open(os.path.join(bdir, "model.json")) as fh:
         m = json.load(fh)
     t = load_safetensors(os.path.join(bdir, "weights.safetensors"))
+    fmt = FORMATS.get(m.get("format"))
+    expect(fmt is not None, f"model.json format {m.get('format')!r}: want one of {list(FORMATS)}")
+    # item_tower does not take part in scoring (vstore only validates it).
+    only_keys(m, ("format", "name", "space", "version", "user_dim", "item_dim", "cross",
+                  "upper", "heads", "fusion", "item_tower"), "")
 
     def tensor(name, where):
         expect(name in t, f"model.json {where}: tensor {name!r} not in weights.safetensors")
         return t[name]
 
+    def bias(L, where, out):
+        """The layer's bias, zeros when the bundle gives none."""
+        if L.get("bias") is None:
+            return np.zeros(out, np.float32)
+        return tensor(L["bias"], f"{where}.bias")
+
     def layers(lst, where, in_dim):
         out = []
         for i, L in enumerate(lst):
+            only_keys(L, ("weight", "bias", "activation"), f"{where}[{i}]")
             w = tensor(L["weight"], f"{where}[{i}].weight")
-            b = tensor(L["bias"], f"{where}[{i}].bias")
+            b = bias(L, f"{where}[{i}]", w.shape[0])
             act = L.get("activation", "identity")
             expect(act in ACTIVATIONS, f"{where}[{i}].activation {act!r}: want one of {ACTIVATIONS}")
             expect(w.ndim == 2 and b.shape == (w.shape[0],),
@@ -119,32 +160,96 @@ def parse_bundle(bdir):
         return out, in_dim
 
     ud, idim = int(m["user_dim"]), int(m["item_dim"])
+    only_keys(m["cross"], ("inputs", "layers"), "cross")
     expect(m["cross"]["layers"], "model.json: cross.layers is empty")
     cross, cross_out = layers(m["cross"]["layers"], "cross.layers", None)
     cross_in = cross[0][0].shape[1]
-    upper, top = layers(m["upper"]["layers"], "upper.layers", ud + idim + cross_out)
+    up = m["upper"]
+    only_keys(up, ("inputs", "layers", "mmoe") if fmt == 2 else ("layers",), "upper")
+    parts = up.get("inputs", list(UPPER_PARTS))
+    for i, part in enumerate(parts):
+        if part not in UPPER_PARTS:
+            unsupported(f"upper.inputs[{i}]", f"the upper input part {part!r}")
+    expect(len(set(parts)) == len(parts), f"model.json upper.inputs {parts}: a part twice")
+    width = {"user": ud, "item": idim, "cross": cross_out}
+    upper, top = layers(up.get("layers") or [], "upper.layers", sum(width[p] for p in parts))
+    names = [h["name"] for h in m["heads"]]
+    mmoe = None
+    if up.get("mmoe") is not None:
+        mm = up["mmoe"]
+        only_keys(mm, ("experts", "gates"), "upper.mmoe")
+        experts, dims = [], set()
+        for e, ex in enumerate(mm["experts"]):
+            only_keys(ex, ("layers",), f"upper.mmoe.experts[{e}]")
+            ls, d = layers(ex["layers"], f"upper.mmoe.experts[{e}].layers", top)
+            experts.append(ls)
+            dims.add(d)
+        expect(len(experts) >= 2 and len(dims) == 1,
+               f"upper.mmoe.experts: want two or more experts of one output dimension, got {sorted(dims)}")
+        expect(sorted(mm["gates"]) == sorted(names),
+               f"upper.mmoe.gates {sorted(mm['gates'])}: want one per head {names}")
+        gates = []
+        for h in names:
+            g = mm["gates"][h]
+            only_keys(g, ("weight", "bias"), f"upper.mmoe.gates.{h}")
+            gw = tensor(g["weight"], f"upper.mmoe.gates.{h}.weight")
+            gb = bias(g, f"upper.mmoe.gates.{h}", len(experts))
+            expect(gw.shape == (len(experts), top) and gb.shape == (len(experts),),
+                   f"upper.mmoe.gates.{h}: weight {gw.shape} / bias {gb.shape}, want "
+                   f"[{len(experts)}, {top}] / [{len(experts)}]")
+            gates.append((gw, gb))
+        mmoe = {"experts": experts, "gates": gates, "dim": dims.pop()}
+    head_in = mmoe["dim"] if mmoe else top
     heads = []
     for i, h in enumerate(m["heads"]):
+        only_keys(h, ("name", "weight", "bias", "activation", "neg_sampling_rate")
+                  + (("tower",) if fmt == 2 else ()), f"heads[{i}]")
+        tower, hin = [], head_in
+        if h.get("tower") is not None:
+            only_keys(h["tower"], ("layers",), f"heads[{i}].tower")
+            tower, hin = layers(h["tower"]["layers"], f"heads[{i}].tower.layers", head_in)
         w = tensor(h["weight"], f"heads[{i}].weight")
-        b = tensor(h["bias"], f"heads[{i}].bias")
-        expect(w.shape == (1, top) and b.shape == (1,),
-               f"heads[{i}] ({h['name']}): weight {w.shape} / bias {b.shape}, want [1, {top}] / [1]")
+        b = bias(h, f"heads[{i}]", 1)
+        expect(w.shape == (1, hin) and b.shape == (1,),
+               f"heads[{i}] ({h['name']}): weight {w.shape} / bias {b.shape}, want [1, {hin}] / [1]")
         act = h.get("activation", "identity")
         expect(act in ACTIVATIONS, f"heads[{i}].activation {act!r}: want one of {ACTIVATIONS}")
-        heads.append({"name": h["name"], "w": w, "b": b, "act": act,
+        heads.append({"name": h["name"], "tower": tower, "w": w, "b": b, "act": act,
                       "nsr": h.get("neg_sampling_rate")})
     fusion = m["fusion"]
-    names = [h["name"] for h in heads]
     if fusion["kind"] in ("weighted_sum", "product"):
+        only_keys(fusion, ("kind", "weights"), "fusion")
         for nm in fusion["weights"]:
             expect(nm in names, f"fusion.weights: unknown head {nm!r} (heads: {names})")
-    return {"model": m, "user_dim": ud, "item_dim": idim, "cross_in": cross_in,
-            "cross": cross, "upper": upper, "heads": heads, "fusion": fusion}
+    elif fusion["kind"] != "rank":
+        unsupported("fusion.kind", f"fusion kind {fusion['kind']!r}")
+    return {"model": m, "format": fmt, "name": m.get("name", "default"),
+            "user_dim": ud, "item_dim": idim, "cross_in": cross_in,
+            "cross": cross, "upper_inputs": parts, "upper": upper, "mmoe": mmoe,
+            "heads": heads, "fusion": fusion}
+
+
+def dense_layers(spec):
+    """Every dense map of the model (weight [out, in]), in model order."""
+    ws = [w for w, _, _ in spec["cross"] + spec["upper"]]
+    if spec["mmoe"]:
+        ws += [w for ex in spec["mmoe"]["experts"] for w, _, _ in ex]
+        ws += [gw for gw, _ in spec["mmoe"]["gates"]]
+    for h in spec["heads"]:
+        ws += [w for w, _, _ in h["tower"]] + [h["w"]]
+    return ws
 
 
 def flops_per_row(spec):
-    ws = [w for w, _, _ in spec["cross"] + spec["upper"]] + [h["w"] for h in spec["heads"]]
-    return 2 * sum(int(w.shape[0]) * int(w.shape[1]) for w in ws)
+    """2 * multiply-adds of every dense map (vstore's Model::macs_per_item);
+    the mixture of experts' weighted sum is not counted."""
+    return 2 * sum(int(w.shape[0]) * int(w.shape[1]) for w in dense_layers(spec))
+
+
+def shared_head_input(spec):
+    """Whether every head reads the same vector (no MMoE, no towers): then
+    all heads run as one [n, H] product."""
+    return spec["mmoe"] is None and not any(h["tower"] for h in spec["heads"])
 
 
 def load_data(tdir, spec):
@@ -216,25 +321,72 @@ def build_onnx(spec):
         y = op("Gemm", [x, const(w, prefix + "_w"), const(b, prefix + "_b")], prefix, transB=1)
         return act(y, a)
 
-    user = slice_cols("x", 0, ud, "user")
-    item = slice_cols("x", ud, ud + idim, "item")
+    part = {"user": slice_cols("x", 0, ud, "user"),
+            "item": slice_cols("x", ud, ud + idim, "item")}
     h = slice_cols("x", ud + idim, D, "cross_in")
     for i, (w, b, a) in enumerate(spec["cross"]):
         h = dense(h, w, b, a, f"cross{i}")
-    h = op("Concat", [user, item, h], "upper_in", axis=1)
+    part["cross"] = h
+    parts = spec["upper_inputs"]
+    h = part[parts[0]] if len(parts) == 1 else op("Concat", [part[p] for p in parts], "upper_in", axis=1)
     for i, (w, b, a) in enumerate(spec["upper"]):
         h = dense(h, w, b, a, f"upper{i}")
 
-    # All heads in one Gemm: [n, top] x [H, top]^T -> [n, H], then split.
     heads = spec["heads"]
     H = len(heads)
-    z = op("Gemm", [h, const(np.concatenate([hd["w"] for hd in heads], 0), "heads_w"),
-                    const(np.concatenate([hd["b"] for hd in heads], 0), "heads_b")], "heads", transB=1)
-    if H == 1:
-        cols = [z]
+    mm = spec["mmoe"]
+    if mm:
+        # Experts: the first layers of all experts as one Gemm when they
+        # share an activation, then each expert's further layers; the
+        # outputs as [n, E, D].
+        E, Dx = len(mm["experts"]), mm["dim"]
+        firsts = [ex[0] for ex in mm["experts"]]
+        if len({a for _, _, a in firsts}) == 1:
+            y = dense(h, np.concatenate([w for w, _, _ in firsts], 0),
+                      np.concatenate([b for _, b, _ in firsts], 0), firsts[0][2], "experts0")
+            if any(len(ex) > 1 for ex in mm["experts"]):
+                outs = [name("expert_in") for _ in range(E)]
+                nodes.append(helper.make_node(
+                    "Split", [y, const(np.array([w.shape[0] for w, _, _ in firsts], np.int64))],
+                    outs, axis=1))
+            else:
+                outs = None
+        else:
+            outs = [dense(h, w, b, a, f"expert{e}_0") for e, (w, b, a) in enumerate(firsts)]
+        if outs is not None:
+            for e, ex in enumerate(mm["experts"]):
+                for i, (w, b, a) in enumerate(ex[1:], 1):
+                    outs[e] = dense(outs[e], w, b, a, f"expert{e}_{i}")
+            y = op("Concat", outs, "experts", axis=1)
+        ex3 = op("Reshape", [y, const(np.array([-1, E, Dx], np.int64))], "experts3")
+        # All gates in one Gemm, softmax over the experts per head, then
+        # every head's mixture as one batched [H, E] x [E, D] per row.
+        g = op("Gemm", [h, const(np.concatenate([gw for gw, _ in mm["gates"]], 0), "gates_w"),
+                        const(np.concatenate([gb for _, gb in mm["gates"]], 0), "gates_b")],
+               "gates", transB=1)
+        g = op("Softmax", [op("Reshape", [g, const(np.array([-1, H, E], np.int64))])], axis=-1)
+        mix = op("MatMul", [g, ex3], "mixtures")  # [n, H, D]
+        head_in = [op("Gather", [mix, const(np.array(j, np.int64), "head_idx")], "head_in", axis=1)
+                   for j in range(H)]
     else:
-        cols = [name("head_col") for _ in range(H)]
-        nodes.append(helper.make_node("Split", [z, const(np.ones(H, np.int64))], cols, axis=1))
+        head_in = [h] * H
+
+    if shared_head_input(spec):
+        # All heads in one Gemm: [n, top] x [H, top]^T -> [n, H], then split.
+        z = op("Gemm", [h, const(np.concatenate([hd["w"] for hd in heads], 0), "heads_w"),
+                        const(np.concatenate([hd["b"] for hd in heads], 0), "heads_b")], "heads", transB=1)
+        if H == 1:
+            cols = [z]
+        else:
+            cols = [name("head_col") for _ in range(H)]
+            nodes.append(helper.make_node("Split", [z, const(np.ones(H, np.int64))], cols, axis=1))
+    else:
+        cols = []
+        for j, hd in enumerate(heads):
+            t = head_in[j]
+            for i, (w, b, a) in enumerate(hd["tower"]):
+                t = dense(t, w, b, a, f"tower_{hd['name']}{i}")
+            cols.append(dense(t, hd["w"], hd["b"], "identity", f"head_{hd['name']}"))
     one = None
     ps = {}
     for hd, c in zip(heads, cols):
@@ -298,11 +450,30 @@ def numpy_scorer(spec):
     """fn(X) -> float32 [n], the same math as the ONNX graph. W.T is made
     contiguous once here (set-up, not timed)."""
     ud, idim = spec["user_dim"], spec["item_dim"]
-    cross = [(np.ascontiguousarray(w.T), b, a) for w, b, a in spec["cross"]]
-    upper = [(np.ascontiguousarray(w.T), b, a) for w, b, a in spec["upper"]]
+    tr = lambda ls: [(np.ascontiguousarray(w.T), b, a) for w, b, a in ls]  # noqa: E731
+    cross, upper = tr(spec["cross"]), tr(spec["upper"])
+    parts = spec["upper_inputs"]
     heads = spec["heads"]
-    hw = np.ascontiguousarray(np.concatenate([hd["w"] for hd in heads], 0).T)
-    hb = np.concatenate([hd["b"] for hd in heads], 0)
+    H = len(heads)
+    shared = shared_head_input(spec)
+    if shared:
+        hw = np.ascontiguousarray(np.concatenate([hd["w"] for hd in heads], 0).T)
+        hb = np.concatenate([hd["b"] for hd in heads], 0)
+    towers = [(tr(hd["tower"]), np.ascontiguousarray(hd["w"].T), hd["b"]) for hd in heads]
+    mm = spec["mmoe"]
+    if mm:
+        E, Dx = len(mm["experts"]), mm["dim"]
+        firsts = [ex[0] for ex in mm["experts"]]
+        fuse_first = len({a for _, _, a in firsts}) == 1
+        # The experts' first layers side by side: one [W, E * D1] product.
+        ew = np.ascontiguousarray(np.concatenate([w for w, _, _ in firsts], 0).T)
+        eb = np.concatenate([b for _, b, _ in firsts], 0)
+        ea = firsts[0][2]
+        e_splits = np.cumsum([w.shape[0] for w, _, _ in firsts])[:-1]
+        rests = [tr(ex[1:]) for ex in mm["experts"]]
+        e_first = [tr([f])[0] for f in firsts]
+        gw = np.ascontiguousarray(np.concatenate([g for g, _ in mm["gates"]], 0).T)
+        gb = np.concatenate([b for _, b in mm["gates"]], 0)
     col = {hd["name"]: j for j, hd in enumerate(heads)}
     f = spec["fusion"]
     if f["kind"] not in ("weighted_sum", "product"):
@@ -324,18 +495,55 @@ def numpy_scorer(spec):
         y += b
         return act(y, a)
 
+    def experts(x):
+        """The expert outputs as [n, E, D]."""
+        if fuse_first:
+            y = layer(x, ew, eb, ea)
+            if not any(rests):
+                return y.reshape(-1, E, Dx)
+            outs = np.split(y, e_splits, axis=1)
+        else:
+            outs = [layer(x, *l0) for l0 in e_first]
+        for e, rest in enumerate(rests):
+            for wt, b, a in rest:
+                outs[e] = layer(outs[e], wt, b, a)
+        return np.stack(outs, axis=1)
+
     def fn(X):
         h = X[:, ud + idim:]
         for wt, b, a in cross:
             h = layer(h, wt, b, a)
-        h = np.concatenate([X[:, :ud], X[:, ud:ud + idim], h], axis=1)
+        part = {"user": X[:, :ud], "item": X[:, ud:ud + idim], "cross": h}
+        h = part[parts[0]] if len(parts) == 1 else np.concatenate([part[p] for p in parts], axis=1)
         for wt, b, a in upper:
             h = layer(h, wt, b, a)
-        z = h @ hw
-        z += hb
+        if shared:
+            z = h @ hw
+            z += hb
+            zs = [z[:, j] for j in range(H)]
+        else:
+            if mm:
+                ex = experts(h)
+                g = h @ gw
+                g += gb
+                g = g.reshape(-1, H, E)
+                g -= g.max(axis=2, keepdims=True)
+                np.exp(g, out=g)
+                g /= g.sum(axis=2, keepdims=True)
+                # Every head's mixture at once: per row [H, E] x [E, D]
+                # (5x faster here than summing the E scaled experts).
+                mix = np.matmul(g, ex)
+            zs = []
+            for j, (tw, wt, b) in enumerate(towers):
+                t = mix[:, j, :] if mm else h
+                for twt, tb, ta in tw:
+                    t = layer(t, twt, tb, ta)
+                z = t @ wt
+                z += b
+                zs.append(z[:, 0])
         ps = []
         for j, hd in enumerate(heads):
-            q = act(z[:, j], hd["act"])
+            q = act(zs[j], hd["act"])
             a = hd["nsr"]
             if a is not None:
                 aq = np.float32(a) * q
@@ -469,24 +677,38 @@ def main():
     ap.add_argument("--iters", type=int, default=int(os.environ.get("PEER_PY_ITERS", "50")))
     ap.add_argument("--warmup", type=int, default=int(os.environ.get("PEER_PY_WARMUP", "5")))
     ap.add_argument("--no-peak", action="store_true", help="skip the sgemm peak reference")
+    ap.add_argument("--bundle", default="v1", choices=sorted(BUNDLE_DIRS),
+                    help="which export of three_tower_bench to read (its --bundle): "
+                         "OUT/three_tower (v1) or OUT/mmoe")
     a = ap.parse_args()
-    tdir = os.path.join(a.out, "three_tower")
+    tdir = os.path.join(a.out, BUNDLE_DIRS[a.bundle])
     expect(os.path.isdir(tdir), f"no {tdir}: run the Rust example (or fake_three_tower.py) first")
 
     spec = parse_bundle(os.path.join(tdir, "bundle"))
     meta, xs, exps, vstore = load_data(tdir, spec)
     k = int(meta["k"])
     fpr = flops_per_row(spec)
-    dims = {"user_dim": spec["user_dim"], "item_dim": spec["item_dim"], "cross_in": spec["cross_in"],
-            "cross": [list(w.shape[::-1]) for w, _, _ in spec["cross"]],
-            "upper": [list(w.shape[::-1]) for w, _, _ in spec["upper"]],
+    io = lambda ls: [list(w.shape[::-1]) for w, _, _ in ls]  # noqa: E731
+    dims = {"format": spec["format"], "name": spec["name"],
+            "user_dim": spec["user_dim"], "item_dim": spec["item_dim"], "cross_in": spec["cross_in"],
+            "cross": io(spec["cross"]), "upper_inputs": spec["upper_inputs"],
+            "upper": io(spec["upper"]),
             "heads": [f"{h['name']}:{h['act']}" + (f"(nsr={h['nsr']})" if h["nsr"] is not None else "")
+                      + (f" tower {io(h['tower'])}" if h["tower"] else "")
                       for h in spec["heads"]],
             "fusion": spec["fusion"]["kind"]}
+    if spec["mmoe"]:
+        dims["mmoe"] = {"experts": [io(ex) for ex in spec["mmoe"]["experts"]],
+                        "gates": [list(gw.shape[::-1]) for gw, _ in spec["mmoe"]["gates"]]}
+    if "macs_per_item" in meta and 2 * meta["macs_per_item"] != fpr:
+        print(f"  note: tt_meta.json macs_per_item {meta['macs_per_item']} (vstore's Model::macs_per_item) "
+              f"!= {fpr // 2} counted here", file=sys.stderr)
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "onnx": onnx.__version__, "onnxruntime": ort.__version__}
-    print(f"three_tower: layers (in, out) cross {dims['cross']} upper {dims['upper']} "
-          f"heads {dims['heads']} fusion {dims['fusion']}; {fpr} FLOP/row; k={k}")
+    print(f"three_tower: bundle {spec['name']!r} (contract v{spec['format']}): layers (in, out) "
+          f"cross {dims['cross']} upper {dims['upper_inputs']} {dims['upper']}"
+          + (f" mmoe {dims['mmoe']}" if "mmoe" in dims else "")
+          + f" heads {dims['heads']} fusion {dims['fusion']}; {fpr} FLOP/row; k={k}")
     print(f"  {' '.join(f'{kk} {v}' for kk, v in versions.items())}; "
           f"{a.iters} timed calls after {a.warmup} warm-up, 1 thread")
 
@@ -557,8 +779,11 @@ def main():
               f"median (best {peak['best_gflops']:.1f})")
 
     notes = [
-        f"Model: cross {dims['cross']}, upper {dims['upper']} (layers as [in, out]), heads {dims['heads']}, "
-        f"fusion {dims['fusion']}; {fpr} FLOP per candidate (2 * sum in*out, unsplit model).",
+        f"Model {spec['name']!r} (contract v{spec['format']}): cross {dims['cross']}, upper "
+        f"{dims['upper_inputs']} {dims['upper']} (layers as [in, out])"
+        + (f", MMoE experts {dims['mmoe']['experts']} gates {dims['mmoe']['gates']}" if "mmoe" in dims else "")
+        + f", heads {dims['heads']}, fusion {dims['fusion']}; {fpr} FLOP per candidate "
+        "(2 * sum in*out of every dense map, unsplit model; the experts' mixture not counted).",
         "vstore: end to end (candidate ids in, gather + transforms + model + top k out), from tt_vstore.json. "
         "Peers start from the already-gathered, concatenated inputs tt_x_{n}.npy (no id lookup, "
         "no gather, no feature transforms) and the same X every call (warm caches).",
@@ -573,7 +798,8 @@ def main():
     if peak:
         notes.append(f"Reference: numpy float32 {peak['size']}^3 matmul, 1 thread: "
                      f"{peak['gflops']:.1f} GFLOP/s median (best {peak['best_gflops']:.1f}).")
-    md = ("## Three-tower scoring: vstore vs onnxruntime and numpy\n\n" + "\n\n".join(md_parts)
+    md = (f"## Three-tower scoring ({spec['name']!r}, contract v{spec['format']}): "
+          "vstore vs onnxruntime and numpy\n\n" + "\n\n".join(md_parts)
           + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n")
     with open(os.path.join(tdir, "tt_peers.md"), "w") as fh:
         fh.write(md)

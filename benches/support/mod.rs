@@ -178,11 +178,10 @@ pub fn tt_bundle() -> (Vec<u8>, Vec<u8>) {
     .files()
 }
 
-/// A fingerprint of [`tt_bundle`]'s weights (FNV-1a), kept in the
-/// benchmark store's metadata so a store built with other weights is
-/// rebuilt rather than compared against this bundle.
-fn tt_bundle_fingerprint() -> String {
-    let (_, weights) = tt_bundle();
+/// A fingerprint of a bundle's weights (FNV-1a), kept in the benchmark
+/// store's metadata so a store built with other weights is rebuilt rather
+/// than compared against this bundle.
+fn bundle_fingerprint(weights: &[u8]) -> String {
     let h = weights.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -223,11 +222,207 @@ pub fn tt_inputs(q: u64) -> vstore::UserInputs {
         )
 }
 
+/// A bundle of the three-tower benchmark: its name, the store directory
+/// it is benchmarked in (`target/vstore-bench/{dir}-{rows}[-pre-DTYPE]`,
+/// the same items in each), and its files.
+#[derive(Clone, Copy)]
+pub struct TtModel {
+    /// The bundle's name (`name` in model.json; `"default"` for v1).
+    pub name: &'static str,
+    /// Prefix of the store directory.
+    pub dir: &'static str,
+    /// (model.json, weights.safetensors).
+    pub files: fn() -> (Vec<u8>, Vec<u8>),
+}
+
+/// [`tt_bundle`], the contract v1 example model.
+pub const TT_V1: TtModel = TtModel {
+    name: "default",
+    dir: "three-tower",
+    files: tt_bundle,
+};
+
+/// [`mmoe_bundle`], the contract v2 MMoE model.
+pub const TT_MMOE: TtModel = TtModel {
+    name: MMOE_NAME,
+    dir: "mmoe",
+    files: mmoe_bundle,
+};
+
+/// Name of [`mmoe_bundle`].
+pub const MMOE_NAME: &str = "mmoe";
+
+/// splitmix64 with a Box-Muller normal, as `vstore::ExampleBundle` draws
+/// its weights (that one is private to the library).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let u = self.uniform().max(1e-300);
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// Experts of [`mmoe_bundle`].
+pub const MMOE_EXPERTS: usize = 4;
+/// Heads of [`mmoe_bundle`]: (name, activation, neg_sampling_rate, fusion weight).
+pub const MMOE_HEADS: [(&str, &str, Option<f32>, f32); 4] = [
+    ("click", "sigmoid", Some(0.1), 1.0),
+    ("like", "sigmoid", None, 0.5),
+    ("finish", "sigmoid", None, 0.3),
+    ("watch_time", "exp", None, 0.01),
+];
+
+/// The contract v2 MMoE benchmark bundle, named [`MMOE_NAME`], for
+/// [`TT_KEY`], over the same cross inputs as [`tt_bundle`] (22 values):
+/// cross 22 -> 64 -> 32 (relu); upper input user 64 + item 64 + cross 32
+/// = 160; shared bottom 160 -> 256 (relu); [`MMOE_EXPERTS`] experts
+/// 256 -> 128 (relu); per head (see [`MMOE_HEADS`]) a gate `[4, 256]`, a
+/// tower 128 -> 64 (relu) and its 64 -> 1 output; weighted-sum fusion.
+/// He-initialised f32 weights from a fixed seed (as
+/// `vstore::ExampleBundle`). Returns (model.json, weights.safetensors).
+pub fn mmoe_bundle() -> (Vec<u8>, Vec<u8>) {
+    let dense = |w: &str, act: &str| {
+        format!(r#"{{"weight": "{w}.weight", "bias": "{w}.bias", "activation": "{act}"}}"#)
+    };
+    let buckets = TT_BUCKETS.map(|b| b.to_string()).join(", ");
+    let experts = (0..MMOE_EXPERTS)
+        .map(|e| {
+            format!(
+                r#"{{"layers": [{}]}}"#,
+                dense(&format!("expert.{e}"), "relu")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n        ");
+    let gates = MMOE_HEADS
+        .iter()
+        .map(|(h, ..)| {
+            format!(r#""{h}": {{"weight": "gate.{h}.weight", "bias": "gate.{h}.bias"}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join(",\n        ");
+    let heads = MMOE_HEADS
+        .iter()
+        .map(|(h, act, nsr, _)| {
+            let nsr = nsr.map_or(String::new(), |a| format!(r#", "neg_sampling_rate": {a}"#));
+            format!(
+                r#"{{"name": "{h}", "tower": {{"layers": [{}]}},
+     "weight": "head.{h}.weight", "bias": "head.{h}.bias", "activation": "{act}"{nsr}}}"#,
+                dense(&format!("tower.{h}"), "relu")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n    ");
+    let fusion = MMOE_HEADS
+        .iter()
+        .map(|(h, .., w)| format!(r#""{h}": {w}"#))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (space, version) = TT_KEY.split_once('@').unwrap();
+    let json = format!(
+        r#"{{
+  "format": "vstore.three_tower.v2",
+  "name": "{MMOE_NAME}",
+  "space": "{space}", "version": "{version}",
+  "user_dim": 64, "item_dim": 64,
+  "cross": {{
+    "inputs": [
+      {{"kind": "item_numeric", "column": "ctr_1d", "transform": "log1p"}},
+      {{"kind": "item_numeric", "column": "impressions_7d",
+       "transform": {{"bucketize": [{buckets}]}}, "embedding": "emb.imp_bucket"}},
+      {{"kind": "item_categorical", "column": "category", "embedding": "emb.category"}},
+      {{"kind": "user_dense", "name": "user_stats", "dim": 8}},
+      {{"kind": "user_by_item", "name": "user_category_ctr", "column": "category",
+       "dim": 1, "default": [0.0]}}
+    ],
+    "layers": [{}, {}]
+  }},
+  "upper": {{
+    "layers": [{}],
+    "mmoe": {{
+      "experts": [
+        {experts}
+      ],
+      "gates": {{
+        {gates}
+      }}
+    }}
+  }},
+  "heads": [
+    {heads}
+  ],
+  "fusion": {{"kind": "weighted_sum", "weights": {{{fusion}}}}}
+}}
+"#,
+        dense("cross.0", "relu"),
+        dense("cross.1", "relu"),
+        dense("bottom", "relu"),
+    );
+    // (name, [out, in]) of every dense layer, in model order; biases follow.
+    let mut layers: Vec<(String, [usize; 2])> = vec![
+        ("cross.0".into(), [64, 22]),
+        ("cross.1".into(), [32, 64]),
+        ("bottom".into(), [256, 160]),
+    ];
+    layers.extend((0..MMOE_EXPERTS).map(|e| (format!("expert.{e}"), [128, 256])));
+    for (h, ..) in MMOE_HEADS {
+        layers.push((format!("gate.{h}"), [MMOE_EXPERTS, 256]));
+        layers.push((format!("tower.{h}"), [64, 128]));
+        layers.push((format!("head.{h}"), [1, 64]));
+    }
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("emb.imp_bucket".into(), vec![4, 4]),
+        ("emb.category".into(), vec![TT_VOCAB as usize, 8]),
+    ];
+    for (name, [out, inp]) in layers {
+        shapes.push((format!("{name}.weight"), vec![out, inp]));
+        shapes.push((format!("{name}.bias"), vec![out]));
+    }
+    let mut r = SplitMix(0x3E0E_1234_5678_9ABD);
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let fan_in = if shape.len() == 2 { shape[1] } else { 16 };
+            let scale = (2.0 / fan_in as f64).sqrt();
+            let bytes = (0..shape.iter().product::<usize>())
+                .flat_map(|_| ((r.normal() * scale * 0.5) as f32).to_le_bytes())
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views = raw.iter().map(|(name, shape, bytes)| {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .unwrap();
+        (name.clone(), view)
+    });
+    let weights = safetensors::serialize(views, None).unwrap();
+    (json.into_bytes(), weights)
+}
+
 pub fn tt_store_dir(rows: usize, pre: Option<Dtype>) -> PathBuf {
+    tt_model_store_dir(TT_V1, rows, pre)
+}
+
+pub fn tt_model_store_dir(m: TtModel, rows: usize, pre: Option<Dtype>) -> PathBuf {
     let suffix = pre.map_or(String::new(), |d| format!("-pre-{}", d.name()));
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/vstore-bench")
-        .join(format!("three-tower-{rows}{suffix}"))
+        .join(format!("{}-{rows}{suffix}", m.dir))
 }
 
 /// Opens (building it the first time) the three-tower benchmark store:
@@ -235,14 +430,32 @@ pub fn tt_store_dir(rows: usize, pre: Option<Dtype>) -> PathBuf {
 /// `impressions_7d`, and the [`tt_bundle`] (its first-layer item part
 /// precomputed as `pre`, if given).
 pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
-    let dir = tt_store_dir(rows, pre);
+    tt_model_store(TT_V1, rows, pre)
+}
+
+/// [`tt_store`]'s items with the [`mmoe_bundle`] (named [`MMOE_NAME`])
+/// instead, in a store of its own.
+pub fn mmoe_store(rows: usize, pre: Option<Dtype>) -> Store {
+    tt_model_store(TT_MMOE, rows, pre)
+}
+
+/// [`tt_store`]'s items with bundle `m` (its first-layer item part
+/// precomputed as `pre`, if given), in `m`'s store directory. A store
+/// whose bundle differs (model.json, or the weights' fingerprint in the
+/// metadata) is rebuilt.
+pub fn tt_model_store(m: TtModel, rows: usize, pre: Option<Dtype>) -> Store {
+    let dir = tt_model_store_dir(m, rows, pre);
+    let (j, wts) = (m.files)();
+    let fingerprint = bundle_fingerprint(&wts);
     if let Ok(s) = Store::open(&dir) {
         let snap = s.snapshot();
         if snap.len() == rows
             && written_by_this_format(&dir)
-            && !snap.model_keys().is_empty()
-            && snap.model_is_precomputed(TT_KEY) == pre.is_some()
-            && snap.metadata("bench.bundle") == Some(tt_bundle_fingerprint().as_str())
+            && snap
+                .model_named(TT_KEY, m.name)
+                .is_ok_and(|b| b.json().as_bytes() == j.as_slice())
+            && snap.model_named_is_precomputed(TT_KEY, m.name) == pre.is_some()
+            && snap.metadata("bench.bundle") == Some(fingerprint.as_str())
         {
             return s;
         }
@@ -268,15 +481,15 @@ pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
         .embedding(TT_KEY, vecs);
     let mut tx = w.begin();
     tx.add_items(batch).unwrap();
-    let (j, wts) = tt_bundle();
     match pre {
         Some(d) => tx.add_model_precomputed(&j, &wts, d).unwrap(),
         None => tx.add_model(&j, &wts).unwrap(),
     };
-    tx.set_metadata("bench.bundle", &tt_bundle_fingerprint());
+    tx.set_metadata("bench.bundle", &fingerprint);
     tx.commit().unwrap();
     eprintln!(
-        "built {rows}-item three-tower benchmark store in {:.1?}",
+        "built {rows}-item three-tower benchmark store with bundle {:?} in {:.1?}",
+        m.name,
         t.elapsed()
     );
     Store::open(&dir).unwrap()
