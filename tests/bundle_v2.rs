@@ -398,3 +398,31 @@ fn named_bundles_share_a_version_and_queries_choose_one() {
     let store = vstore::Store::open(dir.path()).unwrap();
     assert_eq!(store.snapshot().model_names(KEY), ["default"]);
 }
+
+#[test]
+fn a_manifest_giving_precomputed_files_to_a_bundle_that_cannot_have_them_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema()).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&[1, 2, 3], DIM, 0)).unwrap();
+    let (j, wt) = Bundle::tiny("v42", DIM as usize).bytes();
+    tx.add_model_precomputed(&j, &wt, Dtype::F32).unwrap();
+    // A v2 bundle without upper layers: nothing to precompute.
+    let mut b = v2();
+    b.json["name"] = json!("flat");
+    b.json["upper"]["layers"] = json!([]);
+    set_tensor(&mut b, "heads.click.weight", &[1, 23]);
+    set_tensor(&mut b, "heads.value.weight", &[1, 23]);
+    let (j2, w2) = b.bytes();
+    let e = tx.add_model_precomputed(&j2, &w2, Dtype::F32).unwrap_err();
+    assert_contains(&e.to_string(), "upper.layers is empty");
+    tx.add_model(&j2, &w2).unwrap();
+    tx.commit().unwrap();
+    drop(w);
+    // A forged manifest lists the default bundle's precomputed files for it.
+    let forged = vstore::fuzzing::forge_precomputed(dir.path(), KEY, &format!("{KEY}#flat"));
+    assert!(forged >= 1);
+    let e = vstore::Store::open(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    assert_contains(&e.to_string(), "cannot have them");
+}

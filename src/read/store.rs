@@ -549,6 +549,17 @@ fn load(
                 ),
             ));
         }
+        if b.files.len() > 1 {
+            if let Some(why) = m.precompute_refusal() {
+                return Err(Error::corrupt(
+                    &manifest_file.path,
+                    format!(
+                        "lists precomputed files for bundle {}, which cannot have them: {why}",
+                        b.key
+                    ),
+                ));
+            }
+        }
         let mut pre = Vec::new();
         for (seg, fr) in manifest.segments.iter().zip(&b.files[1..]) {
             let f = opener(fr, Kind::Columns)?;
