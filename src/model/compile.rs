@@ -83,7 +83,16 @@ impl Model {
             id,
             if first.item.is_empty() { 0 } else { out0 },
         );
-        let pack_cross = gemm::Weights::new(&first.cross, cross_out, cross_out, out0);
+        // Without a "cross" part the first layer reads none of the cross
+        // output: zero columns (the `A` rows still carry it).
+        let zeros;
+        let cross_cols = if first.cross.is_empty() {
+            zeros = vec![0f32; out0 * cross_out];
+            &zeros
+        } else {
+            &first.cross
+        };
+        let pack_cross = gemm::Weights::new(cross_cols, cross_out, cross_out, out0);
         let fusion = fusion(&spec.fusion, &heads, schema)?;
         Ok(Model {
             key,
