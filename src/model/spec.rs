@@ -793,12 +793,14 @@ fn normalize(o: &Obj<'_>) -> Result<NormalizeSpec> {
         .enumerate()
         .map(|(i, v)| {
             let x = num(&format!("{vf}[{i}]"), v)?;
-            if x > 0.0 {
+            // The scorer divides by the value as f32: it must stay a
+            // positive finite f32.
+            if x > 0.0 && (x as f32) > 0.0 && (x as f32).is_finite() {
                 Ok(x)
             } else {
                 Err(bad(
                     format!("{vf}[{i}]"),
-                    format!("must be > 0 (a divisor), found {x}"),
+                    format!("must be > 0 and a finite f32 (a divisor), found {x}"),
                 ))
             }
         })
