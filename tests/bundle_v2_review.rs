@@ -229,7 +229,10 @@ fn normalize_with_and_without_precomputing() {
             let price = if id % 5 == 0 { -1.0 } else { id as f32 * 0.5 };
             let v = if price >= 5.0 { 2.0 } else { 0.5 };
             let want = p.2[1] / v;
-            assert!((g.2[1] - want).abs() <= 1e-5 * want.abs().max(1.0), "item {id}");
+            assert!(
+                (g.2[1] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "item {id}"
+            );
             assert_eq!(g.1, g.2[1]);
         }
     }
@@ -265,7 +268,10 @@ fn normalize_values_that_vanish_or_overflow_in_f32_are_refused() {
             Err(Error::Bundle { field, .. }) => {
                 assert_eq!(field, "heads[1].normalize.values[0]")
             }
-            other => panic!("values [{bad}, 2] accepted: {:?}", other.map(|m| m.describe())),
+            other => panic!(
+                "values [{bad}, 2] accepted: {:?}",
+                other.map(|m| m.describe())
+            ),
         }
     }
 }
