@@ -252,30 +252,6 @@ pub const TT_MMOE: TtModel = TtModel {
 /// Name of [`mmoe_bundle`].
 pub const MMOE_NAME: &str = "mmoe";
 
-/// splitmix64 with a Box-Muller normal, as `vstore::ExampleBundle` draws
-/// its weights (that one is private to the library).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(1e-300);
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
 /// Experts of [`mmoe_bundle`].
 pub const MMOE_EXPERTS: usize = 4;
 /// Heads of [`mmoe_bundle`]: (name, activation, neg_sampling_rate, fusion weight).
@@ -392,25 +368,7 @@ pub fn mmoe_bundle() -> (Vec<u8>, Vec<u8>) {
         shapes.push((format!("{name}.weight"), vec![out, inp]));
         shapes.push((format!("{name}.bias"), vec![out]));
     }
-    let mut r = SplitMix(0x3E0E_1234_5678_9ABD);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
-        .into_iter()
-        .map(|(name, shape)| {
-            let fan_in = if shape.len() == 2 { shape[1] } else { 16 };
-            let scale = (2.0 / fan_in as f64).sqrt();
-            let bytes = (0..shape.iter().product::<usize>())
-                .flat_map(|_| ((r.normal() * scale * 0.5) as f32).to_le_bytes())
-                .collect();
-            (name, shape, bytes)
-        })
-        .collect();
-    let views = raw.iter().map(|(name, shape, bytes)| {
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .unwrap();
-        (name.clone(), view)
-    });
-    let weights = safetensors::serialize(views, None).unwrap();
+    let weights = vstore::ExampleBundle::random_weights(&shapes, 0x3E0E_1234_5678_9ABD);
     (json.into_bytes(), weights)
 }
 

@@ -129,16 +129,26 @@ impl ExampleBundle {
             ("heads.wt.weight", &[1, 128]),
             ("heads.wt.bias", &[1]),
         ];
-        let mut r = SplitMix(0x7777_1234_5678_9ABD);
-        let raw: Vec<(&str, &[usize], Vec<u8>)> = shapes
-            .into_iter()
+        let shapes: Vec<(String, Vec<usize>)> = (shapes.iter())
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect();
+        Self::random_weights(&shapes, 0x7777_1234_5678_9ABD)
+    }
+
+    /// A `weights.safetensors` of F32 tensors `(name, shape)`, drawn from a
+    /// seeded normal and He-scaled (`sqrt(2 / fan_in) / 2`, fan-in the
+    /// second dimension of a matrix, 16 for a vector): the weights of this
+    /// example, reusable for other example or benchmark bundles.
+    pub fn random_weights(shapes: &[(String, Vec<usize>)], seed: u64) -> Vec<u8> {
+        let mut r = SplitMix(seed);
+        let raw: Vec<(&str, &[usize], Vec<u8>)> = (shapes.iter())
             .map(|(name, shape)| {
                 let fan_in = if shape.len() == 2 { shape[1] } else { 16 };
                 let scale = (2.0 / fan_in as f64).sqrt();
                 let bytes = (0..shape.iter().product::<usize>())
                     .flat_map(|_| ((r.normal() * scale * 0.5) as f32).to_le_bytes())
                     .collect();
-                (name, shape, bytes)
+                (name.as_str(), &shape[..], bytes)
             })
             .collect();
         let views = raw.iter().map(|(name, shape, bytes)| {
