@@ -14,7 +14,8 @@ fn parse_one(bytes: &[u8], kind: Kind) -> bool {
         return false;
     };
     let meta = &bytes[offset as usize..(offset + len) as usize];
-    match decode_meta(path, meta, crc, offset, kind) {
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("frame checked"));
+    match decode_meta(path, meta, crc, offset, kind, version) {
         Ok(m) => {
             let _ = verify_chunks(path, &bytes[..offset as usize], &m);
             true
@@ -115,6 +116,7 @@ fn reencode(
         crc,
         off,
         kind,
+        crate::FORMAT_VERSION,
     )
     .ok()?;
     if !edit(&mut meta) {

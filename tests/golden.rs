@@ -1,5 +1,7 @@
 //! Golden stores: `format/golden/v{N}/` is a small store written by format
-//! version N. The newest (v4: v3's store plus a second, named contract v2
+//! version N. The newest (v5: v4's store plus an item-tower-only bundle on
+//! `recall@v7` and three items whose `recall@v7` vectors it computed; v4 is
+//! v3's store plus a second, named contract v2
 //! bundle on the same version; v3 is v2's store with id indexes in
 //! four-slot buckets; v2 is v1's store plus a model bundle) is (1) opened
 //! and every value checked, and (2) built afresh and compared file by file,
@@ -78,11 +80,42 @@ fn named_bundle() -> (Vec<u8>, Vec<u8>) {
     b.bytes()
 }
 
+/// Items added in the v5 golden store without `recall@v7` vectors: the
+/// version's item tower computes them.
+fn ids_fresh() -> Vec<u64> {
+    vec![77, 88, 5003]
+}
+
+/// What the golden stores of a format version hold beyond v1's.
+#[derive(Clone, Copy)]
+struct Parts {
+    /// A model bundle (from v2).
+    bundle: bool,
+    /// A second, named bundle (from v4).
+    named: bool,
+    /// An item-tower-only bundle on `recall@v7` and items whose
+    /// `recall@v7` vectors it computed (from v5).
+    tower: bool,
+}
+
+fn parts(version: u32) -> Parts {
+    Parts {
+        bundle: version >= 2,
+        named: version >= 4,
+        tower: version >= 5,
+    }
+}
+
+fn tower_bundle() -> common::bundle::Bundle {
+    common::bundle::Bundle::tower_only("recall", "v7", 5)
+}
+
 /// Writes the golden store into `dir`: snapshot 1 (two segments, every
 /// dtype but i8, missing values), snapshot 2 (stats refresh, an i8 version
-/// added, a delete, metadata; with `bundle`, a model bundle too, and with
-/// `named` a second one, named).
-fn build(dir: &Path, bundle: bool, named: bool) {
+/// added, a delete, metadata; with `p.bundle`, a model bundle too, with
+/// `p.named` a second one, named, and with `p.tower` an item tower on
+/// `recall@v7` and three items added without `recall@v7` vectors).
+fn build(dir: &Path, p: Parts) {
     let schema = Schema::new()
         .categorical("category", 4)
         .numeric("price", 0.0)
@@ -109,18 +142,63 @@ fn build(dir: &Path, bundle: bool, named: bool) {
         .unwrap();
     tx.delete_items(&[2007]).unwrap();
     tx.set_metadata("model_rollout", "v43");
-    if bundle {
+    if p.bundle {
         let (j, w) = common::bundle::Bundle::tiny("v42", 8).bytes();
         tx.add_model(&j, &w).unwrap();
     }
-    if named {
+    if p.named {
         let (j, w) = named_bundle();
         tx.add_model(&j, &w).unwrap();
+    }
+    if p.tower {
+        let (j, w) = tower_bundle().bytes();
+        assert_eq!(tx.add_model(&j, &w).unwrap(), "recall@v7");
+        let ids = ids_fresh();
+        let mut batch = ItemBatch::new(ids.clone())
+            .categorical_opt("category", vec![Some(1), None, Some(9)])
+            .numeric_opt("price", vec![Some(12.5), Some(0.5), None]);
+        for (key, dim, salt) in [
+            ("prerank@v42", 8, 0),
+            ("prerank@v42h", 8, 1),
+            ("prerank@v43", 16, 3),
+        ] {
+            batch = batch.embedding(
+                key,
+                ids.iter().flat_map(|&i| vec_of(i, dim, salt)).collect(),
+            );
+        }
+        tx.add_items(batch).unwrap();
     }
     tx.commit().unwrap();
 }
 
-fn check_values(dir: &Path, bundle: bool, named: bool) {
+/// The `recall@v7` vectors of the items added without one match the item
+/// tower computed in f64 (to bf16 precision), and are marked computed.
+fn check_computed(s: &vstore::Snapshot) {
+    let b = tower_bundle();
+    assert!(s.has_item_tower("recall@v7") && s.has_item_tower_bundle("recall@v7"));
+    assert!(!s.has_item_tower("prerank@v42"));
+    assert_eq!(s.computed_count("recall@v7").unwrap(), 3);
+    assert_eq!(s.computed_count("prerank@v42").unwrap(), 0);
+    // Missing: category reads its default 4, price 0; category 9 is past
+    // the 5-row table and reads row 0.
+    for (id, cat, price) in [(77, 1, 12.5), (88, 4, 0.5), (5003, 9, 0.0)] {
+        assert!(s.is_computed(id, "recall@v7").unwrap(), "{id}");
+        assert!(!s.is_computed(id, "prerank@v42").unwrap(), "{id}");
+        let got = s.get_embedding(id, "recall@v7").unwrap();
+        let want = b.tower_reference(cat, price);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (*g as f64 - w).abs() <= w.abs() / 128.0 + 1e-6,
+                "item {id}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    assert!(!s.is_computed(1007, "recall@v7").unwrap());
+}
+
+fn check_values(dir: &Path, p: Parts) {
+    let Parts { bundle, named, .. } = p;
     let store = Store::open(dir).unwrap();
     assert_eq!(store.snapshots().unwrap(), vec![1, 2]);
     let s = store.snapshot();
@@ -136,7 +214,13 @@ fn check_values(dir: &Path, bundle: bool, named: bool) {
         s.embedding_keys(),
         vec!["prerank@v42", "prerank@v42h", "recall@v7", "prerank@v43"]
     );
-    assert_eq!(s.len(), 15);
+    assert_eq!(s.len(), if p.tower { 18 } else { 15 });
+    if p.tower {
+        check_computed(&s);
+    } else {
+        assert!(!s.has_item_tower("recall@v7"));
+        assert_eq!(s.computed_count("recall@v7").unwrap(), 0);
+    }
     if named {
         assert_eq!(s.model_names("prerank@v42"), vec!["ab", "default"]);
         let m = s.model_named("prerank@v42", "ab").unwrap();
@@ -232,17 +316,22 @@ fn data_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn golden_v1_store_still_reads() {
-    check_values(&golden_dir(1), false, false);
+    check_values(&golden_dir(1), parts(1));
 }
 
 #[test]
 fn golden_v2_store_still_reads() {
-    check_values(&golden_dir(2), true, false);
+    check_values(&golden_dir(2), parts(2));
 }
 
 #[test]
 fn golden_v3_store_still_reads() {
-    check_values(&golden_dir(3), true, false);
+    check_values(&golden_dir(3), parts(3));
+}
+
+#[test]
+fn golden_v4_store_still_reads() {
+    check_values(&golden_dir(4), parts(4));
 }
 
 /// A format-2 store updated by this build holds files of both versions
@@ -299,7 +388,7 @@ fn golden_v2_store_updated_by_this_build_mixes_versions() {
 fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
     let golden = golden_dir(vstore::FORMAT_VERSION);
     let fresh = tempfile::tempdir().unwrap();
-    build(fresh.path(), true, true);
+    build(fresh.path(), parts(vstore::FORMAT_VERSION));
     if std::env::var_os("VSTORE_BLESS").is_some() {
         let _ = std::fs::remove_dir_all(&golden);
         std::fs::create_dir_all(&golden).unwrap();
@@ -312,7 +401,7 @@ fn golden_store_reads_and_writer_reproduces_it_byte_for_byte() {
         "{} is missing; generate it with VSTORE_BLESS=1 cargo test --test golden",
         golden.display()
     );
-    check_values(&golden, true, true);
+    check_values(&golden, parts(vstore::FORMAT_VERSION));
     let want = data_files(&golden);
     assert_eq!(data_files(fresh.path()), want, "file names changed");
     for f in &want {

@@ -139,16 +139,27 @@ fn several_versions_side_by_side_and_drop() {
     ));
     // The older pinned snapshot still has both.
     assert!(s.get_embedding(100, "prerank@v42").is_ok());
-    // Missing vectors for some live item are refused, naming the id.
+    // Missing vectors for some live item are refused at commit (the
+    // version has no item tower to compute them), naming the id.
     let mut tx = w.begin();
     let v44 = EmbeddingDef::new("prerank", "v44", 4, Dtype::F32);
-    let err = tx
-        .add_embedding(v44, &ids[1..], &vec![0.5; 4 * (ids.len() - 1)])
-        .unwrap_err();
+    tx.add_embedding(v44, &ids[1..], &vec![0.5; 4 * (ids.len() - 1)])
+        .unwrap();
+    let err = tx.commit().unwrap_err();
     assert!(
-        err.to_string().contains("no vector for item id 100"),
+        err.to_string().contains("no vector for item id 100")
+            && err.to_string().contains("no item tower"),
         "{err}"
     );
+    assert_eq!(
+        w.snapshot().unwrap().number(),
+        s2.number(),
+        "nothing published"
+    );
+    // The writer goes on: a refused input is not a failed write.
+    let mut tx = w.begin();
+    tx.set_metadata("after", "refusal");
+    tx.commit().unwrap();
 }
 
 #[test]

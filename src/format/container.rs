@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::format::legacy::FileMetaV4;
 use crate::format::meta::{Body, Extent, FileMeta};
 use crate::io::extents::ExtentWriter;
 
@@ -22,7 +23,7 @@ use crate::io::extents::ExtentWriter;
 /// transfer or a truncated copy is recognisable.
 pub const MAGIC: [u8; 8] = *b"\x89VSTR\r\n\x1a";
 /// Format version this build writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Header size in bytes.
@@ -388,6 +389,7 @@ pub(crate) fn decode_meta(
     meta_crc: u32,
     meta_offset: u64,
     want: Kind,
+    version: u32,
 ) -> Result<FileMeta> {
     let crc = crc32fast::hash(meta_bytes);
     if crc != meta_crc {
@@ -398,12 +400,21 @@ pub(crate) fn decode_meta(
     }
     // rkyv needs the archive 16-aligned; a page-aligned map with a 64-aligned
     // offset is. Copy otherwise (e.g. a buffer handed in by a fuzzer).
-    let meta: FileMeta = if (meta_bytes.as_ptr() as usize).is_multiple_of(16) {
-        rkyv::from_bytes::<FileMeta, rkyv::rancor::BoxedError>(meta_bytes)
+    let copy;
+    let aligned = if (meta_bytes.as_ptr() as usize).is_multiple_of(16) {
+        meta_bytes
     } else {
         let mut v = rkyv::util::AlignedVec::<16>::with_capacity(meta_bytes.len());
         v.extend_from_slice(meta_bytes);
-        rkyv::from_bytes::<FileMeta, rkyv::rancor::BoxedError>(&v)
+        copy = v;
+        &copy[..]
+    };
+    // Versions 1 to 4 archive the metadata without version 5's fields.
+    let meta: FileMeta = if version < 5 {
+        rkyv::from_bytes::<FileMetaV4, rkyv::rancor::BoxedError>(aligned)
+            .map(FileMetaV4::into_current)
+    } else {
+        rkyv::from_bytes::<FileMeta, rkyv::rancor::BoxedError>(aligned)
     }
     .map_err(|e| Error::corrupt(path, format!("metadata does not validate: {e}")))?;
     if Kind::of(&meta.body) != want {
@@ -493,7 +504,14 @@ impl Container {
         let map = crate::io::mmap::map_readonly(&file, path, len, populate)?;
         let (meta_offset, meta_len, meta_crc) = check_frame(path, &map, want)?;
         let meta_bytes = &map[meta_offset as usize..(meta_offset + meta_len) as usize];
-        let meta = decode_meta(path, meta_bytes, meta_crc, meta_offset, want)?;
+        let meta = decode_meta(
+            path,
+            meta_bytes,
+            meta_crc,
+            meta_offset,
+            want,
+            le_u32(&map, 8),
+        )?;
         Ok(Container {
             version: le_u32(&map, 8),
             path: path.to_path_buf(),

@@ -193,18 +193,22 @@ pub(crate) fn encode_row(dtype: Dtype, v: &[f32], out: &mut [u8], tmp16: &mut Ve
 }
 
 /// Writes an embedding column-group file. `rows_in_order` yields, for each
-/// row of the segment in order, its f32 vector (already checked).
+/// row of the segment in order, its f32 vector (already checked);
+/// `computed` is the bitmap of the rows the store computed with the
+/// version's item tower (`None`: none). The same holds for the two writers
+/// below.
 pub(crate) fn write_embedding_group<'a>(
     fs: &dyn crate::io::fs::Fs,
     path: &Path,
     segment: u64,
     rows: u64,
     def: &EmbeddingDef,
+    computed: Option<&[u64]>,
     rows_in_order: impl Iterator<Item = &'a [f32]>,
 ) -> Result<FileRef> {
     let mut buf = vec![0u8; def.dtype.row_stride(def.dim)];
     let mut tmp = Vec::new();
-    write_vectors(fs, path, segment, rows, def, |w| {
+    write_vectors(fs, path, segment, rows, def, computed, |w| {
         for v in rows_in_order {
             encode_row(def.dtype, v, &mut buf, &mut tmp);
             w.data(&buf)?;
@@ -221,10 +225,11 @@ pub(crate) fn write_embedding_raw<'a>(
     segment: u64,
     rows: u64,
     def: &EmbeddingDef,
+    computed: Option<&[u64]>,
     rows_in_order: impl Iterator<Item = &'a [u8]>,
 ) -> Result<FileRef> {
     let stride = def.dtype.row_stride(def.dim);
-    write_vectors(fs, path, segment, rows, def, |w| {
+    write_vectors(fs, path, segment, rows, def, computed, |w| {
         for r in rows_in_order {
             w.data(&r[..stride])?;
         }
@@ -232,7 +237,8 @@ pub(crate) fn write_embedding_raw<'a>(
     })
 }
 
-/// Writes an embedding column-group file whose rows are computed a block
+/// Writes an embedding column-group file (no row marked computed: this is
+/// for precomputed first-layer parts) whose rows are computed a block
 /// at a time: `fill(first, out)` writes rows `first..first + out.len() / dim`
 /// (f32, row-major) into `out`; blocks are `block` rows.
 pub(crate) fn write_embedding_computed(
@@ -247,7 +253,7 @@ pub(crate) fn write_embedding_computed(
     let d = def.dim as usize;
     let mut buf = vec![0u8; def.dtype.row_stride(def.dim)];
     let (mut tmp, mut vals) = (Vec::new(), vec![0f32; block * d]);
-    write_vectors(fs, path, segment, rows, def, |w| {
+    write_vectors(fs, path, segment, rows, def, None, |w| {
         let mut first = 0;
         while first < rows as usize {
             let m = block.min(rows as usize - first);
@@ -270,6 +276,7 @@ fn write_vectors(
     segment: u64,
     rows: u64,
     def: &EmbeddingDef,
+    computed: Option<&[u64]>,
     emit: impl FnOnce(&mut ContainerWriter) -> Result<()>,
 ) -> Result<FileRef> {
     let stride = def.dtype.row_stride(def.dim);
@@ -278,6 +285,14 @@ fn write_vectors(
     emit(&mut w)?;
     let len = w.pos() - offset;
     debug_assert_eq!(len, rows * stride as u64);
+    let computed_count: u64 = computed.map_or(0, |m| m.iter().map(|w| w.count_ones() as u64).sum());
+    let computed = match computed {
+        Some(m) if computed_count > 0 => {
+            debug_assert_eq!(m.len() as u64, rows.div_ceil(64));
+            Some(w.block(&le_bytes_u64(m))?)
+        }
+        _ => None,
+    };
     let written = w.finish(Body::Columns(ColumnsMeta {
         segment,
         rows,
@@ -286,6 +301,8 @@ fn write_vectors(
         vectors: Some(VectorBlock {
             stride: stride as u32,
             rows: crate::format::meta::Extent { offset, len },
+            computed,
+            computed_count,
         }),
     }))?;
     Ok(file_ref(path, written))

@@ -144,6 +144,13 @@ pub(crate) struct ColumnBlock {
 pub(crate) struct VectorBlock {
     pub stride: u32,
     pub rows: Extent,
+    /// Format version 5: bitmap of the rows whose vector the store
+    /// computed with the version's item tower (`ceil(rows / 64)`
+    /// little-endian u64 words, bit `r % 64` of word `r / 64`); `None`
+    /// when no row was computed (every file of versions 1 to 4).
+    pub computed: Option<Extent>,
+    /// Number of set bits of `computed` (0 without it).
+    pub computed_count: u64,
 }
 
 /// The id index of one segment.
@@ -199,6 +206,9 @@ impl Body {
                 }
                 if let Some(vb) = &c.vectors {
                     v.push(("vectors".to_string(), vb.rows));
+                    if let Some(b) = vb.computed {
+                        v.push(("computed-rows bitmap".to_string(), b));
+                    }
                 }
             }
             Body::IdIndex(m) => {
@@ -230,6 +240,9 @@ impl Body {
                 }
                 if let Some(vb) = &mut c.vectors {
                     v.push(&mut vb.rows);
+                    if let Some(b) = &mut vb.computed {
+                        v.push(b);
+                    }
                 }
             }
             Body::IdIndex(m) => {

@@ -7,5 +7,6 @@
 pub(crate) mod container;
 pub(crate) mod encode;
 pub(crate) mod idindex;
+pub(crate) mod legacy;
 pub(crate) mod meta;
 pub(crate) mod names;

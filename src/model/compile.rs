@@ -10,10 +10,12 @@ use super::parts::{
 use super::spec::{
     bad, Activation, FusionSpec, InputSpec, LayerSpec, Spec, TransformSpec, UpperPart,
 };
+use super::tower::ItemTower;
 use super::Model;
 use crate::error::{Error, Result};
 use crate::kernels::gemm;
 use crate::schema::{ColumnGroup, ColumnKind, Schema};
+use std::sync::Arc;
 
 /// A bundle's `weights.safetensors`, as parsed, and whether the bundle is
 /// v2 (which allows float16 and bfloat16 tensors besides float32).
@@ -29,7 +31,7 @@ impl Model {
         schema: &Schema,
         json: String,
     ) -> Result<Model> {
-        let key = embedding_key(&spec, schema)?;
+        let key = embedding_key(&spec.space, &spec.version, spec.item_dim, schema)?;
         let inputs = inputs("cross.inputs", &spec.inputs, st, schema)?;
         let cross_in: usize = inputs.iter().map(Input::dim).sum();
         let se = se(&spec, st, inputs.len())?;
@@ -43,7 +45,7 @@ impl Model {
         let row_in = if split { cross_in - dense_in } else { cross_in };
         let (cross, cross_out) = layers(st, "cross", &spec.cross, cross_in)?;
         let item_tower = match &spec.item_tower {
-            Some(t) => Some(item_tower(t, st, schema, spec.item_dim)?),
+            Some(t) => Some(Arc::new(ItemTower::compile(t, st, schema, spec.item_dim)?)),
             None => None,
         };
         let (ud, id) = (spec.user_dim, spec.item_dim);
@@ -131,15 +133,22 @@ impl Model {
 
 /// `space@version`, checked against the snapshot: it must hold that
 /// embedding, with the bundle's `item_dim`.
-fn embedding_key(spec: &Spec, schema: &Schema) -> Result<String> {
-    let key = format!("{}@{}", spec.space, spec.version);
+/// The embedding `space@version` a bundle is for, which `schema` must hold
+/// with dimension `item_dim`.
+pub(super) fn embedding_key(
+    space: &str,
+    version: &str,
+    item_dim: usize,
+    schema: &Schema,
+) -> Result<String> {
+    let key = format!("{space}@{version}");
     let Some(def) = schema.embedding_def(&key) else {
         // The field at fault: the space if the snapshot holds no
         // version of it, else the version.
         let keys = schema.embedding_keys();
         let space_known = keys
             .iter()
-            .any(|k| k.split_once('@').is_some_and(|(s, _)| s == spec.space));
+            .any(|k| k.split_once('@').is_some_and(|(s, _)| s == space));
         return Err(bad(
             if space_known { "version" } else { "space" },
             format!(
@@ -148,13 +157,10 @@ fn embedding_key(spec: &Spec, schema: &Schema) -> Result<String> {
             ),
         ));
     };
-    if def.dim as usize != spec.item_dim {
+    if def.dim as usize != item_dim {
         return Err(bad(
             "item_dim",
-            format!(
-                "is {}; embedding {key} has dimension {}",
-                spec.item_dim, def.dim
-            ),
+            format!("is {item_dim}; embedding {key} has dimension {}", def.dim),
         ));
     }
     Ok(key)
@@ -162,7 +168,12 @@ fn embedding_key(spec: &Spec, schema: &Schema) -> Result<String> {
 
 /// The cross tower's inputs, each resolved against the schema and the
 /// weights ([`input`]); user input names unique.
-fn inputs(path: &str, list: &[InputSpec], st: &Tensors<'_>, schema: &Schema) -> Result<Vec<Input>> {
+pub(super) fn inputs(
+    path: &str,
+    list: &[InputSpec],
+    st: &Tensors<'_>,
+    schema: &Schema,
+) -> Result<Vec<Input>> {
     let mut inputs = Vec::with_capacity(list.len());
     let mut names: Vec<&str> = Vec::new();
     for (i, inp) in list.iter().enumerate() {
@@ -261,7 +272,7 @@ fn categorical(schema: &Schema, field: &str, col: &str) -> Result<()> {
 
 /// A stack of dense layers (`prefix.layers[i]`) starting `width` wide;
 /// returns them and the last one's width (`width` if there are none).
-fn layers(
+pub(super) fn layers(
     st: &Tensors<'_>,
     prefix: &str,
     specs: &[LayerSpec],
@@ -330,26 +341,6 @@ fn se(spec: &Spec, st: &Tensors<'_>, n_inputs: usize) -> Result<Vec<Dense>> {
         ));
     }
     Ok(se)
-}
-
-/// `item_tower`: item-only inputs through layers to `item_dim` outputs.
-/// Checked here; computing vectors with it is the writer's.
-fn item_tower(
-    t: &super::spec::ItemTowerSpec,
-    st: &Tensors<'_>,
-    schema: &Schema,
-    item_dim: usize,
-) -> Result<(Vec<Input>, Vec<Dense>)> {
-    let inputs = inputs("item_tower.inputs", &t.inputs, st, schema)?;
-    let width = inputs.iter().map(Input::dim).sum();
-    let (layers, out) = layers(st, "item_tower", &t.layers, width)?;
-    if out != item_dim {
-        return Err(bad(
-            format!("item_tower.layers[{}].weight", t.layers.len() - 1),
-            format!("the item tower ends {out} wide; it must give item_dim ({item_dim}) values"),
-        ));
-    }
-    Ok((inputs, layers))
 }
 
 /// The width of the upper network's input (`upper.inputs` concatenated),

@@ -18,6 +18,7 @@ mod inputs;
 mod parts;
 mod score;
 pub(crate) mod spec;
+mod tower;
 
 use crate::kernels::gemm;
 
@@ -34,6 +35,8 @@ pub(crate) use score::{Prepared, SegmentInputs};
 use spec::bad;
 pub(crate) use spec::UpperPart;
 pub use spec::{Activation, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME};
+pub use tower::ITEM_TOWER_FORMAT;
+pub(crate) use tower::{ItemTower, TowerBundle, TowerColumns, TOWER_BUNDLE_NAME};
 
 /// A model bundle as a pinned snapshot holds it: the model, its file, and
 /// (if the bundle was added with precomputing) one file per segment, in
@@ -43,6 +46,13 @@ pub(crate) struct LoadedModel {
     pub model: std::sync::Arc<Model>,
     pub file: std::sync::Arc<crate::format::container::Container>,
     pub pre: Vec<PreFile>,
+}
+
+/// An item-tower-only bundle as a pinned snapshot holds it.
+#[derive(Debug)]
+pub(crate) struct LoadedTower {
+    pub tower: std::sync::Arc<TowerBundle>,
+    pub file: std::sync::Arc<crate::format::container::Container>,
 }
 
 /// One segment's precomputed item part of the first upper layer.
@@ -98,9 +108,9 @@ pub struct Model {
     pub(crate) cross: Vec<Dense>,
     /// Width of the cross tower's output (`cross_in` without layers).
     pub(crate) cross_out: usize,
-    /// `item_tower`: its inputs and layers (validated; the writer computes
-    /// vectors of fresh items with it).
-    pub(crate) item_tower: Option<(Vec<Input>, Vec<Dense>)>,
+    /// `item_tower` (the writer computes the vectors of items added
+    /// without one with it).
+    pub(crate) item_tower: Option<std::sync::Arc<ItemTower>>,
     /// `upper.inputs`, in order.
     pub(crate) upper_parts: Vec<UpperPart>,
     /// Width of the upper network's input.
@@ -129,6 +139,97 @@ pub struct Model {
     /// is precomputed).
     pub(crate) pack_cross: gemm::Weights,
     json: String,
+}
+
+/// Parses `weights.safetensors` bytes.
+fn safetensors_of(weights: &[u8]) -> Result<safetensors::SafeTensors<'_>> {
+    safetensors::SafeTensors::deserialize(weights).map_err(|e| {
+        bad(
+            "weights.safetensors",
+            format!("is not a valid safetensors file: {e}"),
+        )
+    })
+}
+
+/// A bundle of either kind a snapshot holds: a three-tower model (which
+/// may carry its version's item tower) or an item-tower-only bundle.
+#[derive(Debug, Clone)]
+pub(crate) enum Bundle {
+    Model(Box<Model>),
+    Tower(TowerBundle),
+}
+
+impl Bundle {
+    /// Parses and validates a bundle of any format this build reads,
+    /// chosen by `model.json`'s `format`.
+    pub(crate) fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Bundle> {
+        if spec::format_tag(json).as_deref() == Some(ITEM_TOWER_FORMAT) {
+            TowerBundle::load(json, weights, schema).map(Bundle::Tower)
+        } else {
+            Model::load(json, weights, schema).map(|m| Bundle::Model(Box::new(m)))
+        }
+    }
+
+    /// Reads and validates the bundle stored in `c` under bundle id `id`
+    /// (see [`Model::from_container`]).
+    pub(crate) fn from_container(
+        c: &crate::format::container::Container,
+        id: &str,
+        schema: &Schema,
+    ) -> Result<Bundle> {
+        let crate::format::meta::Body::Bundle(b) = &c.meta.body else {
+            return Err(Error::corrupt(&c.path, "not a model bundle file"));
+        };
+        if b.key != id {
+            return Err(Error::corrupt(
+                &c.path,
+                format!(
+                    "holds the bundle for {}; the manifest names it for {id}",
+                    b.key
+                ),
+            ));
+        }
+        c.ensure_verified()?;
+        let json = c.extent(&b.json, b.json.len, "model.json")?;
+        let weights = c.extent(&b.weights, b.weights.len, "weights.safetensors")?;
+        let bundle = Bundle::load(json, weights, schema).map_err(|e| {
+            Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
+        })?;
+        if bundle.bundle_id() != id {
+            return Err(Error::corrupt(
+                &c.path,
+                format!(
+                    "model.json is for {}; the file is for {id}",
+                    bundle.bundle_id()
+                ),
+            ));
+        }
+        Ok(bundle)
+    }
+
+    /// How the store records the bundle.
+    pub(crate) fn bundle_id(&self) -> String {
+        match self {
+            Bundle::Model(m) => m.bundle_id(),
+            Bundle::Tower(t) => t.bundle_id(),
+        }
+    }
+
+    /// The `space@version` the bundle belongs to.
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            Bundle::Model(m) => m.key(),
+            Bundle::Tower(t) => &t.key,
+        }
+    }
+
+    /// The item tower the bundle carries, if any.
+    pub(crate) fn item_tower(&self) -> Option<&std::sync::Arc<ItemTower>> {
+        match self {
+            Bundle::Model(m) => m.item_tower.as_ref(),
+            Bundle::Tower(t) => Some(&t.tower),
+        }
+    }
 }
 
 /// The store's record of bundle `name` of `key` (see [`Model::bundle_id`]).
@@ -174,12 +275,7 @@ impl Model {
     /// ```
     pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Model> {
         let spec = spec::parse(json)?;
-        let st = safetensors::SafeTensors::deserialize(weights).map_err(|e| {
-            bad(
-                "weights.safetensors",
-                format!("is not a valid safetensors file: {e}"),
-            )
-        })?;
+        let st = safetensors_of(weights)?;
         let st = compile::Tensors { st, v2: spec.v2 };
         Self::compile(
             spec,
@@ -187,42 +283,6 @@ impl Model {
             schema,
             String::from_utf8_lossy(json).into_owned(),
         )
-    }
-
-    /// Reads and validates the bundle stored in `c` (a bundle file named by
-    /// a manifest under `key`). Every byte is checksummed first; a bundle
-    /// that fails validation is a corrupt file (it passed when added).
-    pub(crate) fn from_container(
-        c: &crate::format::container::Container,
-        id: &str,
-        schema: &Schema,
-    ) -> Result<Model> {
-        let key = id;
-        let crate::format::meta::Body::Bundle(b) = &c.meta.body else {
-            return Err(Error::corrupt(&c.path, "not a model bundle file"));
-        };
-        if b.key != key {
-            return Err(Error::corrupt(
-                &c.path,
-                format!(
-                    "holds the bundle for {}; the manifest names it for {key}",
-                    b.key
-                ),
-            ));
-        }
-        c.ensure_verified()?;
-        let json = c.extent(&b.json, b.json.len, "model.json")?;
-        let weights = c.extent(&b.weights, b.weights.len, "weights.safetensors")?;
-        let m = Model::load(json, weights, schema).map_err(|e| {
-            Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
-        })?;
-        if m.bundle_id() != id {
-            return Err(Error::corrupt(
-                &c.path,
-                format!("model.json is for {}; the file is for {id}", m.bundle_id()),
-            ));
-        }
-        Ok(m)
     }
 
     /// The definition of the precomputed item part of the first upper

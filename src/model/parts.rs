@@ -35,7 +35,7 @@ impl Dense {
 }
 
 /// An embedding table `[rows, dim]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Table {
     pub rows: usize,
     pub dim: usize,
@@ -56,7 +56,7 @@ pub(crate) enum ColumnRef {
     Stat(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Transform {
     Identity,
     Log1p,
@@ -64,7 +64,7 @@ pub(crate) enum Transform {
 }
 
 /// One cross-tower input, resolved against weights and schema.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Input {
     ItemNumeric {
         column: ColumnRef,

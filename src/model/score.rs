@@ -101,9 +101,38 @@ fn item_part(segs: &[SegmentInputs<'_>]) -> ItemPart {
     }
 }
 
+/// Writes the value of item input `inp` (an `item_numeric` or
+/// `item_categorical` input) for row `row` of its column `col` into `x`
+/// (`inp.dim()` values): the transform or table look-up applied; a
+/// category past the table reads row 0. Shared by the cross tower and the
+/// item tower.
+#[inline]
+pub(super) fn item_input(inp: &Input, col: Col<'_>, row: usize, x: &mut [f32]) {
+    match (inp, col) {
+        (Input::ItemNumeric { transform, .. }, Col::F32(v)) => {
+            let v = v[row];
+            match transform {
+                Transform::Identity => x[0] = v,
+                Transform::Log1p => x[0] = ln_1p(v),
+                Transform::Bucketize { bounds, table } => {
+                    let b = bounds.partition_point(|&t| t <= v);
+                    put(x, table.row(b));
+                }
+            }
+        }
+        (Input::ItemCategorical { table, .. }, Col::U32(v)) => {
+            let c = v[row] as usize;
+            let r = if c < table.rows { c } else { 0 };
+            put(x, table.row(r));
+        }
+        // Unreachable: callers pair each input with its column kind.
+        _ => {}
+    }
+}
+
 /// An item column as one segment holds it.
 #[derive(Debug, Clone, Copy)]
-enum Col<'a> {
+pub(super) enum Col<'a> {
     F32(&'a [f32]),
     U32(&'a [u32]),
     None,
@@ -408,21 +437,8 @@ impl Model {
         for (i, inp) in self.inputs.iter().enumerate() {
             let col = seg.cols[i];
             match (inp, col) {
-                (Input::ItemNumeric { transform, .. }, Col::F32(v)) => {
-                    let v = v[row];
-                    match transform {
-                        Transform::Identity => x[o] = v,
-                        Transform::Log1p => x[o] = ln_1p(v),
-                        Transform::Bucketize { bounds, table } => {
-                            let b = bounds.partition_point(|&t| t <= v);
-                            put(&mut x[o..o + table.dim], table.row(b));
-                        }
-                    }
-                }
-                (Input::ItemCategorical { table, .. }, Col::U32(v)) => {
-                    let c = v[row] as usize;
-                    let r = if c < table.rows { c } else { 0 };
-                    put(&mut x[o..o + table.dim], table.row(r));
+                (Input::ItemNumeric { .. } | Input::ItemCategorical { .. }, _) => {
+                    item_input(inp, col, row, &mut x[o..o + inp.dim()]);
                 }
                 (Input::UserDense { .. }, _) if self.split => continue, // in `c0`
                 (Input::UserDense { dim, .. }, _) => {

@@ -886,6 +886,45 @@ fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
     })
 }
 
+/// `model.json`'s `format`, if it is JSON with a string there.
+pub(crate) fn format_tag(json: &[u8]) -> Option<String> {
+    let root: Value = serde_json::from_slice(json).ok()?;
+    Some(root.get("format")?.as_str()?.to_string())
+}
+
+/// An item-tower-only bundle (`"format": "vstore.item_tower.v1"`).
+#[derive(Debug, Clone)]
+pub(crate) struct TowerSpec {
+    pub space: String,
+    pub version: String,
+    pub item_dim: usize,
+    pub tower: ItemTowerSpec,
+}
+
+/// Parses the `model.json` bytes of an item-tower-only bundle.
+pub(crate) fn parse_item_tower_bundle(json: &[u8]) -> Result<TowerSpec> {
+    let root: Value = serde_json::from_slice(json)
+        .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
+    let o = Obj::new("", &root)?;
+    let format = o.str("format")?;
+    if format != super::ITEM_TOWER_FORMAT {
+        return Err(bad(
+            "format",
+            format!(
+                "is {format:?}; an item-tower-only bundle is {:?}",
+                super::ITEM_TOWER_FORMAT
+            ),
+        ));
+    }
+    o.only(&["format", "space", "version", "item_dim", "item_tower"])?;
+    Ok(TowerSpec {
+        space: o.str("space")?.to_string(),
+        version: o.str("version")?.to_string(),
+        item_dim: o.dim("item_dim")?,
+        tower: item_tower(&Obj::new("item_tower", o.req("item_tower")?)?)?,
+    })
+}
+
 /// Parses `model.json` bytes (contract v1 or v2).
 pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     let root: Value = serde_json::from_slice(json)
@@ -897,6 +936,16 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     let v2 = match format {
         BUNDLE_FORMAT => false,
         BUNDLE_FORMAT_V2 => true,
+        super::ITEM_TOWER_FORMAT => {
+            return Err(bad(
+                "format",
+                format!(
+                    "is {format:?}: an item-tower-only bundle, which computes item vectors and \
+                     scores nothing (a store takes it with add_model; a three-tower model is \
+                     {BUNDLE_FORMAT:?} or {BUNDLE_FORMAT_V2:?})"
+                ),
+            ))
+        }
         _ => {
             return Err(bad(
                 "format",

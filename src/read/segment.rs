@@ -56,6 +56,8 @@ struct EmbeddingFile {
     file: Arc<Container>,
     offset: usize,
     stride: usize,
+    /// Where the computed-rows bitmap starts in the map, and its count.
+    computed: Option<(usize, u64)>,
 }
 
 /// One segment of a snapshot: a block of rows with its own files.
@@ -82,7 +84,8 @@ pub struct Segment {
 
 /// Checks that `file` is the column-group file of vectors `def` for
 /// segment `segment` of `rows` rows; returns where its rows start in the
-/// map and their stride.
+/// map and their stride (see [`computed_rows`] for its computed-rows
+/// bitmap).
 pub(crate) fn check_vector_file(
     file: &Container,
     def: &EmbeddingDef,
@@ -117,6 +120,39 @@ pub(crate) fn check_vector_file(
         "embedding rows",
     )?;
     Ok((b.as_ptr() as usize - file.map.as_ptr() as usize, stride))
+}
+
+/// The computed-rows bitmap of embedding file `file` of `rows` rows (a
+/// file [`check_vector_file`] accepted): where it starts in the map and
+/// the count the metadata gives, or `None` if no row was computed.
+pub(crate) fn computed_rows(file: &Container, rows: u64) -> Result<Option<(usize, u64)>> {
+    let Body::Columns(cm) = &file.meta.body else {
+        return Err(Error::corrupt(&file.path, "not a column-group file"));
+    };
+    let Some(vb) = &cm.vectors else {
+        return Err(Error::corrupt(
+            &file.path,
+            "embedding file without a vector block",
+        ));
+    };
+    match vb.computed {
+        None if vb.computed_count == 0 => Ok(None),
+        Some(e) if vb.computed_count > 0 && vb.computed_count <= rows => {
+            let b = file.extent(&e, rows.div_ceil(64) * 8, "computed-rows bitmap")?;
+            Ok(Some((
+                b.as_ptr() as usize - file.map.as_ptr() as usize,
+                vb.computed_count,
+            )))
+        }
+        _ => Err(Error::corrupt(
+            &file.path,
+            format!(
+                "{} computed rows (of {rows}) with{} a bitmap",
+                vb.computed_count,
+                if vb.computed.is_some() { "" } else { "out" }
+            ),
+        )),
+    }
 }
 
 /// Opens the profile or statistics file `r` of `seg` and checks it against
@@ -308,12 +344,14 @@ fn open_embeddings(
         let file = open(&er.file, Kind::Columns)?;
         check_ref(&file, &er.file)?;
         let (offset, stride) = check_vector_file(&file, def, seg.id, seg.rows)?;
+        let computed = computed_rows(&file, seg.rows)?;
         embeddings.push(EmbeddingFile {
             key,
             def: def.clone(),
             file,
             offset,
             stride,
+            computed,
         });
     }
     if seg.embeddings.len() != schema.embeddings.len() {
@@ -485,12 +523,7 @@ impl Segment {
     #[inline]
     pub fn is_deleted(&self, row: usize) -> bool {
         match &self.deletes {
-            Some((f, off, _)) if row < self.rows => {
-                let w = off + (row / 64) * 8;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&f.map[w..w + 8]);
-                u64::from_le_bytes(b) >> (row % 64) & 1 == 1
-            }
+            Some((f, off, _)) if row < self.rows => bit(&f.map[*off..], row),
             _ => false,
         }
     }
@@ -555,6 +588,38 @@ impl Segment {
         })
     }
 
+    /// Whether the vector of `row` for embedding `key` was computed by the
+    /// store with the version's item tower (false for a vector given by
+    /// the caller, and for a key the segment does not hold).
+    pub(crate) fn is_computed(&self, key: &str, row: usize) -> bool {
+        let Some(e) = self.embeddings.iter().find(|e| e.key == key) else {
+            return false;
+        };
+        match e.computed {
+            Some((off, _)) if row < self.rows => bit(&e.file.map[off..], row),
+            _ => false,
+        }
+    }
+
+    /// The rows of `key` whose vector was computed, as a bitmap of
+    /// `ceil(rows / 64)` words (`None` when none was).
+    pub(crate) fn computed_bitmap(&self, key: &str) -> Option<Vec<u64>> {
+        let e = self.embeddings.iter().find(|e| e.key == key)?;
+        let (off, _) = e.computed?;
+        let words: &[u64] = cast(&e.file.map[off..off + self.rows.div_ceil(64) * 8]);
+        Some(words.iter().map(|w| u64::from_le(*w)).collect())
+    }
+
+    /// Number of live rows whose vector for `key` was computed.
+    pub(crate) fn computed_live(&self, key: &str) -> u64 {
+        let Some(bm) = self.computed_bitmap(key) else {
+            return 0;
+        };
+        (0..self.rows)
+            .filter(|&r| bm[r / 64] >> (r % 64) & 1 == 1 && !self.is_deleted(r))
+            .count() as u64
+    }
+
     /// Every mapped file of this segment (for verification and listing).
     pub(crate) fn files(&self) -> Vec<&Arc<Container>> {
         let mut v = vec![&self.index, &self.profile.file, &self.stats.file];
@@ -611,6 +676,18 @@ impl Segment {
                 }
             }
         }
+        for e in &self.embeddings {
+            if let Some((off, count)) = e.computed {
+                let words: &[u64] = cast(&e.file.map[off..off + self.rows.div_ceil(64) * 8]);
+                let n = count_bits(words, self.rows);
+                if n != count {
+                    return Err(Error::corrupt(
+                        &e.file.path,
+                        format!("bitmap marks {n} rows computed, metadata says {count}"),
+                    ));
+                }
+            }
+        }
         if let Some((f, off, count)) = &self.deletes {
             let words: &[u64] = cast(&f.map[*off..off + self.rows.div_ceil(64) * 8]);
             let n = count_bits(words, self.rows);
@@ -653,6 +730,15 @@ pub(crate) fn find_live<'a>(
         }
     }
     None
+}
+
+/// Bit `r` of a little-endian u64 bitmap starting at `bitmap[0]`.
+#[inline]
+fn bit(bitmap: &[u8], r: usize) -> bool {
+    let w = (r / 64) * 8;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bitmap[w..w + 8]);
+    u64::from_le_bytes(b) >> (r % 64) & 1 == 1
 }
 
 /// Number of set bits among the first `rows` bits of `words`.

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub(crate) segments: Vec<Segment>,
     /// Model bundles, sorted by key, with the file each came from.
     pub(crate) models: Vec<LoadedModel>,
+    /// Item-tower-only bundles, sorted by key.
+    pub(crate) towers: Vec<crate::model::LoadedTower>,
     pub(crate) _pin: Pin,
     /// The id directory, built on first use (see `directory.rs`); `None`
     /// inside when this snapshot does not use one.
@@ -268,6 +270,77 @@ impl Snapshot {
             .is_ok_and(|m| !m.pre.is_empty())
     }
 
+    /// The item tower of embedding `key` (`space@version`), if the
+    /// snapshot holds one: from its item-tower-only bundle, else from a
+    /// three-tower bundle of `key` that carries one (they all carry the
+    /// same).
+    pub(crate) fn item_tower(&self, key: &str) -> Option<&std::sync::Arc<crate::model::ItemTower>> {
+        (self.towers.iter())
+            .find(|t| t.tower.key == key)
+            .map(|t| &t.tower.tower)
+            .or_else(|| {
+                (self.models.iter())
+                    .filter(|m| m.model.key() == key)
+                    .find_map(|m| m.model.item_tower.as_ref())
+            })
+    }
+
+    /// Whether embedding `key` (`space@version`) has an item tower in this
+    /// snapshot, so that items added without a vector for it get one
+    /// computed from their profile.
+    pub fn has_item_tower(&self, key: &str) -> bool {
+        self.item_tower(key).is_some()
+    }
+
+    /// A one-line description of `key`'s item tower (inputs, layer widths,
+    /// FLOPs per item), if it has one.
+    pub fn item_tower_summary(&self, key: &str) -> Option<String> {
+        self.item_tower(key).map(|t| t.describe())
+    }
+
+    /// Whether the snapshot holds an item-tower-only bundle for `key`
+    /// (`space@version`).
+    pub fn has_item_tower_bundle(&self, key: &str) -> bool {
+        self.towers.iter().any(|t| t.tower.key == key)
+    }
+
+    /// How many live items have a vector for embedding `key` that the store
+    /// computed with the version's item tower (rather than one given by
+    /// the caller). [`Error::VersionSkew`] if the snapshot does not hold
+    /// `key`.
+    ///
+    /// ```
+    /// # use vstore::*;
+    /// # fn main() -> vstore::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let schema = Schema::new().embedding("item", "v1", 4, Dtype::F32);
+    /// let mut w = Writer::create(dir.path(), schema)?;
+    /// let mut tx = w.begin();
+    /// tx.add_items(ItemBatch::new(vec![1, 2]).embedding("item@v1", vec![0.5; 8]))?;
+    /// let snap = tx.commit()?;
+    /// assert_eq!(snap.computed_count("item@v1")?, 0);
+    /// assert!(!snap.is_computed(1, "item@v1")?);
+    /// # Ok(()) }
+    /// ```
+    pub fn computed_count(&self, key: &str) -> Result<u64> {
+        if self.schema().embedding_def(key).is_none() {
+            return Err(self.skew(key));
+        }
+        Ok(self.segments.iter().map(|s| s.computed_live(key)).sum())
+    }
+
+    /// Whether live item `id`'s vector for embedding `key` was computed by
+    /// the store with the version's item tower. [`Error::UnknownId`] if the
+    /// snapshot does not hold `id`, [`Error::VersionSkew`] if it does not
+    /// hold `key`.
+    pub fn is_computed(&self, id: u64, key: &str) -> Result<bool> {
+        if self.schema().embedding_def(key).is_none() {
+            return Err(self.skew(key));
+        }
+        let r = self.locate(id, "is_computed")?;
+        Ok(self.segments[r.segment].is_computed(key, r.row))
+    }
+
     /// Where live item `id` is, if the snapshot holds it: the fast,
     /// unchecked lookup. It never returns another item's row (the row's own
     /// id is compared), but a damaged id index or deletion bitmap that has
@@ -363,6 +436,7 @@ impl Snapshot {
             v.push(&m.file);
             v.extend(m.pre.iter().map(|p| &*p.file));
         }
+        v.extend(self.towers.iter().map(|t| &*t.file));
         v
     }
 
@@ -385,15 +459,16 @@ impl Snapshot {
             report.bytes += s.verify(seen)?;
             report.files += s.files().len();
         }
-        for m in &self.models {
-            for c in std::iter::once(&m.file).chain(m.pre.iter().map(|p| &p.file)) {
-                if !seen.contains(&c.path) {
-                    c.verify_data()?;
-                    seen.insert(c.path.clone());
-                    report.bytes += c.len();
-                }
-                report.files += 1;
+        let tower_files = self.towers.iter().map(|t| &t.file);
+        let model_files = (self.models.iter())
+            .flat_map(|m| std::iter::once(&m.file).chain(m.pre.iter().map(|p| &p.file)));
+        for c in model_files.chain(tower_files) {
+            if !seen.contains(&c.path) {
+                c.verify_data()?;
+                seen.insert(c.path.clone());
+                report.bytes += c.len();
             }
+            report.files += 1;
         }
         Ok(report)
     }

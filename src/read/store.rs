@@ -178,7 +178,17 @@ fn check_manifest(path: &Path, m: &ManifestMeta, version: u32) -> Result<()> {
     }
     for b in &m.bundles {
         let (key, name) = crate::model::split_bundle_id(&b.key);
-        if b.key.contains('#') {
+        let tower = name == crate::model::TOWER_BUNDLE_NAME;
+        if tower && (version < 5 || b.files.len() != 1) {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "item-tower bundle {}: needs format version 5 and exactly one file",
+                    b.key
+                ),
+            ));
+        }
+        if b.key.contains('#') && !tower {
             if version < 4 {
                 return Err(Error::corrupt(
                     path,
@@ -523,9 +533,29 @@ fn load(
         )?);
     }
     let mut models = Vec::with_capacity(manifest.bundles.len());
+    let mut towers = Vec::new();
     for b in &manifest.bundles {
         let c = opener(&b.files[0], Kind::Bundle)?;
         crate::read::segment::check_ref(&c, &b.files[0])?;
+        if crate::model::split_bundle_id(&b.key).1 == crate::model::TOWER_BUNDLE_NAME {
+            // Small, and read once per snapshot: not cached.
+            match crate::model::Bundle::from_container(&c, &b.key, &manifest.schema)? {
+                crate::model::Bundle::Tower(t) => towers.push(crate::model::LoadedTower {
+                    tower: Arc::new(t),
+                    file: c,
+                }),
+                crate::model::Bundle::Model(_) => {
+                    return Err(Error::corrupt(
+                        &c.path,
+                        format!(
+                            "holds a three-tower bundle; the manifest names it the item tower {}",
+                            b.key
+                        ),
+                    ))
+                }
+            }
+            continue;
+        }
         let name = &b.files[0].name;
         let m = match model_cache.get(name) {
             Some((w, schema)) if *schema == manifest.schema => w.upgrade(),
@@ -534,7 +564,18 @@ fn load(
         let m = match m {
             Some(m) => m,
             None => {
-                let m = Arc::new(Model::from_container(&c, &b.key, &manifest.schema)?);
+                let m = match crate::model::Bundle::from_container(&c, &b.key, &manifest.schema)? {
+                    crate::model::Bundle::Model(m) => Arc::new(*m),
+                    crate::model::Bundle::Tower(_) => {
+                        return Err(Error::corrupt(
+                            &c.path,
+                            format!(
+                            "holds an item-tower-only bundle; the manifest names it the model {}",
+                            b.key
+                        ),
+                        ))
+                    }
+                };
                 model_cache.insert(name.clone(), (Arc::downgrade(&m), manifest.schema.clone()));
                 m
             }
@@ -604,6 +645,7 @@ fn load(
     drop(guard);
     let snap = Snapshot {
         models,
+        towers,
         dir: dir.to_path_buf(),
         manifest,
         manifest_file,

@@ -161,8 +161,20 @@ pub(crate) fn write_merged_embedding(
             None => zeros,
         })
     });
+    // Which rows were computed travels with the rows.
+    let mut computed = vec![0u64; rows.div_ceil(64)];
+    let mut at = 0;
+    for p in parts {
+        for &r in p.rows {
+            if p.seg.is_some_and(|s| s.is_computed(&key, r)) {
+                computed[at / 64] |= 1 << (at % 64);
+            }
+            at += 1;
+        }
+    }
     let path = sink.path(seg, &format!("emb-{key}"), "vcol");
-    let file = encode::write_embedding_raw(sink.fs, &path, seg, rows as u64, def, it)?;
+    let file =
+        encode::write_embedding_raw(sink.fs, &path, seg, rows as u64, def, Some(&computed), it)?;
     Ok(EmbeddingRef { key, file })
 }
 
@@ -359,10 +371,14 @@ impl CompactionJob {
         };
         let meta = write_merged(&mut sink, seg, base.schema(), &parts)?;
         let mut pre = Vec::new();
-        for (r, lm) in base.manifest.bundles.iter().zip(&base.models) {
+        for lm in &base.models {
             let Some(first) = lm.pre.first() else {
                 continue;
             };
+            let id = lm.model.bundle_id();
+            let r = (base.manifest.bundles.iter())
+                .find(|r| r.key == id)
+                .expect("a loaded bundle is in its manifest");
             let cols: Option<Vec<_>> = segs
                 .iter()
                 .map(|s| {
@@ -380,7 +396,8 @@ impl CompactionJob {
                 .zip(&cols)
                 .flat_map(|(rows, col)| rows.iter().map(move |&row| col.row_bytes(row)));
             let path = sink.path(seg, &format!("pre-{}", r.key.replace('#', ".")), "vcol");
-            let file = encode::write_embedding_raw(sink.fs, &path, seg, meta.rows, &first.def, it)?;
+            let file =
+                encode::write_embedding_raw(sink.fs, &path, seg, meta.rows, &first.def, None, it)?;
             pre.push(PreOut {
                 key: r.key.clone(),
                 bundle: r.files[0].name.clone(),

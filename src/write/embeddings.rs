@@ -8,9 +8,16 @@ use crate::format::meta::EmbeddingRef;
 use crate::schema::{EmbeddingDef, Schema};
 
 impl Transaction<'_> {
-    /// Adds embedding version `def` with a vector for every live item
-    /// (`ids` and row-major f32 `vectors`, `ids.len() * dim` values). The
-    /// snapshot then holds it beside the versions it already has.
+    /// Adds embedding version `def` with vectors for live items (`ids` and
+    /// row-major f32 `vectors`, `ids.len() * dim` values). The snapshot then
+    /// holds it beside the versions it already has.
+    ///
+    /// Every live item needs a vector, but those left out may be computed
+    /// by the version's item tower: add a bundle carrying it (an
+    /// item-tower-only bundle, or a three-tower bundle with `item_tower`)
+    /// in the same transaction, and the commit computes them from the
+    /// items' profiles. Without one, [`Transaction::commit`] refuses,
+    /// naming an item left without a vector.
     pub fn add_embedding(&mut self, def: EmbeddingDef, ids: &[u64], vectors: &[f32]) -> Result<()> {
         self.w.check_poisoned()?;
         let key = def.key();
@@ -37,31 +44,40 @@ impl Transaction<'_> {
             })?;
             rows_of[s][row] = Some(i);
         }
+        // Live rows left without a vector: computed at commit by the
+        // version's item tower, if it has one by then.
+        let mut missing: Vec<Vec<u64>> = Vec::with_capacity(rows_of.len());
+        let mut first_missing = None;
         for (s, rows) in rows_of.iter().enumerate() {
             let seg = self.segment(s);
-            if let Some(r) = rows
-                .iter()
-                .enumerate()
-                .position(|(r, x)| x.is_none() && !seg.is_deleted(r))
-            {
-                return Err(Error::InvalidInput(format!(
-                    "embedding {key} has no vector for item id {}; every live item needs one",
-                    seg.ids()[r]
-                )));
+            let mut bm = vec![0u64; rows.len().div_ceil(64)];
+            for (r, x) in rows.iter().enumerate() {
+                if x.is_none() && !seg.is_deleted(r) {
+                    bm[r / 64] |= 1 << (r % 64);
+                    first_missing.get_or_insert(seg.ids()[r]);
+                }
             }
+            missing.push(bm);
         }
-        let r = self.write_embedding(def, vectors, rows_of, schema);
-        self.w.poison(r)
+        let r = self.write_embedding(def, vectors, rows_of, &missing, schema);
+        self.w.poison(r)?;
+        if let Some(id) = first_missing {
+            self.stale.insert(key.clone());
+            self.unfilled.insert(key, id);
+        }
+        Ok(())
     }
 
     /// Writes an embedding file of `def` for every segment (row `r` of
-    /// segment `s` takes input row `rows_of[s][r]`, zeros where none), then
-    /// takes `schema` and reopens every segment.
+    /// segment `s` takes input row `rows_of[s][r]`, zeros where none; the
+    /// rows set in `computed[s]` are marked as computed), then takes
+    /// `schema` and reopens every segment.
     pub(super) fn write_embedding(
         &mut self,
         def: EmbeddingDef,
         vectors: &[f32],
         rows_of: Vec<Vec<Option<usize>>>,
+        computed: &[Vec<u64>],
         schema: Schema,
     ) -> Result<()> {
         let key = def.key();
@@ -80,6 +96,7 @@ impl Transaction<'_> {
                 seg_id,
                 rows.len() as u64,
                 &def,
+                Some(&computed[s]),
                 it,
             )?;
             self.segments[s].meta.embeddings.push(EmbeddingRef {
@@ -109,6 +126,9 @@ impl Transaction<'_> {
         // A bundle belongs to its embedding version and retires with it.
         self.bundles
             .retain(|id, _| crate::model::split_bundle_id(id).0 != key);
+        self.towers.remove(key);
+        self.stale.remove(key);
+        self.unfilled.remove(key);
         for s in &mut self.segments {
             s.meta.embeddings.retain(|e| e.key != key);
         }

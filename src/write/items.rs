@@ -10,6 +10,7 @@ use crate::format::encode::{self, ScalarColumn};
 use crate::format::meta::{self, EmbeddingRef, FileRef, SegmentMeta};
 use crate::schema::EmbeddingDef;
 use crate::write::batch::{self, ItemBatch};
+use crate::write::towers::{all_rows, compute_for_batch};
 
 impl Transaction<'_> {
     /// Adds `batch` as a new segment. Ids must be new to the snapshot and
@@ -52,14 +53,21 @@ impl Transaction<'_> {
             match given.as_slice() {
                 [(_, v)] => {
                     encode::check_vectors(def, &batch.ids, v)?;
-                    vectors.push((def.clone(), v));
+                    vectors.push((def.clone(), Some(v)));
                 }
+                [] if self.tower_of(&key).is_some() => vectors.push((def.clone(), None)),
                 [] => {
                     return Err(Error::InvalidInput(format!(
-                        "batch gives no vectors for embedding {key}; every item needs one for each version in the schema"
+                        "batch gives no vectors for embedding {key}, which has no item tower to \
+                         compute them; every item needs a vector for each version in the schema \
+                         (or publish {key}'s item tower: a bundle with an item_tower part)"
                     )))
                 }
-                _ => return Err(Error::InvalidInput(format!("embedding {key} is given twice"))),
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "embedding {key} is given twice"
+                    )))
+                }
             }
         }
         self.check_ids_unique(&batch.ids)?;
@@ -102,12 +110,13 @@ impl Transaction<'_> {
         self.sink().row_files(seg, ids, profile_cols, stats_cols)
     }
 
-    /// Writes `batch` (with its checked `vectors`, one per schema version)
-    /// as a new segment and opens it.
+    /// Writes `batch` (with its checked `vectors`, one per schema version;
+    /// `None` for a version whose item tower computes them from the
+    /// batch's profile) as a new segment and opens it.
     pub(super) fn write_segment(
         &mut self,
         batch: &ItemBatch,
-        vectors: &[(EmbeddingDef, &Vec<f32>)],
+        vectors: &[(EmbeddingDef, Option<&Vec<f32>>)],
     ) -> Result<()> {
         let seg = self.next_segment_id;
         let rows = batch.len() as u64;
@@ -118,6 +127,16 @@ impl Transaction<'_> {
         let mut embeddings = Vec::new();
         for (def, v) in vectors {
             let key = def.key();
+            let computed;
+            let (v, bitmap) = match v {
+                Some(v) => (&v[..], None),
+                None => {
+                    let tower = self.tower_of(&key).expect("checked by put_items");
+                    let n = batch.len();
+                    computed = compute_for_batch(&tower, &self.schema, &profile_cols, n)?;
+                    (&computed[..], Some(all_rows(n)))
+                }
+            };
             let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
             let d = def.dim as usize;
             let file = encode::write_embedding_group(
@@ -126,6 +145,7 @@ impl Transaction<'_> {
                 seg,
                 rows,
                 def,
+                bitmap.as_deref(),
                 v.chunks_exact(d),
             )?;
             embeddings.push(EmbeddingRef { key, file });

@@ -4,7 +4,8 @@
 //! ([`compaction`]) beside its publishes; [`batch::ItemBatch`] is the rows a
 //! transaction adds. A transaction's operations are split by what they
 //! change: [`items`] (items, statistics, deletes), [`embeddings`]
-//! (embedding versions), [`models`] (model bundles), [`rebase`]
+//! (embedding versions), [`models`] (model bundles), [`towers`]
+//! (vectors computed with an item tower), [`rebase`]
 //! (compaction inside a transaction). Uses every layer below it (`read` to
 //! see the snapshot it builds on, `format` and `io` to write files, `model`
 //! to validate bundles).
@@ -17,5 +18,6 @@ pub(crate) mod items;
 pub(crate) mod models;
 pub(crate) mod publish;
 pub(crate) mod rebase;
+pub(crate) mod towers;
 pub(crate) mod transaction;
 pub(crate) mod writer;

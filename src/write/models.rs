@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::transaction::{Transaction, TxBundle};
+use super::transaction::{Transaction, TxBundle, TxTower};
 use crate::error::{Error, Result};
 use crate::format::encode;
-use crate::model::{bundle_id, split_bundle_id, Model};
+use crate::model::{bundle_id, split_bundle_id, Bundle};
 
 impl Transaction<'_> {
     /// Adds a three-tower model bundle (`model.json` and
@@ -17,9 +17,16 @@ impl Transaction<'_> {
     /// `"default"` if it gives none), replacing the bundle of that name for
     /// the same `space@version` if there is one; bundles of other names
     /// stay. The bundle is validated completely against the snapshot being
-    /// built (see [`Model::load`]), so an embedding version added earlier
-    /// in this transaction may carry its bundle in the same publish.
-    /// Returns the bundle's `space@version`.
+    /// built (see [`crate::Model::load`]), so an embedding version added
+    /// earlier in this transaction may carry its bundle in the same
+    /// publish. Returns the bundle's `space@version`.
+    ///
+    /// An item-tower-only bundle (`"format": "vstore.item_tower.v1"`) is
+    /// taken too, replacing the version's previous one. A version has one
+    /// item tower: a bundle carrying one that differs from the tower
+    /// another bundle of the version carries is refused (field
+    /// `item_tower`). When the version's tower is new or changes, the
+    /// commit computes every vector the store computed for it again.
     pub fn add_model(&mut self, json: &[u8], weights: &[u8]) -> Result<String> {
         self.add_model_with(json, weights, None)
     }
@@ -55,28 +62,85 @@ impl Transaction<'_> {
         pre: Option<crate::schema::Dtype>,
     ) -> Result<String> {
         self.w.check_poisoned()?;
-        let model = Model::load(json, weights, &self.schema)?;
-        if let Some(why) = pre.and(model.precompute_refusal()) {
-            return Err(Error::Bundle {
-                field: "upper".into(),
-                what: format!("cannot precompute the first layer's item part: {why}"),
-            });
+        let bundle = Bundle::load(json, weights, &self.schema)?;
+        if pre.is_some() {
+            let why = match &bundle {
+                Bundle::Model(m) => m.precompute_refusal(),
+                Bundle::Tower(_) => Some("an item-tower-only bundle has no upper network".into()),
+            };
+            if let Some(why) = why {
+                return Err(Error::Bundle {
+                    field: "upper".into(),
+                    what: format!("cannot precompute the first layer's item part: {why}"),
+                });
+            }
         }
-        let key = model.key().to_string();
-        let id = model.bundle_id();
+        let key = bundle.key().to_string();
+        let id = bundle.bundle_id();
+        self.check_one_tower(&bundle, &id)?;
+        let before = self.tower_of(&key);
         let file_tag = id.replace('#', ".");
         let name = self.fresh_name(0, &format!("model-{file_tag}"), "vbnd");
         let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &id, json, weights);
         let file = self.w.poison(r)?;
-        self.bundles.insert(
-            id,
-            TxBundle {
-                file,
-                model: Arc::new(model),
-                pre: pre.map(|d| (d, BTreeMap::new())),
-            },
-        );
+        match bundle {
+            Bundle::Model(model) => {
+                self.bundles.insert(
+                    id,
+                    TxBundle {
+                        file,
+                        model: Arc::new(*model),
+                        pre: pre.map(|d| (d, BTreeMap::new())),
+                    },
+                );
+            }
+            Bundle::Tower(t) => {
+                let tower = Arc::new(t);
+                self.towers.insert(key.clone(), TxTower { file, tower });
+            }
+        }
+        // A new or changed tower computes the version's computed rows again
+        // at commit (rows added from now on are computed with it already).
+        if let Some(after) = self.tower_of(&key) {
+            let has_computed =
+                (0..self.segments.len()).any(|s| self.segment(s).computed_bitmap(&key).is_some());
+            if has_computed && before.is_none_or(|b| !b.same_as(&after)) {
+                self.stale.insert(key.clone());
+            }
+        }
         Ok(key)
+    }
+
+    /// One item tower per embedding version: refuses `bundle` (to be
+    /// stored as `id`) if it carries an item tower other than one that
+    /// another bundle of its version carries (the bundle it replaces
+    /// aside).
+    fn check_one_tower(&self, bundle: &Bundle, id: &str) -> Result<()> {
+        let Some(mine) = bundle.item_tower() else {
+            return Ok(());
+        };
+        let key = bundle.key();
+        let others = (self.towers.get(key))
+            .filter(|t| t.tower.bundle_id() != id)
+            .map(|t| (t.tower.bundle_id(), t.tower.tower.clone()))
+            .into_iter()
+            .chain(
+                (self.bundles.iter())
+                    .filter(|(bid, b)| b.model.key() == key && bid.as_str() != id)
+                    .filter_map(|(bid, b)| b.model.item_tower.clone().map(|t| (bid.clone(), t))),
+            );
+        for (other, t) in others {
+            if !t.same_as(mine) {
+                return Err(Error::Bundle {
+                    field: "item_tower".into(),
+                    what: format!(
+                        "differs from the item tower of {key} that bundle {other} carries; an \
+                         embedding version has one item tower (give the same one, or none)"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Writes the precomputed first-layer files that segments lack.
@@ -151,6 +215,20 @@ impl Transaction<'_> {
     /// Removes the model bundle named `name` for `key` (`space@version`).
     pub fn drop_model_named(&mut self, key: &str, name: &str) -> Result<()> {
         self.drop_bundle(key, Some(name))
+    }
+
+    /// Removes the item-tower-only bundle of `key` (`space@version`). The
+    /// vectors it computed stay; items added later need a vector for `key`
+    /// unless a three-tower bundle of `key` carries the tower.
+    pub fn drop_item_tower(&mut self, key: &str) -> Result<()> {
+        self.w.check_poisoned()?;
+        if self.towers.remove(key).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "the snapshot holds no item-tower-only bundle for {key} (it holds them for [{}])",
+                self.towers.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
     }
 
     fn drop_bundle(&mut self, key: &str, name: Option<&str>) -> Result<()> {

@@ -8,7 +8,7 @@
 use super::publish::publish;
 use super::writer::now_ms;
 use super::writer::{writer_open_options, Writer};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -49,6 +49,13 @@ pub(super) struct TxBundle {
     pub(super) pre: Option<(crate::schema::Dtype, BTreeMap<u64, FileRef>)>,
 }
 
+/// An item-tower-only bundle of a snapshot under construction.
+#[derive(Debug)]
+pub(super) struct TxTower {
+    pub(super) file: FileRef,
+    pub(super) tower: Arc<crate::model::TowerBundle>,
+}
+
 /// A snapshot under construction. Data files are written as operations are
 /// applied; nothing is visible to readers until [`Transaction::commit`]
 /// publishes the manifest. Dropping a transaction abandons it and removes
@@ -63,6 +70,16 @@ pub struct Transaction<'w> {
     pub(super) segments: Vec<SegState>,
     pub(super) user_meta: BTreeMap<String, String>,
     pub(super) bundles: BTreeMap<String, TxBundle>,
+    /// Item-tower-only bundles by `space@version`.
+    pub(super) towers: BTreeMap<String, TxTower>,
+    /// Embedding versions whose computed rows must be computed again at
+    /// commit (the version's item tower changed, or rows were added
+    /// without a vector before the tower arrived).
+    pub(super) stale: BTreeSet<String>,
+    /// Of `stale`, the versions with rows that have no vector yet (added by
+    /// `add_embedding` without one), with the first such item's id: the
+    /// commit fails if such a version has no item tower by then.
+    pub(super) unfilled: BTreeMap<String, u64>,
     pub(super) next_segment_id: u64,
     pub(super) written: HashSet<String>,
     /// Segments this transaction merged away.
@@ -172,6 +189,9 @@ impl<'w> Transaction<'w> {
     pub fn commit(mut self) -> Result<Arc<Snapshot>> {
         self.w.check_poisoned()?;
         self.refuse_precomputed_without_items()?;
+        self.refuse_unfilled()?;
+        let r = self.fill_stale();
+        self.w.poison(r)?;
         let r = self.write_precomputed();
         self.w.poison(r)?;
         let manifest = self.manifest();
@@ -221,20 +241,7 @@ impl<'w> Transaction<'w> {
             created_unix_ms: self.created_unix_ms.unwrap_or_else(now_ms),
             schema: self.schema.clone(),
             segments: self.segments.iter().map(|s| s.meta.clone()).collect(),
-            bundles: self
-                .bundles
-                .iter()
-                .map(|(k, b)| {
-                    let mut files = vec![b.file.clone()];
-                    if let Some((_, pre)) = &b.pre {
-                        files.extend(self.segments.iter().map(|s| pre[&s.meta.id].clone()));
-                    }
-                    BundleRef {
-                        key: k.clone(),
-                        files,
-                    }
-                })
-                .collect(),
+            bundles: self.bundle_refs(),
             user_meta: self
                 .user_meta
                 .iter()
@@ -245,6 +252,32 @@ impl<'w> Transaction<'w> {
                 .collect(),
             next_segment_id: self.next_segment_id,
         }
+    }
+}
+
+impl Transaction<'_> {
+    /// The manifest's bundle list: every three-tower bundle (with its
+    /// precomputed files, one per segment, if it has them) and every
+    /// item-tower-only bundle, sorted by bundle id.
+    fn bundle_refs(&self) -> Vec<BundleRef> {
+        let mut refs: Vec<BundleRef> = (self.bundles.iter())
+            .map(|(k, b)| {
+                let mut files = vec![b.file.clone()];
+                if let Some((_, pre)) = &b.pre {
+                    files.extend(self.segments.iter().map(|s| pre[&s.meta.id].clone()));
+                }
+                BundleRef {
+                    key: k.clone(),
+                    files,
+                }
+            })
+            .chain(self.towers.values().map(|t| BundleRef {
+                key: t.tower.bundle_id(),
+                files: vec![t.file.clone()],
+            }))
+            .collect();
+        refs.sort_by(|a, b| a.key.cmp(&b.key));
+        refs
     }
 }
 

@@ -6,7 +6,7 @@
 use super::gc::Retention;
 use super::publish::sync_dir;
 use super::rebase::Compaction;
-use super::transaction::{SegState, Transaction, TxBundle, View};
+use super::transaction::{SegState, Transaction, TxBundle, TxTower, View};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -407,8 +407,26 @@ impl Writer {
         self.next_snapshot = number.saturating_add(1);
         let base = self.snapshot();
         let mut bundles = BTreeMap::new();
+        let mut towers = BTreeMap::new();
         if let Some(b) = &base {
-            for (r, lm) in b.manifest.bundles.iter().zip(&b.models) {
+            for t in &b.towers {
+                let id = t.tower.bundle_id();
+                let r = (b.manifest.bundles.iter())
+                    .find(|r| r.key == id)
+                    .expect("a loaded bundle is in its manifest");
+                towers.insert(
+                    t.tower.key.clone(),
+                    TxTower {
+                        file: r.files[0].clone(),
+                        tower: t.tower.clone(),
+                    },
+                );
+            }
+            for lm in &b.models {
+                let id = lm.model.bundle_id();
+                let r = (b.manifest.bundles.iter())
+                    .find(|r| r.key == id)
+                    .expect("a loaded bundle is in its manifest");
                 let pre = lm.pre.first().map(|p| {
                     let files = lm
                         .pre
@@ -456,6 +474,9 @@ impl Writer {
             segments,
             user_meta,
             bundles,
+            towers,
+            stale: Default::default(),
+            unfilled: Default::default(),
             next_segment_id,
             written: HashSet::new(),
             compacted_away: Vec::new(),

@@ -84,6 +84,103 @@ impl Bundle {
         Bundle { json, tensors }
     }
 
+    /// An item-tower-only bundle (`vstore.item_tower.v1`) for
+    /// `{space}@{version}` over the common schema's profile columns:
+    /// `category` (a table of 5 rows by 3), `price` as is and bucketized
+    /// (a table of 3 rows by 2), then 6 -> 4 (relu) -> `item_dim`
+    /// (identity). [`Bundle::tower_reference`] computes it in f64.
+    pub fn tower_only(space: &str, version: &str, item_dim: usize) -> Bundle {
+        let json = json!({
+            "format": "vstore.item_tower.v1",
+            "space": space, "version": version, "item_dim": item_dim,
+            "item_tower": Self::tower_json(),
+        });
+        let mut b = Bundle {
+            json,
+            tensors: BTreeMap::new(),
+        };
+        b.add_tower_tensors(item_dim, 0);
+        b
+    }
+
+    /// This bundle as contract v2 carrying the item tower of
+    /// [`Bundle::tower_only`] (weights drawn with `salt`).
+    pub fn with_tower(mut self, salt: usize) -> Bundle {
+        let item_dim = self.json["item_dim"].as_u64().unwrap() as usize;
+        self.json["format"] = json!("vstore.three_tower.v2");
+        self.json["item_tower"] = Self::tower_json();
+        self.add_tower_tensors(item_dim, salt);
+        self
+    }
+
+    fn tower_json() -> Value {
+        json!({
+            "inputs": [
+                {"kind": "item_categorical", "column": "category", "embedding": "tower.category"},
+                {"kind": "item_numeric", "column": "price"},
+                {"kind": "item_numeric", "column": "price",
+                 "transform": {"bucketize": [1.0, 10.0]}, "embedding": "tower.price"}
+            ],
+            "layers": [
+                {"weight": "tower.0.weight", "bias": "tower.0.bias", "activation": "relu"},
+                {"weight": "tower.1.weight", "bias": "tower.1.bias", "activation": "identity"}
+            ]
+        })
+    }
+
+    fn add_tower_tensors(&mut self, item_dim: usize, salt: usize) {
+        let shapes: Vec<(&str, Vec<usize>)> = vec![
+            ("tower.category", vec![5, 3]),
+            ("tower.price", vec![3, 2]),
+            ("tower.0.weight", vec![4, 6]),
+            ("tower.0.bias", vec![4]),
+            ("tower.1.weight", vec![item_dim, 4]),
+            ("tower.1.bias", vec![item_dim]),
+        ];
+        for (i, (n, s)) in shapes.into_iter().enumerate() {
+            let len = s.iter().product();
+            self.tensors
+                .insert(n.to_string(), (s, weights(len, 100 + i + salt)));
+        }
+    }
+
+    /// The item tower of this bundle (see [`Bundle::tower_only`]) in f64,
+    /// for an item whose `category` and `price` read as given (missing:
+    /// the column's default already applied).
+    pub fn tower_reference(&self, category: u32, price: f32) -> Vec<f64> {
+        let t = |n: &str| &self.tensors[n];
+        let (cat, pb) = (t("tower.category"), t("tower.price"));
+        let mut x: Vec<f64> = Vec::new();
+        let c = if (category as usize) < cat.0[0] {
+            category as usize
+        } else {
+            0
+        };
+        x.extend(cat.1[c * 3..c * 3 + 3].iter().map(|&v| v as f64));
+        x.push(price as f64);
+        let b = [1.0f32, 10.0].iter().filter(|&&t| t <= price).count();
+        x.extend(pb.1[b * 2..b * 2 + 2].iter().map(|&v| v as f64));
+        let dense = |x: &[f64], w: &str, b: &str, relu: bool| -> Vec<f64> {
+            let (ws, wv) = t(w);
+            let bv = &t(b).1;
+            (0..ws[0])
+                .map(|o| {
+                    let y = bv[o] as f64
+                        + (0..ws[1])
+                            .map(|i| wv[o * ws[1] + i] as f64 * x[i])
+                            .sum::<f64>();
+                    if relu {
+                        y.max(0.0)
+                    } else {
+                        y
+                    }
+                })
+                .collect()
+        };
+        let h = dense(&x, "tower.0.weight", "tower.0.bias", true);
+        dense(&h, "tower.1.weight", "tower.1.bias", false)
+    }
+
     /// `model.json` and `weights.safetensors` bytes.
     pub fn bytes(&self) -> (Vec<u8>, Vec<u8>) {
         let raw: Vec<(String, Vec<usize>, Vec<u8>)> = self
