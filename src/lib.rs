@@ -39,8 +39,8 @@ pub use error::{Error, Result};
 pub use format::container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use io::fs::{Fs, FsFile, StdFs};
 pub use model::{
-    Activation, ExampleBundle, Fusion, Model, UserInputSpec, UserInputs, BUNDLE_FORMAT,
-    BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME,
+    Activation, BundleHeader, ExampleBundle, Fusion, ItemTowerBundle, Model, UserInputSpec,
+    UserInputs, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME, ITEM_TOWER_FORMAT,
 };
 #[doc(hidden)]
 pub use query::bench_support;

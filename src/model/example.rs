@@ -110,6 +110,69 @@ impl ExampleBundle {
         )
     }
 
+    /// An item-tower-only bundle (`vstore.item_tower.v1`) for the same
+    /// `space@version`: the profile columns `category` (through a 16-wide
+    /// table of [`ExampleBundle::categories`] rows), `brand` (an 8-wide
+    /// table of 1,024 rows) and `price` (`log1p`, and bucketized at 10,
+    /// 100 and 1,000 through a 4-wide table): 29 values → 256 → 128 (relu)
+    /// → 64 (identity), 96,768 FLOP per item. Seeded weights, like the
+    /// three-tower bundle's.
+    ///
+    /// ```
+    /// use vstore::{Dtype, ExampleBundle, ItemTowerBundle, Schema};
+    /// let (json, weights) = ExampleBundle::new("prerank", "v1").item_tower_files();
+    /// let schema = Schema::new()
+    ///     .embedding("prerank", "v1", ExampleBundle::DIM as u32, Dtype::F16)
+    ///     .categorical("category", 0)
+    ///     .categorical("brand", 0)
+    ///     .numeric("price", 0.0);
+    /// let tower = ItemTowerBundle::load(&json, &weights, &schema)?;
+    /// assert_eq!(tower.key(), "prerank@v1");
+    /// # Ok::<(), vstore::Error>(())
+    /// ```
+    pub fn item_tower_files(&self) -> (Vec<u8>, Vec<u8>) {
+        let (space, version, dim) = (&self.space, &self.version, Self::DIM);
+        let json = format!(
+            r#"{{
+  "format": "vstore.item_tower.v1",
+  "space": "{space}", "version": "{version}", "item_dim": {dim},
+  "item_tower": {{
+    "inputs": [
+      {{"kind": "item_categorical", "column": "category", "embedding": "tower.category"}},
+      {{"kind": "item_categorical", "column": "brand", "embedding": "tower.brand"}},
+      {{"kind": "item_numeric", "column": "price", "transform": "log1p"}},
+      {{"kind": "item_numeric", "column": "price",
+       "transform": {{"bucketize": [10.0, 100.0, 1000.0]}}, "embedding": "tower.price_bucket"}}
+    ],
+    "layers": [
+      {{"weight": "tower.0.weight", "bias": "tower.0.bias", "activation": "relu"}},
+      {{"weight": "tower.1.weight", "bias": "tower.1.bias", "activation": "relu"}},
+      {{"weight": "tower.2.weight", "bias": "tower.2.bias", "activation": "identity"}}
+    ]
+  }}
+}}
+"#
+        );
+        let shapes: Vec<(String, Vec<usize>)> = [
+            ("tower.category", vec![self.categories as usize, 16]),
+            ("tower.brand", vec![1024, 8]),
+            ("tower.price_bucket", vec![4, 4]),
+            ("tower.0.weight", vec![256, 29]),
+            ("tower.0.bias", vec![256]),
+            ("tower.1.weight", vec![128, 256]),
+            ("tower.1.bias", vec![128]),
+            ("tower.2.weight", vec![dim, 128]),
+            ("tower.2.bias", vec![dim]),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect();
+        (
+            json.into_bytes(),
+            Self::random_weights(&shapes, 0x17E3_70E8_0000_0001),
+        )
+    }
+
     fn weights(&self) -> Vec<u8> {
         let shapes: [(&str, &[usize]); 16] = [
             ("emb.imp_bucket", &[4, 4]),

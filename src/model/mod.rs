@@ -35,8 +35,8 @@ pub(crate) use score::{Prepared, SegmentInputs};
 use spec::bad;
 pub(crate) use spec::UpperPart;
 pub use spec::{Activation, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME};
-pub use tower::ITEM_TOWER_FORMAT;
-pub(crate) use tower::{ItemTower, TowerBundle, TowerColumns, TOWER_BUNDLE_NAME};
+pub use tower::{BundleHeader, ItemTowerBundle, ITEM_TOWER_FORMAT};
+pub(crate) use tower::{ItemTower, TowerColumns, TOWER_BUNDLE_NAME};
 
 /// A model bundle as a pinned snapshot holds it: the model, its file, and
 /// (if the bundle was added with precomputing) one file per segment, in
@@ -51,7 +51,7 @@ pub(crate) struct LoadedModel {
 /// An item-tower-only bundle as a pinned snapshot holds it.
 #[derive(Debug)]
 pub(crate) struct LoadedTower {
-    pub tower: std::sync::Arc<TowerBundle>,
+    pub tower: std::sync::Arc<ItemTowerBundle>,
     pub file: std::sync::Arc<crate::format::container::Container>,
 }
 
@@ -156,7 +156,7 @@ fn safetensors_of(weights: &[u8]) -> Result<safetensors::SafeTensors<'_>> {
 #[derive(Debug, Clone)]
 pub(crate) enum Bundle {
     Model(Box<Model>),
-    Tower(TowerBundle),
+    Tower(ItemTowerBundle),
 }
 
 impl Bundle {
@@ -164,7 +164,7 @@ impl Bundle {
     /// chosen by `model.json`'s `format`.
     pub(crate) fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Bundle> {
         if spec::format_tag(json).as_deref() == Some(ITEM_TOWER_FORMAT) {
-            TowerBundle::load(json, weights, schema).map(Bundle::Tower)
+            ItemTowerBundle::load(json, weights, schema).map(Bundle::Tower)
         } else {
             Model::load(json, weights, schema).map(|m| Bundle::Model(Box::new(m)))
         }

@@ -892,6 +892,20 @@ pub(crate) fn format_tag(json: &[u8]) -> Option<String> {
     Some(root.get("format")?.as_str()?.to_string())
 }
 
+/// The header fields of `model.json` (see [`super::BundleHeader`]).
+pub(crate) fn header(json: &[u8]) -> Result<super::BundleHeader> {
+    let root: Value = serde_json::from_slice(json)
+        .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
+    let o = Obj::new("", &root)?;
+    let format = o.str("format")?.to_string();
+    Ok(super::BundleHeader {
+        has_item_tower: format == super::ITEM_TOWER_FORMAT || o.get("item_tower").is_some(),
+        format,
+        key: format!("{}@{}", o.str("space")?, o.str("version")?),
+        item_dim: o.dim("item_dim")?,
+    })
+}
+
 /// An item-tower-only bundle (`"format": "vstore.item_tower.v1"`).
 #[derive(Debug, Clone)]
 pub(crate) struct TowerSpec {

@@ -26,6 +26,35 @@ pub const ITEM_TOWER_FORMAT: &str = "vstore.item_tower.v1";
 /// give, since bundle names may not start with a dot.
 pub(crate) const TOWER_BUNDLE_NAME: &str = ".item_tower";
 
+/// What `model.json` says about a bundle before it is validated: its
+/// format, the embedding version it is for and whether it carries an item
+/// tower (for a tool that must declare the version before a store exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleHeader {
+    /// `format` (`vstore.three_tower.v1`, `vstore.three_tower.v2` or
+    /// `vstore.item_tower.v1`).
+    pub format: String,
+    /// `space@version`.
+    pub key: String,
+    /// `item_dim`.
+    pub item_dim: usize,
+    /// Whether the bundle is item-tower-only or carries `item_tower`.
+    pub has_item_tower: bool,
+}
+
+impl BundleHeader {
+    /// Reads the header fields of `model.json` bytes (an error names the
+    /// field that is missing or of the wrong type).
+    pub fn read(json: &[u8]) -> Result<BundleHeader> {
+        spec::header(json)
+    }
+
+    /// Whether the bundle is item-tower-only.
+    pub fn is_item_tower_only(&self) -> bool {
+        self.format == ITEM_TOWER_FORMAT
+    }
+}
+
 /// Rows computed per block.
 const BLOCK: usize = 64;
 
@@ -191,27 +220,62 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// An item-tower-only bundle, validated against a snapshot's schema.
+/// An item-tower-only bundle (`"format": "vstore.item_tower.v1"`),
+/// validated against a snapshot's schema. A store takes it with
+/// [`crate::Transaction::add_model`]; this type checks one without a store
+/// and describes it.
+///
+/// ```
+/// # use vstore::*;
+/// let schema = Schema::new().numeric("price", 0.0).embedding("item", "v1", 2, Dtype::F32);
+/// let json = br#"{"format": "vstore.item_tower.v1", "space": "item", "version": "v1",
+///   "item_dim": 2, "item_tower": {"inputs": [{"kind": "item_numeric", "column": "price"}],
+///   "layers": [{"weight": "w", "bias": "b", "activation": "identity"}]}}"#;
+/// let w: Vec<u8> = [1f32, -1.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+/// let b = [0u8; 8];
+/// let weights = safetensors::serialize(
+///     [("w", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 1], &w).unwrap()),
+///      ("b", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &b).unwrap())],
+///     None,
+/// ).unwrap();
+/// let t = ItemTowerBundle::load(json, &weights, &schema)?;
+/// assert_eq!(t.key(), "item@v1");
+/// # Ok::<(), vstore::Error>(())
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct TowerBundle {
+pub struct ItemTowerBundle {
     /// `space@version`.
     pub(crate) key: String,
     pub(crate) tower: Arc<ItemTower>,
 }
 
-impl TowerBundle {
+impl ItemTowerBundle {
     /// Parses and validates an item-tower-only bundle (`model.json` of
-    /// format [`ITEM_TOWER_FORMAT`] and its weights) against `schema`.
-    pub(crate) fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<TowerBundle> {
+    /// format [`ITEM_TOWER_FORMAT`] and its weights) against `schema`: the
+    /// version exists with dimension `item_dim`, the inputs read profile
+    /// columns of the right kinds, the layers chain to `item_dim` values.
+    /// Any failure is [`Error::Bundle`] naming the field.
+    pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<ItemTowerBundle> {
         let t = spec::parse_item_tower_bundle(json)?;
         let st = super::safetensors_of(weights)?;
         let st = Tensors { st, v2: true };
         let key = compile::embedding_key(&t.space, &t.version, t.item_dim, schema)?;
         let tower = ItemTower::compile(&t.tower, &st, schema, t.item_dim)?;
-        Ok(TowerBundle {
+        Ok(ItemTowerBundle {
             key,
             tower: Arc::new(tower),
         })
+    }
+
+    /// The embedding version the tower computes vectors of
+    /// (`space@version`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A one-line description: inputs, layer widths, FLOPs per item.
+    pub fn describe(&self) -> String {
+        self.tower.describe()
     }
 
     /// How the store records the bundle (`space@version#.item_tower`).

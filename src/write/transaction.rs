@@ -53,7 +53,7 @@ pub(super) struct TxBundle {
 #[derive(Debug)]
 pub(super) struct TxTower {
     pub(super) file: FileRef,
-    pub(super) tower: Arc<crate::model::TowerBundle>,
+    pub(super) tower: Arc<crate::model::ItemTowerBundle>,
 }
 
 /// A snapshot under construction. Data files are written as operations are

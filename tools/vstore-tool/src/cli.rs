@@ -40,9 +40,12 @@ pub enum Cmd {
     /// Overwrite statistics columns from a Parquet/CSV table.
     #[command(alias = "refresh-stats")]
     UpdateStats(UpdateStatsArgs),
-    /// Add a model bundle (model.json + weights.safetensors) for three-tower scoring.
+    /// Add a model bundle (model.json + weights.safetensors): three-tower, or
+    /// an item tower alone (`vstore.item_tower.v1`) that computes the vectors
+    /// of items added without one.
     AddModel(AddModelArgs),
-    /// Remove a model bundle of an embedding version (by name when there are several).
+    /// Remove a model bundle of an embedding version (by name when there are
+    /// several), or its item tower (--item-tower).
     DropModel(DropModelArgs),
     /// Add new items (ids must be new) as a new segment.
     AddItems(ItemsArgs),
@@ -99,9 +102,15 @@ pub struct BuildArgs {
     pub ids: PathBuf,
     /// An embedding version: `space@version[:dtype]=FILE.npy` (float32 or
     /// float16 rows in the order of --ids; dtype is the storage type: f32,
-    /// f16, bf16 or i8; default --dtype). Repeat for several versions.
-    #[arg(long = "embedding", value_name = "KEY[:DTYPE]=NPY", required = true)]
+    /// f16, bf16 or i8; default --dtype). Repeat for several versions. A
+    /// version whose item tower is given (--item-tower, or a --model that
+    /// carries one) needs no file: its vectors are computed from --profile.
+    #[arg(long = "embedding", value_name = "KEY[:DTYPE]=NPY")]
     pub embeddings: Vec<String>,
+    /// An item-tower-only bundle directory (`vstore.item_tower.v1`) to add
+    /// (repeatable, one per version).
+    #[arg(long = "item-tower", value_name = "DIR")]
+    pub item_towers: Vec<PathBuf>,
     /// Storage dtype of embeddings that do not name one.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -128,12 +137,17 @@ pub struct BuildArgs {
 pub struct AddEmbeddingArgs {
     /// Store directory.
     pub store: PathBuf,
-    /// Item ids of the embedding rows (every live item of the store, once).
+    /// Item ids of the embedding rows (every live item of the store, once;
+    /// with an item tower, those left out get a computed vector).
     #[arg(long, value_name = "NPY")]
     pub ids: PathBuf,
     /// The new version: `space@version[:dtype]=FILE.npy`.
     #[arg(long, value_name = "KEY[:DTYPE]=NPY")]
     pub embedding: String,
+    /// The new version's item tower (an item-tower-only bundle directory):
+    /// live items left out of --ids get their vector computed by it.
+    #[arg(long = "item-tower", value_name = "DIR")]
+    pub item_tower: Option<PathBuf>,
     /// Storage dtype if the embedding does not name one.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -182,7 +196,8 @@ pub struct AddModelArgs {
     #[arg(long, value_name = "DTYPE")]
     pub precompute: Option<String>,
     /// Replace the bundle the store already holds for the same version
-    /// under the same name (`name` in model.json; "default" if none).
+    /// under the same name (`name` in model.json; "default" if none), or
+    /// the version's item tower.
     #[arg(long)]
     pub replace: bool,
 }
@@ -195,8 +210,11 @@ pub struct DropModelArgs {
     /// The embedding version, `space@version`.
     pub key: String,
     /// The bundle's name (needed when the version has several bundles).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "item_tower")]
     pub name: Option<String>,
+    /// Drop the version's item-tower-only bundle instead.
+    #[arg(long)]
+    pub item_tower: bool,
 }
 
 /// `add-items` and `upsert-items`.
@@ -207,7 +225,9 @@ pub struct ItemsArgs {
     /// Item ids, .npy.
     #[arg(long, value_name = "NPY")]
     pub ids: PathBuf,
-    /// Vectors for every version the store holds: `space@version=FILE.npy`.
+    /// Vectors for a version the store holds: `space@version=FILE.npy`
+    /// (repeat per version). Every version needs one, except a version
+    /// with an item tower: the store computes its vectors from --profile.
     #[arg(long = "embedding", value_name = "KEY=NPY")]
     pub embeddings: Vec<String>,
     /// Profile and statistics tables (columns of the store's schema).

@@ -229,8 +229,12 @@ fn not_retained(dir: &std::path::Path, n: u64, held: &[u64]) -> ToolError {
 }
 
 /// Each bundle of `snap` as `space@version`, or `space@version name` when
-/// it is named other than "default".
+/// it is named other than "default", then each item-tower-only bundle as
+/// `space@version item tower`.
 pub fn bundle_labels(snap: &vstore::Snapshot) -> Vec<String> {
+    let towers = (snap.embedding_keys().into_iter())
+        .filter(|k| snap.has_item_tower_bundle(k))
+        .map(|k| format!("{k} item tower"));
     (snap.model_keys().iter())
         .flat_map(|k| {
             snap.model_names(k).into_iter().map(move |n| {
@@ -241,6 +245,7 @@ pub fn bundle_labels(snap: &vstore::Snapshot) -> Vec<String> {
                 }
             })
         })
+        .chain(towers)
         .collect()
 }
 

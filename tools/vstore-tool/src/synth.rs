@@ -176,6 +176,18 @@ pub fn bundle(space: &str, version: &str) -> (Vec<u8>, Vec<u8>) {
     .files()
 }
 
+/// The example item-tower-only bundle for `space@version` (over the
+/// catalogue's profile columns `category`, `brand` and `price`).
+pub fn item_tower_bundle(space: &str, version: &str) -> (Vec<u8>, Vec<u8>) {
+    vstore::ExampleBundle {
+        space: space.to_string(),
+        version: version.to_string(),
+        categories: CATEGORIES,
+        impression_buckets: [100.0, 1000.0, 10000.0],
+    }
+    .item_tower_files()
+}
+
 fn io<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> ToolError + 'a {
     move |e| ToolError::io(op, path, e)
 }

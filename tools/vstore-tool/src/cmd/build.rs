@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vstore::{ItemBatch, Model, Schema, Store, Writer};
+use vstore::{ItemBatch, Schema, Store, Writer};
 
 use crate::cli::BuildArgs;
-use crate::cmd::model::{parse_precompute, read_bundle};
+use crate::cmd::model::{parse_precompute, read_bundle, Checked};
 use crate::error::{Context, Result, ToolError};
 use crate::inputs::{
     add_table_columns, load_table, parse_column_spec, parse_dtype, parse_embedding_arg, read_items,
@@ -95,6 +95,15 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             .map_err(|_| ToolError::input(&e.path, format!("dimension {dim} is too large")))?;
         schema = schema.embedding(space, version, dim, e.dtype.unwrap_or(default_dtype));
     }
+    let bundles = read_bundles(a)?;
+    schema = computed_versions(schema, &bundles, &items.vectors, default_dtype)?;
+    if schema.embeddings.is_empty() {
+        return Err(ToolError::Usage(
+            "no embedding version: give --embedding KEY=FILE.npy, or an item tower \
+             (--item-tower DIR, or a --model that carries one) to compute a version's vectors"
+                .into(),
+        ));
+    }
     schema.validate().map_err(|e| {
         ToolError::Refused(format!(
             "the tables and embeddings give an invalid schema: {e}"
@@ -103,16 +112,11 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     for (e, _, v) in items.vectors {
         batch = batch.embedding(&e.key, v);
     }
-    // A bundle is validated against the schema before anything is written.
-    let bundle = match &a.model {
-        Some(dir) => {
-            let (json, weights) = read_bundle(dir)?;
-            Model::load(&json, &weights, &schema)
-                .context(|| format!("model bundle {}", dir.display()))?;
-            Some((dir, json, weights))
-        }
-        None => None,
-    };
+    // Bundles are validated against the schema before anything is written.
+    for b in &bundles {
+        Checked::load(&b.json, &b.weights, &schema)
+            .context(|| format!("bundle {}", b.dir.display()))?;
+    }
 
     let created = Created::before(&a.store);
     let t = Instant::now();
@@ -122,16 +126,17 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         let taken = w.remove_leftovers()?;
         report_taken_back(out, &a.store, &taken)?;
         let mut tx = w.begin();
+        // Bundles first: an item tower computes vectors as items are added.
+        for b in &bundles {
+            let r = match precompute {
+                Some(d) if b.is_model => tx.add_model_precomputed(&b.json, &b.weights, d),
+                _ => tx.add_model(&b.json, &b.weights),
+            };
+            r.context(|| format!("bundle {}", b.dir.display()))?;
+        }
         let sp = p.spinner(&format!("writing {} items", items.ids.len()));
         tx.add_items(batch)
             .context(|| format!("items from {}", items.ids_path.display()))?;
-        if let Some((dir, json, weights)) = &bundle {
-            let r = match precompute {
-                Some(d) => tx.add_model_precomputed(json, weights, d),
-                None => tx.add_model(json, weights),
-            };
-            r.context(|| format!("model bundle {}", dir.display()))?;
-        }
         tx.set_metadata("created_by", "vstore-tool build");
         for (k, v) in &metadata {
             tx.set_metadata(k, v);
@@ -153,6 +158,76 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     say!(out, "built store {}", a.store.display());
     report::published(out, None, &snap, t.elapsed())?;
     Ok(())
+}
+
+/// A bundle directory given to `build`, read.
+struct BundleFiles {
+    dir: PathBuf,
+    json: Vec<u8>,
+    weights: Vec<u8>,
+    header: vstore::BundleHeader,
+    /// Given as `--model` (else `--item-tower`).
+    is_model: bool,
+}
+
+/// Reads the `--item-tower` bundles, then the `--model` bundle.
+fn read_bundles(a: &BuildArgs) -> Result<Vec<BundleFiles>> {
+    let dirs = (a.item_towers.iter().map(|d| (d, false))).chain(a.model.iter().map(|d| (d, true)));
+    dirs.map(|(dir, is_model)| {
+        let (json, weights) = read_bundle(dir)?;
+        let header =
+            vstore::BundleHeader::read(&json).context(|| format!("bundle {}", dir.display()))?;
+        if header.is_item_tower_only() == is_model {
+            return Err(ToolError::input(
+                dir,
+                if is_model {
+                    "is an item-tower-only bundle: give it as --item-tower"
+                } else {
+                    "is a three-tower bundle: give it as --model"
+                },
+            ));
+        }
+        Ok(BundleFiles {
+            dir: dir.clone(),
+            json,
+            weights,
+            header,
+            is_model,
+        })
+    })
+    .collect()
+}
+
+/// Adds to `schema` every version a bundle's item tower computes that no
+/// `--embedding` gives (dimension `item_dim`, stored as `dtype`); refuses a
+/// three-tower bundle for a version that has neither.
+fn computed_versions(
+    mut schema: Schema,
+    bundles: &[BundleFiles],
+    given: &[(crate::inputs::EmbeddingArg, usize, Vec<f32>)],
+    dtype: vstore::Dtype,
+) -> Result<Schema> {
+    for b in bundles {
+        let h = &b.header;
+        if given.iter().any(|(e, _, _)| e.key == h.key) || schema.embedding_def(&h.key).is_some() {
+            continue;
+        }
+        if !h.has_item_tower {
+            return Err(ToolError::input(
+                &b.dir,
+                format!(
+                    "the bundle is for {}, which no --embedding gives, and it has no item \
+                     tower to compute its vectors",
+                    h.key
+                ),
+            ));
+        }
+        let (space, version) = vstore::parse_key(&h.key)?;
+        let dim = u32::try_from(h.item_dim)
+            .map_err(|_| ToolError::input(&b.dir, "item_dim is too large"))?;
+        schema = schema.embedding(space, version, dim, dtype);
+    }
+    Ok(schema)
 }
 
 /// `build` (and `demo --dir`, named by `cmd`) makes new stores only: `dir`

@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::time::Instant;
 
-use vstore::{EmbeddingDef, Model, Writer};
+use vstore::{EmbeddingDef, Writer};
 
 use crate::cli::{AddEmbeddingArgs, DropArgs};
-use crate::cmd::model::{parse_precompute, read_bundle};
+use crate::cmd::model::{parse_precompute, read_bundle, Checked};
 use crate::error::{Context, Result, ToolError};
 use crate::inputs::{parse_dtype, parse_embedding_arg, read_items};
 use crate::progress::Progress;
@@ -20,6 +20,7 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
     let e = parse_embedding_arg(&a.embedding)?;
     let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
     let bundle = a.model.as_deref().map(read_bundle).transpose()?;
+    let tower = a.item_tower.as_deref().map(read_bundle).transpose()?;
     // Inputs are checked against the newest snapshot before the writer's
     // lock is taken (the library checks again under the lock).
     let store = super::open_store(&a.store)?;
@@ -48,42 +49,52 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
             ));
         }
     }
-    if items.ids.len() != snap.len() {
+    // The bundles are validated against the schema with the new version.
+    let mut schema = snap.schema().clone();
+    schema.embeddings.push(def.clone());
+    let mut has_tower = false;
+    for (b, dir, what) in [
+        (&bundle, &a.model, "model bundle"),
+        (&tower, &a.item_tower, "item-tower bundle"),
+    ] {
+        let (Some((json, weights)), Some(dir)) = (b, dir) else {
+            continue;
+        };
+        let checked = Checked::load(json, weights, &schema)
+            .context(|| format!("{what} {}", dir.display()))?;
+        if checked.key() != e.key {
+            return Err(ToolError::input(
+                dir,
+                format!(
+                    "the bundle is for {}, not the version being added ({})",
+                    checked.key(),
+                    e.key
+                ),
+            ));
+        }
+        has_tower |= checked.has_item_tower();
+    }
+    let left_out = snap.len().saturating_sub(items.ids.len());
+    if left_out > 0 && !has_tower {
         return Err(ToolError::input(
             &a.ids,
             format!(
-                "{} ids, but snapshot {} holds {} live items: a new version needs a vector for every item",
+                "{} ids, but snapshot {} holds {} live items: a new version needs a vector for \
+                 every item, unless its item tower is given (--item-tower, or a --model that \
+                 carries one) to compute the rest",
                 items.ids.len(),
                 snap.number(),
                 snap.len()
             ),
         ));
     }
-    // The bundle is validated against the schema with the new version.
+    drop((snap, store));
     let what = || {
         a.model
             .as_ref()
             .map(|d| format!("model bundle {}", d.display()))
             .unwrap_or_default()
     };
-    if let (Some((json, weights)), Some(dir)) = (&bundle, &a.model) {
-        let mut schema = snap.schema().clone();
-        schema.embeddings.push(def.clone());
-        let key = Model::load(json, weights, &schema)
-            .context(what)?
-            .key()
-            .to_string();
-        if key != e.key {
-            return Err(ToolError::input(
-                dir,
-                format!(
-                    "the bundle is for {key}, not the version being added ({})",
-                    e.key
-                ),
-            ));
-        }
-    }
-    drop((snap, store));
 
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
@@ -92,6 +103,10 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
     let mut tx = w.begin();
     tx.add_embedding(def, &items.ids, vectors)
         .context(|| format!("embedding {} from {}", e.key, e.path.display()))?;
+    if let (Some((json, weights)), Some(dir)) = (&tower, &a.item_tower) {
+        tx.add_model(json, weights)
+            .context(|| format!("item-tower bundle {}", dir.display()))?;
+    }
     if let Some((json, weights)) = &bundle {
         match pre {
             Some(d) => tx.add_model_precomputed(json, weights, d),
@@ -108,6 +123,14 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
         dim,
         snap.embedding_def(&e.key)?.dtype.name()
     );
+    if left_out > 0 {
+        say!(
+            out,
+            "  {} vectors given, {} computed by the version's item tower",
+            items.ids.len(),
+            snap.computed_count(&e.key)?
+        );
+    }
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }
 

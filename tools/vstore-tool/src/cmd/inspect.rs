@@ -185,6 +185,8 @@ fn embedding_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
             "norm_mean": (n > 0).then(|| sum / n as f64),
             "norm_max": (n > 0).then_some(hi),
             "bundle": snap.model_keys().contains(&key),
+            "computed": snap.computed_count(&key)?,
+            "item_tower": snap.item_tower_summary(&key),
         }));
     }
     Ok(out)
@@ -433,6 +435,7 @@ fn print_embeddings(out: &mut dyn Write, v: &Value) -> Result<()> {
         "norm mean",
         "norm max",
         "bundle",
+        "computed",
     ]);
     for e in v["embeddings"].as_array().into_iter().flatten() {
         t.row(vec![
@@ -445,9 +448,21 @@ fn print_embeddings(out: &mut dyn Write, v: &Value) -> Result<()> {
             num(&e["norm_mean"]),
             num(&e["norm_max"]),
             if e["bundle"] == true { "yes" } else { "no" }.to_string(),
+            num(&e["computed"]),
         ]);
     }
     t.print(out, 2)?;
+    for e in v["embeddings"].as_array().into_iter().flatten() {
+        if let Some(t) = e["item_tower"].as_str() {
+            say!(
+                out,
+                "  {} has an item tower ({t}): items added without a vector get one computed; \
+                 {} live items have one",
+                text(&e["key"]),
+                num(&e["computed"])
+            );
+        }
+    }
     Ok(())
 }
 
@@ -585,7 +600,9 @@ fn item(snap: &Snapshot, id: u64) -> Result<Value> {
             .sum::<f64>()
             .sqrt();
         let def = snap.embedding_def(&key)?;
-        embs.push(json!({"key": key, "dtype": def.dtype.name(), "norm": norm, "values": v}));
+        let computed = snap.is_computed(id, &key)?;
+        embs.push(json!({"key": key, "dtype": def.dtype.name(), "norm": norm,
+                         "computed": computed, "values": v}));
     }
     Ok(json!({
         "id": id,
@@ -630,10 +647,15 @@ fn print_item(out: &mut dyn Write, snap: &Snapshot, v: &Value) -> Result<()> {
         };
         say!(
             out,
-            "  {} ({}, norm {}): {shown}",
+            "  {} ({}, norm {}{}): {shown}",
             e["key"].as_str().unwrap_or(""),
             e["dtype"].as_str().unwrap_or(""),
-            num(&e["norm"])
+            num(&e["norm"]),
+            if e["computed"] == true {
+                ", computed in the store by the item tower"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

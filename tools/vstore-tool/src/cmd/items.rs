@@ -44,17 +44,24 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
             )));
         }
     }
+    // A version with an item tower gets its vectors computed.
     let missing: Vec<String> = schema
+        .embedding_keys()
+        .into_iter()
+        .filter(|k| !embs.iter().any(|e| &e.key == k) && !snap.has_item_tower(k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ToolError::Refused(format!(
+            "new items need vectors for every version the store holds that has no item tower; \
+             missing --embedding for [{}]",
+            missing.join(", ")
+        )));
+    }
+    let computed: Vec<String> = schema
         .embedding_keys()
         .into_iter()
         .filter(|k| !embs.iter().any(|e| &e.key == k))
         .collect();
-    if !missing.is_empty() {
-        return Err(ToolError::Refused(format!(
-            "new items need vectors for every version the store holds; missing --embedding for [{}]",
-            missing.join(", ")
-        )));
-    }
     let items = read_items(&a.ids, &embs, p)?;
     if items.ids.is_empty() {
         return Err(ToolError::input(&a.ids, "no ids: nothing to add"));
@@ -145,6 +152,17 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
             String::new()
         }
     );
+    for k in &computed {
+        say!(
+            out,
+            "  {k}: {n} vectors computed by its item tower from the profile{}",
+            if a.tables.profile.is_none() {
+                " (no --profile: every input read the column defaults)"
+            } else {
+                ""
+            }
+        );
+    }
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use vstore::{Dtype, Model, Writer};
+use vstore::{BundleHeader, Dtype, ItemTowerBundle, Model, Writer};
 
 use crate::cli::{AddModelArgs, DropModelArgs};
 use crate::error::{Context, Result, ToolError};
@@ -26,6 +26,42 @@ pub fn read_bundle(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((read("model.json")?, read("weights.safetensors")?))
 }
 
+/// A bundle of either kind, validated against a schema.
+pub enum Checked {
+    /// A three-tower model (it may carry its version's item tower).
+    Model(Box<Model>),
+    /// An item-tower-only bundle.
+    Tower(ItemTowerBundle),
+}
+
+impl Checked {
+    /// Validates `model.json` and `weights.safetensors` bytes against
+    /// `schema`, as the kind `model.json`'s `format` names.
+    pub fn load(json: &[u8], weights: &[u8], schema: &vstore::Schema) -> vstore::Result<Checked> {
+        if BundleHeader::read(json).is_ok_and(|h| h.is_item_tower_only()) {
+            ItemTowerBundle::load(json, weights, schema).map(Checked::Tower)
+        } else {
+            Model::load(json, weights, schema).map(|m| Checked::Model(Box::new(m)))
+        }
+    }
+
+    /// The embedding version, `space@version`.
+    pub fn key(&self) -> &str {
+        match self {
+            Checked::Model(m) => m.key(),
+            Checked::Tower(t) => t.key(),
+        }
+    }
+
+    /// Whether the bundle is item-tower-only or carries an item tower.
+    pub fn has_item_tower(&self) -> bool {
+        match self {
+            Checked::Model(m) => m.has_item_tower(),
+            Checked::Tower(_) => true,
+        }
+    }
+}
+
 /// Parses the `--precompute` dtype (f32 or f16).
 pub fn parse_precompute(s: &str) -> Result<Dtype> {
     match s {
@@ -41,6 +77,15 @@ pub fn parse_precompute(s: &str) -> Result<Dtype> {
 pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
     let (json, weights) = read_bundle(&a.bundle)?;
+    if BundleHeader::read(&json).is_ok_and(|h| h.is_item_tower_only()) {
+        if let Some(d) = pre {
+            return Err(ToolError::Refused(format!(
+                "--precompute {}: an item-tower-only bundle has no upper network",
+                d.name()
+            )));
+        }
+        return add_item_tower(a, &json, &weights, out);
+    }
     let what = || format!("model bundle {}", a.bundle.display());
     // Checked against a pinned snapshot before the writer's lock is taken,
     // so a refusal leaves the store as it was (the writer checks again).
@@ -105,8 +150,68 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }
 
+/// `add-model` of an item-tower-only bundle.
+fn add_item_tower(
+    a: &AddModelArgs,
+    json: &[u8],
+    weights: &[u8],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let what = || format!("item-tower bundle {}", a.bundle.display());
+    let check = |snap: &vstore::Snapshot| -> Result<(ItemTowerBundle, bool)> {
+        let t = ItemTowerBundle::load(json, weights, snap.schema()).context(what)?;
+        let replacing = snap.has_item_tower_bundle(t.key());
+        if replacing && !a.replace {
+            return Err(ToolError::Refused(format!(
+                "the store already holds an item-tower bundle for {}; pass --replace to replace it \
+                 (the vectors it computed are computed again with the new tower)",
+                t.key()
+            )));
+        }
+        Ok((t, replacing))
+    };
+    {
+        let store = super::open_store(&a.store)?;
+        check(&store.snapshot())?;
+    }
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    let (tower, replacing) = match &base {
+        Some(s) => check(s)?,
+        None => (
+            ItemTowerBundle::load(json, weights, w.schema()).context(what)?,
+            false,
+        ),
+    };
+    let t = Instant::now();
+    let mut tx = w.begin();
+    tx.add_model(json, weights).context(what)?;
+    let snap = tx.commit()?;
+    say!(
+        out,
+        "{} item tower for {}: {}",
+        if replacing {
+            "replaced the"
+        } else {
+            "added an"
+        },
+        tower.key(),
+        tower.describe()
+    );
+    say!(
+        out,
+        "  items added without a {} vector now get one computed from their profile; {} computed so far",
+        tower.key(),
+        snap.computed_count(tower.key())?
+    );
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}
+
 /// Runs `drop-model`.
 pub fn drop_model(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
+    if a.item_tower {
+        return drop_item_tower(a, out);
+    }
     let drop = |tx: &mut vstore::Transaction<'_>| match &a.name {
         Some(n) => tx.drop_model_named(&a.key, n),
         None => tx.drop_model(&a.key),
@@ -131,5 +236,26 @@ pub fn drop_model(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
         Some(n) => say!(out, "dropped the bundle {n:?} for {}", a.key),
         None => say!(out, "dropped the bundle for {}", a.key),
     }
+    report::published(out, base.as_ref(), &snap, t.elapsed())
+}
+
+/// `drop-model --item-tower`: removes the version's item-tower-only bundle.
+fn drop_item_tower(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
+    let mut w = Writer::open(&a.store)?;
+    let base = w.snapshot();
+    let t = Instant::now();
+    let mut tx = w.begin();
+    tx.drop_item_tower(&a.key)?;
+    let snap = tx.commit()?;
+    say!(
+        out,
+        "dropped the item tower of {} (the vectors it computed stay; new items need a vector for it{})",
+        a.key,
+        if snap.has_item_tower(&a.key) {
+            ", except that a three-tower bundle of it still carries the tower"
+        } else {
+            ""
+        }
+    );
     report::published(out, base.as_ref(), &snap, t.elapsed())
 }
