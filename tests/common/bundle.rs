@@ -113,6 +113,14 @@ impl Bundle {
         self
     }
 
+    /// This bundle with its item tower's weights drawn with `salt` (a
+    /// different tower of the same shape).
+    pub fn with_salt(mut self, salt: usize) -> Bundle {
+        let item_dim = self.json["item_dim"].as_u64().unwrap() as usize;
+        self.add_tower_tensors(item_dim, salt);
+        self
+    }
+
     fn tower_json() -> Value {
         json!({
             "inputs": [
