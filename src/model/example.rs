@@ -113,7 +113,7 @@ impl ExampleBundle {
     /// An item-tower-only bundle (`vstore.item_tower.v1`) for the same
     /// `space@version`: the profile columns `category` (through a 16-wide
     /// table of [`ExampleBundle::categories`] rows), `brand` (an 8-wide
-    /// table of 1,024 rows) and `price` (`log1p`, and bucketized at 10,
+    /// table of 5,000 rows) and `price` (`log1p`, and bucketized at 10,
     /// 100 and 1,000 through a 4-wide table): 29 values → 256 → 128 (relu)
     /// → 64 (identity), 96,768 FLOP per item. Seeded weights, like the
     /// three-tower bundle's.
@@ -155,7 +155,7 @@ impl ExampleBundle {
         );
         let shapes: Vec<(String, Vec<usize>)> = [
             ("tower.category", vec![self.categories as usize, 16]),
-            ("tower.brand", vec![1024, 8]),
+            ("tower.brand", vec![5000, 8]),
             ("tower.price_bucket", vec![4, 4]),
             ("tower.0.weight", vec![256, 29]),
             ("tower.0.bias", vec![256]),

@@ -127,6 +127,20 @@ impl Catalogue {
         c
     }
 
+    /// `rows` fresh items (ids from 90,000,000 up, so none collides with a
+    /// catalogue's): profiles drawn like the catalogue's, no statistics
+    /// yet, and no vectors (the item tower computes them).
+    pub fn fresh(rows: usize, seed: u64) -> Catalogue {
+        let mut c = Catalogue::generate(rows, seed);
+        for (i, id) in c.ids.iter_mut().enumerate() {
+            *id = 90_000_000 + i as u64;
+        }
+        c.ctr_1d.iter_mut().for_each(|x| *x = None);
+        c.impressions_7d.iter_mut().for_each(|x| *x = None);
+        c.vectors.clear();
+        c
+    }
+
     /// Number of items.
     pub fn len(&self) -> usize {
         self.ids.len()

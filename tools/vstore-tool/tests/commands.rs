@@ -591,11 +591,13 @@ fn demo_runs_and_export_builds_and_queries() {
         "generated 3000 items",
         "snapshot 1: built",
         "snapshot 2: added a three-tower bundle",
-        "snapshot 3: refreshed ctr_1d",
+        "snapshot 3: added an item tower for prerank@v1 and 2000 fresh items",
+        "2000 vectors computed from their profiles",
+        "snapshot 4: refreshed ctr_1d",
         "two-tower",
         "three-tower",
         "refused: version skew",
-        "verified 3 snapshots",
+        "verified 4 snapshots",
     ] {
         assert!(out.contains(want), "{want}: {out}");
     }
@@ -635,6 +637,19 @@ fn demo_runs_and_export_builds_and_queries() {
     assert_eq!(v["hits"].as_array().unwrap().len(), 5);
     let snap = Store::open(d.path("st")).unwrap().snapshot();
     assert_eq!(snap.len(), 2000);
+    // The exported item tower and fresh items: vectors computed on add.
+    ok(&["add-model", &d.p("st"), &e("item_tower")]);
+    let out = ok(&[
+        "add-items",
+        &d.p("st"),
+        "--ids",
+        &e("fresh_ids.npy"),
+        "--profile",
+        &e("fresh_items.parquet"),
+    ]);
+    assert!(out.contains("2000 vectors computed"), "{out}");
+    let after = Store::open(d.path("st")).unwrap().snapshot();
+    assert_eq!(after.computed_count("prerank@v1").unwrap(), 2000);
     let c = vstore_tool::synth::Catalogue::generate(2000, 42);
     for i in [0usize, 777, 1999] {
         assert_eq!(

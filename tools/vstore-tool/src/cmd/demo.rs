@@ -1,5 +1,6 @@
 //! `demo`: the main job on built-in data. Generates a synthetic catalogue,
-//! builds a store, adds a three-tower bundle, refreshes statistics, runs
+//! builds a store, adds a three-tower bundle, adds an item tower and fresh
+//! items without vectors, refreshes statistics, runs
 //! two-tower and three-tower queries, verifies, and prints a short report.
 //! `--export DIR` writes the catalogue as input files instead.
 
@@ -57,7 +58,8 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     };
     let key = format!("{SPACE}@{VERSION}");
     let mut w = build(&dir, &cat, &key, p, out)?;
-    let s2 = add_bundle(&mut w, &key, out)?;
+    add_bundle(&mut w, &key, out)?;
+    let s2 = fresh_items(&mut w, &key, out)?;
     update_stats(&mut w, &cat, &s2, &dir, out)?;
     drop(w);
     let store = Store::open(&dir)?;
@@ -138,6 +140,37 @@ fn add_bundle(w: &mut Writer, key: &str, out: &mut dyn Write) -> Result<Arc<Snap
         m.macs_per_item()
     );
     Ok(s2)
+}
+
+/// Fresh items the demo adds without vectors.
+const FRESH: usize = 2000;
+
+/// 2b. The item tower, and fresh items without vectors: the store computes
+/// their vectors from their profile in the same publish.
+fn fresh_items(w: &mut Writer, key: &str, out: &mut dyn Write) -> Result<Arc<Snapshot>> {
+    let (json, weights) = synth::item_tower_bundle(SPACE, VERSION);
+    let fresh = Catalogue::fresh(FRESH, 4242);
+    let t = Instant::now();
+    let mut tx = w.begin();
+    tx.add_model(&json, &weights)?;
+    tx.add_items(
+        ItemBatch::new(fresh.ids.clone())
+            .categorical("category", fresh.category.clone())
+            .categorical_opt("brand", fresh.brand.clone())
+            .numeric_opt("price", fresh.price.clone()),
+    )?;
+    let s = tx.commit()?;
+    say!(
+        out,
+        "snapshot {}: added an item tower for {key} and {} fresh items without vectors in {}: \
+         {} vectors computed from their profiles ({})",
+        s.number(),
+        fresh.len(),
+        dur(t.elapsed()),
+        s.computed_count(key)?,
+        s.item_tower_summary(key).unwrap_or_default()
+    );
+    Ok(s)
 }
 
 /// 3. A statistics refresh of 10% of the items: only statistics files change.
@@ -366,13 +399,17 @@ fn candidates(cat: &Catalogue, fav: u32, q: u64) -> Vec<u64> {
 }
 
 /// The files `demo --export` writes, relative to its directory.
-const EXPORTED: [&str; 9] = [
+const EXPORTED: [&str; 13] = [
     "ids.npy",
     "emb_v1.npy",
     "items.parquet",
     "stats.csv",
     "model/model.json",
     "model/weights.safetensors",
+    "item_tower/model.json",
+    "item_tower/weights.safetensors",
+    "fresh_ids.npy",
+    "fresh_items.parquet",
     "user.json",
     "user_inputs.json",
     "candidates.txt",
@@ -393,8 +430,13 @@ fn export(dir: &Path, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
             existing.join(", ")
         )));
     }
-    std::fs::create_dir_all(dir.join("model"))
-        .map_err(|e| ToolError::io("create directory", dir, e))?;
+    for sub in ["model", "item_tower"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| ToolError::io("create directory", dir, e))?;
+    }
+    let fresh = Catalogue::fresh(FRESH, 4242);
+    synth::write_ids_npy(&dir.join("fresh_ids.npy"), &fresh.ids)?;
+    synth::write_profile_parquet(&dir.join("fresh_items.parquet"), &fresh)?;
     synth::write_ids_npy(&dir.join("ids.npy"), &cat.ids)?;
     synth::write_matrix_npy(&dir.join("emb_v1.npy"), &cat.vectors, DIM)?;
     synth::write_profile_parquet(&dir.join("items.parquet"), cat)?;
@@ -406,6 +448,9 @@ fn export(dir: &Path, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
     };
     write("model/model.json", &json)?;
     write("model/weights.safetensors", &weights)?;
+    let (json, weights) = synth::item_tower_bundle(SPACE, VERSION);
+    write("item_tower/model.json", &json)?;
+    write("item_tower/weights.safetensors", &weights)?;
     let (fav, user) = synth::user_vector(0);
     write(
         "user.json",
@@ -444,6 +489,16 @@ fn export(dir: &Path, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
         (
             "model/weights.safetensors",
             "its weights (nn.Linear layout)",
+        ),
+        (
+            "item_tower/model.json",
+            "item-tower-only bundle for prerank@v1",
+        ),
+        ("item_tower/weights.safetensors", "its weights"),
+        ("fresh_ids.npy", "2,000 fresh item ids (no vectors yet)"),
+        (
+            "fresh_items.parquet",
+            "their profile: id, category, brand, price",
         ),
         ("user.json", "a user vector (prerank@v1)"),
         ("user_inputs.json", "its user-side model inputs"),
