@@ -125,3 +125,27 @@ pub fn touch(lines: &[&u8]) -> u64 {
     }
     sum
 }
+
+/// Runs the item tower of `snap`'s embedding `key` over every row of
+/// segment `segment` (as the writer does for items added without a
+/// vector) into `out` (`rows × item_dim`), and returns the FLOPs per item:
+/// the tower's compute alone, without encoding or writing.
+pub fn item_tower_compute(
+    snap: &Snapshot,
+    key: &str,
+    segment: usize,
+    out: &mut Vec<f32>,
+) -> Result<usize> {
+    let tower = snap
+        .item_tower(key)
+        .ok_or_else(|| Error::InvalidInput(format!("{key} has no item tower")))?;
+    let seg = &snap.segments()[segment];
+    let cols = crate::model::TowerColumns::new(
+        tower,
+        |n| Ok(seg.numeric(n)?.values()),
+        |n| Ok(seg.categorical(n)?.values()),
+    )?;
+    out.resize(seg.rows() * tower.item_dim, 0.0);
+    tower.compute(&cols, 0, out);
+    Ok(tower.flops_per_item())
+}
