@@ -51,11 +51,15 @@ fn profile(ids: &[u64]) -> ItemBatch {
     let category = ids.iter().map(|_| (r.next() % 200) as u32).collect();
     let brand = ids
         .iter()
-        .map(|_| (r.next() % 20 != 0).then(|| (r.next() % 5000) as u32))
+        .map(|_| {
+            !r.next()
+                .is_multiple_of(20)
+                .then(|| (r.next() % 5000) as u32)
+        })
         .collect();
     let price = ids
         .iter()
-        .map(|_| (r.next() % 50 != 0).then(|| (r.unit() * 8.0).exp()))
+        .map(|_| !r.next().is_multiple_of(50).then(|| (r.unit() * 8.0).exp()))
         .collect();
     ItemBatch::new(ids.to_vec())
         .categorical("category", category)
@@ -223,14 +227,14 @@ fn write_peer_inputs(base: &Path, rows: usize) {
         cat.push((r.next() % 200) as u32);
     }
     for _ in &ids {
-        brand.push(if r.next() % 20 != 0 {
+        brand.push(if !r.next().is_multiple_of(20) {
             (r.next() % 5000) as u32
         } else {
             0
         });
     }
     for _ in &ids {
-        price.push(if r.next() % 50 != 0 {
+        price.push(if !r.next().is_multiple_of(50) {
             (r.unit() * 8.0).exp()
         } else {
             0.0
