@@ -52,14 +52,16 @@ fn profile(ids: &[u64]) -> ItemBatch {
     let brand = ids
         .iter()
         .map(|_| {
-            !r.next()
-                .is_multiple_of(20)
-                .then(|| (r.next() % 5000) as u32)
+            let keep = !r.next().is_multiple_of(20);
+            keep.then(|| (r.next() % 5000) as u32)
         })
         .collect();
     let price = ids
         .iter()
-        .map(|_| !r.next().is_multiple_of(50).then(|| (r.unit() * 8.0).exp()))
+        .map(|_| {
+            let keep = !r.next().is_multiple_of(50);
+            keep.then(|| (r.unit() * 8.0).exp())
+        })
         .collect();
     ItemBatch::new(ids.to_vec())
         .categorical("category", category)
