@@ -25,7 +25,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use common::reference::{close, f32s, inputs, opt_f32s, opt_u32s, u64s};
+use common::reference::{check_result, columns, f32s, inputs, opt_f32s, opt_u32s, u64s};
 
 use serde_json::Value;
 use vstore::{Dtype, ItemBatch, Query, Schema, Snapshot, Store, Writer};
@@ -44,25 +44,7 @@ fn load_case() -> Value {
 
 fn schema(case: &Value) -> Schema {
     let s = &case["schema"];
-    let mut schema = Schema::new();
-    for c in s["categorical"].as_array().unwrap() {
-        schema = schema.categorical(
-            c["name"].as_str().unwrap(),
-            c["default"].as_u64().unwrap() as u32,
-        );
-    }
-    for c in s["numeric"].as_array().unwrap() {
-        schema = schema.numeric(
-            c["name"].as_str().unwrap(),
-            c["default"].as_f64().unwrap() as f32,
-        );
-    }
-    for c in s["stats"].as_array().unwrap() {
-        schema = schema.stat(
-            c["name"].as_str().unwrap(),
-            c["default"].as_f64().unwrap() as f32,
-        );
-    }
+    let mut schema = columns(s);
     for e in s["embeddings"].as_array().unwrap() {
         assert_eq!(e["dtype"], "f32");
         schema = schema.embedding(
@@ -196,7 +178,6 @@ fn check_three_tower(snap: &Snapshot, case: &Value) -> usize {
         model.has_item_tower(),
         "the {key} bundle lost its item tower"
     );
-    let n_heads = tt["heads"].as_array().unwrap().len();
     let mut checked = 0;
     for (qi, q) in tt["queries"].as_array().unwrap().iter().enumerate() {
         let ctx = format!("three-tower query {qi}");
@@ -211,33 +192,7 @@ fn check_three_tower(snap: &Snapshot, case: &Value) -> usize {
         .three_tower(&ui)
         .with_heads();
         let r = snap.query(&query).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let exp = &q["expected"];
-        let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
-        assert_eq!(got_ids, u64s(&exp["ids"]), "{ctx}: ids");
-        assert_eq!(r.not_found, u64s(&exp["not_found"]), "{ctx}: not found");
-        assert!(
-            r.non_finite.is_empty(),
-            "{ctx}: non-finite {:?}",
-            r.non_finite
-        );
-        let want_scores = exp["scores"].as_array().unwrap();
-        let want_heads = exp["heads"].as_array().unwrap();
-        for (i, h) in r.hits.iter().enumerate() {
-            let want = want_scores[i].as_f64().unwrap();
-            assert!(
-                close(h.score, want),
-                "{ctx}: hit {i} (id {}) score {} vs {want}",
-                h.id,
-                h.score
-            );
-            let wh = want_heads[i].as_array().unwrap();
-            let gh = r.heads_of(i);
-            assert_eq!(gh.len(), n_heads, "{ctx}: head count");
-            for (j, (g, w)) in gh.iter().zip(wh).enumerate() {
-                let w = w.as_f64().unwrap();
-                assert!(close(*g, w), "{ctx}: hit {i} head {j}: {g} vs {w}");
-            }
-        }
+        check_result(&ctx, &r, &q["expected"]);
         checked += 1;
     }
     checked
@@ -258,20 +213,7 @@ fn check_two_tower(snap: &Snapshot, case: &Value) -> usize {
             None => Query::full_scan(key, &user, k),
         };
         let r = snap.query(&query).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let exp = &q["expected"];
-        let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
-        assert_eq!(got_ids, u64s(&exp["ids"]), "{ctx}: ids");
-        assert_eq!(r.not_found, u64s(&exp["not_found"]), "{ctx}: not found");
-        let want_scores = exp["scores"].as_array().unwrap();
-        for (i, h) in r.hits.iter().enumerate() {
-            let want = want_scores[i].as_f64().unwrap();
-            assert!(
-                close(h.score, want),
-                "{ctx}: hit {i} (id {}) score {} vs {want}",
-                h.id,
-                h.score
-            );
-        }
+        check_result(&ctx, &r, &q["expected"]);
         checked += 1;
     }
     checked

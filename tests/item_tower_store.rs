@@ -16,18 +16,7 @@ const DIM: u32 = 8;
 
 /// Items of `common::batch`'s profile and statistics, without vectors.
 fn fresh(ids: &[u64]) -> ItemBatch {
-    ItemBatch::new(ids.to_vec())
-        .categorical("category", ids.iter().map(|&i| (i % 7) as u32).collect())
-        .numeric_opt(
-            "price",
-            ids.iter()
-                .map(|&i| (i % 5 != 0).then_some(i as f32 * 0.5))
-                .collect(),
-        )
-        .stat(
-            "ctr_1d",
-            ids.iter().map(|&i| common::stat_value(i, 0)).collect(),
-        )
+    common::items_without_vectors(ids, 0)
 }
 
 /// The f64 tower output for live item `id` of `snap`, from its stored

@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::bundle::Bundle;
-use common::reference::{build, close, f32s, inputs, u64s};
+use common::reference::{build, check_result, close, f32s, inputs, u64s};
 use serde_json::{json, Value};
 use vstore::{Dtype, ItemBatch, Query, Schema, Store, UserInputs, Writer};
 
@@ -65,27 +65,7 @@ fn scores_match_the_numpy_reference_for_every_fusion_kind() {
             let r = snap.query(&query).unwrap();
             let exp = &q["expected"];
             let ctx = format!("{bundle} (precomputed: {precompute}) query {qi}");
-            let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
-            assert_eq!(got_ids, u64s(&exp["ids"]), "{ctx}: ids");
-            assert_eq!(r.not_found, u64s(&exp["not_found"]), "{ctx}: not found");
-            let want_scores = exp["scores"].as_array().unwrap();
-            let want_heads = exp["heads"].as_array().unwrap();
-            for (i, h) in r.hits.iter().enumerate() {
-                let want = want_scores[i].as_f64().unwrap();
-                assert!(
-                    close(h.score, want),
-                    "{ctx}: hit {i} (id {}) score {} vs {want}",
-                    h.id,
-                    h.score
-                );
-                let wh = want_heads[i].as_array().unwrap();
-                let gh = r.heads_of(i);
-                assert_eq!(gh.len(), wh.len(), "{ctx}: head count");
-                for (j, (g, w)) in gh.iter().zip(wh).enumerate() {
-                    let w = w.as_f64().unwrap();
-                    assert!(close(*g, w), "{ctx}: hit {i} head {j}: {g} vs {w}");
-                }
-            }
+            check_result(&ctx, &r, exp);
             checked += 1;
         }
     }

@@ -21,7 +21,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::reference::{build, close, f32s, inputs, u64s};
+use common::reference::{build, check_result, f32s, inputs, u64s};
 
 use serde_json::{json, Value};
 use vstore::{Dtype, Fusion, Query, QueryResult, Snapshot, Store, UserInputs, Writer};
@@ -81,7 +81,6 @@ fn sorted_names(case: &Value) -> Vec<String> {
 /// names and compares with the reference; returns how many were checked.
 fn check_case(snap: &Snapshot, c: &Value, ctx: &str) -> usize {
     let name = c["name"].as_str().unwrap();
-    let n_heads = c["heads"].as_array().unwrap().len();
     let mut checked = 0;
     for (qi, q) in c["queries"].as_array().unwrap().iter().enumerate() {
         let user = f32s(&q["user"]);
@@ -110,27 +109,7 @@ fn check_case(snap: &Snapshot, c: &Value, ctx: &str) -> usize {
             Some(_) => format!("{ctx} query {qi} (fusion {})", q["fusion"]["kind"]),
             None => format!("{ctx} query {qi}"),
         };
-        let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
-        assert_eq!(got_ids, u64s(&exp["ids"]), "{ctx}: ids");
-        assert_eq!(r.not_found, u64s(&exp["not_found"]), "{ctx}: not found");
-        let want_scores = exp["scores"].as_array().unwrap();
-        let want_heads = exp["heads"].as_array().unwrap();
-        for (i, h) in r.hits.iter().enumerate() {
-            let want = want_scores[i].as_f64().unwrap();
-            assert!(
-                close(h.score, want),
-                "{ctx}: hit {i} (id {}) score {} vs {want}",
-                h.id,
-                h.score
-            );
-            let wh = want_heads[i].as_array().unwrap();
-            let gh = r.heads_of(i);
-            assert_eq!(gh.len(), n_heads, "{ctx}: head count");
-            for (j, (g, w)) in gh.iter().zip(wh).enumerate() {
-                let w = w.as_f64().unwrap();
-                assert!(close(*g, w), "{ctx}: hit {i} head {j}: {g} vs {w}");
-            }
-        }
+        check_result(&ctx, &r, exp);
         checked += 1;
     }
     checked

@@ -24,6 +24,12 @@ pub fn vector(id: u64, dim: u32, salt: u64) -> Vec<f32> {
 /// A batch of items `ids` for [`schema`].
 pub fn batch(ids: &[u64], dim: u32, salt: u64) -> ItemBatch {
     let vecs: Vec<f32> = ids.iter().flat_map(|&id| vector(id, dim, salt)).collect();
+    items_without_vectors(ids, salt).embedding("prerank@v42", vecs)
+}
+
+/// [`batch`] without its `prerank@v42` vectors (for a version whose item
+/// tower computes them).
+pub fn items_without_vectors(ids: &[u64], salt: u64) -> ItemBatch {
     ItemBatch::new(ids.to_vec())
         .categorical("category", ids.iter().map(|&i| (i % 7) as u32).collect())
         .numeric_opt(
@@ -34,7 +40,6 @@ pub fn batch(ids: &[u64], dim: u32, salt: u64) -> ItemBatch {
         )
         .stat("ctr_1d", ids.iter().map(|&i| stat_value(i, salt)).collect())
         .stat("impressions_7d", ids.iter().map(|&i| i as f32).collect())
-        .embedding("prerank@v42", vecs)
 }
 
 /// A writer of a new store at `dir` with [`schema`]`(dim, Dtype::F32)`,

@@ -1,11 +1,11 @@
-//! The numpy reference cases (`tests/three_tower/gen.py`, `gen_v2.py`):
-//! reading `case.json` and building the store it describes. Shared by the
-//! v1 and v2 parity tests.
+//! The numpy reference cases (`tests/three_tower/gen.py`, `gen_v2.py`,
+//! `gen_item_tower.py`): reading `case.json`, building the store it
+//! describes and checking results. Shared by the parity tests.
 
 use std::path::Path;
 
 use serde_json::Value;
-use vstore::{Dtype, ItemBatch, Schema, UserInputs, Writer};
+use vstore::{Dtype, ItemBatch, QueryResult, Schema, UserInputs, Writer};
 
 pub fn f32s(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -44,9 +44,9 @@ pub fn close(got: f32, want: f64) -> bool {
     (g - w).abs() <= 1e-5 * w.abs().max(1e-30) || (g - w).abs() <= 1e-12
 }
 
-/// Builds the store the reference describes; returns the writer.
-pub fn build(dir: &Path, case: &Value) -> Writer {
-    let s = &case["schema"];
+/// The profile and statistics columns a reference's `schema` object
+/// declares (`categorical`, `numeric`, `stats`, each with defaults).
+pub fn columns(s: &Value) -> Schema {
     let mut schema = Schema::new();
     for c in s["categorical"].as_array().unwrap() {
         schema = schema.categorical(
@@ -66,6 +66,47 @@ pub fn build(dir: &Path, case: &Value) -> Writer {
             c["default"].as_f64().unwrap() as f32,
         );
     }
+    schema
+}
+
+/// Checks query result `r` against a reference's `expected` object: ids
+/// and not-found ids exactly, no non-finite score, scores (and, when
+/// `expected` has them, per-head values) to 1e-5 relative. `ctx` names the
+/// query in failures.
+pub fn check_result(ctx: &str, r: &QueryResult, exp: &Value) {
+    let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
+    assert_eq!(got_ids, u64s(&exp["ids"]), "{ctx}: ids");
+    assert_eq!(r.not_found, u64s(&exp["not_found"]), "{ctx}: not found");
+    assert!(
+        r.non_finite.is_empty(),
+        "{ctx}: non-finite {:?}",
+        r.non_finite
+    );
+    let want_scores = exp["scores"].as_array().unwrap();
+    for (i, h) in r.hits.iter().enumerate() {
+        let want = want_scores[i].as_f64().unwrap();
+        assert!(
+            close(h.score, want),
+            "{ctx}: hit {i} (id {}) score {} vs {want}",
+            h.id,
+            h.score
+        );
+        let Some(wh) = exp.get("heads").and_then(|h| h[i].as_array()) else {
+            continue;
+        };
+        let gh = r.heads_of(i);
+        assert_eq!(gh.len(), wh.len(), "{ctx}: head count");
+        for (j, (g, w)) in gh.iter().zip(wh).enumerate() {
+            let w = w.as_f64().unwrap();
+            assert!(close(*g, w), "{ctx}: hit {i} head {j}: {g} vs {w}");
+        }
+    }
+}
+
+/// Builds the store the reference describes; returns the writer.
+pub fn build(dir: &Path, case: &Value) -> Writer {
+    let s = &case["schema"];
+    let mut schema = columns(s);
     let e = &s["embedding"];
     let key = format!(
         "{}@{}",

@@ -44,6 +44,7 @@ import numpy as np
 import refcommon  # noqa: E402
 from refcommon import (act, draw_candidates, dumps, f32, f32s, rank_clusters_ok,
                        relgap, resolve, scores_separated, write_safetensors, write_text)
+from refcommon import draw_ids, with_nulls  # noqa: E402
 
 SEED = 20240613
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,30 +117,21 @@ UPPER_LAYERS = [("upper.0", UPPER_IN, 16, "relu"), ("upper.2", 16, 10, "identity
 
 
 def make_items(rng):
-    small = rng.choice(np.arange(1, 2000), size=100, replace=False)
-    mid = rng.integers(2000, 2**32, size=100)
-    large = rng.integers(2**32, 2**53, size=97)
-    ids = np.concatenate([small, mid, large, [2**53 - 1, 2**32, 2**32 - 1]]).astype(np.int64)
-    ids = np.unique(ids)
-    assert len(ids) == N_ITEMS, len(ids)
-    ids = rng.permutation(ids)
+    ids = draw_ids(rng, N_ITEMS, 2000)
 
-    def with_nulls(vals, p):
-        mask = rng.random(N_ITEMS) < p
-        return [None if m else v for v, m in zip(vals, mask)]
 
-    category = with_nulls(rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
-    region = with_nulls(rng.integers(0, 4, N_ITEMS).tolist(), 0.1)
-    price = with_nulls(f32(rng.uniform(0.5, 10.0, N_ITEMS)).tolist(), 0.1)
+    category = with_nulls(rng, rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
+    region = with_nulls(rng, rng.integers(0, 4, N_ITEMS).tolist(), 0.1)
+    price = with_nulls(rng, f32(rng.uniform(0.5, 10.0, N_ITEMS)).tolist(), 0.1)
     ctr = f32(rng.uniform(0.0, 0.3, N_ITEMS))
     ctr[rng.integers(0, N_ITEMS, 3)] = 0.0
-    ctr = with_nulls(ctr.tolist(), 0.1)
+    ctr = with_nulls(rng, ctr.tolist(), 0.1)
     imp = f32(np.exp(rng.uniform(0.0, np.log(5001.0), N_ITEMS)) - 1.0)
     # pin the `boundary <= x` semantics: some values exactly on boundaries
     for j, b in zip(rng.choice(N_ITEMS, 6, replace=False), [10, 100, 1000, 10, 100, 1000]):
         imp[j] = float(b)
     imp[rng.integers(0, N_ITEMS, 2)] = 0.0
-    imp = with_nulls(imp.tolist(), 0.1)
+    imp = with_nulls(rng, imp.tolist(), 0.1)
     emb = f32(rng.normal(0.0, 1.0, (N_ITEMS, EMB_DIM)))
     return {
         "ids": [int(i) for i in ids],

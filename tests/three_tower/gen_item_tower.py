@@ -130,6 +130,7 @@ import numpy as np  # noqa: E402
 
 from refcommon import (draw_candidates, dumps, f32, f32s, relgap, resolve,  # noqa: E402
                        scores_separated, write_safetensors, write_text)
+from refcommon import draw_ids, on_bounds, with_nulls  # noqa: E402
 
 SEED = 20261205
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,34 +284,20 @@ def make_weights(rng, spec):
 
 
 def make_items(rng):
-    small = rng.choice(np.arange(1, 3000), size=100, replace=False)
-    mid = rng.integers(3000, 2**32, size=100)
-    large = rng.integers(2**32, 2**53, size=97)
-    ids = np.concatenate([small, mid, large, [2**53 - 1, 2**32, 2**32 - 1]]).astype(np.int64)
-    ids = np.unique(ids)
-    assert len(ids) == N_ITEMS, len(ids)
-    ids = rng.permutation(ids)
+    ids = draw_ids(rng, N_ITEMS, 3000)
 
-    def with_nulls(vals, p):
-        mask = rng.random(N_ITEMS) < p
-        return [None if m else v for v, m in zip(vals, mask)]
 
-    def on_bounds(vals, bounds):
-        # pin the `boundary <= x` semantics: some values exactly on boundaries
-        for j, b in zip(rng.choice(N_ITEMS, 2 * len(bounds), replace=False), bounds + bounds):
-            vals[j] = float(b)
-        return vals
 
-    category = with_nulls(rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
-    region = with_nulls(rng.integers(0, REGION_VALUES, N_ITEMS).tolist(), 0.1)
-    price = on_bounds(f32(rng.uniform(0.5, 10.0, N_ITEMS)), PRICE_BOUNDS)
-    price = with_nulls(price.tolist(), 0.1)
-    dur = on_bounds(f32(np.exp(rng.uniform(np.log(5.0), np.log(1200.0), N_ITEMS))), DUR_BOUNDS)
-    duration = with_nulls(dur.tolist(), 0.12)
+    category = with_nulls(rng, rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
+    region = with_nulls(rng, rng.integers(0, REGION_VALUES, N_ITEMS).tolist(), 0.1)
+    price = on_bounds(rng, f32(rng.uniform(0.5, 10.0, N_ITEMS)), PRICE_BOUNDS)
+    price = with_nulls(rng, price.tolist(), 0.1)
+    dur = on_bounds(rng, f32(np.exp(rng.uniform(np.log(5.0), np.log(1200.0), N_ITEMS))), DUR_BOUNDS)
+    duration = with_nulls(rng, dur.tolist(), 0.12)
     ctr = f32(rng.uniform(0.0, 0.3, N_ITEMS))
-    ctr = with_nulls(ctr.tolist(), 0.1)
-    imp = on_bounds(f32(np.exp(rng.uniform(0.0, np.log(5001.0), N_ITEMS)) - 1.0), IMP_BOUNDS)
-    imp = with_nulls(imp.tolist(), 0.1)
+    ctr = with_nulls(rng, ctr.tolist(), 0.1)
+    imp = on_bounds(rng, f32(np.exp(rng.uniform(0.0, np.log(5001.0), N_ITEMS)) - 1.0), IMP_BOUNDS)
+    imp = with_nulls(rng, imp.tolist(), 0.1)
 
     # which items have which offline vectors
     kinds = (["fresh"] * N_FRESH + ["prerank"] * N_ONLY_PRERANK + ["twotower"] * N_ONLY_TWOTOWER

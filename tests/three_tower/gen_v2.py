@@ -71,6 +71,7 @@ import refcommon  # noqa: E402
 from refcommon import (bf16, draw_candidates, dumps, f16, f32, f32s,  # noqa: E402
                        rank_clusters_ok, relgap, resolve, scores_separated,
                        write_safetensors, write_text)
+from refcommon import draw_ids, on_bounds, with_nulls  # noqa: E402
 
 SEED = 20250207
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -369,36 +370,22 @@ BUNDLES = [bundle_default, bundle_dot_hadamard, bundle_no_upper, bundle_mmoe, bu
 
 
 def make_items(rng):
-    small = rng.choice(np.arange(1, 2000), size=100, replace=False)
-    mid = rng.integers(2000, 2**32, size=100)
-    large = rng.integers(2**32, 2**53, size=97)
-    ids = np.concatenate([small, mid, large, [2**53 - 1, 2**32, 2**32 - 1]]).astype(np.int64)
-    ids = np.unique(ids)
-    assert len(ids) == N_ITEMS, len(ids)
-    ids = rng.permutation(ids)
+    ids = draw_ids(rng, N_ITEMS, 2000)
 
-    def with_nulls(vals, p):
-        mask = rng.random(N_ITEMS) < p
-        return [None if m else v for v, m in zip(vals, mask)]
 
-    def on_bounds(vals, bounds):
-        # pin the `boundary <= x` semantics: some values exactly on boundaries
-        for j, b in zip(rng.choice(N_ITEMS, 2 * len(bounds), replace=False), bounds + bounds):
-            vals[j] = float(b)
-        return vals
 
-    category = with_nulls(rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
-    region = with_nulls(rng.integers(0, REGION_VALUES, N_ITEMS).tolist(), 0.1)
-    price = with_nulls(f32(rng.uniform(0.5, 10.0, N_ITEMS)).tolist(), 0.1)
-    dur = on_bounds(f32(np.exp(rng.uniform(np.log(5.0), np.log(1200.0), N_ITEMS))),
+    category = with_nulls(rng, rng.integers(0, CAT_VALUES, N_ITEMS).tolist(), 0.1)
+    region = with_nulls(rng, rng.integers(0, REGION_VALUES, N_ITEMS).tolist(), 0.1)
+    price = with_nulls(rng, f32(rng.uniform(0.5, 10.0, N_ITEMS)).tolist(), 0.1)
+    dur = on_bounds(rng, f32(np.exp(rng.uniform(np.log(5.0), np.log(1200.0), N_ITEMS))),
                     DUR_BOUNDS + [60, 600])
-    duration = with_nulls(dur.tolist(), 0.12)
+    duration = with_nulls(rng, dur.tolist(), 0.12)
     ctr = f32(rng.uniform(0.0, 0.3, N_ITEMS))
     ctr[rng.integers(0, N_ITEMS, 3)] = 0.0
-    ctr = with_nulls(ctr.tolist(), 0.1)
-    imp = on_bounds(f32(np.exp(rng.uniform(0.0, np.log(5001.0), N_ITEMS)) - 1.0), IMP_BOUNDS)
+    ctr = with_nulls(rng, ctr.tolist(), 0.1)
+    imp = on_bounds(rng, f32(np.exp(rng.uniform(0.0, np.log(5001.0), N_ITEMS)) - 1.0), IMP_BOUNDS)
     imp[rng.integers(0, N_ITEMS, 2)] = 0.0
-    imp = with_nulls(imp.tolist(), 0.1)
+    imp = with_nulls(rng, imp.tolist(), 0.1)
     emb = f32(rng.normal(0.0, 1.0, (N_ITEMS, EMB_DIM)))
     return {
         "ids": [int(i) for i in ids],

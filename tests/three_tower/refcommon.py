@@ -226,3 +226,28 @@ def dumps(obj, indent=0):
 def write_text(path, text):
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text + "\n")
+
+
+def draw_ids(rng, n_items, small_hi):
+    """`n_items` distinct ids, shuffled: 100 below `small_hi`, 100 up to
+    2^32, the rest up to 2^53, and the edge values 2^53 - 1, 2^32, 2^32 - 1."""
+    small = rng.choice(np.arange(1, small_hi), size=100, replace=False)
+    mid = rng.integers(small_hi, 2**32, size=100)
+    large = rng.integers(2**32, 2**53, size=n_items - 203)
+    ids = np.concatenate([small, mid, large, [2**53 - 1, 2**32, 2**32 - 1]]).astype(np.int64)
+    ids = np.unique(ids)
+    assert len(ids) == n_items, len(ids)
+    return rng.permutation(ids)
+
+
+def with_nulls(rng, vals, p):
+    """`vals` with each value None with probability `p`."""
+    mask = rng.random(len(vals)) < p
+    return [None if m else v for v, m in zip(vals, mask)]
+
+
+def on_bounds(rng, vals, bounds):
+    """Pins the `boundary <= x` semantics: two values exactly on each boundary."""
+    for j, b in zip(rng.choice(len(vals), 2 * len(bounds), replace=False), bounds + bounds):
+        vals[j] = float(b)
+    return vals
