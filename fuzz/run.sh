@@ -10,9 +10,9 @@ secs="${1:-30}"
 # stateful: transactions, GC, refreshes and queries with injected I/O
 # faults, checked against a model (its corpus starts empty). bundle:
 # model.json + weights.safetensors validation, seeded from the parity
-# test's bundles (v1 and v2).
+# tests' bundles (v1, v2 and item towers).
 mkdir -p corpus/bundle
-for b in ../tests/data/three_tower/bundle_* ../tests/data/three_tower_v2/bundle_*; do
+for b in ../tests/data/three_tower/bundle_* ../tests/data/three_tower_v2/bundle_* ../tests/data/item_tower/bundle_*; do
     j="$b/model.json"; w="$b/weights.safetensors"
     # Seed layout: u32 LE length of model.json, model.json, weights.
     n=$(wc -c < "$j")

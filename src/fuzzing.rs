@@ -270,6 +270,7 @@ pub fn bundle_schema() -> crate::Schema {
         .stat("ctr_1d", 0.01)
         .stat("impressions_7d", 0.0)
         .embedding("prerank", "v1", 8, crate::Dtype::F32)
+        .embedding("twotower", "v1", 16, crate::Dtype::F32)
 }
 
 /// Parses `data` as a bundle: a little-endian u32 length `n`, `n` bytes of
@@ -281,9 +282,20 @@ pub fn parse_bundle(data: &[u8]) -> bool {
     };
     let n = (u32::from_le_bytes(*len) as usize).min(rest.len());
     let (json, weights) = rest.split_at(n);
-    match crate::Model::load(json, weights, &bundle_schema()) {
-        Ok(m) => {
+    match crate::model::Bundle::load(json, weights, &bundle_schema()) {
+        Ok(crate::model::Bundle::Model(m)) => {
             let _ = (m.key(), m.user_inputs(), m.macs_per_item(), m.describe());
+            true
+        }
+        Ok(crate::model::Bundle::Tower(t)) => {
+            // Run the tower over three rows of constant columns.
+            let (f, u) = ([2.5f32, 0.0, 1e30], [0u32, 7, u32::MAX]);
+            let cols = crate::model::TowerColumns::new(&t.tower, |_| Ok(&f[..]), |_| Ok(&u[..]));
+            if let Ok(cols) = cols {
+                let mut out = vec![0f32; 3 * t.tower.item_dim];
+                t.tower.compute(&cols, 0, &mut out);
+            }
+            let _ = t.describe();
             true
         }
         Err(e) => {
@@ -349,10 +361,12 @@ mod tests {
             }
         }
         // The contract v2 reference bundles (every v2 part, f16 and bf16
-        // tensors): valid as given, never a panic when damaged.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/three_tower_v2");
+        // tensors) and the item-tower ones (a v2 bundle with item_tower, an
+        // item-tower-only bundle): valid as given, never a panic when damaged.
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let mut v2 = 0;
-        for e in std::fs::read_dir(&dir).unwrap() {
+        let dirs = ["three_tower_v2", "item_tower"].map(|d| data.join(d));
+        for e in dirs.iter().flat_map(|d| std::fs::read_dir(d).unwrap()) {
             let b = e.unwrap().path();
             if !b.is_dir() {
                 continue;
@@ -369,7 +383,7 @@ mod tests {
             }
             v2 += 1;
         }
-        assert_eq!(v2, 5, "the v2 reference bundles");
+        assert_eq!(v2, 7, "the v2 and item-tower reference bundles");
     }
 
     #[test]
