@@ -325,3 +325,51 @@ fn a_changed_tower_recomputes_vectors_and_precomputed_parts() {
         "computed vectors stay"
     );
 }
+
+/// A tower whose output the column cannot hold (beyond f16's range) is a
+/// refusal naming the item and the tower, on add and on a tower change;
+/// nothing is published and the writer goes on.
+#[test]
+fn tower_outputs_the_column_cannot_hold_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F16)).unwrap();
+    let mut huge = Bundle::tower_only("prerank", "v42", DIM as usize);
+    let bias = huge.tensors.get_mut("tower.1.bias").unwrap();
+    bias.1.iter_mut().for_each(|b| *b = 1e6);
+    let (hj, hw) = huge.bytes();
+    let mut tx = w.begin();
+    tx.add_model(&hj, &hw).unwrap();
+    let err = tx.add_items(fresh(&[1, 2])).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("item tower of prerank@v42") && msg.contains("id 1") && msg.contains("f16"),
+        "{msg}"
+    );
+    drop(tx);
+    // A good tower computes; changing it to the huge one is refused at
+    // commit, and the store keeps the good vectors.
+    let good = Bundle::tower_only("prerank", "v42", DIM as usize);
+    let (j, wt) = good.bytes();
+    let mut tx = w.begin();
+    tx.add_model(&j, &wt).unwrap();
+    tx.add_items(fresh(&[1, 2, 3])).unwrap();
+    let snap = tx.commit().unwrap();
+    let mut tx = w.begin();
+    tx.add_model(&hj, &hw).unwrap();
+    let err = tx.commit().unwrap_err();
+    assert!(
+        err.to_string().contains("item tower of prerank@v42"),
+        "{err}"
+    );
+    assert_eq!(w.snapshot().unwrap().number(), snap.number());
+    let mut tx = w.begin();
+    tx.update_stats(common::stats_update(&[1], 2)).unwrap();
+    let snap = tx.commit().unwrap();
+    for id in [1, 2, 3] {
+        let got = snap.get_embedding(id, KEY).unwrap();
+        let want = reference(&good, &snap, id);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= w.abs() / 1024.0 + 1e-4, "{id}");
+        }
+    }
+}

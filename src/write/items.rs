@@ -10,7 +10,7 @@ use crate::format::encode::{self, ScalarColumn};
 use crate::format::meta::{self, EmbeddingRef, FileRef, SegmentMeta};
 use crate::schema::EmbeddingDef;
 use crate::write::batch::{self, ItemBatch};
-use crate::write::towers::{all_rows, compute_for_batch};
+use crate::write::towers::{all_rows, check_computed, compute_for_batch};
 
 impl Transaction<'_> {
     /// Adds `batch` as a new segment. Ids must be new to the snapshot and
@@ -47,15 +47,25 @@ impl Transaction<'_> {
             }
         }
         let mut vectors = Vec::new();
+        let mut computed: Vec<(EmbeddingDef, Vec<f32>)> = Vec::new();
         for def in &self.schema.embeddings {
             let key = def.key();
             let given: Vec<_> = batch.embeddings.iter().filter(|(k, _)| *k == key).collect();
             match given.as_slice() {
                 [(_, v)] => {
                     encode::check_vectors(def, &batch.ids, v)?;
-                    vectors.push((def.clone(), Some(v)));
+                    vectors.push((def.clone(), &v[..], false));
                 }
-                [] if self.tower_of(&key).is_some() => vectors.push((def.clone(), None)),
+                [] if self.tower_of(&key).is_some() => {
+                    // Computed (and checked) before anything is written, so
+                    // that a tower output the column cannot hold is a
+                    // refusal, not a failed write.
+                    let tower = self.tower_of(&key).expect("just checked");
+                    let profile = batch.scalar_columns(&self.schema, batch::Group::Profile);
+                    let v = compute_for_batch(&tower, &self.schema, &profile, batch.len())?;
+                    check_computed(def, &batch.ids, &v)?;
+                    computed.push((def.clone(), v));
+                }
                 [] => {
                     return Err(Error::InvalidInput(format!(
                         "batch gives no vectors for embedding {key}, which has no item tower to \
@@ -70,6 +80,12 @@ impl Transaction<'_> {
                 }
             }
         }
+        // In schema order, so the manifest lists them as before.
+        for (def, v) in &computed {
+            vectors.push((def.clone(), &v[..], true));
+        }
+        let order = |d: &EmbeddingDef| self.schema.embeddings.iter().position(|x| x == d);
+        vectors.sort_by_key(|(d, _, _)| order(d));
         self.check_ids_unique(&batch.ids)?;
         self.check_indexes()?;
         if self.next_segment_id == u64::MAX {
@@ -110,13 +126,13 @@ impl Transaction<'_> {
         self.sink().row_files(seg, ids, profile_cols, stats_cols)
     }
 
-    /// Writes `batch` (with its checked `vectors`, one per schema version;
-    /// `None` for a version whose item tower computes them from the
-    /// batch's profile) as a new segment and opens it.
+    /// Writes `batch` (with its checked `vectors`, one per schema version,
+    /// each marked whether the version's item tower computed it) as a new
+    /// segment and opens it.
     pub(super) fn write_segment(
         &mut self,
         batch: &ItemBatch,
-        vectors: &[(EmbeddingDef, Option<&Vec<f32>>)],
+        vectors: &[(EmbeddingDef, &[f32], bool)],
     ) -> Result<()> {
         let seg = self.next_segment_id;
         let rows = batch.len() as u64;
@@ -125,18 +141,9 @@ impl Transaction<'_> {
         let (id_index, profile, stats) =
             self.write_row_files(seg, &batch.ids, &profile_cols, &stats_cols)?;
         let mut embeddings = Vec::new();
-        for (def, v) in vectors {
+        for &(ref def, v, computed) in vectors {
             let key = def.key();
-            let computed;
-            let (v, bitmap) = match v {
-                Some(v) => (&v[..], None),
-                None => {
-                    let tower = self.tower_of(&key).expect("checked by put_items");
-                    let n = batch.len();
-                    computed = compute_for_batch(&tower, &self.schema, &profile_cols, n)?;
-                    (&computed[..], Some(all_rows(n)))
-                }
-            };
+            let bitmap = computed.then(|| all_rows(batch.len()));
             let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
             let d = def.dim as usize;
             let file = encode::write_embedding_group(

@@ -13,7 +13,7 @@ use super::transaction::Transaction;
 use crate::error::{Error, Result};
 use crate::format::encode::{self, ScalarColumn};
 use crate::model::{ItemTower, TowerColumns};
-use crate::schema::Schema;
+use crate::schema::{EmbeddingDef, Schema};
 
 impl Transaction<'_> {
     /// The item tower of embedding `key` in the snapshot being built: its
@@ -46,69 +46,91 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Commit step: computes again the computed rows of every version in
-    /// `stale` that has an item tower (the rows of one without keep their
-    /// vectors; `refuse_unfilled` ran first).
-    pub(super) fn fill_stale(&mut self) -> Result<()> {
+    /// Commit step, before anything is written: computes again the
+    /// computed rows of every version in `stale` that has an item tower
+    /// (the rows of one without keep their vectors; `refuse_unfilled` ran
+    /// first), and checks the column can hold them. Returns the embedding
+    /// files to write ([`Transaction::write_recomputed`]).
+    pub(super) fn recompute_stale(&mut self) -> Result<Vec<Recomputed>> {
         let stale = std::mem::take(&mut self.stale);
         self.unfilled.clear();
+        let mut out = Vec::new();
         for key in stale {
-            if self.schema.embedding_def(&key).is_none() {
-                continue;
-            }
-            if let Some(t) = self.tower_of(&key) {
-                self.recompute(&key, &t)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Rewrites the embedding file of `key` of every segment with computed
-    /// rows, those rows computed by `tower` from the segment's profile
-    /// (other rows copied as stored). The precomputed first-layer parts of
-    /// the rewritten segments are dropped, so the commit computes them
-    /// again from the new vectors.
-    fn recompute(&mut self, key: &str, tower: &ItemTower) -> Result<()> {
-        let def = (self.schema.embedding_def(key).cloned()).expect("caller checked the key");
-        let stride = def.dtype.row_stride(def.dim);
-        let d = def.dim as usize;
-        for s in 0..self.segments.len() {
-            let seg = self.segment(s);
-            let Some(bitmap) = seg.computed_bitmap(key) else {
+            let Some(def) = self.schema.embedding_def(&key).cloned() else {
                 continue;
             };
-            let rows = seg.rows();
-            let emb = seg
-                .embedding_opt(key)
-                .ok_or_else(|| skew(key, &self.schema))?;
-            let mut bytes = Vec::with_capacity(rows * stride);
-            for r in 0..rows {
-                bytes.extend_from_slice(&emb.row_bytes(r)[..stride]);
-            }
-            let cols = TowerColumns::new(
-                tower,
-                |n| Ok(seg.numeric(n)?.values()),
-                |n| Ok(seg.categorical(n)?.values()),
-            )?;
-            let (mut vals, mut tmp) = (Vec::new(), Vec::new());
-            for (first, len) in runs(&bitmap, rows) {
-                vals.resize(len * d, 0f32);
-                tower.compute(&cols, first, &mut vals);
-                for (i, v) in vals.chunks_exact(d).enumerate() {
-                    let at = (first + i) * stride;
-                    encode::encode_row(def.dtype, v, &mut bytes[at..at + stride], &mut tmp);
+            if let Some(t) = self.tower_of(&key) {
+                for s in 0..self.segments.len() {
+                    out.extend(self.recompute(&def, &t, s)?);
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Segment `s`'s embedding file of `def` with its computed rows
+    /// computed by `tower` from the segment's profile (other rows copied as
+    /// stored), or `None` if no row of it was computed.
+    fn recompute(
+        &self,
+        def: &EmbeddingDef,
+        tower: &ItemTower,
+        s: usize,
+    ) -> Result<Option<Recomputed>> {
+        let key = def.key();
+        let seg = self.segment(s);
+        let Some(bitmap) = seg.computed_bitmap(&key) else {
+            return Ok(None);
+        };
+        let (stride, d, rows) = (def.dtype.row_stride(def.dim), def.dim as usize, seg.rows());
+        let emb = seg
+            .embedding_opt(&key)
+            .ok_or_else(|| skew(&key, &self.schema))?;
+        let mut bytes = Vec::with_capacity(rows * stride);
+        for r in 0..rows {
+            bytes.extend_from_slice(&emb.row_bytes(r)[..stride]);
+        }
+        let cols = TowerColumns::new(
+            tower,
+            |n| Ok(seg.numeric(n)?.values()),
+            |n| Ok(seg.categorical(n)?.values()),
+        )?;
+        let (mut vals, mut tmp) = (Vec::new(), Vec::new());
+        for (first, len) in runs(&bitmap, rows) {
+            vals.resize(len * d, 0f32);
+            tower.compute(&cols, first, &mut vals);
+            check_computed(def, &seg.ids()[first..first + len], &vals)?;
+            for (i, v) in vals.chunks_exact(d).enumerate() {
+                let at = (first + i) * stride;
+                encode::encode_row(def.dtype, v, &mut bytes[at..at + stride], &mut tmp);
+            }
+        }
+        Ok(Some(Recomputed {
+            segment: s,
+            def: def.clone(),
+            bitmap,
+            bytes,
+        }))
+    }
+
+    /// Commit step: writes the embedding files [`Transaction::recompute_stale`]
+    /// planned, in place of the segments' old ones. The precomputed
+    /// first-layer parts of the rewritten segments are dropped, so the
+    /// commit computes them again from the new vectors.
+    pub(super) fn write_recomputed(&mut self, plan: Vec<Recomputed>) -> Result<()> {
+        for p in plan {
+            let (s, key) = (p.segment, p.def.key());
             let seg_id = self.segments[s].meta.id;
+            let stride = p.def.dtype.row_stride(p.def.dim);
             let name = self.fresh_name(seg_id, &format!("emb-{key}"), "vcol");
             let file = encode::write_embedding_raw(
                 &*self.w.fs,
                 &self.path(&name),
                 seg_id,
-                rows as u64,
-                &def,
-                Some(&bitmap),
-                bytes.chunks_exact(stride),
+                (p.bytes.len() / stride) as u64,
+                &p.def,
+                Some(&p.bitmap),
+                p.bytes.chunks_exact(stride),
             )?;
             let meta = &mut self.segments[s].meta;
             let entry = (meta.embeddings.iter_mut())
@@ -133,6 +155,17 @@ impl Transaction<'_> {
     }
 }
 
+/// One segment's embedding file of one version, recomputed and encoded,
+/// waiting to be written.
+#[derive(Debug)]
+pub(super) struct Recomputed {
+    segment: usize,
+    def: EmbeddingDef,
+    bitmap: Vec<u64>,
+    /// Every row, `stride` bytes each.
+    bytes: Vec<u8>,
+}
+
 /// The vectors `tower` computes for every row of a batch's `profile`
 /// columns (those of `schema`, in its order), row-major.
 pub(super) fn compute_for_batch(
@@ -149,6 +182,18 @@ pub(super) fn compute_for_batch(
     let mut out = vec![0f32; rows * tower.item_dim];
     tower.compute(&cols, 0, &mut out);
     Ok(out)
+}
+
+/// Checks vectors the item tower of `def` computed for items `ids`: the
+/// column must hold them (finite, in range of its dtype); a refusal names
+/// the item and says the tower computed it.
+pub(super) fn check_computed(def: &EmbeddingDef, ids: &[u64], values: &[f32]) -> Result<()> {
+    encode::check_vectors(def, ids, values).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the item tower of {} computed a vector the column cannot hold: {e}",
+            def.key()
+        ))
+    })
 }
 
 /// A computed-rows bitmap of `rows` rows with every row set.

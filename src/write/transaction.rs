@@ -190,7 +190,8 @@ impl<'w> Transaction<'w> {
         self.w.check_poisoned()?;
         self.refuse_precomputed_without_items()?;
         self.refuse_unfilled()?;
-        let r = self.fill_stale();
+        let plan = self.recompute_stale()?;
+        let r = self.write_recomputed(plan);
         self.w.poison(r)?;
         let r = self.write_precomputed();
         self.w.poison(r)?;
