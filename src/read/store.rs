@@ -102,12 +102,13 @@ pub struct Store {
 }
 
 /// What snapshots of one `Store` share: mapped files by name, and the
-/// models built from bundle files (validated against the schema they were
+/// models and item towers built from bundle files (validated against the schema they were
 /// built for), so a refresh re-maps and re-validates only what changed.
 #[derive(Debug, Default)]
 struct Cache {
     files: HashMap<String, Weak<Container>>,
     models: HashMap<String, (Weak<Model>, crate::schema::Schema)>,
+    towers: HashMap<String, (Weak<crate::model::ItemTowerBundle>, crate::schema::Schema)>,
 }
 
 /// How many times a reader re-lists manifests after losing a race with the
@@ -506,9 +507,11 @@ fn load(
     let Cache {
         files: cache,
         models: model_cache,
+        towers: tower_cache,
     } = &mut *guard;
     cache.retain(|_, w| w.strong_count() > 0);
     model_cache.retain(|_, (w, _)| w.strong_count() > 0);
+    tower_cache.retain(|_, (w, _)| w.strong_count() > 0);
     let mut opener = |r: &FileRef, kind: Kind| -> Result<Arc<Container>> {
         if !valid_file_name(&r.name) {
             return Err(Error::corrupt(
@@ -538,22 +541,32 @@ fn load(
         let c = opener(&b.files[0], Kind::Bundle)?;
         crate::read::segment::check_ref(&c, &b.files[0])?;
         if crate::model::split_bundle_id(&b.key).1 == crate::model::TOWER_BUNDLE_NAME {
-            // Small, and read once per snapshot: not cached.
-            match crate::model::Bundle::from_container(&c, &b.key, &manifest.schema)? {
-                crate::model::Bundle::Tower(t) => towers.push(crate::model::LoadedTower {
-                    tower: Arc::new(t),
-                    file: c,
-                }),
-                crate::model::Bundle::Model(_) => {
-                    return Err(Error::corrupt(
-                        &c.path,
-                        format!(
+            let name = &b.files[0].name;
+            let cached = match tower_cache.get(name) {
+                Some((w, schema)) if *schema == manifest.schema => w.upgrade(),
+                _ => None,
+            };
+            let tower = match cached {
+                Some(t) => t,
+                None => match crate::model::Bundle::from_container(&c, &b.key, &manifest.schema)? {
+                    crate::model::Bundle::Tower(t) => {
+                        let t = Arc::new(t);
+                        tower_cache
+                            .insert(name.clone(), (Arc::downgrade(&t), manifest.schema.clone()));
+                        t
+                    }
+                    crate::model::Bundle::Model(_) => {
+                        return Err(Error::corrupt(
+                            &c.path,
+                            format!(
                             "holds a three-tower bundle; the manifest names it the item tower {}",
                             b.key
                         ),
-                    ))
-                }
-            }
+                        ))
+                    }
+                },
+            };
+            towers.push(crate::model::LoadedTower { tower, file: c });
             continue;
         }
         let name = &b.files[0].name;
