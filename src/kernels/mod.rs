@@ -89,6 +89,7 @@ impl Level {
     }
 
     /// Every level this CPU runs, lowest first (for tests that run each).
+    #[cfg(test)]
     pub fn available() -> Vec<Level> {
         [Level::Portable, Level::Avx2, Level::Avx512]
             .into_iter()
