@@ -113,6 +113,7 @@ fn main() {
     std::fs::create_dir_all(&base).unwrap();
     let fresh = env("VSTORE_BENCH_FRESH", 100_000);
     let n = env("VSTORE_BENCH_ROWS", 1_000_000);
+    println!("kernel level: {}", vstore::bench_support::kernel_level());
 
     // (a) Fresh items: computed against given, into one store, new ids each run.
     let dir = base.join("fresh");

@@ -17,6 +17,7 @@ use vstore::Query;
 mod support;
 
 fn bench(c: &mut Criterion) {
+    eprintln!("kernel level: {}", vstore::bench_support::kernel_level());
     let rows: usize = std::env::var("VSTORE_TT_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())

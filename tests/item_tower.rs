@@ -221,6 +221,7 @@ fn check_two_tower(snap: &Snapshot, case: &Value) -> usize {
 
 #[test]
 fn computed_item_vectors_match_the_numpy_reference() {
+    println!("kernel level: {}", vstore::bench_support::kernel_level());
     let case = load_case();
     let n = case["items"]["ids"].as_array().unwrap().len();
     // The reference's own bookkeeping: one expected vector per missing one.

@@ -22,6 +22,7 @@ fn data_dir() -> PathBuf {
 
 #[test]
 fn scores_match_the_numpy_reference_for_every_fusion_kind() {
+    println!("kernel level: {}", vstore::bench_support::kernel_level());
     let case: Value =
         serde_json::from_slice(&std::fs::read(data_dir().join("case.json")).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();

@@ -117,6 +117,7 @@ fn check_case(snap: &Snapshot, c: &Value, ctx: &str) -> usize {
 
 #[test]
 fn every_v2_part_matches_the_numpy_reference() {
+    println!("kernel level: {}", vstore::bench_support::kernel_level());
     let case = load_case();
     let cases = case["cases"].as_array().unwrap();
     let names = sorted_names(&case);

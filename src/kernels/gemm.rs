@@ -3,11 +3,14 @@
 //! row or a precomputed row per output row ([`Start`]), `act` ReLU or the
 //! identity.
 //!
-//! On x86-64 with AVX2, FMA and F16C the weights are packed once, at model load, and
-//! a register-tiled kernel (`kernels::gemm_x86`) runs (layers of at most 8
-//! outputs, such as the heads, run as dot products instead); elsewhere the
-//! `matrixmultiply` crate does (it packs both operands on every call; the
-//! cost of that is in docs/PERF.md, "Three-tower scoring").
+//! On x86-64 with AVX2, FMA and F16C the weights are packed once, at model
+//! load, and a register-tiled kernel runs: `kernels::gemm_x86` (6x16 tiles
+//! over 16-column panels) at `Level::Avx2`, `kernels::gemm_avx512` (12x32
+//! tiles over 32-column panels) at `Level::Avx512`. Layers of at most 8
+//! outputs, such as the heads, run as AVX2 dot products instead at both
+//! levels. Elsewhere the `matrixmultiply` crate runs (it packs both
+//! operands on every call; the cost of that is in docs/PERF.md,
+//! "Three-tower scoring").
 
 use crate::kernels::Level;
 
@@ -17,16 +20,32 @@ use crate::kernels::Level;
 const NARROW: usize = 8;
 
 /// A weight matrix `[n, k]` ready for [`matmul`]: a contiguous copy for the
-/// portable path and narrow layers and, where the AVX2 kernel runs,
-/// 16-column panels `[ceil(n/16)][k][16]` of its transpose, zero-padded.
+/// portable path and narrow layers and, where a panel kernel runs, panels
+/// `[ceil(n/NR)][k][NR]` of its transpose, zero-padded (NR = 16 for the
+/// AVX2 kernel, 32 for the AVX-512 one).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Weights {
     pub n: usize,
     pub k: usize,
     w: Vec<f32>,
     packed: Vec<f32>,
+    /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
+    /// `packed` is empty).
+    kernel: Kernel,
     /// Whether the AVX2 dot-product kernel runs (on `w`).
     narrow: bool,
+}
+
+/// The panel kernel a [`Weights`] was packed for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Kernel {
+    /// No panels (portable, or narrow).
+    #[default]
+    None,
+    /// `gemm_x86`, 16-column panels.
+    Avx2,
+    /// `gemm_avx512`, 32-column panels.
+    Avx512,
 }
 
 impl Weights {
@@ -35,35 +54,41 @@ impl Weights {
         Weights::for_level(w, ldw, k, n, Level::detect())
     }
 
-    /// As [`Weights::new`], for the kernel of `level`, which must be one
-    /// this CPU runs (`Level::Avx2` only if `Level::detect()` returned it:
-    /// `matmul` relies on that for its unsafe calls).
+    /// As [`Weights::new`], for the kernels of `level`, which must be one
+    /// this CPU runs (at most `Level::hardware()`, which `Level::detect()`
+    /// and `Level::available()` never exceed: `matmul` relies on that for
+    /// its unsafe calls).
     fn for_level(w: &[f32], ldw: usize, k: usize, n: usize, level: Level) -> Weights {
+        assert!(level <= Level::hardware(), "{level:?}: not on this CPU");
         let dense: Vec<f32> = (0..n)
             .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
             .collect();
-        let mut packed = Vec::new();
-        let narrow = level == Level::Avx2 && n <= NARROW;
-        if level == Level::Avx2 && !narrow {
+        let narrow = level.has_avx2() && n <= NARROW;
+        let (kernel, nr) = match level {
+            _ if narrow => (Kernel::None, 0),
             #[cfg(target_arch = "x86_64")]
-            {
-                use crate::kernels::gemm_x86::NR;
-                let panels = n.div_ceil(NR);
-                packed = vec![0f32; panels * k * NR];
-                for j in 0..n {
-                    let (panel, col) = (j / NR, j % NR);
-                    for p in 0..k {
-                        packed[(panel * k + p) * NR + col] = dense[j * k + p];
-                    }
+            Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => (Kernel::Avx512, crate::kernels::gemm_avx512::NR),
+            _ => (Kernel::None, 0),
+        };
+        let mut packed = Vec::new();
+        if kernel != Kernel::None {
+            packed = vec![0f32; n.div_ceil(nr) * k * nr];
+            for j in 0..n {
+                let (panel, col) = (j / nr, j % nr);
+                for p in 0..k {
+                    packed[(panel * k + p) * nr + col] = dense[j * k + p];
                 }
             }
         }
         Weights {
             n,
             k,
-            // The panel kernel does not read the plain copy.
+            // The panel kernels do not read the plain copy.
             w: if packed.is_empty() { dense } else { Vec::new() },
             packed,
+            kernel,
             narrow,
         }
     }
@@ -150,18 +175,32 @@ pub(crate) fn matmul_prefetching(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if !w.packed.is_empty() {
-        // SAFETY: `packed` is only filled for Level::Avx2, which
-        // `Weights::new` takes from Level::detect() (AVX2, FMA and F16C
-        // present) and tests pass only where detect() returned it; the
-        // asserts above and the packing (ceil(n/16) * k
-        // * 16 values) are the kernel's bounds contract.
-        unsafe {
-            crate::kernels::gemm_x86::gemm_packed(
-                m, n, k, a, lda, &w.packed, c, ldc, start, relu, ahead,
-            )
-        };
-        return;
+    match w.kernel {
+        Kernel::None => {}
+        Kernel::Avx2 => {
+            // SAFETY: `Kernel::Avx2` is only set for Level::Avx2, which
+            // `Weights::for_level` asserts the CPU has (AVX2, FMA and F16C
+            // present); the asserts above and the packing (ceil(n/16) * k
+            // * 16 values) are the kernel's bounds contract.
+            unsafe {
+                crate::kernels::gemm_x86::gemm_packed(
+                    m, n, k, a, lda, &w.packed, c, ldc, start, relu, ahead,
+                )
+            };
+            return;
+        }
+        Kernel::Avx512 => {
+            // SAFETY: `Kernel::Avx512` is only set for Level::Avx512, which
+            // `Weights::for_level` asserts the CPU has (AVX-512 F, BW, VL,
+            // FMA and F16C present); the asserts above and the packing
+            // (ceil(n/32) * k * 32 values) are the kernel's bounds contract.
+            unsafe {
+                crate::kernels::gemm_avx512::gemm_packed(
+                    m, n, k, a, lda, &w.packed, c, ldc, start, relu, ahead,
+                )
+            };
+            return;
+        }
     }
     let beta = fill_start(m, n, c, ldc, start);
     ahead
@@ -169,8 +208,8 @@ pub(crate) fn matmul_prefetching(
         .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
     #[cfg(target_arch = "x86_64")]
     if w.narrow {
-        // SAFETY: `narrow` is only set for Level::Avx2 (see the packed
-        // kernel's call above); `w.w` holds n * k values, and the asserts above bound `a`
+        // SAFETY: `narrow` is only set for Level::Avx2 and up, which
+        // `Weights::for_level` asserts the CPU has (AVX2 and FMA present); `w.w` holds n * k values, and the asserts above bound `a`
         // and `c`.
         unsafe { crate::kernels::gemm_x86::dots(m, n, k, a, lda, &w.w, beta, c, ldc) };
     } else {
@@ -278,10 +317,22 @@ mod tests {
 
     #[test]
     fn both_kernels_match_a_naive_product_for_every_edge_shape_and_start() {
-        let mut levels = vec![Level::Portable];
-        if Level::detect() == Level::Avx2 {
-            levels.push(Level::Avx2);
+        // Every level the CPU has, whatever VSTORE_KERNEL_LEVEL says.
+        let levels = Level::available();
+        println!("gemm levels run: {levels:?}");
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            assert!(
+                levels.contains(&Level::Avx512),
+                "AVX-512 CPU, level not run"
+            );
         }
+        let mut ran = Vec::new();
         for (m, n, k) in [
             (1, 1, 1),
             (6, 16, 5),
@@ -289,6 +340,14 @@ mod tests {
             (13, 3, 33),
             (128, 64, 22),
             (5, 40, 9),
+            // AVX-512 edges: whole 12x32 tiles, partial panels of 1, 31
+            // and 9 columns, partial tiles of 1 to 11 rows, two panels.
+            (12, 32, 4),
+            (25, 33, 7),
+            (23, 31, 16),
+            (35, 9, 5),
+            (48, 64, 29),
+            (11, 96, 3),
             // Narrow layers (dot products), with and without a k tail.
             (13, 3, 128),
             (7, 8, 37),
@@ -324,7 +383,17 @@ mod tests {
             for &level in &levels {
                 let w = Weights::for_level(&wraw, ldw, k, n, level);
                 assert_eq!(w.packed.is_empty(), level == Level::Portable || n <= NARROW);
-                assert_eq!(w.narrow, level == Level::Avx2 && n <= NARROW);
+                assert_eq!(w.narrow, level >= Level::Avx2 && n <= NARROW);
+                let kernel = match level {
+                    _ if n <= NARROW => Kernel::None,
+                    Level::Avx2 => Kernel::Avx2,
+                    Level::Avx512 => Kernel::Avx512,
+                    Level::Portable => Kernel::None,
+                };
+                assert_eq!(w.kernel, kernel);
+                if !ran.contains(&(level, kernel)) {
+                    ran.push((level, kernel));
+                }
                 let starts = [
                     Start::Zero,
                     Start::Accumulate,
@@ -375,6 +444,11 @@ mod tests {
                     }
                 }
             }
+        }
+        println!("gemm (level, kernel) pairs checked: {ran:?}");
+        if Level::hardware() == Level::Avx512 {
+            assert!(ran.contains(&(Level::Avx512, Kernel::Avx512)));
+            assert!(ran.contains(&(Level::Avx2, Kernel::Avx2)));
         }
     }
 

@@ -1,47 +1,152 @@
 //! Inner-product kernels: an f32 user vector against stored rows of every
 //! dtype, one whole loop per call so that cache misses of upcoming rows
-//! overlap (software prefetch) and no per-row call is out of line.
+//! overlap (software prefetch) and no per-row call is out of line; and
+//! ([`gemm`]) the matrix products of the model layers.
 //!
-//! The CPU is detected once ([`Level::detect`]); on x86-64 with AVX2, FMA
-//! and F16C the loops in `x86` run, elsewhere the portable loops here (which
-//! the compiler vectorizes with the baseline instruction set).
+//! The CPU is detected once ([`Level::detect`]), and what runs at each level:
+//!
+//! | level | two-tower loops | model layers (`gemm`) |
+//! |---|---|---|
+//! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
+//! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products) |
+//! | `Avx512` (also AVX-512 F, BW, VL) | `x86` (AVX2) | `gemm_avx512` (12x32 tiles); narrow layers as at `Avx2` |
+//!
+//! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512` forces a lower level than the
+//! CPU's (a higher one is refused with a message, never run);
+//! `VSTORE_FORCE_PORTABLE` (any value) is the same as `portable`.
 
 use half::slice::HalfFloatSliceExt;
 
 use crate::schema::Dtype;
 
-#[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_avx512;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Which implementation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which implementation runs. Levels are ordered: a CPU that runs one runs
+/// every lower one too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Portable Rust (any CPU).
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX-512 F, BW and VL, with FMA and F16C: the model layers'
+    /// matrix product runs the AVX-512 kernel (`gemm_avx512`); everything
+    /// else runs the AVX2 kernels.
+    Avx512,
 }
 
+/// The environment variable that forces a lower level than the CPU's
+/// (`portable`, `avx2` or `avx512`), so that every path can be tested on a
+/// machine that has a higher one.
+pub const LEVEL_VAR: &str = "VSTORE_KERNEL_LEVEL";
+
 impl Level {
-    /// The best level this CPU supports (detected once, then cached).
+    /// The level this process runs: the best the CPU supports
+    /// ([`Level::hardware`]), lowered by `VSTORE_KERNEL_LEVEL`
+    /// (`portable`, `avx2`, `avx512`) or `VSTORE_FORCE_PORTABLE` (any
+    /// value: the same as `VSTORE_KERNEL_LEVEL=portable`). A level above
+    /// the CPU's, or a name not in that list, is refused with a message
+    /// on standard error and the CPU's level runs. Chosen once, then cached.
     pub fn detect() -> Level {
         static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
-            if std::env::var_os("VSTORE_FORCE_PORTABLE").is_some() {
-                return Level::Portable;
+            let forced = std::env::var(LEVEL_VAR).ok();
+            let portable = std::env::var_os("VSTORE_FORCE_PORTABLE").is_some();
+            let (level, warning) = Level::choose(Level::hardware(), forced.as_deref(), portable);
+            if let Some(w) = warning {
+                eprintln!("vstore: {w}");
             }
+            level
+        })
+    }
+
+    /// The best level this CPU supports, whatever the environment says
+    /// (detected once, then cached). Every level up to it is safe to run.
+    pub fn hardware() -> Level {
+        static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                {
+                    return Level::Avx512;
+                }
                 return Level::Avx2;
             }
             Level::Portable
         })
+    }
+
+    /// Every level this CPU runs, lowest first (for tests that run each).
+    #[cfg(test)]
+    pub fn available() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l <= Level::hardware())
+            .collect()
+    }
+
+    /// The level's name, as `VSTORE_KERNEL_LEVEL` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// The level to run given the CPU's (`hardware`), the value of
+    /// `VSTORE_KERNEL_LEVEL` and whether `VSTORE_FORCE_PORTABLE` is set,
+    /// with a message when a request is refused. Never above `hardware`.
+    fn choose(hardware: Level, forced: Option<&str>, portable: bool) -> (Level, Option<String>) {
+        if portable {
+            return (Level::Portable, None);
+        }
+        let Some(name) = forced.map(str::trim).filter(|s| !s.is_empty()) else {
+            return (hardware, None);
+        };
+        let wanted = match name.to_ascii_lowercase().as_str() {
+            "portable" => Level::Portable,
+            "avx2" => Level::Avx2,
+            "avx512" => Level::Avx512,
+            _ => {
+                return (
+                    hardware,
+                    Some(format!(
+                        "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512; \
+                         running the CPU's level, {}",
+                        hardware.name()
+                    )),
+                )
+            }
+        };
+        if wanted > hardware {
+            return (
+                hardware,
+                Some(format!(
+                    "{LEVEL_VAR}={name} asks for more than this CPU has; running {}",
+                    hardware.name()
+                )),
+            );
+        }
+        (wanted, None)
+    }
+
+    /// Whether the AVX2 + FMA + F16C kernels may run at this level.
+    #[inline]
+    pub(crate) fn has_avx2(self) -> bool {
+        self >= Level::Avx2
     }
 }
 
@@ -113,8 +218,9 @@ pub(crate) fn score_gather(
 ) {
     debug_assert_eq!(locs.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
-        // SAFETY: Level::Avx2 is only returned when the CPU has AVX2, FMA and F16C.
+    if level.has_avx2() {
+        // SAFETY: levels from Level::Avx2 up are only returned (by detect,
+        // hardware and available) when the CPU has AVX2, FMA and F16C.
         unsafe { x86::score_gather(dtype, user, blocks, locs, out) };
         return;
     }
@@ -140,8 +246,9 @@ pub(crate) fn score_range(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
-        // SAFETY: Level::Avx2 is only returned when the CPU has AVX2, FMA and F16C.
+    if level.has_avx2() {
+        // SAFETY: levels from Level::Avx2 up are only returned (by detect,
+        // hardware and available) when the CPU has AVX2, FMA and F16C.
         unsafe { x86::score_range(dtype, user, block, first, out) };
         return;
     }
@@ -256,11 +363,8 @@ mod tests {
 
     #[test]
     fn every_level_and_dtype_matches_the_reference() {
-        let levels = if Level::detect() == Level::Avx2 {
-            vec![Level::Portable, Level::Avx2]
-        } else {
-            vec![Level::Portable]
-        };
+        let levels = Level::available();
+        println!("levels run: {levels:?}");
         for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::I8] {
             for d in [1usize, 3, 7, 8, 9, 16, 31, 64, 100, 128, 257] {
                 let n = 40;
@@ -339,6 +443,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_environment_lowers_the_level_and_never_raises_it() {
+        use Level::*;
+        assert_eq!(Level::choose(Avx512, None, false), (Avx512, None));
+        assert_eq!(Level::choose(Avx512, Some("avx2"), false), (Avx2, None));
+        assert_eq!(Level::choose(Avx512, Some("AVX512"), false), (Avx512, None));
+        assert_eq!(
+            Level::choose(Avx2, Some("portable"), false),
+            (Portable, None)
+        );
+        assert_eq!(Level::choose(Avx512, Some(""), false), (Avx512, None));
+        // VSTORE_FORCE_PORTABLE wins.
+        assert_eq!(Level::choose(Avx512, Some("avx2"), true), (Portable, None));
+        // Above the CPU, or unknown: refused, with a message.
+        let (l, w) = Level::choose(Avx2, Some("avx512"), false);
+        assert_eq!(l, Avx2);
+        assert!(w.unwrap().contains("more than this CPU has"));
+        let (l, w) = Level::choose(Portable, Some("avx2"), false);
+        assert_eq!(l, Portable);
+        assert!(w.is_some());
+        let (l, w) = Level::choose(Avx512, Some("sse"), false);
+        assert_eq!(l, Avx512);
+        assert!(w.unwrap().contains("not one of"));
+        // What this process runs.
+        println!(
+            "hardware {:?}, detect {:?}, available {:?}",
+            Level::hardware(),
+            Level::detect(),
+            Level::available()
+        );
+        assert!(Level::detect() <= Level::hardware());
+        assert_eq!(Level::available().last(), Some(&Level::hardware()));
     }
 
     #[test]

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// The name of the kernel level this process runs (`portable`, `avx2`,
+/// `avx512`; see `VSTORE_KERNEL_LEVEL` in the README), for benchmarks and
+/// tests to state which path they measured or checked.
+pub fn kernel_level() -> &'static str {
+    Level::detect().name()
+}
+
 /// One reference into every cache line a query for `ids` must touch in
 /// memory: each id's home slot in the id index and every line of its
 /// embedding row. Ids not in the snapshot
