@@ -153,8 +153,8 @@ impl ItemTower {
                 a.inp == b.inp
                     && a.out == b.out
                     && a.act == b.act
-                    && bits(&a.w) == bits(&b.w)
-                    && bits(&a.b) == bits(&b.b)
+                    && same_bits(&a.w, &b.w)
+                    && same_bits(&a.b, &b.b)
             })
     }
 
@@ -216,8 +216,9 @@ impl ItemTower {
     }
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+/// Whether `a` and `b` hold the same f32 values bit for bit.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// An item-tower-only bundle (`"format": "vstore.item_tower.v1"`),

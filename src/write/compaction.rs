@@ -165,8 +165,9 @@ pub(crate) fn write_merged_embedding(
     let mut computed = vec![0u64; rows.div_ceil(64)];
     let mut at = 0;
     for p in parts {
+        let bits = p.seg.and_then(|s| s.computed_bitmap(&key));
         for &r in p.rows {
-            if p.seg.is_some_and(|s| s.is_computed(&key, r)) {
+            if bits.as_ref().is_some_and(|b| b[r / 64] >> (r % 64) & 1 == 1) {
                 computed[at / 64] |= 1 << (at % 64);
             }
             at += 1;

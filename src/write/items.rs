@@ -2,6 +2,7 @@
 //! segment per batch), updating statistics (rewriting the statistics files
 //! of the segments touched) and deleting items (new deletion bitmaps).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::transaction::{SegState, Transaction, View};
@@ -46,27 +47,26 @@ impl Transaction<'_> {
                 )));
             }
         }
-        let mut vectors = Vec::new();
-        let mut computed: Vec<(EmbeddingDef, Vec<f32>)> = Vec::new();
+        // The profile as stored; the item tower reads it too.
+        let profile = batch.scalar_columns(&self.schema, batch::Group::Profile);
+        let mut vectors: Vec<(EmbeddingDef, Cow<'_, [f32]>, bool)> = Vec::new();
         for def in &self.schema.embeddings {
             let key = def.key();
             let given: Vec<_> = batch.embeddings.iter().filter(|(k, _)| *k == key).collect();
-            match given.as_slice() {
-                [(_, v)] => {
+            match (given.as_slice(), self.tower_of(&key)) {
+                ([(_, v)], _) => {
                     encode::check_vectors(def, &batch.ids, v)?;
-                    vectors.push((def.clone(), &v[..], false));
+                    vectors.push((def.clone(), Cow::Borrowed(&v[..]), false));
                 }
-                [] if self.tower_of(&key).is_some() => {
+                ([], Some(tower)) => {
                     // Computed (and checked) before anything is written, so
                     // that a tower output the column cannot hold is a
                     // refusal, not a failed write.
-                    let tower = self.tower_of(&key).expect("just checked");
-                    let profile = batch.scalar_columns(&self.schema, batch::Group::Profile);
                     let v = compute_for_batch(&tower, &self.schema, &profile, batch.len())?;
                     check_computed(def, &batch.ids, &v)?;
-                    computed.push((def.clone(), v));
+                    vectors.push((def.clone(), Cow::Owned(v), true));
                 }
-                [] => {
+                ([], None) => {
                     return Err(Error::InvalidInput(format!(
                         "batch gives no vectors for embedding {key}, which has no item tower to \
                          compute them; every item needs a vector for each version in the schema \
@@ -80,12 +80,6 @@ impl Transaction<'_> {
                 }
             }
         }
-        // In schema order, so the manifest lists them as before.
-        for (def, v) in &computed {
-            vectors.push((def.clone(), &v[..], true));
-        }
-        let order = |d: &EmbeddingDef| self.schema.embeddings.iter().position(|x| x == d);
-        vectors.sort_by_key(|(d, _, _)| order(d));
         self.check_ids_unique(&batch.ids)?;
         self.check_indexes()?;
         if self.next_segment_id == u64::MAX {
@@ -111,7 +105,7 @@ impl Transaction<'_> {
         }
         let r = self
             .write_deletes(replaced)
-            .and_then(|()| self.write_segment(&batch, &vectors));
+            .and_then(|()| self.write_segment(&batch, &profile, &vectors));
         self.w.poison(r)
     }
 
@@ -126,22 +120,22 @@ impl Transaction<'_> {
         self.sink().row_files(seg, ids, profile_cols, stats_cols)
     }
 
-    /// Writes `batch` (with its checked `vectors`, one per schema version,
-    /// each marked whether the version's item tower computed it) as a new
-    /// segment and opens it.
+    /// Writes `batch` (its `profile` columns as stored, and its checked
+    /// `vectors`, one per schema version, each marked whether the
+    /// version's item tower computed it) as a new segment and opens it.
     pub(super) fn write_segment(
         &mut self,
         batch: &ItemBatch,
-        vectors: &[(EmbeddingDef, &[f32], bool)],
+        profile_cols: &[ScalarColumn],
+        vectors: &[(EmbeddingDef, Cow<'_, [f32]>, bool)],
     ) -> Result<()> {
         let seg = self.next_segment_id;
         let rows = batch.len() as u64;
-        let profile_cols = batch.scalar_columns(&self.schema, batch::Group::Profile);
         let stats_cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
         let (id_index, profile, stats) =
-            self.write_row_files(seg, &batch.ids, &profile_cols, &stats_cols)?;
+            self.write_row_files(seg, &batch.ids, profile_cols, &stats_cols)?;
         let mut embeddings = Vec::new();
-        for &(ref def, v, computed) in vectors {
+        for (def, v, computed) in vectors {
             let key = def.key();
             let bitmap = computed.then(|| all_rows(batch.len()));
             let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
