@@ -151,18 +151,36 @@ fn safetensors_of(weights: &[u8]) -> Result<safetensors::SafeTensors<'_>> {
     })
 }
 
-/// A bundle of either kind a snapshot holds: a three-tower model (which
-/// may carry its version's item tower) or an item-tower-only bundle.
+/// A validated bundle of either kind [`crate::Transaction::add_model`]
+/// takes: a three-tower model (which may carry its version's item tower)
+/// or an item-tower-only bundle.
+///
+/// ```
+/// use vstore::{Bundle, Dtype, ExampleBundle, Schema};
+/// let schema = Schema::new()
+///     .embedding("prerank", "v1", ExampleBundle::DIM as u32, Dtype::F16)
+///     .categorical("category", 0)
+///     .categorical("brand", 0)
+///     .numeric("price", 0.0);
+/// let (json, weights) = ExampleBundle::new("prerank", "v1").item_tower_files();
+/// let b = Bundle::load(&json, &weights, &schema)?;
+/// assert!(matches!(b, Bundle::Tower(_)) && b.has_item_tower());
+/// assert_eq!(b.key(), "prerank@v1");
+/// # Ok::<(), vstore::Error>(())
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) enum Bundle {
+pub enum Bundle {
+    /// A three-tower model (`vstore.three_tower.v1` or `.v2`).
     Model(Box<Model>),
+    /// An item-tower-only bundle (`vstore.item_tower.v1`).
     Tower(ItemTowerBundle),
 }
 
 impl Bundle {
     /// Parses and validates a bundle of any format this build reads,
-    /// chosen by `model.json`'s `format`.
-    pub(crate) fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Bundle> {
+    /// chosen by `model.json`'s `format`, against `schema` (see
+    /// [`Model::load`] and [`ItemTowerBundle::load`]).
+    pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Bundle> {
         if spec::format_tag(json).as_deref() == Some(ITEM_TOWER_FORMAT) {
             ItemTowerBundle::load(json, weights, schema).map(Bundle::Tower)
         } else {
@@ -170,8 +188,9 @@ impl Bundle {
         }
     }
 
-    /// Reads and validates the bundle stored in `c` under bundle id `id`
-    /// (see [`Model::from_container`]).
+    /// Reads and validates the bundle stored in `c` under bundle id `id`.
+    /// Every byte is checksummed first; a bundle that fails validation is
+    /// a corrupt file (it passed when added).
     pub(crate) fn from_container(
         c: &crate::format::container::Container,
         id: &str,
@@ -216,7 +235,7 @@ impl Bundle {
     }
 
     /// The `space@version` the bundle belongs to.
-    pub(crate) fn key(&self) -> &str {
+    pub fn key(&self) -> &str {
         match self {
             Bundle::Model(m) => m.key(),
             Bundle::Tower(t) => &t.key,
@@ -229,6 +248,11 @@ impl Bundle {
             Bundle::Model(m) => m.item_tower.as_ref(),
             Bundle::Tower(t) => Some(&t.tower),
         }
+    }
+
+    /// Whether the bundle is item-tower-only or carries an item tower.
+    pub fn has_item_tower(&self) -> bool {
+        self.item_tower().is_some()
     }
 }
 

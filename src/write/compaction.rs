@@ -167,7 +167,10 @@ pub(crate) fn write_merged_embedding(
     for p in parts {
         let bits = p.seg.and_then(|s| s.computed_bitmap(&key));
         for &r in p.rows {
-            if bits.as_ref().is_some_and(|b| b[r / 64] >> (r % 64) & 1 == 1) {
+            if bits
+                .as_ref()
+                .is_some_and(|b| b[r / 64] >> (r % 64) & 1 == 1)
+            {
                 computed[at / 64] |= 1 << (at % 64);
             }
             at += 1;

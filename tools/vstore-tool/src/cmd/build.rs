@@ -8,7 +8,7 @@ use std::time::Instant;
 use vstore::{ItemBatch, Schema, Store, Writer};
 
 use crate::cli::BuildArgs;
-use crate::cmd::model::{parse_precompute, read_bundle, Checked};
+use crate::cmd::model::{parse_precompute, read_bundle};
 use crate::error::{Context, Result, ToolError};
 use crate::inputs::{
     add_table_columns, load_table, parse_column_spec, parse_dtype, parse_embedding_arg, read_items,
@@ -114,7 +114,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     }
     // Bundles are validated against the schema before anything is written.
     for b in &bundles {
-        Checked::load(&b.json, &b.weights, &schema)
+        vstore::Bundle::load(&b.json, &b.weights, &schema)
             .context(|| format!("bundle {}", b.dir.display()))?;
     }
 

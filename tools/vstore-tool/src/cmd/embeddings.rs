@@ -7,7 +7,7 @@ use std::time::Instant;
 use vstore::{EmbeddingDef, Writer};
 
 use crate::cli::{AddEmbeddingArgs, DropArgs};
-use crate::cmd::model::{parse_precompute, read_bundle, Checked};
+use crate::cmd::model::{parse_precompute, read_bundle};
 use crate::error::{Context, Result, ToolError};
 use crate::inputs::{parse_dtype, parse_embedding_arg, read_items};
 use crate::progress::Progress;
@@ -60,7 +60,7 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
         let (Some((json, weights)), Some(dir)) = (b, dir) else {
             continue;
         };
-        let checked = Checked::load(json, weights, &schema)
+        let checked = vstore::Bundle::load(json, weights, &schema)
             .context(|| format!("{what} {}", dir.display()))?;
         if checked.key() != e.key {
             return Err(ToolError::input(

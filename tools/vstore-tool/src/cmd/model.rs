@@ -26,42 +26,6 @@ pub fn read_bundle(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((read("model.json")?, read("weights.safetensors")?))
 }
 
-/// A bundle of either kind, validated against a schema.
-pub enum Checked {
-    /// A three-tower model (it may carry its version's item tower).
-    Model(Box<Model>),
-    /// An item-tower-only bundle.
-    Tower(ItemTowerBundle),
-}
-
-impl Checked {
-    /// Validates `model.json` and `weights.safetensors` bytes against
-    /// `schema`, as the kind `model.json`'s `format` names.
-    pub fn load(json: &[u8], weights: &[u8], schema: &vstore::Schema) -> vstore::Result<Checked> {
-        if BundleHeader::read(json).is_ok_and(|h| h.is_item_tower_only()) {
-            ItemTowerBundle::load(json, weights, schema).map(Checked::Tower)
-        } else {
-            Model::load(json, weights, schema).map(|m| Checked::Model(Box::new(m)))
-        }
-    }
-
-    /// The embedding version, `space@version`.
-    pub fn key(&self) -> &str {
-        match self {
-            Checked::Model(m) => m.key(),
-            Checked::Tower(t) => t.key(),
-        }
-    }
-
-    /// Whether the bundle is item-tower-only or carries an item tower.
-    pub fn has_item_tower(&self) -> bool {
-        match self {
-            Checked::Model(m) => m.has_item_tower(),
-            Checked::Tower(_) => true,
-        }
-    }
-}
-
 /// Parses the `--precompute` dtype (f32 or f16).
 pub fn parse_precompute(s: &str) -> Result<Dtype> {
     match s {
