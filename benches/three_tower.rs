@@ -11,7 +11,7 @@
 //! two query groups only); `VSTORE_TT_ROWS=200000` for a smaller store.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vstore::Query;
+use vstore::{Precision, Query};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -28,8 +28,15 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     // As given, and with the first layer's item part precomputed in f16
     // (`Transaction::add_model_precomputed`).
-    for (variant, pre) in [("", None), ("_precomputed_f16", Some(vstore::Dtype::F16))] {
-        let store = support::tt_store(rows, pre);
+    // Both at f32 and with the bundle at bf16 (`Transaction::add_model_at`).
+    let f16 = Some(vstore::Dtype::F16);
+    for (variant, pre, precision) in [
+        ("", None, Precision::F32),
+        ("_precomputed_f16", f16, Precision::F32),
+        ("_bf16", None, Precision::Bf16),
+        ("_precomputed_f16_bf16", f16, Precision::Bf16),
+    ] {
+        let store = support::tt_store_at(rows, pre, precision);
         let snap = store.snapshot();
         let model = snap.model(support::TT_KEY).unwrap();
         for n in [1_000usize, 5_000, 10_000] {

@@ -1,5 +1,6 @@
 //! Golden stores: `format/golden/v{N}/` is a small store written by format
-//! version N. The newest (v5: v4's store plus an item-tower-only bundle on
+//! version N. The newest (v6: v5's store plus a bundle on `prerank@v42h`
+//! added at bf16, with its converted weights; v5 is v4's store plus an item-tower-only bundle on
 //! `recall@v7` and three items whose `recall@v7` vectors it computed; v4 is
 //! v3's store plus a second, named contract v2
 //! bundle on the same version; v3 is v2's store with id indexes in
@@ -96,6 +97,9 @@ struct Parts {
     /// An item-tower-only bundle on `recall@v7` and items whose
     /// `recall@v7` vectors it computed (from v5).
     tower: bool,
+    /// A bundle on `prerank@v42h` added at bf16, with its converted
+    /// weights (from v6).
+    bf16: bool,
 }
 
 fn parts(version: u32) -> Parts {
@@ -103,7 +107,27 @@ fn parts(version: u32) -> Parts {
         bundle: version >= 2,
         named: version >= 4,
         tower: version >= 5,
+        bf16: version >= 6,
     }
+}
+
+/// The bf16 bundle of the v6 golden store: the tiny bundle on
+/// `prerank@v42h` with its first upper layer 16 wide (a layer the
+/// precision converts; narrower ones stay f32).
+fn bf16_bundle() -> (Vec<u8>, Vec<u8>) {
+    let mut b = common::bundle::Bundle::tiny("v42h", 8);
+    let wide = |n: usize, salt: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 5 + salt) % 19) as f32 - 9.0) / 37.0)
+            .collect()
+    };
+    b.tensors
+        .insert("upper.0.weight".into(), (vec![16, 15], wide(16 * 15, 1)));
+    b.tensors
+        .insert("upper.0.bias".into(), (vec![16], wide(16, 2)));
+    b.tensors
+        .insert("upper.2.weight".into(), (vec![5, 16], wide(5 * 16, 3)));
+    b.bytes()
 }
 
 fn tower_bundle() -> common::bundle::Bundle {
@@ -149,6 +173,10 @@ fn build(dir: &Path, p: Parts) {
     if p.named {
         let (j, w) = named_bundle();
         tx.add_model(&j, &w).unwrap();
+    }
+    if p.bf16 {
+        let (j, w) = bf16_bundle();
+        tx.add_model_at(&j, &w, vstore::Precision::Bf16).unwrap();
     }
     if p.tower {
         let (j, w) = tower_bundle().bytes();
@@ -197,6 +225,46 @@ fn check_computed(s: &vstore::Snapshot) {
     assert!(!s.is_computed(1007, "recall@v7").unwrap());
 }
 
+/// The bf16 bundle reads back at bf16 and scores within bf16's error of
+/// the same bundle added at f32 (to a copy of the store).
+fn check_bf16(dir: &Path, s: &vstore::Snapshot) {
+    let m = s.model("prerank@v42h").unwrap();
+    assert_eq!(m.precision(), vstore::Precision::Bf16);
+    let inputs = vstore::UserInputs::new()
+        .dense("user_stats", vec![0.5, -0.5])
+        .by_item("user_category_ctr", [(4, vec![0.25])]);
+    let user = [1.0, 0.5, -0.25, 0.0];
+    let ids = [1007, 3007, 42, 4007, 99_999];
+    let query = vstore::Query::ids("prerank@v42h", &user, &ids, 5).three_tower(&inputs);
+    let got = s.query(&query).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    for f in data_files(dir) {
+        std::fs::copy(dir.join(&f), copy.path().join(&f)).unwrap();
+    }
+    let mut w = Writer::open(copy.path()).unwrap();
+    let mut tx = w.begin();
+    let (j, wts) = bf16_bundle();
+    tx.add_model(&j, &wts).unwrap();
+    tx.commit().unwrap();
+    let f32s = Store::open(copy.path()).unwrap().snapshot();
+    assert_eq!(
+        f32s.model("prerank@v42h").unwrap().precision(),
+        vstore::Precision::F32
+    );
+    let want = f32s.query(&query).unwrap();
+    assert_eq!(got.hits.len(), 5);
+    for h in &got.hits {
+        let w = want.hits.iter().find(|x| x.id == h.id).unwrap();
+        assert!(
+            h.score.is_finite() && (h.score - w.score).abs() <= 0.02 * w.score.abs() + 1e-4,
+            "item {}: bf16 {} vs f32 {}",
+            h.id,
+            h.score,
+            w.score
+        );
+    }
+}
+
 fn check_values(dir: &Path, p: Parts) {
     let Parts { bundle, named, .. } = p;
     let store = Store::open(dir).unwrap();
@@ -230,8 +298,20 @@ fn check_values(dir: &Path, p: Parts) {
             "two bundles: one must be named"
         );
     }
+    if p.bf16 {
+        check_bf16(dir, &s);
+    }
     if bundle {
-        assert_eq!(s.model_keys(), vec!["prerank@v42"]);
+        let keys = if p.bf16 {
+            vec!["prerank@v42", "prerank@v42h"]
+        } else {
+            vec!["prerank@v42"]
+        };
+        assert_eq!(s.model_keys(), keys);
+        assert_eq!(
+            s.model("prerank@v42").map_or(vstore::Precision::F32, |m| m.precision()),
+            vstore::Precision::F32
+        );
         let m = s.model_named("prerank@v42", "default").unwrap();
         assert_eq!(m.head_names(), vec!["click", "value"]);
         let inputs = vstore::UserInputs::new()
@@ -332,6 +412,11 @@ fn golden_v3_store_still_reads() {
 #[test]
 fn golden_v4_store_still_reads() {
     check_values(&golden_dir(4), parts(4));
+}
+
+#[test]
+fn golden_v5_store_still_reads() {
+    check_values(&golden_dir(5), parts(5));
 }
 
 /// A format-2 store updated by this build holds files of both versions

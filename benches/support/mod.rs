@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vstore::{Dtype, ItemBatch, Retention, Schema, Store, Writer};
+use vstore::{Dtype, ItemBatch, Precision, Retention, Schema, Store, Writer};
 
 /// Embedding versions of a benchmark store: one per dtype, same vectors.
 pub const DTYPES: [(Dtype, &str); 4] = [
@@ -377,7 +377,15 @@ pub fn tt_store_dir(rows: usize, pre: Option<Dtype>) -> PathBuf {
 }
 
 pub fn tt_model_store_dir(m: TtModel, rows: usize, pre: Option<Dtype>) -> PathBuf {
-    let suffix = pre.map_or(String::new(), |d| format!("-pre-{}", d.name()));
+    tt_model_store_dir_at(m, rows, pre, Precision::F32)
+}
+
+fn tt_model_store_dir_at(m: TtModel, rows: usize, pre: Option<Dtype>, p: Precision) -> PathBuf {
+    let mut suffix = pre.map_or(String::new(), |d| format!("-pre-{}", d.name()));
+    if p != Precision::F32 {
+        suffix.push('-');
+        suffix.push_str(p.name());
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/vstore-bench")
         .join(format!("{}-{rows}{suffix}", m.dir))
@@ -391,6 +399,11 @@ pub fn tt_store(rows: usize, pre: Option<Dtype>) -> Store {
     tt_model_store(TT_V1, rows, pre)
 }
 
+/// [`tt_store`] with the bundle added at `precision`.
+pub fn tt_store_at(rows: usize, pre: Option<Dtype>, precision: Precision) -> Store {
+    tt_model_store_at(TT_V1, rows, pre, precision)
+}
+
 /// [`tt_store`]'s items with the [`mmoe_bundle`] (named [`MMOE_NAME`])
 /// instead, in a store of its own.
 pub fn mmoe_store(rows: usize, pre: Option<Dtype>) -> Store {
@@ -402,7 +415,13 @@ pub fn mmoe_store(rows: usize, pre: Option<Dtype>) -> Store {
 /// whose bundle differs (model.json, or the weights' fingerprint in the
 /// metadata) is rebuilt.
 pub fn tt_model_store(m: TtModel, rows: usize, pre: Option<Dtype>) -> Store {
-    let dir = tt_model_store_dir(m, rows, pre);
+    tt_model_store_at(m, rows, pre, Precision::F32)
+}
+
+/// [`tt_model_store`] with the bundle added at `precision`
+/// (`Transaction::add_model_with`), in a directory of its own.
+pub fn tt_model_store_at(m: TtModel, rows: usize, pre: Option<Dtype>, precision: Precision) -> Store {
+    let dir = tt_model_store_dir_at(m, rows, pre, precision);
     let (j, wts) = (m.files)();
     let fingerprint = bundle_fingerprint(&wts);
     if let Ok(s) = Store::open(&dir) {
@@ -411,7 +430,7 @@ pub fn tt_model_store(m: TtModel, rows: usize, pre: Option<Dtype>) -> Store {
             && written_by_this_format(&dir)
             && snap
                 .model_named(TT_KEY, m.name)
-                .is_ok_and(|b| b.json().as_bytes() == j.as_slice())
+                .is_ok_and(|b| b.json().as_bytes() == j.as_slice() && b.precision() == precision)
             && snap.model_named_is_precomputed(TT_KEY, m.name) == pre.is_some()
             && snap.metadata("bench.bundle") == Some(fingerprint.as_str())
         {
@@ -439,10 +458,7 @@ pub fn tt_model_store(m: TtModel, rows: usize, pre: Option<Dtype>) -> Store {
         .embedding(TT_KEY, vecs);
     let mut tx = w.begin();
     tx.add_items(batch).unwrap();
-    match pre {
-        Some(d) => tx.add_model_precomputed(&j, &wts, d).unwrap(),
-        None => tx.add_model(&j, &wts).unwrap(),
-    };
+    tx.add_model_with(&j, &wts, pre, precision).unwrap();
     tx.set_metadata("bench.bundle", &fingerprint);
     tx.commit().unwrap();
     eprintln!(

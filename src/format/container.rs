@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::format::legacy::FileMetaV4;
+use crate::format::legacy::{FileMetaV4, FileMetaV5};
 use crate::format::meta::{Body, Extent, FileMeta};
 use crate::io::extents::ExtentWriter;
 
@@ -23,7 +23,7 @@ use crate::io::extents::ExtentWriter;
 /// transfer or a truncated copy is recognisable.
 pub const MAGIC: [u8; 8] = *b"\x89VSTR\r\n\x1a";
 /// Format version this build writes.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Header size in bytes.
@@ -409,10 +409,14 @@ pub(crate) fn decode_meta(
         copy = v;
         &copy[..]
     };
-    // Versions 1 to 4 archive the metadata without version 5's fields.
+    // Versions 1 to 4 archive the metadata without version 5's fields,
+    // version 5 without version 6's.
     let meta: FileMeta = if version < 5 {
         rkyv::from_bytes::<FileMetaV4, rkyv::rancor::BoxedError>(aligned)
             .map(FileMetaV4::into_current)
+    } else if version == 5 {
+        rkyv::from_bytes::<FileMetaV5, rkyv::rancor::BoxedError>(aligned)
+            .map(FileMetaV5::into_current)
     } else {
         rkyv::from_bytes::<FileMeta, rkyv::rancor::BoxedError>(aligned)
     }

@@ -329,21 +329,26 @@ pub(crate) fn write_deletes(
 }
 
 /// Writes a model bundle file: `model.json` and `weights.safetensors`
-/// bytes, verbatim, each in its own block.
+/// bytes, verbatim, each in its own block, then the weights converted to
+/// `precision` (a safetensors file; none at f32).
 pub(crate) fn write_bundle(
     fs: &dyn crate::io::fs::Fs,
     path: &Path,
     key: &str,
-    json: &[u8],
-    weights: &[u8],
+    (json, weights): (&[u8], &[u8]),
+    precision: crate::kernels::Precision,
+    converted: Option<&[u8]>,
 ) -> Result<FileRef> {
     let mut w = ContainerWriter::create(fs, path, Kind::Bundle)?;
     let json = w.block(json)?;
     let weights = w.block(weights)?;
+    let converted = converted.map(|c| w.block(c)).transpose()?;
     let written = w.finish(Body::Bundle(crate::format::meta::BundleMeta {
         key: key.to_string(),
         json,
         weights,
+        precision: precision.code(),
+        converted,
     }))?;
     Ok(file_ref(path, written))
 }

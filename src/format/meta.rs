@@ -81,13 +81,20 @@ pub(crate) struct BundleRef {
     pub files: Vec<FileRef>,
 }
 
-/// A model bundle file: `model.json` and `weights.safetensors`, verbatim.
+/// A model bundle file: `model.json` and `weights.safetensors`, verbatim,
+/// and (format 6) the precision its layers run at with the weights the
+/// store converted to it.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct BundleMeta {
     /// `space@version` the bundle belongs to (must match `model.json`).
     pub key: String,
     pub json: Extent,
     pub weights: Extent,
+    /// `Precision::code`: 0 f32, 1 bf16 (format 6; 0 in older files).
+    pub precision: u8,
+    /// The converted weights, a safetensors file (format 6; `None` at
+    /// f32).
+    pub converted: Option<Extent>,
 }
 
 /// One segment of a snapshot and the files that hold it.
@@ -189,7 +196,7 @@ impl Body {
     /// Every data block of the file, named, in the order the writer lays
     /// them out (`src/format/encode.rs`): id index `ids`, `table`, `bloom`; column
     /// groups each column's `values` then its `missing` bitmap, then
-    /// `vectors`; deletion bitmap `bitmap`; bundle `json`, `weights`; a
+    /// `vectors`; deletion bitmap `bitmap`; bundle `json`, `weights`, `converted`; a
     /// manifest has none. Readers check that block `i` starts exactly
     /// where block `i - 1` ends, rounded up to 64 (see
     /// `container::check_layout`).
@@ -220,6 +227,9 @@ impl Body {
             Body::Bundle(b) => {
                 v.push(("model.json".to_string(), b.json));
                 v.push(("weights.safetensors".to_string(), b.weights));
+                if let Some(c) = b.converted {
+                    v.push(("converted weights".to_string(), c));
+                }
             }
         }
         v
@@ -254,6 +264,9 @@ impl Body {
             Body::Bundle(b) => {
                 v.push(&mut b.json);
                 v.push(&mut b.weights);
+                if let Some(c) = &mut b.converted {
+                    v.push(c);
+                }
             }
         }
         v

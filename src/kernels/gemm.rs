@@ -12,28 +12,38 @@
 //! operands on every call; the cost of that is in docs/PERF.md,
 //! "Three-tower scoring").
 
-use crate::kernels::Level;
+use crate::kernels::{Level, Precision};
 
 /// Outputs up to which a layer runs as dot products (`kernels::gemm_x86::
 /// dots`) rather than through 16-column panels, most of which would be
 /// padding (a model's heads layer has a handful of outputs).
-const NARROW: usize = 8;
+pub(crate) const NARROW: usize = 8;
 
-/// A weight matrix `[n, k]` ready for [`matmul`]: a contiguous copy for the
-/// portable path and narrow layers and, where a panel kernel runs, panels
-/// `[ceil(n/NR)][k][NR]` of its transpose, zero-padded (NR = 16 for the
-/// AVX2 kernel, 32 for the AVX-512 one).
+/// A weight matrix `[n, k]` ready for [`matmul`] at a [`Precision`]: a
+/// contiguous copy for the portable path and narrow layers and, where a
+/// panel kernel runs, panels `[ceil(n/NR)][k][NR]` of its transpose,
+/// zero-padded (NR = 16 for the AVX2 kernel, 32 for the AVX-512 one), or
+/// the AMX tile layout (`kernels::amx::pack`) for bf16 on AMX.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Weights {
     pub n: usize,
     pub k: usize,
+    /// The weights as given, `[n, k]` (kept to pack again at another
+    /// precision, [`Weights::at`]).
+    given: Vec<f32>,
+    /// The values the portable and dot-product kernels read (`given`
+    /// rounded to the precision; empty where a panel kernel runs).
     w: Vec<f32>,
     packed: Vec<f32>,
+    /// The AMX bf16 layout (only for `Kernel::AmxBf16`).
+    packed_bf16: Vec<u16>,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
     /// Whether the AVX2 dot-product kernel runs (on `w`).
     narrow: bool,
+    precision: Precision,
+    level: Option<Level>,
 }
 
 /// The panel kernel a [`Weights`] was packed for.
@@ -46,50 +56,105 @@ enum Kernel {
     Avx2,
     /// `gemm_avx512`, 32-column panels.
     Avx512,
+    /// `amx`, bf16 tiles.
+    AmxBf16,
 }
 
 impl Weights {
-    /// Columns `..k` of the rows of `w` (`n` rows, `ldw` apart).
+    /// Columns `..k` of the rows of `w` (`n` rows, `ldw` apart), in f32.
     pub(crate) fn new(w: &[f32], ldw: usize, k: usize, n: usize) -> Weights {
-        Weights::for_level(w, ldw, k, n, Level::detect())
+        Weights::for_level(w, ldw, k, n, Level::detect(), Precision::F32)
+    }
+
+    /// The same weights packed for `precision` (this process's level).
+    pub(crate) fn at(&self, precision: Precision) -> Weights {
+        if precision == self.precision {
+            return self.clone();
+        }
+        let level = self.level.unwrap_or_else(Level::detect);
+        Weights::for_level(&self.given, self.k, self.k, self.n, level, precision)
+    }
+
+    /// The precision the weights run at.
+    #[cfg(test)]
+    pub(crate) fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// As [`Weights::new`], for the kernels of `level`, which must be one
     /// this CPU runs (at most `Level::hardware()`, which `Level::detect()`
     /// and `Level::available()` never exceed: `matmul` relies on that for
-    /// its unsafe calls).
-    fn for_level(w: &[f32], ldw: usize, k: usize, n: usize, level: Level) -> Weights {
+    /// its unsafe calls), at `precision`. Layers of at most [`NARROW`]
+    /// outputs stay f32 at every precision (they are heads and gates).
+    fn for_level(
+        w: &[f32],
+        ldw: usize,
+        k: usize,
+        n: usize,
+        level: Level,
+        precision: Precision,
+    ) -> Weights {
         assert!(level <= Level::hardware(), "{level:?}: not on this CPU");
-        let dense: Vec<f32> = (0..n)
+        let given: Vec<f32> = (0..n)
             .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
             .collect();
         let narrow = level.has_avx2() && n <= NARROW;
+        let precision = if n <= NARROW {
+            Precision::F32
+        } else {
+            precision
+        };
+        let rounded: Vec<f32> = match precision {
+            Precision::F32 => given.clone(),
+            Precision::Bf16 => given
+                .iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect(),
+        };
         let (kernel, nr) = match level {
             _ if narrow => (Kernel::None, 0),
             #[cfg(target_arch = "x86_64")]
+            Level::Amx if precision == Precision::Bf16 => (Kernel::AmxBf16, 0),
+            #[cfg(target_arch = "x86_64")]
             Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => (Kernel::Avx512, crate::kernels::gemm_avx512::NR),
+            Level::Avx512 | Level::Amx => (Kernel::Avx512, crate::kernels::gemm_avx512::NR),
             _ => (Kernel::None, 0),
         };
         let mut packed = Vec::new();
-        if kernel != Kernel::None {
-            packed = vec![0f32; n.div_ceil(nr) * k * nr];
-            for j in 0..n {
-                let (panel, col) = (j / nr, j % nr);
-                for p in 0..k {
-                    packed[(panel * k + p) * nr + col] = dense[j * k + p];
+        let mut packed_bf16 = Vec::new();
+        match kernel {
+            Kernel::None => {}
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AmxBf16 => packed_bf16 = crate::kernels::amx::pack(&given, n, k),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::AmxBf16 => {}
+            Kernel::Avx2 | Kernel::Avx512 => {
+                packed = vec![0f32; n.div_ceil(nr) * k * nr];
+                for j in 0..n {
+                    let (panel, col) = (j / nr, j % nr);
+                    for p in 0..k {
+                        packed[(panel * k + p) * nr + col] = rounded[j * k + p];
+                    }
                 }
             }
         }
         Weights {
             n,
             k,
+            given,
             // The panel kernels do not read the plain copy.
-            w: if packed.is_empty() { dense } else { Vec::new() },
+            w: if kernel == Kernel::None {
+                rounded
+            } else {
+                Vec::new()
+            },
             packed,
+            packed_bf16,
             kernel,
             narrow,
+            precision,
+            level: Some(level),
         }
     }
 }
@@ -177,6 +242,22 @@ pub(crate) fn matmul_prefetching(
     #[cfg(target_arch = "x86_64")]
     match w.kernel {
         Kernel::None => {}
+        Kernel::AmxBf16 => {
+            // SAFETY: `Kernel::AmxBf16` is only set for Level::Amx, which
+            // `Weights::for_level` asserts the CPU has (AMX granted to the
+            // process, AVX-512 F, BW, VL and BF16 present); the asserts
+            // above and the packing (`amx::pack`) are the kernel's bounds
+            // contract.
+            unsafe {
+                crate::kernels::amx::gemm_packed(
+                    m, n, k, a, lda, &w.packed_bf16, c, ldc, start, relu,
+                )
+            };
+            ahead
+                .iter()
+                .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+            return;
+        }
         Kernel::Avx2 => {
             // SAFETY: `Kernel::Avx2` is only set for Level::Avx2, which
             // `Weights::for_level` asserts the CPU has (AVX2, FMA and F16C
@@ -381,13 +462,13 @@ mod tests {
                 rows16.iter().map(|r| &r[..]).collect(),
             );
             for &level in &levels {
-                let w = Weights::for_level(&wraw, ldw, k, n, level);
+                let w = Weights::for_level(&wraw, ldw, k, n, level, Precision::F32);
                 assert_eq!(w.packed.is_empty(), level == Level::Portable || n <= NARROW);
                 assert_eq!(w.narrow, level >= Level::Avx2 && n <= NARROW);
                 let kernel = match level {
                     _ if n <= NARROW => Kernel::None,
                     Level::Avx2 => Kernel::Avx2,
-                    Level::Avx512 => Kernel::Avx512,
+                    Level::Avx512 | Level::Amx => Kernel::Avx512,
                     Level::Portable => Kernel::None,
                 };
                 assert_eq!(w.kernel, kernel);
@@ -446,9 +527,104 @@ mod tests {
             }
         }
         println!("gemm (level, kernel) pairs checked: {ran:?}");
-        if Level::hardware() == Level::Avx512 {
+        if Level::hardware() >= Level::Avx512 {
             assert!(ran.contains(&(Level::Avx512, Kernel::Avx512)));
             assert!(ran.contains(&(Level::Avx2, Kernel::Avx2)));
+        }
+    }
+
+    /// Checks `matmul` at `precision` on every level this CPU runs against
+    /// a float64 product of the given (unrounded) values, within the bound
+    /// the precision implies: each bf16 rounding (weights, and on AMX the
+    /// activations) is off by at most 2^-9 relative, so a product by at
+    /// most (1 + 2^-9)^2 - 1 < 2^-8 * 1.002, plus f32 summation (k * 2^-24
+    /// relative) and the f32 start value; all relative to `sum_p |a_p w_p|`.
+    fn check_precision(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        wraw: &[f32],
+        bias: &[f32],
+        relu: bool,
+        precision: Precision,
+    ) -> Vec<(Level, Kernel)> {
+        let mut ran = Vec::new();
+        for level in Level::available() {
+            let w = Weights::for_level(wraw, k, k, n, level, precision);
+            ran.push((level, w.kernel));
+            let mut c = vec![f32::NAN; m * n];
+            matmul(m, a, k, &w, &mut c, n, Start::Bias(bias), relu);
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| a[i * k + p] as f64 * wraw[j * k + p] as f64);
+                    let exact = bias[j] as f64 + terms.clone().sum::<f64>();
+                    let mass = bias[j].abs() as f64 + terms.map(f64::abs).sum::<f64>();
+                    let rel = match w.precision() {
+                        Precision::F32 => 0.0,
+                        Precision::Bf16 => 2f64.powi(-8) * 1.002,
+                    } + (k as f64 + 2.0) * 2f64.powi(-24);
+                    let want = if relu { exact.max(0.0) } else { exact };
+                    let got = c[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= rel * mass + 1e-30,
+                        "{precision:?} {level:?} {:?} m{m} n{n} k{k} ({i},{j}): {got} vs {want} (bound {})",
+                        w.kernel,
+                        rel * mass
+                    );
+                }
+            }
+        }
+        ran
+    }
+
+    #[test]
+    fn bf16_runs_on_amx_where_the_cpu_has_it_and_within_its_bound_everywhere() {
+        let (m, n, k) = (37, 70, 45);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 101) as f32 / 17.0 - 2.9).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 97) as f32 / 41.0 - 1.1).collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
+        let ran = check_precision(m, n, k, &a, &w, &b, false, Precision::Bf16);
+        println!("bf16 (level, kernel) pairs checked: {ran:?}");
+        if Level::hardware() == Level::Amx {
+            assert!(ran.contains(&(Level::Amx, Kernel::AmxBf16)));
+        } else {
+            println!("no AMX on this CPU: the AMX bf16 kernel did not run");
+        }
+        // Narrow layers stay f32 at bf16.
+        let w8 = Weights::for_level(&w[..8 * k], k, k, 8, Level::detect(), Precision::Bf16);
+        assert_eq!(w8.precision(), Precision::F32);
+        // bf16 is not f32: the rounding shows on these values.
+        let w32 = Weights::for_level(&w, k, k, n, Level::detect(), Precision::F32);
+        let w16 = w32.at(Precision::Bf16);
+        let (mut c32, mut c16) = (vec![0f32; m * n], vec![0f32; m * n]);
+        matmul(m, &a, k, &w32, &mut c32, n, Start::Zero, false);
+        matmul(m, &a, k, &w16, &mut c16, n, Start::Zero, false);
+        assert_ne!(c32, c16);
+        assert_eq!(w16.at(Precision::F32).precision(), Precision::F32);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn every_precision_stays_within_its_bound_of_float64(
+            m in 1usize..70,
+            n in 1usize..80,
+            k in 1usize..100,
+            seed in 0u64..1_000_000,
+            relu in proptest::bool::ANY,
+            bf16 in proptest::bool::ANY,
+        ) {
+            let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mut next = move || {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            };
+            let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| next() * 0.5).collect();
+            let b: Vec<f32> = (0..n).map(|_| next()).collect();
+            let p = if bf16 { Precision::Bf16 } else { Precision::F32 };
+            check_precision(m, n, k, &a, &w, &b, relu, p);
         }
     }
 

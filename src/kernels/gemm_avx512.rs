@@ -26,7 +26,7 @@ const MR: usize = 12;
 /// The load/store masks of the two 16-column halves of a panel of
 /// `nn <= 32` columns.
 #[inline(always)]
-fn masks(nn: usize) -> [__mmask16; 2] {
+pub(crate) fn masks(nn: usize) -> [__mmask16; 2] {
     let bits = if nn >= 32 { u32::MAX } else { (1u32 << nn) - 1 };
     [bits as __mmask16, (bits >> 16) as __mmask16]
 }
@@ -40,7 +40,7 @@ fn masks(nn: usize) -> [__mmask16; 2] {
 /// faults on none of the others).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn load32(p: *const f32, nn: usize) -> [__m512; 2] {
+pub(crate) unsafe fn load32(p: *const f32, nn: usize) -> [__m512; 2] {
     // SAFETY: the caller's contract; the masks cover `nn` values.
     unsafe {
         if nn == NR {
@@ -62,7 +62,7 @@ unsafe fn load32(p: *const f32, nn: usize) -> [__m512; 2] {
 /// `2 * nn` readable bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn load32_f16(p: *const u8, nn: usize) -> [__m512; 2] {
+pub(crate) unsafe fn load32_f16(p: *const u8, nn: usize) -> [__m512; 2] {
     // SAFETY: the caller's contract; a masked 16-bit load touches only the
     // `nn` unmasked values.
     unsafe {

@@ -10,8 +10,14 @@
 //! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
 //! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products) |
 //! | `Avx512` (also AVX-512 F, BW, VL) | `x86` (AVX2) | `gemm_avx512` (12x32 tiles); narrow layers as at `Avx2` |
+//! | `Amx` (also AVX512-BF16, AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
 //!
-//! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512` forces a lower level than the
+//! A bundle's [`Precision`] says which products its layers use: at `Bf16`
+//! the weights are rounded to bf16 when the bundle is added; on AMX the
+//! activations are rounded too and the products run on tiles, elsewhere
+//! the f32 kernels above run on the rounded weights.
+//!
+//! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512|amx` forces a lower level than the
 //! CPU's (a higher one is refused with a message, never run);
 //! `VSTORE_FORCE_PORTABLE` (any value) is the same as `portable`.
 
@@ -19,6 +25,8 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::schema::Dtype;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 pub(crate) mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_avx512;
@@ -39,17 +47,71 @@ pub enum Level {
     /// matrix product runs the AVX-512 kernel (`gemm_avx512`); everything
     /// else runs the AVX2 kernels.
     Avx512,
+    /// AVX-512 as above plus AVX512-BF16, and AMX (TILE, BF16 and INT8)
+    /// with the tile state granted to the process by the OS: bf16
+    /// bundles' layers run on AMX tiles (`kernels::amx`).
+    Amx,
+}
+
+/// The products a bundle's layers run: the weights are stored with the
+/// bundle at this precision (chosen when it is added), activations are
+/// rounded to it where a kernel needs that, and sums are kept in f32.
+/// Heads, calibration and fusion are f32/f64 at every precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32 weights and products (exact to f32 rounding).
+    #[default]
+    F32,
+    /// bf16 weights (round to nearest even) and, on AMX, bf16 activations;
+    /// f32 sums.
+    Bf16,
+}
+
+impl Precision {
+    /// The name `add-model --precision` and `model.json` readers use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision named `name` (`f32` or `bf16`).
+    pub fn parse(name: &str) -> Option<Precision> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "f32" => Some(Precision::F32),
+            "bf16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+
+    /// The code stored in a bundle file (format 6 `BundleMeta.precision`).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Precision::F32 => 0,
+            Precision::Bf16 => 1,
+        }
+    }
+
+    /// The precision of a stored code.
+    pub(crate) fn from_code(code: u8) -> Option<Precision> {
+        match code {
+            0 => Some(Precision::F32),
+            1 => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
 }
 
 /// The environment variable that forces a lower level than the CPU's
-/// (`portable`, `avx2` or `avx512`), so that every path can be tested on a
+/// (`portable`, `avx2`, `avx512` or `amx`), so that every path can be tested on a
 /// machine that has a higher one.
 pub const LEVEL_VAR: &str = "VSTORE_KERNEL_LEVEL";
 
 impl Level {
     /// The level this process runs: the best the CPU supports
     /// ([`Level::hardware`]), lowered by `VSTORE_KERNEL_LEVEL`
-    /// (`portable`, `avx2`, `avx512`) or `VSTORE_FORCE_PORTABLE` (any
+    /// (`portable`, `avx2`, `avx512`, `amx`) or `VSTORE_FORCE_PORTABLE` (any
     /// value: the same as `VSTORE_KERNEL_LEVEL=portable`). A level above
     /// the CPU's, or a name not in that list, is refused with a message
     /// on standard error and the CPU's level runs. Chosen once, then cached.
@@ -80,6 +142,9 @@ impl Level {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                 {
+                    if is_x86_feature_detected!("avx512bf16") && amx::granted() {
+                        return Level::Amx;
+                    }
                     return Level::Avx512;
                 }
                 return Level::Avx2;
@@ -91,7 +156,7 @@ impl Level {
     /// Every level this CPU runs, lowest first (for tests that run each).
     #[cfg(test)]
     pub fn available() -> Vec<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512]
+        [Level::Portable, Level::Avx2, Level::Avx512, Level::Amx]
             .into_iter()
             .filter(|&l| l <= Level::hardware())
             .collect()
@@ -103,6 +168,7 @@ impl Level {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Amx => "amx",
         }
     }
 
@@ -120,11 +186,12 @@ impl Level {
             "portable" => Level::Portable,
             "avx2" => Level::Avx2,
             "avx512" => Level::Avx512,
+            "amx" => Level::Amx,
             _ => {
                 return (
                     hardware,
                     Some(format!(
-                        "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512; \
+                        "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512, amx; \
                          running the CPU's level, {}",
                         hardware.name()
                     )),

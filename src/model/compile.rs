@@ -18,9 +18,13 @@ use crate::schema::{ColumnGroup, ColumnKind, Schema};
 use std::sync::Arc;
 
 /// A bundle's `weights.safetensors`, as parsed, and whether the bundle is
-/// v2 (which allows float16 and bfloat16 tensors besides float32).
+/// v2 (which allows float16 and bfloat16 tensors besides float32); and
+/// the weights the store converted to the bundle's precision when it was
+/// added, read in place of the tensors of the same names
+/// (`super::precision`).
 pub(super) struct Tensors<'a> {
-    pub st: safetensors::SafeTensors<'a>,
+    pub st: &'a safetensors::SafeTensors<'a>,
+    pub overlay: Option<&'a safetensors::SafeTensors<'a>>,
     pub v2: bool,
 }
 
@@ -45,7 +49,15 @@ impl Model {
         let row_in = if split { cross_in - dense_in } else { cross_in };
         let (cross, cross_out) = layers(st, "cross", &spec.cross, cross_in)?;
         let item_tower = match &spec.item_tower {
-            Some(t) => Some(Arc::new(ItemTower::compile(t, st, schema, spec.item_dim)?)),
+            // The item tower runs in f32 whatever the scorer's precision.
+            Some(t) => {
+                let f32_only = Tensors {
+                    st: st.st,
+                    overlay: None,
+                    v2: st.v2,
+                };
+                Some(Arc::new(ItemTower::compile(t, &f32_only, schema, spec.item_dim)?))
+            }
             None => None,
         };
         let (ud, id) = (spec.user_dim, spec.item_dim);
@@ -127,6 +139,8 @@ impl Model {
             pack_item,
             pack_cross,
             json,
+            precision: crate::kernels::Precision::F32,
+            converted: None,
         })
     }
 }
@@ -684,14 +698,23 @@ fn tensor(
     name: &str,
     shape: Option<&[usize]>,
 ) -> Result<(Vec<usize>, Vec<f32>)> {
-    let t = st.st.tensor(name).map_err(|_| {
-        bad(
-            field,
-            format!("tensor {name:?} is not in weights.safetensors"),
-        )
-    })?;
+    let converted = st.overlay.and_then(|o| o.tensor(name).ok());
+    let is_converted = converted.is_some();
+    let t = match converted {
+        Some(t) => t,
+        None => st.st.tensor(name).map_err(|_| {
+            bad(
+                field,
+                format!("tensor {name:?} is not in weights.safetensors"),
+            )
+        })?,
+    };
     let decode: fn([u8; 2]) -> f32 = match t.dtype() {
         safetensors::Dtype::F32 => |_| 0.0,
+        // Converted by the store (`super::precision` checked the dtype).
+        safetensors::Dtype::BF16 if is_converted => {
+            |b| half::bf16::from_le_bytes(b).to_f32()
+        }
         safetensors::Dtype::F16 if st.v2 => |b| half::f16::from_le_bytes(b).to_f32(),
         safetensors::Dtype::BF16 if st.v2 => |b| half::bf16::from_le_bytes(b).to_f32(),
         d => {
@@ -787,5 +810,5 @@ fn dense(st: &Tensors<'_>, field: &str, l: &LayerSpec, inp: usize) -> Result<Den
         Some(name) => tensor(st, &format!("{field}.bias"), name, Some(&[out]))?.1,
         None => vec![0.0; out],
     };
-    Ok(Dense::new(w, b, inp, out, l.activation))
+    Ok(Dense::new(w, b, inp, out, l.activation).named(&l.weight))
 }

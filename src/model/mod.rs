@@ -16,6 +16,7 @@ mod fuse;
 mod heads;
 mod inputs;
 mod parts;
+mod precision;
 mod score;
 pub(crate) mod spec;
 mod tower;
@@ -139,6 +140,11 @@ pub struct Model {
     /// is precomputed).
     pub(crate) pack_cross: gemm::Weights,
     json: String,
+    /// The products the dense layers run ([`Model::precision`]).
+    pub(crate) precision: crate::kernels::Precision,
+    /// At a precision other than f32: the converted weights, as stored
+    /// with the bundle (a safetensors file, `precision.rs`).
+    pub(crate) converted: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 /// Parses `weights.safetensors` bytes.
@@ -188,6 +194,58 @@ impl Bundle {
         }
     }
 
+    /// [`Bundle::load`], converted to `precision` ([`Model::load_at`]). An
+    /// item-tower-only bundle runs f32 only: another precision is refused
+    /// (field `precision`).
+    pub fn load_at(
+        json: &[u8],
+        weights: &[u8],
+        schema: &Schema,
+        precision: crate::kernels::Precision,
+    ) -> Result<Bundle> {
+        match Bundle::load(json, weights, schema)? {
+            Bundle::Model(_) if precision != crate::kernels::Precision::F32 => {
+                Model::load_at(json, weights, schema, precision).map(|m| Bundle::Model(Box::new(m)))
+            }
+            Bundle::Tower(_) if precision != crate::kernels::Precision::F32 => Err(bad(
+                "precision",
+                format!(
+                    "an item-tower-only bundle runs in f32; {} applies to three-tower bundles",
+                    precision.name()
+                ),
+            )),
+            b => Ok(b),
+        }
+    }
+
+    /// A bundle as stored ([`Model::load_stored`] for a three-tower one).
+    fn load_stored(
+        json: &[u8],
+        weights: &[u8],
+        precision: crate::kernels::Precision,
+        converted: Option<&[u8]>,
+        schema: &Schema,
+    ) -> Result<Bundle> {
+        if spec::format_tag(json).as_deref() == Some(ITEM_TOWER_FORMAT) {
+            if precision != crate::kernels::Precision::F32 || converted.is_some() {
+                return Err(bad("precision", "an item-tower-only bundle is f32"));
+            }
+            ItemTowerBundle::load(json, weights, schema).map(Bundle::Tower)
+        } else {
+            Model::load_stored(json, weights, precision, converted, schema)
+                .map(|m| Bundle::Model(Box::new(m)))
+        }
+    }
+
+    /// The precision the bundle's layers run at (an item-tower-only
+    /// bundle: f32).
+    pub fn precision(&self) -> crate::kernels::Precision {
+        match self {
+            Bundle::Model(m) => m.precision(),
+            Bundle::Tower(_) => crate::kernels::Precision::F32,
+        }
+    }
+
     /// Reads and validates the bundle stored in `c` under bundle id `id`.
     /// Every byte is checksummed first; a bundle that fails validation is
     /// a corrupt file (it passed when added).
@@ -211,7 +269,14 @@ impl Bundle {
         c.ensure_verified()?;
         let json = c.extent(&b.json, b.json.len, "model.json")?;
         let weights = c.extent(&b.weights, b.weights.len, "weights.safetensors")?;
-        let bundle = Bundle::load(json, weights, schema).map_err(|e| {
+        let precision = crate::kernels::Precision::from_code(b.precision).ok_or_else(|| {
+            Error::corrupt(&c.path, format!("unknown precision code {}", b.precision))
+        })?;
+        let converted = match &b.converted {
+            Some(e) => Some(c.extent(e, e.len, "converted weights")?),
+            None => None,
+        };
+        let bundle = Bundle::load_stored(json, weights, precision, converted, schema).map_err(|e| {
             Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
         })?;
         if bundle.bundle_id() != id {
@@ -300,7 +365,11 @@ impl Model {
     pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<Model> {
         let spec = spec::parse(json)?;
         let st = safetensors_of(weights)?;
-        let st = compile::Tensors { st, v2: spec.v2 };
+        let st = compile::Tensors {
+            st: &st,
+            overlay: None,
+            v2: spec.v2,
+        };
         Self::compile(
             spec,
             &st,

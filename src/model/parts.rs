@@ -18,6 +18,9 @@ pub(crate) struct Dense {
     pub act: Activation,
     /// `w` ready for the matrix product.
     pub pack: gemm::Weights,
+    /// The safetensors tensor `w` was read from (empty for a layer the
+    /// compiler assembled, such as the stacked heads or gates).
+    pub tensor: String,
 }
 
 impl Dense {
@@ -30,7 +33,14 @@ impl Dense {
             w,
             b,
             act,
+            tensor: String::new(),
         }
+    }
+
+    /// The layer, recorded as read from tensor `name`.
+    pub(crate) fn named(mut self, name: &str) -> Dense {
+        self.tensor = name.to_string();
+        self
     }
 }
 

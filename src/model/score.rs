@@ -347,7 +347,10 @@ impl Model {
                 .collect(),
         };
         let pack_a = (!self.upper.is_empty() && f.per_query())
-            .then(|| f.pack_a(self.a_item, self.item_dim, self.cross_out, Some(user)));
+            .then(|| {
+                f.pack_a(self.a_item, self.item_dim, self.cross_out, Some(user))
+                    .at(self.precision)
+            });
         let fusion = match fusion {
             None => None,
             Some(spec) => Some(

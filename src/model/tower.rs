@@ -259,7 +259,11 @@ impl ItemTowerBundle {
     pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<ItemTowerBundle> {
         let t = spec::parse_item_tower_bundle(json)?;
         let st = super::safetensors_of(weights)?;
-        let st = Tensors { st, v2: true };
+        let st = Tensors {
+            st: &st,
+            overlay: None,
+            v2: true,
+        };
         let key = compile::embedding_key(&t.space, &t.version, t.item_dim, schema)?;
         let tower = ItemTower::compile(&t.tower, &st, schema, t.item_dim)?;
         Ok(ItemTowerBundle {

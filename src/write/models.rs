@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::transaction::{Transaction, TxBundle, TxTower};
 use crate::error::{Error, Result};
 use crate::format::encode;
+use crate::kernels::Precision;
 use crate::model::{bundle_id, split_bundle_id, Bundle};
 
 impl Transaction<'_> {
@@ -28,7 +29,22 @@ impl Transaction<'_> {
     /// `item_tower`). When the version's tower is new or changes, the
     /// commit computes every vector the store computed for it again.
     pub fn add_model(&mut self, json: &[u8], weights: &[u8]) -> Result<String> {
-        self.add_model_with(json, weights, None)
+        self.add_model_with(json, weights, None, Precision::F32)
+    }
+
+    /// [`Transaction::add_model`], the bundle's dense layers (cross tower,
+    /// upper network, MMoE experts, head towers) running at `precision`:
+    /// their weights are converted now and stored with the bundle, and
+    /// every query of the bundle multiplies at that precision, on AMX
+    /// where the CPU has it ([`Precision`]; heads, calibration and fusion
+    /// stay f32). An item-tower-only bundle is f32 only.
+    pub fn add_model_at(
+        &mut self,
+        json: &[u8],
+        weights: &[u8],
+        precision: Precision,
+    ) -> Result<String> {
+        self.add_model_with(json, weights, None, precision)
     }
 
     /// [`Transaction::add_model`], and precompute the item part of the
@@ -50,19 +66,21 @@ impl Transaction<'_> {
         weights: &[u8],
         dtype: crate::schema::Dtype,
     ) -> Result<String> {
-        self.add_model_with(json, weights, Some(dtype))
+        self.add_model_with(json, weights, Some(dtype), Precision::F32)
     }
 
     /// [`Transaction::add_model`], with the item part precomputed as `pre`
-    /// if given ([`Transaction::add_model_precomputed`]).
-    pub(super) fn add_model_with(
+    /// if given ([`Transaction::add_model_precomputed`]), the layers at
+    /// `precision` ([`Transaction::add_model_at`]).
+    pub fn add_model_with(
         &mut self,
         json: &[u8],
         weights: &[u8],
         pre: Option<crate::schema::Dtype>,
+        precision: Precision,
     ) -> Result<String> {
         self.w.check_poisoned()?;
-        let bundle = Bundle::load(json, weights, &self.schema)?;
+        let bundle = Bundle::load_at(json, weights, &self.schema, precision)?;
         if pre.is_some() {
             let why = match &bundle {
                 Bundle::Model(m) => m.precompute_refusal(),
@@ -81,7 +99,18 @@ impl Transaction<'_> {
         let before = self.tower_of(&key);
         let file_tag = id.replace('#', ".");
         let name = self.fresh_name(0, &format!("model-{file_tag}"), "vbnd");
-        let r = encode::write_bundle(&*self.w.fs, &self.path(&name), &id, json, weights);
+        let converted = match &bundle {
+            Bundle::Model(m) => m.converted(),
+            Bundle::Tower(_) => None,
+        };
+        let r = encode::write_bundle(
+            &*self.w.fs,
+            &self.path(&name),
+            &id,
+            (json, weights),
+            precision,
+            converted,
+        );
         let file = self.w.poison(r)?;
         match bundle {
             Bundle::Model(model) => {
