@@ -103,10 +103,8 @@ impl Model {
     /// let schema = Schema::new()
     ///     .embedding("prerank", "v1", ExampleBundle::DIM as u32, Dtype::F16)
     ///     .categorical("category", 0)
-    ///     .categorical("brand", 0)
-    ///     .numeric("price", 0.0)
-    ///     .stat("ctr_7d", 0.0)
-    ///     .stat("likes_7d", 0.0);
+    ///     .stat("ctr_1d", 0.0)
+    ///     .stat("impressions_7d", 0.0);
     /// let (json, weights) = ExampleBundle::new("prerank", "v1").files();
     /// let m = Model::load_at(&json, &weights, &schema, Precision::Bf16)?;
     /// assert_eq!(m.precision(), Precision::Bf16);
