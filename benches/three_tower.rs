@@ -95,9 +95,24 @@ fn bench(c: &mut Criterion) {
         (64, 32),
         (128, 3),
     ] {
-        let mut lp = vstore::bench_support::LayerProduct::new(48, k, n);
-        g.throughput(Throughput::Elements(lp.flops()));
-        g.bench_function(format!("m48_k{k}_n{n}"), |b| b.iter(|| lp.run()));
+        for p in [Precision::F32, Precision::Bf16] {
+            let mut lp = vstore::bench_support::LayerProduct::new(48, k, n).at(p);
+            let suffix = if p == Precision::F32 { "" } else { "_bf16" };
+            g.throughput(Throughput::Elements(lp.flops()));
+            g.bench_function(format!("m48_k{k}_n{n}{suffix}"), |b| b.iter(|| lp.run()));
+        }
+    }
+    // The AMX bf16 peak: tile products on registers alone (no loads), so
+    // the layer products above read as a share of it (GFLOP/s = elements/s
+    // / 1e9). Skipped, with a message, where AMX is not usable.
+    match vstore::bench_support::amx_bf16_peak(1) {
+        Some(flops) => {
+            g.throughput(Throughput::Elements(flops * 1000));
+            g.bench_function("amx_bf16_peak", |b| {
+                b.iter(|| vstore::bench_support::amx_bf16_peak(1000))
+            });
+        }
+        None => eprintln!("layer_product/amx_bf16_peak skipped: AMX is not usable on this CPU"),
     }
     g.finish();
 }

@@ -309,7 +309,8 @@ fn check_values(dir: &Path, p: Parts) {
         };
         assert_eq!(s.model_keys(), keys);
         assert_eq!(
-            s.model("prerank@v42").map_or(vstore::Precision::F32, |m| m.precision()),
+            s.model("prerank@v42")
+                .map_or(vstore::Precision::F32, |m| m.precision()),
             vstore::Precision::F32
         );
         let m = s.model_named("prerank@v42", "default").unwrap();

@@ -420,7 +420,12 @@ pub fn tt_model_store(m: TtModel, rows: usize, pre: Option<Dtype>) -> Store {
 
 /// [`tt_model_store`] with the bundle added at `precision`
 /// (`Transaction::add_model_with`), in a directory of its own.
-pub fn tt_model_store_at(m: TtModel, rows: usize, pre: Option<Dtype>, precision: Precision) -> Store {
+pub fn tt_model_store_at(
+    m: TtModel,
+    rows: usize,
+    pre: Option<Dtype>,
+    precision: Precision,
+) -> Store {
     let dir = tt_model_store_dir_at(m, rows, pre, precision);
     let (j, wts) = (m.files)();
     let fingerprint = bundle_fingerprint(&wts);

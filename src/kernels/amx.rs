@@ -3,16 +3,18 @@
 //! once, at model load, as bf16 in the tile layout `tdpbf16ps` reads.
 //!
 //! Layout. `k` is padded with zeros to `kp`, a multiple of 32 (one tile
-//! row: 32 bf16 = 64 bytes); `n` to `np`, a multiple of 32 (two 16-column
-//! tiles). `B` is stored as `[np/16][kp/2][16][2]` bf16: for a 16-column
+//! row: 32 bf16 = 64 bytes); `n` to `np`, a multiple of 16 (one tile's
+//! columns). `B` is stored as `[np/16][kp/2][16][2]` bf16: for a 16-column
 //! block, row `q` holds the pair `(W[j][2q], W[j][2q+1])` of every column
 //! `j` (the "VNNI" pair layout). `A` is converted into a thread-local
 //! buffer `[mp][kp]` bf16 (`mp` = `m` rounded up to 16), zero beyond `k`.
 //!
-//! The kernel runs 2x2 tiles of accumulators (32 rows x 32 columns, tmm0 to
-//! tmm3) over two `A` tiles (tmm4, tmm5) and two `B` tiles (tmm6, tmm7),
-//! stores the accumulators to a thread-local f32 buffer and adds the start
-//! values and ReLU while copying into `C` (AVX-512).
+//! The kernel runs up to 48 rows (three accumulator tiles, tmm0 to tmm2,
+//! over three `A` tiles, tmm3 to tmm5) against one 16-column block of `B`
+//! at a time (tmm6 and tmm7 in turn), so each `B` tile is loaded once per
+//! 48 rows; it stores each 48 x 16 block of sums to a buffer on the stack
+//! (in L1) and adds the start values and ReLU while copying it into `C`
+//! (AVX-512).
 //!
 //! Every function here needs AMX-TILE and AMX-BF16, with the tile state
 //! granted to the process ([`granted`]), and AVX-512 F, BW, VL and BF16:
@@ -23,7 +25,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::kernels::gemm::Start;
-use crate::kernels::gemm_avx512::{load32, load32_f16, masks};
+use crate::kernels::gemm_avx512::load32;
 
 /// Rows of an `A` tile and of an accumulator tile.
 const TM: usize = 16;
@@ -37,9 +39,9 @@ pub(crate) fn padded_k(k: usize) -> usize {
     k.div_ceil(TK) * TK
 }
 
-/// `n` padded for the tiles (two column tiles per step).
+/// `n` padded for the tiles (16-column blocks).
 pub(crate) fn padded_n(n: usize) -> usize {
-    n.div_ceil(2 * TN) * 2 * TN
+    n.div_ceil(TN) * TN
 }
 
 /// Whether this CPU has AMX-TILE, AMX-BF16 and AMX-INT8 (CPUID leaf 7,
@@ -71,7 +73,13 @@ fn request_tile_state() -> bool {
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only changes which extended
     // states the process may use; it reads and writes no memory of ours.
-    let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
     rc == 0
 }
 
@@ -89,11 +97,25 @@ pub(crate) fn to_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
+/// One tile row: 32 bf16 values on a 64-byte boundary, so that no tile
+/// row load or store straddles two cache lines (buffers of tile rows are
+/// `Vec<Line>`; the kernels see them as `u16`).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub [u16; 32]);
+
+// SAFETY: `Line` is `repr(C)` over `[u16; 32]` (64 bytes, its alignment):
+// no padding, and every bit pattern (all zeros included) is a valid value.
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above; `Line` is `Copy` and `'static`.
+unsafe impl bytemuck::Pod for Line {}
+
 /// Packs `w` (`[n, k]` row-major) as `[np/16][kp/2][16][2]` bf16, zero
-/// padded (see the module comment).
-pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Vec<u16> {
+/// padded (see the module comment), in 64-byte-aligned lines.
+pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Vec<Line> {
     let (kp, np) = (padded_k(k), padded_n(n));
-    let mut out = vec![0u16; np * kp];
+    let mut lines = vec![Line::default(); np * kp / 32];
+    let out: &mut [u16] = bytemuck::cast_slice_mut(&mut lines);
     for j in 0..n {
         let (blk, col) = (j / TN, j % TN);
         for p in 0..k {
@@ -101,7 +123,7 @@ pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Vec<u16> {
             out[((blk * (kp / 2) + q) * TN + col) * 2 + t] = to_bf16(w[j * k + p]);
         }
     }
-    out
+    lines
 }
 
 /// The tile configuration (palette 1): tmm0..tmm7 all 16 rows of 64 bytes.
@@ -121,8 +143,8 @@ impl TileConfig {
 }
 
 thread_local! {
-    /// Per thread: `A` as bf16 and the accumulators as f32.
-    static SCRATCH: RefCell<(Vec<u16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per thread: `A` as bf16.
+    static SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Rounds rows `a[i*lda ..][..k]` (`i < m`) to bf16 into `dst` (`[mp][kp]`,
@@ -144,94 +166,150 @@ unsafe fn round_rows(m: usize, k: usize, a: &[f32], lda: usize, dst: &mut [u16],
             unsafe {
                 let [x0, x1] = load32(src.add(p.min(k)), nn);
                 let h = _mm512_cvtne2ps_pbh(x1, x0);
-                _mm512_storeu_si512(out.add(p) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(h));
+                _mm512_storeu_si512(
+                    out.add(p) as *mut __m512i,
+                    std::mem::transmute::<__m512bh, __m512i>(h),
+                );
             }
             p += 32;
         }
     }
 }
 
-/// `R` (1 or 2) row tiles of `A` against every column pair of `B` into
-/// `acc` (`[R*16][np]` f32).
+/// One `A` tile row of the loop in [`tiles`]: loads the `A` tile at `pa`
+/// into tmm`at` and adds its product with the `B` tile in tmm`b` to
+/// accumulator tmm`r`.
+macro_rules! row_step {
+    ($r:literal, $at:literal, $b:literal, $pa:expr, $sa:expr) => {
+        asm!(
+            concat!("tileloadd tmm", $at, ", [{a} + {sa}]"),
+            concat!("tdpbf16ps tmm", $r, ", tmm", $at, ", tmm", $b),
+            a = in(reg) $pa, sa = in(reg) $sa,
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// `R` (1 to 3) row tiles of `A` (rows `i0 ..`) against each 16-column
+/// block of `B` in turn: per 32 values of `k`, one `B` tile (from L2 for
+/// the wide layers, so loaded once per call: tmm6 and tmm7 in turn) and
+/// `R` `A` tiles (from L1, tmm3 to tmm5) into `R` accumulators (tmm0 to
+/// tmm2). Each block of sums is stored to `acc` (`[48][16]` f32, in L1)
+/// and finished into `C` at once ([`finish`]).
 ///
 /// # Safety
 /// AMX-TILE and AMX-BF16 must be usable and configured with
-/// [`TileConfig::full`]; `a` holds `R*16` rows of `kp` bf16, `b` the
-/// packed `np * kp` bf16, `acc` `R*16*np` f32.
+/// [`TileConfig::full`], AVX-512 F, BW and VL present; `a` holds `R*16`
+/// rows of `kp` bf16, `b` the packed `np * kp` bf16; `out` is what
+/// [`gemm_packed`]'s contract says of `c` and `start` for rows `i0 ..
+/// i0 + rows`, `rows <= R*16`.
 #[inline]
-unsafe fn tiles<const R: usize>(a: *const u16, kp: usize, b: *const u16, np: usize, acc: *mut f32) {
-    let a_stride = kp * 2;
-    let c_stride = np * 4;
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn tiles<const R: usize>(
+    a: *const u16,
+    kp: usize,
+    b: *const u16,
+    (np, n): (usize, usize),
+    acc: &mut Acc,
+    out: &mut Out<'_, '_>,
+    (i0, rows): (usize, usize),
+) {
+    let sa = kp * 2;
+    let sc: usize = TN * 4;
+    let sb: usize = 64;
     let b_block = (kp / 2) * TN * 2; // u16 per 16-column block
-    for jb in (0..np / TN).step_by(2) {
+    let steps = kp / TK;
+    for jb in 0..np / TN {
+        let accp = acc.0.as_mut_ptr();
         // SAFETY: the tile instructions read and write only the rows and
         // columns the configuration gives (16 rows x 64 bytes per tile) at
         // the addresses and strides below, all inside the caller's
         // buffers: A tile (r, kc) at row r*16, bf16 column kc*32; B tile
-        // (jb, kc) at block jb, pair row kc*16; accumulator (r, jb) at
-        // row r*16, column jb*16.
+        // (jb, kc) at block jb, pair row kc*16; accumulator r at row r*16
+        // of `acc` (48 x 16).
         unsafe {
-            let b0 = b.add(jb * b_block);
-            let b1 = b.add((jb + 1) * b_block);
-            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
-            if R == 2 {
-                asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            let bj = b.add(jb * b_block);
+            asm!("tilezero tmm0", options(nostack, nomem));
+            if R >= 2 {
+                asm!("tilezero tmm1", options(nostack, nomem));
             }
-            for kc in 0..kp / TK {
-                let pa0 = a.add(kc * TK);
-                let pb0 = b0.add(kc * TK * TN);
-                let pb1 = b1.add(kc * TK * TN);
-                if R == 2 {
-                    let pa1 = a.add(TM * kp + kc * TK);
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}]",
-                        "tileloadd tmm5, [{a1} + {sa}]",
-                        "tileloadd tmm6, [{b0} + {sb}]",
-                        "tileloadd tmm7, [{b1} + {sb}]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) pa0, a1 = in(reg) pa1, b0 = in(reg) pb0, b1 = in(reg) pb1,
-                        sa = in(reg) a_stride, sb = in(reg) 64usize,
-                        options(nostack, readonly),
-                    );
-                } else {
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}]",
-                        "tileloadd tmm6, [{b0} + {sb}]",
-                        "tileloadd tmm7, [{b1} + {sb}]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        a0 = in(reg) pa0, b0 = in(reg) pb0, b1 = in(reg) pb1,
-                        sa = in(reg) a_stride, sb = in(reg) 64usize,
-                        options(nostack, readonly),
-                    );
+            if R >= 3 {
+                asm!("tilezero tmm2", options(nostack, nomem));
+            }
+            let mut kc = 0;
+            while kc < steps {
+                // Two steps per pass, B in tmm6 then tmm7, so that the
+                // next B load does not wait for the products reading the
+                // last one.
+                let pb = bj.add(kc * TK * TN);
+                let pa = a.add(kc * TK);
+                asm!("tileloadd tmm6, [{b} + {sb}]", b = in(reg) pb, sb = in(reg) sb, options(nostack, readonly));
+                row_step!(0, 3, 6, pa, sa);
+                if R >= 2 {
+                    row_step!(1, 4, 6, pa.add(TM * kp), sa);
                 }
+                if R >= 3 {
+                    row_step!(2, 5, 6, pa.add(2 * TM * kp), sa);
+                }
+                if kc + 1 < steps {
+                    let (pb, pa) = (pb.add(TK * TN), pa.add(TK));
+                    asm!("tileloadd tmm7, [{b} + {sb}]", b = in(reg) pb, sb = in(reg) sb, options(nostack, readonly));
+                    row_step!(0, 3, 7, pa, sa);
+                    if R >= 2 {
+                        row_step!(1, 4, 7, pa.add(TM * kp), sa);
+                    }
+                    if R >= 3 {
+                        row_step!(2, 5, 7, pa.add(2 * TM * kp), sa);
+                    }
+                }
+                kc += 2;
             }
-            let c0 = acc.add(jb * TN);
-            asm!(
-                "tilestored [{c0} + {sc}], tmm0",
-                "tilestored [{c1} + {sc}], tmm1",
-                c0 = in(reg) c0, c1 = in(reg) c0.add(TN), sc = in(reg) c_stride,
-                options(nostack),
-            );
-            if R == 2 {
-                let c2 = c0.add(TM * np);
-                asm!(
-                    "tilestored [{c2} + {sc}], tmm2",
-                    "tilestored [{c3} + {sc}], tmm3",
-                    c2 = in(reg) c2, c3 = in(reg) c2.add(TN), sc = in(reg) c_stride,
-                    options(nostack),
-                );
+            asm!("tilestored [{c} + {sc}], tmm0", c = in(reg) accp, sc = in(reg) sc, options(nostack));
+            if R >= 2 {
+                asm!("tilestored [{c} + {sc}], tmm1", c = in(reg) accp.add(TM * TN), sc = in(reg) sc, options(nostack));
             }
+            if R >= 3 {
+                asm!("tilestored [{c} + {sc}], tmm2", c = in(reg) accp.add(2 * TM * TN), sc = in(reg) sc, options(nostack));
+            }
+        }
+        let j0 = jb * TN;
+        if j0 < n {
+            out.prefetch();
+            // SAFETY: rows i0 .. i0 + rows and columns j0 .. j0 + 16 (at
+            // most n) are inside `out` (the function's contract).
+            unsafe { finish(out, acc, (i0, rows), (j0, (n - j0).min(TN))) };
+        }
+    }
+}
+
+/// A 48 x 16 block of sums, on a 64-byte boundary (one tile row per line).
+#[repr(C, align(64))]
+struct Acc([f32; 48 * TN]);
+
+/// Where [`gemm_packed`] writes, with what it starts from, and the lines
+/// it prefetches on the way.
+pub(crate) struct Out<'c, 's> {
+    c: &'c mut [f32],
+    ldc: usize,
+    start: Start<'s>,
+    relu: bool,
+    ahead: std::slice::Chunks<'s, usize>,
+}
+
+impl Out<'_, '_> {
+    /// Prefetches the next burst of `ahead`.
+    #[inline]
+    fn prefetch(&mut self) {
+        for &p in self.ahead.next().unwrap_or(&[]) {
+            crate::kernels::prefetch_line(p as *const u8);
         }
     }
 }
 
 /// `c[i*ldc + j] = relu?(start(i, j) + sum_p bf16(a[i*lda + p]) *
 /// B[p][j])` for `i < m`, `j < n`, with `B` packed by [`pack`], products
-/// of bf16 values accumulated in f32.
+/// of bf16 values accumulated in f32; the cache lines at `ahead` are
+/// prefetched in bursts along the way.
 ///
 /// # Safety
 /// AMX-TILE and AMX-BF16 must be usable ([`granted`]) and AVX-512 F, BW,
@@ -252,99 +330,156 @@ pub(crate) unsafe fn gemm_packed(
     ldc: usize,
     start: Start<'_>,
     relu: bool,
+    ahead: &[usize],
 ) {
     let (kp, np) = (padded_k(k), padded_n(n));
     let mp = m.div_ceil(TM) * TM;
-    SCRATCH.with_borrow_mut(|(abuf, acc)| {
-        if abuf.len() < mp * kp {
-            abuf.resize(mp * kp, 0);
+    // `ahead` spread over the 16-column blocks in bursts of at least 32
+    // lines, as in the AVX-512 kernel.
+    let blocks = (np / TN) * mp.div_ceil(3 * TM);
+    let per_block = ahead.len().div_ceil(blocks.max(1)).max(32);
+    let mut out = Out {
+        c,
+        ldc,
+        start,
+        relu,
+        ahead: ahead.chunks(per_block),
+    };
+    SCRATCH.with_borrow_mut(|lines| {
+        if lines.len() < mp * kp / 32 {
+            lines.resize(mp * kp / 32, Line::default());
         }
-        if acc.len() < mp * np {
-            acc.resize(mp * np, 0.0);
-        }
+        let abuf: &mut [u16] = bytemuck::cast_slice_mut(lines);
         // SAFETY: the caller's contract bounds `a`; `abuf` holds mp * kp.
         unsafe { round_rows(m, k, a, lda, abuf, kp) };
-        // Rows m..mp of `abuf` hold older (finite, or whatever) values:
-        // their products land in accumulator rows that are never read.
+        // Rows m..mp of `abuf` hold older values: their products land in
+        // accumulator rows that are never read.
+        let mut acc = Acc([0f32; 48 * TN]);
         let cfg = TileConfig::full();
         // SAFETY: the CPU has AMX and the process the tile state (the
         // caller's contract); `cfg` is a valid palette-1 configuration.
         unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
-        let (ap, bp, cp) = (abuf.as_ptr(), packed.as_ptr(), acc.as_mut_ptr());
+        let (ap, bp) = (abuf.as_ptr(), packed.as_ptr());
         let mut i = 0;
         while i < mp {
-            // SAFETY: rows i..i+32 (or i..i+16) are inside `abuf` and
-            // `acc` (mp rows each); `packed` holds np * kp bf16.
+            let tiles_left = (mp - i) / TM;
+            let rows = (m - i).min(3 * TM);
+            let (ap, dims) = (ap.wrapping_add(i * kp), (np, n));
+            // SAFETY: rows i .. i + 16 * (tiles run) are inside `abuf` (mp
+            // rows); `packed` holds np * kp bf16; `out` holds rows i ..
+            // i + rows (the caller's contract).
             unsafe {
-                if i + 2 * TM <= mp {
-                    tiles::<2>(ap.add(i * kp), kp, bp, np, cp.add(i * np));
-                    i += 2 * TM;
-                } else {
-                    tiles::<1>(ap.add(i * kp), kp, bp, np, cp.add(i * np));
-                    i += TM;
+                match tiles_left {
+                    1 => tiles::<1>(ap, kp, bp, dims, &mut acc, &mut out, (i, rows)),
+                    2 => tiles::<2>(ap, kp, bp, dims, &mut acc, &mut out, (i, rows)),
+                    _ => tiles::<3>(ap, kp, bp, dims, &mut acc, &mut out, (i, rows)),
                 }
             }
+            i += tiles_left.min(3) * TM;
         }
         // SAFETY: releases the tile state this call configured.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
-        // SAFETY: the caller's contract bounds `c` and `start`; `acc`
-        // holds m rows of np >= n values.
-        unsafe { finish(m, n, acc, np, c, ldc, start, relu) };
     });
+    for _ in 0..out.ahead.len() {
+        out.prefetch();
+    }
 }
 
-/// `c[i*ldc + j] = relu?(start(i, j) + acc[i*lda + j])`.
+/// `c[(i0+i)*ldc + j0+j] = relu?(start(i0+i, j0+j) + acc[i*16 + j])` for
+/// `i < rows`, `j < nn <= 16` (one zmm per row, masked to `nn`).
 ///
 /// # Safety
-/// AVX-512 F, BW and VL must be present; the slices hold what
-/// [`gemm_packed`]'s contract says (and `acc` `m` rows of `lda >= n`).
+/// AVX-512 F, BW and VL must be present; `out` holds those rows and
+/// columns (and `start` their values), as [`gemm_packed`]'s contract says.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn finish(
-    m: usize,
-    n: usize,
-    acc: &[f32],
-    lda: usize,
-    c: &mut [f32],
-    ldc: usize,
-    start: Start<'_>,
-    relu: bool,
+unsafe fn finish(
+    out: &mut Out<'_, '_>,
+    acc: &Acc,
+    (i0, rows): (usize, usize),
+    (j0, nn): (usize, usize),
 ) {
     let zero = _mm512_setzero_ps();
-    for i in 0..m {
-        let mut j = 0;
-        while j < n {
-            let nn = (n - j).min(32);
-            // SAFETY: columns j..j+nn of row i are inside every slice (the
-            // contract); masked loads and stores touch only those.
-            unsafe {
-                let [x0, x1] = load32(acc.as_ptr().add(i * lda + j), nn);
-                let dst = c.as_mut_ptr().add(i * ldc + j);
-                let [s0, s1] = match start {
-                    Start::Zero => [zero, zero],
-                    Start::Accumulate => load32(dst as *const f32, nn),
-                    Start::Bias(b) => load32(b.as_ptr().add(j), nn),
-                    Start::Rows { rows, half, add } => {
-                        let u = load32(add.as_ptr().add(j), nn);
-                        let row = rows[i].as_ptr();
-                        let v = if half {
-                            load32_f16(row.add(2 * j), nn)
-                        } else {
-                            load32(row.add(4 * j) as *const f32, nn)
-                        };
-                        [_mm512_add_ps(v[0], u[0]), _mm512_add_ps(v[1], u[1])]
+    let mask: __mmask16 = if nn >= TN { 0xffff } else { (1u16 << nn) - 1 };
+    let relu = out.relu;
+    let ldc = out.ldc;
+    let c = out.c.as_mut_ptr();
+    // SAFETY (every load and store below): row i0 + i (i < rows), columns
+    // j0 .. j0 + nn are inside `c` and the start slices (the contract);
+    // masked loads and stores touch only those; `acc` holds 48 rows of 16.
+    let put = |i: usize, s: __m512| unsafe {
+        let x = _mm512_load_ps(acc.0.as_ptr().add(i * TN));
+        let mut y = _mm512_add_ps(s, x);
+        if relu {
+            y = _mm512_max_ps(y, zero);
+        }
+        _mm512_mask_storeu_ps(c.add((i0 + i) * ldc + j0), mask, y);
+    };
+    match out.start {
+        Start::Zero => (0..rows).for_each(|i| put(i, zero)),
+        Start::Accumulate => (0..rows).for_each(|i| {
+            put(i, unsafe {
+                _mm512_maskz_loadu_ps(mask, c.add((i0 + i) * ldc + j0))
+            })
+        }),
+        Start::Bias(b) => {
+            let bias = unsafe { _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j0)) };
+            (0..rows).for_each(|i| put(i, bias))
+        }
+        Start::Rows { rows: r, half, add } => {
+            let u = unsafe { _mm512_maskz_loadu_ps(mask, add.as_ptr().add(j0)) };
+            (0..rows).for_each(|i| {
+                let row = r[i0 + i].as_ptr();
+                let v = unsafe {
+                    if half {
+                        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                            mask,
+                            row.add(2 * j0) as *const i16,
+                        ))
+                    } else {
+                        _mm512_maskz_loadu_ps(mask, row.add(4 * j0) as *const f32)
                     }
                 };
-                let (mut y0, mut y1) = (_mm512_add_ps(s0, x0), _mm512_add_ps(s1, x1));
-                if relu {
-                    y0 = _mm512_max_ps(y0, zero);
-                    y1 = _mm512_max_ps(y1, zero);
-                }
-                let [m0, m1] = masks(nn);
-                _mm512_mask_storeu_ps(dst, m0, y0);
-                _mm512_mask_storeu_ps(dst.add(16), m1, y1);
-            }
-            j += 32;
+                put(i, _mm512_add_ps(v, u))
+            })
         }
     }
+}
+
+/// The AMX bf16 peak probe of the benchmarks: `iters` rounds of four
+/// independent `tdpbf16ps` on tiles that stay in registers (no loads);
+/// returns the FLOPs done (`iters * 4 * 16 * 16 * 32 * 2`), or `None`
+/// where AMX is not usable.
+pub(crate) fn peak_probe(iters: usize) -> Option<u64> {
+    if !granted() {
+        return None;
+    }
+    let cfg = TileConfig::full();
+    // SAFETY: AMX is usable (`granted`); the configuration is valid; the
+    // tile instructions touch no memory but `cfg`.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            options(nostack, nomem)
+        );
+        for _ in 0..iters {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem)
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+    Some(iters as u64 * 4 * 16 * 16 * 32 * 2)
 }

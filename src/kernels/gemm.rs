@@ -36,7 +36,7 @@ pub(crate) struct Weights {
     w: Vec<f32>,
     packed: Vec<f32>,
     /// The AMX bf16 layout (only for `Kernel::AmxBf16`).
-    packed_bf16: Vec<u16>,
+    packed_bf16: Vec<crate::kernels::amx::Line>,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
@@ -250,12 +250,19 @@ pub(crate) fn matmul_prefetching(
             // contract.
             unsafe {
                 crate::kernels::amx::gemm_packed(
-                    m, n, k, a, lda, &w.packed_bf16, c, ldc, start, relu,
+                    m,
+                    n,
+                    k,
+                    a,
+                    lda,
+                    bytemuck::cast_slice(&w.packed_bf16),
+                    c,
+                    ldc,
+                    start,
+                    relu,
+                    ahead,
                 )
             };
-            ahead
-                .iter()
-                .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
             return;
         }
         Kernel::Avx2 => {
@@ -582,8 +589,12 @@ mod tests {
     #[test]
     fn bf16_runs_on_amx_where_the_cpu_has_it_and_within_its_bound_everywhere() {
         let (m, n, k) = (37, 70, 45);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 101) as f32 / 17.0 - 2.9).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 97) as f32 / 41.0 - 1.1).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37) % 101) as f32 / 17.0 - 2.9)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53) % 97) as f32 / 41.0 - 1.1)
+            .collect();
         let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
         let ran = check_precision(m, n, k, &a, &w, &b, false, Precision::Bf16);
         println!("bf16 (level, kernel) pairs checked: {ran:?}");

@@ -217,6 +217,19 @@ impl Level {
     }
 }
 
+/// `out[i] = f32(src[i])` (`out.len() == src.len()`), with F16C where the
+/// level has it.
+pub(crate) fn f16_to_f32(src: &[half::f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Level::detect().has_avx2() {
+        // SAFETY: levels from Avx2 up are only chosen when the CPU has
+        // AVX2, FMA and F16C.
+        unsafe { x86::f16_to_f32(bytemuck::cast_slice(src), out) };
+        return;
+    }
+    src.convert_to_f32_slice(out);
+}
+
 /// Hints the CPU to fetch the cache line holding `p` (no-op off x86-64).
 #[inline(always)]
 pub(crate) fn prefetch_line(p: *const u8) {

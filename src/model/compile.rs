@@ -56,7 +56,12 @@ impl Model {
                     overlay: None,
                     v2: st.v2,
                 };
-                Some(Arc::new(ItemTower::compile(t, &f32_only, schema, spec.item_dim)?))
+                Some(Arc::new(ItemTower::compile(
+                    t,
+                    &f32_only,
+                    schema,
+                    spec.item_dim,
+                )?))
             }
             None => None,
         };
@@ -712,9 +717,7 @@ fn tensor(
     let decode: fn([u8; 2]) -> f32 = match t.dtype() {
         safetensors::Dtype::F32 => |_| 0.0,
         // Converted by the store (`super::precision` checked the dtype).
-        safetensors::Dtype::BF16 if is_converted => {
-            |b| half::bf16::from_le_bytes(b).to_f32()
-        }
+        safetensors::Dtype::BF16 if is_converted => |b| half::bf16::from_le_bytes(b).to_f32(),
         safetensors::Dtype::F16 if st.v2 => |b| half::f16::from_le_bytes(b).to_f32(),
         safetensors::Dtype::BF16 if st.v2 => |b| half::bf16::from_le_bytes(b).to_f32(),
         d => {

@@ -276,9 +276,10 @@ impl Bundle {
             Some(e) => Some(c.extent(e, e.len, "converted weights")?),
             None => None,
         };
-        let bundle = Bundle::load_stored(json, weights, precision, converted, schema).map_err(|e| {
-            Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
-        })?;
+        let bundle =
+            Bundle::load_stored(json, weights, precision, converted, schema).map_err(|e| {
+                Error::corrupt(&c.path, format!("stored bundle does not validate: {e}"))
+            })?;
         if bundle.bundle_id() != id {
             return Err(Error::corrupt(
                 &c.path,

@@ -26,8 +26,13 @@ impl Model {
     fn converted_layers(&self) -> impl Iterator<Item = &Dense> {
         let experts = self.mmoe.iter().flat_map(|m| m.experts.iter().flatten());
         let towers = self.heads.iter().flat_map(|h| h.tower.iter());
-        (self.cross.iter().chain(&self.upper).chain(experts).chain(towers))
-            .filter(|d| d.out > NARROW && !d.tensor.is_empty())
+        (self
+            .cross
+            .iter()
+            .chain(&self.upper)
+            .chain(experts)
+            .chain(towers))
+        .filter(|d| d.out > NARROW && !d.tensor.is_empty())
     }
 
     /// The converted weights for `precision` as a safetensors file (`None`
@@ -67,10 +72,18 @@ impl Model {
     /// pieces) for `precision`.
     fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
-        let experts = self.mmoe.iter_mut().flat_map(|m| m.experts.iter_mut().flatten());
+        let experts = self
+            .mmoe
+            .iter_mut()
+            .flat_map(|m| m.experts.iter_mut().flatten());
         let towers = self.heads.iter_mut().flat_map(|h| h.tower.iter_mut());
-        for d in (self.cross.iter_mut().chain(&mut self.upper).chain(experts).chain(towers))
-            .filter(|d| !d.tensor.is_empty())
+        for d in (self
+            .cross
+            .iter_mut()
+            .chain(&mut self.upper)
+            .chain(experts)
+            .chain(towers))
+        .filter(|d| !d.tensor.is_empty())
         {
             d.pack = d.pack.at(precision);
         }
@@ -148,9 +161,14 @@ impl Model {
                     format!("{} bundle without its converted weights", p.name()),
                 ))
             }
-            (_, Some(bytes)) => Some(safetensors::SafeTensors::deserialize(bytes).map_err(
-                |e| bad("weights", format!("converted weights are not safetensors: {e}")),
-            )?),
+            (_, Some(bytes)) => {
+                Some(safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+                    bad(
+                        "weights",
+                        format!("converted weights are not safetensors: {e}"),
+                    )
+                })?)
+            }
         };
         if let Some(o) = &overlay {
             for (name, t) in o.tensors() {
@@ -178,9 +196,17 @@ impl Model {
             overlay: overlay.as_ref(),
             v2: spec.v2,
         };
-        let mut model = Self::compile(spec, &st, schema, String::from_utf8_lossy(json).into_owned())?;
+        let mut model = Self::compile(
+            spec,
+            &st,
+            schema,
+            String::from_utf8_lossy(json).into_owned(),
+        )?;
         if let Some(o) = &overlay {
-            if let Some(d) = model.converted_layers().find(|d| o.tensor(&d.tensor).is_err()) {
+            if let Some(d) = model
+                .converted_layers()
+                .find(|d| o.tensor(&d.tensor).is_err())
+            {
                 return Err(bad(
                     "weights",
                     format!("tensor {:?} has no converted copy", d.tensor),

@@ -346,11 +346,10 @@ impl Model {
                 .map(|j| w0.b[j] + dot(&f.user[j * self.user_dim..(j + 1) * self.user_dim], user))
                 .collect(),
         };
-        let pack_a = (!self.upper.is_empty() && f.per_query())
-            .then(|| {
-                f.pack_a(self.a_item, self.item_dim, self.cross_out, Some(user))
-                    .at(self.precision)
-            });
+        let pack_a = (!self.upper.is_empty() && f.per_query()).then(|| {
+            f.pack_a(self.a_item, self.item_dim, self.cross_out, Some(user))
+                .at(self.precision)
+        });
         let fusion = match fusion {
             None => None,
             Some(spec) => Some(

@@ -106,6 +106,26 @@ impl LayerProduct {
     pub fn flops(&self) -> u64 {
         2 * (self.m * self.w.k * self.w.n) as u64
     }
+
+    /// The same product with the weights at `precision` (bf16 runs on AMX
+    /// where the CPU has it).
+    pub fn at(mut self, precision: crate::kernels::Precision) -> Self {
+        self.w = self.w.at(precision);
+        self
+    }
+}
+
+/// Runs `iters` rounds of four AMX bf16 tile products on tiles held in
+/// registers (no memory traffic): the AMX bf16 peak this core reaches.
+/// Returns the FLOPs done, or `None` where AMX is not usable.
+pub fn amx_bf16_peak(iters: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::amx::peak_probe(iters);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = iters;
+        None
+    }
 }
 
 /// The format's id hash (`examples/prefetch_overlap.rs` uses it as a

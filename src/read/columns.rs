@@ -159,7 +159,7 @@ impl<'a> EmbeddingColumn<'a> {
         use half::slice::HalfFloatSliceExt;
         match self.row(row) {
             Row::F32(v) => out.copy_from_slice(v),
-            Row::F16(v) => v.convert_to_f32_slice(out),
+            Row::F16(v) => crate::kernels::f16_to_f32(v, out),
             Row::Bf16(v) => v.convert_to_f32_slice(out),
             Row::I8 { q, scale } => {
                 for (o, &x) in out.iter_mut().zip(q) {
