@@ -661,6 +661,25 @@ fn demo_runs_and_export_builds_and_queries() {
     }
 }
 
+/// Every item's fused score under the store's `prerank@v1` bundle, by id.
+fn scores_of(
+    dir: &std::path::Path,
+    user: &[f32],
+    inputs: &vstore::UserInputs,
+) -> Vec<(u64, f32)> {
+    let snap = Store::open(dir).unwrap().snapshot();
+    let q = vstore::Query::full_scan("prerank@v1", user, snap.len()).three_tower(inputs);
+    let mut v: Vec<(u64, f32)> = snap
+        .query(&q)
+        .unwrap()
+        .hits
+        .iter()
+        .map(|h| (h.id, h.score))
+        .collect();
+    v.sort_by_key(|x| x.0);
+    v
+}
+
 #[test]
 fn add_model_replace_and_drop_model() {
     let d = Data::new();
@@ -704,6 +723,47 @@ fn add_model_replace_and_drop_model() {
         "bf16",
     ]);
     assert!(e.contains("--precompute") && e.contains("bf16"), "{e}");
+    // At bf16: stored so, listed so, and scoring within bf16's error of
+    // the f32 bundle.
+    let user = vec![0.25f32; 64];
+    let inputs = vstore::UserInputs::new()
+        .dense("user_stats", vec![0.5; 8])
+        .by_item("user_category_ctr", [(1, vec![0.25])]);
+    let f32_scores = scores_of(&d.path("s"), &user, &inputs);
+    let out = ok(&[
+        "add-model",
+        &d.p("s"),
+        &d.p("model"),
+        "--replace",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(
+        out.contains("replaced the bundle for prerank@v1, dense layers at bf16"),
+        "{out}"
+    );
+    let snap = Store::open(d.path("s")).unwrap().snapshot();
+    assert_eq!(
+        snap.model("prerank@v1").unwrap().precision(),
+        vstore::Precision::Bf16
+    );
+    let bf16_scores = scores_of(&d.path("s"), &user, &inputs);
+    assert_eq!(f32_scores.len(), bf16_scores.len());
+    assert_ne!(f32_scores, bf16_scores, "bf16 must not be f32");
+    for ((ia, a), (ib, b)) in f32_scores.iter().zip(&bf16_scores) {
+        assert_eq!(ia, ib);
+        assert!((a - b).abs() <= 0.05 * a.abs() + 1e-3, "item {ia}: f32 {a} vs bf16 {b}");
+    }
+    let out = ok(&["inspect", &d.p("s")]);
+    assert!(out.contains("bf16"), "{out}");
+    let e = usage_fails(&[
+        "add-model",
+        &d.p("s"),
+        &d.p("model"),
+        "--precision",
+        "int4",
+    ]);
+    assert!(e.contains("--precision") && e.contains("int4"), "{e}");
     let out = ok(&["drop-model", &d.p("s"), "prerank@v1"]);
     assert!(
         out.contains("dropped the bundle for prerank@v1") && out.contains("bundles []"),

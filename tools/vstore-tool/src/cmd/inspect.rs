@@ -224,6 +224,7 @@ fn bundle_summaries(snap: &Snapshot) -> Result<Vec<Value>> {
             "macs_per_item": m.macs_per_item(),
             "macs_per_item_run": m.macs_per_item_split(),
             "precomputed": snap.model_named_is_precomputed(&key, &name),
+            "precision": m.precision().name(),
         }));
     }
     Ok(out)
@@ -478,6 +479,7 @@ fn print_bundles(out: &mut dyn Write, v: &Value) -> Result<()> {
             "user inputs",
             "MACs/item",
             "precomputed",
+            "precision",
         ]);
         for b in bs {
             let inputs: Vec<String> = b["user_inputs"]
@@ -510,6 +512,7 @@ fn print_bundles(out: &mut dyn Write, v: &Value) -> Result<()> {
                     "no"
                 }
                 .to_string(),
+                text(&b["precision"]),
             ]);
         }
         t.print(out, 2)?;

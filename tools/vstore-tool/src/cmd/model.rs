@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use vstore::{BundleHeader, Dtype, ItemTowerBundle, Model, Writer};
+use vstore::{BundleHeader, Dtype, ItemTowerBundle, Model, Precision, Writer};
 
 use crate::cli::{AddModelArgs, DropModelArgs};
 use crate::error::{Context, Result, ToolError};
@@ -37,15 +37,29 @@ pub fn parse_precompute(s: &str) -> Result<Dtype> {
     }
 }
 
+/// Parses `--precision` (f32 or bf16).
+pub fn parse_precision(s: &str) -> Result<Precision> {
+    Precision::parse(s).ok_or_else(|| {
+        ToolError::Usage(format!("--precision {s:?}: use f32 or bf16"))
+    })
+}
+
 /// Runs `add-model`.
 pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let pre = a.precompute.as_deref().map(parse_precompute).transpose()?;
+    let precision = parse_precision(&a.precision)?;
     let (json, weights) = read_bundle(&a.bundle)?;
     if BundleHeader::read(&json).is_ok_and(|h| h.is_item_tower_only()) {
         if let Some(d) = pre {
             return Err(ToolError::Refused(format!(
                 "--precompute {}: an item-tower-only bundle has no upper network",
                 d.name()
+            )));
+        }
+        if precision != Precision::F32 {
+            return Err(ToolError::Refused(format!(
+                "--precision {}: an item-tower-only bundle runs in f32",
+                precision.name()
             )));
         }
         return add_item_tower(a, &json, &weights, out);
@@ -56,7 +70,7 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let check = |schema: &vstore::Schema,
                  snap: Option<&vstore::Snapshot>|
      -> Result<(Model, bool)> {
-        let m = Model::load(&json, &weights, schema).context(what)?;
+        let m = Model::load_at(&json, &weights, schema, precision).context(what)?;
         let held = snap.map(|s| s.model_names(m.key())).unwrap_or_default();
         let replacing = held.iter().any(|n| n == m.name());
         if replacing && !a.replace {
@@ -85,11 +99,8 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let (key, name) = (model.key().to_string(), model.name().to_string());
     let t = Instant::now();
     let mut tx = w.begin();
-    match pre {
-        Some(d) => tx.add_model_precomputed(&json, &weights, d),
-        None => tx.add_model(&json, &weights),
-    }
-    .context(what)?;
+    tx.add_model_with(&json, &weights, pre, precision)
+        .context(what)?;
     let snap = tx.commit()?;
     let named = if name == vstore::DEFAULT_BUNDLE_NAME {
         String::new()
@@ -98,11 +109,15 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     };
     say!(
         out,
-        "{} bundle for {key}{named}{}",
+        "{} bundle for {key}{named}{}{}",
         if replacing { "replaced the" } else { "added a" },
         match pre {
             Some(d) => format!(" (first-layer item part precomputed as {})", d.name()),
             None => String::new(),
+        },
+        match precision {
+            Precision::F32 => String::new(),
+            p => format!(", dense layers at {}", p.name()),
         }
     );
     say!(
