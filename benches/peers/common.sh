@@ -1,8 +1,11 @@
 # Shared steps of run.sh and run_three_tower.sh (sourced, not run).
 #
-# peers_run LABEL "IMPORTS" "PIP PACKAGES" EXAMPLE SCRIPT [OUT_DIR [SCRIPT ARGS...]]
+# [PEERS_OPTIONAL="PKG..."] peers_run LABEL "IMPORTS" "PIP PACKAGES" EXAMPLE SCRIPT [OUT_DIR [SCRIPT ARGS...]]
 #   1. make/reuse the venv <repo>/target/peers-venv; pip-install PACKAGES
-#      unless `import IMPORTS` already works
+#      unless `import IMPORTS` already works; then each optional package of
+#      PEERS_OPTIONAL (import name = pip name) unless it imports: one that
+#      fails to install prints a message and the run goes on (SCRIPT skips
+#      the peers that need it)
 #   2. unless SKIP_RUST=1: cargo run --release --example EXAMPLE -- --out OUT $PEER_ARGS
 #   3. run SCRIPT OUT SCRIPT_ARGS... with the venv's python
 peers_run() {
@@ -27,6 +30,16 @@ peers_run() {
         # shellcheck disable=SC2086
         "$py" -m pip install --quiet --disable-pip-version-check $packages
     fi
+    local pkg
+    # shellcheck disable=SC2086
+    for pkg in ${PEERS_OPTIONAL:-}; do
+        if ! "$py" -c "import $pkg" >/dev/null 2>&1; then
+            echo "$label: installing optional $pkg into $venv" >&2
+            if ! "$py" -m pip install --quiet --disable-pip-version-check "$pkg"; then
+                echo "$label: could not install $pkg (see pip's message above); the peers that need it will be skipped" >&2
+            fi
+        fi
+    done
 
     if [[ "${SKIP_RUST:-0}" == "1" ]]; then
         echo "$label: SKIP_RUST=1, reusing data in $out" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peer-comparison benchmark for the contract v2 MMoE bundle
-# (benches/support/mod.rs `mmoe_bundle`): vstore vs onnxruntime and numpy
-# running the same model, single-threaded, on the same inputs.
+# (benches/support/mod.rs `mmoe_bundle`): vstore vs onnxruntime (fp32 and
+# int8), OpenVINO (f32 and bf16) and numpy running the same model,
+# single-threaded, on the same inputs.
 #
 # Usage: benches/peers/run_mmoe.sh [OUT_DIR]
 #
@@ -13,11 +14,11 @@
 #
 # Steps (as run_three_tower.sh):
 #   1. make the Python venv <repo>/target/peers-venv with numpy, onnx,
-#      onnxruntime and safetensors
+#      onnxruntime and safetensors, and openvino if it installs
 #   2. cargo run --release --example three_tower_bench -- --out OUT_DIR --bundle mmoe $PEER_ARGS
 #   3. benches/peers/three_tower.py OUT_DIR --bundle mmoe  (times the peers,
 #      prints the tables, writes OUT_DIR/mmoe/tt_peers.md and tt_peers.json)
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-PEER_ARGS="--bundle mmoe ${PEER_ARGS:-}" peers_run mmoe "numpy, onnx, onnxruntime, safetensors" "numpy onnx onnxruntime safetensors" three_tower_bench three_tower.py "${1:-}" --bundle mmoe
+PEERS_OPTIONAL="openvino" PEER_ARGS="--bundle mmoe ${PEER_ARGS:-}" peers_run mmoe "numpy, onnx, onnxruntime, safetensors" "numpy onnx onnxruntime safetensors" three_tower_bench three_tower.py "${1:-}" --bundle mmoe

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Time onnxruntime and numpy on vstore's three-tower scoring and compare
-with vstore.
+"""Time onnxruntime, OpenVINO and numpy on vstore's three-tower scoring
+and compare with vstore.
 
     python three_tower.py OUT_DIR [--bundle v1|mmoe] [--iters N] [--warmup N] [--no-peak]
+                                  [--int8-per-tensor]
 
 OUT_DIR/three_tower/ (OUT_DIR/mmoe/ with --bundle mmoe) holds what the Rust example `three_tower_bench` (or
 fake_three_tower.py) wrote: the model bundle (bundle/model.json +
@@ -20,16 +21,28 @@ the experts) and head towers; any other v2 part (SE, dot/hadamard upper
 inputs, normalize, the v2 fusion kinds) is refused with a message; then the top k
 (np.argpartition + sort of the k). Peers:
 
-  onnxruntime  an ONNX graph built with onnx.helper from the bundle, run by an
-               InferenceSession on CPUExecutionProvider, 1 intra-op and
-               1 inter-op thread, ORT_ENABLE_ALL
-  numpy        the same math in float32 with `@` (OpenBLAS, 1 thread)
+  onnxruntime fp32  an ONNX graph built with onnx.helper from the bundle, run by an
+                    InferenceSession on CPUExecutionProvider, 1 intra-op and
+                    1 inter-op thread, ORT_ENABLE_ALL
+  onnxruntime int8  the same graph through onnxruntime.quantization.quantize_dynamic
+                    (Gemm written as MatMul + Add first; QInt8 weights, per output
+                    column unless --int8-per-tensor), same session options
+  openvino f32      the same ONNX file compiled by OpenVINO for the CPU, one
+                    thread, INFERENCE_PRECISION_HINT f32, static shape per n
+  openvino bf16     the same with INFERENCE_PRECISION_HINT bf16 (AMX where the
+                    CPU has it)
+  numpy fp32        the same math in float32 with `@` (OpenBLAS, 1 thread)
 
-Both are checked against tt_expected (max relative error < 1e-3, or the
-script stops). Everything is single-threaded; we report the median per-call
-latency (time.perf_counter) over PEER_PY_ITERS calls (default 50) after a
-warm-up. FLOPs = 2 * n * sum(in * out) over the cross, upper and head layers
-(the unsplit model). The table is printed and written to
+onnxruntime fp32 and numpy must match tt_expected (max relative error
+< 1e-3) or the script stops; openvino f32 is skipped if it does not. A peer
+that cannot be set up or run (openvino not installed, say) is skipped with
+a message and listed under "skipped" in tt_peers.json. Every peer's scores,
+and vstore's, are compared with a float64 numpy reference of the model on
+the same X: max relative error and top-k overlap (|top-k rows ∩ reference
+top-k rows| / k). Everything is single-threaded; we report the median
+per-call latency (time.perf_counter) over PEER_PY_ITERS calls (default 50)
+after a warm-up. FLOPs = 2 * n * sum(in * out) over the cross, upper and
+head layers (the unsplit model). The table is printed and written to
 OUT_DIR/three_tower/tt_peers.md and tt_peers.json.
 """
 import os
@@ -443,6 +456,123 @@ def ort_session(model, optimized_path=None):
 
 
 # ---------------------------------------------------------------------------
+# onnxruntime int8: dynamic quantization of the same graph
+# ---------------------------------------------------------------------------
+
+def gemm_to_matmul(model):
+    """The same graph with every Gemm(x, W, b, transB=1) written as
+    Add(MatMul(x, W^T), b). onnxruntime's dynamic quantization (IntegerOps
+    mode) quantizes MatMul nodes but not Gemm, so without this it would
+    leave the model in float32."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes = []
+    for nd in g.node:
+        if nd.op_type != "Gemm":
+            nodes.append(nd)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in nd.attribute}
+        if (attrs.get("transA", 0) != 0 or attrs.get("transB", 0) != 1 or attrs.get("alpha", 1.0) != 1.0
+                or attrs.get("beta", 1.0) != 1.0 or nd.input[1] not in inits):
+            raise ValueError(f"gemm_to_matmul: Gemm {nd.output[0]} is not Gemm(x, W const, b, transB=1)")
+        wt = nd.input[1] + "_t"
+        inits[wt] = np.ascontiguousarray(inits[nd.input[1]].T)
+        has_bias = len(nd.input) > 2 and nd.input[2]
+        mm_out = nd.output[0] + "_mm" if has_bias else nd.output[0]
+        nodes.append(helper.make_node("MatMul", [nd.input[0], wt], [mm_out], name=nd.output[0] + "_matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, nd.input[2]], [nd.output[0]],
+                                          name=nd.output[0] + "_bias"))
+    used = {i for nd in nodes for i in nd.input}
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(numpy_helper.from_array(a, nm) for nm, a in inits.items() if nm in used)
+    onnx.checker.check_model(m)
+    return m
+
+
+def ort_int8_model(model, path, per_channel):
+    """quantize_dynamic of the graph (Gemm written as MatMul + Add): every
+    MatMul with a constant weight gets int8 weights (QInt8, symmetric,
+    per output column when per_channel, else one scale per matrix; full
+    8-bit range, reduce_range off) and activations quantized to uint8 at run
+    time, per tensor, per call (DynamicQuantizeLinear); the batched MMoE
+    mixture MatMul (both inputs activations) and everything after the
+    heads' products stay float32. Saves the model at path and returns it
+    with {op_type: count}."""
+    import logging
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    log = logging.getLogger()
+    level = log.level
+    log.setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process first
+    try:
+        quantize_dynamic(gemm_to_matmul(model), path, op_types_to_quantize=["MatMul"],
+                         per_channel=per_channel, reduce_range=False, weight_type=QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        log.setLevel(level)
+    q = onnx.load(path)
+    ops = {}
+    for nd in q.graph.node:
+        ops[nd.op_type] = ops.get(nd.op_type, 0) + 1
+    if not ops.get("MatMulInteger"):
+        raise RuntimeError(f"quantize_dynamic quantized no MatMul (ops: {ops})")
+    return q, ops
+
+
+# ---------------------------------------------------------------------------
+# OpenVINO
+# ---------------------------------------------------------------------------
+
+def ov_config(precision):
+    """compile_model config: one inference thread, one stream, latency hint,
+    no core pinning (the other peers are not pinned either), and the
+    precision the CPU plugin runs the model in (its default on a CPU with
+    bf16 support is bf16, hence f32 given explicitly)."""
+    return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+
+
+def ov_exec_summary(compiled):
+    """{"layerType primitiveType precision": count} of the compiled model's
+    executed nodes (its runtime model), constants and inputs left out: it
+    shows which kernels run, e.g. brgemm_avx512_amx_bf16 for AMX."""
+    out = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        rt = node.get_rt_info()
+        get = lambda key: rt[key].astype(str) if key in rt else "?"  # noqa: E731
+        kind = get("layerType")
+        if kind in ("Const", "Input", "Output"):
+            continue
+        key = f"{kind} {get('primitiveType')} {get('runtimePrecision')}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def ov_scorer(ov, core, onnx_path, n, D, precision):
+    """fn(X) -> scores for X [n, D]: the ONNX graph read by OpenVINO,
+    reshaped to the static shape [n, D] (one compiled model per n) and
+    compiled for the CPU with ov_config(precision). Returns (fn, info)."""
+    model = core.read_model(onnx_path)
+    model.reshape({"x": ov.PartialShape([n, D])})
+    compiled = core.compile_model(model, "CPU", ov_config(precision))
+    req = compiled.create_infer_request()
+    info = {"inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "num_streams": int(compiled.get_property("NUM_STREAMS")),
+            "exec": ov_exec_summary(compiled)}
+
+    def fn(X):
+        # Input and output share memory with numpy: no copies (the output is
+        # overwritten by the next call).
+        return req.infer({0: X}, share_inputs=True, share_outputs=True)[0]
+    return fn, info
+
+
+# ---------------------------------------------------------------------------
 # numpy
 # ---------------------------------------------------------------------------
 
@@ -561,6 +691,57 @@ def numpy_scorer(spec):
     return fn
 
 
+# ---------------------------------------------------------------------------
+# float64 reference
+# ---------------------------------------------------------------------------
+
+def reference_scorer(spec):
+    """fn(X) -> float64 [n]: the model in float64, written plainly (one
+    product per layer, every expert, gate and head on its own), apart from
+    the ONNX graph and numpy_scorer. The top-k overlaps and relative errors
+    of every peer (and of vstore's scores) are measured against it."""
+    ud, idim = spec["user_dim"], spec["item_dim"]
+    f64 = lambda ls: [(w.astype(np.float64), b.astype(np.float64), a) for w, b, a in ls]  # noqa: E731
+    cross, upper, parts = f64(spec["cross"]), f64(spec["upper"]), spec["upper_inputs"]
+    mm = spec["mmoe"]
+    experts = [f64(ex) for ex in mm["experts"]] if mm else []
+    gates = [(gw.astype(np.float64), gb.astype(np.float64)) for gw, gb in mm["gates"]] if mm else []
+    heads = [(f64(h["tower"]), h["w"].astype(np.float64), h["b"].astype(np.float64), h["act"], h["nsr"])
+             for h in spec["heads"]]
+    names = [h["name"] for h in spec["heads"]]
+    f = spec["fusion"]
+    if f["kind"] not in ("weighted_sum", "product"):
+        raise NotImplementedError(f"float64 reference: fusion kind {f['kind']!r} not implemented")
+    act = {"relu": lambda x: np.maximum(x, 0.0), "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+           "exp": np.exp, "identity": lambda x: x}
+
+    def mlp(h, ls):
+        for w, b, a in ls:
+            h = act[a](h @ w.T + b)
+        return h
+
+    def fn(X):
+        X = X.astype(np.float64)
+        with np.errstate(over="ignore"):
+            part = {"user": X[:, :ud], "item": X[:, ud:ud + idim], "cross": mlp(X[:, ud + idim:], cross)}
+            h = mlp(np.concatenate([part[p] for p in parts], axis=1), upper)
+            outs = [mlp(h, ex) for ex in experts]
+            ps = {}
+            for j, (tower, w, b, a, nsr) in enumerate(heads):
+                t = h
+                if mm:
+                    g = h @ gates[j][0].T + gates[j][1]
+                    g = np.exp(g - g.max(axis=1, keepdims=True))
+                    g /= g.sum(axis=1, keepdims=True)
+                    t = sum(g[:, e:e + 1] * outs[e] for e in range(len(outs)))
+                q = act[a]((mlp(t, tower) @ w.T + b)[:, 0])
+                ps[names[j]] = q if nsr is None else nsr * q / ((1.0 - q) + nsr * q)
+        if f["kind"] == "weighted_sum":
+            return sum(wt * ps[nm] for nm, wt in f["weights"].items())
+        return np.prod([ps[nm] ** wt for nm, wt in f["weights"].items()], axis=0)
+    return fn
+
+
 def topk(s, k):
     """Row indices and scores of the k best, best first, ties by row."""
     idx = np.argpartition(-s, k - 1)[:k]
@@ -574,23 +755,27 @@ def topk(s, k):
 # ---------------------------------------------------------------------------
 
 def timeit(fn, iters, warmup):
-    """{median, p10, min} in ms of fn() over iters calls after warmup calls; GC off."""
+    """{median, p10, min} in ms of fn() over iters calls after warmup calls; GC off.
+    Also cpu_per_wall: the process's CPU time (all threads) over the wall
+    time of the timed calls, about 1.0 when one thread does the work."""
     for _ in range(warmup):
         fn()
     ts = np.empty(iters)
     gc_on = gc.isenabled()
     gc.disable()
     try:
+        c0, w0 = time.process_time(), time.perf_counter()
         for j in range(iters):
             t0 = time.perf_counter()
             fn()
             ts[j] = time.perf_counter() - t0
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     finally:
         if gc_on:
             gc.enable()
     ts *= 1e3
     return {"median_ms": float(np.median(ts)), "p10_ms": float(np.percentile(ts, 10)),
-            "min_ms": float(ts.min())}
+            "min_ms": float(ts.min()), "cpu_per_wall": cpu / wall if wall > 0 else None}
 
 
 def rel_err(got, want):
@@ -634,41 +819,73 @@ def md_table(header, body):
     return "\n".join(lines)
 
 
-HEADER = ["method", "median ms", "p10 ms", "GFLOP/s", "ratio (peer/vstore)"]
+# The peers, in table order: key (in tt_peers.json), label.
+PEERS = [
+    ("ort", "onnxruntime fp32"),
+    ("ort_int8", "onnxruntime int8 dynamic"),
+    ("ov_f32", "openvino f32"),
+    ("ov_bf16", "openvino bf16"),
+    ("numpy", "numpy fp32"),
+]
+LABEL = dict(PEERS)
+# Must match tt_expected to MAX_REL_ERR: a larger error stops the script for
+# these (they define the comparison) ...
+REQUIRED_MATCH = ("ort", "numpy")
+# ... and skips these (fp32 too, so a larger error means a wrong model).
+OPTIONAL_MATCH = ("ov_f32",)
 
 
-def rows_for(n, res, vst, flops):
-    """Table rows (dicts) for one n."""
+def header(k):
+    return ["method", "median ms", "p10 ms", "GFLOP/s", "ratio (peer/vstore)",
+            f"top-{k} overlap", "max rel err"]
+
+
+def rows_for(res, chk, vst, flops):
+    """Table rows (dicts) for one n. Overlap and error are against the
+    float64 reference (chk["peers"])."""
     vms = vst.get("median_ms") if vst else None
 
-    def row(method, t, has_flops=True):
+    def row(method, t, acc=None, has_flops=True):
         ms = t.get("median_ms") if t else None
         return {"method": method, "median_ms": ms, "p10_ms": t.get("p10_ms") if t else None,
                 "gflops": flops / (ms * 1e-3) / 1e9 if has_flops and ms else None,
-                "ratio": ms / vms if ms and vms else None}
+                "ratio": ms / vms if ms and vms else None,
+                "overlap": acc["topk_overlap_f64"] if acc else None,
+                "rel_err": acc["max_rel_err_f64"] if acc else None}
 
-    out = [row("vstore (ids in, top k out)", vst or {})]
+    out = [row("vstore (ids in, top k out)", vst or {}, chk["peers"].get("vstore"))]
     for vn, vms_v in sorted((vst or {}).get("variants", {}).items()):
         out.append(row(f"vstore variant: {vn}", {"median_ms": vms_v}))
-    out += [
-        row("onnxruntime run + top-k", res["ort_topk"]),
-        row("onnxruntime run only", res["ort"]),
-        row("numpy MLP + top-k", res["numpy_topk"]),
-        row("numpy MLP only", res["numpy"]),
-        row("top-k only (argpartition + sort k)", res["topk"], has_flops=False),
-    ]
+    for key, label in PEERS:
+        if key in res:
+            acc = chk["peers"][key]
+            out.append(row(f"{label} run + top-k", res[key + "_topk"], acc))
+            out.append(row(f"{label} run only", res[key], acc))
+    out.append(row("top-k only (argpartition + sort k)", res["topk"], has_flops=False))
     return out
 
 
 def cells(r):
     return [r["method"], fmt(r["median_ms"]), fmt(r["p10_ms"]), fmt(r["gflops"], ".1f"),
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"]
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            fmt(r["overlap"]), fmt(r["rel_err"], ".1e")]
 
 
-def text_table(rows):
-    cs = [HEADER] + [cells(r) for r in rows]
-    w = [max(len(c[i]) for c in cs) for i in range(len(HEADER))]
+def text_table(hdr, rows):
+    cs = [hdr] + [cells(r) for r in rows]
+    w = [max(len(c[i]) for c in cs) for i in range(len(hdr))]
     return "\n".join("  ".join(c[i].ljust(w[i]) for i in range(len(c))).rstrip() for c in cs)
+
+
+def count_ops(model):
+    ops = {}
+    for nd in model.graph.node:
+        ops[nd.op_type] = ops.get(nd.op_type, 0) + 1
+    return ops
+
+
+def why(e):
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
 def main():
@@ -680,6 +897,8 @@ def main():
     ap.add_argument("--bundle", default="v1", choices=sorted(BUNDLE_DIRS),
                     help="which export of three_tower_bench to read (its --bundle): "
                          "OUT/three_tower (v1) or OUT/mmoe")
+    ap.add_argument("--int8-per-tensor", action="store_true",
+                    help="onnxruntime int8: one weight scale per matrix instead of one per output column")
     a = ap.parse_args()
     tdir = os.path.join(a.out, BUNDLE_DIRS[a.bundle])
     expect(os.path.isdir(tdir), f"no {tdir}: run the Rust example (or fake_three_tower.py) first")
@@ -688,6 +907,7 @@ def main():
     meta, xs, exps, vstore = load_data(tdir, spec)
     k = int(meta["k"])
     fpr = flops_per_row(spec)
+    D = spec["user_dim"] + spec["item_dim"] + spec["cross_in"]
     io = lambda ls: [list(w.shape[::-1]) for w, _, _ in ls]  # noqa: E731
     dims = {"format": spec["format"], "name": spec["name"],
             "user_dim": spec["user_dim"], "item_dim": spec["item_dim"], "cross_in": spec["cross_in"],
@@ -705,53 +925,150 @@ def main():
               f"!= {fpr // 2} counted here", file=sys.stderr)
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    skipped = {}
+
+    def skip(key, reason):
+        skipped[key] = reason
+        print(f"three_tower: skipping {LABEL[key]}: {reason}")
+
+    # OpenVINO is optional: without it (or its CPU plugin) both of its
+    # peers are skipped.
+    ov = core = None
+    ov_info = {}
+    try:
+        import openvino as ov
+        core = ov.Core()
+        versions["openvino"] = ov.__version__.split("-")[0]
+        ov_info = {"version": ov.__version__,
+                   "optimization_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+                   "config": {p: ov_config(p) for p in ("f32", "bf16")}, "exec": {}}
+    except Exception as e:  # ImportError, or the CPU plugin failing to load
+        for key in ("ov_f32", "ov_bf16"):
+            skip(key, f"openvino not usable ({why(e)})")
     print(f"three_tower: bundle {spec['name']!r} (contract v{spec['format']}): layers (in, out) "
           f"cross {dims['cross']} upper {dims['upper_inputs']} {dims['upper']}"
           + (f" mmoe {dims['mmoe']}" if "mmoe" in dims else "")
           + f" heads {dims['heads']} fusion {dims['fusion']}; {fpr} FLOP/row; k={k}")
     print(f"  {' '.join(f'{kk} {v}' for kk, v in versions.items())}; "
           f"{a.iters} timed calls after {a.warmup} warm-up, 1 thread")
+    if ov_info:
+        print(f"  openvino CPU OPTIMIZATION_CAPABILITIES: {ov_info['optimization_capabilities']}")
 
     model = build_onnx(spec)
-    onnx.save(model, os.path.join(tdir, "tt_model.onnx"))
+    onnx_path = os.path.join(tdir, "tt_model.onnx")
+    onnx.save(model, onnx_path)
     opt_path = os.path.join(tdir, "tt_model.ort_optimized.onnx")
     sess = ort_session(model, opt_path)
-    opt_ops = {}
-    for nd in onnx.load(opt_path).graph.node:
-        opt_ops[nd.op_type] = opt_ops.get(nd.op_type, 0) + 1
+    opt_ops = count_ops(onnx.load(opt_path))
     print(f"  onnxruntime graph after ORT_ENABLE_ALL: {opt_ops}")
     np_fn = numpy_scorer(spec)
+    ref_fn = reference_scorer(spec)
+
+    per_channel = not a.int8_per_tensor
+    int8_info = {"weight_type": "QInt8 (symmetric)", "activations": "QUInt8, dynamic per tensor",
+                 "per_channel": per_channel, "reduce_range": False, "op_types": ["MatMul"],
+                 "MatMulConstBOnly": True}
+    sess8 = None
+    try:
+        qmodel, int8_info["ops"] = ort_int8_model(model, os.path.join(tdir, "tt_model.int8.onnx"), per_channel)
+        opt8 = os.path.join(tdir, "tt_model.int8.ort_optimized.onnx")
+        sess8 = ort_session(qmodel, opt8)
+        int8_info["optimized_ops"] = count_ops(onnx.load(opt8))
+        print(f"  onnxruntime int8 ({'per-channel' if per_channel else 'per-tensor'} QInt8 weights) "
+              f"graph after ORT_ENABLE_ALL: {int8_info['optimized_ops']}")
+    except Exception as e:
+        skip("ort_int8", f"quantize_dynamic or its session failed ({why(e)})")
+
+    def ov_maker(precision):
+        def make(n, X):
+            fn, info = ov_scorer(ov, core, onnx_path, n, D, precision)
+            ov_info["exec"].setdefault(precision, {})[str(n)] = info
+            return (lambda: fn(X)), info
+        return make
+
+    # key -> make(n, X) -> (call, info): call() scores X (the same X every
+    # call, as before); set-up (compiling, transposing) is not timed.
+    makers = {
+        "ort": lambda n, X: ((lambda feed: lambda: sess.run(["score"], feed)[0])({"x": X}), None),
+        "ort_int8": lambda n, X: ((lambda feed: lambda: sess8.run(["score"], feed)[0])({"x": X}), None),
+        "ov_f32": ov_maker("f32"),
+        "ov_bf16": ov_maker("bf16"),
+        "numpy": lambda n, X: ((lambda: np_fn(X)), None),
+    }
+    active = [key for key, _ in PEERS if key not in skipped]
 
     results, checks, md_parts = {}, {}, []
+    hdr = header(k)
     for n in meta["ns"]:
         X, want = xs[n], exps[n]
-        s_ort = sess.run(["score"], {"x": X})[0]
-        s_np = np_fn(X)
-        e_ort, e_np = rel_err(s_ort, want), rel_err(s_np, want)
+        ref = ref_fn(X)
+        top_ref = set(topk(ref, k)[0].tolist())
         top_want = set(topk(want, k)[0].tolist())
-        chk = {"ort_max_rel_err": e_ort, "numpy_max_rel_err": e_np,
-               "ort_topk_overlap": len(top_want & set(topk(s_ort, k)[0].tolist())) / k,
-               "numpy_topk_overlap": len(top_want & set(topk(s_np, k)[0].tolist())) / k}
-        checks[n] = chk
-        print(f"  n={n}: max rel err vs tt_expected: onnxruntime {e_ort:.2e}, numpy {e_np:.2e}; "
-              f"top-{k} overlap {chk['ort_topk_overlap']:.3f} / {chk['numpy_topk_overlap']:.3f}")
-        for who, e in (("onnxruntime", e_ort), ("numpy", e_np)):
-            if not e < MAX_REL_ERR:
-                fail(f"n={n}: {who} scores differ from tt_expected (max rel err {e:.3g} >= "
-                     f"{MAX_REL_ERR}): the peer does not compute the same model")
 
-        feed = {"x": X}
-        res = {
-            "ort": timeit(lambda: sess.run(["score"], feed), a.iters, a.warmup),
-            "ort_topk": timeit(lambda: topk(sess.run(["score"], feed)[0], k), a.iters, a.warmup),
-            "numpy": timeit(lambda: np_fn(X), a.iters, a.warmup),
-            "numpy_topk": timeit(lambda: topk(np_fn(X), k), a.iters, a.warmup),
-            "topk": timeit(lambda: topk(s_np, k), a.iters, a.warmup),
-        }
+        def accuracy(s):
+            ids = set(topk(s, k)[0].tolist())
+            return {"max_rel_err_f64": rel_err(s, ref), "topk_overlap_f64": len(ids & top_ref) / k,
+                    "max_rel_err_vstore": rel_err(s, want), "topk_overlap_vstore": len(ids & top_want) / k}
+
+        chk = {"reference_max_rel_err_vs_vstore": rel_err(ref, want),
+               "peers": {"vstore": {"max_rel_err_f64": rel_err(want, ref),
+                                    "topk_overlap_f64": len(top_want & top_ref) / k}}}
+        if not chk["reference_max_rel_err_vs_vstore"] < MAX_REL_ERR:
+            fail(f"n={n}: the float64 reference differs from tt_expected (max rel err "
+                 f"{chk['reference_max_rel_err_vs_vstore']:.3g} >= {MAX_REL_ERR}): it does not compute "
+                 "the same model")
+        calls, s_np = {}, None
+        for key in list(active):
+            try:
+                call, info = makers[key](n, X)
+                s = np.array(call(), dtype=np.float32)  # a copy: OpenVINO's output is reused
+                if s.shape != (n,) or not np.isfinite(s).all():
+                    raise ValueError(f"scores of shape {s.shape}, finite: {bool(np.isfinite(s).all())}")
+            except Exception as e:
+                skip(key, f"n={n}: {why(e)}")
+                active.remove(key)
+                continue
+            acc = accuracy(s)
+            if not acc["max_rel_err_vstore"] < MAX_REL_ERR and key in REQUIRED_MATCH + OPTIONAL_MATCH:
+                msg = (f"n={n}: {LABEL[key]} scores differ from tt_expected (max rel err "
+                       f"{acc['max_rel_err_vstore']:.3g} >= {MAX_REL_ERR}): the peer does not compute the "
+                       "same model")
+                if key in REQUIRED_MATCH:
+                    fail(msg)
+                skip(key, msg)
+                active.remove(key)
+                continue
+            if info and "exec" in info:
+                acc["exec"] = info["exec"]
+            chk["peers"][key] = acc
+            calls[key] = call
+            if key == "numpy":
+                s_np = s
+        checks[n] = chk
+        print(f"  n={n}: float64 reference vs tt_expected: max rel err "
+              f"{chk['reference_max_rel_err_vs_vstore']:.2e}")
+        for key, acc in chk["peers"].items():
+            print(f"    {LABEL.get(key, key)}: vs float64 max rel err {acc['max_rel_err_f64']:.2e}, "
+                  f"top-{k} overlap {acc['topk_overlap_f64']:.3f}"
+                  + (f"; vs tt_expected {acc['max_rel_err_vstore']:.2e}, {acc['topk_overlap_vstore']:.3f}"
+                     if "max_rel_err_vstore" in acc else "")
+                  + (f"; kernels {acc['exec']}" if n == meta["ns"][0] and "exec" in acc else ""))
+
+        res = {}
+        for key, call in calls.items():
+            res[key] = timeit(call, a.iters, a.warmup)
+            res[key + "_topk"] = timeit(lambda: topk(call(), k), a.iters, a.warmup)
+            cw = max(res[key]["cpu_per_wall"] or 0, res[key + "_topk"]["cpu_per_wall"] or 0)
+            if cw > 1.25:
+                print(f"  note n={n}: {LABEL[key]} used {cw:.2f} CPU-seconds per second while timed "
+                      "(more than one thread busy?)", file=sys.stderr)
+        if s_np is None:
+            s_np = ref.astype(np.float32)
+        res["topk"] = timeit(lambda: topk(s_np, k), a.iters, a.warmup)
         results[n] = res
         vst = vstore.get(n)
         flops = fpr * n
-        rows = rows_for(n, res, vst, flops)
+        rows = rows_for(res, chk, vst, flops)
         if vst and vst.get("gflops") and vst.get("median_ms"):
             ours = flops / (vst["median_ms"] * 1e-3) / 1e9
             if abs(ours - vst["gflops"]) > 0.01 * ours:
@@ -762,15 +1079,18 @@ def main():
         title = f"n = {n}, k = {k}, {flops / 1e6:.1f} MFLOP per query"
         # Each vstore row against onnxruntime (run + top-k), the goal's
         # comparison (the ratio column is against the first vstore row only).
-        ort_ms = res["ort_topk"].get("median_ms") if res["ort_topk"] else None
+        ort_ms = res["ort_topk"].get("median_ms") if "ort_topk" in res else None
         vs = [(r["method"].replace("vstore variant: ", "").replace(
             "vstore (ids in, top k out)", "as given"), r["median_ms"])
             for r in rows if r["method"].startswith("vstore") and r["median_ms"]]
-        speedups = "onnxruntime (run + top-k) / vstore: " + ", ".join(
+        speedups = "onnxruntime fp32 (run + top-k) / vstore: " + ", ".join(
             f"{name} {ort_ms / ms:.2f}x" for name, ms in vs) if ort_ms else ""
-        print(f"\n{title}\n{text_table(rows)}\n{speedups}\n")
-        md_parts.append(f"### {title}\n\n" + md_table(HEADER, [cells(r) for r in rows])
-                        + (f"\n\n{speedups}" if speedups else ""))
+        skipped_line = ("skipped: " + "; ".join(f"{LABEL[kk]} ({r})" for kk, r in skipped.items())
+                        if skipped else "")
+        below = "\n".join(x for x in (speedups, skipped_line) if x)
+        print(f"\n{title}\n{text_table(hdr, rows)}\n{below}\n")
+        md_parts.append(f"### {title}\n\n" + md_table(hdr, [cells(r) for r in rows])
+                        + (f"\n\n{below}" if below else ""))
 
     peak = None
     if not a.no_peak:
@@ -778,6 +1098,9 @@ def main():
         print(f"reference: numpy float32 {peak['size']}^3 matmul, 1 thread: {peak['gflops']:.1f} GFLOP/s "
               f"median (best {peak['best_gflops']:.1f})")
 
+    cpu_wall = {LABEL[key]: max(r[kk]["cpu_per_wall"] for r in results.values()
+                                for kk in (key, key + "_topk") if kk in r)
+                for key, _ in PEERS if any(key in r for r in results.values())}
     notes = [
         f"Model {spec['name']!r} (contract v{spec['format']}): cross {dims['cross']}, upper "
         f"{dims['upper_inputs']} {dims['upper']} (layers as [in, out])"
@@ -788,25 +1111,49 @@ def main():
         "Peers start from the already-gathered, concatenated inputs tt_x_{n}.npy (no id lookup, "
         "no gather, no feature transforms) and the same X every call (warm caches).",
         "ratio = peer median / vstore median (>1: vstore is faster). GFLOP/s = FLOPs / median time.",
-        f"All single-threaded; median (and 10th percentile) of {a.iters} calls after {a.warmup} warm-up.",
+        f"top-{k} overlap = |top-{k} rows of the row's scores ∩ top-{k} rows of a float64 numpy "
+        f"reference of the same model on the same X| / {k}; max rel err against the same reference "
+        "(per row, rows below 1e-3 of the largest |score| measured against that). The vstore row uses "
+        "vstore's scores tt_expected.",
+        f"All single-threaded; median (and 10th percentile) of {a.iters} calls after {a.warmup} warm-up. "
+        "CPU time / wall time while timed (max over n): "
+        + ", ".join(f"{name} {v:.2f}" for name, v in cpu_wall.items()) + ".",
         "Versions: " + ", ".join(f"{kk} {v}" for kk, v in versions.items()) + ".",
-        "Max relative error vs tt_expected: " + "; ".join(
-            f"n={n}: onnxruntime {c['ort_max_rel_err']:.1e}, numpy {c['numpy_max_rel_err']:.1e}"
-            for n, c in checks.items()) + ".",
+        "Max relative error vs tt_expected (vstore's scores): " + "; ".join(
+            f"n={n}: " + ", ".join(f"{LABEL[kk]} {c['max_rel_err_vstore']:.1e}"
+                                  for kk, c in chk["peers"].items() if "max_rel_err_vstore" in c)
+            + f", float64 reference {chk['reference_max_rel_err_vs_vstore']:.1e}"
+            for n, chk in checks.items()) + ".",
         f"onnxruntime graph after ORT_ENABLE_ALL: {opt_ops}.",
     ]
+    if "ort_int8" not in skipped or "optimized_ops" in int8_info:
+        notes.append(
+            f"onnxruntime int8: quantize_dynamic of the same graph with Gemm written as MatMul + Add; "
+            f"weights QInt8 symmetric {'per output column' if per_channel else 'per tensor'}, activations "
+            f"uint8 per tensor at run time; after quantization {int8_info.get('ops')}, after "
+            f"ORT_ENABLE_ALL {int8_info.get('optimized_ops')}.")
+    if ov_info:
+        ex = {p: next(iter(v.values()))["exec"] for p, v in ov_info["exec"].items()}
+        notes.append(
+            f"OpenVINO {ov_info['version']}: the same ONNX file, reshaped to [n, {D}] and compiled per n "
+            f"with {ov_config('<precision>')}; CPU OPTIMIZATION_CAPABILITIES "
+            f"{ov_info['optimization_capabilities']}; executed kernels (first n): "
+            + "; ".join(f"{p}: {e}" for p, e in ex.items()) + ".")
+    if skipped:
+        notes.append("Skipped: " + "; ".join(f"{LABEL[kk]}: {r}" for kk, r in skipped.items()) + ".")
     if peak:
         notes.append(f"Reference: numpy float32 {peak['size']}^3 matmul, 1 thread: "
                      f"{peak['gflops']:.1f} GFLOP/s median (best {peak['best_gflops']:.1f}).")
     md = (f"## Three-tower scoring ({spec['name']!r}, contract v{spec['format']}): "
-          "vstore vs onnxruntime and numpy\n\n" + "\n\n".join(md_parts)
+          "vstore vs onnxruntime, OpenVINO and numpy\n\n" + "\n\n".join(md_parts)
           + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n")
     with open(os.path.join(tdir, "tt_peers.md"), "w") as fh:
         fh.write(md)
     with open(os.path.join(tdir, "tt_peers.json"), "w") as fh:
         json.dump({"meta": meta, "model": dims, "flops_per_row": fpr, "versions": versions,
                    "iters": a.iters, "warmup": a.warmup, "threads": 1,
-                   "ort_optimized_ops": opt_ops, "peak_sgemm": peak,
+                   "ort_optimized_ops": opt_ops, "ort_int8": int8_info, "openvino": ov_info,
+                   "skipped": skipped, "peak_sgemm": peak,
                    "checks": {str(n): c for n, c in checks.items()},
                    "results": {str(n): r for n, r in results.items()},
                    "vstore": {str(n): v for n, v in vstore.items()}}, fh, indent=2)
