@@ -59,6 +59,16 @@ fn main() {
             "precomputed_f16",
             support::tt_model_store(m, rows, Some(vstore::Dtype::F16)),
         ),
+        // The bundle added at bf16 (`Transaction::add_model_at`): AMX
+        // where the CPU has it.
+        (
+            "bf16",
+            support::tt_model_store_at(m, rows, None, vstore::Precision::Bf16),
+        ),
+        (
+            "precomputed_f16_bf16",
+            support::tt_model_store_at(m, rows, Some(vstore::Dtype::F16), vstore::Precision::Bf16),
+        ),
     ];
     let snap = store.snapshot();
     let key = support::TT_KEY;
@@ -128,8 +138,29 @@ fn main() {
             &[n],
             &bytes(&expected),
         );
+        // The bf16 variants' scores of the same query, in the same order
+        // (tt_expected_{variant}_{n}.npy), for their overlap with float64.
+        for (name, store) in variants.iter().filter(|(name, _)| name.contains("bf16")) {
+            let r = store
+                .snapshot()
+                .query(
+                    &Query::ids(key, &users[0], ids, n)
+                        .three_tower(&inputs[0])
+                        .model(m.name),
+                )
+                .unwrap();
+            let of: std::collections::HashMap<u64, f32> =
+                r.hits.iter().map(|h| (h.id, h.score)).collect();
+            let v: Vec<f32> = ids.iter().map(|id| of[id]).collect();
+            support::write_npy(
+                &out.join(format!("tt_expected_{name}_{n}.npy")),
+                "<f4",
+                &[n],
+                &bytes(&v),
+            );
+        }
         // Time: rounds of one pass over the 16 candidate sets and users
-        // per variant (plain, precomputed f32, precomputed f16), so that
+        // per variant (plain, precomputed f32 and f16, bf16), so that
         // every variant sees the same machine state over time. Within a
         // pass one model runs query after query, as in a service, so its
         // weights stay in cache; the rows do not (a set comes back only

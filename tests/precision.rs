@@ -3,8 +3,10 @@
 //! top-k sets overlap the reference's by at least 0.99 over all queries of
 //! a bundle and scores stay within bf16's error; on a larger model (the
 //! example bundle, 5,000 candidates, k = 500) the top-500 overlaps the f32
-//! path's by at least 0.99. The kernel level in use is printed (AMX runs
-//! bf16 on tiles; lower levels run f32 products on the rounded weights).
+//! path's by at least 0.99; and exact mode (`Query::exact`) returns the
+//! f32 bundle's result bit for bit on all of them. The kernel level in use
+//! is printed (AMX runs bf16 on tiles; lower levels run f32 products on the
+//! rounded weights).
 
 mod common;
 
@@ -38,15 +40,20 @@ fn bf16_bundles_keep_the_float64_top_k_on_every_parity_model() {
             serde_json::from_slice(&std::fs::read(data_dir(v2).join("case.json")).unwrap())
                 .unwrap();
         for c in case["cases"].as_array().unwrap() {
-            let tmp = tempfile::tempdir().unwrap();
-            let mut w = build(tmp.path(), &case);
             let dir = data_dir(v2).join(c["bundle"].as_str().unwrap());
             let json = std::fs::read(dir.join("model.json")).unwrap();
             let weights = std::fs::read(dir.join("weights.safetensors")).unwrap();
-            let mut tx = w.begin();
-            let key = tx.add_model_at(&json, &weights, Precision::Bf16).unwrap();
-            tx.commit().unwrap();
-            let snap = Store::open(tmp.path()).unwrap().snapshot();
+            // The bundle at bf16, and in a store of its own at f32.
+            let tmps = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+            let mut key = String::new();
+            for (tmp, p) in tmps.iter().zip([Precision::Bf16, Precision::F32]) {
+                let mut w = build(tmp.path(), &case);
+                let mut tx = w.begin();
+                key = tx.add_model_at(&json, &weights, p).unwrap();
+                tx.commit().unwrap();
+            }
+            let snap = Store::open(tmps[0].path()).unwrap().snapshot();
+            let snap_f32 = Store::open(tmps[1].path()).unwrap().snapshot();
             let name = c["name"].as_str().unwrap_or("default");
             let model = snap.model_named(&key, name).unwrap();
             assert_eq!(model.precision(), Precision::Bf16);
@@ -69,6 +76,11 @@ fn bf16_bundles_keep_the_float64_top_k_on_every_parity_model() {
                     query = query.fusion(f);
                 }
                 let r = snap.query(&query).unwrap();
+                // Exact mode: the f32 bundle's result, bit for bit.
+                let exact = snap.query(&query.exact().with_heads()).unwrap();
+                let f32_r = snap_f32.query(&query.with_heads()).unwrap();
+                assert_eq!(exact, f32_r, "{dir:?} query {qi}: exact mode");
+                assert_eq!(snap_f32.query(&query.exact()).unwrap().hits, f32_r.hits);
                 let exp = &q["expected"];
                 let exp_ids = u64s(&exp["ids"]);
                 let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
@@ -172,6 +184,15 @@ fn bf16_top_500_of_5000_candidates_matches_the_f32_path() {
         let (a, b) = (top(&snaps[0]), top(&snaps[1]));
         assert_eq!(a.len(), 500);
         assert_ne!(a, b, "the bf16 order is the f32 one: bf16 did not run");
+        // Exact mode: the f32 top 500 with its scores and head values.
+        let query = Query::ids("prerank@v1", &user, &cands, 500)
+            .three_tower(&inputs)
+            .with_heads();
+        assert_eq!(
+            snaps[1].query(&query.exact()).unwrap(),
+            snaps[0].query(&query).unwrap(),
+            "exact mode, query {q}"
+        );
         hit += common_ids(&a, &b);
         want += a.len();
     }

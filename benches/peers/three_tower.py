@@ -855,7 +855,8 @@ def rows_for(res, chk, vst, flops):
 
     out = [row("vstore (ids in, top k out)", vst or {}, chk["peers"].get("vstore"))]
     for vn, vms_v in sorted((vst or {}).get("variants", {}).items()):
-        out.append(row(f"vstore variant: {vn}", {"median_ms": vms_v}))
+        out.append(row(f"vstore variant: {vn}", {"median_ms": vms_v},
+                       chk["peers"].get(f"vstore variant: {vn}")))
     for key, label in PEERS:
         if key in res:
             acc = chk["peers"][key]
@@ -1013,6 +1014,13 @@ def main():
         chk = {"reference_max_rel_err_vs_vstore": rel_err(ref, want),
                "peers": {"vstore": {"max_rel_err_f64": rel_err(want, ref),
                                     "topk_overlap_f64": len(top_want & top_ref) / k}}}
+        for vn in sorted((vstore.get(n) or {}).get("variants", {})):
+            f = os.path.join(tdir, f"tt_expected_{vn}_{n}.npy")
+            if os.path.exists(f):
+                s_v = np.load(f).astype(np.float64)
+                chk["peers"][f"vstore variant: {vn}"] = {
+                    "max_rel_err_f64": rel_err(s_v, ref),
+                    "topk_overlap_f64": len(set(topk(s_v, k)[0].tolist()) & top_ref) / k}
         if not chk["reference_max_rel_err_vs_vstore"] < MAX_REL_ERR:
             fail(f"n={n}: the float64 reference differs from tt_expected (max rel err "
                  f"{chk['reference_max_rel_err_vs_vstore']:.3g} >= {MAX_REL_ERR}): it does not compute "

@@ -547,6 +547,7 @@ mod tests {
     /// half an ulp), so a product by at most (1 + 2^-8)^2 - 1 < 2^-7 *
     /// 1.004, plus f32 summation (k * 2^-24 relative) and the f32 start
     /// value; all relative to `|start| + sum_p |a_p w_p|`.
+    #[allow(clippy::too_many_arguments)]
     fn check_precision(
         m: usize,
         n: usize,

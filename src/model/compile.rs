@@ -146,6 +146,7 @@ impl Model {
             json,
             precision: crate::kernels::Precision::F32,
             converted: None,
+            f32_twin: None,
         })
     }
 }

@@ -49,6 +49,15 @@ impl Model {
         prep.fusion.as_ref().unwrap_or(&self.fusion)
     }
 
+    /// Whether the query's fusion scores each item from its own values
+    /// alone (not by ranks over every candidate).
+    pub(crate) fn fusion_is_per_item(&self, prep: &Prepared<'_>) -> bool {
+        !matches!(
+            self.fusion_of(prep),
+            super::parts::FusionPlan::Rank { .. } | super::parts::FusionPlan::RankPerHead(_)
+        )
+    }
+
     /// Whether the query's fusion reads head `h`.
     pub(crate) fn fuses_head(&self, prep: &Prepared<'_>, h: usize) -> bool {
         self.fusion_of(prep).reads_head(h)

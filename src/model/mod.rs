@@ -145,6 +145,9 @@ pub struct Model {
     /// At a precision other than f32: the converted weights, as stored
     /// with the bundle (a safetensors file, `precision.rs`).
     pub(crate) converted: Option<std::sync::Arc<Vec<u8>>>,
+    /// At a precision other than f32: the same bundle at f32, which
+    /// [`crate::Query::exact`] rescores with.
+    pub(crate) f32_twin: Option<std::sync::Arc<Model>>,
 }
 
 /// Parses `weights.safetensors` bytes.

@@ -215,7 +215,16 @@ impl Model {
         }
         model.set_precision(precision);
         model.converted = converted.map(|c| Arc::new(c.to_vec()));
+        if precision != Precision::F32 {
+            model.f32_twin = Some(Arc::new(Model::load(json, weights, schema)?));
+        }
         Ok(model)
+    }
+
+    /// The same bundle at f32 (for [`crate::Query::exact`]; `None` at
+    /// f32).
+    pub(crate) fn f32_twin(&self) -> Option<&Model> {
+        self.f32_twin.as_deref()
     }
 
     /// The converted weights the store keeps with the bundle (`None` at

@@ -73,6 +73,7 @@ pub struct Query<'a> {
     bundle: Option<&'a str>,
     fusion: Option<&'a Fusion>,
     heads: bool,
+    exact: bool,
 }
 
 impl<'a> Query<'a> {
@@ -89,6 +90,7 @@ impl<'a> Query<'a> {
             bundle: None,
             fusion: None,
             heads: false,
+            exact: false,
         }
     }
 
@@ -104,6 +106,7 @@ impl<'a> Query<'a> {
             bundle: None,
             fusion: None,
             heads: false,
+            exact: false,
         }
     }
 
@@ -145,6 +148,19 @@ impl<'a> Query<'a> {
         self.heads = true;
         self
     }
+
+    /// For a bundle added at a precision other than f32: the top k, their
+    /// scores and head values exactly as the bundle added at f32 (as given,
+    /// not precomputed) returns them. Every candidate is scored at the
+    /// bundle's precision, then those whose score is within twice the
+    /// largest error seen of the k-th are scored again in f32 (rank fusion,
+    /// whose ranks involve every candidate: all of them), and the top k is
+    /// taken from the f32 scores. No effect on an f32 bundle. The cost is
+    /// in docs/PERF.md ("Exact mode").
+    pub fn exact(mut self) -> Self {
+        self.exact = true;
+        self
+    }
 }
 
 /// How pass 3 scores the resolved rows.
@@ -159,7 +175,16 @@ enum Scorer<'q, 's> {
         model: &'s Model,
         prep: Box<Prepared<'q>>,
         segs: Vec<SegmentInputs<'s>>,
+        /// [`Query::exact`] on a low-precision bundle: its f32 twin.
+        exact: Option<Box<Exact<'q, 's>>>,
     },
+}
+
+/// The f32 model an exact query rescores with, prepared for the query.
+struct Exact<'q, 's> {
+    model: &'s Model,
+    prep: Prepared<'q>,
+    segs: Vec<SegmentInputs<'s>>,
 }
 
 /// One scored item.
@@ -367,10 +392,35 @@ impl Snapshot {
                     let emb = self.embedding(i, q.key)?;
                     inputs.push(model.segment_inputs(s, emb, pre, &prep)?);
                 }
+                let exact = match model.f32_twin() {
+                    Some(twin) if q.exact => {
+                        let prep = twin.prepare(
+                            q.user,
+                            q.model.expect("three-tower"),
+                            fusion,
+                            self.schema(),
+                        )?;
+                        let mut segs_f32 = Vec::with_capacity(segs.len());
+                        for (i, s) in segs.iter().enumerate() {
+                            // The item part computed, never precomputed:
+                            // the stored one was computed at the bundle's
+                            // precision.
+                            let emb = self.embedding(i, q.key)?;
+                            segs_f32.push(twin.segment_inputs(s, emb, None, &prep)?);
+                        }
+                        Some(Box::new(Exact {
+                            model: twin,
+                            prep,
+                            segs: segs_f32,
+                        }))
+                    }
+                    _ => None,
+                };
                 Scorer::Model {
                     model,
                     prep: Box::new(prep),
                     segs: inputs,
+                    exact,
                 }
             }
         })
@@ -398,7 +448,12 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
                 &mut scratch.scores,
             );
         }
-        Scorer::Model { model, prep, segs } => {
+        Scorer::Model {
+            model,
+            prep,
+            segs,
+            exact,
+        } => {
             model.score(
                 prep,
                 segs,
@@ -422,6 +477,9 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
                 &mut scratch.scores,
                 &mut scratch.model,
             );
+            if let Some(e) = exact {
+                rescore_exactly(e, scratch, nh);
+            }
         }
     }
     let nh = match scorer {
@@ -433,6 +491,80 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
         .topk
         .push_all(&scratch.scores, &scratch.ids, &mut scratch.sample);
     scratch.topk.finish(&mut scratch.best);
+}
+
+/// [`Query::exact`]: rescores in f32 every candidate whose low-precision
+/// score is within `2 e` of the k-th, `e` the largest difference between
+/// the two scores among those rescored (grown until it holds), so every
+/// item of the f32 top k is among them (its low-precision score is at
+/// least the f32 k-th less `e`, and the low-precision k-th at most the f32
+/// k-th plus `e`). Their scores and head values become the f32 ones; the
+/// others' scores become `f32::MIN`, below any rescored one. Rank fusion,
+/// and a rescored item whose f32 score is not finite (the next one would
+/// be needed), rescore every candidate.
+fn rescore_exactly(e: &Exact<'_, '_>, scratch: &mut Scratch, nh: usize) {
+    let n = scratch.locs.len();
+    let k = scratch.topk.k().min(n);
+    if n == 0 {
+        return;
+    }
+    let lp = std::mem::take(&mut scratch.scores);
+    let rank = !e.model.fusion_is_per_item(&e.prep);
+    let mut chosen = vec![rank; n];
+    let mut margin = 0f32;
+    let kth = {
+        let mut v: Vec<f32> = lp
+            .iter()
+            .map(|&x| if x.is_nan() { f32::INFINITY } else { x })
+            .collect();
+        let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        *kth
+    };
+    let (mut f32_scores, mut f32_heads) = (vec![f32::MIN; n], vec![0f32; n * nh]);
+    let mut done = vec![false; n];
+    let mut err = 0f32;
+    loop {
+        let todo: Vec<usize> = (0..n)
+            .filter(|&j| !done[j] && (chosen[j] || !lp[j].is_finite() || lp[j] >= kth - margin))
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+        let locs: Vec<Loc> = todo.iter().map(|&j| scratch.locs[j]).collect();
+        let ids: Vec<u64> = todo.iter().map(|&j| scratch.ids[j]).collect();
+        let (mut heads, mut scores) = (Vec::new(), Vec::new());
+        e.model
+            .score(&e.prep, &e.segs, &locs, &mut heads, &mut scratch.model);
+        e.model.fuse(
+            &e.prep,
+            &e.segs,
+            &locs,
+            &heads,
+            &ids,
+            &mut scores,
+            &mut scratch.model,
+        );
+        for (t, &j) in todo.iter().enumerate() {
+            done[j] = true;
+            chosen[j] = true;
+            f32_scores[j] = scores[t];
+            f32_heads[j * nh..(j + 1) * nh].copy_from_slice(&heads[t * nh..(t + 1) * nh]);
+            let fused_ok = heads[t * nh..(t + 1) * nh].iter().all(|h| h.is_finite());
+            if !scores[t].is_finite() || !fused_ok {
+                // The f32 path drops it, and would take the next item.
+                chosen.iter_mut().for_each(|c| *c = true);
+            } else if lp[j].is_finite() {
+                err = err.max((lp[j] - scores[t]).abs());
+            }
+        }
+        if 2.0 * err > margin {
+            margin = 2.0 * err * 1.25 + f32::EPSILON * kth.abs();
+        } else if !(0..n).any(|j| chosen[j] && !done[j]) {
+            break;
+        }
+    }
+    scratch.scores = f32_scores;
+    scratch.head_values = f32_heads;
 }
 
 /// Moves the items `finite` rejects (by index into `locs`) out of `locs`,

@@ -662,11 +662,7 @@ fn demo_runs_and_export_builds_and_queries() {
 }
 
 /// Every item's fused score under the store's `prerank@v1` bundle, by id.
-fn scores_of(
-    dir: &std::path::Path,
-    user: &[f32],
-    inputs: &vstore::UserInputs,
-) -> Vec<(u64, f32)> {
+fn scores_of(dir: &std::path::Path, user: &[f32], inputs: &vstore::UserInputs) -> Vec<(u64, f32)> {
     let snap = Store::open(dir).unwrap().snapshot();
     let q = vstore::Query::full_scan("prerank@v1", user, snap.len()).three_tower(inputs);
     let mut v: Vec<(u64, f32)> = snap
@@ -752,17 +748,14 @@ fn add_model_replace_and_drop_model() {
     assert_ne!(f32_scores, bf16_scores, "bf16 must not be f32");
     for ((ia, a), (ib, b)) in f32_scores.iter().zip(&bf16_scores) {
         assert_eq!(ia, ib);
-        assert!((a - b).abs() <= 0.05 * a.abs() + 1e-3, "item {ia}: f32 {a} vs bf16 {b}");
+        assert!(
+            (a - b).abs() <= 0.05 * a.abs() + 1e-3,
+            "item {ia}: f32 {a} vs bf16 {b}"
+        );
     }
     let out = ok(&["inspect", &d.p("s")]);
     assert!(out.contains("bf16"), "{out}");
-    let e = usage_fails(&[
-        "add-model",
-        &d.p("s"),
-        &d.p("model"),
-        "--precision",
-        "int4",
-    ]);
+    let e = usage_fails(&["add-model", &d.p("s"), &d.p("model"), "--precision", "int4"]);
     assert!(e.contains("--precision") && e.contains("int4"), "{e}");
     let out = ok(&["drop-model", &d.p("s"), "prerank@v1"]);
     assert!(

@@ -39,9 +39,8 @@ pub fn parse_precompute(s: &str) -> Result<Dtype> {
 
 /// Parses `--precision` (f32 or bf16).
 pub fn parse_precision(s: &str) -> Result<Precision> {
-    Precision::parse(s).ok_or_else(|| {
-        ToolError::Usage(format!("--precision {s:?}: use f32 or bf16"))
-    })
+    Precision::parse(s)
+        .ok_or_else(|| ToolError::Usage(format!("--precision {s:?}: use f32 or bf16")))
 }
 
 /// Runs `add-model`.
