@@ -42,20 +42,20 @@ fn bench(c: &mut Criterion) {
         for n in [1_000usize, 5_000, 10_000] {
             let sets = support::candidate_sets(rows, n, 16, 0xC0FFEE + n as u64);
             g.throughput(Throughput::Elements((2 * model.macs_per_item() * n) as u64));
-            // At bf16, also in exact mode (`Query::exact`: the f32 top k).
-            let modes: &[bool] = if precision == Precision::F32 {
-                &[false]
-            } else {
-                &[false, true]
-            };
-            for &exact in modes {
+            // Also on two threads (`Query::threads`) and, at bf16, in exact
+            // mode (`Query::exact`: the f32 top k).
+            let mut modes = vec![("", false, 1), ("_2threads", false, 2)];
+            if precision != Precision::F32 {
+                modes.push(("_exact", true, 1));
+            }
+            for (suffix, exact, threads) in modes {
                 let mut q = 0;
-                let suffix = if exact { "_exact" } else { "" };
                 g.bench_function(format!("n{n}_k500{variant}{suffix}"), |b| {
                     b.iter(|| {
                         q = (q + 1) % 16;
                         let query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
-                            .three_tower(&inputs[q]);
+                            .three_tower(&inputs[q])
+                            .threads(threads);
                         let query = if exact { query.exact() } else { query };
                         snap.query(&query).unwrap().hits.len()
                     })

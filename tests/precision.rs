@@ -4,7 +4,8 @@
 //! a bundle and scores stay within bf16's error; on a larger model (the
 //! example bundle, 5,000 candidates, k = 500) the top-500 overlaps the f32
 //! path's by at least 0.99; and exact mode (`Query::exact`) returns the
-//! f32 bundle's result bit for bit on all of them. The kernel level in use
+//! f32 bundle's result bit for bit on all of them, as do queries on several
+//! threads (`Query::threads`) the one-thread result. The kernel level in use
 //! is printed (AMX runs bf16 on tiles; lower levels run f32 products on the
 //! rounded weights).
 
@@ -81,6 +82,11 @@ fn bf16_bundles_keep_the_float64_top_k_on_every_parity_model() {
                 let f32_r = snap_f32.query(&query.with_heads()).unwrap();
                 assert_eq!(exact, f32_r, "{dir:?} query {qi}: exact mode");
                 assert_eq!(snap_f32.query(&query.exact()).unwrap().hits, f32_r.hits);
+                // Two threads (rank fusion too): the one-thread result.
+                for sn in [&snap, &snap_f32] {
+                    let q1 = query.with_heads();
+                    assert_eq!(sn.query(&q1.threads(2)).unwrap(), sn.query(&q1).unwrap());
+                }
                 let exp = &q["expected"];
                 let exp_ids = u64s(&exp["ids"]);
                 let got_ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
@@ -193,6 +199,17 @@ fn bf16_top_500_of_5000_candidates_matches_the_f32_path() {
             snaps[0].query(&query).unwrap(),
             "exact mode, query {q}"
         );
+        // Several threads on one query: the one-thread result, bit for bit.
+        for snap in &snaps {
+            let one = snap.query(&query).unwrap();
+            for t in [2, 3, 7] {
+                assert_eq!(snap.query(&query.threads(t)).unwrap(), one, "{t} threads");
+            }
+            assert_eq!(
+                snap.query(&query.exact().threads(2)).unwrap(),
+                snap.query(&query.exact()).unwrap()
+            );
+        }
         hit += common_ids(&a, &b);
         want += a.len();
     }

@@ -458,6 +458,46 @@ impl Model {
         }
     }
 
+    /// [`Model::score`] on up to `threads` threads: `locs` split into
+    /// contiguous runs of whole blocks, one per thread (the caller's
+    /// thread runs the first, with `s`; the others start for the call,
+    /// each with buffers of its own), each writing its rows' head values.
+    /// A row's values do not depend on the rows beside it, so the result
+    /// is [`Model::score`]'s, bit for bit.
+    pub(crate) fn score_on(
+        &self,
+        threads: usize,
+        prep: &Prepared<'_>,
+        segs: &[SegmentInputs<'_>],
+        locs: &[Loc],
+        heads: &mut Vec<f32>,
+        s: &mut ModelScratch,
+    ) {
+        let blocks = locs.len().div_ceil(BLOCK);
+        let threads = threads.min(blocks);
+        if threads <= 1 {
+            return self.score(prep, segs, locs, heads, s);
+        }
+        let per = blocks.div_ceil(threads) * BLOCK;
+        let nh = self.heads.len();
+        heads.clear();
+        heads.resize(locs.len() * nh, 0.0);
+        let mut runs = locs.chunks(per).zip(heads.chunks_mut(per * nh));
+        let (first, first_out) = runs.next().expect("two runs or more");
+        std::thread::scope(|scope| {
+            for (run, out) in runs {
+                scope.spawn(move || {
+                    let mut values = Vec::new();
+                    self.score(prep, segs, run, &mut values, &mut ModelScratch::default());
+                    out.copy_from_slice(&values);
+                });
+            }
+            let mut values = Vec::new();
+            self.score(prep, segs, first, &mut values, s);
+            first_out.copy_from_slice(&values);
+        });
+    }
+
     /// Runs the model on the rows `locs` (rows of `segs`) and writes each
     /// row's calibrated head values to `heads[j * H..(j + 1) * H]`.
     pub(crate) fn score(

@@ -74,6 +74,7 @@ pub struct Query<'a> {
     fusion: Option<&'a Fusion>,
     heads: bool,
     exact: bool,
+    threads: usize,
 }
 
 impl<'a> Query<'a> {
@@ -91,6 +92,7 @@ impl<'a> Query<'a> {
             fusion: None,
             heads: false,
             exact: false,
+            threads: 1,
         }
     }
 
@@ -107,6 +109,7 @@ impl<'a> Query<'a> {
             fusion: None,
             heads: false,
             exact: false,
+            threads: 1,
         }
     }
 
@@ -161,6 +164,18 @@ impl<'a> Query<'a> {
         self.exact = true;
         self
     }
+
+    /// Runs a three-tower query's model on up to `threads` threads (scoped
+    /// threads started for the query; 0 counts as 1): the candidates are
+    /// split into contiguous runs of whole scoring blocks, one per thread,
+    /// and fusion and the top k then see every candidate, so the result is
+    /// the same as on one thread, bit for bit. Worth it from a few thousand
+    /// candidates (docs/PERF.md, "Three-tower scoring"); a two-tower query
+    /// runs on one thread whatever this says.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
 }
 
 /// How pass 3 scores the resolved rows.
@@ -177,6 +192,8 @@ enum Scorer<'q, 's> {
         segs: Vec<SegmentInputs<'s>>,
         /// [`Query::exact`] on a low-precision bundle: its f32 twin.
         exact: Option<Box<Exact<'q, 's>>>,
+        /// [`Query::threads`].
+        threads: usize,
     },
 }
 
@@ -421,6 +438,7 @@ impl Snapshot {
                     prep: Box::new(prep),
                     segs: inputs,
                     exact,
+                    threads: q.threads,
                 }
             }
         })
@@ -453,8 +471,10 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
             prep,
             segs,
             exact,
+            threads,
         } => {
-            model.score(
+            model.score_on(
+                *threads,
                 prep,
                 segs,
                 &scratch.locs,
