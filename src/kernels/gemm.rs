@@ -37,6 +37,8 @@ pub(crate) struct Weights {
     packed: Vec<f32>,
     /// The AMX bf16 layout (only for `Kernel::AmxBf16`).
     packed_bf16: Vec<crate::kernels::amx::Line>,
+    /// The bf16 pair layout (only for `Kernel::DpBf16`).
+    packed_dp: Vec<u16>,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
@@ -58,6 +60,8 @@ enum Kernel {
     Avx512,
     /// `amx`, bf16 tiles.
     AmxBf16,
+    /// `gemm_bf16`, bf16 pairs on `vdpbf16ps`.
+    DpBf16,
 }
 
 impl Weights {
@@ -116,19 +120,26 @@ impl Weights {
             #[cfg(target_arch = "x86_64")]
             Level::Amx if precision == Precision::Bf16 => (Kernel::AmxBf16, 0),
             #[cfg(target_arch = "x86_64")]
+            Level::Avx512Bf16 if precision == Precision::Bf16 => (Kernel::DpBf16, 0),
+            #[cfg(target_arch = "x86_64")]
             Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 | Level::Amx => (Kernel::Avx512, crate::kernels::gemm_avx512::NR),
+            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => {
+                (Kernel::Avx512, crate::kernels::gemm_avx512::NR)
+            }
             _ => (Kernel::None, 0),
         };
         let mut packed = Vec::new();
         let mut packed_bf16 = Vec::new();
+        let mut packed_dp = Vec::new();
         match kernel {
             Kernel::None => {}
             #[cfg(target_arch = "x86_64")]
             Kernel::AmxBf16 => packed_bf16 = crate::kernels::amx::pack(&given, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::DpBf16 => packed_dp = crate::kernels::gemm_bf16::pack(&given, n, k),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::AmxBf16 => {}
+            Kernel::AmxBf16 | Kernel::DpBf16 => {}
             Kernel::Avx2 | Kernel::Avx512 => {
                 packed = vec![0f32; n.div_ceil(nr) * k * nr];
                 for j in 0..n {
@@ -151,6 +162,7 @@ impl Weights {
             },
             packed,
             packed_bf16,
+            packed_dp,
             kernel,
             narrow,
             precision,
@@ -242,6 +254,28 @@ pub(crate) fn matmul_prefetching(
     #[cfg(target_arch = "x86_64")]
     match w.kernel {
         Kernel::None => {}
+        Kernel::DpBf16 => {
+            // SAFETY: `Kernel::DpBf16` is only set for Level::Avx512Bf16,
+            // which `Weights::for_level` asserts the CPU has (AVX-512 F, BW,
+            // VL and BF16, FMA and F16C present); the asserts above and the
+            // packing (`gemm_bf16::pack`) are the kernel's bounds contract.
+            unsafe {
+                crate::kernels::gemm_bf16::gemm_packed(
+                    m,
+                    n,
+                    k,
+                    a,
+                    lda,
+                    &w.packed_dp,
+                    c,
+                    ldc,
+                    start,
+                    relu,
+                    ahead,
+                )
+            };
+            return;
+        }
         Kernel::AmxBf16 => {
             // SAFETY: `Kernel::AmxBf16` is only set for Level::Amx, which
             // `Weights::for_level` asserts the CPU has (AMX granted to the
@@ -475,7 +509,7 @@ mod tests {
                 let kernel = match level {
                     _ if n <= NARROW => Kernel::None,
                     Level::Avx2 => Kernel::Avx2,
-                    Level::Avx512 | Level::Amx => Kernel::Avx512,
+                    Level::Avx512 | Level::Avx512Bf16 | Level::Amx => Kernel::Avx512,
                     Level::Portable => Kernel::None,
                 };
                 assert_eq!(w.kernel, kernel);
@@ -542,8 +576,8 @@ mod tests {
 
     /// Checks `matmul` at `precision` on every level this CPU runs against
     /// a float64 product of the given (unrounded) values, within the bound
-    /// the precision implies: each bf16 rounding (weights, and on AMX the
-    /// activations) is off by at most 2^-8 relative (8 significant bits,
+    /// the precision implies: each bf16 rounding (weights, and on AMX and
+    /// AVX512-BF16 the activations) is off by at most 2^-8 relative (8 significant bits,
     /// half an ulp), so a product by at most (1 + 2^-8)^2 - 1 < 2^-7 *
     /// 1.004, plus f32 summation (k * 2^-24 relative) and the f32 start
     /// value; all relative to `|start| + sum_p |a_p w_p|`.
@@ -559,28 +593,66 @@ mod tests {
         precision: Precision,
     ) -> Vec<(Level, Kernel)> {
         let mut ran = Vec::new();
+        // Start values: rows exact in f16 (multiples of 1/8 below 2).
+        let r = |i: usize, j: usize| ((i * 3 + j * 5) % 17) as f32 * 0.125 - 1.0;
+        let rows32: Vec<Vec<u8>> = (0..m)
+            .map(|i| (0..n).flat_map(|j| r(i, j).to_le_bytes()).collect())
+            .collect();
+        let rows16: Vec<Vec<u8>> = (0..m)
+            .map(|i| {
+                (0..n)
+                    .flat_map(|j| half::f16::from_f32(r(i, j)).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let r32: Vec<&[u8]> = rows32.iter().map(|v| &v[..]).collect();
+        let r16: Vec<&[u8]> = rows16.iter().map(|v| &v[..]).collect();
         for level in Level::available() {
             let w = Weights::for_level(wraw, k, k, n, level, precision);
             ran.push((level, w.kernel));
-            let mut c = vec![f32::NAN; m * n];
-            matmul(m, a, k, &w, &mut c, n, Start::Bias(bias), relu);
-            for i in 0..m {
-                for j in 0..n {
-                    let terms = (0..k).map(|p| a[i * k + p] as f64 * wraw[j * k + p] as f64);
-                    let exact = bias[j] as f64 + terms.clone().sum::<f64>();
-                    let mass = bias[j].abs() as f64 + terms.map(f64::abs).sum::<f64>();
-                    let rel = match w.precision() {
-                        Precision::F32 => 0.0,
-                        Precision::Bf16 => 2f64.powi(-7) * 1.004,
-                    } + (k as f64 + 2.0) * 2f64.powi(-24);
-                    let want = if relu { exact.max(0.0) } else { exact };
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= rel * mass + 1e-30,
-                        "{precision:?} {level:?} {:?} m{m} n{n} k{k} ({i},{j}): {got} vs {want} (bound {})",
-                        w.kernel,
-                        rel * mass
-                    );
+            for kind in 0..5 {
+                let (start, s0): (Start<'_>, Box<dyn Fn(usize, usize) -> f32>) = match kind {
+                    0 => (Start::Zero, Box::new(|_, _| 0.0)),
+                    1 => (Start::Bias(bias), Box::new(|_, j| bias[j])),
+                    2 => (Start::Accumulate, Box::new(|i, j| r(i, j) * 2.0)),
+                    3 => (
+                        Start::Rows {
+                            rows: &r32,
+                            half: false,
+                            add: bias,
+                        },
+                        Box::new(|i, j| r(i, j) + bias[j]),
+                    ),
+                    _ => (
+                        Start::Rows {
+                            rows: &r16,
+                            half: true,
+                            add: bias,
+                        },
+                        Box::new(|i, j| r(i, j) + bias[j]),
+                    ),
+                };
+                let mut c: Vec<f32> = (0..m * n).map(|x| r(x / n, x % n) * 2.0).collect();
+                matmul(m, a, k, &w, &mut c, n, start, relu);
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|p| a[i * k + p] as f64 * wraw[j * k + p] as f64);
+                        let st = s0(i, j) as f64;
+                        let exact = st + terms.clone().sum::<f64>();
+                        let mass = st.abs() + terms.map(f64::abs).sum::<f64>();
+                        let rel = match w.precision() {
+                            Precision::F32 => 0.0,
+                            Precision::Bf16 => 2f64.powi(-7) * 1.004,
+                        } + (k as f64 + 3.0) * 2f64.powi(-24);
+                        let want = if relu { exact.max(0.0) } else { exact };
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= rel * mass + 1e-30,
+                            "{precision:?} {level:?} {:?} {start:?} m{m} n{n} k{k} ({i},{j}): {got} vs {want} (bound {})",
+                            w.kernel,
+                            rel * mass
+                        );
+                    }
                 }
             }
         }
@@ -599,6 +671,11 @@ mod tests {
         let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
         let ran = check_precision(m, n, k, &a, &w, &b, false, Precision::Bf16);
         println!("bf16 (level, kernel) pairs checked: {ran:?}");
+        if Level::hardware() >= Level::Avx512Bf16 {
+            assert!(ran.contains(&(Level::Avx512Bf16, Kernel::DpBf16)));
+        } else {
+            println!("no AVX512-BF16 on this CPU: the vdpbf16ps kernel did not run");
+        }
         if Level::hardware() == Level::Amx {
             assert!(ran.contains(&(Level::Amx, Kernel::AmxBf16)));
         } else {

@@ -10,14 +10,16 @@
 //! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
 //! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products) |
 //! | `Avx512` (also AVX-512 F, BW, VL) | `x86` (AVX2) | `gemm_avx512` (12x32 tiles); narrow layers as at `Avx2` |
-//! | `Amx` (also AVX512-BF16, AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
+//! | `Avx512Bf16` (also AVX512-BF16) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on `vdpbf16ps` (`gemm_bf16`, 12x32 tiles) |
+//! | `Amx` (also AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
 //!
 //! A bundle's [`Precision`] says which products its layers use: at `Bf16`
-//! the weights are rounded to bf16 when the bundle is added; on AMX the
-//! activations are rounded too and the products run on tiles, elsewhere
-//! the f32 kernels above run on the rounded weights.
+//! the weights are rounded to bf16 when the bundle is added; on AMX and
+//! AVX512-BF16 the activations are rounded too and the products run in
+//! bf16 with f32 sums, elsewhere the f32 kernels above run on the rounded
+//! weights.
 //!
-//! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512|amx` forces a lower level than the
+//! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512|avx512bf16|amx` forces a lower level than the
 //! CPU's (a higher one is refused with a message, never run);
 //! `VSTORE_FORCE_PORTABLE` (any value) is the same as `portable`.
 
@@ -30,6 +32,8 @@ pub(crate) mod amx;
 pub(crate) mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_bf16;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
@@ -47,6 +51,13 @@ pub enum Level {
     /// matrix product runs the AVX-512 kernel (`gemm_avx512`); everything
     /// else runs the AVX2 kernels.
     Avx512,
+    /// AVX-512 as above plus AVX512-BF16, detected on AMD CPUs (Zen 4 and
+    /// 5) only: bf16 bundles' layers run on `vdpbf16ps`
+    /// (`kernels::gemm_bf16`). An Intel CPU with AVX512-BF16 and no AMX
+    /// runs `Avx512` (the kernel measured slower there than f32 products
+    /// on rounded weights: docs/PERF.md); on an AMX CPU,
+    /// `VSTORE_KERNEL_LEVEL=avx512bf16` runs it (that is how it is tested).
+    Avx512Bf16,
     /// AVX-512 as above plus AVX512-BF16, and AMX (TILE, BF16 and INT8)
     /// with the tile state granted to the process by the OS: bf16
     /// bundles' layers run on AMX tiles (`kernels::amx`).
@@ -104,14 +115,14 @@ impl Precision {
 }
 
 /// The environment variable that forces a lower level than the CPU's
-/// (`portable`, `avx2`, `avx512` or `amx`), so that every path can be tested on a
+/// (`portable`, `avx2`, `avx512`, `avx512bf16` or `amx`), so that every path can be tested on a
 /// machine that has a higher one.
 pub const LEVEL_VAR: &str = "VSTORE_KERNEL_LEVEL";
 
 impl Level {
     /// The level this process runs: the best the CPU supports
     /// ([`Level::hardware`]), lowered by `VSTORE_KERNEL_LEVEL`
-    /// (`portable`, `avx2`, `avx512`, `amx`) or `VSTORE_FORCE_PORTABLE` (any
+    /// (`portable`, `avx2`, `avx512`, `avx512bf16`, `amx`) or `VSTORE_FORCE_PORTABLE` (any
     /// value: the same as `VSTORE_KERNEL_LEVEL=portable`). A level above
     /// the CPU's, or a name not in that list, is refused with a message
     /// on standard error and the CPU's level runs. Chosen once, then cached.
@@ -142,8 +153,16 @@ impl Level {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                 {
-                    if is_x86_feature_detected!("avx512bf16") && amx::granted() {
-                        return Level::Amx;
+                    if is_x86_feature_detected!("avx512bf16") {
+                        if amx::granted() {
+                            return Level::Amx;
+                        }
+                        // `vdpbf16ps` measured slower than the f32 kernel
+                        // on an Intel core (docs/PERF.md); AMD's tables give
+                        // it twice an FMA's multiply-adds per cycle.
+                        if is_amd() {
+                            return Level::Avx512Bf16;
+                        }
                     }
                     return Level::Avx512;
                 }
@@ -156,10 +175,16 @@ impl Level {
     /// Every level this CPU runs, lowest first (for tests that run each).
     #[cfg(test)]
     pub fn available() -> Vec<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512, Level::Amx]
-            .into_iter()
-            .filter(|&l| l <= Level::hardware())
-            .collect()
+        [
+            Level::Portable,
+            Level::Avx2,
+            Level::Avx512,
+            Level::Avx512Bf16,
+            Level::Amx,
+        ]
+        .into_iter()
+        .filter(|&l| l <= Level::hardware())
+        .collect()
     }
 
     /// The level's name, as `VSTORE_KERNEL_LEVEL` spells it.
@@ -168,6 +193,7 @@ impl Level {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Avx512Bf16 => "avx512bf16",
             Level::Amx => "amx",
         }
     }
@@ -186,17 +212,16 @@ impl Level {
             "portable" => Level::Portable,
             "avx2" => Level::Avx2,
             "avx512" => Level::Avx512,
+            "avx512bf16" => Level::Avx512Bf16,
             "amx" => Level::Amx,
-            _ => {
-                return (
-                    hardware,
-                    Some(format!(
-                        "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512, amx; \
+            _ => return (
+                hardware,
+                Some(format!(
+                    "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512, avx512bf16, amx; \
                          running the CPU's level, {}",
-                        hardware.name()
-                    )),
-                )
-            }
+                    hardware.name()
+                )),
+            ),
         };
         if wanted > hardware {
             return (
@@ -228,6 +253,17 @@ pub(crate) fn f16_to_f32(src: &[half::f16], out: &mut [f32]) {
         return;
     }
     src.convert_to_f32_slice(out);
+}
+
+/// Whether the CPU's vendor string is AMD's (CPUID leaf 0).
+#[cfg(target_arch = "x86_64")]
+fn is_amd() -> bool {
+    let id = std::arch::x86_64::__cpuid(0);
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&id.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&id.edx.to_le_bytes());
+    v[8..].copy_from_slice(&id.ecx.to_le_bytes());
+    &v == b"AuthenticAMD"
 }
 
 /// Hints the CPU to fetch the cache line holding `p` (no-op off x86-64).
