@@ -28,13 +28,14 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     // As given, and with the first layer's item part precomputed in f16
     // (`Transaction::add_model_precomputed`).
-    // Both at f32 and with the bundle at bf16 (`Transaction::add_model_at`).
+    // At f32 and with the bundle at bf16 or int8 (`Transaction::add_model_at`).
     let f16 = Some(vstore::Dtype::F16);
     for (variant, pre, precision) in [
         ("", None, Precision::F32),
         ("_precomputed_f16", f16, Precision::F32),
         ("_bf16", None, Precision::Bf16),
         ("_precomputed_f16_bf16", f16, Precision::Bf16),
+        ("_int8", None, Precision::Int8),
     ] {
         let store = support::tt_store_at(rows, pre, precision);
         let snap = store.snapshot();
@@ -105,9 +106,12 @@ fn bench(c: &mut Criterion) {
         (64, 32),
         (128, 3),
     ] {
-        for p in [Precision::F32, Precision::Bf16] {
+        for p in [Precision::F32, Precision::Bf16, Precision::Int8] {
             let mut lp = vstore::bench_support::LayerProduct::new(48, k, n).at(p);
-            let suffix = if p == Precision::F32 { "" } else { "_bf16" };
+            let suffix = match p {
+                Precision::F32 => String::new(),
+                p => format!("_{}", p.name()),
+            };
             g.throughput(Throughput::Elements(lp.flops()));
             g.bench_function(format!("m48_k{k}_n{n}{suffix}"), |b| b.iter(|| lp.run()));
         }

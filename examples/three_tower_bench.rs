@@ -66,6 +66,10 @@ fn main() {
             support::tt_model_store_at(m, rows, None, vstore::Precision::Bf16),
         ),
         (
+            "int8",
+            support::tt_model_store_at(m, rows, None, vstore::Precision::Int8),
+        ),
+        (
             "precomputed_f16_bf16",
             support::tt_model_store_at(m, rows, Some(vstore::Dtype::F16), vstore::Precision::Bf16),
         ),
@@ -138,9 +142,11 @@ fn main() {
             &[n],
             &bytes(&expected),
         );
-        // The bf16 variants' scores of the same query, in the same order
+        // The bf16 and int8 variants' scores of the same query, in the same order
         // (tt_expected_{variant}_{n}.npy), for their overlap with float64.
-        for (name, store) in variants.iter().filter(|(name, _)| name.contains("bf16")) {
+        for (name, store) in
+            (variants.iter()).filter(|(name, _)| name.contains("bf16") || name.contains("int8"))
+        {
             let r = store
                 .snapshot()
                 .query(

@@ -126,6 +126,35 @@ pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Vec<Line> {
     lines
 }
 
+/// `k` padded for the int8 tiles (64 values per tile row).
+pub(crate) fn padded_k_i8(k: usize) -> usize {
+    k.div_ceil(64) * 64
+}
+
+/// Quantizes `w` (`[n, k]` row-major) per output channel (row): scale
+/// `max |w_j| / 127`, values `round(w / scale)` in -127..=127 (a row of
+/// zeros gets scale 0); returns them packed as `[np/16][kp/4][16][4]`
+/// int8 in 64-byte lines (the layout `tdpbssd` reads), zero padded, and
+/// the scales (`n`).
+pub(crate) fn pack_i8(w: &[f32], n: usize, k: usize) -> (Vec<Line>, Vec<f32>) {
+    let (kp, np) = (padded_k_i8(k), padded_n(n));
+    let mut lines = vec![Line::default(); np * kp / 64];
+    let out: &mut [u8] = bytemuck::cast_slice_mut(&mut lines);
+    let mut scales = Vec::with_capacity(n);
+    for j in 0..n {
+        let row = &w[j * k..(j + 1) * k];
+        let s = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        scales.push(s);
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        let (blk, col) = (j / TN, j % TN);
+        for (p, &x) in row.iter().enumerate() {
+            let q = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            out[((blk * (kp / 4) + p / 4) * TN + col) * 4 + p % 4] = q as u8;
+        }
+    }
+    (lines, scales)
+}
+
 /// The tile configuration (palette 1): tmm0..tmm7 all 16 rows of 64 bytes.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
@@ -177,56 +206,74 @@ unsafe fn round_rows(m: usize, k: usize, a: &[f32], lda: usize, dst: &mut [u16],
 }
 
 /// One `A` tile row of the loop in [`tiles`]: loads the `A` tile at `pa`
-/// into tmm`at` and adds its product with the `B` tile in tmm`b` to
-/// accumulator tmm`r`.
+/// into tmm`at` and adds its product (`op`: `tdpbf16ps` or `tdpbssd`) with
+/// the `B` tile in tmm`b` to accumulator tmm`r`.
 macro_rules! row_step {
-    ($r:literal, $at:literal, $b:literal, $pa:expr, $sa:expr) => {
+    ($op:literal, $r:literal, $at:literal, $b:literal, $pa:expr, $sa:expr) => {
         asm!(
             concat!("tileloadd tmm", $at, ", [{a} + {sa}]"),
-            concat!("tdpbf16ps tmm", $r, ", tmm", $at, ", tmm", $b),
+            concat!($op, " tmm", $r, ", tmm", $at, ", tmm", $b),
             a = in(reg) $pa, sa = in(reg) $sa,
             options(nostack, readonly),
         )
     };
 }
 
+/// The steps of [`tiles`] for one `B` tile in tmm`b` (6 or 7): `R` row
+/// tiles of `A` at `pa` (rows `sa` bytes apart), products by `op`.
+macro_rules! k_step {
+    ($op:literal, $b:literal, $pa:expr, $sa:expr, $rows:expr) => {{
+        row_step!($op, 0, 3, $b, $pa, $sa);
+        if $rows >= 2 {
+            row_step!($op, 1, 4, $b, $pa.add(TM * $sa), $sa);
+        }
+        if $rows >= 3 {
+            row_step!($op, 2, 5, $b, $pa.add(2 * TM * $sa), $sa);
+        }
+    }};
+}
+
 /// `R` (1 to 3) row tiles of `A` (rows `i0 ..`) against each 16-column
-/// block of `B` in turn: per 32 values of `k`, one `B` tile (from L2 for
-/// the wide layers, so loaded once per call: tmm6 and tmm7 in turn) and
-/// `R` `A` tiles (from L1, tmm3 to tmm5) into `R` accumulators (tmm0 to
-/// tmm2). Each block of sums is stored to `acc` (`[48][16]` f32, in L1)
-/// and finished into `C` at once ([`finish`]).
+/// block of `B` in turn: per 64 bytes of a row of `A` (32 bf16 or 64
+/// int8 values of `k`), one `B` tile (from L2 for the wide layers, so
+/// loaded once per call: tmm6 and tmm7 in turn) and `R` `A` tiles (from
+/// L1, tmm3 to tmm5) into `R` accumulators (tmm0 to tmm2): `tdpbf16ps`
+/// (f32 sums, `OP` 0), or `tdpbssd` (int8 by int8, `OP` 1) or `tdpbusd`
+/// (uint8 activations by int8, `OP` 2; int32 sums). Each block of sums is
+/// stored to `acc` (`[48][16]`, in L1) and finished into `C` at once
+/// ([`finish`]).
 ///
 /// # Safety
-/// AMX-TILE and AMX-BF16 must be usable and configured with
+/// AMX-TILE, -BF16 and -INT8 must be usable and configured with
 /// [`TileConfig::full`], AVX-512 F, BW and VL present; `a` holds `R*16`
-/// rows of `kp` bf16, `b` the packed `np * kp` bf16; `out` is what
-/// [`gemm_packed`]'s contract says of `c` and `start` for rows `i0 ..
-/// i0 + rows`, `rows <= R*16`.
+/// rows of `sa` bytes (`sa` a multiple of 64), `b` the packed `np / 16`
+/// blocks of `sa / 64` tiles of 1 KiB; `out` is what [`gemm_packed`]'s
+/// contract says of `c` and `start` for rows `i0 .. i0 + rows`, `rows <=
+/// R*16`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn tiles<const R: usize>(
-    a: *const u16,
-    kp: usize,
-    b: *const u16,
+unsafe fn tiles<const R: usize, const OP: u8>(
+    a: *const u8,
+    sa: usize,
+    b: *const u8,
     (np, n): (usize, usize),
     acc: &mut Acc,
     out: &mut Out<'_, '_>,
     (i0, rows): (usize, usize),
+    scales: (&[f32], &[f32]),
 ) {
-    let sa = kp * 2;
     let sc: usize = TN * 4;
     let sb: usize = 64;
-    let b_block = (kp / 2) * TN * 2; // u16 per 16-column block
-    let steps = kp / TK;
+    let steps = sa / 64;
+    let b_block = steps * 1024;
     for jb in 0..np / TN {
         let accp = acc.0.as_mut_ptr();
         // SAFETY: the tile instructions read and write only the rows and
         // columns the configuration gives (16 rows x 64 bytes per tile) at
         // the addresses and strides below, all inside the caller's
-        // buffers: A tile (r, kc) at row r*16, bf16 column kc*32; B tile
-        // (jb, kc) at block jb, pair row kc*16; accumulator r at row r*16
-        // of `acc` (48 x 16).
+        // buffers: A tile (r, kc) at row r*16, byte kc*64; B tile (jb, kc)
+        // at block jb, tile kc; accumulator r at row r*16 of `acc` (48 x
+        // 16 four-byte values).
         unsafe {
             let bj = b.add(jb * b_block);
             asm!("tilezero tmm0", options(nostack, nomem));
@@ -241,25 +288,20 @@ unsafe fn tiles<const R: usize>(
                 // Two steps per pass, B in tmm6 then tmm7, so that the
                 // next B load does not wait for the products reading the
                 // last one.
-                let pb = bj.add(kc * TK * TN);
-                let pa = a.add(kc * TK);
+                let (pb, pa) = (bj.add(kc * 1024), a.add(kc * 64));
                 asm!("tileloadd tmm6, [{b} + {sb}]", b = in(reg) pb, sb = in(reg) sb, options(nostack, readonly));
-                row_step!(0, 3, 6, pa, sa);
-                if R >= 2 {
-                    row_step!(1, 4, 6, pa.add(TM * kp), sa);
-                }
-                if R >= 3 {
-                    row_step!(2, 5, 6, pa.add(2 * TM * kp), sa);
+                match OP {
+                    1 => k_step!("tdpbssd", 6, pa, sa, R),
+                    2 => k_step!("tdpbusd", 6, pa, sa, R),
+                    _ => k_step!("tdpbf16ps", 6, pa, sa, R),
                 }
                 if kc + 1 < steps {
-                    let (pb, pa) = (pb.add(TK * TN), pa.add(TK));
+                    let (pb, pa) = (pb.add(1024), pa.add(64));
                     asm!("tileloadd tmm7, [{b} + {sb}]", b = in(reg) pb, sb = in(reg) sb, options(nostack, readonly));
-                    row_step!(0, 3, 7, pa, sa);
-                    if R >= 2 {
-                        row_step!(1, 4, 7, pa.add(TM * kp), sa);
-                    }
-                    if R >= 3 {
-                        row_step!(2, 5, 7, pa.add(2 * TM * kp), sa);
+                    match OP {
+                        1 => k_step!("tdpbssd", 7, pa, sa, R),
+                        2 => k_step!("tdpbusd", 7, pa, sa, R),
+                        _ => k_step!("tdpbf16ps", 7, pa, sa, R),
                     }
                 }
                 kc += 2;
@@ -277,7 +319,14 @@ unsafe fn tiles<const R: usize>(
             out.prefetch();
             // SAFETY: rows i0 .. i0 + rows and columns j0 .. j0 + 16 (at
             // most n) are inside `out` (the function's contract).
-            unsafe { finish(out, acc, (i0, rows), (j0, (n - j0).min(TN))) };
+            unsafe {
+                let cols = (j0, (n - j0).min(TN));
+                if OP == 0 {
+                    finish::<false>(out, acc, (i0, rows), cols, scales)
+                } else {
+                    finish::<true>(out, acc, (i0, rows), cols, scales)
+                }
+            };
         }
     }
 }
@@ -296,7 +345,37 @@ pub(crate) struct Out<'c, 's> {
     ahead: std::slice::Chunks<'s, usize>,
 }
 
-impl Out<'_, '_> {
+impl<'c, 's> Out<'c, 's> {
+    /// Writes to `c` (rows `ldc` apart) from `start`, through ReLU if
+    /// `relu`, spreading `ahead` over the 16-column blocks of `mp` rows in
+    /// 48-row runs, in bursts of at least 32 lines (as the AVX-512 kernel).
+    fn new(
+        c: &'c mut [f32],
+        ldc: usize,
+        start: Start<'s>,
+        relu: bool,
+        ahead: &'s [usize],
+        mp: usize,
+        np: usize,
+    ) -> Self {
+        let blocks = (np / TN) * mp.div_ceil(3 * TM);
+        let per_block = ahead.len().div_ceil(blocks.max(1)).max(32);
+        Out {
+            c,
+            ldc,
+            start,
+            relu,
+            ahead: ahead.chunks(per_block),
+        }
+    }
+
+    /// Prefetches what is left of `ahead`.
+    fn prefetch_rest(&mut self) {
+        for _ in 0..self.ahead.len() {
+            self.prefetch();
+        }
+    }
+
     /// Prefetches the next burst of `ahead`.
     #[inline]
     fn prefetch(&mut self) {
@@ -332,19 +411,9 @@ pub(crate) unsafe fn gemm_packed(
     relu: bool,
     ahead: &[usize],
 ) {
-    let (kp, np) = (padded_k(k), padded_n(n));
+    let kp = padded_k(k);
     let mp = m.div_ceil(TM) * TM;
-    // `ahead` spread over the 16-column blocks in bursts of at least 32
-    // lines, as in the AVX-512 kernel.
-    let blocks = (np / TN) * mp.div_ceil(3 * TM);
-    let per_block = ahead.len().div_ceil(blocks.max(1)).max(32);
-    let mut out = Out {
-        c,
-        ldc,
-        start,
-        relu,
-        ahead: ahead.chunks(per_block),
-    };
+    let mut out = Out::new(c, ldc, start, relu, ahead, mp, padded_n(n));
     SCRATCH.with_borrow_mut(|lines| {
         if lines.len() < mp * kp / 32 {
             lines.resize(mp * kp / 32, Line::default());
@@ -352,63 +421,237 @@ pub(crate) unsafe fn gemm_packed(
         let abuf: &mut [u16] = bytemuck::cast_slice_mut(lines);
         // SAFETY: the caller's contract bounds `a`; `abuf` holds mp * kp.
         unsafe { round_rows(m, k, a, lda, abuf, kp) };
-        // Rows m..mp of `abuf` hold older values: their products land in
-        // accumulator rows that are never read.
-        let mut acc = Acc([0f32; 48 * TN]);
-        let cfg = TileConfig::full();
-        // SAFETY: the CPU has AMX and the process the tile state (the
-        // caller's contract); `cfg` is a valid palette-1 configuration.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
-        let (ap, bp) = (abuf.as_ptr(), packed.as_ptr());
-        let mut i = 0;
-        while i < mp {
-            let tiles_left = (mp - i) / TM;
-            let rows = (m - i).min(3 * TM);
-            let (ap, dims) = (ap.wrapping_add(i * kp), (np, n));
-            // SAFETY: rows i .. i + 16 * (tiles run) are inside `abuf` (mp
-            // rows); `packed` holds np * kp bf16; `out` holds rows i ..
-            // i + rows (the caller's contract).
-            unsafe {
-                match tiles_left {
-                    1 => tiles::<1>(ap, kp, bp, dims, &mut acc, &mut out, (i, rows)),
-                    2 => tiles::<2>(ap, kp, bp, dims, &mut acc, &mut out, (i, rows)),
-                    _ => tiles::<3>(ap, kp, bp, dims, &mut acc, &mut out, (i, rows)),
-                }
-            }
-            i += tiles_left.min(3) * TM;
-        }
-        // SAFETY: releases the tile state this call configured.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        let (a8, b8): (&[u8], &[u8]) = (bytemuck::cast_slice(abuf), bytemuck::cast_slice(packed));
+        // SAFETY: the caller's contract (AMX usable, `packed` and `out`
+        // bounds); `a8` holds mp rows of kp * 2 bytes.
+        unsafe { run::<0>(m, n, a8, kp * 2, b8, &mut out, &[], &[]) };
     });
-    for _ in 0..out.ahead.len() {
-        out.prefetch();
+    out.prefetch_rest();
+}
+
+/// The int8 twin of [`gemm_packed`]: `c[i*ldc + j] = relu?(start(i, j) +
+/// sa[i] * sw[j] * sum_p qa[i][p] * qw[j][p])`, `qa` row `i` of `a`
+/// quantized with the per-row scale `sa[i]` (uint8, `max / 255`, when no
+/// value of `a` is negative, else int8, `max |a[i][..]| / 127`), `qw` and
+/// `sw` the weights and per-column scales [`pack_i8`] made; int32 sums
+/// (`tdpbusd` or `tdpbssd`).
+///
+/// # Safety
+/// AMX-TILE and AMX-INT8 must be usable ([`granted`]) and AVX-512 F, BW
+/// and VL present; `a` must hold `(m-1)*lda + k` values, `packed`
+/// `padded_n(n) * padded_k_i8(k)` bytes, `w_scale` `n` values, `c`
+/// `(m-1)*ldc + n`, a bias or `add` slice `n` values and each of `m` start
+/// rows `n` values of its type (checked by the safe caller).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_packed_i8(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    packed: &[u8],
+    w_scale: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    start: Start<'_>,
+    relu: bool,
+    ahead: &[usize],
+) {
+    let kp = padded_k_i8(k);
+    let mp = m.div_ceil(TM) * TM;
+    let mut out = Out::new(c, ldc, start, relu, ahead, mp, padded_n(n));
+    SCRATCH.with_borrow_mut(|lines| {
+        if lines.len() < mp * kp / 64 {
+            lines.resize(mp * kp / 64, Line::default());
+        }
+        let abuf: &mut [u8] = bytemuck::cast_slice_mut(lines);
+        let mut a_scale = vec![0f32; m];
+        // SAFETY: AVX-512 F and BW (the caller's contract); `abuf` holds
+        // mp * kp bytes, kp a multiple of 64.
+        let unsigned =
+            unsafe { quantize_rows(m, k, a, lda, &mut abuf[..mp * kp], kp, &mut a_scale) };
+        // SAFETY: the caller's contract (AMX usable, `packed`, `w_scale`
+        // and `out` bounds); `abuf` holds mp rows of kp bytes.
+        unsafe {
+            if unsigned {
+                run::<2>(m, n, abuf, kp, packed, &mut out, &a_scale, w_scale)
+            } else {
+                run::<1>(m, n, abuf, kp, packed, &mut out, &a_scale, w_scale)
+            }
+        };
+    });
+    out.prefetch_rest();
+}
+
+/// The tile loop of [`gemm_packed`] and [`gemm_packed_i8`]: `a` holds
+/// `mp` rows of `sa` bytes, `b` the packed weights.
+///
+/// # Safety
+/// As [`tiles`] says, for every row tile of `m` rows padded to 16; with
+/// `OP` 1 or 2 (see [`tiles`]), `a_scale` holds `m` values and `w_scale`
+/// `n`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<const OP: u8>(
+    m: usize,
+    n: usize,
+    a: &[u8],
+    sa: usize,
+    b: &[u8],
+    out: &mut Out<'_, '_>,
+    a_scale: &[f32],
+    w_scale: &[f32],
+) {
+    let (mp, np) = (m.div_ceil(TM) * TM, padded_n(n));
+    // Rows m..mp of `a` hold older values: their products land in
+    // accumulator rows that are never read.
+    let mut acc = Acc([0f32; 48 * TN]);
+    let cfg = TileConfig::full();
+    // SAFETY: the CPU has AMX and the process the tile state (the
+    // caller's contract); `cfg` is a valid palette-1 configuration.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < mp {
+        let tiles_left = (mp - i) / TM;
+        let rows = (m - i).min(3 * TM);
+        let (ap, dims) = (ap.wrapping_add(i * sa), (np, n));
+        let scales = if OP != 0 {
+            (&a_scale[i..], w_scale)
+        } else {
+            (a_scale, w_scale)
+        };
+        // SAFETY: rows i .. i + 16 * (tiles run) are inside `a` (mp rows);
+        // `b` holds the packed weights; `out` holds rows i .. i + rows (the
+        // caller's contract).
+        unsafe {
+            match tiles_left {
+                1 => tiles::<1, OP>(ap, sa, bp, dims, &mut acc, out, (i, rows), scales),
+                2 => tiles::<2, OP>(ap, sa, bp, dims, &mut acc, out, (i, rows), scales),
+                _ => tiles::<3, OP>(ap, sa, bp, dims, &mut acc, out, (i, rows), scales),
+            }
+        }
+        i += tiles_left.min(3) * TM;
     }
+    // SAFETY: releases the tile state this call configured.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Quantizes rows `a[i*lda ..][..k]` (`i < m`) into `dst` (`[..][kp]`,
+/// zero beyond `k`) with one scale per row, into `scale` (round to nearest
+/// even, as `vcvtps2dq` does by default; a row of zeros gets scale 0).
+/// When no value is negative (a ReLU layer's output) the rows are uint8
+/// (`max / 255`: twice the resolution) and this returns true; else int8
+/// (`max |x| / 127`).
+///
+/// # Safety
+/// AVX-512 F and BW must be present (and the rounding mode the default,
+/// nearest even, as Rust leaves it); `a` holds `(m-1)*lda + k` values and
+/// `dst` `m * kp` bytes, `kp >= k` a multiple of 16, `scale` `m` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn quantize_rows(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    dst: &mut [u8],
+    kp: usize,
+    scale: &mut [f32],
+) -> bool {
+    let mask = |p: usize| -> __mmask16 {
+        let nn = k.saturating_sub(p).min(16);
+        if nn >= 16 {
+            0xffff
+        } else {
+            (1u16 << nn) - 1
+        }
+    };
+    // SAFETY (the loads and stores below): row i holds k values at
+    // a[i * lda..]; masked loads read only those; `dst` row i holds kp
+    // bytes and each store writes 16 at p < kp.
+    let load =
+        |i: usize, p: usize| unsafe { _mm512_maskz_loadu_ps(mask(p), a.as_ptr().add(i * lda + p)) };
+    let mut neg = false;
+    let mut max = vec![0f32; m];
+    for (i, mx) in max.iter_mut().enumerate() {
+        let (mut hi, mut lo) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for p in (0..k).step_by(16) {
+            let x = load(i, p);
+            hi = _mm512_max_ps(hi, x);
+            lo = _mm512_min_ps(lo, x);
+        }
+        let (h, l) = (_mm512_reduce_max_ps(hi), _mm512_reduce_min_ps(lo));
+        neg |= l < 0.0;
+        *mx = h.max(-l);
+    }
+    let top = if neg { 127.0 } else { 255.0 };
+    for i in 0..m {
+        let s = max[i] / top;
+        scale[i] = s;
+        let inv = _mm512_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
+        let out = dst[i * kp..].as_mut_ptr();
+        for p in (0..kp).step_by(16) {
+            let x = if p < k {
+                load(i, p)
+            } else {
+                _mm512_setzero_ps()
+            };
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));
+            // SAFETY: 16 bytes at p < kp of row i.
+            unsafe {
+                let b = if neg {
+                    _mm512_cvtsepi32_epi8(q)
+                } else {
+                    _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()))
+                };
+                _mm_storeu_si128(out.add(p) as *mut __m128i, b);
+            }
+        }
+    }
+    !neg
 }
 
 /// `c[(i0+i)*ldc + j0+j] = relu?(start(i0+i, j0+j) + acc[i*16 + j])` for
-/// `i < rows`, `j < nn <= 16` (one zmm per row, masked to `nn`).
+/// `i < rows`, `j < nn <= 16` (one zmm per row, masked to `nn`); with
+/// `I8`, `acc` holds int32 sums, scaled by `scales.0[i] * scales.1[j0+j]`.
 ///
 /// # Safety
 /// AVX-512 F, BW and VL must be present; `out` holds those rows and
-/// columns (and `start` their values), as [`gemm_packed`]'s contract says.
+/// columns (and `start` their values), as [`gemm_packed`]'s contract says;
+/// with `I8`, `scales.0` holds `rows` values and `scales.1` `j0 + nn`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn finish(
+unsafe fn finish<const I8: bool>(
     out: &mut Out<'_, '_>,
     acc: &Acc,
     (i0, rows): (usize, usize),
     (j0, nn): (usize, usize),
+    scales: (&[f32], &[f32]),
 ) {
     let zero = _mm512_setzero_ps();
     let mask: __mmask16 = if nn >= TN { 0xffff } else { (1u16 << nn) - 1 };
     let relu = out.relu;
     let ldc = out.ldc;
     let c = out.c.as_mut_ptr();
+    let w_scale = if I8 {
+        // SAFETY: `scales.1` holds columns j0 .. j0 + nn.
+        unsafe { _mm512_maskz_loadu_ps(mask, scales.1.as_ptr().add(j0)) }
+    } else {
+        zero
+    };
     // SAFETY (every load and store below): row i0 + i (i < rows), columns
     // j0 .. j0 + nn are inside `c` and the start slices (the contract);
     // masked loads and stores touch only those; `acc` holds 48 rows of 16.
     let put = |i: usize, s: __m512| unsafe {
-        let x = _mm512_load_ps(acc.0.as_ptr().add(i * TN));
+        let x = if I8 {
+            let sums =
+                _mm512_cvtepi32_ps(_mm512_load_si512(acc.0.as_ptr().add(i * TN) as *const _));
+            _mm512_mul_ps(sums, _mm512_mul_ps(w_scale, _mm512_set1_ps(scales.0[i])))
+        } else {
+            _mm512_load_ps(acc.0.as_ptr().add(i * TN))
+        };
         let mut y = _mm512_add_ps(s, x);
         if relu {
             y = _mm512_max_ps(y, zero);

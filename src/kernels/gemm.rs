@@ -35,10 +35,12 @@ pub(crate) struct Weights {
     /// rounded to the precision; empty where a panel kernel runs).
     w: Vec<f32>,
     packed: Vec<f32>,
-    /// The AMX bf16 layout (only for `Kernel::AmxBf16`).
-    packed_bf16: Vec<crate::kernels::amx::Line>,
+    /// The AMX layout: bf16 (`Kernel::AmxBf16`) or int8 (`AmxInt8`).
+    packed_amx: Vec<crate::kernels::amx::Line>,
     /// The bf16 pair layout (only for `Kernel::DpBf16`).
     packed_dp: Vec<u16>,
+    /// The per-output-channel scales of the int8 weights (`Int8`).
+    w_scale: Vec<f32>,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
@@ -62,6 +64,8 @@ enum Kernel {
     AmxBf16,
     /// `gemm_bf16`, bf16 pairs on `vdpbf16ps`.
     DpBf16,
+    /// `amx`, int8 tiles.
+    AmxInt8,
 }
 
 impl Weights {
@@ -114,6 +118,7 @@ impl Weights {
                 .iter()
                 .map(|&x| half::bf16::from_f32(x).to_f32())
                 .collect(),
+            Precision::Int8 => dequantized(&given, k),
         };
         let (kernel, nr) = match level {
             _ if narrow => (Kernel::None, 0),
@@ -121,6 +126,8 @@ impl Weights {
             Level::Amx if precision == Precision::Bf16 => (Kernel::AmxBf16, 0),
             #[cfg(target_arch = "x86_64")]
             Level::Avx512Bf16 if precision == Precision::Bf16 => (Kernel::DpBf16, 0),
+            #[cfg(target_arch = "x86_64")]
+            Level::Amx if precision == Precision::Int8 => (Kernel::AmxInt8, 0),
             #[cfg(target_arch = "x86_64")]
             Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
             #[cfg(target_arch = "x86_64")]
@@ -130,16 +137,21 @@ impl Weights {
             _ => (Kernel::None, 0),
         };
         let mut packed = Vec::new();
-        let mut packed_bf16 = Vec::new();
+        let mut packed_amx = Vec::new();
         let mut packed_dp = Vec::new();
+        let mut w_scale = Vec::new();
         match kernel {
             Kernel::None => {}
             #[cfg(target_arch = "x86_64")]
-            Kernel::AmxBf16 => packed_bf16 = crate::kernels::amx::pack(&given, n, k),
+            Kernel::AmxBf16 => packed_amx = crate::kernels::amx::pack(&given, n, k),
             #[cfg(target_arch = "x86_64")]
             Kernel::DpBf16 => packed_dp = crate::kernels::gemm_bf16::pack(&given, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AmxInt8 => {
+                (packed_amx, w_scale) = crate::kernels::amx::pack_i8(&given, n, k);
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::AmxBf16 | Kernel::DpBf16 => {}
+            Kernel::AmxBf16 | Kernel::DpBf16 | Kernel::AmxInt8 => {}
             Kernel::Avx2 | Kernel::Avx512 => {
                 packed = vec![0f32; n.div_ceil(nr) * k * nr];
                 for j in 0..n {
@@ -161,14 +173,31 @@ impl Weights {
                 Vec::new()
             },
             packed,
-            packed_bf16,
+            packed_amx,
             packed_dp,
+            w_scale,
             kernel,
             narrow,
             precision,
             level: Some(level),
         }
     }
+}
+
+/// `w` (`[n, k]` row-major) quantized to int8 per row (scale `max |w_j| /
+/// 127`, round to nearest even) and back: the values the int8 kernels
+/// multiply by, as f32.
+pub(crate) fn dequantized(w: &[f32], k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for row in w.chunks(k.max(1)) {
+        let s = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        out.extend(
+            row.iter()
+                .map(|&x| (x * inv).round_ties_even().clamp(-127.0, 127.0) * s),
+        );
+    }
+    out
 }
 
 /// Where the accumulators of a [`matmul`] start, before `A @ W.T` is added.
@@ -254,6 +283,30 @@ pub(crate) fn matmul_prefetching(
     #[cfg(target_arch = "x86_64")]
     match w.kernel {
         Kernel::None => {}
+        Kernel::AmxInt8 => {
+            // SAFETY: `Kernel::AmxInt8` is only set for Level::Amx, which
+            // `Weights::for_level` asserts the CPU has (AMX granted to the
+            // process, AVX-512 F, BW and VL present); the asserts above,
+            // the packing (`amx::pack_i8`) and its `n` scales are the
+            // kernel's bounds contract.
+            unsafe {
+                crate::kernels::amx::gemm_packed_i8(
+                    m,
+                    n,
+                    k,
+                    a,
+                    lda,
+                    bytemuck::cast_slice(&w.packed_amx),
+                    &w.w_scale,
+                    c,
+                    ldc,
+                    start,
+                    relu,
+                    ahead,
+                )
+            };
+            return;
+        }
         Kernel::DpBf16 => {
             // SAFETY: `Kernel::DpBf16` is only set for Level::Avx512Bf16,
             // which `Weights::for_level` asserts the CPU has (AVX-512 F, BW,
@@ -289,7 +342,7 @@ pub(crate) fn matmul_prefetching(
                     k,
                     a,
                     lda,
-                    bytemuck::cast_slice(&w.packed_bf16),
+                    bytemuck::cast_slice(&w.packed_amx),
                     c,
                     ldc,
                     start,
@@ -640,17 +693,40 @@ mod tests {
                         let st = s0(i, j) as f64;
                         let exact = st + terms.clone().sum::<f64>();
                         let mass = st.abs() + terms.map(f64::abs).sum::<f64>();
-                        let rel = match w.precision() {
-                            Precision::F32 => 0.0,
-                            Precision::Bf16 => 2f64.powi(-7) * 1.004,
-                        } + (k as f64 + 3.0) * 2f64.powi(-24);
+                        let f32_sum = (k as f64 + 3.0) * 2f64.powi(-24) * mass;
+                        let bound = match w.precision() {
+                            Precision::F32 => f32_sum,
+                            Precision::Bf16 => 2f64.powi(-7) * 1.004 * mass + f32_sum,
+                            Precision::Int8 => {
+                                // Rounding to the int8 grid moves a weight
+                                // by at most max |w_j| / 254 and, on AMX, an
+                                // activation by max |a_i| / 254 (/ 510 when
+                                // the block has no negative value).
+                                fn row(v: &[f32]) -> impl Iterator<Item = f64> + '_ {
+                                    v.iter().map(|x| x.abs() as f64)
+                                }
+                                let mw = row(&wraw[j * k..(j + 1) * k]).fold(0.0, f64::max);
+                                let ma = if w.kernel == Kernel::AmxInt8 {
+                                    row(&a[i * k..(i + 1) * k]).fold(0.0, f64::max)
+                                } else {
+                                    0.0
+                                };
+                                let (sa, sw) = (
+                                    row(&a[i * k..(i + 1) * k]).sum::<f64>(),
+                                    row(&wraw[j * k..(j + 1) * k]).sum::<f64>(),
+                                );
+                                (sa * mw + ma * sw) / 254.0 * 1.001
+                                    + k as f64 * ma * mw / 64516.0
+                                    + 2.0 * f32_sum
+                                    + 4.0 * 2f64.powi(-24) * k as f64 * ma.max(1.0) * mw
+                            }
+                        };
                         let want = if relu { exact.max(0.0) } else { exact };
                         let got = c[i * n + j] as f64;
                         assert!(
-                            (got - want).abs() <= rel * mass + 1e-30,
-                            "{precision:?} {level:?} {:?} {start:?} m{m} n{n} k{k} ({i},{j}): {got} vs {want} (bound {})",
+                            (got - want).abs() <= bound + 1e-30,
+                            "{precision:?} {level:?} {:?} {start:?} m{m} n{n} k{k} ({i},{j}): {got} vs {want} (bound {bound})",
                             w.kernel,
-                            rel * mass
                         );
                     }
                 }
@@ -694,8 +770,37 @@ mod tests {
         assert_eq!(w16.at(Precision::F32).precision(), Precision::F32);
     }
 
+    #[test]
+    fn int8_runs_on_amx_where_the_cpu_has_it_and_within_its_bound_everywhere() {
+        let (m, n, k) = (37, 70, 130);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37) % 101) as f32 / 17.0 - 2.9)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53) % 97) as f32 / 41.0 - 1.1)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
+        for relu in [false, true] {
+            let ran = check_precision(m, n, k, &a, &w, &b, relu, Precision::Int8);
+            if Level::hardware() == Level::Amx {
+                assert!(ran.contains(&(Level::Amx, Kernel::AmxInt8)), "{ran:?}");
+            } else {
+                println!("no AMX on this CPU: the AMX int8 kernel did not run");
+            }
+        }
+        // A zero weight row and a zero activation row (scale 0) give the bias.
+        let mut w0 = w.clone();
+        w0[..k].fill(0.0);
+        let mut a0 = a.clone();
+        a0[..k].fill(0.0);
+        check_precision(m, n, k, &a0, &w0, &b, false, Precision::Int8);
+        // Stored dequantized weights quantize back to themselves.
+        let dq = dequantized(&w, k);
+        assert_eq!(dequantized(&dq, k), dq);
+    }
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
         fn every_precision_stays_within_its_bound_of_float64(
             m in 1usize..70,
@@ -703,7 +808,7 @@ mod tests {
             k in 1usize..100,
             seed in 0u64..1_000_000,
             relu in proptest::bool::ANY,
-            bf16 in proptest::bool::ANY,
+            precision in 0usize..3,
         ) {
             let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let mut next = move || {
@@ -713,7 +818,7 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next() * 0.5).collect();
             let b: Vec<f32> = (0..n).map(|_| next()).collect();
-            let p = if bf16 { Precision::Bf16 } else { Precision::F32 };
+            let p = [Precision::F32, Precision::Bf16, Precision::Int8][precision];
             check_precision(m, n, k, &a, &w, &b, relu, p);
         }
     }

@@ -73,9 +73,13 @@ pub enum Precision {
     /// f32 weights and products (exact to f32 rounding).
     #[default]
     F32,
-    /// bf16 weights (round to nearest even) and, on AMX, bf16 activations;
-    /// f32 sums.
+    /// bf16 weights (round to nearest even) and, on AMX and AVX512-BF16,
+    /// bf16 activations; f32 sums.
     Bf16,
+    /// int8 weights with one scale per output channel (`max |w| / 127`)
+    /// and, on AMX, int8 activations with one scale per row, int32 sums;
+    /// elsewhere f32 products on the dequantized weights.
+    Int8,
 }
 
 impl Precision {
@@ -84,14 +88,16 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
-    /// The precision named `name` (`f32` or `bf16`).
+    /// The precision named `name` (`f32`, `bf16` or `int8`).
     pub fn parse(name: &str) -> Option<Precision> {
         match name.trim().to_ascii_lowercase().as_str() {
             "f32" => Some(Precision::F32),
             "bf16" => Some(Precision::Bf16),
+            "int8" => Some(Precision::Int8),
             _ => None,
         }
     }
@@ -101,6 +107,7 @@ impl Precision {
         match self {
             Precision::F32 => 0,
             Precision::Bf16 => 1,
+            Precision::Int8 => 2,
         }
     }
 
@@ -109,6 +116,7 @@ impl Precision {
         match code {
             0 => Some(Precision::F32),
             1 => Some(Precision::Bf16),
+            2 => Some(Precision::Int8),
             _ => None,
         }
     }
@@ -214,14 +222,16 @@ impl Level {
             "avx512" => Level::Avx512,
             "avx512bf16" => Level::Avx512Bf16,
             "amx" => Level::Amx,
-            _ => return (
-                hardware,
-                Some(format!(
+            _ => {
+                return (
+                    hardware,
+                    Some(format!(
                     "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512, avx512bf16, amx; \
                          running the CPU's level, {}",
                     hardware.name()
                 )),
-            ),
+                )
+            }
         };
         if wanted > hardware {
             return (

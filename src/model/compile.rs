@@ -717,6 +717,9 @@ fn tensor(
     };
     let decode: fn([u8; 2]) -> f32 = match t.dtype() {
         safetensors::Dtype::F32 => |_| 0.0,
+        // Converted to int8 by the store: per-row scales beside it
+        // (`super::precision` checked both).
+        safetensors::Dtype::I8 if is_converted => |_| 0.0,
         // Converted by the store (`super::precision` checked the dtype).
         safetensors::Dtype::BF16 if is_converted => |b| half::bf16::from_le_bytes(b).to_f32(),
         safetensors::Dtype::F16 if st.v2 => |b| half::f16::from_le_bytes(b).to_f32(),
@@ -742,7 +745,22 @@ fn tensor(
             ));
         }
     }
-    let data: Vec<f32> = if t.dtype() == safetensors::Dtype::F32 {
+    let data: Vec<f32> = if t.dtype() == safetensors::Dtype::I8 {
+        let scales = st
+            .overlay
+            .and_then(|o| o.tensor(&super::precision::scale_name(name)).ok())
+            .map(|s| {
+                s.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect::<Vec<f32>>()
+            })
+            .unwrap_or_default();
+        let cols = got.get(1).copied().unwrap_or(1).max(1);
+        (t.data().iter().enumerate())
+            .map(|(i, &q)| q as i8 as f32 * scales.get(i / cols).copied().unwrap_or(f32::NAN))
+            .collect()
+    } else if t.dtype() == safetensors::Dtype::F32 {
         t.data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -1,7 +1,8 @@
 //! A bundle's precision ([`Precision`]): which of its weights are
 //! converted, the converted copy the store keeps with the bundle (a
-//! safetensors file of the same tensor names, bf16), and loading a bundle
-//! with that copy read in place of the tensors it converts.
+//! safetensors file of the same tensor names: bf16, or int8 with each
+//! tensor's per-row scales beside it as `NAME#scale`, f32), and loading a
+//! bundle with that copy read in place of the tensors it converts.
 //!
 //! The layers converted are the dense blocks the scorer multiplies in
 //! bulk: the cross tower, the upper network, the MMoE experts and the head
@@ -20,6 +21,31 @@ use crate::kernels::Precision;
 use crate::schema::Schema;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// What the name of an int8 tensor's per-row scales ends with.
+const SCALE_SUFFIX: &str = "#scale";
+
+/// The name of int8 tensor `name`'s per-row scales in the converted
+/// weights.
+pub(super) fn scale_name(name: &str) -> String {
+    format!("{name}{SCALE_SUFFIX}")
+}
+
+/// `w` (`[rows, cols]`) quantized per row as the int8 kernels do
+/// (`kernels::gemm::dequantized`): int8 bytes and the scales.
+fn quantize(w: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let (mut q, mut scales) = (Vec::with_capacity(w.len()), Vec::new());
+    for row in w.chunks(cols.max(1)) {
+        let s = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        q.extend(
+            row.iter()
+                .map(|&x| (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8),
+        );
+        scales.push(s);
+    }
+    (q, scales)
+}
 
 impl Model {
     /// The layers a precision other than f32 converts.
@@ -41,26 +67,35 @@ impl Model {
         if precision == Precision::F32 {
             return Ok(None);
         }
-        let mut tensors: BTreeMap<&str, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+        let mut tensors: BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+            BTreeMap::new();
         for d in self.converted_layers() {
-            let bytes = match precision {
+            let shape = vec![d.out, d.inp];
+            match precision {
                 Precision::F32 => unreachable!("returned above"),
-                Precision::Bf16 => (d.w.iter())
-                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                    .collect(),
-            };
-            tensors.insert(&d.tensor, (vec![d.out, d.inp], bytes));
+                Precision::Bf16 => {
+                    let bytes = (d.w.iter())
+                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect();
+                    tensors.insert(d.tensor.clone(), (safetensors::Dtype::BF16, shape, bytes));
+                }
+                Precision::Int8 => {
+                    let (q, scales) = quantize(&d.w, d.inp);
+                    tensors.insert(d.tensor.clone(), (safetensors::Dtype::I8, shape, q));
+                    let s = scales.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    tensors.insert(
+                        scale_name(&d.tensor),
+                        (safetensors::Dtype::F32, vec![d.out], s),
+                    );
+                }
+            }
         }
         let views = tensors
             .iter()
-            .map(|(name, (shape, bytes))| {
-                let view = safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::BF16,
-                    shape.clone(),
-                    bytes,
-                )
-                .map_err(|e| bad("weights", format!("converting {name:?}: {e}")))?;
-                Ok((*name, view))
+            .map(|(name, (dtype, shape, bytes))| {
+                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                    .map_err(|e| bad("weights", format!("converting {name:?}: {e}")))?;
+                Ok((name.as_str(), view))
             })
             .collect::<Result<Vec<_>>>()?;
         let bytes = safetensors::serialize(views, None)
@@ -171,22 +206,46 @@ impl Model {
             }
         };
         if let Some(o) = &overlay {
+            let want = match precision {
+                Precision::Int8 => safetensors::Dtype::I8,
+                _ => safetensors::Dtype::BF16,
+            };
             for (name, t) in o.tensors() {
+                if let Some(base) = name.strip_suffix(SCALE_SUFFIX) {
+                    let rows = o.tensor(base).ok().map(|b| b.shape().first().copied());
+                    if precision != Precision::Int8
+                        || t.dtype() != safetensors::Dtype::F32
+                        || rows.is_none()
+                        || t.shape() != [rows.flatten().unwrap_or(0)]
+                    {
+                        return Err(bad(
+                            "weights",
+                            format!("converted tensor {name:?} is not the per-row scales of an int8 tensor"),
+                        ));
+                    }
+                    continue;
+                }
                 let original = st.tensor(&name).map_err(|_| {
                     bad(
                         "weights",
                         format!("converted tensor {name:?} is not in weights.safetensors"),
                     )
                 })?;
-                if t.dtype() != safetensors::Dtype::BF16 || t.shape() != original.shape() {
+                if t.dtype() != want || t.shape() != original.shape() {
                     return Err(bad(
                         "weights",
                         format!(
-                            "converted tensor {name:?} is {:?} {:?}; expected BF16 {:?}",
+                            "converted tensor {name:?} is {:?} {:?}; expected {want:?} {:?}",
                             t.dtype(),
                             t.shape(),
                             original.shape()
                         ),
+                    ));
+                }
+                if precision == Precision::Int8 && o.tensor(&scale_name(&name)).is_err() {
+                    return Err(bad(
+                        "weights",
+                        format!("converted tensor {name:?} has no per-row scales"),
                     ));
                 }
             }
