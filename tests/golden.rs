@@ -1,6 +1,7 @@
 //! Golden stores: `format/golden/v{N}/` is a small store written by format
 //! version N. The newest (v6: v5's store plus a bundle on `prerank@v42h`
-//! added at bf16, with its converted weights; v5 is v4's store plus an item-tower-only bundle on
+//! added at bf16 and a second, named `q8`, at int8, with their converted
+//! weights; v5 is v4's store plus an item-tower-only bundle on
 //! `recall@v7` and three items whose `recall@v7` vectors it computed; v4 is
 //! v3's store plus a second, named contract v2
 //! bundle on the same version; v3 is v2's store with id indexes in
@@ -130,6 +131,16 @@ fn bf16_bundle() -> (Vec<u8>, Vec<u8>) {
     b.bytes()
 }
 
+/// The int8 bundle of the v6 golden store: [`bf16_bundle`] as contract v2,
+/// named `q8`.
+fn int8_bundle() -> (Vec<u8>, Vec<u8>) {
+    let (j, w) = bf16_bundle();
+    let mut json: serde_json::Value = serde_json::from_slice(&j).unwrap();
+    json["format"] = serde_json::json!("vstore.three_tower.v2");
+    json["name"] = serde_json::json!("q8");
+    (serde_json::to_vec_pretty(&json).unwrap(), w)
+}
+
 fn tower_bundle() -> common::bundle::Bundle {
     common::bundle::Bundle::tower_only("recall", "v7", 5)
 }
@@ -177,6 +188,8 @@ fn build(dir: &Path, p: Parts) {
     if p.bf16 {
         let (j, w) = bf16_bundle();
         tx.add_model_at(&j, &w, vstore::Precision::Bf16).unwrap();
+        let (j, w) = int8_bundle();
+        tx.add_model_at(&j, &w, vstore::Precision::Int8).unwrap();
     }
     if p.tower {
         let (j, w) = tower_bundle().bytes();
@@ -225,18 +238,25 @@ fn check_computed(s: &vstore::Snapshot) {
     assert!(!s.is_computed(1007, "recall@v7").unwrap());
 }
 
-/// The bf16 bundle reads back at bf16 and scores within bf16's error of
-/// the same bundle added at f32 (to a copy of the store).
+/// The bf16 and int8 bundles read back at their precisions and score
+/// within their error of the same bundle added at f32 (to a copy of the
+/// store).
 fn check_bf16(dir: &Path, s: &vstore::Snapshot) {
-    let m = s.model("prerank@v42h").unwrap();
+    assert_eq!(s.model_names("prerank@v42h"), vec!["default", "q8"]);
+    let m = s.model_named("prerank@v42h", "default").unwrap();
     assert_eq!(m.precision(), vstore::Precision::Bf16);
+    let m = s.model_named("prerank@v42h", "q8").unwrap();
+    assert_eq!(m.precision(), vstore::Precision::Int8);
     let inputs = vstore::UserInputs::new()
         .dense("user_stats", vec![0.5, -0.5])
         .by_item("user_category_ctr", [(4, vec![0.25])]);
     let user = [1.0, 0.5, -0.25, 0.0];
     let ids = [1007, 3007, 42, 4007, 99_999];
-    let query = vstore::Query::ids("prerank@v42h", &user, &ids, 5).three_tower(&inputs);
+    let query = vstore::Query::ids("prerank@v42h", &user, &ids, 5)
+        .three_tower(&inputs)
+        .model("default");
     let got = s.query(&query).unwrap();
+    let got8 = s.query(&query.model("q8")).unwrap();
     let copy = tempfile::tempdir().unwrap();
     for f in data_files(dir) {
         std::fs::copy(dir.join(&f), copy.path().join(&f)).unwrap();
@@ -248,16 +268,19 @@ fn check_bf16(dir: &Path, s: &vstore::Snapshot) {
     tx.commit().unwrap();
     let f32s = Store::open(copy.path()).unwrap().snapshot();
     assert_eq!(
-        f32s.model("prerank@v42h").unwrap().precision(),
+        f32s.model_named("prerank@v42h", "default")
+            .unwrap()
+            .precision(),
         vstore::Precision::F32
     );
     let want = f32s.query(&query).unwrap();
     assert_eq!(got.hits.len(), 5);
-    for h in &got.hits {
+    assert_eq!(got8.hits.len(), 5);
+    for h in got.hits.iter().chain(&got8.hits) {
         let w = want.hits.iter().find(|x| x.id == h.id).unwrap();
         assert!(
-            h.score.is_finite() && (h.score - w.score).abs() <= 0.02 * w.score.abs() + 1e-4,
-            "item {}: bf16 {} vs f32 {}",
+            h.score.is_finite() && (h.score - w.score).abs() <= 0.05 * w.score.abs() + 1e-3,
+            "item {}: bf16 or int8 {} vs f32 {}",
             h.id,
             h.score,
             w.score

@@ -252,6 +252,7 @@ macro_rules! k_step {
 /// R*16`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tiles<const R: usize, const OP: u8>(
     a: *const u8,
     sa: usize,

@@ -195,9 +195,10 @@ pub struct AddModelArgs {
     /// Precompute the first-layer item part, stored as f32 or f16.
     #[arg(long, value_name = "DTYPE")]
     pub precompute: Option<String>,
-    /// The precision the bundle's dense layers run at: f32, or bf16 (the
-    /// weights are converted now and stored with the bundle; products run
-    /// on AMX where the CPU has it). Heads, calibration and fusion stay f32.
+    /// The precision the bundle's dense layers run at: f32, bf16 or int8
+    /// (the weights are converted now and stored with the bundle; products
+    /// run on AMX where the CPU has it). Heads, calibration and fusion stay
+    /// f32.
     #[arg(long, value_name = "PRECISION", default_value = "f32")]
     pub precision: String,
     /// Replace the bundle the store already holds for the same version

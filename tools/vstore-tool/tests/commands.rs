@@ -755,6 +755,23 @@ fn add_model_replace_and_drop_model() {
     }
     let out = ok(&["inspect", &d.p("s")]);
     assert!(out.contains("bf16"), "{out}");
+    let out = ok(&[
+        "add-model",
+        &d.p("s"),
+        &d.p("model"),
+        "--replace",
+        "--precision",
+        "int8",
+    ]);
+    assert!(out.contains("dense layers at int8"), "{out}");
+    let int8_scores = scores_of(&d.path("s"), &user, &inputs);
+    for ((ia, a), (ib, b)) in f32_scores.iter().zip(&int8_scores) {
+        assert_eq!(ia, ib);
+        assert!(
+            (a - b).abs() <= 0.1 * a.abs() + 1e-2,
+            "item {ia}: f32 {a} vs int8 {b}"
+        );
+    }
     let e = usage_fails(&["add-model", &d.p("s"), &d.p("model"), "--precision", "int4"]);
     assert!(e.contains("--precision") && e.contains("int4"), "{e}");
     let out = ok(&["drop-model", &d.p("s"), "prerank@v1"]);
