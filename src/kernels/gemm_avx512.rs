@@ -82,6 +82,89 @@ pub(crate) unsafe fn load32_f16(p: *const u8, nn: usize) -> [__m512; 2] {
     }
 }
 
+/// The accumulators of an `R`-row, 32-column tile (columns `j0 .. j0 +
+/// nn` of rows `i0 ..`) at their start values: zero, `C`'s, the bias, or
+/// a start row (f32 or f16) plus the added row. Shared by the f32 and the
+/// AVX512-BF16 kernels.
+///
+/// # Safety
+/// AVX-512 F, BW and VL (and F16C) must be present; `c` holds `R` rows of
+/// `nn` values at stride `ldc`; `start`'s slices hold columns `j0 .. j0 +
+/// nn` (and rows `i0 .. i0 + R`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+pub(crate) unsafe fn start_tile<const R: usize>(
+    c: *const f32,
+    ldc: usize,
+    (i0, j0, nn): (usize, usize, usize),
+    start: Start<'_>,
+) -> [[__m512; 2]; R] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    // SAFETY (all the loads below): the function's contract.
+    match start {
+        Start::Zero => {}
+        Start::Accumulate => {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = unsafe { load32(c.add(r * ldc), nn) };
+            }
+        }
+        Start::Bias(b) => acc = [unsafe { load32(b.as_ptr().add(j0), nn) }; R],
+        Start::Rows { rows, half, add } => {
+            let u = unsafe { load32(add.as_ptr().add(j0), nn) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = rows[i0 + r].as_ptr();
+                let v = unsafe {
+                    if half {
+                        load32_f16(row.add(2 * j0), nn)
+                    } else {
+                        load32(row.add(4 * j0) as *const f32, nn)
+                    }
+                };
+                *acc = [_mm512_add_ps(v[0], u[0]), _mm512_add_ps(v[1], u[1])];
+            }
+        }
+    }
+    acc
+}
+
+/// Stores an `R`-row, 32-column tile of sums into `c` (`nn <= 32` columns
+/// of each row, the rest masked off), through ReLU if `relu`.
+///
+/// # Safety
+/// AVX-512 F, BW and VL must be present; `c` holds `R` rows of `nn` values
+/// at stride `ldc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+pub(crate) unsafe fn store_tile<const R: usize>(
+    acc: &[[__m512; 2]; R],
+    c: *mut f32,
+    ldc: usize,
+    nn: usize,
+    relu: bool,
+) {
+    let zero = _mm512_setzero_ps();
+    let [m0, m1] = masks(nn);
+    for (r, acc) in acc.iter().enumerate() {
+        let (mut y0, mut y1) = (acc[0], acc[1]);
+        if relu {
+            y0 = _mm512_max_ps(y0, zero);
+            y1 = _mm512_max_ps(y1, zero);
+        }
+        // SAFETY: row r of c has nn valid values; full panels store 32, a
+        // partial one only its nn unmasked values.
+        unsafe {
+            let dst = c.add(r * ldc);
+            if nn == NR {
+                _mm512_storeu_ps(dst, y0);
+                _mm512_storeu_ps(dst.add(16), y1);
+            } else {
+                _mm512_mask_storeu_ps(dst, m0, y0);
+                _mm512_mask_storeu_ps(dst.add(16), m1, y1);
+            }
+        }
+    }
+}
+
 /// One tile: rows `a[r * lda ..]` for `r < R`, all `k`, one panel (columns
 /// `j0 .. j0 + nn` of the product), into `c[r * ldc + j]` for `j < nn`
 /// (`nn <= 32`); `i0` is the tile's first row (for [`Start::Rows`]).
@@ -105,34 +188,8 @@ unsafe fn tile<const R: usize>(
     start: Start<'_>,
     relu: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    // SAFETY (all the loads below): the function's contract.
-    match start {
-        Start::Zero => {}
-        Start::Accumulate => {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = unsafe { load32(c.add(r * ldc), nn) };
-            }
-        }
-        Start::Bias(b) => {
-            let v = unsafe { load32(b.as_ptr().add(j0), nn) };
-            acc = [v; R];
-        }
-        Start::Rows { rows, half, add } => {
-            let u = unsafe { load32(add.as_ptr().add(j0), nn) };
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let row = rows[i0 + r].as_ptr();
-                let v = unsafe {
-                    if half {
-                        load32_f16(row.add(2 * j0), nn)
-                    } else {
-                        load32(row.add(4 * j0) as *const f32, nn)
-                    }
-                };
-                *acc = [_mm512_add_ps(v[0], u[0]), _mm512_add_ps(v[1], u[1])];
-            }
-        }
-    }
+    // SAFETY: the function's contract is `start_tile`'s.
+    let mut acc = unsafe { start_tile::<R>(c, ldc, (i0, j0, nn), start) };
     for p in 0..k {
         // SAFETY: p < k, so bp[p * 32 .. p * 32 + 32] and a[r * lda + p]
         // (r < R) are inside the caller's buffers.
@@ -146,27 +203,8 @@ unsafe fn tile<const R: usize>(
             }
         }
     }
-    if relu {
-        let zero = _mm512_setzero_ps();
-        for acc in acc.iter_mut() {
-            *acc = [_mm512_max_ps(acc[0], zero), _mm512_max_ps(acc[1], zero)];
-        }
-    }
-    let [m0, m1] = masks(nn);
-    for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: row r of c has nn valid values; full panels store 32, a
-        // partial one only its nn unmasked values.
-        unsafe {
-            let dst = c.add(r * ldc);
-            if nn == NR {
-                _mm512_storeu_ps(dst, acc[0]);
-                _mm512_storeu_ps(dst.add(16), acc[1]);
-            } else {
-                _mm512_mask_storeu_ps(dst, m0, acc[0]);
-                _mm512_mask_storeu_ps(dst.add(16), m1, acc[1]);
-            }
-        }
-    }
+    // SAFETY: the function's contract is `store_tile`'s.
+    unsafe { store_tile::<R>(&acc, c, ldc, nn, relu) };
 }
 
 /// `c[i*ldc + j] = relu?(start(i, j) + sum_p a[i*lda + p] * B[p][j])` for

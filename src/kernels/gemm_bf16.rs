@@ -11,7 +11,7 @@
 //! rounded into a thread-local buffer `[m][kp]` bf16 (zero at `k` when `k`
 //! is odd). The tile is the AVX-512 kernel's (`gemm_avx512`): 12 rows by
 //! 32 columns, 24 zmm accumulators, one broadcast pair of `A` per row and
-//! step, the start values and ReLU as there.
+//! step, started and stored by its `start_tile` and `store_tile`.
 //!
 //! Every function here needs AVX-512 F, BW, VL and BF16 (and F16C, FMA),
 //! which `Level::Avx512Bf16` guarantees.
@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use crate::kernels::gemm::Start;
-use crate::kernels::gemm_avx512::{load32, load32_f16, masks};
+use crate::kernels::gemm_avx512::{load32, start_tile, store_tile};
 
 /// Columns per packed panel.
 const NR: usize = 32;
@@ -74,31 +74,8 @@ unsafe fn tile<const R: usize>(
     start: Start<'_>,
     relu: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    // SAFETY (the loads below): the function's contract.
-    match start {
-        Start::Zero => {}
-        Start::Accumulate => {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = unsafe { load32(c.add(r * ldc), nn) };
-            }
-        }
-        Start::Bias(b) => acc = [unsafe { load32(b.as_ptr().add(j0), nn) }; R],
-        Start::Rows { rows, half, add } => {
-            let u = unsafe { load32(add.as_ptr().add(j0), nn) };
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let row = rows[i0 + r].as_ptr();
-                let v = unsafe {
-                    if half {
-                        load32_f16(row.add(2 * j0), nn)
-                    } else {
-                        load32(row.add(4 * j0) as *const f32, nn)
-                    }
-                };
-                *acc = [_mm512_add_ps(v[0], u[0]), _mm512_add_ps(v[1], u[1])];
-            }
-        }
-    }
+    // SAFETY: the function's contract is `start_tile`'s.
+    let mut acc = unsafe { start_tile::<R>(c, ldc, (i0, j0, nn), start) };
     let pairs = kp / 2;
     for q in 0..pairs {
         // SAFETY: q < kp / 2, so the 64 bf16 of pair row q of the panel and
@@ -116,22 +93,8 @@ unsafe fn tile<const R: usize>(
             }
         }
     }
-    let zero = _mm512_setzero_ps();
-    let [m0, m1] = masks(nn);
-    for (r, acc) in acc.iter().enumerate() {
-        let (mut y0, mut y1) = (acc[0], acc[1]);
-        if relu {
-            y0 = _mm512_max_ps(y0, zero);
-            y1 = _mm512_max_ps(y1, zero);
-        }
-        // SAFETY: row r of `c` holds nn values; masked stores write only
-        // those.
-        unsafe {
-            let dst = c.add(r * ldc);
-            _mm512_mask_storeu_ps(dst, m0, y0);
-            _mm512_mask_storeu_ps(dst.add(16), m1, y1);
-        }
-    }
+    // SAFETY: the function's contract is `store_tile`'s.
+    unsafe { store_tile::<R>(&acc, c, ldc, nn, relu) };
 }
 
 /// `c[i*ldc + j] = relu?(start(i, j) + sum_p bf16(a[i*lda + p]) *
