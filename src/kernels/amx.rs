@@ -131,26 +131,19 @@ pub(crate) fn padded_k_i8(k: usize) -> usize {
     k.div_ceil(64) * 64
 }
 
-/// Quantizes `w` (`[n, k]` row-major) per output channel (row): scale
-/// `max |w_j| / 127`, values `round(w / scale)` in -127..=127 (a row of
-/// zeros gets scale 0); returns them packed as `[np/16][kp/4][16][4]`
-/// int8 in 64-byte lines (the layout `tdpbssd` reads), zero padded, and
-/// the scales (`n`).
+/// Quantizes `w` (`[n, k]` row-major) per output channel
+/// ([`crate::kernels::gemm::quantized`]); returns the values packed as
+/// `[np/16][kp/4][16][4]` int8 in 64-byte lines (the layout `tdpbssd`
+/// reads), zero padded, and the scales (`n`).
 pub(crate) fn pack_i8(w: &[f32], n: usize, k: usize) -> (Vec<Line>, Vec<f32>) {
     let (kp, np) = (padded_k_i8(k), padded_n(n));
     let mut lines = vec![Line::default(); np * kp / 64];
     let out: &mut [u8] = bytemuck::cast_slice_mut(&mut lines);
-    let mut scales = Vec::with_capacity(n);
-    for j in 0..n {
-        let row = &w[j * k..(j + 1) * k];
-        let s = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-        scales.push(s);
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let (q, scales) = crate::kernels::gemm::quantized(&w[..n * k], k);
+    for (i, &x) in q.iter().enumerate() {
+        let (j, p) = (i / k, i % k);
         let (blk, col) = (j / TN, j % TN);
-        for (p, &x) in row.iter().enumerate() {
-            let q = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            out[((blk * (kp / 4) + p / 4) * TN + col) * 4 + p % 4] = q as u8;
-        }
+        out[((blk * (kp / 4) + p / 4) * TN + col) * 4 + p % 4] = x as u8;
     }
     (lines, scales)
 }
@@ -172,8 +165,8 @@ impl TileConfig {
 }
 
 thread_local! {
-    /// Per thread: `A` as bf16.
-    static SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    /// Per thread: `A` as bf16 or int8, and (int8) its rows' scales.
+    static SCRATCH: RefCell<(Vec<Line>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Rounds rows `a[i*lda ..][..k]` (`i < m`) to bf16 into `dst` (`[mp][kp]`,
@@ -415,7 +408,7 @@ pub(crate) unsafe fn gemm_packed(
     let kp = padded_k(k);
     let mp = m.div_ceil(TM) * TM;
     let mut out = Out::new(c, ldc, start, relu, ahead, mp, padded_n(n));
-    SCRATCH.with_borrow_mut(|lines| {
+    SCRATCH.with_borrow_mut(|(lines, _)| {
         if lines.len() < mp * kp / 32 {
             lines.resize(mp * kp / 32, Line::default());
         }
@@ -462,23 +455,22 @@ pub(crate) unsafe fn gemm_packed_i8(
     let kp = padded_k_i8(k);
     let mp = m.div_ceil(TM) * TM;
     let mut out = Out::new(c, ldc, start, relu, ahead, mp, padded_n(n));
-    SCRATCH.with_borrow_mut(|lines| {
+    SCRATCH.with_borrow_mut(|(lines, a_scale)| {
         if lines.len() < mp * kp / 64 {
             lines.resize(mp * kp / 64, Line::default());
         }
         let abuf: &mut [u8] = bytemuck::cast_slice_mut(lines);
-        let mut a_scale = vec![0f32; m];
+        a_scale.resize(m, 0.0);
         // SAFETY: AVX-512 F and BW (the caller's contract); `abuf` holds
         // mp * kp bytes, kp a multiple of 64.
-        let unsigned =
-            unsafe { quantize_rows(m, k, a, lda, &mut abuf[..mp * kp], kp, &mut a_scale) };
+        let unsigned = unsafe { quantize_rows(m, k, a, lda, &mut abuf[..mp * kp], kp, a_scale) };
         // SAFETY: the caller's contract (AMX usable, `packed`, `w_scale`
         // and `out` bounds); `abuf` holds mp rows of kp bytes.
         unsafe {
             if unsigned {
-                run::<2>(m, n, abuf, kp, packed, &mut out, &a_scale, w_scale)
+                run::<2>(m, n, abuf, kp, packed, &mut out, a_scale, w_scale)
             } else {
-                run::<1>(m, n, abuf, kp, packed, &mut out, &a_scale, w_scale)
+                run::<1>(m, n, abuf, kp, packed, &mut out, a_scale, w_scale)
             }
         };
     });
@@ -575,8 +567,8 @@ unsafe fn quantize_rows(
     let load =
         |i: usize, p: usize| unsafe { _mm512_maskz_loadu_ps(mask(p), a.as_ptr().add(i * lda + p)) };
     let mut neg = false;
-    let mut max = vec![0f32; m];
-    for (i, mx) in max.iter_mut().enumerate() {
+    // First each row's largest magnitude, into `scale`.
+    for (i, mx) in scale[..m].iter_mut().enumerate() {
         let (mut hi, mut lo) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for p in (0..k).step_by(16) {
             let x = load(i, p);
@@ -589,7 +581,7 @@ unsafe fn quantize_rows(
     }
     let top = if neg { 127.0 } else { 255.0 };
     for i in 0..m {
-        let s = max[i] / top;
+        let s = scale[i] / top;
         scale[i] = s;
         let inv = _mm512_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
         let out = dst[i * kp..].as_mut_ptr();

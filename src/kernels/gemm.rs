@@ -184,20 +184,28 @@ impl Weights {
     }
 }
 
-/// `w` (`[n, k]` row-major) quantized to int8 per row (scale `max |w_j| /
-/// 127`, round to nearest even) and back: the values the int8 kernels
-/// multiply by, as f32.
-pub(crate) fn dequantized(w: &[f32], k: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(w.len());
+/// `w` (`[rows, k]` row-major) quantized to int8 per row: the scale
+/// `s_j = max |w_j| / 127` (0 for a row of zeros) and `round(w / s_j)`
+/// (nearest even) in -127..=127. The one quantization of weights: the
+/// store's converted copy, the AMX packing and [`dequantized`] use it.
+pub(crate) fn quantized(w: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
+    let (mut q, mut scales) = (Vec::with_capacity(w.len()), Vec::new());
     for row in w.chunks(k.max(1)) {
         let s = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
         let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        out.extend(
-            row.iter()
-                .map(|&x| (x * inv).round_ties_even().clamp(-127.0, 127.0) * s),
-        );
+        q.extend((row.iter()).map(|&x| (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8));
+        scales.push(s);
     }
-    out
+    (q, scales)
+}
+
+/// [`quantized`] and back: the values the int8 kernels multiply by, as
+/// f32.
+pub(crate) fn dequantized(w: &[f32], k: usize) -> Vec<f32> {
+    let (q, scales) = quantized(w, k);
+    (q.iter().enumerate())
+        .map(|(i, &x)| x as f32 * scales[i / k.max(1)])
+        .collect()
 }
 
 /// Where the accumulators of a [`matmul`] start, before `A @ W.T` is added.

@@ -206,19 +206,19 @@ impl Bundle {
         schema: &Schema,
         precision: crate::kernels::Precision,
     ) -> Result<Bundle> {
-        match Bundle::load(json, weights, schema)? {
-            Bundle::Model(_) if precision != crate::kernels::Precision::F32 => {
-                Model::load_at(json, weights, schema, precision).map(|m| Bundle::Model(Box::new(m)))
-            }
-            Bundle::Tower(_) if precision != crate::kernels::Precision::F32 => Err(bad(
+        if precision == crate::kernels::Precision::F32 {
+            return Bundle::load(json, weights, schema);
+        }
+        if spec::format_tag(json).as_deref() == Some(ITEM_TOWER_FORMAT) {
+            return Err(bad(
                 "precision",
                 format!(
                     "an item-tower-only bundle runs in f32; {} applies to three-tower bundles",
                     precision.name()
                 ),
-            )),
-            b => Ok(b),
+            ));
         }
+        Model::load_at(json, weights, schema, precision).map(|m| Bundle::Model(Box::new(m)))
     }
 
     /// A bundle as stored ([`Model::load_stored`] for a three-tower one).
@@ -235,7 +235,7 @@ impl Bundle {
             }
             ItemTowerBundle::load(json, weights, schema).map(Bundle::Tower)
         } else {
-            Model::load_stored(json, weights, precision, converted, schema)
+            Model::load_stored(json, weights, precision, converted, schema, None)
                 .map(|m| Bundle::Model(Box::new(m)))
         }
     }

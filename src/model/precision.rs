@@ -16,7 +16,7 @@ use super::parts::Dense;
 use super::spec::{self, bad};
 use super::{safetensors_of, Model};
 use crate::error::Result;
-use crate::kernels::gemm::NARROW;
+use crate::kernels::gemm::{quantized, NARROW};
 use crate::kernels::Precision;
 use crate::schema::Schema;
 use std::collections::BTreeMap;
@@ -29,22 +29,6 @@ const SCALE_SUFFIX: &str = "#scale";
 /// weights.
 pub(super) fn scale_name(name: &str) -> String {
     format!("{name}{SCALE_SUFFIX}")
-}
-
-/// `w` (`[rows, cols]`) quantized per row as the int8 kernels do
-/// (`kernels::gemm::dequantized`): int8 bytes and the scales.
-fn quantize(w: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
-    let (mut q, mut scales) = (Vec::with_capacity(w.len()), Vec::new());
-    for row in w.chunks(cols.max(1)) {
-        let s = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        q.extend(
-            row.iter()
-                .map(|&x| (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8),
-        );
-        scales.push(s);
-    }
-    (q, scales)
 }
 
 impl Model {
@@ -80,7 +64,8 @@ impl Model {
                     tensors.insert(d.tensor.clone(), (safetensors::Dtype::BF16, shape, bytes));
                 }
                 Precision::Int8 => {
-                    let (q, scales) = quantize(&d.w, d.inp);
+                    let (q, scales) = quantized(&d.w, d.inp);
+                    let q = q.iter().map(|&x| x as u8).collect();
                     tensors.insert(d.tensor.clone(), (safetensors::Dtype::I8, shape, q));
                     let s = scales.iter().flat_map(|x| x.to_le_bytes()).collect();
                     tensors.insert(
@@ -168,20 +153,30 @@ impl Model {
         let Some(converted) = model.convert(precision)? else {
             return Ok(model);
         };
-        Model::load_stored(json, weights, precision, Some(&converted), schema)
+        Model::load_stored(
+            json,
+            weights,
+            precision,
+            Some(&converted),
+            schema,
+            Some(model),
+        )
     }
 
     /// A bundle as stored: `model.json`, `weights.safetensors`, and at a
     /// precision other than f32 the converted weights kept with it, read
     /// in place of the tensors they convert. Every converted tensor must
     /// be one of the weights, of the same shape, at `precision`, and every
-    /// layer the precision converts must have one.
+    /// layer the precision converts must have one. `f32`, if given, is
+    /// the bundle already loaded at f32 (the exact-mode twin; loaded here
+    /// otherwise).
     pub(crate) fn load_stored(
         json: &[u8],
         weights: &[u8],
         precision: Precision,
         converted: Option<&[u8]>,
         schema: &Schema,
+        f32: Option<Model>,
     ) -> Result<Model> {
         let spec = spec::parse(json)?;
         let st = safetensors_of(weights)?;
@@ -275,7 +270,11 @@ impl Model {
         model.set_precision(precision);
         model.converted = converted.map(|c| Arc::new(c.to_vec()));
         if precision != Precision::F32 {
-            model.f32_twin = Some(Arc::new(Model::load(json, weights, schema)?));
+            let twin = match f32 {
+                Some(m) => m,
+                None => Model::load(json, weights, schema)?,
+            };
+            model.f32_twin = Some(Arc::new(twin));
         }
         Ok(model)
     }
@@ -290,5 +289,105 @@ impl Model {
     /// f32).
     pub(crate) fn converted(&self) -> Option<&[u8]> {
         self.converted.as_deref().map(Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Dtype, ExampleBundle};
+
+    fn schema() -> Schema {
+        Schema::new()
+            .embedding("prerank", "v1", ExampleBundle::DIM as u32, Dtype::F16)
+            .categorical("category", 0)
+            .stat("ctr_1d", 0.0)
+            .stat("impressions_7d", 0.0)
+    }
+
+    /// A safetensors file of one tensor.
+    fn one(name: &str, dtype: safetensors::Dtype, shape: Vec<usize>, bytes: &[u8]) -> Vec<u8> {
+        let view = safetensors::tensor::TensorView::new(dtype, shape, bytes).unwrap();
+        safetensors::serialize([(name, view)], None).unwrap()
+    }
+
+    #[test]
+    fn converted_weights_that_do_not_fit_the_bundle_are_refused_by_name() {
+        let (json, weights) = ExampleBundle::new("prerank", "v1").files();
+        let s = schema();
+        let m = Model::load(&json, &weights, &s).unwrap();
+        let d = m.converted_layers().next().expect("a converted layer");
+        let (name, shape) = (d.tensor.clone(), vec![d.out, d.inp]);
+        let n: usize = shape.iter().product();
+        let load = |p, c: &[u8]| Model::load_stored(&json, &weights, p, Some(c), &s, None);
+        let err = |r: Result<Model>| r.expect_err("refused").to_string();
+        // Wrong dtype, wrong shape, a name the weights lack.
+        let e = err(load(
+            Precision::Bf16,
+            &one(&name, safetensors::Dtype::I8, shape.clone(), &vec![0; n]),
+        ));
+        assert!(e.contains(&name) && e.contains("BF16"), "{e}");
+        let e = err(load(
+            Precision::Bf16,
+            &one(&name, safetensors::Dtype::BF16, vec![n], &vec![0; 2 * n]),
+        ));
+        assert!(e.contains(&name), "{e}");
+        let e = err(load(
+            Precision::Bf16,
+            &one("nope", safetensors::Dtype::BF16, vec![1], &[0, 0]),
+        ));
+        assert!(
+            e.contains("\"nope\"") && e.contains("not in weights.safetensors"),
+            "{e}"
+        );
+        // int8 without its scales; scales of no int8 tensor.
+        let e = err(load(
+            Precision::Int8,
+            &one(&name, safetensors::Dtype::I8, shape.clone(), &vec![0; n]),
+        ));
+        assert!(e.contains(&name) && e.contains("scales"), "{e}");
+        let e = err(load(
+            Precision::Int8,
+            &one(
+                &scale_name(&name),
+                safetensors::Dtype::F32,
+                vec![d.out],
+                &vec![0; 4 * d.out],
+            ),
+        ));
+        assert!(e.contains("#scale"), "{e}");
+        // A converted copy that leaves a layer out; none at all; one at f32.
+        let c = one(&name, safetensors::Dtype::BF16, shape, &vec![0; 2 * n]);
+        if m.converted_layers().count() > 1 {
+            let e = err(load(Precision::Bf16, &c));
+            assert!(e.contains("has no converted copy"), "{e}");
+        }
+        let e = err(Model::load_stored(
+            &json,
+            &weights,
+            Precision::Bf16,
+            None,
+            &s,
+            None,
+        ));
+        assert!(e.contains("without its converted weights"), "{e}");
+        let e = err(load(Precision::F32, &c));
+        assert!(e.contains("f32 bundle with converted weights"), "{e}");
+    }
+
+    #[test]
+    fn an_item_tower_bundle_is_refused_below_f32() {
+        let s = Schema::new()
+            .embedding("prerank", "v1", ExampleBundle::DIM as u32, Dtype::F16)
+            .categorical("category", 0)
+            .categorical("brand", 0)
+            .numeric("price", 0.0);
+        let (json, weights) = ExampleBundle::new("prerank", "v1").item_tower_files();
+        let e = crate::Bundle::load_at(&json, &weights, &s, Precision::Int8).expect_err("refused");
+        assert!(
+            matches!(&e, crate::Error::Bundle { field, .. } if field == "precision"),
+            "{e}"
+        );
+        assert!(crate::Bundle::load_at(&json, &weights, &s, Precision::F32).is_ok());
     }
 }

@@ -24,12 +24,12 @@ pub(crate) struct TopK {
 }
 
 impl TopK {
-    /// Starts a selection of `k` (> 0), reusing the buffer's allocation.
     /// How many the selection keeps.
     pub(crate) fn k(&self) -> usize {
         self.k
     }
 
+    /// Starts a selection of `k` (> 0), reusing the buffer's allocation.
     pub(crate) fn reset(&mut self, k: usize) {
         self.k = k;
         self.buf.clear();
