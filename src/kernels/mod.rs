@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
 //! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products) |
-//! | `Avx512` (also AVX-512 F, BW, VL) | `x86` (AVX2) | `gemm_avx512` (12x32 tiles); narrow layers as at `Avx2` |
+//! | `Avx512` (also AVX-512 F, BW, VL) | `x86_512` (16 lanes, masked tails) | `gemm_avx512` (12x32 tiles); narrow layers as at `Avx2` |
 //! | `Avx512Bf16` (also AVX512-BF16) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on `vdpbf16ps` (`gemm_bf16`, 12x32 tiles) |
 //! | `Amx` (also AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
 //!
@@ -38,6 +38,8 @@ pub(crate) mod gemm_bf16;
 pub(crate) mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 /// Which implementation runs. Levels are ordered: a CPU that runs one runs
 /// every lower one too.
@@ -47,9 +49,9 @@ pub enum Level {
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512 F, BW and VL, with FMA and F16C: the model layers'
-    /// matrix product runs the AVX-512 kernel (`gemm_avx512`); everything
-    /// else runs the AVX2 kernels.
+    /// x86-64 AVX-512 F, BW and VL, with FMA and F16C: the two-tower loops
+    /// (`x86_512`) and the model layers' matrix product (`gemm_avx512`)
+    /// run on AVX-512; narrow layers run the AVX2 kernels.
     Avx512,
     /// AVX-512 as above plus AVX512-BF16, detected on AMD CPUs (Zen 4 and
     /// 5) only: bf16 bundles' layers run on `vdpbf16ps`
@@ -345,9 +347,16 @@ pub(crate) fn score_gather(
     debug_assert_eq!(locs.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if level.has_avx2() {
-        // SAFETY: levels from Level::Avx2 up are only returned (by detect,
-        // hardware and available) when the CPU has AVX2, FMA and F16C.
-        unsafe { x86::score_gather(dtype, user, blocks, locs, out) };
+        if level >= Level::Avx512 {
+            // SAFETY: levels from Level::Avx512 up are only returned (by
+            // detect, hardware and available) when the CPU has AVX-512 F,
+            // BW and VL besides AVX2, FMA and F16C.
+            unsafe { x86_512::score_gather(dtype, user, blocks, locs, out) };
+        } else {
+            // SAFETY: levels from Level::Avx2 up are only returned when the
+            // CPU has AVX2, FMA and F16C.
+            unsafe { x86::score_gather(dtype, user, blocks, locs, out) };
+        }
         return;
     }
     let _ = level;
@@ -373,9 +382,16 @@ pub(crate) fn score_range(
 ) {
     #[cfg(target_arch = "x86_64")]
     if level.has_avx2() {
-        // SAFETY: levels from Level::Avx2 up are only returned (by detect,
-        // hardware and available) when the CPU has AVX2, FMA and F16C.
-        unsafe { x86::score_range(dtype, user, block, first, out) };
+        if level >= Level::Avx512 {
+            // SAFETY: levels from Level::Avx512 up are only returned (by
+            // detect, hardware and available) when the CPU has AVX-512 F,
+            // BW and VL besides AVX2, FMA and F16C.
+            unsafe { x86_512::score_range(dtype, user, block, first, out) };
+        } else {
+            // SAFETY: levels from Level::Avx2 up are only returned when the
+            // CPU has AVX2, FMA and F16C.
+            unsafe { x86::score_range(dtype, user, block, first, out) };
+        }
         return;
     }
     let _ = level;

@@ -54,7 +54,7 @@ unsafe fn load_i8(r: &[u8], j: usize) -> __m256 {
 /// tree of horizontal adds.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum4(s: [__m256; 4]) -> __m128 {
+pub(super) fn hsum4(s: [__m256; 4]) -> __m128 {
     let s01 = _mm256_hadd_ps(s[0], s[1]);
     let s23 = _mm256_hadd_ps(s[2], s[3]);
     let t = _mm256_hadd_ps(s01, s23);
@@ -130,23 +130,29 @@ dot4_fn!(dot4_f16, load_f16, 2);
 dot4_fn!(dot4_bf16, load_bf16, 2);
 dot4_fn!(dot4_i8_raw, load_i8, 1);
 
+/// The i8 rows' dot products times each row's scale.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn dot4_i8(u: &[f32], r: [&[u8]; 4]) -> __m128 {
-    let d = u.len();
+    _mm_mul_ps(dot4_i8_raw(u, r), i8_scales(r, u.len()))
+}
+
+/// The scales of four i8 rows of `d` codes (the f32 after the codes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn i8_scales(r: [&[u8]; 4], d: usize) -> __m128 {
     let scale = |x: &[u8]| {
         let s = &x[d..d + 4];
         f32::from_le_bytes([s[0], s[1], s[2], s[3]])
     };
-    let scales = _mm_setr_ps(scale(r[0]), scale(r[1]), scale(r[2]), scale(r[3]));
-    _mm_mul_ps(dot4_i8_raw(u, r), scales)
+    _mm_setr_ps(scale(r[0]), scale(r[1]), scale(r[2]), scale(r[3]))
 }
 
 /// Prefetches row `i` of `locs` (if any): only its first line if `first`,
 /// else every line. A plain function (no target features), so that it
 /// inlines into the loops below.
 #[inline(always)]
-fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: bool) {
+pub(super) fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: bool) {
     let Some(r) = locs.get(i).and_then(|&l| row(blocks, l, rb)) else {
         return;
     };
@@ -162,33 +168,37 @@ fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: 
     }
 }
 
+/// The gather and range loops over a four-row dot product `$dot4` (and a
+/// one-row form that calls it with four copies), compiled for the target
+/// features `$feat`: shared by the AVX2 kernels here and the AVX-512 ones
+/// (`x86_512`).
 macro_rules! loops {
-    ($gather:ident, $range:ident, $rows:ident, $one:ident, $dot4:ident, $split:expr) => {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn $gather(user: &[f32], blocks: &[Block<'_>], locs: &[Loc], out: &mut [f32], rb: usize) {
-            let far = super::row_ahead();
+    ($feat:literal, $gather:ident, $range:ident, $rows:ident, $one:ident, $dot4:ident, $split:expr) => {
+        #[target_feature(enable = $feat)]
+        fn $gather(user: &[f32], blocks: &[$crate::kernels::Block<'_>], locs: &[$crate::kernels::Loc], out: &mut [f32], rb: usize) {
+            let far = $crate::kernels::row_ahead();
             // f32 rows of three lines or more: the first line `far` rows
             // ahead (perhaps starting the row's page walk early; not
             // verified) and every line `near` rows ahead. Other rows
             // prefetch every line `far` ahead: the split helped only f32
             // rows of 3+ lines (docs/PERF.md, "Two-tower query").
             let near = if $split && rb > 128 {
-                super::near_ahead().min(far)
+                $crate::kernels::near_ahead().min(far)
             } else {
                 0
             };
             let ahead = |i: usize| {
-                prefetch_row(blocks, locs, i + far, rb, near > 0);
+                $crate::kernels::x86::prefetch_row(blocks, locs, i + far, rb, near > 0);
                 if near > 0 {
-                    prefetch_row(blocks, locs, i + near, rb, false);
+                    $crate::kernels::x86::prefetch_row(blocks, locs, i + near, rb, false);
                 }
             };
             let n = out.len().min(locs.len());
-            $rows(user, |i| row(blocks, locs[i], rb), ahead, &mut out[..n]);
+            $rows(user, |i| $crate::kernels::row(blocks, locs[i], rb), ahead, &mut out[..n]);
         }
 
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn $range(user: &[f32], block: Block<'_>, first: usize, out: &mut [f32], rb: usize) {
+        #[target_feature(enable = $feat)]
+        fn $range(user: &[f32], block: $crate::kernels::Block<'_>, first: usize, out: &mut [f32], rb: usize) {
             let at = |i: usize| {
                 let at = (first + i) * block.stride;
                 block.bytes.get(at..at + rb)
@@ -198,7 +208,7 @@ macro_rules! loops {
 
         /// Scores rows `0..out.len()` (`rows(i)`; NaN where it is `None`)
         /// four at a time, calling `ahead(i)` before row `i`'s group.
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $feat)]
         fn $rows<'a>(
             user: &[f32],
             rows: impl Fn(usize) -> Option<&'a [u8]>,
@@ -214,7 +224,7 @@ macro_rules! loops {
                 if let [Some(r0), Some(r1), Some(r2), Some(r3)] =
                     [rows(i), rows(i + 1), rows(i + 2), rows(i + 3)]
                 {
-                    store4(o4, $dot4(user, [r0, r1, r2, r3]));
+                    $crate::kernels::x86::store4(o4, $dot4(user, [r0, r1, r2, r3]));
                 } else {
                     for (k, o) in o4.iter_mut().enumerate() {
                         *o = rows(i + k).map_or(f32::NAN, |r| $one(user, r));
@@ -229,7 +239,7 @@ macro_rules! loops {
 
         /// One row's score, computed exactly as in a group of four (so a
         /// row scores the same wherever it falls).
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $feat)]
         #[inline]
         fn $one(user: &[f32], r: &[u8]) -> f32 {
             _mm_cvtss_f32($dot4(user, [r; 4]))
@@ -237,19 +247,22 @@ macro_rules! loops {
     };
 }
 
+pub(super) use loops;
+
 /// Writes the four lanes of `v` to `o` (four long).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn store4(o: &mut [f32], v: __m128) {
+pub(super) fn store4(o: &mut [f32], v: __m128) {
     let mut a = [0f32; 4];
     // SAFETY: `a` holds four f32.
     unsafe { _mm_storeu_ps(a.as_mut_ptr(), v) };
     o.copy_from_slice(&a);
 }
 
-loops!(gather_f32, range_f32, rows_f32, one_f32, dot4_f32, true);
-loops!(gather_f16, range_f16, rows_f16, one_f16, dot4_f16, false);
+loops!("avx2,fma,f16c", gather_f32, range_f32, rows_f32, one_f32, dot4_f32, true);
+loops!("avx2,fma,f16c", gather_f16, range_f16, rows_f16, one_f16, dot4_f16, false);
 loops!(
+    "avx2,fma,f16c",
     gather_bf16,
     range_bf16,
     rows_bf16,
@@ -257,7 +270,7 @@ loops!(
     dot4_bf16,
     false
 );
-loops!(gather_i8, range_i8, rows_i8, one_i8, dot4_i8, false);
+loops!("avx2,fma,f16c", gather_i8, range_i8, rows_i8, one_i8, dot4_i8, false);
 
 /// See [`super::score_gather`].
 #[target_feature(enable = "avx2,fma,f16c")]
