@@ -544,7 +544,7 @@ unsafe fn run<const OP: u8>(
 /// nearest even, as Rust leaves it); `a` holds `(m-1)*lda + k` values and
 /// `dst` `m * kp` bytes, `kp >= k` a multiple of 16, `scale` `m` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn quantize_rows(
+pub(crate) unsafe fn quantize_rows(
     m: usize,
     k: usize,
     a: &[f32],

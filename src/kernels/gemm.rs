@@ -41,6 +41,9 @@ pub(crate) struct Weights {
     packed_dp: Vec<u16>,
     /// The per-output-channel scales of the int8 weights (`Int8`).
     w_scale: Vec<f32>,
+    /// The int8 weights for `vpdpbusd` (only for `Kernel::VnniInt8`).
+    #[cfg(target_arch = "x86_64")]
+    packed_vnni: crate::kernels::gemm_vnni::PackedI8,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
@@ -66,6 +69,8 @@ enum Kernel {
     DpBf16,
     /// `amx`, int8 tiles.
     AmxInt8,
+    /// `gemm_vnni`, int8 on `vpdpbusd`.
+    VnniInt8,
 }
 
 impl Weights {
@@ -129,6 +134,12 @@ impl Weights {
             #[cfg(target_arch = "x86_64")]
             Level::Amx if precision == Precision::Int8 => (Kernel::AmxInt8, 0),
             #[cfg(target_arch = "x86_64")]
+            Level::Avx512 | Level::Avx512Bf16
+                if precision == Precision::Int8 && crate::kernels::has_vnni() =>
+            {
+                (Kernel::VnniInt8, 0)
+            }
+            #[cfg(target_arch = "x86_64")]
             Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 | Level::Avx512Bf16 | Level::Amx => {
@@ -140,6 +151,8 @@ impl Weights {
         let mut packed_amx = Vec::new();
         let mut packed_dp = Vec::new();
         let mut w_scale = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        let mut packed_vnni = Default::default();
         match kernel {
             Kernel::None => {}
             #[cfg(target_arch = "x86_64")]
@@ -150,8 +163,10 @@ impl Weights {
             Kernel::AmxInt8 => {
                 (packed_amx, w_scale) = crate::kernels::amx::pack_i8(&given, n, k);
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::VnniInt8 => packed_vnni = crate::kernels::gemm_vnni::pack(&given, n, k),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::AmxBf16 | Kernel::DpBf16 | Kernel::AmxInt8 => {}
+            Kernel::AmxBf16 | Kernel::DpBf16 | Kernel::AmxInt8 | Kernel::VnniInt8 => {}
             Kernel::Avx2 | Kernel::Avx512 => {
                 packed = vec![0f32; n.div_ceil(nr) * k * nr];
                 for j in 0..n {
@@ -176,6 +191,8 @@ impl Weights {
             packed_amx,
             packed_dp,
             w_scale,
+            #[cfg(target_arch = "x86_64")]
+            packed_vnni,
             kernel,
             narrow,
             precision,
@@ -306,6 +323,30 @@ pub(crate) fn matmul_prefetching(
                     lda,
                     bytemuck::cast_slice(&w.packed_amx),
                     &w.w_scale,
+                    c,
+                    ldc,
+                    start,
+                    relu,
+                    ahead,
+                )
+            };
+            return;
+        }
+        Kernel::VnniInt8 => {
+            // SAFETY: `Kernel::VnniInt8` is only set for Level::Avx512 and
+            // Level::Avx512Bf16 when the CPU has AVX512-VNNI, and
+            // `Weights::for_level` asserts the CPU has the level (AVX-512 F,
+            // BW and VL, FMA and F16C present); the asserts above and the
+            // packing (`gemm_vnni::pack` for n and k) are the kernel's
+            // bounds contract.
+            unsafe {
+                crate::kernels::gemm_vnni::gemm_packed_i8(
+                    m,
+                    n,
+                    k,
+                    a,
+                    lda,
+                    &w.packed_vnni,
                     c,
                     ldc,
                     start,
@@ -707,14 +748,15 @@ mod tests {
                             Precision::Bf16 => 2f64.powi(-7) * 1.004 * mass + f32_sum,
                             Precision::Int8 => {
                                 // Rounding to the int8 grid moves a weight
-                                // by at most max |w_j| / 254 and, on AMX, an
+                                // by at most max |w_j| / 254 and, on AMX and
+                                // VNNI, an
                                 // activation by max |a_i| / 254 (/ 510 when
                                 // the block has no negative value).
                                 fn row(v: &[f32]) -> impl Iterator<Item = f64> + '_ {
                                     v.iter().map(|x| x.abs() as f64)
                                 }
                                 let mw = row(&wraw[j * k..(j + 1) * k]).fold(0.0, f64::max);
-                                let ma = if w.kernel == Kernel::AmxInt8 {
+                                let ma = if matches!(w.kernel, Kernel::AmxInt8 | Kernel::VnniInt8) {
                                     row(&a[i * k..(i + 1) * k]).fold(0.0, f64::max)
                                 } else {
                                     0.0
@@ -779,7 +821,7 @@ mod tests {
     }
 
     #[test]
-    fn int8_runs_on_amx_where_the_cpu_has_it_and_within_its_bound_everywhere() {
+    fn int8_runs_on_amx_and_vnni_where_the_cpu_has_them_and_within_its_bound_everywhere() {
         let (m, n, k) = (37, 70, 130);
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37) % 101) as f32 / 17.0 - 2.9)
@@ -790,10 +832,17 @@ mod tests {
         let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
         for relu in [false, true] {
             let ran = check_precision(m, n, k, &a, &w, &b, relu, Precision::Int8);
+            println!("int8 (level, kernel) pairs checked: {ran:?}");
             if Level::hardware() == Level::Amx {
                 assert!(ran.contains(&(Level::Amx, Kernel::AmxInt8)), "{ran:?}");
             } else {
                 println!("no AMX on this CPU: the AMX int8 kernel did not run");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if Level::hardware() >= Level::Avx512 && crate::kernels::has_vnni() {
+                assert!(ran.contains(&(Level::Avx512, Kernel::VnniInt8)), "{ran:?}");
+            } else {
+                println!("no AVX512-VNNI on this CPU: the vpdpbusd kernel did not run");
             }
         }
         // A zero weight row and a zero activation row (scale 0) give the bias.

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
 //! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products) |
-//! | `Avx512` (also AVX-512 F, BW, VL) | `x86_512` (16 lanes, masked tails) | `gemm_avx512` (12x32 tiles); narrow layers as at `Avx2` |
+//! | `Avx512` (also AVX-512 F, BW, VL) | `x86_512` (16 lanes, masked tails) | `gemm_avx512` (12x32 tiles); int8 bundles' layers on `vpdpbusd` (`gemm_vnni`, 12x32 tiles) when the CPU has AVX512-VNNI; narrow layers as at `Avx2` |
 //! | `Avx512Bf16` (also AVX512-BF16) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on `vdpbf16ps` (`gemm_bf16`, 12x32 tiles) |
 //! | `Amx` (also AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
 //!
@@ -17,7 +17,10 @@
 //! the weights are rounded to bf16 when the bundle is added; on AMX and
 //! AVX512-BF16 the activations are rounded too and the products run in
 //! bf16 with f32 sums, elsewhere the f32 kernels above run on the rounded
-//! weights.
+//! weights. At `Int8` the weights are quantized per output channel; on AMX
+//! and AVX512-VNNI the activations are quantized per row too and the
+//! products run in int8 with int32 sums (the same sums on both),
+//! elsewhere the f32 kernels run on the dequantized weights.
 //!
 //! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512|avx512bf16|amx` forces a lower level than the
 //! CPU's (a higher one is refused with a message, never run);
@@ -34,6 +37,8 @@ pub(crate) mod gemm;
 pub(crate) mod gemm_avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_bf16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_vnni;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_x86;
 #[cfg(target_arch = "x86_64")]
@@ -265,6 +270,14 @@ pub(crate) fn f16_to_f32(src: &[half::f16], out: &mut [f32]) {
         return;
     }
     src.convert_to_f32_slice(out);
+}
+
+/// Whether the CPU has AVX512-VNNI (`vpdpbusd`), which int8 bundles' layers
+/// use at `Level::Avx512` and `Level::Avx512Bf16` (detected once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni"))
 }
 
 /// Whether the CPU's vendor string is AMD's (CPUID leaf 0).
