@@ -44,6 +44,10 @@ pub(crate) struct Weights {
     /// The int8 weights for `vpdpbusd` (only for `Kernel::VnniInt8`).
     #[cfg(target_arch = "x86_64")]
     packed_vnni: crate::kernels::gemm_vnni::PackedI8,
+    /// The int8 weights widened for `vpmaddwd` (only for
+    /// `Kernel::Avx2Int8`).
+    #[cfg(target_arch = "x86_64")]
+    packed_i16: crate::kernels::gemm_i8_avx2::PackedI16,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
@@ -71,6 +75,8 @@ enum Kernel {
     AmxInt8,
     /// `gemm_vnni`, int8 on `vpdpbusd`.
     VnniInt8,
+    /// `gemm_i8_avx2`, int8 (widened to int16) on `vpmaddwd`.
+    Avx2Int8,
 }
 
 impl Weights {
@@ -140,6 +146,10 @@ impl Weights {
                 (Kernel::VnniInt8, 0)
             }
             #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512 | Level::Avx512Bf16 if precision == Precision::Int8 => {
+                (Kernel::Avx2Int8, 0)
+            }
+            #[cfg(target_arch = "x86_64")]
             Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 | Level::Avx512Bf16 | Level::Amx => {
@@ -153,6 +163,8 @@ impl Weights {
         let mut w_scale = Vec::new();
         #[cfg(target_arch = "x86_64")]
         let mut packed_vnni = Default::default();
+        #[cfg(target_arch = "x86_64")]
+        let mut packed_i16 = Default::default();
         match kernel {
             Kernel::None => {}
             #[cfg(target_arch = "x86_64")]
@@ -165,8 +177,14 @@ impl Weights {
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::VnniInt8 => packed_vnni = crate::kernels::gemm_vnni::pack(&given, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Int8 => packed_i16 = crate::kernels::gemm_i8_avx2::pack(&given, n, k),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::AmxBf16 | Kernel::DpBf16 | Kernel::AmxInt8 | Kernel::VnniInt8 => {}
+            Kernel::AmxBf16
+            | Kernel::DpBf16
+            | Kernel::AmxInt8
+            | Kernel::VnniInt8
+            | Kernel::Avx2Int8 => {}
             Kernel::Avx2 | Kernel::Avx512 => {
                 packed = vec![0f32; n.div_ceil(nr) * k * nr];
                 for j in 0..n {
@@ -193,6 +211,8 @@ impl Weights {
             w_scale,
             #[cfg(target_arch = "x86_64")]
             packed_vnni,
+            #[cfg(target_arch = "x86_64")]
+            packed_i16,
             kernel,
             narrow,
             precision,
@@ -347,6 +367,29 @@ pub(crate) fn matmul_prefetching(
                     a,
                     lda,
                     &w.packed_vnni,
+                    c,
+                    ldc,
+                    start,
+                    relu,
+                    ahead,
+                )
+            };
+            return;
+        }
+        Kernel::Avx2Int8 => {
+            // SAFETY: `Kernel::Avx2Int8` is only set for Level::Avx2 and up,
+            // which `Weights::for_level` asserts the CPU has (AVX2, FMA and
+            // F16C present); the asserts above and the packing
+            // (`gemm_i8_avx2::pack` for n and k) are the kernel's bounds
+            // contract.
+            unsafe {
+                crate::kernels::gemm_i8_avx2::gemm_packed_i8(
+                    m,
+                    n,
+                    k,
+                    a,
+                    lda,
+                    &w.packed_i16,
                     c,
                     ldc,
                     start,
@@ -756,7 +799,10 @@ mod tests {
                                     v.iter().map(|x| x.abs() as f64)
                                 }
                                 let mw = row(&wraw[j * k..(j + 1) * k]).fold(0.0, f64::max);
-                                let ma = if matches!(w.kernel, Kernel::AmxInt8 | Kernel::VnniInt8) {
+                                let ma = if matches!(
+                                    w.kernel,
+                                    Kernel::AmxInt8 | Kernel::VnniInt8 | Kernel::Avx2Int8
+                                ) {
                                     row(&a[i * k..(i + 1) * k]).fold(0.0, f64::max)
                                 } else {
                                     0.0
@@ -844,6 +890,10 @@ mod tests {
             } else {
                 println!("no AVX512-VNNI on this CPU: the vpdpbusd kernel did not run");
             }
+            #[cfg(target_arch = "x86_64")]
+            if Level::hardware() >= Level::Avx2 {
+                assert!(ran.contains(&(Level::Avx2, Kernel::Avx2Int8)), "{ran:?}");
+            }
         }
         // A zero weight row and a zero activation row (scale 0) give the bias.
         let mut w0 = w.clone();
@@ -854,6 +904,42 @@ mod tests {
         // Stored dequantized weights quantize back to themselves.
         let dq = dequantized(&w, k);
         assert_eq!(dequantized(&dq, k), dq);
+    }
+
+    #[test]
+    fn the_int8_kernels_compute_the_same_sums() {
+        // Same quantization and int32 sums on AMX, VNNI and AVX2: the
+        // results differ at most by the rounding of the f32 epilogue.
+        let (m, n, k) = (29, 45, 77);
+        for signed in [true, false] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37) % 101) as f32 / 17.0 - if signed { 2.9 } else { 0.0 })
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53) % 97) as f32 / 41.0 - 1.1)
+                .collect();
+            let mut first: Option<(Kernel, Vec<f32>)> = None;
+            for level in Level::available() {
+                let wl = Weights::for_level(&w, k, k, n, level, Precision::Int8);
+                if matches!(wl.kernel, Kernel::None | Kernel::Avx512) {
+                    continue; // f32 products on dequantized weights
+                }
+                let mut c = vec![0f32; m * n];
+                matmul(m, &a, k, &wl, &mut c, n, Start::Zero, false);
+                match &first {
+                    None => first = Some((wl.kernel, c)),
+                    Some((k0, c0)) => {
+                        for (x, y) in c.iter().zip(c0) {
+                            assert!(
+                                (x - y).abs() <= 4.0 * f32::EPSILON * x.abs().max(y.abs()),
+                                "{:?} vs {k0:?}: {x} vs {y}",
+                                wl.kernel
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     proptest::proptest! {

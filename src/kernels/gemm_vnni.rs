@@ -113,9 +113,8 @@ pub(crate) unsafe fn gemm_packed_i8(
         sa.resize(m, 0.0);
         // SAFETY: AVX-512 F and BW (the caller's contract); `qa` holds
         // m * kq bytes, kq >= k a multiple of 16; `sa` m values.
-        let unsigned = unsafe {
-            crate::kernels::amx::quantize_rows(m, k, a, lda, &mut qa[..m * kq], kq, sa)
-        };
+        let unsigned =
+            unsafe { crate::kernels::amx::quantize_rows(m, k, a, lda, &mut qa[..m * kq], kq, sa) };
         if !unsigned {
             // int8 to the uint8 `vpdpbusd` takes: q + 128.
             qa[..m * kq].iter_mut().for_each(|x| *x ^= 0x80);

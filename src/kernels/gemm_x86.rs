@@ -89,6 +89,42 @@ unsafe fn tile<const R: usize>(
     start: Start<'_>,
     relu: bool,
 ) {
+    // SAFETY: the function's contract is `start_tile`'s.
+    let mut acc = unsafe { start_tile::<R>(c, ldc, (i0, j0, nn), start) };
+    for p in 0..k {
+        // SAFETY: p < k, so bp[p * 16 .. p * 16 + 16] and a[r * lda + p]
+        // (r < R) are inside the caller's buffers.
+        unsafe {
+            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+            }
+        }
+    }
+    // SAFETY: the function's contract is `store_tile`'s.
+    unsafe { store_tile::<R>(&acc, c, ldc, nn, relu) };
+}
+
+/// The accumulators of an `R`-row, 16-column tile (columns `j0 .. j0 +
+/// nn` of rows `i0 ..`) at their start values: zero, `C`'s, the bias, or
+/// a start row (f32 or f16) plus the added row. Shared by the f32 and the
+/// int8 kernels.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be present; `c` holds `R` rows of `nn` values
+/// at stride `ldc`; `start`'s slices hold columns `j0 .. j0 + nn` (and
+/// rows `i0 .. i0 + R`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn start_tile<const R: usize>(
+    c: *const f32,
+    ldc: usize,
+    (i0, j0, nn): (usize, usize, usize),
+    start: Start<'_>,
+) -> [[__m256; 2]; R] {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     // SAFETY (all the loads below): the function's contract.
     match start {
@@ -117,19 +153,25 @@ unsafe fn tile<const R: usize>(
             }
         }
     }
-    for p in 0..k {
-        // SAFETY: p < k, so bp[p * 16 .. p * 16 + 16] and a[r * lda + p]
-        // (r < R) are inside the caller's buffers.
-        unsafe {
-            let b0 = _mm256_loadu_ps(bp.add(p * NR));
-            let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
-                acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
-            }
-        }
-    }
+    acc
+}
+
+/// Stores an `R`-row, 16-column tile (through ReLU if `relu`) into the
+/// first `nn` columns of `R` rows of `c`, `ldc` apart.
+///
+/// # Safety
+/// AVX2 must be present; `c` holds `R` rows of `nn <= 16` values at stride
+/// `ldc`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn store_tile<const R: usize>(
+    acc: &[[__m256; 2]; R],
+    c: *mut f32,
+    ldc: usize,
+    nn: usize,
+    relu: bool,
+) {
+    let mut acc = *acc;
     if relu {
         let zero = _mm256_setzero_ps();
         for acc in acc.iter_mut() {

@@ -38,6 +38,8 @@ pub(crate) mod gemm_avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_bf16;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_i8_avx2;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_vnni;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_x86;

@@ -175,7 +175,13 @@ pub(super) fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usi
 macro_rules! loops {
     ($feat:literal, $gather:ident, $range:ident, $rows:ident, $one:ident, $dot4:ident, $split:expr) => {
         #[target_feature(enable = $feat)]
-        fn $gather(user: &[f32], blocks: &[$crate::kernels::Block<'_>], locs: &[$crate::kernels::Loc], out: &mut [f32], rb: usize) {
+        fn $gather(
+            user: &[f32],
+            blocks: &[$crate::kernels::Block<'_>],
+            locs: &[$crate::kernels::Loc],
+            out: &mut [f32],
+            rb: usize,
+        ) {
             let far = $crate::kernels::row_ahead();
             // f32 rows of three lines or more: the first line `far` rows
             // ahead (perhaps starting the row's page walk early; not
@@ -194,11 +200,22 @@ macro_rules! loops {
                 }
             };
             let n = out.len().min(locs.len());
-            $rows(user, |i| $crate::kernels::row(blocks, locs[i], rb), ahead, &mut out[..n]);
+            $rows(
+                user,
+                |i| $crate::kernels::row(blocks, locs[i], rb),
+                ahead,
+                &mut out[..n],
+            );
         }
 
         #[target_feature(enable = $feat)]
-        fn $range(user: &[f32], block: $crate::kernels::Block<'_>, first: usize, out: &mut [f32], rb: usize) {
+        fn $range(
+            user: &[f32],
+            block: $crate::kernels::Block<'_>,
+            first: usize,
+            out: &mut [f32],
+            rb: usize,
+        ) {
             let at = |i: usize| {
                 let at = (first + i) * block.stride;
                 block.bytes.get(at..at + rb)
@@ -259,8 +276,24 @@ pub(super) fn store4(o: &mut [f32], v: __m128) {
     o.copy_from_slice(&a);
 }
 
-loops!("avx2,fma,f16c", gather_f32, range_f32, rows_f32, one_f32, dot4_f32, true);
-loops!("avx2,fma,f16c", gather_f16, range_f16, rows_f16, one_f16, dot4_f16, false);
+loops!(
+    "avx2,fma,f16c",
+    gather_f32,
+    range_f32,
+    rows_f32,
+    one_f32,
+    dot4_f32,
+    true
+);
+loops!(
+    "avx2,fma,f16c",
+    gather_f16,
+    range_f16,
+    rows_f16,
+    one_f16,
+    dot4_f16,
+    false
+);
 loops!(
     "avx2,fma,f16c",
     gather_bf16,
@@ -270,7 +303,15 @@ loops!(
     dot4_bf16,
     false
 );
-loops!("avx2,fma,f16c", gather_i8, range_i8, rows_i8, one_i8, dot4_i8, false);
+loops!(
+    "avx2,fma,f16c",
+    gather_i8,
+    range_i8,
+    rows_i8,
+    one_i8,
+    dot4_i8,
+    false
+);
 
 /// See [`super::score_gather`].
 #[target_feature(enable = "avx2,fma,f16c")]
