@@ -75,7 +75,7 @@ unsafe fn quantize_rows(
     kq: usize,
     scale: &mut [f32],
 ) -> bool {
-    assert!(kq >= k && kq % 8 == 0 && dst.len() >= m * kq && scale.len() >= m);
+    assert!(kq >= k && kq.is_multiple_of(8) && dst.len() >= m * kq && scale.len() >= m);
     assert!(m == 0 || a.len() >= (m - 1) * lda + k);
     // 8 values of row i from p, zero beyond k (a masked load touches only
     // the unmasked values).
@@ -109,9 +109,9 @@ unsafe fn quantize_rows(
     }
     let (top, lo, hi) = if neg { (127.0, -128, 127) } else { (255.0, 0, 255) };
     let (lo, hi) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
-    for i in 0..m {
-        let s = scale[i] / top;
-        scale[i] = s;
+    for (i, sc) in scale[..m].iter_mut().enumerate() {
+        let s = *sc / top;
+        *sc = s;
         let inv = _mm256_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
         for p in (0..kq).step_by(8) {
             let q = _mm256_cvtps_epi32(_mm256_mul_ps(load(i, p), inv));

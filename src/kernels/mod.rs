@@ -8,8 +8,8 @@
 //! | level | two-tower loops | model layers (`gemm`) |
 //! |---|---|---|
 //! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
-//! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products) |
-//! | `Avx512` (also AVX-512 F, BW, VL) | `x86_512` (16 lanes, masked tails) | `gemm_avx512` (12x32 tiles); int8 bundles' layers on `vpdpbusd` (`gemm_vnni`, 12x32 tiles) when the CPU has AVX512-VNNI; narrow layers as at `Avx2` |
+//! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products); int8 bundles' layers on `vpmaddwd` (`gemm_i8_avx2`, 6x16 tiles) |
+//! | `Avx512` (also AVX-512 F, BW, VL) | `x86_512` (16 lanes, masked tails) | `gemm_avx512` (12x32 tiles); int8 bundles' layers on `vpdpbusd` (`gemm_vnni`, 12x32 tiles) when the CPU has AVX512-VNNI, else as at `Avx2`; narrow layers as at `Avx2` |
 //! | `Avx512Bf16` (also AVX512-BF16) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on `vdpbf16ps` (`gemm_bf16`, 12x32 tiles) |
 //! | `Amx` (also AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
 //!
@@ -17,10 +17,10 @@
 //! the weights are rounded to bf16 when the bundle is added; on AMX and
 //! AVX512-BF16 the activations are rounded too and the products run in
 //! bf16 with f32 sums, elsewhere the f32 kernels above run on the rounded
-//! weights. At `Int8` the weights are quantized per output channel; on AMX
-//! and AVX512-VNNI the activations are quantized per row too and the
-//! products run in int8 with int32 sums (the same sums on both),
-//! elsewhere the f32 kernels run on the dequantized weights.
+//! weights. At `Int8` the weights are quantized per output channel; from
+//! `Avx2` up the activations are quantized per row too and the products
+//! run in int8 with int32 sums, the same sums on AMX, AVX512-VNNI and AVX2;
+//! the portable path runs f32 products on the dequantized weights.
 //!
 //! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512|avx512bf16|amx` forces a lower level than the
 //! CPU's (a higher one is refused with a message, never run);
