@@ -30,6 +30,10 @@ fn bench(c: &mut Criterion) {
     // (`Transaction::add_model_precomputed`).
     // At f32 and with the bundle at bf16 or int8 (`Transaction::add_model_at`).
     let f16 = Some(vstore::Dtype::F16);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     for (variant, pre, precision) in [
         ("", None, Precision::F32),
         ("_precomputed_f16", f16, Precision::F32),
@@ -45,11 +49,17 @@ fn bench(c: &mut Criterion) {
             g.throughput(Throughput::Elements((2 * model.macs_per_item() * n) as u64));
             // Also on two threads (`Query::threads`) and, at bf16, in exact
             // mode (`Query::exact`: the f32 top k).
-            let mut modes = vec![("", false, 1), ("_2threads", false, 2)];
+            // And `_2pool`: two runs on a rayon pool of two threads the
+            // caller keeps (`Query::pool`).
+            let mut modes = vec![
+                ("", false, 1, None),
+                ("_2threads", false, 2, None),
+                ("_2pool", false, 2, Some(&pool)),
+            ];
             if precision != Precision::F32 {
-                modes.push(("_exact", true, 1));
+                modes.push(("_exact", true, 1, None));
             }
-            for (suffix, exact, threads) in modes {
+            for (suffix, exact, threads, on) in modes {
                 let mut q = 0;
                 g.bench_function(format!("n{n}_k500{variant}{suffix}"), |b| {
                     b.iter(|| {
@@ -57,6 +67,10 @@ fn bench(c: &mut Criterion) {
                         let query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
                             .three_tower(&inputs[q])
                             .threads(threads);
+                        let query = match on {
+                            Some(pool) => query.pool(pool),
+                            None => query,
+                        };
                         let query = if exact { query.exact() } else { query };
                         snap.query(&query).unwrap().hits.len()
                     })

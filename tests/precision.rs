@@ -5,7 +5,8 @@
 //! bundle, 5,000 candidates, k = 500) the top-500 overlaps the f32 path's
 //! by as much; and exact mode (`Query::exact`) returns the
 //! f32 bundle's result bit for bit on all of them, as do queries on several
-//! threads (`Query::threads`) the one-thread result. The kernel level in use
+//! threads (`Query::threads`, on scoped threads or the caller's rayon pool,
+//! `Query::pool`) the one-thread result. The kernel level in use
 //! is printed (AMX runs bf16 on tiles; lower levels run f32 products on the
 //! rounded weights).
 
@@ -204,6 +205,7 @@ fn large(precision: Precision, min_overlap: f64) {
             Some(_) => u.by_item(&i.name, [(3, vec![0.2; i.dim])]),
         });
     let (mut hit, mut want) = (0, 0);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for q in 0..4u64 {
         let user: Vec<f32> = (0..ExampleBundle::DIM).map(|_| next()).collect();
         let cands: Vec<u64> = (0..5_000u64)
@@ -237,6 +239,16 @@ fn large(precision: Precision, min_overlap: f64) {
             assert_eq!(
                 snap.query(&query.exact().threads(2)).unwrap(),
                 snap.query(&query.exact()).unwrap()
+            );
+            // On the caller's pool: as many runs as it has threads, or as
+            // `threads` says; from outside the pool and from one of its
+            // threads (which then scores the first run itself).
+            assert_eq!(snap.query(&query.pool(&pool)).unwrap(), one, "pool");
+            assert_eq!(snap.query(&query.threads(5).pool(&pool)).unwrap(), one);
+            assert_eq!(
+                pool.install(|| snap.query(&query.pool(&pool))).unwrap(),
+                one,
+                "query from a pool thread"
             );
         }
         hit += common_ids(&a, &b);

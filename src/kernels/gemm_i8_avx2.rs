@@ -107,7 +107,11 @@ unsafe fn quantize_rows(
         neg |= l < 0.0;
         *mx = h.max(-l);
     }
-    let (top, lo, hi) = if neg { (127.0, -128, 127) } else { (255.0, 0, 255) };
+    let (top, lo, hi) = if neg {
+        (127.0, -128, 127)
+    } else {
+        (255.0, 0, 255)
+    };
     let (lo, hi) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
     for (i, sc) in scale[..m].iter_mut().enumerate() {
         let s = *sc / top;

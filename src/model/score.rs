@@ -19,6 +19,22 @@ use crate::read::columns::EmbeddingColumn;
 use crate::read::segment::Segment;
 use crate::schema::Dtype;
 
+/// How a query's model is split over threads ([`Model::score_on`]): into
+/// at most `runs` runs, the caller's thread scoring the first and the
+/// others running on `pool` (the caller's) or on scoped threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parallel<'p> {
+    pub runs: usize,
+    pub pool: Option<&'p rayon::ThreadPool>,
+}
+
+thread_local! {
+    /// The buffers of the runs a thread scores for another thread's query
+    /// (kept between queries, so a pool thread allocates them once).
+    static RUN_SCRATCH: std::cell::RefCell<(Vec<f32>, ModelScratch)> =
+        std::cell::RefCell::new((Vec::new(), ModelScratch::default()));
+}
+
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
 /// product).
 pub(super) const BLOCK: usize = 48;
@@ -458,15 +474,17 @@ impl Model {
         }
     }
 
-    /// [`Model::score`] on up to `threads` threads: `locs` split into
-    /// contiguous runs of whole blocks, one per thread (the caller's
-    /// thread runs the first, with `s`; the others start for the call,
-    /// each with buffers of its own), each writing its rows' head values.
-    /// A row's values do not depend on the rows beside it, so the result
-    /// is [`Model::score`]'s, bit for bit.
+    /// [`Model::score`] split over threads as `par` says: `locs` cut into
+    /// up to `par.runs` contiguous runs of whole blocks; the caller's
+    /// thread scores the first (with `s`), the others run on `par.pool`
+    /// (the caller's rayon pool) or on scoped threads started for the
+    /// call, each with the buffers its thread keeps between calls, and
+    /// write their rows' head values in place. A row's values do not depend
+    /// on the rows beside it, so the result is [`Model::score`]'s, bit for
+    /// bit, wherever the runs ran.
     pub(crate) fn score_on(
         &self,
-        threads: usize,
+        par: Parallel<'_>,
         prep: &Prepared<'_>,
         segs: &[SegmentInputs<'_>],
         locs: &[Loc],
@@ -474,28 +492,49 @@ impl Model {
         s: &mut ModelScratch,
     ) {
         let blocks = locs.len().div_ceil(BLOCK);
-        let threads = threads.min(blocks);
-        if threads <= 1 {
+        let runs = par.runs.min(blocks);
+        if runs <= 1 {
             return self.score(prep, segs, locs, heads, s);
         }
-        let per = blocks.div_ceil(threads) * BLOCK;
+        let per = blocks.div_ceil(runs) * BLOCK;
         let nh = self.heads.len();
         heads.clear();
         heads.resize(locs.len() * nh, 0.0);
-        let mut runs = locs.chunks(per).zip(heads.chunks_mut(per * nh));
-        let (first, first_out) = runs.next().expect("two runs or more");
-        std::thread::scope(|scope| {
-            for (run, out) in runs {
-                scope.spawn(move || {
+        let mut parts = locs.chunks(per).zip(heads.chunks_mut(per * nh));
+        let (first, first_out) = parts.next().expect("two runs or more");
+        // One run on a thread other than the caller's, with that thread's
+        // buffers (fresh ones if they are in use: never on these paths,
+        // where a run does not start another).
+        let run = |run: &[Loc], out: &mut [f32]| {
+            RUN_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut b) => {
+                    let (values, scratch) = &mut *b;
+                    self.score(prep, segs, run, values, scratch);
+                    out.copy_from_slice(values);
+                }
+                Err(_) => {
                     let mut values = Vec::new();
                     self.score(prep, segs, run, &mut values, &mut ModelScratch::default());
                     out.copy_from_slice(&values);
-                });
-            }
-            let mut values = Vec::new();
-            self.score(prep, segs, first, &mut values, s);
-            first_out.copy_from_slice(&values);
-        });
+                }
+            })
+        };
+        let mut values = Vec::new();
+        match par.pool {
+            Some(pool) => pool.in_place_scope(|scope| {
+                for (r, out) in parts {
+                    scope.spawn(move |_| run(r, out));
+                }
+                self.score(prep, segs, first, &mut values, s);
+            }),
+            None => std::thread::scope(|scope| {
+                for (r, out) in parts {
+                    scope.spawn(move || run(r, out));
+                }
+                self.score(prep, segs, first, &mut values, s);
+            }),
+        }
+        first_out.copy_from_slice(&values);
     }
 
     /// Runs the model on the rows `locs` (rows of `segs`) and writes each

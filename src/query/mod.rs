@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::format::idindex::{self, Hashed};
 use crate::kernels::{self, Block, Level, Loc};
-use crate::model::{Fusion, Model, ModelScratch, Prepared, SegmentInputs, UserInputs};
+use crate::model::{Fusion, Model, ModelScratch, Parallel, Prepared, SegmentInputs, UserInputs};
 use crate::query::filter::{Compiled, Filter};
 use crate::query::topk::TopK;
 use crate::read::snapshot::Snapshot;
@@ -74,7 +74,9 @@ pub struct Query<'a> {
     fusion: Option<&'a Fusion>,
     heads: bool,
     exact: bool,
-    threads: usize,
+    /// [`Query::threads`], if set.
+    threads: Option<usize>,
+    pool: Option<&'a rayon::ThreadPool>,
 }
 
 impl<'a> Query<'a> {
@@ -92,7 +94,8 @@ impl<'a> Query<'a> {
             fusion: None,
             heads: false,
             exact: false,
-            threads: 1,
+            threads: None,
+            pool: None,
         }
     }
 
@@ -109,7 +112,8 @@ impl<'a> Query<'a> {
             fusion: None,
             heads: false,
             exact: false,
-            threads: 1,
+            threads: None,
+            pool: None,
         }
     }
 
@@ -165,15 +169,39 @@ impl<'a> Query<'a> {
         self
     }
 
-    /// Runs a three-tower query's model on up to `threads` threads (scoped
-    /// threads started for the query; 0 counts as 1): the candidates are
-    /// split into contiguous runs of whole scoring blocks, one per thread,
-    /// and fusion and the top k then see every candidate, so the result is
-    /// the same as on one thread, bit for bit. Worth it from a few thousand
-    /// candidates (docs/PERF.md, "Three-tower scoring"); a two-tower query
-    /// runs on one thread whatever this says.
+    /// Runs a three-tower query's model on up to `threads` threads (0
+    /// counts as 1): the candidates are split into contiguous runs of whole
+    /// scoring blocks, the calling thread scores the first and the others
+    /// run on the pool given to [`Query::pool`], or else on scoped threads
+    /// started for the query. Fusion and the top k then see every
+    /// candidate, so the result is the same as on one thread, bit for bit.
+    /// Worth it from a few thousand candidates (docs/PERF.md, "Three-tower
+    /// scoring"); a two-tower query runs on one thread whatever this says.
     pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// Runs the split of [`Query::threads`] on the caller's rayon pool
+    /// instead of threads started per query (a serving process keeps one
+    /// pool; its threads keep their scoring buffers between queries).
+    /// Without [`Query::threads`], the candidates are split into as many
+    /// runs as the pool has threads. The result does not depend on the
+    /// pool, only on the number of runs, and is the one-thread result.
+    ///
+    /// ```no_run
+    /// # fn main() -> vstore::Result<()> {
+    /// # let store = vstore::Store::open("store")?;
+    /// # let (user, ids, inputs) = (vec![0f32; 64], vec![1u64, 2], vstore::UserInputs::new());
+    /// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    /// let q = vstore::Query::ids("prerank@v42", &user, &ids, 500)
+    ///     .three_tower(&inputs)
+    ///     .pool(&pool);
+    /// let result = store.snapshot().query(&q)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pool(mut self, pool: &'a rayon::ThreadPool) -> Self {
+        self.pool = Some(pool);
         self
     }
 }
@@ -192,8 +220,8 @@ enum Scorer<'q, 's> {
         segs: Vec<SegmentInputs<'s>>,
         /// [`Query::exact`] on a low-precision bundle: its f32 twin.
         exact: Option<Box<Exact<'q, 's>>>,
-        /// [`Query::threads`].
-        threads: usize,
+        /// [`Query::threads`] and [`Query::pool`].
+        par: Parallel<'q>,
     },
 }
 
@@ -438,7 +466,12 @@ impl Snapshot {
                     prep: Box::new(prep),
                     segs: inputs,
                     exact,
-                    threads: q.threads,
+                    par: Parallel {
+                        runs: q
+                            .threads
+                            .unwrap_or_else(|| q.pool.map_or(1, |p| p.current_num_threads())),
+                        pool: q.pool,
+                    },
                 }
             }
         })
@@ -471,10 +504,10 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
             prep,
             segs,
             exact,
-            threads,
+            par,
         } => {
             model.score_on(
-                *threads,
+                *par,
                 prep,
                 segs,
                 &scratch.locs,
