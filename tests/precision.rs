@@ -205,7 +205,10 @@ fn large(precision: Precision, min_overlap: f64) {
             Some(_) => u.by_item(&i.name, [(3, vec![0.2; i.dim])]),
         });
     let (mut hit, mut want) = (0, 0);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     for q in 0..4u64 {
         let user: Vec<f32> = (0..ExampleBundle::DIM).map(|_| next()).collect();
         let cands: Vec<u64> = (0..5_000u64)
