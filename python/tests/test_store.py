@@ -1,0 +1,174 @@
+"""The Python package against numpy references: build, query, errors,
+concurrency. Run by `.ci/run` (see python/README.md)."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import vstore
+
+DIM = 32
+
+
+def build(path, n=2000, dtype="f32", seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10**9, size=n, replace=False).astype(np.uint64)
+    vecs = rng.standard_normal((n, DIM)).astype(np.float32)
+    cats = (np.arange(n) % 7).astype(np.uint32)
+    schema = vstore.Schema().embedding("prerank", "v1", DIM, dtype).categorical("category")
+    w = vstore.create(str(path), schema)
+    emb = vecs.astype(np.float16) if dtype == "f16" else vecs
+    with w.begin() as tx:
+        tx.add_items(ids, embeddings={"prerank@v1": emb}, categorical={"category": cats})
+    return w, ids, vecs
+
+
+def reference(ids, vecs, user, cands, k):
+    """Top k by float64 inner product, ties by ascending id."""
+    pos = {int(i): j for j, i in enumerate(ids)}
+    found = [c for c in dict.fromkeys(int(c) for c in cands) if c in pos]
+    scores = np.array([vecs[pos[c]].astype(np.float64) @ user for c in found])
+    order = sorted(range(len(found)), key=lambda j: (-scores[j], found[j]))[:k]
+    return np.array([found[j] for j in order], dtype=np.uint64), scores[order]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_query_matches_numpy(tmp_path, dtype):
+    _, ids, vecs = build(tmp_path / "s", dtype=dtype)
+    if dtype == "f16":
+        vecs = vecs.astype(np.float16).astype(np.float32)
+    store = vstore.open(str(tmp_path / "s"))
+    snap = store.snapshot()
+    assert len(snap) == len(ids)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        user = rng.standard_normal(DIM).astype(np.float32)
+        missing = np.array([7, 11], dtype=np.uint64)  # not in the store
+        cands = np.concatenate([rng.choice(ids, 500, replace=False), missing])
+        r = snap.query("prerank@v1", user, cands, 50)
+        want_ids, want_scores = reference(ids, vecs, user.astype(np.float64), cands, 50)
+        assert r.ids.dtype == np.uint64 and r.scores.dtype == np.float32
+        np.testing.assert_array_equal(r.ids, want_ids)
+        np.testing.assert_allclose(r.scores, want_scores, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(r.not_found, missing)
+        assert r.scored == 500 and r.filtered_out == 0 and len(r) == 50
+    # A full scan is the reference over every item.
+    user = rng.standard_normal(DIM).astype(np.float32)
+    r = snap.query("prerank@v1", user, None, 20)
+    want_ids, _ = reference(ids, vecs, user.astype(np.float64), ids, 20)
+    np.testing.assert_array_equal(r.ids, want_ids)
+
+
+def test_inspect_verify_and_refresh(tmp_path):
+    w, ids, _ = build(tmp_path / "s", n=100)
+    store = vstore.open(str(tmp_path / "s"))
+    info = store.snapshot().inspect()
+    assert info["items"] == 100
+    assert info["embeddings"] == {"prerank@v1": {"dim": DIM, "dtype": "f32"}}
+    assert "category" in info["columns"]
+    report = store.verify()
+    assert report["files"] > 0 and report["bytes"] > 0
+    first = store.snapshot().number
+    assert store.refresh() is False
+    with w.begin() as tx:
+        tx.delete_items(ids[:10])
+    assert store.refresh() is True
+    assert store.snapshot().number > first and len(store.snapshot()) == 90
+
+
+def test_a_failed_block_publishes_nothing(tmp_path):
+    w, ids, _ = build(tmp_path / "s", n=100)
+    store = vstore.open(str(tmp_path / "s"))
+    before = store.snapshot().number
+    with pytest.raises(RuntimeError):
+        with w.begin() as tx:
+            tx.delete_items(ids[:10])
+            raise RuntimeError("abandon")
+    store.refresh()
+    assert store.snapshot().number == before and len(store.snapshot()) == 100
+
+
+def test_every_error_kind_is_its_own_class(tmp_path):
+    w, ids, _ = build(tmp_path / "s", n=100)
+    user = np.zeros(DIM, dtype=np.float32)
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    with pytest.raises(vstore.VersionSkewError, match="prerank@v2"):
+        snap.query("prerank@v2", user, ids, 5)
+    with pytest.raises(vstore.IoError, match="nothing-here"):
+        vstore.open(str(tmp_path / "nothing-here"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(vstore.NotAStoreError, match="empty"):
+        vstore.open(str(tmp_path / "empty"))
+    with pytest.raises(vstore.LockedError):
+        vstore.Writer.open(str(tmp_path / "s"))
+    with pytest.raises(vstore.DuplicateIdError, match=str(int(ids[0]))):
+        with w.begin() as tx:
+            tx.add_items(ids[:1], embeddings={"prerank@v1": np.zeros((1, DIM), np.float32)})
+    with pytest.raises(vstore.InvalidInputError, match="2 rows for 3 ids"):
+        w.begin().add_items(
+            np.array([1, 2, 3], np.uint64),
+            embeddings={"prerank@v1": np.zeros((2, DIM), np.float32)},
+        )
+    tx = w.begin()
+    tx.commit()
+    with pytest.raises(vstore.InvalidInputError, match="already committed"):
+        tx.commit()
+    with pytest.raises(vstore.InvalidInputError, match="f64"):
+        vstore.Schema().embedding("prerank", "v1", DIM, "f64")
+    with pytest.raises(vstore.SchemaError, match="declared twice"):
+        vstore.create(str(tmp_path / "t"), vstore.Schema().categorical("a").categorical("a"))
+    # Every class is a VstoreError.
+    for name in vstore.__all__:
+        obj = getattr(vstore, name)
+        if isinstance(obj, type) and name.endswith("Error"):
+            assert issubclass(obj, vstore.VstoreError), name
+
+
+def test_a_damaged_file_is_named(tmp_path):
+    build(tmp_path / "s", n=100)
+    store = vstore.open(str(tmp_path / "s"))
+    victims = [f for f in os.listdir(tmp_path / "s") if "-emb-" in f]
+    assert victims, os.listdir(tmp_path / "s")
+    path = tmp_path / "s" / victims[0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    store = vstore.open(str(tmp_path / "s"))
+    with pytest.raises(vstore.CorruptError, match=victims[0]):
+        store.verify()
+
+
+def test_queries_from_threads_while_the_writer_publishes(tmp_path):
+    w, ids, vecs = build(tmp_path / "s", n=3000)
+    store = vstore.open(str(tmp_path / "s"))
+    errors = []
+    stop = threading.Event()
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                store.refresh()
+                snap = store.snapshot()
+                user = rng.standard_normal(DIM).astype(np.float32)
+                cands = rng.choice(ids, 400, replace=False)
+                r = snap.query("prerank@v1", user, cands, 10)
+                # Deleted ids are reported missing, never scored.
+                assert r.scored + len(r.not_found) == 400
+                assert np.all(np.diff(r.scores) <= 0)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(10):
+        with w.begin() as tx:
+            tx.delete_items(ids[i * 50 : (i + 1) * 50])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(vstore.open(str(tmp_path / "s")).snapshot()) == 3000 - 500
