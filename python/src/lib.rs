@@ -141,8 +141,9 @@ struct PySnapshot {
 /// k, best first; `heads` (float32, `[k, heads]`, or None) and
 /// `head_names`; the candidates not found (`not_found`, uint64, input
 /// order), the number the filter removed (`filtered_out`), the number
-/// scored (`scored`), those whose score was not finite (`non_finite`) and
-/// the snapshot that answered.
+/// scored (`scored`), those whose score was not finite (`non_finite`), the
+/// snapshot that answered and `query_seconds`, the time the library's query
+/// took (the rest of a call's time is the binding's).
 #[pyclass(name = "QueryResult", module = "vstore", frozen, get_all)]
 struct PyQueryResult {
     snapshot: u64,
@@ -154,6 +155,7 @@ struct PyQueryResult {
     filtered_out: usize,
     scored: usize,
     non_finite: Py<PyArray1<u64>>,
+    query_seconds: f64,
 }
 
 #[pymethods]
@@ -177,7 +179,7 @@ impl PyQueryResult {
 }
 
 impl PyQueryResult {
-    fn new(py: Python<'_>, r: vstore::QueryResult) -> PyResult<Self> {
+    fn new(py: Python<'_>, (r, query_seconds): (vstore::QueryResult, f64)) -> PyResult<Self> {
         let ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
         let scores: Vec<f32> = r.hits.iter().map(|h| h.score).collect();
         let heads = if r.head_names.is_empty() {
@@ -197,6 +199,7 @@ impl PyQueryResult {
             filtered_out: r.filtered_out,
             scored: r.scored,
             non_finite: r.non_finite.into_pyarray(py).unbind(),
+            query_seconds,
         })
     }
 }
@@ -216,8 +219,16 @@ impl PySnapshot {
 
     /// Scores `candidates` (uint64 ids; None: every item) against `user`
     /// (float32, from the model version `version`, `space@version`) and
-    /// returns the best `k`.
-    #[pyo3(signature = (version, user, candidates, k))]
+    /// returns the best `k`. `filter`: a [`Filter`](PyFilter).
+    /// `three_tower`: the user inputs of a three-tower query (name → a
+    /// float32 vector for a `user_dense` input, or name → {category code:
+    /// vector} for a `user_by_item` one; `{}` for none), scored by the
+    /// version's bundle (`model` names one of several) with its fusion or
+    /// `fusion` (a JSON object, as a dict or a string); `heads` returns the
+    /// head values; `exact` the f32 top k of a low-precision bundle;
+    /// `threads` splits the model over that many threads.
+    #[pyo3(signature = (version, user, candidates, k, *, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false, threads = 1))]
+    #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
         py: Python<'_>,
@@ -225,28 +236,98 @@ impl PySnapshot {
         user: PyReadonlyArray1<'_, f32>,
         candidates: Option<PyReadonlyArray1<'_, u64>>,
         k: usize,
+        filter: Option<&PyFilter>,
+        three_tower: Option<&Bound<'_, PyDict>>,
+        model: Option<&str>,
+        fusion: Option<&Bound<'_, PyAny>>,
+        heads: bool,
+        exact: bool,
+        threads: usize,
     ) -> PyResult<PyQueryResult> {
-        let user = user
-            .as_slice()
-            .map_err(|_| invalid("user: the array must be contiguous"))?;
+        let user = contiguous(&user, "user")?;
         let ids = match &candidates {
-            Some(c) => Some(
-                c.as_slice()
-                    .map_err(|_| invalid("candidates: the array must be contiguous"))?,
-            ),
+            Some(c) => Some(contiguous(c, "candidates")?),
             None => None,
         };
+        let opts = Options::new(
+            py,
+            filter,
+            three_tower,
+            model,
+            fusion,
+            heads,
+            exact,
+            threads,
+        )?;
         let snap = &self.inner;
-        let r = py
-            .detach(|| {
-                let q = match ids {
-                    Some(ids) => vstore::Query::ids(version, user, ids, k),
-                    None => vstore::Query::full_scan(version, user, k),
-                };
-                snap.query(&q)
-            })
-            .map_err(err)?;
+        let r = py.detach(|| timed(|| snap.query(&opts.query(version, user, ids, k))))?;
         PyQueryResult::new(py, r)
+    }
+
+    /// [`query`](PySnapshot::query) for many users at once: `users` is
+    /// `[n, dim]` float32 and `candidates` a list of `n` uint64 arrays (or
+    /// None: full scans); the options apply to every query. Runs with the
+    /// GIL released, the queries spread over `workers` threads; returns a
+    /// list of results in user order. (Per-user three-tower inputs are not
+    /// taken here yet: `three_tower` is shared.)
+    #[pyo3(signature = (version, users, candidates, k, *, workers = 1, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn query_batch(
+        &self,
+        py: Python<'_>,
+        version: &str,
+        users: PyReadonlyArray2<'_, f32>,
+        candidates: Option<Vec<PyReadonlyArray1<'_, u64>>>,
+        k: usize,
+        workers: usize,
+        filter: Option<&PyFilter>,
+        three_tower: Option<&Bound<'_, PyDict>>,
+        model: Option<&str>,
+        fusion: Option<&Bound<'_, PyAny>>,
+        heads: bool,
+        exact: bool,
+    ) -> PyResult<Vec<PyQueryResult>> {
+        let u = users
+            .as_slice()
+            .map_err(|_| invalid("users: the array must be C-contiguous"))?;
+        let (n, dim) = (users.shape()[0], users.shape()[1]);
+        let cands: Option<Vec<&[u64]>> = match &candidates {
+            Some(c) => {
+                if c.len() != n {
+                    return Err(invalid(format!(
+                        "candidates: {} lists for {n} users",
+                        c.len()
+                    )));
+                }
+                Some(
+                    c.iter()
+                        .enumerate()
+                        .map(|(i, a)| contiguous(a, &format!("candidates[{i}]")))
+                        .collect::<PyResult<_>>()?,
+                )
+            }
+            None => None,
+        };
+        let opts = Options::new(py, filter, three_tower, model, fusion, heads, exact, 1)?;
+        let snap = &self.inner;
+        let one = |i: usize| {
+            let user = &u[i * dim..(i + 1) * dim];
+            timed(|| snap.query(&opts.query(version, user, cands.as_ref().map(|c| c[i]), k)))
+        };
+        let results: Vec<PyResult<(vstore::QueryResult, f64)>> = py.detach(|| {
+            use rayon::prelude::*;
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(workers.max(1))
+                .build()
+            {
+                Ok(pool) => pool.install(|| (0..n).into_par_iter().map(one).collect()),
+                Err(_) => (0..n).map(one).collect(),
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| PyQueryResult::new(py, r?))
+            .collect()
     }
 
     /// The snapshot's schema and size as a dict: `number`, `items`,
@@ -270,6 +351,200 @@ impl PySnapshot {
         }
         d.set_item("columns", cols)?;
         Ok(d)
+    }
+}
+
+/// The array's values in place, or an `InvalidInputError` naming it.
+fn contiguous<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray1<'_, T>,
+    what: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| invalid(format!("{what}: the array must be contiguous")))
+}
+
+/// Runs a query, timing it: the result and the seconds it took.
+fn timed(
+    q: impl FnOnce() -> vstore::Result<vstore::QueryResult>,
+) -> PyResult<(vstore::QueryResult, f64)> {
+    let t = std::time::Instant::now();
+    let r = q().map_err(err)?;
+    Ok((r, t.elapsed().as_secs_f64()))
+}
+
+/// The options of a query, converted from Python once (shared by the
+/// queries of a batch).
+struct Options {
+    filter: Option<vstore::Filter>,
+    inputs: Option<vstore::UserInputs>,
+    model: Option<String>,
+    fusion: Option<vstore::Fusion>,
+    heads: bool,
+    exact: bool,
+    threads: usize,
+}
+
+impl Options {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        filter: Option<&PyFilter>,
+        three_tower: Option<&Bound<'_, PyDict>>,
+        model: Option<&str>,
+        fusion: Option<&Bound<'_, PyAny>>,
+        heads: bool,
+        exact: bool,
+        threads: usize,
+    ) -> PyResult<Self> {
+        let inputs = three_tower.map(user_inputs).transpose()?;
+        let fusion = match fusion {
+            None => None,
+            Some(f) => {
+                let text: String = match f.extract::<String>() {
+                    Ok(s) => s,
+                    Err(_) => py.import("json")?.call_method1("dumps", (f,))?.extract()?,
+                };
+                Some(vstore::Fusion::from_json(text.as_bytes()).map_err(err)?)
+            }
+        };
+        if inputs.is_none() && (model.is_some() || fusion.is_some() || heads || exact) {
+            return Err(invalid(
+                "model, fusion, heads and exact need a three-tower query: pass three_tower={...}",
+            ));
+        }
+        Ok(Options {
+            filter: filter.map(|f| f.inner.clone()),
+            inputs,
+            model: model.map(str::to_string),
+            fusion,
+            heads,
+            exact,
+            threads: threads.max(1),
+        })
+    }
+
+    /// The query over `ids` (None: every item).
+    fn query<'a>(
+        &'a self,
+        version: &'a str,
+        user: &'a [f32],
+        ids: Option<&'a [u64]>,
+        k: usize,
+    ) -> vstore::Query<'a> {
+        let mut q = match ids {
+            Some(ids) => vstore::Query::ids(version, user, ids, k),
+            None => vstore::Query::full_scan(version, user, k),
+        };
+        if let Some(f) = &self.filter {
+            q = q.filter(f);
+        }
+        if let Some(i) = &self.inputs {
+            q = q.three_tower(i).threads(self.threads);
+            if let Some(m) = &self.model {
+                q = q.model(m);
+            }
+            if let Some(f) = &self.fusion {
+                q = q.fusion(f);
+            }
+            if self.heads {
+                q = q.with_heads();
+            }
+            if self.exact {
+                q = q.exact();
+            }
+        }
+        q
+    }
+}
+
+/// A three-tower query's user inputs from a dict: name → float32 vector
+/// (`user_dense`) or name → {code: float32 vector} (`user_by_item`).
+fn user_inputs(d: &Bound<'_, PyDict>) -> PyResult<vstore::UserInputs> {
+    let mut u = vstore::UserInputs::new();
+    for (k, v) in d {
+        let name: String = k.extract()?;
+        if let Ok(m) = v.cast::<PyDict>() {
+            let mut entries = Vec::with_capacity(m.len());
+            for (code, vec) in m {
+                let code: u32 = code.extract().map_err(|_| {
+                    invalid(format!(
+                        "three_tower[{name:?}]: keys must be uint32 category codes"
+                    ))
+                })?;
+                let vec: Vec<f32> = vec.extract().map_err(|_| {
+                    invalid(format!(
+                        "three_tower[{name:?}][{code}]: expected a float32 vector"
+                    ))
+                })?;
+                entries.push((code, vec));
+            }
+            u = u.by_item(&name, entries);
+        } else {
+            let vec: Vec<f32> = v.extract().map_err(|_| {
+                invalid(format!(
+                    "three_tower[{name:?}]: expected a float32 vector or a dict of them"
+                ))
+            })?;
+            u = u.dense(&name, vec);
+        }
+    }
+    Ok(u)
+}
+
+/// A filter on profile or statistics columns: `Filter.is_in("category",
+/// [1, 2])`, `Filter.not_in(...)`, `Filter.range("price", 0, 10)`,
+/// combined with `&`, `|` and `~`.
+#[pyclass(name = "Filter", module = "vstore", frozen)]
+struct PyFilter {
+    inner: vstore::Filter,
+}
+
+#[pymethods]
+impl PyFilter {
+    /// The categorical column's value is one of `values`.
+    #[staticmethod]
+    fn is_in(column: &str, values: Vec<u32>) -> Self {
+        PyFilter {
+            inner: vstore::Filter::is_in(column, values),
+        }
+    }
+
+    /// The categorical column's value is none of `values`.
+    #[staticmethod]
+    fn not_in(column: &str, values: Vec<u32>) -> Self {
+        PyFilter {
+            inner: vstore::Filter::not_in(column, values),
+        }
+    }
+
+    /// `min <= value <= max` for a numeric or statistics column.
+    #[staticmethod]
+    fn range(column: &str, min: f32, max: f32) -> Self {
+        PyFilter {
+            inner: vstore::Filter::range(column, min, max),
+        }
+    }
+
+    fn __and__(&self, other: &PyFilter) -> Self {
+        PyFilter {
+            inner: self.inner.clone().and(other.inner.clone()),
+        }
+    }
+
+    fn __or__(&self, other: &PyFilter) -> Self {
+        PyFilter {
+            inner: self.inner.clone().or(other.inner.clone()),
+        }
+    }
+
+    fn __invert__(&self) -> Self {
+        PyFilter {
+            inner: vstore::Filter::Not(Box::new(self.inner.clone())),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
     }
 }
 
@@ -378,6 +653,15 @@ enum Op {
     Upsert(vstore::ItemBatch),
     Stats(vstore::ItemBatch),
     Delete(Vec<u64>),
+    Model {
+        json: Vec<u8>,
+        weights: Vec<u8>,
+        precompute: Option<vstore::Dtype>,
+        precision: vstore::Precision,
+    },
+    ModelDir(std::path::PathBuf),
+    DropModel(String, Option<String>),
+    Embedding(vstore::EmbeddingDef, Vec<u64>, Vec<f32>),
 }
 
 /// The operations of one snapshot to be (`Writer.begin()`).
@@ -388,69 +672,181 @@ struct PyTransaction {
     ops: Mutex<Option<Vec<Op>>>,
 }
 
-/// A batch of items from numpy arrays: `ids` (uint64), `embeddings`
-/// (key → float32 or float16 array `[n, dim]`), `categorical` (name →
-/// uint32), `numeric` and `stats` (name → float32), each `n` long.
-fn batch(
-    ids: PyReadonlyArray1<'_, u64>,
-    embeddings: Option<&Bound<'_, PyDict>>,
-    categorical: Option<&Bound<'_, PyDict>>,
-    numeric: Option<&Bound<'_, PyDict>>,
-    stats: Option<&Bound<'_, PyDict>>,
-) -> PyResult<vstore::ItemBatch> {
-    let ids = ids.as_array().to_vec();
-    let n = ids.len();
-    let mut b = vstore::ItemBatch::new(ids);
-    let check = |what: &str, name: &str, len: usize| {
-        if len == n {
-            Ok(())
-        } else {
-            Err(invalid(format!("{what} {name:?}: {len} rows for {n} ids")))
-        }
-    };
-    for (k, v) in embeddings.into_iter().flatten() {
-        let key: String = k.extract()?;
-        let values: Vec<f32> = if let Ok(a) = v.extract::<PyReadonlyArray2<'_, f32>>() {
-            check("embedding", &key, a.shape()[0])?;
-            a.as_array().iter().copied().collect()
+/// The values of a float32 or float16 `[rows, dim]` array as f32 (float16
+/// converts exactly) and `dim`; an error names `key` if the shape is not
+/// `rows` rows.
+fn matrix(v: &Bound<'_, PyAny>, key: &str, rows: usize) -> PyResult<(Vec<f32>, usize)> {
+    let (shape, values): (Vec<usize>, Vec<f32>) =
+        if let Ok(a) = v.extract::<PyReadonlyArray2<'_, f32>>() {
+            (a.shape().to_vec(), a.as_array().iter().copied().collect())
         } else if let Ok(a) = v.extract::<PyReadonlyArray2<'_, half::f16>>() {
-            check("embedding", &key, a.shape()[0])?;
-            a.as_array().iter().map(|h| h.to_f32()).collect()
+            (
+                a.shape().to_vec(),
+                a.as_array().iter().map(|h| h.to_f32()).collect(),
+            )
         } else {
             return Err(invalid(format!(
                 "embedding {key:?}: expected a 2-D float32 or float16 array"
             )));
         };
+    if shape[0] != rows {
+        return Err(invalid(format!(
+            "embedding {key:?}: {} rows for {rows} ids",
+            shape[0]
+        )));
+    }
+    Ok((values, shape[1]))
+}
+
+/// The values of a 1-D column (a numpy array, list, pandas Series or
+/// pyarrow array) as float64 through `numpy.asarray`, so that `None`, NaN
+/// and pandas' NA all read as NaN (a missing value).
+fn floats(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str, rows: usize) -> PyResult<Vec<f64>> {
+    let np = py.import("numpy")?;
+    let kw = PyDict::new(py);
+    kw.set_item("dtype", "float64")?;
+    let a = np
+        .call_method("asarray", (v,), Some(&kw))
+        .map_err(|e| invalid(format!("{what}: not a column of numbers ({e})")))?;
+    let a: PyReadonlyArray1<'_, f64> = a
+        .extract()
+        .map_err(|_| invalid(format!("{what}: expected a 1-D column")))?;
+    if a.len() != rows {
+        return Err(invalid(format!("{what}: {} rows for {rows} ids", a.len())));
+    }
+    Ok(a.as_array().to_vec())
+}
+
+/// A categorical column: codes in 0..=u32::MAX, missing values (NaN,
+/// None, NA) as `None`; an error names the column and the row.
+fn codes(
+    py: Python<'_>,
+    v: &Bound<'_, PyAny>,
+    name: &str,
+    rows: usize,
+) -> PyResult<Vec<Option<u32>>> {
+    let what = format!("categorical column {name:?}");
+    floats(py, v, &what, rows)?
+        .into_iter()
+        .enumerate()
+        .map(|(row, x)| {
+            if x.is_nan() {
+                Ok(None)
+            } else if x.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&x) {
+                Ok(Some(x as u32))
+            } else {
+                Err(invalid(format!(
+                    "{what}, row {row}: {x} is not a category code (0 to 4294967295)"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// A numeric or statistics column as f32, missing values as `None`.
+fn numbers(
+    py: Python<'_>,
+    v: &Bound<'_, PyAny>,
+    what: &str,
+    rows: usize,
+) -> PyResult<Vec<Option<f32>>> {
+    Ok(floats(py, v, what, rows)?
+        .into_iter()
+        .map(|x| (!x.is_nan()).then_some(x as f32))
+        .collect())
+}
+
+/// The (name, column) pairs of a table: a dict, a pandas DataFrame
+/// (`.items()`) or a pyarrow Table (`.column_names`).
+fn table_columns<'py>(t: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+    if let Ok(names) = t.getattr("column_names") {
+        let names: Vec<String> = names.extract()?;
+        return names
+            .into_iter()
+            .map(|n| Ok((n.clone(), t.call_method1("column", (n,))?)))
+            .collect();
+    }
+    let items = t
+        .call_method0("items")
+        .map_err(|_| invalid("expected a dict, a pandas DataFrame or a pyarrow Table"))?;
+    items
+        .try_iter()?
+        .map(|kv| kv?.extract::<(String, Bound<'py, PyAny>)>())
+        .collect()
+}
+
+/// A batch of items: `ids` (uint64), `embeddings` (key → float32 or
+/// float16 `[n, dim]`), `profile` (a table of profile columns, each
+/// categorical or numeric as the schema says), `stats` (a table of
+/// statistics columns), `categorical` / `numeric` (dicts of columns by
+/// kind). Missing values (NaN, None, NA) take the column's default.
+#[allow(clippy::too_many_arguments)]
+fn batch(
+    py: Python<'_>,
+    schema: &vstore::Schema,
+    ids: PyReadonlyArray1<'_, u64>,
+    embeddings: Option<&Bound<'_, PyDict>>,
+    profile: Option<&Bound<'_, PyAny>>,
+    stats: Option<&Bound<'_, PyAny>>,
+    categorical: Option<&Bound<'_, PyDict>>,
+    numeric: Option<&Bound<'_, PyDict>>,
+) -> PyResult<vstore::ItemBatch> {
+    let ids = ids.as_array().to_vec();
+    let n = ids.len();
+    let mut b = vstore::ItemBatch::new(ids);
+    for (k, v) in embeddings.into_iter().flatten() {
+        let key: String = k.extract()?;
+        let (values, _) = matrix(&v, &key, n)?;
         b = b.embedding(&key, values);
     }
+    let mut cat: Vec<(String, Bound<'_, PyAny>)> = Vec::new();
+    let mut num: Vec<(String, Bound<'_, PyAny>)> = Vec::new();
+    if let Some(t) = profile {
+        for (name, col) in table_columns(t)? {
+            match schema
+                .profile
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| &c.kind)
+            {
+                Some(vstore::ColumnKind::Categorical { .. }) => cat.push((name, col)),
+                Some(_) => num.push((name, col)),
+                None => {
+                    return Err(NoSuchColumnError::new_err(format!(
+                        "profile column {name:?} is not in the schema"
+                    )))
+                }
+            }
+        }
+    }
     for (k, v) in categorical.into_iter().flatten() {
-        let name: String = k.extract()?;
-        let a: PyReadonlyArray1<'_, u32> = v
-            .extract()
-            .map_err(|_| invalid(format!("categorical {name:?}: expected a uint32 array")))?;
-        check("categorical", &name, a.len())?;
-        b = b.categorical(&name, a.as_array().to_vec());
+        cat.push((k.extract()?, v));
     }
     for (k, v) in numeric.into_iter().flatten() {
-        let name: String = k.extract()?;
-        let a: PyReadonlyArray1<'_, f32> = v
-            .extract()
-            .map_err(|_| invalid(format!("numeric {name:?}: expected a float32 array")))?;
-        check("numeric", &name, a.len())?;
-        b = b.numeric(&name, a.as_array().to_vec());
+        num.push((k.extract()?, v));
     }
-    for (k, v) in stats.into_iter().flatten() {
-        let name: String = k.extract()?;
-        let a: PyReadonlyArray1<'_, f32> = v
-            .extract()
-            .map_err(|_| invalid(format!("stat {name:?}: expected a float32 array")))?;
-        check("stat", &name, a.len())?;
-        b = b.stat(&name, a.as_array().to_vec());
+    for (name, col) in cat {
+        b = b.categorical_opt(&name, codes(py, &col, &name, n)?);
+    }
+    for (name, col) in num {
+        let what = format!("numeric column {name:?}");
+        b = b.numeric_opt(&name, numbers(py, &col, &what, n)?);
+    }
+    if let Some(t) = stats {
+        for (name, col) in table_columns(t)? {
+            let what = format!("statistics column {name:?}");
+            b = b.stat_opt(&name, numbers(py, &col, &what, n)?);
+        }
     }
     Ok(b)
 }
 
 impl PyTransaction {
+    /// The writer's schema (to sort a table's columns by kind).
+    fn schema(&self) -> vstore::Schema {
+        self.writer.lock().expect("not poisoned").schema().clone()
+    }
+
     fn push(&self, op: Op) -> PyResult<()> {
         match self.ops.lock().expect("not poisoned").as_mut() {
             Some(ops) => {
@@ -466,56 +862,140 @@ impl PyTransaction {
 
 #[pymethods]
 impl PyTransaction {
-    /// Adds new items (ids not in the store).
-    #[pyo3(signature = (ids, embeddings = None, categorical = None, numeric = None, stats = None))]
+    /// Adds new items (ids not in the store): `embeddings` (key → float32
+    /// or float16 `[n, dim]`), `profile` and `stats` (a dict of columns, a
+    /// pandas DataFrame or a pyarrow Table; missing values take the
+    /// column's default), or `categorical` / `numeric` (dicts of columns).
+    #[pyo3(signature = (ids, embeddings = None, profile = None, stats = None, *, categorical = None, numeric = None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_items(
         &self,
+        py: Python<'_>,
         ids: PyReadonlyArray1<'_, u64>,
         embeddings: Option<&Bound<'_, PyDict>>,
+        profile: Option<&Bound<'_, PyAny>>,
+        stats: Option<&Bound<'_, PyAny>>,
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
-        stats: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        self.push(Op::Add(batch(
+        let b = batch(
+            py,
+            &self.schema(),
             ids,
             embeddings,
+            profile,
+            stats,
             categorical,
             numeric,
-            stats,
-        )?))
+        )?;
+        self.push(Op::Add(b))
     }
 
-    /// Adds or replaces items.
-    #[pyo3(signature = (ids, embeddings = None, categorical = None, numeric = None, stats = None))]
+    /// Adds or replaces items (as [`add_items`](PyTransaction::add_items)).
+    #[pyo3(signature = (ids, embeddings = None, profile = None, stats = None, *, categorical = None, numeric = None))]
+    #[allow(clippy::too_many_arguments)]
     fn upsert_items(
         &self,
+        py: Python<'_>,
         ids: PyReadonlyArray1<'_, u64>,
         embeddings: Option<&Bound<'_, PyDict>>,
+        profile: Option<&Bound<'_, PyAny>>,
+        stats: Option<&Bound<'_, PyAny>>,
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
-        stats: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        self.push(Op::Upsert(batch(
+        let b = batch(
+            py,
+            &self.schema(),
             ids,
             embeddings,
+            profile,
+            stats,
             categorical,
             numeric,
-            stats,
-        )?))
+        )?;
+        self.push(Op::Upsert(b))
     }
 
-    /// Replaces the statistics of existing items (`stats`: name → float32).
+    /// Replaces the statistics of existing items (`stats`: a dict of
+    /// columns, a pandas DataFrame or a pyarrow Table).
     fn update_stats(
         &self,
+        py: Python<'_>,
         ids: PyReadonlyArray1<'_, u64>,
-        stats: &Bound<'_, PyDict>,
+        stats: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.push(Op::Stats(batch(ids, None, None, None, Some(stats))?))
+        let b = batch(py, &self.schema(), ids, None, None, Some(stats), None, None)?;
+        self.push(Op::Stats(b))
     }
 
     /// Deletes items.
     fn delete_items(&self, ids: PyReadonlyArray1<'_, u64>) -> PyResult<()> {
         self.push(Op::Delete(ids.as_array().to_vec()))
+    }
+
+    /// Adds a model bundle (`model.json` text or bytes, and the
+    /// safetensors bytes): its dense layers at `precision` (`f32`, `bf16`,
+    /// `int8`), the item part of its first layer precomputed as
+    /// `precompute` (`f16`, `f32`...) if given.
+    #[pyo3(signature = (json, weights, *, precision = "f32", precompute = None))]
+    fn add_model(
+        &self,
+        json: &Bound<'_, PyAny>,
+        weights: &[u8],
+        precision: &str,
+        precompute: Option<&str>,
+    ) -> PyResult<()> {
+        let json: Vec<u8> = match json.extract::<String>() {
+            Ok(s) => s.into_bytes(),
+            Err(_) => json
+                .extract()
+                .map_err(|_| invalid("json: expected str or bytes"))?,
+        };
+        let precision = vstore::Precision::parse(precision).ok_or_else(|| {
+            invalid(format!(
+                "precision {precision:?}: expected f32, bf16 or int8"
+            ))
+        })?;
+        let precompute = precompute
+            .map(vstore::Dtype::parse)
+            .transpose()
+            .map_err(err)?;
+        self.push(Op::Model {
+            json,
+            weights: weights.to_vec(),
+            precompute,
+            precision,
+        })
+    }
+
+    /// Adds the bundle in directory `path` (`model.json` and
+    /// `model.safetensors`).
+    fn add_model_dir(&self, path: std::path::PathBuf) -> PyResult<()> {
+        self.push(Op::ModelDir(path))
+    }
+
+    /// Drops the bundle of `version` (`name`: one of several).
+    #[pyo3(signature = (version, name = None))]
+    fn drop_model(&self, version: &str, name: Option<&str>) -> PyResult<()> {
+        self.push(Op::DropModel(version.into(), name.map(str::to_string)))
+    }
+
+    /// Adds the embedding version `space@version` of `dtype` with a vector
+    /// per live item (`ids`, and `vectors` float32 or float16 `[n, dim]`).
+    fn add_embedding(
+        &self,
+        space: &str,
+        version: &str,
+        dtype: &str,
+        ids: PyReadonlyArray1<'_, u64>,
+        vectors: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let dtype = vstore::Dtype::parse(dtype).map_err(err)?;
+        let ids = ids.as_array().to_vec();
+        let (values, dim) = matrix(vectors, &format!("{space}@{version}"), ids.len())?;
+        let def = vstore::EmbeddingDef::new(space, version, dim as u32, dtype);
+        self.push(Op::Embedding(def, ids, values))
     }
 
     /// Runs the operations in order and publishes one snapshot; returns
@@ -537,6 +1017,20 @@ impl PyTransaction {
                     Op::Upsert(b) => tx.upsert_items(b)?,
                     Op::Stats(b) => tx.update_stats(b)?,
                     Op::Delete(ids) => tx.delete_items(&ids)?,
+                    Op::Model {
+                        json,
+                        weights,
+                        precompute,
+                        precision,
+                    } => {
+                        tx.add_model_with(&json, &weights, precompute, precision)?;
+                    }
+                    Op::ModelDir(dir) => {
+                        tx.add_model_dir(&dir)?;
+                    }
+                    Op::DropModel(key, None) => tx.drop_model(&key)?,
+                    Op::DropModel(key, Some(name)) => tx.drop_model_named(&key, &name)?,
+                    Op::Embedding(def, ids, vectors) => tx.add_embedding(def, &ids, &vectors)?,
                 }
             }
             tx.commit().map(|s| s.number())
@@ -581,6 +1075,7 @@ fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySchema>()?;
     m.add_class::<PyWriter>()?;
     m.add_class::<PyTransaction>()?;
+    m.add_class::<PyFilter>()?;
     m.add("FORMAT_VERSION", vstore::FORMAT_VERSION)?;
     add_exceptions(m)
 }

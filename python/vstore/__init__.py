@@ -23,6 +23,7 @@ the library's message (the file, field, row or id).
 from ._vstore import (  # noqa: F401
     FORMAT_VERSION,
     BundleError,
+    Filter,
     CompactionConflictError,
     CorruptError,
     DamagedManifestError,
@@ -53,6 +54,7 @@ from ._vstore import (  # noqa: F401
 __all__ = [
     "FORMAT_VERSION",
     "BundleError",
+    "Filter",
     "CompactionConflictError",
     "CorruptError",
     "DamagedManifestError",

@@ -1,0 +1,162 @@
+"""Three-tower queries from Python against the float64 numpy references of
+the Rust parity tests (tests/data/three_tower*/case.json), with the items
+given as a pandas DataFrame and a pyarrow Table; filters, the batch form,
+bundles at low precision, a second embedding version."""
+
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import vstore
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data"
+
+
+def load(name):
+    return json.loads((DATA / name / "case.json").read_text())
+
+
+def build(path, case):
+    s = case["schema"]
+    schema = vstore.Schema()
+    for c in s["categorical"]:
+        schema = schema.categorical(c["name"], c["default"])
+    for c in s["numeric"]:
+        schema = schema.numeric(c["name"], c["default"])
+    for c in s["stats"]:
+        schema = schema.stat(c["name"], c["default"])
+    e = s["embedding"]
+    schema = schema.embedding(e["space"], e["version"], e["dim"], "f32")
+    it = case["items"]
+    ids = np.array(it["ids"], dtype=np.uint64)
+    # Profile as a DataFrame (None: missing, NaN in pandas), stats as a
+    # pyarrow Table (None: null).
+    profile = pd.DataFrame({**it["categorical"], **it["numeric"]})
+    stats = pa.table(it["stats"])
+    w = vstore.create(str(path), schema)
+    with w.begin() as tx:
+        tx.add_items(
+            ids,
+            embeddings={f"{e['space']}@{e['version']}": np.array(it["embedding"], np.float32)},
+            profile=profile,
+            stats=stats,
+        )
+    return w, f"{e['space']}@{e['version']}"
+
+
+def inputs(q):
+    d = {k: np.array(v, np.float32) for k, v in q["user_dense"].items()}
+    for k, m in q["user_by_item"].items():
+        d[k] = {int(c): np.array(v, np.float32) for c, v in m.items()}
+    return d
+
+
+def close(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("data", ["three_tower", "three_tower_v2"])
+def test_three_tower_queries_match_the_numpy_reference(tmp_path, data):
+    case = load(data)
+    w, key = build(tmp_path / "s", case)
+    checked = 0
+    for c in case["cases"]:
+        with w.begin() as tx:
+            tx.add_model_dir(str(DATA / data / c["bundle"]))
+        snap = vstore.open(str(tmp_path / "s")).snapshot()
+        for q in c["queries"]:
+            user = np.array(q["user"], np.float32)
+            cands = None if q["candidates"] is None else np.array(q["candidates"], np.uint64)
+            r = snap.query(
+                key,
+                user,
+                cands,
+                q["k"],
+                three_tower=inputs(q),
+                model=c.get("name"),  # v2: named bundles
+                fusion=q.get("fusion"),  # v2: per-query fusion (a dict)
+                heads=True,
+            )
+            exp = q["expected"]
+            np.testing.assert_array_equal(r.ids, np.array(exp["ids"], np.uint64))
+            np.testing.assert_array_equal(r.not_found, np.array(exp["not_found"], np.uint64))
+            close(r.scores, exp["scores"])
+            if exp.get("heads"):
+                assert r.heads.shape == (len(r.ids), len(r.head_names))
+                close(r.heads, exp["heads"])
+            checked += 1
+    assert checked >= 8
+
+
+def test_filters_batches_and_low_precision(tmp_path):
+    case = load("three_tower")
+    w, key = build(tmp_path / "s", case)
+    bundle = DATA / "three_tower" / case["cases"][0]["bundle"]
+    with w.begin() as tx:
+        tx.add_model(
+            (bundle / "model.json").read_text(),
+            (bundle / "weights.safetensors").read_bytes(),
+            precision="bf16",
+        )
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    q = case["cases"][0]["queries"][0]
+    user = np.array(q["user"], np.float32)
+    ids = np.array(case["items"]["ids"], np.uint64)
+    cats = np.array([np.nan if c is None else c for c in case["items"]["categorical"]["category"]])
+    # A filter keeps only its categories; its complement the others.
+    f = vstore.Filter.is_in("category", [1, 2, 3])
+    r = snap.query(key, user, ids, 300, filter=f, three_tower=inputs(q))
+    pos = {int(i): j for j, i in enumerate(ids)}
+    assert len(r.ids) > 0 and all(cats[pos[int(i)]] in (1, 2, 3) for i in r.ids)
+    r2 = snap.query(key, user, ids, 300, filter=~f, three_tower=inputs(q))
+    assert len(r.ids) + len(r2.ids) == len(ids) and r.filtered_out == len(r2.ids)
+    # Exact mode on the bf16 bundle: the f32 ranking's ids.
+    exact = snap.query(key, user, ids, 20, three_tower=inputs(q), exact=True, threads=2)
+    assert len(exact.ids) == 20
+    # The batch form equals one query at a time, on several workers.
+    users = np.random.default_rng(3).standard_normal((9, len(user))).astype(np.float32)
+    cands = [ids[i * 20 : i * 20 + 100] for i in range(9)]
+    batch = snap.query_batch(key, users, cands, 10, workers=2, three_tower=inputs(q))
+    for u, c, got in zip(users, cands, batch):
+        one = snap.query(key, u, c, 10, three_tower=inputs(q))
+        np.testing.assert_array_equal(got.ids, one.ids)
+        np.testing.assert_array_equal(got.scores, one.scores)
+    with pytest.raises(vstore.InvalidInputError, match="2 lists for 9 users"):
+        snap.query_batch(key, users, cands[:2], 10)
+    with pytest.raises(vstore.InvalidInputError, match="three-tower"):
+        snap.query(key, user, ids, 5, heads=True)
+
+
+def test_profile_columns_are_checked(tmp_path):
+    case = load("three_tower")
+    w, _ = build(tmp_path / "s", case)
+    new = np.array([10**12, 10**12 + 1], np.uint64)
+    vec = np.zeros((2, case["schema"]["embedding"]["dim"]), np.float32)
+    with pytest.raises(vstore.InvalidInputError, match=r'"category", row 1: -3'):
+        w.begin().add_items(new, embeddings={"prerank@v1": vec}, profile={"category": [1, -3]})
+    with pytest.raises(vstore.InvalidInputError, match=r'"category", row 0: 1.5'):
+        w.begin().add_items(new, embeddings={"prerank@v1": vec}, profile={"category": [1.5, 2]})
+    with pytest.raises(vstore.NoSuchColumnError, match="colour"):
+        w.begin().add_items(new, embeddings={"prerank@v1": vec}, profile={"colour": [1, 2]})
+    with pytest.raises(vstore.InvalidInputError, match="3 rows for 2 ids"):
+        w.begin().add_items(new, embeddings={"prerank@v1": vec}, stats={"ctr_1d": [0.1, 0.2, 0.3]})
+
+
+def test_a_second_embedding_version(tmp_path):
+    case = load("three_tower")
+    w, _ = build(tmp_path / "s", case)
+    ids = np.array(case["items"]["ids"], np.uint64)
+    vecs = np.random.default_rng(5).standard_normal((len(ids), 4)).astype(np.float16)
+    with w.begin() as tx:
+        tx.add_embedding("prerank", "v2", "f16", ids, vecs)
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    assert snap.inspect()["embeddings"]["prerank@v2"] == {"dim": 4, "dtype": "f16"}
+    user = np.ones(4, np.float32)
+    r = snap.query("prerank@v2", user, ids, 5)
+    want = np.argsort(-(vecs.astype(np.float64) @ np.ones(4)), kind="stable")[:5]
+    np.testing.assert_allclose(r.scores, (vecs.astype(np.float64) @ np.ones(4))[want], rtol=1e-3)
