@@ -11,4 +11,4 @@ fi
 "$venv/bin/pip" install -q -r python/requirements-test.txt
 (cd python && cargo fmt -- --check && cargo clippy --release -q -- -D warnings)
 (cd python && VIRTUAL_ENV="$PWD/../$venv" PATH="$PWD/../$venv/bin:$PATH" maturin develop --release -q)
-"$venv/bin/python" -m pytest -q python/tests "$@"
+"$venv/bin/python" -m pytest -q -rs python/tests "$@"

@@ -266,10 +266,10 @@ impl PySnapshot {
 
     /// [`query`](PySnapshot::query) for many users at once: `users` is
     /// `[n, dim]` float32 and `candidates` a list of `n` uint64 arrays (or
-    /// None: full scans); the options apply to every query. Runs with the
-    /// GIL released, the queries spread over `workers` threads; returns a
-    /// list of results in user order. (Per-user three-tower inputs are not
-    /// taken here yet: `three_tower` is shared.)
+    /// None: full scans); `three_tower` is one dict of user inputs for
+    /// every query, or a list of `n` (one per user); the other options
+    /// apply to every query. Runs with the GIL released, the queries spread
+    /// over `workers` threads; returns a list of results in user order.
     #[pyo3(signature = (version, users, candidates, k, *, workers = 1, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false))]
     #[allow(clippy::too_many_arguments)]
     fn query_batch(
@@ -281,7 +281,7 @@ impl PySnapshot {
         k: usize,
         workers: usize,
         filter: Option<&PyFilter>,
-        three_tower: Option<&Bound<'_, PyDict>>,
+        three_tower: Option<&Bound<'_, PyAny>>,
         model: Option<&str>,
         fusion: Option<&Bound<'_, PyAny>>,
         heads: bool,
@@ -308,11 +308,37 @@ impl PySnapshot {
             }
             None => None,
         };
-        let opts = Options::new(py, filter, three_tower, model, fusion, heads, exact, 1)?;
+        // One shared dict of inputs, or one per user.
+        let (shared, per_user): (Option<Bound<'_, PyDict>>, Option<Vec<vstore::UserInputs>>) =
+            match three_tower {
+                None => (None, None),
+                Some(t) => match t.cast::<PyDict>() {
+                    Ok(d) => (Some(d.clone()), None),
+                    Err(_) => {
+                        let list: Vec<Bound<'_, PyDict>> = t.extract().map_err(|_| {
+                            invalid("three_tower: expected a dict of user inputs or a list of them")
+                        })?;
+                        if list.len() != n {
+                            return Err(invalid(format!(
+                                "three_tower: {} input dicts for {n} users",
+                                list.len()
+                            )));
+                        }
+                        let all = list.iter().map(user_inputs).collect::<PyResult<Vec<_>>>()?;
+                        (Some(PyDict::new(py)), Some(all))
+                    }
+                },
+            };
+        let opts = Options::new(py, filter, shared.as_ref(), model, fusion, heads, exact, 1)?;
         let snap = &self.inner;
         let one = |i: usize| {
             let user = &u[i * dim..(i + 1) * dim];
-            timed(|| snap.query(&opts.query(version, user, cands.as_ref().map(|c| c[i]), k)))
+            let inputs = match &per_user {
+                Some(all) => Some(&all[i]),
+                None => opts.inputs.as_ref(),
+            };
+            let ids = cands.as_ref().map(|c| c[i]);
+            timed(|| snap.query(&opts.query_with(inputs, version, user, ids, k)))
         };
         let results: Vec<PyResult<(vstore::QueryResult, f64)>> = py.detach(|| {
             use rayon::prelude::*;
@@ -331,7 +357,8 @@ impl PySnapshot {
     }
 
     /// The snapshot's schema and size as a dict: `number`, `items`,
-    /// `embeddings` (key → `{dim, dtype}`) and `columns` (name → kind).
+    /// `embeddings` (key → `{dim, dtype}`) and `columns` (name → `{kind:
+    /// categorical | numeric | stat, default}`).
     fn inspect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.inner;
         let d = PyDict::new(py);
@@ -346,8 +373,23 @@ impl PySnapshot {
         }
         d.set_item("embeddings", emb)?;
         let cols = PyDict::new(py);
-        for c in s.schema().profile.iter().chain(&s.schema().stats) {
-            cols.set_item(&c.name, format!("{:?}", c.kind).to_lowercase())?;
+        let schema = s.schema();
+        let groups = [(&schema.profile, false), (&schema.stats, true)];
+        for (defs, stat) in groups {
+            for c in defs.iter() {
+                let v = PyDict::new(py);
+                match c.kind {
+                    vstore::ColumnKind::Categorical { default } => {
+                        v.set_item("kind", "categorical")?;
+                        v.set_item("default", default)?;
+                    }
+                    vstore::ColumnKind::Numeric { default } => {
+                        v.set_item("kind", if stat { "stat" } else { "numeric" })?;
+                        v.set_item("default", default)?;
+                    }
+                }
+                cols.set_item(&c.name, v)?;
+            }
         }
         d.set_item("columns", cols)?;
         Ok(d)
@@ -431,6 +473,18 @@ impl Options {
         ids: Option<&'a [u64]>,
         k: usize,
     ) -> vstore::Query<'a> {
+        self.query_with(self.inputs.as_ref(), version, user, ids, k)
+    }
+
+    /// [`Options::query`] with these three-tower inputs (a batch's user's).
+    fn query_with<'a>(
+        &'a self,
+        inputs: Option<&'a vstore::UserInputs>,
+        version: &'a str,
+        user: &'a [f32],
+        ids: Option<&'a [u64]>,
+        k: usize,
+    ) -> vstore::Query<'a> {
         let mut q = match ids {
             Some(ids) => vstore::Query::ids(version, user, ids, k),
             None => vstore::Query::full_scan(version, user, k),
@@ -438,7 +492,7 @@ impl Options {
         if let Some(f) = &self.filter {
             q = q.filter(f);
         }
-        if let Some(i) = &self.inputs {
+        if let Some(i) = inputs {
             q = q.three_tower(i).threads(self.threads);
             if let Some(m) = &self.model {
                 q = q.model(m);
@@ -546,6 +600,35 @@ impl PyFilter {
     fn __repr__(&self) -> String {
         format!("{:?}", self.inner)
     }
+}
+
+/// Validates a bundle (`model.json` text or bytes and the safetensors
+/// bytes) against `schema` (a `Schema`, or a `Snapshot`'s schema) exactly as
+/// `Transaction.add_model` would, without a store; returns the bundle's
+/// `space@version`, or raises `BundleError` naming the field.
+#[pyfunction]
+fn check_bundle(
+    json: &Bound<'_, PyAny>,
+    weights: &[u8],
+    schema: &Bound<'_, PyAny>,
+) -> PyResult<String> {
+    let json: Vec<u8> = match json.extract::<String>() {
+        Ok(s) => s.into_bytes(),
+        Err(_) => json
+            .extract()
+            .map_err(|_| invalid("json: expected str or bytes"))?,
+    };
+    let schema = if let Ok(s) = schema.cast::<PySchema>() {
+        s.get().inner.clone()
+    } else if let Ok(s) = schema.cast::<PySnapshot>() {
+        s.get().inner.schema().clone()
+    } else {
+        return Err(invalid(
+            "schema: expected a vstore.Schema or a vstore.Snapshot",
+        ));
+    };
+    let bundle = vstore::Bundle::load(&json, weights, &schema).map_err(err)?;
+    Ok(bundle.key().to_string())
 }
 
 /// Opens the store at `path` for reading.
@@ -1069,6 +1152,7 @@ impl PyTransaction {
 fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(create, m)?)?;
+    m.add_function(wrap_pyfunction!(check_bundle, m)?)?;
     m.add_class::<PyStore>()?;
     m.add_class::<PySnapshot>()?;
     m.add_class::<PyQueryResult>()?;

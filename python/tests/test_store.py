@@ -67,7 +67,7 @@ def test_inspect_verify_and_refresh(tmp_path):
     info = store.snapshot().inspect()
     assert info["items"] == 100
     assert info["embeddings"] == {"prerank@v1": {"dim": DIM, "dtype": "f32"}}
-    assert "category" in info["columns"]
+    assert info["columns"]["category"] == {"kind": "categorical", "default": 0}
     report = store.verify()
     assert report["files"] > 0 and report["bytes"] > 0
     first = store.snapshot().number

@@ -126,6 +126,19 @@ def test_filters_batches_and_low_precision(tmp_path):
         one = snap.query(key, u, c, 10, three_tower=inputs(q))
         np.testing.assert_array_equal(got.ids, one.ids)
         np.testing.assert_array_equal(got.scores, one.scores)
+    # Per-user inputs: one dict per user.
+    per_user = []
+    for i in range(9):
+        d = inputs(q)
+        d = {k: (v * (1 + i / 10) if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+        per_user.append(d)
+    batch = snap.query_batch(key, users, cands, 10, workers=2, three_tower=per_user, heads=True)
+    for u, c, d, got in zip(users, cands, per_user, batch):
+        one = snap.query(key, u, c, 10, three_tower=d, heads=True)
+        np.testing.assert_array_equal(got.ids, one.ids)
+        np.testing.assert_array_equal(got.heads, one.heads)
+    with pytest.raises(vstore.InvalidInputError, match="2 input dicts for 9 users"):
+        snap.query_batch(key, users, cands, 10, three_tower=per_user[:2])
     with pytest.raises(vstore.InvalidInputError, match="2 lists for 9 users"):
         snap.query_batch(key, users, cands[:2], 10)
     with pytest.raises(vstore.InvalidInputError, match="three-tower"):

@@ -47,9 +47,12 @@ from ._vstore import (  # noqa: F401
     VersionSkewError,
     VstoreError,
     Writer,
+    check_bundle,
     create,
     open,
 )
+
+from . import bundle  # noqa: E402,F401
 
 __all__ = [
     "FORMAT_VERSION",
@@ -78,6 +81,8 @@ __all__ = [
     "VersionSkewError",
     "VstoreError",
     "Writer",
+    "bundle",
+    "check_bundle",
     "create",
     "open",
 ]

@@ -84,7 +84,7 @@ class Snapshot:
         *,
         workers: int = 1,
         filter: Optional[Filter] = None,
-        three_tower: Optional[_UserInputs] = None,
+        three_tower: Optional[Union[_UserInputs, Sequence[_UserInputs]]] = None,
         model: Optional[str] = None,
         fusion: Optional[Union[str, Mapping[str, Any]]] = None,
         heads: bool = False,
@@ -160,3 +160,5 @@ class Writer:
     def begin(self) -> Transaction: ...
 
 def create(path: _Path, schema: Schema) -> Writer: ...
+
+def check_bundle(json: Union[str, bytes], weights: bytes, schema: Union[Schema, Snapshot]) -> str: ...
