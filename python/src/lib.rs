@@ -357,13 +357,14 @@ impl PySnapshot {
     }
 
     /// The snapshot's schema and size as a dict: `number`, `items`,
-    /// `embeddings` (key → `{dim, dtype}`) and `columns` (name → `{kind:
+    /// `segments`, `embeddings` (key → `{dim, dtype}`) and `columns` (name → `{kind:
     /// categorical | numeric | stat, default}`).
     fn inspect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.inner;
         let d = PyDict::new(py);
         d.set_item("number", s.number())?;
         d.set_item("items", s.len())?;
+        d.set_item("segments", s.segments().len())?;
         let emb = PyDict::new(py);
         for e in &s.schema().embeddings {
             let v = PyDict::new(py);
@@ -707,6 +708,43 @@ impl PyWriter {
         })
     }
 
+    /// Sets how many snapshots [`gc`](PyWriter::gc) keeps: the newest
+    /// `keep_last` (at least 1), and any whose successor was published less
+    /// than `grace_seconds` ago.
+    fn set_retention(&self, keep_last: usize, grace_seconds: f64) -> PyResult<()> {
+        if !(grace_seconds >= 0.0 && grace_seconds.is_finite()) {
+            return Err(invalid(format!(
+                "grace_seconds {grace_seconds}: expected a finite number >= 0"
+            )));
+        }
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .set_retention(vstore::Retention {
+                keep_last: keep_last.max(1),
+                grace: std::time::Duration::from_secs_f64(grace_seconds),
+            });
+        Ok(())
+    }
+
+    /// Removes the snapshots the retention policy does not keep, then every
+    /// file no remaining snapshot references; returns what it did as a
+    /// dict (`kept`, `removed_snapshots`, `removed_files`,
+    /// `unreadable_manifests`, `skipped`).
+    fn gc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let w = self.inner.clone();
+        let r = py
+            .detach(move || w.lock().expect("not poisoned").gc())
+            .map_err(err)?;
+        let d = PyDict::new(py);
+        d.set_item("kept", r.kept)?;
+        d.set_item("removed_snapshots", r.removed_snapshots)?;
+        d.set_item("removed_files", r.removed_files)?;
+        d.set_item("unreadable_manifests", r.unreadable_manifests)?;
+        d.set_item("skipped", r.skipped)?;
+        Ok(d)
+    }
+
     /// A transaction: its operations run together, and publish one
     /// snapshot, at `commit()` (or at the end of a `with` block).
     fn begin(&self) -> PyTransaction {
@@ -745,6 +783,7 @@ enum Op {
     ModelDir(std::path::PathBuf),
     DropModel(String, Option<String>),
     Embedding(vstore::EmbeddingDef, Vec<u64>, Vec<f32>),
+    Compact(Option<vstore::Compaction>),
 }
 
 /// The operations of one snapshot to be (`Writer.begin()`).
@@ -1081,6 +1120,25 @@ impl PyTransaction {
         self.push(Op::Embedding(def, ids, values))
     }
 
+    /// Merges every segment into one, dropping deleted rows (vectors are
+    /// copied byte for byte; every source file's checksums are verified
+    /// first). With `max_segments` or `max_dead_fraction`, only when the
+    /// snapshot has more segments, or a larger deleted fraction, than that
+    /// (the other bound at its default: 8 segments, 0.2).
+    #[pyo3(signature = (*, max_segments = None, max_dead_fraction = None))]
+    fn compact(&self, max_segments: Option<usize>, max_dead_fraction: Option<f64>) -> PyResult<()> {
+        let policy = if max_segments.is_none() && max_dead_fraction.is_none() {
+            None
+        } else {
+            let d = vstore::Compaction::default();
+            Some(vstore::Compaction {
+                max_segments: max_segments.unwrap_or(d.max_segments),
+                max_dead_fraction: max_dead_fraction.unwrap_or(d.max_dead_fraction),
+            })
+        };
+        self.push(Op::Compact(policy))
+    }
+
     /// Runs the operations in order and publishes one snapshot; returns
     /// its number. Nothing is published if one of them fails.
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
@@ -1114,6 +1172,12 @@ impl PyTransaction {
                     Op::DropModel(key, None) => tx.drop_model(&key)?,
                     Op::DropModel(key, Some(name)) => tx.drop_model_named(&key, &name)?,
                     Op::Embedding(def, ids, vectors) => tx.add_embedding(def, &ids, &vectors)?,
+                    Op::Compact(None) => {
+                        tx.compact()?;
+                    }
+                    Op::Compact(Some(policy)) => {
+                        tx.compact_if(&policy)?;
+                    }
                 }
             }
             tx.commit().map(|s| s.number())

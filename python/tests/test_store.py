@@ -172,3 +172,42 @@ def test_queries_from_threads_while_the_writer_publishes(tmp_path):
         t.join()
     assert not errors, errors
     assert len(vstore.open(str(tmp_path / "s")).snapshot()) == 3000 - 500
+
+
+def test_compaction_and_gc(tmp_path):
+    w, ids, vecs = build(tmp_path / "s", n=600)
+    rng = np.random.default_rng(4)
+    extra = np.arange(1, 201, dtype=np.uint64)  # ids below the build's (>= 0)
+    extra = extra[~np.isin(extra, ids)]
+    with w.begin() as tx:
+        tx.add_items(extra, embeddings={"prerank@v1": rng.standard_normal((len(extra), DIM)).astype(np.float32)})
+    with w.begin() as tx:
+        tx.delete_items(ids[:100])
+    store = vstore.open(str(tmp_path / "s"))
+    assert store.snapshot().inspect()["segments"] == 2
+    user = rng.standard_normal(DIM).astype(np.float32)
+    cands = np.concatenate([ids, extra])
+    before = store.snapshot().query("prerank@v1", user, cands, 50)
+    # A policy that is not due leaves the segments; a plain compact merges.
+    with w.begin() as tx:
+        tx.compact(max_segments=8, max_dead_fraction=0.5)
+    store.refresh()
+    assert store.snapshot().inspect()["segments"] == 2
+    with w.begin() as tx:
+        tx.compact()
+    store.refresh()
+    snap = store.snapshot()
+    assert snap.inspect()["segments"] == 1 and len(snap) == 600 - 100 + len(extra)
+    after = snap.query("prerank@v1", user, cands, 50)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    # gc keeps the newest snapshot only and removes the files of the others.
+    w.set_retention(1, 0.0)
+    report = w.gc()
+    assert report["kept"] == [snap.number]
+    assert len(report["removed_snapshots"]) >= 3 and report["removed_files"]
+    np.testing.assert_array_equal(
+        vstore.open(str(tmp_path / "s")).snapshot().query("prerank@v1", user, cands, 50).ids, before.ids
+    )
+    with pytest.raises(vstore.InvalidInputError, match="grace_seconds"):
+        w.set_retention(1, -1.0)
