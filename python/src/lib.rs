@@ -217,6 +217,14 @@ impl PySnapshot {
         self.inner.len()
     }
 
+    /// The snapshot's metadata entries as a dict.
+    fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        self.inner
+            .metadata_entries()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// Scores `candidates` (uint64 ids; None: every item) against `user`
     /// (float32, from the model version `version`, `space@version`) and
     /// returns the best `k`. `filter`: a [`Filter`](PyFilter).
@@ -784,6 +792,8 @@ enum Op {
     DropModel(String, Option<String>),
     Embedding(vstore::EmbeddingDef, Vec<u64>, Vec<f32>),
     Compact(Option<vstore::Compaction>),
+    DropItemTower(String),
+    SetMetadata(String, Option<String>),
 }
 
 /// The operations of one snapshot to be (`Writer.begin()`).
@@ -1120,6 +1130,22 @@ impl PyTransaction {
         self.push(Op::Embedding(def, ids, values))
     }
 
+    /// Drops the item tower of `version` (`space@version`).
+    fn drop_item_tower(&self, version: &str) -> PyResult<()> {
+        self.push(Op::DropItemTower(version.into()))
+    }
+
+    /// Sets the snapshot's metadata entry `key` (a string the store keeps
+    /// with the snapshot: the job that built it, a model run id, ...).
+    fn set_metadata(&self, key: &str, value: &str) -> PyResult<()> {
+        self.push(Op::SetMetadata(key.into(), Some(value.into())))
+    }
+
+    /// Removes the metadata entry `key`.
+    fn remove_metadata(&self, key: &str) -> PyResult<()> {
+        self.push(Op::SetMetadata(key.into(), None))
+    }
+
     /// Merges every segment into one, dropping deleted rows (vectors are
     /// copied byte for byte; every source file's checksums are verified
     /// first). With `max_segments` or `max_dead_fraction`, only when the
@@ -1172,6 +1198,9 @@ impl PyTransaction {
                     Op::DropModel(key, None) => tx.drop_model(&key)?,
                     Op::DropModel(key, Some(name)) => tx.drop_model_named(&key, &name)?,
                     Op::Embedding(def, ids, vectors) => tx.add_embedding(def, &ids, &vectors)?,
+                    Op::DropItemTower(key) => tx.drop_item_tower(&key)?,
+                    Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value),
+                    Op::SetMetadata(key, None) => tx.remove_metadata(&key),
                     Op::Compact(None) => {
                         tx.compact()?;
                     }

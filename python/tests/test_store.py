@@ -211,3 +211,39 @@ def test_compaction_and_gc(tmp_path):
     )
     with pytest.raises(vstore.InvalidInputError, match="grace_seconds"):
         w.set_retention(1, -1.0)
+
+
+def test_the_remaining_error_kinds_and_metadata(tmp_path):
+    d = str(tmp_path / "s")
+    w = vstore.create(d, vstore.Schema().embedding("prerank", "v1", 4, "f32").stat("ctr", 0.0))
+    with w.begin() as tx:
+        tx.add_items(np.array([1, 2, 3], np.uint64), embeddings={"prerank@v1": np.ones((3, 4), np.float32)})
+        tx.set_metadata("job", "nightly-42")
+    assert vstore.open(d).snapshot().metadata() == {"job": "nightly-42"}
+    tx = w.begin()
+    tx.update_stats(np.array([99], np.uint64), {"ctr": [0.5]})
+    with pytest.raises(vstore.UnknownIdError, match="99"):
+        tx.commit()
+    snap = vstore.open(d).snapshot()
+    with pytest.raises(vstore.NoModelError, match="prerank@v1"):
+        snap.query("prerank@v1", np.ones(4, np.float32), np.array([1], np.uint64), 1, three_tower={})
+    with w.begin() as tx:
+        tx.remove_metadata("job")
+    del tx, w  # releases the writer's lock
+    import gc
+
+    gc.collect()
+    manifests = sorted(f for f in os.listdir(d) if f.startswith("MANIFEST"))
+    newest = os.path.join(d, manifests[-1])
+    data = bytearray(open(newest, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(newest, "wb").write(bytes(data))
+    with pytest.raises(vstore.DamagedManifestError, match=manifests[-1]):
+        vstore.Writer.open(d)
+    data[len(data) // 2] ^= 0xFF  # repaired
+    # A manifest from a newer format (header and footer agree on version 99).
+    data[8:12] = (99).to_bytes(4, "little")
+    data[len(data) - 16 : len(data) - 12] = (99).to_bytes(4, "little")
+    open(newest, "wb").write(bytes(data))
+    with pytest.raises(vstore.UnsupportedFormatError, match="version 99"):
+        vstore.Writer.open(d)

@@ -91,6 +91,11 @@ def test_three_tower_queries_match_the_numpy_reference(tmp_path, data):
                 close(r.heads, exp["heads"])
             checked += 1
     assert checked >= 8
+    if data == "three_tower_v2":
+        # Several named bundles: a query must name one.
+        q = case["cases"][0]["queries"][0]
+        with pytest.raises(vstore.ModelChoiceError, match="default"):
+            snap.query(key, np.array(q["user"], np.float32), None, 5, three_tower=inputs(q))
 
 
 def test_filters_batches_and_low_precision(tmp_path):
