@@ -716,6 +716,21 @@ impl PyWriter {
         })
     }
 
+    /// Starts a compaction of the newest snapshot that runs without the
+    /// writer (`job.run()`, on any thread) while it goes on publishing;
+    /// None if there is nothing to merge. Publish the result with
+    /// `Transaction.apply_compaction`.
+    fn start_compaction(&self, py: Python<'_>) -> PyResult<Option<PyCompactionJob>> {
+        let w = self.inner.clone();
+        let job = py
+            .detach(move || w.lock().expect("not poisoned").start_compaction())
+            .map_err(err)?;
+        Ok(job.map(|j| PyCompactionJob {
+            base: j.base_snapshot(),
+            job: Mutex::new(Some(j)),
+        }))
+    }
+
     /// Sets how many snapshots [`gc`](PyWriter::gc) keeps: the newest
     /// `keep_last` (at least 1), and any whose successor was published less
     /// than `grace_seconds` ago.
@@ -763,6 +778,54 @@ impl PyWriter {
     }
 }
 
+/// A compaction started by `Writer.start_compaction`, to `run()` once.
+#[pyclass(name = "CompactionJob", module = "vstore", frozen)]
+struct PyCompactionJob {
+    base: u64,
+    job: Mutex<Option<vstore::CompactionJob>>,
+}
+
+#[pymethods]
+impl PyCompactionJob {
+    /// The snapshot the job merges.
+    #[getter]
+    fn base_snapshot(&self) -> u64 {
+        self.base
+    }
+
+    /// Writes the merged segment (the GIL released; the writer is not
+    /// needed) and returns it, for `Transaction.apply_compaction`.
+    fn run(&self, py: Python<'_>) -> PyResult<PyCompacted> {
+        let job = self
+            .job
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .ok_or_else(|| invalid("this compaction job already ran"))?;
+        let done = py.detach(move || job.run()).map_err(err)?;
+        Ok(PyCompacted {
+            base: self.base,
+            done: Mutex::new(Some(done)),
+        })
+    }
+}
+
+/// A merged segment a compaction job wrote, to apply once.
+#[pyclass(name = "CompactedSegment", module = "vstore", frozen)]
+struct PyCompacted {
+    base: u64,
+    done: Mutex<Option<vstore::CompactedSegment>>,
+}
+
+#[pymethods]
+impl PyCompacted {
+    /// The snapshot the job merged.
+    #[getter]
+    fn base_snapshot(&self) -> u64 {
+        self.base
+    }
+}
+
 /// Creates a store at `path` (a new directory) with `schema`, and returns
 /// its writer.
 #[pyfunction]
@@ -792,6 +855,7 @@ enum Op {
     DropModel(String, Option<String>),
     Embedding(vstore::EmbeddingDef, Vec<u64>, Vec<f32>),
     Compact(Option<vstore::Compaction>),
+    ApplyCompaction(Box<vstore::CompactedSegment>),
     DropItemTower(String),
     SetMetadata(String, Option<String>),
 }
@@ -1165,6 +1229,20 @@ impl PyTransaction {
         self.push(Op::Compact(policy))
     }
 
+    /// Publishes a compaction a [`CompactionJob`](PyCompactionJob) wrote
+    /// while the writer went on publishing (rebased onto this snapshot);
+    /// `CompactionConflictError` at commit if another compaction merged one
+    /// of its sources since.
+    fn apply_compaction(&self, done: &PyCompacted) -> PyResult<()> {
+        let seg = done
+            .done
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .ok_or_else(|| invalid("this compaction was already applied"))?;
+        self.push(Op::ApplyCompaction(Box::new(seg)))
+    }
+
     /// Runs the operations in order and publishes one snapshot; returns
     /// its number. Nothing is published if one of them fails.
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
@@ -1198,6 +1276,9 @@ impl PyTransaction {
                     Op::DropModel(key, None) => tx.drop_model(&key)?,
                     Op::DropModel(key, Some(name)) => tx.drop_model_named(&key, &name)?,
                     Op::Embedding(def, ids, vectors) => tx.add_embedding(def, &ids, &vectors)?,
+                    Op::ApplyCompaction(done) => {
+                        tx.apply_compaction(*done)?;
+                    }
                     Op::DropItemTower(key) => tx.drop_item_tower(&key)?,
                     Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value),
                     Op::SetMetadata(key, None) => tx.remove_metadata(&key),
@@ -1253,6 +1334,8 @@ fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyWriter>()?;
     m.add_class::<PyTransaction>()?;
     m.add_class::<PyFilter>()?;
+    m.add_class::<PyCompactionJob>()?;
+    m.add_class::<PyCompacted>()?;
     m.add("FORMAT_VERSION", vstore::FORMAT_VERSION)?;
     add_exceptions(m)
 }

@@ -247,3 +247,36 @@ def test_the_remaining_error_kinds_and_metadata(tmp_path):
     open(newest, "wb").write(bytes(data))
     with pytest.raises(vstore.UnsupportedFormatError, match="version 99"):
         vstore.Writer.open(d)
+
+
+def test_a_background_compaction_and_a_conflicting_one(tmp_path):
+    w, ids, vecs = build(tmp_path / "s", n=400)
+    extra = np.arange(1, 101, dtype=np.uint64)
+    extra = extra[~np.isin(extra, ids)]
+    rng = np.random.default_rng(6)
+    with w.begin() as tx:
+        tx.add_items(extra, embeddings={"prerank@v1": rng.standard_normal((len(extra), DIM)).astype(np.float32)})
+    a, b = w.start_compaction(), w.start_compaction()
+    assert a is not None and b is not None and a.base_snapshot == b.base_snapshot
+    # The writer goes on publishing while the jobs run.
+    with w.begin() as tx:
+        tx.delete_items(ids[:50])
+    done_a, done_b = a.run(), b.run()
+    with pytest.raises(vstore.InvalidInputError, match="already ran"):
+        a.run()
+    with w.begin() as tx:
+        tx.apply_compaction(done_a)
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    assert snap.inspect()["segments"] == 1 and len(snap) == 400 - 50 + len(extra)
+    # The deletes made meanwhile hold in the merged segment.
+    user = rng.standard_normal(DIM).astype(np.float32)
+    r = snap.query("prerank@v1", user, ids[:60], 60)
+    assert set(r.not_found.tolist()) == set(ids[:50].tolist()) and len(r.ids) == 10
+    # The second job merged the same sources: refused, nothing changes.
+    tx = w.begin()
+    tx.apply_compaction(done_b)
+    with pytest.raises(vstore.CompactionConflictError):
+        tx.commit()
+    with pytest.raises(vstore.InvalidInputError, match="already applied"):
+        w.begin().apply_compaction(done_b)
+    assert vstore.open(str(tmp_path / "s")).snapshot().number == snap.number

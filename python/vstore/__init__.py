@@ -23,6 +23,8 @@ the library's message (the file, field, row or id).
 from ._vstore import (  # noqa: F401
     FORMAT_VERSION,
     BundleError,
+    CompactedSegment,
+    CompactionJob,
     Filter,
     CompactionConflictError,
     CorruptError,
@@ -57,6 +59,8 @@ from . import bundle  # noqa: E402,F401
 __all__ = [
     "FORMAT_VERSION",
     "BundleError",
+    "CompactedSegment",
+    "CompactionJob",
     "Filter",
     "CompactionConflictError",
     "CorruptError",
