@@ -211,6 +211,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     };
     let mut seen = std::collections::HashSet::new();
     let (mut not_found, mut filtered, mut scored) = (Vec::new(), 0usize, Vec::new());
+    let mut filtered_ids: Vec<u64> = Vec::new();
     for &id in &universe {
         if !seen.insert(id) {
             continue;
@@ -222,6 +223,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
         if let Some(f) = &c.filter {
             if !passes(&s, f, id) {
                 filtered += 1;
+                filtered_ids.push(id);
                 continue;
             }
         }
@@ -253,6 +255,12 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     prop_assert_eq!(r.snapshot, s.number());
     prop_assert_eq!(&r.not_found, &not_found);
     prop_assert_eq!(r.filtered_out, filtered);
+    // The filtered ids, ascending (a full scan counts them only).
+    filtered_ids.sort_unstable();
+    if c.full_scan {
+        filtered_ids.clear();
+    }
+    prop_assert_eq!(&r.filtered, &filtered_ids);
     prop_assert_eq!(r.scored, scored.len());
     prop_assert_eq!(r.hits.len(), c.k.min(scored.len()));
     // Hits are ordered by (score desc, id asc).
@@ -456,6 +464,7 @@ fn k_larger_than_candidates_returns_all_and_filters_may_remove_everything() {
         .unwrap();
     assert!(r.hits.is_empty());
     assert_eq!(r.filtered_out, 3);
+    assert_eq!(r.filtered, vec![1, 2, 3]);
     let r = s
         .query(&Query::full_scan("prerank@v2", &user, 2).filter(&none))
         .unwrap();

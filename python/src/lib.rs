@@ -140,7 +140,8 @@ struct PySnapshot {
 /// What a query returns: `ids` (uint64) and `scores` (float32) of the top
 /// k, best first; `heads` (float32, `[k, heads]`, or None) and
 /// `head_names`; the candidates not found (`not_found`, uint64, input
-/// order), the number the filter removed (`filtered_out`), the number
+/// order), the number the filter removed (`filtered_out`) and which
+/// (`filtered`, uint64 ascending; empty for a full scan), the number
 /// scored (`scored`), those whose score was not finite (`non_finite`), the
 /// snapshot that answered and `query_seconds`, the time the library's query
 /// took (the rest of a call's time is the binding's).
@@ -153,6 +154,7 @@ struct PyQueryResult {
     head_names: Vec<String>,
     not_found: Py<PyArray1<u64>>,
     filtered_out: usize,
+    filtered: Py<PyArray1<u64>>,
     scored: usize,
     non_finite: Py<PyArray1<u64>>,
     query_seconds: f64,
@@ -197,6 +199,7 @@ impl PyQueryResult {
             head_names: r.head_names,
             not_found: r.not_found.into_pyarray(py).unbind(),
             filtered_out: r.filtered_out,
+            filtered: r.filtered.into_pyarray(py).unbind(),
             scored: r.scored,
             non_finite: r.non_finite.into_pyarray(py).unbind(),
             query_seconds,

@@ -120,6 +120,9 @@ def test_filters_batches_and_low_precision(tmp_path):
     assert len(r.ids) > 0 and all(cats[pos[int(i)]] in (1, 2, 3) for i in r.ids)
     r2 = snap.query(key, user, ids, 300, filter=~f, three_tower=inputs(q))
     assert len(r.ids) + len(r2.ids) == len(ids) and r.filtered_out == len(r2.ids)
+    # Which ids the filter removed: exactly the complement's, ascending.
+    np.testing.assert_array_equal(r.filtered, np.sort(r2.ids))
+    np.testing.assert_array_equal(r2.filtered, np.sort(r.ids))
     # Exact mode on the bf16 bundle: the f32 ranking's ids.
     exact = snap.query(key, user, ids, 20, three_tower=inputs(q), exact=True, threads=2)
     assert len(exact.ids) == 20

@@ -40,6 +40,7 @@ class QueryResult:
     head_names: list[str]
     not_found: npt.NDArray[np.uint64]
     filtered_out: int
+    filtered: npt.NDArray[np.uint64]
     scored: int
     non_finite: npt.NDArray[np.uint64]
     query_seconds: float

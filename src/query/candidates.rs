@@ -86,6 +86,7 @@ impl Snapshot {
             scratch.ids.clear();
             scratch.topk.reset(k);
             result.filtered_out = 0;
+            result.filtered.clear();
             // Pass 1: dedupe and look up.
             resolve(
                 segs,
@@ -116,6 +117,7 @@ impl Snapshot {
                     }
                     if filters[si].as_ref().is_some_and(|f| !f.eval(row)) {
                         result.filtered_out += 1;
+                        result.filtered.push(id);
                         continue;
                     }
                     scratch.locs[kept] = loc;
@@ -150,6 +152,7 @@ impl Snapshot {
                 break;
             }
         }
+        result.filtered.sort_unstable();
         scratch.missing.sort_unstable_by_key(|m| m.0);
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
         Ok(())

@@ -253,6 +253,9 @@ pub struct QueryResult {
     pub not_found: Vec<u64>,
     /// Number of distinct found candidates the filter removed.
     pub filtered_out: usize,
+    /// The candidate ids the filter removed (each once, ascending). Empty
+    /// for a full scan, which counts them only (`filtered_out`).
+    pub filtered: Vec<u64>,
     /// Number of distinct items scored (those in `non_finite` excluded).
     pub scored: usize,
     /// Items whose score, or a head value of a three-tower query, came out
