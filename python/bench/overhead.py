@@ -8,6 +8,10 @@ Builds (once, under target/py-bench/) a store of N items x 64 float16, then:
   wall time of the call against the median time the library reports for the
   query itself (`QueryResult.query_seconds`); the difference is what the
   binding adds (argument conversion, result arrays, the GIL);
+- the same split for a 10-candidate call, made right after a 10-candidate
+  query and right after a 5,000-candidate one: the binding's own work when
+  the caches are warm, and what the big query's sweep through L1/L2 (rows,
+  id-index lines, scratch) costs the interpreter and the binding afterwards;
 - `query_batch` of 64 users x 5,000 candidates on 1 and 2 workers: queries
   per second and the ratio.
 Prints medians of alternated repetitions; name the CPU with the figures.
@@ -58,6 +62,18 @@ def main():
     w, q = statistics.median(wall[100:]), statistics.median(inner[100:])
     print(f"cpu: {os.uname().machine}; rows {a.rows}, n = 5,000, k = 500")
     print(f"python call median {w * 1e6:.1f} us, library query median {q * 1e6:.1f} us, overhead {(w - q) * 1e6:.1f} us")
+    small = [ids[j][:10].copy() for j in range(64)]
+    for prev in (10, 5000):
+        wall, inner = [], []
+        for i in range(a.reps):
+            j = i % 64
+            snap.query("prerank@v1", users[j], ids[j][:prev], 500)
+            t = time.perf_counter()
+            r = snap.query("prerank@v1", users[j], small[j], 500)
+            wall.append(time.perf_counter() - t)
+            inner.append(r.query_seconds)
+        w, q = statistics.median(wall[100:]), statistics.median(inner[100:])
+        print(f"n = 10 call after an n = {prev} query: python call {w * 1e6:.1f} us, library {q * 1e6:.1f} us, binding {(w - q) * 1e6:.1f} us")
     cands = list(ids)
     times = {1: [], 2: []}
     for _ in range(15):

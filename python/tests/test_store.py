@@ -280,3 +280,37 @@ def test_a_background_compaction_and_a_conflicting_one(tmp_path):
     with pytest.raises(vstore.InvalidInputError, match="already applied"):
         w.begin().apply_compaction(done_b)
     assert vstore.open(str(tmp_path / "s")).snapshot().number == snap.number
+
+
+def test_a_failed_publish_poisons_the_writer(tmp_path):
+    d = tmp_path / "s"
+    w, ids, vecs = build(d, n=50)
+    before = vstore.open(str(d)).snapshot()
+    # Something else took the name of the next segment's id file: the
+    # publish fails on an I/O error, naming the file...
+    stray = d / f"s{before.number + 1:010}-g1-ids.vidx"
+    stray.mkdir()
+    more = np.arange(1, 11, dtype=np.uint64)
+    more = more[~np.isin(more, ids)]
+    add = {"prerank@v1": np.ones((len(more), DIM), np.float32)}
+    with pytest.raises(vstore.IoError, match=stray.name):
+        with w.begin() as tx:
+            tx.add_items(more, embeddings=add)
+    # ...and the writer refuses everything after it, naming the cause.
+    with pytest.raises(vstore.PoisonedError, match="reopen"):
+        with w.begin() as tx:
+            tx.delete_items(ids[:1])
+    with pytest.raises(vstore.PoisonedError):
+        w.gc()
+    # Nothing was published; a reopened writer carries on.
+    assert vstore.open(str(d)).snapshot().number == before.number
+    del tx, w
+    import gc
+
+    gc.collect()
+    stray.rmdir()
+    w = vstore.Writer.open(str(d))
+    with w.begin() as tx:
+        tx.add_items(more, embeddings=add)
+    snap = vstore.open(str(d)).snapshot()
+    assert snap.number == before.number + 1 and len(snap) == 50 + len(more)
