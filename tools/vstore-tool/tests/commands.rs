@@ -319,7 +319,37 @@ fn three_tower_and_filtered_queries_equal_the_library() {
         }
     }
     assert_eq!(v["filtered_out"], want.filtered_out);
+    assert_eq!(v["filtered"], serde_json::json!(want.filtered));
     assert_eq!(v["kind"], "three-tower");
+    // With candidate ids, the ones the filter removed are listed.
+    let cands: Vec<u64> = d.ids.iter().copied().step_by(2).collect();
+    std::fs::write(
+        d.path("cands.txt"),
+        cands.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let v = json(&ok(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--candidates",
+        &d.p("cands.txt"),
+        "-k",
+        "20",
+        "--where",
+        "category not in 2",
+        "--json",
+    ]));
+    let f2 = vstore::Filter::not_in("category", [2]);
+    let want = snap
+        .query(&Query::ids("prerank@v1", &u, &cands, 20).filter(&f2))
+        .unwrap();
+    assert!(!want.filtered.is_empty());
+    assert_eq!(v["filtered"], serde_json::json!(want.filtered));
+    assert_eq!(v["filtered_out"], want.filtered.len());
     // A missing user input is named.
     std::fs::write(d.path("none.json"), "{}").unwrap();
     let e = fails(&[

@@ -323,6 +323,7 @@ fn print_json(
             "k": a.k,
             "scored": r.scored,
             "filtered_out": r.filtered_out,
+            "filtered": r.filtered,
             "not_found": r.not_found,
             "non_finite": r.non_finite,
             "hits": hits,
