@@ -195,6 +195,18 @@ pub enum Error {
         segment: u64,
     },
 
+    /// A publish or a build commit lost to another one: the snapshot number
+    /// it was to publish exists already (another writer published it), or
+    /// a distributed build job was planned on a snapshot that is no longer
+    /// the newest. The message says how to go on (rebase or plan again).
+    #[error("{path}: conflict: {what}")]
+    Conflict {
+        /// The store directory.
+        path: PathBuf,
+        /// What conflicted, and what to do.
+        what: String,
+    },
+
     /// The writer hit an error during a publish and refuses further publishes
     /// until it is reopened (the store itself still serves its last snapshot).
     #[error("writer for {path} is poisoned by an earlier failed publish ({cause}); reopen it")]
@@ -237,6 +249,7 @@ impl Error {
             | Error::NotAStore { path, .. }
             | Error::Locked { path, .. }
             | Error::DamagedManifest { manifest: path, .. }
+            | Error::Conflict { path, .. }
             | Error::Poisoned { path, .. } => Some(path),
             _ => None,
         }

@@ -16,9 +16,20 @@ use crate::error::{Error, Result};
 
 /// Storage type of an embedding column's components.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[rkyv(derive(Debug))]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// IEEE binary32, stored as written.
     F32,
@@ -79,8 +90,19 @@ pub const ROW_ALIGN: usize = 16;
 pub const MAX_DIM: u32 = 65_536;
 
 /// What a profile or statistics column holds.
-#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[rkyv(derive(Debug))]
+#[serde(rename_all = "lowercase")]
 pub enum ColumnKind {
     /// A `u32` category id; rows without a value read as `default`.
     Categorical {
@@ -95,7 +117,16 @@ pub enum ColumnKind {
 }
 
 /// A named profile or statistics column.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct ColumnDef {
     /// Column name, unique within its group.
@@ -105,7 +136,18 @@ pub struct ColumnDef {
 }
 
 /// An embedding column: item-tower outputs of one model version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct EmbeddingDef {
     /// Embedding space (e.g. `prerank`).
@@ -208,7 +250,17 @@ fn check_column_name(group: &str, name: &str) -> Result<()> {
 ///     .embedding("prerank", "v42", 64, Dtype::F16);
 /// schema.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct Schema {
     /// Profile columns, in file order.

@@ -57,6 +57,7 @@ kinds!(
     NoModelError: "No model bundle for the version.",
     ModelChoiceError: "The bundle or fusion named is not available.",
     CompactionConflictError: "A compaction conflicts with a commit made meanwhile.",
+    ConflictError: "Another writer published first (the message says how to rebase).",
     PoisonedError: "The writer is unusable after an earlier failure.",
 );
 
@@ -81,6 +82,7 @@ fn err(e: vstore::Error) -> PyErr {
         E::NoModel { .. } => NoModelError::new_err(msg),
         E::ModelChoice { .. } => ModelChoiceError::new_err(msg),
         E::CompactionConflict { .. } => CompactionConflictError::new_err(msg),
+        E::Conflict { .. } => ConflictError::new_err(msg),
         E::Poisoned { .. } => PoisonedError::new_err(msg),
         // A kind added to the library later: the base class.
         _ => VstoreError::new_err(msg),

@@ -41,7 +41,18 @@ pub(crate) struct Extent {
 
 /// A reference from a manifest to a data file, with the two facts that tie
 /// the name to the exact bytes that were published.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub(crate) struct FileRef {
     pub name: String,
     pub len: u64,
@@ -98,7 +109,17 @@ pub(crate) struct BundleMeta {
 }
 
 /// One segment of a snapshot and the files that hold it.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub(crate) struct SegmentMeta {
     pub id: u64,
     pub rows: u64,
@@ -110,7 +131,17 @@ pub(crate) struct SegmentMeta {
 }
 
 /// The file holding one embedding version of a segment.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub(crate) struct EmbeddingRef {
     pub key: String,
     pub file: FileRef,

@@ -26,7 +26,12 @@ impl FsFile for File {
 pub trait Fs: Debug + Send + Sync {
     /// Creates `path`, which must not exist.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
-    /// Renames `from` to `to` atomically (same directory).
+    /// Renames `from` to `to` atomically (same file system), never
+    /// replacing an existing `to`: if `to` exists the call fails with
+    /// [`io::ErrorKind::AlreadyExists`] and changes nothing. A published
+    /// manifest is never replaced this way, so two writers that reach the
+    /// same snapshot number (two processes on a file system whose locks do
+    /// not reach each other) cannot overwrite each other's snapshot.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes the name `path`.
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -45,7 +50,7 @@ impl Fs for StdFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
+        rename_noreplace(from, to)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -55,6 +60,46 @@ impl Fs for StdFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (then `AlreadyExists`). On
+/// Linux, `renameat2(RENAME_NOREPLACE)`; where the file system does not
+/// support that flag (or off Linux), a hard link to the new name (which
+/// fails if the name exists) and the removal of the old one, so a crash in
+/// between leaves both names on the same file, never a replaced one.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let cstr = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+        };
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        // SAFETY: both pointers are NUL-terminated strings that live until
+        // the call returns; renameat2 only reads them.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // The file system (or kernel) does not support the flag.
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {}
+            _ => return Err(e),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 /// What a non-regular file is, for error messages.
@@ -125,4 +170,30 @@ pub(crate) fn open_regular(
         return Err(not_regular(describe(meta.file_type())));
     }
     Ok((file, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_never_replaces_an_existing_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, b"first").unwrap();
+        std::fs::write(&b, b"second").unwrap();
+        let e = StdFs.rename(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        // Nothing changed: both names keep their own contents.
+        assert_eq!(std::fs::read(&a).unwrap(), b"first");
+        assert_eq!(std::fs::read(&b).unwrap(), b"second");
+        // To a free name it is a plain rename.
+        StdFs.rename(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read(&c).unwrap(), b"first");
+    }
 }

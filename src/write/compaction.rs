@@ -64,6 +64,50 @@ impl Sink<'_> {
         encode::write_scalar_group(self.fs, &path, seg, rows, group, cols)
     }
 
+    /// Writes `batch` as the new segment `seg` of `schema`: its id index,
+    /// its `profile` columns (as stored) and statistics, and its checked
+    /// `vectors` (one per schema version, each marked whether the version's
+    /// item tower computed it, see `items::batch_vectors`). Returns the
+    /// segment's manifest entry.
+    pub fn segment(
+        &mut self,
+        seg: u64,
+        schema: &Schema,
+        batch: &crate::write::batch::ItemBatch,
+        profile: &[ScalarColumn],
+        vectors: &[(EmbeddingDef, std::borrow::Cow<'_, [f32]>, bool)],
+    ) -> Result<SegmentMeta> {
+        let rows = batch.len() as u64;
+        let stats = batch.scalar_columns(schema, crate::write::batch::Group::Stats);
+        let (id_index, profile, stats) = self.row_files(seg, &batch.ids, profile, &stats)?;
+        let mut embeddings = Vec::new();
+        for (def, v, computed) in vectors {
+            let key = def.key();
+            let bitmap = computed.then(|| crate::write::towers::all_rows(batch.len()));
+            let path = self.path(seg, &format!("emb-{key}"), "vcol");
+            let d = def.dim as usize;
+            let file = encode::write_embedding_group(
+                self.fs,
+                &path,
+                seg,
+                rows,
+                def,
+                bitmap.as_deref(),
+                v.chunks_exact(d),
+            )?;
+            embeddings.push(EmbeddingRef { key, file });
+        }
+        Ok(SegmentMeta {
+            id: seg,
+            rows,
+            id_index,
+            profile,
+            stats,
+            embeddings,
+            deletes: None,
+        })
+    }
+
     /// Writes a new segment's id index, profile and statistics files.
     pub fn row_files(
         &mut self,

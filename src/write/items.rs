@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use super::transaction::{SegState, Transaction, View};
 use crate::error::{Error, Result};
 use crate::format::encode::{self, ScalarColumn};
-use crate::format::meta::{self, EmbeddingRef, FileRef, SegmentMeta};
-use crate::schema::EmbeddingDef;
+use crate::format::meta;
+use crate::model::ItemTower;
+use crate::schema::{EmbeddingDef, Schema};
 use crate::write::batch::{self, ItemBatch};
-use crate::write::towers::{all_rows, check_computed, compute_for_batch};
+use crate::write::towers::{check_computed, compute_for_batch};
+use std::sync::Arc;
 
 impl Transaction<'_> {
     /// Adds `batch` as a new segment. Ids must be new to the snapshot and
@@ -49,37 +51,7 @@ impl Transaction<'_> {
         }
         // The profile as stored; the item tower reads it too.
         let profile = batch.scalar_columns(&self.schema, batch::Group::Profile);
-        let mut vectors: Vec<(EmbeddingDef, Cow<'_, [f32]>, bool)> = Vec::new();
-        for def in &self.schema.embeddings {
-            let key = def.key();
-            let given: Vec<_> = batch.embeddings.iter().filter(|(k, _)| *k == key).collect();
-            match (given.as_slice(), self.tower_of(&key)) {
-                ([(_, v)], _) => {
-                    encode::check_vectors(def, &batch.ids, v)?;
-                    vectors.push((def.clone(), Cow::Borrowed(&v[..]), false));
-                }
-                ([], Some(tower)) => {
-                    // Computed (and checked) before anything is written, so
-                    // that a tower output the column cannot hold is a
-                    // refusal, not a failed write.
-                    let v = compute_for_batch(&tower, &self.schema, &profile, batch.len())?;
-                    check_computed(def, &batch.ids, &v)?;
-                    vectors.push((def.clone(), Cow::Owned(v), true));
-                }
-                ([], None) => {
-                    return Err(Error::InvalidInput(format!(
-                        "batch gives no vectors for embedding {key}, which has no item tower to \
-                         compute them; every item needs a vector for each version in the schema \
-                         (or publish {key}'s item tower: a bundle with an item_tower part)"
-                    )))
-                }
-                _ => {
-                    return Err(Error::InvalidInput(format!(
-                        "embedding {key} is given twice"
-                    )))
-                }
-            }
-        }
+        let vectors = batch_vectors(&self.schema, &batch, &profile, |k| self.tower_of(k))?;
         self.check_ids_unique(&batch.ids)?;
         self.check_indexes()?;
         if self.next_segment_id == u64::MAX {
@@ -109,17 +81,6 @@ impl Transaction<'_> {
         self.w.poison(r)
     }
 
-    /// Writes a new segment's id index, profile and statistics files.
-    pub(super) fn write_row_files(
-        &mut self,
-        seg: u64,
-        ids: &[u64],
-        profile_cols: &[ScalarColumn],
-        stats_cols: &[ScalarColumn],
-    ) -> Result<(FileRef, FileRef, FileRef)> {
-        self.sink().row_files(seg, ids, profile_cols, stats_cols)
-    }
-
     /// Writes `batch` (its `profile` columns as stored, and its checked
     /// `vectors`, one per schema version, each marked whether the
     /// version's item tower computed it) as a new segment and opens it.
@@ -130,38 +91,13 @@ impl Transaction<'_> {
         vectors: &[(EmbeddingDef, Cow<'_, [f32]>, bool)],
     ) -> Result<()> {
         let seg = self.next_segment_id;
-        let rows = batch.len() as u64;
-        let stats_cols = batch.scalar_columns(&self.schema, batch::Group::Stats);
-        let (id_index, profile, stats) =
-            self.write_row_files(seg, &batch.ids, profile_cols, &stats_cols)?;
-        let mut embeddings = Vec::new();
-        for (def, v, computed) in vectors {
-            let key = def.key();
-            let bitmap = computed.then(|| all_rows(batch.len()));
-            let name = self.fresh_name(seg, &format!("emb-{key}"), "vcol");
-            let d = def.dim as usize;
-            let file = encode::write_embedding_group(
-                &*self.w.fs,
-                &self.path(&name),
-                seg,
-                rows,
-                def,
-                bitmap.as_deref(),
-                v.chunks_exact(d),
-            )?;
-            embeddings.push(EmbeddingRef { key, file });
-        }
+        let schema = self.schema.clone();
+        let meta = self
+            .sink()
+            .segment(seg, &schema, batch, profile_cols, vectors)?;
         self.next_segment_id += 1;
         self.segments.push(SegState {
-            meta: SegmentMeta {
-                id: seg,
-                rows,
-                id_index,
-                profile,
-                stats,
-                embeddings,
-                deletes: None,
-            },
+            meta,
             view: View::Base(usize::MAX),
         });
         let i = self.segments.len() - 1;
@@ -308,4 +244,57 @@ impl Transaction<'_> {
         }
         Ok(())
     }
+}
+
+/// The vectors of a new segment of `batch` (whose `profile` columns, as
+/// stored, the item towers read): one per embedding version of `schema`, in
+/// its order, each the batch's own (checked) or, where the batch gives none,
+/// computed by the version's item tower (`tower_of`) and marked computed.
+/// Everything is checked before anything is written.
+pub(crate) fn batch_vectors<'b>(
+    schema: &Schema,
+    batch: &'b ItemBatch,
+    profile: &[ScalarColumn],
+    tower_of: impl Fn(&str) -> Option<Arc<ItemTower>>,
+) -> Result<Vec<(EmbeddingDef, Cow<'b, [f32]>, bool)>> {
+    for (key, _) in &batch.embeddings {
+        if schema.embedding_def(key).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "embedding {key} is not in the schema (it has [{}]); add a version with Transaction::add_embedding",
+                schema.embedding_keys().join(", ")
+            )));
+        }
+    }
+    let mut vectors = Vec::new();
+    for def in &schema.embeddings {
+        let key = def.key();
+        let given: Vec<_> = batch.embeddings.iter().filter(|(k, _)| *k == key).collect();
+        match (given.as_slice(), tower_of(&key)) {
+            ([(_, v)], _) => {
+                encode::check_vectors(def, &batch.ids, v)?;
+                vectors.push((def.clone(), Cow::Borrowed(&v[..]), false));
+            }
+            ([], Some(tower)) => {
+                // Computed (and checked) before anything is written, so
+                // that a tower output the column cannot hold is a
+                // refusal, not a failed write.
+                let v = compute_for_batch(&tower, schema, profile, batch.len())?;
+                check_computed(def, &batch.ids, &v)?;
+                vectors.push((def.clone(), Cow::Owned(v), true));
+            }
+            ([], None) => {
+                return Err(Error::InvalidInput(format!(
+                    "batch gives no vectors for embedding {key}, which has no item tower to \
+                     compute them; every item needs a vector for each version in the schema \
+                     (or publish {key}'s item tower: a bundle with an item_tower part)"
+                )))
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "embedding {key} is given twice"
+                )))
+            }
+        }
+    }
+    Ok(vectors)
 }

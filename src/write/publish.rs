@@ -34,8 +34,20 @@ pub(super) fn publish(
         let w = ContainerWriter::create(fs, &tmp, Kind::Manifest)?;
         created = true;
         w.finish(Body::Manifest(manifest))?;
-        fs.rename(&tmp, &dst)
-            .map_err(|e| Error::io("rename", &tmp, e))
+        fs.rename(&tmp, &dst).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Conflict {
+                    path: dir.to_path_buf(),
+                    what: format!(
+                        "{final_name} exists already: another writer published snapshot \
+                         {number} (publishing never replaces a manifest); reopen the writer \
+                         and build on the newest snapshot"
+                    ),
+                }
+            } else {
+                Error::io("rename", &tmp, e)
+            }
+        })
     })();
     if let Err(e) = before_rename {
         if created {

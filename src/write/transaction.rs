@@ -150,16 +150,7 @@ impl<'w> Transaction<'w> {
     /// Refuses ids given twice in one input ([`Error::DuplicateId`] naming
     /// both rows).
     pub(super) fn check_ids_unique(&self, ids: &[u64]) -> Result<()> {
-        let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
-            if let Some(j) = seen.insert(id, i) {
-                return Err(Error::DuplicateId {
-                    id,
-                    context: format!("input rows {j} and {i}"),
-                });
-            }
-        }
-        Ok(())
+        ids_unique(ids)
     }
 
     /// Records `t` as the snapshot's publish time instead of the clock, for
@@ -280,6 +271,21 @@ impl Transaction<'_> {
         refs.sort_by(|a, b| a.key.cmp(&b.key));
         refs
     }
+}
+
+/// Refuses ids given twice in one input ([`Error::DuplicateId`] naming
+/// both rows).
+pub(super) fn ids_unique(ids: &[u64]) -> Result<()> {
+    let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        if let Some(j) = seen.insert(id, i) {
+            return Err(Error::DuplicateId {
+                id,
+                context: format!("input rows {j} and {i}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Publishes `manifest` as snapshot `number` of `w`'s store. A publish that
