@@ -50,6 +50,10 @@ pub struct GcReport {
     /// removes or waits on them, and they do not stop it from collecting
     /// the rest; they are left for a person to look at.
     pub skipped: Vec<(String, String)>,
+    /// Distributed build jobs whose staging areas (`_staging/<job>`) were
+    /// removed, older than the staging grace
+    /// ([`Writer::set_staging_grace`]).
+    pub removed_staging: Vec<String>,
 }
 
 impl Writer {
@@ -149,7 +153,15 @@ impl Writer {
             }
         }
         names_in_dir.sort();
-        let inflight = self.inflight.lock().clone();
+        report.removed_staging = self.collect_staging()?;
+        let mut inflight = self.inflight.lock().clone();
+        // Files a build commit moved in before it stopped: the retried
+        // commit (or abort) needs them while the job's plan is staged.
+        inflight.extend(
+            crate::write::job::live_plans(&self.dir)
+                .iter()
+                .map(|p| p.number),
+        );
         for name in names_in_dir {
             let data = names::parse_data_file(&name);
             let tmp = names::parse_tmp(&name);
@@ -194,4 +206,40 @@ pub(crate) fn manifest_files(m: &ManifestMeta) -> Vec<String> {
         v.extend(b.files.iter().map(|f| f.name.clone()));
     }
     v
+}
+
+impl Writer {
+    /// Removes the staging areas of build jobs older than the staging
+    /// grace (by their plan's modification time, or the directory's if it
+    /// has no plan). Returns the job ids removed, sorted.
+    fn collect_staging(&mut self) -> Result<Vec<String>> {
+        let root = crate::write::job::staging_root(&self.dir);
+        let list = match std::fs::read_dir(&root) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &root, e)),
+        };
+        let now = SystemTime::now();
+        let mut removed = Vec::new();
+        for e in list {
+            let e = e.map_err(|e| Error::io("list", &root, e))?;
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let plan = e.path().join("PLAN.json");
+            let modified = std::fs::metadata(&plan)
+                .or_else(|_| e.metadata())
+                .and_then(|m| m.modified())
+                .ok();
+            let old = modified
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= self.staging_grace);
+            if old {
+                crate::write::job::plan::remove_staging(&e.path())?;
+                removed.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
 }

@@ -246,6 +246,10 @@ impl Transaction<'_> {
     }
 }
 
+/// A new segment's vectors: per schema version, its definition, the
+/// rows' values and whether its item tower computed them.
+pub(crate) type BatchVectors<'b> = Vec<(EmbeddingDef, Cow<'b, [f32]>, bool)>;
+
 /// The vectors of a new segment of `batch` (whose `profile` columns, as
 /// stored, the item towers read): one per embedding version of `schema`, in
 /// its order, each the batch's own (checked) or, where the batch gives none,
@@ -256,7 +260,7 @@ pub(crate) fn batch_vectors<'b>(
     batch: &'b ItemBatch,
     profile: &[ScalarColumn],
     tower_of: impl Fn(&str) -> Option<Arc<ItemTower>>,
-) -> Result<Vec<(EmbeddingDef, Cow<'b, [f32]>, bool)>> {
+) -> Result<BatchVectors<'b>> {
     for (key, _) in &batch.embeddings {
         if schema.embedding_def(key).is_none() {
             return Err(Error::InvalidInput(format!(

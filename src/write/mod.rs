@@ -15,6 +15,7 @@ pub(crate) mod compaction;
 pub(crate) mod embeddings;
 pub(crate) mod gc;
 pub(crate) mod items;
+pub(crate) mod job;
 pub(crate) mod models;
 pub(crate) mod publish;
 pub(crate) mod rebase;

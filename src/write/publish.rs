@@ -9,7 +9,7 @@ use crate::format::meta::{Body, ManifestMeta};
 use crate::format::names;
 use crate::io::fs::Fs;
 
-pub(super) fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
     fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))
 }

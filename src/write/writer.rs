@@ -43,7 +43,13 @@ pub struct Writer {
     pub(super) segment_floor: u64,
     /// Segments merged away by compactions this writer published.
     pub(super) retired: HashSet<u64>,
+    /// How old a distributed build's staging area must be before
+    /// [`Writer::gc`] removes it.
+    pub(super) staging_grace: std::time::Duration,
 }
+
+/// The default of [`Writer::set_staging_grace`]: a day.
+pub const DEFAULT_STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 pub(super) fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(names::LOCK);
@@ -103,7 +109,7 @@ pub(super) fn parent_of(p: &Path) -> PathBuf {
 /// Creates `dir` and every missing ancestor one level at a time, outermost
 /// first, fsyncing the parent of each directory it creates, so that a power
 /// loss cannot take away a name on the store's path.
-pub(super) fn create_dirs(fs: &dyn Fs, dir: &Path) -> Result<()> {
+pub(crate) fn create_dirs(fs: &dyn Fs, dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut d = dir;
     while !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err() {
@@ -171,7 +177,7 @@ pub(super) fn next_number(dir: &Path, highest: u64) -> Result<u64> {
     })
 }
 
-pub(super) fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -205,7 +211,8 @@ impl Writer {
         let key = dir
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", &dir, e))?;
-        let next_snapshot = next_number(&dir, highest_tag(&dir)?)?;
+        let (planned, segment_floor) = super::job::reservations(&dir);
+        let next_snapshot = next_number(&dir, highest_tag(&dir)?.max(planned))?;
         Ok(Writer {
             dir,
             key,
@@ -217,7 +224,8 @@ impl Writer {
             retention: Retention::default(),
             fs,
             inflight: Inflight::default(),
-            segment_floor: 0,
+            segment_floor,
+            staging_grace: DEFAULT_STAGING_GRACE,
             retired: HashSet::new(),
         })
     }
@@ -261,7 +269,8 @@ impl Writer {
             self.poison(r)?;
             // No manifest carried these numbers and their files are gone, so
             // numbering may start over.
-            self.next_snapshot = next_number(&self.dir, highest_tag(&self.dir)?)?;
+            let planned = super::job::reservations(&self.dir).0;
+            self.next_snapshot = next_number(&self.dir, highest_tag(&self.dir)?.max(planned))?;
         }
         Ok(removed)
     }
@@ -292,7 +301,15 @@ impl Writer {
         let key = dir
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", &dir, e))?;
-        let next_snapshot = next_number(&dir, highest_tag(&dir)?.max(store.snapshot().number()))?;
+        // Distributed build jobs staged but not committed reserve a
+        // snapshot number and segment ids.
+        let (planned, segment_floor) = super::job::reservations(&dir);
+        let next_snapshot = next_number(
+            &dir,
+            highest_tag(&dir)?
+                .max(store.snapshot().number())
+                .max(planned),
+        )?;
         Ok(Writer {
             dir,
             key,
@@ -304,7 +321,8 @@ impl Writer {
             retention: Retention::default(),
             fs,
             inflight: Inflight::default(),
-            segment_floor: 0,
+            segment_floor,
+            staging_grace: DEFAULT_STAGING_GRACE,
             retired: HashSet::new(),
         })
     }
@@ -380,6 +398,14 @@ impl Writer {
     /// Sets the retention used by [`Writer::gc`].
     pub fn set_retention(&mut self, r: Retention) {
         self.retention = r;
+    }
+
+    /// Sets how old a distributed build's staging area (`_staging/<job>`,
+    /// by its plan's modification time) must be before [`Writer::gc`]
+    /// removes it, job and all ([`DEFAULT_STAGING_GRACE`]: a day). A job
+    /// whose staging area is gone can no longer be committed.
+    pub fn set_staging_grace(&mut self, grace: std::time::Duration) {
+        self.staging_grace = grace;
     }
 
     pub(super) fn check_poisoned(&self) -> Result<()> {
@@ -460,6 +486,9 @@ impl Writer {
                 b.manifest
                     .user_meta
                     .iter()
+                    // A build job's id names the snapshot its commit
+                    // published, not the ones after it.
+                    .filter(|kv| kv.key != super::job::JOB_KEY)
                     .map(|kv| (kv.key.clone(), kv.value.clone()))
                     .collect(),
                 b.manifest.next_segment_id,
