@@ -55,7 +55,9 @@ pub use schema::{parse_key, ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
 pub use write::batch::ItemBatch;
 pub use write::compaction::{CompactedSegment, CompactionJob};
 pub use write::gc::{GcReport, Retention};
-pub use write::job::{commit_build, stage, BuildPlan, BuildReceipt, CommitOptions};
+pub use write::job::{
+    abort_build, commit_build, published_build, stage, BuildPlan, BuildReceipt, CommitOptions,
+};
 pub use write::rebase::Compaction;
 pub use write::transaction::Transaction;
 pub use write::writer::{is_leftover_name, Writer, DEFAULT_STAGING_GRACE};

@@ -15,6 +15,8 @@
 
 use std::sync::{Arc, Mutex};
 
+mod distributed;
+
 use numpy::{
     IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyUntypedArrayMethods,
@@ -758,7 +760,7 @@ impl PyWriter {
     /// Removes the snapshots the retention policy does not keep, then every
     /// file no remaining snapshot references; returns what it did as a
     /// dict (`kept`, `removed_snapshots`, `removed_files`,
-    /// `unreadable_manifests`, `skipped`).
+    /// `unreadable_manifests`, `skipped`, `removed_staging`).
     fn gc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let w = self.inner.clone();
         let r = py
@@ -770,7 +772,48 @@ impl PyWriter {
         d.set_item("removed_files", r.removed_files)?;
         d.set_item("unreadable_manifests", r.unreadable_manifests)?;
         d.set_item("skipped", r.skipped)?;
+        d.set_item("removed_staging", r.removed_staging)?;
         Ok(d)
+    }
+
+    /// Plans a distributed build of `parts` parts on the newest snapshot
+    /// (a snapshot number and a segment id per part reserved; the plan
+    /// written to the store's `_staging/<job>/`).
+    fn plan_build(
+        &self,
+        py: Python<'_>,
+        job: &str,
+        parts: u32,
+    ) -> PyResult<distributed::PyBuildPlan> {
+        let w = self.inner.clone();
+        let inner = py
+            .detach(move || w.lock().expect("not poisoned").plan_build(job, parts))
+            .map_err(err)?;
+        Ok(distributed::PyBuildPlan { inner })
+    }
+
+    /// Discards a job that was not published: its staging area and any
+    /// file an unfinished commit moved in.
+    fn abort_build(&self, py: Python<'_>, plan: &distributed::PyBuildPlan) -> PyResult<()> {
+        let w = self.inner.clone();
+        let plan = plan.inner.clone();
+        py.detach(move || w.lock().expect("not poisoned").abort_build(&plan))
+            .map_err(err)
+    }
+
+    /// How old (seconds) a job's staging area must be before `gc` removes
+    /// it (default: a day).
+    fn set_staging_grace(&self, seconds: f64) -> PyResult<()> {
+        if !(seconds >= 0.0 && seconds.is_finite()) {
+            return Err(invalid(format!(
+                "seconds {seconds}: expected a finite number >= 0"
+            )));
+        }
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .set_staging_grace(std::time::Duration::from_secs_f64(seconds));
+        Ok(())
     }
 
     /// A transaction: its operations run together, and publish one
@@ -1332,6 +1375,12 @@ fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(create, m)?)?;
     m.add_function(wrap_pyfunction!(check_bundle, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::stage, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::commit_build, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::published_build, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::abort_build, m)?)?;
+    m.add_class::<distributed::PyBuildPlan>()?;
+    m.add_class::<distributed::PyBuildReceipt>()?;
     m.add_class::<PyStore>()?;
     m.add_class::<PySnapshot>()?;
     m.add_class::<PyQueryResult>()?;

@@ -22,6 +22,8 @@ the library's message (the file, field, row or id).
 
 from ._vstore import (  # noqa: F401
     FORMAT_VERSION,
+    BuildPlan,
+    BuildReceipt,
     BundleError,
     CompactedSegment,
     CompactionJob,
@@ -50,15 +52,22 @@ from ._vstore import (  # noqa: F401
     VersionSkewError,
     VstoreError,
     Writer,
+    abort_build,
     check_bundle,
+    commit_build,
     create,
     open,
+    published_build,
+    stage,
 )
 
 from . import bundle  # noqa: E402,F401
+from . import distributed  # noqa: E402,F401
 
 __all__ = [
     "FORMAT_VERSION",
+    "BuildPlan",
+    "BuildReceipt",
     "BundleError",
     "CompactedSegment",
     "CompactionJob",
@@ -87,8 +96,13 @@ __all__ = [
     "VersionSkewError",
     "VstoreError",
     "Writer",
+    "abort_build",
     "bundle",
     "check_bundle",
+    "commit_build",
     "create",
+    "distributed",
     "open",
+    "published_build",
+    "stage",
 ]

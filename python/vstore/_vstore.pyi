@@ -180,6 +180,56 @@ class Writer:
     def start_compaction(self) -> Optional[CompactionJob]: ...
     def set_retention(self, keep_last: int, grace_seconds: float) -> None: ...
     def gc(self) -> dict[str, Any]: ...
+    def plan_build(self, job: str, parts: int) -> BuildPlan: ...
+    def abort_build(self, plan: BuildPlan) -> None: ...
+    def set_staging_grace(self, seconds: float) -> None: ...
+
+class BuildPlan:
+    job: str
+    parts: int
+    base: Optional[int]
+    store: str
+    profile_columns: list[str]
+    stats_columns: list[str]
+    embedding_keys: list[str]
+    def with_store(self, path: _Path) -> BuildPlan: ...
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(s: str) -> BuildPlan: ...
+    @staticmethod
+    def load(path: _Path, job: str) -> BuildPlan: ...
+
+class BuildReceipt:
+    part: int
+    job: str
+    rows: int
+    id_range: Optional[tuple[int, int]]
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(s: str) -> BuildReceipt: ...
+
+def stage(
+    plan: BuildPlan,
+    part: int,
+    ids: Any,
+    embeddings: Optional[dict[str, Any]] = None,
+    profile: Any = None,
+    stats: Any = None,
+    *,
+    categorical: Optional[dict[str, Any]] = None,
+    numeric: Optional[dict[str, Any]] = None,
+) -> BuildReceipt: ...
+def commit_build(
+    path: _Path,
+    plan: BuildPlan,
+    receipts: list[BuildReceipt],
+    *,
+    rebase: bool = False,
+    compact: bool = False,
+    lock_timeout: float = 60.0,
+) -> int: ...
+def published_build(path: _Path, job: str) -> Optional[int]: ...
+def abort_build(path: _Path, plan: BuildPlan, *, lock_timeout: float = 60.0) -> None: ...
 
 def create(path: _Path, schema: Schema) -> Writer: ...
 

@@ -56,12 +56,24 @@ pub fn commit_build(
     receipts: &[BuildReceipt],
     opts: &CommitOptions,
 ) -> Result<Arc<Snapshot>> {
-    let dir = dir.as_ref();
+    open_for_job(dir.as_ref(), plan, opts.lock_timeout)?.commit_build(plan, receipts, opts)
+}
+
+/// Discards a job that was not published ([`Writer::abort_build`]),
+/// opening the store's writer (waiting up to `lock_timeout` for it), also
+/// in a store that has published nothing yet.
+pub fn abort_build(dir: impl AsRef<Path>, plan: &BuildPlan, lock_timeout: Duration) -> Result<()> {
+    open_for_job(dir.as_ref(), plan, lock_timeout)?.abort_build(plan)
+}
+
+/// The writer of `dir` for a job's commit or abort, waiting up to
+/// `lock_timeout` for another writer's lock.
+fn open_for_job(dir: &Path, plan: &BuildPlan, lock_timeout: Duration) -> Result<Writer> {
     let start = Instant::now();
-    let mut w = loop {
+    let w = loop {
         match Writer::open(dir) {
             Ok(w) => break w,
-            Err(Error::Locked { .. }) if start.elapsed() < opts.lock_timeout => {
+            Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             // An empty store (the plan was made by a writer from
@@ -69,7 +81,7 @@ pub fn commit_build(
             Err(Error::NotAStore { .. }) if plan.base.is_none() => {
                 match Writer::create(dir, plan.schema.clone()) {
                     Ok(w) => break w,
-                    Err(Error::Locked { .. }) if start.elapsed() < opts.lock_timeout => {
+                    Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     // Published meanwhile: open it on the next turn.
@@ -80,7 +92,7 @@ pub fn commit_build(
             Err(e) => return Err(e),
         }
     };
-    w.commit_build(plan, receipts, opts)
+    Ok(w)
 }
 
 impl Writer {

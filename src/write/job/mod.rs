@@ -15,9 +15,22 @@ mod commit;
 pub(crate) mod plan;
 mod stage;
 
-pub use commit::{commit_build, CommitOptions};
+pub use commit::{abort_build, commit_build, CommitOptions};
 pub use plan::{BuildPlan, BuildReceipt};
 pub use stage::stage;
+
+/// The snapshot that published build job `job` in the store at `dir`, if
+/// one did (the newest such; a driver that lost its commit's answer, or
+/// runs again, finds it here). `None` also when `dir` does not exist.
+pub fn published_build(dir: impl AsRef<Path>, job: &str) -> Result<Option<u64>> {
+    check_job_id(job)?;
+    let dir = dir.as_ref();
+    if !dir.exists() {
+        // No store yet: nothing was published.
+        return Ok(None);
+    }
+    published_job(dir, job, None)
+}
 
 use std::path::{Path, PathBuf};
 

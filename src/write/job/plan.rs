@@ -97,6 +97,20 @@ impl BuildPlan {
         Ok(p)
     }
 
+    /// The plan of job `job` staged in the store at `dir` (its
+    /// `_staging/<job>/PLAN.json`), with the store path `dir`: how a driver
+    /// that runs again resumes a job it planned before.
+    pub fn load(dir: impl AsRef<Path>, job: &str) -> Result<BuildPlan> {
+        check_job_id(job)?;
+        let path = plan_path(dir.as_ref(), job);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        let plan = BuildPlan::from_json(&text).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+        Ok(plan.with_store(dir.as_ref()))
+    }
+
     /// Whether `other` is this plan (the store path aside).
     pub(crate) fn same_job(&self, other: &BuildPlan) -> bool {
         let mut o = other.clone();
