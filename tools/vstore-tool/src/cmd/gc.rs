@@ -37,6 +37,12 @@ pub fn run(a: &GcArgs, out: &mut dyn Write) -> Result<()> {
             "  skipped {f}: {what}, not a regular file; left in place (remove it by hand)"
         );
     }
+    for job in &r.removed_staging {
+        say!(
+            out,
+            "  removed the staging area of build job {job} (older than the staging grace)"
+        );
+    }
     for m in &r.unreadable_manifests {
         say!(
             out,
