@@ -6,6 +6,7 @@ on the driver publishes them. Spark local mode, on Java 17.
     target/py-venv/bin/python examples/python/distributed_spark.py [store_dir]
 """
 
+import os
 import sys
 import tempfile
 
@@ -20,6 +21,8 @@ from distributed_dask import PARTS, items, schema  # the same data
 def main(path):
     from pyspark.sql import SparkSession
 
+    # Spark's Python workers run this interpreter (the one vstore is in).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (SparkSession.builder.master("local[2]").appName("vstore-example")
              .config("spark.ui.enabled", "false").getOrCreate())
     try:

@@ -234,6 +234,8 @@ def test_spark_build_where_installed(tmp_path):
     from pyspark.sql import SparkSession
 
     single_writer(tmp_path / "one")
+    # Spark's Python workers run this interpreter (the one vstore is in).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (SparkSession.builder.master("local[2]").appName("vstore-test")
              .config("spark.ui.enabled", "false").getOrCreate())
     try:

@@ -236,7 +236,8 @@ impl Writer {
     /// [`Writer::create`] before its first transaction; this writer holds
     /// the lock, so no live writer owns them. Refused if the store has a
     /// manifest (then [`Writer::gc`] collects strays). Returns the names
-    /// removed, sorted; anything else in the directory is left alone.
+    /// removed, sorted; anything else in the directory is left alone, and so
+    /// are the files of a distributed build job whose plan is staged.
     pub fn remove_leftovers(&mut self) -> Result<Vec<String>> {
         self.check_poisoned()?;
         if self.store.is_some() || !list_manifests(&self.dir)?.is_empty() {
@@ -246,12 +247,18 @@ impl Writer {
             )));
         }
         let mut removed = Vec::new();
+        // Files a build commit moved in before it stopped belong to the
+        // job while its plan is staged (abort_build removes them).
+        let planned: Vec<u64> = (super::job::live_plans(&self.dir).iter())
+            .map(|p| p.number)
+            .collect();
         let list = std::fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
         for e in list {
             let e = e.map_err(|e| Error::io("list", &self.dir, e))?;
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name != names::LOCK && is_leftover_name(name) {
+            let of_job = planned.iter().any(|&n| super::job::carries_number(name, n));
+            if name != names::LOCK && is_leftover_name(name) && !of_job {
                 removed.push(name.to_string());
             }
         }
