@@ -59,5 +59,6 @@ pub use write::job::{
     abort_build, commit_build, published_build, stage, BuildPlan, BuildReceipt, CommitOptions,
 };
 pub use write::rebase::Compaction;
+pub use write::restore::RESTORED_FROM_KEY;
 pub use write::transaction::Transaction;
 pub use write::writer::{is_leftover_name, Writer, DEFAULT_STAGING_GRACE};

@@ -816,6 +816,16 @@ impl PyWriter {
         Ok(())
     }
 
+    /// Publishes snapshot `n`'s content as the newest snapshot (a rollback
+    /// that keeps the history; files shared) and returns its number;
+    /// `InvalidInputError` naming the files if gc collected any of them.
+    fn restore(&self, py: Python<'_>, n: u64) -> PyResult<u64> {
+        let w = self.inner.clone();
+        py.detach(move || w.lock().expect("not poisoned").restore(n))
+            .map(|s| s.number())
+            .map_err(err)
+    }
+
     /// A transaction: its operations run together, and publish one
     /// snapshot, at `commit()` (or at the end of a `with` block).
     fn begin(&self) -> PyTransaction {

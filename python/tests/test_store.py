@@ -314,3 +314,21 @@ def test_a_failed_publish_poisons_the_writer(tmp_path):
         tx.add_items(more, embeddings=add)
     snap = vstore.open(str(d)).snapshot()
     assert snap.number == before.number + 1 and len(snap) == 50 + len(more)
+
+
+def test_restore_publishes_an_old_snapshot_again(tmp_path):
+    w, ids, _ = build(tmp_path / "s", n=100)
+    store = vstore.open(str(tmp_path / "s"))
+    first = store.snapshot().number
+    with w.begin() as tx:
+        tx.delete_items(ids[:40])
+    store.refresh()
+    assert len(store.snapshot()) == 60
+    n = w.restore(first)
+    store.refresh()
+    snap = store.snapshot()
+    assert snap.number == n and n > first + 1
+    assert len(snap) == 100
+    assert snap.metadata()["vstore.restored_from"] == str(first)
+    with pytest.raises(vstore.InvalidInputError, match="does not exist"):
+        w.restore(12345)

@@ -19,6 +19,7 @@ pub(crate) mod job;
 pub(crate) mod models;
 pub(crate) mod publish;
 pub(crate) mod rebase;
+pub(crate) mod restore;
 pub(crate) mod towers;
 pub(crate) mod transaction;
 pub(crate) mod writer;

@@ -291,7 +291,7 @@ pub(super) fn ids_unique(ids: &[u64]) -> Result<()> {
 /// Publishes `manifest` as snapshot `number` of `w`'s store. A publish that
 /// fails before its rename removes the transaction's files `written`; any
 /// failure poisons the writer.
-fn publish_or_remove(
+pub(super) fn publish_or_remove(
     w: &mut Writer,
     number: u64,
     manifest: ManifestMeta,
@@ -315,7 +315,7 @@ fn publish_or_remove(
 /// retired if a compaction job is live (and forgets every retired segment
 /// if none is), refreshes the writer's store
 /// (opening it after a first publish) and returns the new snapshot, pinned.
-fn pick_up_published(w: &mut Writer, compacted_away: Vec<u64>) -> Result<Arc<Snapshot>> {
+pub(super) fn pick_up_published(w: &mut Writer, compacted_away: Vec<u64>) -> Result<Arc<Snapshot>> {
     // Only a live job can name a retired segment (jobs started later
     // read snapshots without them).
     if w.inflight.lock().is_empty() {

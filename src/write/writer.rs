@@ -493,9 +493,11 @@ impl Writer {
                 b.manifest
                     .user_meta
                     .iter()
-                    // A build job's id names the snapshot its commit
-                    // published, not the ones after it.
-                    .filter(|kv| kv.key != super::job::JOB_KEY)
+                    // A build job's id and a restore's source name the
+                    // snapshot that recorded them, not the ones after it.
+                    .filter(|kv| {
+                        kv.key != super::job::JOB_KEY && kv.key != super::restore::RESTORED_FROM_KEY
+                    })
                     .map(|kv| (kv.key.clone(), kv.value.clone()))
                     .collect(),
                 b.manifest.next_segment_id,

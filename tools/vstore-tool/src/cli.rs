@@ -68,6 +68,9 @@ pub enum Cmd {
     Diff(DiffArgs),
     /// Explicit recovery steps that give data up (each needs its flag).
     Recover(RecoverArgs),
+    /// Publish an old snapshot's content as the newest snapshot (a
+    /// rollback that keeps the history); refused if gc collected its files.
+    Restore(RestoreArgs),
     /// Build a synthetic 200k-item store with a three-tower bundle and run queries.
     Demo(DemoArgs),
 }
@@ -359,6 +362,19 @@ pub struct GcArgs {
     /// Also keep snapshots replaced less than this many seconds ago.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Store directory.
+    pub store: PathBuf,
+    /// The snapshot whose content to publish again.
+    #[arg(long)]
+    pub snapshot: u64,
+    /// Print the result as JSON (`{"snapshot", "restored_from", "items"}`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `recover`.

@@ -51,6 +51,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Cmd::Gc(a) => cmd::gc::run(&a, out),
         Cmd::Diff(a) => cmd::diff::run(&a, out),
         Cmd::Recover(a) => cmd::recover::run(&a, out),
+        Cmd::Restore(a) => cmd::restore::run(&a, out),
         Cmd::Demo(a) => cmd::demo::run(&a, &p, out),
     }
 }

@@ -1078,3 +1078,32 @@ fn named_v2_bundles_query_with_model_and_fusion_and_drop_by_name() {
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     assert_eq!(snap.model_names("prerank@v1"), ["default"]);
 }
+
+#[test]
+fn restore_publishes_an_old_snapshot_as_the_newest() {
+    let d = Data::new();
+    d.build("s");
+    let store = d.p("s");
+    let out = tool()
+        .args(["delete-items", &store, "--ids", "-"])
+        .write_stdin(format!("{} {}\n", d.ids[0], d.ids[1]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(Store::open(&store).unwrap().snapshot().len(), 298);
+    let v = json(&ok(&["restore", &store, "--snapshot", "1", "--json"]));
+    assert_eq!(v["restored_from"], 1);
+    assert_eq!(v["items"], 300);
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(snap.number(), v["snapshot"].as_u64().unwrap());
+    assert!(snap.number() > 2);
+    assert!(snap.lookup(d.ids[0]).is_some() && snap.lookup(d.ids[1]).is_some());
+    assert_eq!(snap.metadata("vstore.restored_from"), Some("1"));
+    // A snapshot that does not exist: refused (exit 1), naming it.
+    let e = fails(&["restore", &store, "--snapshot", "77"]);
+    assert!(e.contains("snapshot 77 does not exist"), "{e}");
+}

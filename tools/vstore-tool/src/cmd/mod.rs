@@ -10,6 +10,7 @@ pub mod items;
 pub mod model;
 pub mod query;
 pub mod recover;
+pub mod restore;
 pub mod stats;
 pub mod verify;
 

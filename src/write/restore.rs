@@ -1,0 +1,107 @@
+//! Restoring an old snapshot: its content published again as the newest
+//! snapshot (a rollback that keeps history), sharing its files.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use super::gc::manifest_files;
+use super::job::JOB_KEY;
+use super::transaction::{pick_up_published, publish_or_remove};
+use super::writer::{now_ms, writer_open_options, Writer};
+use crate::error::{Error, Result};
+use crate::format::meta::KeyValue;
+use crate::read::snapshot::Snapshot;
+use crate::read::store::{list_manifests, read_manifest, Store};
+
+/// The user metadata key a restored snapshot records its source in (the
+/// number of the snapshot whose content it republished).
+pub const RESTORED_FROM_KEY: &str = "vstore.restored_from";
+
+impl Writer {
+    /// Publishes snapshot `n`'s content (schema, items, embedding
+    /// versions, bundles, user metadata) as a new newest snapshot, so
+    /// readers see the store as it was at `n` while the snapshots after it
+    /// stay in the history (until `gc`). Its files are shared, not copied.
+    /// Refused, naming them, if `gc` collected any of `n`'s files; refused
+    /// if `n` does not exist, is damaged, or is the newest already. The new
+    /// snapshot records `vstore.restored_from = n` in its metadata.
+    ///
+    /// ```
+    /// # fn main() -> vstore::Result<()> {
+    /// use vstore::{Dtype, ItemBatch, Schema, Writer};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let schema = Schema::new().embedding("prerank", "v1", 2, Dtype::F32);
+    /// let mut w = Writer::create(dir.path(), schema)?;
+    /// let mut tx = w.begin();
+    /// tx.add_items(ItemBatch::new(vec![1]).embedding("prerank@v1", vec![1.0, 0.0]))?;
+    /// let good = tx.commit()?.number();
+    /// let mut tx = w.begin();
+    /// tx.delete_items(&[1])?;
+    /// tx.commit()?;
+    /// let back = w.restore(good)?;
+    /// assert_eq!(back.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn restore(&mut self, n: u64) -> Result<Arc<Snapshot>> {
+        self.check_poisoned()?;
+        let newest = self.snapshot().ok_or_else(|| {
+            Error::InvalidInput(format!("{} has no snapshot to restore", self.dir.display()))
+        })?;
+        if n == newest.number() {
+            return Err(Error::InvalidInput(format!(
+                "snapshot {n} is the newest already; nothing to restore"
+            )));
+        }
+        let (_, old) = read_manifest(&self.dir, n).map_err(|e| {
+            if e.is_not_found() {
+                let have = list_manifests(&self.dir).unwrap_or_default();
+                Error::InvalidInput(format!(
+                    "snapshot {n} does not exist in {} (it has {have:?})",
+                    self.dir.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+        let missing: BTreeSet<String> = manifest_files(&old)
+            .into_iter()
+            .filter(|f| std::fs::symlink_metadata(self.dir.join(f)).is_err())
+            .collect();
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+            return Err(Error::InvalidInput(format!(
+                "snapshot {n} cannot be restored: gc collected {} of its files ({}{})",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )));
+        }
+        // Every file maps and matches its entry (a damaged one is an error
+        // naming it) before anything is published.
+        Store::open_at(&self.dir, n, writer_open_options())?;
+        let number = self.next_snapshot;
+        self.next_snapshot = number.saturating_add(1);
+        let mut m = old;
+        m.snapshot = number;
+        m.parent = Some(newest.number());
+        m.created_unix_ms = now_ms();
+        // Segment ids stay unique over the store's life.
+        m.next_segment_id = m
+            .next_segment_id
+            .max(newest.manifest.next_segment_id)
+            .max(self.segment_floor);
+        m.user_meta
+            .retain(|kv| kv.key != JOB_KEY && kv.key != RESTORED_FROM_KEY);
+        m.user_meta.push(KeyValue {
+            key: RESTORED_FROM_KEY.into(),
+            value: n.to_string(),
+        });
+        m.user_meta.sort_by(|a, b| a.key.cmp(&b.key));
+        publish_or_remove(self, number, m, &HashSet::new())?;
+        pick_up_published(self, Vec::new())
+    }
+}
