@@ -5,6 +5,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `--version` prints: the tool's version and the store format
+/// versions it reads and writes.
+pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (store format: writes version {}, reads versions {} to {})",
+        env!("CARGO_PKG_VERSION"),
+        vstore::FORMAT_VERSION,
+        vstore::OLDEST_FORMAT_VERSION,
+        vstore::FORMAT_VERSION
+    )
+});
+
 /// Build, update, inspect, verify and query vstore stores.
 ///
 /// Publishing subcommands (build, add-embedding, drop-embedding, update-stats,
@@ -12,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 /// each publish one new snapshot atomically, or leave the store exactly as
 /// it was if anything is wrong with their input.
 #[derive(Debug, Parser)]
-#[command(name = "vstore-tool", version, about, long_about = None)]
+#[command(name = "vstore-tool", version = VERSION.as_str(), about, long_about = None)]
 pub struct Cli {
     /// No progress bars (they are also hidden when standard error is not a terminal).
     #[arg(long, short, global = true)]
@@ -73,6 +85,21 @@ pub enum Cmd {
     Restore(RestoreArgs),
     /// Build a synthetic 200k-item store with a three-tower bundle and run queries.
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// generated from these definitions, e.g.
+    /// `vstore-tool completions bash > /etc/bash_completion.d/vstore-tool`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) generated from these definitions, e.g.
+    /// `vstore-tool man > vstore-tool.1 && man ./vstore-tool.1`.
+    Man,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where item profile and statistics columns come from.

@@ -53,6 +53,18 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Cmd::Recover(a) => cmd::recover::run(&a, out),
         Cmd::Restore(a) => cmd::restore::run(&a, out),
         Cmd::Demo(a) => cmd::demo::run(&a, &p, out),
+        Cmd::Completions(a) => {
+            use clap::CommandFactory;
+            let mut c = Cli::command();
+            clap_complete::generate(a.shell, &mut c, "vstore-tool", out);
+            Ok(())
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(out)
+                .map_err(|e| error::ToolError::io("write", std::path::Path::new("<output>"), e))
+        }
     }
 }
 

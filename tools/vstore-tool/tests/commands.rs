@@ -1107,3 +1107,38 @@ fn restore_publishes_an_old_snapshot_as_the_newest() {
     let e = fails(&["restore", &store, "--snapshot", "77"]);
     assert!(e.contains("snapshot 77 does not exist"), "{e}");
 }
+
+#[test]
+fn version_completions_and_man_page_come_from_the_definitions() {
+    let v = ok(&["--version"]);
+    assert!(
+        v.contains(&format!("writes version {}", vstore::FORMAT_VERSION))
+            && v.contains(&format!(
+                "reads versions {} to {}",
+                vstore::OLDEST_FORMAT_VERSION,
+                vstore::FORMAT_VERSION
+            )),
+        "{v}"
+    );
+    let bash = ok(&["completions", "bash"]);
+    for sub in ["restore", "add-model", "query", "completions"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(bash.contains("--snapshot"), "restore's flag is completed");
+    let zsh = ok(&["completions", "zsh"]);
+    assert!(
+        zsh.contains("#compdef vstore-tool"),
+        "{}",
+        &zsh[..zsh.len().min(200)]
+    );
+    let man = ok(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("vstore\\-tool") && man.contains("restore"));
+    // An unknown shell is a usage error (exit 2) listing the choices.
+    let e = common::usage_fails(&["completions", "tcsh"]);
+    assert!(e.contains("bash") && e.contains("zsh"), "{e}");
+}
