@@ -125,6 +125,9 @@ pub struct TableArgs {
 /// `build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory to create (must not hold a store yet).
     pub store: PathBuf,
     /// Item ids, .npy of uint64 or int64 (one per embedding row).
@@ -165,6 +168,9 @@ pub struct BuildArgs {
 /// `add-embedding`.
 #[derive(Debug, Args)]
 pub struct AddEmbeddingArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Item ids of the embedding rows (every live item of the store, once;
@@ -192,6 +198,9 @@ pub struct AddEmbeddingArgs {
 /// `drop-embedding` and `drop-model`.
 #[derive(Debug, Args)]
 pub struct DropArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// The embedding version, `space@version`.
@@ -201,6 +210,9 @@ pub struct DropArgs {
 /// `update-stats`.
 #[derive(Debug, Args)]
 pub struct UpdateStatsArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Table of new statistics (.parquet/.pq or .csv): the id column and
@@ -218,6 +230,9 @@ pub struct UpdateStatsArgs {
 /// `add-model`.
 #[derive(Debug, Args)]
 pub struct AddModelArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Bundle directory holding model.json and weights.safetensors.
@@ -241,6 +256,9 @@ pub struct AddModelArgs {
 /// `drop-model`.
 #[derive(Debug, Args)]
 pub struct DropModelArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// The embedding version, `space@version`.
@@ -256,6 +274,9 @@ pub struct DropModelArgs {
 /// `add-items` and `upsert-items`.
 #[derive(Debug, Args)]
 pub struct ItemsArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Item ids, .npy.
@@ -274,6 +295,9 @@ pub struct ItemsArgs {
 /// `delete-items`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Ids to delete: a .npy file, a text file (ids separated by
@@ -285,6 +309,9 @@ pub struct DeleteArgs {
 /// `compact`.
 #[derive(Debug, Args)]
 pub struct CompactArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Compact only if the policy asks for it (more segments than
@@ -381,6 +408,9 @@ pub struct QueryArgs {
 /// `gc`.
 #[derive(Debug, Args)]
 pub struct GcArgs {
+    /// Print what was published (or collected) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Store directory.
     pub store: PathBuf,
     /// Keep the newest N snapshots.

@@ -34,7 +34,39 @@ use progress::Progress;
 /// Runs one parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let p = Progress::new(cli.quiet);
-    match cli.cmd {
+    if publishes_json(&cli.cmd) {
+        // `--json` on a publishing command: its report lines go to
+        // standard error, and standard output holds one JSON object.
+        let mut notes = std::io::stderr();
+        dispatch(cli.cmd, &p, &mut notes)?;
+        if let Some(v) = report::take_published() {
+            report::json(out, &v)?;
+        }
+        return Ok(());
+    }
+    dispatch(cli.cmd, &p, out)
+}
+
+/// Whether `cmd` publishes a snapshot and was asked for `--json`.
+fn publishes_json(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Build(a) => a.json,
+        Cmd::AddEmbedding(a) => a.json,
+        Cmd::DropEmbedding(a) => a.json,
+        Cmd::UpdateStats(a) => a.json,
+        Cmd::AddModel(a) => a.json,
+        Cmd::DropModel(a) => a.json,
+        Cmd::AddItems(a) | Cmd::UpsertItems(a) => a.json,
+        Cmd::DeleteItems(a) => a.json,
+        Cmd::Compact(a) => a.json,
+        _ => false,
+    }
+}
+
+/// Runs one subcommand, writing its report to `out`.
+fn dispatch(cmd: Cmd, p: &Progress, out: &mut dyn Write) -> Result<()> {
+    let p = *p;
+    match cmd {
         Cmd::Build(a) => cmd::build::run(&a, &p, out),
         Cmd::AddEmbedding(a) => cmd::embeddings::add(&a, &p, out),
         Cmd::DropEmbedding(a) => cmd::embeddings::drop_embedding(&a, out),

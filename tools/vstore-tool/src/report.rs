@@ -140,12 +140,14 @@ pub fn file_len(dir: &Path, name: &str) -> u64 {
 }
 
 /// Prints what a publish did: the new snapshot, what it holds, and which
-/// files it wrote (the rest are shared with its parent).
+/// files it wrote (the rest are shared with its parent); with `as_json`,
+/// records it as one JSON object for `run` to print ([`take_published`]).
 pub fn published(
     out: &mut dyn Write,
     parent: Option<&Arc<Snapshot>>,
     snap: &Snapshot,
     took: Duration,
+    as_json: bool,
 ) -> Result<()> {
     let old: HashSet<String> = parent
         .map(|p| p.files().into_iter().collect())
@@ -153,6 +155,24 @@ pub fn published(
     let files = snap.files();
     let new: Vec<&String> = files.iter().filter(|f| !old.contains(*f)).collect();
     let written: u64 = new.iter().map(|f| file_len(snap.dir(), f)).sum();
+    if as_json {
+        // Printed by `run` once the command is done (its other lines go to
+        // standard error).
+        let v = serde_json::json!({
+                "snapshot": snap.number(),
+                "parent": parent.map(|p| p.number()),
+                "seconds": took.as_secs_f64(),
+                "items": snap.len(),
+                "segments": snap.segments().len(),
+                "embeddings": snap.embedding_keys(),
+                "bundles": bundle_labels(snap),
+                "files_written": new,
+                "bytes_written": written,
+                "files_shared": files.len() - new.len(),
+        });
+        PUBLISHED.with(|p| *p.borrow_mut() = Some(v));
+        return Ok(());
+    }
     say!(
         out,
         "published snapshot {} in {}: {} items, {} segment(s), embeddings [{}], bundles [{}]",
@@ -174,6 +194,16 @@ pub fn published(
             .unwrap_or_else(|| "-".into())
     );
     Ok(())
+}
+
+thread_local! {
+    /// The JSON report of the last publish made with `--json`.
+    static PUBLISHED: std::cell::RefCell<Option<serde_json::Value>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the JSON report of the last publish made with `--json`.
+pub fn take_published() -> Option<serde_json::Value> {
+    PUBLISHED.with(|p| p.borrow_mut().take())
 }
 
 /// Serializes `v` as pretty JSON to `out`.

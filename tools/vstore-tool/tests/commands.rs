@@ -1142,3 +1142,46 @@ fn version_completions_and_man_page_come_from_the_definitions() {
     let e = common::usage_fails(&["completions", "tcsh"]);
     assert!(e.contains("bash") && e.contains("zsh"), "{e}");
 }
+
+#[test]
+fn publishing_commands_and_gc_print_json() {
+    let d = Data::new();
+    let v = json(&d.build_f32("s", &["--json"]));
+    assert_eq!(v["snapshot"], 1);
+    assert_eq!(v["parent"], Value::Null);
+    assert_eq!(v["items"], ROWS);
+    assert_eq!(v["embeddings"][0], "prerank@v1");
+    assert!(v["bytes_written"].as_u64().unwrap() > 0);
+    let store = d.p("s");
+    let out = tool()
+        .args(["delete-items", &store, "--ids", "-", "--json"])
+        .write_stdin(format!("{}\n", d.ids[0]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["snapshot"], 2);
+    assert_eq!(v["parent"], 1);
+    assert_eq!(v["items"], ROWS - 1);
+    assert!(v["files_shared"].as_u64().unwrap() > 0);
+    let g = json(&ok(&[
+        "gc",
+        &store,
+        "--keep-last",
+        "1",
+        "--grace-secs",
+        "0",
+        "--json",
+    ]));
+    assert_eq!(g["kept"], serde_json::json!([2]));
+    assert_eq!(g["removed_snapshots"], serde_json::json!([1]));
+    assert!(g["removed_staging"].as_array().unwrap().is_empty());
+    assert_eq!(
+        Store::open(&store).unwrap().snapshot().len() as u64,
+        v["items"].as_u64().unwrap()
+    );
+}

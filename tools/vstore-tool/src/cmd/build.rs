@@ -156,7 +156,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         }
     };
     say!(out, "built store {}", a.store.display());
-    report::published(out, None, &snap, t.elapsed())?;
+    report::published(out, None, &snap, t.elapsed(), a.json)?;
     Ok(())
 }
 

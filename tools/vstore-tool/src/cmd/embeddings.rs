@@ -131,7 +131,7 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
             snap.computed_count(&e.key)?
         );
     }
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
 /// Runs `drop-embedding`.
@@ -161,5 +161,5 @@ pub fn drop_embedding(a: &DropArgs, out: &mut dyn Write) -> Result<()> {
         "dropped embedding {} (its files stay until no retained snapshot needs them; see gc)",
         a.key
     );
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }

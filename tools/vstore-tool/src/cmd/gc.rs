@@ -21,6 +21,19 @@ pub fn run(a: &GcArgs, out: &mut dyn Write) -> Result<()> {
         grace: Duration::from_secs(a.grace_secs),
     });
     let r = w.gc()?;
+    if a.json {
+        return crate::report::json(
+            out,
+            &serde_json::json!({
+                "kept": r.kept,
+                "removed_snapshots": r.removed_snapshots,
+                "removed_files": r.removed_files,
+                "removed_staging": r.removed_staging,
+                "unreadable_manifests": r.unreadable_manifests,
+                "skipped": r.skipped.iter().map(|(f, what)| serde_json::json!({"name": f, "what": what})).collect::<Vec<_>>(),
+            }),
+        );
+    }
     say!(
         out,
         "kept snapshots {:?}; removed snapshots {:?} and {} file(s)",

@@ -163,7 +163,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
             }
         );
     }
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
 fn items_in(snap: &vstore::Snapshot, ids: &[u64]) -> usize {
@@ -207,7 +207,7 @@ pub fn delete_items(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
         .context(|| format!("ids from {}", a.ids.display()))?;
     let snap = tx.commit()?;
     say!(out, "deleted {} items", ids.len());
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
 /// Runs `compact`.
@@ -270,5 +270,5 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
         "compacted {before} segment(s) into {}",
         snap.segments().len()
     );
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }

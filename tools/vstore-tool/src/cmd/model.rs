@@ -125,7 +125,7 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
         model.contract(),
         model.describe()
     );
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
 /// `add-model` of an item-tower-only bundle.
@@ -182,7 +182,7 @@ fn add_item_tower(
         tower.key(),
         snap.computed_count(tower.key())?
     );
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
 /// Runs `drop-model`.
@@ -214,7 +214,7 @@ pub fn drop_model(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
         Some(n) => say!(out, "dropped the bundle {n:?} for {}", a.key),
         None => say!(out, "dropped the bundle for {}", a.key),
     }
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
 /// `drop-model --item-tower`: removes the version's item-tower-only bundle.
@@ -235,5 +235,5 @@ fn drop_item_tower(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
             ""
         }
     );
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }

@@ -69,5 +69,5 @@ pub fn run(a: &UpdateStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()>
         names.join(", "),
         table.ids.len()
     );
-    report::published(out, base.as_ref(), &snap, t.elapsed())
+    report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
