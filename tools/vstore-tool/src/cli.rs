@@ -478,6 +478,11 @@ pub struct DemoArgs {
     /// trying `build` and `query` by hand.
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
+    /// Print a JSON summary (snapshot, items, query latency percentiles in
+    /// microseconds) on standard output; the step-by-step report goes to
+    /// standard error.
+    #[arg(long, conflicts_with = "export")]
+    pub json: bool,
 }
 
 #[cfg(test)]

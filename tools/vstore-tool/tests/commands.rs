@@ -1185,3 +1185,30 @@ fn publishing_commands_and_gc_print_json() {
         v["items"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn demo_prints_a_json_summary() {
+    let d = Data::new();
+    let store = d.p("demo.vstore");
+    let v = json(&ok(&[
+        "demo",
+        "-q",
+        "--rows",
+        "3000",
+        "--queries",
+        "5",
+        "--dir",
+        &store,
+        "--json",
+    ]));
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert_eq!(v["snapshot"], snap.number());
+    assert_eq!(v["items"].as_u64().unwrap(), snap.len() as u64);
+    assert_eq!(v["queries_per_kind"], 5);
+    for kind in ["two_tower", "three_tower"] {
+        let l = &v["latency_us"][kind];
+        let (p50, max) = (l["p50"].as_f64().unwrap(), l["max"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p50 <= max, "{l}");
+    }
+    assert_eq!(v["verified"], true);
+}

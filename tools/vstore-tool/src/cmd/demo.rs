@@ -28,13 +28,23 @@ const K: usize = 100;
 
 /// Runs `demo`.
 pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
+    if a.json {
+        let summary = steps(a, p, &mut std::io::stderr())?;
+        return crate::report::json(out, &summary);
+    }
+    steps(a, p, out).map(|_| ())
+}
+
+/// The demo's steps, reported to `out`; returns the JSON summary.
+fn steps(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<serde_json::Value> {
     let (rows, queries) = (a.rows as usize, a.queries as usize);
     let t = Instant::now();
     let sp = p.spinner(&format!("generating {} items", rows));
     let cat = Catalogue::generate(rows, 42);
     sp.finish_and_clear();
     if let Some(dir) = &a.export {
-        return export(dir, &cat, out);
+        export(dir, &cat, out)?;
+        return Ok(serde_json::json!({ "exported": dir }));
     }
     say!(
         out,
@@ -63,7 +73,7 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     update_stats(&mut w, &cat, &s2, &dir, out)?;
     drop(w);
     let store = Store::open(&dir)?;
-    run_queries(&store, &cat, &key, queries, p, out)?;
+    let latency = run_queries(&store, &cat, &key, queries, p, out)?;
     refuse_skew(&store.snapshot(), &cat, out)?;
     verify(&store, out)?;
     if a.dir.is_some() {
@@ -74,7 +84,17 @@ pub fn run(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             dir.display()
         );
     }
-    Ok(())
+    let snap = store.snapshot();
+    Ok(serde_json::json!({
+        "store": a.dir,
+        "snapshot": snap.number(),
+        "items": snap.len(),
+        "queries_per_kind": queries,
+        "candidates": CANDIDATES,
+        "k": K,
+        "latency_us": latency,
+        "verified": true,
+    }))
 }
 
 /// 1. Build: profile, statistics and f16 embeddings, one publish.
@@ -219,7 +239,7 @@ fn run_queries(
     queries: usize,
     p: &Progress,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let snap = store.snapshot();
     let mut scratch = Scratch::default();
     let mut lat2 = Vec::with_capacity(queries);
@@ -265,8 +285,19 @@ fn run_queries(
         queries
     );
     let mut t = TextTable::new(&["query", "p50", "p90", "p99", "max"]);
+    let mut latency = serde_json::Map::new();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     for (name, l) in [("two-tower", &mut lat2), ("three-tower", &mut lat3)] {
         l.sort();
+        latency.insert(
+            name.replace('-', "_"),
+            serde_json::json!({
+                "p50": us(pct(l, 50)),
+                "p90": us(pct(l, 90)),
+                "p99": us(pct(l, 99)),
+                "max": us(l[l.len() - 1]),
+            }),
+        );
         t.row(vec![
             name.to_string(),
             dur(pct(l, 50)),
@@ -327,7 +358,7 @@ fn run_queries(
         ]);
     }
     t.print(out, 2)?;
-    Ok(())
+    Ok(serde_json::Value::Object(latency))
 }
 
 /// 5. Version skew is refused, naming what the snapshot holds.
