@@ -94,6 +94,22 @@ pub enum Cmd {
     Man,
 }
 
+/// Checks an `--embedding` value's grammar at parse time (clap reports a
+/// bad one as a usage error, exit 2); the command parses it again.
+fn checked_embedding(s: &str) -> std::result::Result<String, String> {
+    crate::inputs::parse_embedding_arg(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a `--column` value's grammar at parse time (see
+/// [`checked_embedding`]).
+fn checked_column(s: &str) -> std::result::Result<String, String> {
+    crate::inputs::parse_column_spec(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// `completions`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -138,27 +154,27 @@ pub struct BuildArgs {
     /// f16, bf16 or i8; default --dtype). Repeat for several versions. A
     /// version whose item tower is given (--item-tower, or a --model that
     /// carries one) needs no file: its vectors are computed from --profile.
-    #[arg(long = "embedding", value_name = "KEY[:DTYPE]=NPY")]
+    #[arg(long = "embedding", value_name = "KEY[:DTYPE]=NPY", value_parser = checked_embedding)]
     pub embeddings: Vec<String>,
     /// An item-tower-only bundle directory (`vstore.item_tower.v1`) to add
     /// (repeatable, one per version).
     #[arg(long = "item-tower", value_name = "DIR")]
     pub item_towers: Vec<PathBuf>,
     /// Storage dtype of embeddings that do not name one.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "i8"])]
     pub dtype: String,
     /// Profile and statistics tables.
     #[command(flatten)]
     pub tables: TableArgs,
     /// Declare a column's kind and/or default for missing values:
     /// `NAME[:KIND][=DEFAULT]`, KIND one of categorical, numeric, stat.
-    #[arg(long = "column", value_name = "SPEC")]
+    #[arg(long = "column", value_name = "SPEC", value_parser = checked_column)]
     pub columns: Vec<String>,
     /// A model bundle directory (model.json + weights.safetensors) to add.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Precompute the item part of the bundle's first layer, stored as f32 or f16.
-    #[arg(long, value_name = "DTYPE", requires = "model")]
+    #[arg(long, value_name = "DTYPE", requires = "model", value_parser = ["f32", "f16"])]
     pub precompute: Option<String>,
     /// Snapshot metadata `KEY=VALUE` (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
@@ -178,20 +194,20 @@ pub struct AddEmbeddingArgs {
     #[arg(long, value_name = "NPY")]
     pub ids: PathBuf,
     /// The new version: `space@version[:dtype]=FILE.npy`.
-    #[arg(long, value_name = "KEY[:DTYPE]=NPY")]
+    #[arg(long, value_name = "KEY[:DTYPE]=NPY", value_parser = checked_embedding)]
     pub embedding: String,
     /// The new version's item tower (an item-tower-only bundle directory):
     /// live items left out of --ids get their vector computed by it.
     #[arg(long = "item-tower", value_name = "DIR")]
     pub item_tower: Option<PathBuf>,
     /// Storage dtype if the embedding does not name one.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "i8"])]
     pub dtype: String,
     /// A model bundle for the new version, published with it.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Precompute the bundle's first-layer item part (f32 or f16).
-    #[arg(long, value_name = "DTYPE", requires = "model")]
+    #[arg(long, value_name = "DTYPE", requires = "model", value_parser = ["f32", "f16"])]
     pub precompute: Option<String>,
 }
 
@@ -238,13 +254,14 @@ pub struct AddModelArgs {
     /// Bundle directory holding model.json and weights.safetensors.
     pub bundle: PathBuf,
     /// Precompute the first-layer item part, stored as f32 or f16.
-    #[arg(long, value_name = "DTYPE")]
+    #[arg(long, value_name = "DTYPE", value_parser = ["f32", "f16"])]
     pub precompute: Option<String>,
     /// The precision the bundle's dense layers run at: f32, bf16 or int8
     /// (the weights are converted now and stored with the bundle; products
     /// run on AMX where the CPU has it). Heads, calibration and fusion stay
     /// f32.
-    #[arg(long, value_name = "PRECISION", default_value = "f32")]
+    #[arg(long, value_name = "PRECISION", default_value = "f32", ignore_case = true,
+          value_parser = ["f32", "bf16", "int8"])]
     pub precision: String,
     /// Replace the bundle the store already holds for the same version
     /// under the same name (`name` in model.json; "default" if none), or

@@ -1212,3 +1212,56 @@ fn demo_prints_a_json_summary() {
     }
     assert_eq!(v["verified"], true);
 }
+
+#[test]
+fn value_grammars_are_checked_by_the_parser_and_listed_in_help() {
+    // Bad values are usage errors (exit 2) naming the option, before any
+    // file is read.
+    for (args, what) in [
+        (
+            vec![
+                "build",
+                "x",
+                "--ids",
+                "a.npy",
+                "--embedding",
+                "prerank=e.npy",
+            ],
+            "--embedding",
+        ),
+        (
+            vec!["build", "x", "--ids", "a.npy", "--dtype", "f64"],
+            "--dtype",
+        ),
+        (
+            vec!["build", "x", "--ids", "a.npy", "--column", "c:colour"],
+            "--column",
+        ),
+        (
+            vec!["add-model", "x", "b", "--precision", "fp8"],
+            "--precision",
+        ),
+        (
+            vec!["add-model", "x", "b", "--precompute", "bf16"],
+            "--precompute",
+        ),
+    ] {
+        let e = common::usage_fails(&args);
+        assert!(e.contains(what), "{args:?}: {e}");
+    }
+    let help = ok(&["add-model", "--help"]);
+    assert!(
+        help.contains("[possible values: f32, bf16, int8]"),
+        "{help}"
+    );
+    let help = ok(&["build", "--help"]);
+    assert!(
+        help.contains("[possible values: f32, f16, bf16, i8]"),
+        "{help}"
+    );
+    // Values differing only in case are taken, as before.
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    let e = fails(&["add-model", &d.p("s"), &d.p("nope"), "--precision", "BF16"]);
+    assert!(!e.contains("possible values"), "{e}");
+}

@@ -37,10 +37,10 @@ pub fn parse_precompute(s: &str) -> Result<Dtype> {
     }
 }
 
-/// Parses `--precision` (f32 or bf16).
+/// Parses `--precision` (f32, bf16 or int8).
 pub fn parse_precision(s: &str) -> Result<Precision> {
     Precision::parse(s)
-        .ok_or_else(|| ToolError::Usage(format!("--precision {s:?}: use f32 or bf16")))
+        .ok_or_else(|| ToolError::Usage(format!("--precision {s:?}: use f32, bf16 or int8")))
 }
 
 /// Runs `add-model`.
