@@ -7,7 +7,7 @@ use numpy::PyReadonlyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::{batch, err, invalid};
+use super::{batch, err, seconds};
 
 /// A distributed build job planned by `Writer.plan_build` (or
 /// `BuildPlan.load`): ship it to workers (it pickles), stage each part
@@ -232,17 +232,13 @@ pub(crate) fn commit_build(
     compact: bool,
     lock_timeout: f64,
 ) -> PyResult<u64> {
-    if !(lock_timeout >= 0.0 && lock_timeout.is_finite()) {
-        return Err(invalid(format!(
-            "lock_timeout {lock_timeout}: expected a finite number >= 0"
-        )));
-    }
+    let lock_timeout = seconds("lock_timeout", lock_timeout)?;
     let receipts: Vec<vstore::BuildReceipt> = receipts.iter().map(|r| r.inner.clone()).collect();
     let plan = plan.inner.clone();
     let opts = vstore::CommitOptions {
         rebase,
         compact,
-        lock_timeout: std::time::Duration::from_secs_f64(lock_timeout),
+        lock_timeout,
     };
     py.detach(move || vstore::commit_build(&path, &plan, &receipts, &opts))
         .map(|s| s.number())
@@ -267,13 +263,8 @@ pub(crate) fn abort_build(
     plan: &PyBuildPlan,
     lock_timeout: f64,
 ) -> PyResult<()> {
-    if !(lock_timeout >= 0.0 && lock_timeout.is_finite()) {
-        return Err(invalid(format!(
-            "lock_timeout {lock_timeout}: expected a finite number >= 0"
-        )));
-    }
+    let t = seconds("lock_timeout", lock_timeout)?;
     let plan = plan.inner.clone();
-    let t = std::time::Duration::from_secs_f64(lock_timeout);
     py.detach(move || vstore::abort_build(&path, &plan, t))
         .map_err(err)
 }

@@ -91,6 +91,18 @@ fn err(e: vstore::Error) -> PyErr {
     }
 }
 
+/// `secs` as a duration, or an `InvalidInputError` naming argument `name`
+/// if it is negative or not finite.
+fn seconds(name: &str, secs: f64) -> PyResult<std::time::Duration> {
+    if secs >= 0.0 && secs.is_finite() {
+        Ok(std::time::Duration::from_secs_f64(secs))
+    } else {
+        Err(invalid(format!(
+            "{name} {secs}: expected a finite number >= 0"
+        )))
+    }
+}
+
 /// An `InvalidInputError` naming the argument.
 fn invalid(what: impl std::fmt::Display) -> PyErr {
     InvalidInputError::new_err(what.to_string())
@@ -742,17 +754,13 @@ impl PyWriter {
     /// `keep_last` (at least 1), and any whose successor was published less
     /// than `grace_seconds` ago.
     fn set_retention(&self, keep_last: usize, grace_seconds: f64) -> PyResult<()> {
-        if !(grace_seconds >= 0.0 && grace_seconds.is_finite()) {
-            return Err(invalid(format!(
-                "grace_seconds {grace_seconds}: expected a finite number >= 0"
-            )));
-        }
+        let grace = seconds("grace_seconds", grace_seconds)?;
         self.inner
             .lock()
             .expect("not poisoned")
             .set_retention(vstore::Retention {
                 keep_last: keep_last.max(1),
-                grace: std::time::Duration::from_secs_f64(grace_seconds),
+                grace,
             });
         Ok(())
     }
@@ -804,15 +812,11 @@ impl PyWriter {
     /// How old (seconds) a job's staging area must be before `gc` removes
     /// it (default: a day).
     fn set_staging_grace(&self, seconds: f64) -> PyResult<()> {
-        if !(seconds >= 0.0 && seconds.is_finite()) {
-            return Err(invalid(format!(
-                "seconds {seconds}: expected a finite number >= 0"
-            )));
-        }
+        let grace = crate::seconds("seconds", seconds)?;
         self.inner
             .lock()
             .expect("not poisoned")
-            .set_staging_grace(std::time::Duration::from_secs_f64(seconds));
+            .set_staging_grace(grace);
         Ok(())
     }
 

@@ -75,7 +75,7 @@ impl Sink<'_> {
         schema: &Schema,
         batch: &crate::write::batch::ItemBatch,
         profile: &[ScalarColumn],
-        vectors: &[(EmbeddingDef, std::borrow::Cow<'_, [f32]>, bool)],
+        vectors: &crate::write::items::BatchVectors<'_>,
     ) -> Result<SegmentMeta> {
         let rows = batch.len() as u64;
         let stats = batch.scalar_columns(schema, crate::write::batch::Group::Stats);

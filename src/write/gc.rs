@@ -226,7 +226,7 @@ impl Writer {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let plan = e.path().join("PLAN.json");
+            let plan = e.path().join(crate::write::job::PLAN_FILE);
             let modified = std::fs::metadata(&plan)
                 .or_else(|_| e.metadata())
                 .and_then(|m| m.modified())

@@ -41,14 +41,6 @@ impl Transaction<'_> {
             return Ok(());
         }
         batch.check_columns(&self.schema, &[batch::Group::Profile, batch::Group::Stats])?;
-        for (key, _) in &batch.embeddings {
-            if self.schema.embedding_def(key).is_none() {
-                return Err(Error::InvalidInput(format!(
-                    "embedding {key} is not in the schema (it has [{}]); add a version with Transaction::add_embedding",
-                    self.schema.embedding_keys().join(", ")
-                )));
-            }
-        }
         // The profile as stored; the item tower reads it too.
         let profile = batch.scalar_columns(&self.schema, batch::Group::Profile);
         let vectors = batch_vectors(&self.schema, &batch, &profile, |k| self.tower_of(k))?;
@@ -88,13 +80,18 @@ impl Transaction<'_> {
         &mut self,
         batch: &ItemBatch,
         profile_cols: &[ScalarColumn],
-        vectors: &[(EmbeddingDef, Cow<'_, [f32]>, bool)],
+        vectors: &BatchVectors<'_>,
     ) -> Result<()> {
         let seg = self.next_segment_id;
-        let schema = self.schema.clone();
-        let meta = self
-            .sink()
-            .segment(seg, &schema, batch, profile_cols, vectors)?;
+        // The sink's fields borrowed one by one, so the schema need not be
+        // cloned to be read beside it.
+        let mut sink = crate::write::compaction::Sink {
+            dir: &self.w.dir,
+            fs: &*self.w.fs,
+            number: self.number,
+            written: &mut self.written,
+        };
+        let meta = sink.segment(seg, &self.schema, batch, profile_cols, vectors)?;
         self.next_segment_id += 1;
         self.segments.push(SegState {
             meta,

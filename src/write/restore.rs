@@ -17,6 +17,13 @@ use crate::read::store::{list_manifests, read_manifest, Store};
 /// number of the snapshot whose content it republished).
 pub const RESTORED_FROM_KEY: &str = "vstore.restored_from";
 
+/// Whether user metadata `key` describes only the snapshot that recorded
+/// it (a build commit's job id, a restore's source), so the snapshots
+/// built on it do not carry it over.
+pub(crate) fn is_snapshot_only_key(key: &str) -> bool {
+    key == JOB_KEY || key == RESTORED_FROM_KEY
+}
+
 impl Writer {
     /// Publishes snapshot `n`'s content (schema, items, embedding
     /// versions, bundles, user metadata) as a new newest snapshot, so
@@ -94,8 +101,7 @@ impl Writer {
             .next_segment_id
             .max(newest.manifest.next_segment_id)
             .max(self.segment_floor);
-        m.user_meta
-            .retain(|kv| kv.key != JOB_KEY && kv.key != RESTORED_FROM_KEY);
+        m.user_meta.retain(|kv| !is_snapshot_only_key(&kv.key));
         m.user_meta.push(KeyValue {
             key: RESTORED_FROM_KEY.into(),
             value: n.to_string(),

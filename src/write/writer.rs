@@ -495,9 +495,7 @@ impl Writer {
                     .iter()
                     // A build job's id and a restore's source name the
                     // snapshot that recorded them, not the ones after it.
-                    .filter(|kv| {
-                        kv.key != super::job::JOB_KEY && kv.key != super::restore::RESTORED_FROM_KEY
-                    })
+                    .filter(|kv| !super::restore::is_snapshot_only_key(&kv.key))
                     .map(|kv| (kv.key.clone(), kv.value.clone()))
                     .collect(),
                 b.manifest.next_segment_id,

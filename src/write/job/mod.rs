@@ -45,7 +45,8 @@ pub const STAGING_DIR: &str = "_staging";
 /// The user metadata key a build commit records its job id under (keys
 /// starting `vstore.` are the library's).
 pub const JOB_KEY: &str = "vstore.job";
-const PLAN_FILE: &str = "PLAN.json";
+/// A job's plan file in its staging directory.
+pub(crate) const PLAN_FILE: &str = "PLAN.json";
 
 pub(crate) fn staging_root(dir: &Path) -> PathBuf {
     dir.join(STAGING_DIR)
