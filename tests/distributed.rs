@@ -374,3 +374,41 @@ fn a_part_without_vectors_gets_them_from_the_base_item_tower() {
         }
     }
 }
+
+#[test]
+fn bad_plans_and_receipts_are_refused_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1]);
+    assert!(
+        matches!(w.plan_build("zero", 0), Err(Error::InvalidInput(m)) if m.contains("at least 1"))
+    );
+    let plan = w.plan_build("main", 2).unwrap();
+    let other = w.plan_build("other", 2).unwrap();
+    drop(w);
+    // A plan or receipt that is not one this build writes.
+    assert!(
+        matches!(BuildPlan::from_json("{}"), Err(Error::InvalidInput(m)) if m.contains("build plan"))
+    );
+    let mut v: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+    v["format"] = "vstore.build_plan.v9".into();
+    assert!(
+        matches!(BuildPlan::from_json(&v.to_string()), Err(Error::InvalidInput(m)) if m.contains("v9"))
+    );
+    // A part out of range.
+    assert!(
+        matches!(stage(&plan, 2, batch(&[5], DIM, 0)), Err(Error::InvalidInput(m)) if m.contains("part 2"))
+    );
+    let r0 = stage(&plan, 0, batch(&[5], DIM, 0)).unwrap();
+    let r1 = stage(&plan, 1, batch(&[6], DIM, 0)).unwrap();
+    let o1 = stage(&other, 1, batch(&[7], DIM, 0)).unwrap();
+    let commit = |rs: &[BuildReceipt]| commit_build(dir.path(), &plan, rs, &no_conflict());
+    assert!(
+        matches!(commit(&[r0.clone(), r0.clone(), r1.clone()]), Err(Error::InvalidInput(m)) if m.contains("given twice"))
+    );
+    assert!(
+        matches!(commit(&[r0.clone(), o1]), Err(Error::InvalidInput(m)) if m.contains("of job other"))
+    );
+    let before = published_bytes(dir.path());
+    assert_eq!(commit(&[r0, r1]).unwrap().len(), 3);
+    assert_ne!(published_bytes(dir.path()), before);
+}
