@@ -46,7 +46,7 @@ pub use model::{
 #[doc(hidden)]
 pub use query::bench_support;
 pub use query::filter::Filter;
-pub use query::{Hit, Query, QueryResult, Scratch, MAX_CANDIDATES};
+pub use query::{Budget, FeatureLog, Hit, Query, QueryResult, Scratch, Timings, MAX_CANDIDATES};
 pub use read::columns::{Column, EmbeddingColumn, Row};
 pub use read::segment::Segment;
 pub use read::snapshot::{ItemRef, Snapshot, VerifyReport};

@@ -12,9 +12,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::bundle::Bundle;
-use common::reference::{build, check_result, close, f32s, inputs, u64s};
+use common::reference::{build, check_features, check_result, close, f32s, inputs, u64s};
 use serde_json::{json, Value};
-use vstore::{Dtype, ItemBatch, Query, Schema, Store, UserInputs, Writer};
+use vstore::{Dtype, ItemBatch, Query, QueryResult, Schema, Store, UserInputs, Writer};
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/three_tower")
@@ -67,6 +67,19 @@ fn scores_match_the_numpy_reference_for_every_fusion_kind() {
             let exp = &q["expected"];
             let ctx = format!("{bundle} (precomputed: {precompute}) query {qi}");
             check_result(&ctx, &r, exp);
+            assert!(r.features.is_none(), "{ctx}: a log nobody asked for");
+            // The same query with its feature log: the same answer, and
+            // the log holds the reference's intermediate values.
+            let logged = snap.query(&query.log_features()).unwrap();
+            check_features(&ctx, &logged, exp);
+            assert_eq!(
+                QueryResult {
+                    features: None,
+                    ..logged
+                },
+                r,
+                "{ctx}: logging changed the answer"
+            );
             checked += 1;
         }
     }

@@ -77,6 +77,9 @@ impl Model {
             }
             None => self.heads_one_by_one(m, s, out),
         }
+        if s.log_logits {
+            s.logits.extend_from_slice(out);
+        }
         for (h, head) in self.heads.iter().enumerate() {
             for r in 0..m {
                 let col = segs[block[r].block as usize].norm[h];

@@ -18,6 +18,7 @@ use crate::kernels::{self, Loc};
 use crate::read::columns::EmbeddingColumn;
 use crate::read::segment::Segment;
 use crate::schema::Dtype;
+use std::time::{Duration, Instant};
 
 /// How a query's model is split over threads ([`Model::score_on`]): into
 /// at most `runs` runs, the caller's thread scoring the first and the
@@ -33,6 +34,30 @@ thread_local! {
     /// (kept between queries, so a pool thread allocates them once).
     static RUN_SCRATCH: std::cell::RefCell<(Vec<f32>, ModelScratch)> =
         std::cell::RefCell::new((Vec::new(), ModelScratch::default()));
+}
+
+/// Time a model spent per stage over the blocks it scored (summed over
+/// the threads of a split query), for [`crate::Timings`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StageTimes {
+    /// Cross inputs built, item vectors (or precomputed rows) read.
+    pub gather: Duration,
+    /// SE gating and the cross tower.
+    pub cross: Duration,
+    /// The upper network.
+    pub upper: Duration,
+    /// Experts, gates, head towers, activation, calibration and
+    /// normalization.
+    pub heads: Duration,
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, o: StageTimes) {
+        self.gather += o.gather;
+        self.cross += o.cross;
+        self.upper += o.upper;
+        self.heads += o.heads;
+    }
 }
 
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
@@ -63,6 +88,10 @@ pub struct ModelScratch {
     pub(super) value: Vec<f32>,
     /// Cache lines of the next block, prefetched during this one.
     ahead: Vec<usize>,
+    /// Whether [`Model::score`] keeps each row's head values before
+    /// activation or calibration in `logits` (a feature log).
+    pub(super) log_logits: bool,
+    pub(super) logits: Vec<f32>,
 }
 
 /// The per-query part of a model: user inputs checked and resolved, the
@@ -448,9 +477,27 @@ impl Model {
         })
     }
 
-    /// Writes the cross-tower input of item `row` of `seg` into `x`.
+    /// Multiply-adds scoring one row of `segs` spends: the model's per
+    /// candidate ([`Model::macs_per_item_split`]), less the item part of
+    /// the first upper layer when every segment has it precomputed.
+    pub(crate) fn macs_per_row(&self, segs: &[SegmentInputs<'_>]) -> u64 {
+        let pre = !matches!(item_part(segs), ItemPart::Multiplied);
+        let saved = if pre { self.first.item.len() } else { 0 };
+        (self.macs_per_item_split() - saved) as u64
+    }
+
+    /// Writes the cross-tower input of item `row` of `seg` into `x`: every
+    /// input, or, if `split`, all but the `user_dense` ones (those are in
+    /// `prep.c0`).
     #[inline]
-    fn cross_input(&self, prep: &Prepared<'_>, seg: &SegmentInputs<'_>, row: usize, x: &mut [f32]) {
+    fn cross_input(
+        &self,
+        prep: &Prepared<'_>,
+        seg: &SegmentInputs<'_>,
+        row: usize,
+        x: &mut [f32],
+        split: bool,
+    ) {
         let mut o = 0;
         for (i, inp) in self.inputs.iter().enumerate() {
             let col = seg.cols[i];
@@ -458,7 +505,7 @@ impl Model {
                 (Input::ItemNumeric { .. } | Input::ItemCategorical { .. }, _) => {
                     item_input(inp, col, row, &mut x[o..o + inp.dim()]);
                 }
-                (Input::UserDense { .. }, _) if self.split => continue, // in `c0`
+                (Input::UserDense { .. }, _) if split => continue, // in `c0`
                 (Input::UserDense { dim, .. }, _) => {
                     put(&mut x[o..o + dim], prep.dense[i].unwrap_or(&[]));
                 }
@@ -490,7 +537,7 @@ impl Model {
         locs: &[Loc],
         heads: &mut Vec<f32>,
         s: &mut ModelScratch,
-    ) {
+    ) -> StageTimes {
         let blocks = locs.len().div_ceil(BLOCK);
         let runs = par.runs.min(blocks);
         if runs <= 1 {
@@ -505,40 +552,50 @@ impl Model {
         // One run on a thread other than the caller's, with that thread's
         // buffers (fresh ones if they are in use: never on these paths,
         // where a run does not start another).
+        let others = std::sync::Mutex::new(StageTimes::default());
         let run = |run: &[Loc], out: &mut [f32]| {
-            RUN_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            let t = RUN_SCRATCH.with(|cell| match cell.try_borrow_mut() {
                 Ok(mut b) => {
                     let (values, scratch) = &mut *b;
-                    self.score(prep, segs, run, values, scratch);
+                    let t = self.score(prep, segs, run, values, scratch);
                     out.copy_from_slice(values);
+                    t
                 }
                 Err(_) => {
                     let mut values = Vec::new();
-                    self.score(prep, segs, run, &mut values, &mut ModelScratch::default());
+                    let t = self.score(prep, segs, run, &mut values, &mut ModelScratch::default());
                     out.copy_from_slice(&values);
+                    t
                 }
-            })
+            });
+            *others.lock().unwrap_or_else(|e| e.into_inner()) += t;
         };
+        let run = &run;
         let mut values = Vec::new();
-        match par.pool {
+        let mut times = match par.pool {
             Some(pool) => pool.in_place_scope(|scope| {
                 for (r, out) in parts {
                     scope.spawn(move |_| run(r, out));
                 }
-                self.score(prep, segs, first, &mut values, s);
+                self.score(prep, segs, first, &mut values, s)
             }),
             None => std::thread::scope(|scope| {
                 for (r, out) in parts {
                     scope.spawn(move || run(r, out));
                 }
-                self.score(prep, segs, first, &mut values, s);
+                self.score(prep, segs, first, &mut values, s)
             }),
-        }
+        };
         first_out.copy_from_slice(&values);
+        times += others.into_inner().unwrap_or_else(|e| e.into_inner());
+        times
     }
 
     /// Runs the model on the rows `locs` (rows of `segs`) and writes each
-    /// row's calibrated head values to `heads[j * H..(j + 1) * H]`.
+    /// row's calibrated head values to `heads[j * H..(j + 1) * H]`; returns
+    /// the time each stage took (four clock reads per block of [`BLOCK`]
+    /// rows, ~25 ns each where the clock is the TSC: well under 1% of
+    /// scoring the block).
     pub(crate) fn score(
         &self,
         prep: &Prepared<'_>,
@@ -546,7 +603,7 @@ impl Model {
         locs: &[Loc],
         heads: &mut Vec<f32>,
         s: &mut ModelScratch,
-    ) {
+    ) -> StageTimes {
         let nh = self.heads.len();
         heads.clear();
         heads.resize(locs.len() * nh, 0.0);
@@ -576,22 +633,75 @@ impl Model {
         s.ahead
             .iter()
             .for_each(|&p| kernels::prefetch_line(p as *const u8));
+        let mut times = StageTimes::default();
+        let mut t = Instant::now();
+        let mut lap = |to: &mut Duration| {
+            let now = Instant::now();
+            *to += now - t;
+            t = now;
+        };
         for (bi, block) in locs.chunks(BLOCK).enumerate() {
             s.ahead.clear();
             self.lines(segs, span(bi + 1), pre, &mut s.ahead);
             self.gather_block(prep, segs, block, id, lda, s);
+            lap(&mut times.gather);
             if !self.se.is_empty() {
                 self.se_block(block.len(), s);
             }
             self.cross_block(prep, block.len(), id, lda, s);
+            lap(&mut times.cross);
             if self.upper.is_empty() {
                 self.upper_input_block(prep, block.len(), id, lda, s);
             } else {
                 self.upper_block(prep, segs, block, item_part, lda, s);
             }
+            lap(&mut times.upper);
             let out = &mut heads[bi * BLOCK * nh..][..block.len() * nh];
             self.heads_block(segs, block, s, out);
+            lap(&mut times.heads);
         }
+        times
+    }
+
+    /// What the model sees and produces for the rows `locs`, for a
+    /// feature log: per row its whole cross-tower input (`cross_in`
+    /// values), its head values before activation or calibration, and
+    /// after. The rows are scored again here; a row's values do not depend
+    /// on the rows beside it, so they are the query's, bit for bit.
+    pub(crate) fn log_rows(
+        &self,
+        prep: &Prepared<'_>,
+        segs: &[SegmentInputs<'_>],
+        locs: &[Loc],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = self.cross_in;
+        let mut cross = vec![0f32; locs.len() * d];
+        for (loc, x) in locs.iter().zip(cross.chunks_exact_mut(d.max(1))) {
+            self.cross_input(prep, &segs[loc.block as usize], loc.row as usize, x, false);
+        }
+        let mut s = ModelScratch {
+            log_logits: true,
+            ..ModelScratch::default()
+        };
+        let mut heads = Vec::new();
+        self.score(prep, segs, locs, &mut heads, &mut s);
+        (cross, s.logits, heads)
+    }
+
+    /// Names and widths of the cross-tower inputs, in order.
+    pub(crate) fn input_names(&self) -> Vec<(String, usize)> {
+        (self.inputs.iter())
+            .map(|inp| {
+                let name = match inp {
+                    Input::ItemNumeric { column, .. } => match column {
+                        ColumnRef::Profile(n) | ColumnRef::Stat(n) => n.clone(),
+                    },
+                    Input::ItemCategorical { column, .. } => column.clone(),
+                    Input::UserDense { name, .. } | Input::UserByItem { name, .. } => name.clone(),
+                };
+                (name, inp.dim())
+            })
+            .collect()
     }
 
     /// Step 1 of a block: each row's cross input into `s.xc` and (unless
@@ -610,7 +720,8 @@ impl Model {
         for (r, loc) in block.iter().enumerate() {
             let seg = &segs[loc.block as usize];
             let row = loc.row as usize;
-            self.cross_input(prep, seg, row, &mut s.xc[r * row_in..(r + 1) * row_in]);
+            let x = &mut s.xc[r * row_in..(r + 1) * row_in];
+            self.cross_input(prep, seg, row, x, self.split);
             if id > 0 {
                 seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
             }

@@ -10,6 +10,7 @@ use crate::kernels;
 use crate::kernels::Loc;
 use crate::read::directory::Directory;
 use crate::read::snapshot::Snapshot;
+use std::time::Instant;
 
 /// How many candidates ahead the query prefetches id-index home slots
 /// (the distance examples/ab_query.rs found best; docs/PERF.md).
@@ -58,16 +59,17 @@ impl Snapshot {
     /// line, and on a large store one more page walk, per candidate) is done
     /// for the returned hits only: if any fails (a damaged id index), the
     /// query is redone confirming every candidate, so a wrong row is never
-    /// returned.
+    /// returned. With a budget of `cap` items, the first `cap` candidates
+    /// in the caller's order that survive pass 2 are scored.
     pub(super) fn score_candidates(
         &self,
         scorer: &Scorer<'_, '_>,
-        ids: &[u64],
+        (ids, k, budget): (&[u64], usize, Option<usize>),
         filters: &[Option<Compiled<'_>>],
         scratch: &mut Scratch,
         result: &mut QueryResult,
-        k: usize,
     ) -> Result<()> {
+        let mut clock = Instant::now();
         let segs = self.segments();
         let views: Vec<_> = segs.iter().map(|s| s.index_view()).collect();
         let deleted: Vec<_> = segs.iter().map(|s| s.deleted_words()).collect();
@@ -87,6 +89,12 @@ impl Snapshot {
             scratch.topk.reset(k);
             result.filtered_out = 0;
             result.filtered.clear();
+            result.over_budget = 0;
+            result.over_budget_ids.clear();
+            // Positions in `ids` are kept beside the rows when the budget
+            // may need them (and on the slow path).
+            let track = confirm_all || budget.is_some_and(|c| c < ids.len());
+            scratch.pos.clear();
             // Pass 1: dedupe and look up.
             resolve(
                 segs,
@@ -96,7 +104,7 @@ impl Snapshot {
                 ids,
                 scratch,
                 &mut max_seen,
-                confirm_all,
+                (confirm_all, track),
             );
             // Pass 2: tombstones, filter (and, on the slow path, confirmation).
             // Every stage of pass 1 returns live rows only, so without a
@@ -122,15 +130,24 @@ impl Snapshot {
                     }
                     scratch.locs[kept] = loc;
                     scratch.ids[kept] = id;
+                    if track {
+                        scratch.pos[kept] = scratch.pos[j];
+                    }
                     kept += 1;
                 }
                 scratch.locs.truncate(kept);
                 scratch.ids.truncate(kept);
+                scratch.pos.truncate(kept.min(scratch.pos.len()));
+            }
+            if let Some(cap) = budget.filter(|&c| c < scratch.locs.len()) {
+                over_budget(scratch, cap, result);
             }
             scratch.pos.clear();
+            result.timings.resolve += super::lap(&mut clock);
             // Pass 3: score.
             scratch.non_finite.clear();
-            score_locs(scorer, scratch);
+            score_locs(scorer, scratch, result);
+            clock = Instant::now();
             result.scored = scratch.locs.len();
             // Confirm the hits.
             if !confirm_all {
@@ -148,6 +165,7 @@ impl Snapshot {
                     let loc = scratch.locs[j as usize];
                     views[loc.block as usize].ids.get(loc.row as usize) == Some(&id)
                 });
+            result.timings.topk += super::lap(&mut clock);
             if ok {
                 break;
             }
@@ -155,8 +173,35 @@ impl Snapshot {
         result.filtered.sort_unstable();
         scratch.missing.sort_unstable_by_key(|m| m.0);
         result.not_found = scratch.missing.iter().map(|m| m.1).collect();
+        result.timings.resolve += super::lap(&mut clock);
         Ok(())
     }
+}
+
+/// [`crate::Budget`]: keeps the `cap` rows (of more) whose candidates come
+/// first in the caller's order (`scratch.pos`, distinct positions), and
+/// moves the others' ids to `result.over_budget_ids`, in that order.
+fn over_budget(scratch: &mut Scratch, cap: usize, result: &mut QueryResult) {
+    let mut order = scratch.pos.clone();
+    let (_, &mut cut, _) = order.select_nth_unstable(cap);
+    let mut over: Vec<(u32, u64)> = Vec::with_capacity(scratch.locs.len() - cap);
+    let mut kept = 0;
+    for j in 0..scratch.locs.len() {
+        if scratch.pos[j] >= cut {
+            over.push((scratch.pos[j], scratch.ids[j]));
+            continue;
+        }
+        scratch.locs[kept] = scratch.locs[j];
+        scratch.ids[kept] = scratch.ids[j];
+        scratch.pos[kept] = scratch.pos[j];
+        kept += 1;
+    }
+    scratch.locs.truncate(kept);
+    scratch.ids.truncate(kept);
+    scratch.pos.truncate(kept);
+    over.sort_unstable_by_key(|o| o.0);
+    result.over_budget = over.len();
+    result.over_budget_ids = over.into_iter().map(|o| o.1).collect();
 }
 
 /// Pass 1: dedupes the candidates and finds each one's live row, home
@@ -172,7 +217,8 @@ impl Snapshot {
 /// does not change the result. Fills `locs`, `ids` and `missing` (and,
 /// with `confirm_all`, `pos`);
 /// every stage returns live rows only (segment probes check tombstones,
-/// the directory holds live rows), which pass 2 relies on.
+/// the directory holds live rows), which pass 2 relies on. `track`: push
+/// each found row's position in `ids` to `pos` (the budget needs them).
 #[allow(clippy::too_many_arguments)]
 fn resolve(
     segs: &[crate::read::segment::Segment],
@@ -182,7 +228,7 @@ fn resolve(
     ids: &[u64],
     scratch: &mut Scratch,
     max_seen: &mut bool,
-    confirm_all: bool,
+    (confirm_all, track): (bool, bool),
 ) {
     let ahead = probe_ahead();
     let found = |scratch: &mut Scratch, pos: u32, id: u64, (si, row): (usize, usize)| {
@@ -190,7 +236,10 @@ fn resolve(
             if let Some(r) = views[si].ids.get(row..) {
                 kernels::prefetch_line(r.as_ptr() as *const u8);
             }
-            // Only the slow path's pass 2 drops rows as not found.
+        }
+        if track {
+            // The slow path's pass 2 drops rows as not found by position;
+            // the budget keeps the first in the caller's order.
             scratch.pos.push(pos);
         }
         scratch.locs.push(Loc {

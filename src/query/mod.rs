@@ -13,10 +13,14 @@
 pub mod bench_support;
 pub(crate) mod candidates;
 pub(crate) mod filter;
+mod result;
 mod scan;
 pub(crate) mod topk;
 
 use std::cell::RefCell;
+use std::time::Instant;
+
+pub use result::{FeatureLog, Hit, QueryResult, Timings};
 
 use crate::error::{Error, Result};
 use crate::format::idindex::{self, Hashed};
@@ -37,6 +41,25 @@ pub(crate) enum Candidates<'a> {
     Ids(&'a [u64]),
     /// Every live item of the snapshot.
     All,
+}
+
+/// A cap on the work one query may spend ([`Query::budget`]).
+///
+/// Over the cap, the first candidates in the caller's order (of those
+/// found and passing the filter; a full scan: in storage order) are
+/// scored and the rest are counted in [`QueryResult::over_budget`] (and,
+/// for candidate ids, listed in [`QueryResult::over_budget_ids`]): never
+/// left out silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// At most this many items scored.
+    Items(usize),
+    /// At most this many multiply-adds: as many items as this pays for at
+    /// the scorer's cost per item (the embedding's dimension for an inner
+    /// product; for a three-tower bundle its layers' per candidate, less
+    /// the parts computed once per query or precomputed). Exact mode's
+    /// rescoring is not charged to the budget.
+    MultiplyAdds(u64),
 }
 
 /// A two-tower (inner product) pre-rank query.
@@ -77,6 +100,8 @@ pub struct Query<'a> {
     /// [`Query::threads`], if set.
     threads: Option<usize>,
     pool: Option<&'a rayon::ThreadPool>,
+    budget: Option<Budget>,
+    log: bool,
 }
 
 impl<'a> Query<'a> {
@@ -96,6 +121,8 @@ impl<'a> Query<'a> {
             exact: false,
             threads: None,
             pool: None,
+            budget: None,
+            log: false,
         }
     }
 
@@ -114,6 +141,8 @@ impl<'a> Query<'a> {
             exact: false,
             threads: None,
             pool: None,
+            budget: None,
+            log: false,
         }
     }
 
@@ -166,6 +195,58 @@ impl<'a> Query<'a> {
     /// in docs/PERF.md ("Exact mode").
     pub fn exact(mut self) -> Self {
         self.exact = true;
+        self
+    }
+
+    /// Caps the work the query may spend (see [`Budget`]).
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Also return what the model saw and produced for each hit
+    /// (three-tower queries), in [`QueryResult::features`]: the cross-tower
+    /// inputs after transforms and defaults, each head before and after
+    /// calibration, the fused score. Logged at serving time, these are the
+    /// training example of the served model exactly. The hits are scored
+    /// a second time for the log (k rows, not the candidates).
+    ///
+    /// ```
+    /// # fn main() -> vstore::Result<()> {
+    /// use vstore::{Dtype, ExampleBundle, ItemBatch, Query, Schema, Store, UserInputs, Writer};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let schema = Schema::new()
+    ///     .embedding("prerank", "v1", ExampleBundle::DIM as u32, Dtype::F16)
+    ///     .categorical("category", 0)
+    ///     .stat("ctr_1d", 0.0)
+    ///     .stat("impressions_7d", 0.0);
+    /// let mut w = Writer::create(dir.path(), schema)?;
+    /// let ids: Vec<u64> = (1..=50).collect();
+    /// let vectors: Vec<f32> = (0..50 * 64).map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5).collect();
+    /// let (json, weights) = ExampleBundle::new("prerank", "v1").files();
+    /// let mut tx = w.begin();
+    /// tx.add_items(ItemBatch::new(ids.clone())
+    ///     .categorical("category", (0..50).map(|i| i % 7).collect())
+    ///     .stat("ctr_1d", (0..50).map(|i| i as f32 / 500.0).collect())
+    ///     .stat("impressions_7d", (0..50).map(|i| (i * 300) as f32).collect())
+    ///     .embedding("prerank@v1", vectors))?;
+    /// tx.add_model(&json, &weights)?;
+    /// tx.commit()?;
+    ///
+    /// let snap = Store::open(dir.path())?.snapshot();
+    /// let user = vec![0.1f32; 64];
+    /// let inputs = UserInputs::new()
+    ///     .dense("user_stats", vec![0.5; 8])
+    ///     .by_item("user_category_ctr", [(3, vec![0.2])]);
+    /// let q = Query::ids("prerank@v1", &user, &ids, 5).three_tower(&inputs).log_features();
+    /// let r = snap.query(&q)?;
+    /// let log = r.features.as_ref().unwrap();
+    /// assert_eq!(log.scores, r.hits.iter().map(|h| h.score).collect::<Vec<_>>());
+    /// assert_eq!(log.cross_inputs.len(), 5 * log.cross_dim);
+    /// # Ok(()) }
+    /// ```
+    pub fn log_features(mut self) -> Self {
+        self.log = true;
         self
     }
 
@@ -232,53 +313,6 @@ struct Exact<'q, 's> {
     segs: Vec<SegmentInputs<'s>>,
 }
 
-/// One scored item.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Hit {
-    /// Item id.
-    pub id: u64,
-    /// The item's score: the inner product of the user vector and the
-    /// item's vector, or, for a three-tower query, the bundle's fused score.
-    pub score: f32,
-}
-
-/// What a query returns.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct QueryResult {
-    /// The snapshot that served the query.
-    pub snapshot: u64,
-    /// The top k, score descending, ties by ascending id.
-    pub hits: Vec<Hit>,
-    /// Candidate ids the snapshot does not hold (each once, in input order).
-    pub not_found: Vec<u64>,
-    /// Number of distinct found candidates the filter removed.
-    pub filtered_out: usize,
-    /// The candidate ids the filter removed (each once, ascending). Empty
-    /// for a full scan, which counts them only (`filtered_out`).
-    pub filtered: Vec<u64>,
-    /// Number of distinct items scored (those in `non_finite` excluded).
-    pub scored: usize,
-    /// Items whose score, or a head value of a three-tower query, came out
-    /// infinite or NaN although every input was finite (an overflowing
-    /// product or `exp` head, weights of extreme size): they are left out of
-    /// `hits` (and of the ranks of `rank` fusion) rather than ordered
-    /// silently, and listed here, ascending, each once.
-    pub non_finite: Vec<u64>,
-    /// Head names of a three-tower query run [`Query::with_heads`] (else empty).
-    pub head_names: Vec<String>,
-    /// Per hit, its head values in `head_names` order, row-major
-    /// (`hits.len() * head_names.len()` values; see [`QueryResult::heads_of`]).
-    pub heads: Vec<f32>,
-}
-
-impl QueryResult {
-    /// The head values of hit `i` (empty unless the query asked for them).
-    pub fn heads_of(&self, i: usize) -> &[f32] {
-        let h = self.head_names.len();
-        self.heads.get(i * h..(i + 1) * h).unwrap_or(&[])
-    }
-}
-
 /// Buffers a query reuses; [`Snapshot::query`] keeps one per thread, or
 /// pass your own to [`Snapshot::query_with`].
 #[derive(Debug, Default)]
@@ -319,6 +353,7 @@ impl Snapshot {
     /// Runs `q` with caller-owned buffers: checks the query, builds its
     /// scorer, scores the candidates (or every item) and collects the result.
     pub fn query_with(&self, q: &Query<'_>, scratch: &mut Scratch) -> Result<QueryResult> {
+        let start = Instant::now();
         let def = self.embedding_def(q.key)?;
         if q.k == 0 {
             return Err(Error::InvalidInput("k must be at least 1".into()));
@@ -331,6 +366,16 @@ impl Snapshot {
                 "per-head values need a three-tower query (Query::three_tower)".into(),
             ));
         }
+        if q.log && q.model.is_none() {
+            return Err(Error::InvalidInput(
+                "a feature log needs a three-tower query (Query::three_tower)".into(),
+            ));
+        }
+        let per_row = scorer.macs_per_row();
+        let cap = q.budget.map(|b| match b {
+            Budget::Items(n) => n,
+            Budget::MultiplyAdds(m) => usize::try_from(m / per_row.max(1)).unwrap_or(usize::MAX),
+        });
         if let Some(f) = q.filter {
             f.check(self.schema())?;
         }
@@ -342,6 +387,7 @@ impl Snapshot {
             snapshot: self.number(),
             ..Default::default()
         };
+        result.timings.prepare = start.elapsed();
         scratch.topk.reset(q.k);
         match (q.candidates, &scorer) {
             (Candidates::Ids(ids), _) => {
@@ -356,15 +402,27 @@ impl Snapshot {
                         ids.len()
                     )));
                 }
-                self.score_candidates(&scorer, ids, &filters, scratch, &mut result, q.k)?;
+                let cands = (ids, q.k, cap);
+                self.score_candidates(&scorer, cands, &filters, scratch, &mut result)?;
             }
-            (Candidates::All, Scorer::Dot { .. }) => {
-                scan::scan_dot(self.segments(), &scorer, &filters, scratch, &mut result)
-            }
-            (Candidates::All, Scorer::Model { .. }) => {
-                scan::scan_model(self.segments(), &scorer, &filters, scratch, &mut result)
-            }
+            (Candidates::All, Scorer::Dot { .. }) => scan::scan_dot(
+                self.segments(),
+                &scorer,
+                &filters,
+                cap,
+                scratch,
+                &mut result,
+            ),
+            (Candidates::All, Scorer::Model { .. }) => scan::scan_model(
+                self.segments(),
+                &scorer,
+                &filters,
+                cap,
+                scratch,
+                &mut result,
+            ),
         }
+        result.multiply_adds += (result.scored + scratch.non_finite.len()) as u64 * per_row;
         scratch.non_finite.sort_unstable();
         result.non_finite = std::mem::take(&mut scratch.non_finite);
         result.hits = scratch
@@ -385,6 +443,10 @@ impl Snapshot {
                 })
                 .collect();
         }
+        if let (true, Scorer::Model { .. }) = (q.log, &scorer) {
+            result.features = Some(feature_log(&scorer, scratch));
+        }
+        result.timings.total = start.elapsed();
         Ok(result)
     }
 
@@ -481,9 +543,12 @@ impl Snapshot {
     }
 }
 /// Scores `scratch.locs` (items `scratch.ids`) and selects the top k into
-/// `scratch.best`, each tagged with its index into `locs`.
-fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
+/// `scratch.best`, each tagged with its index into `locs`; adds the time
+/// each stage took to `result.timings`, and exact mode's rescoring to
+/// `result.multiply_adds`.
+fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch, result: &mut QueryResult) {
     let n = scratch.locs.len();
+    let mut clock = Instant::now();
     match scorer {
         Scorer::Dot {
             level,
@@ -501,6 +566,7 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
                 &scratch.locs,
                 &mut scratch.scores,
             );
+            result.timings.gather += lap(&mut clock);
         }
         Scorer::Model {
             model,
@@ -509,7 +575,7 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
             exact,
             par,
         } => {
-            model.score_on(
+            let stages = model.score_on(
                 *par,
                 prep,
                 segs,
@@ -517,6 +583,12 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
                 &mut scratch.head_values,
                 &mut scratch.model,
             );
+            let t = &mut result.timings;
+            t.gather += stages.gather;
+            t.cross += stages.cross;
+            t.upper += stages.upper;
+            t.heads += stages.heads;
+            lap(&mut clock);
             // A head fusion reads that is not finite would be ordered
             // silently (by its rank, or as 0 through a negative power).
             let nh = model.heads.len();
@@ -533,8 +605,11 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
                 &mut scratch.scores,
                 &mut scratch.model,
             );
+            result.timings.heads += lap(&mut clock);
             if let Some(e) = exact {
-                rescore_exactly(e, scratch, nh);
+                let rescored = rescore_exactly(e, scratch, nh);
+                result.multiply_adds += rescored as u64 * e.model.macs_per_row(&e.segs);
+                result.timings.rescore += lap(&mut clock);
             }
         }
     }
@@ -547,6 +622,58 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
         .topk
         .push_all(&scratch.scores, &scratch.ids, &mut scratch.sample);
     scratch.topk.finish(&mut scratch.best);
+    result.timings.topk += lap(&mut clock);
+}
+
+/// The time since `*clock`, which becomes now.
+#[inline]
+fn lap(clock: &mut Instant) -> std::time::Duration {
+    let now = Instant::now();
+    let d = now - *clock;
+    *clock = now;
+    d
+}
+
+/// The feature log of the hits in `scratch.best` ([`Query::log_features`]),
+/// from the model that scored them (exact mode: the f32 one).
+fn feature_log(scorer: &Scorer<'_, '_>, scratch: &Scratch) -> FeatureLog {
+    let Scorer::Model {
+        model,
+        prep,
+        segs,
+        exact,
+        ..
+    } = scorer
+    else {
+        unreachable!("checked: a three-tower query")
+    };
+    let (model, prep, segs) = match exact {
+        Some(e) => (e.model, &e.prep, &e.segs[..]),
+        None => (*model, &**prep, &segs[..]),
+    };
+    let locs: Vec<Loc> = (scratch.best.iter())
+        .map(|&(_, _, j)| scratch.locs[j as usize])
+        .collect();
+    let (cross_inputs, head_logits, heads) = model.log_rows(prep, segs, &locs);
+    FeatureLog {
+        inputs: model.input_names(),
+        cross_dim: model.cross_in,
+        cross_inputs,
+        head_names: model.head_names().into_iter().map(String::from).collect(),
+        head_logits,
+        heads,
+        scores: scratch.best.iter().map(|b| b.0).collect(),
+    }
+}
+
+impl Scorer<'_, '_> {
+    /// Multiply-adds scoring one row spends.
+    fn macs_per_row(&self) -> u64 {
+        match self {
+            Scorer::Dot { user, .. } => user.len() as u64,
+            Scorer::Model { model, segs, .. } => model.macs_per_row(segs),
+        }
+    }
 }
 
 /// [`Query::exact`]: rescores in f32 every candidate whose low-precision
@@ -557,12 +684,12 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch) {
 /// k-th plus `e`). Their scores and head values become the f32 ones; the
 /// others' scores become `f32::MIN`, below any rescored one. Rank fusion,
 /// and a rescored item whose f32 score is not finite (the next one would
-/// be needed), rescore every candidate.
-fn rescore_exactly(e: &Exact<'_, '_>, scratch: &mut Scratch, nh: usize) {
+/// be needed), rescore every candidate. Returns how many were rescored.
+fn rescore_exactly(e: &Exact<'_, '_>, scratch: &mut Scratch, nh: usize) -> usize {
     let n = scratch.locs.len();
     let k = scratch.topk.k().min(n);
     if n == 0 {
-        return;
+        return 0;
     }
     let lp = std::mem::take(&mut scratch.scores);
     let rank = !e.model.fusion_is_per_item(&e.prep);
@@ -621,6 +748,7 @@ fn rescore_exactly(e: &Exact<'_, '_>, scratch: &mut Scratch, nh: usize) {
     }
     scratch.scores = f32_scores;
     scratch.head_values = f32_heads;
+    done.iter().filter(|&&d| d).count()
 }
 
 /// Moves the items `finite` rejects (by index into `locs`) out of `locs`,

@@ -103,6 +103,46 @@ pub fn check_result(ctx: &str, r: &QueryResult, exp: &Value) {
     }
 }
 
+/// Checks the feature log of `r` (a query run with `log_features` and
+/// `with_heads`) against the reference's `expected.features`: each hit's
+/// cross-tower input and head logits to 1e-5 (relative, or absolute below
+/// 1), and that the log's head values and scores are the result's own, bit
+/// for bit.
+#[allow(dead_code)]
+pub fn check_features(ctx: &str, r: &QueryResult, exp: &Value) {
+    let log = r
+        .features
+        .as_ref()
+        .expect("the query asked for a feature log");
+    let want = &exp["features"];
+    assert_eq!(log.scores.len(), r.hits.len(), "{ctx}: logged rows");
+    assert_eq!(log.head_names, r.head_names, "{ctx}: head names");
+    let scores: Vec<f32> = r.hits.iter().map(|h| h.score).collect();
+    assert_eq!(log.scores, scores, "{ctx}: logged scores");
+    assert_eq!(log.heads, r.heads, "{ctx}: logged head values");
+    let near = |g: f32, w: f64| (g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0);
+    for (what, rows, got) in [
+        ("cross input", &want["cross_inputs"], &log.cross_inputs),
+        ("head logit", &want["logits"], &log.head_logits),
+    ] {
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), r.hits.len(), "{ctx}: reference {what} rows");
+        let width = rows.first().map_or(0, |x| x.as_array().unwrap().len());
+        assert_eq!(got.len(), rows.len() * width, "{ctx}: {what} values");
+        for (i, row) in rows.iter().enumerate() {
+            for (j, w) in row.as_array().unwrap().iter().enumerate() {
+                let (g, w) = (got[i * width + j], w.as_f64().unwrap());
+                assert!(near(g, w), "{ctx}: hit {i} {what} {j}: {g} vs {w}");
+            }
+        }
+    }
+    assert_eq!(
+        log.inputs.iter().map(|i| i.1).sum::<usize>(),
+        log.cross_dim,
+        "{ctx}: input widths"
+    );
+}
+
 /// Builds the store the reference describes; returns the writer.
 pub fn build(dir: &Path, case: &Value) -> Writer {
     let s = &case["schema"];

@@ -178,7 +178,8 @@ def item_features(items):
 
 
 def forward(feat, rows, query, w, dt):
-    """Return (logits [n, H], head values after calibration [n, H], last upper [n,10])."""
+    """Return (logits [n, H], head values after calibration [n, H], last upper [n,10],
+    cross-tower input [n, CROSS_IN])."""
     def c(a):
         return np.asarray(a, dtype=np.float64).astype(dt)
     n = len(rows)
@@ -201,6 +202,7 @@ def forward(feat, rows, query, w, dt):
         c(ucc),
     ], axis=1)
     assert x.shape[1] == CROSS_IN
+    x0 = x
     for name, _, _, a in CROSS_LAYERS:
         x = act(x @ c(w[name + ".weight"]).T + c(w[name + ".bias"]), a, dt)
     u = np.tile(c(query["user"]), (n, 1))
@@ -217,7 +219,7 @@ def forward(feat, rows, query, w, dt):
             r = c(rate)
             v = r * v / ((dt(1) - v) + r * v)
         vals[:, j] = v
-    return logits, vals, h
+    return logits, vals, h, x0
 
 
 def fuse(fusion, ids, vals, dt):
@@ -255,7 +257,7 @@ def evaluate(fusion, feat, id_to_row, w, query):
     found, not_found = resolve(query["candidates"], id_to_row)
     ids = np.array(found, dtype=np.int64)
     rows = np.array([id_to_row[i] for i in found], dtype=np.int64)
-    logits, vals, h = forward(feat, rows, query, w, np.float64)
+    logits, vals, h, x0 = forward(feat, rows, query, w, np.float64)
     score = fuse(fusion, ids, vals, np.float64)
     order = np.lexsort((ids, -score))
     k = query["k"]
@@ -268,7 +270,7 @@ def evaluate(fusion, feat, id_to_row, w, query):
         if not rank_clusters_ok(ids, vals, logits, score, top, heads):
             ok = False
     # float32 probe: returned scores / heads agree to 1e-6 relative, same order
-    _, vals32, _ = forward(feat, rows, query, w, np.float32)
+    _, vals32, _, _ = forward(feat, rows, query, w, np.float32)
     score32 = fuse(fusion, ids, vals32, np.float32).astype(np.float64)
     order32 = np.lexsort((ids, -score32))
     if not np.array_equal(order32[:k], top):
@@ -291,6 +293,12 @@ def evaluate(fusion, feat, id_to_row, w, query):
         "scores": [float(score[i]) for i in top],
         "heads": [[float(x) for x in vals[i]] for i in top],
         "not_found": not_found,
+        # What the scorer saw for each returned item (the feature log):
+        # the cross-tower input and each head's logit.
+        "features": {
+            "cross_inputs": [[float(v) for v in x0[i]] for i in top],
+            "logits": [[float(v) for v in logits[i]] for i in top],
+        },
     }
     return expected, ok
 
