@@ -7,6 +7,10 @@
 //! which is the bytes touched divided by this machine's random-gather
 //! bandwidth, measured here.
 //!
+//! `batch/...`: eight users over one candidate set, one query at a time
+//! against one `Snapshot::query_batch` call (which resolves the candidates
+//! once), d = 64, n = 5,000.
+//!
 //! Candidate sets rotate over 64 random draws so caches stay cold-ish.
 //! Run: `cargo bench --bench query` (first run builds ~1.8 GB of stores
 //! under target/vstore-bench/). `VSTORE_BENCH_ROWS` changes N.
@@ -62,6 +66,35 @@ fn bench(c: &mut Criterion) {
             }
         }
         g.finish();
+        if dim == 64 {
+            let mut g = c.benchmark_group(format!("batch/N{n_rows}/d{dim}"));
+            g.sample_size(20)
+                .warm_up_time(std::time::Duration::from_millis(500))
+                .measurement_time(std::time::Duration::from_secs(2));
+            let sets = support::candidate_sets(n_rows, 5000, 64, 5000);
+            for (_, key) in support::DTYPES {
+                for batched in [false, true] {
+                    let mut i = 0;
+                    let name = if batched { "query_batch" } else { "one_by_one" };
+                    g.bench_function(BenchmarkId::new(format!("{key}/n5000/8users"), name), |b| {
+                        b.iter(|| {
+                            i = (i + 1) % sets.len();
+                            let qs: Vec<Query> = (0..8)
+                                .map(|u| Query::ids(key, &users[(i + u) % 64], &sets[i].0, k))
+                                .collect();
+                            if batched {
+                                black_box(snap.query_batch(&qs));
+                            } else {
+                                for q in &qs {
+                                    black_box(snap.query(q).unwrap());
+                                }
+                            }
+                        })
+                    });
+                }
+            }
+            g.finish();
+        }
         let mut g = c.benchmark_group(format!("full_scan/N{n_rows}/d{dim}"));
         g.sample_size(10)
             .warm_up_time(std::time::Duration::from_millis(500))

@@ -347,3 +347,72 @@ fn the_feature_log_is_the_models_own_view_of_each_hit() {
         .unwrap_err();
     assert!(e.to_string().contains("three-tower"), "{e}");
 }
+
+/// Several users in one call: each result is the query's own, whatever
+/// the batch shares (candidates resolved once) or does not (other
+/// candidates, another filter or budget, an error in between).
+#[test]
+fn a_batch_of_users_returns_what_each_query_returns_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = store(dir.path(), Precision::F32);
+    let mut next = values(11);
+    let users: Vec<Vec<f32>> = (0..6)
+        .map(|_| (0..ExampleBundle::DIM).map(|_| next()).collect())
+        .collect();
+    let inputs = user_inputs();
+    let cands = candidates(2_000);
+    let same_again = cands.clone(); // equal contents, another buffer
+    let other = candidates(700);
+    let not_3 = Filter::not_in("category", [3]);
+    let not_5 = Filter::not_in("category", [5]);
+    let bad_user = vec![f32::NAN; ExampleBundle::DIM];
+    let queries = vec![
+        Query::ids(KEY, &users[0], &cands, 20),
+        Query::ids(KEY, &users[1], &cands, 7).three_tower(&inputs),
+        Query::ids(KEY, &users[2], &same_again, 20).budget(Budget::Items(300)),
+        Query::ids(KEY, &users[3], &same_again, 20).budget(Budget::Items(300)),
+        Query::ids(KEY, &bad_user, &same_again, 20),
+        Query::ids(KEY, &users[4], &same_again, 20).filter(&not_3),
+        Query::ids(KEY, &users[5], &same_again, 20).filter(&not_5),
+        Query::ids(KEY, &users[5], &other, 20).filter(&not_5),
+        Query::full_scan(KEY, &users[0], 9),
+        Query::ids(KEY, &users[0], &cands, 20).with_heads(),
+        Query::ids(KEY, &users[1], &cands, 7)
+            .three_tower(&inputs)
+            .log_features(),
+    ];
+    for round in 0..2 {
+        let batch = snap.query_batch(&queries);
+        assert_eq!(batch.len(), queries.len());
+        for (i, (q, got)) in queries.iter().zip(&batch).enumerate() {
+            let alone = snap.query(q);
+            match (got, alone) {
+                (Ok(got), Ok(alone)) => assert_eq!(*got, alone, "round {round}, query {i}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("round {round}, query {i}: {a:?} vs {b:?}"),
+            }
+        }
+        assert!(
+            batch[4].is_err() && batch[9].is_err(),
+            "the bad ones fail alone"
+        );
+    }
+    // A batch on another snapshot with the same scratch does not reuse
+    // what the last batch resolved.
+    let dir2 = tempfile::tempdir().unwrap();
+    let snap2 = store(dir2.path(), Precision::F32);
+    let mut w = Writer::open(dir2.path()).unwrap();
+    let mut tx = w.begin();
+    let gone: Vec<u64> = (100..150).map(|i| i * 7 + 3).collect();
+    tx.delete_items(&gone).unwrap();
+    tx.commit().unwrap();
+    let snap3 = Store::open(dir2.path()).unwrap().snapshot();
+    let mut scratch = vstore::Scratch::default();
+    let q = [Query::ids(KEY, &users[0], &cands, 2_000)];
+    let a = snap2.query_batch_with(&q, &mut scratch).remove(0).unwrap();
+    let b = snap3.query_batch_with(&q, &mut scratch).remove(0).unwrap();
+    let in_cands = gone.iter().filter(|id| cands.contains(id)).count();
+    assert!(in_cands > 0);
+    assert_eq!(a.scored, b.scored + in_cands);
+    assert_eq!(b, snap3.query(&q[0]).unwrap());
+}

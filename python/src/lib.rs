@@ -173,6 +173,11 @@ struct PyQueryResult {
     filtered: Py<PyArray1<u64>>,
     scored: usize,
     non_finite: Py<PyArray1<u64>>,
+    over_budget: usize,
+    over_budget_ids: Py<PyArray1<u64>>,
+    multiply_adds: u64,
+    timings: Py<PyDict>,
+    features: Option<Py<PyDict>>,
     query_seconds: f64,
 }
 
@@ -197,7 +202,41 @@ impl PyQueryResult {
 }
 
 impl PyQueryResult {
-    fn new(py: Python<'_>, (r, query_seconds): (vstore::QueryResult, f64)) -> PyResult<Self> {
+    fn new(py: Python<'_>, r: vstore::QueryResult) -> PyResult<Self> {
+        let query_seconds = r.timings.total.as_secs_f64();
+        let t = &r.timings;
+        let timings = PyDict::new(py);
+        for (name, d) in [
+            ("prepare", t.prepare),
+            ("resolve", t.resolve),
+            ("gather", t.gather),
+            ("cross", t.cross),
+            ("upper", t.upper),
+            ("heads", t.heads),
+            ("rescore", t.rescore),
+            ("topk", t.topk),
+            ("total", t.total),
+        ] {
+            timings.set_item(name, d.as_secs_f64())?;
+        }
+        let features = match r.features {
+            None => None,
+            Some(log) => {
+                let (k, nh) = (log.scores.len(), log.head_names.len());
+                let f = PyDict::new(py);
+                f.set_item("inputs", log.inputs)?;
+                let cross = log.cross_inputs.into_pyarray(py);
+                f.set_item("cross_inputs", cross.reshape([k, log.cross_dim])?)?;
+                f.set_item("head_names", log.head_names)?;
+                f.set_item(
+                    "head_logits",
+                    log.head_logits.into_pyarray(py).reshape([k, nh])?,
+                )?;
+                f.set_item("heads", log.heads.into_pyarray(py).reshape([k, nh])?)?;
+                f.set_item("scores", log.scores.into_pyarray(py))?;
+                Some(f.unbind())
+            }
+        };
         let ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
         let scores: Vec<f32> = r.hits.iter().map(|h| h.score).collect();
         let heads = if r.head_names.is_empty() {
@@ -218,6 +257,11 @@ impl PyQueryResult {
             filtered: r.filtered.into_pyarray(py).unbind(),
             scored: r.scored,
             non_finite: r.non_finite.into_pyarray(py).unbind(),
+            over_budget: r.over_budget,
+            over_budget_ids: r.over_budget_ids.into_pyarray(py).unbind(),
+            multiply_adds: r.multiply_adds,
+            timings: timings.unbind(),
+            features,
             query_seconds,
         })
     }
@@ -253,8 +297,15 @@ impl PySnapshot {
     /// version's bundle (`model` names one of several) with its fusion or
     /// `fusion` (a JSON object, as a dict or a string); `heads` returns the
     /// head values; `exact` the f32 top k of a low-precision bundle;
-    /// `threads` splits the model over that many threads.
-    #[pyo3(signature = (version, user, candidates, k, *, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false, threads = 1))]
+    /// `threads` splits the model over that many threads. `max_items` or
+    /// `max_multiply_adds`: a compute budget (over it, the first candidates
+    /// in your order are scored; the result's `over_budget` and
+    /// `over_budget_ids` say which were not). `log_features`: the result's
+    /// `features` holds what the model saw for each hit (a dict:
+    /// `inputs` [(name, width)], `cross_inputs` [k, width], `head_names`,
+    /// `head_logits` and `heads` [k, heads], `scores` [k]). Every result
+    /// has `timings` (seconds per stage) and `multiply_adds`.
+    #[pyo3(signature = (version, user, candidates, k, *, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false, threads = 1, max_items = None, max_multiply_adds = None, log_features = false))]
     #[allow(clippy::too_many_arguments)]
     fn query(
         &self,
@@ -270,6 +321,9 @@ impl PySnapshot {
         heads: bool,
         exact: bool,
         threads: usize,
+        max_items: Option<usize>,
+        max_multiply_adds: Option<u64>,
+        log_features: bool,
     ) -> PyResult<PyQueryResult> {
         let user = contiguous(&user, "user")?;
         let ids = match &candidates {
@@ -285,26 +339,36 @@ impl PySnapshot {
             heads,
             exact,
             threads,
+            Extra {
+                max_items,
+                max_multiply_adds,
+                log_features,
+            },
         )?;
         let snap = &self.inner;
-        let r = py.detach(|| timed(|| snap.query(&opts.query(version, user, ids, k))))?;
+        let r = py
+            .detach(|| snap.query(&opts.query(version, user, ids, k)))
+            .map_err(err)?;
         PyQueryResult::new(py, r)
     }
 
     /// [`query`](PySnapshot::query) for many users at once: `users` is
-    /// `[n, dim]` float32 and `candidates` a list of `n` uint64 arrays (or
-    /// None: full scans); `three_tower` is one dict of user inputs for
-    /// every query, or a list of `n` (one per user); the other options
-    /// apply to every query. Runs with the GIL released, the queries spread
-    /// over `workers` threads; returns a list of results in user order.
-    #[pyo3(signature = (version, users, candidates, k, *, workers = 1, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false))]
+    /// `[n, dim]` float32; `candidates` one uint64 array every user shares
+    /// (resolved once per worker: the library's `Snapshot::query_batch`),
+    /// a list of `n` arrays (one per user), or None (full scans);
+    /// `three_tower` is one dict of user inputs for every query, or a list
+    /// of `n` (one per user); the other options apply to every query. Runs
+    /// with the GIL released, the users split into `workers` contiguous
+    /// runs, each one library batch call on its own thread; returns a list
+    /// of results in user order.
+    #[pyo3(signature = (version, users, candidates, k, *, workers = 1, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false, max_items = None, max_multiply_adds = None, log_features = false))]
     #[allow(clippy::too_many_arguments)]
     fn query_batch(
         &self,
         py: Python<'_>,
         version: &str,
         users: PyReadonlyArray2<'_, f32>,
-        candidates: Option<Vec<PyReadonlyArray1<'_, u64>>>,
+        candidates: Option<&Bound<'_, PyAny>>,
         k: usize,
         workers: usize,
         filter: Option<&PyFilter>,
@@ -313,27 +377,46 @@ impl PySnapshot {
         fusion: Option<&Bound<'_, PyAny>>,
         heads: bool,
         exact: bool,
+        max_items: Option<usize>,
+        max_multiply_adds: Option<u64>,
+        log_features: bool,
     ) -> PyResult<Vec<PyQueryResult>> {
         let u = users
             .as_slice()
             .map_err(|_| invalid("users: the array must be C-contiguous"))?;
         let (n, dim) = (users.shape()[0], users.shape()[1]);
-        let cands: Option<Vec<&[u64]>> = match &candidates {
-            Some(c) => {
-                if c.len() != n {
-                    return Err(invalid(format!(
-                        "candidates: {} lists for {n} users",
-                        c.len()
-                    )));
+        // One shared array, or one per user.
+        let (one, lists): (
+            Option<PyReadonlyArray1<'_, u64>>,
+            Vec<PyReadonlyArray1<'_, u64>>,
+        ) = match candidates {
+            None => (None, Vec::new()),
+            Some(c) => match c.extract::<PyReadonlyArray1<'_, u64>>() {
+                Ok(a) => (Some(a), Vec::new()),
+                Err(_) => {
+                    let l: Vec<PyReadonlyArray1<'_, u64>> = c.extract().map_err(|_| {
+                        invalid("candidates: expected a uint64 array, a list of them, or None")
+                    })?;
+                    if l.len() != n {
+                        return Err(invalid(format!(
+                            "candidates: {} lists for {n} users",
+                            l.len()
+                        )));
+                    }
+                    (None, l)
                 }
-                Some(
-                    c.iter()
-                        .enumerate()
-                        .map(|(i, a)| contiguous(a, &format!("candidates[{i}]")))
-                        .collect::<PyResult<_>>()?,
-                )
-            }
-            None => None,
+            },
+        };
+        let cands: Option<Vec<&[u64]>> = match (&one, candidates) {
+            (Some(a), _) => Some(vec![contiguous(a, "candidates")?; n]),
+            (None, Some(_)) => Some(
+                lists
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| contiguous(a, &format!("candidates[{i}]")))
+                    .collect::<PyResult<_>>()?,
+            ),
+            (None, None) => None,
         };
         // One shared dict of inputs, or one per user.
         let (shared, per_user): (Option<Bound<'_, PyDict>>, Option<Vec<vstore::UserInputs>>) =
@@ -356,30 +439,53 @@ impl PySnapshot {
                     }
                 },
             };
-        let opts = Options::new(py, filter, shared.as_ref(), model, fusion, heads, exact, 1)?;
+        let extra = Extra {
+            max_items,
+            max_multiply_adds,
+            log_features,
+        };
+        let opts = Options::new(
+            py,
+            filter,
+            shared.as_ref(),
+            model,
+            fusion,
+            heads,
+            exact,
+            1,
+            extra,
+        )?;
         let snap = &self.inner;
-        let one = |i: usize| {
+        let query = |i: usize| {
             let user = &u[i * dim..(i + 1) * dim];
             let inputs = match &per_user {
                 Some(all) => Some(&all[i]),
                 None => opts.inputs.as_ref(),
             };
             let ids = cands.as_ref().map(|c| c[i]);
-            timed(|| snap.query(&opts.query_with(inputs, version, user, ids, k)))
+            opts.query_with(inputs, version, user, ids, k)
         };
-        let results: Vec<PyResult<(vstore::QueryResult, f64)>> = py.detach(|| {
+        // Contiguous runs of users, one library batch each.
+        let workers = workers.clamp(1, n.max(1));
+        let per = n.div_ceil(workers).max(1);
+        let run = |r: usize| {
+            let queries: Vec<vstore::Query<'_>> =
+                (r * per..((r + 1) * per).min(n)).map(query).collect();
+            snap.query_batch(&queries)
+        };
+        let results: Vec<vstore::Result<vstore::QueryResult>> = py.detach(|| {
             use rayon::prelude::*;
-            match rayon::ThreadPoolBuilder::new()
-                .num_threads(workers.max(1))
-                .build()
-            {
-                Ok(pool) => pool.install(|| (0..n).into_par_iter().map(one).collect()),
-                Err(_) => (0..n).map(one).collect(),
+            let runs = n.div_ceil(per);
+            match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
+                Ok(pool) if workers > 1 => {
+                    pool.install(|| (0..runs).into_par_iter().flat_map_iter(run).collect())
+                }
+                _ => (0..runs).flat_map(run).collect(),
             }
         });
         results
             .into_iter()
-            .map(|r| PyQueryResult::new(py, r?))
+            .map(|r| PyQueryResult::new(py, r.map_err(err)?))
             .collect()
     }
 
@@ -434,14 +540,6 @@ fn contiguous<'a, T: numpy::Element>(
 }
 
 /// Runs a query, timing it: the result and the seconds it took.
-fn timed(
-    q: impl FnOnce() -> vstore::Result<vstore::QueryResult>,
-) -> PyResult<(vstore::QueryResult, f64)> {
-    let t = std::time::Instant::now();
-    let r = q().map_err(err)?;
-    Ok((r, t.elapsed().as_secs_f64()))
-}
-
 /// The options of a query, converted from Python once (shared by the
 /// queries of a batch).
 struct Options {
@@ -452,6 +550,16 @@ struct Options {
     heads: bool,
     exact: bool,
     threads: usize,
+    budget: Option<vstore::Budget>,
+    log_features: bool,
+}
+
+/// The keyword options every query form takes besides its inputs.
+#[derive(Clone, Copy, Default)]
+struct Extra {
+    max_items: Option<usize>,
+    max_multiply_adds: Option<u64>,
+    log_features: bool,
 }
 
 impl Options {
@@ -465,8 +573,24 @@ impl Options {
         heads: bool,
         exact: bool,
         threads: usize,
+        extra: Extra,
     ) -> PyResult<Self> {
         let inputs = three_tower.map(user_inputs).transpose()?;
+        let budget = match (extra.max_items, extra.max_multiply_adds) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "max_items and max_multiply_adds: give one budget, not both",
+                ))
+            }
+            (Some(n), None) => Some(vstore::Budget::Items(n)),
+            (None, Some(m)) => Some(vstore::Budget::MultiplyAdds(m)),
+            (None, None) => None,
+        };
+        if inputs.is_none() && extra.log_features {
+            return Err(invalid(
+                "log_features needs a three-tower query: pass three_tower={...}",
+            ));
+        }
         let fusion = match fusion {
             None => None,
             Some(f) => {
@@ -490,6 +614,8 @@ impl Options {
             heads,
             exact,
             threads: threads.max(1),
+            budget,
+            log_features: extra.log_features,
         })
     }
 
@@ -520,7 +646,13 @@ impl Options {
         if let Some(f) = &self.filter {
             q = q.filter(f);
         }
+        if let Some(b) = self.budget {
+            q = q.budget(b);
+        }
         if let Some(i) = inputs {
+            if self.log_features {
+                q = q.log_features();
+            }
             q = q.three_tower(i).threads(self.threads);
             if let Some(m) = &self.model {
                 q = q.model(m);

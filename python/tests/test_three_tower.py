@@ -181,3 +181,64 @@ def test_a_second_embedding_version(tmp_path):
     r = snap.query("prerank@v2", user, ids, 5)
     want = np.argsort(-(vecs.astype(np.float64) @ np.ones(4)), kind="stable")[:5]
     np.testing.assert_allclose(r.scores, (vecs.astype(np.float64) @ np.ones(4))[want], rtol=1e-3)
+
+
+def test_timings_budget_feature_log_and_shared_batches(tmp_path):
+    case = load("three_tower")
+    w, key = build(tmp_path / "s", case)
+    bundle = DATA / "three_tower" / case["cases"][0]["bundle"]
+    with w.begin() as tx:
+        tx.add_model(
+            (bundle / "model.json").read_text(),
+            (bundle / "weights.safetensors").read_bytes(),
+        )
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    q = case["cases"][0]["queries"][3]
+    user = np.array(q["user"], np.float32)
+    cands = np.array(q["candidates"], np.uint64)
+    k = q["k"]
+    exp = q["expected"]
+    # The feature log holds the reference's intermediate values.
+    r = snap.query(key, user, cands, k, three_tower=inputs(q), log_features=True, heads=True)
+    np.testing.assert_array_equal(r.ids, np.array(exp["ids"], np.uint64))
+    f = r.features
+    assert [n for n, _ in f["inputs"]][0] == "ctr_1d"
+    assert f["cross_inputs"].shape == (len(r.ids), sum(w for _, w in f["inputs"]))
+    np.testing.assert_allclose(f["cross_inputs"], np.array(exp["features"]["cross_inputs"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(f["head_logits"], np.array(exp["features"]["logits"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(f["heads"], r.heads)
+    np.testing.assert_array_equal(f["scores"], r.scores)
+    assert snap.query(key, user, cands, k, three_tower=inputs(q)).features is None
+    # Timings in seconds per stage, the total the query's own time.
+    t = r.timings
+    assert set(t) == {"prepare", "resolve", "gather", "cross", "upper", "heads", "rescore", "topk", "total"}
+    assert t["total"] == r.query_seconds and t["gather"] > 0 and t["total"] >= t["upper"]
+    assert r.multiply_adds > 0
+    # A budget: the first 10 found candidates in the given order are scored.
+    b = snap.query(key, user, cands, k, three_tower=inputs(q), max_items=10)
+    found = [c for c in dict.fromkeys(cands.tolist()) if c not in set(exp["not_found"])]
+    assert b.scored == 10 and b.over_budget == len(found) - 10
+    np.testing.assert_array_equal(b.over_budget_ids, np.array(found[10:], np.uint64))
+    first = snap.query(key, user, np.array(found[:10], np.uint64), k, three_tower=inputs(q))
+    np.testing.assert_array_equal(b.ids, first.ids)
+    per = r.multiply_adds // r.scored
+    m = snap.query(key, user, cands, k, three_tower=inputs(q), max_multiply_adds=per * 10)
+    np.testing.assert_array_equal(m.ids, b.ids)
+    with pytest.raises(vstore.InvalidInputError, match="one budget"):
+        snap.query(key, user, cands, k, three_tower=inputs(q), max_items=1, max_multiply_adds=1)
+    with pytest.raises(vstore.InvalidInputError, match="log_features"):
+        snap.query(key, user, cands, k, log_features=True)
+    # Shared candidates in a batch: each result is the query's own.
+    rng = np.random.default_rng(5)
+    dim = case["schema"]["embedding"]["dim"]
+    for workers in (1, 2):
+        for three in (None, inputs(q)):
+            # A two-tower query's user is an item-space vector.
+            users = rng.standard_normal((7, dim if three is None else len(user))).astype(np.float32)
+            batch = snap.query_batch(key, users, cands, 5, workers=workers, three_tower=three, max_items=40)
+            assert len(batch) == 7
+            for u, got in zip(users, batch):
+                one = snap.query(key, u, cands, 5, three_tower=three, max_items=40)
+                np.testing.assert_array_equal(got.ids, one.ids)
+                np.testing.assert_array_equal(got.scores, one.scores)
+                np.testing.assert_array_equal(got.over_budget_ids, one.over_budget_ids)

@@ -1,7 +1,7 @@
 //! The candidate-id path: dedupe and resolve the ids (id directory, id
 //! indexes, home slots prefetched), drop tombstones, filter, score, confirm.
 
-use super::filter::Compiled;
+use super::filter::{Compiled, Filter};
 use super::{score_locs, QueryResult, Scorer, Scratch};
 use crate::error::Result;
 use crate::format::idindex;
@@ -60,14 +60,19 @@ impl Snapshot {
     /// for the returned hits only: if any fails (a damaged id index), the
     /// query is redone confirming every candidate, so a wrong row is never
     /// returned. With a budget of `cap` items, the first `cap` candidates
-    /// in the caller's order that survive pass 2 are scored.
+    /// in the caller's order that survive pass 2 are scored. With `shared`
+    /// (a batch), passes 1 and 2 are skipped when it holds the outcome for
+    /// the same candidates, filter and budget, and it is left holding this
+    /// query's.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn score_candidates(
         &self,
         scorer: &Scorer<'_, '_>,
         (ids, k, budget): (&[u64], usize, Option<usize>),
-        filters: &[Option<Compiled<'_>>],
+        (filter, filters): (Option<&Filter>, &[Option<Compiled<'_>>]),
         scratch: &mut Scratch,
         result: &mut QueryResult,
+        mut shared: Option<&mut SharedResolve>,
     ) -> Result<()> {
         let mut clock = Instant::now();
         let segs = self.segments();
@@ -79,6 +84,71 @@ impl Snapshot {
             None
         };
         for confirm_all in [false, true] {
+            scratch.topk.reset(k);
+            let reuse = shared
+                .as_deref()
+                .filter(|s| !confirm_all && s.holds(ids, filter, budget));
+            if let Some(s) = reuse {
+                s.restore(scratch, result);
+            } else {
+                self.resolve_candidates(
+                    (ids, budget, confirm_all),
+                    (&views, &deleted, dir),
+                    filters,
+                    scratch,
+                    result,
+                );
+                if let Some(s) = shared.as_deref_mut() {
+                    s.save(ids, filter, budget, scratch, result, !confirm_all);
+                }
+            }
+            result.timings.resolve += super::lap(&mut clock);
+            // Pass 3: score.
+            scratch.non_finite.clear();
+            score_locs(scorer, scratch, result);
+            clock = Instant::now();
+            result.scored = scratch.locs.len();
+            // Confirm the hits.
+            if !confirm_all {
+                // The hits' id lines, fetched together rather than one
+                // miss after another.
+                for &(_, _, j) in &scratch.best {
+                    let loc = scratch.locs[j as usize];
+                    if let Some(r) = views[loc.block as usize].ids.get(loc.row as usize..) {
+                        kernels::prefetch_line(r.as_ptr() as *const u8);
+                    }
+                }
+            }
+            let ok = confirm_all
+                || scratch.best.iter().all(|&(_, id, j)| {
+                    let loc = scratch.locs[j as usize];
+                    views[loc.block as usize].ids.get(loc.row as usize) == Some(&id)
+                });
+            result.timings.topk += super::lap(&mut clock);
+            if ok {
+                break;
+            }
+        }
+        result.filtered.sort_unstable();
+        scratch.missing.sort_unstable_by_key(|m| m.0);
+        result.not_found = scratch.missing.iter().map(|m| m.1).collect();
+        result.timings.resolve += super::lap(&mut clock);
+        Ok(())
+    }
+
+    /// Passes 1 and 2 (and the budget) of [`Snapshot::score_candidates`]:
+    /// fills `scratch.locs`, `ids` and `missing`, and the result's
+    /// filtered and over-budget fields.
+    fn resolve_candidates(
+        &self,
+        (ids, budget, confirm_all): (&[u64], Option<usize>, bool),
+        (views, deleted, dir): Index<'_>,
+        filters: &[Option<Compiled<'_>>],
+        scratch: &mut Scratch,
+        result: &mut QueryResult,
+    ) {
+        let segs = self.segments();
+        {
             let cap = (ids.len() * 2).next_power_of_two().max(16);
             scratch.seen.clear();
             scratch.seen.resize(cap, EMPTY);
@@ -86,7 +156,6 @@ impl Snapshot {
             scratch.missing.clear();
             scratch.locs.clear();
             scratch.ids.clear();
-            scratch.topk.reset(k);
             result.filtered_out = 0;
             result.filtered.clear();
             result.over_budget = 0;
@@ -98,8 +167,8 @@ impl Snapshot {
             // Pass 1: dedupe and look up.
             resolve(
                 segs,
-                &views,
-                &deleted,
+                views,
+                deleted,
                 dir,
                 ids,
                 scratch,
@@ -143,38 +212,89 @@ impl Snapshot {
                 over_budget(scratch, cap, result);
             }
             scratch.pos.clear();
-            result.timings.resolve += super::lap(&mut clock);
-            // Pass 3: score.
-            scratch.non_finite.clear();
-            score_locs(scorer, scratch, result);
-            clock = Instant::now();
-            result.scored = scratch.locs.len();
-            // Confirm the hits.
-            if !confirm_all {
-                // The hits' id lines, fetched together rather than one
-                // miss after another.
-                for &(_, _, j) in &scratch.best {
-                    let loc = scratch.locs[j as usize];
-                    if let Some(r) = views[loc.block as usize].ids.get(loc.row as usize..) {
-                        kernels::prefetch_line(r.as_ptr() as *const u8);
-                    }
-                }
-            }
-            let ok = confirm_all
-                || scratch.best.iter().all(|&(_, id, j)| {
-                    let loc = scratch.locs[j as usize];
-                    views[loc.block as usize].ids.get(loc.row as usize) == Some(&id)
-                });
-            result.timings.topk += super::lap(&mut clock);
-            if ok {
-                break;
-            }
         }
-        result.filtered.sort_unstable();
-        scratch.missing.sort_unstable_by_key(|m| m.0);
-        result.not_found = scratch.missing.iter().map(|m| m.1).collect();
-        result.timings.resolve += super::lap(&mut clock);
-        Ok(())
+    }
+}
+
+/// The id indexes of a snapshot's segments, their tombstones, and the id
+/// directory of a snapshot of several segments.
+type Index<'a> = (
+    &'a [idindex::IdIndexView<'a>],
+    &'a [Option<&'a [u64]>],
+    Option<&'a Directory>,
+);
+
+/// What passes 1 and 2 made of a batch's last candidate list, reused by
+/// the next query over the same candidates, filter and budget
+/// ([`Snapshot::query_batch`]).
+#[derive(Debug, Default)]
+pub(super) struct SharedResolve {
+    /// Whether the rest holds an outcome (not after a confirmation pass).
+    valid: bool,
+    candidates: Vec<u64>,
+    filter: Option<Filter>,
+    budget: Option<usize>,
+    locs: Vec<Loc>,
+    ids: Vec<u64>,
+    missing: Vec<(u32, u64)>,
+    filtered_out: usize,
+    filtered: Vec<u64>,
+    over_budget: usize,
+    over_budget_ids: Vec<u64>,
+}
+
+impl SharedResolve {
+    /// Drops the outcome (its buffers are kept).
+    pub(super) fn forget(&mut self) {
+        self.valid = false;
+    }
+
+    /// Whether this holds the outcome for these candidates, filter and budget.
+    fn holds(&self, ids: &[u64], filter: Option<&Filter>, budget: Option<usize>) -> bool {
+        self.valid
+            && self.budget == budget
+            && self.filter.as_ref() == filter
+            && self.candidates == ids
+    }
+
+    /// Keeps the outcome now in `scratch` and `result` (if `valid`).
+    fn save(
+        &mut self,
+        ids: &[u64],
+        filter: Option<&Filter>,
+        budget: Option<usize>,
+        scratch: &Scratch,
+        result: &QueryResult,
+        valid: bool,
+    ) {
+        self.valid = valid;
+        if !valid {
+            return;
+        }
+        self.candidates.clear();
+        self.candidates.extend_from_slice(ids);
+        if self.filter.as_ref() != filter {
+            self.filter = filter.cloned();
+        }
+        self.budget = budget;
+        self.locs.clone_from(&scratch.locs);
+        self.ids.clone_from(&scratch.ids);
+        self.missing.clone_from(&scratch.missing);
+        self.filtered_out = result.filtered_out;
+        self.filtered.clone_from(&result.filtered);
+        self.over_budget = result.over_budget;
+        self.over_budget_ids.clone_from(&result.over_budget_ids);
+    }
+
+    /// Puts the kept outcome into `scratch` and `result`.
+    fn restore(&self, scratch: &mut Scratch, result: &mut QueryResult) {
+        scratch.locs.clone_from(&self.locs);
+        scratch.ids.clone_from(&self.ids);
+        scratch.missing.clone_from(&self.missing);
+        result.filtered_out = self.filtered_out;
+        result.filtered.clone_from(&self.filtered);
+        result.over_budget = self.over_budget;
+        result.over_budget_ids.clone_from(&self.over_budget_ids);
     }
 }
 

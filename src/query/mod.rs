@@ -334,6 +334,8 @@ pub struct Scratch {
     best: Vec<(f32, u64, u32)>,
     head_values: Vec<f32>,
     model: ModelScratch,
+    /// A batch's resolved candidates ([`Snapshot::query_batch`]).
+    shared: candidates::SharedResolve,
 }
 
 thread_local! {
@@ -353,6 +355,74 @@ impl Snapshot {
     /// Runs `q` with caller-owned buffers: checks the query, builds its
     /// scorer, scores the candidates (or every item) and collects the result.
     pub fn query_with(&self, q: &Query<'_>, scratch: &mut Scratch) -> Result<QueryResult> {
+        self.run(q, scratch, None)
+    }
+
+    /// Runs several queries (several users, typically) in one call, with
+    /// this thread's scratch buffers; one result per query, in order (a
+    /// query's error does not stop the others). Work the queries share is
+    /// done once: queries in a row over the same candidate ids, filter and
+    /// budget (whatever their user, kind, bundle or k) resolve the
+    /// candidates once (dedupe, id lookups, tombstones, filter), which is
+    /// about half of a two-tower query's time at 5,000 candidates
+    /// (docs/PERF.md, "Several users in one call"). Each result equals the
+    /// query run alone.
+    ///
+    /// ```
+    /// # fn main() -> vstore::Result<()> {
+    /// use vstore::{Dtype, ItemBatch, Query, Schema, Store, Writer};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let schema = Schema::new().embedding("prerank", "v42", 2, Dtype::F32);
+    /// let mut w = Writer::create(dir.path(), schema)?;
+    /// let mut tx = w.begin();
+    /// tx.add_items(ItemBatch::new(vec![1, 2, 3])
+    ///     .embedding("prerank@v42", vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5]))?;
+    /// tx.commit()?;
+    ///
+    /// let snap = Store::open(dir.path())?.snapshot();
+    /// let candidates = [3, 1, 2];
+    /// let users = [[1.0f32, 0.0], [0.0, 1.0]];
+    /// let queries: Vec<Query> = users
+    ///     .iter()
+    ///     .map(|u| Query::ids("prerank@v42", u, &candidates, 1))
+    ///     .collect();
+    /// let results = snap.query_batch(&queries);
+    /// assert_eq!(results[0].as_ref().unwrap().hits[0].id, 1);
+    /// assert_eq!(results[1].as_ref().unwrap().hits[0].id, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn query_batch(&self, queries: &[Query<'_>]) -> Vec<Result<QueryResult>> {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.query_batch_with(queries, &mut s),
+            Err(_) => self.query_batch_with(queries, &mut Scratch::default()),
+        })
+    }
+
+    /// [`Snapshot::query_batch`] with caller-owned buffers.
+    pub fn query_batch_with(
+        &self,
+        queries: &[Query<'_>],
+        scratch: &mut Scratch,
+    ) -> Vec<Result<QueryResult>> {
+        let mut shared = std::mem::take(&mut scratch.shared);
+        // Kept buffers only: what it held was another batch's (perhaps of
+        // another snapshot).
+        shared.forget();
+        let results = (queries.iter())
+            .map(|q| self.run(q, scratch, Some(&mut shared)))
+            .collect();
+        scratch.shared = shared;
+        results
+    }
+
+    /// Runs `q`; `shared` (a batch) carries resolved candidates from one
+    /// query to the next.
+    fn run(
+        &self,
+        q: &Query<'_>,
+        scratch: &mut Scratch,
+        shared: Option<&mut candidates::SharedResolve>,
+    ) -> Result<QueryResult> {
         let start = Instant::now();
         let def = self.embedding_def(q.key)?;
         if q.k == 0 {
@@ -403,7 +473,8 @@ impl Snapshot {
                     )));
                 }
                 let cands = (ids, q.k, cap);
-                self.score_candidates(&scorer, cands, &filters, scratch, &mut result)?;
+                let filters = (q.filter, &filters[..]);
+                self.score_candidates(&scorer, cands, filters, scratch, &mut result, shared)?;
             }
             (Candidates::All, Scorer::Dot { .. }) => scan::scan_dot(
                 self.segments(),

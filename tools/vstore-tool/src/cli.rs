@@ -414,7 +414,21 @@ pub struct QueryArgs {
     /// `COL not in 3`, `COL between LO HI`.
     #[arg(long = "where", value_name = "EXPR")]
     pub filters: Vec<String>,
-    /// Run the query this many times and report latency percentiles.
+    /// Score at most this many candidates (the first ones, in the file's
+    /// order, that are found and pass the filter); the rest are reported.
+    #[arg(long, value_name = "N", conflicts_with = "max_multiply_adds")]
+    pub max_items: Option<usize>,
+    /// Spend at most this many multiply-adds (as many candidates as they
+    /// pay for, in the file's order); the rest are reported.
+    #[arg(long, value_name = "N")]
+    pub max_multiply_adds: Option<u64>,
+    /// Also print, per hit, what the model saw: its cross-tower inputs
+    /// after transforms and defaults, and each head's logit (three-tower).
+    #[arg(long, requires = "three_tower")]
+    pub log_features: bool,
+    /// Run the query this many times and report latency percentiles and
+    /// the median time of each stage (resolve, gather, cross, upper,
+    /// heads, top-k).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub repeat: u32,
     /// JSON for scripts.

@@ -350,6 +350,109 @@ fn three_tower_and_filtered_queries_equal_the_library() {
     assert!(!want.filtered.is_empty());
     assert_eq!(v["filtered"], serde_json::json!(want.filtered));
     assert_eq!(v["filtered_out"], want.filtered.len());
+    // A budget, the feature log and the stage timings over runs.
+    let v = json(&ok(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--candidates",
+        &d.p("cands.txt"),
+        "-k",
+        "5",
+        "--three-tower",
+        "--inputs",
+        &d.p("inputs.json"),
+        "--max-items",
+        "30",
+        "--log-features",
+        "--repeat",
+        "3",
+        "--json",
+    ]));
+    let want = snap
+        .query(
+            &Query::ids("prerank@v1", &u, &cands, 5)
+                .three_tower(&inputs)
+                .budget(vstore::Budget::Items(30))
+                .log_features(),
+        )
+        .unwrap();
+    assert_eq!(v["over_budget"], want.over_budget);
+    assert_eq!(
+        v["over_budget_ids"],
+        serde_json::json!(want.over_budget_ids)
+    );
+    assert_eq!(want.over_budget, cands.len() - 30);
+    let log = want.features.as_ref().unwrap();
+    for (i, h) in v["hits"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["id"], want.hits[i].id);
+        let f = &h["features"];
+        let stats: Vec<f32> = (f["cross_inputs"]["user_stats"].as_array().unwrap())
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(stats, [0.1, -0.2, 0.3, 0.0, 0.5, -0.1, 0.2, 0.05]);
+        let click = f["head_logits"]["click"].as_f64().unwrap() as f32;
+        assert_eq!(click, log.head_logits_of(i)[0]);
+    }
+    let stages = v["stages_us"].as_object().unwrap();
+    for s in [
+        "resolve", "gather", "cross", "upper", "heads", "topk", "total",
+    ] {
+        assert!(stages[s].as_f64().unwrap() > 0.0, "{s}: {stages:?}");
+    }
+    let text = ok(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--candidates",
+        &d.p("cands.txt"),
+        "-k",
+        "3",
+        "--three-tower",
+        "--inputs",
+        &d.p("inputs.json"),
+        "--max-multiply-adds",
+        "2000000",
+        "--log-features",
+        "--repeat",
+        "2",
+    ]);
+    assert!(text.contains("over budget:"), "{text}");
+    assert!(text.contains("features of rank"), "{text}");
+    assert!(text.contains("stages (medians): "), "{text}");
+    // A feature log needs a three-tower query; one budget at a time.
+    let e = usage_fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "--log-features",
+    ]);
+    assert!(e.contains("--three-tower"), "{e}");
+    let e = usage_fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "--max-items",
+        "3",
+        "--max-multiply-adds",
+        "9",
+    ]);
+    assert!(e.contains("--max-multiply-adds"), "{e}");
     // A missing user input is named.
     std::fs::write(d.path("none.json"), "{}").unwrap();
     let e = fails(&[

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vstore::{Filter, Query, Scratch, UserInputs};
+use vstore::{Budget, Filter, Query, Scratch, Timings, UserInputs};
 
 use crate::cli::QueryArgs;
 use crate::error::{Context, Result, ToolError};
@@ -225,6 +225,11 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = &filter {
         q = q.filter(f);
     }
+    match (a.max_items, a.max_multiply_adds) {
+        (Some(n), _) => q = q.budget(Budget::Items(n)),
+        (None, Some(m)) => q = q.budget(Budget::MultiplyAdds(m)),
+        (None, None) => {}
+    }
     let fusion = a.fusion.as_deref().map(read_fusion).transpose()?;
     if a.three_tower {
         q = q.three_tower(&inputs);
@@ -237,9 +242,13 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
         if let Some(f) = &fusion {
             q = q.fusion(f);
         }
+        if a.log_features {
+            q = q.log_features();
+        }
     }
     let mut scratch = Scratch::default();
     let mut lat: Vec<Duration> = Vec::with_capacity(a.repeat as usize);
+    let mut stages: Vec<Timings> = Vec::with_capacity(a.repeat as usize);
     let mut result = None;
     for _ in 0..a.repeat {
         let t = Instant::now();
@@ -251,20 +260,58 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
             what
         })?;
         lat.push(t.elapsed());
+        stages.push(r.timings);
         result = Some(r);
     }
     let r = result.expect("ran at least once");
     lat.sort();
+    let stages = median_stages(&stages);
     let kind = if a.three_tower {
         "three-tower"
     } else {
         "two-tower"
     };
     if a.json {
-        print_json(out, a, kind, &r, &lat)
+        print_json(out, a, kind, &r, (&lat, &stages))
     } else {
-        print_text(out, a, kind, &r, &lat)
+        print_text(out, a, kind, &r, (&lat, &stages))
     }
+}
+
+/// Each stage's median over the runs, in the order queries run them.
+fn median_stages(runs: &[Timings]) -> Vec<(&'static str, Duration)> {
+    let stage = |f: fn(&Timings) -> Duration| {
+        let mut v: Vec<Duration> = runs.iter().map(f).collect();
+        v.sort();
+        v[(v.len() - 1) / 2]
+    };
+    vec![
+        ("prepare", stage(|t| t.prepare)),
+        ("resolve", stage(|t| t.resolve)),
+        ("gather", stage(|t| t.gather)),
+        ("cross", stage(|t| t.cross)),
+        ("upper", stage(|t| t.upper)),
+        ("heads", stage(|t| t.heads)),
+        ("rescore", stage(|t| t.rescore)),
+        ("topk", stage(|t| t.topk)),
+        ("total", stage(|t| t.total)),
+    ]
+}
+
+/// Hit `i`'s feature log as JSON: each cross input by name (its values),
+/// and each head's logit by name.
+fn features_json(log: &vstore::FeatureLog, i: usize) -> Value {
+    let x = log.cross_input(i);
+    let mut o = 0;
+    let mut inputs = serde_json::Map::new();
+    for (name, w) in &log.inputs {
+        inputs.insert(name.clone(), json!(x[o..o + w]));
+        o += w;
+    }
+    let logits: serde_json::Map<String, Value> = (log.head_names.iter().cloned())
+        .zip(log.head_logits_of(i).iter().map(|&v| json!(v)))
+        .collect();
+    json!({"cross_inputs": inputs, "head_logits": logits})
 }
 
 /// `--fusion`: a JSON object given inline (it starts with `{`) or the
@@ -291,7 +338,7 @@ fn print_json(
     a: &QueryArgs,
     kind: &str,
     r: &vstore::QueryResult,
-    lat: &[Duration],
+    (lat, stages): (&[Duration], &[(&str, Duration)]),
 ) -> Result<()> {
     let pct = |p| pct(lat, p);
     let hits: Vec<Value> = r
@@ -310,7 +357,9 @@ fn print_json(
                     .collect();
                 o["heads"] = Value::Object(heads);
             }
-
+            if let Some(log) = &r.features {
+                o["features"] = features_json(log, i);
+            }
             o
         })
         .collect();
@@ -326,6 +375,9 @@ fn print_json(
             "filtered": r.filtered,
             "not_found": r.not_found,
             "non_finite": r.non_finite,
+            "over_budget": r.over_budget,
+            "over_budget_ids": r.over_budget_ids,
+            "multiply_adds": r.multiply_adds,
             "hits": hits,
             "latency_us": {
                 "runs": lat.len(),
@@ -333,6 +385,10 @@ fn print_json(
                 "p99": pct(99).as_secs_f64() * 1e6,
                 "min": lat[0].as_secs_f64() * 1e6,
             },
+            "stages_us": stages
+                .iter()
+                .map(|(n, d)| (n.to_string(), json!(d.as_secs_f64() * 1e6)))
+                .collect::<serde_json::Map<_, _>>(),
         }),
     )
 }
@@ -343,7 +399,7 @@ fn print_text(
     a: &QueryArgs,
     kind: &str,
     r: &vstore::QueryResult,
-    lat: &[Duration],
+    (lat, stages): (&[Duration], &[(&str, Duration)]),
 ) -> Result<()> {
     let pct = |p| pct(lat, p);
     let mut header = vec!["rank".to_string(), "id".into(), "score".into()];
@@ -359,6 +415,30 @@ fn print_text(
         t.row(row);
     }
     t.print(out, 0)?;
+    if let Some(log) = &r.features {
+        for (i, h) in r.hits.iter().enumerate() {
+            let x = log.cross_input(i);
+            let mut o = 0;
+            let mut parts = Vec::new();
+            for (name, w) in &log.inputs {
+                let v: Vec<String> = x[o..o + w].iter().map(|v| format!("{v:.6}")).collect();
+                parts.push(format!("{name}=[{}]", v.join(", ")));
+                o += w;
+            }
+            let logits: Vec<String> = (log.head_names.iter())
+                .zip(log.head_logits_of(i))
+                .map(|(n, v)| format!("{n}={v:.6}"))
+                .collect();
+            say!(
+                out,
+                "features of rank {} (id {}): {}; logits {}",
+                i + 1,
+                h.id,
+                parts.join(" "),
+                logits.join(" ")
+            );
+        }
+    }
     let shown_nf: Vec<String> = r.not_found.iter().take(10).map(u64::to_string).collect();
     say!(
         out,
@@ -387,6 +467,25 @@ fn print_text(
             if r.non_finite.len() > 10 { ", ..." } else { "" }
         );
     }
+    if r.over_budget > 0 {
+        let shown: Vec<String> = (r.over_budget_ids.iter().take(10))
+            .map(u64::to_string)
+            .collect();
+        say!(
+            out,
+            "over budget: {} candidate(s) not scored{}",
+            r.over_budget,
+            if shown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " [{}{}]",
+                    shown.join(", "),
+                    if r.over_budget > 10 { ", ..." } else { "" }
+                )
+            }
+        );
+    }
     if lat.len() == 1 {
         say!(out, "latency {}", dur(lat[0]));
     } else {
@@ -398,6 +497,11 @@ fn print_text(
             dur(pct(99)),
             dur(lat[0])
         );
+        let shown: Vec<String> = (stages.iter())
+            .filter(|(n, d)| *n != "total" && !d.is_zero())
+            .map(|(n, d)| format!("{n} {}", dur(*d)))
+            .collect();
+        say!(out, "stages (medians): {}", shown.join(", "));
     }
     Ok(())
 }
