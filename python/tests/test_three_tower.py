@@ -98,17 +98,22 @@ def test_three_tower_queries_match_the_numpy_reference(tmp_path, data):
             snap.query(key, np.array(q["user"], np.float32), None, 5, three_tower=inputs(q))
 
 
-def test_filters_batches_and_low_precision(tmp_path):
-    case = load("three_tower")
-    w, key = build(tmp_path / "s", case)
+def build_with_first_bundle(path, case, **add_model):
+    """The case's store with its first bundle added (`add_model` options)."""
+    w, key = build(path, case)
     bundle = DATA / "three_tower" / case["cases"][0]["bundle"]
     with w.begin() as tx:
         tx.add_model(
             (bundle / "model.json").read_text(),
             (bundle / "weights.safetensors").read_bytes(),
-            precision="bf16",
+            **add_model,
         )
-    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    return vstore.open(str(path)).snapshot(), key
+
+
+def test_filters_batches_and_low_precision(tmp_path):
+    case = load("three_tower")
+    snap, key = build_with_first_bundle(tmp_path / "s", case, precision="bf16")
     q = case["cases"][0]["queries"][0]
     user = np.array(q["user"], np.float32)
     ids = np.array(case["items"]["ids"], np.uint64)
@@ -185,14 +190,7 @@ def test_a_second_embedding_version(tmp_path):
 
 def test_timings_budget_feature_log_and_shared_batches(tmp_path):
     case = load("three_tower")
-    w, key = build(tmp_path / "s", case)
-    bundle = DATA / "three_tower" / case["cases"][0]["bundle"]
-    with w.begin() as tx:
-        tx.add_model(
-            (bundle / "model.json").read_text(),
-            (bundle / "weights.safetensors").read_bytes(),
-        )
-    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    snap, key = build_with_first_bundle(tmp_path / "s", case)
     q = case["cases"][0]["queries"][3]
     user = np.array(q["user"], np.float32)
     cands = np.array(q["candidates"], np.uint64)

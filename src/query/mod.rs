@@ -476,15 +476,7 @@ impl Snapshot {
                 let filters = (q.filter, &filters[..]);
                 self.score_candidates(&scorer, cands, filters, scratch, &mut result, shared)?;
             }
-            (Candidates::All, Scorer::Dot { .. }) => scan::scan_dot(
-                self.segments(),
-                &scorer,
-                &filters,
-                cap,
-                scratch,
-                &mut result,
-            ),
-            (Candidates::All, Scorer::Model { .. }) => scan::scan_model(
+            (Candidates::All, _) => scan::scan(
                 self.segments(),
                 &scorer,
                 &filters,

@@ -9,10 +9,25 @@ use std::time::Instant;
 /// Rows per block of a full scan.
 const SCAN_BLOCK: usize = 2048;
 
+/// A full scan with `scorer`: [`scan_dot`] or [`scan_model`].
+pub(super) fn scan(
+    segs: &[Segment],
+    scorer: &Scorer<'_, '_>,
+    filters: &[Option<Compiled<'_>>],
+    cap: Option<usize>,
+    scratch: &mut Scratch,
+    result: &mut QueryResult,
+) {
+    match scorer {
+        Scorer::Dot { .. } => scan_dot(segs, scorer, filters, cap, scratch, result),
+        Scorer::Model { .. } => scan_model(segs, scorer, filters, cap, scratch, result),
+    }
+}
+
 /// Scores every row with the inner-product kernel a block at a time,
 /// straight into the top-k; with a budget of `cap` items, the first `cap`
 /// live rows passing the filter, the rest counted in `over_budget`.
-pub(super) fn scan_dot(
+fn scan_dot(
     segs: &[Segment],
     scorer: &Scorer<'_, '_>,
     filters: &[Option<Compiled<'_>>],
@@ -77,7 +92,7 @@ pub(super) fn scan_dot(
 /// Gathers every row, then runs the model over them in one pass (rank
 /// fusion needs them all at once); with a budget of `cap` items, over the
 /// first `cap`, the rest counted in `over_budget`.
-pub(super) fn scan_model(
+fn scan_model(
     segs: &[Segment],
     scorer: &Scorer<'_, '_>,
     filters: &[Option<Compiled<'_>>],
