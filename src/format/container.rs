@@ -252,6 +252,16 @@ pub(crate) struct Container {
     pub version: u32,
     /// Set once every data chunk's checksum has been recomputed and matched.
     verified: std::sync::atomic::AtomicBool,
+    /// Held while the data checksums are recomputed by
+    /// [`Container::ensure_verified`], so that a query arriving while the
+    /// background prefault checks a file waits for that check instead of
+    /// repeating it.
+    verifying: parking_lot::Mutex<()>,
+    /// Set once a background prefault has faulted every page in (files
+    /// shared by a later snapshot are not prefaulted again).
+    pub(crate) prefaulted: std::sync::atomic::AtomicBool,
+    /// Set once the mapping is locked in memory (`OpenOptions::mlock`).
+    pub(crate) locked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Container {
@@ -524,6 +534,9 @@ impl Container {
             meta_offset,
             meta_crc,
             verified: std::sync::atomic::AtomicBool::new(false),
+            verifying: parking_lot::Mutex::new(()),
+            prefaulted: std::sync::atomic::AtomicBool::new(false),
+            locked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -568,10 +581,19 @@ impl Container {
     /// writer before it trusts or copies data bytes into a new file (whose
     /// fresh checksums would otherwise hide damage).
     pub(crate) fn ensure_verified(&self) -> Result<()> {
-        if self.verified.load(std::sync::atomic::Ordering::Acquire) {
+        if self.is_verified() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.verifying.lock();
+        if self.is_verified() {
             return Ok(());
         }
         self.verify_data()
+    }
+
+    /// Whether every data checksum has been recomputed and matched.
+    pub(crate) fn is_verified(&self) -> bool {
+        self.verified.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -621,6 +621,20 @@ impl Segment {
     }
 
     /// Every mapped file of this segment (for verification and listing).
+    /// This segment's files in the order a background prefault reads them:
+    /// what says which item each row is (id index, deletion bitmap; every
+    /// query checksums them first), then the embedding rows, then the
+    /// profile and statistics columns.
+    pub(crate) fn prefault_groups(&self) -> [Vec<&Arc<Container>>; 3] {
+        let mut identity = vec![&self.index];
+        identity.extend(self.deletes.as_ref().map(|(f, _, _)| f));
+        [
+            identity,
+            self.embeddings.iter().map(|e| &e.file).collect(),
+            vec![&self.profile.file, &self.stats.file],
+        ]
+    }
+
     pub(crate) fn files(&self) -> Vec<&Arc<Container>> {
         let mut v = vec![&self.index, &self.profile.file, &self.stats.file];
         v.extend(self.embeddings.iter().map(|e| &e.file));

@@ -12,6 +12,7 @@ use crate::format::meta::{Body, FileRef, ManifestMeta};
 use crate::format::names;
 use crate::model::Model;
 use crate::read::pins::Pin;
+use crate::read::prefault::{Prefault, PrefaultProgress};
 use crate::read::segment::Segment;
 use crate::read::snapshot::{Snapshot, VerifyReport};
 
@@ -19,17 +20,51 @@ use crate::read::snapshot::{Snapshot, VerifyReport};
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     populate: bool,
+    prefault: Prefault,
+    mlock: bool,
     verify: bool,
     /// Leave id directories to the first query (see `prepare_id_directory`).
     lazy_directory: bool,
 }
 
 impl OpenOptions {
-    /// Default options: no prefaulting (pages are read on first touch),
-    /// structure validated at pin, data checksums on demand, id directory
-    /// built at pin.
+    /// Default options: structure validated at pin, data checksums on
+    /// demand, and a background thread that faults in the pages queries
+    /// read and builds the id directory ([`Prefault::Background`]), so that
+    /// [`Store::open`] returns without reading the data.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether pages queries read are faulted in by a background thread
+    /// after [`Store::open`] and after each [`Store::refresh`] that pins a
+    /// new snapshot ([`Prefault::Background`], the default), or read from
+    /// the file when a query first touches them ([`Prefault::Off`]). The
+    /// background thread reads the id indexes and deletion bitmaps first
+    /// (and checksums them, which every query does before relying on them),
+    /// then builds the id directory of a snapshot of several segments,
+    /// then reads the embedding rows, precomputed rows and columns; it
+    /// leaves out what does not fit in the memory available, and stops once
+    /// nothing holds the snapshot. [`Store::prefault_progress`] tells how far
+    /// it got. With `Off`, [`OpenOptions::prepare_id_directory`] builds the
+    /// id directory before `open` returns, as before this option existed.
+    pub fn prefault(mut self, mode: Prefault) -> Self {
+        self.prefault = mode;
+        self
+    }
+
+    /// Lock the pinned snapshots' mapped files in memory (`mlock`), so that
+    /// the kernel never evicts a page a query has read: each page is locked
+    /// when it is first faulted in (`mlock2(MLOCK_ONFAULT)` on Linux), by
+    /// the background prefault or by a query, so `open` stays O(1). The
+    /// whole length of every file counts against `RLIMIT_MEMLOCK` (unless
+    /// the process has `CAP_IPC_LOCK`) the moment it is locked: a store that
+    /// does not fit is refused by [`Store::open`] (and a refresh to a
+    /// snapshot that does not fit, by [`Store::refresh`]) with
+    /// [`Error::Mlock`], naming the file, the bytes and the limit.
+    pub fn mlock(mut self, yes: bool) -> Self {
+        self.mlock = yes;
+        self
     }
 
     /// Prefault every mapped page at pin time (on Linux with
@@ -248,9 +283,7 @@ impl Store {
         let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
-        if !opts.lazy_directory {
-            first.prepare_id_directory()?;
-        }
+        guard(&first, &opts)?;
         Ok(Store {
             dir,
             key,
@@ -282,15 +315,26 @@ impl Store {
         }
         let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
         // Off the query path: the caller refreshes from its own thread.
-        if !self.opts.lazy_directory {
-            snap.prepare_id_directory()?;
-        }
+        guard(&snap, &self.opts)?;
         let mut w = self.current.write();
         if snap.number() > w.number() {
             *w = snap;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// How far the background prefault of the current snapshot has got
+    /// (see [`OpenOptions::prefault`]); `None` if none was started for it.
+    pub fn prefault_progress(&self) -> Option<PrefaultProgress> {
+        self.snapshot().prefault.get().map(|t| t.progress())
+    }
+
+    /// Waits until the background prefault of the current snapshot ends
+    /// and returns its progress; `None` at once if none was started for it.
+    pub fn wait_prefault(&self) -> Option<PrefaultProgress> {
+        let task = self.snapshot().prefault.get().cloned();
+        task.map(|t| t.wait())
     }
 
     /// Pins a specific (still retained) snapshot.
@@ -385,9 +429,7 @@ impl Store {
         let key = store_key(&dir)?;
         let files = Mutex::new(Cache::default());
         let snap = load(&dir, &key, &opts, &files, n)?;
-        if !opts.lazy_directory {
-            snap.prepare_id_directory()?;
-        }
+        guard(&snap, &opts)?;
         Ok(Store {
             dir,
             key,
@@ -397,6 +439,53 @@ impl Store {
             skipped: Mutex::new(Vec::new()),
         })
     }
+}
+
+/// What a store does with a snapshot it has just pinned for its readers,
+/// before handing it out: lock its files (`mlock`), and either start its
+/// background prefault (which builds the id directory) or build the id
+/// directory now.
+fn guard(snap: &Arc<Snapshot>, opts: &OpenOptions) -> Result<()> {
+    if opts.mlock {
+        lock(snap)?;
+    }
+    let directory = !opts.lazy_directory && snap.segments().len() > 1;
+    match opts.prefault {
+        Prefault::Background => {
+            if directory {
+                snap.directory_pending
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            let _ = snap
+                .prefault
+                .set(crate::read::prefault::start(snap, directory));
+        }
+        Prefault::Off => {
+            if !opts.lazy_directory {
+                snap.prepare_id_directory()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Locks every mapped file of `snap` not locked yet (see
+/// [`OpenOptions::mlock`]).
+fn lock(snap: &Snapshot) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    for c in snap.containers() {
+        if c.locked.load(Ordering::Acquire) {
+            continue;
+        }
+        crate::io::mmap::lock(&c.map).map_err(|source| Error::Mlock {
+            path: c.path.clone(),
+            bytes: c.len(),
+            limit: crate::io::mmap::memlock_limit(),
+            source,
+        })?;
+        c.locked.store(true, Ordering::Release);
+    }
+    Ok(())
 }
 
 /// The canonical path of store directory `dir` (the key its pins use),
@@ -523,6 +612,10 @@ fn load(
             return Ok(c);
         }
         let c = Arc::new(Container::open(&dir.join(&r.name), kind, opts.populate)?);
+        if opts.populate {
+            c.prefaulted
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         cache.insert(r.name.clone(), Arc::downgrade(&c));
         Ok(c)
     };
@@ -665,6 +758,8 @@ fn load(
         segments,
         _pin: pin,
         directory: std::sync::OnceLock::new(),
+        directory_pending: std::sync::atomic::AtomicBool::new(false),
+        prefault: std::sync::OnceLock::new(),
     };
     if opts.verify {
         snap.verify()?;
