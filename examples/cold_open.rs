@@ -4,11 +4,13 @@
 //!
 //! `cargo run --release --example cold_open -- [--rows 1000000] [--n 5000]
 //! [--queries 100] [--gaps 0,1] [--delays 0] [--runs 3] [--two-tower]
-//! [--pre f16] [--mlock] [--evict drop_caches|fadvise]`
+//! [--pre f16] [--segments S] [--mlock] [--evict drop_caches|fadvise]`
 //!
 //! Builds (once, under `target/vstore-bench/`) the three-tower benchmark
 //! store (`rows` items, `prerank@v1` at d = 64 in f16, the example bundle;
-//! `--pre f16` also stores its first-layer item part), then for each
+//! `--pre f16` also stores its first-layer item part; with `--segments S`
+//! instead the same items in S equal segments, `prerank@v42`, two-tower
+//! only, as `examples/ab_segments.rs` builds them), then for each
 //! prefault mode, each delay between the open and the first query and
 //! each gap between queries (milliseconds), `runs` times: drops the
 //! store's files from the page cache, opens the store, waits the delay,
@@ -53,7 +55,8 @@ fn main() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
-    let two_tower = flag("--two-tower");
+    let segments: usize = get("--segments").map_or(1, |s| s.parse().unwrap());
+    let two_tower = flag("--two-tower") || segments > 1;
     let mlock = flag("--mlock");
     let pre = get("--pre").map(|s| vstore::Dtype::parse(&s).unwrap());
     let drop_caches = std::path::Path::new("/proc/sys/vm/drop_caches");
@@ -64,8 +67,21 @@ fn main() {
             .is_ok();
         if writable { "drop_caches" } else { "fadvise" }.into()
     });
-    let dir = support::tt_store_dir(rows, pre);
-    drop(support::tt_store(rows, pre));
+    let (dir, key) = if segments > 1 {
+        let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("target/vstore-bench/segments-{rows}-{segments}"));
+        let off = OpenOptions::new().prefault(Prefault::Off);
+        let fine = Store::open_with(&d, off).is_ok_and(|s| {
+            s.snapshot().len() == rows && s.snapshot().segments().len() == segments
+        });
+        if !fine {
+            drop(support::segmented_store(&d, rows, segments));
+        }
+        (d, "prerank@v42")
+    } else {
+        drop(support::tt_store(rows, pre));
+        (support::tt_store_dir(rows, pre), support::TT_KEY)
+    };
     let bytes: u64 = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -80,7 +96,7 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".into());
     println!(
-        "store {} ({rows} items, {:.1} MiB), {} queries of n = {n} ({}), k = 500, eviction: {evict}, cpu: {cpu}, kernel level: {}",
+        "store {} ({rows} items in {segments} segment(s), {:.1} MiB), {} queries of n = {n} ({}), k = 500, eviction: {evict}, cpu: {cpu}, kernel level: {}",
         dir.display(),
         bytes as f64 / (1 << 20) as f64,
         count,
@@ -94,7 +110,7 @@ fn main() {
         let snap = store.snapshot();
         let mut lat = Vec::with_capacity(count);
         for q in 0..count {
-            let mut query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500);
+            let mut query = Query::ids(key, &users[q], &sets[q].0, 500);
             if !two_tower {
                 query = query.three_tower(&inputs[q]);
             }
