@@ -54,7 +54,10 @@ fn queries(rows: u64) -> Vec<(Vec<f32>, Vec<u64>)> {
         .collect()
 }
 
-fn answers(store: &Store, qs: &[(Vec<f32>, Vec<u64>)]) -> Vec<(Vec<(u64, u32)>, Vec<u64>)> {
+/// A query's hits (id, score bits) and the candidates not found.
+type Answer = (Vec<(u64, u32)>, Vec<u64>);
+
+fn answers(store: &Store, qs: &[(Vec<f32>, Vec<u64>)]) -> Vec<Answer> {
     let snap = store.snapshot();
     qs.iter()
         .map(|(user, cands)| {

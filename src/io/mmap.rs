@@ -128,6 +128,7 @@ pub(crate) fn memlock_limit() -> Option<u64> {
     // SAFETY: `getrlimit` writes one `rlimit` into the struct it is given,
     // which is a live local of that type.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is not `u64` on every unix
     (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
 }
 

@@ -112,7 +112,7 @@ impl PrefaultTask {
 
 /// Bytes faulted in between two checks that the snapshot is still held
 /// (one extent; see `io/extents.rs`).
-const CHUNK: usize = crate::io::extents::EXTENT as usize;
+const CHUNK: usize = crate::io::extents::EXTENT;
 
 /// A file to fault in, and whether to checksum it afterwards.
 struct Item {
