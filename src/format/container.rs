@@ -591,6 +591,27 @@ impl Container {
         self.verify_data()
     }
 
+    /// [`Container::ensure_verified`] that gives up (returning `Ok(false)`,
+    /// and leaving the file unverified) as soon as `go_on` says so; it is
+    /// asked between chunks. For the background prefault, which must let
+    /// go of a dropped store's files promptly.
+    pub(crate) fn ensure_verified_until(&self, go_on: &dyn Fn() -> bool) -> Result<bool> {
+        if self.is_verified() {
+            return Ok(true);
+        }
+        let _one_at_a_time = self.verifying.lock();
+        if self.is_verified() {
+            return Ok(true);
+        }
+        let head = &self.map[..self.meta_offset as usize];
+        if !verify_chunks_until(&self.path, head, &self.meta, go_on)? {
+            return Ok(false);
+        }
+        self.verified
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(true)
+    }
+
     /// Whether every data checksum has been recomputed and matched.
     pub(crate) fn is_verified(&self) -> bool {
         self.verified.load(std::sync::atomic::Ordering::Acquire)
@@ -599,12 +620,26 @@ impl Container {
 
 /// Checks the data chunks of `head` (the file's bytes up to `meta_offset`).
 pub(crate) fn verify_chunks(path: &Path, head: &[u8], meta: &FileMeta) -> Result<()> {
+    verify_chunks_until(path, head, meta, &|| true).map(|_| ())
+}
+
+/// [`verify_chunks`], asking `go_on` before each chunk; `Ok(false)` if it
+/// said to stop before every chunk was checked.
+fn verify_chunks_until(
+    path: &Path,
+    head: &[u8],
+    meta: &FileMeta,
+    go_on: &dyn Fn() -> bool,
+) -> Result<bool> {
     let data = &head[HEADER_LEN as usize..];
     for (i, (chunk, &want)) in data
         .chunks(meta.chunk_size as usize)
         .zip(meta.data_crcs.iter())
         .enumerate()
     {
+        if !go_on() {
+            return Ok(false);
+        }
         let got = crc32fast::hash(chunk);
         if got != want {
             let start = HEADER_LEN + i as u64 * meta.chunk_size as u64;
@@ -617,5 +652,5 @@ pub(crate) fn verify_chunks(path: &Path, head: &[u8], meta: &FileMeta) -> Result
             ));
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -22,8 +22,11 @@
 //! so that prefaulting a store larger than memory does not evict what the
 //! queries have just read; the id indexes and deletion bitmaps are always
 //! read. The thread holds the snapshot only weakly: once nothing else holds
-//! it (the store was dropped or has moved on to a newer snapshot, and no
-//! query pins it), the thread stops at the next chunk.
+//! it (the store has moved on to a newer snapshot, and no query pins it),
+//! the thread stops at the next chunk. Dropping the `Store` stops its
+//! threads and waits for them to let go (at most a chunk), so that the
+//! files only it held are unmapped when the drop returns, as without a
+//! prefault.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -76,6 +79,8 @@ pub(crate) struct PrefaultTask {
     progress: Mutex<PrefaultProgress>,
     ended: Condvar,
     started: Instant,
+    /// Set by the `Store` when it is dropped: the thread lets go at once.
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl PrefaultTask {
@@ -95,6 +100,19 @@ impl PrefaultTask {
             self.ended.wait(&mut p);
         }
         p.clone()
+    }
+
+    /// Stops the thread and waits until it has let go of every file (at
+    /// most one 2 MiB chunk, one 1 MiB checksum chunk or 64Ki directory
+    /// rows later), so that dropping a `Store` unmaps what only it held
+    /// before the drop returns, as it does without a prefault.
+    pub(crate) fn stop_and_wait(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wait();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
     }
 
     fn add(&self, bytes: u64) {
@@ -177,6 +195,7 @@ pub(crate) fn start(snap: &Arc<Snapshot>, directory: bool) -> Arc<PrefaultTask> 
         }),
         ended: Condvar::new(),
         started: Instant::now(),
+        stop: std::sync::atomic::AtomicBool::new(false),
     });
     let weak = Arc::downgrade(snap);
     let guard = Pending {
@@ -217,8 +236,12 @@ fn run(
         let Some(s) = snap.upgrade() else {
             return false;
         };
+        // Held here too: go on while someone else holds the snapshot.
+        let go_on = || !task.stopped() && Arc::strong_count(&s) > 1;
         // An error (a damaged id index) is the first query's to report.
-        let _ = s.directory();
+        if let Ok(false) = s.build_directory_until(&go_on) {
+            return false;
+        }
         s.directory_pending.store(false, Ordering::Release);
     }
     rest.iter().all(|item| fault_in(snap, item, task))
@@ -227,9 +250,10 @@ fn run(
 /// Faults `item`'s file in a chunk at a time while `snap` is held, then
 /// checksums it if asked. False if the snapshot (or the file) was dropped.
 fn fault_in(snap: &Weak<Snapshot>, item: &Item, task: &PrefaultTask) -> bool {
+    let go_on = || !task.stopped() && snap.strong_count() > 0;
     let mut off = 0;
     loop {
-        if snap.strong_count() == 0 {
+        if !go_on() {
             return false;
         }
         let Some(f) = item.file.upgrade() else {
@@ -240,7 +264,9 @@ fn fault_in(snap: &Weak<Snapshot>, item: &Item, task: &PrefaultTask) -> bool {
             f.prefaulted.store(true, Ordering::Release);
             if item.verify {
                 // Damage is the first query's to report (it checks again).
-                let _ = f.ensure_verified();
+                if let Ok(false) = f.ensure_verified_until(&go_on) {
+                    return false;
+                }
             }
             return true;
         }

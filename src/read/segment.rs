@@ -447,6 +447,18 @@ impl Segment {
         self.index.ensure_verified()
     }
 
+    /// [`Segment::ensure_identity_verified`] that gives up (`Ok(false)`)
+    /// as soon as `go_on` says so.
+    pub(crate) fn ensure_identity_verified_until(&self, go_on: &dyn Fn() -> bool) -> Result<bool> {
+        if !self.index.ensure_verified_until(go_on)? {
+            return Ok(false);
+        }
+        match &self.deletes {
+            Some((f, _, _)) => f.ensure_verified_until(go_on),
+            None => Ok(true),
+        }
+    }
+
     /// Recomputes (once per mapped file) the checksums of what says which
     /// item a row is: the id index and the deletion bitmap. Queries and
     /// checked lookups call it before they rely on either, so that a damaged

@@ -112,6 +112,21 @@ impl Snapshot {
         Ok(self.directory.get_or_init(|| built).as_ref())
     }
 
+    /// Builds the id directory unless `go_on` says to stop first (then
+    /// `Ok(false)`, and nothing is cached: a query builds it).
+    pub(crate) fn build_directory_until(&self, go_on: &dyn Fn() -> bool) -> Result<bool> {
+        if self.directory.get().is_some() {
+            return Ok(true);
+        }
+        match crate::read::directory::Directory::build_until(&self.segments, go_on)? {
+            Some(d) => {
+                let _ = self.directory.set(d);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// The id directory for a query: the built one; `None` while a
     /// background prefault is building it (the query then looks ids up
     /// segment by segment, with the same result); otherwise built now.

@@ -45,7 +45,10 @@ impl OpenOptions {
     /// then builds the id directory of a snapshot of several segments,
     /// then reads the embedding rows, precomputed rows and columns; it
     /// leaves out what does not fit in the memory available, and stops once
-    /// nothing holds the snapshot. [`Store::prefault_progress`] tells how far
+    /// nothing holds the snapshot or the store is dropped (the drop waits
+    /// for it to let go, at most a chunk). A damaged id index of a
+    /// snapshot of several segments is then refused by the first query
+    /// rather than by `open`. [`Store::prefault_progress`] tells how far
     /// it got. With `Off`, [`OpenOptions::prepare_id_directory`] builds the
     /// id directory before `open` returns, as before this option existed.
     pub fn prefault(mut self, mode: Prefault) -> Self {
@@ -134,6 +137,18 @@ pub struct Store {
     current: RwLock<Arc<Snapshot>>,
     files: Mutex<Cache>,
     skipped: Mutex<Vec<(String, String)>>,
+    /// The background prefaults this store started that may still run.
+    prefaults: Mutex<Vec<Arc<crate::read::prefault::PrefaultTask>>>,
+}
+
+impl Drop for Store {
+    /// Stops this store's background prefaults and waits until they have
+    /// let go of its files.
+    fn drop(&mut self) {
+        for t in self.prefaults.get_mut().drain(..) {
+            t.stop_and_wait();
+        }
+    }
 }
 
 /// What snapshots of one `Store` share: mapped files by name, and the
@@ -283,7 +298,7 @@ impl Store {
         let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
-        guard(&first, &opts)?;
+        let task = guard(&first, &opts)?;
         Ok(Store {
             dir,
             key,
@@ -291,6 +306,7 @@ impl Store {
             current: RwLock::new(first),
             files,
             skipped,
+            prefaults: Mutex::new(task.into_iter().collect()),
         })
     }
 
@@ -315,7 +331,11 @@ impl Store {
         }
         let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
         // Off the query path: the caller refreshes from its own thread.
-        guard(&snap, &self.opts)?;
+        if let Some(task) = guard(&snap, &self.opts)? {
+            let mut tasks = self.prefaults.lock();
+            tasks.retain(|t| !t.progress().finished);
+            tasks.push(task);
+        }
         let mut w = self.current.write();
         if snap.number() > w.number() {
             *w = snap;
@@ -429,7 +449,7 @@ impl Store {
         let key = store_key(&dir)?;
         let files = Mutex::new(Cache::default());
         let snap = load(&dir, &key, &opts, &files, n)?;
-        guard(&snap, &opts)?;
+        let task = guard(&snap, &opts)?;
         Ok(Store {
             dir,
             key,
@@ -437,6 +457,7 @@ impl Store {
             current: RwLock::new(snap),
             files,
             skipped: Mutex::new(Vec::new()),
+            prefaults: Mutex::new(task.into_iter().collect()),
         })
     }
 }
@@ -445,7 +466,10 @@ impl Store {
 /// before handing it out: lock its files (`mlock`), and either start its
 /// background prefault (which builds the id directory) or build the id
 /// directory now.
-fn guard(snap: &Arc<Snapshot>, opts: &OpenOptions) -> Result<()> {
+fn guard(
+    snap: &Arc<Snapshot>,
+    opts: &OpenOptions,
+) -> Result<Option<Arc<crate::read::prefault::PrefaultTask>>> {
     if opts.mlock {
         lock(snap)?;
     }
@@ -456,17 +480,17 @@ fn guard(snap: &Arc<Snapshot>, opts: &OpenOptions) -> Result<()> {
                 snap.directory_pending
                     .store(true, std::sync::atomic::Ordering::Release);
             }
-            let _ = snap
-                .prefault
-                .set(crate::read::prefault::start(snap, directory));
+            let task = crate::read::prefault::start(snap, directory);
+            let _ = snap.prefault.set(task.clone());
+            Ok(Some(task))
         }
         Prefault::Off => {
             if !opts.lazy_directory {
                 snap.prepare_id_directory()?;
             }
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Locks every mapped file of `snap` not locked yet (see
