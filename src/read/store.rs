@@ -286,7 +286,10 @@ fn check_manifest(path: &Path, m: &ManifestMeta, version: u32) -> Result<()> {
 }
 
 impl Store {
-    /// Opens the store in `dir` read-only and pins its newest snapshot.
+    /// Opens the store in `dir` read-only and pins its newest snapshot,
+    /// reading headers, footers, metadata and bundles only (its time does
+    /// not grow with the rows), then starts the snapshot's background
+    /// prefault ([`OpenOptions::prefault`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         Self::open_with(dir, OpenOptions::default())
     }
