@@ -1,6 +1,9 @@
 //! Open time and resident memory right after open, for stores of 100k, 1M
 //! and 10M rows (d = 64, f16, one segment). Open must not grow with rows:
 //! it maps files and validates headers, footers and metadata only.
+//! `open` is timed with the background prefault off and on (the default:
+//! it starts a thread; the store is dropped before the thread has read
+//! much, which it then stops); the resident memory is measured with it off.
 //!
 //! Stores are built once under `target/vstore-bench/` and reused.
 //! `VSTORE_BENCH_MAX_ROWS=1000000` skips the 10M store (it takes ~1.5 GB of
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use vstore::{Dtype, ItemBatch, Schema, Store, Writer};
+use vstore::{Dtype, ItemBatch, OpenOptions, Prefault, Schema, Store, Writer};
 
 const DIM: u32 = 64;
 
@@ -61,6 +64,10 @@ fn ensure_store(rows: usize) -> PathBuf {
     dir
 }
 
+fn off() -> OpenOptions {
+    OpenOptions::new().prefault(Prefault::Off)
+}
+
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = s
@@ -90,7 +97,7 @@ fn bench_open(c: &mut Criterion) {
         let mut deltas: Vec<u64> = (0..5)
             .map(|_| {
                 let before = rss_kib();
-                let s = Store::open(dir).unwrap();
+                let s = Store::open_with(dir, off()).unwrap();
                 let after = rss_kib();
                 black_box(&s);
                 after.saturating_sub(before)
@@ -106,9 +113,14 @@ fn bench_open(c: &mut Criterion) {
             bytes as f64 / (1 << 20) as f64,
             deltas[2]
         );
-        g.bench_with_input(BenchmarkId::from_parameter(rows), dir, |b, dir| {
-            b.iter(|| black_box(Store::open(dir).unwrap()))
+        g.bench_with_input(BenchmarkId::new("prefault_off", rows), dir, |b, dir| {
+            b.iter(|| black_box(Store::open_with(dir, off()).unwrap()))
         });
+        g.bench_with_input(
+            BenchmarkId::new("prefault_background", rows),
+            dir,
+            |b, dir| b.iter(|| black_box(Store::open(dir).unwrap())),
+        );
     }
     g.finish();
 }

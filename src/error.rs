@@ -25,6 +25,25 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Locking a store's mapped file in memory failed
+    /// ([`crate::OpenOptions::mlock`]); usually because the locked memory
+    /// would exceed the process's `RLIMIT_MEMLOCK`.
+    #[error(
+        "mlock {path} ({bytes} bytes): {source}; the process may lock {} (RLIMIT_MEMLOCK): raise it (`ulimit -l`, systemd's LimitMEMLOCK=), grant CAP_IPC_LOCK, or open without mlock",
+        match limit { Some(l) => format!("at most {l} bytes"), None => "without limit".to_string() }
+    )]
+    Mlock {
+        /// The file that could not be locked.
+        path: PathBuf,
+        /// Its length.
+        bytes: u64,
+        /// The soft `RLIMIT_MEMLOCK` in bytes (`None`: unlimited).
+        limit: Option<u64>,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A file's bytes are not what the format says they must be (bad magic,
     /// checksum mismatch, truncation, invalid metadata ...).
     #[error("corrupt file {path}: {what}")]
@@ -244,6 +263,7 @@ impl Error {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Error::Io { path, .. }
+            | Error::Mlock { path, .. }
             | Error::Corrupt { path, .. }
             | Error::UnsupportedFormat { path, .. }
             | Error::NotAStore { path, .. }

@@ -48,6 +48,7 @@ pub use query::bench_support;
 pub use query::filter::Filter;
 pub use query::{Budget, FeatureLog, Hit, Query, QueryResult, Scratch, Timings, MAX_CANDIDATES};
 pub use read::columns::{Column, EmbeddingColumn, Row};
+pub use read::prefault::{Prefault, PrefaultProgress};
 pub use read::segment::Segment;
 pub use read::snapshot::{ItemRef, Snapshot, VerifyReport};
 pub use read::store::{OpenOptions, Store};

@@ -68,7 +68,7 @@ fn err(e: vstore::Error) -> PyErr {
     use vstore::Error as E;
     let msg = e.to_string();
     match e {
-        E::Io { .. } => IoError::new_err(msg),
+        E::Io { .. } | E::Mlock { .. } => IoError::new_err(msg),
         E::Corrupt { .. } => CorruptError::new_err(msg),
         E::UnsupportedFormat { .. } => UnsupportedFormatError::new_err(msg),
         E::NotAStore { .. } => NotAStoreError::new_err(msg),
@@ -145,6 +145,41 @@ impl PyStore {
     fn path(&self) -> String {
         self.inner.dir().display().to_string()
     }
+
+    /// How far the background prefault of the current snapshot has got (a
+    /// dict: snapshot, bytes_total, bytes_done, bytes_skipped, finished,
+    /// stopped, seconds), or None if the store was opened with
+    /// `prefault="off"`.
+    fn prefault_progress<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.inner
+            .prefault_progress()
+            .map(|p| progress_dict(py, &p))
+            .transpose()
+    }
+
+    /// Waits (GIL released) until the background prefault of the current
+    /// snapshot ends; returns `prefault_progress()`.
+    fn wait_prefault<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        py.detach(|| self.inner.wait_prefault())
+            .map(|p| progress_dict(py, &p))
+            .transpose()
+    }
+}
+
+/// A `vstore::PrefaultProgress` as a dict.
+fn progress_dict<'py>(
+    py: Python<'py>,
+    p: &vstore::PrefaultProgress,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("snapshot", p.snapshot)?;
+    d.set_item("bytes_total", p.bytes_total)?;
+    d.set_item("bytes_done", p.bytes_done)?;
+    d.set_item("bytes_skipped", p.bytes_skipped)?;
+    d.set_item("finished", p.finished)?;
+    d.set_item("stopped", p.stopped)?;
+    d.set_item("seconds", p.elapsed.as_secs_f64())?;
+    Ok(d)
 }
 
 /// One immutable snapshot of a store.
@@ -791,10 +826,32 @@ fn check_bundle(
     Ok(bundle.key().to_string())
 }
 
-/// Opens the store at `path` for reading.
+/// Opens the store at `path` for reading. `prefault`: `"background"` (the
+/// default) faults the pages queries read in on a background thread after
+/// the open, `"off"` reads them when a query first touches them. `mlock`:
+/// lock the store's mapped files in memory (an `IoError` naming
+/// RLIMIT_MEMLOCK when they do not fit).
 #[pyfunction]
-fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<PyStore> {
-    let inner = py.detach(|| vstore::Store::open(&path)).map_err(err)?;
+#[pyo3(signature = (path, *, prefault = "background", mlock = false))]
+fn open(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    prefault: &str,
+    mlock: bool,
+) -> PyResult<PyStore> {
+    let mode = match prefault {
+        "background" => vstore::Prefault::Background,
+        "off" => vstore::Prefault::Off,
+        other => {
+            return Err(invalid(format!(
+                "prefault {other:?}: expected \"background\" or \"off\""
+            )))
+        }
+    };
+    let opts = vstore::OpenOptions::new().prefault(mode).mlock(mlock);
+    let inner = py
+        .detach(|| vstore::Store::open_with(&path, opts))
+        .map_err(err)?;
     Ok(PyStore { inner })
 }
 

@@ -1,7 +1,7 @@
 """Type stubs of the compiled module `vstore._vstore` (see src/lib.rs)."""
 
 from os import PathLike
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,11 @@ class QueryResult:
     filtered: npt.NDArray[np.uint64]
     scored: int
     non_finite: npt.NDArray[np.uint64]
+    over_budget: int
+    over_budget_ids: npt.NDArray[np.uint64]
+    multiply_adds: int
+    timings: dict[str, float]
+    features: Optional[dict[str, Any]]
     query_seconds: float
     def __len__(self) -> int: ...
 
@@ -77,12 +82,15 @@ class Snapshot:
         heads: bool = False,
         exact: bool = False,
         threads: int = 1,
+        max_items: Optional[int] = None,
+        max_multiply_adds: Optional[int] = None,
+        log_features: bool = False,
     ) -> QueryResult: ...
     def query_batch(
         self,
         version: str,
         users: npt.NDArray[np.float32],
-        candidates: Optional[Sequence[npt.NDArray[np.uint64]]],
+        candidates: Optional[Union[npt.NDArray[np.uint64], Sequence[npt.NDArray[np.uint64]]]],
         k: int,
         *,
         workers: int = 1,
@@ -92,6 +100,9 @@ class Snapshot:
         fusion: Optional[Union[str, Mapping[str, Any]]] = None,
         heads: bool = False,
         exact: bool = False,
+        max_items: Optional[int] = None,
+        max_multiply_adds: Optional[int] = None,
+        log_features: bool = False,
     ) -> list[QueryResult]: ...
     def inspect(self) -> dict[str, Any]: ...
 
@@ -101,8 +112,10 @@ class Store:
     def snapshot(self) -> Snapshot: ...
     def refresh(self) -> bool: ...
     def verify(self) -> dict[str, int]: ...
+    def prefault_progress(self) -> Optional[dict[str, Any]]: ...
+    def wait_prefault(self) -> Optional[dict[str, Any]]: ...
 
-def open(path: _Path) -> Store: ...
+def open(path: _Path, *, prefault: Literal["background", "off"] = "background", mlock: bool = False) -> Store: ...
 
 class Schema:
     def __init__(self) -> None: ...

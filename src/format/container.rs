@@ -252,6 +252,16 @@ pub(crate) struct Container {
     pub version: u32,
     /// Set once every data chunk's checksum has been recomputed and matched.
     verified: std::sync::atomic::AtomicBool,
+    /// Held while the data checksums are recomputed by
+    /// [`Container::ensure_verified`], so that a query arriving while the
+    /// background prefault checks a file waits for that check instead of
+    /// repeating it.
+    verifying: parking_lot::Mutex<()>,
+    /// Set once a background prefault has faulted every page in (files
+    /// shared by a later snapshot are not prefaulted again).
+    pub(crate) prefaulted: std::sync::atomic::AtomicBool,
+    /// Set once the mapping is locked in memory (`OpenOptions::mlock`).
+    pub(crate) locked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Container {
@@ -524,6 +534,9 @@ impl Container {
             meta_offset,
             meta_crc,
             verified: std::sync::atomic::AtomicBool::new(false),
+            verifying: parking_lot::Mutex::new(()),
+            prefaulted: std::sync::atomic::AtomicBool::new(false),
+            locked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -568,21 +581,65 @@ impl Container {
     /// writer before it trusts or copies data bytes into a new file (whose
     /// fresh checksums would otherwise hide damage).
     pub(crate) fn ensure_verified(&self) -> Result<()> {
-        if self.verified.load(std::sync::atomic::Ordering::Acquire) {
+        if self.is_verified() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.verifying.lock();
+        if self.is_verified() {
             return Ok(());
         }
         self.verify_data()
+    }
+
+    /// [`Container::ensure_verified`] that gives up (returning `Ok(false)`,
+    /// and leaving the file unverified) as soon as `go_on` says so; it is
+    /// asked between chunks. For the background prefault, which must let
+    /// go of a dropped store's files promptly.
+    pub(crate) fn ensure_verified_until(&self, go_on: &dyn Fn() -> bool) -> Result<bool> {
+        if self.is_verified() {
+            return Ok(true);
+        }
+        let _one_at_a_time = self.verifying.lock();
+        if self.is_verified() {
+            return Ok(true);
+        }
+        let head = &self.map[..self.meta_offset as usize];
+        if !verify_chunks_until(&self.path, head, &self.meta, go_on)? {
+            return Ok(false);
+        }
+        self.verified
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(true)
+    }
+
+    /// Whether every data checksum has been recomputed and matched.
+    pub(crate) fn is_verified(&self) -> bool {
+        self.verified.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
 /// Checks the data chunks of `head` (the file's bytes up to `meta_offset`).
 pub(crate) fn verify_chunks(path: &Path, head: &[u8], meta: &FileMeta) -> Result<()> {
+    verify_chunks_until(path, head, meta, &|| true).map(|_| ())
+}
+
+/// [`verify_chunks`], asking `go_on` before each chunk; `Ok(false)` if it
+/// said to stop before every chunk was checked.
+fn verify_chunks_until(
+    path: &Path,
+    head: &[u8],
+    meta: &FileMeta,
+    go_on: &dyn Fn() -> bool,
+) -> Result<bool> {
     let data = &head[HEADER_LEN as usize..];
     for (i, (chunk, &want)) in data
         .chunks(meta.chunk_size as usize)
         .zip(meta.data_crcs.iter())
         .enumerate()
     {
+        if !go_on() {
+            return Ok(false);
+        }
         let got = crc32fast::hash(chunk);
         if got != want {
             let start = HEADER_LEN + i as u64 * meta.chunk_size as u64;
@@ -595,5 +652,5 @@ pub(crate) fn verify_chunks(path: &Path, head: &[u8], meta: &FileMeta) -> Result
             ));
         }
     }
-    Ok(())
+    Ok(true)
 }

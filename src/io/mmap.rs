@@ -58,3 +58,122 @@ pub(crate) fn map_readonly(file: &File, path: &Path, len: u64, populate: bool) -
     }
     Ok(map)
 }
+
+/// Faults pages `off..off + len` of `map` into this process's page table,
+/// reading them from the file first if they are not cached: with
+/// `MADV_POPULATE_READ` on Linux 5.14+, else by reading one byte per page.
+/// Used by the background prefault (`read/prefault.rs`) a chunk at a time.
+pub(crate) fn populate_range(map: &Mmap, off: usize, len: usize) {
+    let end = off.saturating_add(len).min(map.len());
+    if off >= end {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if map
+        .advise_range(memmap2::Advice::PopulateRead, off, end - off)
+        .is_ok()
+    {
+        return;
+    }
+    let mut sum = 0u8;
+    for at in (off..end).step_by(PAGE) {
+        sum = sum.wrapping_add(map[at]);
+    }
+    std::hint::black_box(sum);
+}
+
+/// The page size assumed when touching pages one by one (the smallest on
+/// the supported targets; touching more often than needed is harmless).
+const PAGE: usize = 4096;
+
+/// Locks `map` in memory page by page as its pages are faulted in
+/// (`mlock2(MLOCK_ONFAULT)` on Linux: O(1) now, each page locked when a
+/// query or the background prefault first touches it; elsewhere `mlock`,
+/// which faults every page in now). The kernel checks the whole length
+/// against `RLIMIT_MEMLOCK` up front (unless the process has
+/// `CAP_IPC_LOCK`), so a store that does not fit fails here, not later.
+pub(crate) fn lock(map: &Mmap) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mlock2` only changes the locking attribute of the pages
+        // of this mapping, which lives as long as `map` (the range is
+        // exactly the mapping: its start and length). It reads or writes
+        // no memory of ours; unmapping the mapping later unlocks it.
+        let r = unsafe {
+            libc::mlock2(
+                map.as_ptr() as *const libc::c_void,
+                map.len(),
+                libc::MLOCK_ONFAULT,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        map.lock()
+    }
+}
+
+/// The soft `RLIMIT_MEMLOCK` of this process in bytes (`None`: unlimited
+/// or unknown), to name in the error when [`lock`] fails.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` into the struct it is given,
+    // which is a live local of that type.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is not `u64` on every unix
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
+}
+
+/// How many pages of `map` are resident in the page cache, and how many it
+/// has (`mincore`). For tests and measurements.
+pub(crate) fn resident_pages(map: &Mmap) -> std::io::Result<(usize, usize)> {
+    // SAFETY: `sysconf` reads a constant of the system.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(PAGE);
+    let pages = map.len().div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: the range is exactly the live mapping `map` (page-aligned
+    // start, as every mapping's), and `vec` has one byte per page of it,
+    // which is what `mincore` writes.
+    let r = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            vec.as_mut_ptr() as *mut _,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((vec.iter().filter(|&&b| b & 1 == 1).count(), pages))
+}
+
+/// Asks the kernel to drop `file`'s cached pages
+/// (`posix_fadvise(POSIX_FADV_DONTNEED)`): the portable way for a
+/// benchmark to start from a cold page cache without root. Pages that some
+/// process still maps stay cached.
+#[cfg(target_os = "linux")]
+pub(crate) fn evict_cached(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `posix_fadvise` takes a file descriptor, which `file` keeps
+    // open for the duration of the call, and touches no memory of ours.
+    let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Elsewhere there is no `posix_fadvise`: unsupported.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn evict_cached(_file: &File) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}

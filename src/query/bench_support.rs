@@ -176,3 +176,36 @@ pub fn item_tower_compute(
     tower.compute(&cols, 0, out);
     Ok(tower.flops_per_item())
 }
+
+/// Drops the page-cache copies of every regular file in store directory
+/// `dir` (`posix_fadvise(POSIX_FADV_DONTNEED)` on each; Linux only), so
+/// that the next open starts cold without root. Pages a live mapping (a
+/// `Store` not yet dropped, in any process) holds stay cached. Returns the
+/// number of files advised.
+pub fn evict_store_files(dir: &std::path::Path) -> Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let e = e.map_err(|e| Error::io("list", dir, e))?;
+        let path = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let f = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        crate::io::mmap::evict_cached(&f).map_err(|e| Error::io("posix_fadvise", &path, e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Pages of `snap`'s mapped files resident in the page cache (`mincore`),
+/// and how many pages they have, manifest and bundles included.
+pub fn resident_pages(snap: &Snapshot) -> Result<(usize, usize)> {
+    let (mut resident, mut total) = (0, 0);
+    for c in snap.containers() {
+        let (r, t) = crate::io::mmap::resident_pages(&c.map)
+            .map_err(|e| Error::io("mincore", &c.path, e))?;
+        resident += r;
+        total += t;
+    }
+    Ok((resident, total))
+}

@@ -79,7 +79,7 @@ impl Snapshot {
         let views: Vec<_> = segs.iter().map(|s| s.index_view()).collect();
         let deleted: Vec<_> = segs.iter().map(|s| s.deleted_words()).collect();
         let dir = if views.len() > 1 {
-            self.directory()?
+            self.directory_for_query()?
         } else {
             None
         };

@@ -61,11 +61,21 @@ impl Directory {
     /// A segment whose id index or deletion bitmap fails its checksums is
     /// the error (`Error::Corrupt` naming the file).
     pub(crate) fn build(segs: &[Segment]) -> Result<Option<Directory>> {
+        Ok(Self::build_until(segs, &|| true)?.flatten())
+    }
+
+    /// [`Directory::build`] that gives up (`Ok(None)`) as soon as `go_on`
+    /// says so (asked between checksum chunks and every 64Ki rows): for the
+    /// background prefault, which must let go of a dropped store promptly.
+    pub(crate) fn build_until(
+        segs: &[Segment],
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<Option<Option<Directory>>> {
         if segs.len() < 2
             || segs.len() >= EMPTY as usize
             || segs.iter().any(|s| s.rows() > u32::MAX as usize)
         {
-            return Ok(None);
+            return Ok(Some(None));
         }
         let mut largest = 0;
         for (i, s) in segs.iter().enumerate() {
@@ -76,8 +86,8 @@ impl Directory {
         let total: usize = segs.iter().map(|s| s.live_rows()).sum();
         let largest = (2 * segs[largest].live_rows() >= total).then_some(largest);
         for (i, s) in segs.iter().enumerate() {
-            if Some(i) != largest {
-                s.ensure_identity_verified()?;
+            if Some(i) != largest && !s.ensure_identity_verified_until(go_on)? {
+                return Ok(None);
             }
         }
         // Counted from the bitmaps this build reads (not from their
@@ -112,6 +122,9 @@ impl Directory {
             let ids = seg.ids();
             let deleted = seg.deleted_words();
             for (row, &id) in ids.iter().enumerate() {
+                if row % (1 << 16) == 0 && !go_on() {
+                    return Ok(None);
+                }
                 if let Some(&a) = ids.get(row + AHEAD) {
                     let p = &slots[home(a, n as u64) as usize] as *const Slot as *const u8;
                     crate::kernels::prefetch_line(p);
@@ -141,16 +154,16 @@ impl Directory {
                     }
                     d += 1;
                     if d as usize >= n {
-                        return Ok(None); // full: cannot happen (sized above)
+                        return Ok(Some(None)); // full: cannot happen (sized above)
                     }
                 }
             }
         }
-        Ok(Some(Directory {
+        Ok(Some(Some(Directory {
             largest,
             slots,
             max_probe,
-        }))
+        })))
     }
 
     /// The segment index and row of `id`'s live row, if it is in a segment

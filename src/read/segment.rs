@@ -447,6 +447,18 @@ impl Segment {
         self.index.ensure_verified()
     }
 
+    /// [`Segment::ensure_identity_verified`] that gives up (`Ok(false)`)
+    /// as soon as `go_on` says so.
+    pub(crate) fn ensure_identity_verified_until(&self, go_on: &dyn Fn() -> bool) -> Result<bool> {
+        if !self.index.ensure_verified_until(go_on)? {
+            return Ok(false);
+        }
+        match &self.deletes {
+            Some((f, _, _)) => f.ensure_verified_until(go_on),
+            None => Ok(true),
+        }
+    }
+
     /// Recomputes (once per mapped file) the checksums of what says which
     /// item a row is: the id index and the deletion bitmap. Queries and
     /// checked lookups call it before they rely on either, so that a damaged
@@ -621,6 +633,20 @@ impl Segment {
     }
 
     /// Every mapped file of this segment (for verification and listing).
+    /// This segment's files in the order a background prefault reads them:
+    /// what says which item each row is (id index, deletion bitmap; every
+    /// query checksums them first), then the embedding rows, then the
+    /// profile and statistics columns.
+    pub(crate) fn prefault_groups(&self) -> [Vec<&Arc<Container>>; 3] {
+        let mut identity = vec![&self.index];
+        identity.extend(self.deletes.as_ref().map(|(f, _, _)| f));
+        [
+            identity,
+            self.embeddings.iter().map(|e| &e.file).collect(),
+            vec![&self.profile.file, &self.stats.file],
+        ]
+    }
+
     pub(crate) fn files(&self) -> Vec<&Arc<Container>> {
         let mut v = vec![&self.index, &self.profile.file, &self.stats.file];
         v.extend(self.embeddings.iter().map(|e| &e.file));

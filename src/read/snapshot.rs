@@ -55,6 +55,12 @@ pub struct Snapshot {
     /// The id directory, built on first use (see `directory.rs`); `None`
     /// inside when this snapshot does not use one.
     pub(crate) directory: std::sync::OnceLock<Option<crate::read::directory::Directory>>,
+    /// Set while a background prefault is to build the id directory:
+    /// queries meanwhile look ids up segment by segment instead of
+    /// building it themselves (see `prefault.rs`).
+    pub(crate) directory_pending: std::sync::atomic::AtomicBool,
+    /// The background prefault of this snapshot, if one was started.
+    pub(crate) prefault: std::sync::OnceLock<Arc<crate::read::prefault::PrefaultTask>>,
 }
 
 impl Snapshot {
@@ -104,6 +110,37 @@ impl Snapshot {
         }
         let built = crate::read::directory::Directory::build(&self.segments)?;
         Ok(self.directory.get_or_init(|| built).as_ref())
+    }
+
+    /// Builds the id directory unless `go_on` says to stop first (then
+    /// `Ok(false)`, and nothing is cached: a query builds it).
+    pub(crate) fn build_directory_until(&self, go_on: &dyn Fn() -> bool) -> Result<bool> {
+        if self.directory.get().is_some() {
+            return Ok(true);
+        }
+        match crate::read::directory::Directory::build_until(&self.segments, go_on)? {
+            Some(d) => {
+                let _ = self.directory.set(d);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The id directory for a query: the built one; `None` while a
+    /// background prefault is building it (the query then looks ids up
+    /// segment by segment, with the same result); otherwise built now.
+    pub(crate) fn directory_for_query(&self) -> Result<Option<&crate::read::directory::Directory>> {
+        if let Some(d) = self.directory.get() {
+            return Ok(d.as_ref());
+        }
+        if self
+            .directory_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(None);
+        }
+        self.directory()
     }
 
     /// Checksums (once per mapped file) every segment's id index and
@@ -427,7 +464,7 @@ impl Snapshot {
             .collect()
     }
 
-    fn containers(&self) -> Vec<&Container> {
+    pub(crate) fn containers(&self) -> Vec<&Container> {
         let mut v: Vec<&Container> = vec![&self.manifest_file];
         for s in &self.segments {
             v.extend(s.files().into_iter().map(|f| &**f));

@@ -12,6 +12,7 @@ use crate::format::meta::{Body, FileRef, ManifestMeta};
 use crate::format::names;
 use crate::model::Model;
 use crate::read::pins::Pin;
+use crate::read::prefault::{Prefault, PrefaultProgress};
 use crate::read::segment::Segment;
 use crate::read::snapshot::{Snapshot, VerifyReport};
 
@@ -19,17 +20,54 @@ use crate::read::snapshot::{Snapshot, VerifyReport};
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     populate: bool,
+    prefault: Prefault,
+    mlock: bool,
     verify: bool,
     /// Leave id directories to the first query (see `prepare_id_directory`).
     lazy_directory: bool,
 }
 
 impl OpenOptions {
-    /// Default options: no prefaulting (pages are read on first touch),
-    /// structure validated at pin, data checksums on demand, id directory
-    /// built at pin.
+    /// Default options: structure validated at pin, data checksums on
+    /// demand, and a background thread that faults in the pages queries
+    /// read and builds the id directory ([`Prefault::Background`]), so that
+    /// [`Store::open`] returns without reading the data.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether pages queries read are faulted in by a background thread
+    /// after [`Store::open`] and after each [`Store::refresh`] that pins a
+    /// new snapshot ([`Prefault::Background`], the default), or read from
+    /// the file when a query first touches them ([`Prefault::Off`]). The
+    /// background thread reads the id indexes and deletion bitmaps first
+    /// (and checksums them, which every query does before relying on them),
+    /// then builds the id directory of a snapshot of several segments,
+    /// then reads the embedding rows, precomputed rows and columns; it
+    /// leaves out what does not fit in the memory available, and stops once
+    /// nothing holds the snapshot or the store is dropped (the drop waits
+    /// for it to let go, at most a chunk). A damaged id index of a
+    /// snapshot of several segments is then refused by the first query
+    /// rather than by `open`. [`Store::prefault_progress`] tells how far
+    /// it got. With `Off`, [`OpenOptions::prepare_id_directory`] builds the
+    /// id directory before `open` returns, as before this option existed.
+    pub fn prefault(mut self, mode: Prefault) -> Self {
+        self.prefault = mode;
+        self
+    }
+
+    /// Lock the pinned snapshots' mapped files in memory (`mlock`), so that
+    /// the kernel never evicts a page a query has read: each page is locked
+    /// when it is first faulted in (`mlock2(MLOCK_ONFAULT)` on Linux), by
+    /// the background prefault or by a query, so `open` stays O(1). The
+    /// whole length of every file counts against `RLIMIT_MEMLOCK` (unless
+    /// the process has `CAP_IPC_LOCK`) the moment it is locked: a store that
+    /// does not fit is refused by [`Store::open`] (and a refresh to a
+    /// snapshot that does not fit, by [`Store::refresh`]) with
+    /// [`Error::Mlock`], naming the file, the bytes and the limit.
+    pub fn mlock(mut self, yes: bool) -> Self {
+        self.mlock = yes;
+        self
     }
 
     /// Prefault every mapped page at pin time (on Linux with
@@ -99,6 +137,18 @@ pub struct Store {
     current: RwLock<Arc<Snapshot>>,
     files: Mutex<Cache>,
     skipped: Mutex<Vec<(String, String)>>,
+    /// The background prefaults this store started that may still run.
+    prefaults: Mutex<Vec<Arc<crate::read::prefault::PrefaultTask>>>,
+}
+
+impl Drop for Store {
+    /// Stops this store's background prefaults and waits until they have
+    /// let go of its files.
+    fn drop(&mut self) {
+        for t in self.prefaults.get_mut().drain(..) {
+            t.stop_and_wait();
+        }
+    }
 }
 
 /// What snapshots of one `Store` share: mapped files by name, and the
@@ -236,7 +286,10 @@ fn check_manifest(path: &Path, m: &ManifestMeta, version: u32) -> Result<()> {
 }
 
 impl Store {
-    /// Opens the store in `dir` read-only and pins its newest snapshot.
+    /// Opens the store in `dir` read-only and pins its newest snapshot,
+    /// reading headers, footers, metadata and bundles only (its time does
+    /// not grow with the rows), then starts the snapshot's background
+    /// prefault ([`OpenOptions::prefault`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         Self::open_with(dir, OpenOptions::default())
     }
@@ -248,9 +301,7 @@ impl Store {
         let files = Mutex::new(Cache::default());
         let skipped = Mutex::new(Vec::new());
         let first = load_newest(&dir, &key, &opts, &files, &skipped)?;
-        if !opts.lazy_directory {
-            first.prepare_id_directory()?;
-        }
+        let task = guard(&first, &opts)?;
         Ok(Store {
             dir,
             key,
@@ -258,6 +309,7 @@ impl Store {
             current: RwLock::new(first),
             files,
             skipped,
+            prefaults: Mutex::new(task.into_iter().collect()),
         })
     }
 
@@ -282,8 +334,10 @@ impl Store {
         }
         let snap = load_newest(&self.dir, &self.key, &self.opts, &self.files, &self.skipped)?;
         // Off the query path: the caller refreshes from its own thread.
-        if !self.opts.lazy_directory {
-            snap.prepare_id_directory()?;
+        if let Some(task) = guard(&snap, &self.opts)? {
+            let mut tasks = self.prefaults.lock();
+            tasks.retain(|t| !t.progress().finished);
+            tasks.push(task);
         }
         let mut w = self.current.write();
         if snap.number() > w.number() {
@@ -291,6 +345,19 @@ impl Store {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// How far the background prefault of the current snapshot has got
+    /// (see [`OpenOptions::prefault`]); `None` if none was started for it.
+    pub fn prefault_progress(&self) -> Option<PrefaultProgress> {
+        self.snapshot().prefault.get().map(|t| t.progress())
+    }
+
+    /// Waits until the background prefault of the current snapshot ends
+    /// and returns its progress; `None` at once if none was started for it.
+    pub fn wait_prefault(&self) -> Option<PrefaultProgress> {
+        let task = self.snapshot().prefault.get().cloned();
+        task.map(|t| t.wait())
     }
 
     /// Pins a specific (still retained) snapshot.
@@ -385,9 +452,7 @@ impl Store {
         let key = store_key(&dir)?;
         let files = Mutex::new(Cache::default());
         let snap = load(&dir, &key, &opts, &files, n)?;
-        if !opts.lazy_directory {
-            snap.prepare_id_directory()?;
-        }
+        let task = guard(&snap, &opts)?;
         Ok(Store {
             dir,
             key,
@@ -395,8 +460,59 @@ impl Store {
             current: RwLock::new(snap),
             files,
             skipped: Mutex::new(Vec::new()),
+            prefaults: Mutex::new(task.into_iter().collect()),
         })
     }
+}
+
+/// What a store does with a snapshot it has just pinned for its readers,
+/// before handing it out: lock its files (`mlock`), and either start its
+/// background prefault (which builds the id directory) or build the id
+/// directory now.
+fn guard(
+    snap: &Arc<Snapshot>,
+    opts: &OpenOptions,
+) -> Result<Option<Arc<crate::read::prefault::PrefaultTask>>> {
+    if opts.mlock {
+        lock(snap)?;
+    }
+    let directory = !opts.lazy_directory && snap.segments().len() > 1;
+    match opts.prefault {
+        Prefault::Background => {
+            if directory {
+                snap.directory_pending
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            let task = crate::read::prefault::start(snap, directory);
+            let _ = snap.prefault.set(task.clone());
+            Ok(Some(task))
+        }
+        Prefault::Off => {
+            if !opts.lazy_directory {
+                snap.prepare_id_directory()?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Locks every mapped file of `snap` not locked yet (see
+/// [`OpenOptions::mlock`]).
+fn lock(snap: &Snapshot) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    for c in snap.containers() {
+        if c.locked.load(Ordering::Acquire) {
+            continue;
+        }
+        crate::io::mmap::lock(&c.map).map_err(|source| Error::Mlock {
+            path: c.path.clone(),
+            bytes: c.len(),
+            limit: crate::io::mmap::memlock_limit(),
+            source,
+        })?;
+        c.locked.store(true, Ordering::Release);
+    }
+    Ok(())
 }
 
 /// The canonical path of store directory `dir` (the key its pins use),
@@ -523,6 +639,10 @@ fn load(
             return Ok(c);
         }
         let c = Arc::new(Container::open(&dir.join(&r.name), kind, opts.populate)?);
+        if opts.populate {
+            c.prefaulted
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         cache.insert(r.name.clone(), Arc::downgrade(&c));
         Ok(c)
     };
@@ -665,6 +785,8 @@ fn load(
         segments,
         _pin: pin,
         directory: std::sync::OnceLock::new(),
+        directory_pending: std::sync::atomic::AtomicBool::new(false),
+        prefault: std::sync::OnceLock::new(),
     };
     if opts.verify {
         snap.verify()?;

@@ -580,7 +580,10 @@ impl Writer {
 }
 
 /// How the writer pins its own snapshots: it rarely queries them, so it
-/// leaves their id directories to the first query.
+/// leaves their id directories to the first query and reads pages only
+/// when it needs them (no background prefault).
 pub(super) fn writer_open_options() -> crate::read::store::OpenOptions {
-    crate::read::store::OpenOptions::new().prepare_id_directory(false)
+    crate::read::store::OpenOptions::new()
+        .prepare_id_directory(false)
+        .prefault(crate::Prefault::Off)
 }

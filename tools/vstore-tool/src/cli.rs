@@ -431,9 +431,28 @@ pub struct QueryArgs {
     /// heads, top-k).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub repeat: u32,
+    /// Fault the store's pages in on a background thread after opening
+    /// (`background`, the library's default for serving) or read them as
+    /// the query touches them (`off`, the default for this one-shot
+    /// command).
+    #[arg(long, value_enum, default_value_t = PrefaultArg::Off)]
+    pub prefault: PrefaultArg,
+    /// Lock the store's mapped files in memory (mlock); refused naming
+    /// RLIMIT_MEMLOCK when the store does not fit under it.
+    #[arg(long)]
+    pub mlock: bool,
     /// JSON for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--prefault` values (`vstore::Prefault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrefaultArg {
+    /// Pages are read when a query touches them.
+    Off,
+    /// A background thread faults them in after the open.
+    Background,
 }
 
 /// `gc`.

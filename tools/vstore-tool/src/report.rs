@@ -217,7 +217,7 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
 /// reading no newer snapshot (see [`Store::open_at`]); a snapshot whose
 /// manifest is not there is a usage error listing those that are.
 pub fn open_store_at(store_dir: &std::path::Path, n: u64) -> Result<Store> {
-    Store::open_at(store_dir, n, vstore::OpenOptions::new()).map_err(|e| {
+    Store::open_at(store_dir, n, crate::cmd::one_shot()).map_err(|e| {
         let manifest = store_dir.join(format!("MANIFEST-{n:020}"));
         if e.is_not_found() && store_dir.is_dir() && !manifest.exists() {
             let mut held: Vec<u64> = std::fs::read_dir(store_dir)

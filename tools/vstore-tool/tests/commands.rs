@@ -205,6 +205,36 @@ fn two_tower_query_matches_brute_force() {
     assert!(t.contains(&format!("1  {}", want[0].1)), "{t}");
     assert!(t.contains("1 not found [17]"), "{t}");
     assert!(t.contains("latency over 5 runs"), "{t}");
+    // The same hits with the background prefault and the store locked in
+    // memory (or a refusal naming RLIMIT_MEMLOCK where it does not fit).
+    let base = [
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--candidates",
+        &d.p("c.txt"),
+        "-k",
+        "3",
+        "--json",
+    ];
+    let plain = json(&ok(&base));
+    let guarded = tool()
+        .args(base)
+        .args(["--prefault", "background", "--mlock"])
+        .output()
+        .unwrap();
+    if guarded.status.success() {
+        let g = json(&String::from_utf8_lossy(&guarded.stdout));
+        assert_eq!(g["hits"], plain["hits"]);
+    } else {
+        let e = String::from_utf8_lossy(&guarded.stderr);
+        assert!(e.contains("RLIMIT_MEMLOCK"), "{e}");
+    }
+    let e = usage_fails(&[&base[..], &["--prefault", "eager"]].concat());
+    assert!(e.contains("off") && e.contains("background"), "{e}");
     // Version skew and bad vectors are refused with names.
     let e = fails(&[
         "query",

@@ -240,7 +240,7 @@ pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
             dir.display()
         )));
     }
-    if Store::open(dir).is_ok() {
+    if Store::open_with(dir, super::one_shot()).is_ok() {
         return Err(ToolError::Refused(format!(
             "{} already holds a store; use add-items, add-embedding or update-stats to change it",
             dir.display()

@@ -16,9 +16,24 @@ pub mod verify;
 
 /// Opens the store at `path` read-only, telling standard error when a
 /// damaged manifest made it fall back to an older snapshot (the fallback
-/// is never silent).
+/// is never silent). Without a background prefault: a command reads only
+/// the pages it needs, and exits.
 pub fn open_store(path: &std::path::Path) -> vstore::Result<vstore::Store> {
-    let store = vstore::Store::open(path)?;
+    open_store_with(path, one_shot())
+}
+
+/// How the tool's commands open a store: they read what they need and
+/// exit, so no background prefault.
+pub fn one_shot() -> vstore::OpenOptions {
+    vstore::OpenOptions::new().prefault(vstore::Prefault::Off)
+}
+
+/// [`open_store`] with explicit options.
+pub fn open_store_with(
+    path: &std::path::Path,
+    opts: vstore::OpenOptions,
+) -> vstore::Result<vstore::Store> {
+    let store = vstore::Store::open_with(path, opts)?;
     for (m, why) in store.skipped_manifests() {
         eprintln!(
             "warning: {m} is damaged and was skipped; reading the older snapshot {} instead ({why})",

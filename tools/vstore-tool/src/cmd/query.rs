@@ -215,7 +215,12 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
             None => f,
         });
     }
-    let store = super::open_store(&a.store)?;
+    let prefault = match a.prefault {
+        crate::cli::PrefaultArg::Off => vstore::Prefault::Off,
+        crate::cli::PrefaultArg::Background => vstore::Prefault::Background,
+    };
+    let opts = vstore::OpenOptions::new().prefault(prefault).mlock(a.mlock);
+    let store = super::open_store_with(&a.store, opts)?;
     let snap = store.snapshot();
     let mut q = if a.all {
         Query::full_scan(&a.embedding, &user, a.k as usize)
