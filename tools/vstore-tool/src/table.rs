@@ -257,7 +257,7 @@ fn read_csv(path: &Path, bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Cs
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
-        .from_reader(&bytes[..]);
+        .from_reader(bytes);
     let all: Vec<String> = r
         .headers()
         .map_err(|e| csv_err(path, e))?
