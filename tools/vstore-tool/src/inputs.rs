@@ -351,8 +351,8 @@ pub fn resolve_existing(
 
 /// Adds the resolved columns of `table` to `batch`, placing each table row
 /// at its id's position in the batch's ids (ids absent from the table get
-/// missing values). A table row whose id is not among `ids` is an error naming
-/// the row: silently dropping input would lose data.
+/// missing values). A table row whose id is not among them is an error
+/// naming the row: silently dropping input would lose data.
 pub fn add_table_columns(
     mut batch: ItemBatch,
     ids_source: &Path,
