@@ -10,7 +10,11 @@ secs="${1:-30}"
 # stateful: transactions, GC, refreshes and queries with injected I/O
 # faults, checked against a model (its corpus starts empty). bundle:
 # model.json + weights.safetensors validation, seeded from the parity
-# tests' bundles (v1, v2 and item towers).
+# tests' bundles (v1, v2 and item towers). npy, csv, parquet: vstore-tool's
+# input readers (.npy embeddings/ids/vectors, mapped and in memory; CSV and
+# Parquet item tables), seeded from fuzz/seeds (fuzz/seeds/gen.py) and the
+# tool's test data (numpy, pandas, Spark and polars files); a third of the
+# time each (10 s at the default).
 mkdir -p corpus/bundle
 for b in ../tests/data/three_tower/bundle_* ../tests/data/three_tower_v2/bundle_* ../tests/data/item_tower/bundle_*; do
     j="$b/model.json"; w="$b/weights.safetensors"
@@ -21,6 +25,17 @@ for b in ../tests/data/three_tower/bundle_* ../tests/data/three_tower_v2/bundle_
     { printf "$le"; cat "$j" "$w"; } > "corpus/bundle/seed-$(basename "$(dirname "$b")")-$(basename "$b")"
 done
 cargo +nightly fuzz run bundle corpus/bundle -- -max_total_time="$secs" -max_len=65536
+input_secs=$(( secs / 3 > 5 ? secs / 3 : 5 ))
+tool_data=../tools/vstore-tool/tests/data
+for pair in npy:'*.npy' csv:'*.csv' parquet:'*.parquet'; do
+    t="${pair%%:*}"; pat="${pair#*:}"
+    mkdir -p "corpus/$t"
+    cp seeds/"$t"/* "corpus/$t/"
+    for f in "$tool_data"/*/$pat; do
+        if [ -e "$f" ]; then cp "$f" "corpus/$t/$(basename "$(dirname "$f")")-$(basename "$f")"; fi
+    done
+    cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$input_secs" -max_len=65536
+done
 # The golden stores: one per format version (every version a reader must
 # still read), the newest last. Seeds are named by version, since the
 # versions' file names are the same.

@@ -25,8 +25,31 @@ fn file_ref(path: &Path, w: crate::format::container::Written) -> FileRef {
     }
 }
 
-fn le_bytes_u64(v: &[u64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// Writes `words` as one block of little-endian bytes, a bounded piece at
+/// a time (the same bytes as writing them whole): a large segment's id
+/// index, id table and scalar columns are never copied whole into a byte
+/// buffer beside the words themselves.
+fn block_le<T: Copy, const N: usize>(
+    w: &mut ContainerWriter,
+    words: &[T],
+    le: impl Fn(T) -> [u8; N],
+) -> Result<crate::format::meta::Extent> {
+    const PIECE: usize = 64 << 10;
+    let offset = w.begin_block()?;
+    let mut buf = Vec::with_capacity(PIECE.min(words.len() * N));
+    for piece in words.chunks(PIECE / N) {
+        buf.clear();
+        buf.extend(piece.iter().flat_map(|&x| le(x)));
+        w.data(&buf)?;
+    }
+    Ok(crate::format::meta::Extent {
+        offset,
+        len: (words.len() * N) as u64,
+    })
+}
+
+fn block_u64(w: &mut ContainerWriter, words: &[u64]) -> Result<crate::format::meta::Extent> {
+    block_le(w, words, u64::to_le_bytes)
 }
 
 /// Writes the id index of a segment; `ids` must be unique.
@@ -38,12 +61,10 @@ pub(crate) fn write_id_index(
 ) -> Result<FileRef> {
     let (table, max_probe) = idindex::build(ids);
     let mut w = ContainerWriter::create(fs, path, Kind::IdIndex)?;
-    let ids_ext = w.block(&le_bytes_u64(ids))?;
-    let flat: Vec<u64> = table.iter().flat_map(|s| [s[0], s[1]]).collect();
-    let table_ext = w.block(&le_bytes_u64(&flat))?;
+    let ids_ext = block_u64(&mut w, ids)?;
+    let table_ext = block_u64(&mut w, table.as_flattened())?;
     let bloom = idindex::build_bloom(ids);
-    let words: Vec<u64> = bloom.iter().flatten().copied().collect();
-    let bloom_ext = w.block(&le_bytes_u64(&words))?;
+    let bloom_ext = block_u64(&mut w, bloom.as_flattened())?;
     let written = w.finish(Body::IdIndex(IdIndexMeta {
         segment,
         rows: ids.len() as u64,
@@ -90,10 +111,9 @@ pub(crate) fn write_scalar_group(
     let mut blocks = Vec::with_capacity(columns.len());
     for c in columns {
         debug_assert_eq!(c.values.len() as u64, rows);
-        let bytes: Vec<u8> = c.values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let values = w.block(&bytes)?;
+        let values = block_le(&mut w, &c.values, u32::to_le_bytes)?;
         let missing = match &c.missing {
-            Some(m) if m.iter().any(|&w| w != 0) => Some(w.block(&le_bytes_u64(m))?),
+            Some(m) if m.iter().any(|&w| w != 0) => Some(block_u64(&mut w, m)?),
             _ => None,
         };
         blocks.push(ColumnBlock {
@@ -289,7 +309,7 @@ fn write_vectors(
     let computed = match computed {
         Some(m) if computed_count > 0 => {
             debug_assert_eq!(m.len() as u64, rows.div_ceil(64));
-            Some(w.block(&le_bytes_u64(m))?)
+            Some(block_u64(&mut w, m)?)
         }
         _ => None,
     };
@@ -318,7 +338,7 @@ pub(crate) fn write_deletes(
 ) -> Result<FileRef> {
     let deleted = bitmap.iter().map(|w| w.count_ones() as u64).sum();
     let mut w = ContainerWriter::create(fs, path, Kind::Deletes)?;
-    let ext = w.block(&le_bytes_u64(bitmap))?;
+    let ext = block_u64(&mut w, bitmap)?;
     let written = w.finish(Body::Deletes(DeletesMeta {
         segment,
         rows,

@@ -350,17 +350,21 @@ pub fn resolve_existing(
 }
 
 /// Adds the resolved columns of `table` to `batch`, placing each table row
-/// at its id's position in `ids` (ids absent from the table get missing
-/// values). A table row whose id is not among `ids` is an error naming
-/// the row: silently dropping input would lose data.
+/// at its id's position in the batch's ids (ids absent from the table get
+/// missing values). A table row whose id is not among them is an error
+/// naming the row: silently dropping input would lose data.
 pub fn add_table_columns(
     mut batch: ItemBatch,
     ids_source: &Path,
-    ids: &[u64],
     table: &Table,
     cols: &[ResolvedColumn],
 ) -> Result<ItemBatch> {
-    let pos: HashMap<u64, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let pos: HashMap<u64, usize> = batch
+        .ids()
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
     let mut at = Vec::with_capacity(table.ids.len());
     for (r, id) in table.ids.iter().enumerate() {
         match pos.get(id) {
@@ -377,8 +381,9 @@ pub fn add_table_columns(
             }
         }
     }
+    drop(pos);
+    let n = batch.len();
     for (c, rc) in table.columns.iter().zip(cols) {
-        let n = ids.len();
         match rc.kind {
             Kind::Categorical => {
                 let mut v: Vec<Option<u32>> = vec![None; n];

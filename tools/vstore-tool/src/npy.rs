@@ -4,9 +4,33 @@
 //! `npyz` parses the header (every header version, any dtype string); the
 //! payload is decoded here, after checking that the file holds exactly the
 //! bytes the header's shape needs (so a truncated file is named as such).
+//!
+//! # Mapped, and decoded a slice at a time
+//!
+//! A regular file is mapped read-only, not read into memory: the header is
+//! parsed from the mapping and the payload is decoded from it
+//! 8 MiB at a time straight into the one buffer the library is
+//! handed (`vstore::ItemBatch` owns a `Vec<f32>`, so that copy is the only
+//! one). Each slice's pages are given back to the kernel once it is
+//! decoded, so building from a 2.56 GB float32 file holds about one copy
+//! of the vectors, not the file's bytes plus their decoded copy.
+//! Float16, float64, big-endian and Fortran-order files take the same path
+//! (converted, or placed in C order, slice by slice). Anything that is not
+//! a regular file (a pipe, `/dev/stdin`) is read into memory instead.
+//!
+//! The input file must not shrink while it is read: a program that
+//! truncates or rewrites it during those seconds makes the read fault
+//! (SIGBUS on Linux) instead of failing with a message. It is the user's
+//! own file, read once; copy it first if another program may rewrite it
+//! meanwhile. [`matrix_from_bytes`], [`ids_from_bytes`] and
+//! [`vector_from_bytes`] decode bytes already in memory (the fuzz targets
+//! use them).
 
+use std::ops::Range;
 use std::path::Path;
 
+use indicatif::ProgressBar;
+use memmap2::Mmap;
 use npyz::{DType, Endianness, NpyFile, Order, TypeChar};
 
 use crate::error::{Result, ToolError};
@@ -34,12 +58,84 @@ struct Raw<'a> {
     big_endian: bool,
     shape: Vec<usize>,
     fortran: bool,
+    /// The payload: the file's last bytes, exactly as many as the shape needs.
     data: &'a [u8],
+    /// Where `data` starts in the file.
+    offset: usize,
     descr: String,
 }
 
-fn read_file(path: &Path, progress: &Progress) -> Result<Vec<u8>> {
-    progress.read_file(path)
+/// Payload bytes decoded per step (a multiple of every element size):
+/// 8 MiB, or 64 bytes in unit tests so that small arrays cross slices.
+const SLICE: usize = if cfg!(test) { 64 } else { 8 << 20 };
+
+/// A `.npy` file's bytes: mapped (a regular file) or read (anything else).
+enum FileBytes {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> Result<FileBytes> {
+        let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
+        let meta = f.metadata().map_err(|e| ToolError::io("stat", path, e))?;
+        if !meta.is_file() || meta.len() == 0 {
+            // A pipe cannot be mapped, and an empty file need not be.
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut v)
+                .map_err(|e| ToolError::io("read", path, e))?;
+            return Ok(FileBytes::Read(v));
+        }
+        // SAFETY: the mapping is read-only and private to this function's
+        // caller, which reads it once and drops it. Its length is the
+        // file's length as just read from fstat, and every offset used is
+        // checked against the mapping's length. The file is the user's
+        // input: if another program truncates it while it is mapped, a
+        // read past the new end faults (SIGBUS); the module docs say so,
+        // and copying the file first is the remedy. No Rust reference
+        // outlives a change of its contents, since nothing here writes.
+        let map = unsafe { memmap2::MmapOptions::new().map(&f) }
+            .map_err(|e| ToolError::io("map", path, e))?;
+        #[cfg(unix)]
+        {
+            // Advice only: read ahead, since the payload is read in order.
+            let _ = map.advise(memmap2::Advice::Sequential);
+        }
+        Ok(FileBytes::Mapped(map))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+
+    /// Gives back the pages of `range` (decoded already), so that they
+    /// stop counting in the process's resident memory.
+    fn done(&self, range: Range<usize>) {
+        #[cfg(unix)]
+        if let FileBytes::Mapped(m) = self {
+            if range.start < range.end && range.end <= m.len() {
+                // SAFETY: the mapping is a shared, read-only mapping of a
+                // file (`Mmap::map`), so MADV_DONTNEED only drops its page
+                // table entries: a later read of the range faults the same
+                // file pages back in and sees the same bytes (there are no
+                // private copy-on-write pages whose contents it could
+                // discard). The range lies within the mapping (checked
+                // above; the start is rounded down to a page by memmap2).
+                let _ = unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        range.start,
+                        range.end - range.start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
 }
 
 /// numpy's own limit on header size (`max_header_size`, numpy >= 1.24).
@@ -171,6 +267,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Raw<'a>> {
         big_endian: ts.endianness() == Endianness::Big,
         shape,
         fortran,
+        offset: bytes.len() - data.len(),
         data,
         descr,
     })
@@ -190,56 +287,143 @@ macro_rules! decode {
     }};
 }
 
-fn floats(raw: &Raw<'_>, path: &Path) -> Result<Vec<f32>> {
-    let be = raw.big_endian;
-    let v: Vec<f32> = match raw.elem {
-        Elem::Float(4) => decode!(raw.data, f32, be).collect(),
-        Elem::Float(2) => decode!(raw.data, u16, be)
-            .map(|b| half::f16::from_bits(b).to_f32())
-            .collect(),
-        Elem::Float(8) => {
-            let v: Vec<f64> = decode!(raw.data, f64, be).collect();
-            if let Some(i) = v
-                .iter()
-                .position(|x| x.is_finite() && !(*x as f32).is_finite())
-            {
-                return Err(ToolError::input(
-                    path,
-                    format!("value {} at flat index {i} does not fit in float32", v[i]),
-                ));
-            }
-            v.into_iter().map(|x| x as f32).collect()
-        }
-        _ => {
-            return Err(ToolError::input(
-                path,
-                format!(
-                    "dtype {} where float32 or float16 vectors are expected (e.g. arr.astype(np.float32))",
-                    raw.descr
-                ),
-            ))
-        }
-    };
-    Ok(v)
+/// Where decoding reports progress: the file's pages of each decoded byte
+/// range are given back, and the bar moves.
+struct Sink<'a> {
+    file: Option<&'a FileBytes>,
+    bar: ProgressBar,
 }
 
-/// C-order values of a 2-D Fortran-order array.
-fn to_c_order<T: Copy>(v: Vec<T>, shape: &[usize]) -> Vec<T> {
-    let (rows, cols) = (shape[0], shape[1]);
-    let mut out = Vec::with_capacity(v.len());
-    for r in 0..rows {
-        for c in 0..cols {
-            out.push(v[c * rows + r]);
+impl Sink<'_> {
+    fn none() -> Sink<'static> {
+        Sink {
+            file: None,
+            bar: ProgressBar::hidden(),
         }
     }
-    out
+
+    fn done(&self, range: Range<usize>) {
+        self.bar.inc((range.end - range.start) as u64);
+        if let Some(f) = self.file {
+            f.done(range);
+        }
+    }
+}
+
+fn dtype_not_float(raw: &Raw<'_>, path: &Path) -> ToolError {
+    ToolError::input(
+        path,
+        format!(
+            "dtype {} where float32 or float16 vectors are expected (e.g. arr.astype(np.float32))",
+            raw.descr
+        ),
+    )
+}
+
+/// Appends the values of `bytes` (whole elements of `raw`'s float dtype,
+/// the first at flat index `first` in file order) to `out` as f32.
+fn decode_floats(
+    raw: &Raw<'_>,
+    path: &Path,
+    bytes: &[u8],
+    first: usize,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let be = raw.big_endian;
+    match raw.elem {
+        Elem::Float(4) => out.extend(decode!(bytes, f32, be)),
+        Elem::Float(2) => {
+            out.extend(decode!(bytes, u16, be).map(|b| half::f16::from_bits(b).to_f32()))
+        }
+        Elem::Float(8) => {
+            for (j, x) in decode!(bytes, f64, be).enumerate() {
+                if x.is_finite() && !(x as f32).is_finite() {
+                    return Err(ToolError::input(
+                        path,
+                        format!(
+                            "value {x} at flat index {} does not fit in float32",
+                            first + j
+                        ),
+                    ));
+                }
+                out.push(x as f32);
+            }
+        }
+        _ => return Err(dtype_not_float(raw, path)),
+    }
+    Ok(())
+}
+
+/// The float payload of `raw` as f32 in C (row-major) order, decoded
+/// [`SLICE`] bytes at a time; a 2-D Fortran-order array is placed in C
+/// order as its columns are read.
+fn floats(raw: &Raw<'_>, path: &Path, sink: &Sink<'_>) -> Result<Vec<f32>> {
+    let size = match raw.elem {
+        Elem::Float(s @ (2 | 4 | 8)) => s,
+        _ => return Err(dtype_not_float(raw, path)),
+    };
+    let n = raw.data.len() / size;
+    let at = |k: usize, len: usize| raw.offset + k..raw.offset + k + len;
+    if !(raw.fortran && raw.shape.len() == 2) {
+        let mut out = Vec::with_capacity(n);
+        for (k, bytes) in raw.data.chunks(SLICE).enumerate() {
+            decode_floats(raw, path, bytes, k * SLICE / size, &mut out)?;
+            sink.done(at(k * SLICE, bytes.len()));
+        }
+        return Ok(out);
+    }
+    // Fortran order: columns stored one after another.
+    let (rows, cols) = (raw.shape[0], raw.shape[1]);
+    let mut out = vec![0f32; n];
+    let mut tmp = Vec::with_capacity(SLICE / size);
+    for c in 0..cols {
+        let col_at = c * rows * size;
+        let col = &raw.data[col_at..col_at + rows * size];
+        for (k, bytes) in col.chunks(SLICE).enumerate() {
+            let r0 = k * SLICE / size;
+            tmp.clear();
+            decode_floats(raw, path, bytes, c * rows + r0, &mut tmp)?;
+            for (j, &x) in tmp.iter().enumerate() {
+                out[(r0 + j) * cols + c] = x;
+            }
+            sink.done(at(col_at + k * SLICE, bytes.len()));
+        }
+    }
+    Ok(out)
+}
+
+/// Maps `path` and parses its header; the sink gives back decoded pages
+/// and shows a bar for a large payload.
+fn open<'a>(path: &Path, file: &'a FileBytes, progress: &Progress) -> Result<(Raw<'a>, Sink<'a>)> {
+    let raw = parse(path, file.bytes())?;
+    let bar = progress.file_bar(path, raw.data.len() as u64);
+    Ok((
+        raw,
+        Sink {
+            file: Some(file),
+            bar,
+        },
+    ))
 }
 
 /// Reads a 2-D float array of `rows x dim` vectors (float32, float16 or
-/// float64, converted to f32). Every value must be finite.
+/// float64, converted to f32). Every value must be finite. The file is
+/// mapped and decoded a slice at a time (see the module docs).
 pub fn read_matrix(path: &Path, progress: &Progress) -> Result<Array<f32>> {
-    let bytes = read_file(path, progress)?;
-    let raw = parse(path, &bytes)?;
+    let file = FileBytes::open(path)?;
+    let (raw, sink) = open(path, &file, progress)?;
+    let a = matrix(path, raw, &sink);
+    sink.bar.finish_and_clear();
+    a
+}
+
+/// [`read_matrix`] of a file's bytes already in memory; `path` only names
+/// it in messages.
+pub fn matrix_from_bytes(path: &Path, bytes: &[u8]) -> Result<Array<f32>> {
+    matrix(path, parse(path, bytes)?, &Sink::none())
+}
+
+fn matrix(path: &Path, raw: Raw<'_>, sink: &Sink<'_>) -> Result<Array<f32>> {
     if raw.shape.len() != 2 {
         return Err(ToolError::input(
             path,
@@ -253,10 +437,7 @@ pub fn read_matrix(path: &Path, progress: &Progress) -> Result<Array<f32>> {
     if dim == 0 {
         return Err(ToolError::input(path, "vectors of dimension 0"));
     }
-    let mut values = floats(&raw, path)?;
-    if raw.fortran {
-        values = to_c_order(values, &raw.shape);
-    }
+    let values = floats(&raw, path, sink)?;
     if let Some(i) = values.iter().position(|x| !x.is_finite()) {
         return Err(ToolError::input(
             path,
@@ -276,8 +457,18 @@ pub fn read_matrix(path: &Path, progress: &Progress) -> Result<Array<f32>> {
 
 /// Reads one float vector (shape `(d,)` or `(1, d)`), finite values only.
 pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
-    let raw = parse(path, &bytes)?;
+    let file = FileBytes::open(path)?;
+    let (raw, sink) = open(path, &file, &Progress::hidden())?;
+    vector(path, raw, &sink)
+}
+
+/// [`read_vector`] of a file's bytes already in memory; `path` only names
+/// it in messages.
+pub fn vector_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<f32>> {
+    vector(path, parse(path, bytes)?, &Sink::none())
+}
+
+fn vector(path: &Path, raw: Raw<'_>, sink: &Sink<'_>) -> Result<Vec<f32>> {
     let ok = matches!(raw.shape[..], [_] | [1, _]);
     if !ok {
         return Err(ToolError::input(
@@ -285,7 +476,7 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
             format!("shape {:?}: a user vector must be 1-D (d,)", raw.shape),
         ));
     }
-    let v = floats(&raw, path)?;
+    let v = floats(&raw, path, sink)?;
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(ToolError::input(
             path,
@@ -296,10 +487,23 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
 }
 
 /// Reads item ids: a 1-D (or `(n, 1)`) integer array; int64 values must
-/// not be negative.
+/// not be negative. Mapped and decoded a slice at a time, like
+/// [`read_matrix`].
 pub fn read_ids(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
-    let bytes = read_file(path, progress)?;
-    let raw = parse(path, &bytes)?;
+    let file = FileBytes::open(path)?;
+    let (raw, sink) = open(path, &file, progress)?;
+    let ids = ids(path, raw, &sink);
+    sink.bar.finish_and_clear();
+    ids
+}
+
+/// [`read_ids`] of a file's bytes already in memory; `path` only names it
+/// in messages.
+pub fn ids_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u64>> {
+    ids(path, parse(path, bytes)?, &Sink::none())
+}
+
+fn ids(path: &Path, raw: Raw<'_>, sink: &Sink<'_>) -> Result<Vec<u64>> {
     let ok = matches!(raw.shape[..], [_] | [_, 1]);
     if !ok {
         return Err(ToolError::input(
@@ -307,29 +511,45 @@ pub fn read_ids(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
             format!("shape {:?}: ids must be a 1-D integer array", raw.shape),
         ));
     }
-    let be = raw.big_endian;
-    let signed = |v: Vec<i64>| -> Result<Vec<u64>> {
-        if let Some(r) = v.iter().position(|&x| x < 0) {
+    let size = match raw.elem {
+        Elem::Uint(s @ (4 | 8)) | Elem::Int(s @ (4 | 8)) => s,
+        _ => {
             return Err(ToolError::input(
                 path,
-                format!("row {r}: id {} is negative (ids are unsigned)", v[r]),
-            ));
+                format!(
+                    "dtype {} where integer ids are expected (uint64 or int64)",
+                    raw.descr
+                ),
+            ))
         }
-        Ok(v.into_iter().map(|x| x as u64).collect())
     };
-    match raw.elem {
-        Elem::Uint(8) => Ok(decode!(raw.data, u64, be).collect()),
-        Elem::Uint(4) => Ok(decode!(raw.data, u32, be).map(u64::from).collect()),
-        Elem::Int(8) => signed(decode!(raw.data, i64, be).collect()),
-        Elem::Int(4) => signed(decode!(raw.data, i32, be).map(i64::from).collect()),
-        _ => Err(ToolError::input(
+    let be = raw.big_endian;
+    let mut out = Vec::with_capacity(raw.data.len() / size);
+    let negative = |r: usize, x: i64| {
+        ToolError::input(
             path,
-            format!(
-                "dtype {} where integer ids are expected (uint64 or int64)",
-                raw.descr
-            ),
-        )),
+            format!("row {r}: id {x} is negative (ids are unsigned)"),
+        )
+    };
+    for (k, bytes) in raw.data.chunks(SLICE).enumerate() {
+        let first = k * SLICE / size;
+        match raw.elem {
+            Elem::Uint(8) => out.extend(decode!(bytes, u64, be)),
+            Elem::Uint(_) => out.extend(decode!(bytes, u32, be).map(u64::from)),
+            Elem::Int(8) => {
+                for (j, x) in decode!(bytes, i64, be).enumerate() {
+                    out.push(u64::try_from(x).map_err(|_| negative(first + j, x))?);
+                }
+            }
+            _ => {
+                for (j, x) in decode!(bytes, i32, be).enumerate() {
+                    out.push(u64::try_from(x).map_err(|_| negative(first + j, x.into()))?);
+                }
+            }
+        }
+        sink.done(raw.offset + k * SLICE..raw.offset + k * SLICE + bytes.len());
     }
+    Ok(out)
 }
 
 /// Ids that must be distinct: the first repeated one is an error naming
@@ -451,5 +671,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn slices_cross_rows_and_columns_in_every_layout() {
+        // SLICE is 64 bytes in tests: these arrays span many slices.
+        let (rows, cols) = (37, 5);
+        let want: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let c: Vec<u8> = want.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let shape = format!("({rows}, {cols})");
+        let (_d, p) = write(&npy("<f4", &shape, &c));
+        let a = read_matrix(&p, &Progress::hidden()).unwrap();
+        assert_eq!((a.shape.clone(), &a.values), (vec![rows, cols], &want));
+        assert_eq!(
+            matrix_from_bytes(&p, &std::fs::read(&p).unwrap()).unwrap(),
+            a
+        );
+        // Fortran order, big-endian float16 and float64.
+        let w = &want;
+        let fort = |x: &dyn Fn(f32) -> Vec<u8>| -> Vec<u8> {
+            (0..cols)
+                .flat_map(|cc| (0..rows).map(move |r| w[r * cols + cc]))
+                .flat_map(x)
+                .collect()
+        };
+        let f16 = fort(&|x| half::f16::from_f32(x).to_bits().to_be_bytes().to_vec());
+        let (_d, p) = write(&npy_order(">f2", true, &shape, &f16));
+        assert_eq!(read_matrix(&p, &Progress::hidden()).unwrap().values, want);
+        let f64s = fort(&|x| f64::from(x).to_le_bytes().to_vec());
+        let (_d, p) = write(&npy_order("<f8", true, &shape, &f64s));
+        assert_eq!(read_matrix(&p, &Progress::hidden()).unwrap().values, want);
+        // A value that does not fit is named by its flat index in the
+        // file, in a later slice.
+        let mut big = f64s.clone();
+        big[8 * 100..8 * 101].copy_from_slice(&1e300f64.to_le_bytes());
+        let (_d, p) = write(&npy_order("<f8", true, &shape, &big));
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("flat index 100"), "{e}");
+        // A non-finite value is named by its row and column (C order).
+        let mut nan = f64s;
+        nan[8 * 100..8 * 101].copy_from_slice(&f64::NAN.to_le_bytes());
+        let (_d, p) = write(&npy_order("<f8", true, &shape, &nan));
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        // Flat index 100 in Fortran order: column 2, row 26.
+        assert!(e.contains("row 26 column 2"), "{e}");
+    }
+
+    #[test]
+    fn ids_across_slices_and_empty_files() {
+        let ids: Vec<i64> = (0..50).map(|i| i * 3).collect();
+        let data: Vec<u8> = ids.iter().flat_map(|x| x.to_be_bytes()).collect();
+        let (_d, p) = write(&npy(">i8", "(50,)", &data));
+        let got = read_ids(&p, &Progress::hidden()).unwrap();
+        assert_eq!(got, ids.iter().map(|&x| x as u64).collect::<Vec<_>>());
+        let mut neg = data.clone();
+        neg[8 * 41..8 * 42].copy_from_slice(&(-7i64).to_be_bytes());
+        let (_d, p) = write(&npy(">i8", "(50,)", &neg));
+        let e = read_ids(&p, &Progress::hidden()).unwrap_err().to_string();
+        assert!(e.contains("row 41: id -7 is negative"), "{e}");
+        let (_d, p) = write(&[]);
+        let e = read_ids(&p, &Progress::hidden()).unwrap_err().to_string();
+        assert!(e.contains("not a valid .npy"), "{e}");
+        assert!(ids_from_bytes(&p, &[]).is_err());
     }
 }

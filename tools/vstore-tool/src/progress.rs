@@ -3,15 +3,12 @@
 //! error is not a terminal (indicatif's terminal target hides itself), so
 //! scripts and tests see only the report.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::error::{Result, ToolError};
-
-/// Files smaller than this are read without a bar.
+/// Files smaller than this are decoded without a bar.
 const BAR_BYTES: u64 = 32 << 20;
 
 /// Where progress goes: standard error, or nowhere.
@@ -77,38 +74,17 @@ impl Progress {
         Spinner(b)
     }
 
-    /// Reads a whole file, with a bar if it is large.
-    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
-        let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
-        let len = f
-            .metadata()
-            .map_err(|e| ToolError::io("stat", path, e))?
-            .len();
+    /// A bar counting the `len` bytes of `path` decoded, drawn only for
+    /// a large file.
+    pub fn file_bar(&self, path: &Path, len: u64) -> ProgressBar {
         if len < BAR_BYTES {
-            let mut v = Vec::with_capacity(len as usize);
-            f.read_to_end(&mut v)
-                .map_err(|e| ToolError::io("read", path, e))?;
-            return Ok(v);
+            return ProgressBar::hidden();
         }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let bar = self.bytes(len, &name);
-        let mut v = Vec::with_capacity(len as usize);
-        let mut buf = vec![0u8; 4 << 20];
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| ToolError::io("read", path, e))?;
-            if n == 0 {
-                break;
-            }
-            v.extend_from_slice(&buf[..n]);
-            bar.inc(n as u64);
-        }
-        bar.finish_and_clear();
-        Ok(v)
+        self.bytes(len, &name)
     }
 }
 

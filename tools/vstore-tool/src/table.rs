@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use parquet::data_type::DataType;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 
 use crate::error::{Result, ToolError};
 
@@ -88,6 +88,22 @@ fn is_pandas_index(name: &str) -> bool {
 /// Reads `path` (`.parquet`/`.pq` or `.csv`) with `id_column` as the key,
 /// leaving out the columns named in `skip` (and pandas' saved index).
 pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table> {
+    table(path, None, id_column, skip)
+}
+
+/// [`read_table`] of a file's bytes already in memory; `path` names it in
+/// messages and its extension picks the format (the fuzz targets use this).
+pub fn table_from_bytes(
+    path: &Path,
+    bytes: &[u8],
+    id_column: &str,
+    skip: &[String],
+) -> Result<Table> {
+    table(path, Some(bytes), id_column, skip)
+}
+
+/// [`read_table`] of the bytes `given`, else of the file at `path`.
+fn table(path: &Path, given: Option<&[u8]>, id_column: &str, skip: &[String]) -> Result<Table> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -111,7 +127,16 @@ pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table
     };
     match ext.as_str() {
         "parquet" | "pq" => {
-            let (names, mut cols, mut unsigned) = read_parquet(path, &keep)?;
+            let (names, mut cols, mut unsigned) = match given {
+                Some(b) => catching_panics(path, || {
+                    read_parquet(path, bytes::Bytes::copy_from_slice(b), &keep)
+                })?,
+                None => {
+                    let f =
+                        std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
+                    catching_panics(path, || read_parquet(path, f, &keep))?
+                }
+            };
             refuse_duplicate_columns(path, &names)?;
             let Some(at) = names.iter().position(|n| n == id_column) else {
                 return Err(no_id(&names));
@@ -163,7 +188,13 @@ pub fn read_table(path: &Path, id_column: &str, skip: &[String]) -> Result<Table
                 .collect();
         }
         "csv" => {
-            let (names, mut raw, lines) = read_csv(path, &keep)?;
+            let (names, mut raw, lines) = match given {
+                Some(b) => read_csv(path, b, &keep)?,
+                None => {
+                    let b = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
+                    read_csv(path, &b, &keep)?
+                }
+            };
             refuse_duplicate_columns(path, &names)?;
             let Some(at) = names.iter().position(|n| n == id_column) else {
                 return Err(no_id(&names));
@@ -222,12 +253,11 @@ fn refuse_duplicate_columns(path: &Path, names: &[String]) -> Result<()> {
 /// Column names, each kept column's raw fields, and each row's line.
 type CsvColumns = (Vec<String>, Vec<Vec<String>>, Vec<u64>);
 
-fn read_csv(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<CsvColumns> {
-    let bytes = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
+fn read_csv(path: &Path, bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<CsvColumns> {
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
-        .from_reader(&bytes[..]);
+        .from_reader(bytes);
     let all: Vec<String> = r
         .headers()
         .map_err(|e| csv_err(path, e))?
@@ -356,6 +386,47 @@ fn meaning(
     ))
 }
 
+thread_local! {
+    /// Set while [`catching_panics`] runs: the panic hook keeps quiet.
+    static IN_PARQUET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `read` (which decodes with the `parquet` crate) and turns a panic
+/// inside it into an error naming the file. parquet-rs still panics on
+/// some malformed files (e.g. an overlong varint in a run of levels:
+/// `tests/data/fuzz/parquet-vlq-overflow.parquet`, found by
+/// `fuzz/fuzz_targets/parquet.rs`), and a bad input must be refused, not
+/// crash the tool. The panic's own message is kept off standard error by
+/// a hook, installed once, that defers to the previous hook on every
+/// other thread and at every other time. (A build with `panic = "abort"`
+/// would still abort: none of this workspace's profiles sets it.)
+fn catching_panics<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_PARQUET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    IN_PARQUET.with(|q| q.set(true));
+    // Unwind safety: whatever `read` built is dropped with the panic.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    IN_PARQUET.with(|q| q.set(false));
+    r.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(ToolError::input(
+            path,
+            format!("not a readable Parquet file (the Parquet decoder failed: {why})"),
+        ))
+    })
+}
+
 fn pq_err(path: &Path, e: parquet::errors::ParquetError) -> ToolError {
     ToolError::input(path, format!("not a readable Parquet file ({e})"))
 }
@@ -363,9 +434,12 @@ fn pq_err(path: &Path, e: parquet::errors::ParquetError) -> ToolError {
 /// Names, values and unsigned-ness of the kept columns.
 type PqColumns = (Vec<String>, Vec<Values>, Vec<bool>);
 
-fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
-    let f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
-    let reader = SerializedFileReader::new(f).map_err(|e| pq_err(path, e))?;
+fn read_parquet<R: ChunkReader + 'static>(
+    path: &Path,
+    input: R,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<PqColumns> {
+    let reader = SerializedFileReader::new(input).map_err(|e| pq_err(path, e))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let ncols = schema.num_columns();
     let mut names = Vec::with_capacity(ncols);
@@ -376,13 +450,24 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
     for c in 0..ncols {
         let d = schema.column(c);
         let name = d.path().string();
-        if !keep(&name) {
+        // A nested column (a list, a struct) is named, kept or skipped by
+        // its top-level field: `vec`, not `vec.list.element`.
+        let top = d.path().parts().first().cloned().unwrap_or_default();
+        if !keep(&top) {
             continue;
         }
         if d.max_rep_level() > 0 || d.path().parts().len() != 1 {
+            let what = if d.max_rep_level() > 0 {
+                "a list (repeated)"
+            } else {
+                "nested"
+            };
             return Err(ToolError::input(
                 path,
-                format!("column {name:?} is nested or repeated; tables must be flat"),
+                format!(
+                    "column {top:?} is {what}; tables must be flat (vectors come from \
+                     --embedding .npy files): leave it out with --skip-column {top}"
+                ),
             ));
         }
         let meaning = meaning(path, &name, &d)?;
@@ -394,6 +479,18 @@ fn read_parquet(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<PqColumns> {
                 Values::Int(Vec::new())
             }
             PhysicalType::FLOAT | PhysicalType::DOUBLE => Values::Float(Vec::new()),
+            // Spark's default timestamp type (parquet-mr writes it
+            // without a logical type).
+            PhysicalType::INT96 => {
+                return Err(ToolError::input(
+                    path,
+                    format!(
+                        "column {name:?} holds INT96 timestamps (Spark's default timestamp \
+                         type); columns hold numbers: convert it to one (e.g. days or seconds \
+                         since the epoch) or leave it out with --skip-column"
+                    ),
+                ))
+            }
             t => {
                 let what = match d.converted_type() {
                     ConvertedType::UTF8 => "strings".to_string(),
@@ -553,4 +650,36 @@ where
         done += records;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name)
+    }
+
+    #[test]
+    fn a_panic_in_the_parquet_decoder_is_an_error() {
+        // Found by the parquet fuzz target: parquet-rs panics on it (an
+        // overlong varint in a run of definition levels).
+        let p = data("fuzz/parquet-vlq-overflow.parquet");
+        for id in ["id", "item_id"] {
+            let e = read_table(&p, id, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("parquet-vlq-overflow.parquet")
+                    && e.contains("not a readable Parquet file"),
+                "{e}"
+            );
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(table_from_bytes(&p, &bytes, "id", &[]).is_err());
+        // The reader works afterwards, and panics elsewhere still unwind.
+        let ok = read_table(&data("spark/stats.parquet"), "item_id", &[]).unwrap();
+        assert_eq!(ok.ids.len(), 90);
+        assert!(std::panic::catch_unwind(|| panic!("elsewhere")).is_err());
+    }
 }

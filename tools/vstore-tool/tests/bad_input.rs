@@ -964,3 +964,23 @@ fn refusals_on_a_store_without_lock_create_nothing() {
         assert_unchanged(&d.path("s"), &before);
     }
 }
+
+#[test]
+fn a_parquet_file_that_panics_the_decoder_is_refused() {
+    // Found by fuzz/fuzz_targets/parquet.rs: parquet-rs panics on it.
+    let d = Data::new();
+    let bad = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/fuzz/parquet-vlq-overflow.parquet");
+    let e = build_fails(
+        &d,
+        &["--profile", bad.to_str().unwrap()],
+        "ids.npy",
+        "emb.npy",
+    );
+    assert!(
+        e.contains("parquet-vlq-overflow.parquet")
+            && e.contains("not a readable Parquet file")
+            && !e.contains("panicked"),
+        "{e}"
+    );
+}

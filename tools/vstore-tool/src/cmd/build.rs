@@ -42,7 +42,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
     let precompute = a.precompute.as_deref().map(parse_precompute).transpose()?;
     refuse_existing_store(&a.store, "build")?;
 
-    let items = read_items(&a.ids, &embs, p)?;
+    let mut items = read_items(&a.ids, &embs, p)?;
     let profile = match &a.tables.profile {
         Some(t) => Some(load_table(
             t,
@@ -76,7 +76,8 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
 
     // The schema: profile and statistics columns, then embeddings.
     let mut schema = Schema::new();
-    let mut batch = ItemBatch::new(items.ids.clone());
+    // The ids move into the batch (not copied: 80 MB at 10M items).
+    let mut batch = ItemBatch::new(std::mem::take(&mut items.ids));
     for (table, group) in [(&profile, Group::Profile), (&stats, Group::Stats)] {
         let Some(table) = table else { continue };
         let cols = resolve_new(table, group, &specs)?;
@@ -87,7 +88,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
                 Kind::Stat => schema.stat(&c.name, c.default as f32),
             };
         }
-        batch = add_table_columns(batch, &items.ids_path, &items.ids, table, &cols)?;
+        batch = add_table_columns(batch, &items.ids_path, table, &cols)?;
     }
     for (e, dim, _) in &items.vectors {
         let (space, version) = vstore::parse_key(&e.key)?;
@@ -134,7 +135,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             };
             r.context(|| format!("bundle {}", b.dir.display()))?;
         }
-        let sp = p.spinner(&format!("writing {} items", items.ids.len()));
+        let sp = p.spinner(&format!("writing {} items", batch.len()));
         tx.add_items(batch)
             .context(|| format!("items from {}", items.ids_path.display()))?;
         tx.set_metadata("created_by", "vstore-tool build");

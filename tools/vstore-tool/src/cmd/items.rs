@@ -108,7 +108,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         let table = load_table(path, &a.tables.id_column, &a.tables.skip_columns, p)?;
         let cols = resolve_existing(&table, group, &schema)?;
         given.extend(cols.iter().map(|c| c.name.clone()));
-        batch = add_table_columns(batch, &items.ids_path, &items.ids, &table, &cols)?;
+        batch = add_table_columns(batch, &items.ids_path, &table, &cols)?;
     }
     for (e, _, v) in items.vectors {
         batch = batch.embedding(&e.key, v);

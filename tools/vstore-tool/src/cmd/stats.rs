@@ -46,13 +46,7 @@ pub fn run(a: &UpdateStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()>
         }
     }
     drop((snap, store));
-    let batch = add_table_columns(
-        ItemBatch::new(table.ids.clone()),
-        &a.stats,
-        &table.ids,
-        &table,
-        &cols,
-    )?;
+    let batch = add_table_columns(ItemBatch::new(table.ids.clone()), &a.stats, &table, &cols)?;
     let mut w = Writer::open(&a.store)?;
     let base = w.snapshot();
     let t = Instant::now();
