@@ -930,16 +930,30 @@ fn verify_all_reports_every_retained_snapshot_and_only_the_damaged_ones() {
 
     // Damage a file both share: both fail (snapshot 1 still on its first
     // damaged file), snapshot 2 naming the shared one.
+    // The store is open (its background prefault may be reading the
+    // file), so the byte is flipped in place: truncating and rewriting a
+    // mapped file would fault its readers (SIGBUS).
     let shared = old.iter().find(|f| f.contains("emb-")).unwrap().clone();
     let path = dir.path().join(&shared);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    flip_in_place(&path, len / 2);
     let all = store.verify_all().unwrap();
     assert!(all[0].1.is_err());
     let e = all[1].1.as_ref().unwrap_err();
     assert!(e.to_string().contains(shared.as_str()), "{e}");
+}
+
+/// Flips the low bit of byte `at` of `path` without truncating the file.
+fn flip_in_place(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
 }
 
 #[test]
