@@ -13,7 +13,9 @@ Builds (once, under target/py-bench/) a store of N items x 64 float16, then:
   the caches are warm, and what the big query's sweep through L1/L2 (rows,
   id-index lines, scratch) costs the interpreter and the binding afterwards;
 - `query_batch` of 64 users x 5,000 candidates on 1 and 2 workers: queries
-  per second and the ratio.
+  per second and the ratio;
+- 64 users over one candidate set: 64 `query` calls against one
+  `query_batch` call (one worker), which resolves the candidates once.
 Prints medians of alternated repetitions; name the CPU with the figures.
 """
 
@@ -83,7 +85,20 @@ def main():
             times[workers].append(time.perf_counter() - t)
     one, two = statistics.median(times[1]), statistics.median(times[2])
     print(f"query_batch 64 users: 1 worker {64 / one:.0f} q/s, 2 workers {64 / two:.0f} q/s, ratio {one / two:.2f}x")
-
+    # One candidate array every user shares: 64 query calls against one
+    # query_batch call (which resolves the candidates once per worker).
+    shared = ids[0]
+    one_by_one, batched = [], []
+    for _ in range(15):
+        t = time.perf_counter()
+        for j in range(64):
+            snap.query("prerank@v1", users[j], shared, 500)
+        one_by_one.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        snap.query_batch("prerank@v1", users, shared, 500)
+        batched.append(time.perf_counter() - t)
+    o, b = statistics.median(one_by_one), statistics.median(batched)
+    print(f"64 users, one candidate set: 64 query calls {64 / o:.0f} q/s, one query_batch call {64 / b:.0f} q/s, ratio {o / b:.2f}x")
 
 if __name__ == "__main__":
     main()
