@@ -511,11 +511,19 @@ impl PySnapshot {
         let results: Vec<vstore::Result<vstore::QueryResult>> = py.detach(|| {
             use rayon::prelude::*;
             let runs = n.div_ceil(per);
-            match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
-                Ok(pool) if workers > 1 => {
+            let pool = (workers > 1)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(workers)
+                        .build()
+                        .ok()
+                })
+                .flatten();
+            match pool {
+                Some(pool) => {
                     pool.install(|| (0..runs).into_par_iter().flat_map_iter(run).collect())
                 }
-                _ => (0..runs).flat_map(run).collect(),
+                None => (0..runs).flat_map(run).collect(),
             }
         });
         results
