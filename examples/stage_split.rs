@@ -6,7 +6,6 @@
 //! `cargo run --release --example stage_split [-- n=10000 reps=200 precision=f32|bf16|int8]`
 
 #[path = "../benches/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;
