@@ -18,7 +18,9 @@
 //!
 //! Files a snapshot shares with one prefaulted before are skipped. Files
 //! beyond what the machine has available (`MemAvailable` in
-//! `/proc/meminfo` when the thread starts) are left to be read on demand,
+//! `/proc/meminfo` when the thread starts, or, in a memory-limited cgroup
+//! (v1 or v2), the limit less the cgroup's usage if that is less) are left
+//! to be read on demand,
 //! so that prefaulting a store larger than memory does not evict what the
 //! queries have just read; the id indexes and deletion bitmaps are always
 //! read. The thread holds the snapshot only weakly: once nothing else holds
@@ -161,7 +163,9 @@ pub(crate) fn start(snap: &Arc<Snapshot>, directory: bool) -> Arc<PrefaultTask> 
     rest.extend(columns);
     rest.extend(snap.models.iter().map(|m| &m.file));
     rest.extend(snap.towers.iter().map(|t| &t.file));
-    let mut budget = mem_available().unwrap_or(u64::MAX);
+    let mut budget = mem_available()
+        .unwrap_or(u64::MAX)
+        .min(cgroup_headroom().unwrap_or(u64::MAX));
     let (mut total, mut skipped) = (0u64, 0u64);
     let mut plan = |files: Vec<&Arc<Container>>, verify: bool, always: bool| -> Vec<Item> {
         let mut out = Vec::new();
@@ -300,8 +304,81 @@ fn mem_available() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// How much more memory this process's cgroup may use (its memory limit
+/// less its usage, page cache included), if it has a limit: cgroup v2
+/// (`memory.max`, `memory.current`) or v1 (`memory.limit_in_bytes`,
+/// `memory.usage_in_bytes`). `None` without a limit or outside Linux.
+fn cgroup_headroom() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    headroom_in(&cgroups, |p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+/// [`cgroup_headroom`] from the text of `/proc/self/cgroup`, reading each
+/// control file's number with `read` (`None`: absent, or `max`).
+fn headroom_in(cgroups: &str, read: impl Fn(&str) -> Option<u64>) -> Option<u64> {
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        let (limit, usage) = if id == "0" && controllers.is_empty() {
+            let d = format!("/sys/fs/cgroup{path}");
+            (
+                read(&format!("{d}/memory.max")),
+                read(&format!("{d}/memory.current")),
+            )
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let d = format!("/sys/fs/cgroup/memory{path}");
+            (
+                read(&format!("{d}/memory.limit_in_bytes")),
+                read(&format!("{d}/memory.usage_in_bytes")),
+            )
+        } else {
+            continue;
+        };
+        if let (Some(limit), Some(usage)) = (limit, usage) {
+            return Some(limit.saturating_sub(usage));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    /// The cgroup memory headroom: v2 and v1 paths, no limit (`max`, or no
+    /// memory controller), and a hybrid host whose v2 hierarchy has no
+    /// memory files.
+    #[test]
+    fn cgroup_headroom_reads_v1_and_v2_limits() {
+        use super::headroom_in;
+        let files = |pairs: &'static [(&'static str, u64)]| {
+            move |p: &str| pairs.iter().find(|(q, _)| *q == p).map(|(_, v)| *v)
+        };
+        let v2 = files(&[
+            ("/sys/fs/cgroup/svc/a/memory.max", 4 << 30),
+            ("/sys/fs/cgroup/svc/a/memory.current", 1 << 30),
+        ]);
+        assert_eq!(headroom_in("0::/svc/a\n", v2), Some(3 << 30));
+        let v1 = files(&[
+            ("/sys/fs/cgroup/memory/job/memory.limit_in_bytes", 2 << 30),
+            ("/sys/fs/cgroup/memory/job/memory.usage_in_bytes", 3 << 30),
+        ]);
+        let hybrid = "9:systemd:/\n4:memory:/job\n1:cpu:/\n0::/\n";
+        assert_eq!(headroom_in(hybrid, v1), Some(0), "usage past the limit");
+        // `max` (unparsed) or no memory files: no limit.
+        assert_eq!(headroom_in("0::/\n", files(&[])), None);
+        assert_eq!(headroom_in("1:cpu:/\n", v1), None);
+        assert_eq!(headroom_in("garbage\n", files(&[])), None);
+        // The real file parses (whatever the limit is here).
+        let _ = super::cgroup_headroom();
+    }
+
     use crate::{Dtype, ItemBatch, OpenOptions, Prefault, Query, Schema, Store, Writer};
     use std::sync::atomic::Ordering;
 
