@@ -1342,6 +1342,10 @@ fn demo_prints_a_json_summary() {
         let l = &v["latency_us"][kind];
         let (p50, max) = (l["p50"].as_f64().unwrap(), l["max"].as_f64().unwrap());
         assert!(p50 > 0.0 && p50 <= max, "{l}");
+        // Where the time went, per stage (medians).
+        let stage = |s: &str| l["stages"][s].as_f64().unwrap();
+        assert!(stage("resolve") > 0.0 && stage("gather") > 0.0, "{l}");
+        assert_eq!(stage("upper") > 0.0, kind == "three_tower", "{l}");
     }
     assert_eq!(v["verified"], true);
 }

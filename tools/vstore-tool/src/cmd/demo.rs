@@ -244,6 +244,7 @@ fn run_queries(
     let mut scratch = Scratch::default();
     let mut lat2 = Vec::with_capacity(queries);
     let mut lat3 = Vec::with_capacity(queries);
+    let (mut stages2, mut stages3) = (Vec::with_capacity(queries), Vec::with_capacity(queries));
     let mut fav_share = 0.0;
     let exclude = Filter::not_in("brand", [0]);
     let mut last = None;
@@ -260,6 +261,7 @@ fn run_queries(
         let t = Instant::now();
         let r2 = snap.query_with(&q2, &mut scratch)?;
         lat2.push(t.elapsed());
+        stages2.push(r2.timings);
         let q3 = Query::ids(key, &user, &cands, K)
             .filter(&exclude)
             .three_tower(&inputs)
@@ -267,6 +269,7 @@ fn run_queries(
         let t = Instant::now();
         let r3 = snap.query_with(&q3, &mut scratch)?;
         lat3.push(t.elapsed());
+        stages3.push(r3.timings);
         let in_fav = r2
             .hits
             .iter()
@@ -287,8 +290,18 @@ fn run_queries(
     let mut t = TextTable::new(&["query", "p50", "p90", "p99", "max"]);
     let mut latency = serde_json::Map::new();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    for (name, l) in [("two-tower", &mut lat2), ("three-tower", &mut lat3)] {
+    let mut split = Vec::new();
+    for (name, l, stages) in [
+        ("two-tower", &mut lat2, &stages2),
+        ("three-tower", &mut lat3, &stages3),
+    ] {
         l.sort();
+        let stages = super::query::median_stages(stages);
+        let shown: Vec<String> = (stages.iter())
+            .filter(|(n, d)| *n != "total" && !d.is_zero())
+            .map(|(n, d)| format!("{n} {}", dur(*d)))
+            .collect();
+        split.push(format!("  {name} stages (medians): {}", shown.join(", ")));
         latency.insert(
             name.replace('-', "_"),
             serde_json::json!({
@@ -296,6 +309,10 @@ fn run_queries(
                 "p90": us(pct(l, 90)),
                 "p99": us(pct(l, 99)),
                 "max": us(l[l.len() - 1]),
+                "stages": stages
+                    .iter()
+                    .map(|(n, d)| (n.to_string(), serde_json::json!(us(*d))))
+                    .collect::<serde_json::Map<_, _>>(),
             }),
         );
         t.row(vec![
@@ -307,6 +324,9 @@ fn run_queries(
         ]);
     }
     t.print(out, 2)?;
+    for line in split {
+        say!(out, "{line}");
+    }
     say!(
         out,
         "  two-tower: {:.0}% of the top {K} are in the user's favourite category (vectors cluster by category)",

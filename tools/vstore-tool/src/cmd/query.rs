@@ -284,7 +284,7 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 /// Each stage's median over the runs, in the order queries run them.
-fn median_stages(runs: &[Timings]) -> Vec<(&'static str, Duration)> {
+pub(crate) fn median_stages(runs: &[Timings]) -> Vec<(&'static str, Duration)> {
     let stage = |f: fn(&Timings) -> Duration| {
         let mut v: Vec<Duration> = runs.iter().map(f).collect();
         v.sort();
