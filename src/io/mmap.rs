@@ -47,13 +47,9 @@ pub(crate) fn map_readonly(file: &File, path: &Path, len: u64, populate: bool) -
         // and the mapping works the same with small pages.
         let _ = map.advise(Advice::HugePage);
         // MAP_POPULATE would have read ahead before the advice; populate
-        // now instead (Linux 5.14+), or by touching each page.
-        if populate && map.advise(Advice::PopulateRead).is_err() {
-            let mut sum = 0u8;
-            for off in (0..len).step_by(4096) {
-                sum = sum.wrapping_add(map[off]);
-            }
-            std::hint::black_box(sum);
+        // now instead.
+        if populate {
+            populate_range(&map, 0, len);
         }
     }
     Ok(map)

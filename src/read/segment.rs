@@ -632,7 +632,6 @@ impl Segment {
             .count() as u64
     }
 
-    /// Every mapped file of this segment (for verification and listing).
     /// This segment's files in the order a background prefault reads them:
     /// what says which item each row is (id index, deletion bitmap; every
     /// query checksums them first), then the embedding rows, then the
@@ -647,6 +646,7 @@ impl Segment {
         ]
     }
 
+    /// Every mapped file of this segment (for verification and listing).
     pub(crate) fn files(&self) -> Vec<&Arc<Container>> {
         let mut v = vec![&self.index, &self.profile.file, &self.stats.file];
         v.extend(self.embeddings.iter().map(|e| &e.file));
