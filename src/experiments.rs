@@ -14,3 +14,7 @@ pub static NEAR_AHEAD: AtomicUsize = AtomicUsize::new(crate::kernels::NEAR_AHEAD
 /// Candidates ahead whose id-index home slots a query prefetches (see
 /// `query::candidates::PROBE_AHEAD`).
 pub static PROBE_AHEAD: AtomicUsize = AtomicUsize::new(crate::query::candidates::PROBE_AHEAD);
+
+/// Candidates between two scoring steps of a fused two-tower query (see
+/// `query::candidates::FUSED_CHUNK`).
+pub static FUSED_CHUNK: AtomicUsize = AtomicUsize::new(crate::query::candidates::FUSED_CHUNK);

@@ -349,8 +349,9 @@ pub(crate) struct Loc {
 }
 
 /// Scores `locs` (rows of `blocks`) against `user` into `out`, prefetching
-/// upcoming rows. `out.len() == locs.len()`. Every `loc` must be in range
-/// (checked; an out-of-range loc scores NaN rather than panicking).
+/// upcoming rows if `prefetch` (false: the caller has). `out.len() ==
+/// locs.len()`. Every `loc` must be in range (checked; an out-of-range loc
+/// scores NaN rather than panicking).
 pub(crate) fn score_gather(
     level: Level,
     dtype: Dtype,
@@ -358,6 +359,7 @@ pub(crate) fn score_gather(
     blocks: &[Block<'_>],
     locs: &[Loc],
     out: &mut [f32],
+    prefetch: bool,
 ) {
     debug_assert_eq!(locs.len(), out.len());
     #[cfg(target_arch = "x86_64")]
@@ -366,15 +368,15 @@ pub(crate) fn score_gather(
             // SAFETY: levels from Level::Avx512 up are only returned (by
             // detect, hardware and available) when the CPU has AVX-512 F,
             // BW and VL besides AVX2, FMA and F16C.
-            unsafe { x86_512::score_gather(dtype, user, blocks, locs, out) };
+            unsafe { x86_512::score_gather(dtype, user, blocks, locs, out, prefetch) };
         } else {
             // SAFETY: levels from Level::Avx2 up are only returned when the
             // CPU has AVX2, FMA and F16C.
-            unsafe { x86::score_gather(dtype, user, blocks, locs, out) };
+            unsafe { x86::score_gather(dtype, user, blocks, locs, out, prefetch) };
         }
         return;
     }
-    let _ = level;
+    let _ = (level, prefetch);
     let d = user.len();
     let rb = dtype.row_bytes(d as u32);
     let mut tmp = vec![0f32; d];
@@ -537,7 +539,14 @@ mod tests {
                     .collect();
                 for &level in &levels {
                     let mut out = vec![0f32; n];
-                    score_gather(level, dtype, &user, &[block], &locs, &mut out);
+                    score_gather(level, dtype, &user, &[block], &locs, &mut out, true);
+                    // Without the prefetch: the same scores.
+                    let mut unfetched = vec![0f32; n];
+                    score_gather(level, dtype, &user, &[block], &locs, &mut unfetched, false);
+                    assert_eq!(
+                        out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        unfetched.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                    );
                     let mut seq = vec![0f32; n];
                     score_range(level, dtype, &user, block, 0, &mut seq);
                     for (i, l) in locs.iter().enumerate() {
@@ -651,7 +660,7 @@ mod tests {
         ];
         for level in [Level::Portable, Level::detect()] {
             let mut out = vec![0f32; 3];
-            score_gather(level, Dtype::F32, &user, &[block], &locs, &mut out);
+            score_gather(level, Dtype::F32, &user, &[block], &locs, &mut out, true);
             assert!(
                 out[0].is_finite() && out[1].is_nan() && out[2].is_nan(),
                 "{out:?}"

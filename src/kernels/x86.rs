@@ -181,6 +181,7 @@ macro_rules! loops {
             locs: &[$crate::kernels::Loc],
             out: &mut [f32],
             rb: usize,
+            prefetch: bool,
         ) {
             let far = $crate::kernels::row_ahead();
             // f32 rows of three lines or more: the first line `far` rows
@@ -194,6 +195,9 @@ macro_rules! loops {
                 0
             };
             let ahead = |i: usize| {
+                if !prefetch {
+                    return;
+                }
                 $crate::kernels::x86::prefetch_row(blocks, locs, i + far, rb, near > 0);
                 if near > 0 {
                     $crate::kernels::x86::prefetch_row(blocks, locs, i + near, rb, false);
@@ -321,13 +325,14 @@ pub(super) fn score_gather(
     blocks: &[Block<'_>],
     locs: &[Loc],
     out: &mut [f32],
+    prefetch: bool,
 ) {
     let rb = dtype.row_bytes(user.len() as u32);
     match dtype {
-        Dtype::F32 => gather_f32(user, blocks, locs, out, rb),
-        Dtype::F16 => gather_f16(user, blocks, locs, out, rb),
-        Dtype::Bf16 => gather_bf16(user, blocks, locs, out, rb),
-        Dtype::I8 => gather_i8(user, blocks, locs, out, rb),
+        Dtype::F32 => gather_f32(user, blocks, locs, out, rb, prefetch),
+        Dtype::F16 => gather_f16(user, blocks, locs, out, rb, prefetch),
+        Dtype::Bf16 => gather_bf16(user, blocks, locs, out, rb, prefetch),
+        Dtype::I8 => gather_i8(user, blocks, locs, out, rb, prefetch),
     }
 }
 

@@ -183,13 +183,14 @@ pub(super) fn score_gather(
     blocks: &[Block<'_>],
     locs: &[Loc],
     out: &mut [f32],
+    prefetch: bool,
 ) {
     let rb = dtype.row_bytes(user.len() as u32);
     match dtype {
-        Dtype::F32 => gather_f32(user, blocks, locs, out, rb),
-        Dtype::F16 => gather_f16(user, blocks, locs, out, rb),
-        Dtype::Bf16 => gather_bf16(user, blocks, locs, out, rb),
-        Dtype::I8 => gather_i8(user, blocks, locs, out, rb),
+        Dtype::F32 => gather_f32(user, blocks, locs, out, rb, prefetch),
+        Dtype::F16 => gather_f16(user, blocks, locs, out, rb, prefetch),
+        Dtype::Bf16 => gather_bf16(user, blocks, locs, out, rb, prefetch),
+        Dtype::I8 => gather_i8(user, blocks, locs, out, rb, prefetch),
     }
 }
 

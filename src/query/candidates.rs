@@ -1,5 +1,6 @@
 //! The candidate-id path: dedupe and resolve the ids (id directory, id
-//! indexes, home slots prefetched), drop tombstones, filter, score, confirm.
+//! indexes, home slots prefetched), drop tombstones, filter, score (a
+//! two-tower query without filter or budget: while resolving), confirm.
 
 use super::filter::{Compiled, Filter};
 use super::{score_locs, QueryResult, Scorer, Scratch};
@@ -8,8 +9,10 @@ use crate::format::idindex;
 use crate::format::idindex::Hashed;
 use crate::kernels;
 use crate::kernels::Loc;
+use crate::kernels::{Block, Level};
 use crate::read::directory::Directory;
 use crate::read::snapshot::Snapshot;
+use crate::schema::Dtype;
 use std::time::Instant;
 
 /// How many candidates ahead the query prefetches id-index home slots
@@ -54,7 +57,9 @@ impl Snapshot {
     /// the snapshot's id directory and the largest segment's index, see
     /// `resolve`); pass 2 drops tombstones and applies the
     /// filter; pass 3 scores the rows (the prefetching
-    /// kernel, or the model a block at a time) into the top-k. The
+    /// kernel, or the model a block at a time) into the top-k. A two-tower
+    /// query with neither filter nor budget cut scores its rows during
+    /// pass 1 instead (see `Fused`), which has then nothing to drop. The
     /// `ids[row] == id` confirmation (which costs one more random cache
     /// line, and on a large store one more page walk, per candidate) is done
     /// for the returned hits only: if any fails (a damaged id index), the
@@ -83,27 +88,59 @@ impl Snapshot {
         } else {
             None
         };
+        // A two-tower query that keeps every live candidate reads each row
+        // while the ids are still being resolved (see `Fused`).
+        let fused = match scorer {
+            Scorer::Dot {
+                level,
+                dtype,
+                user,
+                blocks,
+            } if fused_chunk() > 0
+                && filters.iter().all(Option::is_none)
+                && budget.is_none_or(|c| c >= ids.len()) =>
+            {
+                Some(Fused {
+                    level: *level,
+                    dtype: *dtype,
+                    user,
+                    blocks,
+                    row_bytes: dtype.row_bytes(user.len() as u32),
+                })
+            }
+            _ => None,
+        };
         for confirm_all in [false, true] {
             scratch.topk.reset(k);
             let reuse = shared
                 .as_deref()
                 .filter(|s| !confirm_all && s.holds(ids, filter, budget));
+            scratch.scored = false;
             if let Some(s) = reuse {
                 s.restore(scratch, result);
             } else {
+                let fused = fused.as_ref().filter(|_| !confirm_all);
                 self.resolve_candidates(
                     (ids, budget, confirm_all),
                     (&views, &deleted, dir),
                     filters,
+                    fused,
                     scratch,
                     result,
                 );
+                scratch.scored = fused.is_some();
                 if let Some(s) = shared.as_deref_mut() {
                     s.save(ids, filter, budget, scratch, result, !confirm_all);
                 }
             }
-            result.timings.resolve += super::lap(&mut clock);
-            // Pass 3: score.
+            // A fused pass (resolution and scoring) counts as the gather.
+            let pass = super::lap(&mut clock);
+            if scratch.scored {
+                result.timings.gather += pass;
+            } else {
+                result.timings.resolve += pass;
+            }
+            // Pass 3: score (if not fused).
             scratch.non_finite.clear();
             score_locs(scorer, scratch, result);
             clock = Instant::now();
@@ -144,6 +181,7 @@ impl Snapshot {
         (ids, budget, confirm_all): (&[u64], Option<usize>, bool),
         (views, deleted, dir): Index<'_>,
         filters: &[Option<Compiled<'_>>],
+        fused: Option<&Fused<'_, '_>>,
         scratch: &mut Scratch,
         result: &mut QueryResult,
     ) {
@@ -174,6 +212,7 @@ impl Snapshot {
                 scratch,
                 &mut max_seen,
                 (confirm_all, track),
+                fused,
             );
             // Pass 2: tombstones, filter (and, on the slow path, confirmation).
             // Every stage of pass 1 returns live rows only, so without a
@@ -349,9 +388,30 @@ fn resolve(
     scratch: &mut Scratch,
     max_seen: &mut bool,
     (confirm_all, track): (bool, bool),
+    fused: Option<&Fused<'_, '_>>,
 ) {
     let ahead = probe_ahead();
+    if fused.is_some() {
+        scratch.scores.clear();
+        scratch.scores.resize(ids.len(), 0.0);
+    }
+    // Rows found up to `mark` are scored at the next chunk's end (their
+    // lines prefetched a chunk earlier); `done`: rows scored.
+    let (mut done, mut mark) = (0, 0);
+    let mut chunk = |scratch: &mut Scratch, last: bool| {
+        let Some(f) = fused else { return };
+        let upto = if last { scratch.locs.len() } else { mark };
+        f.score(scratch, done..upto);
+        done = upto;
+        mark = scratch.locs.len();
+        if last {
+            scratch.scores.truncate(done);
+        }
+    };
     let found = |scratch: &mut Scratch, pos: u32, id: u64, (si, row): (usize, usize)| {
+        if let Some(f) = fused {
+            f.prefetch(si, row);
+        }
         if confirm_all {
             if let Some(r) = views[si].ids.get(row..) {
                 kernels::prefetch_line(r.as_ptr() as *const u8);
@@ -386,7 +446,15 @@ fn resolve(
         )
     };
     match (views.len(), dir) {
-        (0, _) => two_stage(ids, scratch, max_seen, ahead, (nothing, nothing), found),
+        (0, _) => two_stage(
+            ids,
+            scratch,
+            max_seen,
+            ahead,
+            (nothing, nothing),
+            found,
+            &mut chunk,
+        ),
         (1, _) => {
             // Home buckets first; the few ids whose bucket is full without
             // them, in a second pass with their next lines prefetched.
@@ -399,13 +467,37 @@ fn resolve(
                 move |h: u64| v.home_addr(h),
             );
             let rest = (segment(0).0, move |h: u64| v.next_addr(h));
-            two_stage(ids, scratch, max_seen, ahead, (home, rest), found)
+            two_stage(
+                ids,
+                scratch,
+                max_seen,
+                ahead,
+                (home, rest),
+                found,
+                &mut chunk,
+            )
         }
         (_, Some(dir)) => {
             let in_dir = (|k: Hashed| dir.get(k), |h: u64| dir.home_addr(h));
             match dir.largest {
-                None => two_stage(ids, scratch, max_seen, ahead, (in_dir, nothing), found),
-                Some(l) => two_stage(ids, scratch, max_seen, ahead, (segment(l), in_dir), found),
+                None => two_stage(
+                    ids,
+                    scratch,
+                    max_seen,
+                    ahead,
+                    (in_dir, nothing),
+                    found,
+                    &mut chunk,
+                ),
+                Some(l) => two_stage(
+                    ids,
+                    scratch,
+                    max_seen,
+                    ahead,
+                    (segment(l), in_dir),
+                    found,
+                    &mut chunk,
+                ),
             }
         }
         // No directory (a segment beyond u32 rows): one id at a time.
@@ -414,7 +506,15 @@ fn resolve(
                 |k: Hashed| crate::read::segment::find_live(n, |j| &segs[j], k.id),
                 |_: u64| std::ptr::null(),
             );
-            two_stage(ids, scratch, max_seen, ahead, (live, nothing), found)
+            two_stage(
+                ids,
+                scratch,
+                max_seen,
+                ahead,
+                (live, nothing),
+                found,
+                &mut chunk,
+            )
         }
     }
 }
@@ -436,6 +536,7 @@ fn two_stage<L1, A1, L2, A2>(
     ahead: usize,
     ((first, first_addr), (second, second_addr)): (Stage<L1, A1>, Stage<L2, A2>),
     found: impl Fn(&mut Scratch, u32, u64, (usize, usize)),
+    chunk: &mut impl FnMut(&mut Scratch, bool),
 ) where
     L1: Fn(Hashed) -> Option<(usize, usize)>,
     A1: Fn(u64) -> *const u8,
@@ -446,6 +547,7 @@ fn two_stage<L1, A1, L2, A2>(
     // Each id is hashed once, `ahead` ids before its lookup (when its home
     // slot is prefetched), and the hash kept in a ring until then.
     let ahead = ahead.clamp(1, MAX_AHEAD);
+    let every = fused_chunk().max(1);
     let mut ring = [0u64; MAX_AHEAD + 1];
     for (i, &a) in ids.iter().enumerate().take(ahead) {
         ring[i] = idindex::hash(a);
@@ -468,6 +570,9 @@ fn two_stage<L1, A1, L2, A2>(
             Some(at) => found(scratch, i as u32, id, at),
             None => scratch.pend.push((i as u32, k)),
         }
+        if i % every == every - 1 {
+            chunk(scratch, false);
+        }
     }
     for j in 0..scratch.pend.len() {
         if let Some(&(_, a)) = scratch.pend.get(j + ahead) {
@@ -478,5 +583,67 @@ fn two_stage<L1, A1, L2, A2>(
             Some(at) => found(scratch, pos, k.id, at),
             None => scratch.missing.push((pos, k.id)),
         }
+    }
+    chunk(scratch, true);
+}
+
+/// Candidates between two calls of [`two_stage`]'s `chunk` hook: a fused
+/// two-tower query scores the rows found in one chunk at the end of the
+/// next (16 to 128 measured alike, docs/PERF.md).
+pub(crate) const FUSED_CHUNK: usize = 64;
+
+/// [`FUSED_CHUNK`], or its experiment knob with the `experiments` feature
+/// (where 0 turns the fused pass off).
+#[inline]
+fn fused_chunk() -> usize {
+    #[cfg(feature = "experiments")]
+    return crate::experiments::FUSED_CHUNK.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "experiments"))]
+    FUSED_CHUNK
+}
+
+/// A two-tower query's scoring, fused into the id resolution: each row
+/// found is prefetched at once (every line) and scored one chunk of
+/// candidates later, so the rows' cache misses overlap the resolution's
+/// work and misses instead of a second pass waiting on them. Used when
+/// every live candidate is scored (no filter, no budget cut).
+pub(super) struct Fused<'q, 's> {
+    level: Level,
+    dtype: Dtype,
+    user: &'q [f32],
+    blocks: &'q [Block<'s>],
+    row_bytes: usize,
+}
+
+impl Fused<'_, '_> {
+    /// Prefetches the lines of row `row` of segment `si` (a hint: the
+    /// address is not checked, and never read here).
+    #[inline(always)]
+    fn prefetch(&self, si: usize, row: usize) {
+        if let Some(b) = self.blocks.get(si) {
+            let at = (b.bytes.as_ptr() as usize).wrapping_add(row.wrapping_mul(b.stride));
+            let mut line = at & !63;
+            while line < at.wrapping_add(self.row_bytes) {
+                kernels::prefetch_line(line as *const u8);
+                line += 64;
+            }
+        }
+    }
+
+    /// Scores `scratch.locs[range]` into `scratch.scores[range]` (the
+    /// kernel checks each row's bounds).
+    fn score(&self, scratch: &mut Scratch, range: std::ops::Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        kernels::score_gather(
+            self.level,
+            self.dtype,
+            self.user,
+            self.blocks,
+            &scratch.locs[range.clone()],
+            &mut scratch.scores[range],
+            false,
+        );
     }
 }

@@ -326,6 +326,9 @@ pub struct Scratch {
     locs: Vec<Loc>,
     ids: Vec<u64>,
     scores: Vec<f32>,
+    /// Whether `scores` already holds the scores of `locs` (a two-tower
+    /// query scored while resolving its candidates).
+    scored: bool,
     topk: TopK,
     /// Scores sampled for the top-k threshold.
     sample: Vec<f32>,
@@ -618,7 +621,7 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch, result: &mut Query
             dtype,
             user,
             blocks,
-        } => {
+        } if !scratch.scored => {
             scratch.scores.clear();
             scratch.scores.resize(n, 0.0);
             kernels::score_gather(
@@ -628,9 +631,11 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch, result: &mut Query
                 blocks,
                 &scratch.locs,
                 &mut scratch.scores,
+                true,
             );
             result.timings.gather += lap(&mut clock);
         }
+        Scorer::Dot { .. } => {}
         Scorer::Model {
             model,
             prep,

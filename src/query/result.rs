@@ -116,12 +116,15 @@ pub struct Timings {
     /// computed, the query's fusion compiled).
     pub prepare: Duration,
     /// Deduplicating the candidates, finding their rows, dropping deleted
-    /// rows, the filter and the budget (a full scan: the filter).
+    /// rows, the filter and the budget (a full scan: the filter). A
+    /// two-tower query over candidate ids with neither filter nor budget
+    /// finds and scores its rows in one pass, counted under `gather`.
     pub resolve: Duration,
     /// Reading the candidates' rows. A two-tower query: the gather and
-    /// inner-product kernel (one pass over the rows). A three-tower query:
-    /// the cross inputs built (transforms, tables, defaults) and the item
-    /// vectors decoded.
+    /// inner-product kernel (one pass over the rows; without a filter or
+    /// budget, the same pass also finds the rows, see `resolve`). A
+    /// three-tower query: the cross inputs built (transforms, tables,
+    /// defaults) and the item vectors decoded.
     pub gather: Duration,
     /// The cross tower (with SE gating).
     pub cross: Duration,
