@@ -5,7 +5,7 @@
 //! bundle, 5,000 candidates, k = 500) the top-500 overlaps the f32 path's
 //! by as much; and exact mode (`Query::exact`) returns the
 //! f32 bundle's result bit for bit on all of them, as do queries on several
-//! threads (`Query::threads`, on scoped threads or the caller's rayon pool,
+//! threads (`Query::threads`, on the library's pool or the caller's rayon pool,
 //! `Query::pool`) the one-thread result. The kernel level in use
 //! is printed (AMX runs bf16 on tiles; lower levels run f32 products on the
 //! rounded weights).

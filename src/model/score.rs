@@ -22,11 +22,29 @@ use std::time::{Duration, Instant};
 
 /// How a query's model is split over threads ([`Model::score_on`]): into
 /// at most `runs` runs, the caller's thread scoring the first and the
-/// others running on `pool` (the caller's) or on scoped threads.
+/// others running on `pool` (the caller's) or on the library's pool.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Parallel<'p> {
     pub runs: usize,
     pub pool: Option<&'p rayon::ThreadPool>,
+}
+
+/// The library's scoring pool, for [`crate::Query::threads`] without
+/// [`crate::Query::pool`]: one thread per available core (named
+/// `vstore-score-N`), started at the first query that asks for threads and
+/// kept for the process, so a query does not start threads (nor, on AMX,
+/// pay each new thread's first tile use). `None` if it could not be
+/// started (the query then starts scoped threads).
+fn library_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name(|i| format!("vstore-score-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
 }
 
 thread_local! {
@@ -524,8 +542,8 @@ impl Model {
     /// [`Model::score`] split over threads as `par` says: `locs` cut into
     /// up to `par.runs` contiguous runs of whole blocks; the caller's
     /// thread scores the first (with `s`), the others run on `par.pool`
-    /// (the caller's rayon pool) or on scoped threads started for the
-    /// call, each with the buffers its thread keeps between calls, and
+    /// (the caller's rayon pool) or on the library's pool (scoped threads
+    /// started for the call if it could not be started), each with the buffers its thread keeps between calls, and
     /// write their rows' head values in place. A row's values do not depend
     /// on the rows beside it, so the result is [`Model::score`]'s, bit for
     /// bit, wherever the runs ran.
@@ -579,12 +597,20 @@ impl Model {
                 }
                 self.score(prep, segs, first, &mut values, s)
             }),
-            None => std::thread::scope(|scope| {
-                for (r, out) in parts {
-                    scope.spawn(move || run(r, out));
-                }
-                self.score(prep, segs, first, &mut values, s)
-            }),
+            None => match library_pool() {
+                Some(pool) => pool.in_place_scope(|scope| {
+                    for (r, out) in parts {
+                        scope.spawn(move |_| run(r, out));
+                    }
+                    self.score(prep, segs, first, &mut values, s)
+                }),
+                None => std::thread::scope(|scope| {
+                    for (r, out) in parts {
+                        scope.spawn(move || run(r, out));
+                    }
+                    self.score(prep, segs, first, &mut values, s)
+                }),
+            },
         };
         first_out.copy_from_slice(&values);
         times += others.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -253,8 +253,9 @@ impl<'a> Query<'a> {
     /// Runs a three-tower query's model on up to `threads` threads (0
     /// counts as 1): the candidates are split into contiguous runs of whole
     /// scoring blocks, the calling thread scores the first and the others
-    /// run on the pool given to [`Query::pool`], or else on scoped threads
-    /// started for the query. Fusion and the top k then see every
+    /// run on the pool given to [`Query::pool`], or else on the library's
+    /// pool (one thread per core, started by the first query that asks for
+    /// threads and kept for the process). Fusion and the top k then see every
     /// candidate, so the result is the same as on one thread, bit for bit.
     /// Worth it from a few thousand candidates (docs/PERF.md, "Three-tower
     /// scoring"); a two-tower query runs on one thread whatever this says.
@@ -264,8 +265,9 @@ impl<'a> Query<'a> {
     }
 
     /// Runs the split of [`Query::threads`] on the caller's rayon pool
-    /// instead of threads started per query (a serving process keeps one
-    /// pool; its threads keep their scoring buffers between queries).
+    /// instead of the library's (a serving process that runs its own pool
+    /// keeps the scoring on it; its threads keep their scoring buffers
+    /// between queries).
     /// Without [`Query::threads`], the candidates are split into as many
     /// runs as the pool has threads. The result does not depend on the
     /// pool, only on the number of runs, and is the one-thread result.
