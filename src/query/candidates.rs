@@ -547,7 +547,9 @@ fn two_stage<L1, A1, L2, A2>(
     // Each id is hashed once, `ahead` ids before its lookup (when its home
     // slot is prefetched), and the hash kept in a ring until then.
     let ahead = ahead.clamp(1, MAX_AHEAD);
+    // Candidates until the next call of `chunk`.
     let every = fused_chunk().max(1);
+    let mut left = every;
     let mut ring = [0u64; MAX_AHEAD + 1];
     for (i, &a) in ids.iter().enumerate().take(ahead) {
         ring[i] = idindex::hash(a);
@@ -570,8 +572,10 @@ fn two_stage<L1, A1, L2, A2>(
             Some(at) => found(scratch, i as u32, id, at),
             None => scratch.pend.push((i as u32, k)),
         }
-        if i % every == every - 1 {
+        left -= 1;
+        if left == 0 {
             chunk(scratch, false);
+            left = every;
         }
     }
     for j in 0..scratch.pend.len() {
