@@ -10,6 +10,10 @@
 //! large buffer would cost max(work, memory); the printed "extra" is what
 //! it costs beyond the work, against the misses alone (work 0).
 //!
+//! `LINES=3` makes each step read three random lines (all prefetched
+//! `DIST` steps ahead), as a two-tower query's candidate does (its
+//! id-index bucket and a two-line row).
+//!
 //! `cargo run --release --example prefetch_overlap` (a few seconds).
 use std::time::Instant;
 
@@ -18,13 +22,14 @@ use vstore::bench_support::{id_hash as mix, prefetch};
 const STEPS: usize = 5000;
 const DIST: usize = 32;
 
-/// Median ns per step of the loop over `buf` with `work` hash rounds.
-fn run(buf: &[u64], work: u32) -> f64 {
+/// Median ns per step of the loop over `buf` with `work` hash rounds,
+/// `per` random lines a step.
+fn run(buf: &[u64], work: u32, per: usize) -> f64 {
     let lines = (buf.len() / 8) as u64;
     let sets: Vec<Vec<usize>> = (0..64u64)
         .map(|s| {
-            (0..STEPS as u64)
-                .map(|i| (mix(s * STEPS as u64 + i) % lines) as usize * 8)
+            (0..(STEPS * per) as u64)
+                .map(|i| (mix(s * (STEPS * per) as u64 + i) % lines) as usize * 8)
                 .collect()
         })
         .collect();
@@ -34,10 +39,12 @@ fn run(buf: &[u64], work: u32) -> f64 {
         let idx = &sets[it % sets.len()];
         let t = Instant::now();
         for i in 0..STEPS {
-            if let Some(&j) = idx.get(i + DIST) {
-                prefetch(&buf[j] as *const u64 as *const u8);
+            for l in 0..per {
+                if let Some(&j) = idx.get((i + DIST) * per + l) {
+                    prefetch(&buf[j] as *const u64 as *const u8);
+                }
             }
-            let mut h = buf[idx[i]];
+            let mut h = (0..per).fold(0, |h, l| h ^ buf[idx[i * per + l]]);
             for _ in 0..work {
                 h = mix(h);
             }
@@ -67,11 +74,15 @@ fn main() {
     // Page-aligned maps: the casts cannot fail.
     let (small, large): (&[u64], &[u64]) =
         (bytemuck::cast_slice(&small), bytemuck::cast_slice(&large));
-    let memory = run(large, 0);
-    println!("misses alone (512 MiB, no work): {memory:.1} ns/step");
+    let per: usize = std::env::var("LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let memory = run(large, 0, per);
+    println!("misses alone (512 MiB, {per} line(s) a step, no work): {memory:.1} ns/step");
     println!("work | in cache ns | 512 MiB ns | extra ns | extra / misses alone");
     for work in [2, 4, 8] {
-        let (c, m) = (run(small, work), run(large, work));
+        let (c, m) = (run(small, work, per), run(large, work, per));
         println!(
             "{work:>4} | {c:>11.1} | {m:>10.1} | {:>8.1} | {:>5.0}%",
             m - c,
