@@ -48,6 +48,10 @@ pub(crate) struct Weights {
     /// `Kernel::Avx2Int8`).
     #[cfg(target_arch = "x86_64")]
     packed_i16: crate::kernels::gemm_i8_avx2::PackedI16,
+    /// The int8 weights for the 256-bit `vpdpbusd` (only for
+    /// `Kernel::AvxVnniInt8`).
+    #[cfg(target_arch = "x86_64")]
+    packed_avx_vnni: crate::kernels::gemm_avx_vnni::PackedI8,
     /// Which panel kernel `packed` is for (`Avx2` or `Avx512`; unused when
     /// `packed` is empty).
     kernel: Kernel,
@@ -77,6 +81,8 @@ enum Kernel {
     VnniInt8,
     /// `gemm_i8_avx2`, int8 (widened to int16) on `vpmaddwd`.
     Avx2Int8,
+    /// `gemm_avx_vnni`, int8 on the 256-bit `vpdpbusd`.
+    AvxVnniInt8,
 }
 
 impl Weights {
@@ -113,7 +119,7 @@ impl Weights {
         level: Level,
         precision: Precision,
     ) -> Weights {
-        assert!(level <= Level::hardware(), "{level:?}: not on this CPU");
+        assert!(level.runs_here(), "{level:?}: not on this CPU");
         let given: Vec<f32> = (0..n)
             .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
             .collect();
@@ -146,11 +152,13 @@ impl Weights {
                 (Kernel::VnniInt8, 0)
             }
             #[cfg(target_arch = "x86_64")]
+            Level::AvxVnni if precision == Precision::Int8 => (Kernel::AvxVnniInt8, 0),
+            #[cfg(target_arch = "x86_64")]
             Level::Avx2 | Level::Avx512 | Level::Avx512Bf16 if precision == Precision::Int8 => {
                 (Kernel::Avx2Int8, 0)
             }
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
+            Level::Avx2 | Level::AvxVnni => (Kernel::Avx2, crate::kernels::gemm_x86::NR),
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 | Level::Avx512Bf16 | Level::Amx => {
                 (Kernel::Avx512, crate::kernels::gemm_avx512::NR)
@@ -165,6 +173,8 @@ impl Weights {
         let mut packed_vnni = Default::default();
         #[cfg(target_arch = "x86_64")]
         let mut packed_i16 = Default::default();
+        #[cfg(target_arch = "x86_64")]
+        let mut packed_avx_vnni = Default::default();
         match kernel {
             Kernel::None => {}
             #[cfg(target_arch = "x86_64")]
@@ -179,12 +189,17 @@ impl Weights {
             Kernel::VnniInt8 => packed_vnni = crate::kernels::gemm_vnni::pack(&given, n, k),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Int8 => packed_i16 = crate::kernels::gemm_i8_avx2::pack(&given, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnniInt8 => {
+                packed_avx_vnni = crate::kernels::gemm_avx_vnni::pack(&given, n, k)
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::AmxBf16
             | Kernel::DpBf16
             | Kernel::AmxInt8
             | Kernel::VnniInt8
-            | Kernel::Avx2Int8 => {}
+            | Kernel::Avx2Int8
+            | Kernel::AvxVnniInt8 => {}
             Kernel::Avx2 | Kernel::Avx512 => {
                 packed = vec![0f32; n.div_ceil(nr) * k * nr];
                 for j in 0..n {
@@ -213,6 +228,8 @@ impl Weights {
             packed_vnni,
             #[cfg(target_arch = "x86_64")]
             packed_i16,
+            #[cfg(target_arch = "x86_64")]
+            packed_avx_vnni,
             kernel,
             narrow,
             precision,
@@ -390,6 +407,29 @@ pub(crate) fn matmul_prefetching(
                     a,
                     lda,
                     &w.packed_i16,
+                    c,
+                    ldc,
+                    start,
+                    relu,
+                    ahead,
+                )
+            };
+            return;
+        }
+        Kernel::AvxVnniInt8 => {
+            // SAFETY: `Kernel::AvxVnniInt8` is only set for Level::AvxVnni,
+            // which `Weights::for_level` asserts the CPU runs (AVX2, FMA,
+            // F16C and AVX-VNNI present: `Level::runs_here`); the asserts
+            // above and the packing (`gemm_avx_vnni::pack` for n and k) are
+            // the kernel's bounds contract.
+            unsafe {
+                crate::kernels::gemm_avx_vnni::gemm_packed_i8(
+                    m,
+                    n,
+                    k,
+                    a,
+                    lda,
+                    &w.packed_avx_vnni,
                     c,
                     ldc,
                     start,
@@ -653,7 +693,7 @@ mod tests {
                 assert_eq!(w.narrow, level >= Level::Avx2 && n <= NARROW);
                 let kernel = match level {
                     _ if n <= NARROW => Kernel::None,
-                    Level::Avx2 => Kernel::Avx2,
+                    Level::Avx2 | Level::AvxVnni => Kernel::Avx2,
                     Level::Avx512 | Level::Avx512Bf16 | Level::Amx => Kernel::Avx512,
                     Level::Portable => Kernel::None,
                 };
@@ -801,7 +841,10 @@ mod tests {
                                 let mw = row(&wraw[j * k..(j + 1) * k]).fold(0.0, f64::max);
                                 let ma = if matches!(
                                     w.kernel,
-                                    Kernel::AmxInt8 | Kernel::VnniInt8 | Kernel::Avx2Int8
+                                    Kernel::AmxInt8
+                                        | Kernel::VnniInt8
+                                        | Kernel::Avx2Int8
+                                        | Kernel::AvxVnniInt8
                                 ) {
                                     row(&a[i * k..(i + 1) * k]).fold(0.0, f64::max)
                                 } else {
@@ -889,6 +932,15 @@ mod tests {
                 assert!(ran.contains(&(Level::Avx512, Kernel::VnniInt8)), "{ran:?}");
             } else {
                 println!("no AVX512-VNNI on this CPU: the vpdpbusd kernel did not run");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if Level::AvxVnni.runs_here() {
+                assert!(
+                    ran.contains(&(Level::AvxVnni, Kernel::AvxVnniInt8)),
+                    "{ran:?}"
+                );
+            } else {
+                println!("no AVX-VNNI on this CPU: the 256-bit vpdpbusd kernel did not run");
             }
             #[cfg(target_arch = "x86_64")]
             if Level::hardware() >= Level::Avx2 {

@@ -75,7 +75,78 @@ unsafe fn quantize_rows(
     kq: usize,
     scale: &mut [f32],
 ) -> bool {
-    assert!(kq >= k && kq.is_multiple_of(8) && dst.len() >= m * kq && scale.len() >= m);
+    assert!(dst.len() >= m * kq);
+    // SAFETY: AVX2 (the caller's contract); `store` writes values at .. at
+    // + 8 of `dst`, inside it since at + 8 <= m * kq (asserted).
+    let d = dst.as_mut_ptr();
+    unsafe {
+        quantize_rows_with(m, k, a, lda, kq, scale, |q, at, _| {
+            // Pack to int16 (per 128-bit lane), then gather the two
+            // lanes' low halves.
+            let q = _mm256_permute4x64_epi64::<0b1000>(_mm256_packs_epi32(q, q));
+            _mm_storeu_si128(d.add(at) as *mut __m128i, _mm256_castsi256_si128(q))
+        })
+    }
+}
+
+/// [`quantize_rows`] into bytes (`dst`: `[m][kq]`, zero beyond `k`), as
+/// `vpdpbusd` takes them: the uint8 values of unsigned rows, and the int8
+/// values of signed ones shifted by 128 (`q + 128`); returns whether the
+/// rows are unsigned (else the caller subtracts `128 * sum_p w[p]`).
+///
+/// # Safety
+/// As [`quantize_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_rows_u8(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    dst: &mut [u8],
+    kq: usize,
+    scale: &mut [f32],
+) -> bool {
+    assert!(dst.len() >= m * kq);
+    // SAFETY: AVX2 (the caller's contract); `store` writes bytes at .. at
+    // + 8 of `dst`, inside it since at + 8 <= m * kq (asserted).
+    let d = dst.as_mut_ptr();
+    unsafe {
+        quantize_rows_with(m, k, a, lda, kq, scale, |q, at, signed| {
+            let q = if signed {
+                _mm256_add_epi32(q, _mm256_set1_epi32(128))
+            } else {
+                q
+            };
+            // 0 ..= 255 each: to int16, then to uint8 (per 128-bit lane),
+            // then the two lanes' first four bytes side by side.
+            let q = _mm256_packus_epi16(_mm256_packs_epi32(q, q), _mm256_setzero_si256());
+            let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm_storel_epi64(d.add(at) as *mut __m128i, _mm256_castsi256_si128(q))
+        })
+    }
+}
+
+/// The quantization of [`quantize_rows`]: each row's scale into `scale`,
+/// then every 8 values of row `i` from `p` (clamped int32, zero beyond
+/// `k`) handed to `store(q, i * kq + p, signed)`; returns whether the
+/// rows are unsigned.
+///
+/// # Safety
+/// AVX2 must be present; `a` holds `(m-1)*lda + k` values, `scale` `m`;
+/// `store` must be safe to call for offsets `i * kq + p` with `i < m` and
+/// `p + 8 <= kq`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_rows_with(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    kq: usize,
+    scale: &mut [f32],
+    store: impl Fn(__m256i, usize, bool),
+) -> bool {
+    assert!(kq >= k && kq.is_multiple_of(8) && scale.len() >= m);
     assert!(m == 0 || a.len() >= (m - 1) * lda + k);
     // 8 values of row i from p, zero beyond k (a masked load touches only
     // the unmasked values).
@@ -120,17 +191,7 @@ unsafe fn quantize_rows(
         for p in (0..kq).step_by(8) {
             let q = _mm256_cvtps_epi32(_mm256_mul_ps(load(i, p), inv));
             let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
-            // Pack to int16 (per 128-bit lane), then gather the two lanes'
-            // low halves.
-            let q = _mm256_permute4x64_epi64::<0b1000>(_mm256_packs_epi32(q, q));
-            // SAFETY: values p .. p + 8 of row i are inside `dst` (p + 8
-            // <= kq).
-            unsafe {
-                _mm_storeu_si128(
-                    dst.as_mut_ptr().add(i * kq + p) as *mut __m128i,
-                    _mm256_castsi256_si128(q),
-                )
-            };
+            store(q, i * kq + p, neg);
         }
     }
     !neg

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `Portable` (any CPU) | the portable loops here (vectorized by the compiler for the baseline instruction set) | `matrixmultiply` |
 //! | `Avx2` (AVX2, FMA, F16C) | `x86` | `gemm_x86` (6x16 tiles; layers of at most 8 outputs as dot products); int8 bundles' layers on `vpmaddwd` (`gemm_i8_avx2`, 6x16 tiles) |
+//! | `AvxVnni` (AVX2 as above plus AVX-VNNI, no AVX-512) | as at `Avx2` | as at `Avx2`; int8 bundles' layers on the 256-bit `vpdpbusd` (`gemm_avx_vnni`, 6x16 tiles) |
 //! | `Avx512` (also AVX-512 F, BW, VL) | `x86_512` (16 lanes, masked tails) | `gemm_avx512` (12x32 tiles); int8 bundles' layers on `vpdpbusd` (`gemm_vnni`, 12x32 tiles) when the CPU has AVX512-VNNI, else as at `Avx2`; narrow layers as at `Avx2` |
 //! | `Avx512Bf16` (also AVX512-BF16) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on `vdpbf16ps` (`gemm_bf16`, 12x32 tiles) |
 //! | `Amx` (also AMX-TILE, -BF16, -INT8, tile state granted) | as at `Avx512` | as at `Avx512`; bf16 bundles' layers on AMX tiles (`amx`) |
@@ -19,11 +20,13 @@
 //! bf16 with f32 sums, elsewhere the f32 kernels above run on the rounded
 //! weights. At `Int8` the weights are quantized per output channel; from
 //! `Avx2` up the activations are quantized per row too and the products
-//! run in int8 with int32 sums, the same sums on AMX, AVX512-VNNI and AVX2;
+//! run in int8 with int32 sums, the same sums on AMX, AVX512-VNNI, AVX-VNNI
+//! and AVX2;
 //! the portable path runs f32 products on the dequantized weights.
 //!
-//! `VSTORE_KERNEL_LEVEL=portable|avx2|avx512|avx512bf16|amx` forces a lower level than the
-//! CPU's (a higher one is refused with a message, never run);
+//! `VSTORE_KERNEL_LEVEL=portable|avx2|avxvnni|avx512|avx512bf16|amx` forces a lower level
+//! than the CPU's (a higher one, or `avxvnni` on a CPU without AVX-VNNI, is
+//! refused with a message, never run);
 //! `VSTORE_FORCE_PORTABLE` (any value) is the same as `portable`.
 
 use half::slice::HalfFloatSliceExt;
@@ -35,6 +38,8 @@ pub(crate) mod amx;
 pub(crate) mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_avx_vnni;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_bf16;
 #[cfg(target_arch = "x86_64")]
@@ -49,13 +54,19 @@ mod x86;
 mod x86_512;
 
 /// Which implementation runs. Levels are ordered: a CPU that runs one runs
-/// every lower one too.
+/// every lower one too, except `AvxVnni`, which a CPU runs only if it has
+/// AVX-VNNI (many AVX-512 CPUs do not; [`Level::runs_here`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Portable Rust (any CPU).
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 as above plus AVX-VNNI (the 256-bit `vpdpbusd`), the best
+    /// level of CPUs that have it without AVX-512 (Intel's client cores
+    /// from Alder Lake on, its E-core Xeons): int8 bundles' layers run on
+    /// it (`kernels::gemm_avx_vnni`), everything else as at `Avx2`.
+    AvxVnni,
     /// x86-64 AVX-512 F, BW and VL, with FMA and F16C: the two-tower loops
     /// (`x86_512`) and the model layers' matrix product (`gemm_avx512`)
     /// run on AVX-512; narrow layers run the AVX2 kernels.
@@ -132,23 +143,26 @@ impl Precision {
 }
 
 /// The environment variable that forces a lower level than the CPU's
-/// (`portable`, `avx2`, `avx512`, `avx512bf16` or `amx`), so that every path can be tested on a
-/// machine that has a higher one.
+/// (`portable`, `avx2`, `avxvnni`, `avx512`, `avx512bf16` or `amx`), so that
+/// every path can be tested on a machine that has a higher one.
 pub const LEVEL_VAR: &str = "VSTORE_KERNEL_LEVEL";
 
 impl Level {
     /// The level this process runs: the best the CPU supports
     /// ([`Level::hardware`]), lowered by `VSTORE_KERNEL_LEVEL`
-    /// (`portable`, `avx2`, `avx512`, `avx512bf16`, `amx`) or `VSTORE_FORCE_PORTABLE` (any
-    /// value: the same as `VSTORE_KERNEL_LEVEL=portable`). A level above
-    /// the CPU's, or a name not in that list, is refused with a message
-    /// on standard error and the CPU's level runs. Chosen once, then cached.
+    /// (`portable`, `avx2`, `avxvnni`, `avx512`, `avx512bf16`, `amx`) or
+    /// `VSTORE_FORCE_PORTABLE` (any value: the same as
+    /// `VSTORE_KERNEL_LEVEL=portable`). A level the CPU does not run
+    /// ([`Level::runs_here`]), or a name not in that list, is refused with a
+    /// message on standard error and the CPU's level runs. Chosen once,
+    /// then cached.
     pub fn detect() -> Level {
         static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
             let forced = std::env::var(LEVEL_VAR).ok();
             let portable = std::env::var_os("VSTORE_FORCE_PORTABLE").is_some();
-            let (level, warning) = Level::choose(Level::hardware(), forced.as_deref(), portable);
+            let cpu = (Level::hardware(), Level::vnni_256());
+            let (level, warning) = Level::choose(cpu, forced.as_deref(), portable);
             if let Some(w) = warning {
                 eprintln!("vstore: {w}");
             }
@@ -183,6 +197,9 @@ impl Level {
                     }
                     return Level::Avx512;
                 }
+                if has_avx_vnni() {
+                    return Level::AvxVnni;
+                }
                 return Level::Avx2;
             }
             Level::Portable
@@ -195,13 +212,28 @@ impl Level {
         [
             Level::Portable,
             Level::Avx2,
+            Level::AvxVnni,
             Level::Avx512,
             Level::Avx512Bf16,
             Level::Amx,
         ]
         .into_iter()
-        .filter(|&l| l <= Level::hardware())
+        .filter(|&l| l.runs_here())
         .collect()
+    }
+
+    /// Whether this CPU runs the level: at most [`Level::hardware`], and
+    /// for `AvxVnni` only with AVX-VNNI.
+    pub fn runs_here(self) -> bool {
+        self <= Level::hardware() && (self != Level::AvxVnni || Level::vnni_256())
+    }
+
+    /// Whether the CPU has AVX-VNNI (false off x86-64).
+    fn vnni_256() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return has_avx_vnni();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// The level's name, as `VSTORE_KERNEL_LEVEL` spells it.
@@ -209,6 +241,7 @@ impl Level {
         match self {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
+            Level::AvxVnni => "avxvnni",
             Level::Avx512 => "avx512",
             Level::Avx512Bf16 => "avx512bf16",
             Level::Amx => "amx",
@@ -218,7 +251,12 @@ impl Level {
     /// The level to run given the CPU's (`hardware`), the value of
     /// `VSTORE_KERNEL_LEVEL` and whether `VSTORE_FORCE_PORTABLE` is set,
     /// with a message when a request is refused. Never above `hardware`.
-    fn choose(hardware: Level, forced: Option<&str>, portable: bool) -> (Level, Option<String>) {
+    /// `cpu`: the CPU's level and whether it has AVX-VNNI.
+    fn choose(
+        (hardware, vnni_256): (Level, bool),
+        forced: Option<&str>,
+        portable: bool,
+    ) -> (Level, Option<String>) {
         if portable {
             return (Level::Portable, None);
         }
@@ -228,6 +266,7 @@ impl Level {
         let wanted = match name.to_ascii_lowercase().as_str() {
             "portable" => Level::Portable,
             "avx2" => Level::Avx2,
+            "avxvnni" => Level::AvxVnni,
             "avx512" => Level::Avx512,
             "avx512bf16" => Level::Avx512Bf16,
             "amx" => Level::Amx,
@@ -235,14 +274,14 @@ impl Level {
                 return (
                     hardware,
                     Some(format!(
-                    "{LEVEL_VAR}={name:?} is not one of portable, avx2, avx512, avx512bf16, amx; \
+                    "{LEVEL_VAR}={name:?} is not one of portable, avx2, avxvnni, avx512, avx512bf16, amx; \
                          running the CPU's level, {}",
                     hardware.name()
                 )),
                 )
             }
         };
-        if wanted > hardware {
+        if wanted > hardware || (wanted == Level::AvxVnni && !vnni_256) {
             return (
                 hardware,
                 Some(format!(
@@ -280,6 +319,14 @@ pub(crate) fn f16_to_f32(src: &[half::f16], out: &mut [f32]) {
 pub(crate) fn has_vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni"))
+}
+
+/// Whether the CPU has AVX-VNNI (the VEX-encoded, 256-bit `vpdpbusd`),
+/// which `Level::AvxVnni` needs (detected once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| is_x86_feature_detected!("avxvnni"))
 }
 
 /// Whether the CPU's vendor string is AMD's (CPUID leaf 0).
@@ -614,26 +661,50 @@ mod tests {
     #[test]
     fn the_environment_lowers_the_level_and_never_raises_it() {
         use Level::*;
-        assert_eq!(Level::choose(Avx512, None, false), (Avx512, None));
-        assert_eq!(Level::choose(Avx512, Some("avx2"), false), (Avx2, None));
-        assert_eq!(Level::choose(Avx512, Some("AVX512"), false), (Avx512, None));
+        assert_eq!(Level::choose((Avx512, false), None, false), (Avx512, None));
         assert_eq!(
-            Level::choose(Avx2, Some("portable"), false),
+            Level::choose((Avx512, false), Some("avx2"), false),
+            (Avx2, None)
+        );
+        assert_eq!(
+            Level::choose((Avx512, false), Some("AVX512"), false),
+            (Avx512, None)
+        );
+        assert_eq!(
+            Level::choose((Avx2, false), Some("portable"), false),
             (Portable, None)
         );
-        assert_eq!(Level::choose(Avx512, Some(""), false), (Avx512, None));
+        assert_eq!(
+            Level::choose((Avx512, false), Some(""), false),
+            (Avx512, None)
+        );
         // VSTORE_FORCE_PORTABLE wins.
-        assert_eq!(Level::choose(Avx512, Some("avx2"), true), (Portable, None));
+        assert_eq!(
+            Level::choose((Avx512, false), Some("avx2"), true),
+            (Portable, None)
+        );
         // Above the CPU, or unknown: refused, with a message.
-        let (l, w) = Level::choose(Avx2, Some("avx512"), false);
+        let (l, w) = Level::choose((Avx2, false), Some("avx512"), false);
         assert_eq!(l, Avx2);
         assert!(w.unwrap().contains("more than this CPU has"));
-        let (l, w) = Level::choose(Portable, Some("avx2"), false);
+        let (l, w) = Level::choose((Portable, false), Some("avx2"), false);
         assert_eq!(l, Portable);
         assert!(w.is_some());
-        let (l, w) = Level::choose(Avx512, Some("sse"), false);
+        let (l, w) = Level::choose((Avx512, false), Some("sse"), false);
         assert_eq!(l, Avx512);
         assert!(w.unwrap().contains("not one of"));
+        // AVX-VNNI: run where the CPU has it, whatever its level; refused
+        // on an AVX-512 CPU without it.
+        assert_eq!(Level::choose((AvxVnni, true), None, false), (AvxVnni, None));
+        assert_eq!(
+            Level::choose((Avx512Bf16, true), Some("avxvnni"), false),
+            (AvxVnni, None)
+        );
+        let (l, w) = Level::choose((Avx512, false), Some("avxvnni"), false);
+        assert_eq!(l, Avx512);
+        assert!(w.unwrap().contains("more than this CPU has"));
+        let (l, _) = Level::choose((Avx2, false), Some("avxvnni"), false);
+        assert_eq!(l, Avx2);
         // What this process runs.
         println!(
             "hardware {:?}, detect {:?}, available {:?}",
