@@ -378,6 +378,7 @@ fn over_budget(scratch: &mut Scratch, cap: usize, result: &mut QueryResult) {
 /// every stage returns live rows only (segment probes check tombstones,
 /// the directory holds live rows), which pass 2 relies on. `track`: push
 /// each found row's position in `ids` to `pos` (the budget needs them).
+/// With `fused`, also fills `scores` (one per `locs` entry).
 #[allow(clippy::too_many_arguments)]
 fn resolve(
     segs: &[crate::read::segment::Segment],
@@ -529,6 +530,8 @@ const MAX_AHEAD: usize = 63;
 
 /// [`resolve`]'s two passes: dedupe and look every candidate
 /// up in the first stage; look the ones it does not hold up in the second.
+/// `chunk(scratch, false)` is called after every [`FUSED_CHUNK`] candidates
+/// of the first, and `chunk(scratch, true)` once at the end.
 fn two_stage<L1, A1, L2, A2>(
     ids: &[u64],
     scratch: &mut Scratch,
