@@ -485,9 +485,9 @@ pub(crate) fn matmul_prefetching(
             return;
         }
         Kernel::Avx2 => {
-            // SAFETY: `Kernel::Avx2` is only set for Level::Avx2, which
-            // `Weights::for_level` asserts the CPU has (AVX2, FMA and F16C
-            // present); the asserts above and the packing (ceil(n/16) * k
+            // SAFETY: `Kernel::Avx2` is only set for Level::Avx2 and
+            // Level::AvxVnni, which `Weights::for_level` asserts the CPU
+            // runs (AVX2, FMA and F16C present); the asserts above and the packing (ceil(n/16) * k
             // * 16 values) are the kernel's bounds contract.
             unsafe {
                 crate::kernels::gemm_x86::gemm_packed(
