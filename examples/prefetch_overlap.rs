@@ -10,6 +10,10 @@
 //! large buffer would cost max(work, memory); the printed "extra" is what
 //! it costs beyond the work, against the misses alone (work 0).
 //!
+//! `FILE=1` reads the large buffer from a memory-mapped file in the page
+//! cache (as a store's columns are read; written under `target/`,
+//! removed at the end) instead of anonymous memory.
+//!
 //! `LINES=3` makes each step read three random lines (all prefetched
 //! `DIST` steps ahead), as a two-tower query's candidate does (its
 //! id-index bucket and a two-line row).
@@ -69,17 +73,45 @@ fn buffer(mb: usize) -> memmap2::MmapMut {
     map
 }
 
+/// A read-only map of a `mb` MiB file under `target/` (its pages read once,
+/// so no step takes a page fault), and the file's path.
+fn file_buffer(mb: usize) -> (memmap2::Mmap, std::path::PathBuf) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/prefetch_overlap.bin");
+    let data: Vec<u8> = (0..(mb << 20) / 8)
+        .flat_map(|i: usize| (i as u64).to_le_bytes())
+        .collect();
+    std::fs::write(&path, &data).expect("write the buffer file");
+    let f = std::fs::File::open(&path).expect("open the buffer file");
+    // SAFETY: the file is this example's own and nothing writes it while
+    // it is mapped.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.expect("map");
+    (map, path)
+}
+
 fn main() {
-    let (small, large) = (buffer(1), buffer(512));
+    let small = buffer(1);
+    let (anon, file);
+    let large: &[u8] = if std::env::var_os("FILE").is_some() {
+        file = file_buffer(512);
+        &file.0
+    } else {
+        anon = buffer(512);
+        &anon
+    };
     // Page-aligned maps: the casts cannot fail.
     let (small, large): (&[u64], &[u64]) =
-        (bytemuck::cast_slice(&small), bytemuck::cast_slice(&large));
+        (bytemuck::cast_slice(&small), bytemuck::cast_slice(large));
     let per: usize = std::env::var("LINES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let memory = run(large, 0, per);
-    println!("misses alone (512 MiB, {per} line(s) a step, no work): {memory:.1} ns/step");
+    let kind = if std::env::var_os("FILE").is_some() {
+        "file"
+    } else {
+        "anonymous"
+    };
+    println!("misses alone (512 MiB {kind}, {per} line(s) a step, no work): {memory:.1} ns/step");
     println!("work | in cache ns | 512 MiB ns | extra ns | extra / misses alone");
     for work in [2, 4, 8] {
         let (c, m) = (run(small, work, per), run(large, work, per));
@@ -87,6 +119,11 @@ fn main() {
             "{work:>4} | {c:>11.1} | {m:>10.1} | {:>8.1} | {:>5.0}%",
             m - c,
             (m - c) / memory * 100.0
+        );
+    }
+    if std::env::var_os("FILE").is_some() {
+        let _ = std::fs::remove_file(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/prefetch_overlap.bin"),
         );
     }
 }
