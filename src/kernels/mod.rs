@@ -56,11 +56,7 @@ mod x86_512;
 /// Which implementation runs. Levels are ordered: a CPU that runs one runs
 /// every lower one too, except `AvxVnni`, which a CPU runs only if it has
 /// AVX-VNNI (many AVX-512 CPUs do not; [`Level::runs_here`]).
-///
-/// Non-exhaustive: new instruction sets bring new levels (`AvxVnni` was
-/// added after the others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[non_exhaustive]
 pub enum Level {
     /// Portable Rust (any CPU).
     Portable,
