@@ -238,6 +238,37 @@ impl Weights {
     }
 }
 
+/// The cache lines a layer product prefetches along the way (the next
+/// block's rows), spread over its register tiles so that the misses
+/// overlap the arithmetic instead of stalling it in one burst; but in
+/// bursts of at least 32 lines, whose address translations overlap each
+/// other (smaller bursts were slower: docs/PERF.md, "Three-tower scoring").
+pub(crate) struct Bursts<'a>(std::slice::Chunks<'a, usize>);
+
+impl<'a> Bursts<'a> {
+    /// The lines at the addresses `ahead`, over `tiles` tiles.
+    pub(crate) fn new(ahead: &'a [usize], tiles: usize) -> Bursts<'a> {
+        Bursts(ahead.chunks(ahead.len().div_ceil(tiles.max(1)).max(32)))
+    }
+
+    /// Prefetches the next burst (nothing once all are out).
+    #[inline]
+    pub(crate) fn next(&mut self) {
+        for &p in self.0.next().unwrap_or(&[]) {
+            crate::kernels::prefetch_line(p as *const u8);
+        }
+    }
+
+    /// Prefetches every burst left.
+    pub(crate) fn rest(self) {
+        for burst in self.0 {
+            burst
+                .iter()
+                .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+        }
+    }
+}
+
 /// `w` (`[rows, k]` row-major) quantized to int8 per row: the scale
 /// `s_j = max |w_j| / 127` (0 for a row of zeros) and `round(w / s_j)`
 /// (nearest even) in -127..=127. The one quantization of weights: the

@@ -231,16 +231,7 @@ pub(crate) unsafe fn gemm_packed(
     ahead: &[usize],
 ) {
     let (a, c) = (a.as_ptr(), c.as_mut_ptr());
-    // `ahead` is spread over the tiles in bursts of at least 32 lines, as
-    // in the AVX2 kernel (docs/PERF.md, "Three-tower scoring").
-    let tiles = n.div_ceil(NR) * m.div_ceil(MR);
-    let per_tile = ahead.len().div_ceil(tiles.max(1)).max(32);
-    let mut ahead = ahead.chunks(per_tile);
-    let mut prefetch = || {
-        for &p in ahead.next().unwrap_or(&[]) {
-            crate::kernels::prefetch_line(p as *const u8);
-        }
-    };
+    let mut ahead = crate::kernels::gemm::Bursts::new(ahead, n.div_ceil(NR) * m.div_ceil(MR));
     for panel in 0..n.div_ceil(NR) {
         let (j0, nn) = (panel * NR, NR.min(n - panel * NR));
         // SAFETY: panel < ceil(n/32), so its k * 32 values are in `packed`;
@@ -251,14 +242,14 @@ pub(crate) unsafe fn gemm_packed(
             let cp = c.add(j0);
             let mut i = 0;
             while i + MR <= m {
-                prefetch();
+                ahead.next();
                 let (ap, cr) = (a.add(i * lda), cp.add(i * ldc));
                 tile::<MR>(k, ap, lda, bp, cr, ldc, (i, j0, nn), start, relu);
                 i += MR;
             }
             let (ap, cr, at) = (a.add(i * lda), cp.add(i * ldc), (i, j0, nn));
             if i < m {
-                prefetch();
+                ahead.next();
             }
             match m - i {
                 0 => {}

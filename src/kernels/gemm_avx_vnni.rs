@@ -104,9 +104,7 @@ pub(crate) unsafe fn gemm_packed_i8(
     // beyond `m`.
     let kq = k.div_ceil(8) * 8;
     let rows = m.div_ceil(MR) * MR;
-    let tiles = n.div_ceil(NR) * m.div_ceil(MR);
-    let per_tile = ahead.len().div_ceil(tiles.max(1)).max(32);
-    let mut ahead = ahead.chunks(per_tile);
+    let mut ahead = crate::kernels::gemm::Bursts::new(ahead, n.div_ceil(NR) * m.div_ceil(MR));
     SCRATCH.with_borrow_mut(|(qa, sa)| {
         if qa.len() < rows * kq {
             qa.resize(rows * kq, 0);
@@ -128,9 +126,7 @@ pub(crate) unsafe fn gemm_packed_i8(
             };
             let mut i = 0;
             while i < m {
-                for &p in ahead.next().unwrap_or(&[]) {
-                    crate::kernels::prefetch_line(p as *const u8);
-                }
+                ahead.next();
                 let r = (m - i).min(MR);
                 // SAFETY: rows i .. i + MR of `qa` exist (`rows` of kq
                 // bytes); the panel's groups * 64 bytes are in `values`;
@@ -153,11 +149,7 @@ pub(crate) unsafe fn gemm_packed_i8(
             }
         }
     });
-    for burst in ahead {
-        burst
-            .iter()
-            .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
-    }
+    ahead.rest();
 }
 
 /// The int32 sums of one tile: `MR` rows of quantized activations at `a`

@@ -231,9 +231,7 @@ pub(crate) unsafe fn gemm_packed_i8(
     let kq = k.div_ceil(8) * 8;
     // A tile may read up to MR - 1 rows beyond `m`.
     let rows = m.div_ceil(MR) * MR;
-    let tiles = n.div_ceil(NR) * m.div_ceil(MR);
-    let per_tile = ahead.len().div_ceil(tiles.max(1)).max(32);
-    let mut ahead = ahead.chunks(per_tile);
+    let mut ahead = crate::kernels::gemm::Bursts::new(ahead, n.div_ceil(NR) * m.div_ceil(MR));
     SCRATCH.with_borrow_mut(|(qa, sa)| {
         if qa.len() < rows * kq {
             qa.resize(rows * kq, 0);
@@ -249,9 +247,7 @@ pub(crate) unsafe fn gemm_packed_i8(
             let sw = &w.scales[j0..j0 + NR];
             let mut i = 0;
             while i < m {
-                for &p in ahead.next().unwrap_or(&[]) {
-                    crate::kernels::prefetch_line(p as *const u8);
-                }
+                ahead.next();
                 let r = (m - i).min(MR);
                 // SAFETY: rows i .. i + MR of `qa` exist (`rows` of kq
                 // values); the panel's pairs * 32 values are in `values`;
@@ -274,11 +270,7 @@ pub(crate) unsafe fn gemm_packed_i8(
             }
         }
     });
-    for burst in ahead {
-        burst
-            .iter()
-            .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
-    }
+    ahead.rest();
 }
 
 /// The int32 sums of one tile: `MR` rows of int16 activations at `a`
