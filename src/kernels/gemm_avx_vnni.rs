@@ -33,39 +33,14 @@ const NR: usize = 16;
 /// Rows per register tile (12 accumulators).
 const MR: usize = 6;
 
-/// The int8 weights of one layer, packed for [`gemm_packed_i8`].
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PackedI8 {
-    /// `[n/16][k/4][16][4]` int8 values, zero padded.
-    pub values: Vec<i8>,
-    /// Per output column (padded to whole panels with zeros): the scale.
-    pub scales: Vec<f32>,
-    /// Per output column (padded): `128 * sum_p qw[j][p]`, subtracted from
-    /// the sums of shifted int8 activations.
-    pub shift: Vec<i32>,
-}
+/// The int8 weights of one layer, packed for [`gemm_packed_i8`]
+/// (`gemm_vnni`'s layout with 16-column panels).
+pub(crate) use crate::kernels::gemm_vnni::PackedI8;
 
 /// Quantizes `w` (`[n, k]` row-major) per output channel and packs it
 /// (see the module comment).
 pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> PackedI8 {
-    let (groups, np) = (k.div_ceil(4), n.div_ceil(NR) * NR);
-    let (q, s) = crate::kernels::gemm::quantized(&w[..n * k], k);
-    let mut values = vec![0i8; np * groups * 4];
-    let (mut scales, mut shift) = (vec![0f32; np], vec![0i32; np]);
-    for j in 0..n {
-        let (panel, col) = (j / NR, j % NR);
-        let row = &q[j * k..(j + 1) * k];
-        for (p, &x) in row.iter().enumerate() {
-            values[((panel * groups + p / 4) * NR + col) * 4 + p % 4] = x;
-        }
-        scales[j] = s[j];
-        shift[j] = 128 * row.iter().map(|&x| x as i32).sum::<i32>();
-    }
-    PackedI8 {
-        values,
-        scales,
-        shift,
-    }
+    crate::kernels::gemm_vnni::pack_panels(w, n, k, NR)
 }
 
 thread_local! {

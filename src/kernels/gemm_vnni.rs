@@ -36,7 +36,8 @@ const MR: usize = 12;
 /// The int8 weights of one layer, packed for [`gemm_packed_i8`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PackedI8 {
-    /// `[n/32][k/4][32][4]` int8 values, zero padded.
+    /// `[n/nr][k/4][nr][4]` int8 values, zero padded (`nr` = 32 here, 16
+    /// for `gemm_avx_vnni`).
     pub values: Vec<i8>,
     /// Per output column (padded to whole panels with zeros): the scale.
     pub scales: Vec<f32>,
@@ -48,15 +49,21 @@ pub(crate) struct PackedI8 {
 /// Quantizes `w` (`[n, k]` row-major) per output channel and packs it
 /// (see the module comment).
 pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> PackedI8 {
-    let (groups, np) = (k.div_ceil(4), n.div_ceil(NR) * NR);
+    pack_panels(w, n, k, NR)
+}
+
+/// [`pack`] into panels of `nr` columns (`[n/nr][k/4][nr][4]`), for this
+/// kernel (32) and the 256-bit one (`gemm_avx_vnni`, 16).
+pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize, nr: usize) -> PackedI8 {
+    let (groups, np) = (k.div_ceil(4), n.div_ceil(nr) * nr);
     let (q, s) = crate::kernels::gemm::quantized(&w[..n * k], k);
     let mut values = vec![0i8; np * groups * 4];
     let (mut scales, mut shift) = (vec![0f32; np], vec![0i32; np]);
     for j in 0..n {
-        let (panel, col) = (j / NR, j % NR);
+        let (panel, col) = (j / nr, j % nr);
         let row = &q[j * k..(j + 1) * k];
         for (p, &x) in row.iter().enumerate() {
-            values[((panel * groups + p / 4) * NR + col) * 4 + p % 4] = x;
+            values[((panel * groups + p / 4) * nr + col) * 4 + p % 4] = x;
         }
         scales[j] = s[j];
         shift[j] = 128 * row.iter().map(|&x| x as i32).sum::<i32>();
