@@ -38,7 +38,7 @@ mod write;
 pub use error::{Error, Result};
 pub use format::container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use io::fs::{Fs, FsFile, StdFs};
-pub use kernels::Precision;
+pub use kernels::{kernel_level, Precision};
 pub use model::{
     Activation, Bundle, BundleHeader, ExampleBundle, Fusion, ItemTowerBundle, Model, UserInputSpec,
     UserInputs, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME, ITEM_TOWER_FORMAT,

@@ -805,6 +805,14 @@ impl PyFilter {
     }
 }
 
+/// The kernels this process runs: `portable`, `avx2`, `avxvnni`, `avx512`,
+/// `avx512bf16` or `amx` (the CPU's best, lowered by the environment
+/// variable `VSTORE_KERNEL_LEVEL`, read once when the first kernel runs).
+#[pyfunction]
+fn kernel_level() -> &'static str {
+    vstore::kernel_level()
+}
+
 /// Validates a bundle (`model.json` text or bytes and the safetensors
 /// bytes) against `schema` (a `Schema`, or a `Snapshot`'s schema) exactly as
 /// `Transaction.add_model` would, without a store; returns the bundle's
@@ -1586,6 +1594,7 @@ fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(create, m)?)?;
     m.add_function(wrap_pyfunction!(check_bundle, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_level, m)?)?;
     m.add_function(wrap_pyfunction!(distributed::stage, m)?)?;
     m.add_function(wrap_pyfunction!(distributed::commit_build, m)?)?;
     m.add_function(wrap_pyfunction!(distributed::published_build, m)?)?;

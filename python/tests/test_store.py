@@ -360,3 +360,15 @@ def test_open_options_prefault_and_mlock(tmp_path):
         assert "RLIMIT_MEMLOCK" in str(e)
     with pytest.raises(vstore.InvalidInputError, match="prefault"):
         vstore.open(str(tmp_path / "s"), prefault="eager")
+
+
+def test_kernel_level_names_the_kernels_and_the_environment_lowers_it():
+    import subprocess
+    import sys
+
+    levels = ["portable", "avx2", "avxvnni", "avx512", "avx512bf16", "amx"]
+    assert vstore.kernel_level() in levels
+    code = "import vstore; print(vstore.kernel_level())"
+    env = dict(os.environ, VSTORE_KERNEL_LEVEL="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "portable"

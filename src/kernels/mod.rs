@@ -142,6 +142,19 @@ impl Precision {
     }
 }
 
+/// The kernels this process runs, by name: `portable`, `avx2`, `avxvnni`,
+/// `avx512`, `avx512bf16` or `amx` (see the README, "Kernel levels"): the
+/// best level the CPU supports, lowered by `VSTORE_KERNEL_LEVEL` or
+/// `VSTORE_FORCE_PORTABLE`. Chosen once per process.
+///
+/// ```
+/// let level = vstore::kernel_level();
+/// assert!(["portable", "avx2", "avxvnni", "avx512", "avx512bf16", "amx"].contains(&level));
+/// ```
+pub fn kernel_level() -> &'static str {
+    Level::detect().name()
+}
+
 /// The environment variable that forces a lower level than the CPU's
 /// (`portable`, `avx2`, `avxvnni`, `avx512`, `avx512bf16` or `amx`), so that
 /// every path can be tested on a machine that has a higher one.

@@ -6,7 +6,7 @@ use super::*;
 /// `avx512`; see `VSTORE_KERNEL_LEVEL` in the README), for benchmarks and
 /// tests to state which path they measured or checked.
 pub fn kernel_level() -> &'static str {
-    Level::detect().name()
+    crate::kernel_level()
 }
 
 /// One reference into every cache line a query for `ids` must touch in

@@ -1347,6 +1347,9 @@ fn demo_prints_a_json_summary() {
         assert!(stage("resolve") > 0.0 && stage("gather") > 0.0, "{l}");
         assert_eq!(stage("upper") > 0.0, kind == "three_tower", "{l}");
     }
+    // The kernels the tool ran (a child process: the same CPU and
+    // environment as this test's).
+    assert_eq!(v["kernel_level"], vstore::kernel_level());
     assert_eq!(v["verified"], true);
 }
 

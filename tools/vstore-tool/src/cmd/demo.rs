@@ -93,6 +93,7 @@ fn steps(a: &DemoArgs, p: &Progress, out: &mut dyn Write) -> Result<serde_json::
         "candidates": CANDIDATES,
         "k": K,
         "latency_us": latency,
+        "kernel_level": vstore::kernel_level(),
         "verified": true,
     }))
 }
@@ -327,6 +328,11 @@ fn run_queries(
     for line in split {
         say!(out, "{line}");
     }
+    say!(
+        out,
+        "  kernels: {} (the CPU's best; VSTORE_KERNEL_LEVEL lowers it)",
+        vstore::kernel_level()
+    );
     say!(
         out,
         "  two-tower: {:.0}% of the top {K} are in the user's favourite category (vectors cluster by category)",
