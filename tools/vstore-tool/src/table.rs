@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
+use parquet::column::page::{Page, PageMetadata, PageReader};
 use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use parquet::data_type::DataType;
 use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
@@ -427,6 +428,81 @@ fn catching_panics<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T
     })
 }
 
+/// Bytes of one PLAIN-encoded value of a column of this physical type (a
+/// byte array: at least its 4-byte length).
+fn plain_width(t: PhysicalType, type_length: i32) -> usize {
+    match t {
+        PhysicalType::BOOLEAN => 0,
+        PhysicalType::INT32 | PhysicalType::FLOAT | PhysicalType::BYTE_ARRAY => 4,
+        PhysicalType::INT64 | PhysicalType::DOUBLE => 8,
+        PhysicalType::INT96 => 12,
+        PhysicalType::FIXED_LEN_BYTE_ARRAY => usize::try_from(type_length).unwrap_or(0),
+    }
+}
+
+/// A column chunk's pages, each dictionary page checked before the
+/// decoder sees it: its values are PLAIN-encoded, `width` bytes or more
+/// each, so a page claiming more than its bytes can hold is damaged. (The
+/// decoder would allocate room for every claimed value first: a four-byte
+/// count made it ask for 16 GB, found by the `parquet` fuzz target.)
+struct CheckedPages {
+    inner: Box<dyn PageReader>,
+    width: usize,
+}
+
+impl CheckedPages {
+    fn check(&self, page: Option<Page>) -> parquet::errors::Result<Option<Page>> {
+        if let Some(Page::DictionaryPage {
+            buf, num_values, ..
+        }) = &page
+        {
+            if (*num_values as usize).saturating_mul(self.width) > buf.len() {
+                return Err(parquet::errors::ParquetError::General(format!(
+                    "a dictionary page claims {num_values} values in {} bytes",
+                    buf.len()
+                )));
+            }
+        }
+        Ok(page)
+    }
+}
+
+impl Iterator for CheckedPages {
+    type Item = parquet::errors::Result<Page>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.get_next_page().transpose()
+    }
+}
+
+impl PageReader for CheckedPages {
+    fn get_next_page(&mut self) -> parquet::errors::Result<Option<Page>> {
+        let page = self.inner.get_next_page()?;
+        self.check(page)
+    }
+
+    fn peek_next_page(&mut self) -> parquet::errors::Result<Option<PageMetadata>> {
+        self.inner.peek_next_page()
+    }
+
+    fn skip_next_page(&mut self) -> parquet::errors::Result<()> {
+        self.inner.skip_next_page()
+    }
+
+    fn supports_deferred_dictionary(&self) -> bool {
+        self.inner.supports_deferred_dictionary()
+    }
+
+    fn take_deferred_dictionary(&mut self) -> parquet::errors::Result<Option<Page>> {
+        let page = self.inner.take_deferred_dictionary()?;
+        self.check(page)
+    }
+
+    fn at_record_boundary(&mut self) -> parquet::errors::Result<bool> {
+        self.inner.at_record_boundary()
+    }
+}
+
 fn pq_err(path: &Path, e: parquet::errors::ParquetError) -> ToolError {
     ToolError::input(path, format!("not a readable Parquet file ({e})"))
 }
@@ -537,7 +613,15 @@ fn read_parquet<R: ChunkReader + 'static>(
             let d = schema.column(c);
             let unsigned = unsigned[k];
             let max_def = d.max_def_level();
-            let r = rg.get_column_reader(c).map_err(|e| pq_err(path, e))?;
+            // The chunk's pages through `CheckedPages`, which refuses a
+            // dictionary page claiming more values than its bytes hold
+            // before the decoder allocates room for them.
+            let pages = rg.get_column_page_reader(c).map_err(|e| pq_err(path, e))?;
+            let pages = Box::new(CheckedPages {
+                inner: pages,
+                width: plain_width(d.physical_type(), d.type_length()),
+            });
+            let r = parquet::column::reader::get_column_reader(d.clone(), pages);
             let name = &names[k];
             match (r, out) {
                 (ColumnReader::BoolColumnReader(r), Values::Int(o)) => {
@@ -681,5 +765,25 @@ mod tests {
         let ok = read_table(&data("spark/stats.parquet"), "item_id", &[]).unwrap();
         assert_eq!(ok.ids.len(), 90);
         assert!(std::panic::catch_unwind(|| panic!("elsewhere")).is_err());
+    }
+
+    #[test]
+    fn a_dictionary_page_claiming_more_values_than_its_bytes_is_refused() {
+        // Found by the parquet fuzz target: a dictionary page whose value
+        // count (2,013,265,920) made the decoder allocate 16 GB before reading.
+        let p = data("fuzz/parquet-dictionary-count.parquet");
+        let e = read_table(&p, "item_id", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("parquet-dictionary-count.parquet")
+                && e.contains("a dictionary page claims 2013265920 values in 320 bytes"),
+            "{e}"
+        );
+        let bytes = std::fs::read(&p).unwrap();
+        let e = table_from_bytes(&p, &bytes, "item_id", &[]).unwrap_err();
+        assert!(e.to_string().contains("dictionary page claims"), "{e}");
+        // Files with dictionary pages still read (Spark and polars write
+        // them).
+        let ok = read_table(&data("spark/stats.parquet"), "item_id", &[]).unwrap();
+        assert_eq!(ok.ids.len(), 90);
     }
 }
