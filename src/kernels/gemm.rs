@@ -518,8 +518,9 @@ pub(crate) fn matmul_prefetching(
         Kernel::Avx2 => {
             // SAFETY: `Kernel::Avx2` is only set for Level::Avx2 and
             // Level::AvxVnni, which `Weights::for_level` asserts the CPU
-            // runs (AVX2, FMA and F16C present); the asserts above and the packing (ceil(n/16) * k
-            // * 16 values) are the kernel's bounds contract.
+            // runs (AVX2, FMA and F16C present); the asserts above and the
+            // packing (ceil(n/16) * k * 16 values) are the kernel's bounds
+            // contract.
             unsafe {
                 crate::kernels::gemm_x86::gemm_packed(
                     m, n, k, a, lda, &w.packed, c, ldc, start, relu, ahead,

@@ -23,9 +23,9 @@
 //! Every function here needs AVX2, FMA, F16C and AVX-VNNI.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 use crate::kernels::gemm::Start;
+use crate::kernels::gemm_vnni::{Cols, SCRATCH};
 use crate::kernels::gemm_x86::{start_tile, store_tile};
 
 /// Columns per packed panel (two ymm registers of 8 int32 sums).
@@ -41,11 +41,6 @@ pub(crate) use crate::kernels::gemm_vnni::PackedI8;
 /// (see the module comment).
 pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> PackedI8 {
     crate::kernels::gemm_vnni::pack_panels(w, n, k, NR)
-}
-
-thread_local! {
-    /// Per thread: the quantized activations and their rows' scales.
-    static SCRATCH: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The int8 product (see the module comment): `c[i*ldc + j] =
@@ -151,15 +146,6 @@ unsafe fn sums(groups: usize, a: *const u8, sa: usize, b: *const i8) -> [[__m256
         }
     }
     acc
-}
-
-/// A panel's columns for [`finish`]: the first, how many (at most 16),
-/// their scales and (shifted int8 activations) what to subtract, 16 each.
-struct Cols<'a> {
-    j0: usize,
-    nn: usize,
-    scales: &'a [f32],
-    shift: Option<&'a [i32]>,
 }
 
 /// Stores the first `R` rows of `acc` into `c` (rows `ldc` apart,

@@ -76,8 +76,9 @@ pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize, nr: usize) -> PackedI8 
 }
 
 thread_local! {
-    /// Per thread: the quantized activations and their rows' scales.
-    static SCRATCH: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per thread: the quantized activations and their rows' scales (of
+    /// this kernel and `gemm_avx_vnni`'s).
+    pub(crate) static SCRATCH: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The int8 product (see the module comment): `c[i*ldc + j] =
@@ -194,13 +195,14 @@ unsafe fn sums(groups: usize, a: *const u8, sa: usize, b: *const i8) -> [[__m512
     acc
 }
 
-/// A panel's columns for [`finish`]: the first, how many (at most 32),
-/// their scales and (shifted int8 activations) what to subtract, 32 each.
-struct Cols<'a> {
-    j0: usize,
-    nn: usize,
-    scales: &'a [f32],
-    shift: Option<&'a [i32]>,
+/// A panel's columns for [`finish`] (and `gemm_avx_vnni`'s): the first,
+/// how many (at most the panel's width: 32 here, 16 there), their scales
+/// and (shifted int8 activations) what to subtract, a panel's width each.
+pub(crate) struct Cols<'a> {
+    pub j0: usize,
+    pub nn: usize,
+    pub scales: &'a [f32],
+    pub shift: Option<&'a [i32]>,
 }
 
 /// Stores the first `R` rows of `acc` into `c` (rows `ldc` apart,

@@ -222,23 +222,29 @@ impl Level {
     /// Every level this CPU runs, lowest first (for tests that run each).
     #[cfg(test)]
     pub fn available() -> Vec<Level> {
-        [
-            Level::Portable,
-            Level::Avx2,
-            Level::AvxVnni,
-            Level::Avx512,
-            Level::Avx512Bf16,
-            Level::Amx,
-        ]
-        .into_iter()
-        .filter(|&l| l.runs_here())
-        .collect()
+        Level::ALL.into_iter().filter(|&l| l.runs_here()).collect()
     }
 
-    /// Whether this CPU runs the level: at most [`Level::hardware`], and
-    /// for `AvxVnni` only with AVX-VNNI.
+    /// Every level, lowest first.
+    const ALL: [Level; 6] = [
+        Level::Portable,
+        Level::Avx2,
+        Level::AvxVnni,
+        Level::Avx512,
+        Level::Avx512Bf16,
+        Level::Amx,
+    ];
+
+    /// Whether this CPU runs the level ([`Level::fits`] its own).
     pub fn runs_here(self) -> bool {
-        self <= Level::hardware() && (self != Level::AvxVnni || Level::vnni_256())
+        self.fits(Level::hardware(), Level::vnni_256())
+    }
+
+    /// Whether a CPU whose best level is `hardware`, with AVX-VNNI or not,
+    /// runs this level: at most `hardware`, and `AvxVnni` only with
+    /// AVX-VNNI.
+    fn fits(self, hardware: Level, vnni_256: bool) -> bool {
+        self <= hardware && (self != Level::AvxVnni || vnni_256)
     }
 
     /// Whether the CPU has AVX-VNNI (false off x86-64).
@@ -276,25 +282,19 @@ impl Level {
         let Some(name) = forced.map(str::trim).filter(|s| !s.is_empty()) else {
             return (hardware, None);
         };
-        let wanted = match name.to_ascii_lowercase().as_str() {
-            "portable" => Level::Portable,
-            "avx2" => Level::Avx2,
-            "avxvnni" => Level::AvxVnni,
-            "avx512" => Level::Avx512,
-            "avx512bf16" => Level::Avx512Bf16,
-            "amx" => Level::Amx,
-            _ => {
-                return (
-                    hardware,
-                    Some(format!(
-                    "{LEVEL_VAR}={name:?} is not one of portable, avx2, avxvnni, avx512, avx512bf16, amx; \
-                         running the CPU's level, {}",
+        let lower = name.to_ascii_lowercase();
+        let Some(wanted) = Level::ALL.into_iter().find(|l| l.name() == lower) else {
+            let names: Vec<&str> = Level::ALL.iter().map(|l| l.name()).collect();
+            return (
+                hardware,
+                Some(format!(
+                    "{LEVEL_VAR}={name:?} is not one of {}; running the CPU's level, {}",
+                    names.join(", "),
                     hardware.name()
                 )),
-                )
-            }
+            );
         };
-        if wanted > hardware || (wanted == Level::AvxVnni && !vnni_256) {
+        if !wanted.fits(hardware, vnni_256) {
             return (
                 hardware,
                 Some(format!(

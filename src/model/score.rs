@@ -35,7 +35,7 @@ pub(crate) struct Parallel<'p> {
 /// kept for the process, so a query does not start threads (nor, on AMX,
 /// pay each new thread's first tile use). `None` if it could not be
 /// started (the query then starts scoped threads).
-fn library_pool() -> Option<&'static rayon::ThreadPool> {
+fn library_pool<'a>() -> Option<&'a rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
@@ -543,8 +543,9 @@ impl Model {
     /// up to `par.runs` contiguous runs of whole blocks; the caller's
     /// thread scores the first (with `s`), the others run on `par.pool`
     /// (the caller's rayon pool) or on the library's pool (scoped threads
-    /// started for the call if it could not be started), each with the buffers its thread keeps between calls, and
-    /// write their rows' head values in place. A row's values do not depend
+    /// started for the call if it could not be started), each with the
+    /// buffers its thread keeps between calls, and write their rows' head
+    /// values in place. A row's values do not depend
     /// on the rows beside it, so the result is [`Model::score`]'s, bit for
     /// bit, wherever the runs ran.
     pub(crate) fn score_on(
@@ -590,27 +591,19 @@ impl Model {
         };
         let run = &run;
         let mut values = Vec::new();
-        let mut times = match par.pool {
+        let mut times = match par.pool.or_else(library_pool) {
             Some(pool) => pool.in_place_scope(|scope| {
                 for (r, out) in parts {
                     scope.spawn(move |_| run(r, out));
                 }
                 self.score(prep, segs, first, &mut values, s)
             }),
-            None => match library_pool() {
-                Some(pool) => pool.in_place_scope(|scope| {
-                    for (r, out) in parts {
-                        scope.spawn(move |_| run(r, out));
-                    }
-                    self.score(prep, segs, first, &mut values, s)
-                }),
-                None => std::thread::scope(|scope| {
-                    for (r, out) in parts {
-                        scope.spawn(move || run(r, out));
-                    }
-                    self.score(prep, segs, first, &mut values, s)
-                }),
-            },
+            None => std::thread::scope(|scope| {
+                for (r, out) in parts {
+                    scope.spawn(move || run(r, out));
+                }
+                self.score(prep, segs, first, &mut values, s)
+            }),
         };
         first_out.copy_from_slice(&values);
         times += others.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -115,7 +115,8 @@ impl Snapshot {
             let reuse = shared
                 .as_deref()
                 .filter(|s| !confirm_all && s.holds(ids, filter, budget));
-            scratch.scored = false;
+            // Whether pass 1 scored the rows too (a fused pass).
+            let mut scored = false;
             if let Some(s) = reuse {
                 s.restore(scratch, result);
             } else {
@@ -128,21 +129,21 @@ impl Snapshot {
                     scratch,
                     result,
                 );
-                scratch.scored = fused.is_some();
+                scored = fused.is_some();
                 if let Some(s) = shared.as_deref_mut() {
                     s.save(ids, filter, budget, scratch, result, !confirm_all);
                 }
             }
             // A fused pass (resolution and scoring) counts as the gather.
             let pass = super::lap(&mut clock);
-            if scratch.scored {
+            if scored {
                 result.timings.gather += pass;
             } else {
                 result.timings.resolve += pass;
             }
             // Pass 3: score (if not fused).
             scratch.non_finite.clear();
-            score_locs(scorer, scratch, result);
+            score_locs(scorer, scored, scratch, result);
             clock = Instant::now();
             result.scored = scratch.locs.len();
             // Confirm the hits.

@@ -328,9 +328,6 @@ pub struct Scratch {
     locs: Vec<Loc>,
     ids: Vec<u64>,
     scores: Vec<f32>,
-    /// Whether `scores` already holds the scores of `locs` (a two-tower
-    /// query scored while resolving its candidates).
-    scored: bool,
     topk: TopK,
     /// Scores sampled for the top-k threshold.
     sample: Vec<f32>,
@@ -613,8 +610,15 @@ impl Snapshot {
 /// Scores `scratch.locs` (items `scratch.ids`) and selects the top k into
 /// `scratch.best`, each tagged with its index into `locs`; adds the time
 /// each stage took to `result.timings`, and exact mode's rescoring to
-/// `result.multiply_adds`.
-fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch, result: &mut QueryResult) {
+/// `result.multiply_adds`. `scored`: `scratch.scores` already holds the
+/// scores of `locs` (a two-tower query scored while resolving its
+/// candidates), so only the top k is left.
+fn score_locs(
+    scorer: &Scorer<'_, '_>,
+    scored: bool,
+    scratch: &mut Scratch,
+    result: &mut QueryResult,
+) {
     let n = scratch.locs.len();
     let mut clock = Instant::now();
     match scorer {
@@ -623,7 +627,7 @@ fn score_locs(scorer: &Scorer<'_, '_>, scratch: &mut Scratch, result: &mut Query
             dtype,
             user,
             blocks,
-        } if !scratch.scored => {
+        } if !scored => {
             scratch.scores.clear();
             scratch.scores.resize(n, 0.0);
             kernels::score_gather(

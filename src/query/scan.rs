@@ -128,6 +128,6 @@ fn scan_model(
         scratch.ids.truncate(cap);
     }
     result.timings.resolve += lap(&mut clock);
-    score_locs(scorer, scratch, result);
+    score_locs(scorer, false, scratch, result);
     result.scored = scratch.locs.len();
 }
