@@ -89,9 +89,11 @@ pub enum Cmd {
     /// generated from these definitions, e.g.
     /// `vstore-tool completions bash > /etc/bash_completion.d/vstore-tool`.
     Completions(CompletionsArgs),
-    /// Print the man page (roff) generated from these definitions, e.g.
-    /// `vstore-tool man > vstore-tool.1 && man ./vstore-tool.1`.
-    Man,
+    /// Print a man page (roff) generated from these definitions, e.g.
+    /// `vstore-tool man > vstore-tool.1 && man ./vstore-tool.1`,
+    /// `vstore-tool man build` for one subcommand's page, or write every
+    /// page with `vstore-tool man --dir DIR`.
+    Man(ManArgs),
 }
 
 /// Checks an `--embedding` value's grammar at parse time (clap reports a
@@ -116,6 +118,19 @@ pub struct CompletionsArgs {
     /// The shell to complete in.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+/// `man`: which page, or every page into a directory.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The subcommand whose page to print (`vstore-tool-<name>(1)`);
+    /// without it, the main page.
+    pub subcommand: Option<String>,
+    /// Write the main page and every subcommand's page
+    /// (`vstore-tool.1`, `vstore-tool-build.1`, ...) into this existing
+    /// directory instead of printing one.
+    #[arg(long, conflicts_with = "subcommand")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// Where item profile and statistics columns come from.

@@ -88,16 +88,48 @@ fn dispatch(cmd: Cmd, p: &Progress, out: &mut dyn Write) -> Result<()> {
         Cmd::Completions(a) => {
             use clap::CommandFactory;
             let mut c = Cli::command();
-            clap_complete::generate(a.shell, &mut c, "vstore-tool", out);
-            Ok(())
+            // Into a buffer first: `generate` panics when its writer fails
+            // (a closed pipe, a full disk); a failed write here is an error.
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut c, "vstore-tool", &mut script);
+            out.write_all(&script).map_err(write_error)
         }
-        Cmd::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(out)
-                .map_err(|e| error::ToolError::io("write", std::path::Path::new("<output>"), e))
-        }
+        Cmd::Man(a) => man(&a, out),
     }
+}
+
+/// A failed write to the command's output, as an error.
+fn write_error(e: std::io::Error) -> error::ToolError {
+    error::ToolError::io("write", std::path::Path::new("<output>"), e)
+}
+
+/// `man`: the main page, one subcommand's page (named as in its
+/// `SEE ALSO` references, `vstore-tool-<name>`), or every page into a
+/// directory.
+fn man(a: &cli::ManArgs, out: &mut dyn Write) -> Result<()> {
+    use clap::CommandFactory;
+    let mut c = Cli::command().disable_help_subcommand(true);
+    c.build();
+    if let Some(dir) = &a.dir {
+        clap_mangen::generate_to(c, dir)
+            .map_err(|e| error::ToolError::io("write man pages into", dir, e))?;
+        say!(out, "wrote the man pages into {}", dir.display());
+        return Ok(());
+    }
+    let page = match &a.subcommand {
+        None => c,
+        Some(name) => {
+            let Some(sub) = c.find_subcommand(name).cloned() else {
+                let names: Vec<&str> = c.get_subcommands().map(|s| s.get_name()).collect();
+                return Err(error::ToolError::Usage(format!(
+                    "no subcommand {name:?}; the subcommands are {}",
+                    names.join(", ")
+                )));
+            };
+            sub
+        }
+    };
+    clap_mangen::Man::new(page).render(out).map_err(write_error)
 }
 
 /// Writes to `out`, mapping a failed write (e.g. a closed pipe) to an error.

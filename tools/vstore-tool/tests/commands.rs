@@ -1271,9 +1271,64 @@ fn version_completions_and_man_page_come_from_the_definitions() {
         &man[..man.len().min(200)]
     );
     assert!(man.contains("vstore\\-tool") && man.contains("restore"));
+    // The pages the main page refers to (`vstore-tool-build(1)` ...): one
+    // printed by name, or all written into a directory.
+    let build = ok(&["man", "build"]);
+    assert!(
+        build.contains(".TH vstore-tool-build 1"),
+        "{}",
+        &build[..build.len().min(300)]
+    );
+    assert!(
+        build.contains("\\-\\-embedding"),
+        "build's page lists its flags"
+    );
+    let e = common::usage_fails(&["man", "nope"]);
+    assert!(
+        e.contains("no subcommand \"nope\"") && e.contains("add-model"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["man", "--dir", common::s(dir.path())]);
+    for page in [
+        "vstore-tool.1",
+        "vstore-tool-build.1",
+        "vstore-tool-query.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
     // An unknown shell is a usage error (exit 2) listing the choices.
     let e = common::usage_fails(&["completions", "tcsh"]);
     assert!(e.contains("bash") && e.contains("zsh"), "{e}");
+}
+
+/// Output that cannot be written (a full device) is an error naming the
+/// output, exit 1, never a panic, for the generated scripts and pages too.
+#[cfg(target_os = "linux")]
+#[test]
+fn generated_output_to_a_full_device_is_an_error_not_a_panic() {
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"],
+        &["man"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_vstore-tool"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.contains("write <output>") && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
+    }
 }
 
 #[test]
