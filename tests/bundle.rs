@@ -961,6 +961,21 @@ fn add_model_dir_reads_a_bundle_directory() {
         }
         other => panic!("expected an I/O error, got {other:?}"),
     }
+    drop(tx);
+    // A device in a file's place (read, it would never end) is refused
+    // before any read, naming the file.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/dev/zero", bdir.path().join("weights.safetensors")).unwrap();
+        let mut tx = w.begin();
+        match tx.add_model_dir(bdir.path()) {
+            Err(Error::Bundle { field, what }) => {
+                assert_eq!(field, "weights.safetensors");
+                assert!(what.contains("is not a regular file"), "{what}");
+            }
+            other => panic!("expected a bundle error, got {other:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

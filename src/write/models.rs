@@ -227,6 +227,15 @@ impl Transaction<'_> {
         let dir = dir.as_ref();
         let read = |name: &str| {
             let p = dir.join(name);
+            // A device or pipe (e.g. a link to /dev/zero) would be read
+            // without end: a bundle's files are regular files.
+            let meta = std::fs::metadata(&p).map_err(|e| Error::io("stat", &p, e))?;
+            if !meta.is_file() {
+                return Err(Error::Bundle {
+                    field: name.to_string(),
+                    what: format!("{} is not a regular file", p.display()),
+                });
+            }
             std::fs::read(&p).map_err(|e| Error::io("read", p, e))
         };
         let json = read("model.json")?;

@@ -119,6 +119,27 @@ pub fn parse_column_spec(s: &str) -> Result<ColumnSpec> {
     })
 }
 
+/// Reads a text input file (a CSV table, an id list), refusing at once
+/// one whose first 64 KiB hold a NUL byte: binary data, or a device such
+/// as `/dev/zero` that would otherwise be read into memory without end.
+pub fn read_text_file(path: &Path) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
+    let mut v = Vec::new();
+    (&mut f)
+        .take(64 << 10)
+        .read_to_end(&mut v)
+        .map_err(|e| ToolError::io("read", path, e))?;
+    if let Some(at) = v.iter().position(|&b| b == 0) {
+        return Err(ToolError::input(
+            path,
+            format!("not a text file (a NUL byte at byte {at})"),
+        ));
+    }
+    f.read_to_end(&mut v)
+        .map_err(|e| ToolError::io("read", path, e))?;
+    Ok(v)
+}
+
 /// Reads an id list: `.npy`, `-` (standard input) or text (ids separated
 /// by whitespace or commas; `#` starts a comment).
 pub fn read_id_list(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
@@ -131,7 +152,7 @@ pub fn read_id_list(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
             .read_to_string(&mut text)
             .map_err(|e| ToolError::io("read", Path::new("<stdin>"), e))?;
     } else {
-        let bytes = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
+        let bytes = read_text_file(path)?;
         text = String::from_utf8(bytes).map_err(|e| {
             ToolError::input(
                 path,

@@ -16,7 +16,9 @@
 //! of the vectors, not the file's bytes plus their decoded copy.
 //! Float16, float64, big-endian and Fortran-order files take the same path
 //! (converted, or placed in C order, slice by slice). Anything that is not
-//! a regular file (a pipe, `/dev/stdin`) is read into memory instead.
+//! a regular file (a pipe, `/dev/stdin`) is read into memory instead, no
+//! further than its header says (a stream that does not start with a
+//! `.npy` header is refused from its first bytes).
 //!
 //! The input file must not shrink while it is read: a program that
 //! truncates or rewrites it during those seconds makes the read fault
@@ -81,10 +83,7 @@ impl FileBytes {
         let meta = f.metadata().map_err(|e| ToolError::io("stat", path, e))?;
         if !meta.is_file() || meta.len() == 0 {
             // A pipe cannot be mapped, and an empty file need not be.
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut v)
-                .map_err(|e| ToolError::io("read", path, e))?;
-            return Ok(FileBytes::Read(v));
+            return read_stream(path, &mut f).map(FileBytes::Read);
         }
         // SAFETY: the mapping is read-only and private to this function's
         // caller, which reads it once and drops it. Its length is the
@@ -136,6 +135,66 @@ impl FileBytes {
         #[cfg(not(unix))]
         let _ = range;
     }
+}
+
+/// Reads a `.npy` stream (a pipe, a device) no further than its header
+/// says: the magic and header first (refused at once if they are not a
+/// `.npy` header, so `/dev/zero` or `/dev/urandom` are not read into
+/// memory without end), then the payload its shape and dtype need, and
+/// up to 64 KiB more (so trailing bytes are still named by [`parse`]).
+fn read_stream(path: &Path, f: &mut impl std::io::Read) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    let mut take = |v: &mut Vec<u8>, n: u64| {
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut *f, n), v)
+            .map_err(|e| ToolError::io("read", path, e))
+    };
+    take(&mut v, 12)?;
+    if v.len() < 12 || &v[..6] != b"\x93NUMPY" {
+        // Short or not a .npy file: `parse` names what is wrong.
+        take(&mut v, 64)?;
+        return Ok(v);
+    }
+    let header_end = match v[6] {
+        1 => 10 + usize::from(u16::from_le_bytes([v[8], v[9]])),
+        _ => 12 + u32::from_le_bytes([v[8], v[9], v[10], v[11]]) as usize,
+    };
+    if header_end > 12 + MAX_HEADER {
+        return Ok(v); // `precheck` refuses the header's size.
+    }
+    let need = header_end.saturating_sub(v.len()) as u64;
+    take(&mut v, need)?;
+    let payload = v
+        .get(..header_end)
+        .and_then(|h| payload_bytes(&String::from_utf8_lossy(h)));
+    // Without it the header is one `parse` refuses, and the bytes read
+    // are enough to say why.
+    if let Some(n) = payload {
+        take(&mut v, n.saturating_add(64 << 10))?;
+    }
+    Ok(v)
+}
+
+/// The payload bytes a `.npy` header's shape and dtype (`'descr'`, whose
+/// trailing digits are the item size, e.g. `'<f4'`) need; `None` if the
+/// header does not say (then the parser refuses it).
+fn payload_bytes(header: &str) -> Option<u64> {
+    let at = header.find("'descr'")?;
+    let rest = &header[at + 7..];
+    let open = rest.find('\'')?;
+    let close = open + 1 + rest[open + 1..].find('\'')?;
+    let descr = &rest[open + 1..close];
+    let digits = descr.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let item: u64 = digits.parse().ok()?;
+    let at = header.find("'shape'")?;
+    let rest = &header[at..];
+    let (open, close) = (rest.find('(')?, rest.find(')')?);
+    let mut count: u64 = 1;
+    for t in rest.get(open + 1..close)?.split(',').map(str::trim) {
+        if !t.is_empty() {
+            count = count.checked_mul(t.trim_end_matches('L').parse().ok()?)?;
+        }
+    }
+    count.checked_mul(item)
 }
 
 /// numpy's own limit on header size (`max_header_size`, numpy >= 1.24).

@@ -192,7 +192,7 @@ fn table(path: &Path, given: Option<&[u8]>, id_column: &str, skip: &[String]) ->
             let (names, mut raw, lines) = match given {
                 Some(b) => read_csv(path, b, &keep)?,
                 None => {
-                    let b = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
+                    let b = crate::inputs::read_text_file(path)?;
                     read_csv(path, &b, &keep)?
                 }
             };

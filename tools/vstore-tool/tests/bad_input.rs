@@ -984,3 +984,95 @@ fn a_parquet_file_that_panics_the_decoder_is_refused() {
         "{e}"
     );
 }
+
+/// Devices and pipes in an input file's place: one that never ends
+/// (`/dev/zero`, `/dev/urandom`) is refused from its first bytes, naming
+/// the file, and a `.npy` stream is read no further than its header says
+/// (trailing bytes are reported, not read without end).
+#[cfg(unix)]
+#[test]
+fn endless_devices_and_streams_are_refused_from_their_first_bytes() {
+    use std::os::unix::fs::symlink;
+    let d = Data::new();
+    symlink("/dev/zero", d.path("zero.npy")).unwrap();
+    symlink("/dev/urandom", d.path("random.npy")).unwrap();
+    symlink("/dev/zero", d.path("zero.csv")).unwrap();
+    symlink("/dev/zero", d.path("zero.txt")).unwrap();
+    symlink("/dev/zero", d.path("zero.json")).unwrap();
+    for (ids, emb) in [
+        ("zero.npy", "emb.npy"),
+        ("random.npy", "emb.npy"),
+        ("ids.npy", "zero.npy"),
+    ] {
+        let e = build_fails(&d, &[], ids, emb);
+        assert!(
+            e.contains("not a valid .npy file (no \\x93NUMPY magic)"),
+            "{e}"
+        );
+    }
+    let e = build_fails(&d, &["--profile", &d.p("zero.csv")], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("zero.csv: not a text file (a NUL byte at byte 0)"),
+        "{e}"
+    );
+    d.build_f32("s", &[]);
+    let query = |user: &str, candidates: &str| {
+        fails(&[
+            "query",
+            &d.p("s"),
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            &d.p(user),
+            "--candidates",
+            &d.p(candidates),
+        ])
+    };
+    let e = query("zero.json", "ids.npy");
+    assert!(e.contains("zero.json: not a text file"), "{e}");
+    std::fs::write(d.path("user.json"), format!("{:?}", vec![0.5f32; DIM])).unwrap();
+    let e = query("user.json", "zero.txt");
+    assert!(e.contains("zero.txt: not a text file"), "{e}");
+    // Bundles: model.json as text, the weights a regular file.
+    for (name, other) in [
+        ("model.json", "weights.safetensors"),
+        ("weights.safetensors", "model.json"),
+    ] {
+        let b = d.path(&format!("bundle-{name}"));
+        std::fs::create_dir(&b).unwrap();
+        std::fs::copy(d.path("model").join(other), b.join(other)).unwrap();
+        symlink("/dev/zero", b.join(name)).unwrap();
+        let e = fails(&["add-model", &d.p("s"), common::s(&b)]);
+        assert!(
+            e.contains(name) && (e.contains("not a text file") || e.contains("not a regular file")),
+            "{e}"
+        );
+    }
+    // A valid .npy stream followed by 50 MB of zeros: the header's shape
+    // bounds the read (the message counts at most 64 KiB past the data).
+    let mut feed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat {} && head -c 50000000 /dev/zero",
+            d.p("ids.npy")
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vstore-tool"))
+        .args(strs(&d.build_args("s2", "/dev/stdin", "emb.npy", &[])))
+        .stdin(feed.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    let _ = feed.kill();
+    let _ = feed.wait();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let n: u64 = e
+        .split(" bytes after the data")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no trailing-byte count in {e}"));
+    assert!((1..=65536).contains(&n), "{e}");
+}

@@ -19,11 +19,16 @@ pub fn read_bundle(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
             "not a bundle directory (expected a directory holding model.json and weights.safetensors)",
         ));
     }
-    let read = |name: &str| {
-        let p = dir.join(name);
-        std::fs::read(&p).map_err(|e| ToolError::io("read", &p, e))
-    };
-    Ok((read("model.json")?, read("weights.safetensors")?))
+    let json = crate::inputs::read_text_file(&dir.join("model.json"))?;
+    // A device or pipe (e.g. a link to /dev/zero) would be read without
+    // end: the weights are a regular file.
+    let p = dir.join("weights.safetensors");
+    let meta = std::fs::metadata(&p).map_err(|e| ToolError::io("stat", &p, e))?;
+    if !meta.is_file() {
+        return Err(ToolError::input(&p, "not a regular file"));
+    }
+    let weights = std::fs::read(&p).map_err(|e| ToolError::io("read", &p, e))?;
+    Ok((json, weights))
 }
 
 /// Parses the `--precompute` dtype (f32 or f16).

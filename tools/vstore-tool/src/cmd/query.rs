@@ -37,7 +37,7 @@ pub fn read_user(path: &Path) -> Result<Vec<f32>> {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let bytes = std::fs::read(path).map_err(|e| ToolError::io("read", path, e))?;
+    let bytes = crate::inputs::read_text_file(path)?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ToolError::input(
             path,
@@ -326,7 +326,7 @@ fn read_fusion(arg: &str) -> Result<vstore::Fusion> {
         (arg.as_bytes().to_vec(), "--fusion".to_string())
     } else {
         let p = std::path::Path::new(arg);
-        let b = std::fs::read(p).map_err(|e| ToolError::io("read", p, e))?;
+        let b = crate::inputs::read_text_file(p)?;
         (b, format!("--fusion {}", p.display()))
     };
     vstore::Fusion::from_json(&bytes).map_err(|e| ToolError::Usage(format!("{what}: {e}")))
