@@ -142,6 +142,22 @@ pub fn file_len(dir: &Path, name: &str) -> u64 {
 /// Prints what a publish did: the new snapshot, what it holds, and which
 /// files it wrote (the rest are shared with its parent); with `as_json`,
 /// records it as one JSON object for `run` to print ([`take_published`]).
+/// `--json` of a publishing command that found nothing to do (`compact`
+/// on a store that needs none): the object says so, with the snapshot it
+/// left newest, instead of standard output staying empty.
+pub fn not_published(snap: &Snapshot, reason: &str, as_json: bool) {
+    if as_json {
+        let v = serde_json::json!({
+            "published": false,
+            "reason": reason,
+            "snapshot": snap.number(),
+            "items": snap.len(),
+            "segments": snap.segments().len(),
+        });
+        PUBLISHED.with(|p| *p.borrow_mut() = Some(v));
+    }
+}
+
 pub fn published(
     out: &mut dyn Write,
     parent: Option<&Arc<Snapshot>>,
@@ -159,6 +175,7 @@ pub fn published(
         // Printed by `run` once the command is done (its other lines go to
         // standard error).
         let v = serde_json::json!({
+                "published": true,
                 "snapshot": snap.number(),
                 "parent": parent.map(|p| p.number()),
                 "seconds": took.as_secs_f64(),

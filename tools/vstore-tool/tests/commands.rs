@@ -675,6 +675,23 @@ fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
     assert_eq!((snap.len(), snap.segments().len()), (302, 1));
     assert_eq!(snap.get_stat(7, "ctr_1d").unwrap(), Some(0.25));
     let last = snap.number();
+    // One clean segment: nothing to compact whatever the limits, said as
+    // such (not as a race with another writer), and `--json` still prints
+    // one object, saying nothing was published.
+    let out = ok(&["compact", &store, "--if-needed", "--max-segments", "0"]);
+    assert!(
+        out.contains(&format!(
+            "nothing to compact: snapshot {last} has 1 segment(s), 0 of 302 row(s) deleted"
+        )),
+        "{out}"
+    );
+    let v = json(&ok(&["compact", &store, "--json"]));
+    assert_eq!(v["published"], false);
+    assert_eq!(v["snapshot"], last);
+    assert_eq!(
+        (v["items"].as_u64(), v["segments"].as_u64()),
+        (Some(302), Some(1))
+    );
 
     // diff of the whole history.
     let dv = json(&ok(&["diff", &store, "1", "--json"]));
@@ -1335,6 +1352,7 @@ fn generated_output_to_a_full_device_is_an_error_not_a_panic() {
 fn publishing_commands_and_gc_print_json() {
     let d = Data::new();
     let v = json(&d.build_f32("s", &["--json"]));
+    assert_eq!(v["published"], true);
     assert_eq!(v["snapshot"], 1);
     assert_eq!(v["parent"], Value::Null);
     assert_eq!(v["items"], ROWS);

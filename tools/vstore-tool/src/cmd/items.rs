@@ -231,11 +231,10 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
         let segs = snap.segments();
         let rows: usize = segs.iter().map(|s| s.rows()).sum();
         let live: usize = segs.iter().map(|s| s.live_rows()).sum();
-        let due = if a.if_needed {
-            policy.due(segs.len(), rows, rows - live)
-        } else {
-            !(segs.is_empty() || (segs.len() == 1 && rows == live))
-        };
+        // One segment without deleted rows is as compact as it gets,
+        // whatever the policy's limits.
+        let compactable = !(segs.is_empty() || (segs.len() == 1 && rows == live));
+        let due = compactable && (!a.if_needed || policy.due(segs.len(), rows, rows - live));
         if !due {
             say!(
                 out,
@@ -244,6 +243,7 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
                 segs.len(),
                 rows - live
             );
+            report::not_published(&snap, "nothing to compact", a.json);
             return Ok(());
         }
     }
@@ -258,10 +258,17 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
     };
     if !did {
         drop(tx);
+        // Checked as due above: the store changed before the lock was
+        // taken (another writer compacted, or deleted rows were replaced).
+        let snap = w.snapshot();
         say!(
             out,
-            "nothing to compact (another writer compacted meanwhile)"
+            "nothing to compact: the store changed since it was checked (another writer published snapshot {})",
+            snap.as_ref().map_or(0, |s| s.number())
         );
+        if let Some(s) = &snap {
+            report::not_published(s, "nothing to compact", a.json);
+        }
         return Ok(());
     }
     let snap = tx.commit()?;
