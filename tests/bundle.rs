@@ -345,6 +345,41 @@ fn weights_file_not_safetensors() {
     refused_bytes(&j, b"", "weights.safetensors");
 }
 
+/// `weights` with its header passed through `edit` (the data unchanged).
+fn edit_header(weights: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    edit(&mut header);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&weights[8 + n..]);
+    out
+}
+
+#[test]
+fn a_tensor_whose_bytes_disagree_with_its_header_is_named() {
+    let (j, w) = tiny().bytes();
+    // A shape that needs more bytes than the tensor's data_offsets hold.
+    let bad = edit_header(&w, |h| h["upper.0.weight"]["shape"][0] = json!(1000));
+    let what = refused_bytes(&j, &bad, "weights.safetensors");
+    assert_contains(&what, "tensor \"upper.0.weight\": shape [1000, ");
+    assert_contains(&what, "its data_offsets [");
+    // The last tensor's bytes running past the end of the file.
+    let bad = edit_header(&w, |h| {
+        let last = (h.as_object().unwrap().iter())
+            .filter(|(k, _)| *k != "__metadata__")
+            .max_by_key(|(_, t)| t["data_offsets"][1].as_u64().unwrap())
+            .map(|(k, _)| k.clone())
+            .unwrap();
+        let o = &mut h[&last]["data_offsets"];
+        let (a, b) = (o[0].as_u64().unwrap() + 64, o[1].as_u64().unwrap() + 64);
+        *o = json!([a, b]);
+    });
+    let what = refused_bytes(&j, &bad, "weights.safetensors");
+    assert_contains(&what, "tensor \"");
+}
+
 // ---------------------------------------------------------------------------
 // The chain of shapes.
 

@@ -153,11 +153,62 @@ pub struct Model {
 /// Parses `weights.safetensors` bytes.
 fn safetensors_of(weights: &[u8]) -> Result<safetensors::SafeTensors<'_>> {
     safetensors::SafeTensors::deserialize(weights).map_err(|e| {
+        // The parser names no tensor for a shape that disagrees with its
+        // byte range or a range past the data; say which one it is.
+        let which = tensor_at_fault(weights).map_or(String::new(), |w| format!(" ({w})"));
         bad(
             "weights.safetensors",
-            format!("is not a valid safetensors file: {e}"),
+            format!("is not a valid safetensors file: {e}{which}"),
         )
     })
+}
+
+/// In a safetensors file the parser refused, the first tensor (by data
+/// offset) whose shape and dtype disagree with its `data_offsets`, or
+/// whose bytes lie past the end of the data: its name and the numbers.
+/// `None` if the header itself cannot be read or no tensor is at fault.
+fn tensor_at_fault(weights: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(weights.get(..8)?.try_into().ok()?);
+    let header_end = usize::try_from(n).ok()?.checked_add(8)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(weights.get(8..header_end)?).ok()?;
+    let data = (weights.len() - header_end) as u64;
+    let mut tensors: Vec<(u64, u64, &String, &serde_json::Value)> = header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(name, t)| {
+            let o = t.get("data_offsets")?.as_array()?;
+            Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?, name, t))
+        })
+        .collect();
+    tensors.sort_by_key(|t| (t.0, t.1));
+    for (start, end, name, t) in tensors {
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+        let width: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => continue,
+        };
+        let shape: Option<Vec<u64>> = (t.get("shape").and_then(|s| s.as_array()))
+            .and_then(|s| s.iter().map(|d| d.as_u64()).collect());
+        let Some(shape) = shape else { continue };
+        let need = (shape.iter().try_fold(width, |a, &d| a.checked_mul(d)))
+            .map_or("more than 2^64".to_string(), |b| b.to_string());
+        if end < start || end - start != need.parse().unwrap_or(u64::MAX) {
+            return Some(format!(
+                "tensor {name:?}: shape {shape:?} of {dtype} needs {need} bytes, its data_offsets [{start}, {end}] hold {}",
+                end.saturating_sub(start)
+            ));
+        }
+        if end > data {
+            return Some(format!(
+                "tensor {name:?}: data_offsets [{start}, {end}] end past the {data} data bytes the file holds"
+            ));
+        }
+    }
+    None
 }
 
 /// A validated bundle of either kind [`crate::Transaction::add_model`]

@@ -568,7 +568,12 @@ fn read_parquet<R: ChunkReader + 'static>(
                 ))
             }
             t => {
+                let float16 = matches!(
+                    d.logical_type_ref(),
+                    Some(parquet::basic::LogicalType::Float16)
+                );
                 let what = match d.converted_type() {
+                    _ if float16 => "float16 values (write it as float32 or float64)".to_string(),
                     ConvertedType::UTF8 => "strings".to_string(),
                     ConvertedType::DECIMAL => "decimals stored as byte arrays (write them \
                         as float64, or as integers: pyarrow's store_decimal_as_integer)"

@@ -1076,3 +1076,28 @@ fn endless_devices_and_streams_are_refused_from_their_first_bytes() {
         .unwrap_or_else(|| panic!("no trailing-byte count in {e}"));
     assert!((1..=65536).contains(&n), "{e}");
 }
+
+/// An empty candidate list names its file and the tool's way to score
+/// every item (`--all`), not the library's.
+#[test]
+fn an_empty_candidate_list_points_to_all() {
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    std::fs::write(d.path("none.txt"), "# no ids today\n").unwrap();
+    std::fs::write(d.path("user.json"), format!("{:?}", vec![0.5f32; DIM])).unwrap();
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--candidates",
+        &d.p("none.txt"),
+    ]);
+    assert!(
+        e.contains("none.txt: no candidate ids") && e.contains("--all"),
+        "{e}"
+    );
+    assert!(!e.contains("Query::full_scan"), "{e}");
+}

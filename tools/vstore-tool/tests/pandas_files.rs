@@ -2,7 +2,8 @@
 //! `tests/data/pandas/gen.py`): uint64 ids and float16 vectors from
 //! `numpy.save`, a dictionary-encoded Snappy Parquet table with nullable
 //! integers, NaN-as-null floats, shuffled rows and three row groups, and a
-//! pandas CSV. The store must hold exactly what `expected.json` says.
+//! pandas CSV. The store must hold exactly what `expected.json` says; a
+//! float16 Parquet column is refused naming its type.
 
 mod common;
 
@@ -89,4 +90,30 @@ fn build_from_numpy_and_pandas_outputs() {
             "{col}"
         );
     }
+}
+
+/// A float16 column (pyarrow writes Parquet's FLOAT16 logical type) is
+/// refused naming the type and what to write instead, not as a
+/// `FIXED_LEN_BYTE_ARRAY` of its physical layout.
+#[test]
+fn a_float16_column_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let e = common::fails(&[
+        "build",
+        store.to_str().unwrap(),
+        "--ids",
+        &data("ids.npy"),
+        "--embedding",
+        &format!("user_item@2026-11:f16={}", data("emb.npy")),
+        "--stats",
+        &data("float16.parquet"),
+        "--id-column",
+        "item_id",
+    ]);
+    assert!(
+        e.contains("float16.parquet: column \"ctr_1d\" holds float16 values (write it as float32 or float64)"),
+        "{e}"
+    );
+    assert!(!e.contains("FIXED_LEN_BYTE_ARRAY"), "{e}");
 }

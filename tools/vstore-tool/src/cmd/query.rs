@@ -200,7 +200,16 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     }
     let user = read_user(&a.user)?;
     let ids = match &a.candidates {
-        Some(p) => read_id_list(p, &Progress::hidden())?,
+        Some(p) => {
+            let ids = read_id_list(p, &Progress::hidden())?;
+            if ids.is_empty() {
+                return Err(ToolError::input(
+                    p,
+                    "no candidate ids; give some, or score every item with --all instead of --candidates",
+                ));
+            }
+            ids
+        }
         None => Vec::new(),
     };
     let inputs = match &a.inputs {

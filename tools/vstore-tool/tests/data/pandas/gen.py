@@ -2,7 +2,8 @@
 numpy.save for ids and item-tower outputs, pandas.DataFrame.to_parquet
 (pyarrow, Snappy, nullable integer and float columns, uint64 ids) and
 DataFrame.to_csv (missing values as empty fields), plus expected.json with
-what the store must hold afterwards.
+what the store must hold afterwards, and float16.parquet (a float16 column,
+which tables do not take: the message names the type).
 
 Regenerate (deterministic):
     target/peers-venv/bin/pip install numpy pandas pyarrow
@@ -54,3 +55,8 @@ expected = {
 }
 with open(os.path.join(here, "expected.json"), "w") as f:
     json.dump(expected, f, indent=0)
+
+# A float16 statistics column (pyarrow >= 15 writes Parquet's FLOAT16
+# logical type): refused, naming the type and what to write instead.
+half = pd.DataFrame({"item_id": ids[:5], "ctr_1d": np.arange(5, dtype=np.float16) / 8})
+half.to_parquet(os.path.join(here, "float16.parquet"), index=False)
