@@ -136,12 +136,15 @@ pub struct ManArgs {
 /// Where item profile and statistics columns come from.
 #[derive(Debug, Args, Clone, Default)]
 pub struct TableArgs {
-    /// Item profile table (.parquet/.pq or .csv): integer columns become
-    /// categorical, float columns numeric (override with --column).
+    /// Item profile table (.parquet/.pq or .csv). `build`: integer columns
+    /// become categorical, float columns numeric (override with --column);
+    /// other commands: every column must be one of the store's profile
+    /// columns.
     #[arg(long, value_name = "TABLE")]
     pub profile: Option<PathBuf>,
-    /// Item statistics table (.parquet/.pq or .csv): every column becomes a
-    /// statistics column.
+    /// Item statistics table (.parquet/.pq or .csv). `build`: every column
+    /// becomes a statistics column; other commands: every column must be
+    /// one of the store's statistics columns.
     #[arg(long, value_name = "TABLE")]
     pub stats: Option<PathBuf>,
     /// Name of the item id column in the tables.
