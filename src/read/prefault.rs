@@ -14,7 +14,14 @@
 //!    that come before it is ready look ids up segment by segment, with the
 //!    same results);
 //! 3. the embedding rows, the precomputed first-layer rows of model
-//!    bundles, the profile and statistics columns, the bundle files.
+//!    bundles, the profile and statistics columns, the bundle files;
+//! 4. then checksums those files (crc32fast, from memory: a fraction of
+//!    the time the faulting took). A damaged file marks the snapshot:
+//!    from then on its queries and reads are [`crate::Error::Corrupt`]
+//!    naming the file (as verification would say), and
+//!    [`PrefaultProgress::damage`] says so; so a damaged byte in the data
+//!    is served at most until the thread reaches it, not until someone
+//!    runs `verify`.
 //!
 //! Files a snapshot shares with one prefaulted before are skipped. Files
 //! beyond what the machine has available (`MemAvailable` in
@@ -47,8 +54,10 @@ pub enum Prefault {
     /// Pages are read from the file when a query first touches them.
     Off,
     /// A background thread started by [`crate::Store::open`] and
-    /// [`crate::Store::refresh`] faults them in, most needed first, and
-    /// builds the id directory (the default).
+    /// [`crate::Store::refresh`] faults them in, most needed first, builds
+    /// the id directory, then checksums what it faulted in (a damaged file
+    /// makes the snapshot's queries [`crate::Error::Corrupt`]); the
+    /// default.
     #[default]
     Background,
 }
@@ -70,6 +79,13 @@ pub struct PrefaultProgress {
     pub finished: bool,
     /// The thread ended early because nothing held the snapshot any more.
     pub stopped: bool,
+    /// Bytes whose checksums the thread recomputed and found intact (every
+    /// file it faulted in, after all are faulted in).
+    pub bytes_verified: u64,
+    /// The first damaged file the checksums found (the error's message,
+    /// naming the file): queries and reads of the snapshot are then that
+    /// error ([`crate::Error::Corrupt`]).
+    pub damage: Option<String>,
     /// Time from the thread's start to its end (or to now).
     pub elapsed: Duration,
 }
@@ -119,6 +135,19 @@ impl PrefaultTask {
 
     fn add(&self, bytes: u64) {
         self.progress.lock().bytes_done += bytes;
+    }
+
+    /// Records damage a checksum found: in the progress, and on the
+    /// snapshot (the first damage found stays).
+    fn damaged(&self, snap: &Weak<Snapshot>, e: &crate::error::Error) {
+        let mut p = self.progress.lock();
+        if p.damage.is_none() {
+            p.damage = Some(e.to_string());
+        }
+        drop(p);
+        if let (crate::error::Error::Corrupt { path, what }, Some(s)) = (e, snap.upgrade()) {
+            let _ = s.damage.set((path.clone(), what.clone()));
+        }
     }
 
     fn end(&self, stopped: bool) {
@@ -189,7 +218,7 @@ pub(crate) fn start(snap: &Arc<Snapshot>, directory: bool) -> Arc<PrefaultTask> 
         out
     };
     let first = plan(first, true, true);
-    let rest = plan(rest, false, false);
+    let rest = plan(rest, true, false);
     let task = Arc::new(PrefaultTask {
         progress: Mutex::new(PrefaultProgress {
             snapshot: snap.number(),
@@ -232,7 +261,7 @@ fn run(
     task: &PrefaultTask,
 ) -> bool {
     for item in first {
-        if !fault_in(snap, item, task) {
+        if !(fault_in(snap, item, task) && checksum(snap, item, task)) {
             return false;
         }
     }
@@ -248,11 +277,41 @@ fn run(
         }
         s.directory_pending.store(false, Ordering::Release);
     }
+    // Every page first (the latency guard), then the checksums.
     rest.iter().all(|item| fault_in(snap, item, task))
+        && rest.iter().all(|item| checksum(snap, item, task))
 }
 
-/// Faults `item`'s file in a chunk at a time while `snap` is held, then
-/// checksums it if asked. False if the snapshot (or the file) was dropped.
+/// Checksums `item`'s file (if asked, and not done before) while `snap`
+/// is held: a file that fails marks the snapshot damaged, so that its
+/// queries and reads from then on are that error
+/// ([`Snapshot::check_damage`]). False if the snapshot (or the file) was
+/// dropped.
+fn checksum(snap: &Weak<Snapshot>, item: &Item, task: &PrefaultTask) -> bool {
+    if !item.verify {
+        return true;
+    }
+    let Some(f) = item.file.upgrade() else {
+        return false;
+    };
+    let go_on = || !task.stopped() && snap.strong_count() > 0;
+    match f.ensure_verified_until(&go_on) {
+        Ok(true) => {
+            task.progress.lock().bytes_verified += f.len();
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            task.damaged(snap, &e);
+            true
+        }
+    }
+}
+
+/// Faults `item`'s file in a chunk at a time while `snap` is held. The
+/// first group's files (id indexes, deletion bitmaps) are checksummed
+/// right after (see [`checksum`]). False if the snapshot (or the file) was
+/// dropped.
 fn fault_in(snap: &Weak<Snapshot>, item: &Item, task: &PrefaultTask) -> bool {
     let go_on = || !task.stopped() && snap.strong_count() > 0;
     let mut off = 0;
@@ -266,12 +325,6 @@ fn fault_in(snap: &Weak<Snapshot>, item: &Item, task: &PrefaultTask) -> bool {
         let len = f.map.len();
         if off >= len {
             f.prefaulted.store(true, Ordering::Release);
-            if item.verify {
-                // Damage is the first query's to report (it checks again).
-                if let Ok(false) = f.ensure_verified_until(&go_on) {
-                    return false;
-                }
-            }
             return true;
         }
         let n = CHUNK.min(len - off);

@@ -61,9 +61,24 @@ pub struct Snapshot {
     pub(crate) directory_pending: std::sync::atomic::AtomicBool,
     /// The background prefault of this snapshot, if one was started.
     pub(crate) prefault: std::sync::OnceLock<Arc<crate::read::prefault::PrefaultTask>>,
+    /// The first damaged file the background prefault's checksums found
+    /// (its path and what is wrong): from then on every query and read of
+    /// this snapshot is [`Error::Corrupt`] naming it (see `prefault.rs`).
+    pub(crate) damage: std::sync::OnceLock<(PathBuf, String)>,
 }
 
 impl Snapshot {
+    /// `Err(Error::Corrupt)` naming the damaged file if the background
+    /// prefault found one in this snapshot; reads and queries check this
+    /// first, so that a damaged byte it has found is never served.
+    #[inline]
+    pub(crate) fn check_damage(&self) -> Result<()> {
+        match self.damage.get() {
+            None => Ok(()),
+            Some((path, what)) => Err(Error::corrupt(path, what.clone())),
+        }
+    }
+
     /// The snapshot number (strictly increasing with each publish).
     pub fn number(&self) -> u64 {
         self.manifest.snapshot
@@ -144,9 +159,12 @@ impl Snapshot {
     }
 
     /// Checksums (once per mapped file) every segment's id index and
-    /// deletion bitmap, which say which item each row is. Queries and
-    /// [`Snapshot::item`] call it before relying on them.
+    /// deletion bitmap, which say which item each row is, and refuses a
+    /// snapshot in which the background prefault found a damaged file.
+    /// Queries and [`Snapshot::item`] (and so the `get_*` reads) call it
+    /// before relying on them.
     pub(crate) fn check_identity(&self) -> Result<()> {
+        self.check_damage()?;
         self.segments
             .iter()
             .try_for_each(Segment::ensure_identity_verified)
@@ -219,6 +237,7 @@ impl Snapshot {
     /// The embedding column `key` of segment `segment` (index into
     /// [`Snapshot::segments`]). Unknown keys are [`Error::VersionSkew`].
     pub fn embedding(&self, segment: usize, key: &str) -> Result<EmbeddingColumn<'_>> {
+        self.check_damage()?;
         let seg = self.segments.get(segment).ok_or_else(|| {
             Error::InvalidInput(format!(
                 "segment index {segment} out of range (snapshot {} has {})",

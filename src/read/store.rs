@@ -786,6 +786,7 @@ fn load(
         _pin: pin,
         directory: std::sync::OnceLock::new(),
         directory_pending: std::sync::atomic::AtomicBool::new(false),
+        damage: std::sync::OnceLock::new(),
         prefault: std::sync::OnceLock::new(),
     };
     if opts.verify {
