@@ -1143,7 +1143,7 @@ fn background_checksums_turn_a_damaged_data_byte_into_an_error_naming_the_file()
     let is_emb = |e: &Error| e.path() == Some(emb.as_path()) && matches!(e, Error::Corrupt { .. });
     let e = snap.query(&q).unwrap_err();
     assert!(is_emb(&e), "{e:?}");
-    for r in snap.query_batch(&[q.clone(), q.clone()]) {
+    for r in snap.query_batch(&[q, q]) {
         assert!(is_emb(r.as_ref().unwrap_err()), "{r:?}");
     }
     let e = snap.get_embedding(3, "prerank@v42").unwrap_err();
