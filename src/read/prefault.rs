@@ -163,10 +163,9 @@ impl PrefaultTask {
 /// (one extent; see `io/extents.rs`).
 const CHUNK: usize = crate::io::extents::EXTENT;
 
-/// A file to fault in, and whether to checksum it afterwards.
+/// A file to fault in and checksum.
 struct Item {
     file: Weak<Container>,
-    verify: bool,
 }
 
 /// Starts the background prefault of `snap` and returns its task. With
@@ -196,11 +195,13 @@ pub(crate) fn start(snap: &Arc<Snapshot>, directory: bool) -> Arc<PrefaultTask> 
         .unwrap_or(u64::MAX)
         .min(cgroup_headroom().unwrap_or(u64::MAX));
     let (mut total, mut skipped) = (0u64, 0u64);
-    let mut plan = |files: Vec<&Arc<Container>>, verify: bool, always: bool| -> Vec<Item> {
+    // A file is planned unless faulted in and checksummed before (for an
+    // earlier snapshot); every planned file is checksummed.
+    let mut plan = |files: Vec<&Arc<Container>>, always: bool| -> Vec<Item> {
         let mut out = Vec::new();
         for f in files {
             if !seen.insert(Arc::as_ptr(f))
-                || (f.prefaulted.load(Ordering::Acquire) && (!verify || f.is_verified()))
+                || (f.prefaulted.load(Ordering::Acquire) && f.is_verified())
             {
                 continue;
             }
@@ -212,13 +213,12 @@ pub(crate) fn start(snap: &Arc<Snapshot>, directory: bool) -> Arc<PrefaultTask> 
             total += f.len();
             out.push(Item {
                 file: Arc::downgrade(f),
-                verify,
             });
         }
         out
     };
-    let first = plan(first, true, true);
-    let rest = plan(rest, true, false);
+    let first = plan(first, true);
+    let rest = plan(rest, false);
     let task = Arc::new(PrefaultTask {
         progress: Mutex::new(PrefaultProgress {
             snapshot: snap.number(),
@@ -282,15 +282,12 @@ fn run(
         && rest.iter().all(|item| checksum(snap, item, task))
 }
 
-/// Checksums `item`'s file (if asked, and not done before) while `snap`
+/// Checksums `item`'s file (unless done before) while `snap`
 /// is held: a file that fails marks the snapshot damaged, so that its
 /// queries and reads from then on are that error
 /// ([`Snapshot::check_damage`]). False if the snapshot (or the file) was
 /// dropped.
 fn checksum(snap: &Weak<Snapshot>, item: &Item, task: &PrefaultTask) -> bool {
-    if !item.verify {
-        return true;
-    }
     let Some(f) = item.file.upgrade() else {
         return false;
     };
