@@ -31,12 +31,26 @@ pyo3::create_exception!(
     PyException,
     "Base class of every vstore error."
 );
+pyo3::create_exception!(
+    vstore,
+    DamagedManifestWarning,
+    pyo3::exceptions::PyRuntimeWarning,
+    "Warned by `vstore.open` (and `Store.refresh`) when the newest manifest is damaged and an older snapshot is read instead (`Store.skipped_manifests` lists them)."
+);
+pyo3::create_exception!(
+    vstore,
+    ReplacedItemsWarning,
+    pyo3::exceptions::PyUserWarning,
+    "Warned by `Transaction.upsert_items` when it replaces items already in the store without giving every profile and statistics column: replaced items are replaced whole, so those columns take their defaults."
+);
 macro_rules! kinds {
     ($($name:ident: $doc:literal),* $(,)?) => {
         $(pyo3::create_exception!(vstore, $name, VstoreError, $doc);)*
         /// Adds the exception classes to the module.
         fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
             m.add("VstoreError", m.py().get_type::<VstoreError>())?;
+            m.add("DamagedManifestWarning", m.py().get_type::<DamagedManifestWarning>())?;
+            m.add("ReplacedItemsWarning", m.py().get_type::<ReplacedItemsWarning>())?;
             $(m.add(stringify!($name), m.py().get_type::<$name>())?;)*
             Ok(())
         }
@@ -293,9 +307,22 @@ impl PyStore {
         }
     }
 
-    /// Moves to the newest published snapshot; True if there was a newer one.
+    /// Moves to the newest published snapshot; True if there was a newer
+    /// one. A newer manifest found damaged and skipped is reported as at
+    /// `vstore.open` (a `DamagedManifestWarning`, and `skipped_manifests`).
     fn refresh(&self, py: Python<'_>) -> PyResult<bool> {
-        py.detach(|| self.inner.refresh()).map_err(err)
+        let before = self.inner.skipped_manifests();
+        let moved = py.detach(|| self.inner.refresh()).map_err(err)?;
+        self.warn_skipped(py, &before)?;
+        Ok(moved)
+    }
+
+    /// The manifests newer than the current snapshot that were found
+    /// damaged and skipped (the store reads an older snapshot instead), as
+    /// (file name, reason) pairs; empty in a healthy store.
+    #[getter]
+    fn skipped_manifests(&self) -> Vec<(String, String)> {
+        self.inner.skipped_manifests()
     }
 
     /// Checksums every file of the current snapshot: a dict of what was
@@ -333,6 +360,26 @@ impl PyStore {
         py.detach(|| self.inner.wait_prefault())
             .map(|p| progress_dict(py, &p))
             .transpose()
+    }
+}
+
+impl PyStore {
+    /// Issues a `DamagedManifestWarning` for each skipped manifest not in
+    /// `known` (the CLI's warning: the file, the snapshot read instead and
+    /// why).
+    fn warn_skipped(&self, py: Python<'_>, known: &[(String, String)]) -> PyResult<()> {
+        let number = self.inner.snapshot().number();
+        for (m, why) in self.inner.skipped_manifests() {
+            if known.iter().any(|(k, _)| *k == m) {
+                continue;
+            }
+            let msg = format!(
+                "{m} is damaged and was skipped; reading the older snapshot {number} instead ({why})"
+            );
+            let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
+            PyErr::warn(py, &py.get_type::<DamagedManifestWarning>(), &msg, 1)?;
+        }
+        Ok(())
     }
 }
 
@@ -1047,7 +1094,10 @@ fn check_bundle(
 /// default) faults the pages queries read in on a background thread after
 /// the open, `"off"` reads them when a query first touches them. `mlock`:
 /// lock the store's mapped files in memory (an `IoError` naming
-/// RLIMIT_MEMLOCK when they do not fit).
+/// RLIMIT_MEMLOCK when they do not fit). If the newest manifest is damaged
+/// the store reads the newest intact snapshot instead and a
+/// `DamagedManifestWarning` names each skipped file (also listed by
+/// `Store.skipped_manifests`).
 #[pyfunction]
 #[pyo3(signature = (path, *, prefault = "background", mlock = false))]
 fn open(
@@ -1069,7 +1119,9 @@ fn open(
     let inner = py
         .detach(|| vstore::Store::open_with(&path, opts))
         .map_err(err)?;
-    Ok(PyStore { inner })
+    let store = PyStore { inner };
+    store.warn_skipped(py, &[])?;
+    Ok(store)
 }
 
 /// A store's schema: embedding versions and profile / stats columns,
@@ -1570,6 +1622,12 @@ impl PyTransaction {
     }
 
     /// Adds or replaces items (as [`add_items`](PyTransaction::add_items)).
+    /// A replaced item is replaced whole: a profile or statistics column
+    /// not given takes its default for it (its old value is not kept), as
+    /// does an embedding version not given unless its item tower computes
+    /// it. If ids already in the newest snapshot are replaced and schema
+    /// columns are not given, a `ReplacedItemsWarning` names the columns
+    /// (`update_stats` changes statistics without replacing items).
     #[pyo3(signature = (ids, embeddings = None, profile = None, stats = None, *, categorical = None, numeric = None))]
     #[allow(clippy::too_many_arguments)]
     fn upsert_items(
@@ -1582,9 +1640,10 @@ impl PyTransaction {
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        let schema = self.schema();
         let b = batch(
             py,
-            &self.schema(),
+            &schema,
             ids,
             embeddings,
             profile,
@@ -1592,6 +1651,40 @@ impl PyTransaction {
             categorical,
             numeric,
         )?;
+        // As the CLI's note: say which columns replaced items lose.
+        let mut given: Vec<String> = Vec::new();
+        for t in [profile, stats].into_iter().flatten() {
+            given.extend(table_columns(t)?.into_iter().map(|(n, _)| n));
+        }
+        for d in [categorical, numeric].into_iter().flatten() {
+            for k in d.keys() {
+                given.push(k.extract()?);
+            }
+        }
+        let reset: Vec<&str> = schema
+            .profile
+            .iter()
+            .chain(&schema.stats)
+            .map(|c| c.name.as_str())
+            .filter(|c| !given.iter().any(|g| g == c))
+            .collect();
+        if !reset.is_empty() {
+            let snap = self.writer.lock().expect("not poisoned").snapshot();
+            let replaced = snap.map_or(0, |s| {
+                b.ids().iter().filter(|&&id| s.lookup(id).is_some()).count()
+            });
+            if replaced > 0 {
+                let msg = format!(
+                    "upsert_items: {replaced} of the {} items are already in the store and are \
+                     replaced whole; {} not given, so the replaced items now take the default \
+                     (update_stats changes statistics without replacing items)",
+                    b.ids().len(),
+                    reset.join(", ")
+                );
+                let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
+                PyErr::warn(py, &py.get_type::<ReplacedItemsWarning>(), &msg, 1)?;
+            }
+        }
         self.push(Op::Upsert(b))
     }
 

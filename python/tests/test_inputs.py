@@ -1,8 +1,12 @@
 """The binding's inputs from a user review: pandas' float64 / int64 and
 strided arrays are converted (with the same answers as float32 / uint64),
 what cannot be converted is refused naming the argument, and the errors
-say what Python can do (a full scan, keep_last, which user of a batch,
-which category code)."""
+and warnings say what Python can do (a full scan, keep_last, which user of
+a batch, which category code, a damaged manifest, replaced columns)."""
+
+import glob
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -167,3 +171,50 @@ def test_keep_last_zero_is_refused(tmp_path):
     with pytest.raises(vstore.InvalidInputError, match="keep_last -1"):
         w.set_retention(-1, 0.0)
     w.set_retention(1, 0.0)
+
+
+def test_a_damaged_newest_manifest_is_warned_and_listed(tmp_path):
+    path = str(tmp_path / "s")
+    w, ids, vecs = build(tmp_path / "s")
+    with w.begin() as tx:
+        tx.delete_items(ids[:1])
+    del w
+    newest = sorted(glob.glob(os.path.join(path, "MANIFEST-*")))[-1]
+    assert vstore.open(path).skipped_manifests == []
+    with open(newest, "r+b") as f:
+        f.seek(40)
+        f.write(b"\xff\xfe")
+    with pytest.warns(vstore.DamagedManifestWarning) as rec:
+        store = vstore.open(path)
+    assert store.snapshot().number == 1
+    name = os.path.basename(newest)
+    msg = str(rec[0].message)
+    assert msg.startswith(f"{name} is damaged and was skipped; reading the older snapshot 1 instead (")
+    assert issubclass(vstore.DamagedManifestWarning, RuntimeWarning)
+    assert [m for m, _ in store.skipped_manifests] == [name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(vstore.DamagedManifestWarning):
+            vstore.open(path)
+
+
+def test_upsert_without_every_column_warns_that_replaced_items_take_defaults(tmp_path):
+    w, ids, vecs = build(tmp_path / "s")
+    with pytest.warns(vstore.ReplacedItemsWarning,
+                      match=r"upsert_items: 2 of the 3 items are already in the store and are replaced whole; category, price, ctr not given"):
+        with w.begin() as tx:
+            tx.upsert_items(np.array([ids[0], ids[1], 1], dtype=np.uint64),
+                            embeddings={"p@v1": np.ones((3, DIM), np.float32)})
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    # What the warning says: the replaced item reads the defaults.
+    r = snap.query("p@v1", np.ones(DIM, np.float32), ids[:1], 1,
+                   filter=vstore.Filter.is_in("category", [3]) & vstore.Filter.range("price", -1, -1)
+                   & vstore.Filter.range("ctr", 0.5, 0.5))
+    assert r.ids.tolist() == [int(ids[0])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with w.begin() as tx:  # every column given, or no item replaced: no warning
+            tx.upsert_items(ids[2:4], embeddings={"p@v1": np.ones((2, DIM), np.float32)},
+                            categorical={"category": [1, 1]}, numeric={"price": [2.0, 2.0]},
+                            stats={"ctr": [0.1, 0.1]})
+            tx.upsert_items(np.array([5, 6]), embeddings={"p@v1": np.ones((2, DIM), np.float32)})
