@@ -218,3 +218,20 @@ def test_upsert_without_every_column_warns_that_replaced_items_take_defaults(tmp
                             categorical={"category": [1, 1]}, numeric={"price": [2.0, 2.0]},
                             stats={"ctr": [0.1, 0.1]})
             tx.upsert_items(np.array([5, 6]), embeddings={"p@v1": np.ones((2, DIM), np.float32)})
+
+
+def test_refresh_warns_for_a_damaged_newer_manifest(tmp_path):
+    path = str(tmp_path / "s")
+    w, ids, _ = build(tmp_path / "s")
+    store = vstore.open(path)
+    with w.begin() as tx:
+        tx.delete_items(ids[:1])
+    newest = sorted(glob.glob(os.path.join(path, "MANIFEST-*")))[-1]
+    with open(newest, "r+b") as f:
+        f.seek(40)
+        f.write(b"\xff\xfe")
+    with pytest.warns(vstore.DamagedManifestWarning,
+                      match=f"{os.path.basename(newest)} is damaged and was skipped; reading the older snapshot 1"):
+        assert store.refresh() is False
+    assert store.snapshot().number == 1
+    assert [m for m, _ in store.skipped_manifests] == [os.path.basename(newest)]
