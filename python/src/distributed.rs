@@ -3,7 +3,6 @@
 //! which pickle (as JSON) so Dask, Ray and Spark ship them to workers.
 //! The engine helpers are Python (`vstore/distributed.py`).
 
-use numpy::PyReadonlyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -191,7 +190,7 @@ pub(crate) fn stage(
     py: Python<'_>,
     plan: &PyBuildPlan,
     part: u32,
-    ids: PyReadonlyArray1<'_, u64>,
+    ids: &Bound<'_, PyAny>,
     embeddings: Option<&Bound<'_, PyDict>>,
     profile: Option<&Bound<'_, PyAny>>,
     stats: Option<&Bound<'_, PyAny>>,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 mod distributed;
 
 use numpy::{
-    IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyException;
@@ -31,12 +31,26 @@ pyo3::create_exception!(
     PyException,
     "Base class of every vstore error."
 );
+pyo3::create_exception!(
+    vstore,
+    DamagedManifestWarning,
+    pyo3::exceptions::PyRuntimeWarning,
+    "Warned by `vstore.open` (and `Store.refresh`) when the newest manifest is damaged and an older snapshot is read instead (`Store.skipped_manifests` lists them)."
+);
+pyo3::create_exception!(
+    vstore,
+    ReplacedItemsWarning,
+    pyo3::exceptions::PyUserWarning,
+    "Warned by `Transaction.upsert_items` when it replaces items already in the store without giving every profile and statistics column: replaced items are replaced whole, so those columns take their defaults."
+);
 macro_rules! kinds {
     ($($name:ident: $doc:literal),* $(,)?) => {
         $(pyo3::create_exception!(vstore, $name, VstoreError, $doc);)*
         /// Adds the exception classes to the module.
         fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
             m.add("VstoreError", m.py().get_type::<VstoreError>())?;
+            m.add("DamagedManifestWarning", m.py().get_type::<DamagedManifestWarning>())?;
+            m.add("ReplacedItemsWarning", m.py().get_type::<ReplacedItemsWarning>())?;
             $(m.add(stringify!($name), m.py().get_type::<$name>())?;)*
             Ok(())
         }
@@ -65,8 +79,13 @@ kinds!(
 
 /// The Python exception for a library error, with its message.
 fn err(e: vstore::Error) -> PyErr {
+    err_at(e, "")
+}
+
+/// [`err`] with `ctx` (which user of a batch, ...) before the message.
+fn err_at(e: vstore::Error, ctx: &str) -> PyErr {
     use vstore::Error as E;
-    let msg = e.to_string();
+    let msg = format!("{ctx}{e}");
     match e {
         E::Io { .. } | E::Mlock { .. } => IoError::new_err(msg),
         E::Corrupt { .. } => CorruptError::new_err(msg),
@@ -108,6 +127,171 @@ fn invalid(what: impl std::fmt::Display) -> PyErr {
     InvalidInputError::new_err(what.to_string())
 }
 
+/// Item ids from Python: read in place when they are a contiguous, aligned
+/// uint64 array, else copied from any array or list of integers (a strided
+/// array, int64 from pandas, a list), refusing floats, negative values and
+/// anything not an integer with an `InvalidInputError` naming `what`.
+enum Ids<'py> {
+    InPlace(PyReadonlyArray1<'py, u64>),
+    Copied(Vec<u64>),
+}
+
+impl Ids<'_> {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Ids::InPlace(a) => a.as_slice().expect("checked by ids_arg"),
+            Ids::Copied(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<u64> {
+        match self {
+            Ids::InPlace(a) => a.as_slice().expect("checked by ids_arg").to_vec(),
+            Ids::Copied(v) => v,
+        }
+    }
+}
+
+/// `v` through `numpy.asarray`, with its number of dimensions, size, dtype
+/// kind (`"f"`, `"i"`, ...) and dtype name; an error names `what`.
+fn np_array<'py>(
+    v: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<(Bound<'py, PyAny>, usize, usize, String, String)> {
+    let np = v.py().import("numpy")?;
+    let a = np
+        .call_method1("asarray", (v,))
+        .map_err(|e| invalid(format!("{what}: not an array ({e})")))?;
+    let ndim: usize = a.getattr("ndim")?.extract()?;
+    let size: usize = a.getattr("size")?.extract()?;
+    let dtype = a.getattr("dtype")?;
+    let kind: String = dtype.getattr("kind")?.extract()?;
+    let name: String = dtype.getattr("name")?.extract()?;
+    Ok((a, ndim, size, kind, name))
+}
+
+/// Item ids (see [`Ids`]) from `v`, the argument `what`.
+fn ids_arg<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
+    if let Ok(a) = v.extract::<PyReadonlyArray1<'py, u64>>() {
+        // In place needs a slice: contiguous and aligned (an array
+        // unpickled by Dask may be neither).
+        if a.as_slice().is_ok() {
+            return Ok(Ids::InPlace(a));
+        }
+        return Ok(Ids::Copied(a.as_array().to_vec()));
+    }
+    let (a, ndim, size, kind, name) = np_array(v, what)?;
+    if ndim != 1 {
+        return Err(invalid(format!(
+            "{what}: expected a 1-D array of item ids, got {ndim} dimensions"
+        )));
+    }
+    if size == 0 {
+        return Ok(Ids::Copied(Vec::new()));
+    }
+    match kind.as_str() {
+        "u" => {
+            let a = a.call_method1("astype", ("uint64",))?;
+            let a: PyReadonlyArray1<'_, u64> = a.extract()?;
+            Ok(Ids::Copied(a.as_array().to_vec()))
+        }
+        "i" => {
+            let a = a.call_method1("astype", ("int64",))?;
+            let a: PyReadonlyArray1<'_, i64> = a.extract()?;
+            a.as_array()
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    u64::try_from(x).map_err(|_| {
+                        invalid(format!(
+                            "{what}[{i}]: id {x} is negative (ids are unsigned)"
+                        ))
+                    })
+                })
+                .collect::<PyResult<_>>()
+                .map(Ids::Copied)
+        }
+        "f" => Err(invalid(format!(
+            "{what}: the array holds floats ({name}); ids are integers (uint64, or a signed \
+             integer type with no negative value)"
+        ))),
+        _ => Err(invalid(format!(
+            "{what}: expected integer ids (uint64, or a signed integer type with no negative \
+             value), not {name}"
+        ))),
+    }
+}
+
+/// Float32 values from Python: read in place when `v` is a C-contiguous,
+/// aligned float32 array, else copied (a strided array, float64 or float16
+/// converted to float32).
+enum Floats<'py> {
+    InPlace(PyReadonlyArrayDyn<'py, f32>),
+    Copied(Vec<f32>),
+}
+
+impl Floats<'_> {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Floats::InPlace(a) => a.as_slice().expect("checked by floats_arg"),
+            Floats::Copied(v) => v,
+        }
+    }
+}
+
+/// The `ndim`-dimensional float array `v`, the argument `what` (see
+/// [`Floats`]), and its shape; an `InvalidInputError` names `what` if it
+/// has another number of dimensions or does not hold floats.
+fn floats_arg<'py>(
+    v: &Bound<'py, PyAny>,
+    what: &str,
+    ndim: usize,
+) -> PyResult<(Floats<'py>, Vec<usize>)> {
+    if let Ok(a) = v.extract::<PyReadonlyArrayDyn<'py, f32>>() {
+        if a.ndim() == ndim && a.is_c_contiguous() && a.as_slice().is_ok() {
+            let shape = a.shape().to_vec();
+            return Ok((Floats::InPlace(a), shape));
+        }
+    }
+    let (a, got, _, kind, name) = np_array(v, what)?;
+    if got != ndim {
+        return Err(invalid(format!(
+            "{what}: expected a {ndim}-D float array, got {got} dimensions"
+        )));
+    }
+    if kind != "f" {
+        return Err(invalid(format!(
+            "{what}: expected a float array (float32; float64 and float16 are converted), \
+             not {name}"
+        )));
+    }
+    let a = a.call_method1("astype", ("float32",))?;
+    let a: PyReadonlyArrayDyn<'_, f32> = a.extract()?;
+    let shape = a.shape().to_vec();
+    // Row-major order whatever the layout.
+    let values = a.as_array().iter().copied().collect();
+    Ok((Floats::Copied(values), shape))
+}
+
+/// A category code (0 to 4294967295) from `v`; an `InvalidInputError`
+/// says `what` it is and shows the value.
+fn code_arg(v: &Bound<'_, PyAny>, what: impl FnOnce() -> String) -> PyResult<u32> {
+    if v.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(invalid(format!(
+            "{}: {} is not a category code (an integer from 0 to 4294967295)",
+            what(),
+            v.repr()?
+        )));
+    }
+    v.extract::<u32>().map_err(|_| {
+        let shown = v.repr().map(|r| r.to_string()).unwrap_or_default();
+        invalid(format!(
+            "{}: {shown} is not a category code (an integer from 0 to 4294967295)",
+            what()
+        ))
+    })
+}
+
 /// A store opened for reading (`vstore.open(path)`).
 #[pyclass(name = "Store", module = "vstore", frozen)]
 struct PyStore {
@@ -123,9 +307,22 @@ impl PyStore {
         }
     }
 
-    /// Moves to the newest published snapshot; True if there was a newer one.
+    /// Moves to the newest published snapshot; True if there was a newer
+    /// one. A newer manifest found damaged and skipped is reported as at
+    /// `vstore.open` (a `DamagedManifestWarning`, and `skipped_manifests`).
     fn refresh(&self, py: Python<'_>) -> PyResult<bool> {
-        py.detach(|| self.inner.refresh()).map_err(err)
+        let before = self.inner.skipped_manifests();
+        let moved = py.detach(|| self.inner.refresh()).map_err(err)?;
+        self.warn_skipped(py, &before)?;
+        Ok(moved)
+    }
+
+    /// The manifests newer than the current snapshot that were found
+    /// damaged and skipped (the store reads an older snapshot instead), as
+    /// (file name, reason) pairs; empty in a healthy store.
+    #[getter]
+    fn skipped_manifests(&self) -> Vec<(String, String)> {
+        self.inner.skipped_manifests()
     }
 
     /// Checksums every file of the current snapshot: a dict of what was
@@ -163,6 +360,26 @@ impl PyStore {
         py.detach(|| self.inner.wait_prefault())
             .map(|p| progress_dict(py, &p))
             .transpose()
+    }
+}
+
+impl PyStore {
+    /// Issues a `DamagedManifestWarning` for each skipped manifest not in
+    /// `known` (the CLI's warning: the file, the snapshot read instead and
+    /// why).
+    fn warn_skipped(&self, py: Python<'_>, known: &[(String, String)]) -> PyResult<()> {
+        let number = self.inner.snapshot().number();
+        for (m, why) in self.inner.skipped_manifests() {
+            if known.iter().any(|(k, _)| *k == m) {
+                continue;
+            }
+            let msg = format!(
+                "{m} is damaged and was skipped; reading the older snapshot {number} instead ({why})"
+            );
+            let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
+            PyErr::warn(py, &py.get_type::<DamagedManifestWarning>(), &msg, 1)?;
+        }
+        Ok(())
     }
 }
 
@@ -323,8 +540,10 @@ impl PySnapshot {
             .collect()
     }
 
-    /// Scores `candidates` (uint64 ids; None: every item) against `user`
-    /// (float32, from the model version `version`, `space@version`) and
+    /// Scores `candidates` (uint64 ids, or integers with no negative value;
+    /// None: every item, an empty array is refused) against `user`
+    /// (float32, or float64 / float16 converted; from the model version
+    /// `version`, `space@version`) and
     /// returns the best `k`. `filter`: a [`Filter`](PyFilter).
     /// `three_tower`: the user inputs of a three-tower query (name → a
     /// float32 vector for a `user_dense` input, or name → {category code:
@@ -346,8 +565,8 @@ impl PySnapshot {
         &self,
         py: Python<'_>,
         version: &str,
-        user: PyReadonlyArray1<'_, f32>,
-        candidates: Option<PyReadonlyArray1<'_, u64>>,
+        user: &Bound<'_, PyAny>,
+        candidates: Option<&Bound<'_, PyAny>>,
         k: usize,
         filter: Option<&PyFilter>,
         three_tower: Option<&Bound<'_, PyDict>>,
@@ -360,11 +579,13 @@ impl PySnapshot {
         max_multiply_adds: Option<u64>,
         log_features: bool,
     ) -> PyResult<PyQueryResult> {
-        let user = contiguous(&user, "user")?;
-        let ids = match &candidates {
-            Some(c) => Some(contiguous(c, "candidates")?),
-            None => None,
-        };
+        let (user, _) = floats_arg(user, "user", 1)?;
+        let user = user.as_slice();
+        let ids = candidates.map(|c| ids_arg(c, "candidates")).transpose()?;
+        let ids = ids.as_ref().map(Ids::as_slice);
+        if ids.is_some_and(<[u64]>::is_empty) {
+            return Err(no_candidates("candidates"));
+        }
         let opts = Options::new(
             py,
             filter,
@@ -388,7 +609,8 @@ impl PySnapshot {
     }
 
     /// [`query`](PySnapshot::query) for many users at once: `users` is
-    /// `[n, dim]` float32; `candidates` one uint64 array every user shares
+    /// `[n, dim]` float32 (other floats converted); an error of one user's
+    /// query names its row; `candidates` one uint64 array every user shares
     /// (resolved once per worker: the library's `Snapshot::query_batch`),
     /// a list of `n` arrays (one per user), or None (full scans);
     /// `three_tower` is one dict of user inputs for every query, or a list
@@ -402,7 +624,7 @@ impl PySnapshot {
         &self,
         py: Python<'_>,
         version: &str,
-        users: PyReadonlyArray2<'_, f32>,
+        users: &Bound<'_, PyAny>,
         candidates: Option<&Bound<'_, PyAny>>,
         k: usize,
         workers: usize,
@@ -416,41 +638,48 @@ impl PySnapshot {
         max_multiply_adds: Option<u64>,
         log_features: bool,
     ) -> PyResult<Vec<PyQueryResult>> {
-        let u = users
-            .as_slice()
-            .map_err(|_| invalid("users: the array must be C-contiguous"))?;
-        let (n, dim) = (users.shape()[0], users.shape()[1]);
-        // One shared array, or one per user.
-        let (one, lists): (
-            Option<PyReadonlyArray1<'_, u64>>,
-            Vec<PyReadonlyArray1<'_, u64>>,
-        ) = match candidates {
+        let (users, shape) = floats_arg(users, "users", 2)?;
+        let u = users.as_slice();
+        let (n, dim) = (shape[0], shape[1]);
+        // One shared array, or one per user (a list or tuple of arrays).
+        let per_user_lists = candidates.is_some_and(|c| {
+            (c.is_instance_of::<pyo3::types::PyList>()
+                || c.is_instance_of::<pyo3::types::PyTuple>())
+                && c.get_item(0)
+                    .is_ok_and(|e| e.hasattr("__len__").unwrap_or(false))
+        });
+        let (one, lists): (Option<Ids<'_>>, Vec<Ids<'_>>) = match candidates {
             None => (None, Vec::new()),
-            Some(c) => match c.extract::<PyReadonlyArray1<'_, u64>>() {
-                Ok(a) => (Some(a), Vec::new()),
-                Err(_) => {
-                    let l: Vec<PyReadonlyArray1<'_, u64>> = c.extract().map_err(|_| {
-                        invalid("candidates: expected a uint64 array, a list of them, or None")
-                    })?;
-                    if l.len() != n {
-                        return Err(invalid(format!(
-                            "candidates: {} lists for {n} users",
-                            l.len()
-                        )));
-                    }
-                    (None, l)
+            Some(c) if per_user_lists => {
+                let l: Vec<Bound<'_, PyAny>> = c.extract()?;
+                if l.len() != n {
+                    return Err(invalid(format!(
+                        "candidates: {} lists for {n} users",
+                        l.len()
+                    )));
                 }
-            },
-        };
-        let cands: Option<Vec<&[u64]>> = match (&one, candidates) {
-            (Some(a), _) => Some(vec![contiguous(a, "candidates")?; n]),
-            (None, Some(_)) => Some(
-                lists
+                let l = l
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| contiguous(a, &format!("candidates[{i}]")))
-                    .collect::<PyResult<_>>()?,
-            ),
+                    .map(|(i, a)| ids_arg(a, &format!("candidates[{i}]")))
+                    .collect::<PyResult<Vec<_>>>()?;
+                (None, l)
+            }
+            Some(c) => (Some(ids_arg(c, "candidates")?), Vec::new()),
+        };
+        let cands: Option<Vec<&[u64]>> = match (&one, candidates) {
+            (Some(a), _) => {
+                if a.as_slice().is_empty() {
+                    return Err(no_candidates("candidates"));
+                }
+                Some(vec![a.as_slice(); n])
+            }
+            (None, Some(_)) => {
+                if let Some(i) = lists.iter().position(|l| l.as_slice().is_empty()) {
+                    return Err(no_candidates(&format!("candidates[{i}]")));
+                }
+                Some(lists.iter().map(Ids::as_slice).collect())
+            }
             (None, None) => None,
         };
         // One shared dict of inputs, or one per user.
@@ -526,9 +755,13 @@ impl PySnapshot {
                 None => (0..runs).flat_map(run).collect(),
             }
         });
+        // Results come in user order: an error names the user's row.
         results
             .into_iter()
-            .map(|r| PyQueryResult::new(py, r.map_err(err)?))
+            .enumerate()
+            .map(|(i, r)| {
+                PyQueryResult::new(py, r.map_err(|e| err_at(e, &format!("users row {i}: ")))?)
+            })
             .collect()
     }
 
@@ -573,13 +806,11 @@ impl PySnapshot {
     }
 }
 
-/// The array's values in place, or an `InvalidInputError` naming it.
-fn contiguous<'a, T: numpy::Element>(
-    a: &'a PyReadonlyArray1<'_, T>,
-    what: &str,
-) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| invalid(format!("{what}: the array must be contiguous")))
+/// The error for an empty candidate array, the argument `what`.
+fn no_candidates(what: &str) -> PyErr {
+    invalid(format!(
+        "{what}: no candidate ids; pass candidates=None to score every item (a full scan)"
+    ))
 }
 
 /// Runs a query, timing it: the result and the seconds it took.
@@ -758,20 +989,23 @@ struct PyFilter {
 
 #[pymethods]
 impl PyFilter {
-    /// The categorical column's value is one of `values`.
+    /// The categorical column's value is one of `values` (category codes,
+    /// 0 to 4294967295).
     #[staticmethod]
-    fn is_in(column: &str, values: Vec<u32>) -> Self {
-        PyFilter {
+    fn is_in(column: &str, values: Vec<Bound<'_, PyAny>>) -> PyResult<Self> {
+        let values = filter_codes("is_in", column, &values)?;
+        Ok(PyFilter {
             inner: vstore::Filter::is_in(column, values),
-        }
+        })
     }
 
     /// The categorical column's value is none of `values`.
     #[staticmethod]
-    fn not_in(column: &str, values: Vec<u32>) -> Self {
-        PyFilter {
+    fn not_in(column: &str, values: Vec<Bound<'_, PyAny>>) -> PyResult<Self> {
+        let values = filter_codes("not_in", column, &values)?;
+        Ok(PyFilter {
             inner: vstore::Filter::not_in(column, values),
-        }
+        })
     }
 
     /// `min <= value <= max` for a numeric or statistics column.
@@ -803,6 +1037,20 @@ impl PyFilter {
     fn __repr__(&self) -> String {
         format!("{:?}", self.inner)
     }
+}
+
+/// The category codes of `Filter.<call>(column, values)`; an error names
+/// the column, the value and its position.
+fn filter_codes(call: &str, column: &str, values: &[Bound<'_, PyAny>]) -> PyResult<Vec<u32>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            code_arg(v, || {
+                format!("Filter.{call} column {column:?}, values[{i}]")
+            })
+        })
+        .collect()
 }
 
 /// The kernels this process runs: `portable`, `avx2`, `avxvnni`, `avx512`,
@@ -846,7 +1094,10 @@ fn check_bundle(
 /// default) faults the pages queries read in on a background thread after
 /// the open, `"off"` reads them when a query first touches them. `mlock`:
 /// lock the store's mapped files in memory (an `IoError` naming
-/// RLIMIT_MEMLOCK when they do not fit).
+/// RLIMIT_MEMLOCK when they do not fit). If the newest manifest is damaged
+/// the store reads the newest intact snapshot instead and a
+/// `DamagedManifestWarning` names each skipped file (also listed by
+/// `Store.skipped_manifests`).
 #[pyfunction]
 #[pyo3(signature = (path, *, prefault = "background", mlock = false))]
 fn open(
@@ -868,7 +1119,9 @@ fn open(
     let inner = py
         .detach(|| vstore::Store::open_with(&path, opts))
         .map_err(err)?;
-    Ok(PyStore { inner })
+    let store = PyStore { inner };
+    store.warn_skipped(py, &[])?;
+    Ok(store)
 }
 
 /// A store's schema: embedding versions and profile / stats columns,
@@ -897,13 +1150,17 @@ impl PySchema {
         })
     }
 
-    /// Adds a categorical profile column (uint32 codes; `default` for
-    /// items that have none).
-    #[pyo3(signature = (name, default = 0))]
-    fn categorical(&self, name: &str, default: u32) -> Self {
-        PySchema {
+    /// Adds a categorical profile column (uint32 codes; `default`, 0 if
+    /// not given, for items that have none).
+    #[pyo3(signature = (name, default = None))]
+    fn categorical(&self, name: &str, default: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let default = match default {
+            None => 0,
+            Some(d) => code_arg(d, || format!("categorical column {name:?}: default"))?,
+        };
+        Ok(PySchema {
             inner: self.inner.clone().categorical(name, default),
-        }
+        })
     }
 
     /// Adds a numeric profile column (float32).
@@ -956,17 +1213,23 @@ impl PyWriter {
     }
 
     /// Sets how many snapshots [`gc`](PyWriter::gc) keeps: the newest
-    /// `keep_last` (at least 1), and any whose successor was published less
-    /// than `grace_seconds` ago.
-    fn set_retention(&self, keep_last: usize, grace_seconds: f64) -> PyResult<()> {
+    /// `keep_last` (at least 1: 0 is refused), and any whose successor was
+    /// published less than `grace_seconds` ago.
+    fn set_retention(&self, keep_last: &Bound<'_, PyAny>, grace_seconds: f64) -> PyResult<()> {
+        let keep_last = match keep_last.extract::<usize>() {
+            Ok(n) if n >= 1 && !keep_last.is_instance_of::<pyo3::types::PyBool>() => n,
+            _ => {
+                return Err(invalid(format!(
+                    "keep_last {}: expected an integer >= 1 (the newest snapshot is always kept)",
+                    keep_last.repr()?
+                )))
+            }
+        };
         let grace = seconds("grace_seconds", grace_seconds)?;
         self.inner
             .lock()
             .expect("not poisoned")
-            .set_retention(vstore::Retention {
-                keep_last: keep_last.max(1),
-                grace,
-            });
+            .set_retention(vstore::Retention { keep_last, grace });
         Ok(())
     }
 
@@ -1135,9 +1398,9 @@ struct PyTransaction {
     ops: Mutex<Option<Vec<Op>>>,
 }
 
-/// The values of a float32 or float16 `[rows, dim]` array as f32 (float16
-/// converts exactly) and `dim`; an error names `key` if the shape is not
-/// `rows` rows.
+/// The values of a float `[rows, dim]` array as f32 (float16 converts
+/// exactly, float64 and other floats are rounded to float32) and `dim`; an
+/// error names `key` if it is not a 2-D float array of `rows` rows.
 fn matrix(v: &Bound<'_, PyAny>, key: &str, rows: usize) -> PyResult<(Vec<f32>, usize)> {
     let (shape, values): (Vec<usize>, Vec<f32>) =
         if let Ok(a) = v.extract::<PyReadonlyArray2<'_, f32>>() {
@@ -1148,9 +1411,12 @@ fn matrix(v: &Bound<'_, PyAny>, key: &str, rows: usize) -> PyResult<(Vec<f32>, u
                 a.as_array().iter().map(|h| h.to_f32()).collect(),
             )
         } else {
-            return Err(invalid(format!(
-                "embedding {key:?}: expected a 2-D float32 or float16 array"
-            )));
+            let (values, shape) = floats_arg(v, &format!("embedding {key:?}"), 2)?;
+            let values = match values {
+                Floats::Copied(v) => v,
+                in_place => in_place.as_slice().to_vec(),
+            };
+            (shape, values)
         };
     if shape[0] != rows {
         return Err(invalid(format!(
@@ -1238,8 +1504,8 @@ fn table_columns<'py>(t: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py,
         .collect()
 }
 
-/// A batch of items: `ids` (uint64), `embeddings` (key → float32 or
-/// float16 `[n, dim]`), `profile` (a table of profile columns, each
+/// A batch of items: `ids` (see [`ids_arg`]), `embeddings` (key → a
+/// float `[n, dim]` array, see [`matrix`]), `profile` (a table of profile columns, each
 /// categorical or numeric as the schema says), `stats` (a table of
 /// statistics columns), `categorical` / `numeric` (dicts of columns by
 /// kind). Missing values (NaN, None, NA) take the column's default.
@@ -1247,14 +1513,14 @@ fn table_columns<'py>(t: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py,
 fn batch(
     py: Python<'_>,
     schema: &vstore::Schema,
-    ids: PyReadonlyArray1<'_, u64>,
+    ids: &Bound<'_, PyAny>,
     embeddings: Option<&Bound<'_, PyDict>>,
     profile: Option<&Bound<'_, PyAny>>,
     stats: Option<&Bound<'_, PyAny>>,
     categorical: Option<&Bound<'_, PyDict>>,
     numeric: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<vstore::ItemBatch> {
-    let ids = ids.as_array().to_vec();
+    let ids = ids_arg(ids, "ids")?.into_vec();
     let n = ids.len();
     let mut b = vstore::ItemBatch::new(ids);
     for (k, v) in embeddings.into_iter().flatten() {
@@ -1325,8 +1591,9 @@ impl PyTransaction {
 
 #[pymethods]
 impl PyTransaction {
-    /// Adds new items (ids not in the store): `embeddings` (key → float32
-    /// or float16 `[n, dim]`), `profile` and `stats` (a dict of columns, a
+    /// Adds new items (ids not in the store; uint64, or integers with no
+    /// negative value): `embeddings` (key → float32 or float16 `[n, dim]`;
+    /// float64 is converted to float32), `profile` and `stats` (a dict of columns, a
     /// pandas DataFrame or a pyarrow Table; missing values take the
     /// column's default), or `categorical` / `numeric` (dicts of columns).
     #[pyo3(signature = (ids, embeddings = None, profile = None, stats = None, *, categorical = None, numeric = None))]
@@ -1334,7 +1601,7 @@ impl PyTransaction {
     fn add_items(
         &self,
         py: Python<'_>,
-        ids: PyReadonlyArray1<'_, u64>,
+        ids: &Bound<'_, PyAny>,
         embeddings: Option<&Bound<'_, PyDict>>,
         profile: Option<&Bound<'_, PyAny>>,
         stats: Option<&Bound<'_, PyAny>>,
@@ -1355,21 +1622,28 @@ impl PyTransaction {
     }
 
     /// Adds or replaces items (as [`add_items`](PyTransaction::add_items)).
+    /// A replaced item is replaced whole: a profile or statistics column
+    /// not given takes its default for it (its old value is not kept), as
+    /// does an embedding version not given unless its item tower computes
+    /// it. If ids already in the newest snapshot are replaced and schema
+    /// columns are not given, a `ReplacedItemsWarning` names the columns
+    /// (`update_stats` changes statistics without replacing items).
     #[pyo3(signature = (ids, embeddings = None, profile = None, stats = None, *, categorical = None, numeric = None))]
     #[allow(clippy::too_many_arguments)]
     fn upsert_items(
         &self,
         py: Python<'_>,
-        ids: PyReadonlyArray1<'_, u64>,
+        ids: &Bound<'_, PyAny>,
         embeddings: Option<&Bound<'_, PyDict>>,
         profile: Option<&Bound<'_, PyAny>>,
         stats: Option<&Bound<'_, PyAny>>,
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        let schema = self.schema();
         let b = batch(
             py,
-            &self.schema(),
+            &schema,
             ids,
             embeddings,
             profile,
@@ -1377,6 +1651,40 @@ impl PyTransaction {
             categorical,
             numeric,
         )?;
+        // As the CLI's note: say which columns replaced items lose.
+        let mut given: Vec<String> = Vec::new();
+        for t in [profile, stats].into_iter().flatten() {
+            given.extend(table_columns(t)?.into_iter().map(|(n, _)| n));
+        }
+        for d in [categorical, numeric].into_iter().flatten() {
+            for k in d.keys() {
+                given.push(k.extract()?);
+            }
+        }
+        let reset: Vec<&str> = schema
+            .profile
+            .iter()
+            .chain(&schema.stats)
+            .map(|c| c.name.as_str())
+            .filter(|c| !given.iter().any(|g| g == c))
+            .collect();
+        if !reset.is_empty() {
+            let snap = self.writer.lock().expect("not poisoned").snapshot();
+            let replaced = snap.map_or(0, |s| {
+                b.ids().iter().filter(|&&id| s.lookup(id).is_some()).count()
+            });
+            if replaced > 0 {
+                let msg = format!(
+                    "upsert_items: {replaced} of the {} items are already in the store and are \
+                     replaced whole; {} not given, so the replaced items now take the default \
+                     (update_stats changes statistics without replacing items)",
+                    b.ids().len(),
+                    reset.join(", ")
+                );
+                let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
+                PyErr::warn(py, &py.get_type::<ReplacedItemsWarning>(), &msg, 1)?;
+            }
+        }
         self.push(Op::Upsert(b))
     }
 
@@ -1385,16 +1693,16 @@ impl PyTransaction {
     fn update_stats(
         &self,
         py: Python<'_>,
-        ids: PyReadonlyArray1<'_, u64>,
+        ids: &Bound<'_, PyAny>,
         stats: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let b = batch(py, &self.schema(), ids, None, None, Some(stats), None, None)?;
         self.push(Op::Stats(b))
     }
 
-    /// Deletes items.
-    fn delete_items(&self, ids: PyReadonlyArray1<'_, u64>) -> PyResult<()> {
-        self.push(Op::Delete(ids.as_array().to_vec()))
+    /// Deletes items (`ids`: unsigned or non-negative signed integers).
+    fn delete_items(&self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.push(Op::Delete(ids_arg(ids, "ids")?.into_vec()))
     }
 
     /// Adds a model bundle (`model.json` text or bytes, and the
@@ -1451,11 +1759,11 @@ impl PyTransaction {
         space: &str,
         version: &str,
         dtype: &str,
-        ids: PyReadonlyArray1<'_, u64>,
+        ids: &Bound<'_, PyAny>,
         vectors: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let dtype = vstore::Dtype::parse(dtype).map_err(err)?;
-        let ids = ids.as_array().to_vec();
+        let ids = ids_arg(ids, "ids")?.into_vec();
         let (values, dim) = matrix(vectors, &format!("{space}@{version}"), ids.len())?;
         let def = vstore::EmbeddingDef::new(space, version, dim as u32, dtype);
         self.push(Op::Embedding(def, ids, values))

@@ -27,10 +27,18 @@ class ModelChoiceError(VstoreError): ...
 class CompactionConflictError(VstoreError): ...
 class ConflictError(VstoreError): ...
 class PoisonedError(VstoreError): ...
+class DamagedManifestWarning(RuntimeWarning): ...
+class ReplacedItemsWarning(UserWarning): ...
 
 _Path = Union[str, PathLike[str]]
 _Column = Any  # a numpy array, list, pandas Series or pyarrow array
 _Table = Any  # a dict of columns, a pandas DataFrame or a pyarrow Table
+# Item ids: uint64 (read in place when C-contiguous), or any integer array or
+# list with no negative value (copied); floats are refused.
+_Ids = npt.ArrayLike
+# A float vector or matrix: float32 (read in place when C-contiguous), float64
+# or float16 (converted to float32).
+_Floats = npt.ArrayLike
 _UserInputs = Mapping[str, Union[npt.ArrayLike, Mapping[int, npt.ArrayLike]]]
 
 class QueryResult:
@@ -71,8 +79,8 @@ class Snapshot:
     def query(
         self,
         version: str,
-        user: npt.NDArray[np.float32],
-        candidates: Optional[npt.NDArray[np.uint64]],
+        user: _Floats,
+        candidates: Optional[_Ids],
         k: int,
         *,
         filter: Optional[Filter] = None,
@@ -89,8 +97,8 @@ class Snapshot:
     def query_batch(
         self,
         version: str,
-        users: npt.NDArray[np.float32],
-        candidates: Optional[Union[npt.NDArray[np.uint64], Sequence[npt.NDArray[np.uint64]]]],
+        users: _Floats,
+        candidates: Optional[Union[_Ids, Sequence[_Ids]]],
         k: int,
         *,
         workers: int = 1,
@@ -109,6 +117,8 @@ class Snapshot:
 class Store:
     @property
     def path(self) -> str: ...
+    @property
+    def skipped_manifests(self) -> list[tuple[str, str]]: ...
     def snapshot(self) -> Snapshot: ...
     def refresh(self) -> bool: ...
     def verify(self) -> dict[str, int]: ...
@@ -136,8 +146,8 @@ class CompactionJob:
 class Transaction:
     def add_items(
         self,
-        ids: npt.NDArray[np.uint64],
-        embeddings: Optional[Mapping[str, npt.NDArray[Any]]] = None,
+        ids: _Ids,
+        embeddings: Optional[Mapping[str, _Floats]] = None,
         profile: Optional[_Table] = None,
         stats: Optional[_Table] = None,
         *,
@@ -146,16 +156,16 @@ class Transaction:
     ) -> None: ...
     def upsert_items(
         self,
-        ids: npt.NDArray[np.uint64],
-        embeddings: Optional[Mapping[str, npt.NDArray[Any]]] = None,
+        ids: _Ids,
+        embeddings: Optional[Mapping[str, _Floats]] = None,
         profile: Optional[_Table] = None,
         stats: Optional[_Table] = None,
         *,
         categorical: Optional[Mapping[str, _Column]] = None,
         numeric: Optional[Mapping[str, _Column]] = None,
     ) -> None: ...
-    def update_stats(self, ids: npt.NDArray[np.uint64], stats: _Table) -> None: ...
-    def delete_items(self, ids: npt.NDArray[np.uint64]) -> None: ...
+    def update_stats(self, ids: _Ids, stats: _Table) -> None: ...
+    def delete_items(self, ids: _Ids) -> None: ...
     def add_model(
         self,
         json: Union[str, bytes],
@@ -171,8 +181,8 @@ class Transaction:
         space: str,
         version: str,
         dtype: str,
-        ids: npt.NDArray[np.uint64],
-        vectors: npt.NDArray[Any],
+        ids: _Ids,
+        vectors: _Floats,
     ) -> None: ...
     def drop_item_tower(self, version: str) -> None: ...
     def set_metadata(self, key: str, value: str) -> None: ...
@@ -225,7 +235,7 @@ class BuildReceipt:
 def stage(
     plan: BuildPlan,
     part: int,
-    ids: Any,
+    ids: _Ids,
     embeddings: Optional[dict[str, Any]] = None,
     profile: Any = None,
     stats: Any = None,

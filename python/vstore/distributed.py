@@ -25,7 +25,16 @@ statistics columns (missing ones take their defaults), and one column per
 embedding version: named as the version (``"prerank@v42"``) or mapped by
 ``embeddings={"prerank@v42": "vec"}``, holding a 2-D array (dict) or one
 vector per row (DataFrame). A version left out is computed by its item tower in
-the base snapshot.
+the base snapshot. A partition with no rows stages an empty part.
+
+The ids must be integers: unsigned, or signed with no negative value (pandas'
+and pyarrow's int64 are fine); a float id column (as pandas makes of an integer
+column with missing values), a negative id or a missing one is refused, naming
+the part, the column, the row and the value. A column the schema does not name
+(a misspelt ``"categry"``) is refused too, naming it, rather than left out
+while its items take the default: list the columns a frame carries that are
+not for the store (a Spark frame's partition columns, a label) in
+``ignore=[...]``.
 """
 
 from __future__ import annotations
@@ -107,7 +116,52 @@ def _columns(frame) -> dict:
     )
 
 
+def _ids(col, id_column: str, part: int) -> np.ndarray:
+    """The id column as uint64, or an ``InvalidInputError`` naming the part,
+    the column and the first bad row and value (floats, negative or missing
+    ids, anything not an integer)."""
+    where = f"part {part}: id column {id_column!r}"
+    a = np.asarray(col)
+    if a.ndim != 1:
+        raise InvalidInputError(f"{where}: expected one id per row, got shape {a.shape}")
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    kind = a.dtype.kind
+    if kind == "u":
+        return np.ascontiguousarray(a, dtype=np.uint64)
+    if kind == "i":
+        neg = np.flatnonzero(a < 0)
+        if len(neg):
+            i = int(neg[0])
+            raise InvalidInputError(f"{where}, row {i}: id {a[i]} is negative (ids are unsigned)")
+        return np.ascontiguousarray(a, dtype=np.uint64)
+    if kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(a) | (a != np.floor(a)) | (a < 0) | (a >= 2.0**64))
+        i = int(bad[0]) if len(bad) else 0
+        what = "missing id" if np.isnan(a[i]) else f"id {float(a[i])!r}"
+        raise InvalidInputError(
+            f"{where} holds floats ({a.dtype}); ids are integers (row {i}: {what}); cast the column "
+            f"to an integer type (missing ids are refused)"
+        )
+    if kind == "O":
+        out = np.empty(len(a), dtype=np.uint64)
+        for i, v in enumerate(a):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                what = "missing id" if v is None or v != v else f"{v!r} is not an integer id"
+                raise InvalidInputError(f"{where}, row {i}: {what}")
+            if v < 0:
+                raise InvalidInputError(f"{where}, row {i}: id {v} is negative (ids are unsigned)")
+            if v > np.iinfo(np.uint64).max:
+                raise InvalidInputError(f"{where}, row {i}: id {v} is above 2^64-1")
+            out[i] = v
+        return out
+    raise InvalidInputError(f"{where} holds {a.dtype}, not integer ids (row 0: {a[0]!r})")
+
+
 def _matrix(col: np.ndarray, key: str) -> np.ndarray:
+    if len(col) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
     if col.dtype == object:
         if len(col) == 0:
             return np.zeros((0, 0), dtype=np.float32)
@@ -126,21 +180,36 @@ def stage_frame(
     *,
     id_column: str = "id",
     embeddings: Optional[Mapping[str, str]] = None,
+    ignore: Iterable[str] = (),
 ) -> BuildReceipt:
     """Stages part ``part`` of ``plan`` from one partition (see the module
-    docstring for its columns); returns the receipt for :func:`commit`."""
+    docstring for its columns); returns the receipt for :func:`commit`.
+
+    Raises ``InvalidInputError`` for an id column that is not integers
+    (naming the row and value) and for a column that is neither the id
+    column, a schema column, an embedding version (or mapped to one by
+    ``embeddings``) nor listed in ``ignore`` (columns to leave out)."""
     cols = _columns(frame)
     if id_column not in cols:
         raise InvalidInputError(f"part {part}: no id column {id_column!r} (columns: {sorted(cols)})")
-    ids = np.ascontiguousarray(cols[id_column], dtype=np.uint64)
+    ids = _ids(cols[id_column], id_column, part)
     wanted = dict(embeddings or {})
     vectors = {}
+    used = {id_column, *plan.profile_columns, *plan.stats_columns}
     for key in plan.embedding_keys:
         name = wanted.pop(key, key)
+        used.add(name)
         if name in cols:
             vectors[key] = _matrix(cols[name], key)
     if wanted:
         raise InvalidInputError(f"embeddings {sorted(wanted)} are not versions of the plan's schema")
+    unknown = [c for c in cols if c not in used and c not in set(ignore)]
+    if unknown:
+        raise InvalidInputError(
+            f"part {part}: columns {unknown} are not in the schema (profile: {plan.profile_columns}, "
+            f"statistics: {plan.stats_columns}, embeddings: {plan.embedding_keys}, id: {id_column!r}); "
+            f"pass ignore={unknown!r} to leave them out"
+        )
     profile = {c: cols[c] for c in plan.profile_columns if c in cols}
     stats = {c: cols[c] for c in plan.stats_columns if c in cols}
     return stage(plan, part, ids, embeddings=vectors, profile=profile, stats=stats)
@@ -168,24 +237,29 @@ def _run(path, job, nparts, schema, stage_all: Callable[[BuildPlan], Sequence[Bu
     return commit(path, p, receipts, rebase=rebase, compact=compact)
 
 
-def _stage_task(plan_json: str, part: int, frame, id_column: str, embeddings) -> str:
+def _stage_task(plan_json: str, part: int, frame, id_column: str, embeddings, ignore=()) -> str:
     return stage_frame(BuildPlan.from_json(plan_json), part, frame, id_column=id_column,
-                       embeddings=embeddings).to_json()
+                       embeddings=embeddings, ignore=ignore).to_json()
 
 
 def build_dask(path, job: str, partitions, *, schema: Optional[Schema] = None,
                id_column: str = "id", embeddings: Optional[Mapping[str, str]] = None,
-               client: Any = None, rebase: bool = False, compact: bool = False) -> int:
+               client: Any = None, rebase: bool = False, compact: bool = False,
+               ignore: Iterable[str] = ()) -> int:
     """Builds with Dask: ``partitions`` is a dask DataFrame (one part per
     partition) or a list of partitions or ``dask.delayed`` partitions. Runs on
     ``client`` (a ``distributed.Client``) or Dask's default scheduler. Returns
-    the published snapshot's number."""
+    the published snapshot's number. ``ignore``: columns to leave out (any
+    other column the schema does not name is refused, see
+    :func:`stage_frame`)."""
+    ignore = list(ignore)
     import dask
 
     parts = partitions.to_delayed() if hasattr(partitions, "to_delayed") else list(partitions)
 
     def stage_all(p: BuildPlan):
-        tasks = [dask.delayed(_stage_task, pure=False)(p.to_json(), i, part, id_column, embeddings)
+        tasks = [dask.delayed(_stage_task, pure=False)(p.to_json(), i, part, id_column, embeddings,
+                                                       ignore)
                  for i, part in enumerate(parts)]
         out = client.compute(tasks, sync=True) if client is not None else dask.compute(*tasks)
         return [BuildReceipt.from_json(r) for r in out]
@@ -195,10 +269,12 @@ def build_dask(path, job: str, partitions, *, schema: Optional[Schema] = None,
 
 def build_ray(path, job: str, partitions, *, schema: Optional[Schema] = None,
               id_column: str = "id", embeddings: Optional[Mapping[str, str]] = None,
-              rebase: bool = False, compact: bool = False) -> int:
+              rebase: bool = False, compact: bool = False, ignore: Iterable[str] = ()) -> int:
     """Builds with Ray: ``partitions`` is a ``ray.data.Dataset`` (one part per
     block, as pandas) or a list of partitions (or object refs to them); each
-    part is a Ray task. Ray must be initialised (``ray.init()``)."""
+    part is a Ray task. Ray must be initialised (``ray.init()``). ``ignore``:
+    columns to leave out (see :func:`stage_frame`)."""
+    ignore = list(ignore)
     import ray
 
     if hasattr(partitions, "to_pandas_refs"):
@@ -208,7 +284,8 @@ def build_ray(path, job: str, partitions, *, schema: Optional[Schema] = None,
     task = ray.remote(_stage_task)
 
     def stage_all(p: BuildPlan):
-        refs = [task.remote(p.to_json(), i, part, id_column, embeddings) for i, part in enumerate(parts)]
+        refs = [task.remote(p.to_json(), i, part, id_column, embeddings, ignore)
+                for i, part in enumerate(parts)]
         return [BuildReceipt.from_json(r) for r in ray.get(refs)]
 
     return _run(path, job, len(parts), schema, stage_all, rebase, compact)
@@ -216,10 +293,12 @@ def build_ray(path, job: str, partitions, *, schema: Optional[Schema] = None,
 
 def build_spark(path, job: str, df, *, schema: Optional[Schema] = None,
                 id_column: str = "id", embeddings: Optional[Mapping[str, str]] = None,
-                rebase: bool = False, compact: bool = False) -> int:
+                rebase: bool = False, compact: bool = False, ignore: Iterable[str] = ()) -> int:
     """Builds with Spark: one part per partition of the PySpark DataFrame
     ``df`` (vector columns as ``array<float>``), staged by
-    ``mapPartitionsWithIndex`` on the executors."""
+    ``mapPartitionsWithIndex`` on the executors. ``ignore``: columns to leave
+    out, such as partition columns (see :func:`stage_frame`)."""
+    ignore = list(ignore)
     nparts = df.rdd.getNumPartitions()
     columns = list(df.columns)
 
@@ -230,7 +309,7 @@ def build_spark(path, job: str, df, *, schema: Optional[Schema] = None,
             import pandas as pd
 
             frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
-            yield _stage_task(plan_json, i, frame, id_column, embeddings)
+            yield _stage_task(plan_json, i, frame, id_column, embeddings, ignore)
 
         out = df.rdd.mapPartitionsWithIndex(run).collect()
         return [BuildReceipt.from_json(r) for r in out]
