@@ -344,9 +344,10 @@ impl PyStore {
     }
 
     /// How far the background prefault of the current snapshot has got (a
-    /// dict: snapshot, bytes_total, bytes_done, bytes_skipped, finished,
-    /// stopped, seconds), or None if the store was opened with
-    /// `prefault="off"`.
+    /// dict: snapshot, bytes_total, bytes_done, bytes_skipped,
+    /// bytes_verified, damage (None, or the message naming the damaged
+    /// file: the snapshot's queries then raise it), finished, stopped,
+    /// seconds), or None if the store was opened with `prefault="off"`.
     fn prefault_progress<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.inner
             .prefault_progress()
@@ -393,6 +394,8 @@ fn progress_dict<'py>(
     d.set_item("bytes_total", p.bytes_total)?;
     d.set_item("bytes_done", p.bytes_done)?;
     d.set_item("bytes_skipped", p.bytes_skipped)?;
+    d.set_item("bytes_verified", p.bytes_verified)?;
+    d.set_item("damage", p.damage.as_deref())?;
     d.set_item("finished", p.finished)?;
     d.set_item("stopped", p.stopped)?;
     d.set_item("seconds", p.elapsed.as_secs_f64())?;

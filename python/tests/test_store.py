@@ -141,6 +141,13 @@ def test_a_damaged_file_is_named(tmp_path):
     store = vstore.open(str(tmp_path / "s"))
     with pytest.raises(vstore.CorruptError, match=victims[0]):
         store.verify()
+    # The background prefault checksums what it faulted in: once it has,
+    # it reports the damage and the snapshot's queries raise it.
+    p = store.wait_prefault()
+    assert p["damage"] is not None and victims[0] in p["damage"], p
+    assert p["bytes_verified"] > 0, p
+    with pytest.raises(vstore.CorruptError, match=victims[0]):
+        store.snapshot().query("prerank@v1", np.ones(DIM, np.float32), np.arange(10, dtype=np.uint64), 3)
 
 
 def test_queries_from_threads_while_the_writer_publishes(tmp_path):
