@@ -140,6 +140,30 @@ pub fn read_text_file(path: &Path) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Reads a binary input file that starts with `magic` (a Parquet table's
+/// `PAR1`), refusing at once one that does not (`what` names the kind):
+/// a device such as `/dev/zero` is not read into memory without end.
+pub fn read_file_with_magic(path: &Path, magic: &[u8], what: &str) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
+    let mut v = Vec::new();
+    (&mut f)
+        .take(64 << 10)
+        .read_to_end(&mut v)
+        .map_err(|e| ToolError::io("read", path, e))?;
+    if !v.starts_with(magic) {
+        return Err(ToolError::input(
+            path,
+            format!(
+                "not a {what} (it does not start with {:?})",
+                String::from_utf8_lossy(magic)
+            ),
+        ));
+    }
+    f.read_to_end(&mut v)
+        .map_err(|e| ToolError::io("read", path, e))?;
+    Ok(v)
+}
+
 /// Reads an id list: `.npy`, `-` (standard input) or text (ids separated
 /// by whitespace or commas; `#` starts a comment).
 pub fn read_id_list(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
