@@ -123,41 +123,37 @@ pub fn parse_column_spec(s: &str) -> Result<ColumnSpec> {
 /// one whose first 64 KiB hold a NUL byte: binary data, or a device such
 /// as `/dev/zero` that would otherwise be read into memory without end.
 pub fn read_text_file(path: &Path) -> Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
-    let mut v = Vec::new();
-    (&mut f)
-        .take(64 << 10)
-        .read_to_end(&mut v)
-        .map_err(|e| ToolError::io("read", path, e))?;
-    if let Some(at) = v.iter().position(|&b| b == 0) {
-        return Err(ToolError::input(
-            path,
-            format!("not a text file (a NUL byte at byte {at})"),
-        ));
-    }
-    f.read_to_end(&mut v)
-        .map_err(|e| ToolError::io("read", path, e))?;
-    Ok(v)
+    read_checked(path, |head| {
+        (head.iter().position(|&b| b == 0))
+            .map(|at| format!("not a text file (a NUL byte at byte {at})"))
+    })
 }
 
 /// Reads a binary input file that starts with `magic` (a Parquet table's
 /// `PAR1`), refusing at once one that does not (`what` names the kind):
 /// a device such as `/dev/zero` is not read into memory without end.
 pub fn read_file_with_magic(path: &Path, magic: &[u8], what: &str) -> Result<Vec<u8>> {
+    read_checked(path, |head| {
+        (!head.starts_with(magic)).then(|| {
+            format!(
+                "not a {what} (it does not start with {:?})",
+                String::from_utf8_lossy(magic)
+            )
+        })
+    })
+}
+
+/// Reads `path` whole once `refuse` has passed its first 64 KiB (`Some`:
+/// what is wrong, an error naming the file).
+fn read_checked(path: &Path, refuse: impl Fn(&[u8]) -> Option<String>) -> Result<Vec<u8>> {
     let mut f = std::fs::File::open(path).map_err(|e| ToolError::io("open", path, e))?;
     let mut v = Vec::new();
     (&mut f)
         .take(64 << 10)
         .read_to_end(&mut v)
         .map_err(|e| ToolError::io("read", path, e))?;
-    if !v.starts_with(magic) {
-        return Err(ToolError::input(
-            path,
-            format!(
-                "not a {what} (it does not start with {:?})",
-                String::from_utf8_lossy(magic)
-            ),
-        ));
+    if let Some(what) = refuse(&v) {
+        return Err(ToolError::input(path, what));
     }
     f.read_to_end(&mut v)
         .map_err(|e| ToolError::io("read", path, e))?;
