@@ -584,9 +584,72 @@ fn neg_sampling_rate_out_of_range() {
         b.json["heads"][0]["neg_sampling_rate"] = bad;
         refused(&b, "heads[0].neg_sampling_rate");
     }
+    // Below the smallest normal f32 every calibrated value would read 0.
+    let mut b = tiny();
+    b.json["heads"][0]["neg_sampling_rate"] = json!(1e-50);
+    let what = refused(&b, "heads[0].neg_sampling_rate");
+    assert_contains(&what, "smallest normal f32");
+    b.json["heads"][0]["neg_sampling_rate"] = json!(2e-38);
+    let (j, w) = b.bytes();
+    Model::load(&j, &w, &schema()).unwrap();
     // 1 is the upper end of (0, 1]: no calibration, but valid.
     let mut b = tiny();
     b.json["heads"][0]["neg_sampling_rate"] = json!(1.0);
+    let (j, w) = b.bytes();
+    Model::load(&j, &w, &schema()).unwrap();
+}
+
+#[test]
+fn a_key_given_twice_is_refused_naming_it() {
+    // serde_json keeps the last of two equal keys; the bundle refuses them.
+    let (j, w) = tiny().bytes();
+    let text = String::from_utf8(j).unwrap();
+    let twice = text.replacen('{', r#"{"space": "other","#, 1);
+    let what = refused_bytes(twice.as_bytes(), &w, "space");
+    assert_contains(&what, "given twice");
+    let mut b = tiny();
+    b.json["fusion"]["weights"] = json!({"click": 1.0, "value": 0.5});
+    let (j, w) = b.bytes();
+    let text = String::from_utf8(j).unwrap();
+    let at = text.find(r#""click""#).unwrap();
+    let twice = format!("{}\"click\": 0.0, {}", &text[..at], &text[at..]);
+    refused_bytes(twice.as_bytes(), &w, "fusion.weights.click");
+}
+
+#[test]
+fn cross_layers_absent_or_empty_pass_the_cross_input_on() {
+    // BUNDLE.md: "zero or more dense layers (absent or empty: the cross
+    // input goes on unchanged)"; the upper network's first layer then
+    // reads the cross input's width.
+    for absent in [true, false] {
+        let mut b = tiny();
+        if absent {
+            obj(&mut b.json["cross"]).remove("layers");
+        } else {
+            b.json["cross"]["layers"] = json!([]);
+        }
+        // user (4) + item + the cross input itself (9 wide).
+        let wide = 4 + DIM as usize + 9;
+        let (j, w) = b.bytes();
+        let what = refused_bytes(&j, &w, "upper.layers[0].weight");
+        assert_contains(&what, &format!("its input is {wide} wide"));
+        set_tensor(&mut b, "upper.0.weight", &[8, wide]);
+        let (j, w) = b.bytes();
+        Model::load(&j, &w, &schema()).unwrap();
+    }
+}
+
+#[test]
+fn a_fusion_that_reads_no_head_is_refused() {
+    for weights in [json!({}), json!({"click": 0.0, "value": 0.0})] {
+        let mut b = tiny();
+        b.json["fusion"]["weights"] = weights;
+        let what = refused(&b, "fusion.weights");
+        assert_contains(&what, "every item would score the same");
+    }
+    // One non-zero weight is enough.
+    let mut b = tiny();
+    b.json["fusion"]["weights"] = json!({"click": 0.0, "value": 2.0});
     let (j, w) = b.bytes();
     Model::load(&j, &w, &schema()).unwrap();
 }

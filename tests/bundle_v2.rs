@@ -382,6 +382,25 @@ fn named_bundles_share_a_version_and_queries_choose_one() {
     let bad = Fusion::from_json(br#"{"kind": "weighted_sum", "weights": {"like": 1.0}}"#).unwrap();
     let e = snap.query(&q.model("ab").fusion(&bad)).unwrap_err();
     assert_contains(&e.to_string(), "fusion.weights.like");
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    // A fusion that does not parse is the same kind of error, naming the
+    // field (a key given twice included).
+    for (json, field) in [
+        (
+            &br#"{"kind": "weighted_sum", "wieghts": {}}"#[..],
+            "fusion.wieghts",
+        ),
+        (
+            br#"{"kind": "weighted_sum", "weights": {"value": 1, "value": 2}}"#,
+            "fusion.weights.value",
+        ),
+        (br#"{"kind": "#, "fusion"),
+    ] {
+        match Fusion::from_json(json) {
+            Err(Error::InvalidInput(m)) => assert_contains(&m, field),
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(json)),
+        }
+    }
     // A bundle or fusion on a two-tower query is a mistake, not ignored.
     let user16 = vec![0.5; DIM as usize];
     let two = Query::ids(KEY, &user16, &[1], 1).model("ab");

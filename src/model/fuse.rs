@@ -28,12 +28,18 @@ pub struct Fusion {
 }
 
 impl Fusion {
-    /// Parses a fusion object (`{"kind": ..., ...}`); an error names the
-    /// field at fault.
+    /// Parses a fusion object (`{"kind": ..., ...}`); an error is
+    /// [`crate::Error::InvalidInput`] naming the field at fault
+    /// (`fusion.weights.like: ...`), as are the errors a query gives for
+    /// a fusion that does not fit its bundle.
     pub fn from_json(json: &[u8]) -> Result<Fusion> {
-        Ok(Fusion {
-            spec: super::spec::query_fusion(json)?,
-        })
+        let spec = super::spec::query_fusion(json).map_err(|e| match e {
+            crate::Error::Bundle { field, what } => {
+                crate::Error::InvalidInput(format!("{field}: {what}"))
+            }
+            other => other,
+        })?;
+        Ok(Fusion { spec })
     }
 
     /// The fusion's kind (`weighted_sum`, `product`, `click_weighted`,

@@ -15,6 +15,7 @@ mod example;
 mod fuse;
 mod heads;
 mod inputs;
+mod json;
 mod parts;
 mod precision;
 mod score;

@@ -519,6 +519,35 @@ fn named_numbers(o: &Obj<'_>, key: &str) -> Result<Vec<(String, f64)>> {
 /// kinds and `columns`. Head and column names are checked when the fusion
 /// is compiled against a model.
 fn fusion(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
+    let spec = fusion_kind(f, v2)?;
+    // A fusion whose every term is zero scores every item the same (the
+    // order would fall to item ids): a mistake, not a ranking.
+    let nonzero = |x: &f64| *x != 0.0;
+    let (reads, key) = match &spec {
+        FusionSpec::WeightedSum(w) | FusionSpec::Rank { weights: w, .. } => {
+            (w.iter().any(|(_, x)| nonzero(x)), "weights")
+        }
+        FusionSpec::Product { weights, columns } => (
+            weights.iter().chain(columns).any(|(_, x)| nonzero(x)),
+            "weights",
+        ),
+        FusionSpec::ClickWeighted { .. } => (true, "base"),
+        FusionSpec::OffsetProduct(t) => {
+            (t.iter().any(|(_, w, a)| nonzero(w) && nonzero(a)), "terms")
+        }
+        FusionSpec::RankPerHead(t) => (t.iter().any(|(_, w, _, _)| nonzero(w)), "terms"),
+    };
+    if !reads {
+        return Err(bad(
+            f.field(key),
+            "gives no head (or column) a non-zero term: every item would score the same",
+        ));
+    }
+    Ok(spec)
+}
+
+/// [`fusion`]'s parse of each kind.
+fn fusion_kind(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
     let kind = f.str("kind")?;
     let v2_only = |k: &str| -> Result<()> {
         if v2 {
@@ -636,8 +665,7 @@ fn fusion(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
 
 /// Parses a fusion object given with a query (any contract v2 kind).
 pub(crate) fn query_fusion(json: &[u8]) -> Result<FusionSpec> {
-    let root: Value = serde_json::from_slice(json)
-        .map_err(|e| bad("fusion", format!("is not valid JSON: {e}")))?;
+    let root = super::json::parse(json, "fusion", "fusion")?;
     fusion(&Obj::new("fusion", &root)?, true)
 }
 
@@ -864,6 +892,18 @@ fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
             if !(a > 0.0 && a <= 1.0) {
                 return Err(bad(f, format!("must be in (0, 1], found {a}")));
             }
+            // Calibrated values are f32: below the smallest normal f32 the
+            // rate would make every value of the head 0.
+            if a < f64::from(f32::MIN_POSITIVE) {
+                return Err(bad(
+                    f,
+                    format!(
+                        "is {a}, below {:e} (the smallest normal f32: every calibrated value \
+                         would read 0)",
+                        f32::MIN_POSITIVE
+                    ),
+                ));
+            }
             if layer.activation != Activation::Sigmoid {
                 return Err(bad(
                     f,
@@ -888,14 +928,13 @@ fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
 
 /// `model.json`'s `format`, if it is JSON with a string there.
 pub(crate) fn format_tag(json: &[u8]) -> Option<String> {
-    let root: Value = serde_json::from_slice(json).ok()?;
+    let root = super::json::parse(json, "model.json", "").ok()?;
     Some(root.get("format")?.as_str()?.to_string())
 }
 
 /// The header fields of `model.json` (see [`super::BundleHeader`]).
 pub(crate) fn header(json: &[u8]) -> Result<super::BundleHeader> {
-    let root: Value = serde_json::from_slice(json)
-        .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
+    let root = super::json::parse(json, "model.json", "")?;
     let o = Obj::new("", &root)?;
     let format = o.str("format")?.to_string();
     Ok(super::BundleHeader {
@@ -917,8 +956,7 @@ pub(crate) struct TowerSpec {
 
 /// Parses the `model.json` bytes of an item-tower-only bundle.
 pub(crate) fn parse_item_tower_bundle(json: &[u8]) -> Result<TowerSpec> {
-    let root: Value = serde_json::from_slice(json)
-        .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
+    let root = super::json::parse(json, "model.json", "")?;
     let o = Obj::new("", &root)?;
     let format = o.str("format")?;
     if format != super::ITEM_TOWER_FORMAT {
@@ -941,8 +979,7 @@ pub(crate) fn parse_item_tower_bundle(json: &[u8]) -> Result<TowerSpec> {
 
 /// Parses `model.json` bytes (contract v1 or v2).
 pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
-    let root: Value = serde_json::from_slice(json)
-        .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
+    let root = super::json::parse(json, "model.json", "")?;
     let o = Obj::new("", &root)?;
     // The tag first: a bundle of another format may well have keys this
     // one does not know, and the tag is what is wrong with it.
@@ -1048,7 +1085,11 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
         item_dim: o.dim("item_dim")?,
         inputs,
         se: chain(&cross, "se")?.unwrap_or_default(),
-        cross: layers(&cross)?,
+        // Absent or empty: the cross input goes on unchanged.
+        cross: match cross.get("layers") {
+            None => Vec::new(),
+            Some(_) => layers(&cross)?,
+        },
         item_tower,
         upper_inputs: upper_inputs(&upper)?,
         upper: upper_layers,

@@ -412,11 +412,13 @@ pub struct QueryArgs {
     /// Three-tower scoring with the snapshot's bundle for the version.
     #[arg(long)]
     pub three_tower: bool,
-    /// User-side model inputs (JSON): `{"dense": {"name": [..]},
+    /// User-side model inputs: a JSON object given inline (it starts with
+    /// `{`) or the path of a file holding one: `{"dense": {"name": [..]},
     /// "by_item": {"name": {"3": [..]}}}`.
-    #[arg(long, value_name = "JSON", requires = "three_tower")]
+    #[arg(long, value_name = "JSON-or-FILE", requires = "three_tower")]
     pub inputs: Option<PathBuf>,
-    /// Also print each head's calibrated output.
+    /// Also print each head's value (calibrated and normalized: what the
+    /// fusion reads).
     #[arg(long, requires = "three_tower")]
     pub heads: bool,
     /// The bundle to score with, by name (needed when the version has

@@ -351,6 +351,42 @@ fn three_tower_and_filtered_queries_equal_the_library() {
     assert_eq!(v["filtered_out"], want.filtered_out);
     assert_eq!(v["filtered"], serde_json::json!(want.filtered));
     assert_eq!(v["kind"], "three-tower");
+    // The same inputs given inline (as --fusion may be).
+    let inline = std::fs::read_to_string(d.path("inputs.json")).unwrap();
+    let again = json(&ok(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "-k",
+        "20",
+        "--three-tower",
+        "--inputs",
+        &inline,
+        "--heads",
+        "--where",
+        "category not in 2",
+        "--where",
+        "price between 300 600",
+        "--json",
+    ]));
+    assert_eq!(again["hits"], v["hits"]);
+    let e = fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("user.json"),
+        "--all",
+        "--three-tower",
+        "--inputs",
+        "{\"dense\": ",
+    ]);
+    assert!(e.contains("--inputs: not valid JSON"), "{e}");
     // With candidate ids, the ones the filter removed are listed.
     let cands: Vec<u64> = d.ids.iter().copied().step_by(2).collect();
     std::fs::write(

@@ -38,7 +38,13 @@ pub fn read_user(path: &Path) -> Result<Vec<f32>> {
 
 fn read_json(path: &Path) -> Result<Value> {
     let bytes = crate::inputs::read_text_file(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    json_of(path, &bytes)
+}
+
+/// `bytes` as JSON; an error names `path` (a file, or the option whose
+/// value the JSON was) and the line and column.
+fn json_of(path: &Path, bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ToolError::input(
             path,
             format!(
@@ -76,7 +82,15 @@ fn floats(path: &Path, field: &str, v: &Value) -> Result<Vec<f32>> {
 /// Reads three-tower user inputs: `{"dense": {"name": [..]}, "by_item":
 /// {"name": {"<category code>": [..]}}}`.
 pub fn read_inputs(path: &Path) -> Result<UserInputs> {
-    let v = read_json(path)?;
+    // A JSON object given inline (it starts with `{`), or a file holding one.
+    let inline = path.to_str().filter(|s| s.trim_start().starts_with('{'));
+    let (v, path) = match inline {
+        Some(text) => (
+            json_of(Path::new("--inputs"), text.as_bytes())?,
+            Path::new("--inputs"),
+        ),
+        None => (read_json(path)?, path),
+    };
     let Some(obj) = v.as_object() else {
         return Err(ToolError::input(
             path,
