@@ -285,7 +285,7 @@ impl Bundle {
             if precision != crate::kernels::Precision::F32 || converted.is_some() {
                 return Err(bad("precision", "an item-tower-only bundle is f32"));
             }
-            ItemTowerBundle::load(json, weights, schema).map(Bundle::Tower)
+            ItemTowerBundle::load_as(json, weights, schema, false).map(Bundle::Tower)
         } else {
             Model::load_stored(json, weights, precision, converted, schema, None)
                 .map(|m| Bundle::Model(Box::new(m)))

@@ -178,7 +178,7 @@ impl Model {
         schema: &Schema,
         f32: Option<Model>,
     ) -> Result<Model> {
-        let spec = spec::parse(json)?;
+        let spec = spec::parse_stored(json)?;
         let st = safetensors_of(weights)?;
         let overlay = match (precision, converted) {
             (Precision::F32, None) => None,
@@ -272,7 +272,7 @@ impl Model {
         if precision != Precision::F32 {
             let twin = match f32 {
                 Some(m) => m,
-                None => Model::load(json, weights, schema)?,
+                None => Model::load_stored(json, weights, Precision::F32, None, schema, None)?,
             };
             model.f32_twin = Some(Arc::new(twin));
         }

@@ -518,8 +518,11 @@ fn named_numbers(o: &Obj<'_>, key: &str) -> Result<Vec<(String, f64)>> {
 /// Parses a fusion object (`path` names it in errors). `v2` allows the v2
 /// kinds and `columns`. Head and column names are checked when the fusion
 /// is compiled against a model.
-fn fusion(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
+fn fusion(f: &Obj<'_>, v2: bool, new: bool) -> Result<FusionSpec> {
     let spec = fusion_kind(f, v2)?;
+    if !new {
+        return Ok(spec);
+    }
     // A fusion whose every term is zero scores every item the same (the
     // order would fall to item ids): a mistake, not a ranking.
     let nonzero = |x: &f64| *x != 0.0;
@@ -666,7 +669,7 @@ fn fusion_kind(f: &Obj<'_>, v2: bool) -> Result<FusionSpec> {
 /// Parses a fusion object given with a query (any contract v2 kind).
 pub(crate) fn query_fusion(json: &[u8]) -> Result<FusionSpec> {
     let root = super::json::parse(json, "fusion", "fusion")?;
-    fusion(&Obj::new("fusion", &root)?, true)
+    fusion(&Obj::new("fusion", &root)?, true, true)
 }
 
 /// A chain of layers under `parent.key` (`{"layers": [...]}`); `None` if
@@ -869,7 +872,7 @@ fn check_bounds(f: &str, b: &[f32]) -> Result<()> {
     Ok(())
 }
 
-fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
+fn head(h: &Obj<'_>, v2: bool, new: bool) -> Result<HeadSpec> {
     if v2 {
         h.only(&[
             "name",
@@ -894,7 +897,7 @@ fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
             }
             // Calibrated values are f32: below the smallest normal f32 the
             // rate would make every value of the head 0.
-            if a < f64::from(f32::MIN_POSITIVE) {
+            if new && a < f64::from(f32::MIN_POSITIVE) {
                 return Err(bad(
                     f,
                     format!(
@@ -928,13 +931,14 @@ fn head(h: &Obj<'_>, v2: bool) -> Result<HeadSpec> {
 
 /// `model.json`'s `format`, if it is JSON with a string there.
 pub(crate) fn format_tag(json: &[u8]) -> Option<String> {
-    let root = super::json::parse(json, "model.json", "").ok()?;
+    let root: Value = serde_json::from_slice(json).ok()?;
     Some(root.get("format")?.as_str()?.to_string())
 }
 
 /// The header fields of `model.json` (see [`super::BundleHeader`]).
 pub(crate) fn header(json: &[u8]) -> Result<super::BundleHeader> {
-    let root = super::json::parse(json, "model.json", "")?;
+    let root: Value = serde_json::from_slice(json)
+        .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?;
     let o = Obj::new("", &root)?;
     let format = o.str("format")?.to_string();
     Ok(super::BundleHeader {
@@ -955,8 +959,15 @@ pub(crate) struct TowerSpec {
 }
 
 /// Parses the `model.json` bytes of an item-tower-only bundle.
-pub(crate) fn parse_item_tower_bundle(json: &[u8]) -> Result<TowerSpec> {
-    let root = super::json::parse(json, "model.json", "")?;
+/// `new`: a bundle being added (a key given twice is refused), not one a
+/// store holds (see [`parse_stored`]).
+pub(crate) fn parse_item_tower_bundle(json: &[u8], new: bool) -> Result<TowerSpec> {
+    let root = if new {
+        super::json::parse(json, "model.json", "")?
+    } else {
+        serde_json::from_slice(json)
+            .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?
+    };
     let o = Obj::new("", &root)?;
     let format = o.str("format")?;
     if format != super::ITEM_TOWER_FORMAT {
@@ -979,7 +990,26 @@ pub(crate) fn parse_item_tower_bundle(json: &[u8]) -> Result<TowerSpec> {
 
 /// Parses `model.json` bytes (contract v1 or v2).
 pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
-    let root = super::json::parse(json, "model.json", "")?;
+    parse_as(json, true)
+}
+
+/// [`parse`] of a bundle a store already holds: the checks added after
+/// bundles could first be stored (a key given twice, a fusion with no
+/// non-zero term, a calibration rate below the smallest normal f32) are
+/// not applied, so that a store written before them keeps opening and
+/// scoring as it did.
+pub(crate) fn parse_stored(json: &[u8]) -> Result<Spec> {
+    parse_as(json, false)
+}
+
+/// [`parse`], with the checks for new bundles (`new`) or without.
+fn parse_as(json: &[u8], new: bool) -> Result<Spec> {
+    let root = if new {
+        super::json::parse(json, "model.json", "")?
+    } else {
+        serde_json::from_slice(json)
+            .map_err(|e| bad("model.json", format!("is not valid JSON: {e}")))?
+    };
     let o = Obj::new("", &root)?;
     // The tag first: a bundle of another format may well have keys this
     // one does not know, and the tag is what is wrong with it.
@@ -1049,7 +1079,7 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
     }
     let mut heads: Vec<HeadSpec> = Vec::new();
     for (i, v) in o.arr("heads")?.iter().enumerate() {
-        let h = head(&Obj::new(&format!("heads[{i}]"), v)?, v2)?;
+        let h = head(&Obj::new(&format!("heads[{i}]"), v)?, v2, new)?;
         if heads.iter().any(|x| x.name == h.name) {
             return Err(bad(
                 format!("heads[{i}].name"),
@@ -1095,6 +1125,31 @@ pub(crate) fn parse(json: &[u8]) -> Result<Spec> {
         upper: upper_layers,
         mmoe,
         heads,
-        fusion: fusion(&Obj::new("fusion", o.req("fusion")?)?, v2)?,
+        fusion: fusion(&Obj::new("fusion", o.req("fusion")?)?, v2, new)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse, parse_stored};
+    use crate::model::ExampleBundle;
+
+    /// Checks added after bundles were first stored apply to bundles being
+    /// added only: a store written before them keeps opening.
+    #[test]
+    fn stored_bundles_skip_the_checks_added_since() {
+        let (json, _) = ExampleBundle::new("prerank", "v1").files();
+        let text = String::from_utf8(json).unwrap();
+        // A key given twice (serde_json keeps the last).
+        let twice = text.replacen('{', r#"{"space": "prerank","#, 1);
+        assert!(parse(twice.as_bytes()).is_err());
+        assert_eq!(parse_stored(twice.as_bytes()).unwrap().space, "prerank");
+        // A fusion with no non-zero term, and a rate below f32's normals.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["fusion"]["weights"] = serde_json::json!({});
+        v["heads"][0]["neg_sampling_rate"] = serde_json::json!(1e-50);
+        let odd = serde_json::to_vec(&v).unwrap();
+        assert!(parse(&odd).is_err());
+        parse_stored(&odd).unwrap();
+    }
 }

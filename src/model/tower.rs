@@ -257,7 +257,19 @@ impl ItemTowerBundle {
     /// columns of the right kinds, the layers chain to `item_dim` values.
     /// Any failure is [`Error::Bundle`] naming the field.
     pub fn load(json: &[u8], weights: &[u8], schema: &Schema) -> Result<ItemTowerBundle> {
-        let t = spec::parse_item_tower_bundle(json)?;
+        Self::load_as(json, weights, schema, true)
+    }
+
+    /// [`ItemTowerBundle::load`] of a bundle being added (`new`) or of one
+    /// a store holds (checks added since bundles were first stored left
+    /// out, as for three-tower bundles).
+    pub(crate) fn load_as(
+        json: &[u8],
+        weights: &[u8],
+        schema: &Schema,
+        new: bool,
+    ) -> Result<ItemTowerBundle> {
+        let t = spec::parse_item_tower_bundle(json, new)?;
         let st = super::safetensors_of(weights)?;
         let st = Tensors {
             st: &st,
