@@ -13,8 +13,9 @@ secs="${1:-30}"
 # tests' bundles (v1, v2 and item towers). npy, csv, parquet: vstore-tool's
 # input readers (.npy embeddings/ids/vectors, mapped and in memory; CSV and
 # Parquet item tables), seeded from fuzz/seeds (fuzz/seeds/gen.py) and the
-# tool's test data (numpy, pandas, Spark and polars files); a third of the
-# time each (10 s at the default).
+# tool's test data (numpy, pandas, Spark and polars files; not its
+# `fuzz/slow/` regression files, which take minutes under the sanitizer);
+# a third of the time each (10 s at the default).
 mkdir -p corpus/bundle
 for b in ../tests/data/three_tower/bundle_* ../tests/data/three_tower_v2/bundle_* ../tests/data/item_tower/bundle_*; do
     j="$b/model.json"; w="$b/weights.safetensors"
