@@ -301,26 +301,31 @@ fn three_tower_and_filtered_queries_equal_the_library() {
         .to_string(),
     )
     .unwrap();
-    let v = json(&ok(&[
-        "query",
-        &d.p("s"),
-        "--embedding",
-        "prerank@v1",
-        "--user",
-        &d.p("user.json"),
-        "--all",
-        "-k",
-        "20",
-        "--three-tower",
-        "--inputs",
-        &d.p("inputs.json"),
-        "--heads",
-        "--where",
-        "category not in 2",
-        "--where",
-        "price between 300 600",
-        "--json",
-    ]));
+    // The query, with its user inputs given as `inputs` (a file or JSON).
+    let (store, user) = (d.p("s"), d.p("user.json"));
+    let query = |inputs: &str| {
+        json(&ok(&[
+            "query",
+            &store,
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            &user,
+            "--all",
+            "-k",
+            "20",
+            "--three-tower",
+            "--inputs",
+            inputs,
+            "--heads",
+            "--where",
+            "category not in 2",
+            "--where",
+            "price between 300 600",
+            "--json",
+        ]))
+    };
+    let v = query(&d.p("inputs.json"));
     let snap = Store::open(d.path("s")).unwrap().snapshot();
     let inputs = UserInputs::new()
         .dense(
@@ -353,27 +358,7 @@ fn three_tower_and_filtered_queries_equal_the_library() {
     assert_eq!(v["kind"], "three-tower");
     // The same inputs given inline (as --fusion may be).
     let inline = std::fs::read_to_string(d.path("inputs.json")).unwrap();
-    let again = json(&ok(&[
-        "query",
-        &d.p("s"),
-        "--embedding",
-        "prerank@v1",
-        "--user",
-        &d.p("user.json"),
-        "--all",
-        "-k",
-        "20",
-        "--three-tower",
-        "--inputs",
-        &inline,
-        "--heads",
-        "--where",
-        "category not in 2",
-        "--where",
-        "price between 300 600",
-        "--json",
-    ]));
-    assert_eq!(again["hits"], v["hits"]);
+    assert_eq!(query(&inline)["hits"], v["hits"]);
     let e = fails(&[
         "query",
         &d.p("s"),
