@@ -377,11 +377,17 @@ impl PyStore {
             let msg = format!(
                 "{m} is damaged and was skipped; reading the older snapshot {number} instead ({why})"
             );
-            let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
-            PyErr::warn(py, &py.get_type::<DamagedManifestWarning>(), &msg, 1)?;
+            warn::<DamagedManifestWarning>(py, &msg)?;
         }
         Ok(())
     }
+}
+
+/// Issues a Python warning of class `W` with `msg`, attributed to the
+/// caller's line.
+fn warn<W: pyo3::PyTypeInfo>(py: Python<'_>, msg: &str) -> PyResult<()> {
+    let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("NULs replaced");
+    PyErr::warn(py, &py.get_type::<W>(), &msg, 1)
 }
 
 /// A `vstore::PrefaultProgress` as a dict.
@@ -1655,22 +1661,7 @@ impl PyTransaction {
             numeric,
         )?;
         // As the CLI's note: say which columns replaced items lose.
-        let mut given: Vec<String> = Vec::new();
-        for t in [profile, stats].into_iter().flatten() {
-            given.extend(table_columns(t)?.into_iter().map(|(n, _)| n));
-        }
-        for d in [categorical, numeric].into_iter().flatten() {
-            for k in d.keys() {
-                given.push(k.extract()?);
-            }
-        }
-        let reset: Vec<&str> = schema
-            .profile
-            .iter()
-            .chain(&schema.stats)
-            .map(|c| c.name.as_str())
-            .filter(|c| !given.iter().any(|g| g == c))
-            .collect();
+        let reset = b.columns_left_out(&schema);
         if !reset.is_empty() {
             let snap = self.writer.lock().expect("not poisoned").snapshot();
             let replaced = snap.map_or(0, |s| {
@@ -1684,8 +1675,7 @@ impl PyTransaction {
                     b.ids().len(),
                     reset.join(", ")
                 );
-                let msg = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
-                PyErr::warn(py, &py.get_type::<ReplacedItemsWarning>(), &msg, 1)?;
+                warn::<ReplacedItemsWarning>(py, &msg)?;
             }
         }
         self.push(Op::Upsert(b))

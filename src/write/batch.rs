@@ -85,6 +85,27 @@ impl ItemBatch {
         &self.ids
     }
 
+    /// The profile and statistics columns of `schema` this batch does not
+    /// give, in schema order: its items read them as the column's default
+    /// (so an upsert that leaves one out resets it for the items it
+    /// replaces).
+    ///
+    /// ```
+    /// use vstore::{Dtype, ItemBatch, Schema};
+    /// let schema = Schema::new()
+    ///     .categorical("category", 0)
+    ///     .stat("ctr_1d", 0.0)
+    ///     .embedding("prerank", "v42", 2, Dtype::F32);
+    /// let batch = ItemBatch::new(vec![7]).stat("ctr_1d", vec![0.5]);
+    /// assert_eq!(batch.columns_left_out(&schema), ["category"]);
+    /// ```
+    pub fn columns_left_out<'s>(&self, schema: &'s Schema) -> Vec<&'s str> {
+        (schema.profile.iter().chain(&schema.stats))
+            .map(|c| c.name.as_str())
+            .filter(|&n| !self.columns.iter().any(|c| c.name == n))
+            .collect()
+    }
+
     fn push(mut self, group: Group, name: &str, values: Values) -> Self {
         self.columns.push(BatchColumn {
             group,

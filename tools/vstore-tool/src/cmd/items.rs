@@ -101,7 +101,6 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     // The ids move into the batch (a 10M-item input is 80 MB of them).
     let n = items.ids.len();
     let mut batch = ItemBatch::new(std::mem::take(&mut items.ids));
-    let mut given: Vec<String> = Vec::new();
     for (path, group) in [
         (&a.tables.profile, Group::Profile),
         (&a.tables.stats, Group::Stats),
@@ -109,7 +108,6 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
         let Some(path) = path else { continue };
         let table = load_table(path, &a.tables.id_column, &a.tables.skip_columns, p)?;
         let cols = resolve_existing(&table, group, &schema)?;
-        given.extend(cols.iter().map(|c| c.name.clone()));
         batch = add_table_columns(batch, &items.ids_path, &table, &cols)?;
     }
     for (e, _, v) in items.vectors {
@@ -121,6 +119,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     let t = Instant::now();
     let mut tx = w.begin();
     let what = || format!("items from {}", a.ids.display());
+    let reset = batch.columns_left_out(&schema);
     if replace {
         tx.upsert_items(batch).context(what)?;
     } else {
@@ -128,13 +127,6 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     }
     let snap = tx.commit()?;
     // A replaced item is replaced whole: say which columns it lost.
-    let reset: Vec<&str> = schema
-        .profile
-        .iter()
-        .chain(&schema.stats)
-        .map(|c| c.name.as_str())
-        .filter(|c| !given.iter().any(|g| g == c))
-        .collect();
     if replaced > 0 && !reset.is_empty() {
         say!(
             out,
