@@ -163,8 +163,6 @@ def _matrix(col: np.ndarray, key: str) -> np.ndarray:
     if len(col) == 0:
         return np.zeros((0, 0), dtype=np.float32)
     if col.dtype == object:
-        if len(col) == 0:
-            return np.zeros((0, 0), dtype=np.float32)
         rows = [np.asarray(v) for v in col]
         dtype = rows[0].dtype if rows[0].dtype in (np.float16, np.float32) else np.float32
         return np.stack(rows).astype(dtype, copy=False)
@@ -203,7 +201,8 @@ def stage_frame(
             vectors[key] = _matrix(cols[name], key)
     if wanted:
         raise InvalidInputError(f"embeddings {sorted(wanted)} are not versions of the plan's schema")
-    unknown = [c for c in cols if c not in used and c not in set(ignore)]
+    used.update(ignore)
+    unknown = [c for c in cols if c not in used]
     if unknown:
         raise InvalidInputError(
             f"part {part}: columns {unknown} are not in the schema (profile: {plan.profile_columns}, "
