@@ -195,9 +195,9 @@ fn tensor_at_fault(weights: &[u8]) -> Option<String> {
         let shape: Option<Vec<u64>> = (t.get("shape").and_then(|s| s.as_array()))
             .and_then(|s| s.iter().map(|d| d.as_u64()).collect());
         let Some(shape) = shape else { continue };
-        let need = (shape.iter().try_fold(width, |a, &d| a.checked_mul(d)))
-            .map_or("more than 2^64".to_string(), |b| b.to_string());
-        if end < start || end - start != need.parse().unwrap_or(u64::MAX) {
+        let need = shape.iter().try_fold(width, |a, &d| a.checked_mul(d));
+        if end < start || need != Some(end - start) {
+            let need = need.map_or("more than 2^64".to_string(), |b| b.to_string());
             return Some(format!(
                 "tensor {name:?}: shape {shape:?} of {dtype} needs {need} bytes, its data_offsets [{start}, {end}] hold {}",
                 end.saturating_sub(start)
