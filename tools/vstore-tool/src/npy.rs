@@ -185,16 +185,8 @@ fn payload_bytes(header: &str) -> Option<u64> {
     let descr = &rest[open + 1..close];
     let digits = descr.trim_start_matches(|c: char| !c.is_ascii_digit());
     let item: u64 = digits.parse().ok()?;
-    let at = header.find("'shape'")?;
-    let rest = &header[at..];
-    let (open, close) = (rest.find('(')?, rest.find(')')?);
-    let mut count: u64 = 1;
-    for t in rest.get(open + 1..close)?.split(',').map(str::trim) {
-        if !t.is_empty() {
-            count = count.checked_mul(t.trim_end_matches('L').parse().ok()?)?;
-        }
-    }
-    count.checked_mul(item)
+    let dims = shape_of(header)?.1.ok()?;
+    dims.iter().try_fold(item, |n, &d| n.checked_mul(d))
 }
 
 /// numpy's own limit on header size (`max_header_size`, numpy >= 1.24).
@@ -242,33 +234,35 @@ fn precheck(bytes: &[u8]) -> std::result::Result<(), String> {
         }
     }
     let text = String::from_utf8_lossy(header);
-    if let Some(at) = text.find("'shape'") {
-        let rest = &text[at..];
-        if let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) {
-            if open < close {
-                let mut count: u64 = 1;
-                for t in rest[open + 1..close]
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                {
-                    let d: u64 = t
-                        .trim_end_matches('L')
-                        .parse()
-                        .map_err(|_| format!("not a valid .npy file (shape entry {t:?})"))?;
-                    count = count.saturating_mul(d);
-                }
-                if count > (bytes.len() - start - len) as u64 {
-                    return Err(format!(
-                        "truncated: the header's shape {} claims {count} values, more than the {} data bytes the file holds",
-                        &rest[open..=close],
-                        bytes.len() - start - len
-                    ));
-                }
-            }
+    if let Some((shape, dims)) = shape_of(&text) {
+        let count = dims?.iter().fold(1u64, |c, &d| c.saturating_mul(d));
+        if count > (bytes.len() - start - len) as u64 {
+            return Err(format!(
+                "truncated: the header's shape {shape} claims {count} values, more than the {} data bytes the file holds",
+                bytes.len() - start - len
+            ));
         }
     }
     Ok(())
+}
+
+/// A `.npy` header's `'shape'` tuple as written (`(3, 4)`) and its
+/// dimensions (an error names an entry that is not a number); `None` if
+/// the header has no shape tuple (the parser then refuses it).
+fn shape_of(header: &str) -> Option<(&str, std::result::Result<Vec<u64>, String>)> {
+    let rest = &header[header.find("'shape'")?..];
+    let (open, close) = (rest.find('(')?, rest.find(')')?);
+    let shape = rest.get(open..=close)?;
+    let dims = shape[1..shape.len() - 1]
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            (t.trim_end_matches('L').parse())
+                .map_err(|_| format!("not a valid .npy file (shape entry {t:?})"))
+        })
+        .collect();
+    Some((shape, dims))
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Raw<'a>> {
