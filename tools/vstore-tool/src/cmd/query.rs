@@ -159,10 +159,17 @@ pub fn parse_filter(s: &str) -> Result<Filter> {
     };
     let toks: Vec<&str> = s.split_whitespace().collect();
     // Every item of the list must be a code: an empty list or an empty
-    // item (`in ,`, `in 1,,2`) is refused, never read as "no codes".
+    // item (`in ,`, `in 1,,2`) is refused, never read as "no codes"; so
+    // are two codes without a comma between them (`in 1 2` is not `12`).
     let codes = |col: &str, t: &[&str]| -> Result<Vec<u32>> {
-        let joined = t.join("");
-        let items: Vec<&str> = joined.split(',').collect();
+        let joined = t.join(" ");
+        let items: Vec<&str> = joined.split(',').map(str::trim).collect();
+        if let Some(x) = items.iter().find(|x| x.contains(char::is_whitespace)) {
+            return Err(usage(&format!(
+                "column {col:?}: {x:?} is not one category code (codes are separated \
+                 by commas; repeat --where for another filter)"
+            )));
+        }
         if items.iter().all(|x| x.is_empty()) {
             return Err(usage(&format!(
                 "column {col:?}: the list of codes is empty"
@@ -556,5 +563,21 @@ mod tests {
         assert!(e.contains("price > 3"), "{e}");
         let e = parse_filter("category in a").unwrap_err().to_string();
         assert!(e.contains("not a category code"), "{e}");
+        // Codes without a comma between them were once joined (`1 2` read
+        // as 12): refused, in every place of the list.
+        for bad in [
+            "category in 1 2",
+            "category not in 1 2",
+            "category in 1 2 , 3",
+            "category in 3, 1 2",
+            "category in 1 or brand in 2",
+        ] {
+            let e = parse_filter(bad).unwrap_err().to_string();
+            assert!(e.contains("is not one category code"), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_filter("category in 1 , 2").unwrap(),
+            Filter::is_in("category", [1, 2])
+        );
     }
 }
