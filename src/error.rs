@@ -107,12 +107,22 @@ pub enum Error {
     /// `LOCK`, held by the open file description: a child process forked
     /// while a writer is open shares it until the child execs or exits, so
     /// a writer opened in that window sees this error too.
-    #[error("store {path} is locked by another writer (lock file {lock}); only one writer may open a store at a time")]
+    #[error(
+        "store {path} is locked by another writer{} (lock file {lock}); only one writer may open a store at a time",
+        if *held_here {
+            " of this process: drop it and its compaction jobs first (Python: `Writer.close()`)"
+        } else {
+            ""
+        }
+    )]
     Locked {
         /// The store directory.
         path: PathBuf,
         /// The lock file.
         lock: PathBuf,
+        /// Whether the holder is a writer (or a compaction job of one) of
+        /// this process, still alive: the lock then opens once it is dropped.
+        held_here: bool,
     },
 
     /// A query or lookup named an embedding `space@version` that the snapshot
@@ -228,7 +238,7 @@ pub enum Error {
 
     /// The writer hit an error during a publish and refuses further publishes
     /// until it is reopened (the store itself still serves its last snapshot).
-    #[error("writer for {path} is poisoned by an earlier failed publish ({cause}); reopen it")]
+    #[error("writer for {path} is poisoned by an earlier failed publish ({cause}); reopen it: drop it (Python: `Writer.close()`) and open the store again")]
     Poisoned {
         /// The store directory.
         path: PathBuf,

@@ -1192,7 +1192,54 @@ impl PySchema {
 /// The store's one writer (`vstore.create` / `Writer.open`).
 #[pyclass(name = "Writer", module = "vstore", frozen)]
 struct PyWriter {
-    inner: Arc<Mutex<vstore::Writer>>,
+    inner: SharedWriter,
+}
+
+/// A writer shared by its Python object and its transactions; `None` once
+/// closed (the store's lock released).
+#[derive(Clone)]
+struct SharedWriter(Arc<Mutex<Option<vstore::Writer>>>);
+
+impl SharedWriter {
+    fn new(w: vstore::Writer) -> Self {
+        SharedWriter(Arc::new(Mutex::new(Some(w))))
+    }
+
+    /// Runs `f` on the writer with the GIL released; `InvalidInputError`
+    /// if it is closed.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut vstore::Writer) -> vstore::Result<T> + Send,
+    ) -> PyResult<T> {
+        let me = self.clone();
+        py.detach(move || match me.lock().as_mut() {
+            Some(w) => f(w).map_err(Some),
+            None => Err(None),
+        })
+        .map_err(|e| e.map_or_else(closed, err))
+    }
+
+    /// Runs `f` on the writer (a quick call: the GIL kept);
+    /// `InvalidInputError` if it is closed.
+    fn with<T>(&self, f: impl FnOnce(&mut vstore::Writer) -> T) -> PyResult<T> {
+        self.lock().as_mut().map(f).ok_or_else(closed)
+    }
+
+    /// The writer slot (a panic while it was held leaves the writer as the
+    /// failed call left it, which poisons the writer itself if that
+    /// matters).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<vstore::Writer>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The error of a call on a closed writer.
+fn closed() -> PyErr {
+    invalid(
+        "this writer is closed (Writer.close(), or the end of its `with` block); \
+         open the store again with vstore.Writer.open(path)",
+    )
 }
 
 #[pymethods]
@@ -1202,8 +1249,38 @@ impl PyWriter {
     fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let w = py.detach(|| vstore::Writer::open(&path)).map_err(err)?;
         Ok(PyWriter {
-            inner: Arc::new(Mutex::new(w)),
+            inner: SharedWriter::new(w),
         })
+    }
+
+    /// Closes the writer: releases the store's lock, so that another
+    /// writer (of this process or another) may open it. Its transactions
+    /// not yet committed can no longer commit; any other call raises
+    /// `InvalidInputError`. Closing twice is fine. A compaction job started
+    /// from it keeps the lock until the job and its result are dropped.
+    fn close(&self) {
+        self.inner.lock().take();
+    }
+
+    /// Whether [`close`](PyWriter::close) was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().is_none()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Closes the writer at the end of a `with` block.
+    fn __exit__(
+        &self,
+        _exc_type: Option<Bound<'_, PyAny>>,
+        _exc: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) -> bool {
+        self.close();
+        false
     }
 
     /// Starts a compaction of the newest snapshot that runs without the
@@ -1211,10 +1288,7 @@ impl PyWriter {
     /// None if there is nothing to merge. Publish the result with
     /// `Transaction.apply_compaction`.
     fn start_compaction(&self, py: Python<'_>) -> PyResult<Option<PyCompactionJob>> {
-        let w = self.inner.clone();
-        let job = py
-            .detach(move || w.lock().expect("not poisoned").start_compaction())
-            .map_err(err)?;
+        let job = self.inner.run(py, |w| w.start_compaction())?;
         Ok(job.map(|j| PyCompactionJob {
             base: j.base_snapshot(),
             job: Mutex::new(Some(j)),
@@ -1236,10 +1310,7 @@ impl PyWriter {
         };
         let grace = seconds("grace_seconds", grace_seconds)?;
         self.inner
-            .lock()
-            .expect("not poisoned")
-            .set_retention(vstore::Retention { keep_last, grace });
-        Ok(())
+            .with(|w| w.set_retention(vstore::Retention { keep_last, grace }))
     }
 
     /// Removes the snapshots the retention policy does not keep, then every
@@ -1247,10 +1318,7 @@ impl PyWriter {
     /// dict (`kept`, `removed_snapshots`, `removed_files`,
     /// `unreadable_manifests`, `skipped`, `removed_staging`).
     fn gc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let w = self.inner.clone();
-        let r = py
-            .detach(move || w.lock().expect("not poisoned").gc())
-            .map_err(err)?;
+        let r = self.inner.run(py, |w| w.gc())?;
         let d = PyDict::new(py);
         d.set_item("kept", r.kept)?;
         d.set_item("removed_snapshots", r.removed_snapshots)?;
@@ -1270,50 +1338,39 @@ impl PyWriter {
         job: &str,
         parts: u32,
     ) -> PyResult<distributed::PyBuildPlan> {
-        let w = self.inner.clone();
-        let inner = py
-            .detach(move || w.lock().expect("not poisoned").plan_build(job, parts))
-            .map_err(err)?;
+        let inner = self.inner.run(py, |w| w.plan_build(job, parts))?;
         Ok(distributed::PyBuildPlan { inner })
     }
 
     /// Discards a job that was not published: its staging area and any
     /// file an unfinished commit moved in.
     fn abort_build(&self, py: Python<'_>, plan: &distributed::PyBuildPlan) -> PyResult<()> {
-        let w = self.inner.clone();
         let plan = plan.inner.clone();
-        py.detach(move || w.lock().expect("not poisoned").abort_build(&plan))
-            .map_err(err)
+        self.inner.run(py, move |w| w.abort_build(&plan))
     }
 
     /// How old (seconds) a job's staging area must be before `gc` removes
     /// it (default: a day).
     fn set_staging_grace(&self, seconds: f64) -> PyResult<()> {
         let grace = crate::seconds("seconds", seconds)?;
-        self.inner
-            .lock()
-            .expect("not poisoned")
-            .set_staging_grace(grace);
-        Ok(())
+        self.inner.with(|w| w.set_staging_grace(grace))
     }
 
     /// Publishes snapshot `n`'s content as the newest snapshot (a rollback
     /// that keeps the history; files shared) and returns its number;
     /// `InvalidInputError` naming the files if gc collected any of them.
     fn restore(&self, py: Python<'_>, n: u64) -> PyResult<u64> {
-        let w = self.inner.clone();
-        py.detach(move || w.lock().expect("not poisoned").restore(n))
-            .map(|s| s.number())
-            .map_err(err)
+        self.inner.run(py, |w| w.restore(n).map(|s| s.number()))
     }
 
     /// A transaction: its operations run together, and publish one
     /// snapshot, at `commit()` (or at the end of a `with` block).
-    fn begin(&self) -> PyTransaction {
-        PyTransaction {
+    fn begin(&self) -> PyResult<PyTransaction> {
+        self.inner.with(|_| ())?;
+        Ok(PyTransaction {
             writer: self.inner.clone(),
             ops: Mutex::new(Some(Vec::new())),
-        }
+        })
     }
 }
 
@@ -1374,7 +1431,7 @@ fn create(py: Python<'_>, path: std::path::PathBuf, schema: &PySchema) -> PyResu
         .detach(|| vstore::Writer::create(&path, schema))
         .map_err(err)?;
     Ok(PyWriter {
-        inner: Arc::new(Mutex::new(w)),
+        inner: SharedWriter::new(w),
     })
 }
 
@@ -1402,7 +1459,7 @@ enum Op {
 /// The operations of one snapshot to be (`Writer.begin()`).
 #[pyclass(name = "Transaction", module = "vstore", frozen)]
 struct PyTransaction {
-    writer: Arc<Mutex<vstore::Writer>>,
+    writer: SharedWriter,
     /// None once committed or rolled back.
     ops: Mutex<Option<Vec<Op>>>,
 }
@@ -1581,8 +1638,8 @@ fn batch(
 
 impl PyTransaction {
     /// The writer's schema (to sort a table's columns by kind).
-    fn schema(&self) -> vstore::Schema {
-        self.writer.lock().expect("not poisoned").schema().clone()
+    fn schema(&self) -> PyResult<vstore::Schema> {
+        self.writer.with(|w| w.schema().clone())
     }
 
     fn push(&self, op: Op) -> PyResult<()> {
@@ -1619,7 +1676,7 @@ impl PyTransaction {
     ) -> PyResult<()> {
         let b = batch(
             py,
-            &self.schema(),
+            &self.schema()?,
             ids,
             embeddings,
             profile,
@@ -1649,7 +1706,7 @@ impl PyTransaction {
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let schema = self.schema();
+        let schema = self.schema()?;
         let b = batch(
             py,
             &schema,
@@ -1663,7 +1720,7 @@ impl PyTransaction {
         // As the CLI's note: say which columns replaced items lose.
         let reset = b.columns_left_out(&schema);
         if !reset.is_empty() {
-            let snap = self.writer.lock().expect("not poisoned").snapshot();
+            let snap = self.writer.with(|w| w.snapshot())?;
             let replaced = snap.map_or(0, |s| {
                 b.ids().iter().filter(|&&id| s.lookup(id).is_some()).count()
             });
@@ -1689,7 +1746,16 @@ impl PyTransaction {
         ids: &Bound<'_, PyAny>,
         stats: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let b = batch(py, &self.schema(), ids, None, None, Some(stats), None, None)?;
+        let b = batch(
+            py,
+            &self.schema()?,
+            ids,
+            None,
+            None,
+            Some(stats),
+            None,
+            None,
+        )?;
         self.push(Op::Stats(b))
     }
 
@@ -1820,9 +1886,7 @@ impl PyTransaction {
             .expect("not poisoned")
             .take()
             .ok_or_else(|| invalid("the transaction was already committed or rolled back"))?;
-        let writer = self.writer.clone();
-        py.detach(move || {
-            let mut w = writer.lock().expect("not poisoned");
+        self.writer.run(py, move |w| {
             let mut tx = w.begin();
             for op in ops {
                 match op {
@@ -1860,7 +1924,6 @@ impl PyTransaction {
             }
             tx.commit().map(|s| s.number())
         })
-        .map_err(err)
     }
 
     /// Drops the operations (nothing is published).

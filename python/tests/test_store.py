@@ -314,10 +314,11 @@ def test_a_failed_publish_poisons_the_writer(tmp_path):
         w.gc()
     # Nothing was published; a reopened writer carries on.
     assert vstore.open(str(d)).snapshot().number == before.number
-    del tx, w
-    import gc
-
-    gc.collect()
+    # While it is open (here: still referenced by `w` and `tx`), a new
+    # writer is refused as one of this process; close() lets it open.
+    with pytest.raises(vstore.LockedError, match="of this process"):
+        vstore.Writer.open(str(d))
+    w.close()
     stray.rmdir()
     w = vstore.Writer.open(str(d))
     with w.begin() as tx:
@@ -379,3 +380,47 @@ def test_kernel_level_names_the_kernels_and_the_environment_lowers_it():
     env = dict(os.environ, VSTORE_KERNEL_LEVEL="portable")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "portable"
+
+
+def test_close_releases_the_lock_and_refuses_later_calls(tmp_path):
+    d = tmp_path / "s"
+    w, ids, _ = build(d, n=20)
+    tx = w.begin()
+    tx.delete_items(ids[:2])
+    # A transaction alive keeps the writer (and the lock) alive: before
+    # close() existed, `del w` alone left the store locked.
+    del w
+    with pytest.raises(vstore.LockedError, match="of this process"):
+        vstore.Writer.open(str(d))
+    tx.rollback()
+    del tx
+    w = vstore.Writer.open(str(d))
+    pending = w.begin()
+    pending.delete_items(ids[:1])
+    assert not w.closed
+    w.close()
+    assert w.closed
+    w.close()  # twice is fine
+    # The lock is free: another process's writer opens the store.
+    import subprocess
+    import sys
+
+    code = f"import vstore; w = vstore.Writer.open({str(d)!r}); print(w.closed)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    # Every call of the closed writer, and of its transaction, is refused.
+    for call in (w.begin, w.gc, lambda: w.restore(1), lambda: w.set_retention(2, 0.0),
+                 pending.commit):
+        with pytest.raises(vstore.InvalidInputError, match="writer is closed"):
+            call()
+    assert len(vstore.open(str(d)).snapshot()) == 20
+    # A `with` block closes the writer at its end, and on an error too.
+    with vstore.Writer.open(str(d)) as w2:
+        with w2.begin() as tx:
+            tx.delete_items(ids[:1])
+    assert w2.closed
+    with pytest.raises(RuntimeError):
+        with vstore.Writer.open(str(d)) as w3:
+            raise RuntimeError("boom")
+    assert w3.closed
+    assert len(vstore.open(str(d)).snapshot()) == 19

@@ -95,10 +95,8 @@ def plan(path, job: str, parts: int, schema: Optional[Schema] = None) -> BuildPl
         w = create(path, schema)
     else:
         raise InvalidInputError(f"{path} holds no store: pass schema= to create it")
-    try:
+    with w:
         return w.plan_build(job, parts)
-    finally:
-        del w
 
 
 def _columns(frame) -> dict:

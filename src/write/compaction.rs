@@ -271,7 +271,7 @@ pub(crate) struct Owned {
     pub inflight: Inflight,
     /// The writer's lock: no other writer can open the store (and reuse
     /// this number, or collect these files) while the job lives.
-    pub _lock: Arc<std::fs::File>,
+    pub _lock: Arc<crate::write::writer::StoreLock>,
     pub number: u64,
     pub files: HashSet<String>,
 }

@@ -30,7 +30,7 @@ pub struct Writer {
     pub(super) key: PathBuf,
     /// Held by the writer and by its compaction jobs and results, so that no
     /// other writer opens the store while a job owns unpublished files.
-    pub(super) lock: Arc<File>,
+    pub(super) lock: Arc<StoreLock>,
     pub(super) schema: Schema,
     pub(super) store: Option<Store>,
     pub(super) next_snapshot: u64,
@@ -51,7 +51,42 @@ pub struct Writer {
 /// The default of [`Writer::set_staging_grace`]: a day.
 pub const DEFAULT_STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-pub(super) fn lock(dir: &Path) -> Result<File> {
+/// The writer lock of a store, held while this lives (an `flock` on its
+/// `LOCK` file, released when the file closes). The locks this process
+/// holds are also listed by file identity, so that a second writer opened
+/// by the same process is told the holder is its own.
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    _file: File,
+    /// The lock file's device and inode.
+    key: (u64, u64),
+}
+
+/// The lock files (device, inode) whose locks this process holds.
+static HELD: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// The list of held locks (a panic while it was held poisons nothing it
+/// guards: each change is one push or remove).
+fn held() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A file's device and inode.
+fn file_key(f: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let mut h = held();
+        if let Some(i) = h.iter().position(|k| *k == self.key) {
+            h.swap_remove(i);
+        }
+    }
+}
+
+pub(super) fn lock(dir: &Path) -> Result<StoreLock> {
     let path = dir.join(names::LOCK);
     let mut opts = File::options();
     opts.create(true).truncate(false).write(true);
@@ -64,11 +99,16 @@ pub(super) fn lock(dir: &Path) -> Result<File> {
         },
         e => e,
     })?;
+    let key = file_key(&f).unwrap_or_default();
     match f.try_lock() {
-        Ok(()) => Ok(f),
+        Ok(()) => {
+            held().push(key);
+            Ok(StoreLock { _file: f, key })
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: dir.to_path_buf(),
             lock: path,
+            held_here: held().contains(&key),
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
     }
