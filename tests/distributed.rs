@@ -347,6 +347,43 @@ fn abort_and_gc_discard_jobs_and_plans_reserve_numbers() {
 }
 
 #[test]
+fn a_plan_that_failed_before_its_plan_was_written_does_not_block_the_job() {
+    // What a plan stopped by a full disk (or a kill) leaves: the job's
+    // directory with a partial PLAN.json.tmp and no PLAN.json. It once
+    // kept the job id "planned already" until gc's one-day grace, while
+    // abort (which reads the plan) could not remove it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
+    let leftover = |job: &str| {
+        let jd = dir.path().join("_staging").join(job);
+        std::fs::create_dir_all(&jd).unwrap();
+        std::fs::write(jd.join("PLAN.json.tmp"), b"{\"format\": \"vstore.bu").unwrap();
+        jd
+    };
+    // Planning the job again takes the directory over.
+    let jd = leftover("nightly");
+    let plan = w.plan_build("nightly", 2).unwrap();
+    assert!(jd.join("PLAN.json").exists());
+    assert!(!jd.join("PLAN.json.tmp").exists());
+    let r = stage_all(&plan, &[7, 8, 9]);
+    drop(w);
+    let s = commit_build(dir.path(), &plan, &r, &no_conflict()).unwrap();
+    assert_eq!(s.len(), 5);
+    // Once committed, the staging root is gone too (no job left in it).
+    assert!(!dir.path().join("_staging").exists());
+    // gc removes a planless job at once, whatever the grace.
+    let jd = leftover("killed");
+    let mut w = Writer::open(dir.path()).unwrap();
+    assert_eq!(w.gc().unwrap().removed_staging, vec!["killed".to_string()]);
+    assert!(!jd.exists());
+    assert!(!dir.path().join("_staging").exists());
+    // Abort of the last job leaves no empty staging root either.
+    let plan = w.plan_build("aborted", 1).unwrap();
+    w.abort_build(&plan).unwrap();
+    assert!(!dir.path().join("_staging").exists());
+}
+
+#[test]
 fn a_part_without_vectors_gets_them_from_the_base_item_tower() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();

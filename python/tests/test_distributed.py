@@ -217,6 +217,36 @@ def test_overlapping_ids_are_refused_naming_them(tmp_path):
     assert not os.path.exists(os.path.join(path, "_staging", "dup"))
 
 
+def test_aborted_and_half_planned_jobs_leave_nothing_behind(tmp_path):
+    path = str(tmp_path / "s")
+    # A job planned on a new store and aborted leaves only the lock file
+    # (an empty `_staging` once stayed, and `vstore-tool build` refused it).
+    vd.plan(path, "first", 2, schema())
+    vd.abort(path, "first")
+    assert os.listdir(path) == ["LOCK"]
+    # What a plan stopped by a full disk leaves (no PLAN.json): abort
+    # removes it (it once failed reading the plan), and so does planning
+    # the job again.
+    for fix in ("abort", "plan"):
+        jd = os.path.join(path, "_staging", "nightly")
+        os.makedirs(jd)
+        with open(os.path.join(jd, "PLAN.json.tmp"), "wb") as f:
+            f.write(b'{"format": "vstore.bu')
+        if fix == "abort":
+            vd.abort(path, "nightly")
+            assert os.listdir(path) == ["LOCK"]
+        else:
+            p = vd.plan(path, "nightly", 2, schema())
+            r = [vd.stage_frame(p, i, partition(i, 2)) for i in range(2)]
+            assert vd.commit(path, p, r) >= 1
+            assert len(vstore.open(path).snapshot()) == N
+            assert not os.path.exists(os.path.join(path, "_staging"))
+    with pytest.raises(vstore.InvalidInputError, match="not staged.*nothing to abort"):
+        vd.abort(path, "never-planned")
+    with pytest.raises(vstore.InvalidInputError, match="published as snapshot"):
+        vd.abort(path, "nightly")
+
+
 def test_ray_build_where_installed(tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[data]' to run this test)")
     single_writer(tmp_path / "one")

@@ -51,8 +51,9 @@ pub struct GcReport {
     /// the rest; they are left for a person to look at.
     pub skipped: Vec<(String, String)>,
     /// Distributed build jobs whose staging areas (`_staging/<job>`) were
-    /// removed, older than the staging grace
-    /// ([`Writer::set_staging_grace`]).
+    /// removed: older than the staging grace
+    /// ([`Writer::set_staging_grace`]), or without a plan (one that failed
+    /// before it was written whole).
     pub removed_staging: Vec<String>,
 }
 
@@ -210,8 +211,8 @@ pub(crate) fn manifest_files(m: &ManifestMeta) -> Vec<String> {
 
 impl Writer {
     /// Removes the staging areas of build jobs older than the staging
-    /// grace (by their plan's modification time, or the directory's if it
-    /// has no plan). Returns the job ids removed, sorted.
+    /// grace (by their plan's modification time), and at once those of
+    /// jobs without a plan. Returns the job ids removed, sorted.
     fn collect_staging(&mut self) -> Result<Vec<String>> {
         let root = crate::write::job::staging_root(&self.dir);
         let list = match std::fs::read_dir(&root) {
@@ -231,9 +232,15 @@ impl Writer {
                 .or_else(|_| e.metadata())
                 .and_then(|m| m.modified())
                 .ok();
-            let old = modified
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= self.staging_grace);
+            // A job without its plan is a plan that failed before the plan
+            // was durable (or a commit stopped while removing the area):
+            // no worker has it, and this writer holds the lock, so it goes
+            // at once.
+            let planless = std::fs::symlink_metadata(&plan).is_err();
+            let old = planless
+                || modified
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age >= self.staging_grace);
             if old {
                 crate::write::job::plan::remove_staging(&e.path())?;
                 removed.push(e.file_name().to_string_lossy().into_owned());

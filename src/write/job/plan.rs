@@ -260,10 +260,17 @@ impl Writer {
         }
         let jd = job_dir(&self.dir, job);
         if std::fs::symlink_metadata(&jd).is_ok() {
-            return Err(Error::InvalidInput(format!(
-                "job {job} is planned already ({} exists): commit or abort it, or pick another id",
-                jd.display()
-            )));
+            if std::fs::symlink_metadata(plan_path(&self.dir, job)).is_ok() {
+                return Err(Error::InvalidInput(format!(
+                    "job {job} is planned already ({} exists): commit or abort it, or pick another id",
+                    jd.display()
+                )));
+            }
+            // A directory without its plan is a plan that failed (or was
+            // killed) before its PLAN.json was durable: no worker can have
+            // had it (a plan is returned only once it is), and no other
+            // writer is writing it (this one holds the lock). Planned anew.
+            remove_staging(&jd)?;
         }
         if let Some(n) = published_job(&self.dir, job, None)? {
             return Err(Error::InvalidInput(format!(
@@ -291,8 +298,14 @@ impl Writer {
             created_unix_ms: now_ms(),
         };
         create_dirs(&*self.fs, &jd)?;
-        write_durably(&plan_path(&self.dir, job), plan.to_json().as_bytes())?;
-        sync_dir(&*self.fs, &jd)?;
+        let written = write_durably(&plan_path(&self.dir, job), plan.to_json().as_bytes())
+            .and_then(|()| sync_dir(&*self.fs, &jd));
+        if let Err(e) = written {
+            // (A full disk, say.) Nothing half-planned stays behind to
+            // block the job id; the error is the one that stopped it.
+            let _ = remove_staging(&jd);
+            return Err(e);
+        }
         self.next_snapshot = number.saturating_add(1);
         self.segment_floor = end;
         Ok(plan)
@@ -331,13 +344,21 @@ impl Writer {
     }
 }
 
-/// Removes a job's staging directory (gone already is fine).
+/// Removes a job's staging directory (gone already is fine), and the
+/// staging root (`_staging`) if no other job is left in it, so that a
+/// directory whose only jobs were aborted is empty again (a new store's
+/// directory is then one `vstore-tool build` accepts).
 pub(crate) fn remove_staging(jd: &Path) -> Result<()> {
     match std::fs::remove_dir_all(jd) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", jd, e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", jd, e)),
     }
+    if let Some(root) = jd.parent() {
+        // Fails (and is left) while another job is staged.
+        let _ = std::fs::remove_dir(root);
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary name, synced, then renamed

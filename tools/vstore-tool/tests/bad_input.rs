@@ -890,6 +890,19 @@ fn a_build_takes_back_what_an_interrupted_build_left() {
         "{e}"
     );
     assert_unchanged(&d.path("f"), &before);
+    // A distributed job planned on the new directory and never committed:
+    // refused, naming the job and how to drop it.
+    leave("j");
+    std::fs::create_dir_all(d.path("j/_staging/nightly-7")).unwrap();
+    std::fs::write(d.path("j/_staging/nightly-7/PLAN.json"), b"{}").unwrap();
+    let before = fingerprint(&d.path("j"));
+    let e = build_fails_at(&d, "j", &[], "ids.npy", "emb.npy");
+    assert!(
+        e.contains("_staging holds distributed build job(s) [nightly-7]")
+            && e.contains("vstore.distributed.abort"),
+        "{e}"
+    );
+    assert_unchanged(&d.path("j"), &before);
     // A manifest (here a damaged one) is not a leftover either.
     leave("m");
     std::fs::write(d.path("m/MANIFEST-00000000000000000001"), b"torn").unwrap();

@@ -271,9 +271,30 @@ pub(crate) fn refuse_existing_store(dir: &Path, cmd: &str) -> Result<()> {
             0 => String::new(),
             k => format!(" and {k} more"),
         };
+        // A distributed build planned on this new directory and never
+        // committed: say which jobs and how to finish or drop them.
+        let staged = if foreign.iter().any(|n| n.as_str() == "_staging") {
+            let mut jobs: Vec<String> = std::fs::read_dir(dir.join("_staging"))
+                .map(|l| {
+                    l.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            jobs.sort();
+            format!(
+                "; _staging holds distributed build job(s) [{}] planned here and not committed: \
+                 commit or abort them (Python: vstore.distributed.abort(path, job)), or remove {}",
+                jobs.join(", "),
+                dir.join("_staging").display()
+            )
+        } else {
+            String::new()
+        };
         return Err(ToolError::Refused(format!(
             "{} is not empty and not a store (it holds {}{more}); {cmd} needs a new or empty \
-             directory, or one an interrupted build left (only its data files, .tmp files and LOCK)",
+             directory, or one an interrupted build left (only its data files, .tmp files and \
+             LOCK){staged}",
             dir.display(),
             shown.join(", ")
         )));
