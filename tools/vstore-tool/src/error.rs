@@ -75,6 +75,10 @@ pub const EXIT_REFUSED: u8 = 1;
 /// Exit code of a malformed command line (clap's usage errors and
 /// [`ToolError::Usage`]).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a command that published its snapshot and then failed
+/// (its report could not be written to a full disk or a closed output):
+/// the change landed, so running the command again would apply it twice.
+pub const EXIT_PUBLISHED_THEN_FAILED: u8 = 3;
 
 impl ToolError {
     /// The exit code this error ends the tool with ([`EXIT_USAGE`] for a

@@ -24,7 +24,17 @@ fn main() -> ExitCode {
         Err(e) => {
             drop(out);
             eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
+            match vstore_tool::report::landed() {
+                Some((dir, n)) => {
+                    eprintln!(
+                        "note: snapshot {n} was published in {} before this error: the change \
+                         landed; running the command again would apply it twice",
+                        dir.display()
+                    );
+                    ExitCode::from(vstore_tool::error::EXIT_PUBLISHED_THEN_FAILED)
+                }
+                None => ExitCode::from(e.exit_code()),
+            }
         }
     }
 }

@@ -214,6 +214,24 @@ pub fn published(
 }
 
 thread_local! {
+    /// The store directory and number of the snapshot this command
+    /// published, once it has.
+    static LANDED: std::cell::RefCell<Option<(std::path::PathBuf, u64)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records that this command published `snap` (see [`landed`]).
+pub fn note_landed(snap: &Snapshot) {
+    LANDED.with(|l| *l.borrow_mut() = Some((snap.dir().to_path_buf(), snap.number())));
+}
+
+/// The store directory and snapshot number this command published, if it
+/// did: an error after that (a report that could not be written) must not
+/// read as "nothing happened", or a retry would apply the change twice.
+pub fn landed() -> Option<(std::path::PathBuf, u64)> {
+    LANDED.with(|l| l.borrow().clone())
+}
+
+thread_local! {
     /// The JSON report of the last publish made with `--json`.
     static PUBLISHED: std::cell::RefCell<Option<serde_json::Value>> = const { std::cell::RefCell::new(None) };
 }

@@ -1369,6 +1369,67 @@ fn generated_output_to_a_full_device_is_an_error_not_a_panic() {
     }
 }
 
+/// A command that published and then could not write its report exits
+/// with 3 and says the snapshot landed (it once exited 1 like a refusal,
+/// and a retry applied the change twice or failed confusingly).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_publish_whose_report_cannot_be_written_says_it_landed() {
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    let store = d.p("s");
+    for json in [false, true] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let before = vstore::Store::open(&store).unwrap().snapshot().number();
+        let mut args = vec!["delete-items", &store, "--ids", "-"];
+        if json {
+            args.push("--json");
+        }
+        let id = d.ids[usize::from(json)].to_string();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_vstore-tool"))
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{id}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        let now = vstore::Store::open(&store).unwrap().snapshot().number();
+        assert_eq!(now, before + 1, "json {json}: {e}");
+        assert_eq!(o.status.code(), Some(3), "json {json}: {e}");
+        assert!(
+            e.contains("write <output>")
+                && e.contains(&format!("snapshot {now} was published"))
+                && e.contains("would apply it twice"),
+            "json {json}: {e}"
+        );
+    }
+    // A refusal before publishing is still exit 1, with no such note.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vstore-tool"))
+        .args(["restore", &store, "--snapshot", "999"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(!e.contains("was published"), "{e}");
+}
+
 #[test]
 fn publishing_commands_and_gc_print_json() {
     let d = Data::new();

@@ -142,7 +142,7 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         for (k, v) in &metadata {
             tx.set_metadata(k, v);
         }
-        let snap = tx.commit()?;
+        let snap = super::commit(tx)?;
         sp.finish_and_clear();
         Ok(snap)
     })();

@@ -114,7 +114,7 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
         }
         .context(what)?;
     }
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     sp.finish_and_clear();
     say!(
         out,
@@ -155,7 +155,7 @@ pub fn drop_embedding(a: &DropArgs, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let mut tx = w.begin();
     tx.drop_embedding(&a.key)?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     say!(
         out,
         "dropped embedding {} (its files stay until no retained snapshot needs them; see gc)",

@@ -125,7 +125,7 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     } else {
         tx.add_items(batch).context(what)?;
     }
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     // A replaced item is replaced whole: say which columns it lost.
     if replaced > 0 && !reset.is_empty() {
         say!(
@@ -198,7 +198,7 @@ pub fn delete_items(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
     let mut tx = w.begin();
     tx.delete_items(&ids)
         .context(|| format!("ids from {}", a.ids.display()))?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     say!(out, "deleted {} items", ids.len());
     report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
@@ -263,7 +263,7 @@ pub fn compact(a: &CompactArgs, out: &mut dyn Write) -> Result<()> {
         }
         return Ok(());
     }
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     let before = base.as_ref().map(|b| b.segments().len()).unwrap_or(0);
     say!(
         out,

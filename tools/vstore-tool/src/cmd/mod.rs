@@ -14,6 +14,15 @@ pub mod restore;
 pub mod stats;
 pub mod verify;
 
+/// Commits `tx` and records the snapshot it published, so that an error
+/// after it (its report not written, say) tells the caller the change
+/// landed ([`crate::report::landed`]).
+pub fn commit(tx: vstore::Transaction<'_>) -> vstore::Result<std::sync::Arc<vstore::Snapshot>> {
+    let snap = tx.commit()?;
+    crate::report::note_landed(&snap);
+    Ok(snap)
+}
+
 /// Opens the store at `path` read-only, telling standard error when a
 /// damaged manifest made it fall back to an older snapshot (the fallback
 /// is never silent). Without a background prefault: a command reads only

@@ -105,7 +105,7 @@ pub fn add(a: &AddModelArgs, out: &mut dyn Write) -> Result<()> {
     let mut tx = w.begin();
     tx.add_model_with(&json, &weights, pre, precision)
         .context(what)?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     let named = if name == vstore::DEFAULT_BUNDLE_NAME {
         String::new()
     } else {
@@ -169,7 +169,7 @@ fn add_item_tower(
     let t = Instant::now();
     let mut tx = w.begin();
     tx.add_model(json, weights).context(what)?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     say!(
         out,
         "{} item tower for {}: {}",
@@ -214,7 +214,7 @@ pub fn drop_model(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let mut tx = w.begin();
     drop(&mut tx)?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     match &a.name {
         Some(n) => say!(out, "dropped the bundle {n:?} for {}", a.key),
         None => say!(out, "dropped the bundle for {}", a.key),
@@ -229,7 +229,7 @@ fn drop_item_tower(a: &DropModelArgs, out: &mut dyn Write) -> Result<()> {
     let t = Instant::now();
     let mut tx = w.begin();
     tx.drop_item_tower(&a.key)?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     say!(
         out,
         "dropped the item tower of {} (the vectors it computed stay; new items need a vector for it{})",

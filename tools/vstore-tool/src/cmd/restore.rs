@@ -12,6 +12,7 @@ use crate::say;
 pub fn run(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
     let mut w = Writer::open(&a.store)?;
     let snap = w.restore(a.snapshot)?;
+    crate::report::note_landed(&snap);
     if a.json {
         let v = serde_json::json!({
             "snapshot": snap.number(),

@@ -54,7 +54,7 @@ pub fn run(a: &UpdateStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()>
     let mut tx = w.begin();
     tx.update_stats(batch)
         .context(|| format!("statistics from {}", a.stats.display()))?;
-    let snap = tx.commit()?;
+    let snap = super::commit(tx)?;
     sp.finish_and_clear();
     let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
     say!(
