@@ -1081,6 +1081,26 @@ fn a_damaged_newest_manifest_stops_writers_until_set_aside_and_readers_say_they_
     assert_eq!(snap.get_stat(3, "ctr_1d").unwrap(), Some(0.5));
     assert!(p.join("MANIFEST-00000000000000000002.damaged").exists());
     assert!(Store::open(p).unwrap().skipped_manifests().is_empty());
+
+    // A sound manifest whose data file is gone: readers and writers refuse
+    // it (no silent fallback); set_aside_damaged_snapshots gives it up
+    // (set_aside_damaged_manifests leaves it: its manifest is sound).
+    drop(w);
+    let newest = snap.number();
+    let own: Vec<String> = common::files(p)
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("s{newest:010}-")))
+        .collect();
+    assert!(!own.is_empty());
+    std::fs::remove_file(p.join(&own[0])).unwrap();
+    assert!(Store::open(p).unwrap_err().is_not_found());
+    assert!(Writer::set_aside_damaged_manifests(p).unwrap().is_empty());
+    let moved = Writer::set_aside_damaged_snapshots(p).unwrap();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].0, p.join(format!("MANIFEST-{newest:020}.damaged")));
+    assert!(moved[0].1.contains(&own[0]), "{}", moved[0].1);
+    assert_eq!(Store::open(p).unwrap().snapshot().number(), 1);
+    assert!(Writer::set_aside_damaged_snapshots(p).unwrap().is_empty());
 }
 
 /// Three snapshots, each adding a segment: the newest's segment files are

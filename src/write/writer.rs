@@ -427,6 +427,105 @@ impl Writer {
         Ok(out)
     }
 
+    /// Gives up every snapshot newer than the store's newest *intact* one,
+    /// so that it becomes the newest again: what
+    /// [`Writer::set_aside_damaged_manifests`] does for damaged manifests,
+    /// and also for snapshots whose manifest is sound but a file is missing,
+    /// truncated or fails its checksum (which readers refuse rather than
+    /// fall back past, and which [`Writer::open`], and so
+    /// [`Writer::restore`], cannot open either). Every snapshot is verified
+    /// (every byte of its files, as [`crate::Store::verify_dir`]); from the
+    /// newest down, each damaged one's `MANIFEST-{n}` is renamed to
+    /// `MANIFEST-{n}.damaged` until an intact one is met. Returns each
+    /// manifest set aside (its new path) with what was damaged, newest
+    /// first; empty if the newest snapshot is intact. Refused, setting
+    /// nothing aside, if no snapshot is intact, or if a snapshot cannot be
+    /// read for another reason than damage (a file it may not read, say:
+    /// that is not damage, and giving the snapshot up would lose it for
+    /// nothing). Takes the writer lock for the duration.
+    ///
+    /// ```no_run
+    /// # fn main() -> vstore::Result<()> {
+    /// for (manifest, why) in vstore::Writer::set_aside_damaged_snapshots("items.vstore")? {
+    ///     eprintln!("gave up {} ({why})", manifest.display());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn set_aside_damaged_snapshots(dir: impl AsRef<Path>) -> Result<Vec<(PathBuf, String)>> {
+        let dir = dir.as_ref();
+        if list_manifests(dir)?.is_empty() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                why: "no manifest (MANIFEST-*) in the directory".into(),
+            });
+        }
+        let _lock = lock(dir)?;
+        let mut give_up = Vec::new();
+        let mut intact = None;
+        for (n, verdict) in crate::read::store::Store::verify_dir(dir)?
+            .into_iter()
+            .rev()
+        {
+            let path = dir.join(names::manifest(n));
+            // Not a manifest vstore wrote (a FIFO or directory under the
+            // name): as `damaged_newest`, passed over, never renamed.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+                continue;
+            }
+            match verdict {
+                Ok(_) => {
+                    intact = Some(n);
+                    break;
+                }
+                Err(e)
+                    if e.is_not_found()
+                        || matches!(e, Error::Corrupt { .. } | Error::DamagedManifest { .. }) =>
+                {
+                    give_up.push((n, e.to_string()));
+                }
+                Err(e) => {
+                    return Err(Error::InvalidInput(format!(
+                        "snapshot {n} of {} cannot be checked ({e}); that is not damage, so \
+                         nothing was set aside",
+                        dir.display()
+                    )))
+                }
+            }
+        }
+        if intact.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "no snapshot of {} is intact ({}); nothing set aside: restore the store from a \
+                 backup",
+                dir.display(),
+                give_up
+                    .last()
+                    .map_or("no snapshot to check".to_string(), |(n, why)| format!(
+                        "the oldest, {n}: {why}"
+                    ))
+            )));
+        }
+        let fs = StdFs;
+        let mut out = Vec::new();
+        for (n, why) in give_up {
+            let from = dir.join(names::manifest(n));
+            let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
+            if std::fs::symlink_metadata(&to).is_ok() {
+                return Err(Error::InvalidInput(format!(
+                    "cannot set {} aside: {} already exists",
+                    from.display(),
+                    to.display()
+                )));
+            }
+            fs.rename(&from, &to)
+                .map_err(|e| Error::io("rename", &from, e))?;
+            out.push((to, why));
+        }
+        if !out.is_empty() {
+            sync_dir(&fs, dir)?;
+        }
+        Ok(out)
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir

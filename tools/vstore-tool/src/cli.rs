@@ -509,9 +509,11 @@ pub struct RestoreArgs {
 pub struct RecoverArgs {
     /// Store directory.
     pub store: PathBuf,
-    /// Rename the damaged manifests newer than the newest valid one to
-    /// `MANIFEST-….damaged`, giving their snapshots up, so that writers may
-    /// publish again (they refuse while the newest manifest is damaged).
+    /// Verify every snapshot and rename the manifests of those newer than
+    /// the newest intact one (a damaged manifest, or a data file missing,
+    /// truncated or failing its checksum) to `MANIFEST-….damaged`, giving
+    /// their snapshots up, so that readers and writers work again on the
+    /// newest intact snapshot.
     #[arg(long, required = true)]
     pub set_aside_damaged: bool,
 }

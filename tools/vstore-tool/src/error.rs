@@ -90,6 +90,31 @@ impl ToolError {
         }
     }
 
+    /// What to do when a store's own data file is missing or damaged (a
+    /// reader refuses such a snapshot rather than fall back past it): the
+    /// commands that find and give up the damage. `None` for other errors.
+    pub fn recovery_hint(&self) -> Option<String> {
+        let e = match self {
+            ToolError::Store(e) | ToolError::StoreIn { source: e, .. } => e,
+            _ => return None,
+        };
+        if !(e.is_not_found() || matches!(e, vstore::Error::Corrupt { .. })) {
+            return None;
+        }
+        let path = e.path()?;
+        let name = path.file_name()?.to_str()?;
+        if name == "LOCK" || name.ends_with(".tmp") || !vstore::is_leftover_name(name) {
+            return None;
+        }
+        let dir = path.parent()?.display();
+        Some(format!(
+            "{name} of a snapshot of {dir} is missing or damaged: `vstore-tool verify {dir}` \
+             lists every damaged snapshot, `vstore-tool inspect {dir} --snapshot N` reads an \
+             intact older one, and `vstore-tool recover {dir} --set-aside-damaged` gives up the \
+             snapshots newer than the newest intact one"
+        ))
+    }
+
     /// A bad-input error for `path`.
     pub fn input(path: &Path, what: impl Into<String>) -> Self {
         ToolError::Input {

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Err(e) => {
             drop(out);
             eprintln!("error: {e}");
+            if let Some(hint) = e.recovery_hint() {
+                eprintln!("hint: {hint}");
+            }
             match vstore_tool::report::landed() {
                 Some((dir, n)) => {
                     eprintln!(

@@ -11,19 +11,27 @@ use crate::say;
 /// Runs `recover`.
 pub fn run(a: &RecoverArgs, out: &mut dyn Write) -> Result<()> {
     debug_assert!(a.set_aside_damaged);
-    let moved = Writer::set_aside_damaged_manifests(&a.store)?;
+    let moved = Writer::set_aside_damaged_snapshots(&a.store)?;
     if moved.is_empty() {
         say!(
             out,
-            "no damaged manifest is newer than the newest valid one; nothing set aside"
+            "the newest snapshot is intact (every file checksummed); nothing set aside"
         );
+        return Ok(());
     }
-    for p in &moved {
+    for (p, why) in &moved {
         say!(
             out,
-            "set aside {} (its snapshot is given up; the next gc collects the files only it used)",
+            "set aside {} ({why}); its snapshot is given up, and the next gc collects the files \
+             only it used",
             p.display()
         );
     }
+    let store = vstore::Store::open_with(&a.store, super::one_shot())?;
+    say!(
+        out,
+        "the newest snapshot is now {}",
+        store.snapshot().number()
+    );
     Ok(())
 }
