@@ -1247,3 +1247,19 @@ fn background_checksums_turn_a_damaged_data_byte_into_an_error_naming_the_file()
     // answered then (the test's own check that the query was a real one).
     assert_eq!(before.hits.len(), 5);
 }
+
+#[test]
+fn a_stray_name_with_the_largest_number_is_named_in_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1]);
+    drop(w);
+    let stray = format!("MANIFEST-{}.tmp", u64::MAX);
+    std::fs::write(dir.path().join(&stray), b"").unwrap();
+    let e = Writer::open(dir.path()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains(&stray) && msg.contains("remove it"), "{msg}");
+    // Readers are not affected; once the stray is gone, writers open.
+    assert_eq!(Store::open(dir.path()).unwrap().snapshot().len(), 1);
+    std::fs::remove_file(dir.path().join(&stray)).unwrap();
+    Writer::open(dir.path()).unwrap();
+}

@@ -211,9 +211,33 @@ pub(super) fn highest_tag(dir: &Path) -> Result<u64> {
 /// The number after `highest`, or an error if a file name already carries
 /// the largest possible number.
 pub(super) fn next_number(dir: &Path, highest: u64) -> Result<u64> {
-    highest.checked_add(1).ok_or_else(|| Error::NotAStore {
-        path: dir.to_path_buf(),
-        why: format!("a file name carries snapshot number {highest}; no number is left"),
+    highest.checked_add(1).ok_or_else(|| {
+        // Which name (only on this path: the listing is read again).
+        let culprit = std::fs::read_dir(dir).ok().and_then(|l| {
+            l.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|name| {
+                    let tag = names::parse_manifest(name)
+                        .or_else(|| names::parse_data_file(name))
+                        .or_else(|| names::parse_tmp(name))
+                        .or_else(|| names::parse_damaged(name));
+                    tag == Some(highest)
+                })
+        });
+        let why = match culprit {
+            Some(name) => format!(
+                "{name} carries snapshot number {highest}, and no number is left after it; no \
+                 store gets near it, so if that file is not one this store wrote, remove it"
+            ),
+            None => format!(
+                "a staged build plan (in _staging) reserves snapshot number {highest}, and no \
+                 number is left after it"
+            ),
+        };
+        Error::NotAStore {
+            path: dir.to_path_buf(),
+            why,
+        }
     })
 }
 
