@@ -269,6 +269,15 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 
+    /// Whether this error, met reading a store's file, means the store is
+    /// damaged: a file missing ([`Error::is_not_found`]) or whose bytes are
+    /// not what was written ([`Error::Corrupt`], [`Error::DamagedManifest`]).
+    /// Not damage: a file this process may not read, an I/O error of the
+    /// device, a format newer than this build reads.
+    pub fn is_damage(&self) -> bool {
+        self.is_not_found() || matches!(self, Error::Corrupt { .. } | Error::DamagedManifest { .. })
+    }
+
     /// The file this error names, if it names one.
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
@@ -298,5 +307,26 @@ fn model_choice(snapshot: u64, key: &str, requested: Option<&str>, names: &[Stri
             "snapshot {snapshot} holds no bundle named {n:?} for {key}; it holds [{}]",
             names.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn damage_is_a_missing_or_corrupt_file_not_a_refused_read() {
+        let io = |k: ErrorKind| Error::io("open", "/s/MANIFEST-1", std::io::Error::from(k));
+        assert!(io(ErrorKind::NotFound).is_damage());
+        assert!(Error::Corrupt {
+            path: "/s/x.vcol".into(),
+            what: "checksum".into()
+        }
+        .is_damage());
+        // A permission (a reader run as another user) or a device error is
+        // not damage: `verify` says "not checked", `recover` refuses.
+        assert!(!io(ErrorKind::PermissionDenied).is_damage());
+        assert!(!io(ErrorKind::Other).is_damage());
     }
 }

@@ -501,12 +501,7 @@ impl Writer {
                     intact = Some(n);
                     break;
                 }
-                Err(e)
-                    if e.is_not_found()
-                        || matches!(e, Error::Corrupt { .. } | Error::DamagedManifest { .. }) =>
-                {
-                    give_up.push((n, e.to_string()));
-                }
+                Err(e) if e.is_damage() => give_up.push((n, e.to_string())),
                 Err(e) => {
                     return Err(Error::InvalidInput(format!(
                         "snapshot {n} of {} cannot be checked ({e}); that is not damage, so \

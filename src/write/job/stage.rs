@@ -63,9 +63,22 @@ pub fn stage(plan: &BuildPlan, part: u32, batch: ItemBatch) -> Result<BuildRecei
         number: plan.number,
         written: &mut written,
     };
-    let meta = sink.segment(plan.segment_of(part), schema, &batch, &profile, &vectors)?;
-    sync_dir(&fs, &dir)?;
-    sync_dir(&fs, &job_dir(&plan.store, &plan.job))?;
+    let outcome = sink
+        .segment(plan.segment_of(part), schema, &batch, &profile, &vectors)
+        .and_then(|meta| {
+            sync_dir(&fs, &dir)?;
+            sync_dir(&fs, &job_dir(&plan.store, &plan.job))?;
+            Ok(meta)
+        });
+    let meta = match outcome {
+        Ok(meta) => meta,
+        Err(e) => {
+            // (A full disk, say.) The attempt is no receipt's: its partial
+            // files would only hold the space that was short.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     receipt.rows = meta.rows;
     receipt.min_id = batch.ids.iter().copied().min();
     receipt.max_id = batch.ids.iter().copied().max();

@@ -57,8 +57,9 @@ pub enum ToolError {
     #[error("{0}")]
     Refused(String),
 
-    /// `verify` found damaged snapshots (each was reported as it was found).
-    #[error("verification failed: {failed} of {checked} snapshot(s) damaged")]
+    /// `verify` found damaged (or unreadable) snapshots (each was reported
+    /// as it was found).
+    #[error("verification failed: {failed} of {checked} snapshot(s) damaged or unreadable")]
     VerifyFailed {
         /// Damaged snapshots.
         failed: usize,

@@ -1354,8 +1354,16 @@ fn restore_publishes_an_old_snapshot_as_the_newest() {
     assert!(snap.lookup(d.ids[0]).is_some() && snap.lookup(d.ids[1]).is_some());
     assert_eq!(snap.metadata("vstore.restored_from"), Some("1"));
     // A snapshot that does not exist: refused (exit 1), naming it.
+    // Refusals (a snapshot that does not exist, the newest) leave the
+    // store byte for byte as it was: not even LOCK appears.
+    std::fs::remove_file(d.path("s").join("LOCK")).unwrap();
+    let before = common::fingerprint(&d.path("s"));
     let e = fails(&["restore", &store, "--snapshot", "77"]);
     assert!(e.contains("snapshot 77 does not exist"), "{e}");
+    let newest = snap.number().to_string();
+    let e = fails(&["restore", &store, "--snapshot", &newest]);
+    assert!(e.contains("is the newest already"), "{e}");
+    common::assert_unchanged(&d.path("s"), &before);
 }
 
 #[test]

@@ -36,15 +36,22 @@ pub fn run(a: &VerifyArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             }
             Err(e) => {
                 failed += 1;
-                rows.push(json!({"snapshot": n, "ok": false, "error": e.to_string()}));
+                rows.push(json!({
+                    "snapshot": n,
+                    "ok": false,
+                    "damaged": e.is_damage(),
+                    "error": e.to_string(),
+                }));
             }
         }
     }
-    // Damaged manifests (those readers skip), as `inspect` lists them.
+    // Damaged manifests (those readers skip), as `inspect` lists them; a
+    // manifest that cannot be read (a permission) is not skipped by
+    // readers, who refuse it.
     let skipped: Vec<(String, String)> = results
         .iter()
         .filter_map(|(n, r)| {
-            let e = r.as_ref().err()?;
+            let e = r.as_ref().err().filter(|e| e.is_damage())?;
             let m = format!("MANIFEST-{n:020}");
             e.path()
                 .is_some_and(|p| p.file_name().is_some_and(|f| *f == *m))
@@ -94,7 +101,12 @@ fn report_results(
                     rep.files,
                     bytes(rep.bytes)
                 ),
-                Err(e) => say!(out, "snapshot {n}: DAMAGED: {e}"),
+                Err(e) if e.is_damage() => say!(out, "snapshot {n}: DAMAGED: {e}"),
+                Err(e) => say!(
+                    out,
+                    "snapshot {n}: NOT CHECKED: {e} (it cannot be read, which is not damage: \
+                     readers refuse it too)"
+                ),
             }
         }
         for (m, _) in skipped {
