@@ -142,6 +142,15 @@ fn every_result_says_how_long_each_stage_took() {
         };
         assert_eq!(r.multiply_adds, r.scored as u64 * per, "{what}");
     }
+    // The example bundle's per-candidate cost leaves out what a query
+    // computes once: the user part of the first upper layer (64 user
+    // values x 256) and the `user_dense` part of the first cross layer
+    // (8 values x 64), which was once charged per candidate.
+    let m = snap.model(KEY).unwrap();
+    assert_eq!(
+        m.macs_per_item() - m.macs_per_item_split(),
+        64 * 256 + 8 * 64
+    );
     // A full scan times its stages too.
     let r = snap.query(&Query::full_scan(KEY, &user, 10)).unwrap();
     assert!(!r.timings.gather.is_zero() && r.timings.total >= r.timings.gather);

@@ -534,9 +534,23 @@ impl Model {
     }
 
     /// Multiply-adds per candidate this store runs: the user part of the
-    /// first upper layer is computed once per query, not per candidate.
+    /// first upper layer, and (when the first cross layer is split, as it
+    /// is without SE gating) the `user_dense` part of the first cross
+    /// layer, are computed once per query, not per candidate. What
+    /// budgets charge per row and [`crate::QueryResult::multiply_adds`]
+    /// counts.
     pub fn macs_per_item_split(&self) -> usize {
-        self.macs_per_item() - self.first.user.len()
+        let dense_in: usize = (self.inputs.iter())
+            .map(|i| match i {
+                Input::UserDense { dim, .. } => *dim,
+                _ => 0,
+            })
+            .sum();
+        let cross_user = match (self.split, self.cross.first()) {
+            (true, Some(d)) => dense_in * d.out,
+            _ => 0,
+        };
+        self.macs_per_item() - self.first.user.len() - cross_user
     }
 
     /// How the store records the bundle: `space@version` for the bundle
