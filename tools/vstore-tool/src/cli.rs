@@ -446,6 +446,17 @@ pub struct QueryArgs {
     /// after transforms and defaults, and each head's logit (three-tower).
     #[arg(long, requires = "three_tower")]
     pub log_features: bool,
+    /// For a bundle added at bf16 or int8: return the top k, scores and
+    /// heads exactly as the bundle at f32 would (the candidates near the
+    /// k-th are scored again in f32; see README "Precision").
+    #[arg(long, requires = "three_tower")]
+    pub exact: bool,
+    /// Score the three-tower model on up to this many threads (the result
+    /// is the one-thread result, bit for bit; worth it from a few thousand
+    /// candidates).
+    #[arg(long, value_name = "N", requires = "three_tower",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
     /// Run the query this many times and report latency percentiles and
     /// the median time of each stage (resolve, gather, cross, upper,
     /// heads, top-k).

@@ -973,6 +973,66 @@ fn add_model_replace_and_drop_model() {
             "item {ia}: f32 {a} vs int8 {b}"
         );
     }
+    // `query --exact --threads 2` on the int8 bundle: the f32 bundle's
+    // top k, ids and scores (the one-thread result whatever the threads).
+    std::fs::write(
+        d.path("u.json"),
+        serde_json::json!({ "vector": user }).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path("in.json"),
+        serde_json::json!({
+            "dense": {"user_stats": vec![0.5f32; 8]},
+            "by_item": {"user_category_ctr": {"1": [0.25]}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut top = f32_scores.clone();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let (sp, up, ip) = (d.p("s"), d.p("u.json"), d.p("in.json"));
+    for extra in [&["--exact"][..], &["--exact", "--threads", "2"]] {
+        let mut args = vec![
+            "query",
+            &sp,
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            &up,
+            "--all",
+            "-k",
+            "10",
+            "--three-tower",
+            "--inputs",
+            &ip,
+            "--json",
+        ];
+        args.extend(extra);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        let got: Vec<(u64, f32)> = (v["hits"].as_array().unwrap().iter())
+            .map(|h| {
+                (
+                    h["id"].as_u64().unwrap(),
+                    h["score"].as_f64().unwrap() as f32,
+                )
+            })
+            .collect();
+        assert_eq!(got, top[..10].to_vec(), "{extra:?}");
+    }
+    let e = usage_fails(&[
+        "query",
+        &d.p("s"),
+        "--embedding",
+        "prerank@v1",
+        "--user",
+        &d.p("u.json"),
+        "--all",
+        "--three-tower",
+        "--threads",
+        "0",
+    ]);
+    assert!(e.contains("--threads"), "{e}");
     let e = usage_fails(&["add-model", &d.p("s"), &d.p("model"), "--precision", "int4"]);
     assert!(e.contains("--precision") && e.contains("int4"), "{e}");
     let out = ok(&["drop-model", &d.p("s"), "prerank@v1"]);

@@ -280,6 +280,12 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
         if a.log_features {
             q = q.log_features();
         }
+        if a.exact {
+            q = q.exact();
+        }
+        if let Some(t) = a.threads {
+            q = q.threads(t as usize);
+        }
     }
     let mut scratch = Scratch::default();
     let mut lat: Vec<Duration> = Vec::with_capacity(a.repeat as usize);
