@@ -588,6 +588,20 @@ impl PySnapshot {
         max_multiply_adds: Option<u64>,
         log_features: bool,
     ) -> PyResult<PyQueryResult> {
+        // A one-row matrix (`(1, dim)`, as a model's output for one user
+        // comes) is the vector; the CLI reads such an .npy alike.
+        let one_row = user
+            .getattr("shape")
+            .ok()
+            .and_then(|s| s.extract::<(usize, usize)>().ok())
+            .is_some_and(|(rows, _)| rows == 1);
+        let flat;
+        let user = if one_row {
+            flat = user.call_method1("reshape", (-1,))?;
+            &flat
+        } else {
+            user
+        };
         let (user, _) = floats_arg(user, "user", 1)?;
         let user = user.as_slice();
         let ids = candidates.map(|c| ids_arg(c, "candidates")).transpose()?;

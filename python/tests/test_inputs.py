@@ -40,7 +40,9 @@ def test_float64_users_and_int64_or_strided_ids_answer_as_float32_and_uint64(tmp
                  (user, ids[::2].astype(np.int64)),
                  (user, ids[::2]),                      # strided: copied
                  (list(user.astype(np.float64)), [int(i) for i in ids[::2]]),
-                 (np.stack([user, user])[:, 0::1][0], ids.astype(np.int32)[::2])]:
+                 (np.stack([user, user])[:, 0::1][0], ids.astype(np.int32)[::2]),
+                 (user[None, :], ids[::2].copy()),      # one row: the vector
+                 (user.astype(np.float64).reshape(1, -1), ids[::2].copy())]:
         r = snap.query("p@v1", u, c, 10)
         assert r.ids.tolist() == want.ids.tolist()
         assert np.array_equal(r.scores, want.scores)
@@ -88,6 +90,8 @@ def test_ids_and_users_that_cannot_convert_are_refused_naming_the_argument(tmp_p
         snap.query("p@v1", user, np.array([7.0, 14.0]), 3)
     with pytest.raises(vstore.InvalidInputError, match="user: expected a float array"):
         snap.query("p@v1", np.ones(DIM, dtype=np.int64), np.array([7], dtype=np.uint64), 3)
+    with pytest.raises(vstore.InvalidInputError, match="user: expected a 1-D float array"):
+        snap.query("p@v1", np.stack([user, user]), None, 3)
     with pytest.raises(vstore.InvalidInputError, match="users: expected a 2-D float array"):
         snap.query_batch("p@v1", user, None, 3)
     with pytest.raises(vstore.InvalidInputError, match=r"candidates\[1\]\[0\]: id -1 is negative"):
