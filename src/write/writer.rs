@@ -138,6 +138,43 @@ pub(super) fn damaged_newest(dir: &Path) -> Result<Vec<(u64, String)>> {
     Ok(out)
 }
 
+/// [`Error::NotAStore`] if `dir` holds no manifest.
+fn require_manifest(dir: &Path) -> Result<()> {
+    if list_manifests(dir)?.is_empty() {
+        return Err(Error::NotAStore {
+            path: dir.to_path_buf(),
+            why: "no manifest (MANIFEST-*) in the directory".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Renames each `MANIFEST-{n}` of `numbers` to `MANIFEST-{n}.damaged` (in
+/// that order) and syncs the directory; returns the new paths. Refused
+/// before renaming one whose `.damaged` name is taken.
+fn set_aside(dir: &Path, numbers: &[u64]) -> Result<Vec<PathBuf>> {
+    let fs = StdFs;
+    let mut out = Vec::new();
+    for &n in numbers {
+        let from = dir.join(names::manifest(n));
+        let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
+        if std::fs::symlink_metadata(&to).is_ok() {
+            return Err(Error::InvalidInput(format!(
+                "cannot set {} aside: {} already exists",
+                from.display(),
+                to.display()
+            )));
+        }
+        fs.rename(&from, &to)
+            .map_err(|e| Error::io("rename", &from, e))?;
+        out.push(to);
+    }
+    if !out.is_empty() {
+        sync_dir(&fs, dir)?;
+    }
+    Ok(out)
+}
+
 /// The directory a path's name is an entry of (`.` for a bare name).
 pub(super) fn parent_of(p: &Path) -> PathBuf {
     match p.parent() {
@@ -422,33 +459,10 @@ impl Writer {
     /// ```
     pub fn set_aside_damaged_manifests(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
         let dir = dir.as_ref();
-        if list_manifests(dir)?.is_empty() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                why: "no manifest (MANIFEST-*) in the directory".into(),
-            });
-        }
+        require_manifest(dir)?;
         let _lock = lock(dir)?;
-        let fs = StdFs;
-        let mut out = Vec::new();
-        for (n, _) in damaged_newest(dir)? {
-            let from = dir.join(names::manifest(n));
-            let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
-            if std::fs::symlink_metadata(&to).is_ok() {
-                return Err(Error::InvalidInput(format!(
-                    "cannot set {} aside: {} already exists",
-                    from.display(),
-                    to.display()
-                )));
-            }
-            fs.rename(&from, &to)
-                .map_err(|e| Error::io("rename", &from, e))?;
-            out.push(to);
-        }
-        if !out.is_empty() {
-            sync_dir(&fs, dir)?;
-        }
-        Ok(out)
+        let numbers: Vec<u64> = damaged_newest(dir)?.into_iter().map(|(n, _)| n).collect();
+        set_aside(dir, &numbers)
     }
 
     /// Gives up every snapshot newer than the store's newest *intact* one,
@@ -477,12 +491,7 @@ impl Writer {
     /// ```
     pub fn set_aside_damaged_snapshots(dir: impl AsRef<Path>) -> Result<Vec<(PathBuf, String)>> {
         let dir = dir.as_ref();
-        if list_manifests(dir)?.is_empty() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                why: "no manifest (MANIFEST-*) in the directory".into(),
-            });
-        }
+        require_manifest(dir)?;
         let _lock = lock(dir)?;
         let mut give_up = Vec::new();
         let mut intact = None;
@@ -523,26 +532,12 @@ impl Writer {
                     ))
             )));
         }
-        let fs = StdFs;
-        let mut out = Vec::new();
-        for (n, why) in give_up {
-            let from = dir.join(names::manifest(n));
-            let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
-            if std::fs::symlink_metadata(&to).is_ok() {
-                return Err(Error::InvalidInput(format!(
-                    "cannot set {} aside: {} already exists",
-                    from.display(),
-                    to.display()
-                )));
-            }
-            fs.rename(&from, &to)
-                .map_err(|e| Error::io("rename", &from, e))?;
-            out.push((to, why));
-        }
-        if !out.is_empty() {
-            sync_dir(&fs, dir)?;
-        }
-        Ok(out)
+        let numbers: Vec<u64> = give_up.iter().map(|(n, _)| *n).collect();
+        let moved = set_aside(dir, &numbers)?;
+        Ok(moved
+            .into_iter()
+            .zip(give_up.into_iter().map(|(_, why)| why))
+            .collect())
     }
 
     /// The store directory.
