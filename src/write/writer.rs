@@ -58,8 +58,8 @@ pub const DEFAULT_STAGING_GRACE: std::time::Duration = std::time::Duration::from
 #[derive(Debug)]
 pub(crate) struct StoreLock {
     _file: File,
-    /// The lock file's device and inode.
-    key: (u64, u64),
+    /// The lock file's device and inode (listed in [`HELD`]).
+    key: Option<(u64, u64)>,
 }
 
 /// The lock files (device, inode) whose locks this process holds.
@@ -80,7 +80,7 @@ fn file_key(f: &File) -> Option<(u64, u64)> {
 impl Drop for StoreLock {
     fn drop(&mut self) {
         let mut h = held();
-        if let Some(i) = h.iter().position(|k| *k == self.key) {
+        if let Some(i) = h.iter().position(|k| Some(*k) == self.key) {
             h.swap_remove(i);
         }
     }
@@ -99,16 +99,20 @@ pub(super) fn lock(dir: &Path) -> Result<StoreLock> {
         },
         e => e,
     })?;
-    let key = file_key(&f).unwrap_or_default();
+    // (No key if the file cannot be stat'ed: then no message says "this
+    // process", rather than one that may be wrong.)
+    let key = file_key(&f);
     match f.try_lock() {
         Ok(()) => {
-            held().push(key);
+            if let Some(k) = key {
+                held().push(k);
+            }
             Ok(StoreLock { _file: f, key })
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: dir.to_path_buf(),
             lock: path,
-            held_here: held().contains(&key),
+            held_here: key.is_some_and(|k| held().contains(&k)),
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
     }
