@@ -436,6 +436,10 @@ fn second_writer_is_refused() {
         .arg("-o")
         .arg(dir.path().join("LOCK"))
         .args(["sleep", "30"])
+        // (The `sleep` outlives the test: it must hold no pipe open.)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn();
     if let Ok(mut child) = child {
         let t = std::time::Instant::now();
@@ -465,7 +469,18 @@ fn second_writer_is_refused() {
     } else {
         eprintln!("second_writer_is_refused: flock(1) not installed; the other-process case is not checked");
     }
-    Writer::open(dir.path()).unwrap();
+    // (flock(1)'s child closes its copy of the descriptor a moment after
+    // the fork: the lock may outlive the killed flock(1) by that moment.)
+    let t = std::time::Instant::now();
+    loop {
+        match Writer::open(dir.path()) {
+            Ok(_) => break,
+            Err(Error::Locked { .. }) if t.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 #[test]
