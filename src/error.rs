@@ -215,13 +215,17 @@ pub enum Error {
     },
 
     /// A compaction result cannot be applied: a segment it merged was merged
-    /// by another compaction since it started. Start a new compaction.
-    #[error("compaction of snapshot {base} is stale: segment {segment} it merged has since been merged by another compaction; start a new one")]
+    /// by another compaction since it started, or holds live rows the
+    /// compaction did not copy (a restore published since brought back
+    /// rows deleted when it started). Start a new compaction.
+    #[error("compaction of snapshot {base} is stale: segment {segment} it merged {why}; start a new one")]
     CompactionConflict {
         /// The snapshot the compaction read.
         base: u64,
-        /// A segment it merged that another compaction took.
+        /// A segment it merged that changed under it.
         segment: u64,
+        /// How it changed.
+        why: String,
     },
 
     /// A publish or a build commit lost to another one: the snapshot number

@@ -325,3 +325,63 @@ fn a_result_cannot_be_applied_through_another_writer() {
     assert!(e.to_string().contains("another writer"), "{e}");
     tx.commit().unwrap();
 }
+
+/// A restore published while a job ran can bring back rows that were
+/// deleted when the job started (and so were not copied): applying the job
+/// then would have deleted live items. Refused as stale, changing nothing;
+/// a restore that only takes segments away is applied.
+#[test]
+fn a_restore_that_brings_back_rows_the_job_dropped_makes_it_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store(dir.path(), 1); // snapshot 1: ids 0..100
+    let mut tx = w.begin();
+    tx.delete_items(&[1, 2]).unwrap();
+    tx.commit().unwrap();
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(100..110), DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    let done = w
+        .start_compaction()
+        .unwrap()
+        .expect("two segments")
+        .run()
+        .unwrap();
+    let restored = w.restore(1).unwrap();
+    let want = contents(&restored);
+    assert!(want.contains_key(&1) && want.contains_key(&2));
+    let mut tx = w.begin();
+    match tx.apply_compaction(done) {
+        Err(e @ Error::CompactionConflict { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("2 live rows the compaction did not copy"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let snap = tx.commit().unwrap();
+    assert_eq!(contents(&snap), want);
+
+    // A restore to a snapshot before a source segment existed takes that
+    // segment away: the job's copy of its rows is left out, the rest kept.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = store(dir.path(), 1);
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(100..110), DIM, 0)).unwrap();
+    tx.commit().unwrap();
+    let done = w
+        .start_compaction()
+        .unwrap()
+        .expect("two segments")
+        .run()
+        .unwrap();
+    let restored = w.restore(1).unwrap();
+    let want = contents(&restored);
+    let mut tx = w.begin();
+    assert!(tx.apply_compaction(done).unwrap());
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.segments().len(), 1);
+    assert_eq!(contents(&snap), want);
+    assert!(snap.lookup(105).is_none());
+}

@@ -1879,8 +1879,8 @@ impl PyTransaction {
 
     /// Publishes a compaction a [`CompactionJob`](PyCompactionJob) wrote
     /// while the writer went on publishing (rebased onto this snapshot);
-    /// `CompactionConflictError` at commit if another compaction merged one
-    /// of its sources since.
+    /// `CompactionConflictError` if another compaction merged one of its
+    /// sources since, or a restore brought back rows it did not copy.
     fn apply_compaction(&self, done: &PyCompacted) -> PyResult<()> {
         let seg = done
             .done

@@ -87,7 +87,8 @@ impl Transaction<'_> {
     /// segment are rewritten from the current rows (a version dropped
     /// meanwhile is dropped from it too). Segments added since stay as they
     /// are. Refused with [`Error::CompactionConflict`], changing nothing, if
-    /// another compaction merged one of its sources since. Returns whether
+    /// another compaction merged one of its sources since, or a restore
+    /// brought back rows of a source that were deleted when it started. Returns whether
     /// the merged segment holds any live row (if not, it is left out and its
     /// sources simply leave the snapshot).
     pub fn apply_compaction(&mut self, mut done: CompactedSegment) -> Result<bool> {
@@ -109,9 +110,31 @@ impl Transaction<'_> {
                 return Err(Error::CompactionConflict {
                     base: done.base,
                     segment: src.meta.id,
+                    why: "has since been merged by another compaction".into(),
                 });
             }
-            // Otherwise a source that left the snapshot had all its rows deleted.
+            // Deletes only grow between two snapshots of one lineage, so
+            // the rows live now are among those the job copied; but a
+            // restore published since may have brought back rows deleted
+            // when the job started, which the merged segment lacks.
+            if let Some(p) = p {
+                let seg = self.segment(p);
+                let copied_live = src.rows.iter().filter(|&&r| !seg.is_deleted(r)).count();
+                if seg.live_rows() > copied_live {
+                    return Err(Error::CompactionConflict {
+                        base: done.base,
+                        segment: src.meta.id,
+                        why: format!(
+                            "holds {} live rows the compaction did not copy (deleted when it \
+                             started, live again since: a restore)",
+                            seg.live_rows() - copied_live
+                        ),
+                    });
+                }
+            }
+            // Otherwise a source that left the snapshot had all its rows
+            // deleted (or a restore took the segment away: its rows are
+            // then deleted in the merged segment too).
             pos.push(p);
         }
         for &p in pos.iter().flatten() {
