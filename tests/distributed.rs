@@ -412,6 +412,66 @@ fn a_part_without_vectors_gets_them_from_the_base_item_tower() {
     }
 }
 
+/// A part staged without vectors holds vectors computed with the base
+/// snapshot's item tower; a commit rebased over a publish that replaced or
+/// dropped that tower would publish the old tower's vectors as computed
+/// (found by a review): refused, naming the version. A rebase over any
+/// other publish goes through.
+#[test]
+fn a_rebase_over_a_changed_item_tower_is_refused() {
+    let tower = Bundle::tower_only("prerank", "v42", DIM as usize);
+    let other = Bundle::tower_only("prerank", "v42", DIM as usize).with_salt(7);
+    for change in ["replace", "drop", "items"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+        let mut tx = w.begin();
+        tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
+        let (j, wt) = tower.bytes();
+        tx.add_model(&j, &wt).unwrap();
+        tx.commit().unwrap();
+        let plan = w.plan_build(change, 1).unwrap();
+        let r = stage(&plan, 0, items_without_vectors(&[40, 41], 0)).unwrap();
+        let mut tx = w.begin();
+        match change {
+            "replace" => {
+                let (j, wt) = other.bytes();
+                tx.add_model(&j, &wt).unwrap();
+            }
+            "drop" => tx.drop_item_tower(KEY).unwrap(),
+            _ => tx.add_items(batch(&[9], DIM, 0)).unwrap(),
+        }
+        tx.commit().unwrap();
+        drop(w);
+        let rebase = CommitOptions {
+            rebase: true,
+            ..Default::default()
+        };
+        let got = commit_build(dir.path(), &plan, &[r], &rebase);
+        if change == "items" {
+            let s = got.unwrap();
+            assert!(s.is_computed(40, KEY).unwrap());
+            continue;
+        }
+        match got {
+            Err(Error::Conflict { what, .. }) => {
+                assert!(
+                    what.contains(KEY) && what.contains("abort the job and plan it again"),
+                    "{change}: {what}"
+                );
+                let why = if change == "drop" {
+                    "dropped"
+                } else {
+                    "replaced"
+                };
+                assert!(what.contains(why), "{change}: {what}");
+            }
+            other => panic!("{change}: expected a conflict, got {other:?}"),
+        }
+        let s = Store::open(dir.path()).unwrap().snapshot();
+        assert!(s.lookup(40).is_none(), "{change}: nothing published");
+    }
+}
+
 #[test]
 fn bad_plans_and_receipts_are_refused_naming_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();

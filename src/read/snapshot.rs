@@ -330,6 +330,21 @@ impl Snapshot {
     /// snapshot holds one: from its item-tower-only bundle, else from a
     /// three-tower bundle of `key` that carries one (they all carry the
     /// same).
+    /// The file of the bundle whose item tower [`Snapshot::item_tower`]
+    /// returns for `key` (its name identifies the tower: bundle files are
+    /// written once and never replaced).
+    pub(crate) fn item_tower_file(&self, key: &str) -> Option<&std::path::Path> {
+        (self.towers.iter())
+            .find(|t| t.tower.key == key)
+            .map(|t| t.file.path.as_path())
+            .or_else(|| {
+                (self.models.iter())
+                    .filter(|m| m.model.key() == key)
+                    .find(|m| m.model.item_tower.is_some())
+                    .map(|m| m.file.path.as_path())
+            })
+    }
+
     pub(crate) fn item_tower(&self, key: &str) -> Option<&std::sync::Arc<crate::model::ItemTower>> {
         (self.towers.iter())
             .find(|t| t.tower.key == key)

@@ -166,6 +166,9 @@ impl Writer {
             }
         }
         check_disjoint(&plan, &staged)?;
+        if newest != plan.base {
+            self.check_towers_unchanged(&plan, &staged)?;
+        }
         let mut tx = self.begin();
         tx.check_indexes()?;
         for (part, _, seg) in &staged {
@@ -212,6 +215,63 @@ impl Writer {
         // remove it later anyway).
         let _ = remove_staging(&jd);
         Ok(snap)
+    }
+}
+
+impl Writer {
+    /// For a rebased commit: the vectors its parts computed at stage time
+    /// (with the item tower of the plan's base snapshot) must be the ones
+    /// the newest snapshot's tower makes; a tower replaced or dropped since
+    /// would publish another tower's vectors as computed.
+    fn check_towers_unchanged(
+        &self,
+        plan: &BuildPlan,
+        staged: &[(u32, SegmentMeta, crate::read::segment::Segment)],
+    ) -> Result<()> {
+        let newest = self.snapshot();
+        let mut base = None;
+        for def in &plan.schema.embeddings {
+            let key = def.key();
+            if !staged.iter().any(|(_, _, seg)| seg.computed_live(&key) > 0) {
+                continue;
+            }
+            let Some(b) = plan.base else { continue };
+            if base.is_none() {
+                base =
+                    Some(Store::open_at(&self.dir, b, writer_open_options()).map(|s| s.snapshot()));
+            }
+            let name = |s: &Snapshot| {
+                s.item_tower_file(&key)
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            };
+            let then = match base.as_ref().expect("set above") {
+                Ok(s) => name(s),
+                Err(_) => None,
+            };
+            let now = newest.as_deref().and_then(name);
+            if then.is_none() || then != now {
+                return Err(Error::Conflict {
+                    path: self.dir.clone(),
+                    what: format!(
+                        "job {}'s parts hold vectors of {key} computed at stage time with the \
+                         item tower of snapshot {b}, {}; rebasing would publish them as computed \
+                         by the tower the store holds now: abort the job and plan it again (its \
+                         parts are then staged with the current tower)",
+                        plan.job,
+                        match (&then, &now) {
+                            (None, _) =>
+                                "which can no longer be read (collected by gc)".to_string(),
+                            (Some(_), None) =>
+                                "and the version's tower was dropped since".to_string(),
+                            (Some(_), Some(_)) =>
+                                "and the version's tower was replaced since".to_string(),
+                        }
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
