@@ -180,6 +180,24 @@ fn ids_arg<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
         }
         return Ok(Ids::Copied(a.as_array().to_vec()));
     }
+    // A list or tuple of Python ints, read as they are: numpy would
+    // promote `[1, 2**63 + 5]` to float64 (losing the large id).
+    if v.is_instance_of::<pyo3::types::PyList>() || v.is_instance_of::<pyo3::types::PyTuple>() {
+        let all: Option<Vec<u64>> = v
+            .try_iter()?
+            .map(|x| {
+                x.ok()
+                    .filter(|x| {
+                        x.is_instance_of::<pyo3::types::PyInt>()
+                            && !x.is_instance_of::<pyo3::types::PyBool>()
+                    })
+                    .and_then(|x| x.extract::<u64>().ok())
+            })
+            .collect();
+        if let Some(ids) = all {
+            return Ok(Ids::Copied(ids));
+        }
+    }
     let (a, ndim, size, kind, name) = np_array(v, what)?;
     if ndim != 1 {
         return Err(invalid(format!(
@@ -1509,13 +1527,26 @@ fn matrix(v: &Bound<'_, PyAny>, key: &str, rows: usize) -> PyResult<(Vec<f32>, u
 
 /// The values of a 1-D column (a numpy array, list, pandas Series or
 /// pyarrow array) as float64 through `numpy.asarray`, so that `None`, NaN
-/// and pandas' NA all read as NaN (a missing value).
+/// and pandas' NA all read as NaN (a missing value). Strings and booleans
+/// are refused (numpy would read `"3.5"` as 3.5 and `True` as 1).
 fn floats(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str, rows: usize) -> PyResult<Vec<f64>> {
     let np = py.import("numpy")?;
+    let raw = np
+        .call_method1("asarray", (v,))
+        .map_err(|e| invalid(format!("{what}: not a column of numbers ({e})")))?;
+    let dtype = raw.getattr("dtype")?;
+    let kind: String = dtype.getattr("kind")?.extract()?;
+    if matches!(kind.as_str(), "S" | "U" | "b") {
+        let name: String = dtype.getattr("name")?.extract()?;
+        return Err(invalid(format!(
+            "{what}: expected numbers, the column holds {} ({name})",
+            if kind == "b" { "booleans" } else { "strings" }
+        )));
+    }
     let kw = PyDict::new(py);
     kw.set_item("dtype", "float64")?;
     let a = np
-        .call_method("asarray", (v,), Some(&kw))
+        .call_method("asarray", (raw,), Some(&kw))
         .map_err(|e| invalid(format!("{what}: not a column of numbers ({e})")))?;
     let a: PyReadonlyArray1<'_, f64> = a
         .extract()
@@ -1552,17 +1583,27 @@ fn codes(
         .collect()
 }
 
-/// A numeric or statistics column as f32, missing values as `None`.
+/// A numeric or statistics column as f32, missing values as `None`; a
+/// finite value beyond float32's range is refused naming the row (it
+/// would round to infinity).
 fn numbers(
     py: Python<'_>,
     v: &Bound<'_, PyAny>,
     what: &str,
     rows: usize,
 ) -> PyResult<Vec<Option<f32>>> {
-    Ok(floats(py, v, what, rows)?
+    floats(py, v, what, rows)?
         .into_iter()
-        .map(|x| (!x.is_nan()).then_some(x as f32))
-        .collect())
+        .enumerate()
+        .map(|(row, x)| {
+            if x.is_finite() && x.abs() > f32::MAX as f64 {
+                return Err(invalid(format!(
+                    "{what}, row {row}: {x:e} is beyond float32's range (the store keeps float32)"
+                )));
+            }
+            Ok((!x.is_nan()).then_some(x as f32))
+        })
+        .collect()
 }
 
 /// The (name, column) pairs of a table: a dict, a pandas DataFrame

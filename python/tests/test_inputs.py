@@ -239,3 +239,31 @@ def test_refresh_warns_for_a_damaged_newer_manifest(tmp_path):
         assert store.refresh() is False
     assert store.snapshot().number == 1
     assert [m for m, _ in store.skipped_manifests] == [os.path.basename(newest)]
+
+
+def test_large_python_int_ids_strings_booleans_and_out_of_range_numbers(tmp_path):
+    w, ids, _ = build(tmp_path / "s")
+    big = 2**63 + 5
+    # A list of Python ints mixing small and large ids: read as integers
+    # (numpy promoted it to float64, and the list was refused as floats).
+    with w.begin() as tx:
+        tx.add_items([3, big], embeddings={"p@v1": np.ones((2, DIM), np.float32)})
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    r = snap.query("p@v1", np.ones(DIM, np.float32), [3, big], 5)
+    assert sorted(r.ids.tolist()) == [3, big] and r.not_found.tolist() == []
+    tx = w.begin()
+    one = {"p@v1": np.ones((1, DIM), np.float32)}
+    with pytest.raises(vstore.InvalidInputError, match=r"column .*price.*holds strings"):
+        tx.add_items([4], embeddings=one, numeric={"price": np.array(["3.5"])})
+    with pytest.raises(vstore.InvalidInputError, match=r"category.*holds booleans"):
+        tx.add_items([4], embeddings=one, categorical={"category": np.array([True])})
+    with pytest.raises(vstore.InvalidInputError, match=r"row 0: 1e300 is beyond float32's range"):
+        tx.add_items([4], embeddings=one, numeric={"price": np.array([1e300])})
+    # NaN is a missing value in Python (pandas writes missing values so):
+    # the item takes the column's default, -1.0.
+    tx.add_items([4], embeddings=one, numeric={"price": np.array([np.nan])})
+    tx.commit()
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    r = snap.query("p@v1", np.ones(DIM, np.float32), [4], 1,
+                   filter=vstore.Filter.range("price", -1.0, -1.0))
+    assert r.ids.tolist() == [4]
