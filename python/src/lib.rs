@@ -559,6 +559,63 @@ impl PySnapshot {
         self.inner.len()
     }
 
+    /// Whether item `id` is live in this snapshot.
+    fn __contains__(&self, id: u64) -> bool {
+        self.inner.lookup(id).is_some()
+    }
+
+    /// The live ids, segment by segment in row order, as a uint64 array.
+    fn ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.inner.ids().collect::<Vec<u64>>().into_pyarray(py)
+    }
+
+    /// What the snapshot holds for item `id`, or None if it is not live: a
+    /// dict with `embeddings` (version key → float32 vector), `computed`
+    /// (version key → whether the store computed the vector with the
+    /// version's item tower), `profile` and `stats` (column → value, or
+    /// None where the item has no value and the column's default is what
+    /// scoring reads).
+    fn item<'py>(&self, py: Python<'py>, id: u64) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let s = &self.inner;
+        if s.lookup(id).is_none() {
+            return Ok(None);
+        }
+        let embeddings = PyDict::new(py);
+        let computed = PyDict::new(py);
+        for key in s.embedding_keys() {
+            embeddings.set_item(
+                &key,
+                s.get_embedding(id, &key).map_err(err)?.into_pyarray(py),
+            )?;
+            computed.set_item(&key, s.is_computed(id, &key).map_err(err)?)?;
+        }
+        let profile = PyDict::new(py);
+        for c in &s.schema().profile {
+            match c.kind {
+                vstore::ColumnKind::Categorical { .. } => {
+                    profile.set_item(&c.name, s.get_categorical(id, &c.name).map_err(err)?)?
+                }
+                _ => profile.set_item(&c.name, s.get_numeric(id, &c.name).map_err(err)?)?,
+            }
+        }
+        let stats = PyDict::new(py);
+        for c in &s.schema().stats {
+            stats.set_item(&c.name, s.get_stat(id, &c.name).map_err(err)?)?;
+        }
+        let d = PyDict::new(py);
+        d.set_item("embeddings", embeddings)?;
+        d.set_item("computed", computed)?;
+        d.set_item("profile", profile)?;
+        d.set_item("stats", stats)?;
+        Ok(Some(d))
+    }
+
+    /// How many live items hold a vector of `key` the store computed with
+    /// the version's item tower.
+    fn computed_count(&self, key: &str) -> PyResult<u64> {
+        self.inner.computed_count(key).map_err(err)
+    }
+
     /// The snapshot's metadata entries as a dict.
     fn metadata(&self) -> std::collections::BTreeMap<String, String> {
         self.inner
@@ -1485,6 +1542,7 @@ enum Op {
     Compact(Option<vstore::Compaction>),
     ApplyCompaction(Box<vstore::CompactedSegment>),
     DropItemTower(String),
+    DropEmbedding(String),
     SetMetadata(String, Option<String>),
 }
 
@@ -1883,6 +1941,13 @@ impl PyTransaction {
         self.push(Op::Embedding(def, ids, values))
     }
 
+    /// Drops embedding `version` (`space@version`): its vectors and the
+    /// bundles of that version (queries naming it then fail with
+    /// `VersionSkewError`).
+    fn drop_embedding(&self, version: &str) -> PyResult<()> {
+        self.push(Op::DropEmbedding(version.into()))
+    }
+
     /// Drops the item tower of `version` (`space@version`).
     fn drop_item_tower(&self, version: &str) -> PyResult<()> {
         self.push(Op::DropItemTower(version.into()))
@@ -1967,6 +2032,7 @@ impl PyTransaction {
                         tx.apply_compaction(*done)?;
                     }
                     Op::DropItemTower(key) => tx.drop_item_tower(&key)?,
+                    Op::DropEmbedding(key) => tx.drop_embedding(&key)?,
                     Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value),
                     Op::SetMetadata(key, None) => tx.remove_metadata(&key),
                     Op::Compact(None) => {

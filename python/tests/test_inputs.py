@@ -267,3 +267,31 @@ def test_large_python_int_ids_strings_booleans_and_out_of_range_numbers(tmp_path
     r = snap.query("p@v1", np.ones(DIM, np.float32), [4], 1,
                    filter=vstore.Filter.range("price", -1.0, -1.0))
     assert r.ids.tolist() == [4]
+
+
+def test_item_reads_back_what_was_written(tmp_path):
+    w, ids, vecs = build(tmp_path / "s")
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    assert snap.ids().tolist() == ids.tolist()
+    assert int(ids[4]) in snap and 5 not in snap
+    it = snap.item(int(ids[4]))
+    assert np.array_equal(it["embeddings"]["p@v1"], vecs[4])
+    assert it["computed"] == {"p@v1": False}
+    assert it["profile"] == {"category": 4, "price": 4.0}
+    assert it["stats"] == {"ctr": 0.25}
+    assert snap.item(5) is None
+    assert snap.computed_count("p@v1") == 0
+    # A missing value reads as None (the default is what scoring uses);
+    # drop_embedding removes the version.
+    with w.begin() as tx:
+        tx.add_items([5], embeddings={"p@v1": np.zeros((1, DIM), np.float32)})
+    with w.begin() as tx:
+        tx.add_embedding("p", "v2", "f16", snap.ids().tolist() + [5],
+                         np.ones((len(ids) + 1, DIM), np.float32))
+        tx.drop_embedding("p@v1")
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    it = snap.item(5)
+    assert it["profile"] == {"category": None, "price": None} and it["stats"] == {"ctr": None}
+    assert list(it["embeddings"]) == ["p@v2"]
+    with pytest.raises(vstore.VersionSkewError):
+        snap.query("p@v1", np.ones(DIM, np.float32), None, 3)
