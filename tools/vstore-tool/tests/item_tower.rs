@@ -266,5 +266,12 @@ fn fresh_items_versions_replacement_and_drop() {
         err.contains("no item-tower-only bundle for prerank@v1"),
         "{err}"
     );
+    // A tower added again computes the dropped tower's 40 vectors again,
+    // and says so (it said only "40 computed so far").
+    let out = ok(&["add-model", &d.p("s"), &d.p("tower")]);
+    assert!(
+        out.contains("the 40 vectors an earlier tower had computed were computed again"),
+        "{out}"
+    );
     ok(&["verify", &d.p("s")]);
 }

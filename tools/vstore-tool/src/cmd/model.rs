@@ -166,6 +166,12 @@ fn add_item_tower(
             false,
         ),
     };
+    // Vectors an earlier tower computed (one replaced, or dropped before):
+    // the commit computes them again with this one.
+    let earlier = match &base {
+        Some(s) => s.computed_count(tower.key()).unwrap_or(0),
+        None => 0,
+    };
     let t = Instant::now();
     let mut tx = w.begin();
     tx.add_model(json, weights).context(what)?;
@@ -187,6 +193,12 @@ fn add_item_tower(
         tower.key(),
         snap.computed_count(tower.key())?
     );
+    if earlier > 0 {
+        say!(
+            out,
+            "  the {earlier} vectors an earlier tower had computed were computed again with this one"
+        );
+    }
     report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
 }
 
