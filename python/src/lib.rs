@@ -1665,8 +1665,16 @@ fn numbers(
 }
 
 /// The (name, column) pairs of a table: a dict, a pandas DataFrame
-/// (`.items()`) or a pyarrow Table (`.column_names`).
+/// (`.items()`), a pyarrow Table (`.column_names`) or a polars DataFrame
+/// (read through its `.to_arrow()`).
 fn table_columns<'py>(t: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+    let is_polars = t
+        .get_type()
+        .module()
+        .is_ok_and(|m| m.to_string().starts_with("polars"));
+    if is_polars {
+        return table_columns(&t.call_method0("to_arrow")?);
+    }
     if let Ok(names) = t.getattr("column_names") {
         let names: Vec<String> = names.extract()?;
         return names
@@ -1674,9 +1682,9 @@ fn table_columns<'py>(t: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py,
             .map(|n| Ok((n.clone(), t.call_method1("column", (n,))?)))
             .collect();
     }
-    let items = t
-        .call_method0("items")
-        .map_err(|_| invalid("expected a dict, a pandas DataFrame or a pyarrow Table"))?;
+    let items = t.call_method0("items").map_err(|_| {
+        invalid("expected a dict, a pandas DataFrame, a pyarrow Table or a polars DataFrame")
+    })?;
     items
         .try_iter()?
         .map(|kv| kv?.extract::<(String, Bound<'py, PyAny>)>())

@@ -295,3 +295,14 @@ def test_item_reads_back_what_was_written(tmp_path):
     assert list(it["embeddings"]) == ["p@v2"]
     with pytest.raises(vstore.VersionSkewError):
         snap.query("p@v1", np.ones(DIM, np.float32), None, 3)
+
+
+def test_a_polars_frame_is_a_table(tmp_path):
+    pl = pytest.importorskip("polars", reason="polars is not installed (pip install polars to run this test)")
+    w, ids, _ = build(tmp_path / "s")
+    with w.begin() as tx:
+        tx.add_items([11], embeddings={"p@v1": np.ones((1, DIM), np.float32)},
+                     profile=pl.DataFrame({"category": [2], "price": [9.5]}),
+                     stats=pl.DataFrame({"ctr": [0.75]}))
+    it = vstore.open(str(tmp_path / "s")).snapshot().item(11)
+    assert it["profile"] == {"category": 2, "price": 9.5} and it["stats"] == {"ctr": 0.75}
