@@ -715,8 +715,11 @@ impl PySnapshot {
     /// of `n` (one per user); the other options apply to every query. Runs
     /// with the GIL released, the users split into `workers` contiguous
     /// runs, each one library batch call on its own thread; returns a list
-    /// of results in user order.
-    #[pyo3(signature = (version, users, candidates, k, *, workers = 1, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false, max_items = None, max_multiply_adds = None, log_features = false))]
+    /// of results in user order. `errors`: `"raise"` (the default) raises
+    /// the first user's error (naming its row); `"return"` puts each failed
+    /// user's exception in its place in the list, so that one bad user does
+    /// not cost the others their results.
+    #[pyo3(signature = (version, users, candidates, k, *, workers = 1, filter = None, three_tower = None, model = None, fusion = None, heads = false, exact = false, max_items = None, max_multiply_adds = None, log_features = false, errors = "raise"))]
     #[allow(clippy::too_many_arguments)]
     fn query_batch(
         &self,
@@ -735,7 +738,17 @@ impl PySnapshot {
         max_items: Option<usize>,
         max_multiply_adds: Option<u64>,
         log_features: bool,
-    ) -> PyResult<Vec<PyQueryResult>> {
+        errors: &str,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let keep_errors = match errors {
+            "raise" => false,
+            "return" => true,
+            other => {
+                return Err(invalid(format!(
+                    "errors {other:?}: expected \"raise\" or \"return\""
+                )))
+            }
+        };
         let (users, shape) = floats_arg(users, "users", 2)?;
         let u = users.as_slice();
         let (n, dim) = (shape[0], shape[1]);
@@ -858,7 +871,14 @@ impl PySnapshot {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                PyQueryResult::new(py, r.map_err(|e| err_at(e, &format!("users row {i}: ")))?)
+                let r = r
+                    .map_err(|e| err_at(e, &format!("users row {i}: ")))
+                    .and_then(|r| PyQueryResult::new(py, r));
+                match r {
+                    Ok(r) => Ok(Py::new(py, r)?.into_any()),
+                    Err(e) if keep_errors => Ok(e.into_value(py).into_any()),
+                    Err(e) => Err(e),
+                }
             })
             .collect()
     }

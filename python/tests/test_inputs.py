@@ -143,6 +143,15 @@ def test_a_nan_user_in_a_batch_is_named_by_its_row(tmp_path):
     users[2, 5] = np.nan
     with pytest.raises(vstore.InvalidInputError, match=r"users row 2: .*component 5 is NaN"):
         snap.query_batch("p@v1", users, ids, 3, workers=2)
+    # errors="return": the bad user's exception in its place, the others'
+    # results as alone.
+    got = snap.query_batch("p@v1", users, ids, 3, workers=2, errors="return")
+    assert isinstance(got[2], vstore.InvalidInputError) and "users row 2" in str(got[2])
+    want = snap.query("p@v1", users[0], ids, 3)
+    for i in (0, 1, 3):
+        assert got[i].ids.tolist() == want.ids.tolist()
+    with pytest.raises(vstore.InvalidInputError, match='errors "ignore"'):
+        snap.query_batch("p@v1", users, ids, 3, errors="ignore")
 
 
 def test_category_codes_out_of_range_name_the_column_and_value():

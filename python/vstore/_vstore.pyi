@@ -115,7 +115,8 @@ class Snapshot:
         max_items: Optional[int] = None,
         max_multiply_adds: Optional[int] = None,
         log_features: bool = False,
-    ) -> list[QueryResult]: ...
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list[Union[QueryResult, VstoreError]]: ...
     def inspect(self) -> dict[str, Any]: ...
 
 class Store:
