@@ -430,6 +430,10 @@ pub struct QueryArgs {
     /// holding one.
     #[arg(long, value_name = "JSON|FILE", requires = "three_tower")]
     pub fusion: Option<String>,
+    /// Query this retained snapshot instead of the newest (what it answered
+    /// then: its items, vectors and bundles).
+    #[arg(long, value_name = "N")]
+    pub snapshot: Option<u64>,
     /// A filter on profile columns, ANDed when repeated: `COL in 1,2`,
     /// `COL not in 3`, `COL between LO HI`.
     #[arg(long = "where", value_name = "EXPR")]

@@ -250,9 +250,18 @@ pub fn json(out: &mut dyn Write, v: &serde_json::Value) -> Result<()> {
 
 /// Opens the store at `store_dir` with snapshot `n` as its current one,
 /// reading no newer snapshot (see [`Store::open_at`]); a snapshot whose
-/// manifest is not there is a usage error listing those that are.
+/// manifest is not there is refused listing those that are.
 pub fn open_store_at(store_dir: &std::path::Path, n: u64) -> Result<Store> {
-    Store::open_at(store_dir, n, crate::cmd::one_shot()).map_err(|e| {
+    open_store_at_with(store_dir, n, crate::cmd::one_shot())
+}
+
+/// [`open_store_at`] with explicit options.
+pub fn open_store_at_with(
+    store_dir: &std::path::Path,
+    n: u64,
+    opts: vstore::OpenOptions,
+) -> Result<Store> {
+    Store::open_at(store_dir, n, opts).map_err(|e| {
         let manifest = store_dir.join(format!("MANIFEST-{n:020}"));
         if e.is_not_found() && store_dir.is_dir() && !manifest.exists() {
             let mut held: Vec<u64> = std::fs::read_dir(store_dir)

@@ -1426,6 +1426,64 @@ fn restore_publishes_an_old_snapshot_as_the_newest() {
     common::assert_unchanged(&d.path("s"), &before);
 }
 
+/// `query --snapshot N` answers as snapshot N did (a deleted item is
+/// there); a snapshot that is not retained is refused listing those that are.
+#[test]
+fn query_an_older_snapshot() {
+    let d = Data::new();
+    d.build("s");
+    let store = d.p("s");
+    let gone = d.ids[0];
+    let out = tool()
+        .args(["delete-items", &store, "--ids", "-"])
+        .write_stdin(format!("{gone}\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(
+        d.path("u.json"),
+        serde_json::json!({ "vector": user() }).to_string(),
+    )
+    .unwrap();
+    std::fs::write(d.path("c.txt"), format!("{gone}\n{}\n", d.ids[1])).unwrap();
+    let (u, c) = (d.p("u.json"), d.p("c.txt"));
+    let args = |snapshot: Option<&'static str>| {
+        let mut v: Vec<&str> = vec![
+            "query",
+            store.as_str(),
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            u.as_str(),
+            "--candidates",
+            c.as_str(),
+            "-k",
+            "5",
+            "--json",
+        ];
+        if let Some(n) = snapshot {
+            v.extend(["--snapshot", n]);
+        }
+        v
+    };
+    let ids = |v: &Value| -> Vec<u64> {
+        let mut ids: Vec<u64> = (v["hits"].as_array().unwrap().iter())
+            .map(|h| h["id"].as_u64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut both = vec![gone, d.ids[1]];
+    both.sort_unstable();
+    assert_eq!(ids(&json(&ok(&args(Some("1"))))), both);
+    assert_eq!(ids(&json(&ok(&args(None)))), vec![d.ids[1]]);
+    let e = fails(&args(Some("9")));
+    assert!(
+        e.contains("snapshot 9 is not retained") && e.contains("[1, 2]"),
+        "{e}"
+    );
+}
+
 #[test]
 fn version_completions_and_man_page_come_from_the_definitions() {
     let v = ok(&["--version"]);

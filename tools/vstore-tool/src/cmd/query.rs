@@ -250,7 +250,10 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
         crate::cli::PrefaultArg::Background => vstore::Prefault::Background,
     };
     let opts = vstore::OpenOptions::new().prefault(prefault).mlock(a.mlock);
-    let store = super::open_store_with(&a.store, opts)?;
+    let store = match a.snapshot {
+        Some(n) => crate::report::open_store_at_with(&a.store, n, opts)?,
+        None => super::open_store_with(&a.store, opts)?,
+    };
     let snap = store.snapshot();
     let mut q = if a.all {
         Query::full_scan(&a.embedding, &user, a.k as usize)
