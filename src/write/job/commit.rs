@@ -236,18 +236,27 @@ impl Writer {
                 continue;
             }
             let Some(b) = plan.base else { continue };
-            if base.is_none() {
-                base =
-                    Some(Store::open_at(&self.dir, b, writer_open_options()).map(|s| s.snapshot()));
-            }
             let name = |s: &Snapshot| {
                 s.item_tower_file(&key)
                     .and_then(|p| p.file_name())
                     .map(|n| n.to_string_lossy().into_owned())
             };
-            let then = match base.as_ref().expect("set above") {
-                Ok(s) => name(s),
-                Err(_) => None,
+            // The plan records the base's towers; an older plan does not,
+            // and then the base snapshot is read (gone if gc collected it).
+            let then = match &plan.towers {
+                Some(t) => t.get(&key).cloned(),
+                None => {
+                    if base.is_none() {
+                        base = Some(
+                            Store::open_at(&self.dir, b, writer_open_options())
+                                .map(|s| s.snapshot()),
+                        );
+                    }
+                    match base.as_ref().expect("set above") {
+                        Ok(s) => name(s),
+                        Err(_) => None,
+                    }
+                }
             };
             let now = newest.as_deref().and_then(name);
             if then.is_none() || then != now {
@@ -260,6 +269,8 @@ impl Writer {
                          parts are then staged with the current tower)",
                         plan.job,
                         match (&then, &now) {
+                            (None, _) if plan.towers.is_some() =>
+                                "a tower the plan does not record".to_string(),
                             (None, _) =>
                                 "which can no longer be read (collected by gc)".to_string(),
                             (Some(_), None) =>

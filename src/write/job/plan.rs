@@ -32,6 +32,13 @@ pub struct BuildPlan {
     pub(crate) parts: u32,
     pub(crate) schema: Schema,
     pub(crate) created_unix_ms: u64,
+    /// For each embedding version with an item tower in the base snapshot,
+    /// the file name of the bundle carrying it (stage computes missing
+    /// vectors with that tower; a rebased commit checks it is still the
+    /// version's tower). `None` in plans written before it was recorded:
+    /// the commit then reads the base snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) towers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl BuildPlan {
@@ -286,6 +293,13 @@ impl Writer {
             .filter(|&e| e < u64::MAX)
             .ok_or_else(|| Error::InvalidInput("segment ids are exhausted".into()))?;
         let number = self.next_snapshot;
+        let towers = (self.schema.embeddings.iter())
+            .filter_map(|d| {
+                let key = d.key();
+                let file = base.as_ref()?.item_tower_file(&key)?.file_name()?;
+                Some((key, file.to_string_lossy().into_owned()))
+            })
+            .collect();
         let plan = BuildPlan {
             format: PLAN_FORMAT.into(),
             job: job.into(),
@@ -296,6 +310,7 @@ impl Writer {
             parts,
             schema: self.schema.clone(),
             created_unix_ms: now_ms(),
+            towers: Some(towers),
         };
         create_dirs(&*self.fs, &jd)?;
         let written = write_durably(&plan_path(&self.dir, job), plan.to_json().as_bytes())
