@@ -122,6 +122,9 @@ pub enum Error {
         lock: PathBuf,
         /// Whether the holder is a writer (or a compaction job of one) of
         /// this process, still alive: the lock then opens once it is dropped.
+        /// (A child forked while its parent held the lock inherits both the
+        /// lock and the list, and is told so too, though only the parent
+        /// can release it.)
         held_here: bool,
     },
 

@@ -326,10 +326,6 @@ impl Snapshot {
             .is_ok_and(|m| !m.pre.is_empty())
     }
 
-    /// The item tower of embedding `key` (`space@version`), if the
-    /// snapshot holds one: from its item-tower-only bundle, else from a
-    /// three-tower bundle of `key` that carries one (they all carry the
-    /// same).
     /// The file of the bundle whose item tower [`Snapshot::item_tower`]
     /// returns for `key` (its name identifies the tower: bundle files are
     /// written once and never replaced).
@@ -345,6 +341,10 @@ impl Snapshot {
             })
     }
 
+    /// The item tower of embedding `key` (`space@version`), if the
+    /// snapshot holds one: from its item-tower-only bundle, else from a
+    /// three-tower bundle of `key` that carries one (they all carry the
+    /// same).
     pub(crate) fn item_tower(&self, key: &str) -> Option<&std::sync::Arc<crate::model::ItemTower>> {
         (self.towers.iter())
             .find(|t| t.tower.key == key)

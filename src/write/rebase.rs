@@ -101,6 +101,13 @@ impl Transaction<'_> {
             )));
         }
         let mut pos = Vec::with_capacity(done.sources.len());
+        // The sources' deletion bitmaps are read below: verified first, so
+        // that damage is reported as damage, not as a restore.
+        for src in &done.sources {
+            if let Some(p) = self.segments.iter().position(|s| s.meta.id == src.meta.id) {
+                self.segment(p).ensure_mutable_verified()?;
+            }
+        }
         for src in &done.sources {
             let p = self.segments.iter().position(|s| s.meta.id == src.meta.id);
             if p.is_none()
@@ -136,9 +143,6 @@ impl Transaction<'_> {
             // deleted (or a restore took the segment away: its rows are
             // then deleted in the merged segment too).
             pos.push(p);
-        }
-        for &p in pos.iter().flatten() {
-            self.segment(p).ensure_mutable_verified()?;
         }
         let r = self.rebase_compacted(&mut done, &pos);
         self.w.poison(r)

@@ -57,7 +57,9 @@ pub const DEFAULT_STAGING_GRACE: std::time::Duration = std::time::Duration::from
 /// by the same process is told the holder is its own.
 #[derive(Debug)]
 pub(crate) struct StoreLock {
-    _file: File,
+    /// The locked file (`None` only while dropping: closed first, so the
+    /// lock is free before the entry leaves [`HELD`]).
+    file: Option<File>,
     /// The lock file's device and inode (listed in [`HELD`]).
     key: Option<(u64, u64)>,
 }
@@ -79,6 +81,10 @@ fn file_key(f: &File) -> Option<(u64, u64)> {
 
 impl Drop for StoreLock {
     fn drop(&mut self) {
+        // Close (unlock) first: between the two, another thread's open
+        // would otherwise see the lock held and not listed, and be told
+        // "another writer" instead of "of this process".
+        drop(self.file.take());
         let mut h = held();
         if let Some(i) = h.iter().position(|k| Some(*k) == self.key) {
             h.swap_remove(i);
@@ -107,7 +113,7 @@ pub(super) fn lock(dir: &Path) -> Result<StoreLock> {
             if let Some(k) = key {
                 held().push(k);
             }
-            Ok(StoreLock { _file: f, key })
+            Ok(StoreLock { file: Some(f), key })
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: dir.to_path_buf(),
@@ -153,22 +159,70 @@ fn require_manifest(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The snapshots of `dir` newer than its newest intact one (every file
+/// verified), newest first, each with what is damaged; refused if none is
+/// intact or one cannot be read for another reason than damage (see
+/// [`Writer::set_aside_damaged_snapshots`]).
+fn snapshots_to_give_up(dir: &Path) -> Result<Vec<(u64, String)>> {
+    let mut give_up = Vec::new();
+    for (n, verdict) in crate::read::store::Store::verify_dir(dir)?
+        .into_iter()
+        .rev()
+    {
+        let path = dir.join(names::manifest(n));
+        // Not a manifest vstore wrote (a FIFO or directory under the
+        // name): as `damaged_newest`, passed over, never renamed.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+            continue;
+        }
+        match verdict {
+            Ok(_) => return Ok(give_up),
+            Err(e) if e.is_damage() => give_up.push((n, e.to_string())),
+            Err(e) => {
+                return Err(Error::InvalidInput(format!(
+                    "snapshot {n} of {} cannot be checked ({e}); that is not damage, so \
+                     nothing was set aside",
+                    dir.display()
+                )))
+            }
+        }
+    }
+    Err(Error::InvalidInput(format!(
+        "no snapshot of {} is intact ({}); nothing set aside: restore the store from a backup",
+        dir.display(),
+        give_up
+            .last()
+            .map_or("no snapshot to check".to_string(), |(n, why)| format!(
+                "the oldest, {n}: {why}"
+            ))
+    )))
+}
+
 /// Renames each `MANIFEST-{n}` of `numbers` to `MANIFEST-{n}.damaged` (in
-/// that order) and syncs the directory; returns the new paths. Refused
-/// before renaming one whose `.damaged` name is taken.
+/// that order) and syncs the directory; returns the new paths. Refused,
+/// renaming none, if one's `.damaged` name is taken.
 fn set_aside(dir: &Path, numbers: &[u64]) -> Result<Vec<PathBuf>> {
     let fs = StdFs;
+    let renames: Vec<(PathBuf, PathBuf)> = (numbers.iter())
+        .map(|&n| {
+            let from = dir.join(names::manifest(n));
+            let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
+            (from, to)
+        })
+        .collect();
+    // Every name checked before any rename: all set aside, or none.
+    if let Some((from, to)) = renames
+        .iter()
+        .find(|(_, to)| std::fs::symlink_metadata(to).is_ok())
+    {
+        return Err(Error::InvalidInput(format!(
+            "cannot set {} aside: {} already exists",
+            from.display(),
+            to.display()
+        )));
+    }
     let mut out = Vec::new();
-    for &n in numbers {
-        let from = dir.join(names::manifest(n));
-        let to = dir.join(format!("{}{}", names::manifest(n), names::DAMAGED_SUFFIX));
-        if std::fs::symlink_metadata(&to).is_ok() {
-            return Err(Error::InvalidInput(format!(
-                "cannot set {} aside: {} already exists",
-                from.display(),
-                to.display()
-            )));
-        }
+    for (from, to) in renames {
         fs.rename(&from, &to)
             .map_err(|e| Error::io("rename", &from, e))?;
         out.push(to);
@@ -484,7 +538,8 @@ impl Writer {
     /// nothing aside, if no snapshot is intact, or if a snapshot cannot be
     /// read for another reason than damage (a file it may not read, say:
     /// that is not damage, and giving the snapshot up would lose it for
-    /// nothing). Takes the writer lock for the duration.
+    /// nothing). Takes the writer lock to set snapshots aside (a refusal,
+    /// or nothing to do, creates no file, not even `LOCK`).
     ///
     /// ```no_run
     /// # fn main() -> vstore::Result<()> {
@@ -496,46 +551,14 @@ impl Writer {
     pub fn set_aside_damaged_snapshots(dir: impl AsRef<Path>) -> Result<Vec<(PathBuf, String)>> {
         let dir = dir.as_ref();
         require_manifest(dir)?;
+        // Decided first without the lock, so that a refusal (or nothing
+        // to do) leaves the directory as it was, LOCK included; then again
+        // under the lock, since a writer may have published meanwhile.
+        if snapshots_to_give_up(dir)?.is_empty() {
+            return Ok(Vec::new());
+        }
         let _lock = lock(dir)?;
-        let mut give_up = Vec::new();
-        let mut intact = None;
-        for (n, verdict) in crate::read::store::Store::verify_dir(dir)?
-            .into_iter()
-            .rev()
-        {
-            let path = dir.join(names::manifest(n));
-            // Not a manifest vstore wrote (a FIFO or directory under the
-            // name): as `damaged_newest`, passed over, never renamed.
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
-                continue;
-            }
-            match verdict {
-                Ok(_) => {
-                    intact = Some(n);
-                    break;
-                }
-                Err(e) if e.is_damage() => give_up.push((n, e.to_string())),
-                Err(e) => {
-                    return Err(Error::InvalidInput(format!(
-                        "snapshot {n} of {} cannot be checked ({e}); that is not damage, so \
-                         nothing was set aside",
-                        dir.display()
-                    )))
-                }
-            }
-        }
-        if intact.is_none() {
-            return Err(Error::InvalidInput(format!(
-                "no snapshot of {} is intact ({}); nothing set aside: restore the store from a \
-                 backup",
-                dir.display(),
-                give_up
-                    .last()
-                    .map_or("no snapshot to check".to_string(), |(n, why)| format!(
-                        "the oldest, {n}: {why}"
-                    ))
-            )));
-        }
+        let give_up = snapshots_to_give_up(dir)?;
         let numbers: Vec<u64> = give_up.iter().map(|(n, _)| *n).collect();
         let moved = set_aside(dir, &numbers)?;
         Ok(moved

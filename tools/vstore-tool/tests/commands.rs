@@ -1185,6 +1185,8 @@ fn recover_sets_aside_snapshots_whose_data_files_are_lost() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(dir.join(&ids_file), &bytes).unwrap();
+    // (Without LOCK: a refused recover creates none.)
+    std::fs::remove_file(dir.join("LOCK")).unwrap();
     let before = common::fingerprint(&dir);
     let e = fails(&["recover", &store, "--set-aside-damaged"]);
     assert!(
