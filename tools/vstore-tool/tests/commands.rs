@@ -1096,6 +1096,21 @@ fn damaged_newest_manifest_is_reported_refused_and_set_aside_by_choice() {
     assert!(e.contains("recover"), "{e}");
     let e = fails(&["gc", &store]);
     assert!(e.contains("--set-aside-damaged"), "{e}");
+    // Restoring the snapshot readers fell back to: the writer's refusal
+    // (not "the newest already", as the reader's view would say).
+    let out = tool()
+        .args(["restore", &store, "--snapshot", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("error: ")
+            && e.contains("MANIFEST-00000000000000000002 is damaged")
+            && e.contains("recover")
+            && !e.contains("newest already"),
+        "{e}"
+    );
     common::assert_unchanged(&d.path("s"), &before);
 
     // `recover` without its flag is a usage error and does nothing.

@@ -15,7 +15,9 @@ pub fn run(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
     // command leaves the store as it was, byte for byte.
     let store = super::open_store(&a.store)?;
     let newest = store.snapshot().number();
-    if a.snapshot == newest {
+    // (With a damaged newest manifest the reader fell back: the writer's
+    // own refusal, naming the manifest and `recover`, is the one to give.)
+    if a.snapshot == newest && store.skipped_manifests().is_empty() {
         return Err(ToolError::Refused(format!(
             "snapshot {newest} is the newest already; nothing to restore"
         )));
