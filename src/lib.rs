@@ -57,7 +57,8 @@ pub use write::batch::ItemBatch;
 pub use write::compaction::{CompactedSegment, CompactionJob};
 pub use write::gc::{GcReport, Retention};
 pub use write::job::{
-    abort_build, commit_build, published_build, stage, BuildPlan, BuildReceipt, CommitOptions,
+    abort_build, abort_job, commit_build, published_build, stage, BuildPlan, BuildReceipt,
+    CommitOptions,
 };
 pub use write::rebase::Compaction;
 pub use write::restore::RESTORED_FROM_KEY;

@@ -381,6 +381,25 @@ fn a_plan_that_failed_before_its_plan_was_written_does_not_block_the_job() {
     let plan = w.plan_build("aborted", 1).unwrap();
     w.abort_build(&plan).unwrap();
     assert!(!dir.path().join("_staging").exists());
+    // By job id (what Python's `abort(path, job)` runs): a planless job
+    // removed under the lock (so it waits for this writer), a staged one
+    // aborted with its plan, an unknown or published one refused.
+    let jd = leftover("half");
+    assert!(matches!(
+        vstore::abort_job(dir.path(), "half", Duration::from_millis(100)),
+        Err(Error::Locked { .. })
+    ));
+    assert!(jd.exists());
+    w.plan_build("whole", 1).unwrap();
+    drop(w);
+    vstore::abort_job(dir.path(), "half", Duration::from_secs(5)).unwrap();
+    assert!(!jd.exists());
+    vstore::abort_job(dir.path(), "whole", Duration::from_secs(5)).unwrap();
+    assert!(!dir.path().join("_staging").exists());
+    let e = vstore::abort_job(dir.path(), "whole", Duration::ZERO).unwrap_err();
+    assert!(e.to_string().contains("not staged"), "{e}");
+    let e = vstore::abort_job(dir.path(), "nightly", Duration::ZERO).unwrap_err();
+    assert!(e.to_string().contains("published as snapshot"), "{e}");
 }
 
 #[test]

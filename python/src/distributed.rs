@@ -251,6 +251,23 @@ pub(crate) fn published_build(path: std::path::PathBuf, job: &str) -> PyResult<O
     vstore::published_build(path, job).map_err(err)
 }
 
+/// Discards job `job` of the store at `path` by its id: as `abort_build`
+/// with its staged plan, or a job whose plan was never written whole (no
+/// `PLAN.json`: a plan stopped by a full disk) removed under the writer
+/// lock. Waits up to `lock_timeout` seconds for another writer.
+#[pyfunction]
+#[pyo3(signature = (path, job, *, lock_timeout = 60.0))]
+pub(crate) fn abort_job(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    job: &str,
+    lock_timeout: f64,
+) -> PyResult<()> {
+    let t = seconds("lock_timeout", lock_timeout)?;
+    py.detach(move || vstore::abort_job(&path, job, t))
+        .map_err(err)
+}
+
 /// Discards staged job `plan` of the store at `path` (its staging area,
 /// and any file an unfinished commit moved in); refused if it was
 /// published. Waits up to `lock_timeout` seconds for another writer.

@@ -82,6 +82,12 @@ fn err(e: vstore::Error) -> PyErr {
     err_at(e, "")
 }
 
+/// `e` (a Python exception) with its message prefixed by `ctx`, of the
+/// same type.
+fn err_prefixed(py: Python<'_>, e: PyErr, ctx: &str) -> PyErr {
+    PyErr::from_type(e.get_type(py), format!("{ctx}{}", e.value(py)))
+}
+
 /// [`err`] with `ctx` (which user of a batch, ...) before the message.
 fn err_at(e: vstore::Error, ctx: &str) -> PyErr {
     use vstore::Error as E;
@@ -180,16 +186,23 @@ fn ids_arg<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
         }
         return Ok(Ids::Copied(a.as_array().to_vec()));
     }
-    // A list or tuple of Python ints, read as they are: numpy would
-    // promote `[1, 2**63 + 5]` to float64 (losing the large id).
+    // A list or tuple of integers, read as they are: numpy would promote
+    // `[1, 2**63 + 5]` to float64 (losing the large id).
     if v.is_instance_of::<pyo3::types::PyList>() || v.is_instance_of::<pyo3::types::PyTuple>() {
         let all: Option<Vec<u64>> = v
             .try_iter()?
             .map(|x| {
+                // Python ints and numpy integers (through `__index__`);
+                // not booleans (Python's or numpy's), not floats.
                 x.ok()
                     .filter(|x| {
-                        x.is_instance_of::<pyo3::types::PyInt>()
-                            && !x.is_instance_of::<pyo3::types::PyBool>()
+                        !x.is_instance_of::<pyo3::types::PyBool>()
+                            && !x.is_instance_of::<pyo3::types::PyFloat>()
+                            && x.hasattr("__index__").unwrap_or(false)
+                            && !matches!(
+                                x.get_type().name().map(|n| n.to_string()).as_deref(),
+                                Ok("bool_" | "bool")
+                            )
                     })
                     .and_then(|x| x.extract::<u64>().ok())
             })
@@ -672,7 +685,8 @@ impl PySnapshot {
             .is_some_and(|(rows, _)| rows == 1);
         let flat;
         let user = if one_row {
-            flat = user.call_method1("reshape", (-1,))?;
+            // (numpy.ravel: a one-row pandas DataFrame has no reshape.)
+            flat = py.import("numpy")?.call_method1("ravel", (user,))?;
             &flat
         } else {
             user
@@ -759,7 +773,19 @@ impl PySnapshot {
                 && c.get_item(0)
                     .is_ok_and(|e| e.hasattr("__len__").unwrap_or(false))
         });
-        let (one, lists): (Option<Ids<'_>>, Vec<Ids<'_>>) = match candidates {
+        // A user whose own inputs are bad (its candidate list, its input
+        // dict): its error, raised at once, or with `errors="return"` put in
+        // its place while the others are queried.
+        let mut bad: Vec<Option<PyErr>> = (0..n).map(|_| None).collect();
+        let mut fail = |i: usize, e: PyErr| -> PyResult<()> {
+            if keep_errors {
+                bad[i] = Some(e);
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
+        let (one, lists): (Option<Ids<'_>>, Vec<Option<Ids<'_>>>) = match candidates {
             None => (None, Vec::new()),
             Some(c) if per_user_lists => {
                 let l: Vec<Bound<'_, PyAny>> = c.extract()?;
@@ -769,12 +795,22 @@ impl PySnapshot {
                         l.len()
                     )));
                 }
-                let l = l
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| ids_arg(a, &format!("candidates[{i}]")))
-                    .collect::<PyResult<Vec<_>>>()?;
-                (None, l)
+                let mut lists = Vec::with_capacity(n);
+                for (i, a) in l.iter().enumerate() {
+                    let what = format!("candidates[{i}]");
+                    match ids_arg(a, &what) {
+                        Ok(ids) if ids.as_slice().is_empty() => {
+                            fail(i, no_candidates(&what))?;
+                            lists.push(None);
+                        }
+                        Ok(ids) => lists.push(Some(ids)),
+                        Err(e) => {
+                            fail(i, e)?;
+                            lists.push(None);
+                        }
+                    }
+                }
+                (None, lists)
             }
             Some(c) => (Some(ids_arg(c, "candidates")?), Vec::new()),
         };
@@ -785,12 +821,11 @@ impl PySnapshot {
                 }
                 Some(vec![a.as_slice(); n])
             }
-            (None, Some(_)) => {
-                if let Some(i) = lists.iter().position(|l| l.as_slice().is_empty()) {
-                    return Err(no_candidates(&format!("candidates[{i}]")));
-                }
-                Some(lists.iter().map(Ids::as_slice).collect())
-            }
+            (None, Some(_)) => Some(
+                (lists.iter())
+                    .map(|l| l.as_ref().map_or(&[][..], Ids::as_slice))
+                    .collect(),
+            ),
             (None, None) => None,
         };
         // One shared dict of inputs, or one per user.
@@ -809,7 +844,16 @@ impl PySnapshot {
                                 list.len()
                             )));
                         }
-                        let all = list.iter().map(user_inputs).collect::<PyResult<Vec<_>>>()?;
+                        let mut all = Vec::with_capacity(n);
+                        for (i, d) in list.iter().enumerate() {
+                            match user_inputs(d) {
+                                Ok(u) => all.push(u),
+                                Err(e) => {
+                                    fail(i, err_prefixed(py, e, &format!("three_tower[{i}]: ")))?;
+                                    all.push(vstore::UserInputs::new());
+                                }
+                            }
+                        }
                         (Some(PyDict::new(py)), Some(all))
                     }
                 },
@@ -840,17 +884,21 @@ impl PySnapshot {
             let ids = cands.as_ref().map(|c| c[i]);
             opts.query_with(inputs, version, user, ids, k)
         };
-        // Contiguous runs of users, one library batch each.
-        let workers = workers.clamp(1, n.max(1));
-        let per = n.div_ceil(workers).max(1);
+        // The users to query (all but those with bad inputs), in contiguous
+        // runs, one library batch each.
+        let good: Vec<usize> = (0..n).filter(|&i| bad[i].is_none()).collect();
+        let workers = workers.clamp(1, good.len().max(1));
+        let per = good.len().div_ceil(workers).max(1);
         let run = |r: usize| {
-            let queries: Vec<vstore::Query<'_>> =
-                (r * per..((r + 1) * per).min(n)).map(query).collect();
+            let queries: Vec<vstore::Query<'_>> = good[r * per..((r + 1) * per).min(good.len())]
+                .iter()
+                .map(|&i| query(i))
+                .collect();
             snap.query_batch(&queries)
         };
         let results: Vec<vstore::Result<vstore::QueryResult>> = py.detach(|| {
             use rayon::prelude::*;
-            let runs = n.div_ceil(per);
+            let runs = good.len().div_ceil(per);
             let pool = (workers > 1)
                 .then(|| {
                     rayon::ThreadPoolBuilder::new()
@@ -867,13 +915,18 @@ impl PySnapshot {
             }
         });
         // Results come in user order: an error names the user's row.
-        results
-            .into_iter()
+        let mut results = results.into_iter();
+        bad.into_iter()
             .enumerate()
-            .map(|(i, r)| {
-                let r = r
-                    .map_err(|e| err_at(e, &format!("users row {i}: ")))
-                    .and_then(|r| PyQueryResult::new(py, r));
+            .map(|(i, b)| {
+                let r = match b {
+                    Some(e) => Err(e),
+                    None => results
+                        .next()
+                        .expect("one result per user queried")
+                        .map_err(|e| err_at(e, &format!("users row {i}: ")))
+                        .and_then(|r| PyQueryResult::new(py, r)),
+                };
                 match r {
                     Ok(r) => Ok(Py::new(py, r)?.into_any()),
                     Err(e) if keep_errors => Ok(e.into_value(py).into_any()),
@@ -1621,6 +1674,23 @@ fn floats(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str, rows: usize) -> PyRe
             if kind == "b" { "booleans" } else { "strings" }
         )));
     }
+    // An object column (pandas' string and nullable columns, pyarrow and
+    // polars through arrow): numpy would read "3.5" as 3.5 and True as 1.
+    if kind == "O" {
+        for (row, x) in raw.try_iter()?.enumerate() {
+            let x = x?;
+            let ty = x.get_type().name()?.to_string();
+            if matches!(
+                ty.as_str(),
+                "str" | "str_" | "bytes" | "bytes_" | "bool" | "bool_"
+            ) {
+                return Err(invalid(format!(
+                    "{what}, row {row}: expected a number, not {} ({ty})",
+                    x.repr()?
+                )));
+            }
+        }
+    }
     let kw = PyDict::new(py);
     kw.set_item("dtype", "float64")?;
     let a = np
@@ -2112,6 +2182,7 @@ fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(distributed::commit_build, m)?)?;
     m.add_function(wrap_pyfunction!(distributed::published_build, m)?)?;
     m.add_function(wrap_pyfunction!(distributed::abort_build, m)?)?;
+    m.add_function(wrap_pyfunction!(distributed::abort_job, m)?)?;
     m.add_class::<distributed::PyBuildPlan>()?;
     m.add_class::<distributed::PyBuildReceipt>()?;
     m.add_class::<PyStore>()?;

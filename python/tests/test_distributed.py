@@ -245,6 +245,8 @@ def test_aborted_and_half_planned_jobs_leave_nothing_behind(tmp_path):
         vd.abort(path, "never-planned")
     with pytest.raises(vstore.InvalidInputError, match="published as snapshot"):
         vd.abort(path, "nightly")
+    with pytest.raises(vstore.InvalidInputError, match="job id"):
+        vd.abort(path, "../x")
 
 
 def test_ray_build_where_installed(tmp_path):

@@ -315,3 +315,39 @@ def test_a_polars_frame_is_a_table(tmp_path):
                      stats=pl.DataFrame({"ctr": [0.75]}))
     it = vstore.open(str(tmp_path / "s")).snapshot().item(11)
     assert it["profile"] == {"category": 2, "price": 9.5} and it["stats"] == {"ctr": 0.75}
+
+
+def test_bad_inputs_of_one_user_in_a_batch_are_its_error_only(tmp_path):
+    _, ids, _ = build(tmp_path / "s")
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    users = np.ones((3, DIM), dtype=np.float32)
+    lists = [ids[:5], np.array([], np.uint64), np.array([7, -1], dtype=np.int64)]
+    with pytest.raises(vstore.InvalidInputError, match=r"candidates\[1\]"):
+        snap.query_batch("p@v1", users, lists, 3)
+    got = snap.query_batch("p@v1", users, lists, 3, errors="return")
+    assert got[0].ids.tolist() == snap.query("p@v1", users[0], ids[:5], 3).ids.tolist()
+    assert isinstance(got[1], vstore.InvalidInputError) and "candidates[1]" in str(got[1])
+    assert isinstance(got[2], vstore.InvalidInputError) and "candidates[2][1]" in str(got[2])
+
+
+def test_object_columns_of_strings_or_booleans_and_odd_users_and_ids(tmp_path):
+    pd = pytest.importorskip("pandas", reason="pandas is not installed")
+    w, ids, _ = build(tmp_path / "s")
+    tx = w.begin()
+    one = {"p@v1": np.ones((1, DIM), np.float32)}
+    with pytest.raises(vstore.InvalidInputError, match=r"price.*row 0: expected a number, not '3.5'"):
+        tx.add_items([4], embeddings=one, profile=pd.DataFrame({"price": pd.array(["3.5"], dtype="string")}))
+    with pytest.raises(vstore.InvalidInputError, match=r"category.*row 0: expected a number, not True"):
+        tx.add_items([4], embeddings=one, categorical={"category": np.array([True], dtype=object)})
+    # numpy integers in a list keep their value, however large.
+    big = np.uint64(2**63 + 5)
+    tx.add_items([np.uint64(4), big], embeddings={"p@v1": np.ones((2, DIM), np.float32)},
+                 profile=pd.DataFrame({"price": pd.array([1.5, None], dtype="Float64")}))
+    tx.commit()
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    assert int(big) in snap and snap.item(int(big))["profile"]["price"] is None
+    assert snap.item(4)["profile"]["price"] == 1.5
+    # A one-row DataFrame as the user.
+    user = pd.DataFrame([np.ones(DIM, np.float32)])
+    r = snap.query("p@v1", user, [4], 1)
+    assert r.ids.tolist() == [4]

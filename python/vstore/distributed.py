@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ._vstore import (
-    abort_build,
+    abort_job,
     BuildPlan,
     BuildReceipt,
     InvalidInputError,
@@ -222,25 +222,9 @@ def commit(path, plan: BuildPlan, receipts: Iterable[BuildReceipt], *, rebase: b
 def abort(path, job: str) -> None:
     """Discards staged job ``job`` (refused if it was published). A job whose
     plan failed before it was written whole (a full disk, a kill: its
-    directory holds no ``PLAN.json``) is removed too; no worker can hold it."""
-    import os
-    import shutil
-
-    jd = os.path.join(path, "_staging", job)
-    if not os.path.exists(os.path.join(jd, "PLAN.json")) and os.path.isdir(jd) \
-            and not os.path.islink(jd) and "/" not in job and job not in ("", ".", ".."):
-        shutil.rmtree(jd)
-        try:
-            os.rmdir(os.path.join(path, "_staging"))
-        except OSError:
-            pass  # another job is staged
-        return
-    if not os.path.lexists(jd):
-        done = published_build(path, job) if _is_store(path) else None
-        raise InvalidInputError(
-            f"job {job} is not staged in {path} (no {jd})"
-            + (f": it was published as snapshot {done}" if done is not None else ": nothing to abort"))
-    abort_build(path, BuildPlan.load(path, job))
+    directory holds no ``PLAN.json``) is removed too, under the writer lock;
+    no worker can hold it."""
+    abort_job(path, job)
 
 
 def _run(path, job, nparts, schema, stage_all: Callable[[BuildPlan], Sequence[BuildReceipt]],

@@ -66,6 +66,53 @@ pub fn abort_build(dir: impl AsRef<Path>, plan: &BuildPlan, lock_timeout: Durati
     open_for_job(dir.as_ref(), plan, lock_timeout)?.abort_build(plan)
 }
 
+/// Discards job `job` of the store in `dir` by its id: [`abort_build`]
+/// with its staged plan, or, for a job whose plan was never written whole
+/// (its directory holds no `PLAN.json`: a plan stopped by a full disk or a
+/// kill; no worker can hold it), removes its directory under the writer
+/// lock (waiting up to `lock_timeout` for it). Refused, naming the job, if
+/// it is not staged (saying so if it was published).
+pub fn abort_job(dir: impl AsRef<Path>, job: &str, lock_timeout: Duration) -> Result<()> {
+    let dir = dir.as_ref();
+    check_job_id(job)?;
+    let staged = |dir: &Path| std::fs::symlink_metadata(super::plan_path(dir, job)).is_ok();
+    if staged(dir) {
+        return abort_build(dir, &BuildPlan::load(dir, job)?, lock_timeout);
+    }
+    let jd = job_dir(dir, job);
+    if std::fs::symlink_metadata(&jd).is_err() {
+        let done = if crate::read::store::list_manifests(dir).is_ok_and(|m| !m.is_empty()) {
+            published_job(dir, job, None)?
+        } else {
+            None
+        };
+        return Err(Error::InvalidInput(match done {
+            Some(n) => format!("job {job} was published as snapshot {n}; nothing to abort"),
+            None => format!(
+                "job {job} is not staged in {} (no {}): nothing to abort",
+                dir.display(),
+                jd.display()
+            ),
+        }));
+    }
+    let start = Instant::now();
+    let lock = loop {
+        match crate::write::writer::lock(dir) {
+            Ok(l) => break l,
+            Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if staged(dir) {
+        // Planned whole meanwhile (by the writer that held the lock).
+        drop(lock);
+        return abort_build(dir, &BuildPlan::load(dir, job)?, lock_timeout);
+    }
+    remove_staging(&jd)
+}
+
 /// The writer of `dir` for a job's commit or abort, waiting up to
 /// `lock_timeout` for another writer's lock.
 fn open_for_job(dir: &Path, plan: &BuildPlan, lock_timeout: Duration) -> Result<Writer> {

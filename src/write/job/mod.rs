@@ -15,7 +15,7 @@ mod commit;
 pub(crate) mod plan;
 mod stage;
 
-pub use commit::{abort_build, commit_build, CommitOptions};
+pub use commit::{abort_build, abort_job, commit_build, CommitOptions};
 pub use plan::{BuildPlan, BuildReceipt};
 pub use stage::stage;
 
