@@ -452,7 +452,7 @@ pub struct QueryArgs {
     pub log_features: bool,
     /// For a bundle added at bf16 or int8: return the top k, scores and
     /// heads exactly as the bundle at f32 would (the candidates near the
-    /// k-th are scored again in f32; see README "Precision").
+    /// k-th are scored again in f32; see docs/DESIGN.md, "Precision").
     #[arg(long, requires = "three_tower")]
     pub exact: bool,
     /// Score the three-tower model on up to this many threads (the result
@@ -561,8 +561,9 @@ pub struct DemoArgs {
     pub queries: u32,
     /// Instead of building a store, write the synthetic catalogue as the
     /// files a pipeline hands over (ids.npy, emb_v1.npy, items.parquet,
-    /// stats.csv, model/, user.json, user_inputs.json, candidates.txt), for
-    /// trying `build` and `query` by hand.
+    /// stats.csv, model/, item_tower/, fresh_ids.npy, fresh_items.parquet,
+    /// user.json, user_inputs.json, candidates.txt), for trying `build`,
+    /// `add-items` and `query` by hand.
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
     /// Print a JSON summary (snapshot, items, query latency percentiles in

@@ -77,8 +77,9 @@ pub const EXIT_REFUSED: u8 = 1;
 /// [`ToolError::Usage`]).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a command that published its snapshot and then failed
-/// (its report could not be written to a full disk or a closed output):
-/// the change landed, so running the command again would apply it twice.
+/// (its report could not be written, e.g. to a full disk): the change
+/// landed, so running the command again would apply it twice. A reader that
+/// closed its end early (a broken pipe) is not a failure: exit 0.
 pub const EXIT_PUBLISHED_THEN_FAILED: u8 = 3;
 
 impl ToolError {

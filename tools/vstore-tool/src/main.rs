@@ -2,7 +2,9 @@
 //!
 //! Exit codes: 0 success; 1 the command was refused or failed (bad data,
 //! bad store, I/O); 2 the command line itself is malformed (clap's usage
-//! errors, and [`vstore_tool::ToolError::Usage`]).
+//! errors, and [`vstore_tool::ToolError::Usage`]); 3 the command published
+//! a snapshot and then failed (the change landed: do not run it again).
+//! A reader that closed the pipe early is not a failure (exit 0).
 
 use std::process::ExitCode;
 
