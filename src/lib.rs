@@ -37,6 +37,7 @@ mod write;
 
 pub use error::{Error, Result};
 pub use format::container::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
+pub use format::dropped::DROPPED_VERSIONS_KEY;
 pub use io::fs::{Fs, FsFile, StdFs};
 pub use kernels::{kernel_level, Precision};
 pub use model::{

@@ -264,6 +264,8 @@ fn a_version_replaced_under_the_same_key_meanwhile_is_rewritten() {
     let all = ids(0..200);
     let mut tx = w.begin();
     tx.drop_embedding("prerank@v42").unwrap();
+    // The same key again (a dropped name is refused unless forgotten).
+    assert!(tx.forget_dropped_version("prerank@v42").unwrap());
     let v: Vec<f32> = all
         .iter()
         .flat_map(|&i| common::vector(i, DIM, 9))

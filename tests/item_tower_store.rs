@@ -118,6 +118,7 @@ fn one_item_tower_per_version_and_what_it_may_read() {
     }
     // Dropping the version drops its tower.
     tx.drop_embedding(KEY).unwrap();
+    tx.forget_dropped_version(KEY).unwrap();
     tx.add_embedding(
         EmbeddingDef::new("prerank", "v42", DIM, Dtype::F32),
         &[1, 2, 3],

@@ -29,7 +29,7 @@ enum Op {
     AddEmbedding(Dtype),
     DropOldest,
     /// Drop the newest version and add it again, same key, new vectors
-    /// (in one publish).
+    /// (in one publish; the dropped name is refused until forgotten).
     ReplaceNewest(Dtype),
     /// Start a background compaction of the newest snapshot (its merge runs
     /// at once: it reads only that snapshot, so later publishes cannot
@@ -112,6 +112,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut merged: HashSet<u64> = HashSet::new();
     let mut model: BTreeMap<u64, Item> = BTreeMap::new();
     let mut versions: Vec<String> = vec!["s@v0".into()];
+    // The versions dropped so far, with the snapshot that dropped each.
+    let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
     let mut next_version = 1;
     let mut store: Option<Store> = None;
     for (gen, op) in ops.iter().enumerate() {
@@ -252,6 +254,14 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let key = versions.last().unwrap().clone();
                 let version = key.strip_prefix("s@").unwrap();
                 tx.drop_embedding(&key).unwrap();
+                let def = EmbeddingDef::new("s", version, DIM as u32, *dtype);
+                let refused = tx.add_embedding(def, &[], &[]).unwrap_err();
+                prop_assert!(
+                    refused.to_string().contains("was dropped in snapshot"),
+                    "{}",
+                    refused
+                );
+                prop_assert!(tx.forget_dropped_version(&key).unwrap());
                 add_version(&mut tx, &mut model, version, *dtype, gen, 500 + gen);
             }
             Op::StartBackground | Op::Gc => unreachable!("handled above"),
@@ -272,6 +282,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 if versions.len() > 1 {
                     let key = versions.remove(0);
                     tx.drop_embedding(&key).unwrap();
+                    dropped.insert(key.clone(), tx.number());
                     for it in model.values_mut() {
                         it.vecs.remove(&key);
                     }
@@ -297,6 +308,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             op
         );
         prop_assert_eq!(s.embedding_keys(), versions.clone());
+        prop_assert_eq!(
+            s.dropped_versions().unwrap(),
+            dropped.clone().into_iter().collect::<Vec<_>>()
+        );
         for (&id, it) in &model {
             prop_assert_eq!(s.get_categorical(id, "cat").unwrap(), Some(it.cat));
             prop_assert_eq!(s.get_stat(id, "ctr").unwrap(), Some(it.ctr));

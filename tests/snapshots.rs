@@ -163,6 +163,88 @@ fn several_versions_side_by_side_and_drop() {
 }
 
 #[test]
+fn a_dropped_version_string_is_not_given_to_other_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let ids: Vec<u64> = (0..50).collect();
+    let mut tx = w.begin();
+    tx.add_items(batch(&ids, DIM, 0)).unwrap();
+    let with_v42 = tx.commit().unwrap().number();
+    let v43 = EmbeddingDef::new("prerank", "v43", 4, Dtype::F32);
+    let vecs = |salt: u64| -> Vec<f32> { ids.iter().flat_map(|&id| vector(id, 4, salt)).collect() };
+    let mut tx = w.begin();
+    tx.add_embedding(v43.clone(), &ids, &vecs(1)).unwrap();
+    let with_v43 = tx.commit().unwrap().number();
+    let mut tx = w.begin();
+    tx.drop_embedding("prerank@v43").unwrap();
+    let dropped_in = tx.commit().unwrap();
+    assert_eq!(
+        dropped_in.dropped_versions().unwrap(),
+        vec![("prerank@v43".to_string(), dropped_in.number())]
+    );
+
+    // Other vectors under the dropped name are refused, naming the drop;
+    // in the same transaction as the drop too.
+    let mut tx = w.begin();
+    let e = tx.add_embedding(v43.clone(), &ids, &vecs(2)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("prerank@v43")
+            && msg.contains(&format!("dropped in snapshot {}", dropped_in.number()))
+            && msg.contains("forget_dropped_version"),
+        "{msg}"
+    );
+    drop(tx);
+    let mut tx = w.begin();
+    tx.add_embedding(v43.clone(), &ids, &vecs(1)).unwrap_err();
+    // The record survives unrelated publishes.
+    tx.set_metadata("note", "later");
+    let later = tx.commit().unwrap();
+    assert_eq!(later.dropped_versions().unwrap().len(), 1);
+
+    // Restoring a snapshot that held v43 brings it back with its own
+    // vectors: no longer listed. Dropping it again retires it again.
+    let back = w.restore(with_v43).unwrap();
+    assert!(back.dropped_versions().unwrap().is_empty());
+    assert_eq!(
+        back.get_embedding(7, "prerank@v43").unwrap(),
+        vector(7, 4, 1)
+    );
+    let mut tx = w.begin();
+    tx.drop_embedding("prerank@v43").unwrap();
+    let again = tx.commit().unwrap();
+    // Restoring a snapshot from before v43 existed keeps it retired (the
+    // restored snapshot's own record is empty; the newest's is kept).
+    let old = w.restore(with_v42).unwrap();
+    assert_eq!(
+        old.dropped_versions().unwrap(),
+        vec![("prerank@v43".to_string(), again.number())]
+    );
+    let mut tx = w.begin();
+    tx.add_embedding(v43.clone(), &ids, &vecs(3)).unwrap_err();
+    drop(tx);
+
+    // Vectors of the same model: forget the drop, then add.
+    let mut tx = w.begin();
+    assert!(tx.forget_dropped_version("prerank@v43").unwrap());
+    assert!(!tx.forget_dropped_version("prerank@v99").unwrap());
+    tx.add_embedding(v43, &ids, &vecs(1)).unwrap();
+    let s = tx.commit().unwrap();
+    assert!(s.dropped_versions().unwrap().is_empty());
+    assert_eq!(s.metadata(vstore::DROPPED_VERSIONS_KEY), None);
+
+    // A record that is not the library's JSON is named, not ignored.
+    let mut tx = w.begin();
+    tx.set_metadata(vstore::DROPPED_VERSIONS_KEY, "v43");
+    let s = tx.commit().unwrap();
+    let e = s.dropped_versions().unwrap_err().to_string();
+    assert!(e.contains(vstore::DROPPED_VERSIONS_KEY), "{e}");
+    let mut tx = w.begin();
+    let e = tx.drop_embedding("prerank@v42").unwrap_err().to_string();
+    assert!(e.contains(vstore::DROPPED_VERSIONS_KEY), "{e}");
+}
+
+#[test]
 fn stats_refresh_shares_profile_and_embedding_files() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F16)).unwrap();

@@ -629,6 +629,19 @@ impl PySnapshot {
         self.inner.computed_count(key).map_err(err)
     }
 
+    /// The embedding versions dropped earlier in the store's history, as a
+    /// dict `space@version` → the snapshot that dropped it. Their names
+    /// are not given to other vectors (`add_embedding` refuses them; see
+    /// `Transaction.forget_dropped_version`).
+    fn dropped_versions(&self) -> PyResult<std::collections::BTreeMap<String, u64>> {
+        Ok(self
+            .inner
+            .dropped_versions()
+            .map_err(err)?
+            .into_iter()
+            .collect())
+    }
+
     /// The snapshot's metadata entries as a dict.
     fn metadata(&self) -> std::collections::BTreeMap<String, String> {
         self.inner
@@ -1616,6 +1629,7 @@ enum Op {
     ApplyCompaction(Box<vstore::CompactedSegment>),
     DropItemTower(String),
     DropEmbedding(String),
+    ForgetDroppedVersion(String),
     SetMetadata(String, Option<String>),
 }
 
@@ -2046,6 +2060,14 @@ impl PyTransaction {
         self.push(Op::DropEmbedding(version.into()))
     }
 
+    /// Forgets that `version` (`space@version`) was dropped earlier in the
+    /// store's history, so `add_embedding` may take the name again: only
+    /// for vectors made by the same model as the dropped ones (a new model
+    /// needs a new version string; without this, the name is refused).
+    fn forget_dropped_version(&self, version: &str) -> PyResult<()> {
+        self.push(Op::ForgetDroppedVersion(version.into()))
+    }
+
     /// Drops the item tower of `version` (`space@version`).
     fn drop_item_tower(&self, version: &str) -> PyResult<()> {
         self.push(Op::DropItemTower(version.into()))
@@ -2131,6 +2153,9 @@ impl PyTransaction {
                     }
                     Op::DropItemTower(key) => tx.drop_item_tower(&key)?,
                     Op::DropEmbedding(key) => tx.drop_embedding(&key)?,
+                    Op::ForgetDroppedVersion(key) => {
+                        tx.forget_dropped_version(&key)?;
+                    }
                     Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value),
                     Op::SetMetadata(key, None) => tx.remove_metadata(&key),
                     Op::Compact(None) => {

@@ -304,6 +304,20 @@ def test_item_reads_back_what_was_written(tmp_path):
     assert list(it["embeddings"]) == ["p@v2"]
     with pytest.raises(vstore.VersionSkewError):
         snap.query("p@v1", np.ones(DIM, np.float32), None, 3)
+    # The dropped name is not given to other vectors, unless forgotten
+    # (vectors of the same model).
+    dropped_in = snap.number
+    assert snap.dropped_versions() == {"p@v1": dropped_in}
+    all_ids = snap.ids().tolist()
+    tx = w.begin()
+    tx.add_embedding("p", "v1", "f32", all_ids, np.ones((len(all_ids), DIM), np.float32))
+    with pytest.raises(vstore.InvalidInputError, match=f"p@v1 was dropped in snapshot {dropped_in}"):
+        tx.commit()
+    with w.begin() as tx:
+        tx.forget_dropped_version("p@v1")
+        tx.add_embedding("p", "v1", "f32", all_ids, np.ones((len(all_ids), DIM), np.float32))
+    snap = vstore.open(str(tmp_path / "s")).snapshot()
+    assert snap.dropped_versions() == {} and "p@v1" in snap.item(5)["embeddings"]
 
 
 def test_a_polars_frame_is_a_table(tmp_path):

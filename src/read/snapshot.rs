@@ -204,6 +204,18 @@ impl Snapshot {
             .map(|kv| kv.value.as_str())
     }
 
+    /// The embedding versions dropped earlier in the store's history, each
+    /// with the snapshot that dropped it (a version the snapshot holds
+    /// again, restored or forgotten, is not listed); their names are not
+    /// given to other vectors ([`crate::DROPPED_VERSIONS_KEY`]).
+    pub fn dropped_versions(&self) -> Result<Vec<(String, u64)>> {
+        Ok(
+            crate::format::dropped::parse(self.metadata(crate::DROPPED_VERSIONS_KEY))?
+                .into_iter()
+                .collect(),
+        )
+    }
+
     /// All user metadata, sorted by key.
     pub fn metadata_entries(&self) -> impl Iterator<Item = (&str, &str)> {
         self.manifest

@@ -1,8 +1,11 @@
 //! Embedding-version operations of a transaction: adding a version (a new
 //! embedding file for every segment) and dropping one (with its bundle).
 
+use std::collections::BTreeMap;
+
 use super::transaction::Transaction;
 use crate::error::{Error, Result};
+use crate::format::dropped::{self, DROPPED_VERSIONS_KEY};
 use crate::format::encode;
 use crate::format::meta::EmbeddingRef;
 use crate::schema::{EmbeddingDef, Schema};
@@ -18,12 +21,28 @@ impl Transaction<'_> {
     /// in the same transaction, and the commit computes them from the
     /// items' profiles. Without one, [`Transaction::commit`] refuses,
     /// naming an item left without a vector.
+    ///
+    /// A version dropped earlier in the store's history is refused: its
+    /// name belongs to the dropped model, whose user vectors would be
+    /// scored against the new vectors without an error. Name the new model
+    /// anew; if the vectors do come from the dropped version's model, call
+    /// [`Transaction::forget_dropped_version`] first.
     pub fn add_embedding(&mut self, def: EmbeddingDef, ids: &[u64], vectors: &[f32]) -> Result<()> {
         self.w.check_poisoned()?;
         let key = def.key();
         if self.schema.embedding_def(&key).is_some() {
             return Err(Error::InvalidInput(format!(
                 "the snapshot already holds embedding {key}"
+            )));
+        }
+        if let Some(n) = self.dropped_versions()?.get(&key) {
+            return Err(Error::InvalidInput(format!(
+                "embedding {key} was dropped in snapshot {n}: a version string names one trained \
+                 model, and user vectors of the dropped model would be scored against these \
+                 vectors without an error; name the new model anew (a new version or a training \
+                 run id), or, if these vectors come from the dropped version's model, forget the \
+                 drop first (Transaction::forget_dropped_version; vstore-tool add-embedding \
+                 --same-model-as-dropped)"
             )));
         }
         let mut schema = self.schema.clone();
@@ -122,6 +141,9 @@ impl Transaction<'_> {
                 available: self.schema.embedding_keys(),
             });
         }
+        let mut gone = self.dropped_versions()?;
+        gone.insert(key.to_string(), self.number);
+        self.set_dropped_versions(&gone);
         self.schema.embeddings.retain(|d| d.key() != key);
         // A bundle belongs to its embedding version and retires with it.
         self.bundles
@@ -137,5 +159,32 @@ impl Transaction<'_> {
             self.w.poison(r)?;
         }
         Ok(())
+    }
+}
+
+impl Transaction<'_> {
+    /// Forgets that embedding version `key` was dropped earlier in the
+    /// store's history, so [`Transaction::add_embedding`] takes that name
+    /// again: for vectors made by the same model as the dropped ones (a
+    /// version dropped by mistake, say). Returns whether it had been
+    /// dropped. Vectors of another model need another name.
+    pub fn forget_dropped_version(&mut self, key: &str) -> Result<bool> {
+        let mut gone = self.dropped_versions()?;
+        let was = gone.remove(key).is_some();
+        self.set_dropped_versions(&gone);
+        Ok(was)
+    }
+
+    /// The versions dropped earlier in the store's history, as this
+    /// transaction sees them (see [`DROPPED_VERSIONS_KEY`]).
+    fn dropped_versions(&self) -> Result<BTreeMap<String, u64>> {
+        dropped::parse(self.user_meta.get(DROPPED_VERSIONS_KEY).map(String::as_str))
+    }
+
+    fn set_dropped_versions(&mut self, gone: &BTreeMap<String, u64>) {
+        match dropped::encode(gone) {
+            Some(v) => self.user_meta.insert(DROPPED_VERSIONS_KEY.to_string(), v),
+            None => self.user_meta.remove(DROPPED_VERSIONS_KEY),
+        };
     }
 }

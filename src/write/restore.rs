@@ -1,7 +1,7 @@
 //! Restoring an old snapshot: its content published again as the newest
 //! snapshot (a rollback that keeps history), sharing its files.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use super::gc::manifest_files;
@@ -9,6 +9,7 @@ use super::job::JOB_KEY;
 use super::transaction::{pick_up_published, publish_or_remove};
 use super::writer::{now_ms, writer_open_options, Writer};
 use crate::error::{Error, Result};
+use crate::format::dropped::{self, DROPPED_VERSIONS_KEY};
 use crate::format::meta::KeyValue;
 use crate::read::snapshot::Snapshot;
 use crate::read::store::{list_manifests, read_manifest, Store};
@@ -102,6 +103,28 @@ impl Writer {
             .max(newest.manifest.next_segment_id)
             .max(self.segment_floor);
         m.user_meta.retain(|kv| !is_snapshot_only_key(&kv.key));
+        // The versions dropped in the newest snapshot's history stay
+        // retired (their names belong to the dropped models), except the
+        // ones the restored snapshot brings back with their own vectors.
+        let meta_of = |m: &crate::format::meta::ManifestMeta| {
+            m.user_meta
+                .iter()
+                .find(|kv| kv.key == DROPPED_VERSIONS_KEY)
+                .map(|kv| kv.value.clone())
+        };
+        let live: Vec<String> = m.schema.embeddings.iter().map(|d| d.key()).collect();
+        let gone = merge_for_restore(
+            &dropped::parse(meta_of(&newest.manifest).as_deref())?,
+            &dropped::parse(meta_of(&m).as_deref())?,
+            &live,
+        );
+        m.user_meta.retain(|kv| kv.key != DROPPED_VERSIONS_KEY);
+        if let Some(value) = dropped::encode(&gone) {
+            m.user_meta.push(KeyValue {
+                key: DROPPED_VERSIONS_KEY.into(),
+                value,
+            });
+        }
         m.user_meta.push(KeyValue {
             key: RESTORED_FROM_KEY.into(),
             value: n.to_string(),
@@ -109,5 +132,39 @@ impl Writer {
         m.user_meta.sort_by(|a, b| a.key.cmp(&b.key));
         publish_or_remove(self, number, m, &HashSet::new())?;
         pick_up_published(self, Vec::new())
+    }
+}
+
+/// The record of a restore of a snapshot holding `live` versions: every
+/// version dropped in either history, except those the restored snapshot
+/// holds (they come back with their own vectors). Each keeps its latest
+/// drop.
+fn merge_for_restore(
+    newest: &BTreeMap<String, u64>,
+    restored: &BTreeMap<String, u64>,
+    live: &[String],
+) -> BTreeMap<String, u64> {
+    let mut out = restored.clone();
+    for (k, &n) in newest {
+        let e = out.entry(k.clone()).or_insert(n);
+        *e = (*e).max(n);
+    }
+    out.retain(|k, _| !live.contains(k));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_keeps_both_histories_but_what_it_brings_back() {
+        let newest = BTreeMap::from([("a@1".to_string(), 9), ("b@1".to_string(), 4)]);
+        let restored = BTreeMap::from([("b@1".to_string(), 2), ("c@1".to_string(), 1)]);
+        let m = merge_for_restore(&newest, &restored, &["a@1".to_string()]);
+        assert_eq!(
+            m,
+            BTreeMap::from([("b@1".to_string(), 4), ("c@1".to_string(), 1)])
+        );
     }
 }

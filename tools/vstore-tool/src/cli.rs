@@ -227,6 +227,11 @@ pub struct AddEmbeddingArgs {
     /// Precompute the bundle's first-layer item part (f32 or f16).
     #[arg(long, value_name = "DTYPE", requires = "model", value_parser = ["f32", "f16"])]
     pub precompute: Option<String>,
+    /// Take the name of a version dropped earlier (refused otherwise): for
+    /// vectors made by the same model as the dropped ones. A new model
+    /// needs a new version string.
+    #[arg(long)]
+    pub same_model_as_dropped: bool,
 }
 
 /// `drop-embedding` and `drop-model`.

@@ -534,6 +534,48 @@ fn three_tower_and_filtered_queries_equal_the_library() {
 }
 
 #[test]
+fn a_dropped_version_is_not_taken_again_unless_the_same_model() {
+    let d = Data::new();
+    d.build("s");
+    let store = d.p("s");
+    ok(&["drop-embedding", &store, "prerank@v1"]);
+    let other: Vec<f32> = d.ids.iter().flat_map(|&id| common::vector(id, 5)).collect();
+    npy_f32(&d.path("other.npy"), &other, DIM);
+    let again = format!("prerank@v1={}", d.p("other.npy"));
+    let e = fails(&[
+        "add-embedding",
+        &store,
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &again,
+    ]);
+    assert!(
+        e.contains("prerank@v1 was dropped in snapshot 2") && e.contains("--same-model-as-dropped"),
+        "{e}"
+    );
+    assert_eq!(Store::open(&store).unwrap().snapshot().number(), 2);
+    let out = ok(&["inspect", &store]);
+    assert!(out.contains("vstore.dropped_versions"), "{out}");
+    let out = ok(&[
+        "add-embedding",
+        &store,
+        "--ids",
+        &d.p("ids.npy"),
+        "--embedding",
+        &again,
+        "--same-model-as-dropped",
+    ]);
+    assert!(out.contains("published snapshot 3"), "{out}");
+    let snap = Store::open(&store).unwrap().snapshot();
+    assert!(snap.dropped_versions().unwrap().is_empty());
+    assert_eq!(
+        snap.get_embedding(d.ids[3], "prerank@v1").unwrap(),
+        common::vector(d.ids[3], 5)
+    );
+}
+
+#[test]
 fn lifecycle_versions_stats_items_compaction_gc_diff_verify() {
     let d = Data::new();
     d.build("s");

@@ -31,6 +31,19 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
             e.key
         )));
     }
+    if !a.same_model_as_dropped {
+        let dropped = snap.dropped_versions()?;
+        if let Some((_, n)) = dropped.iter().find(|(k, _)| *k == e.key) {
+            return Err(ToolError::Refused(format!(
+                "embedding {} was dropped in snapshot {n}: the name belongs to the dropped \
+                 model, and user vectors of it would be scored against these vectors without \
+                 an error; name the new model anew (a new version or a training run id), or \
+                 pass --same-model-as-dropped if these vectors come from the dropped \
+                 version's model",
+                e.key
+            )));
+        }
+    }
     let items = read_items(&a.ids, std::slice::from_ref(&e), p)?;
     let (_, dim, vectors) = &items.vectors[0];
     let (space, version) = vstore::parse_key(&e.key)?;
@@ -101,6 +114,9 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
     let t = Instant::now();
     let sp = p.spinner(&format!("writing {} vectors of {}", items.ids.len(), e.key));
     let mut tx = w.begin();
+    if a.same_model_as_dropped {
+        tx.forget_dropped_version(&e.key)?;
+    }
     tx.add_embedding(def, &items.ids, vectors)
         .context(|| format!("embedding {} from {}", e.key, e.path.display()))?;
     if let (Some((json, weights)), Some(dir)) = (&tower, &a.item_tower) {
@@ -158,7 +174,9 @@ pub fn drop_embedding(a: &DropArgs, out: &mut dyn Write) -> Result<()> {
     let snap = super::commit(tx)?;
     say!(
         out,
-        "dropped embedding {} (its files stay until no retained snapshot needs them; see gc)",
+        "dropped embedding {} (its files stay until no retained snapshot needs them; see gc); \
+         the store keeps the name for it: add-embedding refuses {} for other vectors",
+        a.key,
         a.key
     );
     report::published(out, base.as_ref(), &snap, t.elapsed(), a.json)
