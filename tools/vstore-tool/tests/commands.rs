@@ -542,14 +542,16 @@ fn a_dropped_version_is_not_taken_again_unless_the_same_model() {
     let other: Vec<f32> = d.ids.iter().flat_map(|&id| common::vector(id, 5)).collect();
     npy_f32(&d.path("other.npy"), &other, DIM);
     let again = format!("prerank@v1={}", d.p("other.npy"));
-    let e = fails(&[
+    let ids = d.p("ids.npy");
+    let add = [
         "add-embedding",
         &store,
         "--ids",
-        &d.p("ids.npy"),
+        &ids,
         "--embedding",
         &again,
-    ]);
+    ];
+    let e = fails(&add);
     assert!(
         e.contains("prerank@v1 was dropped in snapshot 2") && e.contains("--same-model-as-dropped"),
         "{e}"
@@ -557,15 +559,7 @@ fn a_dropped_version_is_not_taken_again_unless_the_same_model() {
     assert_eq!(Store::open(&store).unwrap().snapshot().number(), 2);
     let out = ok(&["inspect", &store]);
     assert!(out.contains("vstore.dropped_versions"), "{out}");
-    let out = ok(&[
-        "add-embedding",
-        &store,
-        "--ids",
-        &d.p("ids.npy"),
-        "--embedding",
-        &again,
-        "--same-model-as-dropped",
-    ]);
+    let out = ok(&[&add[..], &["--same-model-as-dropped"]].concat());
     assert!(out.contains("published snapshot 3"), "{out}");
     let snap = Store::open(&store).unwrap().snapshot();
     assert!(snap.dropped_versions().unwrap().is_empty());
