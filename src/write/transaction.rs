@@ -177,6 +177,11 @@ impl<'w> Transaction<'w> {
     /// Publishes the snapshot: syncs the directory (data files are already
     /// synced), writes the manifest to a temporary name, syncs it, renames it
     /// into place and syncs the directory. Returns the new snapshot, pinned.
+    ///
+    /// A transaction that changed nothing still publishes (a snapshot equal
+    /// to its base, with a new number and time), and counts towards
+    /// [`Retention::keep_last`](crate::Retention): a pipeline that may have
+    /// nothing to write should not begin or commit a transaction then.
     pub fn commit(mut self) -> Result<Arc<Snapshot>> {
         self.w.check_poisoned()?;
         self.refuse_precomputed_without_items()?;

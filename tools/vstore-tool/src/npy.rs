@@ -251,7 +251,10 @@ fn precheck(bytes: &[u8]) -> std::result::Result<(), String> {
 /// the header has no shape tuple (the parser then refuses it).
 fn shape_of(header: &str) -> Option<(&str, std::result::Result<Vec<u64>, String>)> {
     let rest = &header[header.find("'shape'")?..];
-    let (open, close) = (rest.find('(')?, rest.find(')')?);
+    // The first ')' after the first '(' (a ')' before it, as in a damaged
+    // header `'shape': )(`, is not the tuple's).
+    let open = rest.find('(')?;
+    let close = open + rest[open..].find(')')?;
     let shape = rest.get(open..=close)?;
     let dims = shape[1..shape.len() - 1]
         .split(',')
@@ -677,6 +680,18 @@ mod tests {
         let (_d, p) = write(&npy("<i8", "(2,)", &data));
         let e = read_ids(&p, &Progress::hidden()).unwrap_err().to_string();
         assert!(e.contains("row 1") && e.contains("negative"), "{e}");
+    }
+
+    #[test]
+    fn a_shape_whose_parenthesis_closes_before_it_opens_is_refused() {
+        // Found by the npy fuzz target: `'shape': 9,0,)(` (a ')' just
+        // before the '(') made the shape scan slice backwards and panic.
+        let (_d, p) = write(&npy("<i8", "9,0,)(", &[0; 16]));
+        let e = read_matrix(&p, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.npy"), "{e}");
+        read_ids(&p, &Progress::hidden()).unwrap_err();
     }
 
     #[test]
