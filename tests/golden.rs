@@ -164,7 +164,7 @@ fn build(dir: &Path, p: Parts) {
     tx.set_created_time(SystemTime::UNIX_EPOCH + Duration::from_millis(T0));
     tx.add_items(items(&ids_a())).unwrap();
     tx.add_items(items(&ids_b())).unwrap();
-    tx.set_metadata("producer", "golden");
+    tx.set_metadata("producer", "golden").unwrap();
     tx.commit().unwrap();
 
     let all: Vec<u64> = ids_a().into_iter().chain(ids_b()).collect();
@@ -176,7 +176,7 @@ fn build(dir: &Path, p: Parts) {
     tx.add_embedding(EmbeddingDef::new("prerank", "v43", 16, Dtype::I8), &all, &v)
         .unwrap();
     tx.delete_items(&[2007]).unwrap();
-    tx.set_metadata("model_rollout", "v43");
+    tx.set_metadata("model_rollout", "v43").unwrap();
     if p.bundle {
         let (j, w) = common::bundle::Bundle::tiny("v42", 8).bytes();
         tx.add_model(&j, &w).unwrap();

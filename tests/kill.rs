@@ -43,7 +43,7 @@ fn child_entry() {
         let v: Vec<f32> = ids.iter().flat_map(|&i| vector(i, DIM, 0)).collect();
         tx.add_items(ItemBatch::new(ids).embedding("prerank@v42", v))
             .unwrap();
-        tx.set_metadata("n", &n.to_string());
+        tx.set_metadata("n", &n.to_string()).unwrap();
         let s = tx.commit().unwrap();
         println!("ACK {}", s.number());
         std::io::stdout().flush().unwrap();

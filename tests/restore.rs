@@ -17,7 +17,7 @@ fn an_old_snapshot_comes_back_as_the_newest() {
     let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
     let mut tx = w.begin();
     tx.add_items(batch(&[1, 2, 3], DIM, 0)).unwrap();
-    tx.set_metadata("release", "good");
+    tx.set_metadata("release", "good").unwrap();
     let good = tx.commit().unwrap();
     let good_files = {
         let mut f = common::files(dir.path());
@@ -29,7 +29,7 @@ fn an_old_snapshot_comes_back_as_the_newest() {
     tx.delete_items(&[1]).unwrap();
     tx.upsert_items(batch(&[2], DIM, 9)).unwrap();
     tx.add_items(batch(&[10, 11], DIM, 0)).unwrap();
-    tx.set_metadata("release", "bad");
+    tx.set_metadata("release", "bad").unwrap();
     let bad = tx.commit().unwrap();
     assert_eq!(bad.len(), 4);
 

@@ -26,7 +26,7 @@ fn publish_then_read_back() {
     let mut tx = w.begin();
     assert_eq!(tx.number(), 1);
     tx.add_items(batch(&ids, DIM, 0)).unwrap();
-    tx.set_metadata("source", "unit-test");
+    tx.set_metadata("source", "unit-test").unwrap();
     let snap = tx.commit().unwrap();
     assert_eq!(snap.number(), 1);
     assert_eq!(snap.parent(), None);
@@ -158,8 +158,18 @@ fn several_versions_side_by_side_and_drop() {
     );
     // The writer goes on: a refused input is not a failed write.
     let mut tx = w.begin();
-    tx.set_metadata("after", "refusal");
+    tx.set_metadata("after", "refusal").unwrap();
     tx.commit().unwrap();
+}
+
+/// The refusal of a dropped name, checked by its message.
+fn assert_refused_as_dropped(e: Error, key: &str, snapshot: u64) {
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("{key} was dropped in snapshot {snapshot}"))
+            && msg.contains("forget_dropped_version"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -175,32 +185,39 @@ fn a_dropped_version_string_is_not_given_to_other_vectors() {
     let mut tx = w.begin();
     tx.add_embedding(v43.clone(), &ids, &vecs(1)).unwrap();
     let with_v43 = tx.commit().unwrap().number();
+
+    // Dropped and added again in one transaction: refused, naming the
+    // transaction's own snapshot.
     let mut tx = w.begin();
+    let n = tx.number();
     tx.drop_embedding("prerank@v43").unwrap();
+    let e = tx.add_embedding(v43.clone(), &ids, &vecs(2)).unwrap_err();
+    assert_refused_as_dropped(e, "prerank@v43", n);
     let dropped_in = tx.commit().unwrap();
+    assert_eq!(dropped_in.number(), n);
     assert_eq!(
         dropped_in.dropped_versions().unwrap(),
-        vec![("prerank@v43".to_string(), dropped_in.number())]
+        vec![("prerank@v43".to_string(), n)]
     );
-
-    // Other vectors under the dropped name are refused, naming the drop;
-    // in the same transaction as the drop too.
+    // In a later transaction too; the record survives other publishes.
     let mut tx = w.begin();
     let e = tx.add_embedding(v43.clone(), &ids, &vecs(2)).unwrap_err();
-    let msg = e.to_string();
-    assert!(
-        msg.contains("prerank@v43")
-            && msg.contains(&format!("dropped in snapshot {}", dropped_in.number()))
-            && msg.contains("forget_dropped_version"),
-        "{msg}"
-    );
-    drop(tx);
-    let mut tx = w.begin();
-    tx.add_embedding(v43.clone(), &ids, &vecs(1)).unwrap_err();
-    // The record survives unrelated publishes.
-    tx.set_metadata("note", "later");
+    assert_refused_as_dropped(e, "prerank@v43", n);
+    tx.set_metadata("note", "later").unwrap();
     let later = tx.commit().unwrap();
     assert_eq!(later.dropped_versions().unwrap().len(), 1);
+    // The record is the library's: the metadata calls refuse its key.
+    let mut tx = w.begin();
+    for e in [
+        tx.set_metadata(vstore::DROPPED_VERSIONS_KEY, "{}")
+            .unwrap_err(),
+        tx.remove_metadata(vstore::DROPPED_VERSIONS_KEY)
+            .unwrap_err(),
+        tx.set_metadata("vstore.anything", "x").unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("is the library's"), "{e}");
+    }
+    drop(tx);
 
     // Restoring a snapshot that held v43 brings it back with its own
     // vectors: no longer listed. Dropping it again retires it again.
@@ -221,7 +238,27 @@ fn a_dropped_version_string_is_not_given_to_other_vectors() {
         vec![("prerank@v43".to_string(), again.number())]
     );
     let mut tx = w.begin();
-    tx.add_embedding(v43.clone(), &ids, &vecs(3)).unwrap_err();
+    let e = tx.add_embedding(v43.clone(), &ids, &vecs(3)).unwrap_err();
+    assert_refused_as_dropped(e, "prerank@v43", again.number());
+    drop(tx);
+
+    // A restore that leaves out a version the newest holds drops it, and
+    // records so.
+    let v44 = EmbeddingDef::new("prerank", "v44", 4, Dtype::F32);
+    let mut tx = w.begin();
+    tx.add_embedding(v44.clone(), &ids, &vecs(4)).unwrap();
+    tx.commit().unwrap();
+    let restored = w.restore(with_v42).unwrap();
+    assert_eq!(
+        restored.dropped_versions().unwrap(),
+        vec![
+            ("prerank@v43".to_string(), again.number()),
+            ("prerank@v44".to_string(), restored.number())
+        ]
+    );
+    let mut tx = w.begin();
+    let e = tx.add_embedding(v44, &ids, &vecs(5)).unwrap_err();
+    assert_refused_as_dropped(e, "prerank@v44", restored.number());
     drop(tx);
 
     // Vectors of the same model: forget the drop, then add.
@@ -230,18 +267,11 @@ fn a_dropped_version_string_is_not_given_to_other_vectors() {
     assert!(!tx.forget_dropped_version("prerank@v99").unwrap());
     tx.add_embedding(v43, &ids, &vecs(1)).unwrap();
     let s = tx.commit().unwrap();
-    assert!(s.dropped_versions().unwrap().is_empty());
-    assert_eq!(s.metadata(vstore::DROPPED_VERSIONS_KEY), None);
-
-    // A record that is not the library's JSON is named, not ignored.
-    let mut tx = w.begin();
-    tx.set_metadata(vstore::DROPPED_VERSIONS_KEY, "v43");
-    let s = tx.commit().unwrap();
-    let e = s.dropped_versions().unwrap_err().to_string();
-    assert!(e.contains(vstore::DROPPED_VERSIONS_KEY), "{e}");
-    let mut tx = w.begin();
-    let e = tx.drop_embedding("prerank@v42").unwrap_err().to_string();
-    assert!(e.contains(vstore::DROPPED_VERSIONS_KEY), "{e}");
+    assert_eq!(
+        s.dropped_versions().unwrap(),
+        vec![("prerank@v44".to_string(), restored.number())]
+    );
+    assert_eq!(s.get_embedding(7, "prerank@v43").unwrap(), vector(7, 4, 1));
 }
 
 #[test]

@@ -464,7 +464,7 @@ pub fn tt_model_store_at(
     let mut tx = w.begin();
     tx.add_items(batch).unwrap();
     tx.add_model_with(&j, &wts, pre, precision).unwrap();
-    tx.set_metadata("bench.bundle", &fingerprint);
+    tx.set_metadata("bench.bundle", &fingerprint).unwrap();
     tx.commit().unwrap();
     eprintln!(
         "built {rows}-item three-tower benchmark store with bundle {:?} in {:.1?}",

@@ -129,6 +129,18 @@ fn seconds(name: &str, secs: f64) -> PyResult<std::time::Duration> {
 }
 
 /// An `InvalidInputError` naming the argument.
+/// Refuses a metadata key the library keeps, at the call (the library
+/// refuses it too, at commit).
+fn refuse_library_key(key: &str) -> PyResult<()> {
+    if key.starts_with("vstore.") {
+        return Err(invalid(format!(
+            "metadata key {key:?} is the library's (keys starting \"vstore.\" are kept by vstore \
+             itself); pick another key"
+        )));
+    }
+    Ok(())
+}
+
 fn invalid(what: impl std::fmt::Display) -> PyErr {
     InvalidInputError::new_err(what.to_string())
 }
@@ -2075,12 +2087,15 @@ impl PyTransaction {
 
     /// Sets the snapshot's metadata entry `key` (a string the store keeps
     /// with the snapshot: the job that built it, a model run id, ...).
+    /// Keys starting `vstore.` are the library's: refused.
     fn set_metadata(&self, key: &str, value: &str) -> PyResult<()> {
+        refuse_library_key(key)?;
         self.push(Op::SetMetadata(key.into(), Some(value.into())))
     }
 
-    /// Removes the metadata entry `key`.
+    /// Removes the metadata entry `key` (a `vstore.` key is refused).
     fn remove_metadata(&self, key: &str) -> PyResult<()> {
+        refuse_library_key(key)?;
         self.push(Op::SetMetadata(key.into(), None))
     }
 
@@ -2156,8 +2171,8 @@ impl PyTransaction {
                     Op::ForgetDroppedVersion(key) => {
                         tx.forget_dropped_version(&key)?;
                     }
-                    Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value),
-                    Op::SetMetadata(key, None) => tx.remove_metadata(&key),
+                    Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value)?,
+                    Op::SetMetadata(key, None) => tx.remove_metadata(&key)?,
                     Op::Compact(None) => {
                         tx.compact()?;
                     }

@@ -318,6 +318,11 @@ def test_item_reads_back_what_was_written(tmp_path):
         tx.add_embedding("p", "v1", "f32", all_ids, np.ones((len(all_ids), DIM), np.float32))
     snap = vstore.open(str(tmp_path / "s")).snapshot()
     assert snap.dropped_versions() == {} and "p@v1" in snap.item(5)["embeddings"]
+    with w.begin() as tx:
+        with pytest.raises(vstore.InvalidInputError, match="the library's"):
+            tx.remove_metadata("vstore.dropped_versions")
+        with pytest.raises(vstore.InvalidInputError, match="the library's"):
+            tx.set_metadata("vstore.job", "x")
 
 
 def test_a_polars_frame_is_a_table(tmp_path):

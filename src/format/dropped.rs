@@ -24,7 +24,8 @@ pub(crate) fn parse(value: Option<&str>) -> Result<BTreeMap<String, u64>> {
     serde_json::from_str(value).map_err(|e| {
         Error::InvalidInput(format!(
             "user metadata {DROPPED_VERSIONS_KEY} is not a JSON object of version -> snapshot \
-             number ({e}); the key is the library's: remove it to start the record again"
+             number ({e}); vstore writes it so, and refuses the key to set_metadata: the \
+             manifest was written by other software"
         ))
     })
 }

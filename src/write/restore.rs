@@ -32,7 +32,10 @@ impl Writer {
     /// stay in the history (until `gc`). Its files are shared, not copied.
     /// Refused, naming them, if `gc` collected any of `n`'s files; refused
     /// if `n` does not exist, is damaged, or is the newest already. The new
-    /// snapshot records `vstore.restored_from = n` in its metadata.
+    /// snapshot records `vstore.restored_from = n` in its metadata, and its
+    /// record of dropped versions ([`crate::DROPPED_VERSIONS_KEY`]) keeps
+    /// the newest's: the versions dropped in either history and those the
+    /// restore drops stay retired, less the ones `n` brings back.
     ///
     /// ```
     /// # fn main() -> vstore::Result<()> {
@@ -104,19 +107,27 @@ impl Writer {
             .max(self.segment_floor);
         m.user_meta.retain(|kv| !is_snapshot_only_key(&kv.key));
         // The versions dropped in the newest snapshot's history stay
-        // retired (their names belong to the dropped models), except the
-        // ones the restored snapshot brings back with their own vectors.
+        // retired (their names belong to the dropped models), and so do the
+        // ones the newest holds that the restored snapshot does not (the
+        // restore drops them); the versions the restored snapshot holds
+        // come back with their own vectors.
         let meta_of = |m: &crate::format::meta::ManifestMeta| {
             m.user_meta
                 .iter()
                 .find(|kv| kv.key == DROPPED_VERSIONS_KEY)
                 .map(|kv| kv.value.clone())
         };
-        let live: Vec<String> = m.schema.embeddings.iter().map(|d| d.key()).collect();
+        let live = |m: &crate::format::meta::ManifestMeta| -> Vec<String> {
+            m.schema.embeddings.iter().map(|d| d.key()).collect()
+        };
+        let record = |m: &crate::format::meta::ManifestMeta| {
+            dropped::parse(meta_of(m).as_deref())
+                .map_err(|e| Error::InvalidInput(format!("snapshot {}: {e}", m.snapshot)))
+        };
         let gone = merge_for_restore(
-            &dropped::parse(meta_of(&newest.manifest).as_deref())?,
-            &dropped::parse(meta_of(&m).as_deref())?,
-            &live,
+            (&record(&newest.manifest)?, &live(&newest.manifest)),
+            (&record(&m)?, &live(&m)),
+            number,
         );
         m.user_meta.retain(|kv| kv.key != DROPPED_VERSIONS_KEY);
         if let Some(value) = dropped::encode(&gone) {
@@ -135,21 +146,26 @@ impl Writer {
     }
 }
 
-/// The record of a restore of a snapshot holding `live` versions: every
-/// version dropped in either history, except those the restored snapshot
-/// holds (they come back with their own vectors). Each keeps its latest
-/// drop.
+/// The record of dropped versions after restoring, as snapshot `number`,
+/// a snapshot whose record and versions are `restored` over the newest
+/// (`newest`): every version dropped in either history (its latest drop),
+/// and every version the newest holds that the restored one does not
+/// (dropped by this restore), less the versions the restored snapshot
+/// holds (they come back with their own vectors).
 fn merge_for_restore(
-    newest: &BTreeMap<String, u64>,
-    restored: &BTreeMap<String, u64>,
-    live: &[String],
+    (newest, newest_live): (&BTreeMap<String, u64>, &[String]),
+    (restored, restored_live): (&BTreeMap<String, u64>, &[String]),
+    number: u64,
 ) -> BTreeMap<String, u64> {
     let mut out = restored.clone();
     for (k, &n) in newest {
         let e = out.entry(k.clone()).or_insert(n);
         *e = (*e).max(n);
     }
-    out.retain(|k, _| !live.contains(k));
+    for k in newest_live {
+        out.insert(k.clone(), number);
+    }
+    out.retain(|k, _| !restored_live.contains(k));
     out
 }
 
@@ -158,13 +174,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_restore_keeps_both_histories_but_what_it_brings_back() {
+    fn a_restore_keeps_both_histories_and_records_what_it_drops() {
         let newest = BTreeMap::from([("a@1".to_string(), 9), ("b@1".to_string(), 4)]);
         let restored = BTreeMap::from([("b@1".to_string(), 2), ("c@1".to_string(), 1)]);
-        let m = merge_for_restore(&newest, &restored, &["a@1".to_string()]);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let m = merge_for_restore(
+            (&newest, &s(&["d@1", "e@1"])),
+            (&restored, &s(&["a@1", "e@1"])),
+            12,
+        );
         assert_eq!(
             m,
-            BTreeMap::from([("b@1".to_string(), 4), ("c@1".to_string(), 1)])
+            BTreeMap::from([
+                ("b@1".to_string(), 4),
+                ("c@1".to_string(), 1),
+                ("d@1".to_string(), 12)
+            ])
         );
     }
 }

@@ -164,14 +164,21 @@ impl<'w> Transaction<'w> {
         );
     }
 
-    /// Sets a user metadata entry published with the snapshot.
-    pub fn set_metadata(&mut self, key: &str, value: &str) {
+    /// Sets a user metadata entry published with the snapshot. Keys
+    /// starting `vstore.` are the library's (a build job's id, a restore's
+    /// source, the record of dropped versions): refused.
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
+        refuse_library_key(key)?;
         self.user_meta.insert(key.to_string(), value.to_string());
+        Ok(())
     }
 
-    /// Removes a user metadata entry.
-    pub fn remove_metadata(&mut self, key: &str) {
+    /// Removes a user metadata entry (a key starting `vstore.` is the
+    /// library's: refused).
+    pub fn remove_metadata(&mut self, key: &str) -> Result<()> {
+        refuse_library_key(key)?;
         self.user_meta.remove(key);
+        Ok(())
     }
 
     /// Publishes the snapshot: syncs the directory (data files are already
@@ -366,4 +373,16 @@ impl Drop for Transaction<'_> {
         // The removals need not be durable: a file that reappears after a
         // crash is referenced by no manifest and gc collects it.
     }
+}
+
+/// Refuses a user metadata key the library keeps (`vstore.` keys: the
+/// library writes them, and reads them back to decide what to refuse).
+fn refuse_library_key(key: &str) -> Result<()> {
+    if key.starts_with("vstore.") {
+        return Err(Error::InvalidInput(format!(
+            "user metadata key {key:?} is the library's (keys starting \"vstore.\" are kept by \
+             vstore itself); pick another key"
+        )));
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    fails, npy_f32, npy_u64, npy_vec, ok, parquet_file, tool, usage_fails, Data, PqCol, DIM, ROWS,
+    fails, fails_with, npy_f32, npy_u64, npy_vec, ok, parquet_file, tool, usage_fails, Data, PqCol,
+    DIM, ROWS,
 };
 use serde_json::Value;
 use vstore::{Query, Store, UserInputs};
@@ -538,20 +539,24 @@ fn a_dropped_version_is_not_taken_again_unless_the_same_model() {
     let d = Data::new();
     d.build("s");
     let store = d.p("s");
+    let before = Store::open(&store).unwrap().snapshot();
+    let v1_of_3 = before.get_embedding(d.ids[3], "prerank@v1").unwrap();
+    drop(before);
     ok(&["drop-embedding", &store, "prerank@v1"]);
+    // Another model's vectors under the dropped name: refused before the
+    // lock is taken (the library refuses too), nothing published.
     let other: Vec<f32> = d.ids.iter().flat_map(|&id| common::vector(id, 5)).collect();
     npy_f32(&d.path("other.npy"), &other, DIM);
-    let again = format!("prerank@v1={}", d.p("other.npy"));
     let ids = d.p("ids.npy");
-    let add = [
+    let other = format!("prerank@v1:f16={}", d.p("other.npy"));
+    let e = fails(&[
         "add-embedding",
         &store,
         "--ids",
         &ids,
         "--embedding",
-        &again,
-    ];
-    let e = fails(&add);
+        &other,
+    ]);
     assert!(
         e.contains("prerank@v1 was dropped in snapshot 2") && e.contains("--same-model-as-dropped"),
         "{e}"
@@ -559,14 +564,32 @@ fn a_dropped_version_is_not_taken_again_unless_the_same_model() {
     assert_eq!(Store::open(&store).unwrap().snapshot().number(), 2);
     let out = ok(&["inspect", &store]);
     assert!(out.contains("vstore.dropped_versions"), "{out}");
-    let out = ok(&[&add[..], &["--same-model-as-dropped"]].concat());
+    // The dropped model's own vectors again, said so.
+    let same = format!("prerank@v1:f16={}", d.p("emb.npy"));
+    let out = ok(&[
+        "add-embedding",
+        &store,
+        "--ids",
+        &ids,
+        "--embedding",
+        &same,
+        "--same-model-as-dropped",
+    ]);
     assert!(out.contains("published snapshot 3"), "{out}");
     let snap = Store::open(&store).unwrap().snapshot();
     assert!(snap.dropped_versions().unwrap().is_empty());
-    assert_eq!(
-        snap.get_embedding(d.ids[3], "prerank@v1").unwrap(),
-        common::vector(d.ids[3], 5)
+    assert_eq!(snap.get_embedding(d.ids[3], "prerank@v1").unwrap(), v1_of_3);
+    // The record's key (any vstore. key) is not the user's to set.
+    let args = d.build_args(
+        "t",
+        "ids.npy",
+        "emb.npy",
+        &["--metadata", "vstore.dropped_versions={}"],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e = fails_with(2, &args);
+    assert!(e.contains("the library's"), "{e}");
+    assert!(!d.path("t").exists());
 }
 
 #[test]

@@ -35,8 +35,15 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         .metadata
         .iter()
         .map(|kv| {
-            kv.split_once('=')
-                .ok_or_else(|| ToolError::Usage(format!("--metadata {kv:?}: expected KEY=VALUE")))
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                ToolError::Usage(format!("--metadata {kv:?}: expected KEY=VALUE"))
+            })?;
+            if k.starts_with("vstore.") {
+                return Err(ToolError::Usage(format!(
+                    "--metadata {kv:?}: keys starting \"vstore.\" are the library's; pick another key"
+                )));
+            }
+            Ok((k, v))
         })
         .collect::<Result<Vec<_>>>()?;
     let precompute = a.precompute.as_deref().map(parse_precompute).transpose()?;
@@ -138,9 +145,9 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         let sp = p.spinner(&format!("writing {} items", batch.len()));
         tx.add_items(batch)
             .context(|| format!("items from {}", items.ids_path.display()))?;
-        tx.set_metadata("created_by", "vstore-tool build");
+        tx.set_metadata("created_by", "vstore-tool build")?;
         for (k, v) in &metadata {
-            tx.set_metadata(k, v);
+            tx.set_metadata(k, v)?;
         }
         let snap = super::commit(tx)?;
         sp.finish_and_clear();

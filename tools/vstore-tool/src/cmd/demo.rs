@@ -128,7 +128,7 @@ fn build(
             .stat_opt("impressions_7d", cat.impressions_7d.clone())
             .embedding(key, cat.vectors.clone()),
     )?;
-    tx.set_metadata("source", "vstore-tool demo");
+    tx.set_metadata("source", "vstore-tool demo")?;
     let s1 = tx.commit()?;
     sp.finish_and_clear();
     let size1: u64 = s1.files().iter().map(|f| file_len(dir, f)).sum();
