@@ -28,6 +28,10 @@ enum Op {
     CompactIf,
     AddEmbedding(Dtype),
     DropOldest,
+    /// Add a version dropped earlier under its old name, with other
+    /// vectors: refused, naming the snapshot that dropped it (a no-op
+    /// when none was dropped).
+    ReAddDropped,
     /// Drop the newest version and add it again, same key, new vectors
     /// (in one publish; the dropped name is refused until forgotten).
     ReplaceNewest(Dtype),
@@ -52,6 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CompactIf),
         1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)].prop_map(Op::AddEmbedding),
         1 => Just(Op::DropOldest),
+        1 => Just(Op::ReAddDropped),
         1 => prop_oneof![Just(Dtype::F32), Just(Dtype::F16)].prop_map(Op::ReplaceNewest),
         2 => Just(Op::StartBackground),
         2 => Just(Op::FinishBackground),
@@ -277,6 +282,20 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 );
                 versions.push(format!("s@{version}"));
                 next_version += 1;
+            }
+            Op::ReAddDropped => {
+                if let Some((key, &n)) = dropped.iter().next() {
+                    let version = key.strip_prefix("s@").unwrap();
+                    let ids: Vec<u64> = model.keys().copied().collect();
+                    let v: Vec<f32> = ids.iter().flat_map(|&i| vec_for(i, gen, 900)).collect();
+                    let def = EmbeddingDef::new("s", version, DIM as u32, Dtype::F32);
+                    let e = tx.add_embedding(def, &ids, &v).unwrap_err().to_string();
+                    prop_assert!(
+                        e.contains(&format!("{key} was dropped in snapshot {n}")),
+                        "{}",
+                        e
+                    );
+                }
             }
             Op::DropOldest => {
                 if versions.len() > 1 {
