@@ -209,11 +209,9 @@ impl Snapshot {
     /// again, restored or forgotten, is not listed); their names are not
     /// given to other vectors ([`crate::DROPPED_VERSIONS_KEY`]).
     pub fn dropped_versions(&self) -> Result<Vec<(String, u64)>> {
-        Ok(
-            crate::format::dropped::parse(self.metadata(crate::DROPPED_VERSIONS_KEY))?
-                .into_iter()
-                .collect(),
-        )
+        let record = crate::format::dropped::parse(self.metadata(crate::DROPPED_VERSIONS_KEY))
+            .map_err(|e| Error::InvalidInput(format!("snapshot {}: {e}", self.number())))?;
+        Ok(record.into_iter().collect())
     }
 
     /// All user metadata, sorted by key.
