@@ -63,5 +63,5 @@ pub use write::job::{
 };
 pub use write::rebase::Compaction;
 pub use write::restore::RESTORED_FROM_KEY;
-pub use write::transaction::Transaction;
+pub use write::transaction::{check_metadata_key, Transaction};
 pub use write::writer::{is_leftover_name, Writer, DEFAULT_STAGING_GRACE};

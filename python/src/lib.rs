@@ -129,18 +129,6 @@ fn seconds(name: &str, secs: f64) -> PyResult<std::time::Duration> {
 }
 
 /// An `InvalidInputError` naming the argument.
-/// Refuses a metadata key the library keeps, at the call (the library
-/// refuses it too, at commit).
-fn refuse_library_key(key: &str) -> PyResult<()> {
-    if key.starts_with("vstore.") {
-        return Err(invalid(format!(
-            "metadata key {key:?} is the library's (keys starting \"vstore.\" are kept by vstore \
-             itself); pick another key"
-        )));
-    }
-    Ok(())
-}
-
 fn invalid(what: impl std::fmt::Display) -> PyErr {
     InvalidInputError::new_err(what.to_string())
 }
@@ -2089,13 +2077,14 @@ impl PyTransaction {
     /// with the snapshot: the job that built it, a model run id, ...).
     /// Keys starting `vstore.` are the library's: refused.
     fn set_metadata(&self, key: &str, value: &str) -> PyResult<()> {
-        refuse_library_key(key)?;
+        // At the call, not only at commit.
+        vstore::check_metadata_key(key).map_err(err)?;
         self.push(Op::SetMetadata(key.into(), Some(value.into())))
     }
 
     /// Removes the metadata entry `key` (a `vstore.` key is refused).
     fn remove_metadata(&self, key: &str) -> PyResult<()> {
-        refuse_library_key(key)?;
+        vstore::check_metadata_key(key).map_err(err)?;
         self.push(Op::SetMetadata(key.into(), None))
     }
 

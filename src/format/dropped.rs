@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::format::meta::ManifestMeta;
 
 /// User metadata key holding the embedding versions dropped earlier in the
 /// store's history: a JSON object, `space@version` → the snapshot whose
@@ -16,18 +17,25 @@ use crate::error::{Error, Result};
 /// transaction forgot it first ([`crate::Transaction::forget_dropped_version`]).
 pub const DROPPED_VERSIONS_KEY: &str = "vstore.dropped_versions";
 
-/// Reads the value of [`DROPPED_VERSIONS_KEY`] (`None`: no version dropped).
-pub(crate) fn parse(value: Option<&str>) -> Result<BTreeMap<String, u64>> {
+/// Reads the value of [`DROPPED_VERSIONS_KEY`] of snapshot `snapshot`
+/// (`None`: no version dropped); an error names the snapshot.
+pub(crate) fn parse(value: Option<&str>, snapshot: u64) -> Result<BTreeMap<String, u64>> {
     let Some(value) = value else {
         return Ok(BTreeMap::new());
     };
     serde_json::from_str(value).map_err(|e| {
         Error::InvalidInput(format!(
-            "user metadata {DROPPED_VERSIONS_KEY} is not a JSON object of version -> snapshot \
-             number ({e}); vstore writes it so, and refuses the key to set_metadata: the \
-             manifest was written by other software"
+            "snapshot {snapshot}: user metadata {DROPPED_VERSIONS_KEY} is not a JSON object of \
+             version -> snapshot number ({e}); vstore writes it so, and refuses the key to \
+             set_metadata: the manifest was written by other software"
         ))
     })
+}
+
+/// The record of dropped versions of manifest `m`.
+pub(crate) fn of_manifest(m: &ManifestMeta) -> Result<BTreeMap<String, u64>> {
+    let value = m.user_meta.iter().find(|kv| kv.key == DROPPED_VERSIONS_KEY);
+    parse(value.map(|kv| kv.value.as_str()), m.snapshot)
 }
 
 /// The value of [`DROPPED_VERSIONS_KEY`] for `dropped`, or `None` when it
@@ -48,12 +56,15 @@ mod tests {
     fn round_trip_and_bad_values() {
         let mut m = BTreeMap::new();
         assert_eq!(encode(&m), None);
-        assert!(parse(None).unwrap().is_empty());
+        assert!(parse(None, 1).unwrap().is_empty());
         m.insert("prerank@v3".to_string(), 7);
         let s = encode(&m).unwrap();
         assert_eq!(s, r#"{"prerank@v3":7}"#);
-        assert_eq!(parse(Some(&s)).unwrap(), m);
-        let e = parse(Some("[1]")).unwrap_err().to_string();
-        assert!(e.contains(DROPPED_VERSIONS_KEY), "{e}");
+        assert_eq!(parse(Some(&s), 1).unwrap(), m);
+        let e = parse(Some("[1]"), 4).unwrap_err().to_string();
+        assert!(
+            e.contains(DROPPED_VERSIONS_KEY) && e.contains("snapshot 4: "),
+            "{e}"
+        );
     }
 }

@@ -209,8 +209,7 @@ impl Snapshot {
     /// again, restored or forgotten, is not listed); their names are not
     /// given to other vectors ([`crate::DROPPED_VERSIONS_KEY`]).
     pub fn dropped_versions(&self) -> Result<Vec<(String, u64)>> {
-        let record = crate::format::dropped::parse(self.metadata(crate::DROPPED_VERSIONS_KEY))
-            .map_err(|e| Error::InvalidInput(format!("snapshot {}: {e}", self.number())))?;
+        let record = crate::format::dropped::of_manifest(&self.manifest)?;
         Ok(record.into_iter().collect())
     }
 

@@ -178,10 +178,9 @@ impl Transaction<'_> {
     /// The versions dropped earlier in the store's history, as this
     /// transaction sees them (see [`DROPPED_VERSIONS_KEY`]).
     fn dropped_versions(&self) -> Result<BTreeMap<String, u64>> {
-        dropped::parse(self.user_meta.get(DROPPED_VERSIONS_KEY).map(String::as_str)).map_err(|e| {
-            let base = self.base.as_ref().map(|b| b.number()).unwrap_or(0);
-            Error::InvalidInput(format!("snapshot {base}: {e}"))
-        })
+        let value = self.user_meta.get(DROPPED_VERSIONS_KEY);
+        let base = self.base.as_ref().map_or(0, |b| b.number());
+        dropped::parse(value.map(String::as_str), base)
     }
 
     fn set_dropped_versions(&mut self, gone: &BTreeMap<String, u64>) {

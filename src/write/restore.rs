@@ -111,22 +111,15 @@ impl Writer {
         // ones the newest holds that the restored snapshot does not (the
         // restore drops them); the versions the restored snapshot holds
         // come back with their own vectors.
-        let meta_of = |m: &crate::format::meta::ManifestMeta| {
-            m.user_meta
-                .iter()
-                .find(|kv| kv.key == DROPPED_VERSIONS_KEY)
-                .map(|kv| kv.value.clone())
-        };
         let live = |m: &crate::format::meta::ManifestMeta| -> Vec<String> {
             m.schema.embeddings.iter().map(|d| d.key()).collect()
         };
-        let record = |m: &crate::format::meta::ManifestMeta| {
-            dropped::parse(meta_of(m).as_deref())
-                .map_err(|e| Error::InvalidInput(format!("snapshot {}: {e}", m.snapshot)))
-        };
         let gone = merge_for_restore(
-            (&record(&newest.manifest)?, &live(&newest.manifest)),
-            (&record(&m)?, &live(&m)),
+            (
+                &dropped::of_manifest(&newest.manifest)?,
+                &live(&newest.manifest),
+            ),
+            (&dropped::of_manifest(&m)?, &live(&m)),
             number,
         );
         m.user_meta.retain(|kv| kv.key != DROPPED_VERSIONS_KEY);

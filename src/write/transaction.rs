@@ -168,7 +168,7 @@ impl<'w> Transaction<'w> {
     /// starting `vstore.` are the library's (a build job's id, a restore's
     /// source, the record of dropped versions): refused.
     pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
-        refuse_library_key(key)?;
+        check_metadata_key(key)?;
         self.user_meta.insert(key.to_string(), value.to_string());
         Ok(())
     }
@@ -176,7 +176,7 @@ impl<'w> Transaction<'w> {
     /// Removes a user metadata entry (a key starting `vstore.` is the
     /// library's: refused).
     pub fn remove_metadata(&mut self, key: &str) -> Result<()> {
-        refuse_library_key(key)?;
+        check_metadata_key(key)?;
         self.user_meta.remove(key);
         Ok(())
     }
@@ -375,9 +375,16 @@ impl Drop for Transaction<'_> {
     }
 }
 
-/// Refuses a user metadata key the library keeps (`vstore.` keys: the
-/// library writes them, and reads them back to decide what to refuse).
-fn refuse_library_key(key: &str) -> Result<()> {
+/// Checks that `key` may be set or removed with
+/// [`Transaction::set_metadata`]: keys starting `vstore.` are the
+/// library's (it writes them, and reads some back to decide what to
+/// refuse), refused with [`Error::InvalidInput`].
+///
+/// ```
+/// assert!(vstore::check_metadata_key("model_run").is_ok());
+/// assert!(vstore::check_metadata_key("vstore.dropped_versions").is_err());
+/// ```
+pub fn check_metadata_key(key: &str) -> Result<()> {
     if key.starts_with("vstore.") {
         return Err(Error::InvalidInput(format!(
             "user metadata key {key:?} is the library's (keys starting \"vstore.\" are kept by \

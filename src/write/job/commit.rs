@@ -95,16 +95,7 @@ pub fn abort_job(dir: impl AsRef<Path>, job: &str, lock_timeout: Duration) -> Re
             ),
         }));
     }
-    let start = Instant::now();
-    let lock = loop {
-        match crate::write::writer::lock(dir) {
-            Ok(l) => break l,
-            Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let lock = while_locked(lock_timeout, || crate::write::writer::lock(dir).map(Some))?;
     if staged(dir) {
         // Planned whole meanwhile (by the writer that held the lock).
         drop(lock);
@@ -116,30 +107,37 @@ pub fn abort_job(dir: impl AsRef<Path>, job: &str, lock_timeout: Duration) -> Re
 /// The writer of `dir` for a job's commit or abort, waiting up to
 /// `lock_timeout` for another writer's lock.
 fn open_for_job(dir: &Path, plan: &BuildPlan, lock_timeout: Duration) -> Result<Writer> {
+    while_locked(lock_timeout, || match Writer::open(dir) {
+        // An empty store (the plan was made by a writer from
+        // `Writer::create` that published nothing yet).
+        Err(Error::NotAStore { .. }) if plan.base.is_none() => {
+            match Writer::create(dir, plan.schema.clone()) {
+                // Published meanwhile: open it on the next turn.
+                Err(Error::InvalidInput(_)) => Ok(None),
+                r => r.map(Some),
+            }
+        }
+        r => r.map(Some),
+    })
+}
+
+/// Runs `attempt` until it gives a value: again after 20 ms when it
+/// returns `None` or is refused as [`Error::Locked`] (another writer),
+/// until `lock_timeout` has passed (then the `Locked` error is returned).
+fn while_locked<T>(
+    lock_timeout: Duration,
+    mut attempt: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = Instant::now();
-    let w = loop {
-        match Writer::open(dir) {
-            Ok(w) => break w,
-            Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // An empty store (the plan was made by a writer from
-            // `Writer::create` that published nothing yet).
-            Err(Error::NotAStore { .. }) if plan.base.is_none() => {
-                match Writer::create(dir, plan.schema.clone()) {
-                    Ok(w) => break w,
-                    Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    // Published meanwhile: open it on the next turn.
-                    Err(Error::InvalidInput(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+    loop {
+        match attempt() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(Error::Locked { .. }) if start.elapsed() < lock_timeout => {}
             Err(e) => return Err(e),
         }
-    };
-    Ok(w)
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Writer {

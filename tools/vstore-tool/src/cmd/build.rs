@@ -38,11 +38,8 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
                 ToolError::Usage(format!("--metadata {kv:?}: expected KEY=VALUE"))
             })?;
-            if k.starts_with("vstore.") {
-                return Err(ToolError::Usage(format!(
-                    "--metadata {kv:?}: keys starting \"vstore.\" are the library's; pick another key"
-                )));
-            }
+            vstore::check_metadata_key(k)
+                .map_err(|e| ToolError::Usage(format!("--metadata {kv:?}: {e}")))?;
             Ok((k, v))
         })
         .collect::<Result<Vec<_>>>()?;
