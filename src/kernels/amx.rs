@@ -370,7 +370,9 @@ impl<'c, 's> Out<'c, 's> {
         }
     }
 
-    /// Prefetches the next burst of `ahead`.
+    /// Prefetches the next burst of `ahead`, into L1: the other kernels
+    /// prefetch these lines into L2 only (`gemm::Bursts`, measured on
+    /// Zen 4), which has not been measured on an AMX core.
     #[inline]
     fn prefetch(&mut self) {
         for &p in self.ahead.next().unwrap_or(&[]) {

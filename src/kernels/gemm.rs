@@ -243,6 +243,8 @@ impl Weights {
 /// overlap the arithmetic instead of stalling it in one burst; but in
 /// bursts of at least 32 lines, whose address translations overlap each
 /// other (smaller bursts were slower: docs/PERF.md, "Three-tower scoring").
+/// The lines go to L2 ([`crate::kernels::prefetch_line_l2`]): the layer's
+/// operands pass through L1 before the rows are read.
 pub(crate) struct Bursts<'a>(std::slice::Chunks<'a, usize>);
 
 impl<'a> Bursts<'a> {
@@ -255,7 +257,7 @@ impl<'a> Bursts<'a> {
     #[inline]
     pub(crate) fn next(&mut self) {
         for &p in self.0.next().unwrap_or(&[]) {
-            crate::kernels::prefetch_line(p as *const u8);
+            crate::kernels::prefetch_line_l2(p as *const u8);
         }
     }
 
@@ -264,7 +266,7 @@ impl<'a> Bursts<'a> {
         for burst in self.0 {
             burst
                 .iter()
-                .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+                .for_each(|&p| crate::kernels::prefetch_line_l2(p as *const u8));
         }
     }
 }
@@ -544,7 +546,7 @@ pub(crate) fn matmul_prefetching(
     let beta = fill_start(m, n, c, ldc, start);
     ahead
         .iter()
-        .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+        .for_each(|&p| crate::kernels::prefetch_line_l2(p as *const u8));
     #[cfg(target_arch = "x86_64")]
     if w.narrow {
         // SAFETY: `narrow` is only set for Level::Avx2 and up, which

@@ -99,7 +99,8 @@ unsafe fn tile<const R: usize>(
 
 /// `c[i*ldc + j] = relu?(start(i, j) + sum_p bf16(a[i*lda + p]) *
 /// B[p][j])` for `i < m`, `j < n`, with `B` packed by [`pack`]; products
-/// of bf16 values summed in f32.
+/// of bf16 values summed in f32; the cache lines at `ahead` are
+/// prefetched in bursts along the way.
 ///
 /// # Safety
 /// AVX-512 F, BW, VL and BF16 (and FMA, F16C) must be present; `a` must
@@ -122,9 +123,7 @@ pub(crate) unsafe fn gemm_packed(
     ahead: &[usize],
 ) {
     let kp = padded_k(k);
-    ahead
-        .iter()
-        .for_each(|&p| crate::kernels::prefetch_line(p as *const u8));
+    let mut ahead = crate::kernels::gemm::Bursts::new(ahead, n.div_ceil(NR) * m.div_ceil(MR));
     SCRATCH.with_borrow_mut(|abuf| {
         if abuf.len() < m * kp {
             abuf.resize(m * kp, 0);
@@ -159,11 +158,15 @@ pub(crate) unsafe fn gemm_packed(
                 let bp = packed.as_ptr().add(panel * kp * NR);
                 let mut i = 0;
                 while i + MR <= m {
+                    ahead.next();
                     let (ar, cr) = (ap.add(i * kp / 2), cp.add(i * ldc + j0));
                     tile::<MR>(kp, ar, bp, cr, ldc, (i, j0, nn), start, relu);
                     i += MR;
                 }
                 let (ar, cr, at) = (ap.add(i * kp / 2), cp.add(i * ldc + j0), (i, j0, nn));
+                if i < m {
+                    ahead.next();
+                }
                 match m - i {
                     0 => {}
                     1 => tile::<1>(kp, ar, bp, cr, ldc, at, start, relu),
@@ -180,5 +183,6 @@ pub(crate) unsafe fn gemm_packed(
                 }
             }
         }
+        ahead.rest();
     });
 }

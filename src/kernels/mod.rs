@@ -366,6 +366,24 @@ pub(crate) fn prefetch_line(p: *const u8) {
     let _ = p;
 }
 
+/// Hints the CPU to fetch the cache line holding `p` into L2 but not L1
+/// (no-op off x86-64): for lines read only after a stretch of other work,
+/// such as the next block's item rows fetched during a layer product,
+/// whose own operands stream through L1 and would push the line out before
+/// it is read. On Zen 4 this halved the three-tower gather stage against
+/// [`prefetch_line`] (docs/PERF.md, "Three-tower scoring").
+#[inline(always)]
+pub(crate) fn prefetch_line_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address
+    // (SSE, which provides it, is part of the x86-64 baseline).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Rows ahead whose cache lines the gather loop prefetches (for f32 rows
 /// of three lines or more, only the first line): the best distance
 /// `examples/ab_query.rs` measured (docs/PERF.md).

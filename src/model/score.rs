@@ -931,7 +931,7 @@ impl Model {
         if self.upper.len() == 1 {
             s.ahead
                 .iter()
-                .for_each(|&p| kernels::prefetch_line(p as *const u8));
+                .for_each(|&p| kernels::prefetch_line_l2(p as *const u8));
         }
         for (li, d) in self.upper[1..].iter().enumerate() {
             let ahead: &[usize] = if li == 0 { &s.ahead } else { &[] };
