@@ -1,7 +1,9 @@
 //! Query latency, one thread: N = 1,000,000 items; d = 64 and 128;
 //! n = 1,000 / 5,000 / 10,000 candidates; k = 500; every dtype; plus a full
-//! scan. Beside each case, `floor/...` times the memory floor of the same
-//! queries: one prefetched touch of every cache line the query must read
+//! scan. Beside each case, `floor/...` and `floor_l2/...` time the memory
+//! floor of the same queries (the lower of the two is the floor; they
+//! differ in the prefetch: 32 lines ahead into L1, or 64 ahead into L2):
+//! one prefetched touch of every cache line the query must read
 //! for each candidate (its id-index home slot and every line of its row;
 //! the ids entries the query reads for the k hits only are left out),
 //! which is the bytes touched divided by this machine's random-gather
@@ -61,6 +63,12 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| {
                         i = (i + 1) % lines.len();
                         black_box(bench_support::touch(&lines[i]))
+                    })
+                });
+                g.bench_function(BenchmarkId::new(format!("floor_l2/{key}/n{n}"), k), |b| {
+                    b.iter(|| {
+                        i = (i + 1) % lines.len();
+                        black_box(bench_support::touch_l2(&lines[i]))
                     })
                 });
             }

@@ -83,14 +83,19 @@ fn main() {
         .take(64)
         .map(|(ids, _)| bench_support::floor_lines(&snap, &key, ids).unwrap())
         .collect();
-    let mut ft = Vec::new();
-    for it in 0..2000 {
-        let l = &lines[it % lines.len()];
-        let s = Instant::now();
-        std::hint::black_box(bench_support::touch(l));
-        ft.push(s.elapsed().as_secs_f64());
+    for (name, touch) in bench_support::TOUCHES {
+        let mut ft = Vec::new();
+        for it in 0..2000 {
+            let l = &lines[it % lines.len()];
+            let s = Instant::now();
+            std::hint::black_box(touch(l));
+            ft.push(s.elapsed().as_secs_f64());
+        }
+        println!(
+            "floor ({name} prefetch): median {:.3} ms",
+            support::median(&mut ft) * 1e3
+        );
     }
-    println!("floor: median {:.3} ms", support::median(&mut ft) * 1e3);
     for (vi, &(p, r, near, chunk)) in variants.iter().enumerate() {
         let [rs, ga, tk] = &mut stages[vi];
         println!(
