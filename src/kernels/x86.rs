@@ -148,22 +148,24 @@ pub(super) fn i8_scales(r: [&[u8]; 4], d: usize) -> __m128 {
     _mm_setr_ps(scale(r[0]), scale(r[1]), scale(r[2]), scale(r[3]))
 }
 
-/// Prefetches row `i` of `locs` (if any): only its first line if `first`,
-/// else every line. A plain function (no target features), so that it
-/// inlines into the loops below.
+/// Prefetches row `i` of `locs` (if any) into L2: only its first line if
+/// `first`, else every line. Into L2 rather than L1, whose few misses in
+/// flight would cap the rows on their way (on Zen 4 the gather stage took
+/// up to 2.3x as long with prefetches into L1: docs/PERF.md). A plain
+/// function (no target features), so that it inlines into the loops below.
 #[inline(always)]
 pub(super) fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: bool) {
     let Some(r) = locs.get(i).and_then(|&l| row(blocks, l, rb)) else {
         return;
     };
     if first {
-        super::prefetch_line(r.as_ptr());
+        super::prefetch_line_l2(r.as_ptr());
         return;
     }
     let mut a = r.as_ptr() as usize & !63;
     let end = r.as_ptr() as usize + r.len();
     while a < end {
-        super::prefetch_line(a as *const u8);
+        super::prefetch_line_l2(a as *const u8);
         a += 64;
     }
 }
