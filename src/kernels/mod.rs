@@ -386,13 +386,14 @@ pub(crate) fn prefetch_line_l2(p: *const u8) {
 
 /// Rows ahead whose cache lines the gather loop prefetches (for f32 rows
 /// of three lines or more, only the first line): the best distance
-/// `examples/ab_query.rs` measured (docs/PERF.md).
-pub(crate) const ROW_AHEAD: usize = 16;
+/// `examples/ab_query.rs` measured with the prefetches into L2 (32; 16 was
+/// the best into L1; docs/PERF.md).
+pub(crate) const ROW_AHEAD: usize = 32;
 
 /// Rows ahead whose every line the gather loop prefetches, for f32 rows of
 /// three lines or more (0 would mean: all lines at [`ROW_AHEAD`], as for
 /// other rows).
-pub(crate) const NEAR_AHEAD: usize = 8;
+pub(crate) const NEAR_AHEAD: usize = 16;
 
 /// [`ROW_AHEAD`], or its experiment knob with the `experiments` feature.
 #[inline]
