@@ -367,11 +367,12 @@ pub(crate) fn prefetch_line(p: *const u8) {
 }
 
 /// Hints the CPU to fetch the cache line holding `p` into L2 but not L1
-/// (no-op off x86-64): for lines read only after a stretch of other work,
-/// such as the next block's item rows fetched during a layer product,
-/// whose own operands stream through L1 and would push the line out before
-/// it is read. On Zen 4 this halved the three-tower gather stage against
-/// [`prefetch_line`] (docs/PERF.md, "Three-tower scoring").
+/// (no-op off x86-64): for lines read after other work or after many other
+/// lines. On Zen 4 it beat [`prefetch_line`] wherever the line was read
+/// more than a few lines later: a prefetch into L1 holds one of the L1's
+/// few misses in flight until its line arrives, and lines fetched into L1
+/// during a layer product had left it before they were read (docs/PERF.md,
+/// "Two-tower query" and "Three-tower scoring").
 #[inline(always)]
 pub(crate) fn prefetch_line_l2(p: *const u8) {
     #[cfg(target_arch = "x86_64")]

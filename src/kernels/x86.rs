@@ -151,7 +151,7 @@ pub(super) fn i8_scales(r: [&[u8]; 4], d: usize) -> __m128 {
 /// Prefetches row `i` of `locs` (if any) into L2: only its first line if
 /// `first`, else every line. Into L2 rather than L1, whose few misses in
 /// flight would cap the rows on their way (on Zen 4 the gather stage took
-/// up to 2.3x as long with prefetches into L1: docs/PERF.md). A plain
+/// up to 1.7x as long with prefetches into L1: docs/PERF.md). A plain
 /// function (no target features), so that it inlines into the loops below.
 #[inline(always)]
 pub(super) fn prefetch_row(blocks: &[Block<'_>], locs: &[Loc], i: usize, rb: usize, first: bool) {

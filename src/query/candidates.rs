@@ -626,8 +626,9 @@ pub(super) struct Fused<'q, 's> {
 impl Fused<'_, '_> {
     /// Prefetches the lines of row `row` of segment `si` into L2 (a hint:
     /// the address is not checked, and never read here). Into L2, not L1:
-    /// the row is read a chunk of candidates later, and on Zen 4 prefetches
-    /// into L1 held up to 2.3x the time (docs/PERF.md, "Two-tower query").
+    /// the row is read a chunk of candidates later, and on Zen 4 a query
+    /// with its rows prefetched into L1 took up to 2.4x as long (docs/PERF.md,
+    /// "Two-tower query").
     #[inline(always)]
     fn prefetch(&self, si: usize, row: usize) {
         if let Some(b) = self.blocks.get(si) {
