@@ -356,14 +356,7 @@ fn is_amd() -> bool {
 /// Hints the CPU to fetch the cache line holding `p` (no-op off x86-64).
 #[inline(always)]
 pub(crate) fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address
-    // (SSE, which provides it, is part of the x86-64 baseline).
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch::<{ PREFETCH_L1 }>(p)
 }
 
 /// Hints the CPU to fetch the cache line holding `p` into L2 but not L1
@@ -375,11 +368,28 @@ pub(crate) fn prefetch_line(p: *const u8) {
 /// "Two-tower query" and "Three-tower scoring").
 #[inline(always)]
 pub(crate) fn prefetch_line_l2(p: *const u8) {
+    prefetch::<{ PREFETCH_L2 }>(p)
+}
+
+/// `_MM_HINT_T0` (into L1) and `_MM_HINT_T1` (into L2), as [`prefetch`]'s
+/// hint (any value off x86-64, where it is unused).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_L1: i32 = std::arch::x86_64::_MM_HINT_T0;
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_L2: i32 = std::arch::x86_64::_MM_HINT_T1;
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_L1: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_L2: i32 = 1;
+
+/// The prefetch instruction with hint `H` (no-op off x86-64).
+#[inline(always)]
+fn prefetch<const H: i32>(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it never faults, whatever the address
     // (SSE, which provides it, is part of the x86-64 baseline).
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+        std::arch::x86_64::_mm_prefetch::<H>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

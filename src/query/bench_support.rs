@@ -144,14 +144,7 @@ pub fn prefetch(p: *const u8) {
 /// into L1: the memory floor of a query (nothing is computed), on CPUs
 /// where this is faster than [`touch_l2`].
 pub fn touch(lines: &[&u8]) -> u64 {
-    let mut sum = 0u64;
-    for (i, l) in lines.iter().enumerate() {
-        if let Some(a) = lines.get(i + 32) {
-            kernels::prefetch_line(*a as *const u8);
-        }
-        sum = sum.wrapping_add(std::hint::black_box(**l) as u64);
-    }
-    sum
+    touch_ahead(lines, 32, kernels::prefetch_line)
 }
 
 /// The two ways of touching a query's lines, [`touch`] and [`touch_l2`],
@@ -165,10 +158,17 @@ pub type Touch = fn(&[&u8]) -> u64;
 /// two on Zen 4 (of 16, 32 and 64 lines ahead, into L1 or L2), where the
 /// L1's misses in flight run out first.
 pub fn touch_l2(lines: &[&u8]) -> u64 {
+    touch_ahead(lines, 64, kernels::prefetch_line_l2)
+}
+
+/// Reads one byte of every line in `lines`, prefetching with `prefetch`
+/// `ahead` lines ahead.
+#[inline(always)]
+fn touch_ahead(lines: &[&u8], ahead: usize, prefetch: fn(*const u8)) -> u64 {
     let mut sum = 0u64;
     for (i, l) in lines.iter().enumerate() {
-        if let Some(a) = lines.get(i + 64) {
-            kernels::prefetch_line_l2(*a as *const u8);
+        if let Some(a) = lines.get(i + ahead) {
+            prefetch(*a as *const u8);
         }
         sum = sum.wrapping_add(std::hint::black_box(**l) as u64);
     }
