@@ -39,19 +39,28 @@ fn main() {
         precision.name()
     );
     let all_modes = [
-        ("1 thread", 1, false),
-        ("2 threads", 2, false),
-        ("pool of 2", 2, true),
+        ("1 thread", 1, false, false),
+        ("2 threads", 2, false, false),
+        ("pool of 2", 2, true, false),
+        // Built with `--features experiments`: two threads, each with a
+        // fixed half of the blocks (the split before blocks were claimed).
+        ("2 static", 2, false, true),
     ];
-    // MODES=02 runs modes 0 and 2 only (default: all three).
+    // MODES=02 runs modes 0 and 2 only (default: 012; 3 needs
+    // `--features experiments`).
     let only = std::env::var("MODES").unwrap_or_else(|_| "012".into());
-    let modes: Vec<(&str, usize, bool)> = (only.chars())
-        .map(|c| all_modes[c.to_digit(10).expect("MODES: digits 0 to 2") as usize])
+    let modes: Vec<(&str, usize, bool, bool)> = (only.chars())
+        .map(|c| all_modes[c.to_digit(10).expect("MODES: digits 0 to 3") as usize])
         .collect();
     let mut all: Vec<Vec<Timings>> = vec![Vec::new(); modes.len()];
     // Alternate the modes query by query so drift hits them alike.
     for i in 0..reps + 20 {
-        for (m, &(_, threads, on_pool)) in modes.iter().enumerate() {
+        for (m, &(_, threads, on_pool, fixed)) in modes.iter().enumerate() {
+            #[cfg(feature = "experiments")]
+            vstore::experiments::STATIC_SPLIT
+                .store(fixed as usize, std::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(feature = "experiments"))]
+            assert!(!fixed, "MODES=3 needs --features experiments");
             let q = i % 16;
             let mut query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
                 .three_tower(&inputs[q])

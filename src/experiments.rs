@@ -18,3 +18,8 @@ pub static PROBE_AHEAD: AtomicUsize = AtomicUsize::new(crate::query::candidates:
 /// Candidates between two scoring steps of a fused two-tower query (see
 /// `query::candidates::FUSED_CHUNK`).
 pub static FUSED_CHUNK: AtomicUsize = AtomicUsize::new(crate::query::candidates::FUSED_CHUNK);
+
+/// Nonzero: a query split over threads gives each run a fixed, contiguous
+/// share of the blocks (the split before runs claimed blocks as they went;
+/// see `model::score::Model::score_on`), to compare the two in one process.
+pub static STATIC_SPLIT: AtomicUsize = AtomicUsize::new(0);

@@ -243,9 +243,9 @@ fn large(precision: Precision, min_overlap: f64) {
                 snap.query(&query.exact().threads(2)).unwrap(),
                 snap.query(&query.exact()).unwrap()
             );
-            // On the caller's pool: as many runs as it has threads, or as
+            // On the caller's pool: as many threads as it has, or as
             // `threads` says; from outside the pool and from one of its
-            // threads (which then scores the first run itself).
+            // threads (which then takes blocks itself).
             assert_eq!(snap.query(&query.pool(&pool)).unwrap(), one, "pool");
             assert_eq!(snap.query(&query.threads(5).pool(&pool)).unwrap(), one);
             assert_eq!(

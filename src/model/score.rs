@@ -21,8 +21,9 @@ use crate::schema::Dtype;
 use std::time::{Duration, Instant};
 
 /// How a query's model is split over threads ([`Model::score_on`]): into
-/// at most `runs` runs, the caller's thread scoring the first and the
-/// others running on `pool` (the caller's) or on the library's pool.
+/// at most `runs` runs that share out its blocks, the caller's thread one
+/// of them and the others running on `pool` (the caller's) or on the
+/// library's pool.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Parallel<'p> {
     pub runs: usize,
@@ -539,15 +540,18 @@ impl Model {
         }
     }
 
-    /// [`Model::score`] split over threads as `par` says: `locs` cut into
-    /// up to `par.runs` contiguous runs of whole blocks; the caller's
-    /// thread scores the first (with `s`), the others run on `par.pool`
-    /// (the caller's rayon pool) or on the library's pool (scoped threads
-    /// started for the call if it could not be started), each with the
-    /// buffers its thread keeps between calls, and write their rows' head
-    /// values in place. A row's values do not depend
-    /// on the rows beside it, so the result is [`Model::score`]'s, bit for
-    /// bit, wherever the runs ran.
+    /// [`Model::score`] split over threads as `par` says: up to `par.runs`
+    /// runs, the caller's thread one of them (with `s`) and the others on
+    /// `par.pool` (the caller's rayon pool) or on the library's pool
+    /// (scoped threads started for the call if it could not be started),
+    /// each with the buffers its thread keeps between calls. The runs
+    /// share out the blocks of [`BLOCK`] rows as they go: each claims the
+    /// next unclaimed block (an atomic counter) while it scores the one
+    /// before, so its prefetch of the next block's lines is kept, a run
+    /// that starts late or runs slower (a busy sibling core) does fewer
+    /// blocks, and the runs end at most about a block apart. A row's values
+    /// do not depend on the rows beside it, so the result is
+    /// [`Model::score`]'s, bit for bit, wherever each block ran.
     pub(crate) fn score_on(
         &self,
         par: Parallel<'_>,
@@ -562,51 +566,84 @@ impl Model {
         if runs <= 1 {
             return self.score(prep, segs, locs, heads, s);
         }
-        let per = blocks.div_ceil(runs) * BLOCK;
         let nh = self.heads.len();
-        heads.clear();
-        heads.resize(locs.len() * nh, 0.0);
-        let mut parts = locs.chunks(per).zip(heads.chunks_mut(per * nh));
-        let (first, first_out) = parts.next().expect("two runs or more");
-        // One run on a thread other than the caller's, with that thread's
-        // buffers (fresh ones if they are in use: never on these paths,
-        // where a run does not start another).
-        let others = std::sync::Mutex::new(StageTimes::default());
-        let run = |run: &[Loc], out: &mut [f32]| {
-            let t = RUN_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        #[cfg(feature = "experiments")]
+        let (fixed, started) = (
+            crate::experiments::STATIC_SPLIT.load(std::sync::atomic::Ordering::Relaxed) != 0,
+            std::sync::atomic::AtomicUsize::new(0),
+        );
+        // One run: claims blocks until none is left; returns the blocks it
+        // scored, in order (their head values are in `values`, in that order).
+        let run = |values: &mut Vec<f32>, scratch: &mut ModelScratch| {
+            let mut done = Vec::new();
+            #[cfg(feature = "experiments")]
+            let (share, per) = (
+                started.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                blocks.div_ceil(runs),
+            );
+            #[cfg(feature = "experiments")]
+            let mut taken = 0;
+            let claims = std::iter::from_fn(|| {
+                #[cfg(feature = "experiments")]
+                if fixed {
+                    let b = share * per + taken;
+                    taken += 1;
+                    return (b < ((share + 1) * per).min(blocks)).then_some(b);
+                }
+                let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (b < blocks).then_some(b)
+            })
+            .inspect(|&b| done.push(b));
+            values.clear();
+            let t = self.score_blocks(prep, segs, locs, claims, values, scratch);
+            (done, t)
+        };
+        // The other runs' blocks and values, copied out of their threads'
+        // buffers.
+        let others = std::sync::Mutex::new(Vec::new());
+        let other = || {
+            let out = RUN_SCRATCH.with(|cell| match cell.try_borrow_mut() {
                 Ok(mut b) => {
                     let (values, scratch) = &mut *b;
-                    let t = self.score(prep, segs, run, values, scratch);
-                    out.copy_from_slice(values);
-                    t
+                    let (done, t) = run(values, scratch);
+                    (done, values.clone(), t)
                 }
+                // Fresh buffers if the thread's are in use (never on these
+                // paths, where a run does not start another).
                 Err(_) => {
                     let mut values = Vec::new();
-                    let t = self.score(prep, segs, run, &mut values, &mut ModelScratch::default());
-                    out.copy_from_slice(&values);
-                    t
+                    let (done, t) = run(&mut values, &mut ModelScratch::default());
+                    (done, values, t)
                 }
             });
-            *others.lock().unwrap_or_else(|e| e.into_inner()) += t;
+            others.lock().unwrap_or_else(|e| e.into_inner()).push(out);
         };
-        let run = &run;
+        let other = &other;
         let mut values = Vec::new();
-        let mut times = match par.pool.or_else(library_pool) {
+        let mine = match par.pool.or_else(library_pool) {
             Some(pool) => pool.in_place_scope(|scope| {
-                for (r, out) in parts {
-                    scope.spawn(move |_| run(r, out));
+                for _ in 1..runs {
+                    scope.spawn(move |_| other());
                 }
-                self.score(prep, segs, first, &mut values, s)
+                run(&mut values, s)
             }),
             None => std::thread::scope(|scope| {
-                for (r, out) in parts {
-                    scope.spawn(move || run(r, out));
+                for _ in 1..runs {
+                    scope.spawn(other);
                 }
-                self.score(prep, segs, first, &mut values, s)
+                run(&mut values, s)
             }),
         };
-        first_out.copy_from_slice(&values);
-        times += others.into_inner().unwrap_or_else(|e| e.into_inner());
+        heads.clear();
+        heads.resize(locs.len() * nh, 0.0);
+        let mut times = StageTimes::default();
+        let mut others = others.into_inner().unwrap_or_else(|e| e.into_inner());
+        others.push((mine.0, values, mine.1));
+        for (done, values, t) in others {
+            times += t;
+            place_blocks(heads, nh, &done, &values);
+        }
         times
     }
 
@@ -623,9 +660,25 @@ impl Model {
         heads: &mut Vec<f32>,
         s: &mut ModelScratch,
     ) -> StageTimes {
-        let nh = self.heads.len();
         heads.clear();
-        heads.resize(locs.len() * nh, 0.0);
+        self.score_blocks(prep, segs, locs, 0..locs.len().div_ceil(BLOCK), heads, s)
+    }
+
+    /// Runs the model on the blocks of [`BLOCK`] rows of `locs` that
+    /// `blocks` names (block `b`: rows `b * BLOCK ..`), in that order, and
+    /// appends each block's head values to `heads` (H per row); the lines
+    /// of the next block are prefetched while one is scored, so `blocks`
+    /// is asked for the next block before the current one is scored.
+    fn score_blocks(
+        &self,
+        prep: &Prepared<'_>,
+        segs: &[SegmentInputs<'_>],
+        locs: &[Loc],
+        blocks: impl Iterator<Item = usize>,
+        heads: &mut Vec<f32>,
+        s: &mut ModelScratch,
+    ) -> StageTimes {
+        let nh = self.heads.len();
         let item_part = item_part(segs);
         // With the item part precomputed, the first upper layer only
         // multiplies the cross output; the item vectors are not needed.
@@ -644,11 +697,13 @@ impl Model {
         s.h1.resize(BLOCK * widest, 0.0);
         s.out.resize(BLOCK * nh, 0.0);
         self.size_head_scratch(s);
-        let span = |from: usize| {
-            &locs[(from * BLOCK).min(locs.len())..((from + 1) * BLOCK).min(locs.len())]
+        let span = |b: Option<&usize>| match b {
+            Some(&b) => &locs[(b * BLOCK).min(locs.len())..((b + 1) * BLOCK).min(locs.len())],
+            None => &[],
         };
+        let mut blocks = blocks.peekable();
         s.ahead.clear();
-        self.lines(segs, span(0), pre, &mut s.ahead);
+        self.lines(segs, span(blocks.peek()), pre, &mut s.ahead);
         s.ahead
             .iter()
             .for_each(|&p| kernels::prefetch_line(p as *const u8));
@@ -659,9 +714,10 @@ impl Model {
             *to += now - t;
             t = now;
         };
-        for (bi, block) in locs.chunks(BLOCK).enumerate() {
+        while let Some(b) = blocks.next() {
+            let block = span(Some(&b));
             s.ahead.clear();
-            self.lines(segs, span(bi + 1), pre, &mut s.ahead);
+            self.lines(segs, span(blocks.peek()), pre, &mut s.ahead);
             self.gather_block(prep, segs, block, id, lda, s);
             lap(&mut times.gather);
             if !self.se.is_empty() {
@@ -675,8 +731,9 @@ impl Model {
                 self.upper_block(prep, segs, block, item_part, lda, s);
             }
             lap(&mut times.upper);
-            let out = &mut heads[bi * BLOCK * nh..][..block.len() * nh];
-            self.heads_block(segs, block, s, out);
+            let at = heads.len();
+            heads.resize(at + block.len() * nh, 0.0);
+            self.heads_block(segs, block, s, &mut heads[at..]);
             lap(&mut times.heads);
         }
         times
@@ -969,9 +1026,40 @@ impl Model {
     }
 }
 
+/// Copies the head values of whole blocks of [`BLOCK`] rows (`nh` per
+/// row), scored in the order `done` names them and so laid out in
+/// `values`, to their rows' places in `heads` (the last block may be short).
+fn place_blocks(heads: &mut [f32], nh: usize, done: &[usize], values: &[f32]) {
+    let mut at = 0;
+    for &b in done {
+        let len = (heads.len() - b * BLOCK * nh).min(BLOCK * nh);
+        heads[b * BLOCK * nh..][..len].copy_from_slice(&values[at..at + len]);
+        at += len;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{calibrated, ln_1p};
+    use super::{calibrated, ln_1p, place_blocks, BLOCK};
+
+    #[test]
+    fn blocks_scored_out_of_order_land_at_their_rows() {
+        // 5 blocks, the last short; two runs took blocks 3, 0, 4 and 1, 2.
+        let (nh, rows) = (3, 4 * BLOCK + 7);
+        let want: Vec<f32> = (0..rows * nh).map(|v| v as f32).collect();
+        let values = |done: &[usize]| -> Vec<f32> {
+            let mut v = Vec::new();
+            for &b in done {
+                v.extend_from_slice(&want[b * BLOCK * nh..((b + 1) * BLOCK * nh).min(want.len())]);
+            }
+            v
+        };
+        let mut heads = vec![f32::NAN; rows * nh];
+        for done in [vec![3, 0, 4], vec![1, 2]] {
+            place_blocks(&mut heads, nh, &done, &values(&done));
+        }
+        assert_eq!(heads, want);
+    }
 
     #[test]
     fn calibration_matches_the_contract_formula_and_keeps_order() {

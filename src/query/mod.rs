@@ -251,11 +251,12 @@ impl<'a> Query<'a> {
     }
 
     /// Runs a three-tower query's model on up to `threads` threads (0
-    /// counts as 1): the candidates are split into contiguous runs of whole
-    /// scoring blocks, the calling thread scores the first and the others
-    /// run on the pool given to [`Query::pool`], or else on the library's
-    /// pool (one thread per core, started by the first query that asks for
-    /// threads and kept for the process). Fusion and the top k then see every
+    /// counts as 1): the calling thread and the others, on the pool given
+    /// to [`Query::pool`] or else on the library's pool (one thread per
+    /// core, started by the first query that asks for threads and kept for
+    /// the process), each take the next scoring block of candidates not yet
+    /// taken until none is left, so a thread that starts late or runs slower
+    /// takes fewer. Fusion and the top k then see every
     /// candidate, so the result is the same as on one thread, bit for bit.
     /// Worth it from a few thousand candidates (docs/PERF.md, "Three-tower
     /// scoring"); a two-tower query runs on one thread whatever this says.
@@ -268,9 +269,9 @@ impl<'a> Query<'a> {
     /// instead of the library's (a serving process that runs its own pool
     /// keeps the scoring on it; its threads keep their scoring buffers
     /// between queries).
-    /// Without [`Query::threads`], the candidates are split into as many
-    /// runs as the pool has threads. The result does not depend on the
-    /// pool, only on the number of runs, and is the one-thread result.
+    /// Without [`Query::threads`], as many threads as the pool has take
+    /// part. The result does not depend on the pool nor on the number of
+    /// threads: it is the one-thread result.
     ///
     /// ```no_run
     /// # fn main() -> vstore::Result<()> {
