@@ -42,9 +42,9 @@ fn main() {
         ("1 thread", 1, false, false),
         ("2 threads", 2, false, false),
         ("pool of 2", 2, true, false),
-        // Built with `--features experiments`: two threads, each with a
-        // fixed half of the blocks (the split before blocks were claimed).
-        ("2 static", 2, false, true),
+        // Built with `--features experiments`: two threads that start
+        // scoring only once every candidate is resolved.
+        ("2 after", 2, false, true),
     ];
     // MODES=02 runs modes 0 and 2 only (default: 012; 3 needs
     // `--features experiments`).
@@ -55,12 +55,12 @@ fn main() {
     let mut all: Vec<Vec<Timings>> = vec![Vec::new(); modes.len()];
     // Alternate the modes query by query so drift hits them alike.
     for i in 0..reps + 20 {
-        for (m, &(_, threads, on_pool, fixed)) in modes.iter().enumerate() {
+        for (m, &(_, threads, on_pool, after)) in modes.iter().enumerate() {
             #[cfg(feature = "experiments")]
-            vstore::experiments::STATIC_SPLIT
-                .store(fixed as usize, std::sync::atomic::Ordering::Relaxed);
+            vstore::experiments::OVERLAP_RESOLVE
+                .store(!after as usize, std::sync::atomic::Ordering::Relaxed);
             #[cfg(not(feature = "experiments"))]
-            assert!(!fixed, "MODES=3 needs --features experiments");
+            assert!(!after, "MODES=3 needs --features experiments");
             let q = i % 16;
             let mut query = Query::ids(support::TT_KEY, &users[q], &sets[q].0, 500)
                 .three_tower(&inputs[q])

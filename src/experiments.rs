@@ -1,4 +1,5 @@
-//! Run-time knobs for A/B experiments (`examples/ab_query.rs`), built only
+//! Run-time knobs for A/B experiments (`examples/ab_query.rs`,
+//! `examples/stage_split.rs`), built only
 //! with the `experiments` feature: default builds read the constants these
 //! start from, so no query reads an atomic for them. Not a supported API.
 
@@ -19,7 +20,7 @@ pub static PROBE_AHEAD: AtomicUsize = AtomicUsize::new(crate::query::candidates:
 /// `query::candidates::FUSED_CHUNK`).
 pub static FUSED_CHUNK: AtomicUsize = AtomicUsize::new(crate::query::candidates::FUSED_CHUNK);
 
-/// Nonzero: a query split over threads gives each run a fixed, contiguous
-/// share of the blocks (the split before runs claimed blocks as they went;
-/// see `model::score::Model::score_on`), to compare the two in one process.
-pub static STATIC_SPLIT: AtomicUsize = AtomicUsize::new(0);
+/// Nonzero (the default): a split three-tower query starts scoring while
+/// its candidates are still being resolved (see `query::candidates::Along`);
+/// zero: it resolves them all first.
+pub static OVERLAP_RESOLVE: AtomicUsize = AtomicUsize::new(1);

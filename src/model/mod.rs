@@ -33,7 +33,7 @@ pub(crate) use inputs::ByItem;
 pub use inputs::UserInputs;
 pub(crate) use parts::{ColumnRef, Dense, FirstLayer, FusionPlan, Head, Input, Mmoe, Transform};
 pub(crate) use score::ModelScratch;
-pub(crate) use score::{Parallel, Prepared, SegmentInputs};
+pub(crate) use score::{Feed, Parallel, Prepared, SegmentInputs};
 use spec::bad;
 pub(crate) use spec::UpperPart;
 pub use spec::{Activation, BUNDLE_FORMAT, BUNDLE_FORMAT_V2, DEFAULT_BUNDLE_NAME};

@@ -30,6 +30,14 @@ pub(crate) struct Parallel<'p> {
     pub pool: Option<&'p rayon::ThreadPool>,
 }
 
+impl Parallel<'_> {
+    /// Whether a query of up to `rows` rows is split (more than one run
+    /// and more than one block).
+    pub(crate) fn splits(&self, rows: usize) -> bool {
+        self.runs > 1 && rows > BLOCK
+    }
+}
+
 /// The library's scoring pool, for [`crate::Query::threads`] without
 /// [`crate::Query::pool`]: one thread per available core (named
 /// `vstore-score-N`), started at the first query that asks for threads and
@@ -68,6 +76,16 @@ pub(crate) struct StageTimes {
     /// Experts, gates, head towers, activation, calibration and
     /// normalization.
     pub heads: Duration,
+}
+
+impl StageTimes {
+    /// Adds the stages' times to a query's timings.
+    pub(crate) fn add_to(&self, t: &mut crate::Timings) {
+        t.gather += self.gather;
+        t.cross += self.cross;
+        t.upper += self.upper;
+        t.heads += self.heads;
+    }
 }
 
 impl std::ops::AddAssign for StageTimes {
@@ -540,63 +558,40 @@ impl Model {
         }
     }
 
-    /// [`Model::score`] split over threads as `par` says: up to `par.runs`
-    /// runs, the caller's thread one of them (with `s`) and the others on
-    /// `par.pool` (the caller's rayon pool) or on the library's pool
-    /// (scoped threads started for the call if it could not be started),
-    /// each with the buffers its thread keeps between calls. The runs
+    /// [`Model::score`] split over threads as `par` says, on the rows
+    /// `fill` publishes to a [`Feed`] (all at once, or block by block while
+    /// the query still resolves its candidates): up to `par.runs` runs, the
+    /// others on `par.pool` (the caller's rayon pool) or on the library's
+    /// pool (scoped threads started for the call if it could not be
+    /// started), each with the buffers its thread keeps between calls, and
+    /// the caller's thread (with `s`) once `fill` has returned. The runs
     /// share out the blocks of [`BLOCK`] rows as they go: each claims the
-    /// next unclaimed block (an atomic counter) while it scores the one
-    /// before, so its prefetch of the next block's lines is kept, a run
-    /// that starts late or runs slower (a busy sibling core) does fewer
-    /// blocks, and the runs end at most about a block apart. A row's values
-    /// do not depend on the rows beside it, so the result is
-    /// [`Model::score`]'s, bit for bit, wherever each block ran.
+    /// next whole block (waiting for it while `fill` is still publishing)
+    /// and claims its next before scoring the current one, so its prefetch
+    /// of the next block's lines is kept; a run that starts late or runs
+    /// slower (a busy sibling core) does fewer blocks, and the runs end at
+    /// most about a block apart. `heads` ends up holding the head values of
+    /// every published row, in order. A row's values do not depend on the
+    /// rows beside it, so the result is [`Model::score`]'s on the published
+    /// rows, bit for bit, wherever each block ran.
     pub(crate) fn score_on(
         &self,
         par: Parallel<'_>,
         prep: &Prepared<'_>,
         segs: &[SegmentInputs<'_>],
-        locs: &[Loc],
+        fill: impl FnOnce(&Feed),
         heads: &mut Vec<f32>,
         s: &mut ModelScratch,
     ) -> StageTimes {
-        let blocks = locs.len().div_ceil(BLOCK);
-        let runs = par.runs.min(blocks);
-        if runs <= 1 {
-            return self.score(prep, segs, locs, heads, s);
-        }
         let nh = self.heads.len();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        #[cfg(feature = "experiments")]
-        let (fixed, started) = (
-            crate::experiments::STATIC_SPLIT.load(std::sync::atomic::Ordering::Relaxed) != 0,
-            std::sync::atomic::AtomicUsize::new(0),
-        );
+        let feed = Feed::default();
         // One run: claims blocks until none is left; returns the blocks it
         // scored, in order (their head values are in `values`, in that order).
         let run = |values: &mut Vec<f32>, scratch: &mut ModelScratch| {
             let mut done = Vec::new();
-            #[cfg(feature = "experiments")]
-            let (share, per) = (
-                started.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                blocks.div_ceil(runs),
-            );
-            #[cfg(feature = "experiments")]
-            let mut taken = 0;
-            let claims = std::iter::from_fn(|| {
-                #[cfg(feature = "experiments")]
-                if fixed {
-                    let b = share * per + taken;
-                    taken += 1;
-                    return (b < ((share + 1) * per).min(blocks)).then_some(b);
-                }
-                let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (b < blocks).then_some(b)
-            })
-            .inspect(|&b| done.push(b));
+            let claims = std::iter::from_fn(|| feed.claim()).inspect(|(b, _)| done.push(*b));
             values.clear();
-            let t = self.score_blocks(prep, segs, locs, claims, values, scratch);
+            let t = self.score_blocks(prep, segs, claims, values, scratch);
             (done, t)
         };
         // The other runs' blocks and values, copied out of their threads'
@@ -620,23 +615,33 @@ impl Model {
             others.lock().unwrap_or_else(|e| e.into_inner()).push(out);
         };
         let other = &other;
+        // The caller publishes, then scores; the feed is closed even if
+        // `fill` panics, so no run waits for rows that will not come.
         let mut values = Vec::new();
+        let mine = |s: &mut ModelScratch| {
+            {
+                let _closing = Closing(&feed);
+                fill(&feed);
+            }
+            run(&mut values, s)
+        };
+        let runs = par.runs.max(1);
         let mine = match par.pool.or_else(library_pool) {
             Some(pool) => pool.in_place_scope(|scope| {
                 for _ in 1..runs {
                     scope.spawn(move |_| other());
                 }
-                run(&mut values, s)
+                mine(s)
             }),
             None => std::thread::scope(|scope| {
                 for _ in 1..runs {
                     scope.spawn(other);
                 }
-                run(&mut values, s)
+                mine(s)
             }),
         };
         heads.clear();
-        heads.resize(locs.len() * nh, 0.0);
+        heads.resize(feed.rows() * nh, 0.0);
         let mut times = StageTimes::default();
         let mut others = others.into_inner().unwrap_or_else(|e| e.into_inner());
         others.push((mine.0, values, mine.1));
@@ -661,20 +666,20 @@ impl Model {
         s: &mut ModelScratch,
     ) -> StageTimes {
         heads.clear();
-        self.score_blocks(prep, segs, locs, 0..locs.len().div_ceil(BLOCK), heads, s)
+        let blocks = locs.chunks(BLOCK).enumerate();
+        self.score_blocks(prep, segs, blocks, heads, s)
     }
 
-    /// Runs the model on the blocks of [`BLOCK`] rows of `locs` that
-    /// `blocks` names (block `b`: rows `b * BLOCK ..`), in that order, and
-    /// appends each block's head values to `heads` (H per row); the lines
-    /// of the next block are prefetched while one is scored, so `blocks`
-    /// is asked for the next block before the current one is scored.
-    fn score_blocks(
+    /// Runs the model on the blocks of rows `blocks` yields (each with its
+    /// number, unused here), in that order, and appends each block's head
+    /// values to `heads` (H per row); the lines of the next block are
+    /// prefetched while one is scored, so `blocks` is asked for the next
+    /// block before the current one is scored.
+    fn score_blocks<L: AsRef<[Loc]>>(
         &self,
         prep: &Prepared<'_>,
         segs: &[SegmentInputs<'_>],
-        locs: &[Loc],
-        blocks: impl Iterator<Item = usize>,
+        blocks: impl Iterator<Item = (usize, L)>,
         heads: &mut Vec<f32>,
         s: &mut ModelScratch,
     ) -> StageTimes {
@@ -697,10 +702,9 @@ impl Model {
         s.h1.resize(BLOCK * widest, 0.0);
         s.out.resize(BLOCK * nh, 0.0);
         self.size_head_scratch(s);
-        let span = |b: Option<&usize>| match b {
-            Some(&b) => &locs[(b * BLOCK).min(locs.len())..((b + 1) * BLOCK).min(locs.len())],
-            None => &[],
-        };
+        fn span<L: AsRef<[Loc]>>(b: Option<&(usize, L)>) -> &[Loc] {
+            b.map_or(&[], |(_, l)| l.as_ref())
+        }
         let mut blocks = blocks.peekable();
         s.ahead.clear();
         self.lines(segs, span(blocks.peek()), pre, &mut s.ahead);
@@ -714,8 +718,8 @@ impl Model {
             *to += now - t;
             t = now;
         };
-        while let Some(b) = blocks.next() {
-            let block = span(Some(&b));
+        while let Some((_, block)) = blocks.next() {
+            let block = block.as_ref();
             s.ahead.clear();
             self.lines(segs, span(blocks.peek()), pre, &mut s.ahead);
             self.gather_block(prep, segs, block, id, lda, s);
@@ -1035,6 +1039,90 @@ fn place_blocks(heads: &mut [f32], nh: usize, done: &[usize], values: &[f32]) {
         let len = (heads.len() - b * BLOCK * nh).min(BLOCK * nh);
         heads[b * BLOCK * nh..][..len].copy_from_slice(&values[at..at + len]);
         at += len;
+    }
+}
+
+/// The rows a split query scores ([`Model::score_on`]), published in
+/// order by the thread resolving the candidates and claimed a whole block
+/// of [`BLOCK`] rows at a time by the threads scoring them.
+#[derive(Default)]
+pub(crate) struct Feed {
+    state: std::sync::Mutex<FeedState>,
+    /// Signalled when a block becomes whole and when the feed closes.
+    grown: std::sync::Condvar,
+}
+
+/// What a [`Feed`] holds.
+#[derive(Default)]
+struct FeedState {
+    /// Every row published so far.
+    locs: Vec<Loc>,
+    /// No more rows will come.
+    closed: bool,
+    /// The next block to claim.
+    next: usize,
+    /// Runs waiting for a block (only then is a publish signalled: a
+    /// signal is a system call).
+    waiting: usize,
+}
+
+impl Feed {
+    /// Appends `locs` to the rows to score.
+    pub(crate) fn publish(&self, locs: &[Loc]) {
+        if locs.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let whole = st.locs.len() / BLOCK;
+        st.locs.extend_from_slice(locs);
+        let grew = st.locs.len() / BLOCK > whole && st.waiting > 0;
+        drop(st);
+        if grew {
+            self.grown.notify_all();
+        }
+    }
+
+    /// Marks the rows complete (the last block may then be short).
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.grown.notify_all();
+    }
+
+    /// The next block (its number and rows), once it is whole or the feed
+    /// closed; `None` when the feed is closed and every block claimed.
+    fn claim(&self) -> Option<(usize, Vec<Loc>)> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let (b, have) = (st.next, st.locs.len());
+            if have >= (b + 1) * BLOCK || (st.closed && have > b * BLOCK) {
+                st.next += 1;
+                return Some((b, st.locs[b * BLOCK..have.min((b + 1) * BLOCK)].to_vec()));
+            }
+            if st.closed {
+                return None;
+            }
+            st.waiting += 1;
+            st = self.grown.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
+        }
+    }
+
+    /// How many rows were published.
+    fn rows(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .locs
+            .len()
+    }
+}
+
+/// Closes its [`Feed`] when dropped (also when the publisher panics).
+struct Closing<'a>(&'a Feed);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

@@ -10,6 +10,7 @@ use crate::format::idindex::Hashed;
 use crate::kernels;
 use crate::kernels::Loc;
 use crate::kernels::{Block, Level};
+use crate::model::Feed;
 use crate::read::directory::Directory;
 use crate::read::snapshot::Snapshot;
 use crate::schema::Dtype;
@@ -110,33 +111,85 @@ impl Snapshot {
             }
             _ => None,
         };
+        // A three-tower query split over threads that keeps every live
+        // candidate starts scoring while the ids are still being resolved
+        // (see `Feed`): the other threads score the first blocks meanwhile.
+        let split = match scorer {
+            Scorer::Model {
+                model,
+                prep,
+                segs,
+                par,
+                ..
+            } if par.splits(ids.len())
+                && overlap_resolve()
+                && filters.iter().all(Option::is_none)
+                && budget.is_none_or(|c| c >= ids.len()) =>
+            {
+                Some((model, prep, segs, par))
+            }
+            _ => None,
+        };
         for confirm_all in [false, true] {
             scratch.topk.reset(k);
             let reuse = shared
                 .as_deref()
                 .filter(|s| !confirm_all && s.holds(ids, filter, budget));
-            // Whether pass 1 scored the rows too (a fused pass).
-            let mut scored = false;
+            // Whether pass 1 scored the rows too (a fused two-tower pass,
+            // or a split model's), and whether its time counts as the
+            // gather (a fused pass: resolution and scoring in one).
+            let (mut scored, mut gathered) = (false, false);
             if let Some(s) = reuse {
                 s.restore(scratch, result);
             } else {
-                let fused = fused.as_ref().filter(|_| !confirm_all);
-                self.resolve_candidates(
-                    (ids, budget, confirm_all),
-                    (&views, &deleted, dir),
-                    filters,
-                    fused,
-                    scratch,
-                    result,
-                );
-                scored = fused.is_some();
+                let index = (&views[..], &deleted[..], dir);
+                match (split.filter(|_| !confirm_all), &fused) {
+                    (Some((model, prep, segs, par)), _) => {
+                        let mut heads = std::mem::take(&mut scratch.head_values);
+                        let mut ms = std::mem::take(&mut scratch.model);
+                        let stages = model.score_on(
+                            *par,
+                            prep,
+                            segs,
+                            |feed| {
+                                self.resolve_candidates(
+                                    (ids, budget, confirm_all),
+                                    index,
+                                    filters,
+                                    Along::Publish(feed),
+                                    scratch,
+                                    result,
+                                );
+                                result.timings.resolve += super::lap(&mut clock);
+                            },
+                            &mut heads,
+                            &mut ms,
+                        );
+                        debug_assert_eq!(heads.len(), scratch.locs.len() * model.heads.len());
+                        (scratch.head_values, scratch.model) = (heads, ms);
+                        stages.add_to(&mut result.timings);
+                        clock = Instant::now();
+                        scored = true;
+                    }
+                    (None, fused) => {
+                        let fused = fused.as_ref().filter(|_| !confirm_all);
+                        self.resolve_candidates(
+                            (ids, budget, confirm_all),
+                            index,
+                            filters,
+                            fused.map_or(Along::Nothing, Along::Score),
+                            scratch,
+                            result,
+                        );
+                        (scored, gathered) = (fused.is_some(), fused.is_some());
+                    }
+                }
                 if let Some(s) = shared.as_deref_mut() {
                     s.save(ids, filter, budget, scratch, result, !confirm_all);
                 }
             }
-            // A fused pass (resolution and scoring) counts as the gather.
             let pass = super::lap(&mut clock);
-            if scored {
+            if gathered {
                 result.timings.gather += pass;
             } else {
                 result.timings.resolve += pass;
@@ -182,7 +235,7 @@ impl Snapshot {
         (ids, budget, confirm_all): (&[u64], Option<usize>, bool),
         (views, deleted, dir): Index<'_>,
         filters: &[Option<Compiled<'_>>],
-        fused: Option<&Fused<'_, '_>>,
+        along: Along<'_, '_, '_>,
         scratch: &mut Scratch,
         result: &mut QueryResult,
     ) {
@@ -213,7 +266,7 @@ impl Snapshot {
                 scratch,
                 &mut max_seen,
                 (confirm_all, track),
-                fused,
+                along,
             );
             // Pass 2: tombstones, filter (and, on the slow path, confirmation).
             // Every stage of pass 1 returns live rows only, so without a
@@ -379,7 +432,8 @@ fn over_budget(scratch: &mut Scratch, cap: usize, result: &mut QueryResult) {
 /// every stage returns live rows only (segment probes check tombstones,
 /// the directory holds live rows), which pass 2 relies on. `track`: push
 /// each found row's position in `ids` to `pos` (the budget needs them).
-/// With `fused`, also fills `scores` (one per `locs` entry).
+/// `along` says what else is done with the rows found (with
+/// [`Along::Score`], `scores` is filled, one per `locs` entry).
 #[allow(clippy::too_many_arguments)]
 fn resolve(
     segs: &[crate::read::segment::Segment],
@@ -390,28 +444,36 @@ fn resolve(
     scratch: &mut Scratch,
     max_seen: &mut bool,
     (confirm_all, track): (bool, bool),
-    fused: Option<&Fused<'_, '_>>,
+    along: Along<'_, '_, '_>,
 ) {
     let ahead = probe_ahead();
-    if fused.is_some() {
+    if let Along::Score(_) = along {
         scratch.scores.clear();
         scratch.scores.resize(ids.len(), 0.0);
     }
-    // Rows found up to `mark` are scored at the next chunk's end (their
-    // lines prefetched a chunk earlier); `done`: rows scored.
+    // Scoring: rows found up to `mark` are scored at the next chunk's end
+    // (their lines prefetched a chunk earlier); `done`: rows scored.
+    // Publishing: every row found is published at a chunk's end; `done`:
+    // rows published.
     let (mut done, mut mark) = (0, 0);
-    let mut chunk = |scratch: &mut Scratch, last: bool| {
-        let Some(f) = fused else { return };
-        let upto = if last { scratch.locs.len() } else { mark };
-        f.score(scratch, done..upto);
-        done = upto;
-        mark = scratch.locs.len();
-        if last {
-            scratch.scores.truncate(done);
+    let mut chunk = |scratch: &mut Scratch, last: bool| match along {
+        Along::Nothing => {}
+        Along::Score(f) => {
+            let upto = if last { scratch.locs.len() } else { mark };
+            f.score(scratch, done..upto);
+            done = upto;
+            mark = scratch.locs.len();
+            if last {
+                scratch.scores.truncate(done);
+            }
+        }
+        Along::Publish(feed) => {
+            feed.publish(&scratch.locs[done..]);
+            done = scratch.locs.len();
         }
     };
     let found = |scratch: &mut Scratch, pos: u32, id: u64, (si, row): (usize, usize)| {
-        if let Some(f) = fused {
+        if let Along::Score(f) = along {
             f.prefetch(si, row);
         }
         if confirm_all {
@@ -593,6 +655,30 @@ fn two_stage<L1, A1, L2, A2>(
         }
     }
     chunk(scratch, true);
+}
+
+/// What pass 1 does with the rows it finds, besides listing them in
+/// `scratch.locs`, at every call of [`two_stage`]'s `chunk` hook.
+#[derive(Clone, Copy)]
+enum Along<'a, 'q, 's> {
+    /// Nothing (they are scored after pass 2).
+    Nothing,
+    /// Scores them (a two-tower query; see [`Fused`]).
+    Score(&'a Fused<'q, 's>),
+    /// Publishes them to the threads scoring a split three-tower query
+    /// (rows are never dropped after pass 1 on this path).
+    Publish(&'a Feed),
+}
+
+/// Whether a split three-tower query publishes its rows while it resolves
+/// its candidates (always; the `experiments` knob `OVERLAP_RESOLVE` can turn
+/// it off to measure what it brings).
+#[inline]
+fn overlap_resolve() -> bool {
+    #[cfg(feature = "experiments")]
+    return crate::experiments::OVERLAP_RESOLVE.load(std::sync::atomic::Ordering::Relaxed) != 0;
+    #[cfg(not(feature = "experiments"))]
+    true
 }
 
 /// Candidates between two calls of [`two_stage`]'s `chunk` hook: a fused

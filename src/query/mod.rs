@@ -251,12 +251,15 @@ impl<'a> Query<'a> {
     }
 
     /// Runs a three-tower query's model on up to `threads` threads (0
-    /// counts as 1): the calling thread and the others, on the pool given
-    /// to [`Query::pool`] or else on the library's pool (one thread per
-    /// core, started by the first query that asks for threads and kept for
-    /// the process), each take the next scoring block of candidates not yet
-    /// taken until none is left, so a thread that starts late or runs slower
-    /// takes fewer. Fusion and the top k then see every
+    /// counts as 1): the others, on the pool given to [`Query::pool`] or
+    /// else on the library's pool (one thread per core, started by the
+    /// first query that asks for threads and kept for the process), and the
+    /// calling thread once it has resolved the candidates, each take the
+    /// next scoring block of candidates not yet taken until none is left,
+    /// so a thread that starts late or runs slower takes fewer. Without a
+    /// filter or a budget cut, the others start on the first blocks while
+    /// the calling thread is still resolving the candidates (waiting for
+    /// it, if they are ahead). Fusion and the top k then see every
     /// candidate, so the result is the same as on one thread, bit for bit.
     /// Worth it from a few thousand candidates (docs/PERF.md, "Three-tower
     /// scoring"); a two-tower query runs on one thread whatever this says.
@@ -611,9 +614,10 @@ impl Snapshot {
 /// Scores `scratch.locs` (items `scratch.ids`) and selects the top k into
 /// `scratch.best`, each tagged with its index into `locs`; adds the time
 /// each stage took to `result.timings`, and exact mode's rescoring to
-/// `result.multiply_adds`. `scored`: `scratch.scores` already holds the
-/// scores of `locs` (a two-tower query scored while resolving its
-/// candidates), so only the top k is left.
+/// `result.multiply_adds`. `scored`: the rows were scored while the
+/// candidates were resolved: `scratch.scores` holds the scores of `locs`
+/// (a two-tower query), or `scratch.head_values` the model's head values
+/// (a split three-tower query), and their times are in `result.timings`.
 fn score_locs(
     scorer: &Scorer<'_, '_>,
     scored: bool,
@@ -650,19 +654,16 @@ fn score_locs(
             exact,
             par,
         } => {
-            let stages = model.score_on(
-                *par,
-                prep,
-                segs,
-                &scratch.locs,
-                &mut scratch.head_values,
-                &mut scratch.model,
-            );
-            let t = &mut result.timings;
-            t.gather += stages.gather;
-            t.cross += stages.cross;
-            t.upper += stages.upper;
-            t.heads += stages.heads;
+            if !scored {
+                let (locs, heads, ms) =
+                    (&scratch.locs, &mut scratch.head_values, &mut scratch.model);
+                let stages = if par.splits(locs.len()) {
+                    model.score_on(*par, prep, segs, |feed| feed.publish(locs), heads, ms)
+                } else {
+                    model.score(prep, segs, locs, heads, ms)
+                };
+                stages.add_to(&mut result.timings);
+            }
             lap(&mut clock);
             // A head fusion reads that is not finite would be ordered
             // silently (by its rank, or as 0 through a negative power).
