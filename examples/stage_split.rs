@@ -3,7 +3,9 @@
 //! the benchmark store (N = 1M, the example bundle; built under
 //! `target/vstore-bench/` by the benches if missing).
 //!
-//! `cargo run --release --example stage_split [-- n=10000 reps=200 precision=f32|bf16|int8]`
+//! `cargo run --release --example stage_split [-- n=10000 reps=200 precision=f32|bf16|int8]`;
+//! `MODES=0123` with `--features experiments` adds two threads that start
+//! scoring only once every candidate is resolved (`MODES` picks modes).
 
 #[path = "../benches/support/mod.rs"]
 mod support;

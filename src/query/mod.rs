@@ -274,7 +274,10 @@ impl<'a> Query<'a> {
     /// between queries).
     /// Without [`Query::threads`], as many threads as the pool has take
     /// part. The result does not depend on the pool nor on the number of
-    /// threads: it is the one-thread result.
+    /// threads: it is the one-thread result. A pool thread that joins a
+    /// query may wait (blocked, not spinning) until the calling thread has
+    /// resolved enough candidates for the next block: at most the time the
+    /// resolve takes (~0.2-0.4 ms for 10,000 candidates, docs/PERF.md).
     ///
     /// ```no_run
     /// # fn main() -> vstore::Result<()> {
