@@ -89,6 +89,10 @@ impl Snapshot {
         } else {
             None
         };
+        // Whether every live candidate is kept (nothing is dropped after
+        // pass 1), so its rows can be scored as pass 1 finds them.
+        let keeps_all =
+            filters.iter().all(Option::is_none) && budget.is_none_or(|c| c >= ids.len());
         // A two-tower query that keeps every live candidate reads each row
         // while the ids are still being resolved (see `Fused`).
         let fused = match scorer {
@@ -97,18 +101,13 @@ impl Snapshot {
                 dtype,
                 user,
                 blocks,
-            } if fused_chunk() > 0
-                && filters.iter().all(Option::is_none)
-                && budget.is_none_or(|c| c >= ids.len()) =>
-            {
-                Some(Fused {
-                    level: *level,
-                    dtype: *dtype,
-                    user,
-                    blocks,
-                    row_bytes: dtype.row_bytes(user.len() as u32),
-                })
-            }
+            } if keeps_all && fused_chunk() > 0 => Some(Fused {
+                level: *level,
+                dtype: *dtype,
+                user,
+                blocks,
+                row_bytes: dtype.row_bytes(user.len() as u32),
+            }),
             _ => None,
         };
         // A three-tower query split over threads that keeps every live
@@ -121,11 +120,7 @@ impl Snapshot {
                 segs,
                 par,
                 ..
-            } if par.splits(ids.len())
-                && overlap_resolve()
-                && filters.iter().all(Option::is_none)
-                && budget.is_none_or(|c| c >= ids.len()) =>
-            {
+            } if keeps_all && par.splits(ids.len()) && overlap_resolve() => {
                 Some((model, prep, segs, par))
             }
             _ => None,
@@ -657,9 +652,9 @@ enum Along<'a, 'q, 's> {
     Publish(&'a Feed),
 }
 
-/// What [`resolve`] does with each row it finds (a method always inlined
-/// into [`two_stage`]'s loops: as a closure it was called, ~16 of its ~66
-/// instructions per candidate the call's).
+/// What [`resolve`] does with each row it finds: a method always inlined
+/// into [`two_stage`]'s loops (as a closure it was called out of line, the
+/// call ~16 of its ~66 instructions per candidate).
 struct Found<'a, 'v, 'q, 's> {
     along: Along<'a, 'q, 's>,
     views: &'a [idindex::IdIndexView<'v>],
