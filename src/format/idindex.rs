@@ -11,6 +11,7 @@
 //! build-time maximum distance.
 
 use crate::error::{Error, Result};
+use crate::kernels::bucket;
 
 /// Slots per bucket in format version 3 (one 64-byte line).
 pub(crate) const BUCKET: usize = 4;
@@ -265,14 +266,7 @@ impl<'a> IdIndexView<'a> {
             // breaks the prefix; then an id may read as absent, never as
             // another id's row: rows are confirmed against the ids block.)
             let b: &[[u64; 2]; BUCKET] = self.table.get(s..s + BUCKET)?.try_into().ok()?;
-            let mut stop = 0u32;
-            for (j, &[sid, row1]) in b.iter().enumerate() {
-                stop |= ((sid == id) as u32 | (row1 == 0) as u32) << j;
-            }
-            if stop == 0 {
-                return None;
-            }
-            let row1 = b[stop.trailing_zeros() as usize][1];
+            let row1 = b[bucket::first_stop(b, id)?][1];
             Some(if row1 == 0 { None } else { row(row1) })
         } else {
             let [sid, row1] = *self.table.get(s)?;
@@ -303,6 +297,17 @@ impl<'a> IdIndexView<'a> {
             s += 1;
         }
         None
+    }
+
+    /// The table as four-slot buckets (format version 3 and later), for
+    /// lookups without the layout checks; `None` for older layouts and an
+    /// empty table.
+    pub(crate) fn buckets(&self) -> Option<Buckets<'a>> {
+        let (buckets, rest) = self.table.as_chunks::<BUCKET>();
+        (self.width == BUCKET && !buckets.is_empty() && rest.is_empty()).then_some(Buckets {
+            buckets,
+            rows: self.ids.len(),
+        })
     }
 
     /// Home slot of `id` (first slot of its home bucket).
@@ -404,6 +409,43 @@ impl<'a> IdIndexView<'a> {
     }
 }
 
+/// A format-3 id index table as its four-slot buckets (at least one), for
+/// the query's home-bucket lookups ([`IdIndexView::buckets`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Buckets<'a> {
+    buckets: &'a [[[u64; 2]; BUCKET]],
+    /// Rows in the ids block (a row found is below it).
+    rows: usize,
+}
+
+impl Buckets<'_> {
+    /// The home bucket of the id whose [`hash`] is `h`.
+    #[inline(always)]
+    fn home(&self, h: u64) -> usize {
+        fastrange(h, self.buckets.len() as u64) as usize
+    }
+
+    /// Address of the home bucket of the id whose [`hash`] is `h` (to
+    /// prefetch).
+    #[inline(always)]
+    pub(crate) fn home_addr(&self, h: u64) -> *const u8 {
+        self.buckets.as_ptr().wrapping_add(self.home(h)) as *const u8
+    }
+
+    /// [`IdIndexView::probe_home`]: `Some(row)` if `k`'s home bucket
+    /// settles it (the row bounds-checked against the ids block, not
+    /// confirmed), `None` if the bucket is full without it.
+    #[inline(always)]
+    pub(crate) fn probe_home(&self, k: Hashed) -> Option<Option<usize>> {
+        let b = self.buckets.get(self.home(k.h))?;
+        let row1 = b[bucket::first_stop(b, k.id)?][1];
+        Some(row1.checked_sub(1).and_then(|r| {
+            let r = r as usize;
+            (r < self.rows).then_some(r)
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +490,17 @@ mod tests {
                 // Bucketized linear probing at load 0.5 keeps about 96% of
                 // ids in their home bucket.
                 assert!(in_home * 100 >= ids.len() * 90, "{in_home} of {n}");
+            }
+            // The bucket view answers as the view, prefetches in the table.
+            match v.buckets() {
+                None => assert_eq!(n, 0),
+                Some(b) => {
+                    for k in ids.iter().chain(&[0, 1_000_000_007, u64::MAX]) {
+                        let k = Hashed::new(*k);
+                        assert_eq!(b.probe_home(k), v.probe_home(k), "id {}", k.id);
+                        assert_eq!(b.home_addr(k.h), v.home_addr(k.h));
+                    }
+                }
             }
             for i in 0..2_000u64 {
                 let absent = 1_000_000_007 + i;
@@ -525,5 +578,17 @@ mod tests {
         }
         let v = view(&ids, &table, max_probe);
         assert!(ids.iter().all(|&id| v.probe(id).is_none()));
+        let b = v.buckets().unwrap();
+        for &id in &ids {
+            let k = Hashed::new(id);
+            assert!(matches!(b.probe_home(k), None | Some(None)));
+            assert_eq!(b.probe_home(k), v.probe_home(k));
+        }
+        // A table that is not whole buckets is not viewed as buckets.
+        let short = &table[..table.len() - 1];
+        assert!(view(&ids, short, max_probe).buckets().is_none());
+        assert!(IdIndexView::new(&ids, &table, max_probe, &[], 1)
+            .buckets()
+            .is_none());
     }
 }

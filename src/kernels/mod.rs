@@ -35,6 +35,7 @@ use crate::schema::Dtype;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
+pub(crate) mod bucket;
 pub(crate) mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_avx512;

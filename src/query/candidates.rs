@@ -505,23 +505,46 @@ fn resolve(
             // Home buckets first; the few ids whose bucket is full without
             // them, in a second pass with their next lines prefetched.
             let v = &views[0];
-            let home = (
-                move |k: Hashed| {
-                    let row = v.probe_home(k)??;
-                    live(0, row).then_some((0, row))
-                },
-                move |h: u64| v.home_addr(h),
-            );
             let rest = (segment(0).0, move |h: u64| v.next_addr(h));
-            two_stage(
-                ids,
-                scratch,
-                max_seen,
-                ahead,
-                (home, rest),
-                found,
-                &mut chunk,
-            )
+            match v.buckets() {
+                // The current layout: its buckets without layout checks.
+                Some(b) => {
+                    let home = (
+                        move |k: Hashed| {
+                            let row = b.probe_home(k)??;
+                            live(0, row).then_some((0, row))
+                        },
+                        move |h: u64| b.home_addr(h),
+                    );
+                    two_stage(
+                        ids,
+                        scratch,
+                        max_seen,
+                        ahead,
+                        (home, rest),
+                        found,
+                        &mut chunk,
+                    )
+                }
+                None => {
+                    let home = (
+                        move |k: Hashed| {
+                            let row = v.probe_home(k)??;
+                            live(0, row).then_some((0, row))
+                        },
+                        move |h: u64| v.home_addr(h),
+                    );
+                    two_stage(
+                        ids,
+                        scratch,
+                        max_seen,
+                        ahead,
+                        (home, rest),
+                        found,
+                        &mut chunk,
+                    )
+                }
+            }
         }
         (_, Some(dir)) => {
             let in_dir = (|k: Hashed| dir.get(k), |h: u64| dir.home_addr(h));
