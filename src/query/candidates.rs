@@ -479,16 +479,31 @@ fn resolve(
     // Whether row `row` of segment `si` is not deleted.
     let live =
         |si: usize, row: usize| deleted[si].is_none_or(|w| w[row / 64] >> (row % 64) & 1 == 0);
+    // Segment `si`'s home buckets: the lookup if its home bucket settles
+    // it, and the bucket's address. Tables of the current layout are read
+    // as buckets (no layout checks per candidate: `IdIndexView::buckets`).
+    let home = |si: usize| {
+        let v = &views[si];
+        let b = v.buckets();
+        (
+            move |k: Hashed| match b {
+                Some(b) => b.probe_home(k),
+                None => v.probe_home(k),
+            },
+            move |h: u64| b.map_or_else(|| v.home_addr(h), |b| b.home_addr(h)),
+        )
+    };
     // Segment `si`'s id index, tombstones checked.
     let segment = |si: usize| {
         let v = &views[si];
+        let (in_home, addr) = home(si);
         (
             move |k: Hashed| {
                 // With `confirm_all`, pass 2 checks `ids[row] == id`.
-                let row = v.probe_hashed(k)?;
+                let row = in_home(k).unwrap_or_else(|| v.probe_hashed(k))?;
                 live(si, row).then_some((si, row))
             },
-            move |h: u64| v.home_addr(h),
+            addr,
         )
     };
     match (views.len(), dir) {
@@ -505,46 +520,30 @@ fn resolve(
             // Home buckets first; the few ids whose bucket is full without
             // them, in a second pass with their next lines prefetched.
             let v = &views[0];
-            let rest = (segment(0).0, move |h: u64| v.next_addr(h));
-            match v.buckets() {
-                // The current layout: its buckets without layout checks.
-                Some(b) => {
-                    let home = (
-                        move |k: Hashed| {
-                            let row = b.probe_home(k)??;
-                            live(0, row).then_some((0, row))
-                        },
-                        move |h: u64| b.home_addr(h),
-                    );
-                    two_stage(
-                        ids,
-                        scratch,
-                        max_seen,
-                        ahead,
-                        (home, rest),
-                        found,
-                        &mut chunk,
-                    )
-                }
-                None => {
-                    let home = (
-                        move |k: Hashed| {
-                            let row = v.probe_home(k)??;
-                            live(0, row).then_some((0, row))
-                        },
-                        move |h: u64| v.home_addr(h),
-                    );
-                    two_stage(
-                        ids,
-                        scratch,
-                        max_seen,
-                        ahead,
-                        (home, rest),
-                        found,
-                        &mut chunk,
-                    )
-                }
-            }
+            let (in_home, addr) = home(0);
+            let first = (
+                move |k: Hashed| {
+                    let row = in_home(k)??;
+                    live(0, row).then_some((0, row))
+                },
+                addr,
+            );
+            let rest = (
+                move |k: Hashed| {
+                    let row = v.probe_hashed(k)?;
+                    live(0, row).then_some((0, row))
+                },
+                move |h: u64| v.next_addr(h),
+            );
+            two_stage(
+                ids,
+                scratch,
+                max_seen,
+                ahead,
+                (first, rest),
+                found,
+                &mut chunk,
+            )
         }
         (_, Some(dir)) => {
             let in_dir = (|k: Hashed| dir.get(k), |h: u64| dir.home_addr(h));
