@@ -432,9 +432,10 @@ impl Buckets<'_> {
         self.buckets.as_ptr().wrapping_add(self.home(h)) as *const u8
     }
 
-    /// [`IdIndexView::probe_home`]: `Some(row)` if `k`'s home bucket
-    /// settles it (the row bounds-checked against the ids block, not
-    /// confirmed), `None` if the bucket is full without it.
+    /// [`IdIndexView::probe_home`]: `Some(found)` if `k`'s home bucket
+    /// settles it (`found`: the row, bounds-checked against the ids block
+    /// but not confirmed, or `None` if the id is absent), `None` if the
+    /// bucket is full without it.
     #[inline(always)]
     pub(crate) fn probe_home(&self, k: Hashed) -> Option<Option<usize>> {
         let b = self.buckets.get(self.home(k.h))?;
