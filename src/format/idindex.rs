@@ -266,7 +266,7 @@ impl<'a> IdIndexView<'a> {
             // breaks the prefix; then an id may read as absent, never as
             // another id's row: rows are confirmed against the ids block.)
             let b: &[[u64; 2]; BUCKET] = self.table.get(s..s + BUCKET)?.try_into().ok()?;
-            let row1 = b[bucket::first_stop(b, id)?][1];
+            let row1 = b[bucket::first_stop(b, id, 0)?][1];
             Some(if row1 == 0 { None } else { row(row1) })
         } else {
             let [sid, row1] = *self.table.get(s)?;
@@ -439,7 +439,7 @@ impl Buckets<'_> {
     #[inline(always)]
     pub(crate) fn probe_home(&self, k: Hashed) -> Option<Option<usize>> {
         let b = self.buckets.get(self.home(k.h))?;
-        let row1 = b[bucket::first_stop(b, k.id)?][1];
+        let row1 = b[bucket::first_stop(b, k.id, 0)?][1];
         Some(row1.checked_sub(1).and_then(|r| {
             let r = r as usize;
             (r < self.rows).then_some(r)

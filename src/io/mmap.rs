@@ -55,6 +55,23 @@ pub(crate) fn map_readonly(file: &File, path: &Path, len: u64, populate: bool) -
     Ok(map)
 }
 
+/// Zeroed anonymous memory of `len` (> 0) bytes for an in-memory table read
+/// at random (the id directory). On Linux, a table of at least one huge
+/// page is advised `MADV_HUGEPAGE` before anything touches it, so that it
+/// is backed by huge pages where the system allows (transparent huge pages
+/// in `madvise` mode, the common default, give a plain allocation small
+/// pages): each random read then spares a page walk.
+pub(crate) fn anon_table(len: usize) -> Result<memmap2::MmapMut> {
+    let map = memmap2::MmapMut::map_anon(len)
+        .map_err(|e| Error::io("map anonymous memory for", "the id directory", e))?;
+    #[cfg(target_os = "linux")]
+    if len >= crate::io::extents::EXTENT {
+        // Advice only, as in `map_readonly`.
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    Ok(map)
+}
+
 /// Faults pages `off..off + len` of `map` into this process's page table,
 /// reading them from the file first if they are not cached: with
 /// `MADV_POPULATE_READ` on Linux 5.14+, else by reading one byte per page.

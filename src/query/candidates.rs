@@ -546,14 +546,22 @@ fn resolve(
             )
         }
         (_, Some(dir)) => {
-            let in_dir = (|k: Hashed| dir.get(k), |h: u64| dir.home_addr(h));
+            let d = dir.view();
+            let in_dir = (move |k: Hashed| d.get(k), move |h: u64| d.home_addr(h));
             match dir.largest {
+                // Home buckets first, as for one segment.
                 None => two_stage(
                     ids,
                     scratch,
                     max_seen,
                     ahead,
-                    (in_dir, nothing),
+                    (
+                        (
+                            move |k: Hashed| d.probe_home(k)?,
+                            move |h: u64| d.home_addr(h),
+                        ),
+                        (move |k: Hashed| d.get(k), move |h: u64| d.next_addr(h)),
+                    ),
                     found,
                     &mut chunk,
                 ),
