@@ -416,9 +416,11 @@ fn over_budget(scratch: &mut Scratch, cap: usize, result: &mut QueryResult) {
 /// slots prefetched. One segment: its id index, home buckets first (one
 /// line each) and then, with the next bucket prefetched, the few ids whose
 /// home bucket is full without them. Several: every candidate is
-/// probed in the snapshot's id directory `dir`; or, if the directory leaves
+/// probed in the snapshot's id directory `dir` (home buckets first, the
+/// rest in a second pass, as for one segment); or, if the directory leaves
 /// the largest segment out (it holds at least half of the live rows), in
-/// that segment's id index first and, if not live there, in the directory.
+/// that segment's home buckets first and, if not live there, in the rest
+/// of its index and then the directory, in a second pass.
 /// Most candidates thus cost one probe: in a store of a large base plus
 /// small recent segments, one of the base; in a store of equal segments,
 /// one of the directory. Since at most one live row holds an id, the order
@@ -547,7 +549,6 @@ fn resolve(
         }
         (_, Some(dir)) => {
             let d = dir.view();
-            let in_dir = (move |k: Hashed| d.get(k), move |h: u64| d.home_addr(h));
             match dir.largest {
                 // Home buckets first, as for one segment.
                 None => two_stage(
@@ -565,15 +566,34 @@ fn resolve(
                     found,
                     &mut chunk,
                 ),
-                Some(l) => two_stage(
-                    ids,
-                    scratch,
-                    max_seen,
-                    ahead,
-                    (segment(l), in_dir),
-                    found,
-                    &mut chunk,
-                ),
+                // The largest segment's home buckets first; then the rest
+                // of its index, and the directory.
+                Some(l) => {
+                    let (in_home, addr) = home(l);
+                    let (in_largest, _) = segment(l);
+                    let v = &views[l];
+                    two_stage(
+                        ids,
+                        scratch,
+                        max_seen,
+                        ahead,
+                        (
+                            (
+                                move |k: Hashed| {
+                                    let row = in_home(k)??;
+                                    live(l, row).then_some((l, row))
+                                },
+                                addr,
+                            ),
+                            (
+                                move |k: Hashed| in_largest(k).or_else(|| d.get(k)),
+                                move |h: u64| v.next_addr(h),
+                            ),
+                        ),
+                        found,
+                        &mut chunk,
+                    )
+                }
             }
         }
         // No directory (a segment beyond u32 rows): one id at a time.
