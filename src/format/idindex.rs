@@ -266,8 +266,7 @@ impl<'a> IdIndexView<'a> {
             // breaks the prefix; then an id may read as absent, never as
             // another id's row: rows are confirmed against the ids block.)
             let b: &[[u64; 2]; BUCKET] = self.table.get(s..s + BUCKET)?.try_into().ok()?;
-            let row1 = b[bucket::first_stop(b, id, 0)?][1];
-            Some(if row1 == 0 { None } else { row(row1) })
+            settle(b, id, self.ids.len())
         } else {
             let [sid, row1] = *self.table.get(s)?;
             if row1 == 0 {
@@ -438,13 +437,22 @@ impl Buckets<'_> {
     /// bucket is full without it.
     #[inline(always)]
     pub(crate) fn probe_home(&self, k: Hashed) -> Option<Option<usize>> {
-        let b = self.buckets.get(self.home(k.h))?;
-        let row1 = b[bucket::first_stop(b, k.id, 0)?][1];
-        Some(row1.checked_sub(1).and_then(|r| {
-            let r = r as usize;
-            (r < self.rows).then_some(r)
-        }))
+        settle(self.buckets.get(self.home(k.h))?, k.id, self.rows)
     }
+}
+
+/// Looks for `id` in bucket `b` of a table whose ids block has `rows`
+/// rows: `Some(row)` if it is there (the row bounds-checked), `Some(None)`
+/// if the bucket has an empty slot first (so `id` is not in the table),
+/// `None` if the bucket is full without it.
+#[inline(always)]
+fn settle(b: &[[u64; 2]; BUCKET], id: u64, rows: usize) -> Option<Option<usize>> {
+    let row1 = b[bucket::first_stop(b, id, 0)?][1];
+    Some(
+        row1.checked_sub(1)
+            .map(|r| r as usize)
+            .filter(|&r| r < rows),
+    )
 }
 
 #[cfg(test)]

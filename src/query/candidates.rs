@@ -495,18 +495,15 @@ fn resolve(
             move |h: u64| b.map_or_else(|| v.home_addr(h), |b| b.home_addr(h)),
         )
     };
-    // Segment `si`'s id index, tombstones checked.
+    // Segment `si`'s whole id index, tombstones checked (for the ids its
+    // home buckets did not settle).
     let segment = |si: usize| {
         let v = &views[si];
-        let (in_home, addr) = home(si);
-        (
-            move |k: Hashed| {
-                // With `confirm_all`, pass 2 checks `ids[row] == id`.
-                let row = in_home(k).unwrap_or_else(|| v.probe_hashed(k))?;
-                live(si, row).then_some((si, row))
-            },
-            addr,
-        )
+        move |k: Hashed| {
+            // With `confirm_all`, pass 2 checks `ids[row] == id`.
+            let row = v.probe_hashed(k)?;
+            live(si, row).then_some((si, row))
+        }
     };
     match (views.len(), dir) {
         (0, _) => two_stage(
@@ -530,13 +527,7 @@ fn resolve(
                 },
                 addr,
             );
-            let rest = (
-                move |k: Hashed| {
-                    let row = v.probe_hashed(k)?;
-                    live(0, row).then_some((0, row))
-                },
-                move |h: u64| v.next_addr(h),
-            );
+            let rest = (segment(0), move |h: u64| v.next_addr(h));
             two_stage(
                 ids,
                 scratch,
@@ -570,7 +561,7 @@ fn resolve(
                 // of its index, and the directory.
                 Some(l) => {
                     let (in_home, addr) = home(l);
-                    let (in_largest, _) = segment(l);
+                    let in_largest = segment(l);
                     let v = &views[l];
                     two_stage(
                         ids,
