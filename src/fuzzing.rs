@@ -293,7 +293,7 @@ pub fn parse_bundle(data: &[u8]) -> bool {
             let cols = crate::model::TowerColumns::new(&t.tower, |_| Ok(&f[..]), |_| Ok(&u[..]));
             if let Ok(cols) = cols {
                 let mut out = vec![0f32; 3 * t.tower.item_dim];
-                t.tower.compute(&cols, 0, &mut out);
+                let _ = t.tower.compute(&cols, 0, &mut out);
             }
             let _ = t.describe();
             true

@@ -1708,6 +1708,40 @@ fn precomputing_needs_items_when_it_is_published() {
 }
 
 #[test]
+fn a_precomputed_item_part_the_type_cannot_hold_is_refused() {
+    // The first upper layer's weights are large enough that the item part
+    // (those weights times the item vector) exceeds f16's range: f16
+    // precomputing is refused naming the bundle and an item, f32 (or none)
+    // is accepted, and nothing is published by the refused commit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema()).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&ids(0..N), DIM, 0)).unwrap();
+    let before = tx.commit().unwrap().number();
+    let mut b = tiny();
+    b.tensors
+        .get_mut("upper.0.weight")
+        .unwrap()
+        .1
+        .iter_mut()
+        .for_each(|x| *x = 1e5);
+    let (j, wt) = b.bytes();
+    let mut tx = w.begin();
+    tx.add_model_precomputed(&j, &wt, Dtype::F16).unwrap();
+    let e = tx.commit().unwrap_err().to_string();
+    assert!(
+        e.contains(KEY) && e.contains("item ") && e.contains("f16 cannot hold"),
+        "{e}"
+    );
+    assert_eq!(w.snapshot().unwrap().number(), before);
+    let mut tx = w.begin();
+    tx.add_model_precomputed(&j, &wt, Dtype::F32).unwrap();
+    let snap = tx.commit().unwrap();
+    assert!(snap.model_is_precomputed(KEY));
+    snap.verify().unwrap();
+}
+
+#[test]
 fn a_refresh_reuses_an_unchanged_bundle_and_rebuilds_a_replaced_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = store_with_bundle(dir.path());
@@ -1791,6 +1825,46 @@ fn a_swapped_bundle_or_precomputed_file_is_refused_naming_it() {
         &ids(0..N),
     );
     assert_eq!(before, after);
+}
+
+#[test]
+fn items_whose_log1p_input_is_not_finite_are_listed_not_ranked() {
+    // ctr_1d feeds the cross tower through log1p: a stored -1 reads as
+    // -inf and -3 as NaN, which the ReLUs would turn into a finite, wrong
+    // score. Every precision and both query kinds list them instead.
+    let all = ids(0..N);
+    let (u, inp) = (user(), inputs());
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema()).unwrap();
+    let mut tx = w.begin();
+    tx.add_items(common::batch(&all, DIM, 0)).unwrap();
+    for (name, precision) in [
+        ("f32", vstore::Precision::F32),
+        ("bf16", vstore::Precision::Bf16),
+        ("int8", vstore::Precision::Int8),
+    ] {
+        let mut b = tiny();
+        b.json["format"] = json!("vstore.three_tower.v2");
+        b.json["name"] = json!(name);
+        let (j, wt) = b.bytes();
+        tx.add_model_with(&j, &wt, None, precision).unwrap();
+    }
+    tx.update_stats(vstore::ItemBatch::new(vec![3, 7]).stat("ctr_1d", vec![-1.0, -3.0]))
+        .unwrap();
+    let snap = tx.commit().unwrap();
+    let bad = vec![3, 7];
+    for model in ["f32", "bf16", "int8"] {
+        for q in [
+            Query::ids(KEY, &u, &all, N as usize).three_tower(&inp),
+            Query::full_scan(KEY, &u, N as usize).three_tower(&inp),
+        ] {
+            let r = snap.query(&q.model(model)).unwrap();
+            assert_eq!(r.non_finite, bad, "{model:?}");
+            assert_eq!(r.hits.len(), all.len() - 2, "{model:?}");
+            assert!(r.hits.iter().all(|h| !bad.contains(&h.id)), "{model:?}");
+            assert!(r.hits.iter().all(|h| h.score.is_finite()), "{model:?}");
+        }
+    }
 }
 
 #[test]

@@ -331,6 +331,40 @@ fn a_changed_tower_recomputes_vectors_and_precomputed_parts() {
 /// refusal naming the item and the tower, on add and on a tower change;
 /// nothing is published and the writer goes on.
 #[test]
+fn items_whose_tower_input_is_not_finite_are_refused() {
+    // A tower reading log1p(price): a price of -3 (or -1) would feed it NaN
+    // (-inf), which its ReLU would turn into a finite, wrong vector. The
+    // add is refused naming the item and the column; good items compute.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F32)).unwrap();
+    let mut b = Bundle::tower_only("prerank", "v42", DIM as usize);
+    b.json["item_tower"]["inputs"][1]["transform"] = serde_json::json!("log1p");
+    let (j, wt) = b.bytes();
+    let mut tx = w.begin();
+    tx.add_model(&j, &wt).unwrap();
+    tx.add_items(fresh(&[1, 2])).unwrap();
+    for price in [-3.0f32, -1.0] {
+        let bad = ItemBatch::new(vec![11, 12])
+            .categorical("category", vec![1, 2])
+            .numeric("price", vec![0.5, price]);
+        let msg = tx.add_items(bad).unwrap_err().to_string();
+        assert!(
+            msg.contains("item tower of prerank@v42")
+                && msg.contains("item 12")
+                && msg.contains("\"price\"")
+                && msg.contains("not finite"),
+            "{msg}"
+        );
+    }
+    let snap = tx.commit().unwrap();
+    assert_eq!(snap.len(), 2);
+    for id in [1, 2] {
+        let v = snap.get_embedding(id, KEY).unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+    }
+}
+
+#[test]
 fn tower_outputs_the_column_cannot_hold_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = Writer::create(dir.path(), schema(DIM, Dtype::F16)).unwrap();

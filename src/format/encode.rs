@@ -146,14 +146,8 @@ pub(crate) fn check_vectors(def: &EmbeddingDef, ids: &[u64], data: &[f32]) -> Re
             ids.len() * d
         )));
     }
-    let limit = match def.dtype {
-        Dtype::F16 => half::f16::MAX.to_f32(),
-        // Larger finite f32 values round up to bf16 infinity.
-        Dtype::Bf16 => half::bf16::MAX.to_f32(),
-        _ => f32::MAX,
-    };
     for (row, v) in data.chunks_exact(d.max(1)).enumerate() {
-        if let Some(j) = v.iter().position(|x| !x.is_finite() || x.abs() > limit) {
+        if let Some(j) = unholdable(def.dtype, v) {
             return Err(Error::InvalidInput(format!(
                 "embedding {}: id {} (input row {row}) component {j} is {}, which {} cannot hold",
                 def.key(),
@@ -168,6 +162,18 @@ pub(crate) fn check_vectors(def: &EmbeddingDef, ids: &[u64], data: &[f32]) -> Re
         }
     }
     Ok(())
+}
+
+/// The first of `v` that a column of `dtype` cannot hold: not finite, or
+/// beyond the dtype's range (f16, bf16).
+pub(crate) fn unholdable(dtype: Dtype, v: &[f32]) -> Option<usize> {
+    let limit = match dtype {
+        Dtype::F16 => half::f16::MAX.to_f32(),
+        // Larger finite f32 values round up to bf16 infinity.
+        Dtype::Bf16 => half::bf16::MAX.to_f32(),
+        _ => f32::MAX,
+    };
+    v.iter().position(|x| !x.is_finite() || x.abs() > limit)
 }
 
 /// Encodes one f32 row into `out` (`def.dtype.row_stride(dim)` bytes, zeroed
@@ -268,7 +274,7 @@ pub(crate) fn write_embedding_computed(
     rows: u64,
     def: &EmbeddingDef,
     block: usize,
-    mut fill: impl FnMut(usize, &mut [f32]),
+    mut fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
 ) -> Result<FileRef> {
     let d = def.dim as usize;
     let mut buf = vec![0u8; def.dtype.row_stride(def.dim)];
@@ -277,7 +283,7 @@ pub(crate) fn write_embedding_computed(
         let mut first = 0;
         while first < rows as usize {
             let m = block.min(rows as usize - first);
-            fill(first, &mut vals[..m * d]);
+            fill(first, &mut vals[..m * d])?;
             for v in vals[..m * d].chunks_exact(d) {
                 encode_row(def.dtype, v, &mut buf, &mut tmp);
                 w.data(&buf)?;

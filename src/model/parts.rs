@@ -97,6 +97,18 @@ pub(crate) enum Input {
 }
 
 impl Input {
+    /// The store column an item input reads, or the name of a user input.
+    pub(crate) fn column(&self) -> &str {
+        match self {
+            Input::ItemNumeric {
+                column: ColumnRef::Profile(c) | ColumnRef::Stat(c),
+                ..
+            }
+            | Input::ItemCategorical { column: c, .. } => c,
+            Input::UserDense { name, .. } | Input::UserByItem { name, .. } => name,
+        }
+    }
+
     pub(crate) fn dim(&self) -> usize {
         match self {
             Input::ItemNumeric {

@@ -100,6 +100,7 @@ impl std::ops::AddAssign for StageTimes {
 /// Rows scored per block (each layer is one `[BLOCK, in] x [in, out]`
 /// product).
 pub(super) const BLOCK: usize = 48;
+const _: () = assert!(BLOCK <= 64, "ModelScratch::not_finite is one bit per row");
 
 /// Buffers a three-tower query reuses (kept per thread by
 /// [`crate::Snapshot::query`]).
@@ -125,6 +126,9 @@ pub struct ModelScratch {
     pub(super) value: Vec<f32>,
     /// Cache lines of the next block, prefetched during this one.
     ahead: Vec<usize>,
+    /// The block's rows (bit `r`, `r < BLOCK <= 64`) one of whose inputs
+    /// is not finite (see [`item_input`]).
+    not_finite: u64,
     /// Whether [`Model::score`] keeps each row's head values before
     /// activation or calibration in `logits` (a feature log).
     pub(super) log_logits: bool,
@@ -187,15 +191,21 @@ fn item_part(segs: &[SegmentInputs<'_>]) -> ItemPart {
 /// `item_categorical` input) for row `row` of its column `col` into `x`
 /// (`inp.dim()` values): the transform or table look-up applied; a
 /// category past the table reads row 0. Shared by the cross tower and the
-/// item tower.
+/// item tower. Returns false if the value written is not finite: `log1p`
+/// of a stored value of -1 or less (stored values, tables and bounds are
+/// finite, so no other input can be), which the layers' ReLU would
+/// otherwise turn into a finite, wrong output.
 #[inline]
-pub(super) fn item_input(inp: &Input, col: Col<'_>, row: usize, x: &mut [f32]) {
+pub(super) fn item_input(inp: &Input, col: Col<'_>, row: usize, x: &mut [f32]) -> bool {
     match (inp, col) {
         (Input::ItemNumeric { transform, .. }, Col::F32(v)) => {
             let v = v[row];
             match transform {
                 Transform::Identity => x[0] = v,
-                Transform::Log1p => x[0] = ln_1p(v),
+                Transform::Log1p => {
+                    x[0] = ln_1p(v);
+                    return x[0].is_finite();
+                }
                 Transform::Bucketize { bounds, table } => {
                     let b = bounds.partition_point(|&t| t <= v);
                     put(x, table.row(b));
@@ -210,6 +220,7 @@ pub(super) fn item_input(inp: &Input, col: Col<'_>, row: usize, x: &mut [f32]) {
         // Unreachable: callers pair each input with its column kind.
         _ => {}
     }
+    true
 }
 
 /// An item column as one segment holds it.
@@ -372,9 +383,15 @@ impl Model {
             match inp {
                 Input::UserDense { name, dim } => {
                     let v = inputs.dense.get(name).ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "the model needs user_dense input {name:?} ({dim} values), which the query does not pass"
-                        ))
+                        Error::InvalidInput(if inputs.by_item.contains_key(name) {
+                            format!(
+                                "user_dense input {name:?} is passed as a map by category code (a user_by_item input); the model takes one vector of {dim} values for it"
+                            )
+                        } else {
+                            format!(
+                                "the model needs user_dense input {name:?} ({dim} values), which the query does not pass"
+                            )
+                        })
                     })?;
                     check_vec(&format!("user_dense input {name:?}"), v, *dim)?;
                     d = Some(&v[..]);
@@ -384,9 +401,15 @@ impl Model {
                     name, dim, column, ..
                 } => {
                     let m = inputs.by_item.get(name).ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "the model needs user_by_item input {name:?} (a map from {column} values to {dim} values), which the query does not pass"
-                        ))
+                        Error::InvalidInput(if inputs.dense.contains_key(name) {
+                            format!(
+                                "user_by_item input {name:?} is passed as one vector (a user_dense input); the model takes a map from {column} values to {dim} values for it"
+                            )
+                        } else {
+                            format!(
+                                "the model needs user_by_item input {name:?} (a map from {column} values to {dim} values), which the query does not pass"
+                            )
+                        })
                     })?;
                     for (k, v) in m.iter() {
                         check_vec(&format!("user_by_item input {name:?}, key {k},"), v, *dim)?;
@@ -534,13 +557,14 @@ impl Model {
         row: usize,
         x: &mut [f32],
         split: bool,
-    ) {
+    ) -> bool {
         let mut o = 0;
+        let mut finite = true;
         for (i, inp) in self.inputs.iter().enumerate() {
             let col = seg.cols[i];
             match (inp, col) {
                 (Input::ItemNumeric { .. } | Input::ItemCategorical { .. }, _) => {
-                    item_input(inp, col, row, &mut x[o..o + inp.dim()]);
+                    finite &= item_input(inp, col, row, &mut x[o..o + inp.dim()]);
                 }
                 (Input::UserDense { .. }, _) if split => continue, // in `c0`
                 (Input::UserDense { dim, .. }, _) => {
@@ -556,6 +580,7 @@ impl Model {
             }
             o += inp.dim();
         }
+        finite
     }
 
     /// [`Model::score`] split over threads as `par` says, on the rows
@@ -738,6 +763,14 @@ impl Model {
             let at = heads.len();
             heads.resize(at + block.len() * nh, 0.0);
             self.heads_block(segs, block, s, &mut heads[at..]);
+            // A row whose input is not finite scores NaN: listed as not
+            // finite, never ranked on what the ReLUs made of it.
+            let mut bad = s.not_finite;
+            while bad != 0 {
+                let r = bad.trailing_zeros() as usize;
+                bad &= bad - 1;
+                heads[at + r * nh..at + (r + 1) * nh].fill(f32::NAN);
+            }
             lap(&mut times.heads);
         }
         times
@@ -797,11 +830,14 @@ impl Model {
         s: &mut ModelScratch,
     ) {
         let row_in = self.row_in;
+        s.not_finite = 0;
         for (r, loc) in block.iter().enumerate() {
             let seg = &segs[loc.block as usize];
             let row = loc.row as usize;
             let x = &mut s.xc[r * row_in..(r + 1) * row_in];
-            self.cross_input(prep, seg, row, x, self.split);
+            if !self.cross_input(prep, seg, row, x, self.split) {
+                s.not_finite |= 1 << r;
+            }
             if id > 0 {
                 seg.emb.decode(row, &mut s.a[r * lda..r * lda + id]);
             }

@@ -178,8 +178,18 @@ impl ItemTower {
     }
 
     /// Computes the vectors of rows `first..first + out.len() / item_dim`
-    /// of `cols` into `out` (row-major, f32), a block at a time.
-    pub(crate) fn compute(&self, cols: &TowerColumns<'_>, first: usize, out: &mut [f32]) {
+    /// of `cols` into `out` (row-major, f32), a block at a time. Returns
+    /// the first row (of `cols`) one of whose inputs is not finite (`log1p`
+    /// of -1 or less), with the input's column, if there is one: its
+    /// vector would be what the layers' ReLUs made of a NaN, finite and
+    /// wrong, so the caller refuses it.
+    #[must_use]
+    pub(crate) fn compute(
+        &self,
+        cols: &TowerColumns<'_>,
+        first: usize,
+        out: &mut [f32],
+    ) -> Option<(usize, &str)> {
         let d = self.item_dim;
         let n = out.len() / d;
         let widest = (self.layers.iter().map(|l| l.out))
@@ -189,6 +199,7 @@ impl ItemTower {
         let mut x = vec![0f32; BLOCK * widest];
         let mut y = vec![0f32; BLOCK * widest];
         let mut done = 0;
+        let mut bad = None;
         while done < n {
             let m = BLOCK.min(n - done);
             for r in 0..m {
@@ -196,7 +207,9 @@ impl ItemTower {
                 let xr = &mut x[r * self.in_width..(r + 1) * self.in_width];
                 let mut o = 0;
                 for (inp, col) in self.inputs.iter().zip(&cols.0) {
-                    item_input(inp, *col, row, &mut xr[o..o + inp.dim()]);
+                    if !item_input(inp, *col, row, &mut xr[o..o + inp.dim()]) && bad.is_none() {
+                        bad = Some((row, inp.column()));
+                    }
                     o += inp.dim();
                 }
             }
@@ -213,6 +226,7 @@ impl ItemTower {
             }
             done += m;
         }
+        bad
     }
 }
 

@@ -195,7 +195,11 @@ pub fn item_tower_compute(
         |n| Ok(seg.categorical(n)?.values()),
     )?;
     out.resize(seg.rows() * tower.item_dim, 0.0);
-    tower.compute(&cols, 0, out);
+    if let Some((row, column)) = tower.compute(&cols, 0, out) {
+        return Err(Error::InvalidInput(format!(
+            "row {row}: the item tower's input from {column:?} is not finite"
+        )));
+    }
     Ok(tower.flops_per_item())
 }
 

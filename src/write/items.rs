@@ -279,7 +279,7 @@ pub(crate) fn batch_vectors<'b>(
                 // Computed (and checked) before anything is written, so
                 // that a tower output the column cannot hold is a
                 // refusal, not a failed write.
-                let v = compute_for_batch(&tower, schema, profile, batch.len())?;
+                let v = compute_for_batch(&tower, def, schema, profile, &batch.ids)?;
                 check_computed(def, &batch.ids, &v)?;
                 vectors.push((def.clone(), Cow::Owned(v), true));
             }

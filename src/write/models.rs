@@ -202,7 +202,23 @@ impl Transaction<'_> {
                     seg.rows() as u64,
                     &def,
                     256,
-                    |first, out| model.precompute_rows(&emb, first, out),
+                    |first, out| {
+                        model.precompute_rows(&emb, first, out);
+                        let d = (def.dim as usize).max(1);
+                        for (i, v) in out.chunks_exact(d).enumerate() {
+                            if let Some(j) = encode::unholdable(dtype, v) {
+                                return Err(Error::InvalidInput(format!(
+                                    "bundle {id}: item {}'s precomputed item part (the first upper \
+                                     layer times its {key} vector) has component {j} = {}, which \
+                                     {} cannot hold; precompute as a wider type (f32) or not at all",
+                                    seg.ids()[first + i],
+                                    v[j],
+                                    if v[j].is_finite() { dtype.name() } else { "the store" }
+                                )));
+                            }
+                        }
+                        Ok(())
+                    },
                 )?;
                 if let Some((_, have)) = &mut self.bundles.get_mut(&id).expect("id listed").pre {
                     have.insert(seg_id, file);

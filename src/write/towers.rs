@@ -98,7 +98,9 @@ impl Transaction<'_> {
         let (mut vals, mut tmp) = (Vec::new(), Vec::new());
         for (first, len) in runs(&bitmap, rows) {
             vals.resize(len * d, 0f32);
-            tower.compute(&cols, first, &mut vals);
+            if let Some((row, column)) = tower.compute(&cols, first, &mut vals) {
+                return Err(input_not_finite(def, seg.ids()[row], column));
+            }
             check_computed(def, &seg.ids()[first..first + len], &vals)?;
             for (i, v) in vals.chunks_exact(d).enumerate() {
                 let at = (first + i) * stride;
@@ -167,21 +169,35 @@ pub(super) struct Recomputed {
 }
 
 /// The vectors `tower` computes for every row of a batch's `profile`
-/// columns (those of `schema`, in its order), row-major.
+/// columns (those of `schema`, in its order), row-major; `ids` are the
+/// batch's (an error names the item).
 pub(super) fn compute_for_batch(
     tower: &ItemTower,
+    def: &EmbeddingDef,
     schema: &Schema,
     profile: &[ScalarColumn],
-    rows: usize,
+    ids: &[u64],
 ) -> Result<Vec<f32>> {
+    let rows = ids.len();
     let col = |name: &str| -> Result<&[u32]> {
         let i = schema.profile_index(name)?;
         Ok(&profile[i].values)
     };
     let cols = TowerColumns::new(tower, |n| col(n).map(bytemuck::cast_slice), |n| col(n))?;
     let mut out = vec![0f32; rows * tower.item_dim];
-    tower.compute(&cols, 0, &mut out);
+    if let Some((row, column)) = tower.compute(&cols, 0, &mut out) {
+        return Err(input_not_finite(def, ids[row], column));
+    }
     Ok(out)
+}
+
+/// The refusal of an item whose item-tower input is not finite.
+fn input_not_finite(def: &EmbeddingDef, id: u64, column: &str) -> Error {
+    Error::InvalidInput(format!(
+        "the item tower of {} cannot compute item {id}'s vector: its input from column \
+         {column:?} is not finite (log1p of a value of -1 or less)",
+        def.key()
+    ))
 }
 
 /// Checks vectors the item tower of `def` computed for items `ids`: the

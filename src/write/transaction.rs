@@ -196,8 +196,13 @@ impl<'w> Transaction<'w> {
         let plan = self.recompute_stale()?;
         let r = self.write_recomputed(plan);
         self.w.poison(r)?;
-        let r = self.write_precomputed();
-        self.w.poison(r)?;
+        match self.write_precomputed() {
+            // A precomputed item part the column cannot hold: a refusal of
+            // the bundle, found while writing; the writer is unharmed (the
+            // transaction's files, the partial one too, go when it drops).
+            Err(e @ Error::InvalidInput(_)) => return Err(e),
+            r => self.w.poison(r)?,
+        }
         let manifest = self.manifest();
         let number = self.number;
         let compacted_away = std::mem::take(&mut self.compacted_away);
