@@ -197,9 +197,14 @@ pub(crate) fn stage(
     categorical: Option<&Bound<'_, PyDict>>,
     numeric: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyBuildReceipt> {
+    let schema = plan.inner.schema();
+    let dims = (schema.embeddings.iter())
+        .map(|d| (d.key(), d.dim))
+        .collect();
     let b = batch(
         py,
-        plan.inner.schema(),
+        schema,
+        &dims,
         ids,
         embeddings,
         profile,

@@ -119,13 +119,16 @@ fn err_at(e: vstore::Error, ctx: &str) -> PyErr {
 /// `secs` as a duration, or an `InvalidInputError` naming argument `name`
 /// if it is negative or not finite.
 fn seconds(name: &str, secs: f64) -> PyResult<std::time::Duration> {
-    if secs >= 0.0 && secs.is_finite() {
-        Ok(std::time::Duration::from_secs_f64(secs))
-    } else {
-        Err(invalid(format!(
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err(invalid(format!(
             "{name} {secs}: expected a finite number >= 0"
-        )))
+        )));
     }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
+        invalid(format!(
+            "{name} {secs}: too large (at most about 5.8e11 years)"
+        ))
+    })
 }
 
 /// An `InvalidInputError` naming the argument.
@@ -177,6 +180,37 @@ fn np_array<'py>(
 }
 
 /// Item ids (see [`Ids`]) from `v`, the argument `what`.
+/// Element `i` of a list or tuple of ids: a Python or numpy integer in
+/// `0..2^64` (read as it is: numpy would promote `[1, 2**63 + 5]` to
+/// float64, losing the large id), or an `InvalidInputError` naming the
+/// element and what is wrong with it.
+fn list_id(x: &Bound<'_, PyAny>, what: &str, i: usize) -> PyResult<u64> {
+    let ty = x.get_type().name()?.to_string();
+    let bad = |why: String| invalid(format!("{what}[{i}]: {why}"));
+    if x.is_none() {
+        return Err(bad("missing (None); every item needs an id".into()));
+    }
+    // Booleans (Python's or numpy's) have `__index__` too.
+    if x.is_instance_of::<pyo3::types::PyBool>() || matches!(ty.as_str(), "bool" | "bool_") {
+        return Err(bad(format!("{} is a boolean, not an id", x.repr()?)));
+    }
+    if !x.hasattr("__index__")? {
+        return Err(bad(format!(
+            "{} ({ty}) is not an integer; ids are unsigned 64-bit integers",
+            x.repr()?
+        )));
+    }
+    let n: pyo3::Bound<'_, pyo3::types::PyInt> = x.call_method0("__index__")?.cast_into()?;
+    n.extract::<u64>().map_err(|_| {
+        let why = if n.lt(0).unwrap_or(false) {
+            "is negative"
+        } else {
+            "is above 2^64 - 1"
+        };
+        bad(format!("id {n} {why} (ids are unsigned 64-bit integers)"))
+    })
+}
+
 fn ids_arg<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
     if let Ok(a) = v.extract::<PyReadonlyArray1<'py, u64>>() {
         // In place needs a slice: contiguous and aligned (an array
@@ -189,27 +223,11 @@ fn ids_arg<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
     // A list or tuple of integers, read as they are: numpy would promote
     // `[1, 2**63 + 5]` to float64 (losing the large id).
     if v.is_instance_of::<pyo3::types::PyList>() || v.is_instance_of::<pyo3::types::PyTuple>() {
-        let all: Option<Vec<u64>> = v
-            .try_iter()?
-            .map(|x| {
-                // Python ints and numpy integers (through `__index__`);
-                // not booleans (Python's or numpy's), not floats.
-                x.ok()
-                    .filter(|x| {
-                        !x.is_instance_of::<pyo3::types::PyBool>()
-                            && !x.is_instance_of::<pyo3::types::PyFloat>()
-                            && x.hasattr("__index__").unwrap_or(false)
-                            && !matches!(
-                                x.get_type().name().map(|n| n.to_string()).as_deref(),
-                                Ok("bool_" | "bool")
-                            )
-                    })
-                    .and_then(|x| x.extract::<u64>().ok())
-            })
-            .collect();
-        if let Some(ids) = all {
-            return Ok(Ids::Copied(ids));
+        let mut ids = Vec::new();
+        for (i, x) in v.try_iter()?.enumerate() {
+            ids.push(list_id(&x?, what, i)?);
         }
+        return Ok(Ids::Copied(ids));
     }
     let (a, ndim, size, kind, name) = np_array(v, what)?;
     if ndim != 1 {
@@ -242,10 +260,21 @@ fn ids_arg<'py>(v: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
                 .collect::<PyResult<_>>()
                 .map(Ids::Copied)
         }
-        "f" => Err(invalid(format!(
-            "{what}: the array holds floats ({name}); ids are integers (uint64, or a signed \
-             integer type with no negative value)"
-        ))),
+        "f" => {
+            // A missing value (NaN: pandas' nullable integers with NA
+            // become floats) is named by its row.
+            let f = a.call_method1("astype", ("float64",))?;
+            let f: PyReadonlyArray1<'_, f64> = f.extract()?;
+            if let Some(i) = f.as_array().iter().position(|x| x.is_nan()) {
+                return Err(invalid(format!(
+                    "{what}[{i}]: missing (None, NaN or NA); every item needs an id"
+                )));
+            }
+            Err(invalid(format!(
+                "{what}: the array holds floats ({name}); ids are integers (uint64, or a signed \
+                 integer type with no negative value)"
+            )))
+        }
         _ => Err(invalid(format!(
             "{what}: expected integer ids (uint64, or a signed integer type with no negative \
              value), not {name}"
@@ -296,11 +325,27 @@ fn floats_arg<'py>(
              not {name}"
         )));
     }
-    let a = a.call_method1("astype", ("float32",))?;
-    let a: PyReadonlyArrayDyn<'_, f32> = a.extract()?;
-    let shape = a.shape().to_vec();
+    let wide = a.call_method1("astype", ("float32",))?;
+    let wide: PyReadonlyArrayDyn<'_, f32> = wide.extract()?;
+    let shape = wide.shape().to_vec();
     // Row-major order whatever the layout.
-    let values = a.as_array().iter().copied().collect();
+    let values: Vec<f32> = wide.as_array().iter().copied().collect();
+    // A finite value beyond float32's range would round to infinity, and
+    // a later check would report "inf", not what was given.
+    if let Some(i) = values.iter().position(|x| x.is_infinite()) {
+        let f = a.call_method1("astype", ("float64",))?;
+        let f: PyReadonlyArrayDyn<'_, f64> = f.extract()?;
+        if let Some(x) = f.as_array().iter().nth(i).filter(|x| x.is_finite()) {
+            let row = if shape.len() == 2 && shape[1] > 0 {
+                format!(" row {}, component {}", i / shape[1], i % shape[1])
+            } else {
+                format!(" element {i}")
+            };
+            return Err(invalid(format!(
+                "{what},{row}: {x:e} is beyond float32's range (vectors are float32)"
+            )));
+        }
+    }
     Ok((Floats::Copied(values), shape))
 }
 
@@ -572,14 +617,17 @@ impl PySnapshot {
         self.inner.len()
     }
 
-    /// Whether item `id` is live in this snapshot.
-    fn __contains__(&self, id: u64) -> bool {
-        self.inner.lookup(id).is_some()
+    /// Whether item `id` is live in this snapshot (`CorruptError` if the id
+    /// index or deletion bitmap that says so is damaged).
+    fn __contains__(&self, id: u64) -> PyResult<bool> {
+        Ok(self.inner.item(id).map_err(err)?.is_some())
     }
 
-    /// The live ids, segment by segment in row order, as a uint64 array.
-    fn ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        self.inner.ids().collect::<Vec<u64>>().into_pyarray(py)
+    /// The live ids, segment by segment in row order, as a uint64 array
+    /// (`CorruptError` if an id index or deletion bitmap is damaged).
+    fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        self.inner.check_identity().map_err(err)?;
+        Ok(self.inner.ids().collect::<Vec<u64>>().into_pyarray(py))
     }
 
     /// What the snapshot holds for item `id`, or None if it is not live: a
@@ -590,7 +638,8 @@ impl PySnapshot {
     /// scoring reads).
     fn item<'py>(&self, py: Python<'py>, id: u64) -> PyResult<Option<Bound<'py, PyDict>>> {
         let s = &self.inner;
-        if s.lookup(id).is_none() {
+        // Checked: a damaged id index is a CorruptError, not "absent".
+        if s.item(id).map_err(err)?.is_none() {
             return Ok(None);
         }
         let embeddings = PyDict::new(py);
@@ -1054,7 +1103,21 @@ impl Options {
             Some(f) => {
                 let text: String = match f.extract::<String>() {
                     Ok(s) => s,
-                    Err(_) => py.import("json")?.call_method1("dumps", (f,))?.extract()?,
+                    Err(_) => {
+                        // NaN and infinities would become `NaN` and
+                        // `Infinity`, which JSON does not have.
+                        let kw = PyDict::new(py);
+                        kw.set_item("allow_nan", false)?;
+                        py.import("json")?
+                            .call_method("dumps", (f,), Some(&kw))
+                            .map_err(|e| {
+                                invalid(format!(
+                                    "fusion: not expressible as JSON ({e}); weights and \
+                                     parameters must be finite numbers"
+                                ))
+                            })?
+                            .extract()?
+                    }
                 };
                 Some(vstore::Fusion::from_json(text.as_bytes()).map_err(err)?)
             }
@@ -1138,11 +1201,7 @@ fn user_inputs(d: &Bound<'_, PyDict>) -> PyResult<vstore::UserInputs> {
         if let Ok(m) = v.cast::<PyDict>() {
             let mut entries = Vec::with_capacity(m.len());
             for (code, vec) in m {
-                let code: u32 = code.extract().map_err(|_| {
-                    invalid(format!(
-                        "three_tower[{name:?}]: keys must be uint32 category codes"
-                    ))
-                })?;
+                let code = code_arg(&code, || format!("three_tower[{name:?}]: key"))?;
                 let vec: Vec<f32> = vec.extract().map_err(|_| {
                     invalid(format!(
                         "three_tower[{name:?}][{code}]: expected a float32 vector"
@@ -1349,19 +1408,34 @@ impl PySchema {
 
     /// Adds a numeric profile column (float32).
     #[pyo3(signature = (name, default = 0.0))]
-    fn numeric(&self, name: &str, default: f32) -> Self {
-        PySchema {
-            inner: self.inner.clone().numeric(name, default),
-        }
+    fn numeric(&self, name: &str, default: f64) -> PyResult<Self> {
+        Ok(PySchema {
+            inner: self
+                .inner
+                .clone()
+                .numeric(name, f32_default(name, default)?),
+        })
     }
 
     /// Adds a statistics column (float32, refreshed by `update_stats`).
     #[pyo3(signature = (name, default = 0.0))]
-    fn stat(&self, name: &str, default: f32) -> Self {
-        PySchema {
-            inner: self.inner.clone().stat(name, default),
-        }
+    fn stat(&self, name: &str, default: f64) -> PyResult<Self> {
+        Ok(PySchema {
+            inner: self.inner.clone().stat(name, f32_default(name, default)?),
+        })
     }
+}
+
+/// A column's default as float32: a finite value beyond float32's range
+/// is refused naming the column (it would round to infinity, and the
+/// schema's check would then report "inf", not what was given).
+fn f32_default(name: &str, default: f64) -> PyResult<f32> {
+    if default.is_finite() && default.abs() > f32::MAX as f64 {
+        return Err(invalid(format!(
+            "column {name:?}: default {default:e} is beyond float32's range (the store keeps float32)"
+        )));
+    }
+    Ok(default as f32)
 }
 
 /// The store's one writer (`vstore.create` / `Writer.open`).
@@ -1633,6 +1707,32 @@ enum Op {
     SetMetadata(String, Option<String>),
 }
 
+impl Op {
+    /// The call that queued this operation, for an error at commit.
+    fn describe(&self) -> String {
+        match self {
+            Op::Add(b) => format!("add_items of {} items", b.ids().len()),
+            Op::Upsert(b) => format!("upsert_items of {} items", b.ids().len()),
+            Op::Stats(b) => format!("update_stats of {} items", b.ids().len()),
+            Op::Delete(ids) => format!("delete_items of {} ids", ids.len()),
+            Op::Model { .. } => "add_model".into(),
+            Op::ModelDir(dir) => format!("add_model_dir({})", dir.display()),
+            Op::DropModel(key, None) => format!("drop_model({key:?})"),
+            Op::DropModel(key, Some(name)) => format!("drop_model({key:?}, name={name:?})"),
+            Op::Embedding(def, ids, _) => {
+                format!("add_embedding of {} for {} items", def.key(), ids.len())
+            }
+            Op::Compact(_) => "compact".into(),
+            Op::ApplyCompaction(_) => "apply_compaction".into(),
+            Op::DropItemTower(key) => format!("drop_item_tower({key:?})"),
+            Op::DropEmbedding(key) => format!("drop_embedding({key:?})"),
+            Op::ForgetDroppedVersion(key) => format!("forget_dropped_version({key:?})"),
+            Op::SetMetadata(key, Some(_)) => format!("set_metadata({key:?})"),
+            Op::SetMetadata(key, None) => format!("remove_metadata({key:?})"),
+        }
+    }
+}
+
 /// The operations of one snapshot to be (`Writer.begin()`).
 #[pyclass(name = "Transaction", module = "vstore", frozen)]
 struct PyTransaction {
@@ -1681,11 +1781,18 @@ fn floats(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str, rows: usize) -> PyRe
         .map_err(|e| invalid(format!("{what}: not a column of numbers ({e})")))?;
     let dtype = raw.getattr("dtype")?;
     let kind: String = dtype.getattr("kind")?.extract()?;
-    if matches!(kind.as_str(), "S" | "U" | "b") {
+    if matches!(kind.as_str(), "S" | "U" | "b" | "M" | "m" | "c" | "V") {
         let name: String = dtype.getattr("name")?.extract()?;
+        let holds = match kind.as_str() {
+            "b" => "booleans",
+            "M" => "dates and times",
+            "m" => "durations",
+            "c" => "complex numbers",
+            "V" => "records",
+            _ => "strings",
+        };
         return Err(invalid(format!(
-            "{what}: expected numbers, the column holds {} ({name})",
-            if kind == "b" { "booleans" } else { "strings" }
+            "{what}: expected numbers, the column holds {holds} ({name})"
         )));
     }
     // An object column (pandas' string and nullable columns, pyarrow and
@@ -1804,6 +1911,7 @@ fn table_columns<'py>(t: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py,
 fn batch(
     py: Python<'_>,
     schema: &vstore::Schema,
+    dims: &std::collections::BTreeMap<String, u32>,
     ids: &Bound<'_, PyAny>,
     embeddings: Option<&Bound<'_, PyDict>>,
     profile: Option<&Bound<'_, PyAny>>,
@@ -1816,7 +1924,20 @@ fn batch(
     let mut b = vstore::ItemBatch::new(ids);
     for (k, v) in embeddings.into_iter().flatten() {
         let key: String = k.extract()?;
-        let (values, _) = matrix(&v, &key, n)?;
+        let Some(&want) = dims.get(&key) else {
+            return Err(invalid(format!(
+                "embedding {key:?} is not a version of the store (it has [{}]); add one with \
+                 Transaction.add_embedding (earlier in the same transaction is fine)",
+                dims.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let (values, dim) = matrix(&v, &key, n)?;
+        // (An empty batch's array may be [0, 0].)
+        if n > 0 && dim != want as usize {
+            return Err(invalid(format!(
+                "embedding {key:?}: vectors of {dim} values, but the version has dimension {want}"
+            )));
+        }
         b = b.embedding(&key, values);
     }
     let mut cat: Vec<(String, Bound<'_, PyAny>)> = Vec::new();
@@ -1839,11 +1960,45 @@ fn batch(
             }
         }
     }
+    // The dicts by kind: each name a profile column of that kind.
+    let profile_kind = |name: &str, categorical: bool| -> PyResult<()> {
+        let kind = if categorical {
+            "categorical"
+        } else {
+            "numeric"
+        };
+        match schema.profile.iter().find(|c| c.name == name) {
+            None => Err(NoSuchColumnError::new_err(format!(
+                "{kind} column {name:?} is not in the schema (its profile columns: [{}])",
+                schema
+                    .profile
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            Some(c) if matches!(c.kind, vstore::ColumnKind::Categorical { .. }) != categorical => {
+                Err(invalid(format!(
+                    "column {name:?} is given as {kind}, but the schema's column is {}",
+                    if categorical {
+                        "numeric"
+                    } else {
+                        "categorical"
+                    }
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    };
     for (k, v) in categorical.into_iter().flatten() {
-        cat.push((k.extract()?, v));
+        let name: String = k.extract()?;
+        profile_kind(&name, true)?;
+        cat.push((name, v));
     }
     for (k, v) in numeric.into_iter().flatten() {
-        num.push((k.extract()?, v));
+        let name: String = k.extract()?;
+        profile_kind(&name, false)?;
+        num.push((name, v));
     }
     for (name, col) in cat {
         b = b.categorical_opt(&name, codes(py, &col, &name, n)?);
@@ -1854,6 +2009,17 @@ fn batch(
     }
     if let Some(t) = stats {
         for (name, col) in table_columns(t)? {
+            if !schema.stats.iter().any(|c| c.name == name) {
+                return Err(NoSuchColumnError::new_err(format!(
+                    "statistics column {name:?} is not in the schema (its statistics: [{}])",
+                    schema
+                        .stats
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             let what = format!("statistics column {name:?}");
             b = b.stat_opt(&name, numbers(py, &col, &what, n)?);
         }
@@ -1865,6 +2031,60 @@ impl PyTransaction {
     /// The writer's schema (to sort a table's columns by kind).
     fn schema(&self) -> PyResult<vstore::Schema> {
         self.writer.with(|w| w.schema().clone())
+    }
+
+    /// The embedding versions (key → dimension) the transaction's
+    /// operations so far leave: the writer's, with those added and dropped
+    /// by earlier operations (so a batch's keys and widths are checked at
+    /// the call).
+    fn embedding_dims(
+        &self,
+        schema: &vstore::Schema,
+    ) -> PyResult<std::collections::BTreeMap<String, u32>> {
+        let mut dims: std::collections::BTreeMap<String, u32> = (schema.embeddings.iter())
+            .map(|d| (d.key(), d.dim))
+            .collect();
+        let ops = self.ops.lock().expect("not poisoned");
+        for op in ops.iter().flatten() {
+            match op {
+                Op::Embedding(def, _, _) => {
+                    dims.insert(def.key(), def.dim);
+                }
+                Op::DropEmbedding(key) => {
+                    dims.remove(key);
+                }
+                _ => {}
+            }
+        }
+        Ok(dims)
+    }
+
+    /// [`batch`] against the schema as the earlier operations leave it.
+    #[allow(clippy::too_many_arguments)]
+    fn batch(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        embeddings: Option<&Bound<'_, PyDict>>,
+        profile: Option<&Bound<'_, PyAny>>,
+        stats: Option<&Bound<'_, PyAny>>,
+        categorical: Option<&Bound<'_, PyDict>>,
+        numeric: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<(vstore::ItemBatch, vstore::Schema)> {
+        let schema = self.schema()?;
+        let dims = self.embedding_dims(&schema)?;
+        let b = batch(
+            py,
+            &schema,
+            &dims,
+            ids,
+            embeddings,
+            profile,
+            stats,
+            categorical,
+            numeric,
+        )?;
+        Ok((b, schema))
     }
 
     fn push(&self, op: Op) -> PyResult<()> {
@@ -1899,16 +2119,7 @@ impl PyTransaction {
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let b = batch(
-            py,
-            &self.schema()?,
-            ids,
-            embeddings,
-            profile,
-            stats,
-            categorical,
-            numeric,
-        )?;
+        let (b, _) = self.batch(py, ids, embeddings, profile, stats, categorical, numeric)?;
         self.push(Op::Add(b))
     }
 
@@ -1931,17 +2142,7 @@ impl PyTransaction {
         categorical: Option<&Bound<'_, PyDict>>,
         numeric: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let schema = self.schema()?;
-        let b = batch(
-            py,
-            &schema,
-            ids,
-            embeddings,
-            profile,
-            stats,
-            categorical,
-            numeric,
-        )?;
+        let (b, schema) = self.batch(py, ids, embeddings, profile, stats, categorical, numeric)?;
         // As the CLI's note: say which columns replaced items lose.
         let reset = b.columns_left_out(&schema);
         if !reset.is_empty() {
@@ -1971,16 +2172,7 @@ impl PyTransaction {
         ids: &Bound<'_, PyAny>,
         stats: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let b = batch(
-            py,
-            &self.schema()?,
-            ids,
-            None,
-            None,
-            Some(stats),
-            None,
-            None,
-        )?;
+        let (b, _) = self.batch(py, ids, None, None, Some(stats), None, None)?;
         self.push(Op::Stats(b))
     }
 
@@ -2025,7 +2217,7 @@ impl PyTransaction {
     }
 
     /// Adds the bundle in directory `path` (`model.json` and
-    /// `model.safetensors`).
+    /// `weights.safetensors`).
     fn add_model_dir(&self, path: std::path::PathBuf) -> PyResult<()> {
         self.push(Op::ModelDir(path))
     }
@@ -2130,47 +2322,28 @@ impl PyTransaction {
             .expect("not poisoned")
             .take()
             .ok_or_else(|| invalid("the transaction was already committed or rolled back"))?;
-        self.writer.run(py, move |w| {
+        let total = ops.len();
+        // Which operation failed, if one did: its error then names it.
+        let failed: Mutex<Option<String>> = Mutex::new(None);
+        let failed_ref = &failed;
+        let r = self.writer.run(py, move |w| {
             let mut tx = w.begin();
-            for op in ops {
-                match op {
-                    Op::Add(b) => tx.add_items(b)?,
-                    Op::Upsert(b) => tx.upsert_items(b)?,
-                    Op::Stats(b) => tx.update_stats(b)?,
-                    Op::Delete(ids) => tx.delete_items(&ids)?,
-                    Op::Model {
-                        json,
-                        weights,
-                        precompute,
-                        precision,
-                    } => {
-                        tx.add_model_with(&json, &weights, precompute, precision)?;
-                    }
-                    Op::ModelDir(dir) => {
-                        tx.add_model_dir(&dir)?;
-                    }
-                    Op::DropModel(key, None) => tx.drop_model(&key)?,
-                    Op::DropModel(key, Some(name)) => tx.drop_model_named(&key, &name)?,
-                    Op::Embedding(def, ids, vectors) => tx.add_embedding(def, &ids, &vectors)?,
-                    Op::ApplyCompaction(done) => {
-                        tx.apply_compaction(*done)?;
-                    }
-                    Op::DropItemTower(key) => tx.drop_item_tower(&key)?,
-                    Op::DropEmbedding(key) => tx.drop_embedding(&key)?,
-                    Op::ForgetDroppedVersion(key) => {
-                        tx.forget_dropped_version(&key)?;
-                    }
-                    Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value)?,
-                    Op::SetMetadata(key, None) => tx.remove_metadata(&key)?,
-                    Op::Compact(None) => {
-                        tx.compact()?;
-                    }
-                    Op::Compact(Some(policy)) => {
-                        tx.compact_if(&policy)?;
-                    }
+            for (i, op) in ops.into_iter().enumerate() {
+                let what = op.describe();
+                if let Err(e) = apply(&mut tx, op) {
+                    *failed_ref.lock().expect("not poisoned") =
+                        Some(format!("operation {} of {total} ({what})", i + 1));
+                    return Err(e);
                 }
             }
             tx.commit().map(|s| s.number())
+        });
+        r.map_err(|e| match failed.into_inner().expect("not poisoned") {
+            Some(op) => {
+                let msg = format!("{op}: {}", e.value(py));
+                PyErr::from_type(e.get_type(py), msg)
+            }
+            None => e,
         })
     }
 
@@ -2225,4 +2398,45 @@ fn _vstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCompacted>()?;
     m.add("FORMAT_VERSION", vstore::FORMAT_VERSION)?;
     add_exceptions(m)
+}
+
+/// Runs one queued operation on `tx`.
+fn apply(tx: &mut vstore::Transaction<'_>, op: Op) -> vstore::Result<()> {
+    match op {
+        Op::Add(b) => tx.add_items(b)?,
+        Op::Upsert(b) => tx.upsert_items(b)?,
+        Op::Stats(b) => tx.update_stats(b)?,
+        Op::Delete(ids) => tx.delete_items(&ids)?,
+        Op::Model {
+            json,
+            weights,
+            precompute,
+            precision,
+        } => {
+            tx.add_model_with(&json, &weights, precompute, precision)?;
+        }
+        Op::ModelDir(dir) => {
+            tx.add_model_dir(&dir)?;
+        }
+        Op::DropModel(key, None) => tx.drop_model(&key)?,
+        Op::DropModel(key, Some(name)) => tx.drop_model_named(&key, &name)?,
+        Op::Embedding(def, ids, vectors) => tx.add_embedding(def, &ids, &vectors)?,
+        Op::ApplyCompaction(done) => {
+            tx.apply_compaction(*done)?;
+        }
+        Op::DropItemTower(key) => tx.drop_item_tower(&key)?,
+        Op::DropEmbedding(key) => tx.drop_embedding(&key)?,
+        Op::ForgetDroppedVersion(key) => {
+            tx.forget_dropped_version(&key)?;
+        }
+        Op::SetMetadata(key, Some(value)) => tx.set_metadata(&key, &value)?,
+        Op::SetMetadata(key, None) => tx.remove_metadata(&key)?,
+        Op::Compact(None) => {
+            tx.compact()?;
+        }
+        Op::Compact(Some(policy)) => {
+            tx.compact_if(&policy)?;
+        }
+    }
+    Ok(())
 }

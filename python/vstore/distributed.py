@@ -157,15 +157,33 @@ def _ids(col, id_column: str, part: int) -> np.ndarray:
     raise InvalidInputError(f"{where} holds {a.dtype}, not integer ids (row 0: {a[0]!r})")
 
 
-def _matrix(col: np.ndarray, key: str) -> np.ndarray:
+def _matrix(col: np.ndarray, key: str, where: str) -> np.ndarray:
+    """One vector per row as a 2-D float array: float16 only if every row
+    is float16 (float16 converts exactly), else float32, so that no row is
+    rounded to another row's narrower type. A missing row, a row that is
+    not a 1-D vector of numbers, or rows of different lengths are refused
+    naming the row."""
     if len(col) == 0:
         return np.zeros((0, 0), dtype=np.float32)
     if col.dtype == object:
-        rows = [np.asarray(v) for v in col]
-        dtype = rows[0].dtype if rows[0].dtype in (np.float16, np.float32) else np.float32
-        return np.stack(rows).astype(dtype, copy=False)
+        rows = []
+        for i, v in enumerate(col):
+            if v is None or (isinstance(v, float) and v != v):
+                raise InvalidInputError(f"{where}, embedding {key}, row {i}: missing vector "
+                                        "(every item needs one for each version it is given)")
+            a = np.asarray(v)
+            if a.ndim != 1 or a.dtype.kind not in "fiu":
+                raise InvalidInputError(f"{where}, embedding {key}, row {i}: expected a vector of "
+                                        f"numbers, got {a.dtype} of shape {a.shape}")
+            if rows and len(a) != len(rows[0]):
+                raise InvalidInputError(f"{where}, embedding {key}, row {i}: {len(a)} values, but "
+                                        f"row 0 has {len(rows[0])}")
+            rows.append(a)
+        half = all(r.dtype == np.float16 for r in rows)
+        return np.stack(rows).astype(np.float16 if half else np.float32, copy=False)
     if col.ndim != 2:
-        raise InvalidInputError(f"embedding {key}: expected one vector per row, got shape {col.shape}")
+        raise InvalidInputError(f"{where}, embedding {key}: expected one vector per row, got shape "
+                                f"{col.shape}")
     return col
 
 
@@ -196,7 +214,7 @@ def stage_frame(
         name = wanted.pop(key, key)
         used.add(name)
         if name in cols:
-            vectors[key] = _matrix(cols[name], key)
+            vectors[key] = _matrix(cols[name], key, f"part {part}")
     if wanted:
         raise InvalidInputError(f"embeddings {sorted(wanted)} are not versions of the plan's schema")
     used.update(ignore)
