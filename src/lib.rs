@@ -53,7 +53,7 @@ pub use read::prefault::{Prefault, PrefaultProgress};
 pub use read::segment::Segment;
 pub use read::snapshot::{ItemRef, Snapshot, VerifyReport};
 pub use read::store::{OpenOptions, Store};
-pub use schema::{parse_key, ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
+pub use schema::{check_key, parse_key, ColumnDef, ColumnKind, Dtype, EmbeddingDef, Schema};
 pub use write::batch::ItemBatch;
 pub use write::compaction::{CompactedSegment, CompactionJob};
 pub use write::gc::{GcReport, Retention};

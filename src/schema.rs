@@ -200,6 +200,22 @@ pub fn parse_key(key: &str) -> Result<(&str, &str)> {
     }
 }
 
+/// Checks that `key` is a well-formed embedding key: `space@version`,
+/// each 1 to 64 characters of `[A-Za-z0-9_.-]` not starting with a dot
+/// (what a schema accepts); returns the two parts.
+///
+/// ```
+/// assert_eq!(vstore::check_key("prerank@v42")?, ("prerank", "v42"));
+/// assert!(vstore::check_key("prerank@v 1").is_err());
+/// # Ok::<(), vstore::Error>(())
+/// ```
+pub fn check_key(key: &str) -> Result<(&str, &str)> {
+    let (space, version) = parse_key(key)?;
+    check_tag("embedding space", space)?;
+    check_tag("embedding version", version)?;
+    Ok((space, version))
+}
+
 /// Space and version become part of file names, so they are restricted to
 /// `[A-Za-z0-9_.-]`, 1 to 64 bytes, and may not start with a dot.
 fn check_tag(what: &str, s: &str) -> Result<()> {

@@ -3,6 +3,10 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
 /// The user-side inputs of a three-tower query: `user_dense` vectors and
 /// `user_by_item` maps, by the names `model.json` gives them.
 ///
@@ -105,6 +109,113 @@ impl UserInputs {
             .keys()
             .chain(self.by_item.keys())
             .map(String::as_str)
+    }
+
+    /// Parses inputs given as JSON: `{"dense": {name: [numbers]},
+    /// "by_item": {name: {"<category code>": [numbers]}}}` (either part may
+    /// be left out). Parsed strictly: a key given twice, a category code
+    /// not written in plain decimal (`"01"` and `"+1"` would both be code
+    /// 1), a name used as both kinds, an unknown key, or a number that is
+    /// not finite in float32 is [`crate::Error::InvalidInput`] naming the
+    /// field (`by_item.user_category_ctr.7[2]: ...`).
+    ///
+    /// ```
+    /// let inputs = vstore::UserInputs::from_json(
+    ///     br#"{"dense": {"user_stats": [0.1, 0.2]}, "by_item": {"ctr": {"3": [0.02]}}}"#,
+    /// )?;
+    /// assert_eq!(inputs.names().count(), 2);
+    /// assert!(vstore::UserInputs::from_json(br#"{"by_item": {"ctr": {"03": [1]}}}"#).is_err());
+    /// # Ok::<(), vstore::Error>(())
+    /// ```
+    pub fn from_json(json: &[u8]) -> Result<UserInputs> {
+        let bad = |field: String, what: &str| Error::InvalidInput(format!("{field}: {what}"));
+        let v = super::json::parse(json, "", "").map_err(|e| match e {
+            // Not JSON at all: no field to name.
+            Error::Bundle { field, what } if field.is_empty() => {
+                Error::InvalidInput(what.trim_start_matches("is ").to_string())
+            }
+            Error::Bundle { field, what } => bad(field, &what),
+            other => other,
+        })?;
+        let Value::Object(top) = v else {
+            return Err(bad(
+                "inputs".into(),
+                "expected a JSON object with \"dense\" and/or \"by_item\"",
+            ));
+        };
+        let floats = |field: &str, v: &Value| -> Result<Vec<f32>> {
+            let a = v
+                .as_array()
+                .ok_or_else(|| bad(field.into(), "expected an array of numbers"))?;
+            (a.iter().enumerate())
+                .map(|(i, x)| match x.as_f64() {
+                    Some(f) if (f as f32).is_finite() => Ok(f as f32),
+                    Some(f) => Err(bad(
+                        format!("{field}[{i}]"),
+                        &format!("{f} does not fit in float32"),
+                    )),
+                    None => Err(bad(
+                        format!("{field}[{i}]"),
+                        &format!("{x} is not a number"),
+                    )),
+                })
+                .collect()
+        };
+        let mut inputs = UserInputs::new();
+        for (k, val) in &top {
+            let Some(m) = val.as_object() else {
+                return Err(bad(k.clone(), "expected an object of input name -> value"));
+            };
+            match k.as_str() {
+                "dense" => {
+                    for (name, arr) in m {
+                        let field = format!("dense.{name}");
+                        inputs = inputs.dense(name, floats(&field, arr)?);
+                    }
+                }
+                "by_item" => {
+                    for (name, map) in m {
+                        let field = format!("by_item.{name}");
+                        let entries = map.as_object().ok_or_else(|| {
+                            bad(
+                                field.clone(),
+                                "expected an object of category code -> array",
+                            )
+                        })?;
+                        let mut e = Vec::with_capacity(entries.len());
+                        for (code, arr) in entries {
+                            let c = code.parse::<u32>().ok().filter(|c| c.to_string() == *code);
+                            let Some(c) = c else {
+                                return Err(bad(
+                                    format!("{field}.{code}"),
+                                    "is not a category code written in decimal (0 to 4294967295, \
+                                     no sign or leading zeros)",
+                                ));
+                            };
+                            e.push((c, floats(&format!("{field}.{code}"), arr)?));
+                        }
+                        inputs = inputs.by_item(name, e);
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        other.to_string(),
+                        "unknown key (expected \"dense\" and/or \"by_item\")",
+                    ))
+                }
+            }
+        }
+        if let Some(name) = inputs
+            .by_item
+            .keys()
+            .find(|n| inputs.dense.contains_key(*n))
+        {
+            return Err(bad(
+                format!("by_item.{name}"),
+                "is also a dense input (a name is one or the other)",
+            ));
+        }
+        Ok(inputs)
     }
 }
 

@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 /// key given twice in one object is [`Error::Bundle`] at that key's path
 /// (`cross.inputs[2].transform`; `root` prefixes it, e.g. `fusion`).
 pub(crate) fn parse(json: &[u8], what: &str, root: &str) -> Result<Value> {
+    // A UTF-8 byte order mark (as some Windows editors write) is not JSON;
+    // it says nothing, so it is skipped rather than refused.
+    let json = json.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(json);
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(json);
     let parsed = Strict {
@@ -125,6 +128,14 @@ impl<'de> Visitor<'de> for Strict<'_> {
 mod tests {
     use super::parse;
     use crate::error::Error;
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let v = parse(b"\xEF\xBB\xBF{\"a\": 1}", "model.json", "").unwrap();
+        assert_eq!(v["a"], 1);
+        // Only at the start: elsewhere it is not JSON.
+        assert!(parse(b"{\"a\": 1}\xEF\xBB\xBF", "model.json", "").is_err());
+    }
 
     #[test]
     fn duplicate_keys_are_refused_at_their_path() {

@@ -162,8 +162,20 @@ impl Snapshot {
     /// deletion bitmap, which say which item each row is, and refuses a
     /// snapshot in which the background prefault found a damaged file.
     /// Queries and [`Snapshot::item`] (and so the `get_*` reads) call it
-    /// before relying on them.
-    pub(crate) fn check_identity(&self) -> Result<()> {
+    /// before relying on them; call it before the unchecked
+    /// [`Snapshot::lookup`] and [`Snapshot::ids`] where a damaged file must
+    /// be an error rather than an item read as absent or an id listed
+    /// twice. The first call costs a CRC pass over those files; later ones
+    /// an atomic load each.
+    ///
+    /// ```no_run
+    /// # fn main() -> vstore::Result<()> {
+    /// let snap = vstore::Store::open("items.vstore")?.snapshot();
+    /// snap.check_identity()?;
+    /// let live: Vec<u64> = snap.ids().collect();
+    /// # Ok(()) }
+    /// ```
+    pub fn check_identity(&self) -> Result<()> {
         self.check_damage()?;
         self.segments
             .iter()
@@ -477,7 +489,8 @@ impl Snapshot {
         Ok((!c.is_missing(at.row)).then(|| c.get(at.row)))
     }
 
-    /// Iterates over the live ids, segment by segment, in row order.
+    /// Iterates over the live ids, segment by segment, in row order
+    /// (unchecked: see [`Snapshot::check_identity`]).
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.segments.iter().flat_map(|s| {
             s.ids()

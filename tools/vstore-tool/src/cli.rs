@@ -401,7 +401,8 @@ pub struct QueryArgs {
     #[arg(long, value_name = "KEY")]
     pub embedding: String,
     /// The user vector: a .npy (1-D float) or a .json file holding an
-    /// array of numbers.
+    /// array of numbers, or an object `{"vector": [...], "embedding":
+    /// "space@version"}` (the tag, if given, must be --embedding).
     #[arg(long, value_name = "FILE")]
     pub user: PathBuf,
     /// Candidate ids: a .npy file, a text file (ids separated by

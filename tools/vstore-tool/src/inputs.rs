@@ -41,7 +41,7 @@ pub fn parse_embedding_arg(s: &str) -> Result<EmbeddingArg> {
         Some((k, d)) => (k, Some(parse_dtype(d)?)),
         None => (lhs, None),
     };
-    vstore::parse_key(key).map_err(|e| ToolError::Usage(format!("--embedding {s:?}: {e}")))?;
+    vstore::check_key(key).map_err(|e| ToolError::Usage(format!("--embedding {s:?}: {e}")))?;
     Ok(EmbeddingArg {
         key: key.to_string(),
         dtype,
@@ -166,14 +166,24 @@ pub fn read_id_list(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
     if path.extension().and_then(|e| e.to_str()) == Some("npy") {
         return npy::read_ids(path, progress);
     }
-    let mut text = String::new();
-    if path == Path::new("-") {
+    let text = if path == Path::new("-") {
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(|e| ToolError::io("read", Path::new("<stdin>"), e))?;
+        String::from_utf8(bytes).map_err(|e| {
+            ToolError::input(
+                Path::new("<stdin>"),
+                format!(
+                    "not UTF-8 text (byte {}): standard input takes ids as text (separated by \
+                     whitespace or commas); give a .npy file by its path",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })?
     } else {
         let bytes = read_text_file(path)?;
-        text = String::from_utf8(bytes).map_err(|e| {
+        String::from_utf8(bytes).map_err(|e| {
             ToolError::input(
                 path,
                 format!(
@@ -181,8 +191,8 @@ pub fn read_id_list(path: &Path, progress: &Progress) -> Result<Vec<u64>> {
                     e.utf8_error().valid_up_to()
                 ),
             )
-        })?;
-    }
+        })?
+    };
     let shown = if path == Path::new("-") {
         PathBuf::from("<stdin>")
     } else {

@@ -36,8 +36,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let p = Progress::new(cli.quiet);
     if publishes_json(&cli.cmd) {
         // `--json` on a publishing command: its report lines go to
-        // standard error, and standard output holds one JSON object.
-        let mut notes = std::io::stderr();
+        // standard error, and standard output holds one JSON object (even
+        // if standard error cannot be written: the lines are notes then).
+        let mut notes = LossyStderr;
         dispatch(cli.cmd, &p, &mut notes)?;
         if let Some(v) = report::take_published() {
             report::json(out, &v)?;
@@ -45,6 +46,21 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
     dispatch(cli.cmd, &p, out)
+}
+
+/// Standard error as a writer that drops what it cannot write.
+struct LossyStderr;
+
+impl Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Whether `cmd` publishes a snapshot and was asked for `--json`.
@@ -130,6 +146,17 @@ fn man(a: &cli::ManArgs, out: &mut dyn Write) -> Result<()> {
         }
     };
     clap_mangen::Man::new(page).render(out).map_err(write_error)
+}
+
+/// Writes one line to standard error, ignoring a failure to write it (a
+/// warning or note must not turn into a panic, as `eprintln!` does when
+/// standard error is closed or full, nor hide the command's own outcome).
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
 }
 
 /// Writes to `out`, mapping a failed write (e.g. a closed pipe) to an error.

@@ -25,13 +25,13 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             drop(out);
-            eprintln!("error: {e}");
+            vstore_tool::note!("error: {e}");
             if let Some(hint) = e.recovery_hint() {
-                eprintln!("hint: {hint}");
+                vstore_tool::note!("hint: {hint}");
             }
             match vstore_tool::report::landed() {
                 Some((dir, n)) => {
-                    eprintln!(
+                    vstore_tool::note!(
                         "note: snapshot {n} was published in {} before this error: the change \
                          landed; running the command again would apply it twice",
                         dir.display()

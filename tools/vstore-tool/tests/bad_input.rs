@@ -825,6 +825,12 @@ fn demo_small_catalogues_and_existing_files() {
         "{e}"
     );
     assert_eq!(std::fs::read(d.path("ex/stats.csv")).unwrap(), b"mine");
+    // Not into a store either.
+    d.build_f32("s", &[]);
+    let before = fingerprint(&d.path("s"));
+    let e = fails(&["demo", "--rows", "100", "--export", &d.p("s")]);
+    assert!(e.contains("holds a store"), "{e}");
+    assert_unchanged(&d.path("s"), &before);
 }
 
 /// A build killed (or stopped by a full disk) before its first publish
@@ -1113,4 +1119,156 @@ fn an_empty_candidate_list_points_to_all() {
         "{e}"
     );
     assert!(!e.contains("Query::full_scan"), "{e}");
+}
+
+/// A user vector tagged with another embedding version is refused (never
+/// scored against this version's items), as is an unknown key; a tag that
+/// matches is accepted.
+#[test]
+fn a_user_vector_of_another_version_or_with_unknown_keys_is_refused() {
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    std::fs::write(d.path("c.txt"), format!("{}\n", d.ids[0])).unwrap();
+    let v = vec![0.5f32; DIM];
+    let query = |user: &str| {
+        std::fs::write(d.path("user.json"), user).unwrap();
+        common::tool()
+            .args([
+                "query",
+                &d.p("s"),
+                "--embedding",
+                "prerank@v1",
+                "--user",
+                &d.p("user.json"),
+                "--candidates",
+                &d.p("c.txt"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = query(&format!(
+        r#"{{"vector": {v:?}, "embedding": "prerank@v1"}}"#
+    ));
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    for (user, want) in [
+        (
+            format!(r#"{{"vector": {v:?}, "embedding": "prerank@v2"}}"#),
+            "is for embedding \"prerank@v2\", but the query is for \"prerank@v1\"",
+        ),
+        (
+            format!(r#"{{"vector": {v:?}, "version": "v2"}}"#),
+            "unknown key \"version\"",
+        ),
+    ] {
+        let o = query(&user);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("user.json") && e.contains(want), "{e}");
+    }
+}
+
+/// `--inputs` is parsed strictly: a key given twice, or a category code
+/// that is not plain decimal (`"01"` would be code 1 beside `"1"`), is
+/// refused naming the field.
+#[test]
+fn ambiguous_user_inputs_are_refused_naming_the_field() {
+    let d = Data::new();
+    d.build("s");
+    std::fs::write(d.path("c.txt"), format!("{}\n", d.ids[0])).unwrap();
+    std::fs::write(d.path("user.json"), format!("{:?}", vec![0.5f32; DIM])).unwrap();
+    for (inputs, want) in [
+        (
+            r#"{"by_item": {"user_category_ctr": {"1": [1], "01": [2]}}}"#,
+            "by_item.user_category_ctr.01: is not a category code written in decimal",
+        ),
+        (
+            r#"{"by_item": {"user_category_ctr": {"+1": [1]}}}"#,
+            "by_item.user_category_ctr.+1",
+        ),
+        (
+            r#"{"dense": {"user_stats": [1, 2], "user_stats": [3, 4]}}"#,
+            "dense.user_stats: is given twice",
+        ),
+    ] {
+        let e = fails(&[
+            "query",
+            &d.p("s"),
+            "--embedding",
+            "prerank@v1",
+            "--user",
+            &d.p("user.json"),
+            "--candidates",
+            &d.p("c.txt"),
+            "--three-tower",
+            "--inputs",
+            inputs,
+        ]);
+        assert!(e.contains("--inputs") && e.contains(want), "{e}");
+    }
+}
+
+/// A `--column` or `--metadata` given twice is a usage error (exit 2),
+/// not one silently winning over the other; no store is made.
+#[test]
+fn repeated_column_and_metadata_options_are_usage_errors() {
+    let d = Data::new();
+    for (extra, want) in [
+        (
+            vec!["--column", "category=1", "--column", "category=2"],
+            "--column \"category\" is given twice",
+        ),
+        (
+            vec!["--metadata", "a=1", "--metadata", "a=2"],
+            "--metadata \"a\" is given twice",
+        ),
+    ] {
+        let args = d.build_args("s", "ids.npy", "emb.npy", &extra);
+        let e = common::usage_fails(&strs(&args));
+        assert!(e.contains(want), "{e}");
+        assert!(!d.path("s").exists());
+    }
+}
+
+/// The tool's own checks of `--embedding` and `--where` values are usage
+/// errors (exit 2), as the README says: a key that is not space@version
+/// of the schema's characters, and an empty `between` range.
+#[test]
+fn malformed_embedding_keys_and_empty_ranges_are_usage_errors() {
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    std::fs::write(d.path("c.txt"), format!("{}\n", d.ids[0])).unwrap();
+    std::fs::write(d.path("user.json"), format!("{:?}", vec![0.5f32; DIM])).unwrap();
+    let q = |key: &str, extra: &[&str]| {
+        let mut args = vec![
+            "query".to_string(),
+            d.p("s"),
+            "--embedding".into(),
+            key.into(),
+            "--user".into(),
+            d.p("user.json"),
+            "--candidates".into(),
+            d.p("c.txt"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        common::usage_fails(&strs(&args))
+    };
+    let e = q("prerank", &[]);
+    assert!(e.contains("not of the form space@version"), "{e}");
+    let e = q("prerank@v 1", &[]);
+    assert!(e.contains("[A-Za-z0-9_.-]"), "{e}");
+    let e = q("prerank@v1", &["--where", "price between 5 1"]);
+    assert!(e.contains("is empty (LO > HI)"), "{e}");
+    for key in ["p@v 1", "p@v1#x"] {
+        let emb = format!("{key}={}", d.p("emb.npy"));
+        let e = common::usage_fails(&[
+            "build",
+            &d.p("t"),
+            "--ids",
+            &d.p("ids.npy"),
+            "--embedding",
+            &emb,
+        ]);
+        assert!(e.contains("[A-Za-z0-9_.-]"), "{key}: {e}");
+        assert!(!d.path("t").exists());
+    }
 }

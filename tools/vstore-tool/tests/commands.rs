@@ -1711,6 +1711,76 @@ fn a_publish_whose_report_cannot_be_written_says_it_landed() {
     assert!(!e.contains("was published"), "{e}");
 }
 
+/// Standard error that cannot be written (a full device) is not a panic:
+/// a refusal still exits 1, and a publishing command with `--json` still
+/// prints its JSON and exits 0 (its report lines are notes then).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_standard_error_that_cannot_be_written_is_not_a_panic() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vstore-tool"))
+        .args(["inspect", "/nonexistent/store"])
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    let store = d.p("s");
+    let id = d.ids[0].to_string();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vstore-tool"))
+        .args(["delete-items", &store, "--ids", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(full())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{id}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v = json(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(v["snapshot"], 2, "{v}");
+}
+
+/// A damaged id index is an error naming its file from the commands that
+/// look items up (never "not an item", or a wrong diff).
+#[test]
+fn a_damaged_id_index_is_named_by_the_commands_that_look_ids_up() {
+    let d = Data::new();
+    d.build_f32("s", &[]);
+    let store = d.p("s");
+    let dir = d.path("s");
+    let name = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with("ids.vidx"))
+        .unwrap();
+    let path = dir.join(&name);
+    let mut b = std::fs::read(&path).unwrap();
+    b[64 + 8 * 5] ^= 1; // the ids column: row 5's id changes
+    std::fs::write(&path, b).unwrap();
+    let id = d.ids[5].to_string();
+    let e = fails(&["inspect", &store, "--id", &id]);
+    assert!(e.contains(&name), "{e}");
+    let ids = d.path("one.txt");
+    std::fs::write(&ids, format!("{id}\n")).unwrap();
+    let e = fails(&["delete-items", &store, "--ids", ids.to_str().unwrap()]);
+    assert!(e.contains(&name), "{e}");
+    let e = fails(&["diff", &store, "1"]);
+    assert!(e.contains(&name), "{e}");
+}
+
 #[test]
 fn publishing_commands_and_gc_print_json() {
     let d = Data::new();

@@ -31,6 +31,16 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
         .iter()
         .map(|s| parse_column_spec(s))
         .collect::<Result<Vec<_>>>()?;
+    // One setting per column and key: a second would silently override
+    // (or be overridden by) the first.
+    for (i, c) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|o| o.name == c.name) {
+            return Err(ToolError::Usage(format!(
+                "--column {:?} is given twice (one --column per column)",
+                c.name
+            )));
+        }
+    }
     let metadata = a
         .metadata
         .iter()
@@ -43,6 +53,13 @@ pub fn run(a: &BuildArgs, p: &Progress, out: &mut dyn Write) -> Result<()> {
             Ok((k, v))
         })
         .collect::<Result<Vec<_>>>()?;
+    for (i, (k, _)) in metadata.iter().enumerate() {
+        if metadata[..i].iter().any(|(o, _)| o == k) {
+            return Err(ToolError::Usage(format!(
+                "--metadata {k:?} is given twice (one value per key)"
+            )));
+        }
+    }
     let precompute = a.precompute.as_deref().map(parse_precompute).transpose()?;
     refuse_existing_store(&a.store, "build")?;
 

@@ -474,6 +474,14 @@ const EXPORTED: [&str; 13] = [
 
 /// `demo --export DIR`: the catalogue as input files.
 fn export(dir: &Path, cat: &Catalogue, out: &mut dyn Write) -> Result<()> {
+    // Never into a store (its directory is the store's alone: gc would
+    // see these files as leftovers).
+    if vstore::Store::open_with(dir, super::one_shot()).is_ok() {
+        return Err(ToolError::Refused(format!(
+            "{} holds a store; demo --export writes input files into a new or empty directory",
+            dir.display()
+        )));
+    }
     // Never over a user's files: every name it writes must be new.
     let existing: Vec<&str> = EXPORTED
         .iter()

@@ -24,6 +24,10 @@ pub fn run(a: &DiffArgs, out: &mut dyn Write) -> Result<()> {
         Some(n) => open(n)?,
         None => store.snapshot(),
     };
+    // Which ids each holds: a damaged id index or deletion bitmap is an
+    // error naming it, not a wrong count.
+    x.check_identity()?;
+    y.check_identity()?;
     let diff = |p: &BTreeSet<String>, q: &BTreeSet<String>| -> (Vec<String>, Vec<String>) {
         (
             q.difference(p).cloned().collect(),

@@ -25,6 +25,8 @@ pub fn add(a: &AddEmbeddingArgs, p: &Progress, out: &mut dyn Write) -> Result<()
     // lock is taken (the library checks again under the lock).
     let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
+    // A damaged id index is an error naming it, not "not an item".
+    snap.check_identity()?;
     if snap.schema().embedding_def(&e.key).is_some() {
         return Err(ToolError::Refused(format!(
             "the store already holds embedding {}; pick a new version",

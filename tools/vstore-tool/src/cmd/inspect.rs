@@ -559,7 +559,7 @@ fn print_layout(out: &mut dyn Write, v: &Value) -> Result<()> {
 }
 
 fn item(snap: &Snapshot, id: u64) -> Result<Value> {
-    let Some(at) = snap.lookup(id) else {
+    let Some(at) = snap.item(id)? else {
         return Err(vstore::Error::UnknownId {
             id,
             snapshot: snap.number(),

@@ -27,6 +27,8 @@ pub fn add(a: &ItemsArgs, replace: bool, p: &Progress, out: &mut dyn Write) -> R
     // lock is taken (the library checks again under the lock).
     let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
+    // A damaged id index is an error naming it, not "not an item".
+    snap.check_identity()?;
     let schema = snap.schema().clone();
     for e in &embs {
         let Some(def) = schema.embedding_def(&e.key) else {
@@ -172,6 +174,7 @@ pub fn delete_items(a: &DeleteArgs, out: &mut dyn Write) -> Result<()> {
     let store = super::open_store(&a.store)?;
     {
         let snap = store.snapshot();
+        snap.check_identity()?;
         let mut seen = std::collections::HashMap::new();
         for (i, &id) in ids.iter().enumerate() {
             if let Some(j) = seen.insert(id, i) {

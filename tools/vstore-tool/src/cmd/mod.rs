@@ -44,7 +44,7 @@ pub fn open_store_with(
 ) -> vstore::Result<vstore::Store> {
     let store = vstore::Store::open_with(path, opts)?;
     for (m, why) in store.skipped_manifests() {
-        eprintln!(
+        crate::note!(
             "warning: {m} is damaged and was skipped; reading the older snapshot {} instead ({why})",
             store.snapshot().number()
         );

@@ -16,16 +16,46 @@ use crate::progress::Progress;
 use crate::report::{self, dur, TextTable};
 use crate::say;
 
-/// Reads the user vector: `.npy` (1-D float) or `.json` (an array of
-/// numbers, or an object with a `"vector"` array).
-pub fn read_user(path: &Path) -> Result<Vec<f32>> {
+/// Reads the user vector for a query of embedding `key`: `.npy` (1-D
+/// float) or `.json` (an array of numbers, or an object with a `"vector"`
+/// array and, optionally, the `"embedding"` (`space@version`) the user
+/// tower made it for, which must be `key`: a vector of another version is
+/// refused, never scored).
+pub fn read_user(path: &Path, key: &str) -> Result<Vec<f32>> {
     if path.extension().and_then(|e| e.to_str()) == Some("npy") {
         return npy::read_vector(path);
     }
     let v = read_json(path)?;
     let arr = match &v {
         Value::Array(_) => &v,
-        Value::Object(m) if m.contains_key("vector") => &m["vector"],
+        Value::Object(m) if m.contains_key("vector") => {
+            for (k, tag) in m {
+                match k.as_str() {
+                    "vector" => {}
+                    "embedding" if tag.as_str() == Some(key) => {}
+                    "embedding" => {
+                        return Err(ToolError::input(
+                            path,
+                            format!(
+                                "the vector is for embedding {tag}, but the query is for {key:?} \
+                                 (a user vector is scored only against item vectors of its own \
+                                 version)"
+                            ),
+                        ))
+                    }
+                    other => {
+                        return Err(ToolError::input(
+                            path,
+                            format!(
+                                "unknown key {other:?} (expected \"vector\" and, optionally, \
+                                 \"embedding\": the space@version it was made for)"
+                            ),
+                        ))
+                    }
+                }
+            }
+            &m["vector"]
+        }
         _ => {
             return Err(ToolError::input(
                 path,
@@ -79,74 +109,20 @@ fn floats(path: &Path, field: &str, v: &Value) -> Result<Vec<f32>> {
         .collect()
 }
 
-/// Reads three-tower user inputs: `{"dense": {"name": [..]}, "by_item":
-/// {"name": {"<category code>": [..]}}}`.
+/// Reads three-tower user inputs (JSON given inline, or a file holding
+/// it): `{"dense": {"name": [..]}, "by_item": {"name": {"<category code>":
+/// [..]}}}`, parsed strictly by [`UserInputs::from_json`].
 pub fn read_inputs(path: &Path) -> Result<UserInputs> {
     // A JSON object given inline (it starts with `{`), or a file holding one.
     let inline = path.to_str().filter(|s| s.trim_start().starts_with('{'));
-    let (v, path) = match inline {
-        Some(text) => (
-            json_of(Path::new("--inputs"), text.as_bytes())?,
-            Path::new("--inputs"),
-        ),
-        None => (read_json(path)?, path),
+    let (bytes, path) = match inline {
+        Some(text) => (text.as_bytes().to_vec(), Path::new("--inputs")),
+        None => (crate::inputs::read_text_file(path)?, path),
     };
-    let Some(obj) = v.as_object() else {
-        return Err(ToolError::input(
-            path,
-            "expected a JSON object with \"dense\" and/or \"by_item\"",
-        ));
-    };
-    let mut inputs = UserInputs::new();
-    for (k, val) in obj {
-        match k.as_str() {
-            "dense" => {
-                let Some(m) = val.as_object() else {
-                    return Err(ToolError::input(
-                        path,
-                        "dense: expected an object of name -> array",
-                    ));
-                };
-                for (name, arr) in m {
-                    inputs = inputs.dense(name, floats(path, &format!("dense.{name}"), arr)?);
-                }
-            }
-            "by_item" => {
-                let Some(m) = val.as_object() else {
-                    return Err(ToolError::input(
-                        path,
-                        "by_item: expected an object of name -> {code: array}",
-                    ));
-                };
-                for (name, map) in m {
-                    let Some(entries) = map.as_object() else {
-                        return Err(ToolError::input(
-                            path,
-                            format!("by_item.{name}: expected an object of category code -> array"),
-                        ));
-                    };
-                    let mut e = Vec::with_capacity(entries.len());
-                    for (code, arr) in entries {
-                        let c: u32 = code.parse().map_err(|_| {
-                            ToolError::input(
-                                path,
-                                format!("by_item.{name}: key {code:?} is not a category code (0..=4294967295)"),
-                            )
-                        })?;
-                        e.push((c, floats(path, &format!("by_item.{name}.{code}"), arr)?));
-                    }
-                    inputs = inputs.by_item(name, e);
-                }
-            }
-            other => {
-                return Err(ToolError::input(
-                    path,
-                    format!("unknown key {other:?} (expected \"dense\" and/or \"by_item\")"),
-                ))
-            }
-        }
-    }
-    Ok(inputs)
+    UserInputs::from_json(&bytes).map_err(|e| match e {
+        vstore::Error::InvalidInput(m) => ToolError::input(path, m),
+        other => other.into(),
+    })
 }
 
 /// Parses one `--where` expression: `COL in 1,2`, `COL not in 3`,
@@ -205,7 +181,11 @@ pub fn parse_filter(s: &str) -> Result<Filter> {
                     .filter(|v| !v.is_nan())
                     .ok_or_else(|| usage(&format!("{x:?} is not a number")))
             };
-            Ok(Filter::range(col, f(lo)?, f(hi)?))
+            let (lo, hi) = (f(lo)?, f(hi)?);
+            if lo > hi {
+                return Err(usage(&format!("the range {lo} to {hi} is empty (LO > HI)")));
+            }
+            Ok(Filter::range(col, lo, hi))
         }
         _ => Err(usage("cannot parse")),
     }
@@ -219,7 +199,9 @@ pub fn run(a: &QueryArgs, out: &mut dyn Write) -> Result<()> {
                 .into(),
         ));
     }
-    let user = read_user(&a.user)?;
+    vstore::check_key(&a.embedding)
+        .map_err(|e| ToolError::Usage(format!("--embedding {:?}: {e}", a.embedding)))?;
+    let user = read_user(&a.user, &a.embedding)?;
     let ids = match &a.candidates {
         Some(p) => {
             let ids = read_id_list(p, &Progress::hidden())?;
@@ -504,7 +486,7 @@ fn print_text(
     );
     if !r.non_finite.is_empty() {
         let shown: Vec<String> = r.non_finite.iter().take(10).map(u64::to_string).collect();
-        eprintln!(
+        crate::note!(
             "warning: {} item(s) scored infinite or NaN from finite inputs and were left out of the ranking: [{}{}]",
             r.non_finite.len(),
             shown.join(", "),

@@ -32,6 +32,8 @@ pub fn run(a: &UpdateStatsArgs, p: &Progress, out: &mut dyn Write) -> Result<()>
     // taken (the library checks again under the lock).
     let store = super::open_store(&a.store)?;
     let snap = store.snapshot();
+    // A damaged id index is an error naming it, not "not an item".
+    snap.check_identity()?;
     let cols = resolve_existing(&table, Group::Stats, snap.schema())?;
     for (r, &id) in table.ids.iter().enumerate() {
         if snap.lookup(id).is_none() {
