@@ -1251,12 +1251,34 @@ impl PyFilter {
         })
     }
 
-    /// `min <= value <= max` for a numeric or statistics column.
+    /// `min <= value <= max` for a numeric or statistics column (values are
+    /// float32: exactly those within the float64 bounds pass; an empty
+    /// range is refused when the filter is used).
     #[staticmethod]
-    fn range(column: &str, min: f32, max: f32) -> Self {
-        PyFilter {
-            inner: vstore::Filter::range(column, min, max),
+    fn range(column: &str, min: &Bound<'_, PyAny>, max: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let bound = |v: &Bound<'_, PyAny>, which: &str| -> PyResult<f64> {
+            if v.is_instance_of::<pyo3::types::PyBool>() {
+                return Err(invalid(format!(
+                    "Filter.range({column:?}): {which} {} is a boolean, not a number",
+                    v.repr()?
+                )));
+            }
+            v.extract::<f64>().map_err(|_| {
+                invalid(format!(
+                    "Filter.range({column:?}): {which} {} is not a number",
+                    v.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })
+        };
+        let (lo, hi) = (bound(min, "min")?, bound(max, "max")?);
+        if lo > hi {
+            return Err(invalid(format!(
+                "Filter.range({column:?}): min {lo} > max {hi}: the range is empty"
+            )));
         }
+        Ok(PyFilter {
+            inner: vstore::Filter::range_f64(column, lo, hi),
+        })
     }
 
     fn __and__(&self, other: &PyFilter) -> Self {

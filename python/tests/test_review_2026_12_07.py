@@ -171,3 +171,25 @@ def test_the_stager_refuses_missing_and_ragged_vectors_and_keeps_float32(tmp_pat
     vd.commit(d, pl, [r])
     got = vstore.open(d).snapshot().item(2)["embeddings"]["p@v1"]
     assert got.tolist() == exact.tolist()
+
+
+def test_range_bounds_are_exact_against_float32_values(tmp_path):
+    # 16777216 and 16777218 are exact float32 values; 16777217 is not: a
+    # minimum of 16777217 must leave 16777216 out (rounding it to nearest
+    # let it in), and a minimum of 1e-300 must leave 0.0 out.
+    w = vstore.create(str(tmp_path / "s"), vstore.Schema().embedding("e", "v1", 8, "f32")
+                      .numeric("impressions", 0.0))
+    with w.begin() as tx:
+        tx.add_items([1, 2, 3], {"e@v1": np.ones((3, 8), np.float32)},
+                     profile={"impressions": [16777216.0, 16777218.0, 0.0]})
+    s = vstore.open(str(tmp_path / "s")).snapshot()
+    u = np.ones(8, np.float32)
+    for lo, hi, want in [(16777217.0, float("inf"), [2]), (1e-300, 1.0, []),
+                         (-1e-300, 0.0, [3]), (16777216.0, 16777217.0, [1]),
+                         (0.0, 16777218.0, [1, 2, 3])]:
+        r = s.query("e@v1", u, [1, 2, 3], 10, filter=vstore.Filter.range("impressions", lo, hi))
+        assert sorted(r.ids.tolist()) == want, (lo, hi)
+    with pytest.raises(vstore.InvalidInputError, match="range is empty"):
+        vstore.Filter.range("impressions", 1.00000001, 1.0)
+    with pytest.raises(vstore.InvalidInputError, match="boolean"):
+        vstore.Filter.range("impressions", False, True)

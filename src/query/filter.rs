@@ -73,6 +73,39 @@ impl Filter {
         }
     }
 
+    /// `min <= column <= max` with bounds given as f64 (as Python floats
+    /// and parsed text are): the bounds are rounded inward to f32 (`min`
+    /// up, `max` down), so that exactly the stored (f32) values within the
+    /// f64 range pass; rounding to nearest would let a value just outside
+    /// it in (`range(16777217.0, inf)` would pass 16777216).
+    ///
+    /// ```
+    /// use vstore::Filter;
+    /// assert_eq!(
+    ///     Filter::range_f64("price", 16777217.0, f64::INFINITY),
+    ///     Filter::range("price", 16777218.0, f32::INFINITY)
+    /// );
+    /// ```
+    pub fn range_f64(column: &str, min: f64, max: f64) -> Filter {
+        let up = |x: f64| {
+            let f = x as f32;
+            if (f as f64) < x {
+                f.next_up()
+            } else {
+                f
+            }
+        };
+        let down = |x: f64| {
+            let f = x as f32;
+            if (f as f64) > x {
+                f.next_down()
+            } else {
+                f
+            }
+        };
+        Filter::range(column, up(min), down(max))
+    }
+
     /// Both `self` and `other`.
     pub fn and(self, other: Filter) -> Filter {
         Filter::And(vec![self, other])
@@ -214,5 +247,29 @@ impl Compiled<'_> {
             Compiled::Or(fs) => fs.iter().any(|f| f.eval(row)),
             Compiled::Not(f) => !f.eval(row),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Filter;
+
+    #[test]
+    fn f64_range_bounds_round_inward() {
+        let bounds = |lo: f64, hi: f64| match Filter::range_f64("c", lo, hi) {
+            Filter::Range { min, max, .. } => (min, max),
+            other => panic!("{other:?}"),
+        };
+        // 16777217 lies between the f32 values 16777216 and 16777218.
+        assert_eq!(bounds(16777217.0, 16777217.0), (16777218.0, 16777216.0));
+        assert_eq!(bounds(1e-300, 1.0), (f32::from_bits(1), 1.0));
+        assert_eq!(bounds(-1e-300, 0.0).1, 0.0);
+        assert_eq!(bounds(0.1, 0.1), (0.1f32, 0.099999994));
+        assert_eq!(
+            bounds(f64::NEG_INFINITY, 1e300),
+            (f32::NEG_INFINITY, f32::MAX)
+        );
+        assert_eq!(bounds(-1e300, f64::INFINITY), (f32::MIN, f32::INFINITY));
+        assert_eq!(bounds(2.5, 3.5), (2.5, 3.5));
     }
 }

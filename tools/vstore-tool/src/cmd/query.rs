@@ -176,7 +176,7 @@ pub fn parse_filter(s: &str) -> Result<Filter> {
         ))),
         [col, "between", lo, hi] => {
             let f = |x: &str| {
-                x.parse::<f32>()
+                x.parse::<f64>()
                     .ok()
                     .filter(|v| !v.is_nan())
                     .ok_or_else(|| usage(&format!("{x:?} is not a number")))
@@ -185,7 +185,8 @@ pub fn parse_filter(s: &str) -> Result<Filter> {
             if lo > hi {
                 return Err(usage(&format!("the range {lo} to {hi} is empty (LO > HI)")));
             }
-            Ok(Filter::range(col, lo, hi))
+            // Exactly the stored (f32) values within LO..=HI pass.
+            Ok(Filter::range_f64(col, lo, hi))
         }
         _ => Err(usage("cannot parse")),
     }
