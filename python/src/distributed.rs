@@ -198,9 +198,7 @@ pub(crate) fn stage(
     numeric: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyBuildReceipt> {
     let schema = plan.inner.schema();
-    let dims = (schema.embeddings.iter())
-        .map(|d| (d.key(), d.dim))
-        .collect();
+    let dims = crate::embedding_dims(schema);
     let b = batch(
         py,
         schema,

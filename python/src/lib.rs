@@ -1729,6 +1729,14 @@ enum Op {
     SetMetadata(String, Option<String>),
 }
 
+/// A schema's embedding versions: key → dimension (what [`batch`] checks
+/// a batch's vectors against).
+fn embedding_dims(schema: &vstore::Schema) -> std::collections::BTreeMap<String, u32> {
+    (schema.embeddings.iter())
+        .map(|d| (d.key(), d.dim))
+        .collect()
+}
+
 impl Op {
     /// The call that queued this operation, for an error at commit.
     fn describe(&self) -> String {
@@ -2063,9 +2071,7 @@ impl PyTransaction {
         &self,
         schema: &vstore::Schema,
     ) -> PyResult<std::collections::BTreeMap<String, u32>> {
-        let mut dims: std::collections::BTreeMap<String, u32> = (schema.embeddings.iter())
-            .map(|d| (d.key(), d.dim))
-            .collect();
+        let mut dims = embedding_dims(schema);
         let ops = self.ops.lock().expect("not poisoned");
         for op in ops.iter().flatten() {
             match op {

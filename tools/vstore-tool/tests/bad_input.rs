@@ -1121,6 +1121,23 @@ fn an_empty_candidate_list_points_to_all() {
     assert!(!e.contains("Query::full_scan"), "{e}");
 }
 
+/// `query` on store `s` of `d` with embedding `key`, the user vector in
+/// `user.json` and the candidates in `c.txt`, then `extra`.
+fn query_args(d: &Data, key: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "query".into(),
+        d.p("s"),
+        "--embedding".into(),
+        key.into(),
+        "--user".into(),
+        d.p("user.json"),
+        "--candidates".into(),
+        d.p("c.txt"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// A user vector tagged with another embedding version is refused (never
 /// scored against this version's items), as is an unknown key; a tag that
 /// matches is accepted.
@@ -1133,16 +1150,7 @@ fn a_user_vector_of_another_version_or_with_unknown_keys_is_refused() {
     let query = |user: &str| {
         std::fs::write(d.path("user.json"), user).unwrap();
         common::tool()
-            .args([
-                "query",
-                &d.p("s"),
-                "--embedding",
-                "prerank@v1",
-                "--user",
-                &d.p("user.json"),
-                "--candidates",
-                &d.p("c.txt"),
-            ])
+            .args(query_args(&d, "prerank@v1", &[]))
             .output()
             .unwrap()
     };
@@ -1190,19 +1198,8 @@ fn ambiguous_user_inputs_are_refused_naming_the_field() {
             "dense.user_stats: is given twice",
         ),
     ] {
-        let e = fails(&[
-            "query",
-            &d.p("s"),
-            "--embedding",
-            "prerank@v1",
-            "--user",
-            &d.p("user.json"),
-            "--candidates",
-            &d.p("c.txt"),
-            "--three-tower",
-            "--inputs",
-            inputs,
-        ]);
+        let args = query_args(&d, "prerank@v1", &["--three-tower", "--inputs", inputs]);
+        let e = fails(&strs(&args));
         assert!(e.contains("--inputs") && e.contains(want), "{e}");
     }
 }
@@ -1238,20 +1235,7 @@ fn malformed_embedding_keys_and_empty_ranges_are_usage_errors() {
     d.build_f32("s", &[]);
     std::fs::write(d.path("c.txt"), format!("{}\n", d.ids[0])).unwrap();
     std::fs::write(d.path("user.json"), format!("{:?}", vec![0.5f32; DIM])).unwrap();
-    let q = |key: &str, extra: &[&str]| {
-        let mut args = vec![
-            "query".to_string(),
-            d.p("s"),
-            "--embedding".into(),
-            key.into(),
-            "--user".into(),
-            d.p("user.json"),
-            "--candidates".into(),
-            d.p("c.txt"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        common::usage_fails(&strs(&args))
-    };
+    let q = |key: &str, extra: &[&str]| common::usage_fails(&strs(&query_args(&d, key, extra)));
     let e = q("prerank", &[]);
     assert!(e.contains("not of the form space@version"), "{e}");
     let e = q("prerank@v 1", &[]);
