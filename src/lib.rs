@@ -59,7 +59,7 @@ pub use write::compaction::{CompactedSegment, CompactionJob};
 pub use write::gc::{GcReport, Retention};
 pub use write::job::{
     abort_build, abort_job, commit_build, published_build, stage, BuildPlan, BuildReceipt,
-    CommitOptions,
+    CommitOptions, JOBS_KEY, JOB_KEY,
 };
 pub use write::rebase::Compaction;
 pub use write::restore::RESTORED_FROM_KEY;

@@ -539,3 +539,155 @@ fn bad_plans_and_receipts_are_refused_naming_what_is_wrong() {
     assert_eq!(commit(&[r0, r1]).unwrap().len(), 3);
     assert_ne!(published_bytes(dir.path()), before);
 }
+
+/// A stale abort never removes a published snapshot's files: the snapshot
+/// number of an aborted job is taken again by the next plan (its files get
+/// the same names), and a repeated cleanup of the first job must leave the
+/// second job's published segment alone; so must an abort of a job whose
+/// publishing manifest gc has collected.
+#[test]
+fn a_stale_abort_leaves_published_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
+    let old = w.plan_build("a", 1).unwrap();
+    w.abort_build(&old).unwrap();
+    // A writer opened anew (as each driver run does) numbers from the
+    // store: the aborted job's numbers are free again.
+    drop(w);
+    let mut w = Writer::open(dir.path()).unwrap();
+    let new = w.plan_build("b", 1).unwrap();
+    assert_eq!(
+        new.segment_of(0),
+        old.segment_of(0),
+        "the numbers are taken again"
+    );
+    drop(w);
+    let r = stage_all(&new, &[7, 8, 9]);
+    commit_build(dir.path(), &new, &r, &no_conflict()).unwrap();
+    let before = published_bytes(dir.path());
+    let mut w = Writer::open(dir.path()).unwrap();
+    w.abort_build(&old).unwrap();
+    assert_eq!(published_bytes(dir.path()), before);
+    // The job's own plan, once gc collected the manifest recording it.
+    for id in [20u64, 21] {
+        let mut tx = w.begin();
+        tx.add_items(batch(&[id], DIM, 0)).unwrap();
+        tx.commit().unwrap();
+    }
+    w.set_retention(vstore::Retention {
+        keep_last: 1,
+        grace: Duration::ZERO,
+    });
+    w.gc().unwrap();
+    // The store remembers the job as published (its record outlives the
+    // manifest): the abort is refused, and nothing is removed.
+    let before = published_bytes(dir.path());
+    assert!(matches!(
+        w.abort_build(&new),
+        Err(Error::InvalidInput(m)) if m.contains("was published")
+    ));
+    assert_eq!(published_bytes(dir.path()), before);
+    drop(w);
+    let s = Store::open(dir.path()).unwrap().snapshot();
+    for id in [1, 2, 7, 8, 9, 20, 21] {
+        assert!(s.item(id).unwrap().is_some(), "item {id}");
+    }
+    s.verify().unwrap();
+}
+
+/// A stage area that outlived its job's publish (a driver killed before
+/// removing it) is not resumed: loading its plan says the job was
+/// published, so new parts are never staged only to be dropped.
+#[test]
+fn a_published_jobs_leftover_stage_area_is_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
+    let plan = w.plan_build("nightly", 1).unwrap();
+    drop(w);
+    let r = stage_all(&plan, &[7, 8, 9]);
+    let keep = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("_staging");
+    let copy = |from: &Path, to: &Path| {
+        for e in walk(from) {
+            let rel = e.strip_prefix(from).unwrap();
+            let dst = to.join(rel);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&e, &dst).unwrap();
+        }
+    };
+    copy(&staged, keep.path());
+    let n = commit_build(dir.path(), &plan, &r, &no_conflict())
+        .unwrap()
+        .number();
+    copy(keep.path(), &staged);
+    match BuildPlan::load(dir.path(), "nightly") {
+        Err(Error::InvalidInput(m)) => {
+            assert!(m.contains(&format!("published as snapshot {n}")), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        vstore::abort_job(dir.path(), "nightly", Duration::from_secs(5)),
+        Err(Error::InvalidInput(m)) if m.contains("was published")
+    ));
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A job id stays published after gc collected the manifest that recorded
+/// it, and after a restore to a snapshot before it: re-running the job
+/// returns its snapshot instead of publishing its parts again (which would
+/// bring items deleted since back to life).
+#[test]
+fn a_published_job_is_remembered_past_gc_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
+    let plan = w.plan_build("nightly", 1).unwrap();
+    drop(w);
+    let r = stage_all(&plan, &[7, 8, 9]);
+    let n = commit_build(dir.path(), &plan, &r, &no_conflict())
+        .unwrap()
+        .number();
+    let mut w = Writer::open(dir.path()).unwrap();
+    let mut tx = w.begin();
+    tx.delete_items(&[7, 8, 9]).unwrap();
+    tx.commit().unwrap();
+    let mut tx = w.begin();
+    tx.set_metadata("note", "x").unwrap();
+    tx.commit().unwrap();
+    // A restore to the base (before the job) keeps the record; then gc
+    // collects every manifest but the newest.
+    let s = w.restore(1).unwrap();
+    assert!(s.item(7).unwrap().is_none());
+    w.set_retention(vstore::Retention {
+        keep_last: 1,
+        grace: Duration::ZERO,
+    });
+    w.gc().unwrap();
+    assert!(!dir.path().join(format!("MANIFEST-{n:020}")).exists());
+    assert_eq!(
+        vstore::published_build(dir.path(), "nightly").unwrap(),
+        Some(n)
+    );
+    assert!(matches!(
+        w.plan_build("nightly", 1),
+        Err(Error::InvalidInput(m)) if m.contains(&format!("published already as snapshot {n}"))
+    ));
+    drop(w);
+    // The retried commit returns the job's snapshot; nothing comes back.
+    let again = commit_build(dir.path(), &plan, &r, &no_conflict());
+    let s = Store::open(dir.path()).unwrap().snapshot();
+    assert!(s.item(7).unwrap().is_none(), "{again:?}");
+}

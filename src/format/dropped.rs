@@ -20,26 +20,43 @@ pub const DROPPED_VERSIONS_KEY: &str = "vstore.dropped_versions";
 /// Reads the value of [`DROPPED_VERSIONS_KEY`] of snapshot `snapshot`
 /// (`None`: no version dropped); an error names the snapshot.
 pub(crate) fn parse(value: Option<&str>, snapshot: u64) -> Result<BTreeMap<String, u64>> {
+    parse_record(DROPPED_VERSIONS_KEY, value, snapshot)
+}
+
+/// Reads a record the library keeps under user metadata `key` of snapshot
+/// `snapshot`: a JSON object, name -> snapshot number (`None`: empty); an
+/// error names the snapshot and the key.
+pub(crate) fn parse_record(
+    key: &str,
+    value: Option<&str>,
+    snapshot: u64,
+) -> Result<BTreeMap<String, u64>> {
     let Some(value) = value else {
         return Ok(BTreeMap::new());
     };
     serde_json::from_str(value).map_err(|e| {
         Error::InvalidInput(format!(
-            "snapshot {snapshot}: user metadata {DROPPED_VERSIONS_KEY} is not a JSON object of \
-             version -> snapshot number ({e}); vstore writes it so, and refuses the key to \
-             set_metadata: the manifest was written by other software"
+            "snapshot {snapshot}: user metadata {key} is not a JSON object of name -> snapshot \
+             number ({e}); vstore writes it so, and refuses the key to set_metadata: the \
+             manifest was written by other software"
         ))
     })
 }
 
 /// The record of dropped versions of manifest `m`.
 pub(crate) fn of_manifest(m: &ManifestMeta) -> Result<BTreeMap<String, u64>> {
-    let value = m.user_meta.iter().find(|kv| kv.key == DROPPED_VERSIONS_KEY);
-    parse(value.map(|kv| kv.value.as_str()), m.snapshot)
+    record_of(m, DROPPED_VERSIONS_KEY)
 }
 
-/// The value of [`DROPPED_VERSIONS_KEY`] for `dropped`, or `None` when it
-/// is empty (the key is then left out).
+/// The record manifest `m` keeps under user metadata `key` (see
+/// [`parse_record`]).
+pub(crate) fn record_of(m: &ManifestMeta, key: &str) -> Result<BTreeMap<String, u64>> {
+    let value = m.user_meta.iter().find(|kv| kv.key == key);
+    parse_record(key, value.map(|kv| kv.value.as_str()), m.snapshot)
+}
+
+/// The value of a record (as [`DROPPED_VERSIONS_KEY`]'s) for `dropped`, or
+/// `None` when it is empty (the key is then left out).
 pub(crate) fn encode(dropped: &BTreeMap<String, u64>) -> Option<String> {
     if dropped.is_empty() {
         None

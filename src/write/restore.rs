@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use super::gc::manifest_files;
-use super::job::JOB_KEY;
+use super::job::{JOBS_KEY, JOB_KEY};
 use super::transaction::{pick_up_published, publish_or_remove};
 use super::writer::{now_ms, writer_open_options, Writer};
 use crate::error::{Error, Result};
@@ -126,6 +126,20 @@ impl Writer {
         if let Some(value) = dropped::encode(&gone) {
             m.user_meta.push(KeyValue {
                 key: DROPPED_VERSIONS_KEY.into(),
+                value,
+            });
+        }
+        // The jobs published in either history stay published (a re-run
+        // of one must not publish its parts again).
+        let mut jobs = dropped::record_of(&newest.manifest, JOBS_KEY)?;
+        for (job, at) in dropped::record_of(&m, JOBS_KEY)? {
+            let e = jobs.entry(job).or_insert(at);
+            *e = (*e).max(at);
+        }
+        m.user_meta.retain(|kv| kv.key != JOBS_KEY);
+        if let Some(value) = dropped::encode(&jobs) {
+            m.user_meta.push(KeyValue {
+                key: JOBS_KEY.into(),
                 value,
             });
         }

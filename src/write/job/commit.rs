@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::plan::{remove_staging, BuildPlan, BuildReceipt};
-use super::{check_job_id, job_dir, published_job, JOB_KEY};
+use super::{check_job_id, job_dir, published_job, JOBS_KEY, JOB_KEY};
 use crate::error::{Error, Result};
 use crate::format::container::{Container, Kind};
 use crate::format::meta::{FileRef, SegmentMeta};
@@ -252,6 +252,16 @@ impl Writer {
             .next_segment_id
             .max(plan.first_segment + u64::from(plan.parts));
         tx.user_meta.insert(JOB_KEY.into(), plan.job.clone());
+        // The store's record of published jobs (carried forward).
+        let mut jobs = crate::format::dropped::parse_record(
+            JOBS_KEY,
+            tx.user_meta.get(JOBS_KEY).map(String::as_str),
+            tx.number,
+        )?;
+        jobs.insert(plan.job.clone(), tx.number);
+        if let Some(v) = crate::format::dropped::encode(&jobs) {
+            tx.user_meta.insert(JOBS_KEY.into(), v);
+        }
         if opts.compact {
             tx.compact()?;
         }

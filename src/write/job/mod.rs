@@ -45,6 +45,12 @@ pub const STAGING_DIR: &str = "_staging";
 /// The user metadata key a build commit records its job id under (keys
 /// starting `vstore.` are the library's).
 pub const JOB_KEY: &str = "vstore.job";
+/// The user metadata key holding every build job published in the store's
+/// history: a JSON object, job id -> the snapshot that published it,
+/// carried from snapshot to snapshot, so that a job id is known as
+/// published after `gc` collected the manifest that recorded it (a re-run
+/// would otherwise publish its parts again).
+pub const JOBS_KEY: &str = "vstore.jobs";
 /// A job's plan file in its staging directory.
 pub(crate) const PLAN_FILE: &str = "PLAN.json";
 
@@ -80,7 +86,23 @@ pub(crate) fn check_job_id(job: &str) -> Result<()> {
 /// The newest snapshot of `dir` after `after` (all if `None`) whose
 /// manifest records job `job` as its build commit.
 pub(crate) fn published_job(dir: &Path, job: &str, after: Option<u64>) -> Result<Option<u64>> {
-    for n in list_manifests(dir)?.into_iter().rev() {
+    let manifests = list_manifests(dir)?;
+    // The newest readable manifest's record of published jobs, which
+    // outlives the manifests gc collects.
+    for &n in manifests.iter().rev() {
+        let Ok((_, m)) = read_manifest(dir, n) else {
+            continue;
+        };
+        let at = crate::format::dropped::record_of(&m, JOBS_KEY)?
+            .get(job)
+            .copied();
+        if let Some(at) = at.filter(|&at| after.is_none_or(|a| at > a)) {
+            return Ok(Some(at));
+        }
+        break;
+    }
+    // Stores written before the record: the manifests still kept.
+    for n in manifests.into_iter().rev() {
         if after.is_some_and(|a| n <= a) {
             break;
         }

@@ -115,6 +115,16 @@ impl BuildPlan {
             path: path.clone(),
             what: e.to_string(),
         })?;
+        // A stage area can outlive its job's publish (a driver killed
+        // before removing it): resuming it would stage parts that the
+        // commit, finding the job published, would drop.
+        if let Some(n) = published_job(dir.as_ref(), job, plan.base)? {
+            return Err(Error::InvalidInput(format!(
+                "job {job} was published as snapshot {n}; its stage area ({}) is a leftover \
+                 that gc removes: nothing to resume or abort (plan a new job id for new data)",
+                path.display()
+            )));
+        }
         Ok(plan.with_store(dir.as_ref()))
     }
 
@@ -342,12 +352,21 @@ impl Writer {
         if jd.exists() {
             plan.clone().with_store(&self.dir).check_staged()?;
         }
+        // What a commit stopped half-way moved in carries the plan's
+        // number; but so may a published snapshot's files (a number is
+        // taken again after an abort, and the manifest that recorded this
+        // job may have been collected): only files no manifest references
+        // are removed.
+        let referenced = referenced_files(&self.dir)?;
         let list = std::fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
         for e in list {
             let e = e.map_err(|e| Error::io("list", &self.dir, e))?;
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if carries_number(name, plan.number) && e.file_type().is_ok_and(|t| t.is_file()) {
+            if carries_number(name, plan.number)
+                && !referenced.contains(name)
+                && e.file_type().is_ok_and(|t| t.is_file())
+            {
                 let path = self.dir.join(name);
                 self.fs
                     .remove(&path)
@@ -357,6 +376,23 @@ impl Writer {
         sync_dir(&*self.fs, &self.dir)?;
         remove_staging(&jd)
     }
+}
+
+/// Every data file a manifest in `dir` references; an unreadable manifest
+/// is an error naming it (which files it holds cannot be told).
+fn referenced_files(dir: &Path) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for n in crate::read::store::list_manifests(dir)? {
+        let (_, m) = crate::read::store::read_manifest(dir, n).map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot tell which files {} references ({e}); nothing removed: recover the \
+                 store first",
+                crate::format::names::manifest(n)
+            ))
+        })?;
+        out.extend(crate::write::gc::manifest_files(&m));
+    }
+    Ok(out)
 }
 
 /// Removes a job's staging directory (gone already is fine), and the
