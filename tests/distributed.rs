@@ -691,3 +691,54 @@ fn a_published_job_is_remembered_past_gc_and_restore() {
     let s = Store::open(dir.path()).unwrap().snapshot();
     assert!(s.item(7).unwrap().is_none(), "{again:?}");
 }
+
+/// A retried commit with a receipt of another attempt of a part than the
+/// one published is refused (it was told "published" before).
+#[test]
+fn a_retry_with_another_attempts_receipt_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = common::store_of(dir.path(), DIM, &[1, 2]);
+    let plan = w.plan_build("j", 1).unwrap();
+    drop(w);
+    let ra = stage(&plan, 0, batch(&[7, 8], DIM, 0)).unwrap();
+    let rb = stage(&plan, 0, batch(&[7, 8], DIM, 1)).unwrap();
+    let n = commit_build(dir.path(), &plan, std::slice::from_ref(&ra), &no_conflict())
+        .unwrap()
+        .number();
+    // The same receipts: the published snapshot, again.
+    let again = commit_build(dir.path(), &plan, &[ra], &no_conflict()).unwrap();
+    assert_eq!(again.number(), n);
+    match commit_build(dir.path(), &plan, &[rb], &no_conflict()) {
+        Err(Error::InvalidInput(m)) => {
+            assert!(m.contains("part 0") && m.contains("another attempt"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A receipt whose attempt directory is gone (the job aborted and planned
+/// again) is refused naming the job, the part and the attempt, not an I/O
+/// error about a file in the store.
+#[test]
+fn a_receipt_of_a_vanished_attempt_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = common::store_of(dir.path(), DIM, &[1, 2]);
+    drop(w);
+    let plan = |dir: &Path| Writer::open(dir).unwrap().plan_build("j", 2).unwrap();
+    let p1 = plan(dir.path());
+    let old = stage(&p1, 1, batch(&[10, 11], DIM, 0)).unwrap();
+    vstore::abort_job(dir.path(), "j", Duration::from_secs(5)).unwrap();
+    let p2 = plan(dir.path());
+    let r0 = stage(&p2, 0, batch(&[20], DIM, 0)).unwrap();
+    let before = published_bytes(dir.path());
+    match commit_build(dir.path(), &p2, &[r0, old], &no_conflict()) {
+        Err(Error::InvalidInput(m)) => {
+            assert!(
+                m.contains("job j") && m.contains("part 1") && m.contains("attempt"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(published_bytes(dir.path()), before);
+}

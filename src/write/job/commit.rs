@@ -151,7 +151,10 @@ impl Writer {
     /// publishes one snapshot recording the job id. If the store published
     /// meanwhile, [`Error::Conflict`] unless `opts.rebase`. Retried after
     /// it succeeded (the caller lost the answer), it returns the snapshot
-    /// already published.
+    /// already published, after checking that the receipts are the ones
+    /// it published (a receipt of another attempt of a part is refused,
+    /// never reported as published); refused if `gc` has collected that
+    /// snapshot since.
     pub fn commit_build(
         &mut self,
         plan: &BuildPlan,
@@ -164,11 +167,19 @@ impl Writer {
         let jd = job_dir(&self.dir, &plan.job);
         if let Some(n) = published_job(&self.dir, &plan.job, plan.base)? {
             let _ = remove_staging(&jd);
-            let newest = self.snapshot().filter(|s| s.number() == n);
-            return match newest {
-                Some(s) => Ok(s),
-                None => Ok(Store::open_at(&self.dir, n, writer_open_options())?.snapshot()),
+            let snap = match self.snapshot().filter(|s| s.number() == n) {
+                Some(s) => s,
+                None if !self.dir.join(names::manifest(n)).exists() => {
+                    return Err(Error::InvalidInput(format!(
+                        "job {} was published as snapshot {n}, which gc has collected since: \
+                         nothing to commit (the job is done)",
+                        plan.job
+                    )))
+                }
+                None => Store::open_at(&self.dir, n, writer_open_options())?.snapshot(),
             };
+            same_as_published(&plan.job, &snap, receipts)?;
+            return Ok(snap);
         }
         plan.check_staged()?;
         let receipts = in_part_order(&plan, receipts)?;
@@ -432,6 +443,19 @@ fn open_staged(
         } else {
             dir.join(&f.name)
         };
+        if !path.exists() {
+            // Neither staged nor moved in by an earlier try.
+            return Err(Error::InvalidInput(format!(
+                "job {}: the receipt of part {} names attempt {}, whose file {} is not in {} \
+                 (nor moved into the store): the attempt is gone (the job was aborted and \
+                 planned again, or its staging area collected); stage the part again",
+                plan.job,
+                r.part,
+                r.attempt,
+                f.name,
+                attempt.display()
+            )));
+        }
         Container::open(&path, kind, false).map(Arc::new)
     };
     let seg = Segment::open(meta, &plan.schema, &attempt, &mut opener)?;
@@ -535,4 +559,33 @@ fn kind_of(name: &str) -> Kind {
     } else {
         Kind::Columns
     }
+}
+
+/// Checks that `receipts` are the parts snapshot `snap` published for
+/// `job` (a retried commit): each receipt's id index and embedding files
+/// are the published segment's, by name, length and metadata checksum. A
+/// segment the publish compacted away is not compared.
+fn same_as_published(job: &str, snap: &Snapshot, receipts: &[BuildReceipt]) -> Result<()> {
+    for r in receipts {
+        let Some(meta) = &r.meta else { continue };
+        let Some(seg) = snap.manifest.segments.iter().find(|s| s.id == meta.id) else {
+            continue;
+        };
+        let same = seg.id_index == meta.id_index
+            && meta.embeddings.iter().all(|e| {
+                (seg.embeddings.iter())
+                    .find(|p| p.key == e.key)
+                    .is_none_or(|p| p.file == e.file)
+            });
+        if !same {
+            return Err(Error::InvalidInput(format!(
+                "job {job}: the receipt of part {} (attempt {}) is not what snapshot {} \
+                 published for it (another attempt of the part was committed); nothing changed",
+                r.part,
+                r.attempt,
+                snap.number()
+            )));
+        }
+    }
+    Ok(())
 }
