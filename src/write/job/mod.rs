@@ -83,8 +83,10 @@ pub(crate) fn check_job_id(job: &str) -> Result<()> {
     }
 }
 
-/// The newest snapshot of `dir` after `after` (all if `None`) whose
-/// manifest records job `job` as its build commit.
+/// The snapshot after `after` (all if `None`) that published job `job`:
+/// from the newest readable manifest's record of published jobs
+/// ([`JOBS_KEY`]), or, in stores written before the record, the newest
+/// kept manifest that records `job` as its build commit.
 pub(crate) fn published_job(dir: &Path, job: &str, after: Option<u64>) -> Result<Option<u64>> {
     let manifests = list_manifests(dir)?;
     // The newest readable manifest's record of published jobs, which
